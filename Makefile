@@ -1,0 +1,49 @@
+# cheops — see README.md. Every target works from a fresh clone.
+SHELL   := /bin/bash
+GO      ?= go
+BIN     := bin/cheops
+PKGS    := ./...
+FUZZTIME ?= 10s
+FUZZSHORT ?= 5s
+
+.PHONY: all build test vet unit fuzz bench demo e2e clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/cheops
+
+vet:
+	$(GO) vet $(PKGS)
+
+unit:
+	$(GO) test -race -count=1 -timeout 12m $(PKGS)
+
+# A short, bounded run of every fuzz target over its committed corpus and
+# fresh inputs.
+fuzz:
+	$(GO) test ./scope -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=$(FUZZTIME)
+	$(GO) test ./node -run='^$$' -fuzz='^FuzzDecodeRecord$$' -fuzztime=$(FUZZSHORT)
+	$(GO) test ./crdt -run='^$$' -fuzz='^FuzzReadFrame$$' -fuzztime=$(FUZZSHORT)
+	$(GO) test ./catalog -run='^$$' -fuzz='^FuzzApply$$' -fuzztime=$(FUZZSHORT)
+
+test: vet unit fuzz
+
+# Real partitions: network namespaces, veth links, nftables cuts, agent
+# processes and json-server in each namespace. Needs root, iproute2 and
+# nftables (.ci/run installs them); skips with a message otherwise.
+e2e:
+	CHEOPS_FAULTS=1 $(GO) test -count=1 -timeout 15m -v ./faults 2>&1 | grep -E '^(=== RUN|--- |\s+\S+_test.go|ok|FAIL|PASS|panic)'; exit $${PIPESTATUS[0]}
+
+bench: build
+	./$(BIN) bench selectivity --out bench/results
+	$(GO) test -run='^$$' -bench=. -benchmem -benchtime=200x ./scope ./crdt
+	$(GO) test -run='^$$' -bench=Forwarding -benchtime=300x ./e2e
+
+# Three sites on loopback and a narrated scenario; the sites stay up until
+# Ctrl-C. DEMOFLAGS=--exit-after-scenario exits when it ends.
+demo: build
+	./$(BIN) demo $(DEMOFLAGS)
+
+clean:
+	rm -rf bin

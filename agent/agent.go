@@ -1,0 +1,376 @@
+package agent
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	pebbleds "github.com/ipfs/go-ds-pebble"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"cheops/catalog"
+	"cheops/catchup"
+	"cheops/crdt"
+	"cheops/forward"
+	"cheops/node"
+	"cheops/ui"
+)
+
+// DefaultAPI is where the agent's HTTP API listens unless told otherwise.
+const DefaultAPI = "127.0.0.1:7070"
+
+// Files the agent writes into its data directory for scripts and tools,
+// and removes when it stops.
+const (
+	AddrsFile = "addrs" // listen multiaddrs with /p2p/, one per line
+	APIFile   = "api"   // the API's base URL
+)
+
+// Config describes a site agent.
+type Config struct {
+	Node node.Config
+	// API is the host:port of the HTTP API. Default 127.0.0.1:7070:
+	// loopback, because the API is for the site's users and operators and
+	// carries no authentication of its own. Port 0 picks a free port (see
+	// Agent.URL and the APIFile).
+	API string
+	// Services maps a service name to the base URL of the site's instance
+	// of the application (--service NAME=URL). Stored for the forwarding
+	// layer.
+	Services map[string]string
+	// Handlers are extra routes (http.ServeMux patterns, e.g.
+	// "GET /v1/resources/{id}") mounted before the API starts serving.
+	Handlers map[string]http.Handler
+	// Policies sets, per service and HTTP method, the consistency policy
+	// of updates ("replace", "commute", "ordered"; --policy S:METHOD=P).
+	Policies map[string]map[string]string
+	// APIToken, when set, is the bearer token every API request but
+	// GET /v1/health must carry (Authorization: Bearer …, or ?token= for
+	// browsers, whose event streams cannot set headers).
+	APIToken string
+	// MaxBody bounds request bodies forwarded to applications
+	// (forward.DefaultMaxBody, 16 MiB, when 0).
+	MaxBody int64
+	// ShutdownTimeout is how long Close lets requests in flight finish. 5 s:
+	// API calls are short; a stuck one must not hold a restart.
+	ShutdownTimeout time.Duration
+	// Logger receives the agent's logs; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns an agent configuration with the node's WAN
+// defaults; the site, data directory and trust list are left to fill.
+func DefaultConfig() Config {
+	return Config{Node: node.DefaultConfig(), API: DefaultAPI, ShutdownTimeout: 5 * time.Second}
+}
+
+// ErrBadConfig wraps every problem Validate finds outside the node's own
+// configuration (which wraps node.ErrBadConfig or node.ErrNoTrust).
+var ErrBadConfig = errors.New("agent: bad configuration")
+
+// Validate reports the first problem with the configuration.
+func (c *Config) Validate() error {
+	if err := c.Node.Validate(); err != nil {
+		return err
+	}
+	if _, port, err := net.SplitHostPort(c.API); err != nil || port == "" {
+		return fmt.Errorf("%w: API address %q: want HOST:PORT", ErrBadConfig, c.API)
+	}
+	for name, u := range c.Services {
+		if err := ValidService(name, u); err != nil {
+			return fmt.Errorf("%w: %v", ErrBadConfig, err)
+		}
+	}
+	if c.ShutdownTimeout <= 0 {
+		return fmt.Errorf("%w: shutdown timeout must be positive", ErrBadConfig)
+	}
+	return nil
+}
+
+// ValidService checks a service name (the scope grammar's SERVICE token)
+// and its upstream base URL (absolute http or https).
+func ValidService(name, base string) error {
+	if node.ValidSiteName(name) != nil {
+		return fmt.Errorf("service name %q must match [A-Za-z][A-Za-z0-9_.-]*", name)
+	}
+	u, err := url.Parse(base)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("service %s: upstream %q must be an http:// or https:// URL", name, base)
+	}
+	return nil
+}
+
+// Agent is a running site agent.
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	node    *node.Node
+	store   *pebbleds.Datastore
+	crdt    *crdt.Manager
+	catalog *catalog.Catalog
+	forward *forward.Forwarder
+	catchup *catchup.Runner
+	mux     *http.ServeMux
+	srv     *http.Server
+	ln      net.Listener
+	done    chan error
+	once    sync.Once
+	err     error
+}
+
+// Start validates cfg, binds the API, brings up the node, the datastore,
+// the replication groups and the catalog, and serves the HTTP API. ctx
+// bounds the start only; the agent runs until Close.
+func Start(ctx context.Context, cfg Config) (*Agent, error) {
+	if cfg.API == "" {
+		cfg.API = DefaultAPI
+	}
+	if cfg.ShutdownTimeout == 0 {
+		cfg.ShutdownTimeout = DefaultConfig().ShutdownTimeout
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	cfg.Node.Logger = log
+	cfg.Node.TopicAccess = crdt.TopicAllows
+	// Bind the API before starting anything: a port in use is the most
+	// likely start failure and costs nothing to find out.
+	ln, err := net.Listen("tcp", cfg.API)
+	if err != nil {
+		return nil, fmt.Errorf("agent: API listen on %s: %w", cfg.API, err)
+	}
+	a := &Agent{
+		cfg: cfg, log: log.With("component", "agent", "site", cfg.Node.Site),
+		mux: http.NewServeMux(), ln: ln, done: make(chan error, 1),
+	}
+	if err := a.open(ctx); err != nil {
+		ln.Close()
+		a.closeParts()
+		return nil, err
+	}
+	reg := a.node.Registry()
+	// Process and runtime metrics beside the node's and libp2p's. A
+	// registry given by the caller may have them already.
+	_ = reg.Register(collectors.NewGoCollector())
+	_ = reg.Register(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a.routes()
+	for pattern, h := range cfg.Handlers {
+		a.mux.Handle(pattern, h)
+	}
+	a.srv = &http.Server{
+		Handler:           requireToken(cfg.APIToken, a.mux),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
+	}
+	go func() { a.done <- a.srv.Serve(ln) }()
+	if err := a.writeInfo(); err != nil {
+		a.Close()
+		return nil, err
+	}
+	a.log.Info("agent started", "api", a.URL(), "peer", a.node.ID(), "addrs", a.node.Addrs())
+	return a, nil
+}
+
+// StoreDir is the datastore's directory inside the data directory.
+const StoreDir = "store"
+
+// open starts the node, the datastore, the replication groups and the
+// catalog, in that order.
+func (a *Agent) open(ctx context.Context) error {
+	n, err := node.New(ctx, a.cfg.Node)
+	if err != nil {
+		return err
+	}
+	a.node = n
+	if a.store, err = crdt.OpenStore(filepath.Join(a.cfg.Node.DataDir, StoreDir)); err != nil {
+		return err
+	}
+	cc := crdt.DefaultConfig()
+	cc.Host, cc.PubSub, cc.Datastore, cc.Self, cc.Resolve = n.Host(), n.PubSub(), a.store, n.Site(), n.PeerOf
+	cc.Registerer, cc.Logger = n.Registry(), a.cfg.Logger
+	if a.crdt, err = crdt.NewManager(ctx, cc); err != nil {
+		return err
+	}
+	if a.crdt.Unclean() {
+		a.log.Warn("the previous run did not stop cleanly; replication groups were repaired")
+	}
+	if a.catalog, err = catalog.New(ctx, catalog.Config{Store: a.crdt, Self: n.Site(), Logger: a.cfg.Logger}); err != nil {
+		return err
+	}
+	var services []forward.Service
+	for name, base := range a.cfg.Services {
+		svc, err := forward.ParseService(name + "=" + base)
+		if err != nil {
+			return err
+		}
+		svc.Policies = a.cfg.Policies[name]
+		services = append(services, svc)
+	}
+	a.forward, err = forward.New(forward.Config{Host: n.Host(), Membership: n, Catalog: a.catalog,
+		Services: services, MaxBody: a.cfg.MaxBody, Ledger: catchup.NewLedger(a.store), Logger: a.cfg.Logger})
+	if err != nil {
+		return err
+	}
+	a.catchup, err = catchup.Start(catchup.Config{Catalog: a.catalog, App: a.forward, Journal: a.store,
+		Registerer: n.Registry(), Logger: a.cfg.Logger})
+	return err
+}
+
+// closeParts stops what open started, in reverse order.
+func (a *Agent) closeParts() error {
+	var errs []error
+	if a.catchup != nil {
+		a.catchup.Close()
+	}
+	if a.forward != nil {
+		a.forward.Close()
+	}
+	if a.catalog != nil {
+		a.catalog.Close()
+	}
+	if a.crdt != nil {
+		errs = append(errs, a.crdt.Close())
+	}
+	if a.node != nil {
+		errs = append(errs, a.node.Close())
+	}
+	if a.store != nil {
+		errs = append(errs, a.store.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Catalog is the agent's catalog.
+func (a *Agent) Catalog() *catalog.Catalog { return a.catalog }
+
+// writeInfo leaves the API URL and listen addresses in the data directory.
+func (a *Agent) writeInfo() error {
+	dir := a.cfg.Node.DataDir
+	if err := writeFileAtomic(filepath.Join(dir, AddrsFile), []byte(strings.Join(a.node.Addrs(), "\n")+"\n")); err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	if err := writeFileAtomic(filepath.Join(dir, APIFile), []byte(a.URL()+"\n")); err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	return nil
+}
+
+// writeFileAtomic writes through a rename so that a script polling for
+// the file never reads half of it.
+func writeFileAtomic(path string, data []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// Node is the agent's libp2p node.
+func (a *Agent) Node() *node.Node { return a.node }
+
+// Services maps each configured service to its upstream base URL.
+func (a *Agent) Services() map[string]string { return a.cfg.Services }
+
+// URL is the base URL of the HTTP API.
+func (a *Agent) URL() string { return "http://" + a.ln.Addr().String() }
+
+// Mux is the API's router. Mount routes with Handle or Mux().Handle at any
+// time (http.ServeMux is safe for that); "/" is taken by the JSON 404.
+func (a *Agent) Mux() *http.ServeMux { return a.mux }
+
+// Handle mounts an extra handler on the API (patterns as http.ServeMux).
+func (a *Agent) Handle(pattern string, h http.Handler) { a.mux.Handle(pattern, h) }
+
+// Wait blocks until ctx ends or the API server fails.
+func (a *Agent) Wait(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-a.done:
+		a.done <- err // for Close
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return fmt.Errorf("agent: API server: %w", err)
+	}
+}
+
+// Close shuts down in order: the API (letting requests in flight finish
+// for ShutdownTimeout), the catalog, the replication groups (which record a
+// clean shutdown), the node (pubsub, host, data directory lock) and the
+// datastore, and removes the files writeInfo left. It waits for every goroutine the
+// agent started.
+func (a *Agent) Close() error {
+	a.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
+		defer cancel()
+		if err := a.srv.Shutdown(ctx); err != nil {
+			a.log.Warn("API shutdown", "err", err)
+			a.srv.Close()
+		}
+		<-a.done
+		a.err = a.closeParts()
+		for _, f := range []string{AddrsFile, APIFile} {
+			os.Remove(filepath.Join(a.cfg.Node.DataDir, f))
+		}
+		a.log.Info("agent stopped")
+	})
+	return a.err
+}
+
+func (a *Agent) routes() {
+	a.mux.HandleFunc("GET /v1/health", a.health)
+	a.mux.HandleFunc("GET /v1/sites", a.sites)
+	a.mux.Handle("GET /metrics", promhttp.HandlerFor(a.node.Registry(), promhttp.HandlerOpts{
+		ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
+	}))
+	a.mux.Handle("GET /{$}", ui.Handler())
+	moves := a.forward.ResourceHandler()
+	a.mux.Handle("POST /v1/resources/{id}/attach", moves)
+	a.mux.Handle("POST /v1/resources/{id}/detach", moves)
+	a.mux.Handle("/svc/", a.forward)
+	a.mux.Handle("/scope/", a.forward)
+	catalogAPI := catalog.Handler(a.catalog)
+	a.mux.Handle("GET /v1/resources", catalogAPI)
+	a.mux.Handle("GET /v1/resources/{id}", catalogAPI)
+	a.mux.Handle("GET /v1/watch", catalogAPI)
+	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		WriteError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
+	})
+}
+
+// requireToken guards the API with a bearer token when one is set.
+func requireToken(token string, next http.Handler) http.Handler {
+	if token == "" {
+		return next
+	}
+	want := []byte("Bearer " + token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got := []byte(r.Header.Get("Authorization"))
+		if q := r.URL.Query().Get("token"); q != "" && len(got) == 0 {
+			got = []byte("Bearer " + q)
+		}
+		if r.URL.Path == "/v1/health" || subtle.ConstantTimeCompare(got, want) == 1 {
+			next.ServeHTTP(w, r)
+			return
+		}
+		w.Header().Set("WWW-Authenticate", `Bearer realm="cheops"`)
+		WriteError(w, http.StatusUnauthorized, "unauthorized", "this agent's API needs its bearer token (Authorization: Bearer …)")
+	})
+}

@@ -1,0 +1,678 @@
+package catalog
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Store is the replicated key-value store the catalog is kept in: one
+// group of keys per site set, replicated among exactly those sites.
+// *crdt.Manager implements it; its method set is copied here with basic
+// types only, so that no adapter is needed.
+type Store interface {
+	// Put writes key in the group of sites, joining the group if needed.
+	// It fails when this site is not one of sites.
+	Put(ctx context.Context, sites []string, key string, value []byte) error
+	// PutBatch writes several keys in the group of sites as one delta:
+	// the other members receive them together.
+	PutBatch(ctx context.Context, sites []string, keys []string, values [][]byte) error
+	// Get reads key from the group of sites; false when absent or when
+	// this site is not in the group.
+	Get(ctx context.Context, sites []string, key string) ([]byte, bool, error)
+	// Delete removes key from the group of sites.
+	Delete(ctx context.Context, sites []string, key string) error
+	// Scan calls fn for every key under prefix in every group this site
+	// is in, with the sites of the key's group.
+	Scan(ctx context.Context, prefix string, fn func(sites []string, key string, value []byte) error) error
+	// Watch calls fn for every key written or deleted, locally or by
+	// another member, in the order the store applied them, until stop is
+	// called. fn must not block and must not call the store's writing
+	// methods. A deletion may be reported while the key still has a
+	// value (go-ds-crdt's delete hook fires when some versions of a key
+	// were removed): the watcher reads the key again to know.
+	Watch(fn func(sites []string, key string, value []byte, deleted bool)) (stop func())
+}
+
+// syncer is implemented by stores that can make writes durable on demand
+// (*crdt.Manager).
+type syncer interface {
+	Sync(ctx context.Context) error
+}
+
+// Errors of the catalog.
+var (
+	ErrNotFound = errors.New("catalog: no such resource")
+	ErrNotSelf  = errors.New("catalog: a site writes only its own record")
+	ErrInvalid  = errors.New("catalog: invalid resource")
+	ErrClosed   = errors.New("catalog: closed")
+)
+
+// Kinds of Change.
+const (
+	KindMeta    = "meta"    // the resource appeared here, or its replica set changed
+	KindOp      = "op"      // an operation was recorded
+	KindSite    = "site"    // a site's record changed
+	KindRemoved = "removed" // this site no longer holds the resource
+	// KindResync says the watcher fell behind and changes were dropped:
+	// re-read what it cares about (List, Get). It has no ID.
+	KindResync = "resync"
+)
+
+// Change says a resource changed on this site's catalog.
+type Change struct {
+	ID   string `json:"id,omitempty"`
+	Kind string `json:"kind"`
+	Site string `json:"site,omitempty"`
+	Op   string `json:"op,omitempty"`
+}
+
+// Catalog is a site's view of the resources it holds, kept in a Store and
+// materialized in memory. Safe for concurrent use.
+type Catalog struct {
+	cfg       Config
+	log       *slog.Logger
+	clock     *Clock
+	stopStore func()
+	ctx       context.Context // ends at Close: background work
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	gather    chan struct{} // wakes the gatherer
+
+	mu       sync.RWMutex
+	closed   bool
+	entries  map[string]*entry
+	byLocal  map[localKey]string
+	watchers map[*watcher]struct{}
+	toGather map[string]bool
+}
+
+type localKey struct{ service, site, local string }
+
+// New loads the catalog from the store and follows its changes until
+// Close. ctx bounds the loading only.
+func New(ctx context.Context, cfg Config) (*Catalog, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	c := &Catalog{cfg: cfg, log: cfg.Logger.With("component", "catalog", "site", cfg.Self), clock: cfg.Clock,
+		gather: make(chan struct{}, 1), entries: map[string]*entry{}, byLocal: map[localKey]string{},
+		watchers: map[*watcher]struct{}{}, toGather: map[string]bool{}}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	// Follow changes before the scan so that nothing falls in between;
+	// a key applied twice is harmless (see apply).
+	c.stopStore = cfg.Store.Watch(func(sites []string, key string, value []byte, deleted bool) {
+		if deleted {
+			c.applyDelete(sites, key)
+			return
+		}
+		c.apply(sites, key, value)
+	})
+	if err := cfg.Store.Scan(ctx, "/r/", func(sites []string, key string, value []byte) error {
+		c.apply(sites, key, value)
+		return nil
+	}); err != nil {
+		c.stopStore()
+		c.cancel()
+		return nil, fmt.Errorf("catalog: load: %w", err)
+	}
+	c.wg.Add(1)
+	go c.gatherLoop()
+	return c, nil
+}
+
+// Close stops following the store, ends every watch and waits for the
+// catalog's goroutines. Writes after Close fail with ErrClosed.
+func (c *Catalog) Close() {
+	c.closeOnce.Do(func() {
+		c.stopStore()
+		c.mu.Lock()
+		c.closed = true
+		c.mu.Unlock()
+		c.cancel()
+		c.wg.Wait()
+	})
+}
+
+// Clock is the catalog's hybrid logical clock.
+func (c *Catalog) Clock() *Clock { return c.clock }
+
+// Self is this site's name.
+func (c *Catalog) Self() string { return c.cfg.Self }
+
+func metaKey(id, writer string) string { return "/r/" + id + "/meta@" + writer }
+func opKey(id, op string) string       { return "/r/" + id + "/op/" + op }
+func siteKey(id, site string) string   { return "/r/" + id + "/site/" + site }
+
+// Key kinds, as parseKey returns them.
+const (
+	keyMeta = "meta"
+	keyOp   = "op"
+	keySite = "site"
+)
+
+// parseKey splits a catalog key. A meta key is meta@<writer>; "meta" alone
+// (writer "") is the layout of the first version, still read.
+func parseKey(key string) (id, kind, name string, ok bool) {
+	rest, ok := strings.CutPrefix(key, "/r/")
+	if !ok {
+		return "", "", "", false
+	}
+	parts := strings.Split(rest, "/")
+	if !ValidID(parts[0]) {
+		return "", "", "", false
+	}
+	switch {
+	case len(parts) == 2 && parts[1] == "meta":
+		return parts[0], keyMeta, "", true
+	case len(parts) == 2 && strings.HasPrefix(parts[1], "meta@") && len(parts[1]) > len("meta@"):
+		return parts[0], keyMeta, parts[1][len("meta@"):], true
+	case len(parts) == 3 && (parts[1] == keyOp || parts[1] == keySite) && parts[2] != "":
+		return parts[0], parts[1], parts[2], true
+	}
+	return "", "", "", false
+}
+
+// apply folds one stored key into the view. A value older than the one
+// the slot holds (a change delivered after this site's own newer write)
+// is ignored. Malformed values, which only a faulty or hostile member
+// could write, are logged and skipped.
+func (c *Catalog) apply(sites []string, key string, value []byte) {
+	id, kind, name, ok := parseKey(key)
+	if !ok {
+		return
+	}
+	group := groupOf(sites)
+	if c.holds(id, kind, group, name, value) {
+		return // already applied: this site's own write, reported back by the store
+	}
+	// Decode outside the lock.
+	var (
+		m     Meta
+		op    Operation
+		rec   SiteRecord
+		err   error
+		valid bool
+	)
+	switch kind {
+	case keyMeta:
+		err = json.Unmarshal(value, &m)
+		valid = err == nil && m.ID == id && len(m.Sites) > 0 && validSites(m.Sites)
+	case keyOp:
+		err = json.Unmarshal(value, &op)
+		valid = err == nil && op.ID == name
+	case keySite:
+		err = json.Unmarshal(value, &rec)
+		valid = err == nil && rec.Site == name
+	}
+	if !valid {
+		c.log.Warn("skipping a malformed catalog value", "key", key, "err", err)
+		return
+	}
+	raw := slices.Clone(value)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e := c.entries[id]
+	if e == nil {
+		e = newEntry(id)
+	}
+	var stamps []Timestamp
+	switch kind {
+	case keyMeta:
+		slot := metaSlot{group, name}
+		if old, ok := e.metas[slot]; ok && (bytes.Equal(old.raw, value) || old.v.Version.Compare(m.Version) > 0) {
+			return
+		}
+		e.metas[slot] = stored[Meta]{raw, m}
+		stamps = []Timestamp{m.Created, m.Version}
+	case keyOp:
+		slot := opSlot{group, name}
+		if old, ok := e.ops[slot]; ok && bytes.Equal(old.raw, value) {
+			return
+		}
+		e.ops[slot] = stored[Operation]{raw, op}
+		stamps = []Timestamp{op.At}
+	case keySite:
+		slot := recSlot{group, name}
+		if old, ok := e.records[slot]; ok && (bytes.Equal(old.raw, value) || old.v.At.Compare(rec.At) > 0) {
+			return
+		}
+		e.records[slot] = stored[SiteRecord]{raw, rec}
+		stamps = []Timestamp{rec.At}
+	}
+	for _, t := range stamps {
+		if err := c.clock.Observe(t); err != nil {
+			c.log.Warn("not following a timestamp from the future", "key", key, "err", err)
+		}
+	}
+	c.entries[id] = e
+	c.changedLocked(e, group, Change{ID: id, Kind: kind, Site: siteOf(kind, name), Op: opOf(kind, name)})
+}
+
+// holds reports whether the slot of a key already holds exactly value.
+func (c *Catalog) holds(id, kind, group, name string, value []byte) bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	e := c.entries[id]
+	if e == nil {
+		return false
+	}
+	var raw []byte
+	switch kind {
+	case keyMeta:
+		raw = e.metas[metaSlot{group, name}].raw
+	case keyOp:
+		raw = e.ops[opSlot{group, name}].raw
+	case keySite:
+		raw = e.records[recSlot{group, name}].raw
+	}
+	return raw != nil && bytes.Equal(raw, value)
+}
+
+func validSites(sites []string) bool {
+	for i, s := range sites {
+		if !ValidSite(s) || slices.Contains(sites[:i], s) {
+			return false
+		}
+	}
+	return true
+}
+
+// applyDelete handles a deletion reported by the store: the key is read
+// again, because go-ds-crdt reports a deletion also when only some
+// versions of a key were removed, and because this site may have written
+// the key again since.
+func (c *Catalog) applyDelete(sites []string, key string) {
+	id, kind, name, ok := parseKey(key)
+	if !ok {
+		return
+	}
+	value, present, err := c.cfg.Store.Get(c.ctx, sites, key)
+	if err != nil {
+		c.log.Warn("reading a deleted key again", "key", key, "err", err)
+		return
+	}
+	if present {
+		c.apply(sites, key, value)
+		return
+	}
+	group := groupOf(sites)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e := c.entries[id]
+	if e == nil {
+		return
+	}
+	switch kind {
+	case keyMeta:
+		delete(e.metas, metaSlot{group, name})
+	case keyOp:
+		delete(e.ops, opSlot{group, name})
+	case keySite:
+		delete(e.records, recSlot{group, name})
+	}
+	c.changedLocked(e, group, Change{ID: id, Kind: kind, Site: siteOf(kind, name), Op: opOf(kind, name)})
+}
+
+// changedLocked re-derives an entry after one of its slots in group
+// changed, updates the local-id index, tells the watchers, and schedules
+// a gathering when keys sit outside the resource's current group.
+func (c *Catalog) changedLocked(e *entry, group string, ch Change) {
+	wasVisible, oldGroup, oldBest := e.visible, e.group, e.best
+	for _, k := range e.index {
+		if c.byLocal[k] == e.id {
+			delete(c.byLocal, k)
+		}
+	}
+	e.refresh(c.cfg.Self)
+	for _, k := range e.index {
+		c.byLocal[k] = e.id
+	}
+	if e.empty() {
+		delete(c.entries, e.id)
+	}
+	switch {
+	case wasVisible && !e.visible:
+		c.notifyLocked(Change{ID: e.id, Kind: KindRemoved})
+	case !e.visible:
+	case !wasVisible || ch.Kind == keyMeta && (oldGroup != e.group || oldBest == nil || oldBest.Version != e.best.Version):
+		c.notifyLocked(Change{ID: e.id, Kind: KindMeta})
+	case ch.Kind != keyMeta:
+		c.notifyLocked(ch)
+	}
+	if e.visible && (group != e.group || oldGroup != "" && oldGroup != e.group) {
+		c.toGather[e.id] = true
+		select {
+		case c.gather <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func siteOf(kind, name string) string {
+	if kind == keySite {
+		return name
+	}
+	return ""
+}
+
+func opOf(kind, name string) string {
+	if kind == keyOp {
+		return name
+	}
+	return ""
+}
+
+// gatherLoop copies into each re-homed resource's current group the keys
+// it still holds only in another group (see entry.stragglers): an
+// operation recorded in the old group while the resource moved, and this
+// site's own record. Every member does it for itself; copies of an
+// operation are identical bytes, so members copying the same one do not
+// conflict.
+func (c *Catalog) gatherLoop() {
+	defer c.wg.Done()
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-c.gather:
+		}
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-time.After(c.cfg.GatherDelay):
+		}
+		c.mu.Lock()
+		ids := make([]string, 0, len(c.toGather))
+		for id := range c.toGather {
+			ids = append(ids, id)
+		}
+		clear(c.toGather)
+		c.mu.Unlock()
+		slices.Sort(ids)
+		for _, id := range ids {
+			if err := c.gatherOne(c.ctx, id); err != nil && c.ctx.Err() == nil {
+				c.log.Warn("copying a resource's keys into its group", "id", id, "err", err)
+			}
+		}
+	}
+}
+
+func (c *Catalog) gatherOne(ctx context.Context, id string) error {
+	c.mu.RLock()
+	e, ok := c.entries[id]
+	var keys []string
+	var values [][]byte
+	var sites []string
+	if ok {
+		keys, values = e.stragglers(c.cfg.Self)
+		if e.best != nil {
+			sites = slices.Clone(e.best.Sites)
+		}
+	}
+	c.mu.RUnlock()
+	if len(keys) == 0 {
+		return nil
+	}
+	if err := c.cfg.Store.PutBatch(ctx, sites, keys, values); err != nil {
+		return err
+	}
+	for i := range keys {
+		c.apply(sites, keys[i], values[i])
+	}
+	c.log.Debug("copied keys into the resource's group", "id", id, "keys", len(keys), "sites", sites)
+	return nil
+}
+
+// Create records a new resource and the operation that created it, in one
+// write to the group of its sites, and makes it durable before returning.
+// This site must be one of the sites; it is recorded as the origin.
+func (c *Catalog) Create(ctx context.Context, m Meta, op Operation) error {
+	if !ValidID(m.ID) || m.Service == "" || len(m.Sites) == 0 || !validSites(m.Sites) || !slices.Contains(m.Sites, c.cfg.Self) {
+		return fmt.Errorf("%w: id %q, service %q, sites %v (this site %s must be one)", ErrInvalid, m.ID, m.Service, m.Sites, c.cfg.Self)
+	}
+	if op.ID != "" && strings.Contains(op.ID, "/") {
+		return fmt.Errorf("%w: operation id %q", ErrInvalid, op.ID)
+	}
+	if err := c.open(); err != nil {
+		return err
+	}
+	if m.Created.IsZero() {
+		m.Created = c.clock.Now()
+	}
+	m.Origin, m.Version = c.cfg.Self, Timestamp{}
+	op.Resource, op.Origin = m.ID, c.cfg.Self
+	if op.At.IsZero() {
+		op.At = m.Created
+	}
+	if op.ID == "" {
+		op.ID = NewID(time.UnixMilli(op.At.Wall))
+	}
+	metaJSON, _ := json.Marshal(m)
+	opJSON, _ := json.Marshal(op)
+	keys := []string{metaKey(m.ID, c.cfg.Self), opKey(m.ID, op.ID)}
+	vals := [][]byte{metaJSON, opJSON}
+	if err := c.cfg.Store.PutBatch(ctx, m.Sites, keys, vals); err != nil {
+		return fmt.Errorf("catalog: create %s: %w", m.ID, err)
+	}
+	for i := range keys {
+		c.apply(m.Sites, keys[i], vals[i])
+	}
+	return c.sync(ctx)
+}
+
+func (c *Catalog) open() error {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.closed {
+		return ErrClosed
+	}
+	return nil
+}
+
+// sync makes the writes so far durable before the caller acknowledges them.
+func (c *Catalog) sync(ctx context.Context) error {
+	if s, ok := c.cfg.Store.(syncer); ok {
+		if err := s.Sync(ctx); err != nil {
+			return fmt.Errorf("catalog: %w", err)
+		}
+	}
+	return nil
+}
+
+// AppendOp records an operation on a resource this site holds (op.Resource),
+// stamped by this site unless op.At is set, and makes it durable.
+func (c *Catalog) AppendOp(ctx context.Context, op Operation) error {
+	if op.ID != "" && strings.Contains(op.ID, "/") {
+		return fmt.Errorf("%w: operation id %q", ErrInvalid, op.ID)
+	}
+	sites, err := c.sitesOf(op.Resource)
+	if err != nil {
+		return err
+	}
+	op.Origin = c.cfg.Self
+	if op.At.IsZero() {
+		op.At = c.clock.Now()
+	}
+	if op.ID == "" {
+		op.ID = NewID(time.UnixMilli(op.At.Wall))
+	}
+	data, _ := json.Marshal(op)
+	if err := c.cfg.Store.Put(ctx, sites, opKey(op.Resource, op.ID), data); err != nil {
+		return fmt.Errorf("catalog: record operation on %s: %w", op.Resource, err)
+	}
+	c.apply(sites, opKey(op.Resource, op.ID), data)
+	return c.sync(ctx)
+}
+
+// SetSite writes this site's own record of a resource, stamped now. A
+// record for another site is refused: ErrNotSelf.
+func (c *Catalog) SetSite(ctx context.Context, id string, rec SiteRecord) error {
+	if rec.Site == "" {
+		rec.Site = c.cfg.Self
+	}
+	if rec.Site != c.cfg.Self {
+		return fmt.Errorf("%w: %s cannot write %s's record", ErrNotSelf, c.cfg.Self, rec.Site)
+	}
+	sites, err := c.sitesOf(id)
+	if err != nil {
+		return err
+	}
+	rec.At = c.clock.Now()
+	data, _ := json.Marshal(rec)
+	if err := c.cfg.Store.Put(ctx, sites, siteKey(id, rec.Site), data); err != nil {
+		return fmt.Errorf("catalog: record site %s of %s: %w", rec.Site, id, err)
+	}
+	c.apply(sites, siteKey(id, rec.Site), data)
+	return nil
+}
+
+// Rehome moves a resource to a new replica set (attach, detach). This
+// site writes its own meta, with the new sites and local ids and a version
+// above every earlier one, into the group of the new sites together with
+// every operation and its own record, then the same meta into the old
+// group. Sites of the old set that are not in the new one read there that
+// the resource left them, and stop holding it (Get: ErrNotFound); sites in
+// both see the newer meta in either group, whichever arrives first, so the
+// resource never disappears from them. Nothing is deleted. The other
+// remaining sites copy their own records into the new group themselves
+// (gatherLoop). This site must be in both sets.
+//
+// Two sites re-homing one resource concurrently: every site that sees
+// both metas keeps the one with the higher version; a site that only the
+// losing one added is left holding a resource the others no longer count
+// it in, until it is attached again.
+func (c *Catalog) Rehome(ctx context.Context, id string, sites []string, localIDs map[string]string) error {
+	if len(sites) == 0 || !validSites(sites) || !slices.Contains(sites, c.cfg.Self) {
+		return fmt.Errorf("%w: %s must stay in the replica set %v to move it", ErrInvalid, c.cfg.Self, sites)
+	}
+	if err := c.open(); err != nil {
+		return err
+	}
+	c.mu.RLock()
+	e, ok := c.entries[id]
+	if !ok || !e.visible {
+		c.mu.RUnlock()
+		return fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	m := *e.best
+	old := slices.Clone(m.Sites)
+	ops := e.operations()
+	rec, _, hasRec := e.record(c.cfg.Self)
+	c.mu.RUnlock()
+
+	m.Sites = slices.Clone(sites)
+	m.LocalIDs = map[string]string{}
+	for s, l := range localIDs {
+		if slices.Contains(sites, s) && l != "" {
+			m.LocalIDs[s] = l
+		}
+	}
+	m.Version = c.clock.Now()
+	metaJSON, _ := json.Marshal(m)
+	keys := []string{metaKey(id, c.cfg.Self)}
+	vals := [][]byte{metaJSON}
+	for _, op := range ops {
+		keys, vals = append(keys, opKey(id, op.v.ID)), append(vals, op.raw)
+	}
+	if hasRec {
+		keys, vals = append(keys, siteKey(id, c.cfg.Self)), append(vals, rec.raw)
+	}
+	if err := c.cfg.Store.PutBatch(ctx, sites, keys, vals); err != nil {
+		return fmt.Errorf("catalog: move %s to %v: %w", id, sites, err)
+	}
+	for i := range keys {
+		c.apply(sites, keys[i], vals[i])
+	}
+	if groupOf(old) != groupOf(sites) {
+		if err := c.cfg.Store.Put(ctx, old, keys[0], metaJSON); err != nil {
+			return fmt.Errorf("catalog: tell %v that %s moved: %w", old, id, err)
+		}
+		c.apply(old, keys[0], metaJSON)
+	}
+	return c.sync(ctx)
+}
+
+// Record returns what a site last recorded of a resource (false if it
+// recorded nothing this site holds).
+func (c *Catalog) Record(id, site string) (SiteRecord, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	e, ok := c.entries[id]
+	if !ok {
+		return SiteRecord{}, false
+	}
+	rec, _, ok := e.record(site)
+	return rec.v, ok
+}
+
+// sitesOf returns the replica set of a resource this site holds.
+func (c *Catalog) sitesOf(id string) ([]string, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.closed {
+		return nil, ErrClosed
+	}
+	e, ok := c.entries[id]
+	if !ok || !e.visible {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	return slices.Clone(e.best.Sites), nil
+}
+
+// Get returns a resource's resolved view: ErrNotFound unless this site is
+// in its replica set and holds its meta.
+func (c *Catalog) Get(_ context.Context, id string) (Resource, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	e, ok := c.entries[id]
+	if !ok {
+		return Resource{}, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	r, ok := e.resolve()
+	if !ok {
+		return Resource{}, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	return r, nil
+}
+
+// Filter selects resources in List; empty fields match everything.
+type Filter struct {
+	Service string // only this service's resources
+	Site    string // only resources replicated on this site
+}
+
+// List returns the resources matching f, by id (creation order).
+func (c *Catalog) List(_ context.Context, f Filter) ([]Resource, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make([]Resource, 0, len(c.entries))
+	for _, e := range c.entries {
+		if !e.visible || (f.Service != "" && e.best.Service != f.Service) || (f.Site != "" && !slices.Contains(e.best.Sites, f.Site)) {
+			continue
+		}
+		r, _ := e.resolve()
+		out = append(out, r)
+	}
+	slices.SortFunc(out, func(a, b Resource) int { return strings.Compare(a.ID, b.ID) })
+	return out, nil
+}
+
+// LookupLocal finds the global id of the resource that a site's
+// application knows as localID, among the resources this site holds. It
+// reads an index kept up to date with every change: O(1), never blocks.
+func (c *Catalog) LookupLocal(service, site, localID string) (string, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	id, ok := c.byLocal[localKey{service, site, localID}]
+	return id, ok
+}

@@ -1,0 +1,277 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"strings"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/urfave/cli/v2"
+	"github.com/urfave/cli/v2/altsrc"
+
+	"cheops/agent"
+	"cheops/forward"
+	"cheops/node"
+)
+
+func init() {
+	def := agent.DefaultConfig()
+	flags := []cli.Flag{
+		&cli.StringFlag{Name: "config", Usage: "JSON `FILE` whose keys are these flags' names (lists for repeatable flags); the command line and environment win", EnvVars: []string{"CHEOPS_CONFIG"}},
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "site", Usage: "this site's `NAME`, as scopes spell it (required)", EnvVars: []string{"CHEOPS_SITE"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "data", Usage: "data `DIR`: identity key, catalog (required; created if missing)", EnvVars: []string{"CHEOPS_DATA"}}),
+		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "listen", Usage: "libp2p listen `MULTIADDR` (repeatable)", EnvVars: []string{"CHEOPS_LISTEN"},
+			Value: cli.NewStringSlice(def.Node.Listen...)}),
+		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "announce", Usage: "`MULTIADDR` to advertise instead of the listen ones, e.g. behind NAT (repeatable)", EnvVars: []string{"CHEOPS_ANNOUNCE"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "api", Usage: "`HOST:PORT` of the HTTP API", Value: def.API, EnvVars: []string{"CHEOPS_API"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "api-token-file", Usage: "file holding a bearer token the API will require (clients set CHEOPS_API_TOKEN)", EnvVars: []string{"CHEOPS_API_TOKEN_FILE"}}),
+		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "peer", Usage: "bootstrap `MULTIADDR` ending in /p2p/PEERID (repeatable)", EnvVars: []string{"CHEOPS_PEER"}}),
+		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "trust", Usage: "`PEERID` allowed to connect (repeatable)", EnvVars: []string{"CHEOPS_TRUST"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "trust-file", Usage: "`FILE` of trusted peer ids, one per line, # comments", EnvVars: []string{"CHEOPS_TRUST_FILE"}}),
+		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "trust-all", Usage: "accept any peer (closed test networks only)", EnvVars: []string{"CHEOPS_TRUST_ALL"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "swarm-key", Usage: "libp2p private network key `FILE` (turns QUIC off: TCP only)", EnvVars: []string{"CHEOPS_SWARM_KEY"}}),
+		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "service", Usage: "`NAME=URL` of this site's instance of an application (repeatable)", EnvVars: []string{"CHEOPS_SERVICE"}}),
+		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "probe-interval", Usage: "how often every site is pinged", Value: def.Node.ProbeInterval, EnvVars: []string{"CHEOPS_PROBE_INTERVAL"}}),
+		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "policy", Usage: "`SERVICE:METHOD=POLICY` consistency of a service's updates: replace, commute or ordered (repeatable; default PUT=replace, others ordered)", EnvVars: []string{"CHEOPS_POLICY"}}),
+		altsrc.NewInt64Flag(&cli.Int64Flag{Name: "max-body", Usage: "largest request body forwarded, in bytes (413 above)", Value: forward.DefaultMaxBody, EnvVars: []string{"CHEOPS_MAX_BODY"}}),
+		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "probe-timeout", Usage: "how long a ping may take", Value: def.Node.ProbeTimeout, EnvVars: []string{"CHEOPS_PROBE_TIMEOUT"}}),
+		altsrc.NewIntFlag(&cli.IntFlag{Name: "suspect-after", Usage: "missed probes before a site is suspect", Value: def.Node.SuspectAfter, EnvVars: []string{"CHEOPS_SUSPECT_AFTER"}}),
+		altsrc.NewIntFlag(&cli.IntFlag{Name: "down-after", Usage: "missed probes before a site is down", Value: def.Node.DownAfter, EnvVars: []string{"CHEOPS_DOWN_AFTER"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error", Value: "info", EnvVars: []string{"CHEOPS_LOG_LEVEL"}}),
+	}
+	register(&cli.Command{
+		Name:  "agent",
+		Usage: "run this site's agent",
+		Description: "Runs until SIGINT or SIGTERM, then stops cleanly. It prints its API URL and its\n" +
+			"listen addresses (with /p2p/, for other sites' --peer) on stderr and writes them\n" +
+			"to DIR/" + agent.APIFile + " and DIR/" + agent.AddrsFile + ".",
+		Flags:  flags,
+		Before: configFile(flags),
+		Action: runAgent,
+	})
+}
+
+// configFile reads --config into the flags not given on the command line
+// or in the environment. A key that names no flag is an error, not a
+// silent no-op: a typo in a config file must not drop a trust list.
+func configFile(flags []cli.Flag) cli.BeforeFunc {
+	load := altsrc.InitInputSourceWithContext(flags, altsrc.NewJSONSourceFromFlagFunc("config"))
+	return func(c *cli.Context) error {
+		path := c.String("config")
+		if path == "" {
+			return nil
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return usageError("--config: %v", err)
+		}
+		var keys map[string]json.RawMessage
+		if err := json.Unmarshal(data, &keys); err != nil {
+			return usageError("--config %s: not a JSON object: %v", path, err)
+		}
+		var names []string
+		for _, f := range flags {
+			names = append(names, f.Names()...)
+		}
+		for k := range keys {
+			if k == "config" || !slices.Contains(names, k) {
+				return usageError("--config %s: unknown key %q (keys are the flag names: site, data, listen, peer, trust, …)", path, k)
+			}
+		}
+		if err := load(c); err != nil {
+			return usageError("--config %s: %v", path, err)
+		}
+		return nil
+	}
+}
+
+func runAgent(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return usageError("agent takes no arguments, got %q", c.Args().Slice())
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
+		return usageError("--log-level: %v", err)
+	}
+	log := slog.New(slog.NewTextHandler(c.App.ErrWriter, &slog.HandlerOptions{Level: level}))
+	cfg, err := agentConfig(c)
+	if err != nil {
+		return usageError("%v", err)
+	}
+	cfg.Logger = log
+	a, err := agent.Start(c.Context, cfg)
+	if err != nil {
+		if isBadInput(err) {
+			return usageError("%v", err)
+		}
+		return failure("%v", err)
+	}
+	fmt.Fprintf(c.App.ErrWriter, "cheops agent %s: peer %s, API %s\n", cfg.Node.Site, a.Node().ID(), a.URL())
+	for _, addr := range a.Node().Addrs() {
+		fmt.Fprintf(c.App.ErrWriter, "  listening on %s\n", addr)
+	}
+	waitErr := a.Wait(c.Context)
+	log.Info("stopping")
+	closeErr := a.Close()
+	if waitErr != nil {
+		return failure("%v", waitErr)
+	}
+	if closeErr != nil {
+		return failure("%v", closeErr)
+	}
+	return nil
+}
+
+// isBadInput tells configuration and data-directory problems (exit 2) from
+// failures of a well-configured agent (exit 1).
+func isBadInput(err error) bool {
+	for _, e := range []error{node.ErrBadConfig, node.ErrNoTrust, node.ErrDataDirInUse, node.ErrIdentity, agent.ErrBadConfig} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// agentConfig turns the flags into the agent's configuration.
+func agentConfig(c *cli.Context) (agent.Config, error) {
+	cfg := agent.DefaultConfig()
+	nc := &cfg.Node
+	nc.Site = c.String("site")
+	nc.DataDir = c.String("data")
+	if nc.Site == "" {
+		return cfg, errors.New("--site is required: this site's name, as scopes spell it")
+	}
+	if err := node.ValidSiteName(nc.Site); err != nil {
+		return cfg, fmt.Errorf("--site: %w", err)
+	}
+	if nc.DataDir == "" {
+		return cfg, errors.New("--data is required: the directory that keeps this site's identity and catalog")
+	}
+	if err := os.MkdirAll(nc.DataDir, 0o700); err != nil {
+		return cfg, fmt.Errorf("--data: %w", err)
+	}
+	f, err := os.CreateTemp(nc.DataDir, ".probe-*")
+	if err != nil {
+		return cfg, fmt.Errorf("--data %s is not writable: %w", nc.DataDir, err)
+	}
+	f.Close()
+	os.Remove(f.Name())
+
+	nc.Listen = c.StringSlice("listen")
+	nc.Announce = c.StringSlice("announce")
+	nc.Peers = c.StringSlice("peer")
+	nc.TrustAll = c.Bool("trust-all")
+	nc.ProbeInterval = c.Duration("probe-interval")
+	nc.ProbeTimeout = c.Duration("probe-timeout")
+	nc.SuspectAfter = c.Int("suspect-after")
+	nc.DownAfter = c.Int("down-after")
+	trust := c.StringSlice("trust")
+	if path := c.String("trust-file"); path != "" {
+		ids, err := readTrustFile(path)
+		if err != nil {
+			return cfg, err
+		}
+		trust = append(trust, ids...)
+	}
+	for _, s := range trust {
+		id, err := peer.Decode(s)
+		if err != nil {
+			return cfg, fmt.Errorf("trusted peer %q is not a peer id: %w", s, err)
+		}
+		nc.Trust = append(nc.Trust, id)
+	}
+	if path := c.String("swarm-key"); path != "" {
+		key, err := os.ReadFile(path)
+		if err != nil {
+			return cfg, fmt.Errorf("--swarm-key: %w", err)
+		}
+		nc.SwarmKey = key
+	}
+	cfg.API = c.String("api")
+	if path := c.String("api-token-file"); path != "" {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return cfg, fmt.Errorf("--api-token-file: %w", err)
+		}
+		if cfg.APIToken = strings.TrimSpace(string(data)); cfg.APIToken == "" {
+			return cfg, fmt.Errorf("--api-token-file %s is empty", path)
+		}
+	}
+	services, err := parseServices(c.StringSlice("service"))
+	if err != nil {
+		return cfg, err
+	}
+	cfg.Services = services
+	for _, p := range c.StringSlice("policy") {
+		svc, method, policy, err := forward.ParsePolicy(p)
+		if err != nil {
+			return cfg, fmt.Errorf("--policy: %w", err)
+		}
+		if _, ok := cfg.Services[svc]; !ok {
+			return cfg, fmt.Errorf("--policy %s: no --service %s", p, svc)
+		}
+		if cfg.Policies == nil {
+			cfg.Policies = map[string]map[string]string{}
+		}
+		if cfg.Policies[svc] == nil {
+			cfg.Policies[svc] = map[string]string{}
+		}
+		cfg.Policies[svc][method] = policy
+	}
+	if cfg.MaxBody = c.Int64("max-body"); cfg.MaxBody <= 0 {
+		return cfg, fmt.Errorf("--max-body must be positive, got %d", cfg.MaxBody)
+	}
+	if err := cfg.Validate(); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
+}
+
+// parseServices reads NAME=URL pairs; a name given twice is an error.
+func parseServices(pairs []string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, p := range pairs {
+		name, base, ok := strings.Cut(p, "=")
+		if !ok {
+			return nil, fmt.Errorf("--service %q: want NAME=URL", p)
+		}
+		if err := agent.ValidService(name, base); err != nil {
+			return nil, fmt.Errorf("--service: %w", err)
+		}
+		if _, dup := out[name]; dup {
+			return nil, fmt.Errorf("--service %s given twice", name)
+		}
+		out[name] = base
+	}
+	return out, nil
+}
+
+// readTrustFile reads peer ids, one per line; blank lines and # comments
+// are skipped.
+func readTrustFile(path string) ([]string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--trust-file: %w", err)
+	}
+	var ids []string
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for n := 1; sc.Scan(); n++ {
+		line, _, _ := strings.Cut(sc.Text(), "#")
+		line = strings.TrimSpace(line)
+		if line == "" {
+			continue
+		}
+		if _, err := peer.Decode(line); err != nil {
+			return nil, fmt.Errorf("--trust-file %s:%d: %q is not a peer id", path, n, line)
+		}
+		ids = append(ids, line)
+	}
+	return ids, sc.Err()
+}

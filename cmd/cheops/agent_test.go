@@ -1,0 +1,161 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"cheops/agent"
+	"cheops/node"
+)
+
+// sitesOf runs `cheops sites --json` against an agent.
+func sitesOf(t *testing.T, p *agentProc) (map[string]agent.SiteJSON, error) {
+	out, err := exec.Command(binary(t), "sites", "--json", "--agent", p.api).Output()
+	if err != nil {
+		return nil, fmt.Errorf("cheops sites: %v", err)
+	}
+	var list []agent.SiteJSON
+	if err := json.Unmarshal(out, &list); err != nil {
+		return nil, err
+	}
+	m := map[string]agent.SiteJSON{}
+	for _, s := range list {
+		m[s.Site] = s
+	}
+	return m, nil
+}
+
+func sitesIn(t *testing.T, p *agentProc, want map[string]string) func() error {
+	return func() error {
+		sites, err := sitesOf(t, p)
+		if err != nil {
+			return err
+		}
+		for site, state := range want {
+			if sites[site].State != state {
+				return fmt.Errorf("%s: %s is %q, want %q (%+v)", p.api, site, sites[site].State, state, sites)
+			}
+		}
+		return nil
+	}
+}
+
+// A site that crashes is marked down within the configured bound, restarts
+// with the same identity (the kernel released its lock), and a clean stop
+// exits 0 and removes the files scripts wait for.
+func TestAgentCrashRestartStop(t *testing.T) {
+	dir := t.TempDir()
+	parisData, berlinData := filepath.Join(dir, "paris"), filepath.Join(dir, "berlin")
+	parisID, berlinID := peerID(t, parisData), peerID(t, berlinData)
+	paris := startAgent(t, "paris", parisData, "--trust", berlinID)
+	berlin := startAgent(t, "berlin", berlinData, "--trust", parisID, "--peer", paris.addr(t))
+	waitFor(t, 30*time.Second, "both up", sitesIn(t, paris, map[string]string{"paris": "up", "berlin": "up"}))
+
+	// A second agent on berlin's data directory is refused.
+	second := exec.Command(binary(t), "agent", "--site", "berlin2", "--data", berlinData, "--trust-all",
+		"--api", "127.0.0.1:0", "--listen", "/ip4/127.0.0.1/tcp/0")
+	if out, _ := second.CombinedOutput(); second.ProcessState.ExitCode() != exitBadUsage || !strings.Contains(string(out), "in use") {
+		t.Fatalf("second agent on one data directory: exit %d, %s", second.ProcessState.ExitCode(), out)
+	}
+	// `cheops id` reads the identity of a running agent.
+	if got := peerID(t, berlinData); got != berlinID {
+		t.Fatalf("id while running: %s, want %s", got, berlinID)
+	}
+
+	berlin.cmd.Process.Kill()
+	berlin.cmd.Wait()
+	// --probe-interval 200ms, --probe-timeout 1s, down after 4 misses.
+	cfg := node.DefaultConfig()
+	cfg.ProbeInterval, cfg.ProbeTimeout = 200*time.Millisecond, time.Second
+	waitFor(t, cfg.DownBound()+3*time.Second, "crashed berlin down at paris", sitesIn(t, paris, map[string]string{"berlin": "down"}))
+
+	berlin = startAgent(t, "berlin", berlinData, "--trust", parisID, "--peer", paris.addr(t))
+	waitFor(t, 30*time.Second, "berlin up again", sitesIn(t, paris, map[string]string{"berlin": "up"}))
+	sites, err := sitesOf(t, berlin)
+	if err != nil || sites["berlin"].Peer != berlinID || !sites["berlin"].Self {
+		t.Fatalf("restarted berlin: %+v %v, want peer %s", sites, err, berlinID)
+	}
+
+	if err := berlin.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- berlin.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("SIGTERM: %v\n%s", err, berlin.stderr.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("berlin did not stop on SIGTERM")
+	}
+	for _, f := range []string{agent.AddrsFile, agent.APIFile, "lock"} {
+		if _, err := os.Stat(filepath.Join(berlinData, f)); f != "lock" && !os.IsNotExist(err) {
+			t.Errorf("%s left after a clean stop", f)
+		}
+	}
+	if !strings.Contains(berlin.stderr.String(), "/p2p/"+berlinID) {
+		t.Errorf("berlin did not print its addresses:\n%s", berlin.stderr.String())
+	}
+}
+
+// Two agents given one site name: the first claim stands everywhere it was
+// learned first, and the conflict is reported in `cheops sites`.
+func TestAgentDuplicateSiteName(t *testing.T) {
+	dir := t.TempDir()
+	parisData, berlinData, twinData := filepath.Join(dir, "paris"), filepath.Join(dir, "berlin"), filepath.Join(dir, "twin")
+	parisID, berlinID, twinID := peerID(t, parisData), peerID(t, berlinData), peerID(t, twinData)
+	paris := startAgent(t, "paris", parisData, "--trust", berlinID)
+	berlin := startAgent(t, "berlin", berlinData, "--trust", parisID, "--trust", twinID, "--peer", paris.addr(t))
+	waitFor(t, 30*time.Second, "paris up at berlin", sitesIn(t, berlin, map[string]string{"paris": "up"}))
+
+	startAgent(t, "paris", twinData, "--trust", berlinID, "--peer", berlin.addr(t))
+	waitFor(t, 30*time.Second, "conflict at berlin", func() error {
+		sites, err := sitesOf(t, berlin)
+		if err != nil {
+			return err
+		}
+		p := sites["paris"]
+		if p.Peer != parisID || len(p.Conflicts) != 1 || p.Conflicts[0] != twinID {
+			return fmt.Errorf("paris row %+v", p)
+		}
+		return nil
+	})
+	cmd := exec.Command(binary(t), "sites", "--agent", berlin.api)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(stdout.String(), "CONFLICT") || !strings.Contains(stderr.String(), twinID) {
+		t.Fatalf("table does not show the conflict:\n%s\n%s", stdout.String(), stderr.String())
+	}
+}
+
+func TestIDCommand(t *testing.T) {
+	data := filepath.Join(t.TempDir(), "site")
+	a, b := peerID(t, data), peerID(t, data)
+	if a != b || !strings.HasPrefix(a, "12D3KooW") {
+		t.Fatalf("ids %q, %q", a, b)
+	}
+	fi, err := os.Stat(filepath.Join(data, node.IdentityFile))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("identity file: %v %v", fi, err)
+	}
+}
+
+func TestSitesWithoutAgent(t *testing.T) {
+	cmd := exec.Command(binary(t), "sites", "--agent", "http://127.0.0.1:1")
+	out, _ := cmd.CombinedOutput()
+	if cmd.ProcessState.ExitCode() != exitFailed || !strings.Contains(string(out), "no agent at http://127.0.0.1:1") {
+		t.Fatalf("exit %d: %s", cmd.ProcessState.ExitCode(), out)
+	}
+}

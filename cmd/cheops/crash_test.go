@@ -1,0 +1,122 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"cheops/catalog"
+	"cheops/catchup"
+)
+
+// jsonServer runs the real REST application used by end-to-end tests.
+func jsonServer(t *testing.T) string {
+	t.Helper()
+	bin, err := exec.LookPath("json-server")
+	if err != nil {
+		t.Skip("json-server is not installed (npm install -g json-server@0.17.4; .ci/run does it)")
+	}
+	dir := t.TempDir()
+	db := filepath.Join(dir, "db.json")
+	os.WriteFile(db, []byte(`{"posts": []}`), 0o644)
+	_, port, _ := strings.Cut(freePort(t), ":")
+	cmd := exec.Command(bin, "--port", port, "--host", "127.0.0.1", "--quiet", db)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	url := "http://127.0.0.1:" + port
+	waitFor(t, 30*time.Second, "json-server answers", func() error {
+		resp, err := http.Get(url + "/posts")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		return nil
+	})
+	return url
+}
+
+func countPosts(t *testing.T, app string) int {
+	resp, err := http.Get(app + "/posts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var posts []any
+	json.NewDecoder(resp.Body).Decode(&posts)
+	return len(posts)
+}
+
+// TestKilledBetweenExecuteAndRecord: rome owes a create; it runs it and is
+// killed (SIGKILL) before recording the outcome; after a restart the
+// create is not run again.
+func TestKilledBetweenExecuteAndRecord(t *testing.T) {
+	parisApp, romeApp := jsonServer(t), jsonServer(t)
+	dir := t.TempDir()
+	parisData, romeData := filepath.Join(dir, "paris"), filepath.Join(dir, "rome")
+	parisID, romeID := peerID(t, parisData), peerID(t, romeData)
+	paris := startAgent(t, "paris", parisData, "--trust", romeID, "--service", "posts="+parisApp)
+	romeArgs := []string{"--trust", parisID, "--peer", paris.addr(t), "--service", "posts=" + romeApp}
+	rome := startAgent(t, "rome", romeData, romeArgs...)
+	waitFor(t, 30*time.Second, "paris sees rome up", sitesIn(t, paris, map[string]string{"rome": "up"}))
+	rome.cmd.Process.Signal(os.Interrupt)
+	rome.cmd.Wait()
+	waitFor(t, 30*time.Second, "paris sees rome down", sitesIn(t, paris, map[string]string{"rome": "down"}))
+
+	req, _ := http.NewRequest("POST", paris.api+"/svc/posts/posts", strings.NewReader(`{"title": "once"}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Cheops-Scope", "{posts: paris & rome}")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	gid := resp.Header.Get("X-Cheops-Resource")
+	if resp.StatusCode != 201 || resp.Header.Get("X-Cheops-Sites") != "paris=201, rome=pending" {
+		t.Fatalf("create: %d %v", resp.StatusCode, resp.Header)
+	}
+
+	// rome comes back with the failpoint: it executes the create and dies.
+	t.Setenv(catchup.FailpointEnv, "catchup-after-execute")
+	crashing := startAgent(t, "rome", romeData, romeArgs...)
+	exited := make(chan error, 1)
+	go func() { exited <- crashing.cmd.Wait() }()
+	select {
+	case err := <-exited:
+		if crashing.cmd.ProcessState.ExitCode() != -1 {
+			t.Fatalf("rome exited with %v, want killed by SIGKILL", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("rome did not reach the failpoint")
+	}
+	if n := countPosts(t, romeApp); n != 1 {
+		t.Fatalf("rome's application holds %d posts after the crash, want 1", n)
+	}
+
+	os.Unsetenv(catchup.FailpointEnv)
+	restarted := startAgent(t, "rome", romeData, romeArgs...)
+	waitFor(t, 60*time.Second, "rome's outcome recorded", func() error {
+		out, err := exec.Command(binary(t), "catalog", "get", gid, "--json", "--agent", restarted.api).Output()
+		if err != nil {
+			return fmt.Errorf("catalog get: %v", err)
+		}
+		var r catalog.Resource
+		if err := json.Unmarshal(out, &r); err != nil {
+			return err
+		}
+		if v := r.PerSite["rome"]; len(v.Pending) != 0 || v.LocalID == "" {
+			return fmt.Errorf("rome: %+v", v)
+		}
+		return nil
+	})
+	if n := countPosts(t, romeApp); n != 1 {
+		t.Fatalf("rome's application holds %d posts after recovery, want exactly 1", n)
+	}
+}

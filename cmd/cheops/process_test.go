@@ -1,0 +1,272 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"cheops/agent"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// binary builds the cheops command once per test run.
+func binary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "cheops-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "cheops")
+		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binPath != "" {
+		os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// agentProc is an agent process started from the built binary.
+type agentProc struct {
+	cmd    *exec.Cmd
+	api    string
+	data   string
+	stderr *bytes.Buffer
+}
+
+// startAgent starts an agent process with fast probes and waits until it
+// has written its API URL (port 0: no race for a free port).
+func startAgent(t *testing.T, site, data string, args ...string) *agentProc {
+	t.Helper()
+	argv := append([]string{"agent", "--site", site, "--data", data, "--api", "127.0.0.1:0",
+		"--listen", "/ip4/127.0.0.1/tcp/0", "--probe-interval", "200ms", "--probe-timeout", "1s"}, args...)
+	// A crashed agent leaves its files behind: wait for fresh ones.
+	os.Remove(filepath.Join(data, agent.APIFile))
+	os.Remove(filepath.Join(data, agent.AddrsFile))
+	cmd := exec.Command(binary(t), argv...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &syncWriter{w: &stderr}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &agentProc{cmd: cmd, data: data, stderr: &stderr}
+	t.Cleanup(func() {
+		cmd.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			t.Logf("%s stderr:\n%s", site, stderr.String())
+		}
+	})
+	// The API file is written last, after the addresses.
+	waitFor(t, 30*time.Second, site+" writes its API URL", func() error {
+		data, err := os.ReadFile(filepath.Join(data, agent.APIFile))
+		if err != nil || len(bytes.TrimSpace(data)) == 0 {
+			return fmt.Errorf("no %s yet", agent.APIFile)
+		}
+		p.api = strings.TrimSpace(string(data))
+		return nil
+	})
+	return p
+}
+
+func (p *agentProc) addr(t *testing.T) string {
+	data, err := os.ReadFile(filepath.Join(p.data, agent.AddrsFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Fields(string(data))[0]
+}
+
+type syncWriter struct {
+	mu sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (s *syncWriter) Write(b []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(b)
+}
+
+func waitFor(t *testing.T, within time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v: %v", what, within, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func peerID(t *testing.T, data string) string {
+	out, err := exec.Command(binary(t), "id", "--data", data).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func TestAgentProcessesFindEachOther(t *testing.T) {
+	dir := t.TempDir()
+	parisData, berlinData := filepath.Join(dir, "paris"), filepath.Join(dir, "berlin")
+	parisID, berlinID := peerID(t, parisData), peerID(t, berlinData)
+
+	// paris reads its settings from a config file; berlin from flags.
+	conf := filepath.Join(dir, "paris.json")
+	trustFile := filepath.Join(dir, "trust")
+	os.WriteFile(trustFile, []byte("# the sites\n"+berlinID+"\n\n"), 0o600)
+	os.WriteFile(conf, []byte(fmt.Sprintf(`{"site": "paris", "trust-file": %q}`, trustFile)), 0o600)
+	paris := startAgent(t, "paris", parisData, "--config", conf)
+	berlin := startAgent(t, "berlin", berlinData, "--trust", parisID, "--peer", paris.addr(t))
+
+	waitFor(t, 30*time.Second, "cheops sites lists both up", func() error {
+		for _, p := range []*agentProc{paris, berlin} {
+			out, err := exec.Command(binary(t), "sites", "--json", "--agent", p.api).Output()
+			if err != nil {
+				return fmt.Errorf("sites: %v", err)
+			}
+			var sites []agent.SiteJSON
+			if err := json.Unmarshal(out, &sites); err != nil {
+				return err
+			}
+			up := map[string]bool{}
+			for _, s := range sites {
+				up[s.Site] = s.State == "up"
+			}
+			if len(sites) != 2 || !up["paris"] || !up["berlin"] {
+				return fmt.Errorf("%s lists %+v", p.api, sites)
+			}
+		}
+		return nil
+	})
+	out, err := exec.Command(binary(t), "catalog", "ls", "--json", "--agent", paris.api).Output()
+	if err != nil || strings.TrimSpace(string(out)) != "[]" {
+		t.Fatalf("catalog ls on an empty catalog: %v %q", err, out)
+	}
+	get := exec.Command(binary(t), "catalog", "get", "01ARZ3NDEKTSV4RRFFQ69G5FAV", "--agent", paris.api)
+	if msg, _ := get.CombinedOutput(); get.ProcessState.ExitCode() != exitFailed || !strings.Contains(string(msg), "no resource") {
+		t.Fatalf("catalog get of an unknown id: exit %d, %s", get.ProcessState.ExitCode(), msg)
+	}
+	out, err = exec.Command(binary(t), "sites", "--agent", berlin.api).Output()
+	if err != nil || !strings.Contains(string(out), "paris") || !strings.Contains(string(out), "berlin (self)") {
+		t.Fatalf("sites table: %v\n%s", err, out)
+	}
+}
+
+func TestAgentBadInput(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	aFile := write("file", "")
+	// A data directory under a regular file cannot be created, even by root.
+	unusable := filepath.Join(aFile, "x")
+	corrupt := filepath.Join(dir, "corrupt")
+	os.MkdirAll(corrupt, 0o700)
+	write("corrupt/identity.key", "not a key")
+	someID := peerID(t, filepath.Join(dir, "other"))
+	ok := []string{"--site", "a", "--data", filepath.Join(dir, "a"), "--trust-all"}
+	for name, tc := range map[string]struct {
+		args []string
+		want string // in the message
+	}{
+		"unknown flag":         {[]string{"agent", "--site", "a", "--data", dir, "--frobnicate"}, "frobnicate"},
+		"missing site":         {[]string{"agent", "--data", dir, "--trust-all"}, "--site is required"},
+		"missing data":         {[]string{"agent", "--site", "a", "--trust-all"}, "--data is required"},
+		"bad site name":        {[]string{"agent", "--site", "9a", "--data", dir, "--trust-all"}, "site name"},
+		"malformed peer":       {append([]string{"agent", "--peer", "/ip4/1.2.3.4/tcp"}, ok...), "peer address"},
+		"peer without /p2p/":   {append([]string{"agent", "--peer", "/ip4/1.2.3.4/tcp/4001"}, ok...), "peer address"},
+		"malformed listen":     {append([]string{"agent", "--listen", "/ip4/1.2.3/tcp/1"}, ok...), "address"},
+		"bad trust":            {[]string{"agent", "--site", "a", "--data", dir, "--trust", "nobody"}, "not a peer id"},
+		"bad trust file line":  {[]string{"agent", "--site", "a", "--data", dir, "--trust-file", write("trust", someID+"\nnobody # x\n")}, "trust:2"},
+		"missing trust file":   {[]string{"agent", "--site", "a", "--data", dir, "--trust-file", filepath.Join(dir, "none")}, "--trust-file"},
+		"no trust":             {[]string{"agent", "--site", "a", "--data", dir}, "no trusted peers"},
+		"unusable data":        {[]string{"agent", "--site", "a", "--data", unusable, "--trust-all"}, "--data"},
+		"corrupt identity":     {[]string{"agent", "--site", "a", "--data", corrupt, "--trust-all"}, "identity"},
+		"bad swarm key":        {append([]string{"agent", "--swarm-key", write("key", "garbage")}, ok...), "swarm key"},
+		"swarm key, QUIC only": {append([]string{"agent", "--swarm-key", write("key2", "/key/swarm/psk/1.0.0/\n/base16/\n"+strings.Repeat("ab", 32)+"\n"), "--listen", "/ip4/127.0.0.1/udp/0/quic-v1"}, ok...), "TCP"},
+		"bad service":          {append([]string{"agent", "--service", "posts"}, ok...), "NAME=URL"},
+		"bad service url":      {append([]string{"agent", "--service", "posts=localhost:80"}, ok...), "http"},
+		"service twice":        {append([]string{"agent", "--service", "p=http://a", "--service", "p=http://b"}, ok...), "twice"},
+		"bad api":              {append([]string{"agent", "--api", "7070"}, ok...), "HOST:PORT"},
+		"bad probe settings":   {append([]string{"agent", "--suspect-after", "5"}, ok...), "suspect-after"},
+		"bad log level":        {append([]string{"agent", "--log-level", "loud"}, ok...), "log-level"},
+		"positional argument":  {append([]string{"agent", "extra"}, ok...), "no arguments"},
+		"missing config":       {[]string{"agent", "--config", filepath.Join(dir, "none.json")}, "--config"},
+		"config not JSON":      {[]string{"agent", "--config", write("c1.json", "site: a")}, "JSON"},
+		"config unknown key":   {[]string{"agent", "--config", write("c2.json", `{"site": "a", "sight": "b"}`)}, `"sight"`},
+		"config wrong type":    {[]string{"agent", "--config", write("c3.json", `{"site": "a", "data": "x", "trust-all": true, "peer": 3}`)}, "peer"},
+		"id without data":      {[]string{"id"}, "data"},
+		"id unusable data":     {[]string{"id", "--data", unusable}, "identity"},
+		"sites bad agent URL":  {[]string{"sites", "--agent", "127.0.0.1:7070"}, "--agent"},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		cmd := exec.CommandContext(ctx, binary(t), tc.args...)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		cancel()
+		code := cmd.ProcessState.ExitCode()
+		if code != exitBadUsage {
+			t.Errorf("%s: exit %d (%v), want 2; stderr: %s", name, code, err, stderr.String())
+		}
+		if !strings.Contains(stderr.String(), tc.want) {
+			t.Errorf("%s: message %q does not mention %q", name, stderr.String(), tc.want)
+		}
+		if strings.Contains(stderr.String(), "panic") {
+			t.Errorf("%s: panicked: %s", name, stderr.String())
+		}
+	}
+}

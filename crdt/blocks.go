@@ -1,0 +1,571 @@
+package crdt
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	dag "github.com/ipfs/boxo/ipld/merkledag"
+	blocks "github.com/ipfs/go-block-format"
+	"github.com/ipfs/go-cid"
+	ipld "github.com/ipfs/go-ipld-format"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+)
+
+// Protocols of this package.
+const (
+	// BlockProtocol serves a group's DAG blocks to the group's members.
+	//
+	// The asker sends one frame, a JSON blockRequest naming the group, the
+	// wanted CIDs and its own heads. The server answers with the wanted
+	// blocks and then their ancestors, breadth first, as pairs of frames
+	// (CID, block), and ends with an empty frame. It does not descend past
+	// the asker's heads, nor past a block the asker reports it holds:
+	// while it reads the answer, the asker sends back one frame with the
+	// CID of each received block it already had, so that a server walking
+	// down into history the asker shares stops within a round trip. A
+	// peer that is not a member of the group gets the stream reset and
+	// nothing else.
+	BlockProtocol protocol.ID = "/cheops/crdt/blocks/2.0.0"
+	// HeadsProtocol pushes a group's heads to a member that just
+	// connected: one frame, a JSON headsPush.
+	HeadsProtocol protocol.ID = "/cheops/crdt/heads/1.0.0"
+)
+
+// Limits of the wire protocols: a request or heads push over maxFrame, or
+// a block over maxBlock, ends the stream.
+const (
+	maxFrame = 1 << 20
+	maxBlock = 4 << 20
+	// maxHaves bounds the "I have it" reports of one answer: past that
+	// many, the asker has said enough for the server to prune.
+	maxHaves = 4096
+	// putBatch is how many received blocks are written at once at most.
+	putBatch = 256
+)
+
+// blockRequest asks for blocks of one group. Known lists CIDs the asker
+// holds (its heads): the server sends no ancestor past them.
+type blockRequest struct {
+	Group string   `json:"group"`
+	Want  []string `json:"want"`
+	Known []string `json:"known,omitempty"`
+}
+
+// headsPush carries a group's heads, encoded as go-ds-crdt broadcasts them.
+// It names the group's sites and their peer ids, so that a member that has
+// not joined the group yet can join it.
+type headsPush struct {
+	Group string    `json:"group"`
+	Sites []string  `json:"sites"`
+	Peers []peer.ID `json:"peers"`
+	Heads []byte    `json:"heads"`
+}
+
+func writeFrame(w io.Writer, b []byte) error {
+	var n [binary.MaxVarintLen64]byte
+	if _, err := w.Write(n[:binary.PutUvarint(n[:], uint64(len(b)))]); err != nil {
+		return err
+	}
+	_, err := w.Write(b)
+	return err
+}
+
+// readFrame reads one frame; io.EOF means the input ended cleanly before
+// it.
+func readFrame(r *bufio.Reader, limit int) ([]byte, error) {
+	n, err := binary.ReadUvarint(r)
+	if err != nil {
+		return nil, err
+	}
+	if n > uint64(limit) {
+		return nil, fmt.Errorf("frame of %d bytes is over the limit of %d", n, limit)
+	}
+	b := make([]byte, n)
+	if _, err = io.ReadFull(r, b); err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return b, err
+}
+
+// cidSet is a set of CIDs safe for concurrent use.
+type cidSet struct {
+	mu  sync.Mutex
+	set map[cid.Cid]struct{}
+}
+
+func (s *cidSet) add(c cid.Cid) {
+	s.mu.Lock()
+	s.set[c] = struct{}{}
+	s.mu.Unlock()
+}
+
+func (s *cidSet) has(c cid.Cid) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.set[c]
+	return ok
+}
+
+// serveBlocks answers a block request, only for a member of the group.
+func (m *Manager) serveBlocks(s network.Stream) {
+	if !m.enter() {
+		_ = s.Reset()
+		return
+	}
+	defer m.wg.Done()
+	remote := s.Conn().RemotePeer()
+	_ = s.SetDeadline(time.Now().Add(m.cfg.FetchTimeout))
+	r := bufio.NewReader(s)
+	frame, err := readFrame(r, maxFrame)
+	if err != nil {
+		_ = s.Reset()
+		return
+	}
+	var req blockRequest
+	if err := json.Unmarshal(frame, &req); err != nil {
+		m.log.Warn("malformed block request", "peer", remote, "err", err)
+		m.metrics.malformed.Inc()
+		_ = s.Reset()
+		return
+	}
+	g := m.group(req.Group)
+	if g == nil || !g.members[remote] {
+		// Same answer whether the group exists here or not: a non-member
+		// learns nothing.
+		m.log.Warn("refused block request from a non-member", "peer", remote, "group", req.Group)
+		m.metrics.refused.Inc()
+		_ = s.Reset()
+		return
+	}
+	known := &cidSet{set: map[cid.Cid]struct{}{}}
+	for _, k := range req.Known {
+		if c, err := cid.Decode(k); err == nil {
+			known.add(c)
+		}
+	}
+	type item struct{ c, parent cid.Cid } // parent undefined: a wanted block
+	var queue []item
+	for _, want := range req.Want {
+		c, err := cid.Decode(want)
+		if err != nil {
+			m.metrics.malformed.Inc()
+			_ = s.Reset()
+			return
+		}
+		queue = append(queue, item{c: c})
+	}
+
+	// The asker's reports of blocks it already held.
+	haves := make(chan struct{})
+	go func() {
+		defer close(haves)
+		for range maxHaves {
+			f, err := readFrame(r, maxFrame)
+			if err != nil {
+				return
+			}
+			if c, err := cid.Cast(f); err == nil {
+				known.add(c)
+			}
+		}
+	}()
+	defer func() { <-haves }()
+
+	ctx, cancel := context.WithTimeout(m.ctx, m.cfg.FetchTimeout)
+	defer cancel()
+	w := bufio.NewWriterSize(s, 64<<10)
+	sent := cid.NewSet()
+	nblocks, nbytes := 0, 0
+	defer func() {
+		m.metrics.blockBytesSent.WithLabelValues(m.siteOf(remote)).Add(float64(nbytes))
+		m.metrics.blocksSent.Add(float64(nblocks))
+	}()
+	// Breadth first from the wanted blocks down their links, so that a
+	// chain arrives in one answer; not past what the asker holds.
+	for i := 0; i < len(queue) && nblocks < m.cfg.MaxPushBlocks && nbytes < m.cfg.MaxPushBytes; i++ {
+		it := queue[i]
+		if sent.Has(it.c) {
+			continue
+		}
+		if it.parent.Defined() && (known.has(it.c) || known.has(it.parent)) {
+			// An ancestor of a block the asker holds: it holds it too.
+			known.add(it.c)
+			continue
+		}
+		b, err := g.blocks.Get(ctx, it.c)
+		if err != nil {
+			continue
+		}
+		sent.Add(it.c)
+		nblocks++
+		nbytes += len(b.RawData())
+		if writeFrame(w, it.c.Bytes()) != nil || writeFrame(w, b.RawData()) != nil {
+			_ = s.Reset()
+			return
+		}
+		if nd, err := dag.DecodeProtobuf(b.RawData()); err == nil {
+			for _, l := range nd.Links() {
+				queue = append(queue, item{c: l.Cid, parent: it.c})
+			}
+		}
+	}
+	if writeFrame(w, nil) != nil || w.Flush() != nil {
+		_ = s.Reset()
+		return
+	}
+	// Close stops the haves reader as well (both directions).
+	_ = s.Close()
+}
+
+// fetch asks one member for blocks and stores every verified block it
+// sends back in the group's blockstore. It returns how many new blocks it
+// stored.
+func (g *Group) fetch(ctx context.Context, p peer.ID, want []cid.Cid) (int, error) {
+	m := g.m
+	m.metrics.fetches.Inc()
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.FetchTimeout)
+	defer cancel()
+	s, err := m.cfg.Host.NewStream(network.WithAllowLimitedConn(ctx, "crdt"), p, BlockProtocol)
+	if err != nil {
+		return 0, fmt.Errorf("open block stream to %s: %w", p, err)
+	}
+	// A cancelled fetch must not leave the stream blocked in a read.
+	stop := context.AfterFunc(ctx, func() { _ = s.Reset() })
+	defer stop()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = s.SetDeadline(dl)
+	}
+	req := blockRequest{Group: g.name}
+	for _, c := range want {
+		req.Want = append(req.Want, c.String())
+	}
+	for _, h := range g.knownHeads(ctx) {
+		req.Known = append(req.Known, h.String())
+	}
+	data, _ := json.Marshal(req)
+	w := bufio.NewWriter(s)
+	if err := writeFrame(w, data); err != nil || w.Flush() != nil {
+		_ = s.Reset()
+		return 0, fmt.Errorf("send block request to %s: %w", p, err)
+	}
+	r := bufio.NewReader(s)
+	site := m.siteOf(p)
+	stored, haves := 0, 0
+	g.arrivals.begin()
+	defer g.arrivals.end()
+	var pending []blocks.Block
+	// Blocks are written in batches, each announced to the walks waiting
+	// for them, so that the replica applies the first while the rest of
+	// the answer arrives.
+	flush := func() error {
+		if len(pending) == 0 {
+			return nil
+		}
+		if err := g.blocks.PutMany(ctx, pending); err != nil {
+			return fmt.Errorf("store blocks: %w", err)
+		}
+		for _, b := range pending {
+			g.arrivals.arrived(b.Cid())
+		}
+		stored += len(pending)
+		m.metrics.blocksFetched.Add(float64(len(pending)))
+		pending = pending[:0]
+		return nil
+	}
+	fail := func(err error) (int, error) {
+		_ = s.Reset()
+		if ferr := flush(); ferr != nil {
+			err = errors.Join(err, ferr)
+		}
+		return stored, err
+	}
+	for {
+		cb, err := readFrame(r, maxFrame)
+		if err != nil {
+			return fail(fmt.Errorf("read block answer from %s: %w", p, err))
+		}
+		if len(cb) == 0 {
+			break
+		}
+		c, err := cid.Cast(cb)
+		if err != nil {
+			m.metrics.malformed.Inc()
+			return fail(fmt.Errorf("bad cid from %s: %w", p, err))
+		}
+		raw, err := readFrame(r, maxBlock)
+		if err != nil {
+			return fail(fmt.Errorf("read block from %s: %w", p, err))
+		}
+		b, err := verifiedBlock(c, raw)
+		if err != nil {
+			m.log.Warn("dropped a block whose hash does not match", "peer", p, "cid", c, "err", err)
+			m.metrics.malformed.Inc()
+			return fail(err)
+		}
+		m.metrics.blockBytesReceived.WithLabelValues(site).Add(float64(len(raw)))
+		if had, _ := g.blocks.Has(ctx, c); had {
+			m.metrics.duplicateBlocks.Inc()
+			// Tell the server, so that it stops descending here. The
+			// server may have finished already: a failed write is fine.
+			if haves < maxHaves {
+				haves++
+				if writeFrame(w, c.Bytes()) == nil {
+					_ = w.Flush()
+				}
+			}
+			continue
+		}
+		pending = append(pending, b)
+		if len(pending) >= putBatch || r.Buffered() == 0 {
+			if err := flush(); err != nil {
+				return fail(err)
+			}
+		}
+	}
+	_ = s.Close()
+	if err := flush(); err != nil {
+		return stored, err
+	}
+	m.metrics.lastSync.WithLabelValues(g.name, site).SetToCurrentTime()
+	return stored, nil
+}
+
+// arrivals lets a walk that needs a block wait for a fetch in progress
+// that is likely to bring it (the server sends ancestors), instead of
+// asking for it again.
+type arrivals struct {
+	mu      sync.Mutex
+	active  int
+	waiters map[cid.Cid][]*waiter
+	ends    []*waiter // woken when a fetch ends
+}
+
+// waiter is woken once, by the first of its blocks to arrive or the end
+// of a fetch.
+type waiter struct {
+	ch   chan struct{}
+	once sync.Once
+}
+
+func (w *waiter) wake() { w.once.Do(func() { close(w.ch) }) }
+
+func (a *arrivals) begin() {
+	a.mu.Lock()
+	a.active++
+	a.mu.Unlock()
+}
+
+func (a *arrivals) end() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.active--
+	for _, w := range a.ends {
+		w.wake()
+	}
+	a.ends = nil
+	// Every waiter was just woken: forget them all.
+	clear(a.waiters)
+}
+
+func (a *arrivals) arrived(c cid.Cid) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, w := range a.waiters[c] {
+		w.wake()
+	}
+	delete(a.waiters, c)
+}
+
+// wait returns a channel closed when one of cids arrives or a fetch ends;
+// ok is false when no fetch is in progress.
+func (a *arrivals) wait(cids []cid.Cid) (<-chan struct{}, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.active == 0 {
+		return nil, false
+	}
+	if a.waiters == nil {
+		a.waiters = map[cid.Cid][]*waiter{}
+	}
+	w := &waiter{ch: make(chan struct{})}
+	for _, c := range cids {
+		a.waiters[c] = append(a.waiters[c], w)
+	}
+	a.ends = append(a.ends, w)
+	return w.ch, true
+}
+
+func verifiedBlock(c cid.Cid, raw []byte) (blocks.Block, error) {
+	sum, err := c.Prefix().Sum(raw)
+	if err != nil {
+		return nil, err
+	}
+	if !sum.Equals(c) {
+		return nil, fmt.Errorf("block %s hashes to %s", c, sum)
+	}
+	return blocks.NewBlockWithCid(raw, c)
+}
+
+// missing returns the blocks of cids this group does not hold.
+func (g *Group) missing(ctx context.Context, cids []cid.Cid) []cid.Cid {
+	var out []cid.Cid
+	for _, c := range cids {
+		if ok, _ := g.blocks.Has(ctx, c); !ok {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// exchange fetches a group's missing blocks from its connected members
+// only. It is the group's blockservice exchange; blocks this site holds
+// never reach it (the blockservice reads the blockstore first).
+type exchange struct{ g *Group }
+
+// GetBlock asks the connected members in turn until one has the block.
+func (e exchange) GetBlock(ctx context.Context, c cid.Cid) (blocks.Block, error) {
+	if err := e.getMissing(ctx, []cid.Cid{c}); err != nil {
+		return nil, err
+	}
+	return e.g.blocks.Get(ctx, c)
+}
+
+// getMissing fetches the wanted blocks, all in one request per member,
+// asking the next member only for what is still missing.
+func (e exchange) getMissing(ctx context.Context, want []cid.Cid) error {
+	g := e.g
+	g.m.metrics.fetching.Inc()
+	defer g.m.metrics.fetching.Dec()
+	// A fetch in progress probably brings these blocks: wait for it.
+	for {
+		woken, ok := g.arrivals.wait(want)
+		if !ok {
+			break
+		}
+		if want = g.missing(ctx, want); len(want) == 0 {
+			return nil
+		}
+		select {
+		case <-woken:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if want = g.missing(ctx, want); len(want) == 0 {
+			return nil
+		}
+	}
+	var lastErr error = ipld.ErrNotFound{Cid: want[0]}
+	for _, p := range g.connectedMembers() {
+		if _, err := g.fetch(ctx, p, want); err != nil {
+			lastErr = err
+			g.m.log.Debug("fetch blocks", "group", g.name, "peer", p, "err", err)
+		}
+		if want = g.missing(ctx, want); len(want) == 0 {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+	return lastErr
+}
+
+// GetBlocks fetches every block of cids that the members have, in one
+// request, and sends the blocks on the channel.
+func (e exchange) GetBlocks(ctx context.Context, cids []cid.Cid) (<-chan blocks.Block, error) {
+	out := make(chan blocks.Block, len(cids))
+	go func() {
+		defer close(out)
+		if missing := e.g.missing(ctx, cids); len(missing) > 0 {
+			_ = e.getMissing(ctx, missing)
+		}
+		for _, c := range cids {
+			b, err := e.g.blocks.Get(ctx, c)
+			if err != nil {
+				continue
+			}
+			select {
+			case out <- b:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out, nil
+}
+
+func (exchange) NotifyNewBlocks(context.Context, ...blocks.Block) error { return nil }
+func (exchange) Close() error                                           { return nil }
+
+// serveHeads receives a member's pushed heads and hands them to the
+// group's replica as if they came from pubsub.
+func (m *Manager) serveHeads(s network.Stream) {
+	if !m.enter() {
+		_ = s.Reset()
+		return
+	}
+	defer m.wg.Done()
+	defer s.Close()
+	remote := s.Conn().RemotePeer()
+	_ = s.SetDeadline(time.Now().Add(m.cfg.FetchTimeout))
+	frame, err := readFrame(bufio.NewReader(s), maxFrame)
+	if err != nil {
+		_ = s.Reset()
+		return
+	}
+	var push headsPush
+	if err := json.Unmarshal(frame, &push); err != nil {
+		m.metrics.malformed.Inc()
+		_ = s.Reset()
+		return
+	}
+	g := m.group(push.Group)
+	if g == nil {
+		// A member shares a group this site has not joined yet.
+		if g, err = m.joinPushed(push, remote); err != nil {
+			m.log.Warn("refused heads for a new group", "peer", remote, "group", push.Group, "err", err)
+			m.metrics.refused.Inc()
+			_ = s.Reset()
+			return
+		}
+	}
+	if !g.members[remote] {
+		m.log.Warn("refused heads from a non-member", "peer", remote, "group", push.Group)
+		m.metrics.refused.Inc()
+		_ = s.Reset()
+		return
+	}
+	g.bcast.inject(push.Heads)
+	m.metrics.lastSync.WithLabelValues(g.name, m.siteOf(remote)).SetToCurrentTime()
+}
+
+// pushHeads sends the group's heads to one member.
+func (g *Group) pushHeads(ctx context.Context, p peer.ID) error {
+	heads, err := g.encodedHeads(ctx)
+	if err != nil || heads == nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, g.m.cfg.FetchTimeout)
+	defer cancel()
+	s, err := g.m.cfg.Host.NewStream(ctx, p, HeadsProtocol)
+	if err != nil {
+		return fmt.Errorf("open heads stream to %s: %w", p, err)
+	}
+	defer s.Close()
+	data, _ := json.Marshal(headsPush{Group: g.name, Sites: g.sites, Peers: g.peers, Heads: heads})
+	if err := writeFrame(s, data); err != nil {
+		_ = s.Reset()
+		return err
+	}
+	g.m.metrics.headsPushed.Inc()
+	return nil
+}

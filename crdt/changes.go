@@ -1,0 +1,87 @@
+package crdt
+
+import (
+	"sync"
+)
+
+// change is one key written or deleted in a group.
+type change struct {
+	sites   []string
+	key     string
+	value   []byte
+	deleted bool
+}
+
+// changeQueue decouples go-ds-crdt's hooks, which run inside its merge
+// batch and must not block, from the watchers: add never blocks, and one
+// goroutine delivers changes in order.
+type changeQueue struct {
+	mu       sync.Mutex
+	pending  []change
+	signal   chan struct{}
+	done     chan struct{}
+	watchers map[int]func(sites []string, key string, value []byte, deleted bool)
+	nextID   int
+	once     sync.Once
+}
+
+func newChangeQueue() *changeQueue {
+	return &changeQueue{signal: make(chan struct{}, 1), done: make(chan struct{}), watchers: map[int]func([]string, string, []byte, bool){}}
+}
+
+func (q *changeQueue) add(c change) {
+	q.mu.Lock()
+	if len(q.watchers) > 0 {
+		q.pending = append(q.pending, c)
+	}
+	q.mu.Unlock()
+	select {
+	case q.signal <- struct{}{}:
+	default:
+	}
+}
+
+func (q *changeQueue) watch(fn func([]string, string, []byte, bool)) func() {
+	q.mu.Lock()
+	id := q.nextID
+	q.nextID++
+	q.watchers[id] = fn
+	q.mu.Unlock()
+	return func() {
+		q.mu.Lock()
+		delete(q.watchers, id)
+		q.mu.Unlock()
+	}
+}
+
+func (q *changeQueue) close() { q.once.Do(func() { close(q.done) }) }
+
+func (m *Manager) deliverChanges() {
+	defer m.wg.Done()
+	q := m.changes
+	for {
+		select {
+		case <-m.ctx.Done():
+			return
+		case <-q.signal:
+		}
+		for {
+			q.mu.Lock()
+			batch := q.pending
+			q.pending = nil
+			fns := make([]func([]string, string, []byte, bool), 0, len(q.watchers))
+			for _, fn := range q.watchers {
+				fns = append(fns, fn)
+			}
+			q.mu.Unlock()
+			if len(batch) == 0 {
+				break
+			}
+			for _, c := range batch {
+				for _, fn := range fns {
+					fn(c.sites, c.key, c.value, c.deleted)
+				}
+			}
+		}
+	}
+}

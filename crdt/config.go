@@ -1,0 +1,135 @@
+package crdt
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	ds "github.com/ipfs/go-datastore"
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Config describes a site's replication manager.
+type Config struct {
+	// Host is the site's libp2p host: the block and heads protocols are
+	// registered on it and its connections trigger catch-up.
+	Host host.Host
+	// PubSub is the site's router. It must be created with the filters
+	// that TopicAllows decides (subscription filter and peer filter), and
+	// with flood publishing off: see the package documentation.
+	PubSub *pubsub.PubSub
+	// Datastore is the site's persistent store; every group lives in its
+	// own namespace of it. The caller opens it (OpenStore) and closes it
+	// after Close.
+	Datastore ds.Batching
+	// Self is this site's name.
+	Self string
+	// Resolve maps a site to its peer id (membership).
+	Resolve func(site string) (peer.ID, bool)
+
+	// RebroadcastInterval is how often a group re-announces heads that no
+	// member announced meanwhile. Catch-up does not wait for it (heads are
+	// pushed when a member connects and fresh heads travel with their
+	// blocks), so it only repairs a message lost on a live connection:
+	// 10 s bounds that repair at the cost of one small message per group
+	// and interval (go-ds-crdt's default of 1 min made a healed partition
+	// wait up to 2 min, see CRDT-NOTES.md).
+	RebroadcastInterval time.Duration
+	// PushDelays are the delays after a member connects at which this
+	// site pushes the shared groups' heads to it: at once (50 ms, time for
+	// the member's handlers to be reachable), then twice more, because
+	// what is sent in the first second of a connection can be lost and
+	// because the member's manager may start after its host connected.
+	PushDelays []time.Duration
+	// MaxPushBlocks bounds how many blocks the block server sends in one
+	// answer (the wanted ones and their ancestors). 8192 blocks of a few
+	// hundred bytes make one answer of a few MiB: a long absence catches
+	// up in a few round trips, and the asker's reports of blocks it holds
+	// stop the server early when it reaches known history.
+	MaxPushBlocks int
+	// MaxPushBytes bounds the block bytes of one answer (64 MiB).
+	MaxPushBytes int
+	// MaxInlineBytes bounds the block bytes carried in one broadcast with
+	// the heads (fresh deltas reach members without a fetch round trip).
+	// 256 KiB stays well under pubsub's 1 MiB message limit; a bigger
+	// delta is fetched instead.
+	MaxInlineBytes int
+	// FetchTimeout bounds one block exchange with one member, and a heads
+	// push. 20 s leaves room for a few MiB on a slow WAN link.
+	FetchTimeout time.Duration
+	// Workers is the number of DAG walkers per group (go-ds-crdt's
+	// NumWorkers). 4 keeps a burst moving without many goroutines per
+	// group (a site may be in hundreds of groups).
+	Workers int
+	// RepairInterval is how often a group whose replica is marked dirty
+	// (a walk failed, or the previous run did not stop cleanly) retries
+	// its DAG repair. A connecting member triggers a retry at once too.
+	// 30 s: a repair walks the whole DAG, so not in a tight loop.
+	RepairInterval time.Duration
+
+	// Registerer receives the package's metrics; nil keeps them private.
+	Registerer prometheus.Registerer
+	// Logger receives the package's logs; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns timings that converge within a second on a LAN
+// and a few round trips on a WAN.
+func DefaultConfig() Config {
+	return Config{
+		RebroadcastInterval: 10 * time.Second,
+		PushDelays:          []time.Duration{50 * time.Millisecond, 1 * time.Second, 3 * time.Second},
+		MaxPushBlocks:       8192,
+		MaxPushBytes:        64 << 20,
+		MaxInlineBytes:      256 << 10,
+		FetchTimeout:        20 * time.Second,
+		Workers:             4,
+		RepairInterval:      30 * time.Second,
+	}
+}
+
+// Errors of the package; every error returned wraps one of them or an
+// error of the datastore.
+var (
+	// ErrBadConfig is wrapped by Validate's errors.
+	ErrBadConfig = errors.New("crdt: bad configuration")
+	// ErrBadGroup: the site set is empty or a site name is malformed.
+	ErrBadGroup = errors.New("crdt: bad group")
+	// ErrUnknownSite: membership knows no peer for a site of the group.
+	ErrUnknownSite = errors.New("crdt: unknown site")
+	// ErrNotMember: this site (or the asking peer) is not in the group.
+	ErrNotMember = errors.New("crdt: not a member of the group")
+	// ErrBadInput: a malformed call (empty key, keys and values of
+	// different lengths).
+	ErrBadInput = errors.New("crdt: bad input")
+	// ErrClosed: the manager is closed.
+	ErrClosed = errors.New("crdt: manager closed")
+)
+
+// Validate reports the first problem with the configuration.
+func (c *Config) Validate() error {
+	switch {
+	case c.Host == nil || c.PubSub == nil || c.Datastore == nil:
+		return fmt.Errorf("%w: host, pubsub and datastore are required", ErrBadConfig)
+	case c.Self == "":
+		return fmt.Errorf("%w: the site name is required", ErrBadConfig)
+	case c.Resolve == nil:
+		return fmt.Errorf("%w: a site resolver is required", ErrBadConfig)
+	case c.RebroadcastInterval <= 0 || c.FetchTimeout <= 0 || c.RepairInterval <= 0:
+		return fmt.Errorf("%w: rebroadcast interval, fetch timeout and repair interval must be positive", ErrBadConfig)
+	case c.MaxPushBlocks < 1 || c.MaxPushBytes < maxBlock || c.Workers < 1:
+		return fmt.Errorf("%w: max push blocks and workers must be at least 1, max push bytes at least %d", ErrBadConfig, maxBlock)
+	case c.MaxInlineBytes < 0:
+		return fmt.Errorf("%w: max inline bytes must not be negative", ErrBadConfig)
+	}
+	for _, d := range c.PushDelays {
+		if d < 0 {
+			return fmt.Errorf("%w: negative push delay %v", ErrBadConfig, d)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,202 @@
+package crdt
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/ipfs/boxo/blockservice"
+	"github.com/ipfs/boxo/blockstore"
+	dag "github.com/ipfs/boxo/ipld/merkledag"
+	"github.com/ipfs/go-cid"
+	ds "github.com/ipfs/go-datastore"
+	"github.com/ipfs/go-datastore/namespace"
+	crdt "github.com/ipfs/go-ds-crdt"
+	"github.com/ipfs/go-ds-crdt/pb"
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"google.golang.org/protobuf/proto"
+)
+
+// Group is one replication group: the replica of the data shared by
+// exactly one set of sites.
+//
+// Invariant (nothing leaves the group): its topic admits only its members
+// (the name lists their peer ids, TopicAllows decides from it, and the
+// validator drops what a non-member signed or forwarded); its blocks live
+// in its own blockstore namespace, are served only to its members and
+// fetched only from its connected members.
+type Group struct {
+	m       *Manager
+	name    string
+	sites   []string
+	peers   []peer.ID
+	members map[peer.ID]bool
+	topic   *pubsub.Topic
+	bcast   *broadcaster
+	blocks  blockstore.Blockstore
+	store   *crdt.Datastore
+	// arrivals tracks fetches in progress and the walks waiting for them.
+	arrivals arrivals
+
+	kick       chan struct{} // asks the repair loop to check now
+	stopRepair context.CancelFunc
+	repairDone chan struct{}
+}
+
+// Sites are the group's members.
+func (g *Group) Sites() []string { return slices.Clone(g.sites) }
+
+// Name is the group's canonical name: its sorted sites, comma-separated.
+func (g *Group) Name() string { return g.name }
+
+func groupPrefix(name string) ds.Key { return ds.NewKey("/g").ChildString(name) }
+
+func (m *Manager) openGroup(name string, sites []string, peers []peer.ID, unclean bool) (*Group, error) {
+	g := &Group{m: m, name: name, sites: sites, peers: peers, members: map[peer.ID]bool{}, kick: make(chan struct{}, 1)}
+	for _, p := range peers {
+		g.members[p] = true
+	}
+	topicName := groupTopic(peers)
+	validator := func(_ context.Context, from peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
+		if !g.members[from] || !g.members[msg.GetFrom()] {
+			m.metrics.refused.Inc()
+			m.log.Warn("dropped a group message from a non-member", "group", name, "from", from, "signer", msg.GetFrom())
+			return pubsub.ValidationReject
+		}
+		return pubsub.ValidationAccept
+	}
+	if err := m.cfg.PubSub.RegisterTopicValidator(topicName, validator); err != nil {
+		return nil, fmt.Errorf("crdt: group %s: validator: %w", name, err)
+	}
+	topic, err := m.cfg.PubSub.Join(topicName)
+	if err != nil {
+		_ = m.cfg.PubSub.UnregisterTopicValidator(topicName)
+		return nil, fmt.Errorf("crdt: group %s: join topic: %w", name, err)
+	}
+	g.topic = topic
+	prefix := groupPrefix(name)
+	g.blocks = blockstore.NewBlockstore(namespace.Wrap(m.cfg.Datastore, prefix.ChildString("blocks")),
+		// Callers check for the block first where it matters; rewriting a
+		// block under its own hash is harmless.
+		blockstore.NoPrefix(), blockstore.WriteThrough(true))
+	if g.bcast, err = newBroadcaster(g, topic); err != nil {
+		g.closeNetwork()
+		return nil, fmt.Errorf("crdt: group %s: subscribe: %w", name, err)
+	}
+	dags := dag.NewDAGService(blockservice.New(g.blocks, exchange{g}))
+	opts := crdt.DefaultOptions()
+	opts.Logger = crdtLogger{m.log.With("group", name)}
+	opts.RebroadcastInterval = m.cfg.RebroadcastInterval
+	opts.NumWorkers = m.cfg.Workers
+	opts.DAGSyncerTimeout = m.cfg.FetchTimeout
+	// The group's own repair loop replaces go-ds-crdt's: it also runs
+	// when a member connects, when a missing block can be fetched.
+	opts.RepairInterval = 0
+	// The hooks run inside go-ds-crdt's merge batch: they only queue.
+	opts.PutHook = func(k ds.Key, v []byte) { m.changes.add(change{sites: g.sites, key: k.String(), value: v}) }
+	opts.DeleteHook = func(k ds.Key) { m.changes.add(change{sites: g.sites, key: k.String(), deleted: true}) }
+	g.store, err = crdt.New(m.cfg.Datastore, prefix.ChildString("crdt"), dags, g.bcast, opts)
+	if err != nil {
+		g.closeNetwork()
+		return nil, fmt.Errorf("crdt: group %s: %w", name, err)
+	}
+	ctx, cancel := context.WithCancel(m.ctx)
+	if unclean {
+		// Upstream issue #279: a crash in the middle of a branch walk can
+		// leave it half-processed. The dirty mark survives another crash
+		// until a repair completes.
+		m.log.Warn("unclean stop detected: the group will be repaired", "group", name)
+		g.store.MarkDirty(ctx)
+	}
+	g.stopRepair, g.repairDone = cancel, make(chan struct{})
+	go g.repairLoop(ctx)
+	return g, nil
+}
+
+// repairLoop repairs the replica whenever it is marked dirty: at start,
+// every RepairInterval, and when kicked (a member connected).
+func (g *Group) repairLoop(ctx context.Context) {
+	defer close(g.repairDone)
+	t := time.NewTicker(g.m.cfg.RepairInterval)
+	defer t.Stop()
+	for {
+		if g.store.IsDirty(ctx) {
+			start := time.Now()
+			err := g.store.Repair(ctx)
+			switch {
+			case ctx.Err() != nil:
+				return
+			case err != nil:
+				g.m.metrics.repairFailures.Inc()
+				g.m.log.Warn("repair failed; retrying later", "group", g.name, "err", err)
+			default:
+				g.m.metrics.repairs.Inc()
+				g.m.log.Info("repaired group", "group", g.name, "took", time.Since(start))
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-g.kick:
+		case <-t.C:
+		}
+	}
+}
+
+// kickRepair asks the repair loop to check the dirty mark now.
+func (g *Group) kickRepair() {
+	select {
+	case g.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (g *Group) closeNetwork() {
+	if g.bcast != nil {
+		g.bcast.close()
+	}
+	if g.topic != nil {
+		_ = g.topic.Close()
+	}
+	_ = g.m.cfg.PubSub.UnregisterTopicValidator(groupTopic(g.peers))
+}
+
+func (g *Group) close() error {
+	g.stopRepair()
+	<-g.repairDone
+	err := g.store.Close()
+	g.closeNetwork()
+	return err
+}
+
+// connectedMembers lists the members (not this site) with a live connection.
+func (g *Group) connectedMembers() []peer.ID {
+	var out []peer.ID
+	for _, p := range g.peers {
+		if p != g.m.cfg.Host.ID() && g.m.cfg.Host.Network().Connectedness(p) == network.Connected {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func (g *Group) knownHeads(ctx context.Context) []cid.Cid {
+	return g.store.InternalStats(ctx).Heads
+}
+
+// encodedHeads encodes the group's heads as go-ds-crdt broadcasts them;
+// nil when the group has none.
+func (g *Group) encodedHeads(ctx context.Context) ([]byte, error) {
+	heads := g.knownHeads(ctx)
+	if len(heads) == 0 {
+		return nil, nil
+	}
+	msg := &pb.CRDTBroadcast{}
+	for _, h := range heads {
+		msg.Heads = append(msg.Heads, &pb.Head{Cid: h.Bytes()})
+	}
+	return proto.Marshal(msg)
+}

@@ -1,0 +1,542 @@
+package crdt
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	ds "github.com/ipfs/go-datastore"
+	"github.com/ipfs/go-datastore/query"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Keys of the manager's own records in the datastore.
+var (
+	registryPrefix = ds.NewKey("/cheops/groups")
+	cleanKey       = ds.NewKey("/cheops/clean-shutdown")
+)
+
+// registryEntry remembers a joined group across restarts, with the peer
+// ids its topic was built from.
+type registryEntry struct {
+	Sites []string  `json:"sites"`
+	Peers []peer.ID `json:"peers"`
+}
+
+// Manager owns a site's replication groups. Its methods are safe for
+// concurrent use.
+type Manager struct {
+	cfg     Config
+	log     *slog.Logger
+	metrics *metrics
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	changes *changeQueue
+	unclean bool
+	// notifiee triggers catch-up when a peer connects.
+	notifiee *network.NotifyBundle
+
+	mu     sync.Mutex
+	groups map[string]*Group
+	peers  map[peer.ID]string // member peer → site, for every joined group
+	closed bool
+}
+
+// NewManager opens the groups this site had joined, registers the block
+// and heads protocols and starts watching connections for catch-up.
+func NewManager(ctx context.Context, cfg Config) (*Manager, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	reg := cfg.Registerer
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	m := &Manager{
+		cfg: cfg, log: log.With("component", "crdt", "site", cfg.Self),
+		ctx: runCtx, cancel: cancel,
+		groups: map[string]*Group{}, peers: map[peer.ID]string{},
+	}
+	m.changes = newChangeQueue()
+	m.metrics = newMetrics(reg, m)
+
+	clean, err := cfg.Datastore.Has(ctx, cleanKey)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("crdt: read shutdown marker: %w", err)
+	}
+	entries, err := m.registry(ctx)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	m.unclean = !clean && len(entries) > 0
+	if err := cfg.Datastore.Delete(ctx, cleanKey); err != nil {
+		cancel()
+		return nil, fmt.Errorf("crdt: clear shutdown marker: %w", err)
+	}
+	if err := cfg.Datastore.Sync(ctx, cleanKey); err != nil {
+		cancel()
+		return nil, fmt.Errorf("crdt: sync: %w", err)
+	}
+	for _, e := range entries {
+		name, sites, err := groupName(e.Sites)
+		if err != nil {
+			continue
+		}
+		g, err := m.openGroup(name, sites, e.Peers, m.unclean)
+		if err != nil {
+			m.closeGroups()
+			cancel()
+			return nil, err
+		}
+		m.addGroupLocked(g)
+	}
+	cfg.Host.SetStreamHandler(BlockProtocol, m.serveBlocks)
+	cfg.Host.SetStreamHandler(HeadsProtocol, m.serveHeads)
+	connected := make(chan peer.ID, 256)
+	m.notifiee = &network.NotifyBundle{ConnectedF: func(_ network.Network, c network.Conn) {
+		select {
+		case connected <- c.RemotePeer():
+		default: // a burst of connections: the periodic rebroadcast covers it
+		}
+	}}
+	cfg.Host.Network().Notify(m.notifiee)
+	m.wg.Add(2)
+	go m.deliverChanges()
+	go m.catchUpLoop(connected)
+	return m, nil
+}
+
+// enter registers a stream handler at work, so that Close waits for it
+// before the datastore goes away; false once closing.
+func (m *Manager) enter() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return false
+	}
+	m.wg.Add(1)
+	return true
+}
+
+// Unclean reports whether the previous run ended without Close.
+func (m *Manager) Unclean() bool { return m.unclean }
+
+func (m *Manager) registry(ctx context.Context) ([]registryEntry, error) {
+	res, err := m.cfg.Datastore.Query(ctx, query.Query{Prefix: registryPrefix.String()})
+	if err != nil {
+		return nil, fmt.Errorf("crdt: read group registry: %w", err)
+	}
+	defer res.Close()
+	var out []registryEntry
+	for r := range res.Next() {
+		if r.Error != nil {
+			return nil, fmt.Errorf("crdt: read group registry: %w", r.Error)
+		}
+		var e registryEntry
+		if err := json.Unmarshal(r.Value, &e); err != nil {
+			m.log.Error("skipping a corrupt group registry entry", "key", r.Key, "err", err)
+			continue
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+func (m *Manager) addGroupLocked(g *Group) {
+	m.groups[g.name] = g
+	for i, p := range g.peers {
+		m.peers[p] = g.sites[i]
+	}
+}
+
+func (m *Manager) group(name string) *Group {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.groups[name]
+}
+
+func (m *Manager) siteOf(p peer.ID) string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if s, ok := m.peers[p]; ok {
+		return s
+	}
+	return "unknown"
+}
+
+// join returns the group of a site set, opening it the first time.
+func (m *Manager) join(ctx context.Context, sites []string) (*Group, error) {
+	name, sorted, err := groupName(sites)
+	if err != nil {
+		return nil, err
+	}
+	if !slices.Contains(sorted, m.cfg.Self) {
+		return nil, fmt.Errorf("%w: %s is not in {%s}", ErrNotMember, m.cfg.Self, name)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, ErrClosed
+	}
+	if g, ok := m.groups[name]; ok {
+		return g, nil
+	}
+	peers := make([]peer.ID, len(sorted))
+	for i, s := range sorted {
+		p, ok := m.cfg.Resolve(s)
+		if s == m.cfg.Self {
+			p, ok = m.cfg.Host.ID(), true
+		}
+		if !ok {
+			return nil, fmt.Errorf("%w: group %s: no peer id known for site %q", ErrUnknownSite, name, s)
+		}
+		peers[i] = p
+	}
+	return m.joinLocked(ctx, name, sorted, peers)
+}
+
+// joinWith opens a group with known peers unless it is open already.
+func (m *Manager) joinWith(ctx context.Context, name string, sorted []string, peers []peer.ID) (*Group, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, ErrClosed
+	}
+	if g, ok := m.groups[name]; ok {
+		return g, nil
+	}
+	return m.joinLocked(ctx, name, sorted, peers)
+}
+
+func (m *Manager) joinLocked(ctx context.Context, name string, sorted []string, peers []peer.ID) (*Group, error) {
+	entry, _ := json.Marshal(registryEntry{Sites: sorted, Peers: peers})
+	if err := m.cfg.Datastore.Put(ctx, registryPrefix.ChildString(name), entry); err != nil {
+		return nil, fmt.Errorf("crdt: register group %s: %w", name, err)
+	}
+	g, err := m.openGroup(name, sorted, peers, false)
+	if err != nil {
+		return nil, err
+	}
+	m.addGroupLocked(g)
+	m.log.Info("joined group", "group", name)
+	for _, p := range g.connectedMembers() {
+		m.schedulePush(g, p)
+	}
+	return g, nil
+}
+
+// joinPushed joins the group a member pushed heads for, after checking
+// that the push names this site, that the pusher is one of the sites it
+// names, and that every site whose peer membership knows matches.
+func (m *Manager) joinPushed(push headsPush, remote peer.ID) (*Group, error) {
+	name, sorted, err := groupName(push.Sites)
+	if err != nil {
+		return nil, err
+	}
+	if name != push.Group || len(push.Peers) != len(sorted) || !slices.Equal(sorted, push.Sites) {
+		return nil, fmt.Errorf("%w: malformed group %q", ErrBadGroup, push.Group)
+	}
+	self, pusher := false, false
+	for i, site := range sorted {
+		p := push.Peers[i]
+		known, ok := m.cfg.Resolve(site)
+		if site == m.cfg.Self {
+			self = p == m.cfg.Host.ID()
+			continue
+		}
+		if p == remote {
+			if !ok || known != remote {
+				return nil, fmt.Errorf("%w: pusher %s is not known as %s", ErrNotMember, remote, site)
+			}
+			pusher = true
+		}
+		if ok && known != p {
+			return nil, fmt.Errorf("%w: site %s is %s here, not %s", ErrNotMember, site, known, p)
+		}
+	}
+	if !self || !pusher {
+		return nil, fmt.Errorf("%w: the group does not name this site and the pusher", ErrNotMember)
+	}
+	return m.joinWith(m.ctx, name, sorted, push.Peers)
+}
+
+// existing returns the group of a site set if this site has joined it.
+func (m *Manager) existing(sites []string) (*Group, error) {
+	name, _, err := groupName(sites)
+	if err != nil {
+		return nil, err
+	}
+	if g := m.group(name); g != nil {
+		return g, nil
+	}
+	return nil, nil
+}
+
+// Put writes key in the group of sites, joining it if needed. It returns
+// once the write is applied locally and announced to the members (not
+// once they have it).
+func (m *Manager) Put(ctx context.Context, sites []string, key string, value []byte) error {
+	if key == "" {
+		return fmt.Errorf("%w: empty key", ErrBadInput)
+	}
+	g, err := m.join(ctx, sites)
+	if err != nil {
+		return err
+	}
+	if err := g.store.Put(ctx, ds.NewKey(key), value); err != nil {
+		return fmt.Errorf("crdt: put %s in {%s}: %w", key, g.name, err)
+	}
+	return nil
+}
+
+// PutBatch writes several keys in the group of sites as one delta.
+func (m *Manager) PutBatch(ctx context.Context, sites []string, keys []string, values [][]byte) error {
+	if len(keys) != len(values) {
+		return fmt.Errorf("%w: %d keys for %d values", ErrBadInput, len(keys), len(values))
+	}
+	if slices.Contains(keys, "") {
+		return fmt.Errorf("%w: empty key", ErrBadInput)
+	}
+	g, err := m.join(ctx, sites)
+	if err != nil {
+		return err
+	}
+	b, err := g.store.Batch(ctx)
+	if err != nil {
+		return fmt.Errorf("crdt: batch: %w", err)
+	}
+	for i, k := range keys {
+		if err := b.Put(ctx, ds.NewKey(k), values[i]); err != nil {
+			return fmt.Errorf("crdt: batch put %s: %w", k, err)
+		}
+	}
+	if err := b.Commit(ctx); err != nil {
+		return fmt.Errorf("crdt: commit batch in {%s}: %w", g.name, err)
+	}
+	return nil
+}
+
+// Get reads key from the group of sites; ok is false when this site is
+// not in that group or the key is absent.
+func (m *Manager) Get(ctx context.Context, sites []string, key string) ([]byte, bool, error) {
+	g, err := m.existing(sites)
+	if err != nil || g == nil {
+		return nil, false, err
+	}
+	v, err := g.store.Get(ctx, ds.NewKey(key))
+	if errors.Is(err, ds.ErrNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("crdt: get %s: %w", key, err)
+	}
+	return v, true, nil
+}
+
+// Delete removes key from the group of sites.
+func (m *Manager) Delete(ctx context.Context, sites []string, key string) error {
+	if key == "" {
+		return fmt.Errorf("%w: empty key", ErrBadInput)
+	}
+	g, err := m.existing(sites)
+	if err != nil || g == nil {
+		return err
+	}
+	if err := g.store.Delete(ctx, ds.NewKey(key)); err != nil && !errors.Is(err, ds.ErrNotFound) {
+		return fmt.Errorf("crdt: delete %s: %w", key, err)
+	}
+	return nil
+}
+
+// Sync makes every write acknowledged so far durable (the datastore's
+// write-ahead log is flushed and fsynced): callers do it before they
+// acknowledge a request to a user.
+func (m *Manager) Sync(ctx context.Context) error {
+	if err := m.cfg.Datastore.Sync(ctx, ds.NewKey("/")); err != nil {
+		return fmt.Errorf("crdt: sync: %w", err)
+	}
+	return nil
+}
+
+// Scan calls fn for every key under prefix in every group of this site.
+func (m *Manager) Scan(ctx context.Context, prefix string, fn func(sites []string, key string, value []byte) error) error {
+	for _, g := range m.Groups() {
+		res, err := g.store.Query(ctx, query.Query{Prefix: prefix})
+		if err != nil {
+			return fmt.Errorf("crdt: scan {%s}: %w", g.name, err)
+		}
+		for r := range res.Next() {
+			if r.Error != nil {
+				res.Close()
+				return fmt.Errorf("crdt: scan {%s}: %w", g.name, r.Error)
+			}
+			if err := fn(g.Sites(), r.Key, r.Value); err != nil {
+				res.Close()
+				return err
+			}
+		}
+		res.Close()
+	}
+	return nil
+}
+
+// Watch calls fn for every change, local or remote, in every group, in
+// the order the replicas applied them. fn must not block for long: it
+// runs on the manager's delivery goroutine.
+func (m *Manager) Watch(fn func(sites []string, key string, value []byte, deleted bool)) (stop func()) {
+	return m.changes.watch(fn)
+}
+
+// Groups lists the groups this site has joined.
+func (m *Manager) Groups() []*Group {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]*Group, 0, len(m.groups))
+	for _, g := range m.groups {
+		out = append(out, g)
+	}
+	slices.SortFunc(out, func(a, b *Group) int { return strings.Compare(a.name, b.name) })
+	return out
+}
+
+// Leave closes the group of sites and drops its data from this site.
+func (m *Manager) Leave(ctx context.Context, sites []string) error {
+	name, _, err := groupName(sites)
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	g, ok := m.groups[name]
+	delete(m.groups, name)
+	m.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	if err := g.close(); err != nil {
+		m.log.Warn("close group", "group", name, "err", err)
+	}
+	if err := m.cfg.Datastore.Delete(ctx, registryPrefix.ChildString(name)); err != nil {
+		return fmt.Errorf("crdt: unregister group %s: %w", name, err)
+	}
+	if err := purge(ctx, m.cfg.Datastore, groupPrefix(name)); err != nil {
+		return fmt.Errorf("crdt: drop data of group %s: %w", name, err)
+	}
+	m.log.Info("left group", "group", name)
+	return nil
+}
+
+func purge(ctx context.Context, store ds.Batching, prefix ds.Key) error {
+	res, err := store.Query(ctx, query.Query{Prefix: prefix.String(), KeysOnly: true})
+	if err != nil {
+		return err
+	}
+	defer res.Close()
+	b, err := store.Batch(ctx)
+	if err != nil {
+		return err
+	}
+	for r := range res.Next() {
+		if r.Error != nil {
+			return r.Error
+		}
+		if err := b.Delete(ctx, ds.NewKey(r.Key)); err != nil {
+			return err
+		}
+	}
+	return b.Commit(ctx)
+}
+
+// catchUpLoop pushes shared groups' heads to every member that connects.
+func (m *Manager) catchUpLoop(connected <-chan peer.ID) {
+	defer m.wg.Done()
+	for {
+		select {
+		case <-m.ctx.Done():
+			return
+		case p := <-connected:
+			for _, g := range m.Groups() {
+				if g.members[p] && p != m.cfg.Host.ID() {
+					m.schedulePush(g, p)
+					g.kickRepair()
+				}
+			}
+		}
+	}
+}
+
+// schedulePush sends g's heads to p after each of the configured delays.
+func (m *Manager) schedulePush(g *Group, p peer.ID) {
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		start := time.Now()
+		for _, d := range m.cfg.PushDelays {
+			select {
+			case <-m.ctx.Done():
+				return
+			case <-time.After(time.Until(start.Add(d))):
+			}
+			if m.group(g.name) != g {
+				return
+			}
+			if err := g.pushHeads(m.ctx, p); err != nil && m.ctx.Err() == nil {
+				m.log.Debug("push heads", "group", g.name, "peer", p, "err", err)
+			}
+		}
+	}()
+}
+
+// Close stops every group and records a clean shutdown.
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil
+	}
+	m.closed = true
+	m.mu.Unlock()
+	m.cfg.Host.Network().StopNotify(m.notifiee)
+	m.cfg.Host.RemoveStreamHandler(BlockProtocol)
+	m.cfg.Host.RemoveStreamHandler(HeadsProtocol)
+	m.cancel()
+	m.wg.Wait()
+	err := m.closeGroups()
+	m.changes.close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if e := m.cfg.Datastore.Put(ctx, cleanKey, []byte(time.Now().UTC().Format(time.RFC3339))); e != nil {
+		err = errors.Join(err, fmt.Errorf("crdt: write shutdown marker: %w", e))
+	}
+	if e := m.cfg.Datastore.Sync(ctx, ds.NewKey("/")); e != nil {
+		err = errors.Join(err, fmt.Errorf("crdt: sync: %w", e))
+	}
+	return err
+}
+
+func (m *Manager) closeGroups() error {
+	m.mu.Lock()
+	groups := m.groups
+	m.groups = map[string]*Group{}
+	m.mu.Unlock()
+	var err error
+	for _, g := range groups {
+		err = errors.Join(err, g.close())
+	}
+	return err
+}

@@ -1,0 +1,105 @@
+package crdt
+
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the package's Prometheus metrics, all named cheops_crdt_*.
+// Per-site series are labelled with the peer's site name ("unknown" for
+// a peer of no joined group).
+type metrics struct {
+	refused                prometheus.Counter
+	malformed              prometheus.Counter
+	repairs                prometheus.Counter
+	repairFailures         prometheus.Counter
+	fetches                prometheus.Counter
+	fetching               prometheus.Gauge
+	blocksFetched          prometheus.Counter
+	duplicateBlocks        prometheus.Counter
+	blocksSent             prometheus.Counter
+	headsPushed            prometheus.Counter
+	broadcasts             prometheus.Counter
+	broadcastBytesSent     prometheus.Counter
+	inlineBlocksSent       prometheus.Counter
+	inlineBlocksReceived   prometheus.Counter
+	broadcastBytesReceived *prometheus.CounterVec
+	blockBytesSent         *prometheus.CounterVec
+	blockBytesReceived     *prometheus.CounterVec
+	lastSync               *prometheus.GaugeVec
+}
+
+func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
+	counter := func(name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{Name: "cheops_crdt_" + name, Help: help})
+	}
+	bySite := func(name, help string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cheops_crdt_" + name, Help: help}, []string{"site"})
+	}
+	x := &metrics{
+		refused:              counter("refused_total", "Block requests, heads pushes and messages refused because the peer is not a member of the group."),
+		malformed:            counter("malformed_total", "Malformed requests and messages, and blocks whose hash did not match their CID."),
+		repairs:              counter("repairs_total", "DAG repairs completed (after an unclean stop or a failed walk)."),
+		repairFailures:       counter("repair_failures_total", "DAG repairs that failed and will be retried."),
+		fetches:              counter("fetches_total", "Block requests sent to members."),
+		fetching:             prometheus.NewGauge(prometheus.GaugeOpts{Name: "cheops_crdt_pending_fetches", Help: "Block fetches in progress (blocks the replicas wait for)."}),
+		blocksFetched:        counter("blocks_fetched_total", "New blocks received over the block protocol."),
+		duplicateBlocks:      counter("duplicate_blocks_total", "Blocks received over the block protocol that this site already held."),
+		blocksSent:           counter("blocks_sent_total", "Blocks sent over the block protocol."),
+		headsPushed:          counter("heads_pushed_total", "Heads pushed to members that connected."),
+		broadcasts:           counter("broadcasts_total", "Messages published on group topics."),
+		broadcastBytesSent:   counter("broadcast_bytes_sent_total", "Bytes published on group topics (each reaches the group's members only)."),
+		inlineBlocksSent:     counter("inline_blocks_sent_total", "Blocks sent inside broadcasts with their heads."),
+		inlineBlocksReceived: counter("inline_blocks_received_total", "Blocks received inside broadcasts."),
+		broadcastBytesReceived: bySite("broadcast_bytes_received_total",
+			"Bytes of group messages received, by signing site."),
+		blockBytesSent:     bySite("block_bytes_sent_total", "Bytes of DAG blocks sent over the block protocol, by receiving site."),
+		blockBytesReceived: bySite("block_bytes_received_total", "Bytes of DAG blocks received over the block protocol, by sending site."),
+		lastSync: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "cheops_crdt_last_sync_timestamp_seconds",
+			Help: "When this site last received heads or blocks of a group from a site."}, []string{"group", "site"}),
+	}
+	reg.MustRegister(x.refused, x.malformed, x.repairs, x.repairFailures, x.fetches, x.fetching,
+		x.blocksFetched, x.duplicateBlocks, x.blocksSent, x.headsPushed, x.broadcasts,
+		x.broadcastBytesSent, x.inlineBlocksSent, x.inlineBlocksReceived, x.broadcastBytesReceived,
+		x.blockBytesSent, x.blockBytesReceived, x.lastSync, groupCollector{m})
+	return x
+}
+
+// groupCollector reads every group's DAG statistics at scrape time.
+type groupCollector struct{ m *Manager }
+
+var (
+	descGroups = prometheus.NewDesc("cheops_crdt_groups", "Replication groups this site has joined.", nil, nil)
+	descHeads  = prometheus.NewDesc("cheops_crdt_group_heads", "Heads of the group's DAG (more than one: concurrent writes not merged yet).", []string{"group"}, nil)
+	descHeight = prometheus.NewDesc("cheops_crdt_group_height", "Highest DAG height of the group.", []string{"group"}, nil)
+	descQueued = prometheus.NewDesc("cheops_crdt_group_queued_jobs", "DAG blocks queued for processing in the group.", []string{"group"}, nil)
+	descDirty  = prometheus.NewDesc("cheops_crdt_group_dirty", "1 while the group's replica waits for a repair.", []string{"group"}, nil)
+)
+
+func (c groupCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descGroups
+	ch <- descHeads
+	ch <- descHeight
+	ch <- descQueued
+	ch <- descDirty
+}
+
+func (c groupCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	groups := c.m.Groups()
+	ch <- prometheus.MustNewConstMetric(descGroups, prometheus.GaugeValue, float64(len(groups)))
+	for _, g := range groups {
+		st := g.store.InternalStats(ctx)
+		ch <- prometheus.MustNewConstMetric(descHeads, prometheus.GaugeValue, float64(len(st.Heads)), g.name)
+		ch <- prometheus.MustNewConstMetric(descHeight, prometheus.GaugeValue, float64(st.MaxHeight), g.name)
+		ch <- prometheus.MustNewConstMetric(descQueued, prometheus.GaugeValue, float64(st.QueuedJobs), g.name)
+		dirty := 0.0
+		if g.store.IsDirty(ctx) {
+			dirty = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descDirty, prometheus.GaugeValue, dirty, g.name)
+	}
+}

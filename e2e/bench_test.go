@@ -1,0 +1,122 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"testing"
+	"time"
+
+	"cheops/catalog"
+	"cheops/forward"
+	"cheops/scope"
+)
+
+// measure runs fn b.N times and reports the p50 and p99 latency.
+func measure(b *testing.B, fn func()) {
+	var lat []time.Duration
+	for b.Loop() {
+		start := time.Now()
+		fn()
+		lat = append(lat, time.Since(start))
+	}
+	slices.Sort(lat)
+	ms := func(q float64) float64 {
+		return float64(lat[int(q*float64(len(lat)-1))]) / float64(time.Millisecond)
+	}
+	b.ReportMetric(ms(0.5), "p50-ms")
+	b.ReportMetric(ms(0.99), "p99-ms")
+}
+
+func send(b *testing.B, method, url, scope string, body []byte, want int) {
+	req, _ := http.NewRequest(method, url, bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	if scope != "" {
+		req.Header.Set(forward.HeaderScope, scope)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		b.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != want {
+		b.Fatalf("%s %s: %d", method, url, resp.StatusCode)
+	}
+}
+
+// BenchmarkForwarding compares reading one post straight from json-server
+// with reading it through the local agent and through a remote agent over
+// libp2p, and measures replicated creates on 2 and 3 sites.
+func BenchmarkForwarding(b *testing.B) {
+	c := newCluster(b, "paris", "berlin", "rome")
+	for _, s := range []string{"paris", "berlin", "rome"} {
+		send(b, "POST", c.sites[s].app.url+"/posts", "", []byte(`{"title":"seed"}`), 201)
+	}
+	paris := c.sites["paris"].agent.URL()
+	b.Run("direct", func(b *testing.B) {
+		measure(b, func() { send(b, "GET", c.sites["paris"].app.url+"/posts/1", "", nil, 200) })
+	})
+	b.Run("local-agent", func(b *testing.B) {
+		measure(b, func() { send(b, "GET", paris+"/svc/posts/posts/1", "", nil, 200) })
+	})
+	b.Run("remote-agent", func(b *testing.B) {
+		measure(b, func() { send(b, "GET", paris+"/svc/posts/posts/1", "{posts: berlin}", nil, 200) })
+	})
+	body := []byte(`{"title":"bench"}`)
+	b.Run("create-1-site", func(b *testing.B) {
+		measure(b, func() { send(b, "POST", paris+"/svc/posts/posts", "{posts: paris}", body, 201) })
+	})
+	b.Run("create-2-sites", func(b *testing.B) {
+		measure(b, func() { send(b, "POST", paris+"/svc/posts/posts", "{posts: paris & berlin}", body, 201) })
+	})
+	b.Run("create-3-sites", func(b *testing.B) {
+		measure(b, func() { send(b, "POST", paris+"/svc/posts/posts", "{posts: paris & berlin & rome}", body, 201) })
+	})
+}
+
+// BenchmarkCatchUp measures the time from a site's return to its last
+// owed operation executed, with 100 and 1,000 creates made while it was
+// down.
+func BenchmarkCatchUp(b *testing.B) {
+	for _, n := range []int{100, 1000} {
+		b.Run(fmt.Sprintf("pending=%d", n), func(b *testing.B) {
+			for b.Loop() {
+				b.StopTimer()
+				c := newCluster(b, "paris", "rome")
+				c.stop("rome")
+				c.waitState(scope.Down, []string{"paris"}, []string{"rome"})
+				for i := range n {
+					send(b, "POST", c.sites["paris"].agent.URL()+"/svc/posts/posts", "{posts: paris & rome}", []byte(fmt.Sprintf(`{"n": %d}`, i)), 201)
+				}
+				b.StartTimer()
+				back := time.Now()
+				c.start("rome")
+				deadline := time.Now().Add(5 * time.Minute)
+				for {
+					list, _ := c.sites["rome"].agent.Catalog().List(context.Background(), catalog.Filter{})
+					owed := 0
+					for _, r := range list {
+						owed += len(r.PerSite["rome"].Pending)
+					}
+					if len(list) == n && owed == 0 {
+						break
+					}
+					if time.Now().After(deadline) {
+						b.Fatalf("rome still owes %d of %d after 5 minutes", owed, len(list))
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+				b.ReportMetric(float64(time.Since(back))/float64(time.Millisecond), "catchup-ms")
+				b.StopTimer()
+				if got := len(c.sites["rome"].app.items(b, "posts")); got != n {
+					b.Fatalf("rome's application holds %d posts, want %d", got, n)
+				}
+				b.StartTimer()
+			}
+		})
+	}
+}

@@ -1,0 +1,243 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"cheops/agent"
+	"cheops/forward"
+	"cheops/node"
+	"cheops/scope"
+)
+
+var logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+
+// app is one json-server instance: this site's copy of the application.
+type app struct {
+	url string
+	cmd *exec.Cmd
+}
+
+// startApp runs json-server on a free loopback port with its own data
+// file, and waits until it answers.
+func startApp(t testing.TB, dir string) *app {
+	t.Helper()
+	bin, err := exec.LookPath("json-server")
+	if err != nil {
+		t.Skip("json-server is not installed (npm install -g json-server@0.17.4; .ci/run does it)")
+	}
+	db := filepath.Join(dir, "db.json")
+	if err := os.WriteFile(db, []byte(`{"posts": [], "comments": []}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	port := freePort(t)
+	cmd := exec.Command(bin, "--port", port, "--host", "127.0.0.1", "--quiet", db)
+	cmd.Dir = dir
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	a := &app{url: "http://127.0.0.1:" + port, cmd: cmd}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	eventually(t, 30*time.Second, "json-server answers", func() error {
+		resp, err := http.Get(a.url + "/posts")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		return nil
+	})
+	return a
+}
+
+// items reads a collection straight from the application.
+func (a *app) items(t testing.TB, collection string) []map[string]any {
+	t.Helper()
+	var out []map[string]any
+	resp, err := http.Get(a.url + "/" + collection)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func freePort(t testing.TB) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	_, port, _ := net.SplitHostPort(l.Addr().String())
+	return port
+}
+
+// site is an agent with its application.
+type site struct {
+	name  string
+	dir   string
+	app   *app
+	agent *agent.Agent
+}
+
+type cluster struct {
+	t     testing.TB
+	ids   []peer.ID
+	sites map[string]*site
+	boot  []string
+}
+
+// newCluster starts one agent and one json-server per named site, all
+// trusting each other, and waits until they see each other up.
+func newCluster(t testing.TB, names ...string) *cluster {
+	c := &cluster{t: t, sites: map[string]*site{}}
+	for _, n := range names {
+		dir := filepath.Join(t.TempDir(), n)
+		if _, id, err := node.LoadIdentity(dir); err != nil {
+			t.Fatal(err)
+		} else {
+			c.ids = append(c.ids, id)
+		}
+		c.sites[n] = &site{name: n, dir: dir, app: startApp(t, t.TempDir())}
+	}
+	for _, n := range names {
+		c.start(n)
+	}
+	c.waitUp(names...)
+	t.Cleanup(func() {
+		for _, s := range c.sites {
+			if s.agent != nil {
+				s.agent.Close()
+			}
+		}
+	})
+	return c
+}
+
+func (c *cluster) start(name string) {
+	c.t.Helper()
+	s := c.sites[name]
+	cfg := agent.DefaultConfig()
+	cfg.API = "127.0.0.1:0"
+	cfg.Node.Site, cfg.Node.DataDir, cfg.Node.Trust, cfg.Node.Peers = name, s.dir, c.ids, c.boot
+	cfg.Node.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
+	cfg.Node.ProbeInterval, cfg.Node.ProbeTimeout = 100*time.Millisecond, 500*time.Millisecond
+	cfg.Node.AnnounceInterval, cfg.Node.MaxRedialBackoff = 200*time.Millisecond, 300*time.Millisecond
+	cfg.Services = map[string]string{"posts": s.app.url, "comments": s.app.url}
+	cfg.MaxBody = 64 << 10
+	cfg.Logger = logger
+	a, err := agent.Start(context.Background(), cfg)
+	if err != nil {
+		c.t.Fatalf("start %s: %v", name, err)
+	}
+	s.agent = a
+	if c.boot == nil {
+		c.boot = a.Node().Addrs()[:1]
+	}
+}
+
+func (c *cluster) stop(name string) {
+	c.sites[name].agent.Close()
+	c.sites[name].agent = nil
+}
+
+func (c *cluster) waitUp(names ...string) {
+	c.t.Helper()
+	c.waitState(scope.Up, names, names)
+}
+
+// waitState waits until every observer sees every subject in state.
+func (c *cluster) waitState(state scope.State, observers, subjects []string) {
+	c.t.Helper()
+	eventually(c.t, 20*time.Second, "sites "+state.String(), func() error {
+		for _, a := range observers {
+			for _, b := range subjects {
+				if a == b {
+					continue
+				}
+				if st := c.sites[a].agent.Node().View().Sites[b].State; st != state {
+					return fmt.Errorf("%s sees %s %v", a, b, st)
+				}
+			}
+		}
+		return nil
+	})
+}
+
+// response is what a user gets back from an agent.
+type response struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+func (r response) json(t testing.TB, out any) {
+	t.Helper()
+	if err := json.Unmarshal(r.body, out); err != nil {
+		t.Fatalf("body %q: %v", r.body, err)
+	}
+}
+
+// do sends a request to a site's agent with an optional scope.
+func (c *cluster) do(site, method, path, scopeText string, body any) response {
+	c.t.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case []byte:
+		rd = bytes.NewReader(b)
+	default:
+		data, _ := json.Marshal(b)
+		rd = bytes.NewReader(data)
+	}
+	req, err := http.NewRequest(method, c.sites[site].agent.URL()+path, rd)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if scopeText != "" {
+		req.Header.Set(forward.HeaderScope, scopeText)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	return response{status: resp.StatusCode, header: resp.Header, body: data}
+}
+
+func eventually(t testing.TB, within time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v: %v", what, within, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

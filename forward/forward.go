@@ -1,0 +1,490 @@
+package forward
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"cheops/catalog"
+	"cheops/catchup"
+	"cheops/scope"
+)
+
+// Membership is what the forwarder needs to know of the sites.
+// *node.Node implements it.
+type Membership interface {
+	Site() string
+	View() scope.View
+	PeerOf(site string) (peer.ID, bool)
+	SiteOf(p peer.ID) (string, bool)
+}
+
+// Config describes a forwarder.
+type Config struct {
+	Host       host.Host
+	Membership Membership
+	Catalog    *catalog.Catalog
+	Services   []Service
+	// Ledger records the operations this site ran for other sites (nil:
+	// not recorded).
+	Ledger *catchup.Ledger
+	// MaxBody bounds request bodies (413 above it) and answers read from
+	// applications and other sites. 16 MiB, as SPEC.md states.
+	MaxBody int64
+	// SiteTimeout bounds one execution on one site, local or remote. 10 s
+	// leaves room for a slow application behind a WAN link.
+	SiteTimeout time.Duration
+	Logger      *slog.Logger
+}
+
+// DefaultMaxBody is the default limit on bodies.
+const DefaultMaxBody = 16 << 20
+
+// Forwarder serves /svc/… and /scope/…/svc/…: it places each request with
+// its scope and the catalog, and executes it on the local application or
+// through other sites' agents.
+type Forwarder struct {
+	cfg      Config
+	log      *slog.Logger
+	services map[string]Service
+	client   *http.Client
+}
+
+// New checks the configuration and starts serving forwarded requests from
+// other sites.
+func New(cfg Config) (*Forwarder, error) {
+	if cfg.Host == nil || cfg.Membership == nil || cfg.Catalog == nil {
+		return nil, errors.New("forward: host, membership and catalog are required")
+	}
+	if cfg.MaxBody <= 0 {
+		cfg.MaxBody = DefaultMaxBody
+	}
+	if cfg.SiteTimeout <= 0 {
+		cfg.SiteTimeout = 10 * time.Second
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	f := &Forwarder{cfg: cfg, log: log.With("component", "forward", "site", cfg.Membership.Site()), services: map[string]Service{},
+		client: &http.Client{Timeout: cfg.SiteTimeout, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
+	for _, s := range cfg.Services {
+		if s.IDField == "" {
+			s.IDField = "id"
+		}
+		if s.DefaultScope != "" {
+			if _, err := scope.Parse(s.DefaultScope); err != nil {
+				return nil, fmt.Errorf("%w: %s: default scope: %v", ErrBadService, s.Name, err)
+			}
+		}
+		if _, dup := f.services[s.Name]; dup {
+			return nil, fmt.Errorf("%w: %s given twice", ErrBadService, s.Name)
+		}
+		f.services[s.Name] = s
+	}
+	cfg.Host.SetStreamHandler(Protocol, f.serveStream)
+	return f, nil
+}
+
+// Close stops serving other sites.
+func (f *Forwarder) Close() { f.cfg.Host.RemoveStreamHandler(Protocol) }
+
+// request is one incoming request, parsed.
+type request struct {
+	r       *http.Request
+	svc     Service
+	route   route
+	rawPath string // path inside the service, with its query
+	body    []byte
+	scope   *scope.Scope
+	hop     string // the site that sent it, when another agent did
+}
+
+func (f *Forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	req, status, code, err := f.parse(w, r)
+	if err != nil {
+		writeError(w, status, code, err.Error())
+		return
+	}
+	if req.hop != "" && r.Header.Get(HeaderCoordinate) == "" {
+		f.reply(w, f.executeLocal(r.Context(), req), "", nil)
+		return
+	}
+	if req.route.id != "" && catalog.ValidID(req.route.id) {
+		if res, err := f.cfg.Catalog.Get(r.Context(), req.route.id); err == nil && res.Service == req.svc.Name {
+			f.onResource(w, req, res)
+			return
+		}
+	}
+	plan, err := f.plan(req)
+	if err != nil {
+		var unreachable *unreachableError
+		switch {
+		case errors.Is(err, scope.ErrUnknownSite):
+			writeError(w, http.StatusBadRequest, "unknown_site", err.Error())
+		case errors.As(err, &unreachable):
+			writeError(w, http.StatusServiceUnavailable, "unreachable", err.Error())
+		default:
+			writeError(w, http.StatusBadRequest, "bad_scope", err.Error())
+		}
+		return
+	}
+	switch {
+	case r.Method == http.MethodPost && req.route.id == "" && req.route.collection != "/":
+		f.create(w, req, plan)
+	case r.Method == http.MethodGet && req.route.id == "" && len(plan.Required()) > 1:
+		f.crossRead(w, req, plan)
+	default:
+		f.plain(w, req, plan)
+	}
+}
+
+// parse reads the service, scope and body of a request.
+func (f *Forwarder) parse(w http.ResponseWriter, r *http.Request) (*request, int, string, error) {
+	path := r.URL.EscapedPath()
+	scopeText := ""
+	if rest, ok := strings.CutPrefix(path, "/scope/"); ok {
+		enc, after, _ := strings.Cut(rest, "/")
+		s, err := url.PathUnescape(enc)
+		if err != nil {
+			return nil, http.StatusBadRequest, "bad_scope", fmt.Errorf("scope in path: %v", err)
+		}
+		scopeText, path = s, "/"+after
+	}
+	rest, ok := strings.CutPrefix(path, "/svc/")
+	if !ok {
+		return nil, http.StatusNotFound, "not_found", fmt.Errorf("no route for %s", r.URL.Path)
+	}
+	name, inner, _ := strings.Cut(rest, "/")
+	svc, ok := f.services[name]
+	if !ok {
+		return nil, http.StatusNotFound, "unknown_service", fmt.Errorf("unknown service %q (this agent serves %s)", name, f.serviceNames())
+	}
+	req := &request{r: r, svc: svc, hop: r.Header.Get(HeaderHop)}
+	unescaped, err := url.PathUnescape(inner)
+	if err != nil {
+		return nil, http.StatusBadRequest, "bad_path", fmt.Errorf("path: %v", err)
+	}
+	req.route = parseRoute(unescaped)
+	req.rawPath = "/" + inner
+	if r.URL.RawQuery != "" {
+		q := r.URL.Query()
+		q.Del("scope")
+		if enc := q.Encode(); enc != "" {
+			req.rawPath += "?" + enc
+		}
+	}
+	if h := r.Header.Get(HeaderScope); h != "" {
+		scopeText = h
+	} else if q := r.URL.Query().Get("scope"); q != "" && scopeText == "" {
+		scopeText = q
+	}
+	if scopeText == "" {
+		scopeText = svc.DefaultScope
+	}
+	if scopeText == "" {
+		scopeText = f.cfg.Membership.Site()
+	}
+	if req.scope, err = scope.Parse(scopeText); err != nil {
+		return nil, http.StatusBadRequest, "bad_scope", err
+	}
+	if r.Body != nil {
+		req.body, err = readLimited(http.MaxBytesReader(w, r.Body, f.cfg.MaxBody), f.cfg.MaxBody)
+		if err != nil {
+			var tooBig *http.MaxBytesError
+			if errors.As(err, &tooBig) || strings.Contains(err.Error(), "larger than") {
+				return nil, http.StatusRequestEntityTooLarge, "too_large", fmt.Errorf("body over the limit of %d bytes", f.cfg.MaxBody)
+			}
+			return nil, http.StatusBadRequest, "bad_body", fmt.Errorf("read body: %v", err)
+		}
+	}
+	return req, 0, "", nil
+}
+
+func (f *Forwarder) serviceNames() string {
+	var names []string
+	for n := range f.services {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	if len(names) == 0 {
+		return "no service"
+	}
+	return strings.Join(names, ", ")
+}
+
+// unreachableError lists why no site of a scope can run a request.
+type unreachableError struct{ reasons []string }
+
+func (e *unreachableError) Error() string {
+	return "no site reachable: " + strings.Join(e.reasons, "; ")
+}
+
+// plan places the request; a scope that does not bind the service falls
+// back to the service's default scope, then to the local site.
+func (f *Forwarder) plan(req *request) (*scope.Plan, error) {
+	view := f.cfg.Membership.View()
+	p, err := req.scope.Plan(req.svc.Name, view)
+	if errors.Is(err, scope.ErrNoBinding) {
+		fallback := req.svc.DefaultScope
+		if fallback == "" {
+			fallback = view.Local
+		}
+		s, _ := scope.Parse(fallback)
+		p, err = s.Plan(req.svc.Name, view)
+	}
+	if errors.Is(err, scope.ErrUnreachable) {
+		var reasons []string
+		for _, a := range p.Alternatives {
+			reasons = append(reasons, a.Expr+": "+a.Reason)
+		}
+		for _, x := range p.Excluded {
+			reasons = append(reasons, x.Site+": "+x.Reason)
+		}
+		return nil, &unreachableError{reasons: reasons}
+	}
+	return p, err
+}
+
+// result is the outcome of a request on one site.
+type result struct {
+	site   string
+	status int
+	header http.Header
+	body   []byte
+	err    error
+}
+
+func (r result) ok() bool { return r.err == nil && r.status >= 200 && r.status < 300 }
+
+func (r result) outcome() string {
+	if r.err != nil {
+		return catalog.OutcomePending
+	}
+	return strconv.Itoa(r.status)
+}
+
+// execute runs method path on one site: the local application, or another
+// site's agent.
+func (f *Forwarder) execute(ctx context.Context, site string, req *request, method, path string, extra http.Header) result {
+	if site == f.cfg.Membership.Site() {
+		return f.callApp(ctx, req, method, path, extra)
+	}
+	u := "http://cheops/svc/" + req.svc.Name + path
+	out, err := http.NewRequestWithContext(ctx, method, u, bytes.NewReader(req.body))
+	if err != nil {
+		return result{site: site, err: err}
+	}
+	copyHeaders(out.Header, req.r.Header)
+	for k, v := range extra {
+		out.Header[k] = v
+	}
+	out.Header.Set(HeaderScope, req.scope.String())
+	out.Header.Set(HeaderHop, f.cfg.Membership.Site())
+	resp, body, err := f.sendRemote(ctx, site, out, f.cfg.MaxBody)
+	if err != nil {
+		return result{site: site, err: err}
+	}
+	return result{site: site, status: resp.StatusCode, header: resp.Header, body: body}
+}
+
+// callApp runs a request on this site's application instance.
+func (f *Forwarder) callApp(ctx context.Context, req *request, method, path string, extra http.Header) result {
+	self := f.cfg.Membership.Site()
+	target := strings.TrimRight(req.svc.URL.String(), "/") + path
+	out, err := http.NewRequestWithContext(ctx, method, target, bytes.NewReader(req.body))
+	if err != nil {
+		return result{site: self, err: err}
+	}
+	copyHeaders(out.Header, req.r.Header)
+	for k, v := range extra {
+		out.Header[k] = v
+	}
+	out.Header.Set(HeaderScope, req.scope.String())
+	out.Header.Del(HeaderHop)
+	out.Header.Del(HeaderCoordinate)
+	if len(req.body) == 0 {
+		out.Body, out.ContentLength = http.NoBody, 0
+	}
+	resp, err := f.client.Do(out)
+	if err != nil {
+		return result{site: self, err: fmt.Errorf("application of %s: %w", self, err)}
+	}
+	defer resp.Body.Close()
+	body, err := readLimited(resp.Body, f.cfg.MaxBody)
+	if err != nil {
+		return result{site: self, err: fmt.Errorf("application of %s: %w", self, err)}
+	}
+	return result{site: self, status: resp.StatusCode, header: resp.Header, body: body}
+}
+
+// executeLocal runs a request another agent sent on this site's
+// application, translating a global id in the path to the local one.
+func (f *Forwarder) executeLocal(ctx context.Context, req *request) result {
+	path := req.rawPath
+	if id := req.route.id; id != "" && catalog.ValidID(id) {
+		if res, err := f.cfg.Catalog.Get(ctx, id); err == nil {
+			if local := res.PerSite[f.cfg.Membership.Site()].LocalID; local != "" {
+				path = withQuery(req.route.path(local), req.rawPath)
+			}
+		}
+	}
+	op := req.r.Header.Get(HeaderOperation)
+	if op != "" {
+		if err := f.cfg.Ledger.Begin(ctx, op); err != nil {
+			return result{site: f.cfg.Membership.Site(), err: err}
+		}
+	}
+	res := f.callApp(ctx, req, req.r.Method, path, nil)
+	if op != "" && res.ok() {
+		done := catchup.Executed{Status: res.status}
+		if req.r.Method == http.MethodPost && req.route.id == "" {
+			done.LocalID, _ = localID(res.body, req.svc.IDField)
+		}
+		if err := f.cfg.Ledger.Record(ctx, op, done); err != nil {
+			f.log.Error("record an executed operation", "op", op, "err", err)
+		}
+	} else if op != "" {
+		if err := f.cfg.Ledger.Forget(ctx, op); err != nil {
+			f.log.Error("forget a failed operation", "op", op, "err", err)
+		}
+	}
+	return res
+}
+
+func withQuery(path, raw string) string {
+	if _, q, ok := strings.Cut(raw, "?"); ok {
+		return path + "?" + q
+	}
+	return path
+}
+
+// executeAll runs the request on several sites at once.
+func (f *Forwarder) executeAll(ctx context.Context, sites []string, run func(ctx context.Context, site string) result) map[string]result {
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	out := make(map[string]result, len(sites))
+	for _, s := range sites {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := run(ctx, s)
+			mu.Lock()
+			out[s] = r
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+// hopByHop headers are not forwarded (RFC 9110 §7.6.1).
+var hopByHop = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Te", "Trailer", "Transfer-Encoding", "Upgrade", "Content-Length", "Accept-Encoding"}
+
+func copyHeaders(dst, src http.Header) {
+	for k, v := range src {
+		dst[k] = append([]string(nil), v...)
+	}
+	for _, h := range hopByHop {
+		dst.Del(h)
+	}
+}
+
+// sitesHeader formats per-site outcomes: "berlin=pending, paris=201".
+func sitesHeader(outcomes map[string]string) string {
+	var parts []string
+	for s, o := range outcomes {
+		parts = append(parts, s+"="+o)
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ", ")
+}
+
+// reply writes one site's answer, with cheops' headers.
+func (f *Forwarder) reply(w http.ResponseWriter, res result, resource string, outcomes map[string]string) {
+	if res.err != nil {
+		writeError(w, http.StatusBadGateway, "site_failed", res.err.Error())
+		return
+	}
+	copyHeaders(w.Header(), res.header)
+	w.Header().Set(HeaderSite, res.site)
+	if resource != "" {
+		w.Header().Set(HeaderResource, resource)
+	}
+	if outcomes != nil {
+		w.Header().Set(HeaderSites, sitesHeader(outcomes))
+	}
+	w.Header().Set("Content-Length", strconv.Itoa(len(res.body)))
+	w.WriteHeader(res.status)
+	_, _ = w.Write(res.body)
+}
+
+// preferred picks the answer to return: this site's, else the first
+// successful one in site order, else the first failure.
+func (f *Forwarder) preferred(results map[string]result) (result, bool) {
+	self := f.cfg.Membership.Site()
+	if r, ok := results[self]; ok && r.ok() {
+		return r, true
+	}
+	var sites []string
+	for s := range results {
+		sites = append(sites, s)
+	}
+	sort.Strings(sites)
+	for _, s := range sites {
+		if results[s].ok() {
+			return results[s], true
+		}
+	}
+	for _, s := range sites {
+		if results[s].err == nil {
+			return results[s], false
+		}
+	}
+	if len(sites) > 0 {
+		return results[sites[0]], false
+	}
+	return result{}, false
+}
+
+// ErrUnknownService is returned by CallLocal for a service this agent
+// does not serve.
+var ErrUnknownService = errors.New("forward: unknown service")
+
+// CallLocal runs one request on this site's instance of a service and
+// returns its status and body. The catch-up of owed operations uses it.
+func (f *Forwarder) CallLocal(ctx context.Context, service, method, path string, body []byte) (int, []byte, error) {
+	svc, ok := f.services[service]
+	if !ok {
+		return 0, nil, fmt.Errorf("%w: %q", ErrUnknownService, service)
+	}
+	r, err := http.NewRequestWithContext(ctx, method, "/", nil)
+	if err != nil {
+		return 0, nil, err
+	}
+	r.Header.Set("Content-Type", "application/json")
+	req := &request{r: r, svc: svc, body: body, scope: &scope.Scope{Bindings: []scope.Binding{{Expr: scope.Site{Name: f.cfg.Membership.Site()}}}}}
+	res := f.callApp(ctx, req, method, path, nil)
+	return res.status, res.body, res.err
+}
+
+// LocalID reads the id a service's application gave a created resource.
+func (f *Forwarder) LocalID(service string, body []byte) (string, bool) {
+	svc, ok := f.services[service]
+	if !ok {
+		return "", false
+	}
+	return localID(body, svc.IDField)
+}

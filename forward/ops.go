@@ -1,0 +1,329 @@
+package forward
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"slices"
+	"sort"
+	"time"
+
+	"cheops/catalog"
+	"cheops/scope"
+)
+
+// create runs a creating request on every required site of the plan,
+// records one global id for the local ids the sites chose, and answers
+// with the global id. Unreachable sites are recorded as pending. Nothing
+// is recorded when no site succeeded.
+func (f *Forwarder) create(w http.ResponseWriter, req *request, plan *scope.Plan) {
+	self := f.cfg.Membership.Site()
+	targets := plan.Required()
+	if !slices.Contains(targets, self) {
+		f.coordinate(w, req, plan)
+		return
+	}
+	ctx := req.r.Context()
+	id := catalog.NewID(time.Now())
+	opID := catalog.NewID(time.Now())
+	reachable, pending := splitTargets(plan)
+	extra := http.Header{HeaderResource: {id}, HeaderOperation: {opID}}
+	results := f.executeAll(ctx, reachable, func(ctx context.Context, site string) result {
+		return f.execute(ctx, site, req, http.MethodPost, req.rawPath, extra)
+	})
+	outcomes := map[string]string{}
+	locals := map[string]string{}
+	for _, s := range pending {
+		outcomes[s] = catalog.OutcomePending
+	}
+	for s, r := range results {
+		outcomes[s] = r.outcome()
+		if r.ok() {
+			if local, ok := localID(r.body, req.svc.IDField); ok {
+				locals[s] = local
+			} else {
+				f.log.Warn("created resource has no id field", "site", s, "field", req.svc.IDField)
+			}
+		}
+	}
+	answer, ok := f.preferred(results)
+	if !ok || len(locals) == 0 {
+		// Nothing was created anywhere: nothing is recorded.
+		if answer.site == "" {
+			writeError(w, http.StatusServiceUnavailable, "unreachable", "no site could run the request: "+sitesHeader(outcomes))
+			return
+		}
+		f.reply(w, answer, "", outcomes)
+		return
+	}
+	meta := catalog.Meta{ID: id, Service: req.svc.Name, Scope: req.scope.String(), Sites: targets,
+		Collection: req.route.collection, LocalIDs: locals}
+	op := catalog.Operation{ID: opID, Method: http.MethodPost, Path: req.rawPath, Body: req.body, Targets: targets, Outcomes: outcomes}
+	if err := f.cfg.Catalog.Create(ctx, meta, op); err != nil {
+		f.log.Error("record created resource", "id", id, "err", err)
+		writeError(w, http.StatusInternalServerError, "catalog", fmt.Sprintf("created on %v but not recorded: %v", locals, err))
+		return
+	}
+	answer.body = withID(answer.body, req.svc.IDField, id)
+	f.reply(w, answer, id, outcomes)
+}
+
+// coordinate hands a create to the nearest reachable site of its scope:
+// only a member may write the resource's catalog entry.
+func (f *Forwarder) coordinate(w http.ResponseWriter, req *request, plan *scope.Plan) {
+	if req.hop != "" {
+		writeError(w, http.StatusBadRequest, "not_member", fmt.Sprintf("site %s was asked to coordinate a create outside its scope", f.cfg.Membership.Site()))
+		return
+	}
+	var best *scope.Target
+	for i, t := range plan.Targets {
+		if t.Required && t.Reachable && (best == nil || t.RTT < best.RTT) {
+			best = &plan.Targets[i]
+		}
+	}
+	if best == nil {
+		writeError(w, http.StatusServiceUnavailable, "unreachable", "no site of the scope is reachable")
+		return
+	}
+	res := f.execute(req.r.Context(), best.Site, req, http.MethodPost, req.rawPath, http.Header{HeaderCoordinate: {"1"}})
+	if res.err != nil {
+		writeError(w, http.StatusBadGateway, "site_failed", res.err.Error())
+		return
+	}
+	// The coordinator's answer carries the resource and per-site headers.
+	f.reply(w, res, res.header.Get(HeaderResource), nil)
+}
+
+func splitTargets(plan *scope.Plan) (reachable, pending []string) {
+	for _, t := range plan.Targets {
+		switch {
+		case !t.Required:
+		case t.Reachable:
+			reachable = append(reachable, t.Site)
+		default:
+			pending = append(pending, t.Site)
+		}
+	}
+	return reachable, pending
+}
+
+// onResource serves a request that names a catalog resource by its
+// global id: reads go to one holder, writes to every replica.
+func (f *Forwarder) onResource(w http.ResponseWriter, req *request, res catalog.Resource) {
+	ctx := req.r.Context()
+	view := f.cfg.Membership.View()
+	self := f.cfg.Membership.Site()
+	pathFor := func(site string) string {
+		return withQuery(req.route.path(res.PerSite[site].LocalID), req.rawPath)
+	}
+	holders := func() []string {
+		var out []string
+		for _, s := range res.Sites {
+			v := res.PerSite[s]
+			if v.LocalID != "" && v.Status == catalog.StatusOK && (s == self || view.Sites[s].State.Reachable()) {
+				out = append(out, s)
+			}
+		}
+		sort.SliceStable(out, func(i, j int) bool {
+			di, _ := view.RTT(self, out[i])
+			dj, _ := view.RTT(self, out[j])
+			return di < dj
+		})
+		return out
+	}()
+	switch req.r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		if len(holders) == 0 {
+			writeError(w, http.StatusServiceUnavailable, "unreachable", fmt.Sprintf("no reachable site holds %s", res.ID))
+			return
+		}
+		var last result
+		for _, s := range holders {
+			last = f.execute(ctx, s, req, req.r.Method, pathFor(s), nil)
+			if last.err == nil {
+				last.body = withID(last.body, req.svc.IDField, res.ID)
+				f.reply(w, last, res.ID, nil)
+				return
+			}
+		}
+		f.reply(w, last, res.ID, nil)
+		return
+	}
+	outcomes := map[string]string{}
+	var reachable []string
+	for _, s := range res.Sites {
+		if slices.Contains(holders, s) {
+			reachable = append(reachable, s)
+		} else if res.PerSite[s].Status != catalog.StatusDeleted {
+			outcomes[s] = catalog.OutcomePending
+		}
+	}
+	opID := catalog.NewID(time.Now())
+	results := f.executeAll(ctx, reachable, func(ctx context.Context, site string) result {
+		return f.execute(ctx, site, req, req.r.Method, pathFor(site), http.Header{HeaderResource: {res.ID}, HeaderOperation: {opID}})
+	})
+	for s, r := range results {
+		outcomes[s] = r.outcome()
+	}
+	answer, ok := f.preferred(results)
+	if !ok {
+		if answer.site == "" {
+			writeError(w, http.StatusServiceUnavailable, "unreachable", "no replica could run the request: "+sitesHeader(outcomes))
+			return
+		}
+		f.reply(w, answer, res.ID, outcomes)
+		return
+	}
+	op := catalog.Operation{ID: opID, Resource: res.ID, Method: req.r.Method, Policy: req.svc.Policies[req.r.Method], Path: withQuery(req.route.path(res.ID), req.rawPath),
+		Body: req.body, Targets: res.Sites, Outcomes: outcomes}
+	if err := f.cfg.Catalog.AppendOp(ctx, op); err != nil {
+		f.log.Error("record operation", "id", res.ID, "err", err)
+	}
+	answer.body = withID(answer.body, req.svc.IDField, res.ID)
+	f.reply(w, answer, res.ID, outcomes)
+}
+
+// crossRead reads a collection on several sites and returns the union,
+// each item tagged with its site and shown with its global id when the
+// catalog knows one.
+func (f *Forwarder) crossRead(w http.ResponseWriter, req *request, plan *scope.Plan) {
+	reachable, pending := splitTargets(plan)
+	results := f.executeAll(req.r.Context(), reachable, func(ctx context.Context, site string) result {
+		return f.execute(ctx, site, req, http.MethodGet, req.rawPath, nil)
+	})
+	outcomes := map[string]string{}
+	for _, s := range pending {
+		outcomes[s] = "unreachable"
+	}
+	merged := []any{}
+	sites := make([]string, 0, len(results))
+	for s := range results {
+		sites = append(sites, s)
+	}
+	sort.Strings(sites)
+	for _, s := range sites {
+		r := results[s]
+		outcomes[s] = r.outcome()
+		if !r.ok() {
+			continue
+		}
+		var items []any
+		dec := json.NewDecoder(bytes.NewReader(r.body))
+		dec.UseNumber()
+		if err := dec.Decode(&items); err != nil {
+			merged = append(merged, map[string]any{"_site": s, "_error": "answer is not a JSON array"})
+			continue
+		}
+		for _, it := range items {
+			obj, ok := it.(map[string]any)
+			if !ok {
+				merged = append(merged, map[string]any{"_site": s, "value": it})
+				continue
+			}
+			obj["_site"] = s
+			if local, ok := idString(obj[req.svc.IDField]); ok {
+				if gid, ok := f.cfg.Catalog.LookupLocal(req.svc.Name, s, local); ok {
+					obj[req.svc.IDField] = gid
+				}
+			}
+			merged = append(merged, obj)
+		}
+	}
+	body, _ := json.Marshal(merged)
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set(HeaderSites, sitesHeader(outcomes))
+	w.Header().Set(HeaderSite, f.cfg.Membership.Site())
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(body)
+}
+
+// plain forwards a request that creates nothing and names no resource:
+// a read to the first reachable target (standbys after), a write to every
+// required target.
+func (f *Forwarder) plain(w http.ResponseWriter, req *request, plan *scope.Plan) {
+	ctx := req.r.Context()
+	safe := req.r.Method == http.MethodGet || req.r.Method == http.MethodHead || req.r.Method == http.MethodOptions
+	reachable, pending := splitTargets(plan)
+	if safe {
+		order := append([]string(nil), reachable...)
+		for _, t := range plan.Targets {
+			if !t.Required && t.Reachable {
+				order = append(order, t.Site)
+			}
+		}
+		var last result
+		for _, s := range order {
+			last = f.execute(ctx, s, req, req.r.Method, req.rawPath, nil)
+			if last.err == nil {
+				f.reply(w, last, "", nil)
+				return
+			}
+		}
+		f.reply(w, last, "", nil)
+		return
+	}
+	results := f.executeAll(ctx, reachable, func(ctx context.Context, site string) result {
+		return f.execute(ctx, site, req, req.r.Method, req.rawPath, nil)
+	})
+	outcomes := map[string]string{}
+	for _, s := range pending {
+		outcomes[s] = catalog.OutcomePending
+	}
+	for s, r := range results {
+		outcomes[s] = r.outcome()
+	}
+	answer, _ := f.preferred(results)
+	var hdr map[string]string
+	if len(outcomes) > 1 {
+		hdr = outcomes
+	}
+	f.reply(w, answer, "", hdr)
+}
+
+// localID reads the id field of a created resource's JSON body.
+func localID(body []byte, field string) (string, bool) {
+	var obj map[string]any
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	if dec.Decode(&obj) != nil {
+		return "", false
+	}
+	return idString(obj[field])
+}
+
+func idString(v any) (string, bool) {
+	switch v := v.(type) {
+	case string:
+		return v, v != ""
+	case json.Number:
+		return v.String(), true
+	}
+	return "", false
+}
+
+// withID replaces the id field of a JSON object body with the global id;
+// other bodies are returned unchanged.
+func withID(body []byte, field, id string) []byte {
+	var obj map[string]any
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	if dec.Decode(&obj) != nil || obj == nil {
+		return body
+	}
+	obj[field] = id
+	out, err := json.Marshal(obj)
+	if err != nil {
+		return body
+	}
+	return out
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(map[string]string{"error": msg, "code": code})
+}
+
+func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }

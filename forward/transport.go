@@ -1,0 +1,143 @@
+package forward
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/protocol"
+)
+
+// Protocol carries HTTP requests between agents over libp2p streams.
+const Protocol protocol.ID = "/cheops/forward/1.0.0"
+
+// Headers of the forwarding protocol.
+const (
+	HeaderScope    = "X-Cheops-Scope"
+	HeaderResource = "X-Cheops-Resource"
+	HeaderSites    = "X-Cheops-Sites"
+	HeaderSite     = "X-Cheops-Site"
+	// HeaderHop marks a request that another agent sent: it runs on this
+	// site only and is never forwarded again (loop prevention).
+	HeaderHop = "X-Cheops-Hop"
+	// HeaderOperation carries the catalog id of the operation a forwarded
+	// write belongs to, so that the site running it can remember it ran.
+	HeaderOperation = "X-Cheops-Operation"
+	// HeaderCoordinate asks a member site to run a create as its
+	// coordinator, when the site that received it is outside the scope.
+	HeaderCoordinate = "X-Cheops-Coordinate"
+)
+
+// sendRemote runs req on another site's agent and returns its answer,
+// with the body read (bounded by limit).
+func (f *Forwarder) sendRemote(ctx context.Context, site string, req *http.Request, limit int64) (*http.Response, []byte, error) {
+	p, ok := f.cfg.Membership.PeerOf(site)
+	if !ok {
+		return nil, nil, fmt.Errorf("site %s: no peer known", site)
+	}
+	ctx, cancel := context.WithTimeout(ctx, f.cfg.SiteTimeout)
+	defer cancel()
+	s, err := f.cfg.Host.NewStream(ctx, p, Protocol)
+	if err != nil {
+		return nil, nil, fmt.Errorf("site %s: %w", site, err)
+	}
+	defer s.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = s.SetDeadline(dl)
+	}
+	if err := req.Write(s); err != nil {
+		s.Reset()
+		return nil, nil, fmt.Errorf("site %s: send: %w", site, err)
+	}
+	_ = s.CloseWrite()
+	resp, err := http.ReadResponse(bufio.NewReader(s), req)
+	if err != nil {
+		s.Reset()
+		return nil, nil, fmt.Errorf("site %s: read answer: %w", site, err)
+	}
+	body, err := readLimited(resp.Body, limit)
+	resp.Body.Close()
+	if err != nil {
+		s.Reset()
+		return nil, nil, fmt.Errorf("site %s: %w", site, err)
+	}
+	return resp, body, nil
+}
+
+// serveStream executes a request another agent sent, on this site only.
+func (f *Forwarder) serveStream(s network.Stream) {
+	defer s.Close()
+	remote := s.Conn().RemotePeer()
+	site, ok := f.cfg.Membership.SiteOf(remote)
+	if !ok {
+		f.log.Warn("refused a forwarded request from a peer that is not a member site", "peer", remote)
+		s.Reset()
+		return
+	}
+	_ = s.SetDeadline(time.Now().Add(f.cfg.SiteTimeout))
+	req, err := http.ReadRequest(bufio.NewReader(s))
+	if err != nil {
+		f.log.Warn("malformed forwarded request", "from", site, "err", err)
+		s.Reset()
+		return
+	}
+	req.Body = http.MaxBytesReader(nil, req.Body, f.cfg.MaxBody)
+	req.Header.Set(HeaderHop, site)
+	req.RemoteAddr = site
+	rec := newBufferedWriter()
+	f.ServeHTTP(rec, req.WithContext(context.Background()))
+	resp := rec.response(req)
+	if err := resp.Write(s); err != nil {
+		s.Reset()
+	}
+}
+
+func readLimited(r io.Reader, limit int64) ([]byte, error) {
+	b, err := io.ReadAll(io.LimitReader(r, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("answer larger than %d bytes", limit)
+	}
+	return b, nil
+}
+
+// bufferedWriter is an http.ResponseWriter that keeps the response to
+// send it back on a stream.
+type bufferedWriter struct {
+	header http.Header
+	status int
+	body   []byte
+}
+
+func newBufferedWriter() *bufferedWriter { return &bufferedWriter{header: http.Header{}} }
+
+func (b *bufferedWriter) Header() http.Header { return b.header }
+func (b *bufferedWriter) WriteHeader(status int) {
+	if b.status == 0 {
+		b.status = status
+	}
+}
+func (b *bufferedWriter) Write(p []byte) (int, error) {
+	if b.status == 0 {
+		b.status = http.StatusOK
+	}
+	b.body = append(b.body, p...)
+	return len(p), nil
+}
+
+func (b *bufferedWriter) response(req *http.Request) *http.Response {
+	if b.status == 0 {
+		b.status = http.StatusOK
+	}
+	return &http.Response{
+		StatusCode: b.status, Status: fmt.Sprintf("%d %s", b.status, http.StatusText(b.status)),
+		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: b.header, Body: io.NopCloser(bytesReader(b.body)), ContentLength: int64(len(b.body)), Request: req,
+	}
+}

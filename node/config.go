@@ -1,0 +1,190 @@
+package node
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/metrics"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/pnet"
+	"github.com/multiformats/go-multiaddr"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"cheops/scope"
+)
+
+// Config describes a site's node. DefaultConfig fills every field but Site,
+// DataDir and the trust list with WAN defaults; Validate checks the rest.
+type Config struct {
+	// Site is this site's name, as scopes spell it.
+	Site string
+	// DataDir keeps the identity key (and, for other packages, the
+	// datastore). It is created if missing and locked while the node runs,
+	// so two agents never share one identity.
+	DataDir string
+	// Listen are the multiaddrs to listen on. Default: TCP and QUIC on
+	// port 4001 of every interface (the usual libp2p port; both, because
+	// QUIC connects in one round trip and TCP passes stricter firewalls).
+	// QUIC addresses are dropped when SwarmKey is set: libp2p private
+	// networks protect TCP connections only.
+	Listen []string
+	// Announce, when set, replaces the addresses advertised to peers (a
+	// site behind NAT announces its public address).
+	Announce []string
+	// Peers are bootstrap multiaddrs, each ending in /p2p/<peer id>. One
+	// reachable site is enough: membership records tell the rest.
+	Peers []string
+	// Trust lists the peer ids allowed to connect. The node always trusts
+	// itself. Without a trust list New refuses to start (ErrNoTrust):
+	// an agent open to anyone would be a silent security hole. TrustAll
+	// disables the check, for closed test networks only.
+	Trust    []peer.ID
+	TrustAll bool
+	// SwarmKey is an optional libp2p pre-shared network key (the
+	// /key/swarm/psk/1.0.0/ file format). With a key, the node runs over
+	// TCP only.
+	SwarmKey []byte
+	// TopicAccess decides who may join a pubsub topic other than
+	// membership's, from the topic name and the peer id alone. It is also
+	// asked about the node itself before it joins a topic. Nil denies every
+	// other topic.
+	TopicAccess func(topic string, p peer.ID) bool
+
+	// ProbeInterval is how often every known site is pinged. 2 s notices a
+	// lost site within seconds while costing a few bytes per second per
+	// peer (memberlist's WAN profile probes every 5 s; edge sites serve
+	// interactive requests, so we probe faster).
+	ProbeInterval time.Duration
+	// ProbeTimeout bounds one probe (dial if needed, then ping). 3 s is far
+	// above any terrestrial RTT (~300 ms antipodal) and above a TCP SYN
+	// retransmission (1 s), so a timeout means loss, not distance.
+	ProbeTimeout time.Duration
+	// SuspectAfter consecutive failed probes make a site suspect: still
+	// used by the planner, but flagged. 2: one lost probe on a WAN link is
+	// ordinary and says nothing.
+	SuspectAfter int
+	// DownAfter consecutive failed probes make a site down: 4 misses is
+	// 8 s of silence when the far host refuses, ~12 s when probes time
+	// out: long enough to ride out a few lost packets or a route flap,
+	// short enough that requests stop waiting on a dead site. See
+	// DownBound.
+	DownAfter int
+	// RTTSmoothing is the EWMA weight of a new RTT sample. 0.3: a lasting
+	// change shows within 3–4 probes, a single outlier moves it little.
+	RTTSmoothing float64
+	// AnnounceInterval is how often this site republishes its membership
+	// record (with the RTTs it measured). 10 s: records change slowly; a
+	// site that connects gets one within a second anyway.
+	AnnounceInterval time.Duration
+	// MaxRedialBackoff caps the delay between attempts to reconnect to a
+	// site that dropped; the delay doubles from ProbeInterval. 30 s: a site
+	// back from an outage is found within half a minute, and a site gone
+	// for good costs one dial every 30 s.
+	MaxRedialBackoff time.Duration
+
+	// Registerer receives the node's and libp2p's metrics (resource
+	// manager included); nil creates a private registry (see
+	// Node.Registry).
+	Registerer *prometheus.Registry
+	// Bandwidth, when set, counts every byte the host sends and receives
+	// (benchmarks read it).
+	Bandwidth metrics.Reporter
+	// Logger receives the node's logs; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns a configuration with WAN defaults; Site, DataDir and
+// the trust list are left for the caller.
+func DefaultConfig() Config {
+	return Config{
+		Listen:           []string{"/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"},
+		ProbeInterval:    2 * time.Second,
+		ProbeTimeout:     3 * time.Second,
+		SuspectAfter:     2,
+		DownAfter:        4,
+		RTTSmoothing:     0.3,
+		AnnounceInterval: 10 * time.Second,
+		MaxRedialBackoff: 30 * time.Second,
+	}
+}
+
+// DownBound is the longest a stopped site can stay "up" or "suspect" in
+// this node's view: DownAfter failed probes, each taking at most
+// max(ProbeInterval, ProbeTimeout) (a probe still running when the next
+// is due is not doubled), plus one interval for the probe in flight when
+// the site stopped. With the defaults: 4 × 3 s + 2 s = 14 s.
+func (c *Config) DownBound() time.Duration {
+	return time.Duration(c.DownAfter)*max(c.ProbeInterval, c.ProbeTimeout) + c.ProbeInterval
+}
+
+// Errors of Validate and New. The command line reports them as bad input.
+var (
+	// ErrBadConfig wraps every configuration problem.
+	ErrBadConfig = errors.New("node: bad configuration")
+	// ErrNoTrust: neither a trust list nor TrustAll.
+	ErrNoTrust = errors.New("node: no trusted peers: give --trust PEERID or --trust-file FILE (or --trust-all on a closed test network)")
+	// ErrDataDirInUse: another process runs a node on the data directory.
+	ErrDataDirInUse = errors.New("node: data directory in use by another agent")
+)
+
+// Validate reports the first problem with the configuration.
+func (c *Config) Validate() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s", ErrBadConfig, fmt.Sprintf(format, args...))
+	}
+	if c.Site == "" {
+		return bad("a site name is required")
+	}
+	if err := ValidSiteName(c.Site); err != nil {
+		return bad("%v", err)
+	}
+	if c.DataDir == "" {
+		return bad("a data directory is required")
+	}
+	if len(c.Listen) == 0 {
+		return bad("at least one listen address is required")
+	}
+	for _, list := range [][]string{c.Listen, c.Announce} {
+		for _, a := range list {
+			if _, err := multiaddr.NewMultiaddr(a); err != nil {
+				return bad("address %q: %v", a, err)
+			}
+		}
+	}
+	for _, a := range c.Peers {
+		if _, err := peer.AddrInfoFromString(a); err != nil {
+			return bad("peer address %q (want /ip4/…/tcp/…/p2p/<peer id>): %v", a, err)
+		}
+	}
+	if len(c.SwarmKey) > 0 {
+		if _, err := pnet.DecodeV1PSK(bytes.NewReader(c.SwarmKey)); err != nil {
+			return bad("swarm key: %v", err)
+		}
+		if len(tcpOnly(c.Listen)) == 0 {
+			return bad("with a swarm key at least one TCP listen address is required (QUIC cannot carry the key)")
+		}
+	}
+	if len(c.Trust) == 0 && !c.TrustAll {
+		return ErrNoTrust
+	}
+	switch {
+	case c.ProbeInterval <= 0, c.ProbeTimeout <= 0, c.AnnounceInterval <= 0, c.MaxRedialBackoff <= 0:
+		return bad("probe interval, probe timeout, announce interval and redial backoff must be positive")
+	case c.SuspectAfter < 1 || c.DownAfter <= c.SuspectAfter:
+		return bad("need 1 <= suspect-after (%d) < down-after (%d)", c.SuspectAfter, c.DownAfter)
+	case c.RTTSmoothing <= 0 || c.RTTSmoothing > 1:
+		return bad("RTT smoothing %v must be in (0, 1]", c.RTTSmoothing)
+	}
+	return nil
+}
+
+// ValidSiteName checks a name against the scope grammar's SITE token.
+func ValidSiteName(name string) error {
+	if e, err := scope.ParseExpr(name); err != nil || e != (scope.Site{Name: name}) {
+		return fmt.Errorf("site name %q must match [A-Za-z][A-Za-z0-9_.-]*", name)
+	}
+	return nil
+}

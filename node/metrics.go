@@ -1,0 +1,58 @@
+package node
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"cheops/scope"
+)
+
+// collector exposes membership at scrape time, from the same state as
+// Sites, so the metrics never disagree with GET /v1/sites and a site that
+// changes state leaves no stale series behind.
+type collector struct{ n *Node }
+
+var (
+	descSites = prometheus.NewDesc("cheops_sites",
+		"Known sites (this one included) by membership state.", []string{"state"}, nil)
+	descSiteState = prometheus.NewDesc("cheops_site_state",
+		"1 for the membership state each site is in.", []string{"site", "state"}, nil)
+	descSiteRTT = prometheus.NewDesc("cheops_site_rtt_seconds",
+		"Smoothed round-trip time of probes to each site (EWMA).", []string{"site"}, nil)
+	descLastSeen = prometheus.NewDesc("cheops_site_last_seen_timestamp_seconds",
+		"When each site last answered a probe (Unix time).", []string{"site"}, nil)
+	descConflicts = prometheus.NewDesc("cheops_membership_conflicts",
+		"Peers refused because they claimed a site name another peer holds.", []string{"site"}, nil)
+	descRefused = prometheus.NewDesc("cheops_refused_connections_total",
+		"Connections refused because the peer is not trusted.", nil, nil)
+)
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descSites, descSiteState, descSiteRTT, descLastSeen, descConflicts, descRefused} {
+		ch <- d
+	}
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	count := map[scope.State]int{}
+	for _, s := range c.n.Sites() {
+		count[s.State]++
+		ch <- prometheus.MustNewConstMetric(descSiteState, prometheus.GaugeValue, 1, s.Site, s.State.String())
+		if !s.Self && s.RTT > 0 {
+			ch <- prometheus.MustNewConstMetric(descSiteRTT, prometheus.GaugeValue, s.RTT.Seconds(), s.Site)
+		}
+		if !s.LastSeen.IsZero() {
+			ch <- prometheus.MustNewConstMetric(descLastSeen, prometheus.GaugeValue, float64(s.LastSeen.UnixMilli())/1e3, s.Site)
+		}
+		if len(s.Conflicts) > 0 {
+			ch <- prometheus.MustNewConstMetric(descConflicts, prometheus.GaugeValue, float64(len(s.Conflicts)), s.Site)
+		}
+	}
+	for _, st := range []scope.State{scope.Up, scope.Suspect, scope.Down, scope.Unknown} {
+		ch <- prometheus.MustNewConstMetric(descSites, prometheus.GaugeValue, float64(count[st]), st.String())
+	}
+	refused := 0
+	for _, k := range c.n.Refused() {
+		refused += k
+	}
+	ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(refused))
+}

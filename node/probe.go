@@ -1,0 +1,310 @@
+package node
+
+import (
+	"context"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/net/swarm"
+	"github.com/libp2p/go-libp2p/p2p/protocol/ping"
+	"github.com/multiformats/go-multiaddr"
+
+	"cheops/scope"
+)
+
+// peerState is what this node knows of one peer. Guarded by Node.mu.
+type peerState struct {
+	cfg       *Config
+	site      string // empty until its record arrives
+	bootstrap bool
+	started   time.Time
+	addrs     []multiaddr.Multiaddr    // from its latest record
+	misses    int                      // consecutive failed probes
+	probed    bool                     // at least one probe answered
+	inflight  bool                     // a probe is running
+	rtt       time.Duration            // EWMA of the probes' RTT
+	lastSeen  time.Time                // last answered probe
+	reported  map[string]time.Duration // RTTs the site measured to others
+	nextDial  time.Time
+	backoff   time.Duration
+}
+
+// state derives a site's state from its probe history: unknown until the
+// first answer (or until DownAfter misses), then up, suspect after
+// SuspectAfter consecutive misses, down after DownAfter.
+func (ps *peerState) state() scope.State {
+	switch {
+	case ps.misses >= ps.cfg.DownAfter:
+		return scope.Down
+	case !ps.probed:
+		return scope.Unknown
+	case ps.misses >= ps.cfg.SuspectAfter:
+		return scope.Suspect
+	default:
+		return scope.Up
+	}
+}
+
+func (n *Node) peerLocked(p peer.ID) *peerState {
+	ps, ok := n.byPeer[p]
+	if !ok {
+		ps = &peerState{cfg: &n.cfg}
+		n.byPeer[p] = ps
+	}
+	return ps
+}
+
+// SiteEvent says a site changed state.
+type SiteEvent struct {
+	Site  string
+	Peer  peer.ID
+	From  scope.State
+	State scope.State
+}
+
+// Subscribe returns a channel of site state changes and a function that
+// ends the subscription. Events are dropped, never queued without bound,
+// when the reader falls behind (64 are buffered); readers that must not
+// miss a change poll View as well. The channel is closed by the returned
+// function or by Close.
+func (n *Node) Subscribe() (<-chan SiteEvent, func()) {
+	ch := make(chan SiteEvent, 64)
+	n.mu.Lock()
+	if n.watchers == nil {
+		n.mu.Unlock()
+		close(ch)
+		return ch, func() {}
+	}
+	n.watchers[ch] = struct{}{}
+	n.mu.Unlock()
+	var once sync.Once
+	return ch, func() {
+		once.Do(func() {
+			n.mu.Lock()
+			defer n.mu.Unlock()
+			if _, ok := n.watchers[ch]; ok {
+				delete(n.watchers, ch)
+				close(ch)
+			}
+		})
+	}
+}
+
+func (n *Node) notifyLocked(ev SiteEvent) {
+	for w := range n.watchers {
+		select {
+		case w <- ev:
+		default:
+		}
+	}
+}
+
+// probeLoop starts a probe of every known peer each ProbeInterval. A peer
+// whose previous probe is still running (a timeout longer than the
+// interval) is skipped that round, so a dead site never delays the probes
+// of the live ones and never counts two misses for one silence.
+func (n *Node) probeLoop(ctx context.Context) {
+	defer n.wg.Done()
+	tick := time.NewTicker(n.cfg.ProbeInterval)
+	defer tick.Stop()
+	for {
+		n.mu.Lock()
+		for p, ps := range n.byPeer {
+			if ps.inflight {
+				continue
+			}
+			ps.inflight = true
+			n.wg.Add(1)
+			go n.probe(ctx, p)
+		}
+		n.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// probe dials the peer if it is not connected (unless its redial backoff
+// is running) and pings it, all within ProbeTimeout.
+func (n *Node) probe(ctx context.Context, p peer.ID) {
+	defer n.wg.Done()
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.ProbeTimeout)
+	defer cancel()
+	rtt, ok := n.ping(ctx, p)
+	if ctx.Err() != nil && context.Cause(ctx) == context.Canceled {
+		// The node is closing: this probe says nothing of the peer.
+		n.mu.Lock()
+		n.peerLocked(p).inflight = false
+		n.mu.Unlock()
+		return
+	}
+	n.observe(p, rtt, ok)
+}
+
+func (n *Node) ping(ctx context.Context, p peer.ID) (time.Duration, bool) {
+	if n.host.Network().Connectedness(p) != network.Connected {
+		n.mu.Lock()
+		wait := time.Now().Before(n.peerLocked(p).nextDial)
+		n.mu.Unlock()
+		if wait {
+			return 0, false
+		}
+		// This node paces its own redials (redialLater); the swarm's
+		// backoff (5 s growing quadratically to 5 min) would otherwise
+		// keep a site that came back unreachable for minutes.
+		if sw, ok := n.host.Network().(*swarm.Swarm); ok {
+			sw.Backoff().Clear(p)
+		}
+		if err := n.host.Connect(ctx, peer.AddrInfo{ID: p}); err != nil {
+			n.redialLater(p)
+			return 0, false
+		}
+	}
+	// The first ping of a stream also pays for protocol negotiation; the
+	// smaller of two samples is the network's round trip.
+	pctx, pcancel := context.WithCancel(ctx)
+	defer pcancel()
+	results := ping.Ping(pctx, n.host, p)
+	var best time.Duration
+	answered := false
+	for range 2 {
+		select {
+		case res, open := <-results:
+			if !open || res.Error != nil {
+				return best, answered
+			}
+			if !answered || res.RTT < best {
+				best = res.RTT
+			}
+			answered = true
+		case <-ctx.Done():
+			return best, answered
+		}
+	}
+	return best, answered
+}
+
+// redialLater doubles the delay before the next connection attempt, from
+// ProbeInterval up to MaxRedialBackoff.
+func (n *Node) redialLater(p peer.ID) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	ps := n.peerLocked(p)
+	ps.backoff = min(max(2*ps.backoff, n.cfg.ProbeInterval), n.cfg.MaxRedialBackoff)
+	ps.nextDial = time.Now().Add(ps.backoff)
+}
+
+func (n *Node) observe(p peer.ID, rtt time.Duration, ok bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	ps := n.peerLocked(p)
+	ps.inflight = false
+	before := ps.state()
+	if ok {
+		ps.misses, ps.probed, ps.backoff, ps.nextDial = 0, true, 0, time.Time{}
+		ps.lastSeen = time.Now().UTC()
+		rtt = max(rtt, time.Microsecond) // 0 means "not measured"
+		if ps.rtt == 0 {
+			ps.rtt = rtt
+		} else {
+			a := n.cfg.RTTSmoothing
+			ps.rtt = time.Duration(a*float64(rtt) + (1-a)*float64(ps.rtt))
+		}
+	} else {
+		ps.misses++
+	}
+	after := ps.state()
+	if before != after && ps.site != "" {
+		n.log.Info("site state changed", "site", ps.site, "from", before, "to", after, "rtt", ps.rtt)
+		n.notifyLocked(SiteEvent{Site: ps.site, Peer: p, From: before, State: after})
+	}
+}
+
+// SiteStatus is one row of the membership table.
+type SiteStatus struct {
+	Site     string
+	Peer     peer.ID
+	State    scope.State
+	RTT      time.Duration // smoothed; 0 for this site and for sites never reached
+	LastSeen time.Time     // last answered probe; now for this site
+	Self     bool
+	Started  time.Time // when the site's agent started, from its record
+	// Conflicts are the other peers that claimed this site's name and
+	// were refused.
+	Conflicts []peer.ID
+}
+
+// Sites lists every known site, this one included, by name.
+func (n *Node) Sites() []SiteStatus {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := []SiteStatus{{Site: n.cfg.Site, Peer: n.host.ID(), State: scope.Up, LastSeen: time.Now().UTC(), Self: true, Started: n.started}}
+	for p, ps := range n.byPeer {
+		if ps.site == "" {
+			continue
+		}
+		out = append(out, SiteStatus{Site: ps.site, Peer: p, State: ps.state(), RTT: ps.rtt, LastSeen: ps.lastSeen, Started: ps.started})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Site < out[j].Site })
+	for _, c := range n.conflicts {
+		for i := range out {
+			if out[i].Site == c.Site {
+				out[i].Conflicts = append(out[i].Conflicts, c.Claimant)
+			}
+		}
+	}
+	return out
+}
+
+// View is the membership snapshot the scope planner takes: every known
+// site with its state and the RTTs it reported, and this site with the
+// RTTs it measured.
+func (n *Node) View() scope.View {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	self := scope.SiteInfo{Name: n.cfg.Site, State: scope.Up, RTT: map[string]time.Duration{}}
+	v := scope.View{Local: n.cfg.Site, Sites: map[string]scope.SiteInfo{}}
+	for _, ps := range n.byPeer {
+		if ps.site == "" {
+			continue
+		}
+		info := scope.SiteInfo{Name: ps.site, State: ps.state(), RTT: map[string]time.Duration{}}
+		for s, d := range ps.reported {
+			info.RTT[s] = d
+		}
+		v.Sites[ps.site] = info
+		if ps.probed {
+			self.RTT[ps.site] = ps.rtt
+		}
+	}
+	v.Sites[n.cfg.Site] = self
+	return v
+}
+
+// PeerOf returns the peer id of a site, once its record has arrived (this
+// site's own at once).
+func (n *Node) PeerOf(site string) (peer.ID, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	p, ok := n.bySite[site]
+	return p, ok
+}
+
+// SiteOf returns the site of a peer id, once its record has arrived.
+func (n *Node) SiteOf(p peer.ID) (string, bool) {
+	if p == n.host.ID() {
+		return n.cfg.Site, true
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	ps, ok := n.byPeer[p]
+	if !ok || ps.site == "" {
+		return "", false
+	}
+	return ps.site, true
+}
