@@ -14,7 +14,6 @@ import (
 
 	"github.com/ipfs/go-datastore/query"
 	pebbleds "github.com/ipfs/go-ds-pebble"
-	"github.com/libp2p/go-libp2p/core/metrics"
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"cheops/crdt"
@@ -111,7 +110,7 @@ type benchSite struct {
 	node  *node.Node
 	store *pebbleds.Datastore
 	m     *crdt.Manager
-	bw    *metrics.BandwidthCounter
+	bw    *byteCounter
 }
 
 // entry is the catalog-sized value written per key (a meta or an
@@ -142,7 +141,7 @@ func replicate(ctx context.Context, names []string, scopes [][]string, full bool
 	}
 	base := map[string]int64{}
 	for _, s := range sites {
-		base[s.name] = s.bw.GetBandwidthTotals().TotalIn
+		base[s.name] = s.bw.received()
 	}
 	// Every resource: two catalog keys written by its first site.
 	want := map[string]int{}
@@ -183,7 +182,7 @@ func replicate(ctx context.Context, names []string, scopes [][]string, full bool
 	time.Sleep(500 * time.Millisecond) // let in-flight gossip land before reading the counters
 	var leaked int64
 	for _, s := range sites {
-		in := s.bw.GetBandwidthTotals().TotalIn - base[s.name]
+		in := s.bw.received() - base[s.name]
 		required := 0
 		for _, sc := range scopes {
 			if slices.Contains(sc, s.name) {
@@ -243,7 +242,7 @@ func startSites(ctx context.Context, dir string, names []string) ([]*benchSite, 
 		nc.AnnounceInterval = 500 * time.Millisecond
 		nc.TopicAccess = crdt.TopicAllows
 		nc.Logger = quiet
-		bw := metrics.NewBandwidthCounter()
+		bw := newByteCounter()
 		nc.Bandwidth = bw
 		nd, err := node.New(ctx, nc)
 		if err != nil {
