@@ -12,6 +12,7 @@ import (
 	"github.com/ipfs/go-cid"
 	ds "github.com/ipfs/go-datastore"
 	"github.com/ipfs/go-datastore/namespace"
+	"github.com/ipfs/go-datastore/query"
 	crdt "github.com/ipfs/go-ds-crdt"
 	"github.com/ipfs/go-ds-crdt/pb"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
@@ -98,6 +99,19 @@ func (m *Manager) openGroup(name string, sites []string, peers []peer.ID, unclea
 	// The hooks run inside go-ds-crdt's merge batch: they only queue.
 	opts.PutHook = func(k ds.Key, v []byte) { m.changes.add(change{sites: g.sites, key: k.String(), value: v}) }
 	opts.DeleteHook = func(k ds.Key) { m.changes.add(change{sites: g.sites, key: k.String(), deleted: true}) }
+	if unclean {
+		// A crash in the middle of a branch walk leaves its upper part
+		// marked processed and its head unrecorded; go-ds-crdt then skips
+		// that branch when its head comes again, and Repair, which walks
+		// from the recorded heads, never reaches it (upstream #279).
+		// Forgetting every processed mark makes the repair re-merge what
+		// the heads reach (merging is idempotent) and lets the branch be
+		// walked again when its head arrives.
+		if err := forgetProcessed(m.ctx, m.cfg.Datastore, prefix.ChildString("crdt").ChildString(processedNamespace)); err != nil {
+			g.closeNetwork()
+			return nil, fmt.Errorf("crdt: group %s: %w", name, err)
+		}
+	}
 	g.store, err = crdt.New(m.cfg.Datastore, prefix.ChildString("crdt"), dags, g.bcast, opts)
 	if err != nil {
 		g.closeNetwork()
@@ -199,4 +213,33 @@ func (g *Group) encodedHeads(ctx context.Context) ([]byte, error) {
 		msg.Heads = append(msg.Heads, &pb.Head{Cid: h.Bytes()})
 	}
 	return proto.Marshal(msg)
+}
+
+// processedNamespace is where go-ds-crdt v0.6 marks the blocks it has
+// merged, under the replica's namespace.
+const processedNamespace = "b"
+
+// forgetProcessed deletes every processed-block mark under prefix.
+func forgetProcessed(ctx context.Context, store ds.Batching, prefix ds.Key) error {
+	res, err := store.Query(ctx, query.Query{Prefix: prefix.String(), KeysOnly: true})
+	if err != nil {
+		return fmt.Errorf("list processed marks: %w", err)
+	}
+	defer res.Close()
+	batch, err := store.Batch(ctx)
+	if err != nil {
+		return fmt.Errorf("forget processed marks: %w", err)
+	}
+	for r := range res.Next() {
+		if r.Error != nil {
+			return fmt.Errorf("list processed marks: %w", r.Error)
+		}
+		if err := batch.Delete(ctx, ds.NewKey(r.Key)); err != nil {
+			return fmt.Errorf("forget processed mark: %w", err)
+		}
+	}
+	if err := batch.Commit(ctx); err != nil {
+		return fmt.Errorf("forget processed marks: %w", err)
+	}
+	return nil
 }
