@@ -1,0 +1,110 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+)
+
+var (
+	buildOnce sync.Once
+	builtBin  string
+	buildErr  error
+)
+
+// binary builds cmd/cheops once per test run.
+func binary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "cheops-bench-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		builtBin = filepath.Join(dir, "cheops")
+		out, err := exec.Command("go", "build", "-o", builtBin, "cheops/cmd/cheops").CombinedOutput()
+		if err != nil {
+			buildErr = err
+			t.Logf("%s", out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatalf("build cheops: %v", buildErr)
+	}
+	return builtBin
+}
+
+func needJSONServer(t *testing.T) {
+	if _, err := exec.LookPath("json-server"); err != nil {
+		t.Skip("json-server is not installed (npm install -g json-server@0.17.4; .ci/run does it)")
+	}
+}
+
+func TestClusterOverEmulatedWAN(t *testing.T) {
+	needJSONServer(t)
+	ctx := context.Background()
+	c, err := StartCluster(ctx, ClusterOptions{Binary: binary(t), Sites: []string{"paris", "berlin", "rome"}, Dir: t.TempDir(), RTT: 40 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	// The agents measure the emulated round trip between them.
+	var sites []struct {
+		Site string  `json:"site"`
+		RTT  float64 `json:"rtt_ms"`
+	}
+	if err := waitFor(ctx, 30*time.Second, "paris measures berlin", func() error {
+		if err := c.getJSON(ctx, c.Site("paris").API+"/v1/sites", &sites); err != nil {
+			return err
+		}
+		for _, s := range sites {
+			if s.Site == "berlin" && s.RTT >= 40 {
+				return nil
+			}
+		}
+		return errNotYet
+	}); err != nil {
+		t.Fatalf("%v: %+v", err, sites)
+	}
+	// A replicated create reaches both applications.
+	code, hdr, body, err := c.Do(ctx, "paris", http.MethodPost, "/svc/posts/posts", "{posts: paris & berlin}", map[string]any{"title": "hello"})
+	if err != nil || code != http.StatusCreated {
+		t.Fatalf("create: %d %s %v", code, body, err)
+	}
+	gid := hdr.Get("X-Cheops-Resource")
+	for _, s := range []string{"paris", "berlin"} {
+		var posts []map[string]any
+		if err := c.getJSON(ctx, c.Site(s).App+"/posts", &posts); err != nil || len(posts) != 1 {
+			t.Fatalf("%s holds %v (%v)", s, posts, err)
+		}
+	}
+	// Cut berlin off: paris sees it down; after the heal, up again.
+	c.Net.Cut([]string{"berlin"}, []string{"paris", "rome"})
+	if err := c.WaitStates(ctx, 30*time.Second, []string{"paris"}, []string{"berlin"}, "down"); err != nil {
+		t.Fatal(err)
+	}
+	code, _, body, err = c.Do(ctx, "paris", http.MethodPatch, "/svc/posts/posts/"+gid, "", map[string]any{"title": "during the cut"})
+	if err != nil || code != http.StatusOK {
+		t.Fatalf("patch during the cut: %d %s %v", code, body, err)
+	}
+	c.Net.Heal()
+	if err := waitFor(ctx, 60*time.Second, "berlin catches up", func() error {
+		var posts []map[string]any
+		if err := c.getJSON(ctx, c.Site("berlin").App+"/posts", &posts); err != nil {
+			return err
+		}
+		if len(posts) != 1 || posts[0]["title"] != "during the cut" {
+			b, _ := json.Marshal(posts)
+			return &stateError{string(b)}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
