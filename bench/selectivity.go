@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/ipfs/go-datastore/query"
@@ -286,4 +287,25 @@ func startSites(ctx context.Context, dir string, names []string) ([]*benchSite, 
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// Table writes the per-site figures and the totals beside their targets.
+func (r SelectivityResult) Table(w io.Writer) {
+	fmt.Fprintf(w, "selectivity: %d sites, %d resources, scopes of %d (in-process sites on loopback)\n\n", r.Sites, r.Resources, r.ScopeSize)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "site\tentries\trequired\tKiB in (scoped)\tKiB in (full)\t")
+	for i, s := range r.Scoped.Sites {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%.1f\t\n", s.Site, s.Entries, s.Required, float64(s.BytesReceived)/1024, float64(r.Full.Sites[i].BytesReceived)/1024)
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "\ntotal received: scoped %.1f KiB, full replication %.1f KiB: ratio %.2f (target <= %.2f)\n",
+		float64(r.Scoped.TotalBytes)/1024, float64(r.Full.TotalBytes)/1024, r.Ratio, r.RatioTarget)
+	fmt.Fprintf(w, "leaked bytes (group data at non-members): %d (target 0)\n", r.LeakedBytes)
+	fmt.Fprintf(w, "converged: scoped %v, full %v\n", r.Scoped.Converged.Round(time.Millisecond), r.Full.Converged.Round(time.Millisecond))
+}
+
+// Plot draws bytes received per site, scoped against full replication.
+func (r SelectivityResult) Plot(dir, prefix string) ([]string, error) {
+	path := filepath.Join(dir, prefix+".svg")
+	return []string{path}, PlotSelectivity(r, path)
 }

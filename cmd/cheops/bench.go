@@ -3,9 +3,12 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
-	"text/tabwriter"
+	"runtime"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -13,18 +16,50 @@ import (
 	"cheops/bench"
 )
 
+// scenario runs one benchmark scenario from the command line.
+type scenario func(c *cli.Context, env bench.Env) (bench.Report, error)
+
+// scenarios are the benchmarks `cheops bench` knows, by name.
+var scenarios = map[string]scenario{
+	"selectivity": func(c *cli.Context, env bench.Env) (bench.Report, error) {
+		sites := env.Sites
+		if sites == 0 {
+			sites = 10
+		}
+		resources := c.Int("resources")
+		if env.Full {
+			resources *= 5
+		}
+		return bench.RunSelectivity(c.Context, bench.SelectivityOptions{
+			Sites: sites, Resources: resources, ScopeSize: c.Int("scope-size"), Seed: 1, Progress: c.App.ErrWriter})
+	},
+}
+
+func scenarioNames() string {
+	var names []string
+	for n := range scenarios {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return strings.Join(names, ", ")
+}
+
 func init() {
 	register(&cli.Command{
 		Name:      "bench",
-		Usage:     "partition-tolerance benchmarks (so far: selectivity)",
+		Usage:     "partition-tolerance benchmarks: " + scenarioNames(),
 		ArgsUsage: "SCENARIO",
+		Description: "Runs a scenario's quick profile (--full: the long one): progress on stderr, a table on\n" +
+			"stdout (--json: one JSON document), the JSON and the plots into --out DIR.\n" +
+			"See bench/README.md for what each scenario measures.",
 		Flags: []cli.Flag{
-			&cli.IntFlag{Name: "sites", Usage: "sites in the run", Value: 10, EnvVars: []string{"CHEOPS_BENCH_SITES"}},
-			&cli.IntFlag{Name: "resources", Usage: "resources written", Value: 200, EnvVars: []string{"CHEOPS_BENCH_RESOURCES"}},
-			&cli.IntFlag{Name: "scope-size", Usage: "sites per resource scope", Value: 2, EnvVars: []string{"CHEOPS_BENCH_SCOPE_SIZE"}},
+			&cli.IntFlag{Name: "sites", Usage: "sites in the run (0: the profile's)", EnvVars: []string{"CHEOPS_BENCH_SITES"}},
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON document", EnvVars: []string{"CHEOPS_JSON"}},
-			&cli.StringFlag{Name: "out", Usage: "also write the JSON result into this directory", EnvVars: []string{"CHEOPS_BENCH_OUT"}},
-			&cli.BoolFlag{Name: "full", Usage: "the long profile (5x the resources)", EnvVars: []string{"CHEOPS_BENCH_FULL"}},
+			&cli.StringFlag{Name: "out", Usage: "write the JSON result and the plots into this `DIR`", EnvVars: []string{"CHEOPS_BENCH_OUT"}},
+			&cli.BoolFlag{Name: "full", Usage: "the long profile", EnvVars: []string{"CHEOPS_BENCH_FULL"}},
+			&cli.StringSliceFlag{Name: "agents", Usage: "`URL`s of the APIs of a running deployment to measure instead of local sites", EnvVars: []string{"CHEOPS_BENCH_AGENTS"}},
+			&cli.IntFlag{Name: "resources", Usage: "selectivity: resources written", Value: 200, EnvVars: []string{"CHEOPS_BENCH_RESOURCES"}},
+			&cli.IntFlag{Name: "scope-size", Usage: "selectivity: sites per resource scope", Value: 2, EnvVars: []string{"CHEOPS_BENCH_SCOPE_SIZE"}},
 		},
 		Action: runBench,
 	})
@@ -34,51 +69,94 @@ func runBench(c *cli.Context) error {
 	if c.NArg() != 1 {
 		return usageError("bench takes one SCENARIO, got %d arguments", c.NArg())
 	}
-	switch c.Args().First() {
-	case "selectivity":
-	case "convergence", "forwarding", "availability", "scale":
-		return failure("bench %s is not written yet; see `go test -bench` in crdt and e2e for its figures", c.Args().First())
-	default:
-		return usageError("unknown scenario %q: want selectivity, convergence, forwarding, availability or scale", c.Args().First())
+	name := c.Args().First()
+	run, ok := scenarios[name]
+	if !ok {
+		return usageError("unknown scenario %q: want one of %s", name, scenarioNames())
 	}
-	resources := c.Int("resources")
-	if c.Bool("full") {
-		resources *= 5
+	if c.Int("sites") < 0 {
+		return usageError("--sites must not be negative")
 	}
-	res, err := bench.RunSelectivity(c.Context, bench.SelectivityOptions{
-		Sites: c.Int("sites"), Resources: resources, ScopeSize: c.Int("scope-size"), Seed: 1, Progress: c.App.ErrWriter})
+	self, err := os.Executable()
 	if err != nil {
-		return failure("%v", err)
+		return failure("bench: find the cheops binary: %v", err)
 	}
-	data, _ := json.MarshalIndent(res, "", "  ")
+	scratch, err := os.MkdirTemp("", "cheops-bench-")
+	if err != nil {
+		return failure("bench: %v", err)
+	}
+	defer os.RemoveAll(scratch)
+	var agents []string
+	for _, a := range c.StringSlice("agents") {
+		for _, u := range strings.Split(a, ",") {
+			if u = strings.TrimSpace(u); u != "" {
+				if !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+					return usageError("--agents: %q is not an http:// or https:// URL", u)
+				}
+				agents = append(agents, strings.TrimSuffix(u, "/"))
+			}
+		}
+	}
+	env := bench.Env{Binary: self, Dir: scratch, Full: c.Bool("full"), Sites: c.Int("sites"), Agents: agents,
+		Log: slog.New(slog.NewTextHandler(c.App.ErrWriter, &slog.HandlerOptions{Level: slog.LevelInfo}))}
+	report, err := run(c, env)
+	if err != nil {
+		return failure("bench %s: %v", name, err)
+	}
+	doc := benchDocument{Scenario: name, Command: strings.Join(append([]string{"cheops"}, os.Args[1:]...), " "),
+		Date: time.Now().UTC().Format(time.RFC3339), Machine: thisMachine(), Result: report}
+	data, err := json.MarshalIndent(doc, "", "  ")
+	if err != nil {
+		return failure("bench %s: %v", name, err)
+	}
 	if dir := c.String("out"); dir != "" {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return failure("--out: %v", err)
 		}
-		stamp := time.Now().UTC().Format("20060102T150405Z")
-		name := filepath.Join(dir, "selectivity-"+stamp+".json")
-		if err := os.WriteFile(name, append(data, '\n'), 0o644); err != nil {
+		prefix := name + "-" + time.Now().UTC().Format("20060102T150405Z")
+		if err := os.WriteFile(filepath.Join(dir, prefix+".json"), append(data, '\n'), 0o644); err != nil {
 			return failure("--out: %v", err)
 		}
-		if err := bench.PlotSelectivity(res, filepath.Join(dir, "selectivity-"+stamp+".svg")); err != nil {
+		plots, err := report.Plot(dir, prefix)
+		if err != nil {
 			return failure("--out: %v", err)
+		}
+		for _, p := range append([]string{filepath.Join(dir, prefix+".json")}, plots...) {
+			fmt.Fprintln(c.App.ErrWriter, "wrote", p)
 		}
 	}
 	if c.Bool("json") {
 		fmt.Fprintln(c.App.Writer, string(data))
 		return nil
 	}
-	w := c.App.Writer
-	fmt.Fprintf(w, "selectivity: %d sites, %d resources, scopes of %d (in-process sites on loopback)\n\n", res.Sites, res.Resources, res.ScopeSize)
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "site\tentries\trequired\tKiB in (scoped)\tKiB in (full)\t")
-	for i, s := range res.Scoped.Sites {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%.1f\t\n", s.Site, s.Entries, s.Required, float64(s.BytesReceived)/1024, float64(res.Full.Sites[i].BytesReceived)/1024)
-	}
-	tw.Flush()
-	fmt.Fprintf(w, "\ntotal received: scoped %.1f KiB, full replication %.1f KiB: ratio %.2f (target <= %.2f)\n",
-		float64(res.Scoped.TotalBytes)/1024, float64(res.Full.TotalBytes)/1024, res.Ratio, res.RatioTarget)
-	fmt.Fprintf(w, "leaked bytes (group data at non-members): %d (target 0)\n", res.LeakedBytes)
-	fmt.Fprintf(w, "converged: scoped %v, full %v\n", res.Scoped.Converged.Round(time.Millisecond), res.Full.Converged.Round(time.Millisecond))
+	report.Table(c.App.Writer)
 	return nil
+}
+
+// benchDocument is the JSON a run prints and writes: the result with what
+// it was measured on.
+type benchDocument struct {
+	Scenario string       `json:"scenario"`
+	Command  string       `json:"command"`
+	Date     string       `json:"date"`
+	Machine  machine      `json:"machine"`
+	Result   bench.Report `json:"result"`
+}
+
+type machine struct {
+	CPUs   int    `json:"cpus"`
+	OS     string `json:"os"`
+	Arch   string `json:"arch"`
+	Go     string `json:"go"`
+	Kernel string `json:"kernel,omitempty"`
+	Host   string `json:"host,omitempty"`
+}
+
+func thisMachine() machine {
+	m := machine{CPUs: runtime.NumCPU(), OS: runtime.GOOS, Arch: runtime.GOARCH, Go: runtime.Version()}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = strings.TrimSpace(string(b))
+	}
+	m.Host, _ = os.Hostname()
+	return m
 }
