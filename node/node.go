@@ -48,6 +48,7 @@ type Node struct {
 	watchers  map[chan SiteEvent]struct{}
 
 	stopLoops  context.CancelFunc // probe, announce, receive
+	probeNow   chan struct{}      // starts a probe round before the next tick
 	stopPubSub context.CancelFunc // the pubsub router
 	wg         sync.WaitGroup
 	closed     sync.Once
@@ -97,6 +98,7 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		byPeer:   map[peer.ID]*peerState{},
 		watchers: map[chan SiteEvent]struct{}{},
 		gater:    newTrustGater(self, cfg.Trust, cfg.TrustAll, log),
+		probeNow: make(chan struct{}, 1),
 	}
 	if cfg.TrustAll {
 		log.Warn("trusting every peer (--trust-all): use on closed test networks only")

@@ -125,7 +125,25 @@ func (n *Node) probeLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+		case <-n.probeNow:
 		}
+	}
+}
+
+// retryOthersLocked is called when a site that was unreachable answers
+// again: the network that cut it off has probably healed for other sites
+// too, so every redial backoff is cleared and a probe round starts now,
+// instead of each site being found at the end of its own backoff (up to
+// MaxRedialBackoff after the heal).
+func (n *Node) retryOthersLocked(back peer.ID) {
+	for q, qs := range n.byPeer {
+		if q != back && qs.backoff > 0 {
+			qs.backoff, qs.nextDial = 0, time.Time{}
+		}
+	}
+	select {
+	case n.probeNow <- struct{}{}:
+	default:
 	}
 }
 
@@ -206,6 +224,9 @@ func (n *Node) observe(p peer.ID, rtt time.Duration, ok bool) {
 	ps.inflight = false
 	before := ps.state()
 	if ok {
+		if ps.backoff > 0 || before == scope.Down {
+			n.retryOthersLocked(p)
+		}
 		ps.misses, ps.probed, ps.backoff, ps.nextDial = 0, true, 0, time.Time{}
 		ps.lastSeen = time.Now().UTC()
 		rtt = max(rtt, time.Microsecond) // 0 means "not measured"
