@@ -141,11 +141,17 @@ func TestOverlappingScopesCreatedConcurrently(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, h, _ := nw.do(c.site, "POST", "/svc/posts/posts", c.scope, map[string]any{"title": c.title})
+			code, h, body := nw.do(c.site, "POST", "/svc/posts/posts", c.scope, map[string]any{"title": c.title})
+			if code != 201 {
+				t.Errorf("create %s at %s: %d %s", c.scope, c.site, code, body)
+			}
 			gids[i] = h.Get("X-Cheops-Resource")
 		}()
 	}
 	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
 	nw.settled(gids[0], "paris", "berlin")
 	nw.settled(gids[1], "berlin", "rome")
 	for site, want := range map[string][]any{"paris": {"pb"}, "berlin": {"pb", "br"}, "rome": {"br"}} {
