@@ -21,6 +21,9 @@ type scenario func(c *cli.Context, env bench.Env) (bench.Report, error)
 
 // scenarios are the benchmarks `cheops bench` knows, by name.
 var scenarios = map[string]scenario{
+	"forwarding": func(c *cli.Context, env bench.Env) (bench.Report, error) {
+		return bench.RunForwarding(c.Context, env)
+	},
 	"selectivity": func(c *cli.Context, env bench.Env) (bench.Report, error) {
 		sites := env.Sites
 		if sites == 0 {

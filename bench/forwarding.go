@@ -1,0 +1,655 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/vg"
+)
+
+// Latency summarises the successful requests of one kind on one path, in
+// milliseconds.
+type Latency struct {
+	N    int     `json:"n"`
+	P50  float64 `json:"p50_ms"`
+	P99  float64 `json:"p99_ms"`
+	Mean float64 `json:"mean_ms"`
+}
+
+// PathFigures is what one way of reaching the application measured.
+type PathFigures struct {
+	// Path is "direct" (the application itself), "haproxy" (a plain
+	// reverse proxy in front of it), "local agent" (the agent of the
+	// application's site) or "remote agent" (the agent of another site,
+	// one WAN hop away).
+	Path string `json:"path"`
+	// Get is GET of one item; GetAdded its p50 minus the direct p50 of
+	// the same run.
+	Get      Latency `json:"get"`
+	GetAdded float64 `json:"get_added_p50_ms"`
+	// Create is POST of a new item; CreateAdded as for Get.
+	Create      Latency `json:"create"`
+	CreateAdded float64 `json:"create_added_p50_ms"`
+	// GetRPS is GETs answered per second by Workers concurrent clients.
+	GetRPS float64 `json:"get_rps"`
+	// Errors counts requests that failed or had an unexpected status.
+	Errors int `json:"errors"`
+}
+
+// ForwardingRun is every path measured at one emulated round-trip time.
+type ForwardingRun struct {
+	RTT   float64       `json:"rtt_ms"`
+	Paths []PathFigures `json:"paths"`
+}
+
+// Path returns the named path's figures, or nil.
+func (r *ForwardingRun) Path(name string) *PathFigures {
+	for i := range r.Paths {
+		if r.Paths[i].Path == name {
+			return &r.Paths[i]
+		}
+	}
+	return nil
+}
+
+// ForwardingResult is the forwarding overhead scenario: the same
+// json-server reached directly, through a plain reverse proxy, through its
+// site's agent and through another site's agent, in the same run.
+type ForwardingResult struct {
+	// Mode is "cluster" (agent processes started on this machine behind
+	// the emulated WAN) or "agents" (a running deployment given with
+	// --agents: only the agent paths are measured).
+	Mode  string `json:"mode"`
+	Sites int    `json:"sites"`
+	// AppSite is the site whose application every path reaches; Remote
+	// the site whose agent the remote path enters through.
+	AppSite string `json:"app_site"`
+	Remote  string `json:"remote_site,omitempty"`
+	// Proxy names the reverse proxy and its version.
+	Proxy string `json:"proxy,omitempty"`
+	// Item is the application path read by every GET.
+	Item              string          `json:"item"`
+	Gets              int             `json:"gets_per_path"`
+	Creates           int             `json:"creates_per_path"`
+	Workers           int             `json:"throughput_workers"`
+	ThroughputSeconds float64         `json:"throughput_seconds"`
+	Runs              []ForwardingRun `json:"runs"`
+	// LocalAdded and ProxyAdded are the GET p50 latency the local agent
+	// and the reverse proxy add to the direct call at 0 ms RTT; Ratio is
+	// LocalAdded / ProxyAdded (0 when the proxy added nothing
+	// measurable), held to RatioTarget.
+	LocalAdded  float64 `json:"local_added_ms"`
+	ProxyAdded  float64 `json:"proxy_added_ms"`
+	Ratio       float64 `json:"local_to_proxy_ratio"`
+	RatioTarget float64 `json:"local_to_proxy_ratio_target"`
+	Met         bool    `json:"target_met"`
+	Note        string  `json:"note,omitempty"`
+}
+
+// forwardingProfile sizes a run.
+type forwardingProfile struct {
+	gets, creates       int // per path, at 0 ms RTT
+	rttGets, rttCreates int // per path, at each other RTT
+	rtts                []time.Duration
+	throughput          time.Duration // per path
+	workers             int
+}
+
+var (
+	forwardingQuick = forwardingProfile{gets: 600, creates: 100, rttGets: 150, rttCreates: 40,
+		rtts: []time.Duration{0, 20 * time.Millisecond, 80 * time.Millisecond}, throughput: 3 * time.Second, workers: 4}
+	forwardingFull = forwardingProfile{gets: 5000, creates: 1000, rttGets: 1000, rttCreates: 200,
+		rtts: []time.Duration{0, 20 * time.Millisecond, 80 * time.Millisecond}, throughput: 15 * time.Second, workers: 8}
+)
+
+// Names of the paths.
+const (
+	pathDirect = "direct"
+	pathProxy  = "haproxy"
+	pathLocal  = "local agent"
+	pathRemote = "remote agent"
+)
+
+// RunForwarding measures the forwarding overhead: GET of one item and
+// POST of a new one on one json-server, directly, through HAProxy, through
+// the local agent and through a remote agent (one WAN hop, at 0 ms and at
+// the profile's other RTTs). With env.Agents it measures a running
+// deployment instead: through the first agent (local) and the second
+// (remote), no direct or proxy path.
+func RunForwarding(ctx context.Context, env Env) (*ForwardingResult, error) {
+	p := forwardingQuick
+	if env.Full {
+		p = forwardingFull
+	}
+	return runForwarding(ctx, env, p)
+}
+
+// fwTarget is one way to reach the application.
+type fwTarget struct {
+	name   string
+	base   string // URL the application's paths are appended to
+	scope  string // X-Cheops-Scope, empty for none
+	client *http.Client
+}
+
+func newTarget(name, base, scope string) *fwTarget {
+	tr := &http.Transport{MaxIdleConns: 256, MaxIdleConnsPerHost: 256, IdleConnTimeout: time.Minute,
+		DialContext: (&net.Dialer{Timeout: 5 * time.Second}).DialContext}
+	return &fwTarget{name: name, base: base, scope: scope, client: &http.Client{Transport: tr, Timeout: 30 * time.Second}}
+}
+
+// do sends one request and reads the whole answer; an unexpected status is
+// an error.
+func (t *fwTarget) do(ctx context.Context, method, path string, body []byte, want int) (http.Header, []byte, error) {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, t.base+path, rd)
+	if err != nil {
+		return nil, nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if t.scope != "" {
+		req.Header.Set("X-Cheops-Scope", t.scope)
+	}
+	resp, err := t.client.Do(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, nil, err
+	}
+	if resp.StatusCode != want {
+		return nil, nil, fmt.Errorf("%s %s via %s: %s: %s", method, path, t.name, resp.Status, tail(string(b), 300))
+	}
+	return resp.Header, b, nil
+}
+
+func (t *fwTarget) close() { t.client.CloseIdleConnections() }
+
+func runForwarding(ctx context.Context, env Env, p forwardingProfile) (*ForwardingResult, error) {
+	log := env.Log
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if len(env.Agents) > 0 {
+		return forwardAgents(ctx, env, p, log)
+	}
+	n := env.Sites
+	if n == 0 {
+		n = 2
+	}
+	if n < 2 {
+		return nil, fmt.Errorf("bench: forwarding needs at least 2 sites, got %d", n)
+	}
+	haproxy, err := ensureCommand(ctx, log, "haproxy", "haproxy")
+	if err != nil {
+		return nil, err
+	}
+	log.Info("forwarding: starting sites", "sites", n)
+	c, err := StartCluster(ctx, ClusterOptions{Binary: env.Binary, Sites: citySites(n), Dir: filepath.Join(env.Dir, "forwarding"), Log: log})
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	app, remote := c.Sites[0], c.Sites[1]
+	// The item every GET reads, written straight into the application.
+	direct := newTarget(pathDirect, app.App, "")
+	defer direct.close()
+	if _, _, err := direct.do(ctx, http.MethodPost, "/posts", []byte(`{"id": 1, "title": "read me", "body": "the item every path reads"}`), http.StatusCreated); err != nil {
+		return nil, err
+	}
+	proxyAddr, version, stop, err := startHAProxy(ctx, haproxy, filepath.Join(env.Dir, "forwarding", "haproxy"), app.ip, hostPortOf(app.App))
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
+	appScope := "{posts: " + app.Name + "}"
+	proxy := newTarget(pathProxy, "http://"+proxyAddr, "")
+	local := newTarget(pathLocal, app.API+"/svc/posts", appScope)
+	far := newTarget(pathRemote, remote.API+"/svc/posts", appScope)
+	for _, t := range []*fwTarget{proxy, local, far} {
+		defer t.close()
+	}
+	res := &ForwardingResult{Mode: "cluster", Sites: n, AppSite: app.Name, Remote: remote.Name, Proxy: version, Item: "/posts/1",
+		Gets: p.gets, Creates: p.creates, Workers: p.workers, ThroughputSeconds: p.throughput.Seconds(), RatioTarget: 1.2}
+	for _, rtt := range p.rtts {
+		c.Net.SetRTT(rtt)
+		targets := []*fwTarget{direct, proxy, local, far}
+		gets, creates := p.gets, p.creates
+		if rtt > 0 {
+			// Only the remote path crosses the WAN; direct stays as the
+			// reference of the same moment.
+			targets = []*fwTarget{direct, far}
+			gets, creates = p.rttGets, p.rttCreates
+		}
+		log.Info("forwarding: measuring", "rtt", rtt, "paths", len(targets), "gets", gets, "creates", creates)
+		run, err := measureRun(ctx, targets, res.Item, gets, creates, p)
+		if err != nil {
+			return nil, err
+		}
+		run.RTT = float64(rtt) / float64(time.Millisecond)
+		res.Runs = append(res.Runs, run)
+	}
+	res.judge()
+	return res, nil
+}
+
+// forwardAgents measures a running deployment through its agents.
+func forwardAgents(ctx context.Context, env Env, p forwardingProfile, log *slog.Logger) (*ForwardingResult, error) {
+	var site0 string
+	var health struct {
+		Site string `json:"site"`
+	}
+	probe := newTarget("agent", env.Agents[0], "")
+	defer probe.close()
+	_, b, err := probe.do(ctx, http.MethodGet, "/v1/health", nil, http.StatusOK)
+	if err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal(b, &health); err != nil || health.Site == "" {
+		return nil, fmt.Errorf("bench: %s/v1/health: no site in %q", env.Agents[0], tail(string(b), 200))
+	}
+	site0 = health.Site
+	appScope := "{posts: " + site0 + "}"
+	local := newTarget(pathLocal, env.Agents[0]+"/svc/posts", appScope)
+	defer local.close()
+	hdr, _, err := local.do(ctx, http.MethodPost, "/posts", []byte(`{"title": "read me", "body": "the item every path reads"}`), http.StatusCreated)
+	if err != nil {
+		return nil, fmt.Errorf("bench: the agents must serve a json-server-like service named posts: %w", err)
+	}
+	gid := hdr.Get("X-Cheops-Resource")
+	if gid == "" {
+		return nil, errors.New("bench: the create answered no X-Cheops-Resource")
+	}
+	res := &ForwardingResult{Mode: "agents", Sites: len(env.Agents), AppSite: site0, Item: "/posts/" + gid,
+		Gets: p.gets, Creates: p.creates, Workers: p.workers, ThroughputSeconds: p.throughput.Seconds(), RatioTarget: 1.2}
+	targets := []*fwTarget{local}
+	rtt := 0.0
+	if len(env.Agents) > 1 {
+		far := newTarget(pathRemote, env.Agents[1]+"/svc/posts", appScope)
+		defer far.close()
+		targets = append(targets, far)
+		var sites []struct {
+			Site string  `json:"site"`
+			RTT  float64 `json:"rtt_ms"`
+			Self bool    `json:"self"`
+		}
+		probe1 := newTarget("agent", env.Agents[1], "")
+		defer probe1.close()
+		if _, b, err := probe1.do(ctx, http.MethodGet, "/v1/sites", nil, http.StatusOK); err == nil && json.Unmarshal(b, &sites) == nil {
+			for _, s := range sites {
+				if s.Site == site0 {
+					rtt = s.RTT
+				}
+				if s.Self {
+					res.Remote = s.Site
+				}
+			}
+		}
+	}
+	log.Info("forwarding: measuring a running deployment", "agents", len(env.Agents), "app site", site0)
+	run, err := measureRun(ctx, targets, res.Item, p.gets, p.creates, p)
+	if err != nil {
+		return nil, err
+	}
+	run.RTT = rtt
+	res.Runs = append(res.Runs, run)
+	res.judge()
+	res.Note = "a running deployment: no direct or reverse-proxy path to compare with; the RTT is the agents' own measurement"
+	return res, nil
+}
+
+// measureRun measures every target: GET and create latencies with the
+// targets interleaved request by request (so that any drift of the
+// application weighs on all alike), then GET throughput one target at a
+// time.
+func measureRun(ctx context.Context, targets []*fwTarget, item string, gets, creates int, p forwardingProfile) (ForwardingRun, error) {
+	// Warm up connections and caches.
+	for _, t := range targets {
+		for range 10 {
+			if _, _, err := t.do(ctx, http.MethodGet, item, nil, http.StatusOK); err != nil {
+				return ForwardingRun{}, fmt.Errorf("bench: warm-up: %w", err)
+			}
+		}
+	}
+	getLat := make([][]float64, len(targets))
+	createLat := make([][]float64, len(targets))
+	errs := make([]int, len(targets))
+	var firstErr error
+	interleave := func(rounds int, lat [][]float64, send func(t *fwTarget, i int) error) error {
+		for i := range rounds {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			for k := range targets {
+				j := (i + k) % len(targets)
+				start := time.Now()
+				err := send(targets[j], i)
+				if err != nil {
+					errs[j]++
+					if firstErr == nil {
+						firstErr = err
+					}
+					continue
+				}
+				lat[j] = append(lat[j], float64(time.Since(start))/float64(time.Millisecond))
+			}
+		}
+		return nil
+	}
+	if err := interleave(gets, getLat, func(t *fwTarget, _ int) error {
+		_, _, err := t.do(ctx, http.MethodGet, item, nil, http.StatusOK)
+		return err
+	}); err != nil {
+		return ForwardingRun{}, err
+	}
+	if err := interleave(creates, createLat, func(t *fwTarget, i int) error {
+		body := fmt.Sprintf(`{"title": "bench %d", "via": %q}`, i, t.name)
+		_, _, err := t.do(ctx, http.MethodPost, "/posts", []byte(body), http.StatusCreated)
+		return err
+	}); err != nil {
+		return ForwardingRun{}, err
+	}
+	var run ForwardingRun
+	for j, t := range targets {
+		rps, n := throughput(ctx, t, item, p.workers, p.throughput)
+		errs[j] += n
+		run.Paths = append(run.Paths, PathFigures{Path: t.name, Get: summarise(getLat[j]), Create: summarise(createLat[j]), GetRPS: rps, Errors: errs[j]})
+	}
+	for i := range run.Paths {
+		run.Paths[i].GetAdded = run.Paths[i].Get.P50 - run.Paths[0].Get.P50
+		run.Paths[i].CreateAdded = run.Paths[i].Create.P50 - run.Paths[0].Create.P50
+	}
+	total := 0
+	for _, e := range errs {
+		total += e
+	}
+	if total > (gets+creates)*len(targets)/100 {
+		return run, fmt.Errorf("bench: %d requests failed, first: %w", total, firstErr)
+	}
+	return run, ctx.Err()
+}
+
+// throughput runs workers clients sending GETs for d and returns the
+// answered requests per second and the failures.
+func throughput(ctx context.Context, t *fwTarget, item string, workers int, d time.Duration) (float64, int) {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	var ok, failed atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				if _, _, err := t.do(ctx, http.MethodGet, item, nil, http.StatusOK); err == nil {
+					ok.Add(1)
+				} else if ctx.Err() == nil {
+					failed.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return float64(ok.Load()) / time.Since(start).Seconds(), int(failed.Load())
+}
+
+// summarise gives the nearest-rank percentiles of samples in ms.
+func summarise(ms []float64) Latency {
+	if len(ms) == 0 {
+		return Latency{}
+	}
+	s := slices.Clone(ms)
+	slices.Sort(s)
+	sum := 0.0
+	for _, v := range s {
+		sum += v
+	}
+	rank := func(q float64) float64 {
+		i := int(math.Ceil(q*float64(len(s)))) - 1
+		return s[max(0, min(i, len(s)-1))]
+	}
+	return Latency{N: len(s), P50: round3(rank(0.50)), P99: round3(rank(0.99)), Mean: round3(sum / float64(len(s)))}
+}
+
+func round3(v float64) float64 { return math.Round(v*1000) / 1000 }
+
+// judge computes the target figures from the 0 ms run.
+func (r *ForwardingResult) judge() {
+	if len(r.Runs) == 0 {
+		return
+	}
+	run := &r.Runs[0]
+	local, proxy, direct := run.Path(pathLocal), run.Path(pathProxy), run.Path(pathDirect)
+	if local == nil || proxy == nil || direct == nil {
+		return
+	}
+	r.LocalAdded, r.ProxyAdded = round3(local.GetAdded), round3(proxy.GetAdded)
+	limit := r.RatioTarget * math.Max(r.ProxyAdded, 0)
+	r.Met = r.LocalAdded <= limit
+	if r.ProxyAdded > 0.001 {
+		r.Ratio = math.Round(r.LocalAdded/r.ProxyAdded*100) / 100
+	}
+	if !r.Met {
+		r.Note = fmt.Sprintf("local forward adds %.3f ms at p50 against %.3f ms for %s: %.3f ms over the target of %.1f× the proxy's",
+			r.LocalAdded, r.ProxyAdded, r.Proxy, r.LocalAdded-limit, r.RatioTarget)
+	}
+}
+
+// startHAProxy runs HAProxy on ip (a free port) in front of backend
+// (host:port) with keep-alive on both sides, and returns its address, its
+// version and a function that stops it.
+func startHAProxy(ctx context.Context, bin, dir, ip, backend string) (string, string, func(), error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", "", nil, fmt.Errorf("bench: %w", err)
+	}
+	ports, err := freePorts(ip, 1)
+	if err != nil {
+		return "", "", nil, err
+	}
+	addr := net.JoinHostPort(ip, ports[0])
+	cfg := fmt.Sprintf(`# Generated by cheops bench forwarding: a plain reverse proxy on loopback.
+global
+    maxconn 4096
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    option http-keep-alive
+    http-reuse always
+
+frontend bench
+    bind %s
+    default_backend app
+
+backend app
+    server app %s
+`, addr, backend)
+	path := filepath.Join(dir, "haproxy.cfg")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		return "", "", nil, fmt.Errorf("bench: %w", err)
+	}
+	version := "haproxy"
+	if out, err := exec.CommandContext(ctx, bin, "-v").Output(); err == nil {
+		if f := strings.Fields(string(out)); len(f) >= 3 {
+			version = "HAProxy " + strings.SplitN(f[2], "-", 2)[0]
+		}
+	}
+	logs := &lockedBuffer{}
+	cmd := exec.Command(bin, "-db", "-f", path)
+	cmd.Dir = dir
+	cmd.Stdout, cmd.Stderr = logs, logs
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return "", "", nil, fmt.Errorf("bench: start haproxy: %w", err)
+	}
+	exited := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(exited)
+	}()
+	stop := func() {
+		_ = cmd.Process.Kill()
+		<-exited
+	}
+	probe := newTarget(pathProxy, "http://"+addr, "")
+	defer probe.close()
+	if err := waitFor(ctx, 30*time.Second, "haproxy answers", func() error {
+		select {
+		case <-exited:
+			return fmt.Errorf("haproxy exited: %s", tail(logs.String(), 1000))
+		default:
+		}
+		_, _, err := probe.do(ctx, http.MethodGet, "/posts/1", nil, http.StatusOK)
+		return err
+	}); err != nil {
+		stop()
+		return "", "", nil, err
+	}
+	return addr, version, stop, nil
+}
+
+func hostPortOf(u string) string {
+	p, err := url.Parse(u)
+	if err != nil {
+		return u
+	}
+	return p.Host
+}
+
+// citySites names n sites: cities first, then s10, s11, ….
+func citySites(n int) []string {
+	cities := []string{"paris", "berlin", "rome", "madrid", "vienna", "oslo", "lisbon", "prague", "warsaw", "dublin"}
+	var out []string
+	for i := range n {
+		if i < len(cities) {
+			out = append(out, cities[i])
+		} else {
+			out = append(out, fmt.Sprintf("s%02d", i))
+		}
+	}
+	return out
+}
+
+// Table writes the latencies and throughput of every path at every RTT,
+// and the target.
+func (r *ForwardingResult) Table(w io.Writer) {
+	where := fmt.Sprintf("%d sites (agent processes on loopback, emulated WAN)", r.Sites)
+	if r.Mode == "agents" {
+		where = fmt.Sprintf("a running deployment of %d agents", r.Sites)
+	}
+	fmt.Fprintf(w, "forwarding: GET %s and POST /posts on %s's json-server; %s\n", r.Item, r.AppSite, where)
+	if r.Remote != "" {
+		fmt.Fprintf(w, "remote agent: %s (one WAN hop from %s)", r.Remote, r.AppSite)
+		if r.Proxy != "" {
+			fmt.Fprintf(w, "; reverse proxy: %s", r.Proxy)
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintf(w, "%d GETs and %d creates per path at 0 ms (interleaved), GET req/s with %d clients for %.1f s\n\n",
+		r.Gets, r.Creates, r.Workers, r.ThroughputSeconds)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "RTT\tpath\tGET p50 ms\tGET p99 ms\tadded p50\tGET req/s\tPOST p50 ms\tPOST p99 ms\tadded p50\terrors\t")
+	for _, run := range r.Runs {
+		for _, p := range run.Paths {
+			fmt.Fprintf(tw, "%.0f ms\t%s\t%.2f\t%.2f\t%+.2f\t%.0f\t%.2f\t%.2f\t%+.2f\t%d\t\n", run.RTT, p.Path,
+				p.Get.P50, p.Get.P99, p.GetAdded, p.GetRPS, p.Create.P50, p.Create.P99, p.CreateAdded, p.Errors)
+		}
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
+	if r.Mode == "agents" {
+		fmt.Fprintf(w, "target (local forward <= %.1fx the reverse proxy's added latency): not measured on a running deployment\n", r.RatioTarget)
+		return
+	}
+	verdict := "met"
+	if !r.Met {
+		verdict = "MISSED"
+	}
+	ratio := "n/a"
+	if r.Ratio > 0 {
+		ratio = fmt.Sprintf("%.2fx", r.Ratio)
+	}
+	fmt.Fprintf(w, "added GET p50 at 0 ms: local agent %.3f ms, %s %.3f ms: %s (target <= %.1fx): %s\n",
+		r.LocalAdded, r.Proxy, r.ProxyAdded, ratio, r.RatioTarget, verdict)
+	if r.Note != "" {
+		fmt.Fprintln(w, "note:", r.Note)
+	}
+}
+
+// Plot draws GET p50 and p99 latency of every path at every RTT, and the
+// same for creates.
+func (r *ForwardingResult) Plot(dir, prefix string) ([]string, error) {
+	var labels []string
+	var getP50, getP99, postP50, postP99 plotter.Values
+	for _, run := range r.Runs {
+		for _, p := range run.Paths {
+			labels = append(labels, fmt.Sprintf("%s\n%.0f ms RTT", p.Path, run.RTT))
+			getP50 = append(getP50, p.Get.P50)
+			getP99 = append(getP99, p.Get.P99)
+			postP50 = append(postP50, p.Create.P50)
+			postP99 = append(postP99, p.Create.P99)
+		}
+	}
+	var out []string
+	for _, fig := range []struct {
+		name, what string
+		p50, p99   plotter.Values
+	}{{"get", "GET " + r.Item, getP50, getP99}, {"create", "POST /posts", postP50, postP99}} {
+		p := plot.New()
+		p.Title.Text = fmt.Sprintf("Forwarding: %s on %s's json-server", fig.what, r.AppSite)
+		p.Y.Label.Text = "latency (ms)"
+		w := vg.Points(14)
+		b50, err := plotter.NewBarChart(fig.p50, w)
+		if err != nil {
+			return nil, fmt.Errorf("bench: plot: %w", err)
+		}
+		b50.Color, b50.LineStyle.Width, b50.Offset = blue, 0, -w/2
+		b99, err := plotter.NewBarChart(fig.p99, w)
+		if err != nil {
+			return nil, fmt.Errorf("bench: plot: %w", err)
+		}
+		b99.Color, b99.LineStyle.Width, b99.Offset = grey, 0, w/2
+		p.Add(b50, b99)
+		p.Legend.Add("p50", b50)
+		p.Legend.Add("p99", b99)
+		p.Legend.Top, p.Legend.Left = true, true
+		p.NominalX(labels...)
+		path := filepath.Join(dir, prefix+"-"+fig.name+".svg")
+		if err := p.Save(vg.Length(1.4*float64(len(labels))+2)*vg.Inch, 4*vg.Inch, path); err != nil {
+			return nil, fmt.Errorf("bench: save plot: %w", err)
+		}
+		out = append(out, path)
+	}
+	return out, nil
+}
