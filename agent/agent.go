@@ -55,6 +55,11 @@ type Config struct {
 	// Policies sets, per service and HTTP method, the consistency policy
 	// of updates ("replace", "commute", "ordered"; --policy S:METHOD=P).
 	Policies map[string]map[string]string
+	// ServiceOptions sets, per service, its kind (rest or kube), the
+	// bearer token and the TLS settings used to reach this site's
+	// instance (--service-kind, --service-token, --service-ca,
+	// --service-insecure).
+	ServiceOptions map[string]ServiceOptions
 	// APIToken, when set, is the bearer token every API request but
 	// GET /v1/health must carry (Authorization: Bearer …, or ?token= for
 	// browsers, whose event streams cannot set headers).
@@ -90,6 +95,11 @@ func (c *Config) Validate() error {
 	for name, u := range c.Services {
 		if err := ValidService(name, u); err != nil {
 			return fmt.Errorf("%w: %v", ErrBadConfig, err)
+		}
+	}
+	for name := range c.ServiceOptions {
+		if _, ok := c.Services[name]; !ok {
+			return fmt.Errorf("%w: options for service %s, which is not configured", ErrBadConfig, name)
 		}
 	}
 	if c.ShutdownTimeout <= 0 {
@@ -215,11 +225,10 @@ func (a *Agent) open(ctx context.Context) error {
 	}
 	var services []forward.Service
 	for name, base := range a.cfg.Services {
-		svc, err := forward.ParseService(name + "=" + base)
+		svc, err := a.cfg.buildService(name, base)
 		if err != nil {
 			return err
 		}
-		svc.Policies = a.cfg.Policies[name]
 		services = append(services, svc)
 	}
 	a.forward, err = forward.New(forward.Config{Host: n.Host(), Membership: n, Catalog: a.catalog,

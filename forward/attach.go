@@ -44,26 +44,9 @@ func (f *Forwarder) Attach(ctx context.Context, id, site string) (catalog.Resour
 	if !ok {
 		return res, fmt.Errorf("%w: %q", ErrUnknownService, res.Service)
 	}
-	status, body, err := f.CallLocal(ctx, res.Service, http.MethodGet, res.Collection+"/"+local, nil)
-	if err != nil || status != http.StatusOK {
-		return res, fmt.Errorf("forward: read %s here: %d %v", id, status, err)
-	}
-	var state map[string]any
-	if err := json.Unmarshal(body, &state); err != nil {
-		return res, fmt.Errorf("forward: the copy of %s is not a JSON object: %w", id, err)
-	}
-	delete(state, svc.IDField)
-	copyBody, _ := json.Marshal(state)
-	r, _ := http.NewRequestWithContext(ctx, http.MethodPost, "/", nil)
-	r.Header.Set("Content-Type", "application/json")
-	req := &request{r: r, svc: svc, body: copyBody, scope: &scope.Scope{Bindings: []scope.Binding{{Expr: scope.Site{Name: site}}}}}
-	out := f.execute(ctx, site, req, http.MethodPost, res.Collection, http.Header{HeaderResource: {id}})
-	if !out.ok() {
-		return res, fmt.Errorf("forward: create the copy on %s: %d %v", site, out.status, out.err)
-	}
-	newLocal, ok := localID(out.body, svc.IDField)
-	if !ok {
-		return res, fmt.Errorf("forward: %s's application answered without an id", site)
+	newLocal, _, _, err := f.copyTo(ctx, svc, res.Collection, local, site)
+	if err != nil {
+		return res, fmt.Errorf("forward: attach %s: %w", id, err)
 	}
 	locals := map[string]string{site: newLocal}
 	for s, v := range res.PerSite {
@@ -71,6 +54,9 @@ func (f *Forwarder) Attach(ctx context.Context, id, site string) (catalog.Resour
 	}
 	if err := f.cfg.Catalog.Rehome(ctx, id, append(slices.Clone(res.Sites), site), locals); err != nil {
 		return res, err
+	}
+	if err := f.attachContents(ctx, svc, res, local, site); err != nil {
+		return res, fmt.Errorf("forward: attach what %s holds: %w", id, err)
 	}
 	return f.cfg.Catalog.Get(ctx, id)
 }
@@ -94,7 +80,7 @@ func (f *Forwarder) Detach(ctx context.Context, id, site string, purge bool) (ca
 		svc := f.services[res.Service]
 		r, _ := http.NewRequestWithContext(ctx, http.MethodDelete, "/", nil)
 		req := &request{r: r, svc: svc, scope: &scope.Scope{Bindings: []scope.Binding{{Expr: scope.Site{Name: site}}}}}
-		path := res.Collection + "/" + res.PerSite[site].LocalID
+		path := svc.itemPath(res.Collection, res.PerSite[site].LocalID)
 		if out := f.execute(ctx, site, req, http.MethodDelete, path, nil); !out.ok() && out.status != http.StatusNotFound {
 			return res, fmt.Errorf("forward: delete the copy on %s: %d %v", site, out.status, out.err)
 		}

@@ -60,6 +60,9 @@ type Forwarder struct {
 	log      *slog.Logger
 	services map[string]Service
 	client   *http.Client
+	// upstreams holds, per service with its own credentials or TLS, the
+	// client for buffered calls and the one for streams (no timeout).
+	upstreams map[string][2]*http.Client
 }
 
 // New checks the configuration and starts serving forwarded requests from
@@ -93,6 +96,7 @@ func New(cfg Config) (*Forwarder, error) {
 			return nil, fmt.Errorf("%w: %s given twice", ErrBadService, s.Name)
 		}
 		f.services[s.Name] = s
+		f.addUpstream(s)
 	}
 	cfg.Host.SetStreamHandler(Protocol, f.serveStream)
 	return f, nil
@@ -119,11 +123,15 @@ func (f *Forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.hop != "" && r.Header.Get(HeaderCoordinate) == "" {
+		if f.streams(req) {
+			f.streamLocal(w, req)
+			return
+		}
 		f.reply(w, f.executeLocal(r.Context(), req), "", nil)
 		return
 	}
-	if req.route.id != "" && catalog.ValidID(req.route.id) {
-		if res, err := f.cfg.Catalog.Get(r.Context(), req.route.id); err == nil && res.Service == req.svc.Name {
+	if id, ok := f.resourceOf(req); ok {
+		if res, err := f.cfg.Catalog.Get(r.Context(), id); err == nil && res.Service == req.svc.Name {
 			f.onResource(w, req, res)
 			return
 		}
@@ -142,9 +150,9 @@ func (f *Forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	switch {
-	case r.Method == http.MethodPost && req.route.id == "" && req.route.collection != "/":
+	case r.Method == http.MethodPost && req.route.id == "" && req.route.collection != "/" && !req.route.other:
 		f.create(w, req, plan)
-	case r.Method == http.MethodGet && req.route.id == "" && len(plan.Required()) > 1:
+	case r.Method == http.MethodGet && req.route.id == "" && len(plan.Required()) > 1 && !req.route.other && !f.streams(req):
 		f.crossRead(w, req, plan)
 	default:
 		f.plain(w, req, plan)
@@ -177,7 +185,7 @@ func (f *Forwarder) parse(w http.ResponseWriter, r *http.Request) (*request, int
 	if err != nil {
 		return nil, http.StatusBadRequest, "bad_path", fmt.Errorf("path: %v", err)
 	}
-	req.route = parseRoute(unescaped)
+	req.route = svc.routeOf(unescaped)
 	req.rawPath = "/" + inner
 	if r.URL.RawQuery != "" {
 		q := r.URL.Query()
@@ -318,7 +326,8 @@ func (f *Forwarder) callApp(ctx context.Context, req *request, method, path stri
 	if len(req.body) == 0 {
 		out.Body, out.ContentLength = http.NoBody, 0
 	}
-	resp, err := f.client.Do(out)
+	f.prepareUpstream(req.svc, out)
+	resp, err := f.clientOf(req.svc, false).Do(out)
 	if err != nil {
 		return result{site: self, err: fmt.Errorf("application of %s: %w", self, err)}
 	}
@@ -351,7 +360,7 @@ func (f *Forwarder) executeLocal(ctx context.Context, req *request) result {
 	if op != "" && res.ok() {
 		done := catchup.Executed{Status: res.status}
 		if req.r.Method == http.MethodPost && req.route.id == "" {
-			done.LocalID, _ = localID(res.body, req.svc.IDField)
+			done.LocalID, _ = req.svc.createdID(req.route, res.body)
 		}
 		if err := f.cfg.Ledger.Record(ctx, op, done); err != nil {
 			f.log.Error("record an executed operation", "op", op, "err", err)
@@ -474,7 +483,8 @@ func (f *Forwarder) CallLocal(ctx context.Context, service, method, path string,
 	if err != nil {
 		return 0, nil, err
 	}
-	r.Header.Set("Content-Type", "application/json")
+	path, contentType := splitOpPath(path)
+	r.Header.Set("Content-Type", contentType)
 	req := &request{r: r, svc: svc, body: body, scope: &scope.Scope{Bindings: []scope.Binding{{Expr: scope.Site{Name: f.cfg.Membership.Site()}}}}}
 	res := f.callApp(ctx, req, method, path, nil)
 	return res.status, res.body, res.err

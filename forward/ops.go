@@ -41,11 +41,18 @@ func (f *Forwarder) create(w http.ResponseWriter, req *request, plan *scope.Plan
 	for s, r := range results {
 		outcomes[s] = r.outcome()
 		if r.ok() {
-			if local, ok := localID(r.body, req.svc.IDField); ok {
+			if local, ok := req.svc.createdID(req.route, r.body); ok {
 				locals[s] = local
 			} else {
 				f.log.Warn("created resource has no id field", "site", s, "field", req.svc.IDField)
 			}
+		}
+	}
+	if name, ok := f.clientName(req); ok {
+		// The client named it: its name is the same on the sites still
+		// owing the create.
+		for _, s := range pending {
+			locals[s] = route{collection: req.route.collection, id: name}.key()
 		}
 	}
 	answer, ok := f.preferred(results)
@@ -60,13 +67,13 @@ func (f *Forwarder) create(w http.ResponseWriter, req *request, plan *scope.Plan
 	}
 	meta := catalog.Meta{ID: id, Service: req.svc.Name, Scope: req.scope.String(), Sites: targets,
 		Collection: req.route.collection, LocalIDs: locals}
-	op := catalog.Operation{ID: opID, Method: http.MethodPost, Path: req.rawPath, Body: req.body, Targets: targets, Outcomes: outcomes}
+	op := catalog.Operation{ID: opID, Method: http.MethodPost, Path: opPath(req.rawPath, req.r.Header.Get("Content-Type")), Body: req.body, Targets: targets, Outcomes: outcomes}
 	if err := f.cfg.Catalog.Create(ctx, meta, op); err != nil {
 		f.log.Error("record created resource", "id", id, "err", err)
 		writeError(w, http.StatusInternalServerError, "catalog", fmt.Sprintf("created on %v but not recorded: %v", locals, err))
 		return
 	}
-	answer.body = withID(answer.body, req.svc.IDField, id)
+	answer.body = req.svc.withID(answer.body, id)
 	f.reply(w, answer, id, outcomes)
 }
 
@@ -122,7 +129,7 @@ func (f *Forwarder) onResource(w http.ResponseWriter, req *request, res catalog.
 		var out []string
 		for _, s := range res.Sites {
 			v := res.PerSite[s]
-			if v.LocalID != "" && v.Status == catalog.StatusOK && (s == self || view.Sites[s].State.Reachable()) {
+			if v.LocalID != "" && v.Status == catalog.StatusOK && !createPending(res, v) && (s == self || view.Sites[s].State.Reachable()) {
 				out = append(out, s)
 			}
 		}
@@ -143,7 +150,7 @@ func (f *Forwarder) onResource(w http.ResponseWriter, req *request, res catalog.
 		for _, s := range holders {
 			last = f.execute(ctx, s, req, req.r.Method, pathFor(s), nil)
 			if last.err == nil {
-				last.body = withID(last.body, req.svc.IDField, res.ID)
+				last.body = req.svc.withID(last.body, res.ID)
 				f.reply(w, last, res.ID, nil)
 				return
 			}
@@ -176,12 +183,13 @@ func (f *Forwarder) onResource(w http.ResponseWriter, req *request, res catalog.
 		f.reply(w, answer, res.ID, outcomes)
 		return
 	}
-	op := catalog.Operation{ID: opID, Resource: res.ID, Method: req.r.Method, Policy: req.svc.Policies[req.r.Method], Path: withQuery(req.route.path(res.ID), req.rawPath),
+	op := catalog.Operation{ID: opID, Resource: res.ID, Method: req.r.Method, Policy: req.svc.Policies[req.r.Method],
+		Path: opPath(withQuery(req.route.path(res.ID), req.rawPath), req.r.Header.Get("Content-Type")),
 		Body: req.body, Targets: res.Sites, Outcomes: outcomes}
 	if err := f.cfg.Catalog.AppendOp(ctx, op); err != nil {
 		f.log.Error("record operation", "id", res.ID, "err", err)
 	}
-	answer.body = withID(answer.body, req.svc.IDField, res.ID)
+	answer.body = req.svc.withID(answer.body, res.ID)
 	f.reply(w, answer, res.ID, outcomes)
 }
 
@@ -196,6 +204,10 @@ func (f *Forwarder) crossRead(w http.ResponseWriter, req *request, plan *scope.P
 	outcomes := map[string]string{}
 	for _, s := range pending {
 		outcomes[s] = "unreachable"
+	}
+	if req.svc.Routes != nil {
+		f.mergeRead(w, req, results, outcomes)
+		return
 	}
 	merged := []any{}
 	sites := make([]string, 0, len(results))
@@ -246,6 +258,10 @@ func (f *Forwarder) plain(w http.ResponseWriter, req *request, plan *scope.Plan)
 	ctx := req.r.Context()
 	safe := req.r.Method == http.MethodGet || req.r.Method == http.MethodHead || req.r.Method == http.MethodOptions
 	reachable, pending := splitTargets(plan)
+	if safe && f.streams(req) {
+		f.streamRead(w, req, plan)
+		return
+	}
 	if safe {
 		order := append([]string(nil), reachable...)
 		for _, t := range plan.Targets {

@@ -24,6 +24,12 @@ type Service struct {
 	// service's updates (catalog.PolicyReplace, PolicyCommute,
 	// PolicyOrdered); methods not listed take catalog.DefaultPolicy.
 	Policies map[string]string
+	// Routes, when set, replaces the default route template and makes
+	// the service client-named (see Routes).
+	Routes Routes
+	// Upstream holds the credentials and TLS settings of this site's
+	// instance.
+	Upstream Upstream
 }
 
 // ParsePolicy reads "SERVICE:METHOD=POLICY" (as --policy takes it).
@@ -64,6 +70,8 @@ type route struct {
 	collection string // "/posts"
 	id         string // "7", or a global id; empty for the collection
 	rest       string // anything after the id
+	named      bool   // the client names items: id is the same on every site
+	other      bool   // no resource (discovery): proxied as it is
 }
 
 // parseRoute applies the default route template /{collection}/{id}.
@@ -80,6 +88,10 @@ func parseRoute(path string) route {
 }
 
 func (r route) path(id string) string {
+	if r.named {
+		// A client-named item has its name on every site.
+		id = r.id
+	}
 	if id == "" {
 		return r.collection
 	}

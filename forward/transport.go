@@ -79,7 +79,8 @@ func (f *Forwarder) serveStream(s network.Stream) {
 		return
 	}
 	_ = s.SetDeadline(time.Now().Add(f.cfg.SiteTimeout))
-	req, err := http.ReadRequest(bufio.NewReader(s))
+	br := bufio.NewReader(s)
+	req, err := http.ReadRequest(br)
 	if err != nil {
 		f.log.Warn("malformed forwarded request", "from", site, "err", err)
 		s.Reset()
@@ -88,6 +89,10 @@ func (f *Forwarder) serveStream(s network.Stream) {
 	req.Body = http.MaxBytesReader(nil, req.Body, f.cfg.MaxBody)
 	req.Header.Set(HeaderHop, site)
 	req.RemoteAddr = site
+	if req.Header.Get(headerStream) != "" {
+		f.serveStreamed(s, req, br)
+		return
+	}
 	rec := newBufferedWriter()
 	f.ServeHTTP(rec, req.WithContext(context.Background()))
 	resp := rec.response(req)

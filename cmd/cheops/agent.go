@@ -37,6 +37,10 @@ func init() {
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "trust-all", Usage: "accept any peer (closed test networks only)", EnvVars: []string{"CHEOPS_TRUST_ALL"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "swarm-key", Usage: "libp2p private network key `FILE` (turns QUIC off: TCP only)", EnvVars: []string{"CHEOPS_SWARM_KEY"}}),
 		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "service", Usage: "`NAME=URL` of this site's instance of an application (repeatable)", EnvVars: []string{"CHEOPS_SERVICE"}}),
+		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "service-kind", Usage: "`NAME=KIND` of a service: rest (default) or kube (a Kubernetes API server; see docs/kubernetes.md) (repeatable)", EnvVars: []string{"CHEOPS_SERVICE_KIND"}}),
+		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "service-token", Usage: "`NAME=FILE`: send the bearer token in FILE to this site's instance of the service (repeatable)", EnvVars: []string{"CHEOPS_SERVICE_TOKEN"}}),
+		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "service-ca", Usage: "`NAME=FILE`: PEM certificates to verify the service's HTTPS upstream with (repeatable)", EnvVars: []string{"CHEOPS_SERVICE_CA"}}),
+		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "service-insecure", Usage: "service `NAME` whose HTTPS certificate is not verified (self-signed test clusters; repeatable)", EnvVars: []string{"CHEOPS_SERVICE_INSECURE"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "probe-interval", Usage: "how often every site is pinged", Value: def.Node.ProbeInterval, EnvVars: []string{"CHEOPS_PROBE_INTERVAL"}}),
 		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "policy", Usage: "`SERVICE:METHOD=POLICY` consistency of a service's updates: replace, commute or ordered (repeatable; default PUT=replace, others ordered)", EnvVars: []string{"CHEOPS_POLICY"}}),
 		altsrc.NewInt64Flag(&cli.Int64Flag{Name: "max-body", Usage: "largest request body forwarded, in bytes (413 above)", Value: forward.DefaultMaxBody, EnvVars: []string{"CHEOPS_MAX_BODY"}}),
@@ -209,6 +213,9 @@ func agentConfig(c *cli.Context) (agent.Config, error) {
 		return cfg, err
 	}
 	cfg.Services = services
+	if cfg.ServiceOptions, err = parseServiceOptions(c, services); err != nil {
+		return cfg, err
+	}
 	for _, p := range c.StringSlice("policy") {
 		svc, method, policy, err := forward.ParsePolicy(p)
 		if err != nil {
@@ -274,4 +281,69 @@ func readTrustFile(path string) ([]string, error) {
 		ids = append(ids, line)
 	}
 	return ids, sc.Err()
+}
+
+// parseServiceOptions reads --service-kind, --service-token, --service-ca
+// and --service-insecure; each must name a --service.
+func parseServiceOptions(c *cli.Context, services map[string]string) (map[string]agent.ServiceOptions, error) {
+	out := map[string]agent.ServiceOptions{}
+	pairs := func(flag string, set func(o *agent.ServiceOptions, v string) error) error {
+		for _, p := range c.StringSlice(flag) {
+			name, v, ok := strings.Cut(p, "=")
+			if !ok || v == "" {
+				return fmt.Errorf("--%s %q: want NAME=VALUE", flag, p)
+			}
+			if _, ok := services[name]; !ok {
+				return fmt.Errorf("--%s %s: no --service %s", flag, p, name)
+			}
+			o := out[name]
+			if err := set(&o, v); err != nil {
+				return fmt.Errorf("--%s %s: %w", flag, name, err)
+			}
+			out[name] = o
+		}
+		return nil
+	}
+	if err := pairs("service-kind", func(o *agent.ServiceOptions, v string) error {
+		if v != agent.KindREST && v != agent.KindKube {
+			return fmt.Errorf("kind %q: want %s or %s", v, agent.KindREST, agent.KindKube)
+		}
+		o.Kind = v
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	if err := pairs("service-token", func(o *agent.ServiceOptions, v string) error {
+		data, err := os.ReadFile(v)
+		if err != nil {
+			return err
+		}
+		if o.Token = strings.TrimSpace(string(data)); o.Token == "" {
+			return fmt.Errorf("%s is empty", v)
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	if err := pairs("service-ca", func(o *agent.ServiceOptions, v string) error {
+		if _, err := os.Stat(v); err != nil {
+			return err
+		}
+		o.CAFile = v
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	for _, name := range c.StringSlice("service-insecure") {
+		if _, ok := services[name]; !ok {
+			return nil, fmt.Errorf("--service-insecure %s: no --service %s", name, name)
+		}
+		o := out[name]
+		o.Insecure = true
+		out[name] = o
+	}
+	if len(out) == 0 {
+		return nil, nil
+	}
+	return out, nil
 }
