@@ -21,6 +21,9 @@ type scenario func(c *cli.Context, env bench.Env) (bench.Report, error)
 
 // scenarios are the benchmarks `cheops bench` knows, by name.
 var scenarios = map[string]scenario{
+	"availability": func(c *cli.Context, env bench.Env) (bench.Report, error) {
+		return bench.RunAvailability(c.Context, env)
+	},
 	"forwarding": func(c *cli.Context, env bench.Env) (bench.Report, error) {
 		return bench.RunForwarding(c.Context, env)
 	},
