@@ -82,3 +82,43 @@ func TestForwardingTinyProfile(t *testing.T) {
 	}
 	t.Logf("\n%s", table.String())
 }
+
+func TestForwardingThroughGivenAgents(t *testing.T) {
+	needJSONServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := StartCluster(ctx, ClusterOptions{Binary: binary(t), Sites: []string{"lyon", "turin"}, Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	tiny := forwardingProfile{gets: 20, creates: 5, throughput: 200 * time.Millisecond, workers: 2}
+	res, err := runForwarding(ctx, Env{Agents: []string{c.Site("lyon").API, c.Site("turin").API}}, tiny)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Mode != "agents" || res.AppSite != "lyon" || res.Remote != "turin" || len(res.Runs) != 1 {
+		t.Fatalf("result %+v", res)
+	}
+	run := res.Runs[0]
+	if len(run.Paths) != 2 || run.Paths[0].Path != pathLocal || run.Paths[1].Path != pathRemote {
+		t.Fatalf("paths %+v", run.Paths)
+	}
+	for _, p := range run.Paths {
+		if p.Errors != 0 || p.Get.N != 20 || p.Create.N != 5 || p.Get.P50 <= 0 || p.Get.P99 < p.Get.P50 || p.GetRPS <= 0 {
+			t.Errorf("%s: %+v", p.Path, p)
+		}
+	}
+	// Every create went to lyon's application, none to turin's.
+	for site, want := range map[string]int{"lyon": 1 + 2*5, "turin": 0} {
+		var posts []map[string]any
+		if err := c.getJSON(ctx, c.Site(site).App+"/posts", &posts); err != nil || len(posts) != want {
+			t.Errorf("%s's json-server holds %d posts (%v), want %d", site, len(posts), err, want)
+		}
+	}
+	var table bytes.Buffer
+	res.Table(&table)
+	if !strings.Contains(table.String(), "not measured on a running deployment") {
+		t.Errorf("table:\n%s", table.String())
+	}
+}
