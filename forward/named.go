@@ -92,6 +92,9 @@ func (f *Forwarder) clientOf(s Service, stream bool) *http.Client {
 
 // prepareUpstream sets the application's credentials on a request to it.
 func (f *Forwarder) prepareUpstream(s Service, out *http.Request) {
+	if n, ok := s.Routes.(Negotiator); ok {
+		n.Outgoing(out.Header)
+	}
 	if s.Upstream.Token != "" {
 		out.Header.Set("Authorization", "Bearer "+s.Upstream.Token)
 	}

@@ -51,6 +51,12 @@ type Container interface {
 	Items(body []byte) ([]string, error)
 }
 
+// Negotiator is implemented by Routes that adjust the headers of every
+// request sent to the application (the kube routes ask for JSON only).
+type Negotiator interface {
+	Outgoing(h http.Header)
+}
+
 // Route is where a path points inside a service.
 type Route struct {
 	Collection string // "/api/v1/namespaces/web/configmaps"; empty for a path that is no resource

@@ -123,9 +123,13 @@ type object struct {
 	} `json:"metadata"`
 }
 
-// Name reads metadata.name; false when the object has none (the server
+// Name reads metadata.name, from JSON or from Kubernetes' protobuf
+// encoding (kubectl's typed requests); false when the object has none (the server
 // then picks one from metadata.generateName).
 func (*Routes) Name(body []byte) (string, bool) {
+	if name, ok := protoName(body); ok {
+		return name, true
+	}
 	var o object
 	if json.Unmarshal(body, &o) != nil || o.Metadata.Name == "" {
 		return "", false

@@ -2,6 +2,7 @@ package kube
 
 import (
 	"encoding/json"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -174,5 +175,36 @@ func TestContentsAndItems(t *testing.T) {
 	}
 	if n, ok := r.Name([]byte(`{"metadata":{"generateName":"x-"}}`)); ok {
 		t.Errorf("name %q from generateName", n)
+	}
+}
+
+func TestProtobufName(t *testing.T) {
+	// runtime.Unknown{TypeMeta: {apiVersion: v1, kind: Namespace}, Raw:
+	// Namespace{ObjectMeta{Name: web}}} as kubectl sends it.
+	ld := func(field byte, b []byte) []byte { return append([]byte{field<<3 | 2, byte(len(b))}, b...) }
+	meta := append(ld(1, []byte("web")), ld(3, []byte("ns"))...)
+	raw := append(ld(1, meta), ld(2, []byte{})...)
+	typeMeta := append(ld(1, []byte("v1")), ld(2, []byte("Namespace"))...)
+	body := append([]byte("k8s\x00"), append(ld(1, typeMeta), ld(2, raw)...)...)
+	if name, ok := New(nil).Name(body); !ok || name != "web" {
+		t.Fatalf("Name = %q %v", name, ok)
+	}
+	for _, bad := range [][]byte{[]byte("k8s\x00"), []byte("k8s\x00\x12\x7f"), append([]byte("k8s\x00"), ld(2, ld(1, nil))...)} {
+		if name, ok := New(nil).Name(bad); ok {
+			t.Errorf("Name(%q) = %q", bad, name)
+		}
+	}
+}
+
+func TestOutgoingAsksForJSON(t *testing.T) {
+	h := http.Header{"Accept": {"application/vnd.kubernetes.protobuf,application/json"}}
+	New(nil).Outgoing(h)
+	if got := h.Get("Accept"); got != "application/json" {
+		t.Errorf("Accept %q", got)
+	}
+	h = http.Header{"Accept": {"application/vnd.kubernetes.protobuf;as=Table;v=v1;g=meta.k8s.io"}}
+	New(nil).Outgoing(h)
+	if got := h.Get("Accept"); got != "application/json" {
+		t.Errorf("Accept %q", got)
 	}
 }
