@@ -616,8 +616,9 @@ func (r *AvailabilityResult) Plot(dir, prefix string) ([]string, error) {
 		m.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
 		p.Add(m)
 	}
-	p.Legend.Top, p.Legend.Left = false, true
-	p.Legend.XOffs = vg.Points(8)
+	// Bottom right, raised clear of the lines at 0 during the cut.
+	p.Legend.Top, p.Legend.Left = false, false
+	p.Legend.YOffs = vg.Inch
 	path := filepath.Join(dir, prefix+".svg")
 	if err := p.Save(8*vg.Inch, 4*vg.Inch, path); err != nil {
 		return nil, fmt.Errorf("bench: save plot: %w", err)
