@@ -485,6 +485,8 @@ func (ec *etcdCluster) put(ctx context.Context, i int, key, value string) writeO
 // leader returns the site of the member that leads now, as the members
 // report it; "" when unknown.
 func (ec *etcdCluster) leader(ctx context.Context) string {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
 	ids := map[string]int{}
 	var lead string
 	for i, u := range ec.clients {
