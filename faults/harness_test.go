@@ -208,6 +208,16 @@ func (nw *network) start() {
 		nw.startAgent(name)
 	}
 	nw.waitStates(nw.order, nw.order, "up")
+	// json-server takes a moment to load: a test must not start against
+	// an application that refuses connections.
+	for _, name := range nw.order {
+		eventually(nw.t, 60*time.Second, name+"'s application answers", func() error {
+			if code, _, body := nw.do(name, "GET", "/svc/posts/posts", "{posts: "+name+"}", nil); code != 200 {
+				return fmt.Errorf("%d %s", code, body)
+			}
+			return nil
+		})
+	}
 }
 
 type lockedWriter struct {

@@ -24,6 +24,9 @@ var scenarios = map[string]scenario{
 	"availability": func(c *cli.Context, env bench.Env) (bench.Report, error) {
 		return bench.RunAvailability(c.Context, env)
 	},
+	"convergence": func(c *cli.Context, env bench.Env) (bench.Report, error) {
+		return bench.RunConvergence(c.Context, env, bench.ConvergenceProfile(env))
+	},
 	"forwarding": func(c *cli.Context, env bench.Env) (bench.Report, error) {
 		return bench.RunForwarding(c.Context, env)
 	},

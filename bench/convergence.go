@@ -1,0 +1,591 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"math/rand/v2"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
+	"gonum.org/v1/plot/vg"
+
+	"cheops/catalog"
+)
+
+// ConvergenceCase is one configuration of the convergence scenario.
+type ConvergenceCase struct {
+	Sites  int           `json:"sites"`
+	RTT    time.Duration `json:"rtt_ns"`
+	Writes int           `json:"writes"`
+}
+
+// ConvergenceRun is one repetition: cut, writes on both sides, heal.
+type ConvergenceRun struct {
+	Accepted int `json:"accepted"`
+	Refused  int `json:"refused"`
+	// Owed is how many (operation, site) executions were pending when
+	// the partition healed.
+	Owed int `json:"owed"`
+	// Reconnected: every site sees every other up again.
+	Reconnected time.Duration `json:"reconnected_ns"`
+	// Catalog: every site's catalog holds every resource of its scopes
+	// with the same operations as every other replica.
+	Catalog time.Duration `json:"catalog_ns"`
+	// Applied: nothing is pending anywhere (every owed operation has run
+	// on its site's application); the applications were then checked.
+	Applied time.Duration `json:"applied_ns"`
+}
+
+// ConvergenceFigures are the runs of one case and their percentiles.
+type ConvergenceFigures struct {
+	ConvergenceCase
+	Runs       []ConvergenceRun `json:"runs"`
+	CatalogP50 time.Duration    `json:"catalog_p50_ns"`
+	CatalogP99 time.Duration    `json:"catalog_p99_ns"`
+	AppliedP50 time.Duration    `json:"applied_p50_ns"`
+	AppliedP99 time.Duration    `json:"applied_p99_ns"`
+	// Target is the issue's bound for the catalog: 1 s + 2 RTT.
+	Target time.Duration `json:"target_ns"`
+}
+
+// ConvergenceResult is the report of `cheops bench convergence`.
+type ConvergenceResult struct {
+	Repetitions int                  `json:"repetitions"`
+	Resources   int                  `json:"resources_before"`
+	Cases       []ConvergenceFigures `json:"cases"`
+	Setup       string               `json:"setup"`
+}
+
+// ConvergenceOptions sets the cases; zero values take the profile's.
+type ConvergenceOptions struct {
+	Cases       []ConvergenceCase
+	Repetitions int
+	// Resources created before the first partition.
+	Resources int
+	Seed      uint64
+}
+
+// ConvergenceProfile is the quick profile, or the full one.
+func ConvergenceProfile(env Env) ConvergenceOptions {
+	sites, rtts, writes, reps := []int{5}, []time.Duration{0, 80 * time.Millisecond}, []int{1000}, 3
+	if env.Full {
+		sites, rtts, writes, reps = []int{3, 5, 10}, []time.Duration{0, 20 * time.Millisecond, 80 * time.Millisecond}, []int{1000, 10000}, 5
+	}
+	if env.Sites > 0 {
+		sites = []int{env.Sites}
+	}
+	var cases []ConvergenceCase
+	for _, n := range sites {
+		for _, r := range rtts {
+			for _, w := range writes {
+				cases = append(cases, ConvergenceCase{Sites: n, RTT: r, Writes: w})
+			}
+		}
+	}
+	return ConvergenceOptions{Cases: cases, Repetitions: reps, Resources: 50, Seed: 1}
+}
+
+// RunConvergence runs every case on a fresh cluster of agent processes:
+// resources with random scopes of 2–3 sites, then, per repetition, the
+// sites split in two halves, W writes spread over both sides (half
+// creates with random scopes, half updates of existing resources, each
+// sent to a site of the resource's scope), the heal, and the time until
+// catalogs and applications are what they must be.
+func RunConvergence(ctx context.Context, env Env, opt ConvergenceOptions) (*ConvergenceResult, error) {
+	if len(env.Agents) > 0 {
+		return nil, errors.New("convergence cuts the network between sites, which only a local cluster allows; run it without --agents")
+	}
+	res := &ConvergenceResult{Repetitions: opt.Repetitions, Resources: opt.Resources,
+		Setup: "agent processes on loopback, json-server behind each, links through user-space relays adding the RTT; default probe settings"}
+	for i, cs := range opt.Cases {
+		env.Log.Info("convergence case", "sites", cs.Sites, "rtt", cs.RTT, "writes", cs.Writes)
+		fig, err := runConvergenceCase(ctx, env, cs, opt, filepath.Join(env.Dir, fmt.Sprintf("convergence-%d", i)))
+		if err != nil {
+			return res, err
+		}
+		res.Cases = append(res.Cases, fig)
+	}
+	return res, nil
+}
+
+func runConvergenceCase(ctx context.Context, env Env, cs ConvergenceCase, opt ConvergenceOptions, dir string) (ConvergenceFigures, error) {
+	fig := ConvergenceFigures{ConvergenceCase: cs, Target: time.Second + 2*cs.RTT}
+	var names []string
+	for i := range cs.Sites {
+		names = append(names, fmt.Sprintf("s%02d", i))
+	}
+	c, err := StartCluster(ctx, ClusterOptions{Binary: env.Binary, Sites: names, Dir: dir, RTT: cs.RTT, Log: env.Log})
+	if err != nil {
+		return fig, err
+	}
+	defer c.Close()
+	rng := rand.New(rand.NewPCG(opt.Seed, uint64(cs.Sites)))
+	w := &workload{c: c, rng: rng, log: env.Log}
+	if err := w.write(ctx, opt.Resources, 1.0, names); err != nil {
+		return fig, err
+	}
+	if _, err := w.waitConverged(ctx, 2*time.Minute, false); err != nil {
+		return fig, fmt.Errorf("before the first partition: %w", err)
+	}
+	for rep := range opt.Repetitions {
+		run, err := w.partitionRun(ctx, cs, names)
+		if err != nil {
+			return fig, fmt.Errorf("repetition %d: %w", rep+1, err)
+		}
+		env.Log.Info("convergence run", "sites", cs.Sites, "rtt", cs.RTT, "writes", cs.Writes, "rep", rep+1,
+			"owed", run.Owed, "reconnected", run.Reconnected, "catalog", run.Catalog, "applied", run.Applied)
+		fig.Runs = append(fig.Runs, run)
+	}
+	var cat, app []time.Duration
+	for _, r := range fig.Runs {
+		cat, app = append(cat, r.Catalog), append(app, r.Applied)
+	}
+	fig.CatalogP50, fig.CatalogP99 = percentile(cat, 50), percentile(cat, 99)
+	fig.AppliedP50, fig.AppliedP99 = percentile(app, 50), percentile(app, 99)
+	return fig, nil
+}
+
+// workload writes to a cluster and knows what every site must hold.
+type workload struct {
+	c   *Cluster
+	rng *rand.Rand
+	log *slog.Logger
+	mu  sync.Mutex
+	// resources maps a global id to its replica set.
+	resources map[string][]string
+}
+
+// write sends n writes from the given sites: a share of creates (the rest
+// updates), each sent to a site of the resource's scope.
+func (w *workload) write(ctx context.Context, n int, creates float64, from []string) error {
+	_, _, err := w.writeCounted(ctx, n, creates, from)
+	return err
+}
+
+type writeJob struct {
+	site, method, path, scope string
+	body                      map[string]any
+	sites                     []string
+}
+
+func (w *workload) writeCounted(ctx context.Context, n int, creates float64, from []string) (accepted, refused int, err error) {
+	w.mu.Lock()
+	if w.resources == nil {
+		w.resources = map[string][]string{}
+	}
+	var ids []string
+	for id, sites := range w.resources {
+		for _, s := range sites {
+			if slices.Contains(from, s) {
+				ids = append(ids, id)
+				break
+			}
+		}
+	}
+	sort.Strings(ids)
+	var jobs []writeJob
+	all := w.c.Names()
+	for i := range n {
+		if len(ids) == 0 || w.rng.Float64() < creates {
+			k := 2 + w.rng.IntN(2)
+			k = min(k, len(all))
+			perm := w.rng.Perm(len(all))
+			var sites []string
+			for _, p := range perm[:k] {
+				sites = append(sites, all[p])
+			}
+			// Sent to a member on the writing side, when there is one.
+			var local []string
+			for _, s := range sites {
+				if slices.Contains(from, s) {
+					local = append(local, s)
+				}
+			}
+			if len(local) == 0 {
+				sites[0] = from[w.rng.IntN(len(from))]
+				local = sites[:1]
+			}
+			jobs = append(jobs, writeJob{site: local[w.rng.IntN(len(local))], method: http.MethodPost, path: "/svc/posts/posts",
+				scope: "{posts: " + strings.Join(sites, " & ") + "}", body: map[string]any{"title": fmt.Sprintf("w%d", i), "n": 0}, sites: sites})
+			continue
+		}
+		id := ids[w.rng.IntN(len(ids))]
+		var local []string
+		for _, s := range w.resources[id] {
+			if slices.Contains(from, s) {
+				local = append(local, s)
+			}
+		}
+		jobs = append(jobs, writeJob{site: local[w.rng.IntN(len(local))], method: http.MethodPatch, path: "/svc/posts/posts/" + id,
+			body: map[string]any{"n": i}})
+	}
+	w.mu.Unlock()
+
+	const workers = 8
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var firstErr error
+	next := make(chan writeJob)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range next {
+				code, hdr, body, err := w.c.Do(ctx, j.site, j.method, j.path, j.scope, j.body)
+				mu.Lock()
+				switch {
+				case err != nil:
+					if firstErr == nil {
+						firstErr = fmt.Errorf("%s %s at %s: %w", j.method, j.path, j.site, err)
+					}
+				case code >= 200 && code < 300:
+					accepted++
+					if j.method == http.MethodPost {
+						w.mu.Lock()
+						w.resources[hdr.Get("X-Cheops-Resource")] = j.sites
+						w.mu.Unlock()
+					}
+				default:
+					refused++
+					if firstErr == nil {
+						firstErr = fmt.Errorf("%s %s at %s: %d %s", j.method, j.path, j.site, code, tail(string(body), 300))
+					}
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	for _, j := range jobs {
+		next <- j
+	}
+	close(next)
+	wg.Wait()
+	return accepted, refused, firstErr
+}
+
+// partitionRun: cut the sites in two halves, write on both sides, heal,
+// and time the convergence.
+func (w *workload) partitionRun(ctx context.Context, cs ConvergenceCase, names []string) (ConvergenceRun, error) {
+	var run ConvergenceRun
+	perm := w.rng.Perm(len(names))
+	var side1, side2 []string
+	for i, p := range perm {
+		if i < len(names)/2 {
+			side1 = append(side1, names[p])
+		} else {
+			side2 = append(side2, names[p])
+		}
+	}
+	w.c.Net.Cut(side1, side2)
+	// Writes start once each side sees the other down, as they would in
+	// a partition that lasts.
+	if err := w.c.WaitStates(ctx, time.Minute, side1, side2, "down"); err != nil {
+		return run, err
+	}
+	if err := w.c.WaitStates(ctx, time.Minute, side2, side1, "down"); err != nil {
+		return run, err
+	}
+	var wg sync.WaitGroup
+	var errs [2]error
+	var acc, ref [2]int
+	for i, side := range [][]string{side1, side2} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			acc[i], ref[i], errs[i] = w.writeCounted(ctx, cs.Writes/2, 0.5, side)
+		}()
+	}
+	wg.Wait()
+	run.Accepted, run.Refused = acc[0]+acc[1], ref[0]+ref[1]
+	if err := errors.Join(errs[0], errs[1]); err != nil {
+		return run, err
+	}
+	owed, err := w.owed(ctx)
+	if err != nil {
+		return run, err
+	}
+	run.Owed = owed
+	healed := time.Now()
+	w.c.Net.Heal()
+	reconnected := make(chan time.Duration, 1)
+	go func() {
+		if w.c.WaitStates(ctx, 2*time.Minute, names, names, "up") == nil {
+			reconnected <- time.Since(healed)
+		}
+		close(reconnected)
+	}()
+	catalogAt, err := w.waitConverged(ctx, 5*time.Minute, false)
+	if err != nil {
+		return run, err
+	}
+	run.Catalog = catalogAt.Sub(healed)
+	appliedAt, err := w.waitConverged(ctx, 10*time.Minute, true)
+	if err != nil {
+		return run, err
+	}
+	run.Applied = appliedAt.Sub(healed)
+	run.Reconnected = <-reconnected
+	return run, w.checkApplications(ctx)
+}
+
+// catalogs reads every site's whole catalog.
+func (w *workload) catalogs(ctx context.Context) (map[string][]catalog.Resource, error) {
+	out := map[string][]catalog.Resource{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	var firstErr error
+	for _, s := range w.c.Sites {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var list []catalog.Resource
+			err := w.c.getJSON(ctx, s.API+"/v1/resources", &list)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil && firstErr == nil {
+				firstErr = err
+			}
+			out[s.Name] = list
+		}()
+	}
+	wg.Wait()
+	return out, firstErr
+}
+
+// owed counts the (operation, site) executions pending in the catalogs.
+func (w *workload) owed(ctx context.Context) (int, error) {
+	cats, err := w.catalogs(ctx)
+	if err != nil {
+		return 0, err
+	}
+	seen := map[string]bool{}
+	for _, list := range cats {
+		for _, r := range list {
+			for site, v := range r.PerSite {
+				for _, op := range v.Pending {
+					seen[op+"@"+site] = true
+				}
+			}
+		}
+	}
+	return len(seen), nil
+}
+
+// waitConverged polls the catalogs until every resource is held by every
+// site of its replica set with the same operations (and, with applied,
+// nothing pending), and returns when that was first seen.
+func (w *workload) waitConverged(ctx context.Context, within time.Duration, applied bool) (time.Time, error) {
+	var at time.Time
+	lastLog := time.Now()
+	err := waitFor(ctx, within, "catalogs converge", func() error {
+		cats, err := w.catalogs(ctx)
+		if err != nil {
+			return err
+		}
+		at = time.Now()
+		err = converged(cats, w.expected(), applied)
+		if err != nil && time.Since(lastLog) > 5*time.Second {
+			w.log.Info("waiting for convergence", "applied", applied, "unmet", err)
+			lastLog = time.Now()
+		}
+		return err
+	})
+	return at, err
+}
+
+func (w *workload) expected() map[string][]string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return maps.Clone(w.resources)
+}
+
+// converged checks catalogs against the replica sets the driver created.
+func converged(cats map[string][]catalog.Resource, want map[string][]string, applied bool) error {
+	ops := map[string]map[string]string{} // resource → site → sorted op ids
+	for site, list := range cats {
+		for _, r := range list {
+			var ids []string
+			for _, op := range r.Operations {
+				ids = append(ids, op.ID)
+			}
+			if applied {
+				// Outcomes in an operation are what its origin saw; the
+				// site views say what each replica has run since.
+				for owner, v := range r.PerSite {
+					if v.Status == catalog.StatusPending || len(v.Pending) > 0 {
+						return fmt.Errorf("%s's catalog: %s still owes %v on %s", site, owner, v.Pending, r.ID)
+					}
+				}
+			}
+			sort.Strings(ids)
+			if ops[r.ID] == nil {
+				ops[r.ID] = map[string]string{}
+			}
+			ops[r.ID][site] = strings.Join(ids, ",")
+		}
+	}
+	for id, sites := range want {
+		var first string
+		for i, s := range sites {
+			got, ok := ops[id][s]
+			if !ok {
+				return fmt.Errorf("%s does not hold %s yet", s, id)
+			}
+			if i == 0 {
+				first = got
+			} else if got != first {
+				return fmt.Errorf("%s and %s disagree on the operations of %s", sites[0], s, id)
+			}
+		}
+		for s := range ops[id] {
+			if !slices.Contains(sites, s) {
+				return fmt.Errorf("%s holds %s outside its scope", s, id)
+			}
+		}
+	}
+	return nil
+}
+
+// checkApplications asserts that every application holds exactly the
+// resources of its scopes and that replicas agree on their content.
+func (w *workload) checkApplications(ctx context.Context) error {
+	cats, err := w.catalogs(ctx)
+	if err != nil {
+		return err
+	}
+	apps := map[string]map[string]map[string]any{}
+	for _, s := range w.c.Sites {
+		var items []map[string]any
+		if err := w.c.getJSON(ctx, s.App+"/posts", &items); err != nil {
+			return err
+		}
+		apps[s.Name] = map[string]map[string]any{}
+		for _, it := range items {
+			apps[s.Name][fmt.Sprint(it["id"])] = it
+		}
+	}
+	want := w.expected()
+	held := map[string]int{}
+	for id, sites := range want {
+		var first []byte
+		for _, s := range sites {
+			held[s]++
+			var local string
+			for _, r := range cats[s] {
+				if r.ID == id {
+					local = r.PerSite[s].LocalID
+				}
+			}
+			item, ok := apps[s][local]
+			if !ok {
+				return fmt.Errorf("%s's application lacks %s (local id %q)", s, id, local)
+			}
+			clean := map[string]any{"title": item["title"], "n": item["n"]}
+			b, _ := json.Marshal(clean)
+			if first == nil {
+				first = b
+			} else if string(b) != string(first) {
+				var entry []byte
+				for _, r := range cats[s] {
+					if r.ID == id {
+						entry, _ = json.Marshal(r)
+					}
+				}
+				return fmt.Errorf("replicas of %s differ: %s at %s, %s at %s; catalog at %s: %s", id, first, sites[0], b, s, s, entry)
+			}
+		}
+	}
+	for _, s := range w.c.Sites {
+		if len(apps[s.Name]) != held[s.Name] {
+			return fmt.Errorf("%s's application holds %d items, its scopes %d", s.Name, len(apps[s.Name]), held[s.Name])
+		}
+	}
+	return nil
+}
+
+// percentile of durations, nearest rank.
+func percentile(ds []time.Duration, p float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := int(float64(len(s))*p/100+0.999999) - 1
+	return s[max(0, min(i, len(s)-1))]
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// Table prints one line per case beside the target.
+func (r *ConvergenceResult) Table(out io.Writer) {
+	fmt.Fprintf(out, "convergence after a partition heals (%s; %d repetitions, %d resources before)\n\n", r.Setup, r.Repetitions, r.Resources)
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "sites\tRTT ms\twrites\towed at heal\treconnected ms\tcatalog p50 ms\tcatalog p99 ms\ttarget ms\tapplied p50 ms\tapplied p99 ms\t")
+	for _, c := range r.Cases {
+		var owed, rec []time.Duration
+		for _, run := range c.Runs {
+			owed = append(owed, time.Duration(run.Owed))
+			rec = append(rec, run.Reconnected)
+		}
+		mark := ""
+		if c.CatalogP99 > c.Target {
+			mark = " (missed)"
+		}
+		fmt.Fprintf(tw, "%d\t%.0f\t%d\t%d\t%.0f\t%.0f\t%.0f%s\t%.0f\t%.0f\t%.0f\t\n", c.Sites, ms(c.RTT), c.Writes, int(percentile(owed, 50)),
+			ms(percentile(rec, 50)), ms(c.CatalogP50), ms(c.CatalogP99), mark, ms(c.Target), ms(c.AppliedP50), ms(c.AppliedP99))
+	}
+	tw.Flush()
+	fmt.Fprintln(out, "\ncatalog: every replica holds every operation; applied: nothing pending, applications checked equal.")
+	fmt.Fprintln(out, "Target: catalog converged within 1 s + 2 RTT after the heal.")
+}
+
+// Plot draws catalog and application convergence per case.
+func (r *ConvergenceResult) Plot(dir, prefix string) ([]string, error) {
+	p := plot.New()
+	p.Title.Text = "Convergence after heal (p50 of repetitions)"
+	p.Y.Label.Text = "ms after heal"
+	var names []string
+	cat, app, tgt := plotter.Values{}, plotter.Values{}, plotter.Values{}
+	for _, c := range r.Cases {
+		names = append(names, fmt.Sprintf("%d sites\n%.0f ms RTT\n%d writes", c.Sites, ms(c.RTT), c.Writes))
+		cat = append(cat, ms(c.CatalogP50))
+		app = append(app, ms(c.AppliedP50))
+		tgt = append(tgt, ms(c.Target))
+	}
+	w := vg.Points(12)
+	for i, s := range []struct {
+		name string
+		v    plotter.Values
+	}{{"target (1 s + 2 RTT)", tgt}, {"catalog converged", cat}, {"applications converged", app}} {
+		b, err := plotter.NewBarChart(s.v, w)
+		if err != nil {
+			return nil, fmt.Errorf("bench: plot: %w", err)
+		}
+		b.Offset = vg.Length(i-1) * w
+		b.Color = plotutil.Color(i)
+		b.LineStyle.Width = 0
+		p.Add(b)
+		p.Legend.Add(s.name, b)
+	}
+	p.Legend.Top = true
+	p.NominalX(names...)
+	path := filepath.Join(dir, prefix+".svg")
+	if err := p.Save(8*vg.Inch, 4*vg.Inch, path); err != nil {
+		return nil, fmt.Errorf("bench: save plot: %w", err)
+	}
+	return []string{path}, nil
+}
