@@ -251,6 +251,16 @@ func TestKubectlThroughAgents(t *testing.T) {
 	if slices.Sort(tagged); strings.Join(tagged, ",") != "a,b,c" {
 		t.Fatalf("-o json: web tagged %v", tagged)
 	}
+	out = w.kubectl(abc, "get", "namespaces", "--no-headers", "-o", `custom-columns=NAME:.metadata.name,CLUSTER:.metadata.annotations.cheops\.io/site`)
+	var rows []string
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		if f := strings.Fields(l); len(f) == 2 && f[0] == "web" {
+			rows = append(rows, f[1])
+		}
+	}
+	if slices.Sort(rows); strings.Join(rows, ",") != "a,b,c" {
+		t.Fatalf("custom columns:\n%s", out)
+	}
 }
 
 // TestWatchThroughAgents streams a watch from the local cluster and from
