@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -45,6 +47,13 @@ type ReplicationRun struct {
 	TotalBytes int64         `json:"total_bytes"`
 	Sites      []SiteTraffic `json:"sites"`
 	Converged  time.Duration `json:"converged_ns"`
+	// Written is how long the writes took at their writers.
+	Written time.Duration `json:"written_ns"`
+	// HeapBytes is the Go heap of the whole process (every site) after
+	// convergence and a collection; DiskBytes what the sites' data
+	// directories hold.
+	HeapBytes uint64 `json:"heap_bytes"`
+	DiskBytes int64  `json:"disk_bytes"`
 }
 
 // SelectivityResult compares scoped replication with full replication.
@@ -161,6 +170,7 @@ func replicate(ctx context.Context, names []string, scopes [][]string, full bool
 			want[s] += len(keys)
 		}
 	}
+	run.Written = time.Since(start)
 	// Converged: every site holds every key it must.
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
@@ -180,6 +190,11 @@ func replicate(ctx context.Context, names []string, scopes [][]string, full bool
 		time.Sleep(20 * time.Millisecond)
 	}
 	run.Converged = time.Since(start)
+	runtime.GC()
+	var mem runtime.MemStats
+	runtime.ReadMemStats(&mem)
+	run.HeapBytes = mem.HeapAlloc
+	run.DiskBytes = dirSize(dir)
 	time.Sleep(500 * time.Millisecond) // let in-flight gossip land before reading the counters
 	var leaked int64
 	for _, s := range sites {
@@ -308,4 +323,18 @@ func (r SelectivityResult) Table(w io.Writer) {
 func (r SelectivityResult) Plot(dir, prefix string) ([]string, error) {
 	path := filepath.Join(dir, prefix+".svg")
 	return []string{path}, PlotSelectivity(r, path)
+}
+
+// dirSize sums the sizes of the files under dir.
+func dirSize(dir string) int64 {
+	var total int64
+	_ = filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			if info, err := d.Info(); err == nil {
+				total += info.Size()
+			}
+		}
+		return nil
+	})
+	return total
 }

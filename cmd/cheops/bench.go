@@ -30,6 +30,9 @@ var scenarios = map[string]scenario{
 	"forwarding": func(c *cli.Context, env bench.Env) (bench.Report, error) {
 		return bench.RunForwarding(c.Context, env)
 	},
+	"scale": func(c *cli.Context, env bench.Env) (bench.Report, error) {
+		return bench.RunScale(c.Context, env, bench.ScaleProfile(env))
+	},
 	"selectivity": func(c *cli.Context, env bench.Env) (bench.Report, error) {
 		sites := env.Sites
 		if sites == 0 {
