@@ -152,6 +152,8 @@ func (f *Forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case r.Method == http.MethodPost && req.route.id == "" && req.route.collection != "/" && !req.route.other:
 		f.create(w, req, plan)
+	case f.relays(req, plan):
+		f.relayNamed(w, req, plan)
 	case r.Method == http.MethodGet && req.route.id == "" && len(plan.Required()) > 1 && !req.route.other && !f.streams(req):
 		f.crossRead(w, req, plan)
 	default:
@@ -296,6 +298,9 @@ func (f *Forwarder) execute(ctx context.Context, site string, req *request, meth
 		return result{site: site, err: err}
 	}
 	copyHeaders(out.Header, req.r.Header)
+	// Only the extra headers may ask for a coordinator: a coordinator's own
+	// fan-out must execute at each site, never coordinate again.
+	out.Header.Del(HeaderCoordinate)
 	for k, v := range extra {
 		out.Header[k] = v
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httputil"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -335,4 +336,33 @@ func (f *Forwarder) streamLocal(w http.ResponseWriter, req *request) {
 	defer done()
 	w.Header().Set(HeaderSite, f.cfg.Membership.Site())
 	pipe(w, resp)
+}
+
+// relays reports a write by name to a client-named resource that this
+// site neither holds nor is placed on: a site of the scope, whose catalog
+// may know the resource, coordinates it (records it, marks the sites
+// that are away pending).
+func (f *Forwarder) relays(req *request, plan *scope.Plan) bool {
+	switch req.r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return false
+	}
+	return req.route.named && req.route.id != "" && req.hop == "" && !slices.Contains(plan.Required(), f.cfg.Membership.Site())
+}
+
+// relayNamed hands a write by name to the nearest reachable site of the
+// plan, as a coordinator.
+func (f *Forwarder) relayNamed(w http.ResponseWriter, req *request, plan *scope.Plan) {
+	var best *scope.Target
+	for i, t := range plan.Targets {
+		if t.Required && t.Reachable && (best == nil || t.RTT < best.RTT) {
+			best = &plan.Targets[i]
+		}
+	}
+	if best == nil {
+		writeError(w, http.StatusServiceUnavailable, "unreachable", "no site of the scope is reachable")
+		return
+	}
+	res := f.execute(req.r.Context(), best.Site, req, req.r.Method, req.rawPath, http.Header{HeaderCoordinate: {"1"}})
+	f.reply(w, res, res.header.Get(HeaderResource), nil)
 }

@@ -232,3 +232,56 @@ func TestKubeServiceWithoutKubernetes(t *testing.T) {
 		})
 	}
 }
+
+// TestWritesThroughASiteOutsideTheScope sends a create and a patch by
+// name to an agent whose site is outside the scope: a site of the scope
+// coordinates each, so the catalog records them and every replica runs
+// them once.
+func TestWritesThroughASiteOutsideTheScope(t *testing.T) {
+	w, fakes := newFakeWorld(t, "a", "b", "c")
+	status, body, err := w.agentDo("c", "{kube: a & b}", "POST", "/api/v1/namespaces", []byte(`{"metadata":{"name":"web"}}`))
+	if err != nil || status != http.StatusCreated {
+		t.Fatalf("create through c: %d %s %v", status, body, err)
+	}
+	// The coordinator recorded it; the other site's catalog has it soon.
+	eventually(t, 10*time.Second, "a and b know web", func() error {
+		for _, s := range []string{"a", "b"} {
+			if _, ok := w.sites[s].agent.Catalog().LookupLocal("kube", s, "/api/v1/namespaces/web"); !ok {
+				return fmt.Errorf("%s does not", s)
+			}
+		}
+		return nil
+	})
+	req, _ := http.NewRequest("PATCH", w.server("c", "{kube: a & b}")+"/api/v1/namespaces/web", strings.NewReader(`{"metadata":{"labels":{"x":"1"}}}`))
+	req.Header.Set("Content-Type", "application/merge-patch+json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("X-Cheops-Sites") != "a=200, b=200" {
+		t.Fatalf("patch through c: %d %q", resp.StatusCode, resp.Header.Get("X-Cheops-Sites"))
+	}
+	for _, s := range []string{"a", "b"} {
+		names, patches := fakes[s].state()
+		if len(names) != 1 || len(patches) != 1 {
+			t.Errorf("%s holds %v, was patched %q", s, names, patches)
+		}
+		id, ok := w.sites[s].agent.Catalog().LookupLocal("kube", s, "/api/v1/namespaces/web")
+		if !ok {
+			t.Fatalf("%s's catalog does not know web", s)
+		}
+		eventually(t, 10*time.Second, s+" records the create and the patch", func() error {
+			if res, _ := w.sites[s].agent.Catalog().Get(t.Context(), id); len(res.Operations) != 2 {
+				return fmt.Errorf("%d operations", len(res.Operations))
+			}
+			return nil
+		})
+	}
+	if names, _ := fakes["c"].state(); len(names) != 0 {
+		t.Errorf("c's cluster holds %v", names)
+	}
+	if _, ok := w.sites["c"].agent.Catalog().LookupLocal("kube", "c", "/api/v1/namespaces/web"); ok {
+		t.Error("c's catalog knows web")
+	}
+}
