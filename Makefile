@@ -44,10 +44,13 @@ e2e-k8s:
 	contrib/k8s/build.sh >/dev/null
 	CHEOPS_K8S=1 $(GO) test -race -count=1 -timeout 15m -v ./kube 2>&1 | grep -E '^(=== RUN|--- |\s+---|\s+\S+_test.go|ok|FAIL|PASS|panic)'; exit $${PIPESTATUS[0]}
 
+# Every scenario's quick profile (about 8 minutes on 2 cores); results and
+# plots into bench/results. BENCHFLAGS=--full runs the long profiles.
+# `go test -bench` figures: see bench/README.md.
+BENCHFLAGS ?=
 bench: build
-	./$(BIN) bench selectivity --out bench/results
-	$(GO) test -run='^$$' -bench=. -benchmem -benchtime=200x ./scope ./crdt
-	$(GO) test -run='^$$' -bench=Forwarding -benchtime=300x ./e2e
+	for s in selectivity scale forwarding availability convergence; do \
+		./$(BIN) bench $$s --out bench/results $(BENCHFLAGS) || exit 1; done
 
 # Three sites on loopback and a narrated scenario; the sites stay up until
 # Ctrl-C. DEMOFLAGS=--exit-after-scenario exits when it ends.
