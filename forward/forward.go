@@ -152,6 +152,9 @@ func (f *Forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case r.Method == http.MethodPost && req.route.id == "" && req.route.collection != "/" && !req.route.other:
 		f.create(w, req, plan)
+	case f.appliesNew(req):
+		// A server-side apply of an object nobody recorded creates it.
+		f.create(w, req, plan)
 	case f.relays(req, plan):
 		f.relayNamed(w, req, plan)
 	case r.Method == http.MethodGet && req.route.id == "" && len(plan.Required()) > 1 && !req.route.other && !f.streams(req):

@@ -37,7 +37,20 @@ func (f *Forwarder) clientName(req *request) (string, bool) {
 	if req.svc.Routes == nil {
 		return "", false
 	}
+	if req.route.id != "" {
+		return req.route.id, true // an apply names it in its path
+	}
 	return req.svc.Routes.Name(req.body)
+}
+
+// appliesNew reports a server-side apply (PATCH with an apply content
+// type) of a client-named object the catalog does not know, from a site
+// the scope places it on: the apply creates the object where it is
+// missing, so it is run and recorded as a create (the recorded PATCH is
+// what a site that was away replays).
+func (f *Forwarder) appliesNew(req *request) bool {
+	return req.route.named && req.route.id != "" && req.route.rest == "" &&
+		req.r.Method == http.MethodPatch && strings.HasPrefix(req.r.Header.Get("Content-Type"), "application/apply-patch")
 }
 
 // createPending reports whether a site still owes the creation of a

@@ -31,7 +31,7 @@ func (f *Forwarder) create(w http.ResponseWriter, req *request, plan *scope.Plan
 	reachable, pending := splitTargets(plan)
 	extra := http.Header{HeaderResource: {id}, HeaderOperation: {opID}}
 	results := f.executeAll(ctx, reachable, func(ctx context.Context, site string) result {
-		return f.execute(ctx, site, req, http.MethodPost, req.rawPath, extra)
+		return f.execute(ctx, site, req, req.r.Method, req.rawPath, extra)
 	})
 	outcomes := map[string]string{}
 	locals := map[string]string{}
@@ -67,7 +67,7 @@ func (f *Forwarder) create(w http.ResponseWriter, req *request, plan *scope.Plan
 	}
 	meta := catalog.Meta{ID: id, Service: req.svc.Name, Scope: req.scope.String(), Sites: targets,
 		Collection: req.route.collection, LocalIDs: locals}
-	op := catalog.Operation{ID: opID, Method: http.MethodPost, Path: opPath(req.rawPath, req.r.Header.Get("Content-Type")), Body: req.body, Targets: targets, Outcomes: outcomes}
+	op := catalog.Operation{ID: opID, Method: req.r.Method, Path: opPath(req.rawPath, req.r.Header.Get("Content-Type")), Body: req.body, Targets: targets, Outcomes: outcomes}
 	if err := f.cfg.Catalog.Create(ctx, meta, op); err != nil {
 		f.log.Error("record created resource", "id", id, "err", err)
 		writeError(w, http.StatusInternalServerError, "catalog", fmt.Sprintf("created on %v but not recorded: %v", locals, err))
@@ -94,7 +94,7 @@ func (f *Forwarder) coordinate(w http.ResponseWriter, req *request, plan *scope.
 		writeError(w, http.StatusServiceUnavailable, "unreachable", "no site of the scope is reachable")
 		return
 	}
-	res := f.execute(req.r.Context(), best.Site, req, http.MethodPost, req.rawPath, http.Header{HeaderCoordinate: {"1"}})
+	res := f.execute(req.r.Context(), best.Site, req, req.r.Method, req.rawPath, http.Header{HeaderCoordinate: {"1"}})
 	if res.err != nil {
 		writeError(w, http.StatusBadGateway, "site_failed", res.err.Error())
 		return

@@ -91,6 +91,14 @@ func (f *fakeAPI) serve(w http.ResponseWriter, r *http.Request) {
 		f.objects[o.Metadata.Name] = body
 		w.WriteHeader(http.StatusCreated)
 		_, _ = w.Write(body)
+	case name != "" && r.Method == "PATCH" && strings.HasPrefix(r.Header.Get("Content-Type"), "application/apply-patch"):
+		// A server-side apply creates what is missing.
+		f.patches = append(f.patches, name+" "+r.Header.Get("Content-Type")+" "+string(body))
+		if _, ok := f.objects[name]; !ok {
+			f.objects[name] = []byte(`{"metadata":{"name":"` + name + `"}}`)
+			w.WriteHeader(http.StatusCreated)
+		}
+		_, _ = w.Write(f.objects[name])
 	case name != "" && !strings.Contains(name, "/") && (r.Method == "GET" || r.Method == "PATCH"):
 		o, ok := f.objects[name]
 		if !ok {
@@ -284,4 +292,36 @@ func TestWritesThroughASiteOutsideTheScope(t *testing.T) {
 	if _, ok := w.sites["c"].agent.Catalog().LookupLocal("kube", "c", "/api/v1/namespaces/web"); ok {
 		t.Error("c's catalog knows web")
 	}
+}
+
+// TestServerSideApplyCreates checks that a server-side apply of an object
+// nobody recorded is run and recorded as a create: on every site of the
+// scope, in the catalog, and replayed by a site that was away.
+func TestServerSideApplyCreates(t *testing.T) {
+	w, fakes := newFakeWorld(t, "a", "b")
+	w.stop("b")
+	w.waitState(scope.Down, []string{"a"}, []string{"b"})
+	const apply = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: ssa\n"
+	req, _ := http.NewRequest("PATCH", w.server("a", "{kube: a & b}")+"/api/v1/namespaces/ssa?fieldManager=me", strings.NewReader(apply))
+	req.Header.Set("Content-Type", "application/apply-patch+yaml")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated || resp.Header.Get("X-Cheops-Sites") != "a=201, b=pending" || resp.Header.Get("X-Cheops-Resource") == "" {
+		t.Fatalf("apply: %d %q %q", resp.StatusCode, resp.Header.Get("X-Cheops-Sites"), resp.Header.Get("X-Cheops-Resource"))
+	}
+	if _, ok := w.sites["a"].agent.Catalog().LookupLocal("kube", "a", "/api/v1/namespaces/ssa"); !ok {
+		t.Fatal("a's catalog does not know ssa")
+	}
+	w.start("b")
+	want := "ssa application/apply-patch+yaml " + apply
+	eventually(t, 30*time.Second, "b replays the apply", func() error {
+		names, patches := fakes["b"].state()
+		if len(names) != 1 || len(patches) != 1 || patches[0] != want {
+			return fmt.Errorf("b holds %v, applied %q", names, patches)
+		}
+		return nil
+	})
 }

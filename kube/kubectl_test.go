@@ -154,6 +154,20 @@ func TestKubectlThroughAgents(t *testing.T) {
 		t.Fatal("cluster c holds cfg1, outside the scope")
 	}
 
+	t.Log("kubectl apply --server-side of a new configmap: created on a and b, recorded")
+	ssa := filepath.Join(t.TempDir(), "ssa.yaml")
+	if err := os.WriteFile(ssa, []byte("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\ndata:\n  a: \"1\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w.kubectl(ab, "apply", "--server-side", "-n", "web", "-f", ssa)
+	w.waitField([]string{"a", "b"}, ns+"/configmaps/ssa", "data.a", "1")
+	if _, ok := w.sites["a"].agent.Catalog().LookupLocal("kube", "a", ns+"/configmaps/ssa"); !ok {
+		t.Fatal("the server-side applied configmap is not in a's catalog")
+	}
+	if w.sites["c"].kube.get(t, ns+"/configmaps/ssa") != nil {
+		t.Fatal("cluster c holds ssa, outside the scope")
+	}
+
 	t.Log("b's agent down during a patch: b catches up once when back")
 	w.stop("b")
 	w.waitState(scope.Down, []string{"a"}, []string{"b"})
@@ -199,7 +213,7 @@ func TestKubectlThroughAgents(t *testing.T) {
 		t.Fatalf("c: %q", out)
 	}
 	out = w.kubectl(viaC, "get", "configmaps,deployments", "-n", "web", "-o", "name")
-	for _, want := range []string{"configmap/cfg1", "configmap/cfg2", "deployment.apps/front"} {
+	for _, want := range []string{"configmap/cfg1", "configmap/cfg2", "configmap/ssa", "deployment.apps/front"} {
 		if !strings.Contains(out, want) {
 			t.Fatalf("c lists %q, without %s", out, want)
 		}
