@@ -248,9 +248,6 @@ func (c *Cluster) Close() {
 	c.Net.Close()
 }
 
-// Logs returns what a site's processes wrote.
-func (c *Cluster) Logs(name string) string { return c.Site(name).logs.String() }
-
 // WaitStates waits until every observer sees every subject in state.
 func (c *Cluster) WaitStates(ctx context.Context, within time.Duration, observers, subjects []string, state string) error {
 	return waitFor(ctx, within, fmt.Sprintf("%v see %v %s", observers, subjects, state), func() error {
@@ -404,11 +401,3 @@ func (b *lockedBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
-
-// errNotYet is a condition not met yet.
-var errNotYet = errors.New("not yet")
-
-// stateError is a state that is not the one awaited.
-type stateError struct{ state string }
-
-func (e *stateError) Error() string { return "state: " + e.state }

@@ -3,6 +3,8 @@ package bench
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
@@ -68,7 +70,7 @@ func TestClusterOverEmulatedWAN(t *testing.T) {
 				return nil
 			}
 		}
-		return errNotYet
+		return errors.New("berlin's RTT not measured yet")
 	}); err != nil {
 		t.Fatalf("%v: %+v", err, sites)
 	}
@@ -101,7 +103,7 @@ func TestClusterOverEmulatedWAN(t *testing.T) {
 		}
 		if len(posts) != 1 || posts[0]["title"] != "during the cut" {
 			b, _ := json.Marshal(posts)
-			return &stateError{string(b)}
+			return fmt.Errorf("berlin holds %s", b)
 		}
 		return nil
 	}); err != nil {
