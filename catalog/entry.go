@@ -142,13 +142,14 @@ func (e *entry) operations() []stored[Operation] {
 	for _, s := range byID {
 		out = append(out, e.ops[s])
 	}
-	slices.SortFunc(out, func(a, b stored[Operation]) int { return compareOps(a.v, b.v) })
+	slices.SortFunc(out, func(a, b stored[Operation]) int { return CompareOps(a.v, b.v) })
 	return out
 }
 
-// compareOps is the deterministic order of operations: HLC timestamp,
-// then origin site, then operation id.
-func compareOps(a, b Operation) int {
+// CompareOps is the deterministic order of operations: HLC timestamp,
+// then origin site, then operation id. Every site orders a resource's
+// operations with it.
+func CompareOps(a, b Operation) int {
 	if c := Order(a.At, a.Origin, b.At, b.Origin); c != 0 {
 		return c
 	}

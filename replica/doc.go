@@ -1,0 +1,49 @@
+// Package replica executes, at one site, the writes of the resources the
+// site replicates. It is the only way an operation reaches the site's
+// application: a write a client sends through any site, the same write
+// forwarded by another site, and an operation the site owes after a cut
+// or a crash all go through the site's one Executor.
+//
+// # Order
+//
+// The catalog orders the operations of a resource by (HLC timestamp,
+// origin site, operation id). Operations of one resource are executed one
+// at a time; those of different resources run in parallel. An operation
+// that arrives after later ones it precedes is not applied on top of them
+// blindly (that is how two replicas used to end different): Decide, a pure
+// function of what the site applied and the operation, says what to do.
+//
+//   - a delete is final: once one is applied, every other operation of the
+//     resource is superseded by it;
+//   - an operation followed by an applied replace (PUT by default) is
+//     superseded by that replace: its effect is overwritten in the order;
+//   - otherwise the operation is applied, then every later applied ordered
+//     or replace operation is replayed after it, so the application ends
+//     as if all had run in order (for merge-style updates, which are
+//     idempotent);
+//   - commuting operations are applied once, in any order, never replayed.
+//
+// Every replica applies the same rule to the same set of operations, so
+// once nothing is pending every replica's application holds the state of
+// the catalog's order, whatever order the operations arrived in.
+//
+// # Exactly once
+//
+// Each execution is journaled in the site's own datastore (not
+// replicated): the operation is written, synced, before the application
+// is called, and its outcome after. A second delivery of an operation (the
+// origin lost the answer and the catalog says it is still owed, or the
+// live request and the catalog raced) returns the first outcome without
+// calling the application. After a crash between the call and the outcome
+// the operation is "maybe executed": a create is looked for in the
+// application and adopted rather than made twice; a replace, delete or
+// merge update runs again (idempotent).
+//
+// # Catch-up
+//
+// A Runner follows the catalog for operations this site owes (recorded
+// pending by their origin) and hands them to the Executor: different
+// resources in parallel (bounded), one resource in order, transient
+// failures retried with backoff. Outcomes are written to this site's
+// catalog records in batches.
+package replica

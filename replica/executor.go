@@ -1,0 +1,472 @@
+package replica
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	ds "github.com/ipfs/go-datastore"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"cheops/catalog"
+)
+
+// App runs requests on this site's application instances.
+// *forward.Forwarder implements it.
+type App interface {
+	// Call runs one request on this site's instance of service and
+	// returns its answer; an error means no answer (unreachable, timed
+	// out). path is inside the service and may carry the content type of
+	// a recorded operation in its fragment; header holds the client's
+	// headers for a live request (nil for an owed one).
+	Call(ctx context.Context, service, method, path string, header http.Header, body []byte) (Answer, error)
+	// LocalID reads the id the application gave a resource it created in
+	// collection, from its answer.
+	LocalID(service, collection string, body []byte) (string, bool)
+}
+
+// Answer is an application's answer.
+type Answer struct {
+	Status int
+	Header http.Header
+	Body   []byte
+}
+
+// Job is one operation to execute at this site.
+type Job struct {
+	// Op is the operation as the catalog records it: its path names the
+	// resource by its global id (translated to this site's local id here).
+	Op      catalog.Operation
+	Service string
+	// Create marks the resource's creating operation; Collection is where
+	// its items live (to adopt one left by a crash).
+	Create     bool
+	Collection string
+	// LocalID is this site's local id as the catalog knows it (a copy
+	// made by attach), used when the journal has none.
+	LocalID string
+	// Header holds the client's headers of a live request.
+	Header http.Header
+	// Owed marks an operation run by catch-up (the crash failpoint only
+	// fires on those).
+	Owed bool
+}
+
+// Result is the outcome of a job.
+type Result struct {
+	// Answer is what the application answered (for a superseded
+	// operation: the resource as it stands).
+	Answer
+	// Outcome is what this site records in the catalog: the status code,
+	// or catalog.SupersededPrefix and why. Empty when Failed is set or Err.
+	Outcome string
+	// Failed says why the application refused the operation: final.
+	Failed string
+	// LocalID is the resource's local id here (after a create).
+	LocalID string
+	// Duplicate: the operation had run here already; Answer holds only
+	// its status.
+	Duplicate bool
+	// Err is a transient failure (no answer, a 5xx, the creation not
+	// here yet): the operation stays owed and is retried.
+	Err error
+}
+
+// OK reports whether the application accepted the operation (2xx), or it
+// was superseded by one it accepted.
+func (r Result) OK() bool {
+	return r.Err == nil && r.Failed == "" && r.Outcome != ""
+}
+
+// ErrNotCreated is the transient failure of an operation on a resource
+// whose creation has not run at this site yet.
+var ErrNotCreated = errors.New("replica: the resource is not created at this site yet")
+
+// errApp wraps a transient failure of the application.
+var errApp = errors.New("replica: application")
+
+// Config describes an executor.
+type Config struct {
+	App App
+	// Journal is the site's own (not replicated) datastore; Sync must
+	// make earlier writes durable.
+	Journal ds.Datastore
+	// Known reports whether the catalog maps a local id of a service at
+	// this site to a resource (adoption skips those). Nil: none known
+	// beyond the journal's.
+	Known func(service, localID string) bool
+	// Registerer receives the executor's and runner's metrics (nil: none).
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger
+}
+
+// Executor executes operations at this site in the catalog's order. Safe
+// for concurrent use: operations of one resource are serialized, those of
+// different resources run in parallel.
+type Executor struct {
+	cfg     Config
+	journal journal
+	log     *slog.Logger
+
+	mu        sync.Mutex
+	resources map[string]*resourceState
+
+	ops      *prometheus.CounterVec
+	replayed prometheus.Counter
+	running  prometheus.Gauge
+	queued   prometheus.Gauge
+}
+
+// resourceState is what this site applied to one resource, loaded from
+// the journal on first use.
+type resourceState struct {
+	mu      sync.Mutex
+	loaded  bool
+	local   string
+	entries map[string]*entry
+}
+
+// NewExecutor returns an executor over cfg's application and journal.
+func NewExecutor(cfg Config) (*Executor, error) {
+	if cfg.App == nil || cfg.Journal == nil {
+		return nil, errors.New("replica: application and journal are required")
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	x := &Executor{cfg: cfg, journal: journal{cfg.Journal}, log: log.With("component", "replica"), resources: map[string]*resourceState{},
+		ops: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cheops_replica_operations_total",
+			Help: "Operations this site's executor handled, by outcome: applied, failed (4xx, final), superseded, duplicate (ran before), adopted (after a crash), retried (transient failure)."},
+			[]string{"outcome"}),
+		replayed: prometheus.NewCounter(prometheus.CounterOpts{Name: "cheops_replica_replayed_total",
+			Help: "Operations run again after a late one, to restore the catalog's order."}),
+		running: prometheus.NewGauge(prometheus.GaugeOpts{Name: "cheops_replica_running",
+			Help: "Operations being executed on this site's applications now."}),
+		queued: prometheus.NewGauge(prometheus.GaugeOpts{Name: "cheops_replica_queued",
+			Help: "Owed operations found in the catalog and not executed yet."}),
+	}
+	if cfg.Registerer != nil {
+		for _, c := range []prometheus.Collector{x.ops, x.replayed, x.running, x.queued} {
+			if err := cfg.Registerer.Register(c); err != nil {
+				return nil, fmt.Errorf("replica: metrics: %w", err)
+			}
+		}
+	}
+	return x, nil
+}
+
+func (x *Executor) state(res string) *resourceState {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	rs, ok := x.resources[res]
+	if !ok {
+		rs = &resourceState{}
+		x.resources[res] = rs
+	}
+	return rs
+}
+
+// Applied reports the outcome this site recorded for an operation, if it
+// has run here (the journal's word, whatever the catalog says yet).
+func (x *Executor) Applied(ctx context.Context, res, op string) (Result, bool, error) {
+	rs := x.state(res)
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if err := x.load(ctx, res, rs); err != nil {
+		return Result{}, false, err
+	}
+	e, ok := rs.entries[op]
+	if !ok || e.State != stateDone {
+		return Result{}, false, nil
+	}
+	return e.result(), true, nil
+}
+
+func (x *Executor) load(ctx context.Context, res string, rs *resourceState) error {
+	if rs.loaded {
+		return nil
+	}
+	local, entries, err := x.journal.load(ctx, res)
+	if err != nil {
+		return err
+	}
+	rs.local, rs.entries, rs.loaded = local, entries, true
+	return nil
+}
+
+func (e *entry) result() Result {
+	return Result{Answer: Answer{Status: e.Status}, Outcome: e.Outcome, Failed: e.Failed, LocalID: e.LocalID, Duplicate: true}
+}
+
+// Apply executes one operation at this site, in the catalog's order, at
+// most once (see the package doc). It blocks while another operation of
+// the same resource runs here. A transient failure is in Result.Err.
+func (x *Executor) Apply(ctx context.Context, j Job) Result {
+	rs := x.state(j.Op.Resource)
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if err := x.load(ctx, j.Op.Resource, rs); err != nil {
+		return Result{Err: err}
+	}
+	prev, seen := rs.entries[j.Op.ID]
+	if seen && prev.State == stateDone {
+		x.ops.WithLabelValues("duplicate").Inc()
+		return prev.result()
+	}
+	maybe := seen // begun and never finished: it may have run
+	x.running.Inc()
+	defer x.running.Dec()
+	var r Result
+	if j.Create {
+		r = x.create(ctx, j, rs, maybe)
+	} else {
+		r = x.update(ctx, j, rs)
+	}
+	if r.Err != nil {
+		x.ops.WithLabelValues("retried").Inc()
+	}
+	return r
+}
+
+// create runs a resource's creating operation.
+func (x *Executor) create(ctx context.Context, j Job, rs *resourceState, maybe bool) Result {
+	local := rs.local
+	if local == "" {
+		local = j.LocalID
+	}
+	if local != "" && !maybe {
+		// The site holds the resource already (a copy made by attach).
+		return x.finish(ctx, j, rs, &entry{Op: j.Op, Status: http.StatusCreated, Outcome: strconv.Itoa(http.StatusCreated), LocalID: local})
+	}
+	if maybe {
+		if id, ok := x.adopt(ctx, j); ok {
+			x.ops.WithLabelValues("adopted").Inc()
+			return x.finish(ctx, j, rs, &entry{Op: j.Op, Status: http.StatusCreated, Outcome: strconv.Itoa(http.StatusCreated), LocalID: id})
+		}
+	}
+	ans, err := x.call(ctx, j, rs, j.Op.Method, j.Op.Path, j.Op.Body)
+	if err != nil {
+		return Result{Err: err}
+	}
+	e := &entry{Op: j.Op, Status: ans.Status}
+	if ok2xx(ans.Status) {
+		e.Outcome = strconv.Itoa(ans.Status)
+		e.LocalID, _ = x.cfg.App.LocalID(j.Service, j.Collection, ans.Body)
+	} else {
+		e.Failed = strconv.Itoa(ans.Status) + ": " + snippet(ans.Body)
+	}
+	r := x.finish(ctx, j, rs, e)
+	r.Answer = ans
+	return r
+}
+
+// update runs a write on a resource created here.
+func (x *Executor) update(ctx context.Context, j Job, rs *resourceState) Result {
+	local := rs.local
+	if local == "" {
+		local = j.LocalID
+	}
+	if local == "" {
+		return Result{Err: fmt.Errorf("%w: %s", ErrNotCreated, j.Op.Resource)}
+	}
+	path := localPath(j.Op.Path, j.Op.Resource, local)
+	d := Decide(rs.applied(), j.Op)
+	if d.SupersededBy != "" {
+		// Not executed: the answer is the resource as it stands.
+		ans, err := x.cfg.App.Call(ctx, j.Service, http.MethodGet, stripType(path), j.Header, nil)
+		if err != nil {
+			ans = Answer{Status: http.StatusOK}
+		}
+		x.ops.WithLabelValues("superseded").Inc()
+		r := x.finish(ctx, j, rs, &entry{Op: j.Op, Outcome: catalog.SupersededPrefix + d.SupersededBy, LocalID: local})
+		r.Answer = ans
+		return r
+	}
+	ans, err := x.call(ctx, j, rs, j.Op.Method, path, j.Op.Body)
+	if err != nil {
+		return Result{Err: err}
+	}
+	e := &entry{Op: j.Op, Status: ans.Status, LocalID: local}
+	switch {
+	case ok2xx(ans.Status), ans.Status == http.StatusNotFound && j.Op.Method == http.MethodDelete:
+		e.Outcome = strconv.Itoa(ans.Status)
+		for _, o := range d.Replay {
+			x.replay(ctx, j, o, local)
+		}
+	default:
+		e.Failed = strconv.Itoa(ans.Status) + ": " + snippet(ans.Body)
+	}
+	r := x.finish(ctx, j, rs, e)
+	r.Answer = ans
+	return r
+}
+
+// replay runs an applied operation again after a late one.
+func (x *Executor) replay(ctx context.Context, j Job, o catalog.Operation, local string) {
+	x.replayed.Inc()
+	ans, err := x.cfg.App.Call(ctx, j.Service, o.Method, localPath(o.Path, o.Resource, local), nil, o.Body)
+	if err != nil || ans.Status >= 300 {
+		x.log.Warn("replay of a later operation failed", "resource", o.Resource, "op", o.ID, "status", ans.Status, "err", err)
+	}
+}
+
+// call journals the operation (synced) and runs it on the application.
+// A transient failure (no answer, 5xx) leaves the entry begun: the next
+// attempt treats the operation as maybe executed.
+func (x *Executor) call(ctx context.Context, j Job, rs *resourceState, method, path string, body []byte) (Answer, error) {
+	e := &entry{Op: j.Op, State: stateBegun, Started: time.Now().UTC()}
+	if err := x.journal.put(ctx, opEntryKey(j.Op.Resource, j.Op.ID), e, true); err != nil {
+		return Answer{}, err
+	}
+	rs.entries[j.Op.ID] = e
+	ans, err := x.cfg.App.Call(ctx, j.Service, method, path, j.Header, body)
+	if err != nil {
+		return Answer{}, fmt.Errorf("%w: %v", errApp, err)
+	}
+	if ans.Status >= 500 {
+		return Answer{}, fmt.Errorf("%w: answered %d: %s", errApp, ans.Status, snippet(ans.Body))
+	}
+	if j.Owed {
+		crashPoint()
+	}
+	return ans, nil
+}
+
+// finish journals an outcome (not synced: a lost outcome makes the
+// operation "maybe executed", which recovery handles) and counts it.
+func (x *Executor) finish(ctx context.Context, j Job, rs *resourceState, e *entry) Result {
+	e.State = stateDone
+	if e.Started.IsZero() {
+		e.Started = time.Now().UTC()
+	}
+	if e.LocalID != "" && rs.local != e.LocalID && j.Create {
+		if err := x.cfg.Journal.Put(ctx, localKey(j.Op.Resource), []byte(e.LocalID)); err != nil {
+			return Result{Err: fmt.Errorf("replica: journal: %w", err)}
+		}
+		rs.local = e.LocalID
+	}
+	if err := x.journal.put(ctx, opEntryKey(j.Op.Resource, j.Op.ID), e, false); err != nil {
+		return Result{Err: err}
+	}
+	rs.entries[j.Op.ID] = e
+	switch {
+	case e.Failed != "":
+		x.ops.WithLabelValues("failed").Inc()
+	case strings.HasPrefix(e.Outcome, catalog.SupersededPrefix):
+	default:
+		x.ops.WithLabelValues("applied").Inc()
+	}
+	r := e.result()
+	r.Duplicate = false
+	return r
+}
+
+// applied lists the operations that count for the order.
+func (rs *resourceState) applied() []catalog.Operation {
+	var out []catalog.Operation
+	for _, e := range rs.entries {
+		if e.applied() {
+			out = append(out, e.Op)
+		}
+	}
+	return out
+}
+
+// adopt looks for the item a create that may have run before a crash
+// left in the application: one holding every field the create sent.
+func (x *Executor) adopt(ctx context.Context, j Job) (string, bool) {
+	var sent map[string]any
+	if json.Unmarshal(j.Op.Body, &sent) != nil {
+		return "", false
+	}
+	ans, err := x.cfg.App.Call(ctx, j.Service, http.MethodGet, j.Collection, nil, nil)
+	if err != nil || ans.Status != http.StatusOK {
+		return "", false
+	}
+	var items []map[string]any
+	if json.Unmarshal(ans.Body, &items) != nil {
+		return "", false
+	}
+	known := x.knownLocals()
+	for i := len(items) - 1; i >= 0; i-- {
+		raw, _ := json.Marshal(items[i])
+		id, ok := x.cfg.App.LocalID(j.Service, j.Collection, raw)
+		if !ok || known[id] || (x.cfg.Known != nil && x.cfg.Known(j.Service, id)) {
+			continue
+		}
+		if holds(items[i], sent) {
+			return id, true
+		}
+	}
+	return "", false
+}
+
+// knownLocals lists the local ids of resources whose journal is loaded.
+func (x *Executor) knownLocals() map[string]bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	out := map[string]bool{}
+	for _, rs := range x.resources {
+		if rs.local != "" {
+			out[rs.local] = true
+		}
+	}
+	return out
+}
+
+func holds(item, sent map[string]any) bool {
+	for k, v := range sent {
+		a, _ := json.Marshal(item[k])
+		b, _ := json.Marshal(v)
+		if !bytes.Equal(a, b) {
+			return false
+		}
+	}
+	return true
+}
+
+// localPath names the resource by its local id in an operation's path.
+func localPath(path, global, local string) string {
+	return strings.Replace(path, global, local, 1)
+}
+
+// stripType drops the content type a recorded path carries.
+func stripType(path string) string {
+	p, _, _ := strings.Cut(path, "#")
+	return p
+}
+
+func ok2xx(status int) bool { return status >= 200 && status < 300 }
+
+func snippet(b []byte) string {
+	s := strings.TrimSpace(string(b))
+	if len(s) > 200 {
+		s = s[:200] + "…"
+	}
+	return s
+}
+
+// FailpointEnv names the environment variable that, set to
+// "catchup-after-execute", makes the process kill itself (SIGKILL) right
+// after an owed operation ran and before its outcome is recorded. Crash
+// tests use it to prove that nothing is applied twice; it is never set in
+// production.
+const FailpointEnv = "CHEOPS_FAILPOINT"
+
+func crashPoint() {
+	if os.Getenv(FailpointEnv) == "catchup-after-execute" {
+		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {} // the signal is on its way
+	}
+}

@@ -1,0 +1,328 @@
+package replica
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+
+	ds "github.com/ipfs/go-datastore"
+	dssync "github.com/ipfs/go-datastore/sync"
+
+	"cheops/catalog"
+)
+
+// memApp is an in-memory REST collection: POST creates with a numeric id,
+// PUT replaces, PATCH merges, DELETE removes.
+type memApp struct {
+	mu    sync.Mutex
+	next  int
+	items map[string]map[string]any
+	calls int
+}
+
+func newMemApp() *memApp { return &memApp{items: map[string]map[string]any{}} }
+
+func (a *memApp) Call(_ context.Context, _, method, path string, _ http.Header, body []byte) (Answer, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.calls++
+	path = stripType(path)
+	parts := strings.Split(strings.TrimPrefix(path, "/"), "/")
+	var in map[string]any
+	if len(body) > 0 {
+		if err := json.Unmarshal(body, &in); err != nil {
+			return Answer{Status: 400}, nil
+		}
+	}
+	reply := func(status int, v any) (Answer, error) {
+		b, _ := json.Marshal(v)
+		return Answer{Status: status, Body: b}, nil
+	}
+	if len(parts) == 1 {
+		switch method {
+		case http.MethodPost:
+			a.next++
+			id := strconv.Itoa(a.next)
+			item := maps.Clone(in)
+			item["id"] = id
+			a.items[id] = item
+			return reply(201, item)
+		case http.MethodGet:
+			list := []map[string]any{}
+			for _, it := range a.items {
+				list = append(list, it)
+			}
+			return reply(200, list)
+		}
+		return reply(405, nil)
+	}
+	id := parts[1]
+	item, ok := a.items[id]
+	if !ok {
+		return reply(404, map[string]any{})
+	}
+	switch method {
+	case http.MethodGet:
+		return reply(200, item)
+	case http.MethodPut:
+		item = maps.Clone(in)
+		item["id"] = id
+	case http.MethodPatch:
+		item = maps.Clone(item)
+		maps.Copy(item, in)
+	case http.MethodDelete:
+		delete(a.items, id)
+		return reply(200, map[string]any{})
+	}
+	a.items[id] = item
+	return reply(200, item)
+}
+
+func (a *memApp) LocalID(_, _ string, body []byte) (string, bool) {
+	var v map[string]any
+	if json.Unmarshal(body, &v) != nil {
+		return "", false
+	}
+	id, ok := v["id"].(string)
+	return id, ok
+}
+
+// state is the application's only item, as JSON ("" when none).
+func (a *memApp) state() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.items) == 0 {
+		return ""
+	}
+	if len(a.items) > 1 {
+		return fmt.Sprintf("%d items", len(a.items))
+	}
+	for _, it := range a.items {
+		b, _ := json.Marshal(it)
+		return string(b)
+	}
+	return ""
+}
+
+const gid = "01TESTRESOURCE0000000000AA"
+
+func op(id string, wall int64, origin, method, body string) catalog.Operation {
+	path := "/posts/" + gid
+	return catalog.Operation{ID: id, Resource: gid, Origin: origin, At: catalog.Timestamp{Wall: wall}, Method: method, Path: path, Body: []byte(body)}
+}
+
+func createJob() Job {
+	c := catalog.Operation{ID: "op0", Resource: gid, Origin: "paris", At: catalog.Timestamp{Wall: 1}, Method: http.MethodPost, Path: "/posts", Body: []byte(`{"t":"v0"}`)}
+	return Job{Op: c, Service: "posts", Create: true, Collection: "/posts"}
+}
+
+func newExecutor(t *testing.T, app App, store ds.Datastore) *Executor {
+	t.Helper()
+	x, err := NewExecutor(Config{App: app, Journal: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return x
+}
+
+// reference applies ops in the catalog's order to a fresh application.
+func reference(t *testing.T, ops []catalog.Operation) string {
+	app := newMemApp()
+	x := newExecutor(t, app, dssync.MutexWrap(ds.NewMapDatastore()))
+	ctx := context.Background()
+	if r := x.Apply(ctx, createJob()); !r.OK() {
+		t.Fatalf("reference create: %+v", r)
+	}
+	sorted := append([]catalog.Operation(nil), ops...)
+	sortOps(sorted)
+	for _, o := range sorted {
+		if r := x.Apply(ctx, Job{Op: o, Service: "posts"}); r.Err != nil {
+			t.Fatalf("reference %s: %v", o.ID, r.Err)
+		}
+	}
+	return app.state()
+}
+
+func permutations(n int) [][]int {
+	if n == 0 {
+		return [][]int{{}}
+	}
+	var out [][]int
+	for _, p := range permutations(n - 1) {
+		for i := 0; i <= len(p); i++ {
+			q := append(append(append([]int{}, p[:i]...), n-1), p[i:]...)
+			out = append(out, q)
+		}
+	}
+	return out
+}
+
+var opSets = map[string][]catalog.Operation{
+	"patches and replaces": {
+		op("a", 10, "paris", "PUT", `{"t":"a","x":1}`),
+		op("b", 20, "berlin", "PATCH", `{"t":"b","y":2}`),
+		op("c", 20, "rome", "PATCH", `{"z":3}`),
+		op("d", 30, "paris", "PATCH", `{"t":"d"}`),
+		op("e", 40, "berlin", "PATCH", `{"y":5}`),
+	},
+	"replace in the middle": {
+		op("a", 10, "paris", "PATCH", `{"t":"a","x":1}`),
+		op("b", 20, "berlin", "PUT", `{"t":"b"}`),
+		op("c", 30, "rome", "PATCH", `{"z":3}`),
+		op("d", 40, "paris", "PUT", `{"t":"d","w":4}`),
+		op("e", 50, "berlin", "PATCH", `{"t":"e"}`),
+	},
+	"delete among updates": {
+		op("a", 10, "paris", "PATCH", `{"t":"a"}`),
+		op("b", 20, "berlin", "DELETE", ``),
+		op("c", 30, "rome", "PUT", `{"t":"c"}`),
+		op("d", 40, "paris", "PATCH", `{"t":"d"}`),
+	},
+	"same HLC, origin breaks the tie": {
+		op("a", 10, "rome", "PUT", `{"t":"rome"}`),
+		op("b", 10, "berlin", "PUT", `{"t":"berlin"}`),
+		op("c", 10, "paris", "PATCH", `{"p":1}`),
+		op("d", 10, "berlin", "PATCH", `{"q":1}`),
+	},
+}
+
+// TestEveryArrivalOrderEndsInTheCatalogOrder drives one replica through
+// every order in which a set of operations can arrive (each delivered
+// twice, as a live request and again by catch-up) and checks that the
+// application ends in the state of the catalog's order every time.
+func TestEveryArrivalOrderEndsInTheCatalogOrder(t *testing.T) {
+	ctx := context.Background()
+	for name, ops := range opSets {
+		t.Run(name, func(t *testing.T) {
+			want := reference(t, ops)
+			if want == "" && !strings.Contains(name, "delete") {
+				t.Fatalf("reference state is empty")
+			}
+			for _, perm := range permutations(len(ops)) {
+				app := newMemApp()
+				x := newExecutor(t, app, dssync.MutexWrap(ds.NewMapDatastore()))
+				// The first operation arrives before the create: it must
+				// wait, not fail.
+				if r := x.Apply(ctx, Job{Op: ops[perm[0]], Service: "posts"}); r.Err == nil {
+					t.Fatalf("%v: an update before the create ran: %+v", perm, r)
+				}
+				if r := x.Apply(ctx, createJob()); !r.OK() || r.LocalID != "1" {
+					t.Fatalf("create: %+v", r)
+				}
+				for _, i := range perm {
+					r := x.Apply(ctx, Job{Op: ops[i], Service: "posts"})
+					if r.Err != nil {
+						t.Fatalf("%v: %s: %v", perm, ops[i].ID, r.Err)
+					}
+				}
+				for _, i := range perm {
+					if r := x.Apply(ctx, Job{Op: ops[i], Service: "posts"}); !r.Duplicate {
+						t.Fatalf("%v: %s ran twice", perm, ops[i].ID)
+					}
+				}
+				if got := app.state(); got != want {
+					t.Fatalf("arrival order %v: application holds %s, the catalog's order gives %s", perm, got, want)
+				}
+			}
+		})
+	}
+}
+
+// TestConcurrentDeliveriesConverge applies one set of operations from
+// many goroutines at once on two replicas (different interleavings) and
+// compares them with the catalog's order.
+func TestConcurrentDeliveriesConverge(t *testing.T) {
+	ctx := context.Background()
+	ops := opSets["patches and replaces"]
+	want := reference(t, ops)
+	for rep := range 20 {
+		app := newMemApp()
+		x := newExecutor(t, app, dssync.MutexWrap(ds.NewMapDatastore()))
+		if r := x.Apply(ctx, createJob()); !r.OK() {
+			t.Fatal(r)
+		}
+		var wg sync.WaitGroup
+		for i := range ops {
+			for range 2 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					x.Apply(ctx, Job{Op: ops[(i+rep)%len(ops)], Service: "posts"})
+				}()
+			}
+		}
+		wg.Wait()
+		if got := app.state(); got != want {
+			t.Fatalf("rep %d: %s, want %s", rep, got, want)
+		}
+	}
+}
+
+// TestCreateMaybeExecutedIsAdopted: an executor that stopped after the
+// application created the item and before the outcome was journaled
+// adopts that item instead of creating a second one.
+func TestCreateMaybeExecutedIsAdopted(t *testing.T) {
+	ctx := context.Background()
+	store := dssync.MutexWrap(ds.NewMapDatastore())
+	app := newMemApp()
+	j := createJob()
+	// What a crash leaves: the intent, and the item in the application.
+	if err := (journal{store}).put(ctx, opEntryKey(gid, j.Op.ID), &entry{Op: j.Op, State: stateBegun}, true); err != nil {
+		t.Fatal(err)
+	}
+	app.Call(ctx, "posts", "POST", "/posts", nil, j.Op.Body)
+	x := newExecutor(t, app, store)
+	r := x.Apply(ctx, j)
+	if !r.OK() || r.LocalID != "1" {
+		t.Fatalf("adopt: %+v", r)
+	}
+	if n := len(app.items); n != 1 {
+		t.Fatalf("application holds %d items, want 1", n)
+	}
+	// A later executor over the same journal knows the outcome.
+	if r := newExecutor(t, app, store).Apply(ctx, j); !r.Duplicate || r.LocalID != "1" {
+		t.Fatalf("after restart: %+v", r)
+	}
+}
+
+// TestRefusalIsFinalAndTransientIsRetried: a 4xx is recorded failed and
+// not counted for the order; a 5xx leaves the operation to retry.
+func TestRefusalIsFinalAndTransientIsRetried(t *testing.T) {
+	ctx := context.Background()
+	app := newMemApp()
+	x := newExecutor(t, app, dssync.MutexWrap(ds.NewMapDatastore()))
+	x.Apply(ctx, createJob())
+	bad := op("bad", 10, "paris", "PATCH", `not json`)
+	if r := x.Apply(ctx, Job{Op: bad, Service: "posts"}); r.Failed == "" || r.Err != nil || !strings.HasPrefix(r.Failed, "400") {
+		t.Fatalf("refused: %+v", r)
+	}
+	flaky := &flakyApp{memApp: app, fail: 1}
+	y := newExecutor(t, flaky, dssync.MutexWrap(ds.NewMapDatastore()))
+	y.Apply(ctx, createJob())
+	p := op("p", 10, "paris", "PATCH", `{"t":"p"}`)
+	if r := y.Apply(ctx, Job{Op: p, Service: "posts"}); r.Err == nil {
+		t.Fatalf("a 503 must be transient: %+v", r)
+	}
+	if r := y.Apply(ctx, Job{Op: p, Service: "posts"}); !r.OK() || r.Outcome != "200" {
+		t.Fatalf("retry: %+v", r)
+	}
+}
+
+type flakyApp struct {
+	*memApp
+	fail int
+}
+
+func (f *flakyApp) Call(ctx context.Context, svc, method, path string, h http.Header, body []byte) (Answer, error) {
+	if method == http.MethodPatch && f.fail > 0 {
+		f.fail--
+		return Answer{Status: 503}, nil
+	}
+	return f.memApp.Call(ctx, svc, method, path, h, body)
+}

@@ -1,0 +1,157 @@
+package replica
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	ds "github.com/ipfs/go-datastore"
+	"github.com/ipfs/go-datastore/query"
+
+	"cheops/catalog"
+)
+
+// The journal lives in the site's own datastore, under journalRoot:
+//
+//	/cheops/replica/r/<resource>/local        this site's local id
+//	/cheops/replica/r/<resource>/op/<op id>   an execution (entry)
+//	/cheops/replica/publish/<op id>           an operation an origin is
+//	                                          executing and has not yet
+//	                                          recorded in the catalog
+//
+// It is never replicated: it says what this site's application did.
+var journalRoot = ds.NewKey("/cheops/replica")
+
+// Execution states of a journal entry.
+const (
+	stateBegun = "begun" // written (synced) before the application is called
+	stateDone  = "done"  // the outcome is known
+)
+
+// entry is one operation's execution at this site.
+type entry struct {
+	Op    catalog.Operation `json:"op"`
+	State string            `json:"state"`
+	// Status is the application's answer (0 while begun, or when the
+	// operation was superseded and not executed).
+	Status int `json:"status,omitempty"`
+	// Outcome is what the site records in the catalog: a status code, or
+	// catalog.SupersededPrefix + why. Empty when Failed is set.
+	Outcome string `json:"outcome,omitempty"`
+	// Failed says why the application refused the operation (final).
+	Failed  string    `json:"failed,omitempty"`
+	LocalID string    `json:"local_id,omitempty"`
+	Started time.Time `json:"started"`
+}
+
+// applied reports whether the entry counts for the order: executed with
+// success (a delete answered 404 counts: the item is gone).
+func (e *entry) applied() bool {
+	return e.State == stateDone && e.Failed == "" && !strings.HasPrefix(e.Outcome, catalog.SupersededPrefix) && e.Status != 0
+}
+
+func resourceKey(id string) ds.Key { return journalRoot.ChildString("r").ChildString(id) }
+
+func opEntryKey(res, op string) ds.Key {
+	return resourceKey(res).ChildString("op").ChildString(op)
+}
+
+func localKey(res string) ds.Key { return resourceKey(res).ChildString("local") }
+
+func publishKey(op string) ds.Key { return journalRoot.ChildString("publish").ChildString(op) }
+
+// journal reads and writes entries.
+type journal struct{ store ds.Datastore }
+
+func (j journal) put(ctx context.Context, key ds.Key, v any, sync bool) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("replica: journal %s: %w", key, err)
+	}
+	if err := j.store.Put(ctx, key, data); err != nil {
+		return fmt.Errorf("replica: journal %s: %w", key, err)
+	}
+	if sync {
+		if err := j.store.Sync(ctx, key); err != nil {
+			return fmt.Errorf("replica: journal sync: %w", err)
+		}
+	}
+	return nil
+}
+
+// load reads what the journal holds of one resource.
+func (j journal) load(ctx context.Context, res string) (local string, entries map[string]*entry, err error) {
+	entries = map[string]*entry{}
+	data, err := j.store.Get(ctx, localKey(res))
+	switch {
+	case errors.Is(err, ds.ErrNotFound):
+	case err != nil:
+		return "", nil, fmt.Errorf("replica: journal of %s: %w", res, err)
+	default:
+		local = string(data)
+	}
+	rs, err := j.store.Query(ctx, query.Query{Prefix: resourceKey(res).ChildString("op").String()})
+	if err != nil {
+		return "", nil, fmt.Errorf("replica: journal of %s: %w", res, err)
+	}
+	defer rs.Close()
+	for r := range rs.Next() {
+		if r.Error != nil {
+			return "", nil, fmt.Errorf("replica: journal of %s: %w", res, r.Error)
+		}
+		var e entry
+		if err := json.Unmarshal(r.Value, &e); err != nil {
+			return "", nil, fmt.Errorf("replica: journal entry %s: %w", r.Key, err)
+		}
+		entries[e.Op.ID] = &e
+	}
+	return local, entries, nil
+}
+
+// Intent is an operation its origin is executing and has not recorded in
+// the catalog yet: after a crash in between, the origin records it at
+// start, so that no site is left holding an operation the others never
+// hear of.
+type Intent struct {
+	Op catalog.Operation `json:"op"`
+	// Meta is set for a create: the resource to record with it.
+	Meta *catalog.Meta `json:"meta,omitempty"`
+}
+
+// Intend writes an intent, synced, before the operation is sent anywhere.
+func (x *Executor) Intend(ctx context.Context, in Intent) error {
+	return x.journal.put(ctx, publishKey(in.Op.ID), in, true)
+}
+
+// Published drops an intent once its operation is in the catalog (not
+// synced: a lost drop only records the operation once more, harmlessly).
+func (x *Executor) Published(ctx context.Context, op string) error {
+	if err := x.journal.store.Delete(ctx, publishKey(op)); err != nil && !errors.Is(err, ds.ErrNotFound) {
+		return fmt.Errorf("replica: drop intent %s: %w", op, err)
+	}
+	return nil
+}
+
+// Intents lists the intents left by an earlier run.
+func (x *Executor) Intents(ctx context.Context) ([]Intent, error) {
+	rs, err := x.journal.store.Query(ctx, query.Query{Prefix: journalRoot.ChildString("publish").String()})
+	if err != nil {
+		return nil, fmt.Errorf("replica: intents: %w", err)
+	}
+	defer rs.Close()
+	var out []Intent
+	for r := range rs.Next() {
+		if r.Error != nil {
+			return nil, fmt.Errorf("replica: intents: %w", r.Error)
+		}
+		var in Intent
+		if err := json.Unmarshal(r.Value, &in); err != nil {
+			return nil, fmt.Errorf("replica: intent %s: %w", r.Key, err)
+		}
+		out = append(out, in)
+	}
+	return out, nil
+}
