@@ -20,7 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"cheops/catalog"
-	"cheops/catchup"
+	"cheops/replica"
 	"cheops/crdt"
 	"cheops/forward"
 	"cheops/node"
@@ -64,6 +64,11 @@ type Config struct {
 	// GET /v1/health must carry (Authorization: Bearer …, or ?token= for
 	// browsers, whose event streams cannot set headers).
 	APIToken string
+	// ReplicaWait, when positive, is how long a replicated write waits
+	// for its replicas before answering with the late ones pending
+	// (default: forward.DefaultMinReplicaWait or 4 RTT, whichever is
+	// longer).
+	ReplicaWait time.Duration
 	// MaxBody bounds request bodies forwarded to applications
 	// (forward.DefaultMaxBody, 16 MiB, when 0).
 	MaxBody int64
@@ -130,7 +135,7 @@ type Agent struct {
 	crdt    *crdt.Manager
 	catalog *catalog.Catalog
 	forward *forward.Forwarder
-	catchup *catchup.Runner
+	catchup *replica.Runner
 	mux     *http.ServeMux
 	srv     *http.Server
 	ln      net.Listener
@@ -232,12 +237,12 @@ func (a *Agent) open(ctx context.Context) error {
 		services = append(services, svc)
 	}
 	a.forward, err = forward.New(forward.Config{Host: n.Host(), Membership: n, Catalog: a.catalog,
-		Services: services, MaxBody: a.cfg.MaxBody, Ledger: catchup.NewLedger(a.store), Logger: a.cfg.Logger})
+		Services: services, MaxBody: a.cfg.MaxBody, Journal: a.store, ReplicaWait: a.cfg.ReplicaWait,
+		Registerer: n.Registry(), Logger: a.cfg.Logger})
 	if err != nil {
 		return err
 	}
-	a.catchup, err = catchup.Start(catchup.Config{Catalog: a.catalog, App: a.forward, Journal: a.store,
-		Registerer: n.Registry(), Logger: a.cfg.Logger})
+	a.catchup, err = replica.StartRunner(replica.RunnerConfig{Catalog: a.catalog, Executor: a.forward.Executor(), Logger: a.cfg.Logger})
 	return err
 }
 

@@ -536,6 +536,89 @@ func (c *Catalog) SetSite(ctx context.Context, id string, rec SiteRecord) error 
 	return nil
 }
 
+// Outcome is what this site did with one operation of a resource: the
+// status it applied it with (or catalog.SupersededPrefix and why), or why
+// its application refused it, and the local id a create gave.
+type Outcome struct {
+	Resource string
+	Op       string
+	LocalID  string
+	Applied  string
+	Failed   string
+}
+
+// RecordOutcomes folds outcomes into this site's records, one write per
+// resource and one delta per replica set for the whole batch. Outcomes of
+// resources this site no longer holds are dropped.
+func (c *Catalog) RecordOutcomes(ctx context.Context, outs []Outcome) error {
+	if err := c.open(); err != nil {
+		return err
+	}
+	type batch struct {
+		sites []string
+		keys  []string
+		vals  [][]byte
+	}
+	byRes := map[string][]Outcome{}
+	var order []string
+	for _, o := range outs {
+		if _, ok := byRes[o.Resource]; !ok {
+			order = append(order, o.Resource)
+		}
+		byRes[o.Resource] = append(byRes[o.Resource], o)
+	}
+	groups := map[string]*batch{}
+	var groupOrder []string
+	for _, id := range order {
+		sites, err := c.sitesOf(id)
+		if err != nil {
+			continue
+		}
+		rec, _ := c.Record(id, c.cfg.Self)
+		rec.Site = c.cfg.Self
+		for _, o := range byRes[id] {
+			if o.LocalID != "" {
+				rec.LocalID, rec.Status = o.LocalID, StatusOK
+			}
+			if o.Applied != "" {
+				rec.Applied = withEntry(rec.Applied, o.Op, o.Applied)
+			}
+			if o.Failed != "" {
+				rec.Failed = withEntry(rec.Failed, o.Op, o.Failed)
+			}
+		}
+		rec.At = c.clock.Now()
+		data, _ := json.Marshal(rec)
+		g := groupOf(sites)
+		b, ok := groups[g]
+		if !ok {
+			b = &batch{sites: sites}
+			groups[g] = b
+			groupOrder = append(groupOrder, g)
+		}
+		b.keys, b.vals = append(b.keys, siteKey(id, c.cfg.Self)), append(b.vals, data)
+	}
+	for _, g := range groupOrder {
+		b := groups[g]
+		if err := c.cfg.Store.PutBatch(ctx, b.sites, b.keys, b.vals); err != nil {
+			return fmt.Errorf("catalog: record outcomes in %s: %w", g, err)
+		}
+		for i := range b.keys {
+			c.apply(b.sites, b.keys[i], b.vals[i])
+		}
+	}
+	return nil
+}
+
+func withEntry(m map[string]string, k, v string) map[string]string {
+	out := make(map[string]string, len(m)+1)
+	for a, b := range m {
+		out[a] = b
+	}
+	out[k] = v
+	return out
+}
+
 // Rehome moves a resource to a new replica set (attach, detach). This
 // site writes its own meta, with the new sites and local ids and a version
 // above every earlier one, into the group of the new sites together with

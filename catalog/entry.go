@@ -193,6 +193,38 @@ func (e *entry) resolve() (Resource, bool) {
 	for _, site := range m.Sites {
 		r.PerSite[site] = siteView(site, m.LocalIDs[site], e, r.Operations)
 	}
+	// Each operation shows its current outcome per site: what the site
+	// recorded since (an owed operation executed late, superseded, or
+	// refused) replaces the origin's "pending".
+	for i, op := range r.Operations {
+		var outcomes map[string]string
+		for site, o := range op.Outcomes {
+			if o != OutcomePending {
+				continue
+			}
+			rec, _, ok := e.record(site)
+			if !ok {
+				continue
+			}
+			now, done := rec.v.Applied[op.ID]
+			if why, failed := rec.v.Failed[op.ID]; failed {
+				now, done = "failed: "+why, true
+			}
+			if !done {
+				continue
+			}
+			if outcomes == nil {
+				outcomes = make(map[string]string, len(op.Outcomes))
+				for k, v := range op.Outcomes {
+					outcomes[k] = v
+				}
+			}
+			outcomes[site] = now
+		}
+		if outcomes != nil {
+			r.Operations[i].Outcomes = outcomes
+		}
+	}
 	return r, true
 }
 
@@ -203,6 +235,10 @@ func siteView(site, metaLocal string, e *entry, ops []Operation) SiteView {
 	v := SiteView{LocalID: metaLocal, Status: StatusOK}
 	if v.LocalID == "" {
 		v.Status = StatusPending
+		if len(ops) > 0 && succeeded(ops[0].Outcomes[site]) {
+			// Created, but the application's answer named no id.
+			v.Status = StatusUnmapped
+		}
 	}
 	stored, _, hasRec := e.record(site)
 	rec := stored.v

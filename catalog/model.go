@@ -6,6 +6,9 @@ const (
 	StatusPending = "pending" // the site still owes the creation
 	StatusDeleted = "deleted" // the site deleted its copy
 	StatusFailed  = "failed"  // the site's application refused the creation
+	// StatusUnmapped: the site's application created the resource but its
+	// answer held no id, so requests by global id cannot reach that copy.
+	StatusUnmapped = "unmapped"
 )
 
 // Outcome values of an operation at a site, besides an HTTP status code.

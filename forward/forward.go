@@ -3,11 +3,13 @@ package forward
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -17,8 +19,11 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	ds "github.com/ipfs/go-datastore"
+	"github.com/prometheus/client_golang/prometheus"
+
 	"cheops/catalog"
-	"cheops/catchup"
+	"cheops/replica"
 	"cheops/scope"
 )
 
@@ -37,9 +42,14 @@ type Config struct {
 	Membership Membership
 	Catalog    *catalog.Catalog
 	Services   []Service
-	// Ledger records the operations this site ran for other sites (nil:
-	// not recorded).
-	Ledger *catchup.Ledger
+	// Journal is the site's own (not replicated) datastore, where the
+	// executor journals what this site's applications ran.
+	Journal ds.Datastore
+	// ReplicaWait, when positive, replaces the replica deadline of
+	// replicated writes (DefaultMinReplicaWait explains the default).
+	ReplicaWait time.Duration
+	// Registerer receives the executor's metrics (nil: none).
+	Registerer prometheus.Registerer
 	// MaxBody bounds request bodies (413 above it) and answers read from
 	// applications and other sites. 16 MiB, as SPEC.md states.
 	MaxBody int64
@@ -63,13 +73,21 @@ type Forwarder struct {
 	// upstreams holds, per service with its own credentials or TLS, the
 	// client for buffered calls and the one for streams (no timeout).
 	upstreams map[string][2]*http.Client
+	// exec executes every write at this site, in the catalog's order.
+	exec *replica.Executor
+	// Sends to replicas that outlive the request they came from (a
+	// replica slower than the deadline) run under stopCtx; Close ends
+	// them and waits.
+	stopCtx context.Context
+	stop    context.CancelFunc
+	bg      sync.WaitGroup
 }
 
 // New checks the configuration and starts serving forwarded requests from
 // other sites.
 func New(cfg Config) (*Forwarder, error) {
-	if cfg.Host == nil || cfg.Membership == nil || cfg.Catalog == nil {
-		return nil, errors.New("forward: host, membership and catalog are required")
+	if cfg.Host == nil || cfg.Membership == nil || cfg.Catalog == nil || cfg.Journal == nil {
+		return nil, errors.New("forward: host, membership, catalog and journal are required")
 	}
 	if cfg.MaxBody <= 0 {
 		cfg.MaxBody = DefaultMaxBody
@@ -98,12 +116,30 @@ func New(cfg Config) (*Forwarder, error) {
 		f.services[s.Name] = s
 		f.addUpstream(s)
 	}
+	var err error
+	self := cfg.Membership.Site()
+	f.exec, err = replica.NewExecutor(replica.Config{App: f, Journal: cfg.Journal, Registerer: cfg.Registerer, Logger: log.With("site", self),
+		Known: func(service, local string) bool { _, ok := cfg.Catalog.LookupLocal(service, self, local); return ok }})
+	if err != nil {
+		return nil, err
+	}
+	if err := f.republish(context.Background()); err != nil {
+		return nil, err
+	}
+	f.stopCtx, f.stop = context.WithCancel(context.Background())
 	cfg.Host.SetStreamHandler(Protocol, f.serveStream)
 	return f, nil
 }
 
-// Close stops serving other sites.
-func (f *Forwarder) Close() { f.cfg.Host.RemoveStreamHandler(Protocol) }
+// Executor is this site's executor of operations.
+func (f *Forwarder) Executor() *replica.Executor { return f.exec }
+
+// Close stops serving other sites and waits for the sends in flight.
+func (f *Forwarder) Close() {
+	f.cfg.Host.RemoveStreamHandler(Protocol)
+	f.stop()
+	f.bg.Wait()
+}
 
 // request is one incoming request, parsed.
 type request struct {
@@ -114,12 +150,18 @@ type request struct {
 	body    []byte
 	scope   *scope.Scope
 	hop     string // the site that sent it, when another agent did
+	// explicit: the client gave a scope (header, query or path).
+	explicit bool
 }
 
 func (f *Forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	req, status, code, err := f.parse(w, r)
 	if err != nil {
 		writeError(w, status, code, err.Error())
+		return
+	}
+	if req.hop != "" && r.Header.Get(HeaderOp) != "" {
+		f.serveOp(w, req, r.Header.Get(HeaderOp))
 		return
 	}
 	if req.hop != "" && r.Header.Get(HeaderCoordinate) == "" {
@@ -137,6 +179,17 @@ func (f *Forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	plan, err := f.plan(req)
+	if err == nil && !req.route.named && catalog.ValidID(req.route.id) && (!req.explicit || slices.Contains(plan.Required(), f.cfg.Membership.Site())) {
+		// A global id this site does not hold yet, and a scope that
+		// places the request here: wait for the entry, never hand the
+		// global id to the application.
+		if res, ok := f.awaitResource(r.Context(), req.route.id); ok && res.Service == req.svc.Name {
+			f.onResource(w, req, res)
+			return
+		}
+		f.reply(w, unknownResource(f.cfg.Membership.Site(), req.route.id), "", nil)
+		return
+	}
 	if err != nil {
 		var unreachable *unreachableError
 		switch {
@@ -204,6 +257,7 @@ func (f *Forwarder) parse(w http.ResponseWriter, r *http.Request) (*request, int
 	} else if q := r.URL.Query().Get("scope"); q != "" && scopeText == "" {
 		scopeText = q
 	}
+	req.explicit = scopeText != ""
 	if scopeText == "" {
 		scopeText = svc.DefaultScope
 	}
@@ -278,13 +332,20 @@ type result struct {
 	header http.Header
 	body   []byte
 	err    error
+	// For an operation run by a site's executor: its outcome there (a
+	// status, or superseded) and the local id of a created resource.
+	outcomeText string
+	localID     string
 }
 
 func (r result) ok() bool { return r.err == nil && r.status >= 200 && r.status < 300 }
 
 func (r result) outcome() string {
-	if r.err != nil {
+	switch {
+	case r.err != nil:
 		return catalog.OutcomePending
+	case r.outcomeText != "":
+		return r.outcomeText
 	}
 	return strconv.Itoa(r.status)
 }
@@ -313,7 +374,16 @@ func (f *Forwarder) execute(ctx context.Context, site string, req *request, meth
 	if err != nil {
 		return result{site: site, err: err}
 	}
-	return result{site: site, status: resp.StatusCode, header: resp.Header, body: body}
+	r := result{site: site, status: resp.StatusCode, header: resp.Header, body: body,
+		outcomeText: resp.Header.Get(HeaderOutcome), localID: resp.Header.Get(HeaderLocalID)}
+	if r.outcomeText == catalog.OutcomePending {
+		r.err = fmt.Errorf("site %s: cannot run it yet: %s", site, body)
+	} else if r.outcomeText == "failed" {
+		r.outcomeText = strconv.Itoa(r.status)
+	}
+	r.header.Del(HeaderOutcome)
+	r.header.Del(HeaderLocalID)
+	return r
 }
 
 // callApp runs a request on this site's application instance.
@@ -351,34 +421,50 @@ func (f *Forwarder) callApp(ctx context.Context, req *request, method, path stri
 // application, translating a global id in the path to the local one.
 func (f *Forwarder) executeLocal(ctx context.Context, req *request) result {
 	path := req.rawPath
-	if id := req.route.id; id != "" && catalog.ValidID(id) {
-		if res, err := f.cfg.Catalog.Get(ctx, id); err == nil {
-			if local := res.PerSite[f.cfg.Membership.Site()].LocalID; local != "" {
-				path = withQuery(req.route.path(local), req.rawPath)
-			}
+	if id := req.route.id; id != "" && !req.route.named && catalog.ValidID(id) {
+		res, ok := f.awaitResource(ctx, id)
+		local := res.PerSite[f.cfg.Membership.Site()].LocalID
+		if !ok || local == "" {
+			return unknownResource(f.cfg.Membership.Site(), id)
+		}
+		path = withQuery(req.route.path(local), req.rawPath)
+	}
+	return f.callApp(ctx, req, req.r.Method, path, nil)
+}
+
+// ResourceWait bounds how long a request naming a global id this site
+// does not know waits for the catalog entry to arrive (a resource created
+// through another site a moment ago): 300 ms covers a replication round
+// trip on a loaded LAN; past it the answer is cheops' 404.
+const ResourceWait = 300 * time.Millisecond
+
+// awaitResource returns a resource this site holds, waiting up to
+// ResourceWait for its catalog entry.
+func (f *Forwarder) awaitResource(ctx context.Context, id string) (catalog.Resource, bool) {
+	deadline := time.Now().Add(ResourceWait)
+	for {
+		res, err := f.cfg.Catalog.Get(ctx, id)
+		if err == nil {
+			return res, true
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return catalog.Resource{}, false
+		}
+		t := time.NewTimer(5 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+		case <-t.C:
 		}
 	}
-	op := req.r.Header.Get(HeaderOperation)
-	if op != "" {
-		if err := f.cfg.Ledger.Begin(ctx, op); err != nil {
-			return result{site: f.cfg.Membership.Site(), err: err}
-		}
-	}
-	res := f.callApp(ctx, req, req.r.Method, path, nil)
-	if op != "" && res.ok() {
-		done := catchup.Executed{Status: res.status}
-		if req.r.Method == http.MethodPost && req.route.id == "" {
-			done.LocalID, _ = req.svc.createdID(req.route, res.body)
-		}
-		if err := f.cfg.Ledger.Record(ctx, op, done); err != nil {
-			f.log.Error("record an executed operation", "op", op, "err", err)
-		}
-	} else if op != "" {
-		if err := f.cfg.Ledger.Forget(ctx, op); err != nil {
-			f.log.Error("forget a failed operation", "op", op, "err", err)
-		}
-	}
-	return res
+}
+
+// unknownResource is cheops' answer for a global id that no catalog entry
+// of this site names: never the application's, which would be asked for
+// an id it does not know.
+func unknownResource(site, id string) result {
+	body, _ := json.Marshal(map[string]string{"error": fmt.Sprintf("no resource %s is known at %s", id, site), "code": "unknown_resource"})
+	return result{site: site, status: http.StatusNotFound, header: http.Header{"Content-Type": {"application/json"}}, body: body}
 }
 
 func withQuery(path, raw string) string {
@@ -498,11 +584,36 @@ func (f *Forwarder) CallLocal(ctx context.Context, service, method, path string,
 	return res.status, res.body, res.err
 }
 
-// LocalID reads the id a service's application gave a created resource.
-func (f *Forwarder) LocalID(service string, body []byte) (string, bool) {
+// Call runs one request on this site's instance of a service
+// (replica.App): path may carry a recorded content type; header holds a
+// live client's headers.
+func (f *Forwarder) Call(ctx context.Context, service, method, path string, header http.Header, body []byte) (replica.Answer, error) {
+	svc, ok := f.services[service]
+	if !ok {
+		return replica.Answer{}, fmt.Errorf("%w: %q", ErrUnknownService, service)
+	}
+	r, err := http.NewRequestWithContext(ctx, method, "/", nil)
+	if err != nil {
+		return replica.Answer{}, err
+	}
+	for k, v := range header {
+		r.Header[k] = v
+	}
+	path, contentType := splitOpPath(path)
+	if r.Header.Get("Content-Type") == "" || contentType != "application/json" {
+		r.Header.Set("Content-Type", contentType)
+	}
+	req := &request{r: r, svc: svc, body: body, scope: &scope.Scope{Bindings: []scope.Binding{{Expr: scope.Site{Name: f.cfg.Membership.Site()}}}}}
+	res := f.callApp(ctx, req, method, path, nil)
+	return replica.Answer{Status: res.status, Header: res.header, Body: res.body}, res.err
+}
+
+// LocalID reads the id a service's application gave a resource it
+// created in collection (replica.App).
+func (f *Forwarder) LocalID(service, collection string, body []byte) (string, bool) {
 	svc, ok := f.services[service]
 	if !ok {
 		return "", false
 	}
-	return localID(body, svc.IDField)
+	return svc.createdID(svc.routeOf(collection), body)
 }

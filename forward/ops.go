@@ -25,56 +25,37 @@ func (f *Forwarder) create(w http.ResponseWriter, req *request, plan *scope.Plan
 		f.coordinate(w, req, plan)
 		return
 	}
-	ctx := req.r.Context()
 	id := catalog.NewID(time.Now())
-	opID := catalog.NewID(time.Now())
 	reachable, pending := splitTargets(plan)
-	extra := http.Header{HeaderResource: {id}, HeaderOperation: {opID}}
-	results := f.executeAll(ctx, reachable, func(ctx context.Context, site string) result {
-		return f.execute(ctx, site, req, req.r.Method, req.rawPath, extra)
-	})
-	outcomes := map[string]string{}
-	locals := map[string]string{}
-	for _, s := range pending {
-		outcomes[s] = catalog.OutcomePending
-	}
-	for s, r := range results {
-		outcomes[s] = r.outcome()
-		if r.ok() {
-			if local, ok := req.svc.createdID(req.route, r.body); ok {
-				locals[s] = local
-			} else {
-				f.log.Warn("created resource has no id field", "site", s, "field", req.svc.IDField)
-			}
-		}
+	wr := write{
+		op: catalog.Operation{ID: catalog.NewID(time.Now()), Resource: id, Method: req.r.Method,
+			Path: opPath(req.rawPath, req.r.Header.Get("Content-Type")), Targets: targets},
+		create: true, collection: req.route.collection, reachable: reachable, pending: pending,
+		meta:     &catalog.Meta{ID: id, Service: req.svc.Name, Scope: req.scope.String(), Sites: targets, Collection: req.route.collection},
+		localIDs: map[string]string{},
 	}
 	if name, ok := f.clientName(req); ok {
 		// The client named it: its name is the same on the sites still
 		// owing the create.
 		for _, s := range pending {
-			locals[s] = route{collection: req.route.collection, id: name}.key()
+			wr.localIDs[s] = route{collection: req.route.collection, id: name}.key()
 		}
 	}
-	answer, ok := f.preferred(results)
-	if !ok || len(locals) == 0 {
-		// Nothing was created anywhere: nothing is recorded.
-		if answer.site == "" {
-			writeError(w, http.StatusServiceUnavailable, "unreachable", "no site could run the request: "+sitesHeader(outcomes))
-			return
-		}
-		f.reply(w, answer, "", outcomes)
-		return
-	}
-	meta := catalog.Meta{ID: id, Service: req.svc.Name, Scope: req.scope.String(), Sites: targets,
-		Collection: req.route.collection, LocalIDs: locals}
-	op := catalog.Operation{ID: opID, Method: req.r.Method, Path: opPath(req.rawPath, req.r.Header.Get("Content-Type")), Body: req.body, Targets: targets, Outcomes: outcomes}
-	if err := f.cfg.Catalog.Create(ctx, meta, op); err != nil {
+	answer, outcomes, recorded, err := f.replicate(req, wr)
+	switch {
+	case err != nil:
 		f.log.Error("record created resource", "id", id, "err", err)
-		writeError(w, http.StatusInternalServerError, "catalog", fmt.Sprintf("created on %v but not recorded: %v", locals, err))
-		return
+		writeError(w, http.StatusInternalServerError, "catalog", fmt.Sprintf("created (%s) but not recorded: %v", sitesHeader(outcomes), err))
+	case recorded && !answer.ok() && (answer.site == "" || answer.err != nil):
+		acceptedPending(w, id, outcomes)
+	case answer.site == "":
+		writeError(w, http.StatusServiceUnavailable, "unreachable", "no site could run the request: "+sitesHeader(outcomes))
+	case !answer.ok():
+		f.reply(w, answer, "", outcomes)
+	default:
+		answer.body = req.svc.withID(answer.body, id)
+		f.reply(w, answer, id, outcomes)
 	}
-	answer.body = req.svc.withID(answer.body, id)
-	f.reply(w, answer, id, outcomes)
 }
 
 // coordinate hands a create to the nearest reachable site of its scope:
@@ -158,39 +139,34 @@ func (f *Forwarder) onResource(w http.ResponseWriter, req *request, res catalog.
 		f.reply(w, last, res.ID, nil)
 		return
 	}
-	outcomes := map[string]string{}
-	var reachable []string
+	var reachable, pending []string
 	for _, s := range res.Sites {
 		if slices.Contains(holders, s) {
 			reachable = append(reachable, s)
 		} else if res.PerSite[s].Status != catalog.StatusDeleted {
-			outcomes[s] = catalog.OutcomePending
+			pending = append(pending, s)
 		}
 	}
-	opID := catalog.NewID(time.Now())
-	results := f.executeAll(ctx, reachable, func(ctx context.Context, site string) result {
-		return f.execute(ctx, site, req, req.r.Method, pathFor(site), http.Header{HeaderResource: {res.ID}, HeaderOperation: {opID}})
-	})
-	for s, r := range results {
-		outcomes[s] = r.outcome()
+	wr := write{
+		op: catalog.Operation{ID: catalog.NewID(time.Now()), Resource: res.ID, Method: req.r.Method, Policy: req.svc.Policies[req.r.Method],
+			Path: opPath(withQuery(req.route.path(res.ID), req.rawPath), req.r.Header.Get("Content-Type")), Targets: res.Sites},
+		reachable: reachable, pending: pending,
 	}
-	answer, ok := f.preferred(results)
-	if !ok {
-		if answer.site == "" {
-			writeError(w, http.StatusServiceUnavailable, "unreachable", "no replica could run the request: "+sitesHeader(outcomes))
-			return
+	answer, outcomes, recorded, err := f.replicate(req, wr)
+	switch {
+	case err != nil:
+		f.log.Error("record operation", "id", res.ID, "err", err)
+		writeError(w, http.StatusInternalServerError, "catalog", fmt.Sprintf("ran (%s) but not recorded: %v", sitesHeader(outcomes), err))
+	case recorded && !answer.ok() && (answer.site == "" || answer.err != nil):
+		acceptedPending(w, res.ID, outcomes)
+	case answer.site == "":
+		writeError(w, http.StatusServiceUnavailable, "unreachable", "no replica could run the request: "+sitesHeader(outcomes))
+	default:
+		if answer.ok() {
+			answer.body = req.svc.withID(answer.body, res.ID)
 		}
 		f.reply(w, answer, res.ID, outcomes)
-		return
 	}
-	op := catalog.Operation{ID: opID, Resource: res.ID, Method: req.r.Method, Policy: req.svc.Policies[req.r.Method],
-		Path: opPath(withQuery(req.route.path(res.ID), req.rawPath), req.r.Header.Get("Content-Type")),
-		Body: req.body, Targets: res.Sites, Outcomes: outcomes}
-	if err := f.cfg.Catalog.AppendOp(ctx, op); err != nil {
-		f.log.Error("record operation", "id", res.ID, "err", err)
-	}
-	answer.body = req.svc.withID(answer.body, res.ID)
-	f.reply(w, answer, res.ID, outcomes)
 }
 
 // crossRead reads a collection on several sites and returns the union,

@@ -43,6 +43,7 @@ func init() {
 		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "service-insecure", Usage: "service `NAME` whose HTTPS certificate is not verified (self-signed test clusters; repeatable)", EnvVars: []string{"CHEOPS_SERVICE_INSECURE"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "probe-interval", Usage: "how often every site is pinged", Value: def.Node.ProbeInterval, EnvVars: []string{"CHEOPS_PROBE_INTERVAL"}}),
 		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "policy", Usage: "`SERVICE:METHOD=POLICY` consistency of a service's updates: replace, commute or ordered (repeatable; default PUT=replace, others ordered)", EnvVars: []string{"CHEOPS_POLICY"}}),
+		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "replica-wait", Usage: "how long a replicated write waits for its replicas before answering with the late ones pending (0: max(50ms, 4 × RTT); a request can set X-Cheops-Replica-Wait)", EnvVars: []string{"CHEOPS_REPLICA_WAIT"}}),
 		altsrc.NewInt64Flag(&cli.Int64Flag{Name: "max-body", Usage: "largest request body forwarded, in bytes (413 above)", Value: forward.DefaultMaxBody, EnvVars: []string{"CHEOPS_MAX_BODY"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "probe-timeout", Usage: "how long a ping may take", Value: def.Node.ProbeTimeout, EnvVars: []string{"CHEOPS_PROBE_TIMEOUT"}}),
 		altsrc.NewIntFlag(&cli.IntFlag{Name: "suspect-after", Usage: "missed probes before a site is suspect", Value: def.Node.SuspectAfter, EnvVars: []string{"CHEOPS_SUSPECT_AFTER"}}),
@@ -231,6 +232,9 @@ func agentConfig(c *cli.Context) (agent.Config, error) {
 			cfg.Policies[svc] = map[string]string{}
 		}
 		cfg.Policies[svc][method] = policy
+	}
+	if cfg.ReplicaWait = c.Duration("replica-wait"); cfg.ReplicaWait < 0 {
+		return cfg, fmt.Errorf("--replica-wait must not be negative, got %v", cfg.ReplicaWait)
 	}
 	if cfg.MaxBody = c.Int64("max-body"); cfg.MaxBody <= 0 {
 		return cfg, fmt.Errorf("--max-body must be positive, got %d", cfg.MaxBody)

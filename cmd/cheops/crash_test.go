@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"cheops/catalog"
-	"cheops/catchup"
+	"cheops/replica"
 )
 
 // jsonServer runs the real REST application used by end-to-end tests.
@@ -84,7 +84,7 @@ func TestKilledBetweenExecuteAndRecord(t *testing.T) {
 	}
 
 	// rome comes back with the failpoint: it executes the create and dies.
-	t.Setenv(catchup.FailpointEnv, "catchup-after-execute")
+	t.Setenv(replica.FailpointEnv, "catchup-after-execute")
 	crashing := startAgent(t, "rome", romeData, romeArgs...)
 	exited := make(chan error, 1)
 	go func() { exited <- crashing.cmd.Wait() }()
@@ -100,7 +100,7 @@ func TestKilledBetweenExecuteAndRecord(t *testing.T) {
 		t.Fatalf("rome's application holds %d posts after the crash, want 1", n)
 	}
 
-	os.Unsetenv(catchup.FailpointEnv)
+	os.Unsetenv(replica.FailpointEnv)
 	restarted := startAgent(t, "rome", romeData, romeArgs...)
 	waitFor(t, 60*time.Second, "rome's outcome recorded", func() error {
 		out, err := exec.Command(binary(t), "catalog", "get", gid, "--json", "--agent", restarted.api).Output()

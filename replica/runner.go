@@ -1,0 +1,269 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"cheops/catalog"
+)
+
+// RunnerConfig describes a runner.
+type RunnerConfig struct {
+	Catalog  *catalog.Catalog
+	Executor *Executor
+	// Workers bounds how many resources catch up at once (16: enough to
+	// keep an application busy behind a slow link, few enough not to
+	// swamp it; operations of one resource always run one at a time).
+	Workers int
+	// Rescan is how often owed operations are looked for even when the
+	// catalog reports no change (2 s: picks up retries and missed changes
+	// at negligible cost).
+	Rescan time.Duration
+	// MaxBackoff caps the delay between retries of a transient failure.
+	MaxBackoff time.Duration
+	// FlushEvery bounds how long an outcome waits to be recorded with
+	// others in one catalog write (10 ms).
+	FlushEvery time.Duration
+	Logger     *slog.Logger
+}
+
+// Runner executes, through the executor, the operations the catalog says
+// this site owes, and records their outcomes in batches.
+type Runner struct {
+	cfg    RunnerConfig
+	self   string
+	log    *slog.Logger
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu       sync.Mutex
+	inFlight map[string]bool      // resources being caught up
+	retryAt  map[string]time.Time // resource → not before
+	backoff  map[string]time.Duration
+	batch    *outcomeBatch
+}
+
+// outcomeBatch is a set of outcomes written together; done closes once
+// they are in the catalog.
+type outcomeBatch struct {
+	outs []catalog.Outcome
+	done chan struct{}
+	err  error
+}
+
+// StartRunner runs a runner in the background until Close.
+func StartRunner(cfg RunnerConfig) (*Runner, error) {
+	if cfg.Catalog == nil || cfg.Executor == nil {
+		return nil, errors.New("replica: runner needs a catalog and an executor")
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = 16
+	}
+	if cfg.Rescan <= 0 {
+		cfg.Rescan = 2 * time.Second
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = time.Minute
+	}
+	if cfg.FlushEvery <= 0 {
+		cfg.FlushEvery = 10 * time.Millisecond
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &Runner{cfg: cfg, self: cfg.Catalog.Self(), log: log.With("component", "catchup", "site", cfg.Catalog.Self()),
+		cancel: cancel, inFlight: map[string]bool{}, retryAt: map[string]time.Time{},
+		backoff: map[string]time.Duration{}, batch: newBatch()}
+	r.wg.Add(2)
+	go r.loop(ctx)
+	go r.flushLoop(ctx)
+	return r, nil
+}
+
+func newBatch() *outcomeBatch { return &outcomeBatch{done: make(chan struct{})} }
+
+// Close stops the runner and waits for the operations in progress.
+func (r *Runner) Close() {
+	r.cancel()
+	r.wg.Wait()
+}
+
+func (r *Runner) loop(ctx context.Context) {
+	defer r.wg.Done()
+	changes := r.cfg.Catalog.Watch(ctx)
+	tick := time.NewTicker(r.cfg.Rescan)
+	defer tick.Stop()
+	sem := make(chan struct{}, r.cfg.Workers)
+	for {
+		r.scan(ctx, sem)
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		case _, ok := <-changes:
+			if !ok {
+				return
+			}
+			// Let a burst of changes settle into one pass.
+			if !drain(ctx, changes, 5*time.Millisecond) {
+				return
+			}
+		}
+	}
+}
+
+// drain consumes changes until none came for quiet; false when the feed
+// or the runner ended.
+func drain(ctx context.Context, ch <-chan catalog.Change, quiet time.Duration) bool {
+	t := time.NewTimer(quiet)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case _, ok := <-ch:
+			if !ok {
+				return false
+			}
+			t.Reset(quiet)
+		case <-t.C:
+			return true
+		}
+	}
+}
+
+// scan starts a worker for every resource with owed operations that is
+// neither running nor waiting for a retry.
+func (r *Runner) scan(ctx context.Context, sem chan struct{}) {
+	list, err := r.cfg.Catalog.List(ctx, catalog.Filter{Site: r.self})
+	if err != nil {
+		r.log.Error("list resources", "err", err)
+		return
+	}
+	queued := 0
+	now := time.Now()
+	for _, res := range list {
+		owed := res.PerSite[r.self].Pending
+		if len(owed) == 0 {
+			continue
+		}
+		queued += len(owed)
+		r.mu.Lock()
+		busy := r.inFlight[res.ID] || now.Before(r.retryAt[res.ID])
+		if !busy {
+			r.inFlight[res.ID] = true
+		}
+		r.mu.Unlock()
+		if busy {
+			continue
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			r.release(res.ID)
+			return
+		}
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			defer func() { <-sem }()
+			r.catchUp(ctx, res)
+		}()
+	}
+	r.cfg.Executor.queued.Set(float64(queued))
+}
+
+func (r *Runner) release(id string) {
+	r.mu.Lock()
+	delete(r.inFlight, id)
+	r.mu.Unlock()
+}
+
+// catchUp runs one resource's owed operations in order, then waits until
+// their outcomes are recorded (so that the next scan does not find them
+// owed again).
+func (r *Runner) catchUp(ctx context.Context, res catalog.Resource) {
+	defer r.release(res.ID)
+	owed := map[string]bool{}
+	for _, id := range res.PerSite[r.self].Pending {
+		owed[id] = true
+	}
+	var outs []catalog.Outcome
+	failed := false
+	for i, op := range res.Operations {
+		if !owed[op.ID] || ctx.Err() != nil {
+			continue
+		}
+		j := Job{Op: op, Service: res.Service, Create: i == 0, Collection: res.Collection, Owed: true}
+		if !j.Create {
+			j.LocalID = res.PerSite[r.self].LocalID
+		}
+		out := r.cfg.Executor.Apply(ctx, j)
+		if errors.Is(out.Err, ErrNotCreated) && res.PerSite[r.self].Status == catalog.StatusFailed {
+			out = Result{Failed: "the resource's creation failed at this site"}
+		}
+		if out.Err != nil {
+			failed = true
+			r.log.Warn("owed operation will be retried", "resource", res.ID, "op", op.ID, "method", op.Method, "err", out.Err)
+			break
+		}
+		outs = append(outs, catalog.Outcome{Resource: res.ID, Op: op.ID, LocalID: out.LocalID, Applied: out.Outcome, Failed: out.Failed})
+		r.log.Debug("owed operation executed", "resource", res.ID, "op", op.ID, "outcome", out.Outcome, "failed", out.Failed)
+	}
+	r.mu.Lock()
+	if failed {
+		b := min(max(2*r.backoff[res.ID], 500*time.Millisecond), r.cfg.MaxBackoff)
+		r.backoff[res.ID], r.retryAt[res.ID] = b, time.Now().Add(b)
+	} else {
+		delete(r.backoff, res.ID)
+		delete(r.retryAt, res.ID)
+	}
+	r.mu.Unlock()
+	if len(outs) > 0 {
+		if err := r.record(ctx, outs); err != nil && ctx.Err() == nil {
+			r.log.Error("record outcomes", "resource", res.ID, "err", err)
+		}
+	}
+}
+
+// record adds outcomes to the next batch and waits until it is written.
+func (r *Runner) record(ctx context.Context, outs []catalog.Outcome) error {
+	r.mu.Lock()
+	b := r.batch
+	b.outs = append(b.outs, outs...)
+	r.mu.Unlock()
+	select {
+	case <-b.done:
+		return b.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (r *Runner) flushLoop(ctx context.Context) {
+	defer r.wg.Done()
+	t := time.NewTicker(r.cfg.FlushEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		r.mu.Lock()
+		b := r.batch
+		if len(b.outs) == 0 {
+			r.mu.Unlock()
+			continue
+		}
+		r.batch = newBatch()
+		r.mu.Unlock()
+		b.err = r.cfg.Catalog.RecordOutcomes(ctx, b.outs)
+		close(b.done)
+	}
+}
