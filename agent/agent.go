@@ -20,10 +20,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"cheops/catalog"
-	"cheops/replica"
 	"cheops/crdt"
 	"cheops/forward"
 	"cheops/node"
+	"cheops/replica"
 	"cheops/ui"
 )
 
