@@ -81,6 +81,8 @@ type Forwarder struct {
 	stopCtx context.Context
 	stop    context.CancelFunc
 	bg      sync.WaitGroup
+	// runAt runs a write on one replica (runAtSite; tests replace it).
+	runAt func(ctx context.Context, site string, req *request, wr write, wire string) result
 }
 
 // New checks the configuration and starts serving forwarded requests from

@@ -121,6 +121,10 @@ func (f *Forwarder) onResource(w http.ResponseWriter, req *request, res catalog.
 		})
 		return out
 	}()
+	if deletedEverywhere(res) {
+		writeError(w, http.StatusNotFound, "deleted", fmt.Sprintf("%s was deleted", res.ID))
+		return
+	}
 	switch req.r.Method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions:
 		if len(holders) == 0 {
@@ -319,3 +323,13 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 }
 
 func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
+
+// deletedEverywhere reports a resource every replica deleted.
+func deletedEverywhere(res catalog.Resource) bool {
+	for _, s := range res.Sites {
+		if res.PerSite[s].Status != catalog.StatusDeleted {
+			return false
+		}
+	}
+	return len(res.Sites) > 0
+}

@@ -160,16 +160,15 @@ func (f *Forwarder) fanOut(ctx context.Context, req *request, wr write) map[stri
 	self := f.cfg.Membership.Site()
 	answers := make(chan result, len(wr.reachable))
 	wire := encodeOp(wireOp{Op: wr.op, Create: wr.create, Collection: wr.collection})
+	run := f.runAt
+	if run == nil {
+		run = f.runAtSite
+	}
 	for _, s := range wr.reachable {
 		f.bg.Add(1)
 		go func() {
 			defer f.bg.Done()
-			if s == self {
-				answers <- f.applyLocal(ctx, req.svc.Name, wireOp{Op: wr.op, Create: wr.create, Collection: wr.collection}, req.r.Header)
-				return
-			}
-			extra := http.Header{HeaderOp: {wire}, HeaderResource: {wr.op.Resource}}
-			answers <- f.execute(f.stopCtx, s, req, req.r.Method, req.rawPath, extra)
+			answers <- run(ctx, s, req, wr, wire)
 		}()
 	}
 	wait := f.replicaWait(req, wr.reachable)
@@ -193,6 +192,16 @@ func (f *Forwarder) fanOut(ctx context.Context, req *request, wr write) map[stri
 		}
 	}
 	return out
+}
+
+// runAtSite runs a write on one replica: this site's executor, or
+// another site's agent with the operation in HeaderOp.
+func (f *Forwarder) runAtSite(ctx context.Context, site string, req *request, wr write, wire string) result {
+	if site == f.cfg.Membership.Site() {
+		return f.applyLocal(ctx, req.svc.Name, wireOp{Op: wr.op, Create: wr.create, Collection: wr.collection}, req.r.Header)
+	}
+	extra := http.Header{HeaderOp: {wire}, HeaderResource: {wr.op.Resource}}
+	return f.execute(f.stopCtx, site, req, req.r.Method, req.rawPath, extra)
 }
 
 // replicaWait is how long a write waits for its replicas: the request's
