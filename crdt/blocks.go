@@ -473,9 +473,11 @@ func (e exchange) getMissing(ctx context.Context, want []cid.Cid) error {
 			return nil
 		}
 		if ctx.Err() != nil {
+			g.repairSoon()
 			return ctx.Err()
 		}
 	}
+	g.repairSoon()
 	return lastErr
 }
 

@@ -134,8 +134,11 @@ func (m *Manager) openGroup(name string, sites []string, peers []peer.ID, unclea
 // every RepairInterval, and when kicked (a member connected).
 func (g *Group) repairLoop(ctx context.Context) {
 	defer close(g.repairDone)
-	t := time.NewTicker(g.m.cfg.RepairInterval)
-	defer t.Stop()
+	// A failed repair (members still unreachable) is retried after
+	// RepairRetry, doubling up to RepairInterval; a member connecting
+	// kicks it at once.
+	wait := g.m.cfg.RepairInterval
+	retry := repairRetry
 	for {
 		if g.store.IsDirty(ctx) {
 			start := time.Now()
@@ -145,19 +148,37 @@ func (g *Group) repairLoop(ctx context.Context) {
 				return
 			case err != nil:
 				g.m.metrics.repairFailures.Inc()
-				g.m.log.Warn("repair failed; retrying later", "group", g.name, "err", err)
+				g.m.log.Warn("repair failed; retrying", "group", g.name, "in", retry, "err", err)
+				wait, retry = retry, min(2*retry, g.m.cfg.RepairInterval)
 			default:
 				g.m.metrics.repairs.Inc()
 				g.m.log.Info("repaired group", "group", g.name, "took", time.Since(start))
+				wait, retry = g.m.cfg.RepairInterval, repairRetry
 			}
 		}
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return
 		case <-g.kick:
+			t.Stop()
 		case <-t.C:
 		}
 	}
+}
+
+// repairRetry is how soon a group whose blocks could not all be fetched
+// checks for repair: a fetch cut by a partition (or failing because the
+// member had not reconnected yet) marks the replica dirty, and nothing
+// else would look at it before RepairInterval (seen: 30 s with catalogs
+// disagreeing after a cut in the middle of concurrent writes).
+const repairRetry = 500 * time.Millisecond
+
+// repairSoon asks for a dirty check shortly: go-ds-crdt marks the replica
+// dirty after the failed fetch that calls this returns.
+func (g *Group) repairSoon() {
+	time.AfterFunc(repairRetry, g.kickRepair)
 }
 
 // kickRepair asks the repair loop to check the dirty mark now.
