@@ -99,83 +99,109 @@ func (r *Runner) loop(ctx context.Context) {
 	tick := time.NewTicker(r.cfg.Rescan)
 	defer tick.Stop()
 	sem := make(chan struct{}, r.cfg.Workers)
+	r.scanAll(ctx, sem)
 	for {
-		r.scan(ctx, sem)
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
-		case _, ok := <-changes:
+			r.scanAll(ctx, sem)
+		case ch, ok := <-changes:
 			if !ok {
 				return
 			}
-			// Let a burst of changes settle into one pass.
-			if !drain(ctx, changes, 5*time.Millisecond) {
+			// Let a burst of changes settle into one pass over the
+			// resources they touched (all of them after a resync).
+			ids, all, ok := drain(ctx, changes, ch, 5*time.Millisecond)
+			if !ok {
 				return
+			}
+			if all {
+				r.scanAll(ctx, sem)
+				continue
+			}
+			for id := range ids {
+				if res, err := r.cfg.Catalog.Get(ctx, id); err == nil {
+					r.dispatch(ctx, sem, res)
+				}
 			}
 		}
 	}
 }
 
-// drain consumes changes until none came for quiet; false when the feed
-// or the runner ended.
-func drain(ctx context.Context, ch <-chan catalog.Change, quiet time.Duration) bool {
+// drain collects the resources that changed until none changed for
+// quiet; all reports a resync (changes were dropped: look at everything).
+// ok is false when the feed or the runner ended.
+func drain(ctx context.Context, ch <-chan catalog.Change, first catalog.Change, quiet time.Duration) (ids map[string]bool, all, ok bool) {
+	ids = map[string]bool{}
+	add := func(c catalog.Change) {
+		if c.Kind == catalog.KindResync {
+			all = true
+		} else if c.ID != "" {
+			ids[c.ID] = true
+		}
+	}
+	add(first)
 	t := time.NewTimer(quiet)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return false
-		case _, ok := <-ch:
-			if !ok {
-				return false
+			return nil, false, false
+		case c, open := <-ch:
+			if !open {
+				return nil, false, false
 			}
+			add(c)
 			t.Reset(quiet)
 		case <-t.C:
-			return true
+			return ids, all, true
 		}
 	}
 }
 
-// scan starts a worker for every resource with owed operations that is
-// neither running nor waiting for a retry.
-func (r *Runner) scan(ctx context.Context, sem chan struct{}) {
+// scanAll looks at every resource this site holds for owed operations.
+func (r *Runner) scanAll(ctx context.Context, sem chan struct{}) {
 	list, err := r.cfg.Catalog.List(ctx, catalog.Filter{Site: r.self})
 	if err != nil {
 		r.log.Error("list resources", "err", err)
 		return
 	}
 	queued := 0
-	now := time.Now()
 	for _, res := range list {
-		owed := res.PerSite[r.self].Pending
-		if len(owed) == 0 {
-			continue
-		}
-		queued += len(owed)
-		r.mu.Lock()
-		busy := r.inFlight[res.ID] || now.Before(r.retryAt[res.ID])
-		if !busy {
-			r.inFlight[res.ID] = true
-		}
-		r.mu.Unlock()
-		if busy {
-			continue
-		}
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			r.release(res.ID)
-			return
-		}
-		r.wg.Add(1)
-		go func() {
-			defer r.wg.Done()
-			defer func() { <-sem }()
-			r.catchUp(ctx, res)
-		}()
+		queued += len(res.PerSite[r.self].Pending)
+		r.dispatch(ctx, sem, res)
 	}
 	r.cfg.Executor.queued.Set(float64(queued))
+}
+
+// dispatch starts a worker for a resource with owed operations, unless
+// one runs for it or it waits for a retry.
+func (r *Runner) dispatch(ctx context.Context, sem chan struct{}, res catalog.Resource) {
+	if len(res.PerSite[r.self].Pending) == 0 {
+		return
+	}
+	r.mu.Lock()
+	busy := r.inFlight[res.ID] || time.Now().Before(r.retryAt[res.ID])
+	if !busy {
+		r.inFlight[res.ID] = true
+	}
+	r.mu.Unlock()
+	if busy {
+		return
+	}
+	select {
+	case sem <- struct{}{}:
+	case <-ctx.Done():
+		r.release(res.ID)
+		return
+	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		defer func() { <-sem }()
+		r.catchUp(ctx, res)
+	}()
 }
 
 func (r *Runner) release(id string) {
