@@ -91,7 +91,13 @@ type AvailabilityResult struct {
 	// isolated site; Met says whether it did.
 	Target float64 `json:"target_share"`
 	Met    bool    `json:"target_met"`
-	Note   string  `json:"note,omitempty"`
+	// PromptTarget is the share of the isolated site's writes during the
+	// cut that cheops must answer within a second (replicas that do not
+	// answer by the replica deadline are pending, never waited for);
+	// PromptMet says whether it did.
+	PromptTarget float64 `json:"target_within_1s_share"`
+	PromptMet    bool    `json:"target_within_1s_met"`
+	Note         string  `json:"note,omitempty"`
 }
 
 // availabilityProfile sizes a run.
@@ -213,6 +219,8 @@ func runAvailability(ctx context.Context, env Env, p availabilityProfile) (*Avai
 	res.Cheops = tally("cheops", outcomes[0], healAt)
 	res.Etcd = tally("etcd "+ec.version, outcomes[1], healAt)
 	res.Met = res.Cheops.During.Issued > 0 && res.Cheops.During.Accepted == res.Cheops.During.Issued
+	res.PromptTarget = 0.99
+	res.PromptMet = res.Cheops.During.Issued > 0 && float64(res.Cheops.WithinSecond) >= res.PromptTarget*float64(res.Cheops.During.Issued)
 	if !res.Met {
 		res.Note = fmt.Sprintf("cheops accepted %d of %d writes on the isolated site during the cut (%.1f%% short of the target)",
 			res.Cheops.During.Accepted, res.Cheops.During.Issued, 100*(1-res.Cheops.During.Share))
@@ -550,6 +558,16 @@ func (r *AvailabilityResult) Table(w io.Writer) {
 	}
 	fmt.Fprintf(w, "local writes accepted on the isolated site during the cut: cheops %.1f%% (target %.0f%%): %s; etcd %.1f%% beside it\n",
 		100*r.Cheops.During.Share, 100*r.Target, verdict, 100*r.Etcd.During.Share)
+	prompt := "met"
+	if !r.PromptMet {
+		prompt = "MISSED"
+	}
+	within := 0.0
+	if r.Cheops.During.Issued > 0 {
+		within = 100 * float64(r.Cheops.WithinSecond) / float64(r.Cheops.During.Issued)
+	}
+	fmt.Fprintf(w, "isolated site's writes answered within 1 s during the cut: cheops %.1f%% (target %.0f%%): %s; p99 %.1f ms (etcd answered %d)\n",
+		within, 100*r.PromptTarget, prompt, r.Cheops.LatencyDuring.P99, r.Etcd.WithinSecond)
 	fmt.Fprintf(w, "cheops writes accepted during the cut with the far site recorded pending: %d\n", r.Cheops.FarPending)
 	for _, s := range []SystemAvailability{r.Cheops, r.Etcd} {
 		keys := make([]string, 0, len(s.Errors))
