@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -49,6 +50,25 @@ func TestSiteDownCatchesUpOnceInOrder(t *testing.T) {
 	posts := c.sites["rome"].app.items(t, "posts")
 	if len(posts) != 1 || posts[0]["title"] != "v3" {
 		t.Fatalf("rome's application holds %v, want one post at v3", posts)
+	}
+	// Every operation shows rome's current outcome, not the origin's
+	// "pending".
+	eventually(t, 10*time.Second, "rome's outcomes in paris' catalog", func() error {
+		var res catalog.Resource
+		c.do("paris", "GET", "/v1/resources/"+gid, "", nil).json(t, &res)
+		for _, op := range res.Operations {
+			if o := op.Outcomes["rome"]; !catalog.Succeeded(o) {
+				return fmt.Errorf("operation %s %s shows rome %q", op.ID, op.Method, o)
+			}
+		}
+		return nil
+	})
+	// The executor's state is in /metrics.
+	metrics := string(c.do("rome", "GET", "/metrics", "", nil).body)
+	for _, want := range []string{`cheops_replica_operations_total{outcome="applied"} 3`, "cheops_replica_queued", "cheops_replica_running", "cheops_replica_replayed_total"} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("rome's /metrics lacks %q", want)
+		}
 	}
 	// Reads by global id now work at rome too.
 	eventually(t, 10*time.Second, "rome reads by global id", func() error {

@@ -103,12 +103,20 @@ type cluster struct {
 	ids   []peer.ID
 	sites map[string]*site
 	boot  []string
+	// extra services every agent serves beside posts and comments.
+	extra map[string]string
 }
 
 // newCluster starts one agent and one json-server per named site, all
 // trusting each other, and waits until they see each other up.
 func newCluster(t testing.TB, names ...string) *cluster {
-	c := &cluster{t: t, sites: map[string]*site{}}
+	return newClusterWith(t, nil, names...)
+}
+
+// newClusterWith is newCluster with extra services (NAME → URL) on every
+// agent.
+func newClusterWith(t testing.TB, extra map[string]string, names ...string) *cluster {
+	c := &cluster{t: t, sites: map[string]*site{}, extra: extra}
 	for _, n := range names {
 		dir := filepath.Join(t.TempDir(), n)
 		if _, id, err := node.LoadIdentity(dir); err != nil {
@@ -142,6 +150,9 @@ func (c *cluster) start(name string) {
 	cfg.Node.ProbeInterval, cfg.Node.ProbeTimeout = 100*time.Millisecond, 500*time.Millisecond
 	cfg.Node.AnnounceInterval, cfg.Node.MaxRedialBackoff = 200*time.Millisecond, 300*time.Millisecond
 	cfg.Services = map[string]string{"posts": s.app.url, "comments": s.app.url}
+	for name, url := range c.extra {
+		cfg.Services[name] = url
+	}
 	cfg.MaxBody = 64 << 10
 	cfg.Logger = logger
 	a, err := agent.Start(context.Background(), cfg)
