@@ -645,3 +645,15 @@ func (r *AvailabilityResult) Plot(dir, prefix string) ([]string, error) {
 	}
 	return []string{path}, nil
 }
+
+// Missed lists the targets this run missed (for --strict).
+func (r *AvailabilityResult) Missed() []string {
+	var out []string
+	if !r.Met {
+		out = append(out, "local writes accepted during the cut")
+	}
+	if !r.PromptMet {
+		out = append(out, "writes answered within 1 s during the cut")
+	}
+	return out
+}

@@ -25,6 +25,15 @@ var scenarios = map[string]scenario{
 		return bench.RunAvailability(c.Context, env)
 	},
 	"convergence": func(c *cli.Context, env bench.Env) (bench.Report, error) {
+		if n := c.Int("repeat"); n > 0 {
+			sites := env.Sites
+			if sites == 0 {
+				sites = 5
+			}
+			return bench.RunSoak(c.Context, env, bench.SoakOptions{Sites: sites, Repeat: n,
+				RTTs:   []time.Duration{0, 20 * time.Millisecond, 80 * time.Millisecond},
+				Writes: c.Int("writes"), Resources: 50, Deadline: 2 * time.Minute, Seed: 1})
+		}
 		return bench.RunConvergence(c.Context, env, bench.ConvergenceProfile(env))
 	},
 	"forwarding": func(c *cli.Context, env bench.Env) (bench.Report, error) {
@@ -71,6 +80,9 @@ func init() {
 			&cli.BoolFlag{Name: "full", Usage: "the long profile", EnvVars: []string{"CHEOPS_BENCH_FULL"}},
 			&cli.StringSliceFlag{Name: "agents", Usage: "`URL`s of the APIs of a running deployment to measure instead of local sites", EnvVars: []string{"CHEOPS_BENCH_AGENTS"}},
 			&cli.IntFlag{Name: "resources", Usage: "selectivity: resources written", Value: 200, EnvVars: []string{"CHEOPS_BENCH_RESOURCES"}},
+			&cli.IntFlag{Name: "repeat", Usage: "convergence: soak mode — `N` repetitions on one cluster with random cut shapes (halves, one site alone, flapping), RTT 0, 20, 80 ms in turn", EnvVars: []string{"CHEOPS_BENCH_REPEAT"}},
+			&cli.IntFlag{Name: "writes", Usage: "convergence --repeat: writes per repetition", Value: 400, EnvVars: []string{"CHEOPS_BENCH_WRITES"}},
+			&cli.BoolFlag{Name: "strict", Usage: "exit 1 when a target is missed", EnvVars: []string{"CHEOPS_BENCH_STRICT"}},
 			&cli.IntFlag{Name: "scope-size", Usage: "selectivity: sites per resource scope", Value: 2, EnvVars: []string{"CHEOPS_BENCH_SCOPE_SIZE"}},
 		},
 		Action: runBench,
@@ -88,6 +100,9 @@ func runBench(c *cli.Context) error {
 	}
 	if c.Int("sites") < 0 {
 		return usageError("--sites must not be negative")
+	}
+	if c.Int("repeat") < 0 || c.Int("writes") < 2 {
+		return usageError("--repeat must not be negative and --writes must be at least 2")
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -139,9 +154,14 @@ func runBench(c *cli.Context) error {
 	}
 	if c.Bool("json") {
 		fmt.Fprintln(c.App.Writer, string(data))
-		return nil
+	} else {
+		report.Table(c.App.Writer)
 	}
-	report.Table(c.App.Writer)
+	if m, ok := report.(interface{ Missed() []string }); ok && c.Bool("strict") {
+		if missed := m.Missed(); len(missed) > 0 {
+			return failure("bench %s: missed: %s", name, strings.Join(missed, "; "))
+		}
+	}
 	return nil
 }
 

@@ -1,0 +1,231 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"path/filepath"
+	"sync"
+	"text/tabwriter"
+	"time"
+)
+
+// SoakOptions sizes the soak mode of the convergence scenario
+// (`cheops bench convergence --repeat N`).
+type SoakOptions struct {
+	Sites  int
+	Repeat int
+	// RTTs are cycled through, one per repetition.
+	RTTs []time.Duration
+	// Writes per repetition, spread over both sides of the cut.
+	Writes    int
+	Resources int
+	// Deadline bounds each wait (catalogs, applications); a repetition
+	// that has not converged by then counts as not converged.
+	Deadline time.Duration
+	Seed     uint64
+}
+
+// SoakRun is one repetition of the soak: a cut of some shape, writes,
+// the heal, and how long convergence took (or why it did not come).
+type SoakRun struct {
+	Shape       string        `json:"shape"`
+	RTT         time.Duration `json:"rtt_ns"`
+	Owed        int           `json:"owed"`
+	Reconnected time.Duration `json:"reconnected_ns"`
+	Catalog     time.Duration `json:"catalog_ns"`
+	Applied     time.Duration `json:"applied_ns"`
+	Converged   bool          `json:"converged"`
+	Failure     string        `json:"failure,omitempty"`
+}
+
+// SoakResult is the report of the soak mode.
+type SoakResult struct {
+	Options      SoakOptions `json:"options"`
+	Runs         []SoakRun   `json:"runs"`
+	NotConverged int         `json:"not_converged"`
+	Setup        string      `json:"setup"`
+}
+
+// soakShapes are the cuts a repetition picks from: two random halves;
+// one random site alone; flapping (halves cut, healed for 300 ms, cut
+// again, each time with writes, before the final heal). A one-way cut is
+// not among them: the emulated WAN stalls both directions of a link.
+var soakShapes = []string{"halves", "alone", "flapping"}
+
+// RunSoak repeats cut, write, heal on one cluster of agent processes with
+// random cut shapes and the RTTs in turn; every repetition must converge.
+func RunSoak(ctx context.Context, env Env, opt SoakOptions) (*SoakResult, error) {
+	if len(env.Agents) > 0 {
+		return nil, errors.New("the soak cuts the network between sites, which only a local cluster allows; run it without --agents")
+	}
+	res := &SoakResult{Options: opt, Setup: "agent processes on loopback, json-server behind each, links through user-space relays adding the RTT; default probe settings"}
+	var names []string
+	for i := range opt.Sites {
+		names = append(names, fmt.Sprintf("s%02d", i))
+	}
+	c, err := StartCluster(ctx, ClusterOptions{Binary: env.Binary, Sites: names, Dir: filepath.Join(env.Dir, "soak"), RTT: opt.RTTs[0], Log: env.Log})
+	if err != nil {
+		return res, err
+	}
+	defer c.Close()
+	rng := rand.New(rand.NewPCG(opt.Seed, uint64(opt.Sites)))
+	w := &workload{c: c, rng: rng, log: env.Log}
+	if _, _, err := w.writeCounted(ctx, opt.Resources, 1.0, names); err != nil {
+		return res, err
+	}
+	if _, err := w.waitConverged(ctx, 2*time.Minute, true); err != nil {
+		return res, fmt.Errorf("before the first cut: %w", err)
+	}
+	for rep := range opt.Repeat {
+		if ctx.Err() != nil {
+			return res, ctx.Err()
+		}
+		run := SoakRun{Shape: soakShapes[rng.IntN(len(soakShapes))], RTT: opt.RTTs[rep%len(opt.RTTs)]}
+		c.Net.SetRTT(run.RTT)
+		err := w.soakRun(ctx, &run, names, opt)
+		if err != nil {
+			run.Failure = err.Error()
+			res.NotConverged++
+			env.Log.Warn("soak: repetition did not converge", "rep", rep+1, "shape", run.Shape, "rtt", run.RTT, "err", err)
+			// Give the cluster a chance to settle before the next cut,
+			// so that one failure is not counted twice.
+			_, _ = w.waitConverged(ctx, opt.Deadline, true)
+		} else {
+			run.Converged = true
+		}
+		env.Log.Info("soak run", "rep", rep+1, "shape", run.Shape, "rtt", run.RTT, "owed", run.Owed,
+			"reconnected", run.Reconnected, "catalog", run.Catalog, "applied", run.Applied, "converged", run.Converged)
+		res.Runs = append(res.Runs, run)
+	}
+	return res, nil
+}
+
+// soakRun cuts the sites along the run's shape, writes on every side,
+// heals and times the convergence.
+func (w *workload) soakRun(ctx context.Context, run *SoakRun, names []string, opt SoakOptions) error {
+	perm := w.rng.Perm(len(names))
+	split := len(names) / 2
+	if run.Shape == "alone" {
+		split = 1
+	}
+	var side1, side2 []string
+	for i, p := range perm {
+		if i < split {
+			side1 = append(side1, names[p])
+		} else {
+			side2 = append(side2, names[p])
+		}
+	}
+	writeBoth := func(n int) error {
+		var wg sync.WaitGroup
+		var errs [2]error
+		for i, side := range [][]string{side1, side2} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, _, errs[i] = w.writeCounted(ctx, n, 0.5, side)
+			}()
+		}
+		wg.Wait()
+		return errors.Join(errs[0], errs[1])
+	}
+	w.c.Net.Cut(side1, side2)
+	if err := w.c.WaitStates(ctx, time.Minute, side1, side2, "down"); err != nil {
+		return err
+	}
+	if err := w.c.WaitStates(ctx, time.Minute, side2, side1, "down"); err != nil {
+		return err
+	}
+	if run.Shape == "flapping" {
+		if err := writeBoth(opt.Writes / 4); err != nil {
+			return err
+		}
+		w.c.Net.Heal()
+		time.Sleep(300 * time.Millisecond) // the flap: up for a moment
+		w.c.Net.Cut(side1, side2)
+		// Writes go on at once, while the sides may still see each
+		// other up: replicas that do not answer are left pending.
+		if err := writeBoth(opt.Writes / 4); err != nil {
+			return err
+		}
+	} else if err := writeBoth(opt.Writes / 2); err != nil {
+		return err
+	}
+	owed, err := w.owed(ctx)
+	if err != nil {
+		return err
+	}
+	run.Owed = owed
+	healed := time.Now()
+	w.c.Net.Heal()
+	reconnected := make(chan time.Duration, 1)
+	go func() {
+		defer close(reconnected)
+		if w.c.WaitStates(ctx, opt.Deadline, names, names, "up") == nil {
+			reconnected <- time.Since(healed)
+		}
+	}()
+	catalogAt, err := w.waitConverged(ctx, opt.Deadline, false)
+	if err != nil {
+		return fmt.Errorf("catalogs: %w", err)
+	}
+	run.Catalog = catalogAt.Sub(healed)
+	appliedAt, err := w.waitConverged(ctx, opt.Deadline, true)
+	if err != nil {
+		return fmt.Errorf("applications: %w", err)
+	}
+	run.Applied = appliedAt.Sub(healed)
+	run.Reconnected = <-reconnected
+	return w.checkApplications(ctx)
+}
+
+// Table prints every repetition and the percentiles, beside the target:
+// every repetition converges.
+func (r *SoakResult) Table(out io.Writer) {
+	fmt.Fprintf(out, "convergence soak: %d repetitions, %d sites, random cut shapes (%v), RTT in turn %v, %d writes each (%s)\n\n",
+		len(r.Runs), r.Options.Sites, soakShapes, r.Options.RTTs, r.Options.Writes, r.Setup)
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "rep\tshape\tRTT ms\towed\treconnected ms\tcatalog ms\tapplied ms\tconverged\t")
+	var rec, cat, app []time.Duration
+	for i, run := range r.Runs {
+		fmt.Fprintf(tw, "%d\t%s\t%.0f\t%d\t%.0f\t%.0f\t%.0f\t%v\t\n", i+1, run.Shape, ms(run.RTT), run.Owed, ms(run.Reconnected), ms(run.Catalog), ms(run.Applied), run.Converged)
+		if run.Converged {
+			rec, cat, app = append(rec, run.Reconnected), append(cat, run.Catalog), append(app, run.Applied)
+		}
+	}
+	tw.Flush()
+	fmt.Fprintln(out)
+	tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "after the heal\tp50 ms\tp99 ms\tmax ms\t")
+	for _, row := range []struct {
+		name string
+		ds   []time.Duration
+	}{{"reconnected", rec}, {"catalogs agree", cat}, {"applications agree", app}} {
+		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.0f\t\n", row.name, ms(percentile(row.ds, 50)), ms(percentile(row.ds, 99)), ms(percentile(row.ds, 100)))
+	}
+	tw.Flush()
+	verdict := "met"
+	if r.NotConverged > 0 {
+		verdict = "MISSED"
+	}
+	fmt.Fprintf(out, "\nrepetitions that did not converge: %d of %d (target 0): %s\n", r.NotConverged, len(r.Runs), verdict)
+	for i, run := range r.Runs {
+		if !run.Converged {
+			fmt.Fprintf(out, "  rep %d (%s, %.0f ms): %s\n", i+1, run.Shape, ms(run.RTT), run.Failure)
+		}
+	}
+}
+
+// Plot: the soak's figures are its table.
+func (r *SoakResult) Plot(string, string) ([]string, error) { return nil, nil }
+
+// Missed lists the targets this run missed (for --strict).
+func (r *SoakResult) Missed() []string {
+	if r.NotConverged > 0 {
+		return []string{fmt.Sprintf("%d of %d repetitions did not converge", r.NotConverged, len(r.Runs))}
+	}
+	return nil
+}
