@@ -185,6 +185,7 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 	connected := make(chan peer.ID, 64)
 	h.Network().Notify(&network.NotifyBundle{
 		ConnectedF: func(_ network.Network, c network.Conn) {
+			n.connectedFrom(c.RemotePeer())
 			select {
 			case connected <- c.RemotePeer():
 			default: // an announcement is already due

@@ -102,18 +102,36 @@ func (n *Node) notifyLocked(ev SiteEvent) {
 	}
 }
 
-// probeLoop starts a probe of every known peer each ProbeInterval. A peer
+// probeLoop starts a probe of every known peer each ProbeInterval, and
+// between rounds redials every site that is down as soon as its redial
+// delay (RedialInterval, doubling to MaxRedialBackoff) has passed. A peer
 // whose previous probe is still running (a timeout longer than the
-// interval) is skipped that round, so a dead site never delays the probes
-// of the live ones and never counts two misses for one silence.
+// interval) is skipped, so a dead site never delays the probes of the
+// live ones and never counts two misses for one silence.
 func (n *Node) probeLoop(ctx context.Context) {
 	defer n.wg.Done()
-	tick := time.NewTicker(n.cfg.ProbeInterval)
+	redial := n.cfg.RedialInterval
+	if redial <= 0 {
+		redial = n.cfg.ProbeInterval
+	}
+	tick := time.NewTicker(min(n.cfg.ProbeInterval, redial))
 	defer tick.Stop()
+	var lastRound time.Time
+	round := true
 	for {
+		now := time.Now()
+		if now.Sub(lastRound) >= n.cfg.ProbeInterval {
+			round = true
+		}
+		if round {
+			lastRound = now
+		}
 		n.mu.Lock()
 		for p, ps := range n.byPeer {
 			if ps.inflight {
+				continue
+			}
+			if !round && (ps.state() != scope.Down || now.Before(ps.nextDial)) {
 				continue
 			}
 			ps.inflight = true
@@ -121,12 +139,31 @@ func (n *Node) probeLoop(ctx context.Context) {
 			go n.probe(ctx, p)
 		}
 		n.mu.Unlock()
+		round = false
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 		case <-n.probeNow:
+			round = true
 		}
+	}
+}
+
+// connectedFrom is called when a connection with p opens: a site this
+// node holds down or suspect is probed at once (its traffic says the
+// network healed), not at the next round.
+func (n *Node) connectedFrom(p peer.ID) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	ps, ok := n.byPeer[p]
+	if !ok || ps.state() == scope.Up || ps.state() == scope.Unknown {
+		return
+	}
+	ps.backoff, ps.nextDial = 0, time.Time{}
+	select {
+	case n.probeNow <- struct{}{}:
+	default:
 	}
 }
 
@@ -208,12 +245,16 @@ func (n *Node) ping(ctx context.Context, p peer.ID) (time.Duration, bool) {
 }
 
 // redialLater doubles the delay before the next connection attempt, from
-// ProbeInterval up to MaxRedialBackoff.
+// RedialInterval up to MaxRedialBackoff.
 func (n *Node) redialLater(p peer.ID) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	ps := n.peerLocked(p)
-	ps.backoff = min(max(2*ps.backoff, n.cfg.ProbeInterval), n.cfg.MaxRedialBackoff)
+	first := n.cfg.RedialInterval
+	if first <= 0 {
+		first = n.cfg.ProbeInterval
+	}
+	ps.backoff = min(max(2*ps.backoff, first), n.cfg.MaxRedialBackoff)
 	ps.nextDial = time.Now().Add(ps.backoff)
 }
 
