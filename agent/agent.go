@@ -364,6 +364,7 @@ func (a *Agent) routes() {
 	a.mux.Handle("GET /v1/resources", catalogAPI)
 	a.mux.Handle("GET /v1/resources/{id}", catalogAPI)
 	a.mux.Handle("GET /v1/watch", catalogAPI)
+	a.mux.HandleFunc("GET /v1/catalog/status", a.catalogStatus)
 	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})

@@ -99,3 +99,11 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 	enc.SetIndent("", "  ")
 	_ = enc.Encode(v)
 }
+
+// catalogStatus serves GET /v1/catalog/status: per replication group its
+// members, heads, height, fetches in progress, and the last heads
+// comparison with each member.
+func (a *Agent) catalogStatus(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(a.crdt.Status(r.Context()))
+}

@@ -70,6 +70,12 @@ type Config struct {
 	// its DAG repair. A connecting member triggers a retry at once too.
 	// 30 s: a repair walks the whole DAG, so not in a tight loop.
 	RepairInterval time.Duration
+	// DigestInterval is how often this site compares, with each connected
+	// member, the heads of every group they share (one stream per peer,
+	// whatever the number of groups); groups that differ have their heads
+	// pushed both ways. 5 s bounds how long a lost heads message can leave
+	// a group diverged, for a few hundred bytes per peer per round.
+	DigestInterval time.Duration
 
 	// Registerer receives the package's metrics; nil keeps them private.
 	Registerer prometheus.Registerer
@@ -89,6 +95,7 @@ func DefaultConfig() Config {
 		FetchTimeout:        20 * time.Second,
 		Workers:             4,
 		RepairInterval:      30 * time.Second,
+		DigestInterval:      5 * time.Second,
 	}
 }
 
@@ -119,8 +126,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: the site name is required", ErrBadConfig)
 	case c.Resolve == nil:
 		return fmt.Errorf("%w: a site resolver is required", ErrBadConfig)
-	case c.RebroadcastInterval <= 0 || c.FetchTimeout <= 0 || c.RepairInterval <= 0:
-		return fmt.Errorf("%w: rebroadcast interval, fetch timeout and repair interval must be positive", ErrBadConfig)
+	case c.RebroadcastInterval <= 0 || c.FetchTimeout <= 0 || c.RepairInterval <= 0 || c.DigestInterval <= 0:
+		return fmt.Errorf("%w: rebroadcast interval, fetch timeout, repair and digest intervals must be positive", ErrBadConfig)
 	case c.MaxPushBlocks < 1 || c.MaxPushBytes < maxBlock || c.Workers < 1:
 		return fmt.Errorf("%w: max push blocks and workers must be at least 1, max push bytes at least %d", ErrBadConfig, maxBlock)
 	case c.MaxInlineBytes < 0:

@@ -45,6 +45,9 @@ type Manager struct {
 	// notifiee triggers catch-up when a peer connects.
 	notifiee *network.NotifyBundle
 
+	// exchanges holds the last anti-entropy result per group and member.
+	exchanges exchanges
+
 	mu     sync.Mutex
 	groups map[string]*Group
 	peers  map[peer.ID]string // member peer → site, for every joined group
@@ -108,6 +111,7 @@ func NewManager(ctx context.Context, cfg Config) (*Manager, error) {
 	}
 	cfg.Host.SetStreamHandler(BlockProtocol, m.serveBlocks)
 	cfg.Host.SetStreamHandler(HeadsProtocol, m.serveHeads)
+	cfg.Host.SetStreamHandler(DigestProtocol, m.serveDigests)
 	connected := make(chan peer.ID, 256)
 	m.notifiee = &network.NotifyBundle{ConnectedF: func(_ network.Network, c network.Conn) {
 		select {
@@ -116,9 +120,10 @@ func NewManager(ctx context.Context, cfg Config) (*Manager, error) {
 		}
 	}}
 	cfg.Host.Network().Notify(m.notifiee)
-	m.wg.Add(2)
+	m.wg.Add(3)
 	go m.deliverChanges()
 	go m.catchUpLoop(connected)
+	go m.antiEntropyLoop()
 	return m, nil
 }
 
@@ -514,6 +519,7 @@ func (m *Manager) Close() error {
 	m.cfg.Host.Network().StopNotify(m.notifiee)
 	m.cfg.Host.RemoveStreamHandler(BlockProtocol)
 	m.cfg.Host.RemoveStreamHandler(HeadsProtocol)
+	m.cfg.Host.RemoveStreamHandler(DigestProtocol)
 	m.cancel()
 	m.wg.Wait()
 	err := m.closeGroups()

@@ -17,6 +17,7 @@ type metrics struct {
 	repairFailures         prometheus.Counter
 	fetches                prometheus.Counter
 	fetching               prometheus.Gauge
+	digestMismatches       prometheus.Counter
 	blocksFetched          prometheus.Counter
 	duplicateBlocks        prometheus.Counter
 	blocksSent             prometheus.Counter
@@ -39,11 +40,13 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cheops_crdt_" + name, Help: help}, []string{"site"})
 	}
 	x := &metrics{
-		refused:              counter("refused_total", "Block requests, heads pushes and messages refused because the peer is not a member of the group."),
-		malformed:            counter("malformed_total", "Malformed requests and messages, and blocks whose hash did not match their CID."),
-		repairs:              counter("repairs_total", "DAG repairs completed (after an unclean stop or a failed walk)."),
-		repairFailures:       counter("repair_failures_total", "DAG repairs that failed and will be retried."),
-		fetches:              counter("fetches_total", "Block requests sent to members."),
+		refused:        counter("refused_total", "Block requests, heads pushes and messages refused because the peer is not a member of the group."),
+		malformed:      counter("malformed_total", "Malformed requests and messages, and blocks whose hash did not match their CID."),
+		repairs:        counter("repairs_total", "DAG repairs completed (after an unclean stop or a failed walk)."),
+		repairFailures: counter("repair_failures_total", "DAG repairs that failed and will be retried."),
+		fetches:        counter("fetches_total", "Block requests sent to members."),
+		digestMismatches: prometheus.NewCounter(prometheus.CounterOpts{Name: "cheops_crdt_digest_mismatches_total",
+			Help: "Anti-entropy rounds in which a shared group's heads differed (heads then pushed both ways)."}),
 		fetching:             prometheus.NewGauge(prometheus.GaugeOpts{Name: "cheops_crdt_pending_fetches", Help: "Block fetches in progress (blocks the replicas wait for)."}),
 		blocksFetched:        counter("blocks_fetched_total", "New blocks received over the block protocol."),
 		duplicateBlocks:      counter("duplicate_blocks_total", "Blocks received over the block protocol that this site already held."),
@@ -60,7 +63,7 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 		lastSync: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "cheops_crdt_last_sync_timestamp_seconds",
 			Help: "When this site last received heads or blocks of a group from a site."}, []string{"group", "site"}),
 	}
-	reg.MustRegister(x.refused, x.malformed, x.repairs, x.repairFailures, x.fetches, x.fetching,
+	reg.MustRegister(x.digestMismatches, x.refused, x.malformed, x.repairs, x.repairFailures, x.fetches, x.fetching,
 		x.blocksFetched, x.duplicateBlocks, x.blocksSent, x.headsPushed, x.broadcasts,
 		x.broadcastBytesSent, x.inlineBlocksSent, x.inlineBlocksReceived, x.broadcastBytesReceived,
 		x.blockBytesSent, x.blockBytesReceived, x.lastSync, groupCollector{m})
@@ -76,6 +79,7 @@ var (
 	descHeight = prometheus.NewDesc("cheops_crdt_group_height", "Highest DAG height of the group.", []string{"group"}, nil)
 	descQueued = prometheus.NewDesc("cheops_crdt_group_queued_jobs", "DAG blocks queued for processing in the group.", []string{"group"}, nil)
 	descDirty  = prometheus.NewDesc("cheops_crdt_group_dirty", "1 while the group's replica waits for a repair.", []string{"group"}, nil)
+	descMatch  = prometheus.NewDesc("cheops_crdt_group_digest_match", "1 when the group's heads equalled the member's at the last anti-entropy exchange, 0 when they differed.", []string{"group", "site"}, nil)
 )
 
 func (c groupCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -84,6 +88,7 @@ func (c groupCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descHeight
 	ch <- descQueued
 	ch <- descDirty
+	ch <- descMatch
 }
 
 func (c groupCollector) Collect(ch chan<- prometheus.Metric) {
@@ -101,5 +106,14 @@ func (c groupCollector) Collect(ch chan<- prometheus.Metric) {
 			dirty = 1
 		}
 		ch <- prometheus.MustNewConstMetric(descDirty, prometheus.GaugeValue, dirty, g.name)
+		for _, p := range g.peers {
+			if e, ok := c.m.exchanges.get(g.name, p); ok {
+				match := 0.0
+				if e.Match {
+					match = 1
+				}
+				ch <- prometheus.MustNewConstMetric(descMatch, prometheus.GaugeValue, match, g.name, c.m.siteOf(p))
+			}
+		}
 	}
 }

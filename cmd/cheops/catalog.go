@@ -11,6 +11,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"cheops/catalog"
+	"cheops/crdt"
 )
 
 func init() {
@@ -33,6 +34,12 @@ func init() {
 				ArgsUsage: "ID",
 				Flags:     []cli.Flag{agentFlag(), jsonFlag},
 				Action:    catalogGet,
+			},
+			{
+				Name:   "status",
+				Usage:  "show how each replication group converges: members, heads, height, fetches, and whether each member's heads matched at the last exchange",
+				Flags:  []cli.Flag{agentFlag(), jsonFlag},
+				Action: catalogStatus,
 			},
 			{
 				Name:   "watch",
@@ -205,4 +212,40 @@ func humanChange(data string) string {
 	default:
 		return data
 	}
+}
+
+func catalogStatus(c *cli.Context) error {
+	if err := noArgs(c); err != nil {
+		return err
+	}
+	ctx, cancel := clientContext(c)
+	defer cancel()
+	var groups []crdt.GroupStatus
+	if err := call(ctx, c, "GET", "/v1/catalog/status", nil, &groups); err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		return printJSON(c.App.Writer, groups)
+	}
+	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "GROUP\tHEADS\tHEIGHT\tQUEUED\tFETCHING\tDIRTY\tMEMBERS (heads at the last exchange)")
+	for _, g := range groups {
+		var members []string
+		for _, m := range g.Members {
+			state := "not compared yet"
+			if m.DigestMatch != nil {
+				state = "same"
+				if !*m.DigestMatch {
+					state = "DIFFER"
+				}
+				state += " " + m.LastExchange.Local().Format("15:04:05")
+			}
+			if !m.Connected {
+				state += ", not connected"
+			}
+			members = append(members, m.Site+": "+state)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%v\t%s\n", g.Group, len(g.Heads), g.Height, g.Queued, g.Fetching, g.Dirty, strings.Join(members, "; "))
+	}
+	return tw.Flush()
 }

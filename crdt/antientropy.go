@@ -1,0 +1,300 @@
+package crdt
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+)
+
+// DigestProtocol carries anti-entropy rounds: a member sends another the
+// digests of the heads of every group they share; the groups whose
+// digests differ have their heads pushed both ways (and a repair
+// checked), so that no single lost heads message can leave a group
+// diverged. Only groups both sides are members of are ever named.
+const DigestProtocol protocol.ID = "/cheops/crdt/digest/1.0.0"
+
+// digestRequest is one round, from the side that starts it.
+type digestRequest struct {
+	Digests map[string]string `json:"digests"` // group → digest of its heads
+}
+
+// digestAnswer names the groups whose digests differed.
+type digestAnswer struct {
+	Differ []string `json:"differ"`
+}
+
+// digestResult is what this site last learnt of a group from one member.
+type digestResult struct {
+	At    time.Time
+	Match bool
+}
+
+// exchanges records the last anti-entropy result per group and member.
+type exchanges struct {
+	mu   sync.Mutex
+	last map[string]map[peer.ID]digestResult
+}
+
+func (x *exchanges) set(group string, p peer.ID, match bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.last == nil {
+		x.last = map[string]map[peer.ID]digestResult{}
+	}
+	if x.last[group] == nil {
+		x.last[group] = map[peer.ID]digestResult{}
+	}
+	x.last[group][p] = digestResult{At: time.Now().UTC(), Match: match}
+}
+
+func (x *exchanges) get(group string, p peer.ID) (digestResult, bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	e, ok := x.last[group][p]
+	return e, ok
+}
+
+// headsDigest is a short hash of a group's sorted heads: equal on two
+// members whose replicas merged the same DAG.
+func (g *Group) headsDigest(ctx context.Context) string {
+	heads := g.knownHeads(ctx)
+	names := make([]string, len(heads))
+	for i, h := range heads {
+		names[i] = h.String()
+	}
+	slices.Sort(names)
+	h := sha256.New()
+	for _, n := range names {
+		h.Write([]byte(n))
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil)[:12])
+}
+
+// shared lists the groups this site shares with p.
+func (m *Manager) shared(p peer.ID) []*Group {
+	var out []*Group
+	for _, g := range m.Groups() {
+		if g.members[p] {
+			out = append(out, g)
+		}
+	}
+	return out
+}
+
+// antiEntropyLoop runs a round with every connected member each
+// DigestInterval: one stream per peer, whatever the number of groups.
+func (m *Manager) antiEntropyLoop() {
+	defer m.wg.Done()
+	t := time.NewTicker(m.cfg.DigestInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.ctx.Done():
+			return
+		case <-t.C:
+		}
+		peers := map[peer.ID]bool{}
+		for _, g := range m.Groups() {
+			for _, p := range g.connectedMembers() {
+				peers[p] = true
+			}
+		}
+		for p := range peers {
+			if err := m.digestRound(m.ctx, p); err != nil && m.ctx.Err() == nil {
+				m.log.Debug("anti-entropy round", "peer", p, "err", err)
+			}
+		}
+	}
+}
+
+// digestRound compares the heads of every group shared with p and pushes
+// this site's heads of the groups that differ.
+func (m *Manager) digestRound(ctx context.Context, p peer.ID) error {
+	groups := m.shared(p)
+	if len(groups) == 0 {
+		return nil
+	}
+	req := digestRequest{Digests: map[string]string{}}
+	byName := map[string]*Group{}
+	for _, g := range groups {
+		req.Digests[g.name] = g.headsDigest(ctx)
+		byName[g.name] = g
+	}
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.FetchTimeout)
+	defer cancel()
+	s, err := m.cfg.Host.NewStream(ctx, p, DigestProtocol)
+	if err != nil {
+		return fmt.Errorf("open digest stream: %w", err)
+	}
+	defer s.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = s.SetDeadline(dl)
+	}
+	data, _ := json.Marshal(req)
+	if err := writeFrame(s, data); err != nil {
+		_ = s.Reset()
+		return fmt.Errorf("send digests: %w", err)
+	}
+	frame, err := readFrame(bufio.NewReader(s), maxFrame)
+	if err != nil {
+		return fmt.Errorf("read digest answer: %w", err)
+	}
+	var ans digestAnswer
+	if err := json.Unmarshal(frame, &ans); err != nil {
+		m.metrics.malformed.Inc()
+		return fmt.Errorf("digest answer: %w", err)
+	}
+	differ := map[string]bool{}
+	for _, name := range ans.Differ {
+		if g, ok := byName[name]; ok {
+			differ[name] = true
+			m.metrics.digestMismatches.Inc()
+			if err := g.pushHeads(ctx, p); err != nil {
+				m.log.Debug("push heads after a digest mismatch", "group", name, "err", err)
+			}
+		}
+	}
+	for name := range byName {
+		m.exchanges.set(name, p, !differ[name])
+	}
+	return nil
+}
+
+// serveDigests answers a member's round: the groups named that this site
+// shares with it and whose digests differ get their heads pushed back
+// and a repair checked.
+func (m *Manager) serveDigests(s network.Stream) {
+	if !m.enter() {
+		_ = s.Reset()
+		return
+	}
+	defer m.wg.Done()
+	defer s.Close()
+	remote := s.Conn().RemotePeer()
+	_ = s.SetDeadline(time.Now().Add(m.cfg.FetchTimeout))
+	frame, err := readFrame(bufio.NewReader(s), maxFrame)
+	if err != nil {
+		_ = s.Reset()
+		return
+	}
+	var req digestRequest
+	if err := json.Unmarshal(frame, &req); err != nil {
+		m.metrics.malformed.Inc()
+		_ = s.Reset()
+		return
+	}
+	ctx, cancel := context.WithTimeout(m.ctx, m.cfg.FetchTimeout)
+	defer cancel()
+	var ans digestAnswer
+	var differ []*Group
+	for name, digest := range req.Digests {
+		g := m.group(name)
+		if g == nil {
+			if slices.Contains(strings.Split(name, ","), m.cfg.Self) {
+				// A group naming this site that it has not joined yet
+				// (every message about it was lost): ask for its heads;
+				// the push is checked against membership and joins it.
+				ans.Differ = append(ans.Differ, name)
+			}
+			continue
+		}
+		if !g.members[remote] {
+			// Not a group this site shares with the asker: say nothing
+			// of it (a non-member learns nothing).
+			continue
+		}
+		match := g.headsDigest(ctx) == digest
+		m.exchanges.set(name, remote, match)
+		if !match {
+			ans.Differ = append(ans.Differ, name)
+			differ = append(differ, g)
+		}
+	}
+	data, _ := json.Marshal(ans)
+	if err := writeFrame(s, data); err != nil {
+		_ = s.Reset()
+		return
+	}
+	for _, g := range differ {
+		g.kickRepair()
+		if err := g.pushHeads(ctx, remote); err != nil {
+			m.log.Debug("push heads after a digest mismatch", "group", g.name, "err", err)
+		}
+	}
+}
+
+// GroupStatus is what an operator needs to see of one group's
+// convergence.
+type GroupStatus struct {
+	Group  string   `json:"group"`
+	Sites  []string `json:"sites"`
+	Heads  []string `json:"heads"`
+	Height uint64   `json:"height"`
+	// Queued counts DAG blocks waiting to be merged; Fetching, fetches of
+	// missing blocks in progress.
+	Queued   int  `json:"queued_jobs"`
+	Fetching int  `json:"fetching"`
+	Dirty    bool `json:"dirty"`
+	// Members lists the other sites, with the last anti-entropy exchange.
+	Members []MemberStatus `json:"members"`
+}
+
+// MemberStatus is this site's last exchange with one member of a group.
+type MemberStatus struct {
+	Site      string `json:"site"`
+	Connected bool   `json:"connected"`
+	// LastExchange is when the heads were last compared with it
+	// (zero: not yet); DigestMatch whether they were equal then.
+	LastExchange time.Time `json:"last_exchange,omitzero"`
+	DigestMatch  *bool     `json:"digest_match,omitempty"`
+}
+
+// Status reports every group this site holds.
+func (m *Manager) Status(ctx context.Context) []GroupStatus {
+	var out []GroupStatus
+	for _, g := range m.Groups() {
+		st := g.store.InternalStats(ctx)
+		gs := GroupStatus{Group: g.name, Sites: slices.Clone(g.sites), Height: st.MaxHeight, Queued: st.QueuedJobs, Dirty: g.store.IsDirty(ctx), Heads: []string{}}
+		for _, h := range st.Heads {
+			gs.Heads = append(gs.Heads, h.String())
+		}
+		slices.Sort(gs.Heads)
+		g.arrivals.mu.Lock()
+		gs.Fetching = g.arrivals.active
+		g.arrivals.mu.Unlock()
+		for _, p := range g.peers {
+			if p == m.cfg.Host.ID() {
+				continue
+			}
+			ms := MemberStatus{Site: m.siteOf(p), Connected: m.cfg.Host.Network().Connectedness(p) == network.Connected}
+			if e, ok := m.exchanges.get(g.name, p); ok {
+				match := e.Match
+				ms.LastExchange, ms.DigestMatch = e.At, &match
+			}
+			gs.Members = append(gs.Members, ms)
+		}
+		out = append(out, gs)
+	}
+	slices.SortFunc(out, func(a, b GroupStatus) int {
+		if a.Group < b.Group {
+			return -1
+		}
+		if a.Group > b.Group {
+			return 1
+		}
+		return 0
+	})
+	return out
+}
