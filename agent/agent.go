@@ -16,6 +16,7 @@ import (
 	"time"
 
 	pebbleds "github.com/ipfs/go-ds-pebble"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -227,6 +228,12 @@ func (a *Agent) open(ctx context.Context) error {
 	}
 	if a.catalog, err = catalog.New(ctx, catalog.Config{Store: a.crdt, Self: n.Site(), Logger: a.cfg.Logger}); err != nil {
 		return err
+	}
+	cat := a.catalog
+	if err := n.Registry().Register(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "cheops_catalog_view_repairs_total",
+		Help: "Resources whose catalog view the audit corrected from the store (changes the view had missed)."},
+		func() float64 { return float64(cat.AuditRepairs()) })); err != nil {
+		return fmt.Errorf("agent: metrics: %w", err)
 	}
 	var services []forward.Service
 	for name, base := range a.cfg.Services {

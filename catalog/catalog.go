@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -93,6 +95,8 @@ type Catalog struct {
 	byLocal  map[localKey]string
 	watchers map[*watcher]struct{}
 	toGather map[string]bool
+	// auditRepairs counts resources whose view the audit corrected.
+	auditRepairs atomic.Int64
 }
 
 type localKey struct{ service, site, local string }
@@ -127,7 +131,70 @@ func New(ctx context.Context, cfg Config) (*Catalog, error) {
 	}
 	c.wg.Add(1)
 	go c.gatherLoop()
+	if cfg.AuditInterval > 0 {
+		c.wg.Add(1)
+		go c.auditLoop()
+	}
 	return c, nil
+}
+
+// AuditRepairs counts the resources whose view the audit had to correct
+// from the store: each is a change the view missed.
+func (c *Catalog) AuditRepairs() int64 { return c.auditRepairs.Load() }
+
+// auditLoop re-reads, every AuditInterval, the keys of the resources that
+// show owed operations. Found by the convergence soak: a site's view kept
+// an operation owed for minutes while its store held the record saying
+// it was done (the view missed that change; a restart, which rebuilds the
+// view from the store, showed it done). The audit folds such changes in.
+func (c *Catalog) auditLoop() {
+	defer c.wg.Done()
+	t := time.NewTicker(c.cfg.AuditInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-t.C:
+		}
+		c.mu.RLock()
+		var owing []string
+		for id, e := range c.entries {
+			if r, ok := e.resolve(); ok {
+				for _, v := range r.PerSite {
+					if len(v.Pending) > 0 {
+						owing = append(owing, id)
+						break
+					}
+				}
+			}
+		}
+		c.mu.RUnlock()
+		for _, id := range owing {
+			if err := c.audit(c.ctx, id); err != nil && c.ctx.Err() == nil {
+				c.log.Warn("audit a resource's view", "id", id, "err", err)
+			}
+		}
+	}
+}
+
+// audit folds every stored key of one resource into the view, and counts
+// and logs the resource if that changed what the view resolved.
+func (c *Catalog) audit(ctx context.Context, id string) error {
+	before, _ := c.Get(ctx, id)
+	err := c.cfg.Store.Scan(ctx, "/r/"+id+"/", func(sites []string, key string, value []byte) error {
+		c.apply(sites, key, value)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	after, _ := c.Get(ctx, id)
+	if !reflect.DeepEqual(before, after) {
+		c.auditRepairs.Add(1)
+		c.log.Warn("the catalog's view had missed a change of a resource; corrected from the store", "id", id)
+	}
+	return nil
 }
 
 // Close stops following the store, ends every watch and waits for the

@@ -36,12 +36,18 @@ type Config struct {
 	// copied, and costs nothing that matters (the copy only completes
 	// the view of the sites that joined).
 	GatherDelay time.Duration
+	// AuditInterval is how often the catalog re-reads from the store the
+	// keys of the resources that show operations still owed, and folds
+	// in what its view missed (counted in AuditRepairs, logged). 2 s: an
+	// owed operation is the symptom of a view that missed a change, and
+	// re-reading a handful of resources costs nothing. Negative: never.
+	AuditInterval time.Duration
 }
 
 // DefaultConfig returns a Config with every optional field at its
 // default; Store and Self are left for the caller.
 func DefaultConfig() Config {
-	return Config{WatchBuffer: 1024, GatherDelay: time.Second}
+	return Config{WatchBuffer: 1024, GatherDelay: time.Second, AuditInterval: 2 * time.Second}
 }
 
 // siteName is the grammar of a site name (SPEC.md).
@@ -70,6 +76,9 @@ func (c Config) withDefaults() Config {
 	d := DefaultConfig()
 	if c.WatchBuffer == 0 {
 		c.WatchBuffer = d.WatchBuffer
+	}
+	if c.AuditInterval == 0 {
+		c.AuditInterval = d.AuditInterval
 	}
 	if c.GatherDelay == 0 {
 		c.GatherDelay = d.GatherDelay

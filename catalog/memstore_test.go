@@ -264,3 +264,11 @@ func (s *memStore) keys() []string {
 	slices.Sort(out)
 	return out
 }
+
+// writeUnseen stores a value in a site's replica without telling its
+// watchers: a change the catalog's view missed.
+func (s *memStore) writeUnseen(sites []string, key string, value []byte) {
+	s.net.mu.Lock()
+	defer s.net.mu.Unlock()
+	s.writeLocked(memMsg{to: s.self, sites: sites, key: key, value: value})
+}

@@ -1,0 +1,40 @@
+package catalog
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+)
+
+// TestAuditFoldsInAChangeTheViewMissed: berlin's record saying it ran an
+// owed create reaches paris' store but not paris' view; the audit reads
+// the owing resource back from the store and the operation stops showing
+// owed, and the repair is counted.
+func TestAuditFoldsInAChangeTheViewMissed(t *testing.T) {
+	net := newMemNet()
+	cfg := DefaultConfig()
+	cfg.Store, cfg.Self, cfg.GatherDelay, cfg.AuditInterval = net.store("paris"), "paris", time.Millisecond, 20*time.Millisecond
+	paris := newTestCatalogConfig(t, cfg)
+	ctx := context.Background()
+	sites := []string{"paris", "berlin"}
+	id := create(t, paris, "posts", sites, map[string]string{"paris": "1"}, "berlin")
+	r, _ := paris.Get(ctx, id)
+	if len(r.PerSite["berlin"].Pending) != 1 {
+		t.Fatalf("berlin should owe the create: %+v", r.PerSite["berlin"])
+	}
+	rec := SiteRecord{Site: "berlin", LocalID: "9", Status: StatusOK, Applied: map[string]string{r.Operations[0].ID: "201"}, At: paris.Clock().Now()}
+	data, _ := json.Marshal(rec)
+	net.store("paris").writeUnseen(sites, siteKey(id, "berlin"), data)
+	waitUntil(t, 5*time.Second, "the audit corrects the view", func() error {
+		r, _ := paris.Get(ctx, id)
+		if v := r.PerSite["berlin"]; len(v.Pending) != 0 || v.LocalID != "9" {
+			return fmt.Errorf("berlin: %+v", v)
+		}
+		return nil
+	})
+	if paris.AuditRepairs() != 1 {
+		t.Fatalf("audit repairs = %d, want 1", paris.AuditRepairs())
+	}
+}
