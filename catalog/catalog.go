@@ -178,23 +178,56 @@ func (c *Catalog) auditLoop() {
 	}
 }
 
-// audit folds every stored key of one resource into the view, and counts
-// and logs the resource if that changed what the view resolved.
+// audit reads again from the store every key of one resource the view
+// knows of, and each site's record in each of its groups, folds them into
+// the view, and counts and logs the resource if that changed what the
+// view resolved. Keys are read one by one, group by group: one group that
+// cannot be read does not keep the others from being audited.
 func (c *Catalog) audit(ctx context.Context, id string) error {
 	before, _ := c.Get(ctx, id)
-	err := c.cfg.Store.Scan(ctx, "/r/"+id+"/", func(sites []string, key string, value []byte) error {
-		c.apply(sites, key, value)
-		return nil
-	})
-	if err != nil {
-		return err
+	type slot struct{ group, key string }
+	var slots []slot
+	c.mu.RLock()
+	if e, ok := c.entries[id]; ok {
+		groups := map[string]bool{}
+		if e.group != "" {
+			groups[e.group] = true
+		}
+		for s := range e.metas {
+			groups[s.group] = true
+			slots = append(slots, slot{s.group, metaKey(id, s.writer)})
+		}
+		for s := range e.ops {
+			groups[s.group] = true
+			slots = append(slots, slot{s.group, opKey(id, s.op)})
+		}
+		for s := range e.records {
+			groups[s.group] = true
+		}
+		for g := range groups {
+			for _, site := range strings.Split(g, ",") {
+				slots = append(slots, slot{g, siteKey(id, site)})
+			}
+		}
+	}
+	c.mu.RUnlock()
+	var errs []error
+	for _, s := range slots {
+		sites := strings.Split(s.group, ",")
+		value, ok, err := c.cfg.Store.Get(ctx, sites, s.key)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("%s in {%s}: %w", s.key, s.group, err))
+		case ok:
+			c.apply(sites, s.key, value)
+		}
 	}
 	after, _ := c.Get(ctx, id)
 	if !reflect.DeepEqual(before, after) {
 		c.auditRepairs.Add(1)
 		c.log.Warn("the catalog's view had missed a change of a resource; corrected from the store", "id", id)
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // Close stops following the store, ends every watch and waits for the
