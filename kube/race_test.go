@@ -24,13 +24,15 @@ func TestKubectlRacesConverge(t *testing.T) {
 	w.waitField([]string{"a", "b"}, cm, "data.k", "v0")
 
 	var wg sync.WaitGroup
-	for _, s := range []string{"a", "b"} {
+	for client := range 6 {
+		s := []string{"a", "b"}[client%2]
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			via := w.via(s, "")
 			file := filepath.Join(t.TempDir(), "rc.yaml")
-			for i := range 6 {
+			for i := range 4 {
+				i += 10 * client
 				var args []string
 				switch i % 3 {
 				case 0:
