@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ipfs/go-datastore/query"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
@@ -27,11 +28,18 @@ const DigestProtocol protocol.ID = "/cheops/crdt/digest/1.0.0"
 // digestRequest is one round, from the side that starts it.
 type digestRequest struct {
 	Digests map[string]string `json:"digests"` // group → digest of its heads
+	// Processed counts the DAG nodes merged per group: two members with
+	// the same heads hold the same DAG, and once both merged all of it,
+	// the same count. Fewer on one side with equal heads means a node
+	// below the heads was never merged there (see lagging).
+	Processed map[string]int `json:"processed,omitempty"`
 }
 
-// digestAnswer names the groups whose digests differed.
+// digestAnswer names the groups whose digests differed, and gives the
+// answering side's processed counts of the groups whose heads matched.
 type digestAnswer struct {
-	Differ []string `json:"differ"`
+	Differ    []string       `json:"differ"`
+	Processed map[string]int `json:"processed,omitempty"`
 }
 
 // digestResult is what this site last learnt of a group from one member.
@@ -44,6 +52,27 @@ type digestResult struct {
 type exchanges struct {
 	mu   sync.Mutex
 	last map[string]map[peer.ID]digestResult
+	// lagging counts, per group, the consecutive rounds in which this
+	// site had the same heads as a member but fewer merged nodes.
+	lagging map[string]int
+}
+
+// lag records one round's comparison of merged nodes for a group with
+// equal heads and reports whether the gap has lasted long enough to
+// repair: two rounds in a row (a gap seen once may be a merge in
+// progress).
+func (x *exchanges) lag(group string, behind bool) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.lagging == nil {
+		x.lagging = map[string]int{}
+	}
+	if !behind {
+		delete(x.lagging, group)
+		return false
+	}
+	x.lagging[group]++
+	return x.lagging[group] >= 2
 }
 
 func (x *exchanges) set(group string, p peer.ID, match bool) {
@@ -80,6 +109,42 @@ func (g *Group) headsDigest(ctx context.Context) string {
 		h.Write([]byte{0})
 	}
 	return hex.EncodeToString(h.Sum(nil)[:12])
+}
+
+// processedCount counts the DAG nodes this site merged in the group.
+func (g *Group) processedCount(ctx context.Context) int {
+	prefix := groupPrefix(g.name).ChildString("crdt").ChildString(processedNamespace)
+	res, err := g.m.cfg.Datastore.Query(ctx, query.Query{Prefix: prefix.String(), KeysOnly: true})
+	if err != nil {
+		return -1
+	}
+	defer res.Close()
+	n := 0
+	for r := range res.Next() {
+		if r.Error != nil {
+			return -1
+		}
+		n++
+	}
+	return n
+}
+
+// compareProcessed acts on a member's merged-node count for a group whose
+// heads equal this site's: behind for two rounds, the group is repaired
+// (a full walk that merges every node not merged yet).
+func (m *Manager) compareProcessed(ctx context.Context, g *Group, theirs int) {
+	if theirs < 0 {
+		return
+	}
+	mine := g.processedCount(ctx)
+	if mine < 0 {
+		return
+	}
+	if m.exchanges.lag(g.name, mine < theirs) {
+		m.log.Warn("same heads as a member but fewer merged nodes: repairing", "group", g.name, "merged", mine, "member", theirs)
+		m.metrics.lagRepairs.Inc()
+		g.forceRepair()
+	}
 }
 
 // shared lists the groups this site shares with p.
@@ -126,10 +191,11 @@ func (m *Manager) digestRound(ctx context.Context, p peer.ID) error {
 	if len(groups) == 0 {
 		return nil
 	}
-	req := digestRequest{Digests: map[string]string{}}
+	req := digestRequest{Digests: map[string]string{}, Processed: map[string]int{}}
 	byName := map[string]*Group{}
 	for _, g := range groups {
 		req.Digests[g.name] = g.headsDigest(ctx)
+		req.Processed[g.name] = g.processedCount(ctx)
 		byName[g.name] = g
 	}
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.FetchTimeout)
@@ -166,8 +232,11 @@ func (m *Manager) digestRound(ctx context.Context, p peer.ID) error {
 			}
 		}
 	}
-	for name := range byName {
+	for name, g := range byName {
 		m.exchanges.set(name, p, !differ[name])
+		if n, ok := ans.Processed[name]; ok && !differ[name] {
+			m.compareProcessed(ctx, g, n)
+		}
 	}
 	return nil
 }
@@ -197,7 +266,7 @@ func (m *Manager) serveDigests(s network.Stream) {
 	}
 	ctx, cancel := context.WithTimeout(m.ctx, m.cfg.FetchTimeout)
 	defer cancel()
-	var ans digestAnswer
+	ans := digestAnswer{Processed: map[string]int{}}
 	var differ []*Group
 	for name, digest := range req.Digests {
 		g := m.group(name)
@@ -220,6 +289,11 @@ func (m *Manager) serveDigests(s network.Stream) {
 		if !match {
 			ans.Differ = append(ans.Differ, name)
 			differ = append(differ, g)
+			continue
+		}
+		ans.Processed[name] = g.processedCount(ctx)
+		if n, ok := req.Processed[name]; ok {
+			m.compareProcessed(ctx, g, n)
 		}
 	}
 	data, _ := json.Marshal(ans)
@@ -247,6 +321,9 @@ type GroupStatus struct {
 	Queued   int  `json:"queued_jobs"`
 	Fetching int  `json:"fetching"`
 	Dirty    bool `json:"dirty"`
+	// Merged counts the DAG nodes merged here (equal on members with the
+	// same heads once both merged everything).
+	Merged int `json:"merged"`
 	// Members lists the other sites, with the last anti-entropy exchange.
 	Members []MemberStatus `json:"members"`
 }
@@ -266,7 +343,8 @@ func (m *Manager) Status(ctx context.Context) []GroupStatus {
 	var out []GroupStatus
 	for _, g := range m.Groups() {
 		st := g.store.InternalStats(ctx)
-		gs := GroupStatus{Group: g.name, Sites: slices.Clone(g.sites), Height: st.MaxHeight, Queued: st.QueuedJobs, Dirty: g.store.IsDirty(ctx), Heads: []string{}}
+		gs := GroupStatus{Group: g.name, Sites: slices.Clone(g.sites), Height: st.MaxHeight, Queued: st.QueuedJobs, Dirty: g.store.IsDirty(ctx),
+			Merged: g.processedCount(ctx), Heads: []string{}}
 		for _, h := range st.Heads {
 			gs.Heads = append(gs.Heads, h.String())
 		}

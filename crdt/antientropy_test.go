@@ -3,8 +3,11 @@ package crdt
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
+
+	ds "github.com/ipfs/go-datastore"
 )
 
 // TestAntiEntropyRepairsALostHeadsMessage: writes made while a member was
@@ -53,4 +56,50 @@ func TestAntiEntropyRepairsALostHeadsMessage(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestSameHeadsFewerMergedNodesIsRepaired: a member holds the group's
+// heads but one DAG node below them was never merged there (its value
+// and its processed mark are missing — what the soak found after a
+// branch walk was cut). The members' merged-node counts differ with equal
+// heads; after two rounds the lagging member repairs and the value is
+// back.
+func TestSameHeadsFewerMergedNodesIsRepaired(t *testing.T) {
+	n := newNet(t, "a", "b")
+	n.tune = func(c *Config) { c.DigestInterval = 100 * time.Millisecond }
+	n.startAll("a", "b")
+	ctx := context.Background()
+	ab := []string{"a", "b"}
+	for i := range 5 {
+		if err := n.sites["a"].m.Put(ctx, ab, fmt.Sprintf("/k%d", i), []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 5 {
+		eventually(t, 10*time.Second, "b has the keys", func() error { return hasValue(n.sites["b"], ab, fmt.Sprintf("/k%d", i), "x") })
+	}
+	// Unmerge /k2 at b: its value, its element and its node's mark.
+	b := n.sites["b"]
+	base := "/g/a,b/crdt"
+	var block string
+	for k := range rawScan(t, b) {
+		if rest, ok := strings.CutPrefix(k, base+"/s/s/k2/"); ok {
+			block = rest
+		}
+	}
+	if block == "" {
+		t.Fatal("no element of /k2 in b's store")
+	}
+	for _, k := range []string{base + "/s/k/k2/v", base + "/s/k/k2/p", base + "/s/s/k2/" + block, base + "/b/" + block} {
+		if err := b.store.Delete(ctx, ds.NewKey(k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if hasValue(b, ab, "/k2", "x") == nil {
+		t.Fatal("/k2 still readable at b after unmerging it")
+	}
+	eventually(t, 15*time.Second, "b merges /k2 again", func() error { return hasValue(b, ab, "/k2", "x") })
+	if counterValue(b.m.metrics.lagRepairs) == 0 {
+		t.Fatal("b got /k2 back without a lag repair")
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/ipfs/boxo/blockservice"
@@ -43,6 +44,7 @@ type Group struct {
 	arrivals arrivals
 
 	kick       chan struct{} // asks the repair loop to check now
+	forced     atomic.Bool   // repair even though the replica is not marked dirty
 	stopRepair context.CancelFunc
 	repairDone chan struct{}
 }
@@ -140,7 +142,7 @@ func (g *Group) repairLoop(ctx context.Context) {
 	wait := g.m.cfg.RepairInterval
 	retry := repairRetry
 	for {
-		if g.store.IsDirty(ctx) {
+		if g.forced.Swap(false) || g.store.IsDirty(ctx) {
 			start := time.Now()
 			err := g.store.Repair(ctx)
 			switch {
@@ -179,6 +181,13 @@ const repairRetry = 500 * time.Millisecond
 // dirty after the failed fetch that calls this returns.
 func (g *Group) repairSoon() {
 	time.AfterFunc(repairRetry, g.kickRepair)
+}
+
+// forceRepair asks for a repair now, dirty mark or not: go-ds-crdt's
+// repair walks the whole DAG and merges every node not merged yet.
+func (g *Group) forceRepair() {
+	g.forced.Store(true)
+	g.kickRepair()
 }
 
 // kickRepair asks the repair loop to check the dirty mark now.

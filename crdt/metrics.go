@@ -18,6 +18,7 @@ type metrics struct {
 	fetches                prometheus.Counter
 	fetching               prometheus.Gauge
 	digestMismatches       prometheus.Counter
+	lagRepairs             prometheus.Counter
 	blocksFetched          prometheus.Counter
 	duplicateBlocks        prometheus.Counter
 	blocksSent             prometheus.Counter
@@ -47,6 +48,8 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 		fetches:        counter("fetches_total", "Block requests sent to members."),
 		digestMismatches: prometheus.NewCounter(prometheus.CounterOpts{Name: "cheops_crdt_digest_mismatches_total",
 			Help: "Anti-entropy rounds in which a shared group's heads differed (heads then pushed both ways)."}),
+		lagRepairs: prometheus.NewCounter(prometheus.CounterOpts{Name: "cheops_crdt_lag_repairs_total",
+			Help: "Repairs started because a group had the same heads as a member but fewer merged DAG nodes for two rounds."}),
 		fetching:             prometheus.NewGauge(prometheus.GaugeOpts{Name: "cheops_crdt_pending_fetches", Help: "Block fetches in progress (blocks the replicas wait for)."}),
 		blocksFetched:        counter("blocks_fetched_total", "New blocks received over the block protocol."),
 		duplicateBlocks:      counter("duplicate_blocks_total", "Blocks received over the block protocol that this site already held."),
@@ -63,7 +66,7 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 		lastSync: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "cheops_crdt_last_sync_timestamp_seconds",
 			Help: "When this site last received heads or blocks of a group from a site."}, []string{"group", "site"}),
 	}
-	reg.MustRegister(x.digestMismatches, x.refused, x.malformed, x.repairs, x.repairFailures, x.fetches, x.fetching,
+	reg.MustRegister(x.digestMismatches, x.lagRepairs, x.refused, x.malformed, x.repairs, x.repairFailures, x.fetches, x.fetching,
 		x.blocksFetched, x.duplicateBlocks, x.blocksSent, x.headsPushed, x.broadcasts,
 		x.broadcastBytesSent, x.inlineBlocksSent, x.inlineBlocksReceived, x.broadcastBytesReceived,
 		x.blockBytesSent, x.blockBytesReceived, x.lastSync, groupCollector{m})

@@ -228,7 +228,7 @@ func catalogStatus(c *cli.Context) error {
 		return printJSON(c.App.Writer, groups)
 	}
 	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "GROUP\tHEADS\tHEIGHT\tQUEUED\tFETCHING\tDIRTY\tMEMBERS (heads at the last exchange)")
+	fmt.Fprintln(tw, "GROUP\tHEADS\tHEIGHT\tMERGED\tQUEUED\tFETCHING\tDIRTY\tMEMBERS (heads at the last exchange)")
 	for _, g := range groups {
 		var members []string
 		for _, m := range g.Members {
@@ -245,7 +245,7 @@ func catalogStatus(c *cli.Context) error {
 			}
 			members = append(members, m.Site+": "+state)
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%v\t%s\n", g.Group, len(g.Heads), g.Height, g.Queued, g.Fetching, g.Dirty, strings.Join(members, "; "))
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%v\t%s\n", g.Group, len(g.Heads), g.Height, g.Merged, g.Queued, g.Fetching, g.Dirty, strings.Join(members, "; "))
 	}
 	return tw.Flush()
 }
