@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"cheops/catalog"
+	"cheops/crdt"
 )
 
 // mapStore is a one-site catalog.Store in memory, for driving the CLI
@@ -141,6 +142,14 @@ func newTestAgent(t *testing.T) *testAgent {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(res)
 	}
+	mux.HandleFunc("GET /v1/catalog/status", func(w http.ResponseWriter, r *http.Request) {
+		match, differ := true, false
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode([]crdt.GroupStatus{{Group: "berlin,paris", Sites: []string{"berlin", "paris"}, Heads: []string{"h1", "h2"}, Height: 42, Merged: 40,
+			Members: []crdt.MemberStatus{{Site: "berlin", Connected: true, LastExchange: time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC), DigestMatch: &differ}}},
+			{Group: "paris,rome", Sites: []string{"paris", "rome"}, Heads: []string{"h3"}, Height: 7, Merged: 7,
+				Members: []crdt.MemberStatus{{Site: "rome", Connected: false, LastExchange: time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC), DigestMatch: &match}}}})
+	})
 	mux.HandleFunc("POST /v1/resources/{id}/attach", move)
 	mux.HandleFunc("POST /v1/resources/{id}/detach", move)
 	a.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -427,5 +436,31 @@ func TestCatalogWatch(t *testing.T) {
 	a.CloseClientConnections()
 	if code := exitOf(t, done); code != exitFailed {
 		t.Fatalf("stream closed by the agent: exit %d, want %d", code, exitFailed)
+	}
+}
+
+func TestCatalogStatus(t *testing.T) {
+	a := newTestAgent(t)
+	out, code := run(t, "catalog", "status", "--agent", a.URL)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if code != 0 || len(lines) != 3 {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	if f := strings.Fields(lines[0]); !slices.Equal(f[:7], []string{"GROUP", "HEADS", "HEIGHT", "MERGED", "QUEUED", "FETCHING", "DIRTY"}) {
+		t.Fatalf("header %q", lines[0])
+	}
+	if f := strings.Fields(lines[1]); f[0] != "berlin,paris" || f[1] != "2" || f[2] != "42" || f[3] != "40" || !strings.Contains(lines[1], "berlin: DIFFER") {
+		t.Fatalf("first group %q", lines[1])
+	}
+	if !strings.Contains(lines[2], "rome: same") || !strings.Contains(lines[2], "not connected") {
+		t.Fatalf("second group %q", lines[2])
+	}
+	out, code = run(t, "catalog", "status", "--json", "--agent", a.URL)
+	var groups []crdt.GroupStatus
+	if code != 0 || json.Unmarshal([]byte(out), &groups) != nil || len(groups) != 2 || *groups[0].Members[0].DigestMatch {
+		t.Fatalf("--json: exit %d: %s", code, out)
+	}
+	if _, code := run(t, "catalog", "status", "extra", "--agent", a.URL); code != 2 {
+		t.Fatalf("an argument: exit %d, want 2", code)
 	}
 }
