@@ -177,7 +177,10 @@ func (nw *network) startAgent(name string, extra ...string) {
 	args := []string{"netns", "exec", n.ns, binary(nw.t), "agent", "--site", name, "--data", n.dir,
 		"--listen", "/ip4/" + n.ip + "/tcp/4001", "--api", n.ip + ":7070",
 		"--service", "posts=http://127.0.0.1:3000",
-		"--probe-interval", "300ms", "--probe-timeout", "1s", "--log-level", "warn"}
+		"--probe-interval", "300ms", "--probe-timeout", "1s", "--log-level", "warn",
+		// Tests assert which sites answered: 1 s keeps a slow machine
+		// from reporting an up site pending (default max(50 ms, 4 RTT)).
+		"--replica-wait", "1s"}
 	for _, other := range nw.order {
 		if other != name {
 			args = append(args, "--trust", nw.nodes[other].peerID)

@@ -330,6 +330,10 @@ func (w *world) start(name string) {
 	cfg.Node.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
 	cfg.Node.ProbeInterval, cfg.Node.ProbeTimeout = 100*time.Millisecond, 500*time.Millisecond
 	cfg.Node.AnnounceInterval, cfg.Node.MaxRedialBackoff = 200*time.Millisecond, 300*time.Millisecond
+	// Tests assert which clusters answered: a replica deadline of 1 s
+	// keeps a loaded machine (-race, packages in parallel) from reporting
+	// an up cluster pending (the default is max(50 ms, 4 RTT)).
+	cfg.ReplicaWait = time.Second
 	cfg.Services = map[string]string{"kube": s.kube.url}
 	cfg.ServiceOptions = map[string]agent.ServiceOptions{"kube": {Kind: agent.KindKube, Token: s.kube.token, CAFile: s.kube.ca}}
 	cfg.Logger = logger
