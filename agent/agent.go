@@ -235,6 +235,19 @@ func (a *Agent) open(ctx context.Context) error {
 		func() float64 { return float64(cat.AuditRepairs()) })); err != nil {
 		return fmt.Errorf("agent: metrics: %w", err)
 	}
+	for name, f := range map[string]func() int64{
+		"cheops_catalog_audit_applied_total": cat.AuditApplied,
+		"cheops_catalog_audit_late_total":    cat.AuditLate,
+	} {
+		help := "Values the catalog audit applied to the view."
+		if name == "cheops_catalog_audit_late_total" {
+			help = "Values the audit applied whose change notice arrived afterwards (the view was behind, not missing them)."
+		}
+		if err := n.Registry().Register(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help},
+			func() float64 { return float64(f()) })); err != nil {
+			return fmt.Errorf("agent: metrics: %w", err)
+		}
+	}
 	var services []forward.Service
 	for name, base := range a.cfg.Services {
 		svc, err := a.cfg.buildService(name, base)

@@ -95,8 +95,15 @@ type Catalog struct {
 	byLocal  map[localKey]string
 	watchers map[*watcher]struct{}
 	toGather map[string]bool
-	// auditRepairs counts resources whose view the audit corrected.
+	// auditRepairs counts resources whose view the audit corrected;
+	// auditLate, values the audit applied whose change notice arrived
+	// later (the view was behind, not missing them). auditFixed holds the
+	// values the audit applied, until their notice arrives (bounded).
 	auditRepairs atomic.Int64
+	auditLate    atomic.Int64
+	auditApplied atomic.Int64
+	auditMu      sync.Mutex
+	auditFixed   map[string][]byte
 }
 
 type localKey struct{ service, site, local string }
@@ -139,8 +146,28 @@ func New(ctx context.Context, cfg Config) (*Catalog, error) {
 }
 
 // AuditRepairs counts the resources whose view the audit had to correct
-// from the store: each is a change the view missed.
+// from the store; AuditLate, the corrected values whose change notice
+// arrived afterwards (the view was behind, it had not missed them).
 func (c *Catalog) AuditRepairs() int64 { return c.auditRepairs.Load() }
+
+// AuditLate: see AuditRepairs.
+func (c *Catalog) AuditLate() int64 { return c.auditLate.Load() }
+
+// AuditApplied counts the values the audit applied to the view; those
+// whose notice never followed (AuditApplied − AuditLate, once quiet) are
+// changes the view had missed.
+func (c *Catalog) AuditApplied() int64 { return c.auditApplied.Load() }
+
+// lateAfterAudit counts a change notice for a value the audit applied.
+func (c *Catalog) lateAfterAudit(group, key string, value []byte) {
+	c.auditMu.Lock()
+	defer c.auditMu.Unlock()
+	k := group + "\x00" + key
+	if v, ok := c.auditFixed[k]; ok && bytes.Equal(v, value) {
+		delete(c.auditFixed, k)
+		c.auditLate.Add(1)
+	}
+}
 
 // auditLoop re-reads, every AuditInterval, the keys of the resources that
 // show owed operations. Found by the convergence soak: a site's view kept
@@ -219,6 +246,15 @@ func (c *Catalog) audit(ctx context.Context, id string) error {
 		case err != nil:
 			errs = append(errs, fmt.Errorf("%s in {%s}: %w", s.key, s.group, err))
 		case ok:
+			if !c.holds(id, kindOf(s.key), s.group, nameOf(s.key), value) {
+				c.auditMu.Lock()
+				if c.auditFixed == nil || len(c.auditFixed) > 10000 {
+					c.auditFixed = map[string][]byte{}
+				}
+				c.auditFixed[s.group+"\x00"+s.key] = value
+				c.auditMu.Unlock()
+				c.auditApplied.Add(1)
+			}
 			c.apply(sites, s.key, value)
 		}
 	}
@@ -293,6 +329,7 @@ func (c *Catalog) apply(sites []string, key string, value []byte) {
 	}
 	group := groupOf(sites)
 	if c.holds(id, kind, group, name, value) {
+		c.lateAfterAudit(group, key, value)
 		return // already applied: this site's own write, reported back by the store
 	}
 	// Decode outside the lock.
@@ -858,4 +895,15 @@ func (c *Catalog) LookupLocal(service, site, localID string) (string, bool) {
 	defer c.mu.RUnlock()
 	id, ok := c.byLocal[localKey{service, site, localID}]
 	return id, ok
+}
+
+// kindOf and nameOf split a resource key as parseKey does.
+func kindOf(key string) string {
+	_, kind, _, _ := parseKey(key)
+	return kind
+}
+
+func nameOf(key string) string {
+	_, _, name, _ := parseKey(key)
+	return name
 }
