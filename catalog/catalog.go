@@ -92,6 +92,9 @@ type Catalog struct {
 	mu       sync.RWMutex
 	closed   bool
 	entries  map[string]*entry
+	// owing holds the resources this site holds that show an operation
+	// still owed by some site, kept with every change (Owing, the audit).
+	owing map[string]bool
 	byLocal  map[localKey]string
 	watchers map[*watcher]struct{}
 	toGather map[string]bool
@@ -116,7 +119,7 @@ func New(ctx context.Context, cfg Config) (*Catalog, error) {
 		return nil, err
 	}
 	c := &Catalog{cfg: cfg, log: cfg.Logger.With("component", "catalog", "site", cfg.Self), clock: cfg.Clock,
-		gather: make(chan struct{}, 1), entries: map[string]*entry{}, byLocal: map[localKey]string{},
+		gather: make(chan struct{}, 1), entries: map[string]*entry{}, owing: map[string]bool{}, byLocal: map[localKey]string{},
 		watchers: map[*watcher]struct{}{}, toGather: map[string]bool{}}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	// Follow changes before the scan so that nothing falls in between;
@@ -143,6 +146,34 @@ func New(ctx context.Context, cfg Config) (*Catalog, error) {
 		go c.auditLoop()
 	}
 	return c, nil
+}
+
+// Owing lists the resources this site holds that show an operation
+// still owed by one of their sites, by id. It reads a set kept with every
+// change: it costs the number of such resources, not of the catalog's.
+func (c *Catalog) Owing() []string {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make([]string, 0, len(c.owing))
+	for id := range c.owing {
+		out = append(out, id)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// owes reports whether a visible entry shows an operation still owed.
+func owes(e *entry) bool {
+	r, ok := e.resolve()
+	if !ok {
+		return false
+	}
+	for _, v := range r.PerSite {
+		if len(v.Pending) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // AuditRepairs counts the resources whose view the audit had to correct
@@ -184,20 +215,7 @@ func (c *Catalog) auditLoop() {
 			return
 		case <-t.C:
 		}
-		c.mu.RLock()
-		var owing []string
-		for id, e := range c.entries {
-			if r, ok := e.resolve(); ok {
-				for _, v := range r.PerSite {
-					if len(v.Pending) > 0 {
-						owing = append(owing, id)
-						break
-					}
-				}
-			}
-		}
-		c.mu.RUnlock()
-		for _, id := range owing {
+		for _, id := range c.Owing() {
 			if err := c.audit(c.ctx, id); err != nil && c.ctx.Err() == nil {
 				c.log.Warn("audit a resource's view", "id", id, "err", err)
 			}
@@ -473,6 +491,11 @@ func (c *Catalog) changedLocked(e *entry, group string, ch Change) {
 	e.refresh(c.cfg.Self)
 	for _, k := range e.index {
 		c.byLocal[k] = e.id
+	}
+	if owes(e) {
+		c.owing[e.id] = true
+	} else {
+		delete(c.owing, e.id)
 	}
 	if e.empty() {
 		delete(c.entries, e.id)

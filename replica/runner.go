@@ -160,15 +160,16 @@ func drain(ctx context.Context, ch <-chan catalog.Change, first catalog.Change, 
 	}
 }
 
-// scanAll looks at every resource this site holds for owed operations.
+// scanAll looks for owed operations in every resource the catalog lists
+// as owing (a set it keeps with every change, not a pass over the whole
+// catalog).
 func (r *Runner) scanAll(ctx context.Context, sem chan struct{}) {
-	list, err := r.cfg.Catalog.List(ctx, catalog.Filter{Site: r.self})
-	if err != nil {
-		r.log.Error("list resources", "err", err)
-		return
-	}
 	queued := 0
-	for _, res := range list {
+	for _, id := range r.cfg.Catalog.Owing() {
+		res, err := r.cfg.Catalog.Get(ctx, id)
+		if err != nil {
+			continue
+		}
 		queued += len(res.PerSite[r.self].Pending)
 		r.dispatch(ctx, sem, res)
 	}
