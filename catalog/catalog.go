@@ -89,12 +89,12 @@ type Catalog struct {
 	closeOnce sync.Once
 	gather    chan struct{} // wakes the gatherer
 
-	mu       sync.RWMutex
-	closed   bool
-	entries  map[string]*entry
+	mu      sync.RWMutex
+	closed  bool
+	entries map[string]*entry
 	// owing holds the resources this site holds that show an operation
 	// still owed by some site, kept with every change (Owing, the audit).
-	owing map[string]bool
+	owing    map[string]bool
 	byLocal  map[localKey]string
 	watchers map[*watcher]struct{}
 	toGather map[string]bool
