@@ -52,7 +52,10 @@ func TestWebViewShowsSitesAndResources(t *testing.T) {
 	gid := r.header.Get(forward.HeaderResource)
 
 	url := c.sites["paris"].agent.URL() + "/"
-	want := []string{"paris (this site)", "berlin", "rome", ">up<", gid, "{posts: paris &amp; berlin}", "paris=1"}
+	want := []string{"paris (this site)", "berlin", "rome", ">up<", gid, "{posts: paris &amp; berlin}", "paris=1",
+		// The replication group of the resource, and berlin's heads equal
+		// to paris' at the last anti-entropy comparison.
+		">berlin,paris<", "berlin: same"}
 	// Chromium dumps the page once it has loaded; the page's scripts may
 	// still be fetching then, so the page is loaded again until it shows
 	// everything, within a deadline.
