@@ -24,9 +24,6 @@ const (
 	// HeaderHop marks a request that another agent sent: it runs on this
 	// site only and is never forwarded again (loop prevention).
 	HeaderHop = "X-Cheops-Hop"
-	// HeaderOperation carries the catalog id of the operation a forwarded
-	// write belongs to, so that the site running it can remember it ran.
-	HeaderOperation = "X-Cheops-Operation"
 	// HeaderCoordinate asks a member site to run a create as its
 	// coordinator, when the site that received it is outside the scope.
 	HeaderCoordinate = "X-Cheops-Coordinate"
