@@ -252,16 +252,8 @@ func (m *Manager) serveDigests(s network.Stream) {
 	defer m.wg.Done()
 	defer s.Close()
 	remote := s.Conn().RemotePeer()
-	_ = s.SetDeadline(time.Now().Add(m.cfg.FetchTimeout))
-	frame, err := readFrame(bufio.NewReader(s), maxFrame)
-	if err != nil {
-		_ = s.Reset()
-		return
-	}
 	var req digestRequest
-	if err := json.Unmarshal(frame, &req); err != nil {
-		m.metrics.malformed.Inc()
-		_ = s.Reset()
+	if !m.readRequest(s, &req) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(m.ctx, m.cfg.FetchTimeout)

@@ -508,6 +508,24 @@ func (e exchange) GetBlocks(ctx context.Context, cids []cid.Cid) (<-chan blocks.
 func (exchange) NotifyNewBlocks(context.Context, ...blocks.Block) error { return nil }
 func (exchange) Close() error                                           { return nil }
 
+// readRequest reads the one JSON frame a member sends on a heads or
+// digest stream, within FetchTimeout. On failure the stream is reset (a
+// frame that is not JSON is counted as malformed) and false returned.
+func (m *Manager) readRequest(s network.Stream, v any) bool {
+	_ = s.SetDeadline(time.Now().Add(m.cfg.FetchTimeout))
+	frame, err := readFrame(bufio.NewReader(s), maxFrame)
+	if err != nil {
+		_ = s.Reset()
+		return false
+	}
+	if err := json.Unmarshal(frame, v); err != nil {
+		m.metrics.malformed.Inc()
+		_ = s.Reset()
+		return false
+	}
+	return true
+}
+
 // serveHeads receives a member's pushed heads and hands them to the
 // group's replica as if they came from pubsub.
 func (m *Manager) serveHeads(s network.Stream) {
@@ -518,19 +536,12 @@ func (m *Manager) serveHeads(s network.Stream) {
 	defer m.wg.Done()
 	defer s.Close()
 	remote := s.Conn().RemotePeer()
-	_ = s.SetDeadline(time.Now().Add(m.cfg.FetchTimeout))
-	frame, err := readFrame(bufio.NewReader(s), maxFrame)
-	if err != nil {
-		_ = s.Reset()
-		return
-	}
 	var push headsPush
-	if err := json.Unmarshal(frame, &push); err != nil {
-		m.metrics.malformed.Inc()
-		_ = s.Reset()
+	if !m.readRequest(s, &push) {
 		return
 	}
 	g := m.group(push.Group)
+	var err error
 	if g == nil {
 		// A member shares a group this site has not joined yet.
 		if g, err = m.joinPushed(push, remote); err != nil {
