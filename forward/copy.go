@@ -25,9 +25,10 @@ func (s Service) itemPath(collection, local string) string {
 // application. It returns the resource's local id there, and whether a
 // client-named resource was there already (409: nothing was written).
 func (f *Forwarder) copyTo(ctx context.Context, svc Service, collection, local, site string) (string, []byte, bool, error) {
-	status, body, err := f.CallLocal(ctx, svc.Name, http.MethodGet, svc.itemPath(collection, local), nil)
-	if err != nil || status != http.StatusOK {
-		return "", nil, false, fmt.Errorf("read %s here: %d %v", local, status, err)
+	ans, err := f.Call(ctx, svc.Name, http.MethodGet, svc.itemPath(collection, local), nil, nil)
+	body := ans.Body
+	if err != nil || ans.Status != http.StatusOK {
+		return "", nil, false, fmt.Errorf("read %s here: %d %v", local, ans.Status, err)
 	}
 	var copyBody []byte
 	if svc.Routes != nil {
@@ -76,11 +77,11 @@ func (f *Forwarder) attachContents(ctx context.Context, svc Service, res catalog
 	self := f.cfg.Membership.Site()
 	parent := svc.routeOf(local)
 	for _, coll := range c.Contents(Route{Collection: parent.collection, ID: parent.id, Rest: parent.rest}) {
-		status, body, err := f.CallLocal(ctx, svc.Name, http.MethodGet, coll, nil)
-		if err != nil || status != http.StatusOK {
-			return fmt.Errorf("list %s here: %d %v", coll, status, err)
+		ans, err := f.Call(ctx, svc.Name, http.MethodGet, coll, nil, nil)
+		if err != nil || ans.Status != http.StatusOK {
+			return fmt.Errorf("list %s here: %d %v", coll, ans.Status, err)
 		}
-		names, err := c.Items(body)
+		names, err := c.Items(ans.Body)
 		if err != nil {
 			return err
 		}

@@ -564,27 +564,9 @@ func (f *Forwarder) preferred(results map[string]result) (result, bool) {
 	return result{}, false
 }
 
-// ErrUnknownService is returned by CallLocal for a service this agent
+// ErrUnknownService is returned by Call for a service this agent
 // does not serve.
 var ErrUnknownService = errors.New("forward: unknown service")
-
-// CallLocal runs one request on this site's instance of a service and
-// returns its status and body. The catch-up of owed operations uses it.
-func (f *Forwarder) CallLocal(ctx context.Context, service, method, path string, body []byte) (int, []byte, error) {
-	svc, ok := f.services[service]
-	if !ok {
-		return 0, nil, fmt.Errorf("%w: %q", ErrUnknownService, service)
-	}
-	r, err := http.NewRequestWithContext(ctx, method, "/", nil)
-	if err != nil {
-		return 0, nil, err
-	}
-	path, contentType := splitOpPath(path)
-	r.Header.Set("Content-Type", contentType)
-	req := &request{r: r, svc: svc, body: body, scope: &scope.Scope{Bindings: []scope.Binding{{Expr: scope.Site{Name: f.cfg.Membership.Site()}}}}}
-	res := f.callApp(ctx, req, method, path, nil)
-	return res.status, res.body, res.err
-}
 
 // Call runs one request on this site's instance of a service
 // (replica.App): path may carry a recorded content type; header holds a

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"strconv"
@@ -128,22 +129,13 @@ func (f *Forwarder) replicate(req *request, wr write) (answer result, outcomes m
 		return answer, outcomes, false, nil
 	}
 	wr.op.Outcomes = outcomes
-	if wr.create {
-		m := *wr.meta
-		m.LocalIDs = map[string]string{}
-		for s, l := range wr.localIDs {
-			m.LocalIDs[s] = l
+	locals := maps.Clone(wr.localIDs)
+	for s, r := range results {
+		if r.localID != "" {
+			locals = withLocal(locals, s, r.localID)
 		}
-		for s, r := range results {
-			if r.localID != "" {
-				m.LocalIDs[s] = r.localID
-			}
-		}
-		err = f.cfg.Catalog.Create(ctx, m, wr.op)
-	} else {
-		err = f.cfg.Catalog.AppendOp(ctx, wr.op)
 	}
-	if err != nil {
+	if err := f.record(ctx, wr.op, wr.meta, locals); err != nil {
 		return answer, outcomes, false, fmt.Errorf("record operation %s: %w", wr.op.ID, err)
 	}
 	if err := f.exec.Published(ctx, wr.op.ID); err != nil {
@@ -326,23 +318,37 @@ func (f *Forwarder) republish(ctx context.Context) error {
 				op.Outcomes[self] = strconv.Itoa(done.Status)
 			}
 		}
-		if in.Meta != nil {
-			m := *in.Meta
-			m.LocalIDs = map[string]string{}
-			if ran && done.LocalID != "" {
-				m.LocalIDs[self] = done.LocalID
-			}
-			err = f.cfg.Catalog.Create(ctx, m, op)
-		} else {
-			err = f.cfg.Catalog.AppendOp(ctx, op)
+		var locals map[string]string
+		if ran && done.LocalID != "" {
+			locals = withLocal(locals, self, done.LocalID)
 		}
-		if err != nil && !errors.Is(err, catalog.ErrNotFound) {
+		if err := f.record(ctx, op, in.Meta, locals); err != nil && !errors.Is(err, catalog.ErrNotFound) {
 			return fmt.Errorf("forward: record operation %s left by the last run: %w", op.ID, err)
 		}
 		f.log.Warn("recorded an operation the last run began", "resource", op.Resource, "op", op.ID)
 		_ = f.exec.Published(ctx, op.ID)
 	}
 	return nil
+}
+
+// record writes an operation into the catalog: with its resource's meta
+// (and the local ids the sites gave it) for a create, else appended to
+// the resource.
+func (f *Forwarder) record(ctx context.Context, op catalog.Operation, meta *catalog.Meta, locals map[string]string) error {
+	if meta == nil {
+		return f.cfg.Catalog.AppendOp(ctx, op)
+	}
+	m := *meta
+	m.LocalIDs = maps.Clone(locals)
+	return f.cfg.Catalog.Create(ctx, m, op)
+}
+
+func withLocal(m map[string]string, site, local string) map[string]string {
+	if m == nil {
+		m = map[string]string{}
+	}
+	m[site] = local
+	return m
 }
 
 // acceptedPending answers a write that is recorded but that no replica
