@@ -264,7 +264,8 @@ func (c *Catalog) audit(ctx context.Context, id string) error {
 		case err != nil:
 			errs = append(errs, fmt.Errorf("%s in {%s}: %w", s.key, s.group, err))
 		case ok:
-			if !c.holds(id, kindOf(s.key), s.group, nameOf(s.key), value) {
+			_, kind, name, _ := parseKey(s.key)
+			if !c.holds(id, kind, s.group, name, value) {
 				c.auditMu.Lock()
 				if c.auditFixed == nil || len(c.auditFixed) > 10000 {
 					c.auditFixed = map[string][]byte{}
@@ -918,15 +919,4 @@ func (c *Catalog) LookupLocal(service, site, localID string) (string, bool) {
 	defer c.mu.RUnlock()
 	id, ok := c.byLocal[localKey{service, site, localID}]
 	return id, ok
-}
-
-// kindOf and nameOf split a resource key as parseKey does.
-func kindOf(key string) string {
-	_, kind, _, _ := parseKey(key)
-	return kind
-}
-
-func nameOf(key string) string {
-	_, _, name, _ := parseKey(key)
-	return name
 }

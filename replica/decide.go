@@ -2,6 +2,7 @@ package replica
 
 import (
 	"net/http"
+	"slices"
 
 	"cheops/catalog"
 )
@@ -38,7 +39,7 @@ func Decide(applied []catalog.Operation, op catalog.Operation) Decision {
 	if op.Method == http.MethodDelete || op.EffectivePolicy() == catalog.PolicyCommute || len(later) == 0 {
 		return Decision{}
 	}
-	sortOps(later)
+	slices.SortFunc(later, catalog.CompareOps)
 	for i, a := range later {
 		if a.EffectivePolicy() == catalog.PolicyReplace {
 			lastReplace = i
@@ -55,12 +56,4 @@ func Decide(applied []catalog.Operation, op catalog.Operation) Decision {
 		}
 	}
 	return Decision{Replay: replay}
-}
-
-func sortOps(ops []catalog.Operation) {
-	for i := 1; i < len(ops); i++ {
-		for j := i; j > 0 && catalog.CompareOps(ops[j], ops[j-1]) < 0; j-- {
-			ops[j], ops[j-1] = ops[j-1], ops[j]
-		}
-	}
 }

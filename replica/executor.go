@@ -206,7 +206,7 @@ func (x *Executor) load(ctx context.Context, res string, rs *resourceState) erro
 }
 
 func (e *entry) result() Result {
-	return Result{Answer: Answer{Status: e.Status}, Outcome: e.Outcome, Failed: e.Failed, LocalID: e.LocalID, Duplicate: true}
+	return Result{Answer: Answer{Status: e.Status}, Outcome: e.Outcome, Failed: e.Failed, LocalID: e.LocalID}
 }
 
 // Apply executes one operation at this site, in the catalog's order, at
@@ -222,7 +222,9 @@ func (x *Executor) Apply(ctx context.Context, j Job) Result {
 	prev, seen := rs.entries[j.Op.ID]
 	if seen && prev.State == stateDone {
 		x.ops.WithLabelValues("duplicate").Inc()
-		return prev.result()
+		r := prev.result()
+		r.Duplicate = true
+		return r
 	}
 	maybe := seen // begun and never finished: it may have run
 	x.running.Inc()
@@ -367,9 +369,7 @@ func (x *Executor) finish(ctx context.Context, j Job, rs *resourceState, e *entr
 	default:
 		x.ops.WithLabelValues("applied").Inc()
 	}
-	r := e.result()
-	r.Duplicate = false
-	return r
+	return e.result()
 }
 
 // applied lists the operations that count for the order.

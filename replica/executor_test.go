@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -140,7 +141,7 @@ func reference(t *testing.T, ops []catalog.Operation) string {
 		t.Fatalf("reference create: %+v", r)
 	}
 	sorted := append([]catalog.Operation(nil), ops...)
-	sortOps(sorted)
+	slices.SortFunc(sorted, catalog.CompareOps)
 	for _, o := range sorted {
 		if r := x.Apply(ctx, Job{Op: o, Service: "posts"}); r.Err != nil {
 			t.Fatalf("reference %s: %v", o.ID, r.Err)
