@@ -326,27 +326,40 @@ func (w *workload) partitionRun(ctx context.Context, cs ConvergenceCase, names [
 		return run, err
 	}
 	run.Owed = owed
+	t, err := w.healAndTime(ctx, names, 2*time.Minute, 5*time.Minute, 10*time.Minute)
+	run.Reconnected, run.Catalog, run.Applied = t.reconnected, t.catalog, t.applied
+	return run, err
+}
+
+// healTimes are measured from a heal.
+type healTimes struct{ reconnected, catalog, applied time.Duration }
+
+// healAndTime heals the network and times, from the heal, until every
+// site sees every other up, the catalogs agree and nothing is pending;
+// then it checks the applications.
+func (w *workload) healAndTime(ctx context.Context, names []string, reconnectWithin, catalogWithin, appliedWithin time.Duration) (healTimes, error) {
+	var t healTimes
 	healed := time.Now()
 	w.c.Net.Heal()
 	reconnected := make(chan time.Duration, 1)
 	go func() {
-		if w.c.WaitStates(ctx, 2*time.Minute, names, names, "up") == nil {
+		defer close(reconnected)
+		if w.c.WaitStates(ctx, reconnectWithin, names, names, "up") == nil {
 			reconnected <- time.Since(healed)
 		}
-		close(reconnected)
 	}()
-	catalogAt, err := w.waitConverged(ctx, 5*time.Minute, false)
+	catalogAt, err := w.waitConverged(ctx, catalogWithin, false)
 	if err != nil {
-		return run, err
+		return t, fmt.Errorf("catalogs: %w", err)
 	}
-	run.Catalog = catalogAt.Sub(healed)
-	appliedAt, err := w.waitConverged(ctx, 10*time.Minute, true)
+	t.catalog = catalogAt.Sub(healed)
+	appliedAt, err := w.waitConverged(ctx, appliedWithin, true)
 	if err != nil {
-		return run, err
+		return t, fmt.Errorf("applications: %w", err)
 	}
-	run.Applied = appliedAt.Sub(healed)
-	run.Reconnected = <-reconnected
-	return run, w.checkApplications(ctx)
+	t.applied = appliedAt.Sub(healed)
+	t.reconnected = <-reconnected
+	return t, w.checkApplications(ctx)
 }
 
 // catalogs reads every site's whole catalog.

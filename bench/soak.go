@@ -159,27 +159,9 @@ func (w *workload) soakRun(ctx context.Context, run *SoakRun, names []string, op
 		return err
 	}
 	run.Owed = owed
-	healed := time.Now()
-	w.c.Net.Heal()
-	reconnected := make(chan time.Duration, 1)
-	go func() {
-		defer close(reconnected)
-		if w.c.WaitStates(ctx, opt.Deadline, names, names, "up") == nil {
-			reconnected <- time.Since(healed)
-		}
-	}()
-	catalogAt, err := w.waitConverged(ctx, opt.Deadline, false)
-	if err != nil {
-		return fmt.Errorf("catalogs: %w", err)
-	}
-	run.Catalog = catalogAt.Sub(healed)
-	appliedAt, err := w.waitConverged(ctx, opt.Deadline, true)
-	if err != nil {
-		return fmt.Errorf("applications: %w", err)
-	}
-	run.Applied = appliedAt.Sub(healed)
-	run.Reconnected = <-reconnected
-	return w.checkApplications(ctx)
+	t, err := w.healAndTime(ctx, names, opt.Deadline, opt.Deadline, opt.Deadline)
+	run.Reconnected, run.Catalog, run.Applied = t.reconnected, t.catalog, t.applied
+	return err
 }
 
 // Table prints every repetition and the percentiles, beside the target:
