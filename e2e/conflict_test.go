@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"net/http"
+	"slices"
 	"testing"
 	"time"
 
@@ -30,7 +31,8 @@ func (c *cluster) settled(t *testing.T, gid string, sites ...string) catalog.Res
 	t.Helper()
 	var res catalog.Resource
 	eventually(t, 30*time.Second, "nothing pending for "+gid, func() error {
-		for _, s := range sites {
+		var first []string
+		for i, s := range sites {
 			r := c.do(s, "GET", "/v1/resources/"+gid, "", nil)
 			if r.status != http.StatusOK {
 				return fmt.Errorf("%s: %d", s, r.status)
@@ -41,6 +43,17 @@ func (c *cluster) settled(t *testing.T, gid string, sites ...string) catalog.Res
 				if len(v.Pending) > 0 {
 					return fmt.Errorf("%s sees %s owing %v", s, site, v.Pending)
 				}
+			}
+			// A site that has not heard of an operation yet does not see
+			// it owed: settled also means every site lists the same ones.
+			ids := make([]string, len(res.Operations))
+			for j, op := range res.Operations {
+				ids[j] = op.ID
+			}
+			if i == 0 {
+				first = ids
+			} else if !slices.Equal(ids, first) {
+				return fmt.Errorf("%s lists %d operations, %s %d", s, len(ids), sites[0], len(first))
 			}
 		}
 		return nil
