@@ -264,17 +264,28 @@ func (c *Catalog) audit(ctx context.Context, id string) error {
 		case err != nil:
 			errs = append(errs, fmt.Errorf("%s in {%s}: %w", s.key, s.group, err))
 		case ok:
-			_, kind, name, _ := parseKey(s.key)
-			if !c.holds(id, kind, s.group, name, value) {
-				c.auditMu.Lock()
-				if c.auditFixed == nil || len(c.auditFixed) > 10000 {
-					c.auditFixed = map[string][]byte{}
-				}
-				c.auditFixed[s.group+"\x00"+s.key] = value
-				c.auditMu.Unlock()
-				c.auditApplied.Add(1)
+			// Only a value the view did not hold and folds in counts: a
+			// view newer than the store (go-ds-crdt reports a change
+			// before it commits it) is not a miss.
+			if _, kind, name, _ := parseKey(s.key); c.holds(id, kind, s.group, name, value) {
+				continue
 			}
-			c.apply(sites, s.key, value)
+			// Noted before applying, so that a notice arriving right after
+			// is counted late.
+			k := s.group + "\x00" + s.key
+			c.auditMu.Lock()
+			if c.auditFixed == nil || len(c.auditFixed) > 10000 {
+				c.auditFixed = map[string][]byte{}
+			}
+			c.auditFixed[k] = value
+			c.auditMu.Unlock()
+			if c.apply(sites, s.key, value) {
+				c.auditApplied.Add(1)
+			} else {
+				c.auditMu.Lock()
+				delete(c.auditFixed, k)
+				c.auditMu.Unlock()
+			}
 		}
 	}
 	after, _ := c.Get(ctx, id)
@@ -340,16 +351,17 @@ func parseKey(key string) (id, kind, name string, ok bool) {
 // apply folds one stored key into the view. A value older than the one
 // the slot holds (a change delivered after this site's own newer write)
 // is ignored. Malformed values, which only a faulty or hostile member
-// could write, are logged and skipped.
-func (c *Catalog) apply(sites []string, key string, value []byte) {
+// could write, are logged and skipped. It reports whether the view
+// changed.
+func (c *Catalog) apply(sites []string, key string, value []byte) bool {
 	id, kind, name, ok := parseKey(key)
 	if !ok {
-		return
+		return false
 	}
 	group := groupOf(sites)
 	if c.holds(id, kind, group, name, value) {
 		c.lateAfterAudit(group, key, value)
-		return // already applied: this site's own write, reported back by the store
+		return false // already applied: this site's own write, reported back by the store
 	}
 	// Decode outside the lock.
 	var (
@@ -372,7 +384,7 @@ func (c *Catalog) apply(sites []string, key string, value []byte) {
 	}
 	if !valid {
 		c.log.Warn("skipping a malformed catalog value", "key", key, "err", err)
-		return
+		return false
 	}
 	raw := slices.Clone(value)
 	c.mu.Lock()
@@ -386,21 +398,21 @@ func (c *Catalog) apply(sites []string, key string, value []byte) {
 	case keyMeta:
 		slot := metaSlot{group, name}
 		if old, ok := e.metas[slot]; ok && (bytes.Equal(old.raw, value) || old.v.Version.Compare(m.Version) > 0) {
-			return
+			return false
 		}
 		e.metas[slot] = stored[Meta]{raw, m}
 		stamps = []Timestamp{m.Created, m.Version}
 	case keyOp:
 		slot := opSlot{group, name}
 		if old, ok := e.ops[slot]; ok && bytes.Equal(old.raw, value) {
-			return
+			return false
 		}
 		e.ops[slot] = stored[Operation]{raw, op}
 		stamps = []Timestamp{op.At}
 	case keySite:
 		slot := recSlot{group, name}
 		if old, ok := e.records[slot]; ok && (bytes.Equal(old.raw, value) || old.v.At.Compare(rec.At) > 0) {
-			return
+			return false
 		}
 		e.records[slot] = stored[SiteRecord]{raw, rec}
 		stamps = []Timestamp{rec.At}
@@ -412,6 +424,7 @@ func (c *Catalog) apply(sites []string, key string, value []byte) {
 	}
 	c.entries[id] = e
 	c.changedLocked(e, group, Change{ID: id, Kind: kind, Site: siteOf(kind, name), Op: opOf(kind, name)})
+	return true
 }
 
 // holds reports whether the slot of a key already holds exactly value.
