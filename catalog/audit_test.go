@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 )
@@ -36,5 +37,18 @@ func TestAuditFoldsInAChangeTheViewMissed(t *testing.T) {
 	})
 	if paris.AuditRepairs() != 1 {
 		t.Fatalf("audit repairs = %d, want 1", paris.AuditRepairs())
+	}
+}
+
+// TestStaleOwingSkipsResourcesBeingCaughtUp: only a resource owing at two
+// ticks with the same last change is audited.
+func TestStaleOwingSkipsResourcesBeingCaughtUp(t *testing.T) {
+	previous := map[string]uint64{"a": 3, "b": 4, "c": 5}
+	now := map[string]uint64{"a": 3, "b": 9, "d": 6}
+	if got := staleOwing(previous, now); !slices.Equal(got, []string{"a"}) {
+		t.Fatalf("staleOwing = %v, want [a]", got)
+	}
+	if got := staleOwing(nil, now); len(got) != 0 {
+		t.Fatalf("first tick audits %v, want nothing", got)
 	}
 }

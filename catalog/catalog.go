@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"reflect"
 	"slices"
 	"strings"
@@ -93,8 +94,12 @@ type Catalog struct {
 	closed  bool
 	entries map[string]*entry
 	// owing holds the resources this site holds that show an operation
-	// still owed by some site, kept with every change (Owing, the audit).
-	owing    map[string]bool
+	// still owed by some site, kept with every change (Owing, the audit),
+	// each with the sequence number of its last change (changes counts
+	// them), so that the audit can tell a resource that stays owing
+	// unchanged from one being caught up.
+	owing    map[string]uint64
+	changes  uint64
 	byLocal  map[localKey]string
 	watchers map[*watcher]struct{}
 	toGather map[string]bool
@@ -119,7 +124,7 @@ func New(ctx context.Context, cfg Config) (*Catalog, error) {
 		return nil, err
 	}
 	c := &Catalog{cfg: cfg, log: cfg.Logger.With("component", "catalog", "site", cfg.Self), clock: cfg.Clock,
-		gather: make(chan struct{}, 1), entries: map[string]*entry{}, owing: map[string]bool{}, byLocal: map[localKey]string{},
+		gather: make(chan struct{}, 1), entries: map[string]*entry{}, owing: map[string]uint64{}, byLocal: map[localKey]string{},
 		watchers: map[*watcher]struct{}{}, toGather: map[string]bool{}}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	// Follow changes before the scan so that nothing falls in between;
@@ -160,6 +165,20 @@ func (c *Catalog) Owing() []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// Len is the number of resources this site holds (what List with no
+// filter returns), without resolving them.
+func (c *Catalog) Len() int {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	n := 0
+	for _, e := range c.entries {
+		if e.visible {
+			n++
+		}
+	}
+	return n
 }
 
 // owes reports whether a visible entry shows an operation still owed.
@@ -205,22 +224,45 @@ func (c *Catalog) lateAfterAudit(group, key string, value []byte) {
 // an operation owed for minutes while its store held the record saying
 // it was done (the view missed that change; a restart, which rebuilds the
 // view from the store, showed it done). The audit folds such changes in.
+//
+// Only a resource that stayed owing, unchanged, for a whole interval is
+// audited: one whose owed operations are being executed changes, and
+// re-reading it would only cost (a returning site catching up on a
+// thousand resources would read them all again every interval).
 func (c *Catalog) auditLoop() {
 	defer c.wg.Done()
 	t := time.NewTicker(c.cfg.AuditInterval)
 	defer t.Stop()
+	var previous map[string]uint64
 	for {
 		select {
 		case <-c.ctx.Done():
 			return
 		case <-t.C:
 		}
-		for _, id := range c.Owing() {
+		c.mu.RLock()
+		now := maps.Clone(c.owing)
+		c.mu.RUnlock()
+		for _, id := range staleOwing(previous, now) {
 			if err := c.audit(c.ctx, id); err != nil && c.ctx.Err() == nil {
 				c.log.Warn("audit a resource's view", "id", id, "err", err)
 			}
 		}
+		previous = now
 	}
+}
+
+// staleOwing lists, in order, the resources owing in both snapshots with
+// the same last change.
+func staleOwing(previous, now map[string]uint64) []string {
+	var out []string
+	for id, seq := range now {
+		if p, ok := previous[id]; ok && p == seq {
+			out = append(out, id)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // audit reads again from the store every key of one resource the view
@@ -506,8 +548,9 @@ func (c *Catalog) changedLocked(e *entry, group string, ch Change) {
 	for _, k := range e.index {
 		c.byLocal[k] = e.id
 	}
+	c.changes++
 	if owes(e) {
-		c.owing[e.id] = true
+		c.owing[e.id] = c.changes
 	} else {
 		delete(c.owing, e.id)
 	}

@@ -111,8 +111,10 @@ func (r *Runner) loop(ctx context.Context) {
 				return
 			}
 			// Let a burst of changes settle into one pass over the
-			// resources they touched (all of them after a resync).
-			ids, all, ok := drain(ctx, changes, ch, 5*time.Millisecond)
+			// resources they touched (all of them after a resync), but
+			// do not wait for a long burst (a returning site's catalog
+			// filling up) to end before starting on it.
+			ids, all, ok := drain(ctx, changes, ch, 5*time.Millisecond, 20*time.Millisecond)
 			if !ok {
 				return
 			}
@@ -130,9 +132,10 @@ func (r *Runner) loop(ctx context.Context) {
 }
 
 // drain collects the resources that changed until none changed for
-// quiet; all reports a resync (changes were dropped: look at everything).
-// ok is false when the feed or the runner ended.
-func drain(ctx context.Context, ch <-chan catalog.Change, first catalog.Change, quiet time.Duration) (ids map[string]bool, all, ok bool) {
+// quiet, or for at most limit; all reports a resync (changes were
+// dropped: look at everything). ok is false when the feed or the runner
+// ended.
+func drain(ctx context.Context, ch <-chan catalog.Change, first catalog.Change, quiet, limit time.Duration) (ids map[string]bool, all, ok bool) {
 	ids = map[string]bool{}
 	add := func(c catalog.Change) {
 		if c.Kind == catalog.KindResync {
@@ -144,6 +147,8 @@ func drain(ctx context.Context, ch <-chan catalog.Change, first catalog.Change, 
 	add(first)
 	t := time.NewTimer(quiet)
 	defer t.Stop()
+	end := time.NewTimer(limit)
+	defer end.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -155,6 +160,8 @@ func drain(ctx context.Context, ch <-chan catalog.Change, first catalog.Change, 
 			add(c)
 			t.Reset(quiet)
 		case <-t.C:
+			return ids, all, true
+		case <-end.C:
 			return ids, all, true
 		}
 	}
@@ -200,8 +207,17 @@ func (r *Runner) dispatch(ctx context.Context, sem chan struct{}, res catalog.Re
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
-		defer func() { <-sem }()
-		r.catchUp(ctx, res)
+		defer r.release(res.ID)
+		outs := r.catchUp(ctx, res)
+		// The worker's slot is free once the application is done; the
+		// resource stays in flight until its outcomes are recorded, so
+		// that a scan meanwhile does not find them owed again.
+		<-sem
+		if len(outs) > 0 {
+			if err := r.record(ctx, outs); err != nil && ctx.Err() == nil {
+				r.log.Error("record outcomes", "resource", res.ID, "err", err)
+			}
+		}
 	}()
 }
 
@@ -211,11 +227,9 @@ func (r *Runner) release(id string) {
 	r.mu.Unlock()
 }
 
-// catchUp runs one resource's owed operations in order, then waits until
-// their outcomes are recorded (so that the next scan does not find them
-// owed again).
-func (r *Runner) catchUp(ctx context.Context, res catalog.Resource) {
-	defer r.release(res.ID)
+// catchUp runs one resource's owed operations in order and returns their
+// outcomes, to be recorded.
+func (r *Runner) catchUp(ctx context.Context, res catalog.Resource) []catalog.Outcome {
 	owed := map[string]bool{}
 	for _, id := range res.PerSite[r.self].Pending {
 		owed[id] = true
@@ -251,11 +265,7 @@ func (r *Runner) catchUp(ctx context.Context, res catalog.Resource) {
 		delete(r.retryAt, res.ID)
 	}
 	r.mu.Unlock()
-	if len(outs) > 0 {
-		if err := r.record(ctx, outs); err != nil && ctx.Err() == nil {
-			r.log.Error("record outcomes", "resource", res.ID, "err", err)
-		}
-	}
+	return outs
 }
 
 // record adds outcomes to the next batch and waits until it is written.
