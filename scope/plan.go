@@ -119,7 +119,9 @@ func (p *Plan) Pending() []string {
 func (s *Scope) Plan(service string, v View) (*Plan, error) {
 	e, ok := s.For(service)
 	if !ok {
-		return nil, fmt.Errorf("%w: %q (scope %s)", ErrNoBinding, service, s)
+		bound := s.Services()
+		near, _ := Nearest(service, bound)
+		return nil, &UnboundError{Service: service, Scope: s.String(), Bound: bound, Nearest: near}
 	}
 	return PlanExpr(service, e, v)
 }

@@ -214,7 +214,9 @@ func TestPlanErrors(t *testing.T) {
 	}{
 		{"{posts: paris & tokyo}", "posts", ErrUnknownSite, `unknown site: "tokyo"`},
 		{"around(tokyo, 5ms)", "posts", ErrUnknownSite, `unknown site: "tokyo"`},
-		{"{posts: paris}", "images", ErrNoBinding, `scope does not place this service: "images" (scope {posts: paris})`},
+		{"{posts: paris}", "images", ErrNoBinding, `scope does not place this service: "images" (scope {posts: paris} binds posts)`},
+		{"{post: paris & berlin}", "posts", ErrNoBinding, `scope does not place this service: "posts" (scope {post: paris & berlin} binds post); did you mean "post"?`},
+		{"{comments: berlin, image: paris}", "images", ErrNoBinding, `scope does not place this service: "images" (scope {comments: berlin, image: paris} binds comments, image); did you mean "image"?`},
 		{"madrid", "posts", ErrUnreachable, "no site of the scope is reachable: madrid"},
 		{"madrid | madrid", "posts", ErrUnreachable, "no site of the scope is reachable: madrid | madrid"},
 		{"around(madrid, 1ms)", "posts", ErrUnreachable, "no site of the scope is reachable: around(madrid, 1ms)"},
@@ -319,6 +321,26 @@ func BenchmarkParse10(b *testing.B) {
 	for b.Loop() {
 		if _, err := Parse(src); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+func TestNearest(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		cands []string
+		want  string
+	}{
+		{"post", []string{"comments", "posts"}, "posts"},
+		{"Posts", []string{"posts"}, "posts"},
+		{"comment", []string{"posts", "comments"}, "comments"},
+		{"images", []string{"posts"}, ""},
+		{"ab", []string{"ac"}, ""}, // one edit in two letters is no typo
+		{"posts", nil, ""},
+	} {
+		got, ok := Nearest(tc.name, tc.cands)
+		if got != tc.want || ok != (tc.want != "") {
+			t.Errorf("Nearest(%q, %v) = %q, %v; want %q", tc.name, tc.cands, got, ok, tc.want)
 		}
 	}
 }
