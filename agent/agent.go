@@ -194,7 +194,8 @@ func Start(ctx context.Context, cfg Config) (*Agent, error) {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
 	}
-	go func() { a.done <- a.srv.Serve(ln) }()
+	// Go's own answers to malformed requests become cheops JSON.
+	go func() { a.done <- a.srv.Serve(forward.ErrorListener(ln)) }()
 	if err := a.writeInfo(); err != nil {
 		a.Close()
 		return nil, err

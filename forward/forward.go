@@ -156,8 +156,23 @@ type request struct {
 	explicit bool
 }
 
+// ServeHTTP serves the client API: the request is checked against the
+// client contract (checkClient), then placed and run.
 func (f *Forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	req, status, code, err := f.parse(w, r)
+	if status, code, msg := checkClient(r); status != 0 {
+		if status == http.StatusMethodNotAllowed {
+			w.Header().Set("Allow", strings.Join(allowedMethods, ", "))
+		}
+		writeError(w, status, code, msg)
+		return
+	}
+	f.serve(w, r, "")
+}
+
+// serve places and runs a request; hop is the member site that sent it
+// over a stream, empty for an API client.
+func (f *Forwarder) serve(w http.ResponseWriter, r *http.Request, hop string) {
+	req, status, code, err := f.parse(w, r, hop)
 	if err != nil {
 		writeError(w, status, code, err.Error())
 		return
@@ -174,13 +189,19 @@ func (f *Forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		f.reply(w, f.executeLocal(r.Context(), req), "", nil)
 		return
 	}
+	plan, err := f.plan(req)
+	if errors.Is(err, scope.ErrNoBinding) {
+		// Even for a resource the catalog knows: a scope that does not
+		// name the service is a mistake to point out, never ignored.
+		writeError(w, http.StatusBadRequest, "unbound_service", err.Error())
+		return
+	}
 	if id, ok := f.resourceOf(req); ok {
 		if res, err := f.cfg.Catalog.Get(r.Context(), id); err == nil && res.Service == req.svc.Name {
 			f.onResource(w, req, res)
 			return
 		}
 	}
-	plan, err := f.plan(req)
 	if err == nil && !req.route.named && catalog.ValidID(req.route.id) && (!req.explicit || slices.Contains(plan.Required(), f.cfg.Membership.Site())) {
 		// A global id this site does not hold yet, and a scope that
 		// places the request here: wait for the entry, never hand the
@@ -204,6 +225,10 @@ func (f *Forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
+	if msg, refused := localIDRefusal(req, plan.Required()); refused {
+		writeError(w, http.StatusBadRequest, "local_id", msg)
+		return
+	}
 	switch {
 	case r.Method == http.MethodPost && req.route.id == "" && req.route.collection != "/" && !req.route.other:
 		f.create(w, req, plan)
@@ -220,7 +245,7 @@ func (f *Forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // parse reads the service, scope and body of a request.
-func (f *Forwarder) parse(w http.ResponseWriter, r *http.Request) (*request, int, string, error) {
+func (f *Forwarder) parse(w http.ResponseWriter, r *http.Request, hop string) (*request, int, string, error) {
 	path := r.URL.EscapedPath()
 	scopeText := ""
 	if rest, ok := strings.CutPrefix(path, "/scope/"); ok {
@@ -240,7 +265,7 @@ func (f *Forwarder) parse(w http.ResponseWriter, r *http.Request) (*request, int
 	if !ok {
 		return nil, http.StatusNotFound, "unknown_service", fmt.Errorf("unknown service %q (this agent serves %s)", name, f.serviceNames())
 	}
-	req := &request{r: r, svc: svc, hop: r.Header.Get(HeaderHop)}
+	req := &request{r: r, svc: svc, hop: hop}
 	unescaped, err := url.PathUnescape(inner)
 	if err != nil {
 		return nil, http.StatusBadRequest, "bad_path", fmt.Errorf("path: %v", err)
@@ -269,6 +294,10 @@ func (f *Forwarder) parse(w http.ResponseWriter, r *http.Request) (*request, int
 	if req.scope, err = scope.Parse(scopeText); err != nil {
 		return nil, http.StatusBadRequest, "bad_scope", err
 	}
+	if n := len(req.scope.String()); n > MaxScopeBytes {
+		return nil, http.StatusRequestHeaderFieldsTooLarge, "scope_too_large",
+			fmt.Errorf("scope of %d bytes (canonical) is over the limit of %d passed to applications", n, MaxScopeBytes)
+	}
 	if r.Body != nil {
 		req.body, err = readLimited(http.MaxBytesReader(w, r.Body, f.cfg.MaxBody), f.cfg.MaxBody)
 		if err != nil {
@@ -278,6 +307,9 @@ func (f *Forwarder) parse(w http.ResponseWriter, r *http.Request) (*request, int
 			}
 			return nil, http.StatusBadRequest, "bad_body", fmt.Errorf("read body: %v", err)
 		}
+	}
+	if err := checkJSON(r.Header.Get("Content-Type"), req.body); err != nil {
+		return nil, http.StatusBadRequest, "bad_json", err
 	}
 	return req, 0, "", nil
 }
@@ -301,17 +333,19 @@ func (e *unreachableError) Error() string {
 	return "no site reachable: " + strings.Join(e.reasons, "; ")
 }
 
-// plan places the request; a scope that does not bind the service falls
-// back to the service's default scope, then to the local site.
+// plan places the request. A request without a scope has the service's
+// default scope, else the local site (parse); a scope the client gave must
+// bind the service (scope.UnboundError), and a default scope that binds
+// other services only places it on the local site.
 func (f *Forwarder) plan(req *request) (*scope.Plan, error) {
-	view := f.cfg.Membership.View()
+	return f.planIn(req, f.cfg.Membership.View())
+}
+
+// planIn is plan over a given view.
+func (f *Forwarder) planIn(req *request, view scope.View) (*scope.Plan, error) {
 	p, err := req.scope.Plan(req.svc.Name, view)
-	if errors.Is(err, scope.ErrNoBinding) {
-		fallback := req.svc.DefaultScope
-		if fallback == "" {
-			fallback = view.Local
-		}
-		s, _ := scope.Parse(fallback)
+	if errors.Is(err, scope.ErrNoBinding) && !req.explicit {
+		s := &scope.Scope{Bindings: []scope.Binding{{Expr: scope.Site{Name: view.Local}}}}
 		p, err = s.Plan(req.svc.Name, view)
 	}
 	if errors.Is(err, scope.ErrUnreachable) {
@@ -356,7 +390,7 @@ func (r result) outcome() string {
 // site's agent.
 func (f *Forwarder) execute(ctx context.Context, site string, req *request, method, path string, extra http.Header) result {
 	if site == f.cfg.Membership.Site() {
-		return f.callApp(ctx, req, method, path, extra)
+		return f.showHere(req, method, f.callApp(ctx, req, method, path, extra))
 	}
 	u := "http://cheops/svc/" + req.svc.Name + path
 	out, err := http.NewRequestWithContext(ctx, method, u, bytes.NewReader(req.body))
@@ -400,9 +434,8 @@ func (f *Forwarder) callApp(ctx context.Context, req *request, method, path stri
 	for k, v := range extra {
 		out.Header[k] = v
 	}
+	appHeaders(out.Header)
 	out.Header.Set(HeaderScope, req.scope.String())
-	out.Header.Del(HeaderHop)
-	out.Header.Del(HeaderCoordinate)
 	if len(req.body) == 0 {
 		out.Body, out.ContentLength = http.NoBody, 0
 	}
@@ -431,7 +464,7 @@ func (f *Forwarder) executeLocal(ctx context.Context, req *request) result {
 		}
 		path = withQuery(req.route.path(local), req.rawPath)
 	}
-	return f.callApp(ctx, req, req.r.Method, path, nil)
+	return f.showHere(req, req.r.Method, f.callApp(ctx, req, req.r.Method, path, nil))
 }
 
 // ResourceWait bounds how long a request naming a global id this site

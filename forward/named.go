@@ -191,8 +191,8 @@ func (f *Forwarder) openLocalStream(req *request, path string) (*http.Response, 
 		return nil, nil, err
 	}
 	copyHeaders(out.Header, req.r.Header)
+	appHeaders(out.Header)
 	out.Header.Set(HeaderScope, req.scope.String())
-	out.Header.Del(HeaderHop)
 	f.prepareUpstream(req.svc, out)
 	resp, err := f.clientOf(req.svc, true).Do(out)
 	if err != nil {
@@ -271,7 +271,7 @@ func pipe(w http.ResponseWriter, resp *http.Response) {
 // site's application, writing the answer on the libp2p stream as it
 // arrives (HTTP/1.1, chunked). It ends when the application ends the
 // answer or the requester closes or resets the stream.
-func (f *Forwarder) serveStreamed(s network.Stream, req *http.Request, br *bufio.Reader) {
+func (f *Forwarder) serveStreamed(s network.Stream, req *http.Request, br *bufio.Reader, site string) {
 	_ = s.SetDeadline(time.Time{})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -282,7 +282,7 @@ func (f *Forwarder) serveStreamed(s network.Stream, req *http.Request, br *bufio
 		cancel()
 	}()
 	sw := &streamWriter{s: s, header: http.Header{}}
-	f.ServeHTTP(sw, req.WithContext(ctx))
+	f.serve(sw, req.WithContext(ctx), site)
 	sw.finish()
 }
 
@@ -351,16 +351,19 @@ func (f *Forwarder) streamLocal(w http.ResponseWriter, req *request) {
 	pipe(w, resp)
 }
 
-// relays reports a write by name to a client-named resource that this
-// site neither holds nor is placed on: a site of the scope, whose catalog
-// may know the resource, coordinates it (records it, marks the sites
-// that are away pending).
+// relays reports a write to a resource — by name for a client-named
+// service, by global id for another — that this site neither holds nor is
+// placed on: a site of the scope, whose catalog may know the resource,
+// coordinates it (records it, sends it to every replica, marks the sites
+// that are away pending). Sent as a plain hop, it would change that
+// site's copy alone.
 func (f *Forwarder) relays(req *request, plan *scope.Plan) bool {
 	switch req.r.Method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions:
 		return false
 	}
-	return req.route.named && req.route.id != "" && req.hop == "" && !slices.Contains(plan.Required(), f.cfg.Membership.Site())
+	return req.route.id != "" && (req.route.named || catalog.ValidID(req.route.id)) && req.hop == "" &&
+		!slices.Contains(plan.Required(), f.cfg.Membership.Site())
 }
 
 // relayNamed hands a write by name to the nearest reachable site of the

@@ -84,14 +84,16 @@ func (f *Forwarder) serveStream(s network.Stream) {
 		return
 	}
 	req.Body = http.MaxBytesReader(nil, req.Body, f.cfg.MaxBody)
+	// The sender is the member site the stream's peer is bound to,
+	// whatever its headers say.
 	req.Header.Set(HeaderHop, site)
 	req.RemoteAddr = site
 	if req.Header.Get(headerStream) != "" {
-		f.serveStreamed(s, req, br)
+		f.serveStreamed(s, req, br, site)
 		return
 	}
 	rec := newBufferedWriter()
-	f.ServeHTTP(rec, req.WithContext(context.Background()))
+	f.serve(rec, req.WithContext(context.Background()), site)
 	resp := rec.response(req)
 	if err := resp.Write(s); err != nil {
 		s.Reset()
