@@ -54,6 +54,9 @@ func (f *Forwarder) create(w http.ResponseWriter, req *request, plan *scope.Plan
 		f.reply(w, answer, "", outcomes)
 	default:
 		answer.body = req.svc.withID(answer.body, id)
+		if answer.header.Get("Location") != "" && req.svc.Routes == nil {
+			answer.header.Set("Location", location(req, id))
+		}
 		f.reply(w, answer, id, outcomes)
 	}
 }
@@ -80,7 +83,11 @@ func (f *Forwarder) coordinate(w http.ResponseWriter, req *request, plan *scope.
 		writeError(w, http.StatusBadGateway, "site_failed", res.err.Error())
 		return
 	}
-	// The coordinator's answer carries the resource and per-site headers.
+	// The coordinator's answer carries the resource and per-site headers;
+	// its Location names the coordinator, not this agent.
+	if id := res.header.Get(HeaderResource); id != "" && res.header.Get("Location") != "" && req.svc.Routes == nil {
+		res.header.Set("Location", location(req, id))
+	}
 	f.reply(w, res, res.header.Get(HeaderResource), nil)
 }
 
