@@ -79,11 +79,13 @@ type Config struct {
 	// record (with the RTTs it measured). 10 s: records change slowly; a
 	// site that connects gets one within a second anyway.
 	AnnounceInterval time.Duration
-	// RedialInterval is how soon a site that is down is dialled again,
-	// between probe rounds: 250 ms, so that a healed cut is found within
-	// a quarter of a second plus a round trip (the side that connects
-	// first also makes the other probe it at once). The delay doubles up
-	// to MaxRedialBackoff.
+	// RedialInterval is how soon a site that is down is dialled again
+	// after a failed attempt, between probe rounds: 50 ms, so that a
+	// healed cut is found within a few round trips (the side that
+	// connects first also makes the other see it up at once). The delay
+	// doubles up to MaxRedialBackoff. An attempt across a cut hangs until
+	// ProbeTimeout, so a dead link costs one pending dial, not twenty a
+	// second.
 	RedialInterval time.Duration
 	// MaxRedialBackoff caps the delay between attempts to reconnect to a
 	// site that dropped. 250 ms (no doubling by default): a dead site
@@ -113,7 +115,7 @@ func DefaultConfig() Config {
 		DownAfter:        4,
 		RTTSmoothing:     0.3,
 		AnnounceInterval: 10 * time.Second,
-		RedialInterval:   250 * time.Millisecond,
+		RedialInterval:   50 * time.Millisecond,
 		MaxRedialBackoff: 250 * time.Millisecond,
 	}
 }

@@ -150,17 +150,31 @@ func (n *Node) probeLoop(ctx context.Context) {
 	}
 }
 
-// connectedFrom is called when a connection with p opens: a site this
-// node holds down or suspect is probed at once (its traffic says the
-// network healed), not at the next round.
+// connectedFrom is called when a connection with p opens, in either
+// direction. A site this node holds down or suspect is up again at once:
+// the handshake that opened the connection (TCP, then the secure channel
+// with the peer's own key, then the muxer) is traffic both ways, proof
+// enough of reachability, and a ping after it would only add round trips
+// before requests may go there. A probe follows at once for its RTT;
+// other sites cut off by the same fault are retried now too.
 func (n *Node) connectedFrom(p peer.ID) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	ps, ok := n.byPeer[p]
-	if !ok || ps.state() == scope.Up || ps.state() == scope.Unknown {
+	if !ok {
+		return
+	}
+	before := ps.state()
+	if before == scope.Up || before == scope.Unknown {
 		return
 	}
 	ps.backoff, ps.nextDial = 0, time.Time{}
+	ps.misses, ps.lastSeen = 0, time.Now().UTC()
+	if ps.site != "" {
+		n.log.Info("site state changed", "site", ps.site, "from", before, "to", scope.Up, "rtt", ps.rtt, "by", "connection")
+		n.notifyLocked(SiteEvent{Site: ps.site, Peer: p, From: before, State: scope.Up})
+	}
+	n.retryOthersLocked(p)
 	select {
 	case n.probeNow <- struct{}{}:
 	default:
