@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/metrics"
@@ -43,6 +45,15 @@ type Config struct {
 	// disables the check, for closed test networks only.
 	Trust    []peer.ID
 	TrustAll bool
+	// Sites binds site names to peer ids (`--trust NAME=PEERID`, trust
+	// file lines `NAME PEERID`): the only peer that may ever act as that
+	// site, here and after any restart. Each bound peer is trusted. A name
+	// left out is bound by its first claim, persisted in the data
+	// directory (BindingsFile); see the design note in bindings.go. This
+	// site's own entry, when present, must be this data directory's
+	// identity: a second agent started with another site's name is
+	// refused at start.
+	Sites map[string]peer.ID
 	// SwarmKey is an optional libp2p pre-shared network key (the
 	// /key/swarm/psk/1.0.0/ file format). With a key, the node runs over
 	// TCP only.
@@ -134,7 +145,7 @@ var (
 	// ErrBadConfig wraps every configuration problem.
 	ErrBadConfig = errors.New("node: bad configuration")
 	// ErrNoTrust: neither a trust list nor TrustAll.
-	ErrNoTrust = errors.New("node: no trusted peers: give --trust PEERID or --trust-file FILE (or --trust-all on a closed test network)")
+	ErrNoTrust = errors.New("node: no trusted peers: give --trust [NAME=]PEERID or --trust-file FILE (or --trust-all on a closed test network)")
 	// ErrDataDirInUse: another process runs a node on the data directory.
 	ErrDataDirInUse = errors.New("node: data directory in use by another agent")
 )
@@ -176,7 +187,21 @@ func (c *Config) Validate() error {
 			return bad("with a swarm key at least one TCP listen address is required (QUIC cannot carry the key)")
 		}
 	}
-	if len(c.Trust) == 0 && !c.TrustAll {
+	holders := map[peer.ID]string{}
+	for _, name := range slices.Sorted(maps.Keys(c.Sites)) {
+		p := c.Sites[name]
+		if err := ValidSiteName(name); err != nil {
+			return bad("trust binding: %v", err)
+		}
+		if p.Validate() != nil {
+			return bad("trust binding %s: no peer id", name)
+		}
+		if other, dup := holders[p]; dup {
+			return bad("trust bindings: peer %s bound to both %s and %s (one name per peer)", p, other, name)
+		}
+		holders[p] = name
+	}
+	if len(c.Trust) == 0 && len(c.Sites) == 0 && !c.TrustAll {
 		return ErrNoTrust
 	}
 	switch {

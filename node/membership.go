@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -25,20 +26,25 @@ type Record struct {
 	RTTms   map[string]float64 `json:"rtt_ms,omitempty"` // smoothed RTT to each reachable site
 }
 
-// Conflict is a site name claimed by a second peer id.
-//
-// Design note — first claim wins: each site keeps the first peer id it
-// learned for a name and refuses any other peer's record for that name,
-// reporting it here, in the log, in GET /v1/sites and in the metrics. It
-// never switches: a name that silently moved to another key would route
-// requests and catalog data to whoever claimed it last. Only trusted peers
-// can claim anything, so a conflict is a misconfiguration (two agents given
-// one --site) that an operator must fix.
+// Conflict is a refused claim on a site name: a peer claimed a name bound
+// to another peer, or a peer bound to one name claimed another. Refused
+// claims are reported here, in the log, in GET /v1/sites and /v1/health and
+// in the metrics; the binding never switches (see the design note in
+// bindings.go). Only trusted peers can claim anything, so a conflict is a
+// misconfiguration (two agents given one --site, a reinstalled site with a
+// new key) or an impostor, which an operator must look at.
 type Conflict struct {
-	Site     string    `json:"site"`
-	Holder   peer.ID   `json:"holder"`
-	Claimant peer.ID   `json:"claimant"`
-	At       time.Time `json:"at"`
+	Site string `json:"site"`
+	// Holder is the peer bound to Site, if any.
+	Holder   peer.ID `json:"holder,omitempty"`
+	Claimant peer.ID `json:"claimant"`
+	// Reason says which binding refused the claim.
+	Reason string `json:"reason"`
+	// At is the first refusal of this claimant for this name, Last the
+	// latest; Count counts the refused records.
+	At    time.Time `json:"at"`
+	Last  time.Time `json:"last"`
+	Count int       `json:"count"`
 }
 
 // maxRecordSize bounds a membership message: a record with a hundred
@@ -100,34 +106,61 @@ func decodeRecord(data []byte, signer peer.ID) (Record, error) {
 }
 
 // validateRecord rejects malformed records, records not signed by the
-// peer they describe, and a second peer's claim on a known site name.
+// peer they describe, and claims the binding table refuses. A claim on a
+// free name by a free peer is bound, and written to disk, before the
+// record is accepted: a binding in use has always been persisted.
 func (n *Node) validateRecord(_ context.Context, from peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
 	r, err := decodeRecord(msg.Data, msg.GetFrom())
 	if err != nil {
 		n.log.Warn("rejected membership record", "from", from, "err", err)
 		return pubsub.ValidationReject
 	}
-	n.mu.Lock()
-	holder, known := n.bySite[r.Site]
-	n.mu.Unlock()
-	if known && holder != r.Peer {
-		n.reportConflict(r.Site, holder, r.Peer)
+	if !n.claim(r.Site, r.Peer) {
 		return pubsub.ValidationReject
 	}
 	msg.ValidatorData = r
 	return pubsub.ValidationAccept
 }
 
-func (n *Node) reportConflict(site string, holder, claimant peer.ID) {
+// claim decides a record's claim of site by p: true when the name is (now)
+// bound to p.
+func (n *Node) claim(site string, p peer.ID) bool {
+	n.bindMu.Lock()
+	defer n.bindMu.Unlock()
+	verdict, reason := n.bindings.check(site, p)
+	switch verdict {
+	case claimBound:
+		return true
+	case claimRefused:
+		holder := n.bindings.byName[site].Peer
+		n.reportConflict(site, holder, p, reason)
+		return false
+	}
+	b := Binding{Site: site, Peer: p, Source: BoundByFirstClaim, Since: time.Now().UTC()}
+	n.bindings.put(b)
+	if err := saveBindings(n.cfg.DataDir, n.bindings.learned()); err != nil {
+		_, _ = n.bindings.remove(site)
+		n.log.Error("could not persist a site binding; the claim is refused until it can be", "name", site, "peer", p, "err", err)
+		return false
+	}
+	n.log.Info("site name bound to its first claimant (persisted)", "name", site, "peer", p, "file", BindingsFile)
+	return true
+}
+
+func (n *Node) reportConflict(site string, holder, claimant peer.ID, reason string) {
+	now := time.Now().UTC()
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	for _, c := range n.conflicts {
-		if c.Site == site && c.Claimant == claimant {
+	n.refusedClaims[site]++
+	for i := range n.conflicts {
+		if c := &n.conflicts[i]; c.Site == site && c.Claimant == claimant {
+			c.Holder, c.Reason, c.Last = holder, reason, now
+			c.Count++
 			return
 		}
 	}
-	n.conflicts = append(n.conflicts, Conflict{Site: site, Holder: holder, Claimant: claimant, At: time.Now().UTC()})
-	n.log.Error("site name claimed by two peers; keeping the first claim", "site", site, "holder", holder, "claimant", claimant)
+	n.conflicts = append(n.conflicts, Conflict{Site: site, Holder: holder, Claimant: claimant, Reason: reason, At: now, Last: now, Count: 1})
+	n.log.Error("refused a peer's claim on a site name", "name", site, "claimant", claimant, "reason", reason)
 }
 
 // Conflicts lists the refused claims on site names, oldest first.
@@ -135,6 +168,53 @@ func (n *Node) Conflicts() []Conflict {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return slices.Clone(n.conflicts)
+}
+
+// RefusedClaims counts, per site name, the membership records refused
+// because of the bindings. The counts only grow (Forget clears the
+// conflicts, not the counts).
+func (n *Node) RefusedClaims() map[string]int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return maps.Clone(n.refusedClaims)
+}
+
+// Bindings lists every site name bound to a peer id (this site, the trust
+// configuration's, the first claims), by name.
+func (n *Node) Bindings() []Binding {
+	n.bindMu.Lock()
+	defer n.bindMu.Unlock()
+	return n.bindings.all()
+}
+
+// Forget removes a binding made by first claim, on disk and in memory, so
+// that the next peer to claim the name gets it. It is the operator's
+// command (`cheops sites forget NAME`) for a site that was reinstalled
+// with a new key; bindings of the trust configuration and this site's own
+// name cannot be forgotten (ErrBoundByConfig, ErrSelfBinding), an unbound
+// name is ErrNotBound. The refused claims on the name are cleared.
+func (n *Node) Forget(site string) (Binding, error) {
+	n.bindMu.Lock()
+	defer n.bindMu.Unlock()
+	b, err := n.bindings.remove(site)
+	if err != nil {
+		return b, err
+	}
+	if err := saveBindings(n.cfg.DataDir, n.bindings.learned()); err != nil {
+		n.bindings.put(b)
+		return b, fmt.Errorf("node: forget %s: %w", site, err)
+	}
+	n.mu.Lock()
+	if p, ok := n.bySite[site]; ok {
+		delete(n.bySite, site)
+		if ps, ok := n.byPeer[p]; ok && ps.site == site {
+			ps.site = ""
+		}
+	}
+	n.conflicts = slices.DeleteFunc(n.conflicts, func(c Conflict) bool { return c.Site == site })
+	n.mu.Unlock()
+	n.log.Warn("site binding forgotten by the operator: the next claim binds the name", "name", site, "peer", b.Peer)
+	return b, nil
 }
 
 func (n *Node) receiveRecords(ctx context.Context) {
@@ -154,26 +234,21 @@ func (n *Node) receiveRecords(ctx context.Context) {
 
 // learn records what a site said of itself.
 func (n *Node) learn(r Record) {
-	n.mu.Lock()
-	if holder, ok := n.bySite[r.Site]; ok && holder != r.Peer {
-		// Two claims passed validation concurrently; the first learned stands.
-		n.mu.Unlock()
-		n.reportConflict(r.Site, holder, r.Peer)
+	// The binding may have been forgotten since the record was validated.
+	n.bindMu.Lock()
+	defer n.bindMu.Unlock()
+	if v, _ := n.bindings.check(r.Site, r.Peer); v != claimBound {
 		return
 	}
+	n.mu.Lock()
 	ps := n.peerLocked(r.Peer)
 	if r.Started.Before(ps.started) {
 		n.mu.Unlock() // a late record of an earlier run
 		return
 	}
 	if ps.site != "" && ps.site != r.Site {
-		if !r.Started.After(ps.started) {
-			n.mu.Unlock()
-			n.log.Warn("peer claims a second site name; keeping the first", "peer", r.Peer, "site", ps.site, "claim", r.Site)
-			return
-		}
-		// A new run of the same peer under a new name: a renamed site.
-		n.log.Warn("site renamed", "peer", r.Peer, "from", ps.site, "to", r.Site)
+		// Bindings are one to one and changed only by Forget, which
+		// clears ps.site: the old name is no longer this peer's.
 		delete(n.bySite, ps.site)
 		ps.site = ""
 	}

@@ -21,13 +21,15 @@ var (
 	descLastSeen = prometheus.NewDesc("cheops_site_last_seen_timestamp_seconds",
 		"When each site last answered a probe (Unix time).", []string{"site"}, nil)
 	descConflicts = prometheus.NewDesc("cheops_membership_conflicts",
-		"Peers refused because they claimed a site name another peer holds.", []string{"site"}, nil)
+		"Peers whose claim on a site name was refused (the name is bound to another peer, or the peer to another name).", []string{"site"}, nil)
+	descRefusedClaims = prometheus.NewDesc("cheops_membership_refused_claims_total",
+		"Membership records refused because they claimed a site name bound to another peer (or came from a peer bound to another name).", []string{"site"}, nil)
 	descRefused = prometheus.NewDesc("cheops_refused_connections_total",
 		"Connections refused because the peer is not trusted.", nil, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSites, descSiteState, descSiteRTT, descLastSeen, descConflicts, descRefused} {
+	for _, d := range []*prometheus.Desc{descSites, descSiteState, descSiteRTT, descLastSeen, descConflicts, descRefusedClaims, descRefused} {
 		ch <- d
 	}
 }
@@ -43,9 +45,16 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		if !s.LastSeen.IsZero() {
 			ch <- prometheus.MustNewConstMetric(descLastSeen, prometheus.GaugeValue, float64(s.LastSeen.UnixMilli())/1e3, s.Site)
 		}
-		if len(s.Conflicts) > 0 {
-			ch <- prometheus.MustNewConstMetric(descConflicts, prometheus.GaugeValue, float64(len(s.Conflicts)), s.Site)
-		}
+	}
+	claimants := map[string]int{}
+	for _, cf := range c.n.Conflicts() {
+		claimants[cf.Site]++
+	}
+	for site, k := range claimants {
+		ch <- prometheus.MustNewConstMetric(descConflicts, prometheus.GaugeValue, float64(k), site)
+	}
+	for site, k := range c.n.RefusedClaims() {
+		ch <- prometheus.MustNewConstMetric(descRefusedClaims, prometheus.CounterValue, float64(k), site)
 	}
 	for _, st := range []scope.State{scope.Up, scope.Suspect, scope.Down, scope.Unknown} {
 		ch <- prometheus.MustNewConstMetric(descSites, prometheus.GaugeValue, float64(count[st]), st.String())

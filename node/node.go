@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -41,11 +43,18 @@ type Node struct {
 	started  time.Time
 	unlock   func()
 
+	// bindMu guards bindings and is held while a new binding is written
+	// to disk. Lock order: bindMu, then mu.
+	bindMu   sync.Mutex
+	bindings *bindingTable
+
 	mu        sync.Mutex
-	bySite    map[string]peer.ID
+	bySite    map[string]peer.ID // bound sites whose record arrived in this run
 	byPeer    map[peer.ID]*peerState
 	conflicts []Conflict
-	watchers  map[chan SiteEvent]struct{}
+	// refusedClaims counts refused membership records per claimed name.
+	refusedClaims map[string]int
+	watchers      map[chan SiteEvent]struct{}
 
 	stopLoops  context.CancelFunc // probe, announce, receive
 	probeNow   chan struct{}      // starts a probe round before the next tick
@@ -88,17 +97,23 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
+	bindings, err := openBindings(cfg, self, log)
+	if err != nil {
+		return nil, err
+	}
 	reg := cfg.Registerer
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
 	n := &Node{
 		cfg: cfg, log: log, registry: reg, started: time.Now().UTC(), unlock: unlock,
-		bySite:   map[string]peer.ID{cfg.Site: self},
-		byPeer:   map[peer.ID]*peerState{},
-		watchers: map[chan SiteEvent]struct{}{},
-		gater:    newTrustGater(self, cfg.Trust, cfg.TrustAll, log),
-		probeNow: make(chan struct{}, 1),
+		bindings:      bindings,
+		bySite:        map[string]peer.ID{cfg.Site: self},
+		byPeer:        map[peer.ID]*peerState{},
+		refusedClaims: map[string]int{},
+		watchers:      map[chan SiteEvent]struct{}{},
+		gater:         newTrustGater(self, append(slices.Collect(maps.Values(cfg.Sites)), cfg.Trust...), cfg.TrustAll, log),
+		probeNow:      make(chan struct{}, 1),
 	}
 	if cfg.TrustAll {
 		log.Warn("trusting every peer (--trust-all): use on closed test networks only")
@@ -211,6 +226,37 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 	go n.probeLoop(runCtx)
 	log.Info("node started", "peer", self, "addrs", n.Addrs())
 	return n, nil
+}
+
+// openBindings checks this site's own name against the trust
+// configuration and builds the binding table from the configuration and
+// the bindings persisted in the data directory (rewritten when the
+// configuration overrides some).
+func openBindings(cfg Config, self peer.ID, log *slog.Logger) (*bindingTable, error) {
+	if p, ok := cfg.Sites[cfg.Site]; ok && p != self {
+		return nil, fmt.Errorf("%w: the trust configuration binds site %s to peer %s, but this data directory's identity is %s: is this agent started with another site's name?",
+			ErrBadConfig, cfg.Site, p, self)
+	}
+	for name, p := range cfg.Sites {
+		if p == self && name != cfg.Site {
+			return nil, fmt.Errorf("%w: the trust configuration binds this identity (%s) to site %s, not %s", ErrBadConfig, self, name, cfg.Site)
+		}
+	}
+	persisted, err := loadBindings(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	t, overridden, stale := newBindingTable(Binding{Site: cfg.Site, Peer: self, Source: BoundSelf}, cfg.Sites, persisted)
+	for _, b := range overridden {
+		log.Warn("persisted site binding overridden by the trust configuration or this site's own name",
+			"name", b.Site, "peer", b.Peer, "since", b.Since)
+	}
+	if stale {
+		if err := saveBindings(cfg.DataDir, t.learned()); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrIdentity, err)
+		}
+	}
+	return t, nil
 }
 
 func tcpOnly(addrs []string) []string {

@@ -313,18 +313,24 @@ type SiteStatus struct {
 	// Conflicts are the other peers that claimed this site's name and
 	// were refused.
 	Conflicts []peer.ID
+	// Binding says what binds the name to Peer: BoundSelf,
+	// BoundByConfig or BoundByFirstClaim.
+	Binding string
 }
 
 // Sites lists every known site, this one included, by name.
 func (n *Node) Sites() []SiteStatus {
+	n.bindMu.Lock()
+	defer n.bindMu.Unlock()
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	out := []SiteStatus{{Site: n.cfg.Site, Peer: n.host.ID(), State: scope.Up, LastSeen: time.Now().UTC(), Self: true, Started: n.started}}
+	out := []SiteStatus{{Site: n.cfg.Site, Peer: n.host.ID(), State: scope.Up, LastSeen: time.Now().UTC(), Self: true, Started: n.started, Binding: BoundSelf}}
 	for p, ps := range n.byPeer {
 		if ps.site == "" {
 			continue
 		}
-		out = append(out, SiteStatus{Site: ps.site, Peer: p, State: ps.state(), RTT: ps.rtt, LastSeen: ps.lastSeen, Started: ps.started})
+		out = append(out, SiteStatus{Site: ps.site, Peer: p, State: ps.state(), RTT: ps.rtt, LastSeen: ps.lastSeen, Started: ps.started,
+			Binding: n.bindings.byName[ps.site].Source})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Site < out[j].Site })
 	for _, c := range n.conflicts {
