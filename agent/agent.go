@@ -22,6 +22,7 @@ import (
 
 	"cheops/catalog"
 	"cheops/crdt"
+	"cheops/errcode"
 	"cheops/forward"
 	"cheops/node"
 	"cheops/replica"
@@ -372,6 +373,7 @@ func (a *Agent) Close() error {
 func (a *Agent) routes() {
 	a.mux.HandleFunc("GET /v1/health", a.health)
 	a.mux.HandleFunc("GET /v1/sites", a.sites)
+	a.mux.HandleFunc("POST /v1/sites/{site}/forget", a.forget)
 	a.mux.Handle("GET /metrics", promhttp.HandlerFor(a.node.Registry(), promhttp.HandlerOpts{
 		ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
 	}))
@@ -387,7 +389,7 @@ func (a *Agent) routes() {
 	a.mux.Handle("GET /v1/watch", catalogAPI)
 	a.mux.HandleFunc("GET /v1/catalog/status", a.catalogStatus)
 	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		WriteError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
+		WriteError(w, http.StatusNotFound, errcode.NotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
 }
 
@@ -407,6 +409,6 @@ func requireToken(token string, next http.Handler) http.Handler {
 			return
 		}
 		w.Header().Set("WWW-Authenticate", `Bearer realm="cheops"`)
-		WriteError(w, http.StatusUnauthorized, "unauthorized", "this agent's API needs its bearer token (Authorization: Bearer …)")
+		WriteError(w, http.StatusUnauthorized, errcode.Unauthorized, "this agent's API needs its bearer token (Authorization: Bearer …)")
 	})
 }

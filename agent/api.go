@@ -2,10 +2,14 @@ package agent
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
 	"time"
 
+	"cheops/errcode"
+	"cheops/node"
 	"cheops/scope"
+	"cheops/version"
 )
 
 // SiteJSON is one element of GET /v1/sites.
@@ -21,15 +25,19 @@ type SiteJSON struct {
 	LastSeen string `json:"last_seen,omitempty"`
 	Self     bool   `json:"self"`
 	// Conflicts are the peer ids that also claimed this site's name and
-	// were refused (the first claim wins). Non-empty means an operator
-	// must fix a misconfiguration.
+	// were refused (the name is bound to Peer). Non-empty means an
+	// operator must look: a misconfiguration or an impostor.
 	Conflicts []string `json:"conflicts,omitempty"`
+	// Binding says what binds the name to Peer: "self", "config" (the
+	// trust configuration) or "first-claim" (persisted in the data
+	// directory; `cheops sites forget NAME` removes it).
+	Binding string `json:"binding,omitempty"`
 }
 
 func (a *Agent) sites(w http.ResponseWriter, _ *http.Request) {
 	out := []SiteJSON{}
 	for _, s := range a.node.Sites() {
-		j := SiteJSON{Site: s.Site, Peer: s.Peer.String(), State: s.State.String(), RTTms: float64(s.RTT) / float64(time.Millisecond), Self: s.Self}
+		j := SiteJSON{Site: s.Site, Peer: s.Peer.String(), State: s.State.String(), RTTms: float64(s.RTT) / float64(time.Millisecond), Self: s.Self, Binding: s.Binding}
 		if !s.LastSeen.IsZero() {
 			j.LastSeen = s.LastSeen.Format(time.RFC3339)
 		}
@@ -43,25 +51,32 @@ func (a *Agent) sites(w http.ResponseWriter, _ *http.Request) {
 
 // HealthJSON is the body of GET /v1/health.
 type HealthJSON struct {
-	Status    string         `json:"status"` // "ok", or "conflict" while a site name is claimed twice
-	Site      string         `json:"site"`
-	Peer      string         `json:"peer"`
-	Addrs     []string       `json:"addrs"`
-	Started   string         `json:"started"`
-	Sites     map[string]int `json:"sites"` // known sites by state, this one included
+	Status  string         `json:"status"` // "ok", or "conflict" while a peer's claim on a site name is refused
+	Version string         `json:"version"`
+	Site    string         `json:"site"`
+	Peer    string         `json:"peer"`
+	Addrs   []string       `json:"addrs"`
+	Started string         `json:"started"`
+	Sites   map[string]int `json:"sites"` // known sites by state, this one included
+	// Conflicts are the refused claims on site names, oldest first.
 	Conflicts []ConflictJSON `json:"conflicts,omitempty"`
 }
 
-// ConflictJSON is a refused claim on a site name.
+// ConflictJSON is a refused claim on a site name: Claimant claimed Site,
+// which is bound to Holder (empty when the name is free but the claimant
+// is bound to another name), Count times between At and Last.
 type ConflictJSON struct {
 	Site     string `json:"site"`
-	Holder   string `json:"holder"`
+	Holder   string `json:"holder,omitempty"`
 	Claimant string `json:"claimant"`
+	Reason   string `json:"reason"`
+	Count    int    `json:"count"`
 	At       string `json:"at"`
+	Last     string `json:"last"`
 }
 
 func (a *Agent) health(w http.ResponseWriter, _ *http.Request) {
-	h := HealthJSON{Status: "ok", Site: a.node.Site(), Peer: a.node.ID().String(), Addrs: a.node.Addrs(), Sites: map[string]int{}}
+	h := HealthJSON{Status: "ok", Version: version.String(), Site: a.node.Site(), Peer: a.node.ID().String(), Addrs: a.node.Addrs(), Sites: map[string]int{}}
 	for _, st := range []scope.State{scope.Up, scope.Suspect, scope.Down, scope.Unknown} {
 		h.Sites[st.String()] = 0
 	}
@@ -73,10 +88,48 @@ func (a *Agent) health(w http.ResponseWriter, _ *http.Request) {
 	}
 	for _, c := range a.node.Conflicts() {
 		h.Status = "conflict"
-		h.Conflicts = append(h.Conflicts, ConflictJSON{Site: c.Site, Holder: c.Holder.String(), Claimant: c.Claimant.String(), At: c.At.Format(time.RFC3339)})
+		j := ConflictJSON{Site: c.Site, Claimant: c.Claimant.String(), Reason: c.Reason, Count: c.Count,
+			At: c.At.Format(time.RFC3339), Last: c.Last.Format(time.RFC3339)}
+		if c.Holder != "" {
+			j.Holder = c.Holder.String()
+		}
+		h.Conflicts = append(h.Conflicts, j)
 	}
 	// A conflict is reported, not fatal: the agent serves on, so 200.
 	WriteJSON(w, http.StatusOK, h)
+}
+
+// BindingJSON is a site name bound to a peer id: the answer of
+// POST /v1/sites/{site}/forget (the binding removed).
+type BindingJSON struct {
+	Site   string `json:"site"`
+	Peer   string `json:"peer"`
+	Source string `json:"source"` // "self", "config" or "first-claim"
+	Since  string `json:"since,omitempty"`
+}
+
+// forget serves POST /v1/sites/{site}/forget: the operator removes a
+// first-claim binding so that the next peer to claim the name gets it.
+func (a *Agent) forget(w http.ResponseWriter, r *http.Request) {
+	site := r.PathValue("site")
+	if err := node.ValidSiteName(site); err != nil {
+		WriteError(w, http.StatusBadRequest, errcode.BadInput, err.Error())
+		return
+	}
+	b, err := a.node.Forget(site)
+	switch {
+	case err == nil:
+		a.log.Warn("operator forgot a site binding", "site", site, "peer", b.Peer)
+		WriteJSON(w, http.StatusOK, BindingJSON{Site: b.Site, Peer: b.Peer.String(), Source: b.Source, Since: b.Since.Format(time.RFC3339)})
+	case errors.Is(err, node.ErrNotBound):
+		WriteError(w, http.StatusBadRequest, errcode.UnknownSite, err.Error())
+	case errors.Is(err, node.ErrBoundByConfig):
+		WriteError(w, http.StatusBadRequest, errcode.BoundByConfig, err.Error())
+	case errors.Is(err, node.ErrSelfBinding):
+		WriteError(w, http.StatusBadRequest, errcode.BadInput, err.Error())
+	default:
+		WriteError(w, http.StatusInternalServerError, errcode.Internal, err.Error())
+	}
 }
 
 // ErrorJSON is the body of every error answer of the API.

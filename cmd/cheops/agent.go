@@ -32,8 +32,8 @@ func init() {
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "api", Usage: "`HOST:PORT` of the HTTP API", Value: def.API, EnvVars: []string{"CHEOPS_API"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "api-token-file", Usage: "file holding a bearer token the API will require (clients set CHEOPS_API_TOKEN)", EnvVars: []string{"CHEOPS_API_TOKEN_FILE"}}),
 		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "peer", Usage: "bootstrap `MULTIADDR` ending in /p2p/PEERID (repeatable)", EnvVars: []string{"CHEOPS_PEER"}}),
-		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "trust", Usage: "`PEERID` allowed to connect (repeatable)", EnvVars: []string{"CHEOPS_TRUST"}}),
-		altsrc.NewStringFlag(&cli.StringFlag{Name: "trust-file", Usage: "`FILE` of trusted peer ids, one per line, # comments", EnvVars: []string{"CHEOPS_TRUST_FILE"}}),
+		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "trust", Usage: "`[NAME=]PEERID` allowed to connect; with NAME, the only peer that may act as site NAME (repeatable)", EnvVars: []string{"CHEOPS_TRUST"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "trust-file", Usage: "`FILE` of trusted peers, one per line: 'NAME PEERID' (binds the site name) or 'PEERID'; # comments", EnvVars: []string{"CHEOPS_TRUST_FILE"}}),
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "trust-all", Usage: "accept any peer (closed test networks only)", EnvVars: []string{"CHEOPS_TRUST_ALL"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "swarm-key", Usage: "libp2p private network key `FILE` (turns QUIC off: TCP only)", EnvVars: []string{"CHEOPS_SWARM_KEY"}}),
 		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "service", Usage: "`NAME=URL` of this site's instance of an application (repeatable)", EnvVars: []string{"CHEOPS_SERVICE"}}),
@@ -55,7 +55,12 @@ func init() {
 		Usage: "run this site's agent",
 		Description: "Runs until SIGINT or SIGTERM, then stops cleanly. It prints its API URL and its\n" +
 			"listen addresses (with /p2p/, for other sites' --peer) on stderr and writes them\n" +
-			"to DIR/" + agent.APIFile + " and DIR/" + agent.AddrsFile + ".",
+			"to DIR/" + agent.APIFile + " and DIR/" + agent.AddrsFile + ".\n\n" +
+			"Site names are bound to peer ids: by the trust configuration (--trust NAME=PEERID,\n" +
+			"or a trust file line 'NAME PEERID'), else by the first peer that claims the name,\n" +
+			"kept in DIR/" + node.BindingsFile + ". A peer claiming a name bound to another is refused\n" +
+			"(see GET /v1/health); `cheops sites forget NAME` removes a first-claim binding.\n\n" +
+			"It refuses to start (exit 1) when a --listen or --api address is taken.",
 		Flags:  flags,
 		Before: configFile(flags),
 		Action: runAgent,
@@ -150,6 +155,7 @@ func agentConfig(c *cli.Context) (agent.Config, error) {
 	nc := &cfg.Node
 	nc.Site = c.String("site")
 	nc.DataDir = c.String("data")
+	var err error
 	if nc.Site == "" {
 		return cfg, errors.New("--site is required: this site's name, as scopes spell it")
 	}
@@ -177,20 +183,23 @@ func agentConfig(c *cli.Context) (agent.Config, error) {
 	nc.ProbeTimeout = c.Duration("probe-timeout")
 	nc.SuspectAfter = c.Int("suspect-after")
 	nc.DownAfter = c.Int("down-after")
-	trust := c.StringSlice("trust")
+	var entries []trustEntry
+	for _, v := range c.StringSlice("trust") {
+		e, err := parseTrust(v, "=")
+		if err != nil {
+			return cfg, fmt.Errorf("--trust %q: %w", v, err)
+		}
+		entries = append(entries, e)
+	}
 	if path := c.String("trust-file"); path != "" {
-		ids, err := readTrustFile(path)
+		fromFile, err := readTrustFile(path)
 		if err != nil {
 			return cfg, err
 		}
-		trust = append(trust, ids...)
+		entries = append(entries, fromFile...)
 	}
-	for _, s := range trust {
-		id, err := peer.Decode(s)
-		if err != nil {
-			return cfg, fmt.Errorf("trusted peer %q is not a peer id: %w", s, err)
-		}
-		nc.Trust = append(nc.Trust, id)
+	if nc.Trust, nc.Sites, err = trustConfig(entries); err != nil {
+		return cfg, err
 	}
 	if path := c.String("swarm-key"); path != "" {
 		key, err := os.ReadFile(path)
@@ -264,27 +273,97 @@ func parseServices(pairs []string) (map[string]string, error) {
 	return out, nil
 }
 
-// readTrustFile reads peer ids, one per line; blank lines and # comments
-// are skipped.
-func readTrustFile(path string) ([]string, error) {
+// trustEntry is one trusted peer, bound to a site name or not.
+type trustEntry struct {
+	site string // empty: trusted, name not bound by configuration
+	peer peer.ID
+	from string // where it was given, for error messages
+}
+
+// parseTrust reads PEERID or NAME<sep>PEERID (sep is "=" on the command
+// line; white space in a trust file).
+func parseTrust(v, sep string) (trustEntry, error) {
+	name, id, bound := strings.Cut(v, sep)
+	if !bound {
+		name, id = "", v
+	}
+	name, id = strings.TrimSpace(name), strings.TrimSpace(id)
+	if bound {
+		if err := node.ValidSiteName(name); err != nil {
+			return trustEntry{}, err
+		}
+	}
+	p, err := peer.Decode(id)
+	if err != nil {
+		return trustEntry{}, fmt.Errorf("%q is not a peer id", id)
+	}
+	return trustEntry{site: name, peer: p}, nil
+}
+
+// readTrustFile reads trusted peers, one per line: PEERID, or NAME PEERID
+// to bind the site name to the peer; blank lines and # comments are
+// skipped.
+func readTrustFile(path string) ([]trustEntry, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("--trust-file: %w", err)
 	}
-	var ids []string
+	var out []trustEntry
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	for n := 1; sc.Scan(); n++ {
 		line, _, _ := strings.Cut(sc.Text(), "#")
-		line = strings.TrimSpace(line)
-		if line == "" {
+		fields := strings.Fields(line)
+		var e trustEntry
+		switch len(fields) {
+		case 0:
+			continue
+		case 1:
+			e, err = parseTrust(fields[0], " ")
+		case 2:
+			e, err = parseTrust(fields[0]+" "+fields[1], " ")
+		default:
+			err = fmt.Errorf("want PEERID or NAME PEERID, got %d fields", len(fields))
+		}
+		if err != nil {
+			return nil, fmt.Errorf("--trust-file %s:%d: %w", path, n, err)
+		}
+		e.from = fmt.Sprintf("%s:%d", path, n)
+		out = append(out, e)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("--trust-file %s: %w", path, err)
+	}
+	return out, nil
+}
+
+// trustConfig turns trust entries into the node's trust list and site
+// bindings. A name bound to two peers, or a peer bound to two names, is
+// an error: which one would be the site?
+func trustConfig(entries []trustEntry) ([]peer.ID, map[string]peer.ID, error) {
+	var trust []peer.ID
+	var sites map[string]peer.ID
+	names := map[peer.ID]string{}
+	for _, e := range entries {
+		if e.site == "" {
+			trust = append(trust, e.peer)
 			continue
 		}
-		if _, err := peer.Decode(line); err != nil {
-			return nil, fmt.Errorf("--trust-file %s:%d: %q is not a peer id", path, n, line)
+		at := ""
+		if e.from != "" {
+			at = " (" + e.from + ")"
 		}
-		ids = append(ids, line)
+		if p, dup := sites[e.site]; dup && p != e.peer {
+			return nil, nil, fmt.Errorf("trust: site %s bound to two peers, %s and %s%s", e.site, p, e.peer, at)
+		}
+		if other, dup := names[e.peer]; dup && other != e.site {
+			return nil, nil, fmt.Errorf("trust: peer %s bound to two sites, %s and %s%s", e.peer, other, e.site, at)
+		}
+		if sites == nil {
+			sites = map[string]peer.ID{}
+		}
+		sites[e.site], names[e.peer] = e.peer, e.site
 	}
-	return ids, sc.Err()
+	return trust, sites, nil
 }
 
 // parseServiceOptions reads --service-kind, --service-token, --service-ca

@@ -216,7 +216,7 @@ func TestAgentBadInput(t *testing.T) {
 	corrupt := filepath.Join(dir, "corrupt")
 	os.MkdirAll(corrupt, 0o700)
 	write("corrupt/identity.key", "not a key")
-	someID := peerID(t, filepath.Join(dir, "other"))
+	someID, otherID := peerID(t, filepath.Join(dir, "other")), peerID(t, filepath.Join(dir, "another"))
 	ok := []string{"--site", "a", "--data", filepath.Join(dir, "a"), "--trust-all"}
 	for name, tc := range map[string]struct {
 		args []string
@@ -232,6 +232,10 @@ func TestAgentBadInput(t *testing.T) {
 		"bad trust":            {[]string{"agent", "--site", "a", "--data", dir, "--trust", "nobody"}, "not a peer id"},
 		"bad trust file line":  {[]string{"agent", "--site", "a", "--data", dir, "--trust-file", write("trust", someID+"\nnobody # x\n")}, "trust:2"},
 		"missing trust file":   {[]string{"agent", "--site", "a", "--data", dir, "--trust-file", filepath.Join(dir, "none")}, "--trust-file"},
+		"bad trust name":       {[]string{"agent", "--site", "a", "--data", dir, "--trust", "9b=" + someID}, "site name"},
+		"trust file 3 fields":  {[]string{"agent", "--site", "a", "--data", dir, "--trust-file", write("trust3", "b "+someID+" extra\n")}, "trust3:1"},
+		"name bound twice":     {[]string{"agent", "--site", "a", "--data", dir, "--trust", "b=" + someID, "--trust-file", write("trust4", "b "+otherID+"\n")}, "bound to two peers"},
+		"peer bound twice":     {[]string{"agent", "--site", "a", "--data", dir, "--trust", "b=" + someID, "--trust", "c=" + someID}, "bound to two sites"},
 		"no trust":             {[]string{"agent", "--site", "a", "--data", dir}, "no trusted peers"},
 		"unusable data":        {[]string{"agent", "--site", "a", "--data", unusable, "--trust-all"}, "--data"},
 		"corrupt identity":     {[]string{"agent", "--site", "a", "--data", corrupt, "--trust-all"}, "identity"},
