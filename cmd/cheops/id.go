@@ -13,7 +13,8 @@ func init() {
 		Name:  "id",
 		Usage: "print this site's peer id, creating the identity if there is none",
 		Description: "The identity (an Ed25519 key, mode 0600) lives in DIR/" + node.IdentityFile + "; the peer id\n" +
-			"it prints is what other sites put in their --trust or --trust-file.",
+			"it prints is what other sites put in their trust file, as 'NAME PEERID' (or\n" +
+			"--trust NAME=PEERID), which binds this site's name to this key.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "data", Usage: "data `DIR` (created if missing)", Required: true, EnvVars: []string{"CHEOPS_DATA"}},
 		},
