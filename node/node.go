@@ -21,6 +21,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-libp2p/core/pnet"
+	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	"github.com/multiformats/go-multiaddr"
 	"github.com/prometheus/client_golang/prometheus"
@@ -137,12 +138,18 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		}
 		// A private network protects TCP connections only; QUIC would
 		// bypass the key, so only the TCP transport is enabled.
-		opts = append(opts, libp2p.PrivateNetwork(psk), libp2p.Transport(tcp.NewTCPTransport))
+		opts = append(opts, libp2p.PrivateNetwork(psk))
 		listen, announce = tcpOnly(listen), tcpOnly(announce)
 		if dropped := len(cfg.Listen) - len(listen); dropped > 0 {
 			log.Warn("swarm key set: QUIC cannot carry it, listening on TCP only", "dropped", dropped)
 		}
+	} else {
+		opts = append(opts, libp2p.Transport(quic.NewTransport))
 	}
+	// TCP without SO_REUSEPORT: with it, a second agent on the host binds
+	// the same port silently and the kernel shares connections between
+	// the two. (It only served hole punching, which cheops does not use.)
+	opts = append(opts, libp2p.Transport(tcp.NewTCPTransport, tcp.DisableReuseport()))
 	opts = append(opts, libp2p.ListenAddrStrings(listen...))
 	if len(announce) > 0 {
 		var addrs []multiaddr.Multiaddr
@@ -151,12 +158,28 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		}
 		opts = append(opts, libp2p.AddrsFactory(func([]multiaddr.Multiaddr) []multiaddr.Multiaddr { return addrs }))
 	}
+	var requested []multiaddr.Multiaddr
+	for _, a := range listen {
+		requested = append(requested, multiaddr.StringCast(a))
+	}
 	h, err := libp2p.New(opts...)
 	if err != nil {
+		// No address at all could listen: say which one and why.
+		for _, a := range requested {
+			if lerr := listenError(a); lerr != nil {
+				return nil, lerr
+			}
+		}
 		return nil, fmt.Errorf("node: start libp2p host: %w", err)
 	}
 	n.host = h
 	undo = append(undo, func() { h.Close() })
+	if missing := missingListeners(requested, h.Network().ListenAddresses()); len(missing) > 0 {
+		if err := listenError(missing[0]); err != nil {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w on %s failed (is another agent running on this host? give this one another --listen)", ErrListen, missing[0])
+	}
 	reg.MustRegister(&collector{n: n})
 
 	// The router lives until Close, not until ctx ends: Close stops it

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -157,5 +158,31 @@ func TestSitesWithoutAgent(t *testing.T) {
 	out, _ := cmd.CombinedOutput()
 	if cmd.ProcessState.ExitCode() != exitFailed || !strings.Contains(string(out), "no agent at http://127.0.0.1:1") {
 		t.Fatalf("exit %d: %s", cmd.ProcessState.ExitCode(), out)
+	}
+}
+
+// An agent whose --listen or --api address is taken refuses to start, with
+// the address and the system's reason, and exits 1.
+func TestAgentAddressTaken(t *testing.T) {
+	dir := t.TempDir()
+	first := filepath.Join(dir, "first")
+	_, port, _ := strings.Cut(freePort(t), ":")
+	listen := []string{"--listen", "/ip4/127.0.0.1/tcp/" + port, "--listen", "/ip4/127.0.0.1/udp/" + port + "/quic-v1"}
+	a := startAgent(t, "paris", first, append([]string{"--trust-all"}, listen...)...)
+	api := strings.TrimPrefix(a.api, "http://")
+	for name, tc := range map[string]struct {
+		args []string
+		want string
+	}{
+		"listen taken": {append([]string{"--api", "127.0.0.1:0"}, listen...), "/ip4/127.0.0.1/tcp/" + port},
+		"api taken":    {[]string{"--api", api, "--listen", "/ip4/127.0.0.1/tcp/0"}, api},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		cmd := exec.CommandContext(ctx, binary(t), append([]string{"agent", "--site", "berlin", "--data", filepath.Join(dir, "second"), "--trust-all"}, tc.args...)...)
+		out, _ := cmd.CombinedOutput()
+		cancel()
+		if code := cmd.ProcessState.ExitCode(); code != exitFailed || !strings.Contains(string(out), tc.want) || !strings.Contains(string(out), "address already in use") {
+			t.Errorf("%s: exit %d, want 1 naming %s and the reason:\n%s", name, code, tc.want, out)
+		}
 	}
 }
