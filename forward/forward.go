@@ -154,6 +154,9 @@ type request struct {
 	hop     string // the site that sent it, when another agent did
 	// explicit: the client gave a scope (header, query or path).
 	explicit bool
+	// fellBack lists the sites the request could not run on although a
+	// plan chose them (see fallback.go).
+	fellBack []fallback
 }
 
 // ServeHTTP serves the client API: the request is checked against the
@@ -229,6 +232,14 @@ func (f *Forwarder) serve(w http.ResponseWriter, r *http.Request, hop string) {
 		writeError(w, http.StatusBadRequest, "local_id", msg)
 		return
 	}
+	f.dispatch(w, req, plan)
+}
+
+// dispatch runs a placed request the way its method and path call for;
+// a request that falls back (fallback.go) is dispatched again with its
+// new plan.
+func (f *Forwarder) dispatch(w http.ResponseWriter, req *request, plan *scope.Plan) {
+	r := req.r
 	switch {
 	case r.Method == http.MethodPost && req.route.id == "" && req.route.collection != "/" && !req.route.other:
 		f.create(w, req, plan)
@@ -266,6 +277,9 @@ func (f *Forwarder) parse(w http.ResponseWriter, r *http.Request, hop string) (*
 		return nil, http.StatusNotFound, "unknown_service", fmt.Errorf("unknown service %q (this agent serves %s)", name, f.serviceNames())
 	}
 	req := &request{r: r, svc: svc, hop: hop}
+	if hop != "" {
+		req.fellBack = avoided(r.Header, hop)
+	}
 	unescaped, err := url.PathUnescape(inner)
 	if err != nil {
 		return nil, http.StatusBadRequest, "bad_path", fmt.Errorf("path: %v", err)
@@ -337,8 +351,10 @@ func (e *unreachableError) Error() string {
 // default scope, else the local site (parse); a scope the client gave must
 // bind the service (scope.UnboundError), and a default scope that binds
 // other services only places it on the local site.
+//
+// The sites the request fell back from (fallback.go) count as down.
 func (f *Forwarder) plan(req *request) (*scope.Plan, error) {
-	return f.planIn(req, f.cfg.Membership.View())
+	return f.planIn(req, withDown(f.cfg.Membership.View(), req.failedSites()))
 }
 
 // planIn is plan over a given view.
@@ -406,6 +422,9 @@ func (f *Forwarder) execute(ctx context.Context, site string, req *request, meth
 	}
 	out.Header.Set(HeaderScope, req.scope.String())
 	out.Header.Set(HeaderHop, f.cfg.Membership.Site())
+	if failed := req.failedSites(); len(failed) > 0 {
+		out.Header.Set(HeaderAvoid, strings.Join(failed, ","))
+	}
 	resp, body, err := f.sendRemote(ctx, site, out, f.cfg.MaxBody)
 	if err != nil {
 		return result{site: site, err: err}

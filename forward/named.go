@@ -366,19 +366,8 @@ func (f *Forwarder) relays(req *request, plan *scope.Plan) bool {
 		!slices.Contains(plan.Required(), f.cfg.Membership.Site())
 }
 
-// relayNamed hands a write by name to the nearest reachable site of the
-// plan, as a coordinator.
+// relayNamed hands a write to a resource to the nearest reachable site
+// of the plan, as a coordinator (handOver).
 func (f *Forwarder) relayNamed(w http.ResponseWriter, req *request, plan *scope.Plan) {
-	var best *scope.Target
-	for i, t := range plan.Targets {
-		if t.Required && t.Reachable && (best == nil || t.RTT < best.RTT) {
-			best = &plan.Targets[i]
-		}
-	}
-	if best == nil {
-		writeError(w, http.StatusServiceUnavailable, "unreachable", "no site of the scope is reachable")
-		return
-	}
-	res := f.execute(req.r.Context(), best.Site, req, req.r.Method, req.rawPath, http.Header{HeaderCoordinate: {"1"}})
-	f.reply(w, res, res.header.Get(HeaderResource), nil)
+	f.handOver(w, req, plan)
 }

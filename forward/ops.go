@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -68,6 +69,14 @@ func (f *Forwarder) coordinate(w http.ResponseWriter, req *request, plan *scope.
 		writeError(w, http.StatusBadRequest, "not_member", fmt.Sprintf("site %s was asked to coordinate a create outside its scope", f.cfg.Membership.Site()))
 		return
 	}
+	f.handOver(w, req, plan)
+}
+
+// handOver sends a write to the nearest reachable required site of the
+// plan, as its coordinator. When that site cannot be reached the request
+// falls back (fallback.go): planned again without it and dispatched,
+// which may run it here.
+func (f *Forwarder) handOver(w http.ResponseWriter, req *request, plan *scope.Plan) {
 	var best *scope.Target
 	for i, t := range plan.Targets {
 		if t.Required && t.Reachable && (best == nil || t.RTT < best.RTT) {
@@ -79,8 +88,19 @@ func (f *Forwarder) coordinate(w http.ResponseWriter, req *request, plan *scope.
 		return
 	}
 	res := f.execute(req.r.Context(), best.Site, req, req.r.Method, req.rawPath, http.Header{HeaderCoordinate: {"1"}})
-	if res.err != nil {
-		writeError(w, http.StatusBadGateway, "site_failed", res.err.Error())
+	switch {
+	case errors.Is(res.err, errNotDelivered):
+		f.fallBack(w, req, best.Site, res.err)
+		if next, ok := f.replan(req); ok {
+			f.dispatch(w, req, next)
+			return
+		}
+		writeError(w, http.StatusServiceUnavailable, "unreachable", "no site of the scope could be reached: "+req.fallbackHeader())
+		return
+	case res.err != nil:
+		// It may have run there: never send it again.
+		writeError(w, http.StatusGatewayTimeout, "outcome_unknown",
+			fmt.Sprintf("%v: the request was sent to %s, which did not answer; it may have run there (look for it in the catalog before sending it again)", res.err, best.Site))
 		return
 	}
 	// The coordinator's answer carries the resource and per-site headers;
@@ -146,6 +166,7 @@ func (f *Forwarder) onResource(w http.ResponseWriter, req *request, res catalog.
 				f.reply(w, last, res.ID, nil)
 				return
 			}
+			f.fallBack(w, req, s, last.err)
 		}
 		f.reply(w, last, res.ID, nil)
 		return
@@ -250,26 +271,45 @@ func (f *Forwarder) plain(w http.ResponseWriter, req *request, plan *scope.Plan)
 		return
 	}
 	if safe {
-		order := append([]string(nil), reachable...)
-		for _, t := range plan.Targets {
-			if !t.Required && t.Reachable {
-				order = append(order, t.Site)
+		// A read is tried on every site its plan offers, then, when they
+		// all failed, on those of its next plan (fallback.go).
+		for {
+			var last result
+			for _, s := range readOrder(plan) {
+				last = f.execute(ctx, s, req, req.r.Method, req.rawPath, nil)
+				if last.err == nil {
+					f.reply(w, last, "", nil)
+					return
+				}
+				f.fallBack(w, req, s, last.err)
 			}
-		}
-		var last result
-		for _, s := range order {
-			last = f.execute(ctx, s, req, req.r.Method, req.rawPath, nil)
-			if last.err == nil {
+			next, ok := f.replan(req)
+			if !ok {
+				if last.err == nil && last.site == "" {
+					last.err = errors.New("no site reachable")
+				}
+				if len(req.fellBack) > 0 {
+					last.err = fmt.Errorf("no site could run it: %s", req.fallbackHeader())
+				}
 				f.reply(w, last, "", nil)
 				return
 			}
+			plan = next
 		}
-		f.reply(w, last, "", nil)
-		return
 	}
 	results := f.executeAll(ctx, reachable, func(ctx context.Context, site string) result {
 		return f.execute(ctx, site, req, req.r.Method, req.rawPath, nil)
 	})
+	if len(pending) == 0 && undelivered(results) {
+		// It ran nowhere: it may run on the next alternative.
+		for _, s := range reachable {
+			f.fallBack(w, req, s, results[s].err)
+		}
+		if next, ok := f.replan(req); ok {
+			f.dispatch(w, req, next)
+			return
+		}
+	}
 	outcomes := map[string]string{}
 	for _, s := range pending {
 		outcomes[s] = catalog.OutcomePending
@@ -283,6 +323,23 @@ func (f *Forwarder) plain(w http.ResponseWriter, req *request, plan *scope.Plan)
 		hdr = outcomes
 	}
 	f.reply(w, answer, "", hdr)
+}
+
+// readOrder is where a read may run, in the order to try: the reachable
+// required sites, then the standbys.
+func readOrder(plan *scope.Plan) []string {
+	var order []string
+	for _, t := range plan.Targets {
+		if t.Required && t.Reachable {
+			order = append(order, t.Site)
+		}
+	}
+	for _, t := range plan.Targets {
+		if !t.Required && t.Reachable {
+			order = append(order, t.Site)
+		}
+	}
+	return order
 }
 
 // localID reads the id field of a created resource's JSON body.

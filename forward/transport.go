@@ -34,13 +34,14 @@ const (
 func (f *Forwarder) sendRemote(ctx context.Context, site string, req *http.Request, limit int64) (*http.Response, []byte, error) {
 	p, ok := f.cfg.Membership.PeerOf(site)
 	if !ok {
-		return nil, nil, fmt.Errorf("site %s: no peer known", site)
+		return nil, nil, fmt.Errorf("site %s: no peer known: %w", site, errNotDelivered)
 	}
 	ctx, cancel := context.WithTimeout(ctx, f.cfg.SiteTimeout)
 	defer cancel()
 	s, err := f.cfg.Host.NewStream(ctx, p, Protocol)
 	if err != nil {
-		return nil, nil, fmt.Errorf("site %s: %w", site, err)
+		// Nothing was sent: the request did not run there.
+		return nil, nil, fmt.Errorf("site %s: no stream: %w (%w)", site, errNotDelivered, err)
 	}
 	defer s.Close()
 	if dl, ok := ctx.Deadline(); ok {
