@@ -14,8 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"cheops/agent"
 	"cheops/catalog"
 	"cheops/forward"
+	"cheops/scope"
 )
 
 // state is what the applications and the catalogs hold, to show that a
@@ -130,6 +132,7 @@ func TestHostileRequests(t *testing.T) {
 		{name: "create with X-Cheops-Local-Id", method: "POST", path: "/svc/posts/posts", header: map[string]string{"X-Cheops-Local-Id": "1"}, body: title, status: 400, code: "reserved_header"},
 		{name: "lower-case x-cheops-hop", method: "DELETE", path: item, header: map[string]string{"x-cheops-hop": "paris"}, status: 400, code: "reserved_header"},
 		{name: "X-Cheops-Resource on a request", method: "DELETE", path: item, header: map[string]string{"X-Cheops-Resource": gid}, status: 400, code: "reserved_header"},
+		{name: "create with X-Cheops-Avoid", method: "POST", path: "/svc/posts/posts", header: map[string]string{"X-Cheops-Avoid": "paris", "X-Cheops-Scope": "{posts: paris ; berlin}"}, body: title, status: 400, code: "reserved_header"},
 		{name: "hop header through berlin", via: "berlin", method: "DELETE", path: item, header: map[string]string{"X-Cheops-Hop": "paris"}, status: 400, code: "reserved_header"},
 
 		// Scopes that do not place the service.
@@ -301,5 +304,58 @@ func TestGlobalIDsInEveryAnswer(t *testing.T) {
 	r.json(t, &one)
 	if r.status != http.StatusOK || one["id"] != gid || r.header.Get(forward.HeaderResource) != gid {
 		t.Fatalf("read by local id: %d %v %s", r.status, r.header, r.body)
+	}
+}
+
+// TestFallbackWhileSuspect: with c's agent stopped and the other sites
+// still counting c suspect (not yet down), ';' and '|' run the next
+// alternative within the same request — a create included, since nothing
+// reached c — and the answer says where it ran and why not on c.
+func TestFallbackWhileSuspect(t *testing.T) {
+	// c stays suspect for the whole test: down only after 1,000 misses.
+	c := newClusterTuned(t, nil, func(cfg *agent.Config) { cfg.Node.DownAfter = 1000 }, "a", "b", "c")
+	c.stop("c")
+	c.waitState(scope.Suspect, []string{"a", "b"}, []string{"c"})
+	fellBack := func(r response) bool { return strings.HasPrefix(r.header.Get(forward.HeaderFallback), "c: ") }
+
+	// A create scoped {posts: c ; a} through a runs on a.
+	r := c.do("a", "POST", "/svc/posts/posts", "{posts: c ; a}", map[string]any{"title": "fell back to a"})
+	if r.status != http.StatusCreated || r.header.Get(forward.HeaderSite) != "a" || !fellBack(r) || r.header.Get(forward.HeaderSites) != "a=201" {
+		t.Fatalf("create {posts: c ; a}: %d %v %s", r.status, r.header, r.body)
+	}
+	gid := r.header.Get(forward.HeaderResource)
+	if res := c.settled(t, gid, "a"); len(res.PerSite) != 1 || res.PerSite["a"].LocalID == "" {
+		t.Fatalf("recorded as %+v", res)
+	}
+	// Through a, to b: coordinated by b after c failed.
+	r = c.do("a", "POST", "/svc/posts/posts", "{posts: c ; b}", map[string]any{"title": "fell back to b"})
+	if r.status != http.StatusCreated || r.header.Get(forward.HeaderSite) != "b" || !fellBack(r) {
+		t.Fatalf("create {posts: c ; b}: %d %v %s", r.status, r.header, r.body)
+	}
+	if n := len(c.sites["a"].app.items(t, "posts")); n != 1 {
+		t.Fatalf("a's application holds %d posts", n)
+	}
+	if n := len(c.sites["b"].app.items(t, "posts")); n != 1 {
+		t.Fatalf("b's application holds %d posts", n)
+	}
+	// Reads: ';' through a, and '|' through b when c is the nearer
+	// choice or not (either way b answers).
+	for _, tc := range []struct{ via, scope string }{{"a", "{posts: c ; b}"}, {"b", "{posts: c | a}"}, {"a", "{posts: c}"}} {
+		r := c.do(tc.via, "GET", "/svc/posts/posts", tc.scope, nil)
+		switch {
+		case tc.scope == "{posts: c}":
+			// No alternative: nothing to fall back to.
+			if r.status != http.StatusBadGateway || !fellBack(r) {
+				t.Fatalf("read %s: %d %v %s", tc.scope, r.status, r.header, r.body)
+			}
+		case r.status != http.StatusOK || r.header.Get(forward.HeaderSite) == "c":
+			t.Fatalf("read %s through %s: %d %v %s", tc.scope, tc.via, r.status, r.header, r.body)
+		}
+	}
+	// A create with no alternative, through a site outside its scope:
+	// nothing can record it (as when c is down).
+	r = c.do("a", "POST", "/svc/posts/posts", "{posts: c}", map[string]any{"title": "for c"})
+	if r.status != http.StatusServiceUnavailable || !fellBack(r) {
+		t.Fatalf("create {posts: c}: %d %v %s", r.status, r.header, r.body)
 	}
 }

@@ -105,6 +105,8 @@ type cluster struct {
 	boot  []string
 	// extra services every agent serves beside posts and comments.
 	extra map[string]string
+	// tune, when set, adjusts each agent's configuration before it starts.
+	tune func(*agent.Config)
 }
 
 // newCluster starts one agent and one json-server per named site, all
@@ -116,7 +118,13 @@ func newCluster(t testing.TB, names ...string) *cluster {
 // newClusterWith is newCluster with extra services (NAME → URL) on every
 // agent.
 func newClusterWith(t testing.TB, extra map[string]string, names ...string) *cluster {
-	c := &cluster{t: t, sites: map[string]*site{}, extra: extra}
+	return newClusterTuned(t, extra, nil, names...)
+}
+
+// newClusterTuned is newClusterWith with each agent's configuration
+// adjusted by tune.
+func newClusterTuned(t testing.TB, extra map[string]string, tune func(*agent.Config), names ...string) *cluster {
+	c := &cluster{t: t, sites: map[string]*site{}, extra: extra, tune: tune}
 	for _, n := range names {
 		dir := filepath.Join(t.TempDir(), n)
 		if _, id, err := node.LoadIdentity(dir); err != nil {
@@ -161,6 +169,9 @@ func (c *cluster) start(name string) {
 	// forward's unit tests and measured by cheops bench availability.
 	cfg.ReplicaWait = time.Second
 	cfg.Logger = logger
+	if c.tune != nil {
+		c.tune(&cfg)
+	}
 	a, err := agent.Start(context.Background(), cfg)
 	if err != nil {
 		c.t.Fatalf("start %s: %v", name, err)
