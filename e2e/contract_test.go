@@ -9,8 +9,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -357,5 +359,44 @@ func TestFallbackWhileSuspect(t *testing.T) {
 	r = c.do("a", "POST", "/svc/posts/posts", "{posts: c}", map[string]any{"title": "for c"})
 	if r.status != http.StatusServiceUnavailable || !fellBack(r) {
 		t.Fatalf("create {posts: c}: %d %v %s", r.status, r.header, r.body)
+	}
+}
+
+// TestApplicationSeesOnlyTheScope: an application behind an agent
+// receives X-Cheops-Scope in canonical form and no other X-Cheops-*
+// header, whether the request came from a client of its own agent or from
+// another site's agent.
+func TestApplicationSeesOnlyTheScope(t *testing.T) {
+	var mu sync.Mutex
+	var seen []http.Header
+	echo := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen = append(seen, r.Header.Clone())
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `[]`)
+	}))
+	defer echo.Close()
+	c := newClusterWith(t, map[string]string{"echo": echo.URL}, "paris", "berlin")
+	for _, via := range []string{"paris", "berlin"} {
+		r := c.doRaw(via, "GET", "/svc/echo/things", map[string]string{"X-Cheops-Scope": "{ echo :paris }", "X-Cheops-Replica-Wait": "1s"}, nil)
+		if r.status != http.StatusOK || r.header.Get(forward.HeaderSite) != "paris" {
+			t.Fatalf("via %s: %d %v %s", via, r.status, r.header, r.body)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 2 {
+		t.Fatalf("the application got %d requests", len(seen))
+	}
+	for i, h := range seen {
+		for k := range h {
+			if strings.HasPrefix(k, "X-Cheops-") && k != forward.HeaderScope {
+				t.Errorf("request %d: the application got %s: %v", i, k, h)
+			}
+		}
+		if got := h.Get(forward.HeaderScope); got != "{echo: paris}" {
+			t.Errorf("request %d: X-Cheops-Scope %q", i, got)
+		}
 	}
 }
