@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -233,12 +234,93 @@ func (x *Executor) Apply(ctx context.Context, j Job) Result {
 	if j.Create {
 		r = x.create(ctx, j, rs, maybe)
 	} else {
-		r = x.update(ctx, j, rs)
+		var replay []catalog.Operation
+		r, replay = x.update(ctx, j, rs)
+		for _, o := range replay {
+			x.replay(ctx, j, o, rs.local)
+		}
 	}
 	if r.Err != nil {
 		x.ops.WithLabelValues("retried").Inc()
 	}
 	return r
+}
+
+// ApplyOwed executes, in order, operations of one resource that this
+// site owes (catch-up), with the same rule as Apply, and returns one
+// result per job up to the first transient failure (the rest stay owed).
+// The difference is the replay: Apply runs, after each late operation,
+// every later one already applied here, so k late operations interleaved
+// with k applied ones cost about k² calls; ApplyOwed runs each applied
+// operation again once, at its place between the late ones, which leaves
+// the application in the same state (the catalog's order from the first
+// late operation on).
+func (x *Executor) ApplyOwed(ctx context.Context, jobs []Job) []Result {
+	if len(jobs) == 0 {
+		return nil
+	}
+	rs := x.state(jobs[0].Op.Resource)
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if err := x.load(ctx, jobs[0].Op.Resource, rs); err != nil {
+		return []Result{{Err: err}}
+	}
+	var pending []catalog.Operation // applied operations to run again, in order
+	flushBefore := func(j Job, op *catalog.Operation) {
+		n := 0
+		for n < len(pending) && (op == nil || catalog.CompareOps(pending[n], *op) < 0) {
+			x.replay(ctx, j, pending[n], rs.local)
+			n++
+		}
+		pending = pending[n:]
+	}
+	results := make([]Result, 0, len(jobs))
+	for _, j := range jobs {
+		if prev, seen := rs.entries[j.Op.ID]; seen && prev.State == stateDone {
+			x.ops.WithLabelValues("duplicate").Inc()
+			r := prev.result()
+			r.Duplicate = true
+			results = append(results, r)
+			continue
+		}
+		flushBefore(j, &j.Op)
+		x.running.Inc()
+		var r Result
+		if j.Create {
+			r = x.create(ctx, j, rs, rs.entries[j.Op.ID] != nil)
+		} else {
+			var replay []catalog.Operation
+			r, replay = x.update(ctx, j, rs)
+			pending = mergeOps(pending, replay)
+			if j.Op.Method == http.MethodDelete && r.OK() {
+				pending = nil // nothing runs after a delete
+			}
+		}
+		x.running.Dec()
+		if r.Err != nil {
+			x.ops.WithLabelValues("retried").Inc()
+			flushBefore(j, nil)
+			return append(results, r)
+		}
+		results = append(results, r)
+	}
+	flushBefore(jobs[len(jobs)-1], nil)
+	return results
+}
+
+// mergeOps returns the union of two ordered lists of operations, in order,
+// each operation once.
+func mergeOps(a, b []catalog.Operation) []catalog.Operation {
+	out := make([]catalog.Operation, 0, len(a)+len(b))
+	seen := make(map[string]bool, len(a)+len(b))
+	for _, o := range slices.Concat(a, b) {
+		if !seen[o.ID] {
+			seen[o.ID] = true
+			out = append(out, o)
+		}
+	}
+	slices.SortFunc(out, catalog.CompareOps)
+	return out
 }
 
 // create runs a resource's creating operation.
@@ -273,14 +355,16 @@ func (x *Executor) create(ctx context.Context, j Job, rs *resourceState, maybe b
 	return r
 }
 
-// update runs a write on a resource created here.
-func (x *Executor) update(ctx context.Context, j Job, rs *resourceState) Result {
+// update runs a write on a resource created here and returns, with its
+// result, the operations applied here that must run again after it (the
+// caller runs them).
+func (x *Executor) update(ctx context.Context, j Job, rs *resourceState) (Result, []catalog.Operation) {
 	local := rs.local
 	if local == "" {
 		local = j.LocalID
 	}
 	if local == "" {
-		return Result{Err: fmt.Errorf("%w: %s", ErrNotCreated, j.Op.Resource)}
+		return Result{Err: fmt.Errorf("%w: %s", ErrNotCreated, j.Op.Resource)}, nil
 	}
 	path := localPath(j.Op.Path, j.Op.Resource, local)
 	d := Decide(rs.applied(), j.Op)
@@ -293,29 +377,34 @@ func (x *Executor) update(ctx context.Context, j Job, rs *resourceState) Result 
 		x.ops.WithLabelValues("superseded").Inc()
 		r := x.finish(ctx, j, rs, &entry{Op: j.Op, Outcome: catalog.SupersededPrefix + d.SupersededBy, LocalID: local})
 		r.Answer = ans
-		return r
+		return r, nil
 	}
 	ans, err := x.call(ctx, j, rs, j.Op.Method, path, j.Op.Body)
 	if err != nil {
-		return Result{Err: err}
+		return Result{Err: err}, nil
 	}
 	e := &entry{Op: j.Op, Status: ans.Status, LocalID: local}
+	var replay []catalog.Operation
 	switch {
 	case ok2xx(ans.Status), ans.Status == http.StatusNotFound && j.Op.Method == http.MethodDelete:
 		e.Outcome = strconv.Itoa(ans.Status)
-		for _, o := range d.Replay {
-			x.replay(ctx, j, o, local)
-		}
+		replay = d.Replay
 	default:
 		e.Failed = strconv.Itoa(ans.Status) + ": " + snippet(ans.Body)
 	}
 	r := x.finish(ctx, j, rs, e)
 	r.Answer = ans
-	return r
+	if r.Err != nil {
+		replay = nil
+	}
+	return r, replay
 }
 
 // replay runs an applied operation again after a late one.
 func (x *Executor) replay(ctx context.Context, j Job, o catalog.Operation, local string) {
+	if local == "" {
+		local = j.LocalID
+	}
 	x.replayed.Inc()
 	ans, err := x.cfg.App.Call(ctx, j.Service, o.Method, localPath(o.Path, o.Resource, local), nil, o.Body)
 	if err != nil || ans.Status >= 300 {

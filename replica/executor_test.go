@@ -327,3 +327,119 @@ func (f *flakyApp) Call(ctx context.Context, svc, method, path string, h http.He
 	}
 	return f.memApp.Call(ctx, svc, method, path, h, body)
 }
+
+// TestApplyOwedEndsInTheCatalogOrderWithEachReplayOnce: a replica applied
+// some of a resource's operations live (in any order) and owes the others,
+// which catch-up hands to ApplyOwed in the catalog's order. For every
+// split and every live order the application ends in the state of the
+// catalog's order, and no call is wasted: at most one per owed operation
+// plus one per applied operation it runs again.
+func TestApplyOwedEndsInTheCatalogOrderWithEachReplayOnce(t *testing.T) {
+	ctx := context.Background()
+	for name, ops := range opSets {
+		t.Run(name, func(t *testing.T) {
+			want := reference(t, ops)
+			for mask := 0; mask < 1<<len(ops); mask++ {
+				var live, owed []catalog.Operation
+				for i, o := range ops {
+					if mask&(1<<i) != 0 {
+						live = append(live, o)
+					} else {
+						owed = append(owed, o)
+					}
+				}
+				slices.SortFunc(owed, catalog.CompareOps)
+				for _, perm := range permutations(len(live)) {
+					app := newMemApp()
+					x := newExecutor(t, app, dssync.MutexWrap(ds.NewMapDatastore()))
+					if r := x.Apply(ctx, createJob()); !r.OK() {
+						t.Fatalf("create: %+v", r)
+					}
+					for _, i := range perm {
+						if r := x.Apply(ctx, Job{Op: live[i], Service: "posts"}); r.Err != nil {
+							t.Fatalf("live %s: %v", live[i].ID, r.Err)
+						}
+					}
+					before := app.calls
+					jobs := make([]Job, len(owed))
+					for i, o := range owed {
+						jobs[i] = Job{Op: o, Service: "posts", Owed: true}
+					}
+					results := x.ApplyOwed(ctx, jobs)
+					if len(results) != len(jobs) {
+						t.Fatalf("%d results for %d owed operations", len(results), len(jobs))
+					}
+					for i, r := range results {
+						if r.Err != nil {
+							t.Fatalf("owed %s: %v", owed[i].ID, r.Err)
+						}
+					}
+					if got := app.state(); got != want {
+						t.Fatalf("live %v in order %v, owed %v: application holds %s, the catalog's order gives %s",
+							ids(live), perm, ids(owed), got, want)
+					}
+					// Each owed operation costs at most two calls (a
+					// superseded one reads the resource), each live one at
+					// most one replay.
+					if calls := app.calls - before; calls > 2*len(owed)+len(live) {
+						t.Fatalf("live %v, owed %v: %d calls to the application", ids(live), ids(owed), calls)
+					}
+				}
+			}
+		})
+	}
+}
+
+func ids(ops []catalog.Operation) []string {
+	out := make([]string, len(ops))
+	for i, o := range ops {
+		out[i] = o.ID
+	}
+	return out
+}
+
+// TestApplyOwedReplaysLessThanApplyOneByOne: k late patches interleaved
+// with k applied ones: one by one, each late patch replays every later
+// applied one (about k²/2 calls); ApplyOwed replays each once.
+func TestApplyOwedReplaysLessThanApplyOneByOne(t *testing.T) {
+	ctx := context.Background()
+	const k = 20
+	var applied, owed []catalog.Operation
+	for i := range k {
+		applied = append(applied, op(fmt.Sprintf("a%02d", i), int64(10+2*i), "paris", "PATCH", fmt.Sprintf(`{"a":%d,"last":"a%d"}`, i, i)))
+		owed = append(owed, op(fmt.Sprintf("b%02d", i), int64(11+2*i), "berlin", "PATCH", fmt.Sprintf(`{"b":%d,"last":"b%d"}`, i, i)))
+	}
+	run := func(batch bool) (string, int) {
+		app := newMemApp()
+		x := newExecutor(t, app, dssync.MutexWrap(ds.NewMapDatastore()))
+		x.Apply(ctx, createJob())
+		for _, o := range applied {
+			x.Apply(ctx, Job{Op: o, Service: "posts"})
+		}
+		before := app.calls
+		if batch {
+			jobs := make([]Job, len(owed))
+			for i, o := range owed {
+				jobs[i] = Job{Op: o, Service: "posts", Owed: true}
+			}
+			x.ApplyOwed(ctx, jobs)
+		} else {
+			for _, o := range owed {
+				x.Apply(ctx, Job{Op: o, Service: "posts", Owed: true})
+			}
+		}
+		return app.state(), app.calls - before
+	}
+	one, oneCalls := run(false)
+	batch, batchCalls := run(true)
+	if one != batch {
+		t.Fatalf("one by one ends in %s, ApplyOwed in %s", one, batch)
+	}
+	if want := reference(t, append(slices.Clone(applied), owed...)); batch != want {
+		t.Fatalf("ApplyOwed ends in %s, the catalog's order gives %s", batch, want)
+	}
+	if batchCalls > 2*k {
+		t.Fatalf("ApplyOwed made %d calls for %d late and %d applied operations", batchCalls, k, k)
+	}
+	t.Logf("calls: one by one %d, ApplyOwed %d", oneCalls, batchCalls)
+}

@@ -234,19 +234,29 @@ func (r *Runner) catchUp(ctx context.Context, res catalog.Resource) []catalog.Ou
 	for _, id := range res.PerSite[r.self].Pending {
 		owed[id] = true
 	}
-	var outs []catalog.Outcome
-	failed := false
+	var jobs []Job
 	for i, op := range res.Operations {
-		if !owed[op.ID] || ctx.Err() != nil {
+		if !owed[op.ID] {
 			continue
 		}
 		j := Job{Op: op, Service: res.Service, Create: i == 0, Collection: res.Collection, Owed: true}
 		if !j.Create {
 			j.LocalID = res.PerSite[r.self].LocalID
 		}
-		out := r.cfg.Executor.Apply(ctx, j)
+		jobs = append(jobs, j)
+	}
+	var outs []catalog.Outcome
+	failed := false
+	results := r.cfg.Executor.ApplyOwed(ctx, jobs)
+	for k, out := range results {
+		op := jobs[k].Op
 		if errors.Is(out.Err, ErrNotCreated) && res.PerSite[r.self].Status == catalog.StatusFailed {
-			out = Result{Failed: "the resource's creation failed at this site"}
+			// Nothing of this resource can run here: every owed
+			// operation fails as its creation did.
+			for _, j := range jobs[k:] {
+				outs = append(outs, catalog.Outcome{Resource: res.ID, Op: j.Op.ID, Failed: "the resource's creation failed at this site"})
+			}
+			break
 		}
 		if out.Err != nil {
 			failed = true
