@@ -246,7 +246,20 @@ func (c *Cluster) Close() {
 	}
 	wg.Wait()
 	c.Net.Close()
+	if dir := os.Getenv(LogsEnv); dir != "" {
+		for _, s := range c.Sites {
+			path := filepath.Join(dir, s.Name+".log")
+			if err := os.WriteFile(path, []byte(s.logs.String()), 0o644); err != nil {
+				slog.Warn("keep a site's logs", "path", path, "err", err)
+			}
+		}
+	}
 }
+
+// LogsEnv names the environment variable that, set to a directory, keeps
+// every site's agent and application logs there (NAME.log) when a
+// cluster closes, for a look at a slow or failed run.
+const LogsEnv = "CHEOPS_BENCH_LOGS"
 
 // WaitStates waits until every observer sees every subject in state.
 func (c *Cluster) WaitStates(ctx context.Context, within time.Duration, observers, subjects []string, state string) error {

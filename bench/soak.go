@@ -7,6 +7,8 @@ import (
 	"io"
 	"math/rand/v2"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
@@ -47,6 +49,47 @@ type SoakResult struct {
 	Runs         []SoakRun   `json:"runs"`
 	NotConverged int         `json:"not_converged"`
 	Setup        string      `json:"setup"`
+	// Backstops sums, over every site at the end, what the repair
+	// mechanisms had to do (their counters in /metrics): a value above 0
+	// means the normal path lost or delayed something they caught.
+	Backstops map[string]float64 `json:"backstops"`
+}
+
+// backstopMetrics are the counters of the mechanisms that catch what the
+// normal replication path missed.
+var backstopMetrics = []string{
+	"cheops_catalog_audit_applied_total",  // values the view missed, folded in by the audit
+	"cheops_catalog_audit_late_total",     // ... of which the change notice came later
+	"cheops_catalog_view_repairs_total",   // resources whose view the audit corrected
+	"cheops_crdt_digest_mismatches_total", // anti-entropy rounds that found different heads
+	"cheops_crdt_lag_repairs_total",       // repairs forced by a member ahead with the same heads
+}
+
+// backstops sums the backstop counters over every site's /metrics.
+func (c *Cluster) backstops(ctx context.Context) (map[string]float64, error) {
+	out := map[string]float64{}
+	for _, name := range backstopMetrics {
+		out[name] = 0
+	}
+	for _, s := range c.Sites {
+		b, err := c.get(ctx, s.API+"/metrics")
+		if err != nil {
+			return out, err
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			name, rest, ok := strings.Cut(line, " ")
+			if base, _, labelled := strings.Cut(name, "{"); labelled {
+				name = base
+			}
+			if _, want := out[name]; !ok || !want {
+				continue
+			}
+			if v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64); err == nil {
+				out[name] += v
+			}
+		}
+	}
+	return out, nil
 }
 
 // soakShapes are the cuts a repetition picks from: two random halves;
@@ -100,6 +143,11 @@ func RunSoak(ctx context.Context, env Env, opt SoakOptions) (*SoakResult, error)
 			"reconnected", run.Reconnected, "catalog", run.Catalog, "applied", run.Applied, "converged", run.Converged)
 		res.Runs = append(res.Runs, run)
 	}
+	b, err := c.backstops(ctx)
+	if err != nil {
+		env.Log.Warn("soak: read the backstop counters", "err", err)
+	}
+	res.Backstops = b
 	return res, nil
 }
 
@@ -189,6 +237,12 @@ func (r *SoakResult) Table(out io.Writer) {
 		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.0f\t\n", row.name, ms(percentile(row.ds, 50)), ms(percentile(row.ds, 99)), ms(percentile(row.ds, 100)))
 	}
 	tw.Flush()
+	if len(r.Backstops) > 0 {
+		fmt.Fprintln(out, "\nwhat the backstops caught (summed over the sites):")
+		for _, name := range backstopMetrics {
+			fmt.Fprintf(out, "  %s %.0f\n", name, r.Backstops[name])
+		}
+	}
 	verdict := "met"
 	if r.NotConverged > 0 {
 		verdict = "MISSED"
