@@ -5,9 +5,17 @@
 // naming an unknown site says unknown_site, as an agent answering a
 // request scoped to that site does).
 //
-// The package has no dependencies, so that every package that writes
+// Of maps the errors of the pure packages (scope) to their codes, so that
+// the command line and the HTTP API cannot name one mistake twice. The
+// package depends on nothing but those, so that every package that writes
 // errors can use it.
 package errcode
+
+import (
+	"errors"
+
+	"cheops/scope"
+)
 
 // Codes of mistakes in the input: HTTP 400 (404 for not_found, 413 for
 // too_large), exit status 2 on the command line.
@@ -18,6 +26,9 @@ const (
 	// UnknownSite: a site name that no site of the membership, nor any
 	// binding, answers to.
 	UnknownSite = "unknown_site"
+	// UnboundService: an explicit scope that does not place the called
+	// service.
+	UnboundService = "unbound_service"
 	// BadInput: any other malformed argument or body.
 	BadInput = "bad_input"
 	// NotFound: an unknown resource, service or endpoint.
@@ -40,3 +51,21 @@ const (
 	// Internal: a fault of the agent itself.
 	Internal = "internal"
 )
+
+// Of returns the code of an error of the scope package (BadScope,
+// UnknownSite, UnboundService, Unreachable), "" for any other error.
+func Of(err error) string {
+	switch {
+	case err == nil:
+		return ""
+	case errors.Is(err, scope.ErrUnknownSite):
+		return UnknownSite
+	case errors.Is(err, scope.ErrNoBinding):
+		return UnboundService
+	case errors.Is(err, scope.ErrSyntax):
+		return BadScope
+	case errors.Is(err, scope.ErrUnreachable):
+		return Unreachable
+	}
+	return ""
+}

@@ -10,6 +10,7 @@ import (
 	"slices"
 
 	"cheops/catalog"
+	"cheops/errcode"
 	"cheops/scope"
 )
 
@@ -122,7 +123,9 @@ func (f *Forwarder) ResourceHandler() http.Handler {
 				_ = json.NewEncoder(w).Encode(res)
 			case errors.Is(err, catalog.ErrNotFound):
 				writeError(w, http.StatusNotFound, "not_found", err.Error())
-			case errors.Is(err, scope.ErrUnknownSite), errors.Is(err, ErrAlreadyThere), errors.Is(err, ErrNotThere),
+			case errors.Is(err, scope.ErrUnknownSite):
+				writeError(w, http.StatusBadRequest, errcode.UnknownSite, err.Error())
+			case errors.Is(err, ErrAlreadyThere), errors.Is(err, ErrNotThere),
 				errors.Is(err, ErrLastSite), errors.Is(err, catalog.ErrInvalid):
 				writeError(w, http.StatusBadRequest, "bad_input", err.Error())
 			default:

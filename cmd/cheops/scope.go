@@ -15,6 +15,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"cheops/errcode"
 	"cheops/scope"
 )
 
@@ -44,9 +45,11 @@ The local site is --site, else the file's "local", else the first site of
 --sites.
 
 Exit status: 0 the scope is valid (and every plan found a reachable site),
-1 some plan has no reachable site, 2 bad input: a syntax error (with its
-column, counted in characters from 1), an unknown site, a service the scope
-does not place, a bad flag or membership file.`,
+1 some plan has no reachable site (unreachable), 2 bad input: a syntax error
+(bad_scope, with its column, counted in characters from 1), an unknown site
+(unknown_site), a service the scope does not place (unbound_service), a bad
+flag or membership file. The codes are those an agent answers for the same
+mistakes; --json gives each plan's "error" and "code".`,
 			Flags: []cli.Flag{
 				&cli.StringFlag{Name: "site", Usage: "the local site plans start from (default: the membership file's, else the first of --sites)", EnvVars: []string{"CHEOPS_SITE"}},
 				&cli.StringFlag{Name: "sites", Usage: "known sites and their state: paris=up,berlin=down", EnvVars: []string{"CHEOPS_SITES"}},
@@ -91,6 +94,9 @@ type planResult struct {
 	Chosen       int                 `json:"chosen"`
 	Excluded     []scope.Exclusion   `json:"excluded"`
 	Error        string              `json:"error,omitempty"`
+	// Code is the error's code, the one an agent answers for the same
+	// mistake (unknown_site, unbound_service, unreachable).
+	Code string `json:"code,omitempty"`
 	// err is the planner's error, kept for the exit status.
 	err error
 }
@@ -111,7 +117,7 @@ func scopeCheck(c *cli.Context) error {
 	src := c.Args().First()
 	s, err := scope.Parse(src)
 	if err != nil {
-		return usageError("%v%s", err, caret(src, err))
+		return usageError("%v (%s)%s", err, errcode.Of(err), caret(src, err))
 	}
 	view, haveView, err := checkView(c)
 	if err != nil {
@@ -145,12 +151,12 @@ func scopeCheck(c *cli.Context) error {
 	// Bad input first (exit 2), then plans that cannot run (exit 1).
 	for _, p := range res.Plans {
 		if errors.Is(p.err, scope.ErrUnknownSite) || errors.Is(p.err, scope.ErrNoBinding) {
-			return usageError("%v", p.err)
+			return usageError("%v (%s)", p.err, p.Code)
 		}
 	}
 	for _, p := range res.Plans {
 		if p.err != nil {
-			return failure("%s: %v", serviceLabel(p.Service), p.err)
+			return failure("%s: %v (%s)", serviceLabel(p.Service), p.err, p.Code)
 		}
 	}
 	return nil
@@ -187,7 +193,7 @@ func planOf(s *scope.Scope, svc string, view scope.View) planResult {
 	p, err := s.Plan(svc, view)
 	out := planResult{Service: svc, Chosen: -1, err: err}
 	if err != nil {
-		out.Error = err.Error()
+		out.Error, out.Code = err.Error(), errcode.Of(err)
 	}
 	if p == nil {
 		return out

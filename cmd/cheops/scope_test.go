@@ -118,7 +118,7 @@ func TestScopeCheckExitCodes(t *testing.T) {
 		code int
 		msg  string // a part of the error printed
 	}{
-		{[]string{"{posts: &berlin}"}, exitBadUsage, "scope: column 9: expected site name, found '&'\n  {posts: &berlin}\n          ^"},
+		{[]string{"{posts: &berlin}"}, exitBadUsage, "scope: column 9: expected site name, found '&' (bad_scope)\n  {posts: &berlin}\n          ^"},
 		{[]string{"a\tb"}, exitBadUsage, "scope: column 3: expected '&', '|', ';' or end of input, found 'b'"},
 		{nil, exitBadUsage, "exactly one SCOPE argument, got 0"},
 		{[]string{"a", "b"}, exitBadUsage, "exactly one SCOPE argument, got 2"},
@@ -128,11 +128,11 @@ func TestScopeCheckExitCodes(t *testing.T) {
 		{[]string{"a", "--sites", "a&b=up"}, exitBadUsage, `--sites: "a&b=up" is not NAME`},
 		{[]string{"a", "--membership", "/nonexistent/m.json"}, exitBadUsage, "membership file: open /nonexistent/m.json"},
 		{[]string{"a", "--sites", "a=up", "--site", "b"}, exitBadUsage, "local site b is not among the known sites [a]"},
-		{[]string{"tokyo", "--sites", "a=up"}, exitBadUsage, `unknown site: "tokyo"`},
-		{[]string{"tokyo", "--sites", "a=up", "--json"}, exitBadUsage, `unknown site: "tokyo"`},
-		{[]string{"{posts: a}", "--sites", "a", "--service", "images"}, exitBadUsage, `scope does not place this service: "images"`},
+		{[]string{"tokyo", "--sites", "a=up"}, exitBadUsage, `unknown site: "tokyo" (unknown_site)`},
+		{[]string{"tokyo", "--sites", "a=up", "--json"}, exitBadUsage, `unknown site: "tokyo" (unknown_site)`},
+		{[]string{"{posts: a}", "--sites", "a", "--service", "images"}, exitBadUsage, `(unbound_service)`},
 		{[]string{"a ; b", "--sites", "a=down,b=suspect"}, exitOK, ""},
-		{[]string{"a ; b", "--sites", "a=down,b=down"}, exitFailed, "(any service): no site of the scope is reachable: a ; b"},
+		{[]string{"a ; b", "--sites", "a=down,b=down"}, exitFailed, "(any service): no site of the scope is reachable: a ; b (unreachable)"},
 		{[]string{"{x: a, y: b}", "--sites", "a,b=down", "--json"}, exitFailed, "y: no site of the scope is reachable: b"},
 	} {
 		args := append([]string{"scope", "check"}, tc.args...)
