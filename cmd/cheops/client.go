@@ -74,6 +74,11 @@ func call(ctx context.Context, c *cli.Context, method, path string, body io.Read
 	return nil
 }
 
+// agentClient talks to the agent. It does not follow redirections: an
+// application's 3xx is shown as it is (its Location may be an address
+// only the agent reaches); the agent itself never redirects.
+var agentClient = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+
 // do sends a request to the agent and returns the raw response, whatever
 // its status; the caller closes its body. An agent that cannot be reached
 // is a failure (exit 1) that says where it was looked for.
@@ -95,7 +100,7 @@ func do(ctx context.Context, c *cli.Context, method, path string, body io.Reader
 	if req.Header.Get("Accept") == "" {
 		req.Header.Set("Accept", "application/json")
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := agentClient.Do(req)
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
 			return nil, failure("agent at %s did not answer %s %s in time", base, method, path)
