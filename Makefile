@@ -10,8 +10,12 @@ FUZZSHORT ?= 5s
 
 all: build
 
+# The version `cheops --version` and GET /v1/health report; without it
+# (go build, go install) the binary derives one from its build information.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+
 build:
-	$(GO) build -o $(BIN) ./cmd/cheops
+	$(GO) build -ldflags "-X cheops/version.version=$(VERSION)" -o $(BIN) ./cmd/cheops
 
 vet:
 	$(GO) vet $(PKGS)

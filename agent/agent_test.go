@@ -120,7 +120,7 @@ func TestAPI(t *testing.T) {
 
 	var h HealthJSON
 	eventually(t, 10*time.Second, "paris healthy with two sites up", func() error {
-		if code, body := get(t, paris.URL()+"/v1/health", &h); code != 200 || h.Status != "ok" || h.Site != "paris" || h.Sites["up"] != 2 {
+		if code, body := get(t, paris.URL()+"/v1/health", &h); code != 200 || h.Status != "ok" || h.Site != "paris" || h.Sites["up"] != 2 || h.Version == "" {
 			return fmt.Errorf("health: %d %s", code, body)
 		}
 		return nil

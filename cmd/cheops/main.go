@@ -16,6 +16,8 @@ import (
 	"syscall"
 
 	"github.com/urfave/cli/v2"
+
+	"cheops/version"
 )
 
 // Exit codes, as the contract in SPEC.md states them.
@@ -48,6 +50,7 @@ func newApp() *cli.App {
 	return &cli.App{
 		Name:                 "cheops",
 		Usage:                "run one unmodified application on every edge site, and use it as one system",
+		Version:              version.String(),
 		Commands:             commands,
 		EnableBashCompletion: true,
 		OnUsageError:         onUsageError,
