@@ -146,10 +146,21 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 	} else {
 		opts = append(opts, libp2p.Transport(quic.NewTransport))
 	}
-	// TCP without SO_REUSEPORT: with it, a second agent on the host binds
-	// the same port silently and the kernel shares connections between
-	// the two. (It only served hole punching, which cheops does not use.)
-	opts = append(opts, libp2p.Transport(tcp.NewTCPTransport, tcp.DisableReuseport()))
+	// TCP keeps SO_REUSEPORT, with which libp2p dials from its listen
+	// address: a peer sees a site's connections come from the site's own
+	// address (a firewall rule or the WAN emulation of the benchmarks
+	// relies on it). With it alone, a second agent on the host would bind
+	// the same port silently, the kernel sharing connections between the
+	// two: each TCP address is therefore bound once without the option
+	// first, which fails while any other socket holds it.
+	for _, a := range listen {
+		if addr, err := multiaddr.NewMultiaddr(a); err == nil && len(addr) >= 2 && addr[1].Code() == multiaddr.P_TCP {
+			if err := listenError(addr); err != nil {
+				return nil, err
+			}
+		}
+	}
+	opts = append(opts, libp2p.Transport(tcp.NewTCPTransport))
 	opts = append(opts, libp2p.ListenAddrStrings(listen...))
 	if len(announce) > 0 {
 		var addrs []multiaddr.Multiaddr
