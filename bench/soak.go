@@ -63,7 +63,10 @@ var backstopMetrics = []string{
 	"cheops_catalog_view_repairs_total",   // resources whose view the audit corrected
 	"cheops_crdt_digest_mismatches_total", // anti-entropy rounds that found different heads
 	"cheops_crdt_lag_repairs_total",       // repairs forced by a member ahead with the same heads
+	viewLagMetric,                         // changes the catalog's view got more than 1 s late
 }
+
+const viewLagMetric = "changes delivered to the view over 1 s late"
 
 // backstops sums the backstop counters over every site's /metrics.
 func (c *Cluster) backstops(ctx context.Context) (map[string]float64, error) {
@@ -78,6 +81,17 @@ func (c *Cluster) backstops(ctx context.Context) (map[string]float64, error) {
 		}
 		for _, line := range strings.Split(string(b), "\n") {
 			name, rest, ok := strings.Cut(line, " ")
+			// The view's lag: changes delivered more than a second after
+			// the store reported them (the count, less the 1 s bucket).
+			switch name {
+			case "cheops_crdt_change_delivery_seconds_count":
+				name = viewLagMetric
+			case `cheops_crdt_change_delivery_seconds_bucket{le="1"}`:
+				if v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64); err == nil {
+					out[viewLagMetric] -= v
+				}
+				continue
+			}
 			if base, _, labelled := strings.Cut(name, "{"); labelled {
 				name = base
 			}

@@ -299,6 +299,7 @@ func (c *Catalog) audit(ctx context.Context, id string) error {
 	}
 	c.mu.RUnlock()
 	var errs []error
+	var folded []string
 	for _, s := range slots {
 		sites := strings.Split(s.group, ",")
 		value, ok, err := c.cfg.Store.Get(ctx, sites, s.key)
@@ -323,6 +324,7 @@ func (c *Catalog) audit(ctx context.Context, id string) error {
 			c.auditMu.Unlock()
 			if c.apply(sites, s.key, value) {
 				c.auditApplied.Add(1)
+				folded = append(folded, s.key+" in {"+s.group+"}")
 			} else {
 				c.auditMu.Lock()
 				delete(c.auditFixed, k)
@@ -333,7 +335,7 @@ func (c *Catalog) audit(ctx context.Context, id string) error {
 	after, _ := c.Get(ctx, id)
 	if !reflect.DeepEqual(before, after) {
 		c.auditRepairs.Add(1)
-		c.log.Warn("the catalog's view had missed a change of a resource; corrected from the store", "id", id)
+		c.log.Warn("the catalog's view had missed a change of a resource; corrected from the store", "id", id, "keys", folded)
 	}
 	return errors.Join(errs...)
 }

@@ -2,6 +2,7 @@ package crdt
 
 import (
 	"sync"
+	"time"
 )
 
 // change is one key written or deleted in a group.
@@ -10,6 +11,7 @@ type change struct {
 	key     string
 	value   []byte
 	deleted bool
+	at      time.Time // when the store reported it
 }
 
 // changeQueue decouples go-ds-crdt's hooks, which run inside its merge
@@ -30,6 +32,7 @@ func newChangeQueue() *changeQueue {
 }
 
 func (q *changeQueue) add(c change) {
+	c.at = time.Now()
 	q.mu.Lock()
 	if len(q.watchers) > 0 {
 		q.pending = append(q.pending, c)
@@ -78,6 +81,9 @@ func (m *Manager) deliverChanges() {
 				break
 			}
 			for _, c := range batch {
+				if m.metrics != nil {
+					m.metrics.changeDelay.Observe(time.Since(c.at).Seconds())
+				}
 				for _, fn := range fns {
 					fn(c.sites, c.key, c.value, c.deleted)
 				}

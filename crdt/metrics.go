@@ -31,6 +31,7 @@ type metrics struct {
 	blockBytesSent         *prometheus.CounterVec
 	blockBytesReceived     *prometheus.CounterVec
 	lastSync               *prometheus.GaugeVec
+	changeDelay            prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
@@ -65,11 +66,14 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 		blockBytesReceived: bySite("block_bytes_received_total", "Bytes of DAG blocks received over the block protocol, by sending site."),
 		lastSync: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "cheops_crdt_last_sync_timestamp_seconds",
 			Help: "When this site last received heads or blocks of a group from a site."}, []string{"group", "site"}),
+		changeDelay: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "cheops_crdt_change_delivery_seconds",
+			Help:    "Time from a key's change in a group's store to its delivery to the watchers (the catalog's view): how far the view lags behind the store.",
+			Buckets: []float64{0.001, 0.005, 0.02, 0.1, 0.5, 1, 2, 5, 10}}),
 	}
 	reg.MustRegister(x.digestMismatches, x.lagRepairs, x.refused, x.malformed, x.repairs, x.repairFailures, x.fetches, x.fetching,
 		x.blocksFetched, x.duplicateBlocks, x.blocksSent, x.headsPushed, x.broadcasts,
 		x.broadcastBytesSent, x.inlineBlocksSent, x.inlineBlocksReceived, x.broadcastBytesReceived,
-		x.blockBytesSent, x.blockBytesReceived, x.lastSync, groupCollector{m})
+		x.blockBytesSent, x.blockBytesReceived, x.lastSync, x.changeDelay, groupCollector{m})
 	return x
 }
 
