@@ -182,13 +182,27 @@ func (c *Catalog) Len() int {
 }
 
 // owes reports whether a visible entry shows an operation still owed.
+//
+// It runs on every change the view takes in, so it reads the slots
+// directly instead of resolving the resource (which sorts its operations
+// and builds every site's view): the same answer as a resolved resource
+// with a non-empty Pending list, at a fraction of the cost.
 func owes(e *entry) bool {
-	r, ok := e.resolve()
-	if !ok {
+	if !e.visible {
 		return false
 	}
-	for _, v := range r.PerSite {
-		if len(v.Pending) > 0 {
+	for _, site := range e.best.Sites {
+		rec, _, _ := e.record(site)
+		for _, op := range e.ops {
+			if op.v.Outcomes[site] != OutcomePending {
+				continue
+			}
+			if _, done := rec.v.Applied[op.v.ID]; done {
+				continue
+			}
+			if _, failed := rec.v.Failed[op.v.ID]; failed {
+				continue
+			}
 			return true
 		}
 	}

@@ -44,9 +44,32 @@ func FuzzApply(f *testing.F) {
 					t.Fatalf("index %v points at %s, not held", k, gid)
 				}
 			}
+			for gid, e := range c.entries {
+				if got, want := owes(e), owesResolved(e); got != want {
+					t.Fatalf("%s: owes = %v, its resolved view says %v", gid, got, want)
+				}
+				if _, listed := c.owing[gid]; listed != owes(e) {
+					t.Fatalf("%s: in the owing set = %v, owes = %v", gid, listed, owes(e))
+				}
+			}
 		}
 		check()
 		c.applyDelete(ab, key)
 		check()
 	})
+}
+
+// owesResolved is what owes must answer: whether the resolved resource
+// shows an operation pending at one of its sites.
+func owesResolved(e *entry) bool {
+	r, ok := e.resolve()
+	if !ok {
+		return false
+	}
+	for _, v := range r.PerSite {
+		if len(v.Pending) > 0 {
+			return true
+		}
+	}
+	return false
 }
