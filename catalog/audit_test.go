@@ -52,3 +52,57 @@ func TestStaleOwingSkipsResourcesBeingCaughtUp(t *testing.T) {
 		t.Fatalf("first tick audits %v, want nothing", got)
 	}
 }
+
+// TestAuditWaitsOneIntervalBeforeFolding: a value the store holds and the
+// view lacks is only noted at the first audit (its notice may be on its
+// way); when the notice arrives before the next audit, that audit counts
+// it late and folds nothing in; when it never arrives, the next audit
+// folds it in and counts a miss.
+func TestAuditWaitsOneIntervalBeforeFolding(t *testing.T) {
+	ctx := context.Background()
+	for _, arrives := range []bool{true, false} {
+		t.Run(fmt.Sprintf("notice arrives=%v", arrives), func(t *testing.T) {
+			net := newMemNet()
+			cfg := DefaultConfig()
+			cfg.Store, cfg.Self, cfg.GatherDelay, cfg.AuditInterval = net.store("paris"), "paris", time.Millisecond, time.Hour
+			paris := newTestCatalogConfig(t, cfg)
+			sites := []string{"paris", "berlin"}
+			id := create(t, paris, "posts", sites, map[string]string{"paris": "1"}, "berlin")
+			r, _ := paris.Get(ctx, id)
+			rec := SiteRecord{Site: "berlin", LocalID: "9", Status: StatusOK, Applied: map[string]string{r.Operations[0].ID: "201"}, At: paris.Clock().Now()}
+			data, _ := json.Marshal(rec)
+			net.store("paris").writeUnseen(sites, siteKey(id, "berlin"), data)
+
+			paris.auditNoted = map[string][]byte{}
+			if err := paris.audit(ctx, id, nil); err != nil {
+				t.Fatal(err)
+			}
+			if got, _ := paris.Get(ctx, id); len(got.PerSite["berlin"].Pending) != 1 {
+				t.Fatalf("the first audit folded the value in at once: %+v", got.PerSite["berlin"])
+			}
+			noted := paris.auditNoted
+			if len(noted) != 1 {
+				t.Fatalf("noted %d values, want berlin's record", len(noted))
+			}
+			if arrives {
+				paris.apply(sites, siteKey(id, "berlin"), data)
+			}
+			paris.auditNoted = map[string][]byte{}
+			if err := paris.audit(ctx, id, noted); err != nil {
+				t.Fatal(err)
+			}
+			got, _ := paris.Get(ctx, id)
+			if v := got.PerSite["berlin"]; len(v.Pending) != 0 || v.LocalID != "9" {
+				t.Fatalf("berlin after the second audit: %+v", v)
+			}
+			wantLate, wantApplied := int64(0), int64(1)
+			if arrives {
+				wantLate, wantApplied = 1, 0
+			}
+			if paris.AuditLate() != wantLate || paris.AuditApplied() != wantApplied || paris.AuditRepairs() != wantApplied {
+				t.Fatalf("late %d applied %d repairs %d, want late %d applied %d repairs %d",
+					paris.AuditLate(), paris.AuditApplied(), paris.AuditRepairs(), wantLate, wantApplied, wantApplied)
+			}
+		})
+	}
+}

@@ -104,14 +104,15 @@ type Catalog struct {
 	watchers map[*watcher]struct{}
 	toGather map[string]bool
 	// auditRepairs counts resources whose view the audit corrected;
-	// auditLate, values the audit applied whose change notice arrived
-	// later (the view was behind, not missing them). auditFixed holds the
-	// values the audit applied, until their notice arrives (bounded).
+	// auditApplied, the values it folded in (changes the view had
+	// missed); auditLate, values the view lacked at one audit and held at
+	// the next (it was behind, not missing them). auditNoted holds, from
+	// one audit to the next, the values the view lacked (bounded); only
+	// the audit loop touches it.
 	auditRepairs atomic.Int64
 	auditLate    atomic.Int64
 	auditApplied atomic.Int64
-	auditMu      sync.Mutex
-	auditFixed   map[string][]byte
+	auditNoted   map[string][]byte
 }
 
 type localKey struct{ service, site, local string }
@@ -210,28 +211,17 @@ func owes(e *entry) bool {
 }
 
 // AuditRepairs counts the resources whose view the audit had to correct
-// from the store; AuditLate, the corrected values whose change notice
-// arrived afterwards (the view was behind, it had not missed them).
+// from the store.
 func (c *Catalog) AuditRepairs() int64 { return c.auditRepairs.Load() }
 
-// AuditLate: see AuditRepairs.
+// AuditLate counts values the view lacked at one audit and had received
+// by the next: a view behind its store, not one that missed a change.
 func (c *Catalog) AuditLate() int64 { return c.auditLate.Load() }
 
-// AuditApplied counts the values the audit applied to the view; those
-// whose notice never followed (AuditApplied − AuditLate, once quiet) are
-// changes the view had missed.
+// AuditApplied counts the values the audit folded into the view: changes
+// the store holds and the view still lacked an interval after the audit
+// first saw them missing.
 func (c *Catalog) AuditApplied() int64 { return c.auditApplied.Load() }
-
-// lateAfterAudit counts a change notice for a value the audit applied.
-func (c *Catalog) lateAfterAudit(group, key string, value []byte) {
-	c.auditMu.Lock()
-	defer c.auditMu.Unlock()
-	k := group + "\x00" + key
-	if v, ok := c.auditFixed[k]; ok && bytes.Equal(v, value) {
-		delete(c.auditFixed, k)
-		c.auditLate.Add(1)
-	}
-}
 
 // auditLoop re-reads, every AuditInterval, the keys of the resources that
 // show owed operations. Found by the convergence soak: a site's view kept
@@ -243,6 +233,12 @@ func (c *Catalog) lateAfterAudit(group, key string, value []byte) {
 // audited: one whose owed operations are being executed changes, and
 // re-reading it would only cost (a returning site catching up on a
 // thousand resources would read them all again every interval).
+//
+// A value the view lacks is not folded in at once: the store may hold a
+// change whose notice is on its way (this site's own write between its
+// commit and its apply, or a merge being delivered). It is noted, and
+// folded in only if the view still lacks it at the next audit: then it
+// is a change the view missed, counted and logged.
 func (c *Catalog) auditLoop() {
 	defer c.wg.Done()
 	t := time.NewTicker(c.cfg.AuditInterval)
@@ -257,13 +253,36 @@ func (c *Catalog) auditLoop() {
 		c.mu.RLock()
 		now := maps.Clone(c.owing)
 		c.mu.RUnlock()
-		for _, id := range staleOwing(previous, now) {
-			if err := c.audit(c.ctx, id); err != nil && c.ctx.Err() == nil {
+		noted := c.auditNoted
+		if len(noted) > 10000 {
+			noted = nil
+		}
+		c.auditNoted = map[string][]byte{}
+		ids := staleOwing(previous, now)
+		for id := range notedResources(noted) {
+			if !slices.Contains(ids, id) {
+				ids = append(ids, id)
+			}
+		}
+		for _, id := range ids {
+			if err := c.audit(c.ctx, id, noted); err != nil && c.ctx.Err() == nil {
 				c.log.Warn("audit a resource's view", "id", id, "err", err)
 			}
 		}
 		previous = now
 	}
+}
+
+// notedResources lists the resources of the values an audit noted.
+func notedResources(noted map[string][]byte) map[string]bool {
+	out := map[string]bool{}
+	for k := range noted {
+		_, key, _ := strings.Cut(k, "\x00")
+		if id, _, _, ok := parseKey(key); ok {
+			out[id] = true
+		}
+	}
+	return out
 }
 
 // staleOwing lists, in order, the resources owing in both snapshots with
@@ -284,7 +303,11 @@ func staleOwing(previous, now map[string]uint64) []string {
 // the view, and counts and logs the resource if that changed what the
 // view resolved. Keys are read one by one, group by group: one group that
 // cannot be read does not keep the others from being audited.
-func (c *Catalog) audit(ctx context.Context, id string) error {
+//
+// noted holds the values the previous audit found missing from the view:
+// a value still missing and noted there is folded in; one missing for the
+// first time is noted for the next audit (c.auditNoted).
+func (c *Catalog) audit(ctx context.Context, id string, noted map[string][]byte) error {
 	before, _ := c.Get(ctx, id)
 	type slot struct{ group, key string }
 	var slots []slot
@@ -321,33 +344,28 @@ func (c *Catalog) audit(ctx context.Context, id string) error {
 		case err != nil:
 			errs = append(errs, fmt.Errorf("%s in {%s}: %w", s.key, s.group, err))
 		case ok:
-			// Only a value the view did not hold and folds in counts: a
-			// view newer than the store (go-ds-crdt reports a change
-			// before it commits it) is not a miss.
-			if _, kind, name, _ := parseKey(s.key); c.holds(id, kind, s.group, name, value) {
+			// A view newer than the store (go-ds-crdt reports a change
+			// before it commits it) holds another value and ignores this
+			// one: not a miss either.
+			k := s.group + "\x00" + s.key
+			_, kind, name, _ := parseKey(s.key)
+			if c.holds(id, kind, s.group, name, value) {
+				if _, was := noted[k]; was {
+					c.auditLate.Add(1)
+				}
 				continue
 			}
-			// Noted before applying, so that a notice arriving right after
-			// is counted late.
-			k := s.group + "\x00" + s.key
-			c.auditMu.Lock()
-			if c.auditFixed == nil || len(c.auditFixed) > 10000 {
-				c.auditFixed = map[string][]byte{}
+			if !bytes.Equal(noted[k], value) {
+				c.auditNoted[k] = value
+				continue
 			}
-			c.auditFixed[k] = value
-			c.auditMu.Unlock()
 			if c.apply(sites, s.key, value) {
 				c.auditApplied.Add(1)
 				folded = append(folded, s.key+" in {"+s.group+"}")
-			} else {
-				c.auditMu.Lock()
-				delete(c.auditFixed, k)
-				c.auditMu.Unlock()
 			}
 		}
 	}
-	after, _ := c.Get(ctx, id)
-	if !reflect.DeepEqual(before, after) {
+	if after, _ := c.Get(ctx, id); len(folded) > 0 && !reflect.DeepEqual(before, after) {
 		c.auditRepairs.Add(1)
 		c.log.Warn("the catalog's view had missed a change of a resource; corrected from the store", "id", id, "keys", folded)
 	}
@@ -418,7 +436,6 @@ func (c *Catalog) apply(sites []string, key string, value []byte) bool {
 	}
 	group := groupOf(sites)
 	if c.holds(id, kind, group, name, value) {
-		c.lateAfterAudit(group, key, value)
 		return false // already applied: this site's own write, reported back by the store
 	}
 	// Decode outside the lock.
