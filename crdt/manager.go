@@ -120,6 +120,16 @@ func NewManager(ctx context.Context, cfg Config) (*Manager, error) {
 		}
 	}}
 	cfg.Host.Network().Notify(m.notifiee)
+	// Members connected before this manager served its protocols (the
+	// host of a restarting site connects first) are caught up with as if
+	// they had just connected: this side asks them at once rather than
+	// waiting for their next push.
+	for _, p := range cfg.Host.Network().Peers() {
+		select {
+		case connected <- p:
+		default:
+		}
+	}
 	m.wg.Add(3)
 	go m.deliverChanges()
 	go m.catchUpLoop(connected)
@@ -475,6 +485,19 @@ func (m *Manager) catchUpLoop(connected <-chan peer.ID) {
 		case <-m.ctx.Done():
 			return
 		case p := <-connected:
+			if p != m.cfg.Host.ID() && len(m.shared(p)) > 0 {
+				// An anti-entropy round at once: the member answers with
+				// the groups whose heads differ and pushes its heads of
+				// them, so this side learns what it lacks one round trip
+				// after connecting, whichever side connected first.
+				m.wg.Add(1)
+				go func() {
+					defer m.wg.Done()
+					if err := m.digestRound(m.ctx, p); err != nil && m.ctx.Err() == nil {
+						m.log.Debug("anti-entropy round on connect", "peer", p, "err", err)
+					}
+				}()
+			}
 			for _, g := range m.Groups() {
 				if g.members[p] && p != m.cfg.Host.ID() {
 					m.schedulePush(g, p)
