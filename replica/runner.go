@@ -24,9 +24,15 @@ type RunnerConfig struct {
 	Rescan time.Duration
 	// MaxBackoff caps the delay between retries of a transient failure.
 	MaxBackoff time.Duration
-	// FlushEvery bounds how long an outcome waits to be recorded with
-	// others in one catalog write (10 ms).
-	FlushEvery time.Duration
+	// FlushEvery is how long the runner waits for more outcomes after
+	// the last one before recording them together in one catalog write
+	// (10 ms); MaxFlushDelay bounds how long the first waits while more
+	// keep coming (100 ms). During a catch-up, outcomes arrive without
+	// pause: each write is a delta every member of the group fetches and
+	// merges, so fewer, larger ones leave the members' CPU to the
+	// operations themselves.
+	FlushEvery    time.Duration
+	MaxFlushDelay time.Duration
 	Logger     *slog.Logger
 }
 
@@ -49,9 +55,16 @@ type Runner struct {
 // outcomeBatch is a set of outcomes written together; done closes once
 // they are in the catalog.
 type outcomeBatch struct {
-	outs []catalog.Outcome
-	done chan struct{}
-	err  error
+	outs        []catalog.Outcome
+	first, last time.Time // when the first and the last outcome came
+	done        chan struct{}
+	err         error
+}
+
+// due reports whether the batch is to be written now: no outcome came
+// for quiet, or the first has waited maxDelay.
+func (b *outcomeBatch) due(now time.Time, quiet, maxDelay time.Duration) bool {
+	return len(b.outs) > 0 && (now.Sub(b.last) >= quiet || now.Sub(b.first) >= maxDelay)
 }
 
 // StartRunner runs a runner in the background until Close.
@@ -70,6 +83,9 @@ func StartRunner(cfg RunnerConfig) (*Runner, error) {
 	}
 	if cfg.FlushEvery <= 0 {
 		cfg.FlushEvery = 10 * time.Millisecond
+	}
+	if cfg.MaxFlushDelay < cfg.FlushEvery {
+		cfg.MaxFlushDelay = max(100*time.Millisecond, cfg.FlushEvery)
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -282,6 +298,11 @@ func (r *Runner) catchUp(ctx context.Context, res catalog.Resource) []catalog.Ou
 func (r *Runner) record(ctx context.Context, outs []catalog.Outcome) error {
 	r.mu.Lock()
 	b := r.batch
+	now := time.Now()
+	if len(b.outs) == 0 {
+		b.first = now
+	}
+	b.last = now
 	b.outs = append(b.outs, outs...)
 	r.mu.Unlock()
 	select {
@@ -304,7 +325,7 @@ func (r *Runner) flushLoop(ctx context.Context) {
 		}
 		r.mu.Lock()
 		b := r.batch
-		if len(b.outs) == 0 {
+		if !b.due(time.Now(), r.cfg.FlushEvery, r.cfg.MaxFlushDelay) {
 			r.mu.Unlock()
 			continue
 		}

@@ -45,3 +45,28 @@ func TestDrainReportsAResync(t *testing.T) {
 		t.Fatalf("drain: ok=%v all=%v, want a resync", ok, all)
 	}
 }
+
+// TestOutcomesWaitForAPauseOrTheMaximumDelay: a batch is written once no
+// outcome came for the quiet time, or once its first waited the maximum
+// delay while more kept coming (a catch-up): never empty.
+func TestOutcomesWaitForAPauseOrTheMaximumDelay(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	ms := time.Millisecond
+	b := &outcomeBatch{}
+	if b.due(t0, 10*ms, 100*ms) {
+		t.Fatal("an empty batch is due")
+	}
+	b.outs, b.first, b.last = make([]catalog.Outcome, 3), t0, t0.Add(95*ms)
+	for _, c := range []struct {
+		now  time.Duration
+		want bool
+	}{{96, false}, {99, false}, {100, true}, {105, true}} {
+		if got := b.due(t0.Add(c.now*ms), 10*ms, 100*ms); got != c.want {
+			t.Errorf("at %d ms: due = %v, want %v", c.now, got, c.want)
+		}
+	}
+	b.first = t0.Add(90 * ms) // a single outcome: written after the quiet time
+	if b.due(t0.Add(100*ms), 10*ms, 100*ms) || !b.due(t0.Add(105*ms), 10*ms, 100*ms) {
+		t.Error("a lone outcome is not written after the quiet time")
+	}
+}
