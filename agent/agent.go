@@ -62,6 +62,11 @@ type Config struct {
 	// instance (--service-kind, --service-token, --service-ca,
 	// --service-insecure).
 	ServiceOptions map[string]ServiceOptions
+	// Scopes names scopes (--scope-name NAME=SCOPE): /s/NAME/svc/… runs
+	// with the scope NAME stands for. These names are fixed; the API
+	// defines others (PUT /v1/scopes/{name}), kept in DATA/scopes.json.
+	// Names are resolved by this agent alone (see scopes.go).
+	Scopes map[string]string
 	// APIToken, when set, is the bearer token every API request but
 	// GET /v1/health must carry (Authorization: Bearer …, or ?token= for
 	// browsers, whose event streams cannot set headers).
@@ -109,6 +114,11 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("%w: options for service %s, which is not configured", ErrBadConfig, name)
 		}
 	}
+	for name, text := range c.Scopes {
+		if _, err := canonicalNamed(name, text); err != nil {
+			return fmt.Errorf("%w: %v", ErrBadConfig, err)
+		}
+	}
 	if c.ShutdownTimeout <= 0 {
 		return fmt.Errorf("%w: shutdown timeout must be positive", ErrBadConfig)
 	}
@@ -138,6 +148,7 @@ type Agent struct {
 	catalog *catalog.Catalog
 	forward *forward.Forwarder
 	catchup *replica.Runner
+	scopes  *namedScopes
 	mux     *http.ServeMux
 	srv     *http.Server
 	ln      net.Listener
@@ -257,6 +268,9 @@ func (a *Agent) open(ctx context.Context) error {
 			return err
 		}
 		services = append(services, svc)
+	}
+	if a.scopes, err = loadNamedScopes(filepath.Join(a.cfg.Node.DataDir, ScopesFile), a.cfg.Scopes); err != nil {
+		return err
 	}
 	a.forward, err = forward.New(forward.Config{Host: n.Host(), Membership: n, Catalog: a.catalog,
 		Services: services, MaxBody: a.cfg.MaxBody, Journal: a.store, ReplicaWait: a.cfg.ReplicaWait,
@@ -383,6 +397,10 @@ func (a *Agent) routes() {
 	a.mux.Handle("POST /v1/resources/{id}/detach", moves)
 	a.mux.Handle("/svc/", a.forward)
 	a.mux.Handle("/scope/", a.forward)
+	a.mux.HandleFunc("/s/", a.serveNamed)
+	a.mux.HandleFunc("GET /v1/scopes", a.listScopes)
+	a.mux.HandleFunc("PUT /v1/scopes/{name}", a.defineScope)
+	a.mux.HandleFunc("DELETE /v1/scopes/{name}", a.undefineScope)
 	catalogAPI := catalog.Handler(a.catalog)
 	a.mux.Handle("GET /v1/resources", catalogAPI)
 	a.mux.Handle("GET /v1/resources/{id}", catalogAPI)

@@ -37,9 +37,13 @@ const (
 	TooLarge = "too_large"
 	// Unauthorized: the API's bearer token is missing or wrong.
 	Unauthorized = "unauthorized"
-	// BoundByConfig: an operator asked to forget a site binding that
-	// only the trust configuration can change.
+	// BoundByConfig: an operator asked to change what only the agent's
+	// configuration can change: forget a site binding of the trust
+	// configuration, redefine or remove a configured scope name.
 	BoundByConfig = "bound_by_config"
+	// UnknownScope: a /s/{name}/ path or a scope name this agent does not
+	// define (HTTP 404).
+	UnknownScope = "unknown_scope"
 )
 
 // Codes of failures: HTTP 5xx, exit status 1.

@@ -41,6 +41,7 @@ func init() {
 		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "service-token", Usage: "`NAME=FILE`: send the bearer token in FILE to this site's instance of the service (repeatable)", EnvVars: []string{"CHEOPS_SERVICE_TOKEN"}}),
 		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "service-ca", Usage: "`NAME=FILE`: PEM certificates to verify the service's HTTPS upstream with (repeatable)", EnvVars: []string{"CHEOPS_SERVICE_CA"}}),
 		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "service-insecure", Usage: "service `NAME` whose HTTPS certificate is not verified (self-signed test clusters; repeatable)", EnvVars: []string{"CHEOPS_SERVICE_INSECURE"}}),
+		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "scope-name", Usage: "`NAME=SCOPE`: /s/NAME/svc/… runs with SCOPE, for clients that take only a base URL (repeatable; cheops scope define adds names at run time)", EnvVars: []string{"CHEOPS_SCOPE_NAME"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "probe-interval", Usage: "how often every site is pinged", Value: def.Node.ProbeInterval, EnvVars: []string{"CHEOPS_PROBE_INTERVAL"}}),
 		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "policy", Usage: "`SERVICE:METHOD=POLICY` consistency of a service's updates: replace, commute or ordered (repeatable; default PUT=replace, others ordered)", EnvVars: []string{"CHEOPS_POLICY"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "replica-wait", Usage: "how long a replicated write waits for its replicas before answering with the late ones pending (0: max(50ms, 4 × RTT); a request can set X-Cheops-Replica-Wait)", EnvVars: []string{"CHEOPS_REPLICA_WAIT"}}),
@@ -225,6 +226,19 @@ func agentConfig(c *cli.Context) (agent.Config, error) {
 	cfg.Services = services
 	if cfg.ServiceOptions, err = parseServiceOptions(c, services); err != nil {
 		return cfg, err
+	}
+	for _, v := range c.StringSlice("scope-name") {
+		name, text, err := agent.ParseScopeName(v)
+		if err != nil {
+			return cfg, fmt.Errorf("--scope-name: %w", err)
+		}
+		if cfg.Scopes == nil {
+			cfg.Scopes = map[string]string{}
+		}
+		if _, dup := cfg.Scopes[name]; dup {
+			return cfg, fmt.Errorf("--scope-name: %s given twice", name)
+		}
+		cfg.Scopes[name] = text
 	}
 	for _, p := range c.StringSlice("policy") {
 		svc, method, policy, err := forward.ParsePolicy(p)

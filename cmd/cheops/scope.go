@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"sort"
 	"strings"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"cheops/agent"
 	"cheops/errcode"
 	"cheops/scope"
 )
@@ -22,7 +24,7 @@ import (
 func init() {
 	register(&cli.Command{
 		Name:  "scope",
-		Usage: "work with the scope language, offline",
+		Usage: "work with the scope language (check, offline) and an agent's named scopes (define, ls, undefine)",
 		Subcommands: []*cli.Command{{
 			Name:      "check",
 			Usage:     "parse a scope, print its canonical form and, given sites, its plan",
@@ -58,6 +60,34 @@ mistakes; --json gives each plan's "error" and "code".`,
 				&cli.BoolFlag{Name: "json", Usage: "print one JSON document", EnvVars: []string{"CHEOPS_JSON"}},
 			},
 			Action: scopeCheck,
+		}, {
+			Name:      "define",
+			Usage:     "name a scope on the agent: /s/NAME/svc/SERVICE/… then runs with it",
+			ArgsUsage: "NAME SCOPE",
+			Description: `Names SCOPE on the agent (--agent): a request to /s/NAME/svc/SERVICE/… runs as
+one with that scope would. Clients that take only a base URL and choke on
+percent signs (the openstack CLI) use it: --os-endpoint
+http://127.0.0.1:7070/s/NAME/svc/glance. A name is resolved by the agent that
+receives the request, never replicated: define it on each agent clients use
+(or give every agent --scope-name NAME=SCOPE). Defining a name again replaces
+it; names from --scope-name cannot be changed here.
+
+Exit status: 0 defined, 1 the agent failed, 2 bad input (a name outside
+[A-Za-z][A-Za-z0-9_.-]*: bad_input; a scope that does not parse: bad_scope; a
+name of the agent's configuration: bound_by_config).`,
+			Flags:  []cli.Flag{agentFlag(), &cli.BoolFlag{Name: "json", Usage: "print the definition as JSON", EnvVars: []string{"CHEOPS_JSON"}}},
+			Action: scopeDefine,
+		}, {
+			Name:   "ls",
+			Usage:  "list the agent's named scopes",
+			Flags:  []cli.Flag{agentFlag(), &cli.BoolFlag{Name: "json", Usage: "print one JSON document", EnvVars: []string{"CHEOPS_JSON"}}},
+			Action: scopeList,
+		}, {
+			Name:      "undefine",
+			Usage:     "remove a name defined with scope define",
+			ArgsUsage: "NAME",
+			Flags:     []cli.Flag{agentFlag()},
+			Action:    scopeUndefine,
 		}},
 	})
 }
@@ -369,4 +399,64 @@ func checkView(c *cli.Context) (v scope.View, have bool, err error) {
 func isSiteName(name string) bool {
 	e, err := scope.ParseExpr(name)
 	return err == nil && e == scope.Expr(scope.Site{Name: name})
+}
+
+// scopeDefine runs `cheops scope define NAME SCOPE`.
+func scopeDefine(c *cli.Context) error {
+	if c.NArg() != 2 {
+		return usageError("scope define takes NAME and SCOPE, got %d arguments", c.NArg())
+	}
+	name, text := c.Args().Get(0), c.Args().Get(1)
+	if _, err := scope.Parse(text); err != nil {
+		return usageError("%v (%s)", err, errcode.Of(err))
+	}
+	ctx, cancel := clientContext(c)
+	defer cancel()
+	body, _ := json.Marshal(agent.ScopeDefinition{Scope: text})
+	var ns agent.NamedScope
+	if err := call(ctx, c, "PUT", "/v1/scopes/"+url.PathEscape(name), bytes.NewReader(body), &ns); err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		return printJSON(c.App.Writer, ns)
+	}
+	fmt.Fprintf(c.App.Writer, "%s = %s\n", ns.Name, ns.Scope)
+	return nil
+}
+
+// scopeList runs `cheops scope ls`.
+func scopeList(c *cli.Context) error {
+	if err := noArgs(c); err != nil {
+		return err
+	}
+	ctx, cancel := clientContext(c)
+	defer cancel()
+	var list []agent.NamedScope
+	if err := getJSON(ctx, c, "/v1/scopes", &list); err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		return printJSON(c.App.Writer, list)
+	}
+	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tSOURCE\tSCOPE")
+	for _, ns := range list {
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", ns.Name, ns.Source, ns.Scope)
+	}
+	return tw.Flush()
+}
+
+// scopeUndefine runs `cheops scope undefine NAME`.
+func scopeUndefine(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return usageError("scope undefine takes one NAME, got %d arguments", c.NArg())
+	}
+	ctx, cancel := clientContext(c)
+	defer cancel()
+	var ns agent.NamedScope
+	if err := call(ctx, c, "DELETE", "/v1/scopes/"+url.PathEscape(c.Args().First()), nil, &ns); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.App.Writer, "undefined %s (was %s)\n", ns.Name, ns.Scope)
+	return nil
 }
