@@ -30,8 +30,9 @@
 // # Exactly once
 //
 // Each execution is journaled in the site's own datastore (not
-// replicated): the operation is written, synced, before the application
-// is called, and its outcome after. A second delivery of an operation (the
+// replicated): the operation is written before the application is
+// called (synced for creates and commuting operations, which must not run
+// twice), and its outcome after. A second delivery of an operation (the
 // origin lost the answer and the catalog says it is still owed, or the
 // live request and the catalog raced) returns the first outcome without
 // calling the application. After a crash between the call and the outcome

@@ -412,12 +412,20 @@ func (x *Executor) replay(ctx context.Context, j Job, o catalog.Operation, local
 	}
 }
 
-// call journals the operation (synced) and runs it on the application.
-// A transient failure (no answer, 5xx) leaves the entry begun: the next
+// call journals the operation and runs it on the application. A
+// transient failure (no answer, 5xx) leaves the entry begun: the next
 // attempt treats the operation as maybe executed.
+//
+// The entry is synced before the call when running the operation twice
+// would do harm: a create (a second copy) or a commuting operation (an
+// append applied twice). A replace, a merge update or a delete whose entry
+// a crash lost is simply run again, as a maybe-executed one would be:
+// it is idempotent, and the order rule puts the later operations back
+// after it. Those skip the sync, the costliest step of an execution.
 func (x *Executor) call(ctx context.Context, j Job, rs *resourceState, method, path string, body []byte) (Answer, error) {
 	e := &entry{Op: j.Op, State: stateBegun, Started: time.Now().UTC()}
-	if err := x.journal.put(ctx, opEntryKey(j.Op.Resource, j.Op.ID), e, true); err != nil {
+	sync := j.Create || j.Op.EffectivePolicy() == catalog.PolicyCommute
+	if err := x.journal.put(ctx, opEntryKey(j.Op.Resource, j.Op.ID), e, sync); err != nil {
 		return Answer{}, err
 	}
 	rs.entries[j.Op.ID] = e
