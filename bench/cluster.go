@@ -36,8 +36,10 @@ type ClusterOptions struct {
 	Dir string
 	// RTT is the emulated round-trip time between every two sites.
 	RTT time.Duration
-	// AgentArgs are added to every agent's command line.
+	// AgentArgs are added to every agent's command line; SiteArgs to
+	// the named site's only.
 	AgentArgs []string
+	SiteArgs  map[string][]string
 	// Log receives progress; nil discards.
 	Log *slog.Logger
 }
@@ -189,6 +191,7 @@ func (c *Cluster) StartAgent(ctx context.Context, name string) error {
 		}
 	}
 	args = append(args, c.opt.AgentArgs...)
+	args = append(args, c.opt.SiteArgs[s.Name]...)
 	s.agent = exec.Command(c.opt.Binary, args...)
 	s.agent.Stdout, s.agent.Stderr = s.logs, s.logs
 	s.agent.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -26,6 +26,8 @@ import (
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
+
+	"cheops/wan"
 )
 
 // Latency summarises the successful requests of one kind on one path, in
@@ -61,6 +63,40 @@ type PathFigures struct {
 type ForwardingRun struct {
 	RTT   float64       `json:"rtt_ms"`
 	Paths []PathFigures `json:"paths"`
+	// Emulation is what the emulated WAN itself costs: a small message
+	// and its echo through the same relays, by a plain TCP client (RTT
+	// included). The remote agent's added latency is judged against it.
+	Emulation Latency `json:"emulation"`
+	// Clients is GET req/s through the remote agent (and directly) with
+	// more concurrent clients.
+	Clients []ClientsRPS `json:"clients,omitempty"`
+}
+
+// ClientsRPS is GET req/s with a number of concurrent clients.
+type ClientsRPS struct {
+	Clients int     `json:"clients"`
+	Remote  float64 `json:"remote_rps"`
+	Direct  float64 `json:"direct_rps"`
+}
+
+// Target is one of the issue's targets and what the run measured for it.
+type Target struct {
+	Name     string  `json:"name"`
+	Measured float64 `json:"measured"`
+	Limit    float64 `json:"limit"`
+	// Above: the measure must be at least Limit (throughput), else at
+	// most (latency).
+	Above bool   `json:"above,omitempty"`
+	Unit  string `json:"unit"`
+	Met   bool   `json:"met"`
+}
+
+func newTarget2(name string, measured, limit float64, above bool, unit string) Target {
+	met := measured <= limit
+	if above {
+		met = measured >= limit && measured > 0
+	}
+	return Target{Name: name, Measured: round3(measured), Limit: round3(limit), Above: above, Unit: unit, Met: met}
 }
 
 // Path returns the named path's figures, or nil.
@@ -105,6 +141,26 @@ type ForwardingResult struct {
 	RatioTarget float64 `json:"local_to_proxy_ratio_target"`
 	Met         bool    `json:"target_met"`
 	Note        string  `json:"note,omitempty"`
+	// Targets are every target of the run, met or missed.
+	Targets []Target `json:"targets,omitempty"`
+	// ReplicatedCreates is creates/s on 2 sites (scope {items: A & B})
+	// by CreateClients concurrent clients through A's agent, in front of
+	// a Go application that answers at once (tinyApp), at 0 ms RTT;
+	// each create is durable on both sites before it is answered.
+	ReplicatedCreates float64 `json:"replicated_creates_per_s,omitempty"`
+	CreateClients     int     `json:"create_clients,omitempty"`
+	CreateErrors      int     `json:"create_errors,omitempty"`
+}
+
+// Missed lists the targets the run missed (cheops bench --strict).
+func (r *ForwardingResult) Missed() []string {
+	var out []string
+	for _, t := range r.Targets {
+		if !t.Met {
+			out = append(out, fmt.Sprintf("%s: %.3f %s (limit %.3f)", t.Name, t.Measured, t.Unit, t.Limit))
+		}
+	}
+	return out
 }
 
 // forwardingProfile sizes a run.
@@ -114,13 +170,20 @@ type forwardingProfile struct {
 	rtts                []time.Duration
 	throughput          time.Duration // per path
 	workers             int
+	// clients are the numbers of concurrent clients whose GET req/s
+	// through the remote agent is measured at the last RTT.
+	clients []int
+	// createClients create on 2 sites at once (0: not measured).
+	createClients int
 }
 
 var (
 	forwardingQuick = forwardingProfile{gets: 600, creates: 100, rttGets: 150, rttCreates: 40,
-		rtts: []time.Duration{0, 20 * time.Millisecond, 80 * time.Millisecond}, throughput: 3 * time.Second, workers: 4}
+		rtts: []time.Duration{0, 20 * time.Millisecond, 80 * time.Millisecond}, throughput: 3 * time.Second, workers: 4,
+		clients: []int{4, 16, 64}, createClients: 32}
 	forwardingFull = forwardingProfile{gets: 5000, creates: 1000, rttGets: 1000, rttCreates: 200,
-		rtts: []time.Duration{0, 20 * time.Millisecond, 80 * time.Millisecond}, throughput: 15 * time.Second, workers: 8}
+		rtts: []time.Duration{0, 20 * time.Millisecond, 80 * time.Millisecond}, throughput: 15 * time.Second, workers: 4,
+		clients: []int{4, 16, 64}, createClients: 32}
 )
 
 // Names of the paths.
@@ -213,7 +276,17 @@ func runForwarding(ctx context.Context, env Env, p forwardingProfile) (*Forwardi
 		return nil, err
 	}
 	log.Info("forwarding: starting sites", "sites", n)
-	c, err := StartCluster(ctx, ClusterOptions{Binary: env.Binary, Sites: citySites(n), Dir: filepath.Join(env.Dir, "forwarding"), Log: log})
+	names := citySites(n)
+	siteArgs := map[string][]string{}
+	for i, name := range names[:2] {
+		tiny, err := startTinyApp(wan.SiteAddr(i))
+		if err != nil {
+			return nil, err
+		}
+		defer tiny.close()
+		siteArgs[name] = []string{"--service", "items=" + tiny.URL}
+	}
+	c, err := StartCluster(ctx, ClusterOptions{Binary: env.Binary, Sites: names, Dir: filepath.Join(env.Dir, "forwarding"), SiteArgs: siteArgs, Log: log})
 	if err != nil {
 		return nil, err
 	}
@@ -255,10 +328,86 @@ func runForwarding(ctx context.Context, env Env, p forwardingProfile) (*Forwardi
 			return nil, err
 		}
 		run.RTT = float64(rtt) / float64(time.Millisecond)
+		if run.Emulation, err = echoThrough(ctx, c.Net, app, remote, gets); err != nil {
+			return nil, err
+		}
+		if rtt == p.rtts[len(p.rtts)-1] {
+			for _, n := range p.clients {
+				log.Info("forwarding: GET req/s", "rtt", rtt, "clients", n)
+				rf, _ := throughput(ctx, far, res.Item, n, p.throughput)
+				rd, _ := throughput(ctx, direct, res.Item, n, p.throughput)
+				run.Clients = append(run.Clients, ClientsRPS{Clients: n, Remote: math.Round(rf), Direct: math.Round(rd)})
+			}
+			if err := ctx.Err(); err != nil {
+				return nil, err // stopped: no figures for a cut run
+			}
+		}
 		res.Runs = append(res.Runs, run)
+		if rtt == 0 && p.createClients > 0 {
+			log.Info("forwarding: replicated creates", "sites", 2, "clients", p.createClients)
+			both := newTarget("replicated creates", app.API+"/svc/items", "{items: "+app.Name+" & "+remote.Name+"}")
+			res.CreateClients = p.createClients
+			res.ReplicatedCreates, res.CreateErrors, err = createRate(ctx, both, p.createClients, p.throughput)
+			both.close()
+			if err != nil {
+				return nil, err
+			}
+			res.ReplicatedCreates = math.Round(res.ReplicatedCreates)
+		}
 	}
 	res.judge()
 	return res, nil
+}
+
+// echoThrough measures the emulated WAN alone: a TCP echo server on
+// app's address behind a relay of the same network, and a client on
+// remote's address sending it n small messages one after the other.
+func echoThrough(ctx context.Context, nw *wan.Network, app, remote *Site, n int) (Latency, error) {
+	ln, err := net.Listen("tcp", net.JoinHostPort(app.ip, "0"))
+	if err != nil {
+		return Latency{}, fmt.Errorf("bench: echo server: %w", err)
+	}
+	done := make(chan struct{})
+	defer func() { <-done }()
+	defer ln.Close()
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = io.Copy(c, c)
+			c.Close()
+		}
+	}()
+	relay, err := nw.Expose(app.Name, hostOf(app.relay), ln.Addr().String())
+	if err != nil {
+		return Latency{}, err
+	}
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(remote.ip)}}
+	conn, err := d.DialContext(ctx, "tcp", relay)
+	if err != nil {
+		return Latency{}, fmt.Errorf("bench: dial the relay: %w", err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(2 * time.Minute))
+	msg := bytes.Repeat([]byte("x"), 300) // about a small request's size
+	buf := make([]byte, len(msg))
+	var ms []float64
+	for i := range n + 5 {
+		start := time.Now()
+		if _, err := conn.Write(msg); err != nil {
+			return Latency{}, fmt.Errorf("bench: echo: %w", err)
+		}
+		if _, err := io.ReadFull(conn, buf); err != nil {
+			return Latency{}, fmt.Errorf("bench: echo: %w", err)
+		}
+		if i >= 5 {
+			ms = append(ms, float64(time.Since(start))/float64(time.Millisecond))
+		}
+	}
+	return summarise(ms), nil
 }
 
 // forwardAgents measures a running deployment through its agents.
@@ -462,6 +611,27 @@ func (r *ForwardingResult) judge() {
 		r.Note = fmt.Sprintf("local forward adds %.3f ms at p50 against %.3f ms for %s: %.3f ms over the target of %.1f× the proxy's",
 			r.LocalAdded, r.ProxyAdded, r.Proxy, r.LocalAdded-limit, r.RatioTarget)
 	}
+	r.Targets = append(r.Targets,
+		newTarget2("local agent: added GET p50 <= 1.2x HAProxy's (0 ms)", r.LocalAdded, limit, false, "ms"),
+		newTarget2("local agent: GET p99 <= HAProxy's (0 ms)", local.Get.P99, proxy.Get.P99, false, "ms"))
+	if far := run.Path(pathRemote); far != nil {
+		r.Targets = append(r.Targets, newTarget2("remote agent: GET req/s with 4 clients >= 0.9x direct (0 ms)", far.GetRPS, 0.9*direct.GetRPS, true, "req/s"))
+	}
+	if r.CreateClients > 0 {
+		r.Targets = append(r.Targets, newTarget2(fmt.Sprintf("replicated creates on 2 sites with %d clients (0 ms)", r.CreateClients),
+			r.ReplicatedCreates, 1000, true, "creates/s"))
+	}
+	for _, run := range r.Runs {
+		if far := run.Path(pathRemote); far != nil && run.Emulation.N > 0 {
+			r.Targets = append(r.Targets, newTarget2(fmt.Sprintf("remote agent: added GET p50 <= emulated round trip + 0.5 ms (%.0f ms RTT)", run.RTT),
+				far.GetAdded, run.Emulation.P50+0.5, false, "ms"))
+		}
+		for i := 1; i < len(run.Clients); i++ {
+			prev, cur := run.Clients[i-1], run.Clients[i]
+			r.Targets = append(r.Targets, newTarget2(fmt.Sprintf("remote agent: GET req/s grows with clients, %d >= 1.5x %d (%.0f ms RTT)", cur.Clients, prev.Clients, run.RTT),
+				cur.Remote, 1.5*prev.Remote, true, "req/s"))
+		}
+	}
 }
 
 // startHAProxy runs HAProxy on ip (a free port) in front of backend
@@ -604,6 +774,44 @@ func (r *ForwardingResult) Table(w io.Writer) {
 		r.LocalAdded, r.Proxy, r.ProxyAdded, ratio, r.RatioTarget, verdict)
 	if r.Note != "" {
 		fmt.Fprintln(w, "note:", r.Note)
+	}
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "RTT\temulated round trip p50 ms\tp99 ms\tremote agent added GET p50\tcheops' share\t")
+	for _, run := range r.Runs {
+		if far := run.Path(pathRemote); far != nil && run.Emulation.N > 0 {
+			fmt.Fprintf(tw, "%.0f ms\t%.2f\t%.2f\t%+.2f\t%+.2f\t\n", run.RTT, run.Emulation.P50, run.Emulation.P99, far.GetAdded, far.GetAdded-run.Emulation.P50)
+		}
+	}
+	tw.Flush()
+	for _, run := range r.Runs {
+		if len(run.Clients) == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "\nGET req/s at %.0f ms RTT by concurrent clients (%.1f s each)\n", run.RTT, r.ThroughputSeconds)
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "clients\tremote agent\tdirect\t")
+		for _, c := range run.Clients {
+			fmt.Fprintf(tw, "%d\t%.0f\t%.0f\t\n", c.Clients, c.Remote, c.Direct)
+		}
+		tw.Flush()
+	}
+	if r.CreateClients > 0 {
+		fmt.Fprintf(w, "\nreplicated creates (2 sites, %d clients, a Go application answering at once, 0 ms RTT): %.0f creates/s, %d errors\n",
+			r.CreateClients, r.ReplicatedCreates, r.CreateErrors)
+	}
+	if len(r.Targets) > 0 {
+		fmt.Fprintln(w, "\ntargets:")
+		for _, t := range r.Targets {
+			verdict, op := "met", "<="
+			if !t.Met {
+				verdict = "MISSED"
+			}
+			if t.Above {
+				op = ">="
+			}
+			fmt.Fprintf(w, "  %-6s %s: %.3f %s (%s %.3f)\n", verdict, t.Name, t.Measured, t.Unit, op, t.Limit)
+		}
 	}
 }
 

@@ -24,7 +24,7 @@ func TestForwardingTinyProfile(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	tiny := forwardingProfile{gets: 40, creates: 8, rttGets: 10, rttCreates: 3,
-		rtts: []time.Duration{0, 20 * time.Millisecond}, throughput: 300 * time.Millisecond, workers: 2}
+		rtts: []time.Duration{0, 20 * time.Millisecond}, throughput: 300 * time.Millisecond, workers: 2, clients: []int{1, 4}}
 	env := Env{Binary: binary(t), Dir: t.TempDir(), Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	res, err := runForwarding(ctx, env, tiny)
 	if err != nil {
@@ -64,9 +64,27 @@ func TestForwardingTinyProfile(t *testing.T) {
 	if res.Ratio < 0 || res.RatioTarget != 1.2 || res.Proxy == "" {
 		t.Errorf("target figures: %+v", res)
 	}
+	// The emulation alone, measured through the same relays, costs at
+	// least the round trip too.
+	for _, run := range res.Runs {
+		if run.Emulation.N == 0 || run.Emulation.P50 < run.RTT {
+			t.Errorf("emulated round trip at %v ms: %+v", run.RTT, run.Emulation)
+		}
+	}
+	if c := res.Runs[1].Clients; len(c) != 2 || c[0].Clients != 1 || c[1].Clients != 4 || c[1].Remote <= 0 || c[1].Direct <= 0 {
+		t.Errorf("req/s by clients at 20 ms: %+v", c)
+	}
+	// Every target is judged, each once: 2 local, req/s at 0 ms, one
+	// added latency per RTT, growth from 1 to 4 clients.
+	if len(res.Targets) != 6 {
+		t.Errorf("%d targets, want 6: %+v", len(res.Targets), res.Targets)
+	}
+	if missed := res.Missed(); len(missed) != countMissed(res.Targets) {
+		t.Errorf("Missed() lists %d, %d targets missed", len(missed), countMissed(res.Targets))
+	}
 	var table bytes.Buffer
 	res.Table(&table)
-	for _, s := range []string{"haproxy", "local agent", "remote agent", "target <= 1.2x"} {
+	for _, s := range []string{"haproxy", "local agent", "remote agent", "target <= 1.2x", "emulated round trip", "targets:"} {
 		if !strings.Contains(table.String(), s) {
 			t.Errorf("table lacks %q:\n%s", s, table.String())
 		}
@@ -121,4 +139,14 @@ func TestForwardingThroughGivenAgents(t *testing.T) {
 	if !strings.Contains(table.String(), "not measured on a running deployment") {
 		t.Errorf("table:\n%s", table.String())
 	}
+}
+
+func countMissed(ts []Target) int {
+	n := 0
+	for _, t := range ts {
+		if !t.Met {
+			n++
+		}
+	}
+	return n
 }

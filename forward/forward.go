@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -73,6 +74,9 @@ type Forwarder struct {
 	// upstreams holds, per service with its own credentials or TLS, the
 	// client for buffered calls and the one for streams (no timeout).
 	upstreams map[string][2]*http.Client
+	// reads holds, per service over plain HTTP, the connections reads
+	// are sent on (appconns.go).
+	reads map[string]*appConns
 	// exec executes every write at this site, in the catalog's order.
 	exec *replica.Executor
 	// Sends to replicas that outlive the request they came from (a
@@ -141,6 +145,9 @@ func (f *Forwarder) Close() {
 	f.cfg.Host.RemoveStreamHandler(Protocol)
 	f.stop()
 	f.bg.Wait()
+	for _, p := range f.reads {
+		p.close()
+	}
 }
 
 // request is one incoming request, parsed.
@@ -151,7 +158,9 @@ type request struct {
 	rawPath string // path inside the service, with its query
 	body    []byte
 	scope   *scope.Scope
-	hop     string // the site that sent it, when another agent did
+	// canon is scope's canonical text, once computed (scopeText).
+	canon string
+	hop   string // the site that sent it, when another agent did
 	// explicit: the client gave a scope (header, query or path).
 	explicit bool
 	// fellBack lists the sites the request could not run on although a
@@ -189,7 +198,7 @@ func (f *Forwarder) serve(w http.ResponseWriter, r *http.Request, hop string) {
 			f.streamLocal(w, req)
 			return
 		}
-		f.reply(w, f.executeLocal(r.Context(), req), "", nil)
+		f.serveLocal(w, req)
 		return
 	}
 	plan, err := f.plan(req)
@@ -308,11 +317,11 @@ func (f *Forwarder) parse(w http.ResponseWriter, r *http.Request, hop string) (*
 	if req.scope, err = scope.Parse(scopeText); err != nil {
 		return nil, http.StatusBadRequest, "bad_scope", err
 	}
-	if n := len(req.scope.String()); n > MaxScopeBytes {
+	if n := len(req.scopeText()); n > MaxScopeBytes {
 		return nil, http.StatusRequestHeaderFieldsTooLarge, "scope_too_large",
 			fmt.Errorf("scope of %d bytes (canonical) is over the limit of %d passed to applications", n, MaxScopeBytes)
 	}
-	if r.Body != nil {
+	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
 		req.body, err = readLimited(http.MaxBytesReader(w, r.Body, f.cfg.MaxBody), f.cfg.MaxBody)
 		if err != nil {
 			var tooBig *http.MaxBytesError
@@ -326,6 +335,15 @@ func (f *Forwarder) parse(w http.ResponseWriter, r *http.Request, hop string) (*
 		return nil, http.StatusBadRequest, "bad_json", err
 	}
 	return req, 0, "", nil
+}
+
+// scopeText is the request's scope in canonical form, as every site and
+// application gets it; computed once.
+func (req *request) scopeText() string {
+	if req.canon == "" {
+		req.canon = req.scope.String()
+	}
+	return req.canon
 }
 
 func (f *Forwarder) serviceNames() string {
@@ -420,7 +438,7 @@ func (f *Forwarder) execute(ctx context.Context, site string, req *request, meth
 	for k, v := range extra {
 		out.Header[k] = v
 	}
-	out.Header.Set(HeaderScope, req.scope.String())
+	out.Header.Set(HeaderScope, req.scopeText())
 	out.Header.Set(HeaderHop, f.cfg.Membership.Site())
 	if failed := req.failedSites(); len(failed) > 0 {
 		out.Header.Set(HeaderAvoid, strings.Join(failed, ","))
@@ -449,12 +467,13 @@ func (f *Forwarder) callApp(ctx context.Context, req *request, method, path stri
 	if err != nil {
 		return result{site: self, err: err}
 	}
-	copyHeaders(out.Header, req.r.Header)
+	appHeaderCopy(out.Header, req.r.Header)
 	for k, v := range extra {
-		out.Header[k] = v
+		if !isCheopsHeader(k) {
+			out.Header[k] = v
+		}
 	}
-	appHeaders(out.Header)
-	out.Header.Set(HeaderScope, req.scope.String())
+	out.Header.Set(HeaderScope, req.scopeText())
 	if len(req.body) == 0 {
 		out.Body, out.ContentLength = http.NoBody, 0
 	}
@@ -474,16 +493,130 @@ func (f *Forwarder) callApp(ctx context.Context, req *request, method, path stri
 // executeLocal runs a request another agent sent on this site's
 // application, translating a global id in the path to the local one.
 func (f *Forwarder) executeLocal(ctx context.Context, req *request) result {
-	path := req.rawPath
+	path, unknown := f.localPath(ctx, req)
+	if unknown != nil {
+		return *unknown
+	}
+	return f.showHere(req, req.r.Method, f.callApp(ctx, req, req.r.Method, path, nil))
+}
+
+// localPath is the path of a request another agent sent, on this site's
+// application: a global id in it becomes the local one (unknown is the
+// answer when this site holds no such resource).
+func (f *Forwarder) localPath(ctx context.Context, req *request) (path string, unknown *result) {
+	path = req.rawPath
 	if id := req.route.id; id != "" && !req.route.named && catalog.ValidID(id) {
 		res, ok := f.awaitResource(ctx, id)
 		local := res.PerSite[f.cfg.Membership.Site()].LocalID
 		if !ok || local == "" {
-			return unknownResource(f.cfg.Membership.Site(), id)
+			r := unknownResource(f.cfg.Membership.Site(), id)
+			return "", &r
 		}
 		path = withQuery(req.route.path(local), req.rawPath)
 	}
-	return f.showHere(req, req.r.Method, f.callApp(ctx, req, req.r.Method, path, nil))
+	return path, nil
+}
+
+// serveLocal answers a request another agent sent with this site's
+// application's answer: a read passed on as it arrives (readHere), any
+// other request as executeLocal runs it.
+func (f *Forwarder) serveLocal(w http.ResponseWriter, req *request) {
+	if m := req.r.Method; m != http.MethodGet && m != http.MethodHead {
+		f.reply(w, f.executeLocal(req.r.Context(), req), "", nil)
+		return
+	}
+	path, unknown := f.localPath(req.r.Context(), req)
+	if unknown != nil {
+		f.reply(w, *unknown, "", nil)
+		return
+	}
+	if err := f.readHere(w, req, path); err != nil {
+		f.reply(w, result{site: f.cfg.Membership.Site(), err: err}, "", nil)
+	}
+}
+
+// readHere answers a read (GET or HEAD) with this site's application's
+// answer. What cheops must see or change goes through showHere: the
+// application's 404 for an item, and a JSON answer to a GET of a default
+// service (global ids shown), read whole (bounded by MaxBody). Anything
+// else — a client-named service's answers, other content types,
+// errors, HEAD — is streamed as it arrives, never held, and so not
+// bounded by MaxBody. It returns an error, having written nothing, when
+// the application could not be reached.
+func (f *Forwarder) readHere(w http.ResponseWriter, req *request, path string) error {
+	self := f.cfg.Membership.Site()
+	method := req.r.Method
+	out, err := http.NewRequestWithContext(req.r.Context(), method, strings.TrimRight(req.svc.URL.String(), "/")+path, http.NoBody)
+	if err != nil {
+		return err
+	}
+	if len(req.body) > 0 {
+		out.Body, out.ContentLength = io.NopCloser(bytes.NewReader(req.body)), int64(len(req.body))
+	}
+	appHeaderCopy(out.Header, req.r.Header)
+	out.Header.Set(HeaderScope, req.scopeText())
+	f.prepareUpstream(req.svc, out)
+	var resp *http.Response
+	if pool := f.reads[req.svc.Name]; pool != nil && len(req.body) == 0 {
+		resp, err = pool.roundTrip(req.r.Context(), out)
+	} else {
+		resp, err = f.clientOf(req.svc, false).Do(out)
+	}
+	if err != nil {
+		return fmt.Errorf("application of %s: %w", self, err)
+	}
+	defer resp.Body.Close()
+	ct := resp.Header.Get("Content-Type")
+	shown := req.svc.Routes == nil && ((resp.StatusCode == http.StatusNotFound && req.route.id != "" && req.route.rest == "" && !req.route.other) ||
+		(method == http.MethodGet && resp.StatusCode >= 200 && resp.StatusCode < 300 && (ct == "" || strings.Contains(ct, "json"))))
+	if shown {
+		body, err := readBody(resp, f.cfg.MaxBody)
+		res := result{site: self, status: resp.StatusCode, header: resp.Header, body: body}
+		if err != nil {
+			res = result{site: self, err: fmt.Errorf("application of %s: %w", self, err)}
+		}
+		f.reply(w, f.showHere(req, method, res), "", nil)
+		return nil
+	}
+	h := w.Header()
+	for k, v := range resp.Header {
+		if !hopByHopSet[k] {
+			h[k] = v
+		}
+	}
+	h.Set(HeaderSite, self)
+	if resp.ContentLength >= 0 {
+		h.Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
+	}
+	w.WriteHeader(resp.StatusCode)
+	if method != http.MethodHead {
+		_ = copyBody(w, resp.Body)
+	}
+	return nil
+}
+
+// readBody reads an answer's body whole, bounded by limit, in one
+// allocation when its length is known.
+func readBody(resp *http.Response, limit int64) ([]byte, error) {
+	if n := resp.ContentLength; n >= 0 && n <= limit {
+		b := make([]byte, n)
+		if _, err := io.ReadFull(resp.Body, b); err != nil {
+			return nil, err
+		}
+		return b, nil
+	}
+	return readLimited(resp.Body, limit)
+}
+
+// copyBuffers are the buffers bodies are streamed through.
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// copyBody streams src to w through a pooled buffer.
+func copyBody(w io.Writer, src io.Reader) error {
+	buf := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(buf)
+	_, err := io.CopyBuffer(w, src, *buf)
+	return err
 }
 
 // ResourceWait bounds how long a request naming a global id this site
@@ -550,6 +683,27 @@ func (f *Forwarder) executeAll(ctx context.Context, sites []string, run func(ctx
 // hopByHop headers are not forwarded (RFC 9110 §7.6.1).
 var hopByHop = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Te", "Trailer", "Transfer-Encoding", "Upgrade", "Content-Length", "Accept-Encoding"}
 
+// hopByHopSet holds hopByHop, for a lookup per header.
+var hopByHopSet = func() map[string]bool {
+	m := map[string]bool{}
+	for _, h := range hopByHop {
+		m[h] = true
+	}
+	return m
+}()
+
+// appHeaderCopy copies src to a request to an application: the end-to-end
+// headers but the agents' own (X-Cheops-*), values shared, not copied
+// (neither side changes them).
+func appHeaderCopy(dst, src http.Header) {
+	for k, v := range src {
+		if hopByHopSet[http.CanonicalHeaderKey(k)] || isCheopsHeader(k) {
+			continue
+		}
+		dst[k] = v
+	}
+}
+
 func copyHeaders(dst, src http.Header) {
 	for k, v := range src {
 		dst[k] = append([]string(nil), v...)
@@ -575,8 +729,13 @@ func (f *Forwarder) reply(w http.ResponseWriter, res result, resource string, ou
 		writeError(w, http.StatusBadGateway, "site_failed", res.err.Error())
 		return
 	}
-	copyHeaders(w.Header(), res.header)
-	w.Header().Set(HeaderSite, res.site)
+	h := w.Header()
+	for k, v := range res.header {
+		if !hopByHopSet[http.CanonicalHeaderKey(k)] {
+			h[k] = v
+		}
+	}
+	h.Set(HeaderSite, res.site)
 	if resource != "" {
 		w.Header().Set(HeaderResource, resource)
 	}

@@ -100,11 +100,15 @@ func (f *Forwarder) showHere(req *request, method string, res result) result {
 		if ct != "" && !strings.Contains(ct, "json") {
 			return res
 		}
-		body, gid := showGlobal(res.body, req.svc.IDField, func(local string) (string, bool) {
+		lookup := func(local string) (string, bool) {
 			return f.cfg.Catalog.LookupLocal(req.svc.Name, self, local)
-		})
+		}
+		body, gid, ok := spliceGlobal(res.body, req.svc.IDField, lookup)
+		if !ok {
+			body, gid = showGlobal(res.body, req.svc.IDField, lookup)
+		}
 		if !bytes.Equal(body, res.body) {
-			res.header = res.header.Clone()
+			// The header is this answer's own (callApp, readHere).
 			res.header.Del("Etag") // the body changed
 			res.body = body
 		}
@@ -141,4 +145,181 @@ func localIDRefusal(req *request, required []string) (string, bool) {
 		return fmt.Sprintf("%q is not a global id: a local id names an item on one site, and the scope names %s", req.route.id, strings.Join(required, ", ")), true
 	}
 	return fmt.Sprintf("%q is not a global id: writes name a resource by its global id (X-Cheops-Resource of its create), so that every replica and the catalog see them", req.route.id), true
+}
+
+// spliceGlobal is showGlobal without decoding the answer into maps and
+// encoding it again: the id values it rewrites are replaced in place and
+// UntrackedField is inserted after an untracked object's '{', so the rest
+// of the answer keeps the application's bytes (its formatting and key
+// order). ok is false when the answer is not one it can edit safely —
+// not valid JSON, an escaped id, an id field given twice, an object that
+// has UntrackedField already — and the caller falls back to showGlobal.
+// Pure but for lookup.
+func spliceGlobal(body []byte, field string, lookup func(local string) (string, bool)) (out []byte, gid string, ok bool) {
+	i := skipSpace(body, 0)
+	if i == len(body) || (body[i] != '{' && body[i] != '[') {
+		return body, "", true
+	}
+	if !json.Valid(body) {
+		return nil, "", false
+	}
+	var edits []edit
+	show := func(start int) (end int, gid string, ok bool) {
+		id, end, ok := scanObject(body, start, field)
+		if !ok || id.start < 0 {
+			return end, "", ok
+		}
+		local := string(body[id.start:id.end])
+		if body[id.start] == '"' {
+			local = local[1 : len(local)-1]
+			if local == "" {
+				return end, "", true
+			}
+		} else if body[id.start] != '-' && (body[id.start] < '0' || body[id.start] > '9') {
+			return end, "", true // not a string or a number: not an id
+		}
+		if g, known := lookup(local); known {
+			q, _ := json.Marshal(g)
+			edits = append(edits, edit{id.start, id.end, q})
+			return end, g, true
+		}
+		if !catalog.ValidID(local) {
+			edits = append(edits, edit{start + 1, start + 1, untrackedTag(start, end, body)})
+		}
+		return end, "", true
+	}
+	if body[i] == '{' {
+		_, gid, ok = show(i)
+		if !ok {
+			return nil, "", false
+		}
+	} else {
+		for j := skipSpace(body, i+1); j < len(body) && body[j] != ']'; {
+			var end int
+			if body[j] == '{' {
+				if end, _, ok = show(j); !ok {
+					return nil, "", false
+				}
+			} else {
+				end = skipValue(body, j)
+			}
+			j = skipSpace(body, end)
+			if j < len(body) && body[j] == ',' {
+				j = skipSpace(body, j+1)
+			}
+		}
+	}
+	if len(edits) == 0 {
+		return body, gid, true
+	}
+	n := len(body)
+	for _, e := range edits {
+		n += len(e.with) - (e.end - e.start)
+	}
+	out = make([]byte, 0, n)
+	last := 0
+	for _, e := range edits {
+		out = append(out, body[last:e.start]...)
+		out = append(out, e.with...)
+		last = e.end
+	}
+	return append(out, body[last:]...), gid, true
+}
+
+// edit replaces body[start:end] with with.
+type edit struct {
+	start, end int
+	with       []byte
+}
+
+// span is a value's place in a body; start is -1 for none.
+type span struct{ start, end int }
+
+var (
+	untrackedEmpty = []byte(`"` + UntrackedField + `":true`)
+	untrackedComma = []byte(`"` + UntrackedField + `":true,`)
+)
+
+// untrackedTag is what is inserted after the '{' of the object
+// body[start:end]: the field, with a comma unless the object is empty.
+func untrackedTag(start, end int, body []byte) []byte {
+	if skipSpace(body, start+1) == end-1 {
+		return untrackedEmpty
+	}
+	return untrackedComma
+}
+
+// scanObject reads the valid JSON object at body[start] and returns the
+// span of field's value and the index after the object. ok is false
+// when field is given twice, escaped, or the object has UntrackedField.
+func scanObject(body []byte, start int, field string) (id span, end int, ok bool) {
+	id = span{-1, -1}
+	i := skipSpace(body, start+1)
+	for i < len(body) && body[i] != '}' {
+		keyEnd := skipValue(body, i)
+		key := body[i+1 : keyEnd-1]
+		if bytes.IndexByte(key, '\\') >= 0 {
+			return id, 0, false
+		}
+		i = skipSpace(body, keyEnd)
+		i = skipSpace(body, i+1) // ':'
+		valEnd := skipValue(body, i)
+		switch string(key) {
+		case field:
+			if id.start >= 0 || (body[i] == '"' && bytes.IndexByte(body[i:valEnd], '\\') >= 0) {
+				return id, 0, false
+			}
+			id = span{i, valEnd}
+		case UntrackedField:
+			return id, 0, false
+		}
+		i = skipSpace(body, valEnd)
+		if i < len(body) && body[i] == ',' {
+			i = skipSpace(body, i+1)
+		}
+	}
+	return id, i + 1, true
+}
+
+// skipValue returns the index after the valid JSON value at body[i].
+func skipValue(body []byte, i int) int {
+	switch body[i] {
+	case '"':
+		for j := i + 1; j < len(body); j++ {
+			switch body[j] {
+			case '\\':
+				j++
+			case '"':
+				return j + 1
+			}
+		}
+		return len(body)
+	case '{', '[':
+		depth := 0
+		for j := i; j < len(body); j++ {
+			switch body[j] {
+			case '"':
+				j = skipValue(body, j) - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				if depth--; depth == 0 {
+					return j + 1
+				}
+			}
+		}
+		return len(body)
+	}
+	j := i
+	for j < len(body) && !strings.ContainsRune(" \t\r\n,}]", rune(body[j])) {
+		j++
+	}
+	return j
+}
+
+func skipSpace(body []byte, i int) int {
+	for i < len(body) && (body[i] == ' ' || body[i] == '\t' || body[i] == '\r' || body[i] == '\n') {
+		i++
+	}
+	return i
 }

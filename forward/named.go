@@ -83,8 +83,25 @@ func (f *Forwarder) addUpstream(s Service) {
 	if s.Upstream.TLS != nil {
 		tr.TLSClientConfig = s.Upstream.TLS.Clone()
 	}
-	// One connection per watch: let many idle ones stay open.
-	tr.MaxIdleConnsPerHost = 32
+	// A pool deep enough for every client of a busy site (a connection
+	// per request in flight, and one per watch) to find an idle
+	// connection: a new one costs a TCP handshake on the hot path, and
+	// the default of 2 per host closed most of them after each burst.
+	tr.MaxIdleConns, tr.MaxIdleConnsPerHost = 1024, 256
+	// The answers are shown to clients as the application gave them, or
+	// rewritten (global ids): the transport asks for no compression of
+	// its own, which it would undo on every answer.
+	tr.DisableCompression = true
+	if s.URL.Scheme == "http" && s.Upstream.TLS == nil {
+		if f.reads == nil {
+			f.reads = map[string]*appConns{}
+		}
+		host := s.URL.Host
+		if s.URL.Port() == "" {
+			host += ":80"
+		}
+		f.reads[s.Name] = newAppConns(host, f.cfg.SiteTimeout)
+	}
 	noRedirect := func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	f.upstreams[s.Name] = [2]*http.Client{
 		{Transport: tr, Timeout: f.cfg.SiteTimeout, CheckRedirect: noRedirect},

@@ -276,12 +276,23 @@ func (f *Forwarder) plain(w http.ResponseWriter, req *request, plan *scope.Plan)
 		for {
 			var last result
 			for _, s := range readOrder(plan) {
-				last = f.execute(ctx, s, req, req.r.Method, req.rawPath, nil)
-				if last.err == nil {
-					f.reply(w, last, "", nil)
+				if s == f.cfg.Membership.Site() && (req.r.Method == http.MethodGet || req.r.Method == http.MethodHead) {
+					// Passed on as it arrives (readHere).
+					err := f.readHere(w, req, req.rawPath)
+					if err == nil {
+						return
+					}
+					last = result{site: s, err: err}
+					f.fallBack(w, req, s, err)
+					continue
+				}
+				// Passed on as it arrives (readThere).
+				err := f.readThere(w, req, s)
+				if err == nil {
 					return
 				}
-				f.fallBack(w, req, s, last.err)
+				last = result{site: s, err: err}
+				f.fallBack(w, req, s, err)
 			}
 			next, ok := f.replan(req)
 			if !ok {

@@ -32,32 +32,14 @@ const (
 // sendRemote runs req on another site's agent and returns its answer,
 // with the body read (bounded by limit).
 func (f *Forwarder) sendRemote(ctx context.Context, site string, req *http.Request, limit int64) (*http.Response, []byte, error) {
-	p, ok := f.cfg.Membership.PeerOf(site)
-	if !ok {
-		return nil, nil, fmt.Errorf("site %s: no peer known: %w", site, errNotDelivered)
-	}
 	ctx, cancel := context.WithTimeout(ctx, f.cfg.SiteTimeout)
 	defer cancel()
-	s, err := f.cfg.Host.NewStream(ctx, p, Protocol)
+	s, resp, err := f.roundTrip(ctx, site, req.WithContext(ctx))
 	if err != nil {
-		// Nothing was sent: the request did not run there.
-		return nil, nil, fmt.Errorf("site %s: no stream: %w (%w)", site, errNotDelivered, err)
+		return nil, nil, err
 	}
 	defer s.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		_ = s.SetDeadline(dl)
-	}
-	if err := req.Write(s); err != nil {
-		s.Reset()
-		return nil, nil, fmt.Errorf("site %s: send: %w", site, err)
-	}
-	_ = s.CloseWrite()
-	resp, err := http.ReadResponse(bufio.NewReader(s), req)
-	if err != nil {
-		s.Reset()
-		return nil, nil, fmt.Errorf("site %s: read answer: %w", site, err)
-	}
-	body, err := readLimited(resp.Body, limit)
+	body, err := readBody(resp, limit)
 	resp.Body.Close()
 	if err != nil {
 		s.Reset()
@@ -93,10 +75,13 @@ func (f *Forwarder) serveStream(s network.Stream) {
 		f.serveStreamed(s, req, br, site)
 		return
 	}
-	rec := newBufferedWriter()
-	f.serve(rec, req.WithContext(context.Background()), site)
-	resp := rec.response(req)
-	if err := resp.Write(s); err != nil {
+	hw := newHopWriter(s, req.Method)
+	if isPlainHop(req) {
+		f.serveHop(hw, req.WithContext(context.Background()), site)
+	} else {
+		f.serve(hw, req.WithContext(context.Background()), site)
+	}
+	if err := hw.finish(); err != nil {
 		s.Reset()
 	}
 }
@@ -110,39 +95,4 @@ func readLimited(r io.Reader, limit int64) ([]byte, error) {
 		return nil, fmt.Errorf("answer larger than %d bytes", limit)
 	}
 	return b, nil
-}
-
-// bufferedWriter is an http.ResponseWriter that keeps the response to
-// send it back on a stream.
-type bufferedWriter struct {
-	header http.Header
-	status int
-	body   []byte
-}
-
-func newBufferedWriter() *bufferedWriter { return &bufferedWriter{header: http.Header{}} }
-
-func (b *bufferedWriter) Header() http.Header { return b.header }
-func (b *bufferedWriter) WriteHeader(status int) {
-	if b.status == 0 {
-		b.status = status
-	}
-}
-func (b *bufferedWriter) Write(p []byte) (int, error) {
-	if b.status == 0 {
-		b.status = http.StatusOK
-	}
-	b.body = append(b.body, p...)
-	return len(p), nil
-}
-
-func (b *bufferedWriter) response(req *http.Request) *http.Response {
-	if b.status == 0 {
-		b.status = http.StatusOK
-	}
-	return &http.Response{
-		StatusCode: b.status, Status: fmt.Sprintf("%d %s", b.status, http.StatusText(b.status)),
-		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
-		Header: b.header, Body: io.NopCloser(bytesReader(b.body)), ContentLength: int64(len(b.body)), Request: req,
-	}
 }

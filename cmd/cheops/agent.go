@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"slices"
 	"strings"
@@ -49,6 +51,7 @@ func init() {
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "probe-timeout", Usage: "how long a ping may take", Value: def.Node.ProbeTimeout, EnvVars: []string{"CHEOPS_PROBE_TIMEOUT"}}),
 		altsrc.NewIntFlag(&cli.IntFlag{Name: "suspect-after", Usage: "missed probes before a site is suspect", Value: def.Node.SuspectAfter, EnvVars: []string{"CHEOPS_SUSPECT_AFTER"}}),
 		altsrc.NewIntFlag(&cli.IntFlag{Name: "down-after", Usage: "missed probes before a site is down", Value: def.Node.DownAfter, EnvVars: []string{"CHEOPS_DOWN_AFTER"}}),
+		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "pprof", Usage: "serve Go's profiles on the API under /debug/pprof/ (behind --api-token-file when set; for profiling, never on an open address)", EnvVars: []string{"CHEOPS_PPROF"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error", Value: "info", EnvVars: []string{"CHEOPS_LOG_LEVEL"}}),
 	}
 	register(&cli.Command{
@@ -122,6 +125,11 @@ func runAgent(c *cli.Context) error {
 			return usageError("%v", err)
 		}
 		return failure("%v", err)
+	}
+	if c.Bool("pprof") {
+		a.Handle("/debug/pprof/", http.HandlerFunc(pprof.Index))
+		a.Handle("/debug/pprof/profile", http.HandlerFunc(pprof.Profile))
+		log.Warn("serving Go's profiles on the API (--pprof)", "url", a.URL()+"/debug/pprof/")
 	}
 	fmt.Fprintf(c.App.ErrWriter, "cheops agent %s: peer %s, API %s\n", cfg.Node.Site, a.Node().ID(), a.URL())
 	for _, addr := range a.Node().Addrs() {

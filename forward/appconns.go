@@ -1,0 +1,183 @@
+package forward
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// appConns is a pool of keep-alive HTTP/1.1 connections to one
+// application instance over plain HTTP, for reads on the hot path
+// (readHere). A read is written and its answer's head read on the
+// calling goroutine: net/http's Transport hands every request to a
+// writing and a reading goroutine of the connection and waits for them,
+// and the profile of the local hop showed those wake-ups, not the work,
+// as most of what the agent added to a read. Writes and everything over
+// TLS keep the Transport (which knows when a request may be sent again).
+//
+// A connection the application closed while it was idle fails its next
+// request before any answer: a read (GET, HEAD) is then sent again once,
+// on a new connection. Idle connections are dropped after IdleTimeout,
+// below Node.js' keep-alive timeout (5 s) so that such failures stay
+// rare.
+type appConns struct {
+	addr string // host:port
+	// MaxIdle bounds the idle connections kept; IdleTimeout their age.
+	maxIdle     int
+	idleTimeout time.Duration
+	timeout     time.Duration // bounds one request (Config.SiteTimeout)
+
+	mu   sync.Mutex
+	idle []*appConn
+}
+
+// appConn is one connection of the pool.
+type appConn struct {
+	c    net.Conn
+	br   *bufio.Reader
+	bw   *bufio.Writer
+	used time.Time
+}
+
+func newAppConns(addr string, timeout time.Duration) *appConns {
+	return &appConns{addr: addr, maxIdle: 256, idleTimeout: 2 * time.Second, timeout: timeout}
+}
+
+// get returns the most recently used idle connection, or nil.
+func (p *appConns) get() *appConn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for len(p.idle) > 0 {
+		ac := p.idle[len(p.idle)-1]
+		p.idle = p.idle[:len(p.idle)-1]
+		if time.Since(ac.used) < p.idleTimeout {
+			return ac
+		}
+		ac.c.Close()
+	}
+	return nil
+}
+
+// put keeps a connection whose last answer was read whole.
+func (p *appConns) put(ac *appConn) {
+	ac.used = time.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.idle) >= p.maxIdle {
+		ac.c.Close()
+		return
+	}
+	p.idle = append(p.idle, ac)
+}
+
+// close drops every idle connection.
+func (p *appConns) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, ac := range p.idle {
+		ac.c.Close()
+	}
+	p.idle = nil
+}
+
+func (p *appConns) dial(ctx context.Context) (*appConn, error) {
+	d := net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+	c, err := d.DialContext(ctx, "tcp", p.addr)
+	if err != nil {
+		return nil, err
+	}
+	return &appConn{c: c, br: bufio.NewReaderSize(c, 16<<10), bw: bufio.NewWriterSize(c, 4<<10)}, nil
+}
+
+// errAborted: the request's context ended while it waited for the
+// application.
+var errAborted = errors.New("request aborted")
+
+// roundTrip sends a read (GET or HEAD, no body) and returns the answer
+// with its head read; the caller must close its body, which returns the
+// connection to the pool when the body was read whole.
+func (p *appConns) roundTrip(ctx context.Context, req *http.Request) (*http.Response, error) {
+	for attempt := 0; ; attempt++ {
+		ac := p.get()
+		reused := ac != nil
+		if ac == nil {
+			var err error
+			if ac, err = p.dial(ctx); err != nil {
+				if ctx.Err() != nil {
+					return nil, fmt.Errorf("%w: %w", errAborted, ctx.Err())
+				}
+				return nil, err
+			}
+		}
+		_ = ac.c.SetDeadline(time.Now().Add(p.timeout))
+		stop := context.AfterFunc(ctx, func() { _ = ac.c.SetDeadline(time.Unix(1, 0)) })
+		err := req.Write(ac.bw)
+		if err == nil {
+			err = ac.bw.Flush()
+		}
+		var resp *http.Response
+		if err == nil {
+			resp, err = http.ReadResponse(ac.br, req)
+		}
+		if err != nil {
+			stop()
+			ac.c.Close()
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("%w: %w", errAborted, ctx.Err())
+			}
+			if reused && attempt == 0 {
+				continue // closed by the application while idle
+			}
+			return nil, err
+		}
+		resp.Body = &appBody{p: p, ac: ac, rc: resp.Body, resp: resp, stop: stop}
+		return resp, nil
+	}
+}
+
+// appBody is an answer's body read from a pooled connection.
+type appBody struct {
+	p    *appConns
+	ac   *appConn
+	rc   io.ReadCloser
+	resp *http.Response
+	stop func() bool
+	n    int64
+	eof  bool
+	done bool
+}
+
+func (b *appBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	b.n += int64(n)
+	if err == io.EOF {
+		b.eof = true
+	}
+	return n, err
+}
+
+// Close returns the connection to the pool when the body was read whole
+// and nothing else is pending on it; otherwise it closes it (never
+// reading what is left: a stream could go on for ever).
+func (b *appBody) Close() error {
+	if b.done {
+		return nil
+	}
+	b.done = true
+	whole := b.eof || (b.resp.ContentLength >= 0 && b.n == b.resp.ContentLength) || b.resp.Request.Method == http.MethodHead
+	notFired := b.stop()
+	if !whole || !notFired || b.resp.Close || b.ac.br.Buffered() > 0 {
+		b.ac.c.Close()
+		_ = b.rc.Close()
+		return nil
+	}
+	_ = b.rc.Close() // nothing left: returns at once
+	b.p.put(b.ac)
+	return nil
+}

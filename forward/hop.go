@@ -1,0 +1,271 @@
+package forward
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/libp2p/go-libp2p/core/network"
+)
+
+// The remote hop.
+//
+// Design note — a hop costs one round trip and no more work than a local
+// read. A request another site sends arrives on a libp2p stream of its
+// own (one per request: yamux multiplexes them on the connection, so a
+// slow answer holds up no other request), opened without a round trip
+// of its own (go-libp2p selects the protocol optimistically once
+// identify has told it the peer speaks it) and written in one buffered
+// flush. The site that receives it runs it on its application only
+// (serveHop): the sender placed it, checked it and sent the scope in
+// canonical form, so nothing is parsed or planned again. The answer goes
+// back in one flush for a small body, in chunks as it arrives for a large
+// or streamed one (hopWriter), and the sender passes a read's answer to
+// its client as it arrives (readThere).
+
+// hopWriter is an http.ResponseWriter writing an HTTP/1.1 answer onto a
+// libp2p stream through a buffer: the head and a small body leave in one
+// write (one yamux frame) when finish flushes. A body of known length
+// (Content-Length) is sent as it is; any other is chunked. Flush sends
+// what is buffered (a watch's events).
+type hopWriter struct {
+	s       io.Writer
+	bw      *bufio.Writer
+	header  http.Header
+	head    bool // the request was a HEAD: no body follows
+	started bool
+	chunked bool
+	noBody  bool
+	err     error
+}
+
+var hopBuffers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 16<<10) }}
+
+func newHopWriter(s io.Writer, method string) *hopWriter {
+	bw := hopBuffers.Get().(*bufio.Writer)
+	bw.Reset(s)
+	return &hopWriter{s: s, bw: bw, header: http.Header{}, head: method == http.MethodHead}
+}
+
+func (w *hopWriter) Header() http.Header { return w.header }
+
+func (w *hopWriter) WriteHeader(status int) {
+	if w.started {
+		return
+	}
+	w.started = true
+	w.noBody = w.head || status == http.StatusNoContent || status == http.StatusNotModified || status < 200
+	w.header.Del("Transfer-Encoding")
+	if !w.noBody && w.header.Get("Content-Length") == "" {
+		w.chunked = true
+		w.header.Set("Transfer-Encoding", "chunked")
+	}
+	w.bw.WriteString("HTTP/1.1 ")
+	w.bw.WriteString(strconv.Itoa(status))
+	w.bw.WriteByte(' ')
+	w.bw.WriteString(http.StatusText(status))
+	w.bw.WriteString("\r\n")
+	_ = w.header.Write(w.bw)
+	_, w.err = w.bw.WriteString("\r\n")
+}
+
+func (w *hopWriter) Write(p []byte) (int, error) {
+	if !w.started {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.err != nil {
+		return 0, w.err
+	}
+	if w.noBody {
+		return len(p), nil
+	}
+	if w.chunked && len(p) > 0 {
+		w.bw.WriteString(strconv.FormatInt(int64(len(p)), 16))
+		w.bw.WriteString("\r\n")
+	}
+	n, err := w.bw.Write(p)
+	if w.chunked && err == nil && len(p) > 0 {
+		_, err = w.bw.WriteString("\r\n")
+	}
+	w.err = err
+	return n, err
+}
+
+// Flush sends what is buffered.
+func (w *hopWriter) Flush() {
+	if !w.started {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.err == nil {
+		w.err = w.bw.Flush()
+	}
+}
+
+// finish ends the answer and sends it; the writer is unusable after.
+func (w *hopWriter) finish() error {
+	if !w.started {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.err == nil && w.chunked {
+		_, w.err = w.bw.WriteString("0\r\n\r\n")
+	}
+	if w.err == nil {
+		w.err = w.bw.Flush()
+	}
+	w.bw.Reset(nil)
+	hopBuffers.Put(w.bw)
+	w.bw = nil
+	return w.err
+}
+
+// isPlainHop reports a request from another site that runs on this
+// site's application only: neither an operation of a replicated write
+// nor a create to coordinate.
+func isPlainHop(r *http.Request) bool {
+	return r.Header.Get(HeaderOp) == "" && r.Header.Get(HeaderCoordinate) == ""
+}
+
+// serveHop runs a plain hop (isPlainHop) on this site's application.
+// Only what running it needs is read: its service, its route and its
+// body; the scope is passed on as the sender gave it (canonical).
+func (f *Forwarder) serveHop(w http.ResponseWriter, r *http.Request, site string) {
+	rest, ok := strings.CutPrefix(r.URL.EscapedPath(), "/svc/")
+	name, inner, _ := strings.Cut(rest, "/")
+	svc, known := f.services[name]
+	if !ok || !known {
+		writeError(w, http.StatusNotFound, "unknown_service", fmt.Sprintf("unknown service %q (this agent serves %s)", name, f.serviceNames()))
+		return
+	}
+	unescaped, err := url.PathUnescape(inner)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "bad_path", fmt.Sprintf("path: %v", err))
+		return
+	}
+	req := &request{r: r, svc: svc, hop: site, route: svc.routeOf(unescaped), rawPath: "/" + inner, canon: r.Header.Get(HeaderScope)}
+	if r.URL.RawQuery != "" {
+		req.rawPath += "?" + r.URL.RawQuery
+	}
+	if req.canon == "" {
+		writeError(w, http.StatusBadRequest, "bad_scope", "a forwarded request carries no scope")
+		return
+	}
+	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
+		if req.body, err = readLimited(r.Body, f.cfg.MaxBody); err != nil {
+			writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body over the limit of %d bytes", f.cfg.MaxBody))
+			return
+		}
+	}
+	if f.streams(req) {
+		f.streamLocal(w, req)
+		return
+	}
+	f.serveLocal(w, req)
+}
+
+// readThere runs a read on another site and passes its answer to the
+// client as it arrives. It returns an error, having written nothing,
+// when the site could not be reached or did not answer; the request may
+// then be tried elsewhere (a read is harmless to repeat).
+func (f *Forwarder) readThere(w http.ResponseWriter, req *request, site string) error {
+	ctx, cancel := context.WithTimeout(req.r.Context(), f.cfg.SiteTimeout)
+	defer cancel()
+	out, err := http.NewRequestWithContext(ctx, req.r.Method, "http://cheops/svc/"+req.svc.Name+req.rawPath, http.NoBody)
+	if err != nil {
+		return err
+	}
+	for k, v := range req.r.Header {
+		if !hopByHopSet[k] {
+			out.Header[k] = v
+		}
+	}
+	out.Header.Del(HeaderCoordinate)
+	out.Header.Set(HeaderScope, req.scopeText())
+	out.Header.Set(HeaderHop, f.cfg.Membership.Site())
+	if failed := req.failedSites(); len(failed) > 0 {
+		out.Header.Set(HeaderAvoid, strings.Join(failed, ","))
+	}
+	s, resp, err := f.roundTrip(ctx, site, out)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	defer resp.Body.Close()
+	resp.Header.Del(HeaderOutcome)
+	resp.Header.Del(HeaderLocalID)
+	h := w.Header()
+	for k, v := range resp.Header {
+		if !hopByHopSet[k] {
+			h[k] = v
+		}
+	}
+	if resp.ContentLength >= 0 {
+		h.Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
+	}
+	w.WriteHeader(resp.StatusCode)
+	if req.r.Method != http.MethodHead {
+		if err := copyBody(w, resp.Body); err != nil {
+			s.Reset()
+			f.log.Debug("read from another site cut short", "site", site, "err", err)
+		}
+	}
+	return nil
+}
+
+// roundTrip sends req to another site's agent on a stream of its own and
+// returns the stream and the answer's head; the body is read from the
+// stream as it arrives (close the stream after). Until ctx ends: the
+// stream's deadline follows it.
+func (f *Forwarder) roundTrip(ctx context.Context, site string, req *http.Request) (network.Stream, *http.Response, error) {
+	p, ok := f.cfg.Membership.PeerOf(site)
+	if !ok {
+		return nil, nil, fmt.Errorf("site %s: no peer known: %w", site, errNotDelivered)
+	}
+	s, err := f.cfg.Host.NewStream(ctx, p, Protocol)
+	if err != nil {
+		// Nothing was sent: the request did not run there.
+		return nil, nil, fmt.Errorf("site %s: no stream: %w (%w)", site, errNotDelivered, err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = s.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { s.Reset() })
+	if err := req.Write(s); err != nil {
+		stop()
+		s.Reset()
+		return nil, nil, fmt.Errorf("site %s: send: %w", site, err)
+	}
+	_ = s.CloseWrite()
+	resp, err := http.ReadResponse(bufio.NewReader(s), req)
+	if err != nil {
+		stop()
+		s.Reset()
+		if ctx.Err() != nil {
+			err = errors.Join(err, ctx.Err())
+		}
+		return nil, nil, fmt.Errorf("site %s: read answer: %w", site, err)
+	}
+	return &stoppedStream{Stream: s, stop: stop}, resp, nil
+}
+
+// stoppedStream ends the context watch of roundTrip when it closes.
+type stoppedStream struct {
+	network.Stream
+	stop func() bool
+}
+
+func (s *stoppedStream) Close() error {
+	s.stop()
+	return s.Stream.Close()
+}
+
+func (s *stoppedStream) Reset() error {
+	s.stop()
+	return s.Stream.Reset()
+}
