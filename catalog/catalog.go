@@ -707,6 +707,7 @@ func (c *Catalog) Create(ctx context.Context, m Meta, op Operation) error {
 	if op.ID == "" {
 		op.ID = NewID(time.UnixMilli(op.At.Wall))
 	}
+	m.CreateOp = op.ID
 	metaJSON, _ := json.Marshal(m)
 	opJSON, _ := json.Marshal(op)
 	keys := []string{metaKey(m.ID, c.cfg.Self), opKey(m.ID, op.ID)}

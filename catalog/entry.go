@@ -184,7 +184,7 @@ func (e *entry) resolve() (Resource, bool) {
 	}
 	m := e.best
 	r := Resource{ID: m.ID, Service: m.Service, Scope: m.Scope, Sites: slices.Clone(m.Sites), Collection: m.Collection,
-		Origin: m.Origin, Created: m.Created, PerSite: make(map[string]SiteView, len(m.Sites))}
+		Origin: m.Origin, Created: m.Created, CreateOp: m.CreateOp, PerSite: make(map[string]SiteView, len(m.Sites))}
 	ops := e.operations()
 	r.Operations = make([]Operation, len(ops))
 	for i, op := range ops {

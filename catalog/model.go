@@ -60,6 +60,12 @@ type Meta struct {
 	Origin     string            `json:"origin"`
 	Created    Timestamp         `json:"created"`
 	LocalIDs   map[string]string `json:"local_ids,omitempty"`
+	// CreateOp names the operation that created the resource, written
+	// with this meta: a site merging the DAG from its heads down can hold
+	// the meta and later operations a moment before the creation, and
+	// must not take the first operation it sees for it. Empty in metas
+	// written before it existed.
+	CreateOp string `json:"create_op,omitempty"`
 	// Version orders the metas of one resource written as its replica set
 	// changed (attach, detach): the highest wins, ties broken by the
 	// writing site's name. Zero for the first.
@@ -109,13 +115,17 @@ type SiteView struct {
 // set in the order the scope named it; PerSite has one view per site of
 // it. Operations are in their deterministic order (compareOps).
 type Resource struct {
-	ID         string              `json:"id"`
-	Service    string              `json:"service"`
-	Scope      string              `json:"scope"`
-	Sites      []string            `json:"-"`
-	Collection string              `json:"collection"`
-	Origin     string              `json:"origin"`
-	Created    Timestamp           `json:"created"`
+	ID         string    `json:"id"`
+	Service    string    `json:"service"`
+	Scope      string    `json:"scope"`
+	Sites      []string  `json:"-"`
+	Collection string    `json:"collection"`
+	Origin     string    `json:"origin"`
+	Created    Timestamp `json:"created"`
+	// CreateOp is the id of the operation that created the resource
+	// (Meta.CreateOp): until the view holds it, Operations lacks the
+	// creation (see Complete).
+	CreateOp   string              `json:"create_op,omitempty"`
 	PerSite    map[string]SiteView `json:"sites"`
 	Operations []Operation         `json:"operations"`
 }
@@ -127,4 +137,14 @@ func succeeded(outcome string) bool { return Succeeded(outcome) }
 
 func refused(outcome string) bool {
 	return len(outcome) == 3 && (outcome[0] == '4' || outcome[0] == '5')
+}
+
+// Complete reports whether the resource's operations start with its
+// creation: false while this site holds later operations but not yet the
+// one that created the resource (or for a resource with none).
+func (r Resource) Complete() bool {
+	if len(r.Operations) == 0 {
+		return false
+	}
+	return r.CreateOp == "" || r.Operations[0].ID == r.CreateOp
 }

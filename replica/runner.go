@@ -243,11 +243,17 @@ func (r *Runner) release(id string) {
 	r.mu.Unlock()
 }
 
-// catchUp runs one resource's owed operations in order and returns their
-// outcomes, to be recorded.
-func (r *Runner) catchUp(ctx context.Context, res catalog.Resource) []catalog.Outcome {
+// owedJobs lists, in order, the operations self owes on a resource; false
+// when the catalog's view of it lacks its creation yet (a DAG is merged
+// from its heads down: the meta and later operations can be there a
+// moment before the creating operation, and the first operation seen must
+// not be taken for the creation).
+func owedJobs(res catalog.Resource, self string) ([]Job, bool) {
+	if !res.Complete() {
+		return nil, false
+	}
 	owed := map[string]bool{}
-	for _, id := range res.PerSite[r.self].Pending {
+	for _, id := range res.PerSite[self].Pending {
 		owed[id] = true
 	}
 	var jobs []Job
@@ -257,9 +263,22 @@ func (r *Runner) catchUp(ctx context.Context, res catalog.Resource) []catalog.Ou
 		}
 		j := Job{Op: op, Service: res.Service, Create: i == 0, Collection: res.Collection, Owed: true}
 		if !j.Create {
-			j.LocalID = res.PerSite[r.self].LocalID
+			j.LocalID = res.PerSite[self].LocalID
 		}
 		jobs = append(jobs, j)
+	}
+	return jobs, true
+}
+
+// catchUp runs one resource's owed operations in order and returns their
+// outcomes, to be recorded.
+func (r *Runner) catchUp(ctx context.Context, res catalog.Resource) []catalog.Outcome {
+	jobs, ok := owedJobs(res, r.self)
+	if !ok {
+		// Later operations arrived before the creation: the change that
+		// brings it dispatches the resource again.
+		r.log.Debug("the resource's creation is not in the catalog yet", "resource", res.ID)
+		return nil
 	}
 	var outs []catalog.Outcome
 	failed := false

@@ -70,3 +70,31 @@ func TestOutcomesWaitForAPauseOrTheMaximumDelay(t *testing.T) {
 		t.Error("a lone outcome is not written after the quiet time")
 	}
 }
+
+// TestOwedJobsWaitForTheCreation: a view holding the meta and later
+// operations but not yet the creation (merged from the DAG's heads down)
+// gives no job, so that an update is never run as the create; once the
+// creation is there, the owed operations come in order with the first as
+// the create.
+func TestOwedJobsWaitForTheCreation(t *testing.T) {
+	create := op("c0", 1, "paris", "POST", `{"t":"v1"}`)
+	v2 := op("u2", 2, "paris", "PUT", `{"t":"v2"}`)
+	v3 := op("u3", 3, "paris", "PUT", `{"t":"v3"}`)
+	res := catalog.Resource{ID: gid, Service: "posts", Collection: "/posts", CreateOp: "c0",
+		Operations: []catalog.Operation{v2, v3},
+		PerSite:    map[string]catalog.SiteView{"rome": {Pending: []string{"c0", "u2", "u3"}}}}
+	if jobs, ok := owedJobs(res, "rome"); ok || len(jobs) != 0 {
+		t.Fatalf("without the creation: %d jobs, ok=%v; want none", len(jobs), ok)
+	}
+	res.Operations = []catalog.Operation{create, v2, v3}
+	jobs, ok := owedJobs(res, "rome")
+	if !ok || len(jobs) != 3 || !jobs[0].Create || jobs[1].Create || jobs[2].Op.ID != "u3" {
+		t.Fatalf("with the creation: ok=%v jobs %+v", ok, jobs)
+	}
+	// A meta written before CreateOp existed: the first operation is the
+	// creation, as before.
+	res.CreateOp = ""
+	if jobs, ok := owedJobs(res, "rome"); !ok || !jobs[0].Create {
+		t.Fatalf("old meta: ok=%v jobs %+v", ok, jobs)
+	}
+}
