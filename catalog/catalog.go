@@ -886,6 +886,29 @@ func withEntry(m map[string]string, k, v string) map[string]string {
 // losing one added is left holding a resource the others no longer count
 // it in, until it is attached again.
 func (c *Catalog) Rehome(ctx context.Context, id string, sites []string, localIDs map[string]string) error {
+	return c.Place(ctx, id, Placement{Sites: sites, LocalIDs: localIDs})
+}
+
+// Placement is where a resource is replicated after an attach or a detach
+// (Catalog.Place).
+type Placement struct {
+	Sites    []string
+	LocalIDs map[string]string
+	// Scope, when set, replaces the scope shown for the resource (the
+	// scope it was created with is kept in CreatedScope).
+	Scope string
+	// Version orders this placement among the resource's others: the
+	// highest wins on every site. Zero means this site's clock now. A
+	// caller that orders placements elsewhere (forward: the clock of the
+	// site attached or detached) passes that stamp.
+	Version Timestamp
+	// Detached, when not nil, replaces Meta.Detached.
+	Detached map[string]Timestamp
+}
+
+// Place is Rehome with the placement's scope and version (see Placement).
+func (c *Catalog) Place(ctx context.Context, id string, p Placement) error {
+	sites, localIDs := p.Sites, p.LocalIDs
 	if len(sites) == 0 || !validSites(sites) || !slices.Contains(sites, c.cfg.Self) {
 		return fmt.Errorf("%w: %s must stay in the replica set %v to move it", ErrInvalid, c.cfg.Self, sites)
 	}
@@ -911,7 +934,19 @@ func (c *Catalog) Rehome(ctx context.Context, id string, sites []string, localID
 			m.LocalIDs[s] = l
 		}
 	}
-	m.Version = c.clock.Now()
+	if p.Scope != "" && p.Scope != m.Scope {
+		if m.CreatedScope == "" {
+			m.CreatedScope = m.Scope
+		}
+		m.Scope = p.Scope
+	}
+	if p.Detached != nil {
+		m.Detached = maps.Clone(p.Detached)
+	}
+	m.Version = p.Version
+	if m.Version.IsZero() {
+		m.Version = c.clock.Now()
+	}
 	metaJSON, _ := json.Marshal(m)
 	keys := []string{metaKey(id, c.cfg.Self)}
 	vals := [][]byte{metaJSON}

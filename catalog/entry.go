@@ -3,6 +3,7 @@ package catalog
 import (
 	"bytes"
 	"cmp"
+	"maps"
 	"slices"
 	"strings"
 )
@@ -183,7 +184,7 @@ func (e *entry) resolve() (Resource, bool) {
 		return Resource{}, false
 	}
 	m := e.best
-	r := Resource{ID: m.ID, Service: m.Service, Scope: m.Scope, Sites: slices.Clone(m.Sites), Collection: m.Collection,
+	r := Resource{ID: m.ID, Service: m.Service, Scope: m.Scope, CreatedScope: m.CreatedScope, Detached: maps.Clone(m.Detached), Sites: slices.Clone(m.Sites), Collection: m.Collection,
 		Origin: m.Origin, Created: m.Created, CreateOp: m.CreateOp, PerSite: make(map[string]SiteView, len(m.Sites))}
 	ops := e.operations()
 	r.Operations = make([]Operation, len(ops))

@@ -70,6 +70,17 @@ type Meta struct {
 	// changed (attach, detach): the highest wins, ties broken by the
 	// writing site's name. Zero for the first.
 	Version Timestamp `json:"version,omitempty"`
+
+	// Scope is the scope of the resource's placement: the scope it was
+	// created with until an attach or a detach rewrites it to the new
+	// replica set ({posts: paris & berlin & rome}); CreatedScope then
+	// keeps the scope it was created with (empty before).
+	CreatedScope string `json:"created_scope,omitempty"`
+	// Detached holds, for each site detached from the resource, the
+	// version of the placement that detached it last: an attach of that
+	// site later makes a new copy there rather than adopting what the
+	// detach left (see replica.Executor.Attach).
+	Detached map[string]Timestamp `json:"detached,omitempty"`
 }
 
 // Operation is one request executed (or owed) on a resource's sites.
@@ -128,6 +139,13 @@ type Resource struct {
 	CreateOp   string              `json:"create_op,omitempty"`
 	PerSite    map[string]SiteView `json:"sites"`
 	Operations []Operation         `json:"operations"`
+
+	// Scope is the scope of the placement as it is (see Meta.Scope);
+	// CreatedScope, once an attach or a detach rewrote it, the scope the
+	// resource was created with.
+	CreatedScope string `json:"created_scope,omitempty"`
+	// Detached: see Meta.Detached.
+	Detached map[string]Timestamp `json:"detached,omitempty"`
 }
 
 // Succeeded reports whether an outcome is a 2xx status.

@@ -21,31 +21,40 @@ func (s Service) itemPath(collection, local string) string {
 	return collection + "/" + local
 }
 
-// copyTo reads this site's copy of a resource and creates it on site's
-// application. It returns the resource's local id there, and whether a
-// client-named resource was there already (409: nothing was written).
-func (f *Forwarder) copyTo(ctx context.Context, svc Service, collection, local, site string) (string, []byte, bool, error) {
+// readCopy reads this site's copy of a resource and returns the body that
+// creates it on another site's application (without its local id).
+func (f *Forwarder) readCopy(ctx context.Context, svc Service, collection, local string) ([]byte, error) {
 	ans, err := f.Call(ctx, svc.Name, http.MethodGet, svc.itemPath(collection, local), nil, nil)
-	body := ans.Body
 	if err != nil || ans.Status != http.StatusOK {
-		return "", nil, false, fmt.Errorf("read %s here: %d %v", local, ans.Status, err)
+		return nil, fmt.Errorf("read %s here: %d %v", local, ans.Status, err)
 	}
-	var copyBody []byte
 	if svc.Routes != nil {
-		if copyBody, err = svc.Routes.Copy(body); err != nil {
-			return "", nil, false, err
-		}
-	} else {
-		var state map[string]any
-		if err := json.Unmarshal(body, &state); err != nil {
-			return "", nil, false, fmt.Errorf("the copy of %s is not a JSON object: %w", local, err)
-		}
-		delete(state, svc.IDField)
-		copyBody, _ = json.Marshal(state)
+		return svc.Routes.Copy(ans.Body)
+	}
+	var state map[string]any
+	if err := json.Unmarshal(ans.Body, &state); err != nil {
+		return nil, fmt.Errorf("the copy of %s is not a JSON object: %w", local, err)
+	}
+	delete(state, svc.IDField)
+	body, err := json.Marshal(state)
+	if err != nil {
+		return nil, fmt.Errorf("the copy of %s: %w", local, err)
+	}
+	return body, nil
+}
+
+// copyTo reads this site's copy of an item the catalog does not know and
+// creates it on site's application (attachContents). It returns the item's
+// local id there, and whether a client-named item was there already (409:
+// nothing was written).
+func (f *Forwarder) copyTo(ctx context.Context, svc Service, collection, local, site string) (string, []byte, bool, error) {
+	copyBody, err := f.readCopy(ctx, svc, collection, local)
+	if err != nil {
+		return "", nil, false, err
 	}
 	r, _ := http.NewRequestWithContext(ctx, http.MethodPost, "/", nil)
 	r.Header.Set("Content-Type", "application/json")
-	req := &request{r: r, svc: svc, body: copyBody, scope: &scope.Scope{Bindings: []scope.Binding{{Expr: scope.Site{Name: site}}}}}
+	req := &request{r: r, svc: svc, body: copyBody, scope: siteScope(site)}
 	out := f.execute(ctx, site, req, http.MethodPost, collection, nil)
 	if svc.Routes != nil && out.err == nil && out.status == http.StatusConflict {
 		return local, copyBody, true, nil
@@ -61,6 +70,11 @@ func (f *Forwarder) copyTo(ctx context.Context, svc Service, collection, local, 
 		return "", nil, false, fmt.Errorf("%s's application answered without an id", site)
 	}
 	return newLocal, copyBody, false, nil
+}
+
+// siteScope is the scope of one site.
+func siteScope(site string) *scope.Scope {
+	return &scope.Scope{Bindings: []scope.Binding{{Expr: scope.Site{Name: site}}}}
 }
 
 // attachContents copies to site what a resource holds (a Kubernetes

@@ -48,6 +48,12 @@ type wireOp struct {
 	Op         catalog.Operation `json:"op"`
 	Create     bool              `json:"create,omitempty"`
 	Collection string            `json:"collection,omitempty"`
+	// Place, when set, makes the operation a change of the resource's
+	// placement at the receiving site (placeAttach, placeDetach: see
+	// attach.go); Base and Purge are its arguments.
+	Place string            `json:"place,omitempty"`
+	Base  catalog.Timestamp `json:"base,omitzero"`
+	Purge bool              `json:"purge,omitempty"`
 }
 
 func encodeOp(w wireOp) string {
@@ -270,6 +276,10 @@ func (f *Forwarder) serveOp(w http.ResponseWriter, req *request, header string) 
 		return
 	}
 	wo.Op.Body = req.body
+	if wo.Place != "" {
+		f.servePlace(w, req, wo)
+		return
+	}
 	hdr := req.r.Header.Clone()
 	for _, h := range []string{HeaderOp, HeaderHop, HeaderResource, HeaderScope, HeaderCoordinate, HeaderReplicaWait} {
 		hdr.Del(h)
