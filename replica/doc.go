@@ -40,6 +40,14 @@
 // application and adopted rather than made twice; a replace, delete or
 // merge update runs again (idempotent).
 //
+// # Placement
+//
+// Attach and detach run here too (place.go): the copy an attach sends is
+// created, or adopted when a concurrent attach made it, and a detach with
+// delete removes and forgets it, under the resource's lock, each stamped
+// by this site's clock while the lock is held; the catalog keeps the
+// replica set with the highest stamp.
+//
 // # Catch-up
 //
 // A Runner follows the catalog for operations this site owes (recorded
