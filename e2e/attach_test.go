@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"slices"
@@ -36,6 +37,13 @@ func TestAttachThenDetach(t *testing.T) {
 		}
 		return nil
 	})
+	// The scope shown is the placement; the scope it was created with is
+	// beside it.
+	var shown catalog.Resource
+	c.do("berlin", "GET", "/v1/resources/"+gid, "", nil).json(t, &shown)
+	if shown.Scope != "{posts: paris & berlin & rome}" || shown.CreatedScope != "{posts: paris & berlin}" {
+		t.Fatalf("after attach berlin shows scope %q, created with %q", shown.Scope, shown.CreatedScope)
+	}
 	if _, err := c.sites["rome"].agent.Catalog().Get(t.Context(), other); err == nil {
 		t.Fatal("rome holds a resource that was never attached to it")
 	}
@@ -79,20 +87,29 @@ func TestAttachThenDetach(t *testing.T) {
 	if _, ok := res.PerSite["rome"]; ok {
 		t.Fatalf("paris still lists rome: %+v", res.PerSite)
 	}
+	if res.Scope != "{posts: paris & berlin}" {
+		t.Fatalf("after detach paris shows scope %q", res.Scope)
+	}
 	// Bad input.
 	for _, tc := range []struct {
 		path   string
 		body   any
 		status int
+		code   string
 	}{
-		{"/v1/resources/" + gid + "/attach", map[string]any{"site": "paris"}, 400},
-		{"/v1/resources/" + gid + "/attach", map[string]any{"site": "tokyo"}, 400},
-		{"/v1/resources/" + gid + "/attach", map[string]any{}, 400},
-		{"/v1/resources/" + gid + "/detach", map[string]any{"site": "rome"}, 400},
-		{"/v1/resources/01ARZ3NDEKTSV4RRFFQ69G5FAV/attach", map[string]any{"site": "rome"}, 404},
+		{"/v1/resources/" + gid + "/attach", map[string]any{"site": "paris"}, 400, "bad_input"},
+		{"/v1/resources/" + gid + "/attach", map[string]any{"site": "tokyo"}, 400, "unknown_site"},
+		{"/v1/resources/" + gid + "/detach", map[string]any{"site": "tokyo"}, 400, "unknown_site"},
+		{"/v1/resources/" + gid + "/attach", map[string]any{}, 400, "bad_input"},
+		{"/v1/resources/" + gid + "/detach", map[string]any{"site": "rome"}, 400, "bad_input"},
+		{"/v1/resources/" + gid + "/detach", map[string]any{"site": "paris"}, 400, "bad_input"},
+		{"/v1/resources/01ARZ3NDEKTSV4RRFFQ69G5FAV/attach", map[string]any{"site": "rome"}, 404, "not_found"},
 	} {
-		if r := c.do("paris", "POST", tc.path, "", tc.body); r.status != tc.status {
-			t.Errorf("POST %s %v: %d %s, want %d", tc.path, tc.body, r.status, r.body, tc.status)
+		r := c.do("paris", "POST", tc.path, "", tc.body)
+		var e struct{ Code string }
+		_ = json.Unmarshal(r.body, &e)
+		if r.status != tc.status || e.Code != tc.code {
+			t.Errorf("POST %s %v: %d %s, want %d %s", tc.path, tc.body, r.status, r.body, tc.status, tc.code)
 		}
 	}
 }
