@@ -129,7 +129,12 @@ func catalogGet(c *cli.Context) error {
 		return printJSON(c.App.Writer, r)
 	}
 	w := c.App.Writer
-	fmt.Fprintf(w, "id:       %s\nservice:  %s\nscope:    %s\norigin:   %s\ncreated:  %s\n\n", r.ID, r.Service, r.Scope, r.Origin, r.Created)
+	fmt.Fprintf(w, "id:       %s\nservice:  %s\nscope:    %s\n", r.ID, r.Service, r.Scope)
+	if r.CreatedScope != "" && r.CreatedScope != r.Scope {
+		// The scope above is the placement as attach and detach left it.
+		fmt.Fprintf(w, "created with scope: %s\n", r.CreatedScope)
+	}
+	fmt.Fprintf(w, "origin:   %s\ncreated:  %s\n\n", r.Origin, r.Created)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SITE\tLOCAL ID\tSTATUS\tPENDING\tFAILED\tSUPERSEDED")
 	for _, s := range sortedSites(r) {

@@ -464,3 +464,25 @@ func TestCatalogStatus(t *testing.T) {
 		t.Fatalf("an argument: exit %d, want 2", code)
 	}
 }
+
+// After an attach, ls and get show the placement as it is: the scope of
+// the new replica set beside its sites, and get the scope it was created
+// with.
+func TestCatalogShowsThePlacementAfterAnAttach(t *testing.T) {
+	a := newTestAgent(t)
+	id := a.create(t, "posts", []string{"paris", "berlin"}, map[string]string{"paris": "1", "berlin": "2"})
+	if err := a.cat.Place(context.Background(), id, catalog.Placement{Sites: []string{"paris", "berlin", "rome"},
+		LocalIDs: map[string]string{"paris": "1", "berlin": "2", "rome": "7"}, Scope: "{posts: paris & berlin & rome}"}); err != nil {
+		t.Fatal(err)
+	}
+	out, code := run(t, "catalog", "ls", "--agent", a.URL)
+	if code != 0 || !strings.Contains(out, "{posts: paris & berlin & rome}") || !strings.Contains(out, "rome=7") || strings.Contains(out, "{posts: paris & berlin}") {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	out, code = run(t, "catalog", "get", "--agent", a.URL, id)
+	for _, want := range []string{"scope:    {posts: paris & berlin & rome}", "created with scope: {posts: paris & berlin}"} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("exit %d: no %q in:\n%s", code, want, out)
+		}
+	}
+}

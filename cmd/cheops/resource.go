@@ -45,14 +45,14 @@ func init() {
 		Subcommands: []*cli.Command{
 			{
 				Name:      "attach",
-				Usage:     "copy a resource's current state to SITE and add SITE to its replicas (run on a site that holds it)",
+				Usage:     "copy a resource's current state to SITE and add SITE to its replicas (run on a site that holds it; attaches at once leave one copy)",
 				ArgsUsage: "ID SITE",
 				Flags:     []cli.Flag{agentFlag(), jsonFlag},
 				Action:    move("attach"),
 			},
 			{
 				Name:      "detach",
-				Usage:     "remove SITE from a resource's replicas; --delete also deletes SITE's copy",
+				Usage:     "remove SITE from a resource's replicas; --delete also deletes SITE's copy (SITE must be reachable then)",
 				ArgsUsage: "ID SITE",
 				Flags: []cli.Flag{agentFlag(), jsonFlag,
 					&cli.BoolFlag{Name: "delete", Usage: "delete the detached site's copy in its application", EnvVars: []string{"CHEOPS_DETACH_DELETE"}}},
