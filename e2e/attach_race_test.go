@@ -247,13 +247,5 @@ func TestWebViewShowsThePlacementAfterAnAttach(t *testing.T) {
 	}
 	c.placementAgrees(t, gid, "rome", "paris", "berlin")
 	want := []string{gid, "{posts: paris &amp; berlin &amp; rome}  (created with {posts: paris &amp; berlin})", "rome=1"}
-	eventually(t, 60*time.Second, "paris' page shows the placement", func() error {
-		dom := string(headless(t, bin, "--dump-dom", c.sites["paris"].agent.URL()+"/"))
-		for _, w := range want {
-			if !strings.Contains(dom, w) {
-				return fmt.Errorf("rendered page lacks %q", w)
-			}
-		}
-		return nil
-	})
+	renders(t, bin, c.sites["paris"].agent.URL()+"/", want)
 }

@@ -27,8 +27,9 @@ func chromium(t *testing.T) string {
 // headless runs Chromium on a page with the flags this machine needs and
 // stops it after four seconds, time for the page's scripts to fetch and
 // render (a virtual-time budget never ends: the page keeps an event stream
-// open).
-func headless(t *testing.T, bin string, args ...string) []byte {
+// open). Chromium under a loaded machine sometimes crashes or renders
+// nothing in time: the error is returned for the caller's retry loop.
+func headless(t *testing.T, bin string, args ...string) ([]byte, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
@@ -37,9 +38,31 @@ func headless(t *testing.T, bin string, args ...string) []byte {
 		"--user-data-dir=" + t.TempDir(), "--timeout=4000", "--window-size=1200,800"}
 	out, err := exec.CommandContext(ctx, bin, append(base, args...)...).Output()
 	if err != nil {
-		t.Fatalf("chromium %v: %v", args, err)
+		return nil, fmt.Errorf("chromium %v: %w", args, err)
 	}
-	return out
+	return out, nil
+}
+
+// renders loads url in Chromium until the rendered page holds every
+// string of want, within a minute (the page's scripts may still be
+// fetching when Chromium dumps it, and Chromium may crash under load).
+func renders(t *testing.T, bin, url string, want []string) string {
+	t.Helper()
+	var dom string
+	eventually(t, 60*time.Second, "the page at "+url+" shows what it should", func() error {
+		out, err := headless(t, bin, "--dump-dom", url)
+		if err != nil {
+			return err
+		}
+		dom = string(out)
+		for _, w := range want {
+			if !strings.Contains(dom, w) {
+				return fmt.Errorf("rendered page lacks %q", w)
+			}
+		}
+		return nil
+	})
+	return dom
 }
 
 // TestWebViewShowsSitesAndResources loads the agent's page in headless
@@ -59,22 +82,17 @@ func TestWebViewShowsSitesAndResources(t *testing.T) {
 	// Chromium dumps the page once it has loaded; the page's scripts may
 	// still be fetching then, so the page is loaded again until it shows
 	// everything, within a deadline.
-	var dom string
-	eventually(t, 60*time.Second, "the page shows the sites and the resource", func() error {
-		dom = string(headless(t, bin, "--dump-dom", url))
-		for _, w := range want {
-			if !strings.Contains(dom, w) {
-				return fmt.Errorf("rendered page lacks %q", w)
-			}
+	renders(t, bin, url, want)
+	shot := filepath.Join(t.TempDir(), "view.png")
+	eventually(t, 60*time.Second, "a screenshot of the page", func() error {
+		if _, err := headless(t, bin, "--screenshot="+shot, url); err != nil {
+			return err
+		}
+		if info, err := os.Stat(shot); err != nil || info.Size() < 10_000 {
+			return fmt.Errorf("screenshot: %v, %d bytes", err, sizeOf(info))
 		}
 		return nil
 	})
-	shot := filepath.Join(t.TempDir(), "view.png")
-	headless(t, bin, "--screenshot="+shot, url)
-	info, err := os.Stat(shot)
-	if err != nil || info.Size() < 10_000 {
-		t.Fatalf("screenshot: %v, %d bytes", err, sizeOf(info))
-	}
 	if dir := os.Getenv("CHEOPS_SCREENSHOT_DIR"); dir != "" {
 		data, _ := os.ReadFile(shot)
 		os.WriteFile(filepath.Join(dir, "webview.png"), data, 0o644)
