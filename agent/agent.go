@@ -24,6 +24,7 @@ import (
 	"cheops/crdt"
 	"cheops/errcode"
 	"cheops/forward"
+	"cheops/glance"
 	"cheops/node"
 	"cheops/replica"
 	"cheops/ui"
@@ -147,6 +148,10 @@ type Agent struct {
 	crdt    *crdt.Manager
 	catalog *catalog.Catalog
 	forward *forward.Forwarder
+	// front serves /svc/, /scope/ and /s/: the forwarder, behind the
+	// image-data path of each Glance service.
+	front   http.Handler
+	data    []*glance.Data
 	catchup *replica.Runner
 	scopes  *namedScopes
 	mux     *http.ServeMux
@@ -278,6 +283,20 @@ func (a *Agent) open(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	a.front = a.forward
+	for name, base := range a.cfg.Services {
+		if a.cfg.ServiceOptions[name].Kind != KindGlance {
+			continue
+		}
+		u, _ := url.Parse(base)
+		d, err := glance.NewData(glance.DataConfig{Service: name, URL: u, Host: n.Host(), Membership: n,
+			Catalog: a.catalog, Next: a.front, Logger: a.cfg.Logger})
+		if err != nil {
+			return err
+		}
+		a.data = append(a.data, d)
+		a.front = d
+	}
 	a.catchup, err = replica.StartRunner(replica.RunnerConfig{Catalog: a.catalog, Executor: a.forward.Executor(), Logger: a.cfg.Logger})
 	return err
 }
@@ -287,6 +306,9 @@ func (a *Agent) closeParts() error {
 	var errs []error
 	if a.catchup != nil {
 		a.catchup.Close()
+	}
+	for _, d := range a.data {
+		d.Close()
 	}
 	if a.forward != nil {
 		a.forward.Close()
@@ -395,8 +417,8 @@ func (a *Agent) routes() {
 	moves := a.forward.ResourceHandler()
 	a.mux.Handle("POST /v1/resources/{id}/attach", moves)
 	a.mux.Handle("POST /v1/resources/{id}/detach", moves)
-	a.mux.Handle("/svc/", a.forward)
-	a.mux.Handle("/scope/", a.forward)
+	a.mux.Handle("/svc/", a.front)
+	a.mux.Handle("/scope/", a.front)
 	a.mux.HandleFunc("/s/", a.serveNamed)
 	a.mux.HandleFunc("GET /v1/scopes", a.listScopes)
 	a.mux.HandleFunc("PUT /v1/scopes/{name}", a.defineScope)

@@ -246,7 +246,7 @@ func (a *Agent) serveNamed(w http.ResponseWriter, r *http.Request) {
 	r2.URL = new(url.URL)
 	*r2.URL = *r.URL
 	r2.URL.Path, r2.URL.RawPath = plain, p
-	a.forward.ServeHTTP(w, r2)
+	a.front.ServeHTTP(w, r2)
 }
 
 // listScopes serves GET /v1/scopes.

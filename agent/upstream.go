@@ -7,6 +7,7 @@ import (
 	"os"
 
 	"cheops/forward"
+	"cheops/glance"
 	"cheops/kube"
 )
 
@@ -18,11 +19,15 @@ const (
 	// KindKube is a Kubernetes API server: routes of package kube, objects
 	// named by their clients, watches streamed.
 	KindKube = "kube"
+	// KindGlance is OpenStack Glance's v2 API: routes of package glance,
+	// images named by one id on every site, image data streamed to every
+	// replica.
+	KindGlance = "glance"
 )
 
 // ServiceOptions says how to reach and read one service beyond its URL.
 type ServiceOptions struct {
-	// Kind is KindREST (empty) or KindKube.
+	// Kind is KindREST (empty), KindKube or KindGlance.
 	Kind string `json:"kind,omitempty"`
 	// Token is sent to this site's instance as a bearer token in place of
 	// the client's Authorization (--service-token NAME=@FILE).
@@ -47,8 +52,10 @@ func (c *Config) buildService(name, base string) (forward.Service, error) {
 	case "", KindREST:
 	case KindKube:
 		svc.Routes = kube.New(nil)
+	case KindGlance:
+		svc.Routes = glance.Routes{}
 	default:
-		return svc, fmt.Errorf("%w: service %s: kind %q: want %s or %s", ErrBadConfig, name, opt.Kind, KindREST, KindKube)
+		return svc, fmt.Errorf("%w: service %s: kind %q: want %s, %s or %s", ErrBadConfig, name, opt.Kind, KindREST, KindKube, KindGlance)
 	}
 	svc.Upstream.Token = opt.Token
 	if opt.CAFile != "" || opt.Insecure {

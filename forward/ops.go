@@ -22,6 +22,14 @@ import (
 func (f *Forwarder) create(w http.ResponseWriter, req *request, plan *scope.Plan) {
 	self := f.cfg.Membership.Site()
 	targets := plan.Required()
+	if n, ok := req.svc.Routes.(Namer); ok && req.route.id == "" {
+		body, _, err := n.Assign(req.body)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, "bad_body", err.Error())
+			return
+		}
+		req.body = body
+	}
 	if !slices.Contains(targets, self) {
 		f.coordinate(w, req, plan)
 		return

@@ -51,6 +51,16 @@ type Container interface {
 	Items(body []byte) ([]string, error)
 }
 
+// Namer is implemented by Routes whose servers take a name chosen by the
+// client but do not require one (Glance's image id): a create that
+// carries none is given one before it is sent to any site, so that every
+// site stores the resource under the same name.
+type Namer interface {
+	// Assign returns the body with a name set (the body as it is when it
+	// names the resource already) and the name.
+	Assign(body []byte) ([]byte, string, error)
+}
+
 // Negotiator is implemented by Routes that adjust the headers of every
 // request sent to the application (the kube routes ask for JSON only).
 type Negotiator interface {

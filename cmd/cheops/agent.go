@@ -39,7 +39,7 @@ func init() {
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "trust-all", Usage: "accept any peer (closed test networks only)", EnvVars: []string{"CHEOPS_TRUST_ALL"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "swarm-key", Usage: "libp2p private network key `FILE` (turns QUIC off: TCP only)", EnvVars: []string{"CHEOPS_SWARM_KEY"}}),
 		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "service", Usage: "`NAME=URL` of this site's instance of an application (repeatable)", EnvVars: []string{"CHEOPS_SERVICE"}}),
-		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "service-kind", Usage: "`NAME=KIND` of a service: rest (default) or kube (a Kubernetes API server; see docs/kubernetes.md) (repeatable)", EnvVars: []string{"CHEOPS_SERVICE_KIND"}}),
+		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "service-kind", Usage: "`NAME=KIND` of a service: rest (default), kube (a Kubernetes API server; see docs/kubernetes.md) or glance (OpenStack Glance; see docs/openstack.md) (repeatable)", EnvVars: []string{"CHEOPS_SERVICE_KIND"}}),
 		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "service-token", Usage: "`NAME=FILE`: send the bearer token in FILE to this site's instance of the service (repeatable)", EnvVars: []string{"CHEOPS_SERVICE_TOKEN"}}),
 		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "service-ca", Usage: "`NAME=FILE`: PEM certificates to verify the service's HTTPS upstream with (repeatable)", EnvVars: []string{"CHEOPS_SERVICE_CA"}}),
 		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "service-insecure", Usage: "service `NAME` whose HTTPS certificate is not verified (self-signed test clusters; repeatable)", EnvVars: []string{"CHEOPS_SERVICE_INSECURE"}}),
@@ -410,8 +410,8 @@ func parseServiceOptions(c *cli.Context, services map[string]string) (map[string
 		return nil
 	}
 	if err := pairs("service-kind", func(o *agent.ServiceOptions, v string) error {
-		if v != agent.KindREST && v != agent.KindKube {
-			return fmt.Errorf("kind %q: want %s or %s", v, agent.KindREST, agent.KindKube)
+		if v != agent.KindREST && v != agent.KindKube && v != agent.KindGlance {
+			return fmt.Errorf("kind %q: want %s, %s or %s", v, agent.KindREST, agent.KindKube, agent.KindGlance)
 		}
 		o.Kind = v
 		return nil

@@ -1,0 +1,449 @@
+package glance
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+
+	"cheops/catalog"
+)
+
+// DataProtocol is the libp2p protocol over which an agent streams image
+// data to another agent's Glance: one HTTP/1.1 PUT of
+// /v2/images/{id}/file per stream, its body streamed, then the answer.
+// Only member sites may open it; the sender streams an upload only to
+// sites its catalog lists among the image's replicas.
+const DataProtocol = protocol.ID("/cheops/glance-data/1.0.0")
+
+// Headers of an upload's answer (as the forwarder's: forward.HeaderSite,
+// forward.HeaderSites).
+const (
+	headerSite  = "X-Cheops-Site"
+	headerSites = "X-Cheops-Sites"
+)
+
+// Membership is what Data needs to know of the sites. *node.Node
+// implements it.
+type Membership interface {
+	Site() string
+	PeerOf(site string) (peer.ID, bool)
+	SiteOf(p peer.ID) (string, bool)
+}
+
+// Catalog is what Data reads of the catalog. *catalog.Catalog implements
+// it.
+type Catalog interface {
+	LookupLocal(service, site, localID string) (string, bool)
+	Get(ctx context.Context, id string) (catalog.Resource, error)
+}
+
+// DataConfig describes the image-data path of one Glance service.
+type DataConfig struct {
+	// Service is the service's name (/svc/{Service}/…).
+	Service string
+	// URL is this site's Glance.
+	URL *url.URL
+	// Host opens and serves DataProtocol streams.
+	Host       host.Host
+	Membership Membership
+	Catalog    Catalog
+	// Next serves every request that is no upload (the forwarder).
+	Next http.Handler
+	// Client calls this site's Glance; nil: a client without a timeout
+	// (an upload takes as long as its data does; the client's request
+	// bounds it).
+	Client *http.Client
+	Logger *slog.Logger
+}
+
+// Data serves image uploads (PUT /v2/images/{id}/file, in every path
+// form the agent takes: /svc/…, /scope/…/svc/…) and passes every other
+// request to Next.
+//
+// Design note — image data is not catalog data. An upload is streamed to
+// every replica of the image that is reachable, at once, while it
+// arrives: never buffered whole, never journaled, never written to the
+// catalog or its operation log (whose bodies every member replicates and
+// keeps). Agent memory stays flat whatever the image's size. A replica
+// that cannot be reached is reported in X-Cheops-Sites and does not get
+// the data (see docs/openstack.md: what is not done).
+type Data struct {
+	cfg    DataConfig
+	log    *slog.Logger
+	client *http.Client
+}
+
+// NewData starts serving DataProtocol streams for the service.
+func NewData(cfg DataConfig) (*Data, error) {
+	if cfg.Service == "" || cfg.URL == nil || cfg.Host == nil || cfg.Membership == nil || cfg.Catalog == nil || cfg.Next == nil {
+		return nil, errors.New("glance: data: service, URL, host, membership, catalog and next are required")
+	}
+	d := &Data{cfg: cfg, log: cfg.Logger, client: cfg.Client}
+	if d.log == nil {
+		d.log = slog.Default()
+	}
+	d.log = d.log.With("component", "glance-data", "service", cfg.Service, "site", cfg.Membership.Site())
+	if d.client == nil {
+		d.client = &http.Client{}
+	}
+	cfg.Host.SetStreamHandler(DataProtocol, d.serveStream)
+	return d, nil
+}
+
+// Close stops serving other sites.
+func (d *Data) Close() { d.cfg.Host.RemoveStreamHandler(DataProtocol) }
+
+// UploadImage returns the image id of an upload's path inside the agent's
+// API (/svc/{service}/v2/images/{id}/file, optionally after
+// /scope/{scope}); false for any other path. A pure function.
+func UploadImage(service, escapedPath string) (string, bool) {
+	p := escapedPath
+	if rest, ok := strings.CutPrefix(p, "/scope/"); ok {
+		_, after, found := strings.Cut(rest, "/")
+		if !found {
+			return "", false
+		}
+		p = "/" + after
+	}
+	rest, ok := strings.CutPrefix(p, "/svc/"+service+Images+"/")
+	if !ok {
+		return "", false
+	}
+	id, ok := strings.CutSuffix(rest, "/file")
+	if !ok || id == "" || strings.Contains(id, "/") {
+		return "", false
+	}
+	id, err := url.PathUnescape(id)
+	return id, err == nil && id != ""
+}
+
+// ServeHTTP streams an upload to the image's replicas; anything else goes
+// to Next.
+func (d *Data) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	id, ok := UploadImage(d.cfg.Service, r.URL.EscapedPath())
+	if !ok || r.Method != http.MethodPut {
+		d.cfg.Next.ServeHTTP(w, r)
+		return
+	}
+	d.upload(w, r, id)
+}
+
+// outcome is one replica's answer to an upload.
+type outcome struct {
+	site   string
+	status int
+	header http.Header
+	body   []byte
+	err    error
+}
+
+func (o outcome) ok() bool { return o.err == nil && o.status >= 200 && o.status < 300 }
+
+func (o outcome) text() string {
+	if o.err != nil {
+		return "failed"
+	}
+	return fmt.Sprint(o.status)
+}
+
+// replicas returns the sites that hold the image, this one first when it
+// does; false when this site's catalog does not know it.
+func (d *Data) replicas(ctx context.Context, id string) ([]string, bool, error) {
+	self := d.cfg.Membership.Site()
+	rid, ok := d.cfg.Catalog.LookupLocal(d.cfg.Service, self, Images+"/"+id)
+	if !ok {
+		return nil, false, nil
+	}
+	res, err := d.cfg.Catalog.Get(ctx, rid)
+	if err != nil {
+		return nil, false, fmt.Errorf("glance: image %s: %w", id, err)
+	}
+	var sites []string
+	for _, s := range res.Sites {
+		if v := res.PerSite[s]; v.Status == catalog.StatusDeleted || v.Status == catalog.StatusFailed {
+			continue
+		}
+		sites = append(sites, s)
+	}
+	sort.SliceStable(sites, func(i, j int) bool { return sites[i] == self && sites[j] != self })
+	return sites, true, nil
+}
+
+// upload streams the request's body to every reachable replica at once.
+func (d *Data) upload(w http.ResponseWriter, r *http.Request, id string) {
+	ctx := r.Context()
+	sites, known, err := d.replicas(ctx, id)
+	switch {
+	case err != nil:
+		writeError(w, http.StatusInternalServerError, "internal", err.Error())
+		return
+	case !known:
+		writeError(w, http.StatusNotFound, "unknown_resource",
+			fmt.Sprintf("image %s is not in site %s's catalog: upload its data through an agent of a site that holds it", id, d.cfg.Membership.Site()))
+		return
+	}
+	header := r.Header.Clone()
+	for k := range header {
+		if strings.HasPrefix(strings.ToLower(k), "x-cheops-") {
+			header.Del(k)
+		}
+	}
+	type dest struct {
+		site string
+		pw   *io.PipeWriter
+		dead bool
+	}
+	var dests []*dest
+	results := make(chan outcome, len(sites))
+	var wg sync.WaitGroup
+	for _, s := range sites {
+		send := d.sendLocal
+		if s != d.cfg.Membership.Site() {
+			p, ok := d.cfg.Membership.PeerOf(s)
+			if !ok {
+				results <- outcome{site: s, err: fmt.Errorf("site %s: no peer", s)}
+				continue
+			}
+			send = func(ctx context.Context, id string, h http.Header, n int64, body io.Reader) outcome {
+				return d.sendRemote(ctx, p, id, h, n, body)
+			}
+		}
+		pr, pw := io.Pipe()
+		dests = append(dests, &dest{site: s, pw: pw})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			o := send(ctx, id, header.Clone(), r.ContentLength, pr)
+			o.site = s
+			// A replica that answered (or failed) reads no more: the
+			// writer below drops it instead of blocking.
+			pr.CloseWithError(errReplicaDone)
+			results <- o
+		}()
+	}
+	// Copy the client's body to every live replica, chunk by chunk: the
+	// slowest replica paces the upload, and memory stays one buffer.
+	buf := make([]byte, 256<<10)
+	var readErr error
+	for {
+		n, err := r.Body.Read(buf)
+		if n > 0 {
+			live := 0
+			for _, dst := range dests {
+				if dst.dead {
+					continue
+				}
+				if _, werr := dst.pw.Write(buf[:n]); werr != nil {
+					dst.dead = true
+					continue
+				}
+				live++
+			}
+			if live == 0 && len(dests) > 0 {
+				break
+			}
+		}
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				readErr = err
+			}
+			break
+		}
+	}
+	for _, dst := range dests {
+		if readErr != nil {
+			dst.pw.CloseWithError(readErr)
+		} else {
+			dst.pw.Close()
+		}
+	}
+	wg.Wait()
+	close(results)
+	out := map[string]outcome{}
+	for o := range results {
+		out[o.site] = o
+	}
+	d.answer(w, sites, out, readErr)
+}
+
+var errReplicaDone = errors.New("glance: the replica stopped reading")
+
+// answer gives the client the first replica's answer that succeeded
+// (this site's first) with every replica's outcome in X-Cheops-Sites.
+func (d *Data) answer(w http.ResponseWriter, sites []string, out map[string]outcome, readErr error) {
+	parts := make([]string, 0, len(sites))
+	var best, failed *outcome
+	for _, s := range sites {
+		o := out[s]
+		parts = append(parts, s+"="+o.text())
+		if o.err != nil {
+			d.log.Warn("image data not delivered", "to", s, "err", o.err)
+		}
+		switch {
+		case o.ok() && best == nil:
+			best = &o
+		case !o.ok() && failed == nil:
+			failed = &o
+		}
+	}
+	sort.Strings(parts)
+	w.Header().Set(headerSites, strings.Join(parts, ", "))
+	if readErr != nil {
+		writeError(w, http.StatusBadRequest, "bad_body", fmt.Sprintf("read the image data: %v", readErr))
+		return
+	}
+	if best == nil {
+		best = failed
+	}
+	if best == nil || best.err != nil {
+		msg := "no replica of the image could be reached"
+		if best != nil {
+			msg = best.err.Error()
+		}
+		writeError(w, http.StatusBadGateway, "site_failed", msg)
+		return
+	}
+	for k, v := range best.header {
+		if k != "Content-Length" {
+			w.Header()[k] = v
+		}
+	}
+	w.Header().Set(headerSite, best.site)
+	w.WriteHeader(best.status)
+	_, _ = w.Write(best.body)
+}
+
+// maxAnswer bounds the answer of a Glance to an upload (an error message
+// at most).
+const maxAnswer = 1 << 20
+
+// sendLocal PUTs the data to this site's Glance.
+func (d *Data) sendLocal(ctx context.Context, id string, h http.Header, n int64, body io.Reader) outcome {
+	u := d.cfg.URL.JoinPath(Images, id, "file")
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, u.String(), body)
+	if err != nil {
+		return outcome{err: err}
+	}
+	req.Header = h
+	req.ContentLength = n
+	resp, err := d.client.Do(req)
+	if err != nil {
+		return outcome{err: fmt.Errorf("glance: upload: %w", err)}
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))
+	return outcome{status: resp.StatusCode, header: resp.Header, body: data}
+}
+
+// sendRemote streams the data to another site's agent over DataProtocol.
+func (d *Data) sendRemote(ctx context.Context, p peer.ID, id string, h http.Header, n int64, body io.Reader) outcome {
+	s, err := d.cfg.Host.NewStream(network.WithAllowLimitedConn(ctx, "glance-data"), p, DataProtocol)
+	if err != nil {
+		return outcome{err: fmt.Errorf("glance: open a data stream: %w", err)}
+	}
+	stop := context.AfterFunc(ctx, func() { s.Reset() })
+	defer stop()
+	defer s.Close()
+	req, err := http.NewRequest(http.MethodPut, "http://cheops"+Images+"/"+url.PathEscape(id)+"/file", body)
+	if err != nil {
+		return outcome{err: err}
+	}
+	req.Header = h
+	req.ContentLength = n
+	if err := req.Write(s); err != nil {
+		s.Reset()
+		return outcome{err: fmt.Errorf("glance: send the data: %w", err)}
+	}
+	if err := s.CloseWrite(); err != nil {
+		return outcome{err: fmt.Errorf("glance: send the data: %w", err)}
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(s), req)
+	if err != nil {
+		return outcome{err: fmt.Errorf("glance: read the answer: %w", err)}
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))
+	return outcome{status: resp.StatusCode, header: resp.Header, body: data}
+}
+
+// streamIdle bounds the wait for the first bytes of a data stream.
+const streamIdle = 30 * time.Second
+
+// serveStream receives an upload from another member site and streams it
+// to this site's Glance.
+func (d *Data) serveStream(s network.Stream) {
+	defer s.Close()
+	site, ok := d.cfg.Membership.SiteOf(s.Conn().RemotePeer())
+	if !ok {
+		d.log.Warn("refused image data from a peer that is not a member site", "peer", s.Conn().RemotePeer())
+		s.Reset()
+		return
+	}
+	_ = s.SetReadDeadline(time.Now().Add(streamIdle))
+	req, err := http.ReadRequest(bufio.NewReader(s))
+	if err != nil {
+		d.log.Warn("malformed image data request", "from", site, "err", err)
+		s.Reset()
+		return
+	}
+	_ = s.SetReadDeadline(time.Time{})
+	answer := func(status int, body string) {
+		resp := &http.Response{StatusCode: status, ProtoMajor: 1, ProtoMinor: 1, Header: http.Header{"Content-Type": {"application/json"}},
+			Body: io.NopCloser(strings.NewReader(body)), ContentLength: int64(len(body))}
+		_ = resp.Write(s)
+	}
+	id, ok := UploadImage(d.cfg.Service, "/svc/"+d.cfg.Service+req.URL.EscapedPath())
+	if !ok || req.Method != http.MethodPut {
+		answer(http.StatusBadRequest, errorBody("bad_input", "not an image upload"))
+		return
+	}
+	// The sender found the image in its catalog with this site among its
+	// replicas, and this site's Glance has it since the create answered;
+	// this site's catalog may not have the entry yet, so it is not asked.
+	o := d.sendLocal(context.Background(), id, req.Header, req.ContentLength, req.Body)
+	// Glance may answer before the data ends (an image that has data
+	// already): read the rest, so that the sender is never left blocked
+	// on a stream nobody reads.
+	_, _ = io.Copy(io.Discard, req.Body)
+	if o.err != nil {
+		answer(http.StatusBadGateway, errorBody("site_failed", o.err.Error()))
+		return
+	}
+	resp := &http.Response{StatusCode: o.status, ProtoMajor: 1, ProtoMinor: 1, Header: o.header,
+		Body: io.NopCloser(bytes.NewReader(o.body)), ContentLength: int64(len(o.body))}
+	resp.Header.Del("Content-Length")
+	resp.Header.Del("Transfer-Encoding")
+	_ = resp.Write(s)
+}
+
+// errorBody is an error in the agents' format.
+func errorBody(code, msg string) string {
+	b, _ := json.Marshal(struct {
+		Error string `json:"error"`
+		Code  string `json:"code"`
+	}{msg, code})
+	return string(b)
+}
+
+// writeError answers in the agents' error format.
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = io.WriteString(w, errorBody(code, msg)+"\n")
+}
