@@ -22,6 +22,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 
 	"cheops/catalog"
+	"cheops/scope"
 )
 
 // DataProtocol is the libp2p protocol over which an agent streams image
@@ -194,16 +195,104 @@ func (d *Data) upload(w http.ResponseWriter, r *http.Request, id string) {
 		writeError(w, http.StatusInternalServerError, "internal", err.Error())
 		return
 	case !known:
-		writeError(w, http.StatusNotFound, "unknown_resource",
-			fmt.Sprintf("image %s is not in site %s's catalog: upload its data through an agent of a site that holds it", id, d.cfg.Membership.Site()))
+		d.relay(w, r, id)
 		return
 	}
-	header := r.Header.Clone()
+	header := appHeader(r.Header)
+	status, h, body := d.fanOut(ctx, sites, id, header, r.ContentLength, r.Body)
+	for k, v := range h {
+		w.Header()[k] = v
+	}
+	w.WriteHeader(status)
+	_, _ = w.Write(body)
+}
+
+// appHeader is the client's header without cheops' own.
+func appHeader(in http.Header) http.Header {
+	header := in.Clone()
 	for k := range header {
 		if strings.HasPrefix(strings.ToLower(k), "x-cheops-") {
 			header.Del(k)
 		}
 	}
+	return header
+}
+
+// headerRelay asks the receiving agent of a data stream to stream the
+// upload to every replica its catalog lists, not to its Glance alone.
+const headerRelay = "X-Cheops-Relay"
+
+// relay hands an upload of an image this site's catalog does not know
+// to an agent of a site the request's scope names for the service (the
+// first reachable, in the scope's order), which streams it to the
+// image's replicas.
+func (d *Data) relay(w http.ResponseWriter, r *http.Request, id string) {
+	self := d.cfg.Membership.Site()
+	notHere := fmt.Sprintf("image %s is not in site %s's catalog", id, self)
+	text := r.Header.Get(headerScope)
+	if text == "" {
+		text = pathScope(r.URL.EscapedPath())
+	}
+	if text == "" {
+		writeError(w, http.StatusNotFound, "unknown_resource", notHere+", and the request has no scope to find a site that holds it")
+		return
+	}
+	sc, err := scope.Parse(text)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "bad_scope", err.Error())
+		return
+	}
+	e, ok := sc.For(d.cfg.Service)
+	if !ok {
+		writeError(w, http.StatusBadRequest, "unbound_service", fmt.Sprintf("the scope %s does not place %s", sc, d.cfg.Service))
+		return
+	}
+	for _, s := range scope.Sites(e) {
+		p, ok := d.cfg.Membership.PeerOf(s)
+		if s == self || !ok {
+			continue
+		}
+		header := appHeader(r.Header)
+		header.Set(headerRelay, "1")
+		o := d.sendRemote(r.Context(), p, id, header, r.ContentLength, r.Body)
+		if o.err != nil {
+			writeError(w, http.StatusBadGateway, "site_failed", fmt.Sprintf("relay the upload to %s: %v", s, o.err))
+			return
+		}
+		for k, v := range o.header {
+			if k != "Content-Length" {
+				w.Header()[k] = v
+			}
+		}
+		w.WriteHeader(o.status)
+		_, _ = w.Write(o.body)
+		return
+	}
+	writeError(w, http.StatusServiceUnavailable, "unreachable", notHere+", and no other site of "+sc.String()+" can be reached")
+}
+
+// headerScope is forward.HeaderScope.
+const headerScope = "X-Cheops-Scope"
+
+// pathScope is the scope of a /scope/{scope}/… path, "" for another path.
+func pathScope(escaped string) string {
+	rest, ok := strings.CutPrefix(escaped, "/scope/")
+	if !ok {
+		return ""
+	}
+	enc, _, _ := strings.Cut(rest, "/")
+	s, err := url.PathUnescape(enc)
+	if err != nil {
+		return ""
+	}
+	return s
+}
+
+// fanOut streams body to every site of sites that can be reached, at
+// once, and returns the answer to give: the first replica's answer that
+// succeeded (this site's first) with every replica's outcome in
+// X-Cheops-Sites.
+func (d *Data) fanOut(ctx context.Context, sites []string, id string, header http.Header, length int64, in io.Reader) (int, http.Header, []byte) {
 	type dest struct {
 		site string
 		pw   *io.PipeWriter
@@ -229,7 +318,7 @@ func (d *Data) upload(w http.ResponseWriter, r *http.Request, id string) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			o := send(ctx, id, header.Clone(), r.ContentLength, pr)
+			o := send(ctx, id, header.Clone(), length, pr)
 			o.site = s
 			// A replica that answered (or failed) reads no more: the
 			// writer below drops it instead of blocking.
@@ -242,7 +331,7 @@ func (d *Data) upload(w http.ResponseWriter, r *http.Request, id string) {
 	buf := make([]byte, 256<<10)
 	var readErr error
 	for {
-		n, err := r.Body.Read(buf)
+		n, err := in.Read(buf)
 		if n > 0 {
 			live := 0
 			for _, dst := range dests {
@@ -279,14 +368,15 @@ func (d *Data) upload(w http.ResponseWriter, r *http.Request, id string) {
 	for o := range results {
 		out[o.site] = o
 	}
-	d.answer(w, sites, out, readErr)
+	return d.answer(sites, out, readErr)
 }
 
 var errReplicaDone = errors.New("glance: the replica stopped reading")
 
-// answer gives the client the first replica's answer that succeeded
-// (this site's first) with every replica's outcome in X-Cheops-Sites.
-func (d *Data) answer(w http.ResponseWriter, sites []string, out map[string]outcome, readErr error) {
+// answer is the answer to an upload: the first replica's answer that
+// succeeded (this site's first) with every replica's outcome in
+// X-Cheops-Sites.
+func (d *Data) answer(sites []string, out map[string]outcome, readErr error) (int, http.Header, []byte) {
 	parts := make([]string, 0, len(sites))
 	var best, failed *outcome
 	for _, s := range sites {
@@ -303,10 +393,13 @@ func (d *Data) answer(w http.ResponseWriter, sites []string, out map[string]outc
 		}
 	}
 	sort.Strings(parts)
-	w.Header().Set(headerSites, strings.Join(parts, ", "))
+	h := http.Header{headerSites: {strings.Join(parts, ", ")}}
+	fail := func(status int, code, msg string) (int, http.Header, []byte) {
+		h.Set("Content-Type", "application/json")
+		return status, h, []byte(errorBody(code, msg) + "\n")
+	}
 	if readErr != nil {
-		writeError(w, http.StatusBadRequest, "bad_body", fmt.Sprintf("read the image data: %v", readErr))
-		return
+		return fail(http.StatusBadRequest, "bad_body", fmt.Sprintf("read the image data: %v", readErr))
 	}
 	if best == nil {
 		best = failed
@@ -316,17 +409,15 @@ func (d *Data) answer(w http.ResponseWriter, sites []string, out map[string]outc
 		if best != nil {
 			msg = best.err.Error()
 		}
-		writeError(w, http.StatusBadGateway, "site_failed", msg)
-		return
+		return fail(http.StatusBadGateway, "site_failed", msg)
 	}
 	for k, v := range best.header {
 		if k != "Content-Length" {
-			w.Header()[k] = v
+			h[k] = v
 		}
 	}
-	w.Header().Set(headerSite, best.site)
-	w.WriteHeader(best.status)
-	_, _ = w.Write(best.body)
+	h.Set(headerSite, best.site)
+	return best.status, h, best.body
 }
 
 // maxAnswer bounds the answer of a Glance to an upload (an error message
@@ -416,6 +507,25 @@ func (d *Data) serveStream(s network.Stream) {
 	// The sender found the image in its catalog with this site among its
 	// replicas, and this site's Glance has it since the create answered;
 	// this site's catalog may not have the entry yet, so it is not asked.
+	if req.Header.Get(headerRelay) != "" {
+		// A site outside the image's replicas relays an upload: stream it
+		// to the replicas this site's catalog lists.
+		req.Header.Del(headerRelay)
+		sites, known, err := d.replicas(context.Background(), id)
+		if err != nil || !known {
+			_, _ = io.Copy(io.Discard, req.Body)
+			answer(http.StatusNotFound, errorBody("unknown_resource", fmt.Sprintf("image %s is not in site %s's catalog", id, d.cfg.Membership.Site())))
+			return
+		}
+		status, h, body := d.fanOut(context.Background(), sites, id, req.Header, req.ContentLength, req.Body)
+		_, _ = io.Copy(io.Discard, req.Body)
+		h.Del("Content-Length")
+		h.Del("Transfer-Encoding")
+		resp := &http.Response{StatusCode: status, ProtoMajor: 1, ProtoMinor: 1, Header: h,
+			Body: io.NopCloser(bytes.NewReader(body)), ContentLength: int64(len(body))}
+		_ = resp.Write(s)
+		return
+	}
 	o := d.sendLocal(context.Background(), id, req.Header, req.ContentLength, req.Body)
 	// Glance may answer before the data ends (an image that has data
 	// already): read the rest, so that the sender is never left blocked
