@@ -368,25 +368,37 @@ func (n *Node) View() scope.View {
 	return v
 }
 
-// PeerOf returns the peer id of a site, once its record has arrived (this
-// site's own at once).
+// PeerOf returns the peer id of a site: from its record once it has
+// arrived (this site's own at once), else from the name's binding (the
+// trust configuration, or a first claim persisted by an earlier run), so
+// that a restarting site knows its peers before their records come.
 func (n *Node) PeerOf(site string) (peer.ID, bool) {
 	n.mu.Lock()
-	defer n.mu.Unlock()
 	p, ok := n.bySite[site]
-	return p, ok
+	n.mu.Unlock()
+	if ok {
+		return p, true
+	}
+	n.bindMu.Lock()
+	defer n.bindMu.Unlock()
+	b, ok := n.bindings.byName[site]
+	return b.Peer, ok
 }
 
-// SiteOf returns the site of a peer id, once its record has arrived.
+// SiteOf returns the site of a peer id: from its record once it has
+// arrived, else from the binding of a name to it.
 func (n *Node) SiteOf(p peer.ID) (string, bool) {
 	if p == n.host.ID() {
 		return n.cfg.Site, true
 	}
 	n.mu.Lock()
-	defer n.mu.Unlock()
 	ps, ok := n.byPeer[p]
-	if !ok || ps.site == "" {
-		return "", false
+	n.mu.Unlock()
+	if ok && ps.site != "" {
+		return ps.site, true
 	}
-	return ps.site, true
+	n.bindMu.Lock()
+	defer n.bindMu.Unlock()
+	site, ok := n.bindings.byPeer[p]
+	return site, ok
 }

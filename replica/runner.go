@@ -33,7 +33,7 @@ type RunnerConfig struct {
 	// operations themselves.
 	FlushEvery    time.Duration
 	MaxFlushDelay time.Duration
-	Logger     *slog.Logger
+	Logger        *slog.Logger
 }
 
 // Runner executes, through the executor, the operations the catalog says
@@ -46,10 +46,16 @@ type Runner struct {
 	wg     sync.WaitGroup
 
 	mu       sync.Mutex
-	inFlight map[string]bool      // resources being caught up
-	retryAt  map[string]time.Time // resource → not before
-	backoff  map[string]time.Duration
-	batch    *outcomeBatch
+	inFlight map[string]bool // resources being caught up
+	// again marks resources that changed while in flight: they are looked
+	// at again as soon as their worker is done (redo), rather than at the
+	// next rescan, seconds later.
+	again   map[string]bool
+	redoIDs map[string]bool
+	redo    chan struct{}
+	retryAt map[string]time.Time // resource → not before
+	backoff map[string]time.Duration
+	batch   *outcomeBatch
 }
 
 // outcomeBatch is a set of outcomes written together; done closes once
@@ -93,7 +99,8 @@ func StartRunner(cfg RunnerConfig) (*Runner, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &Runner{cfg: cfg, self: cfg.Catalog.Self(), log: log.With("component", "catchup", "site", cfg.Catalog.Self()),
-		cancel: cancel, inFlight: map[string]bool{}, retryAt: map[string]time.Time{},
+		cancel: cancel, inFlight: map[string]bool{}, again: map[string]bool{}, redoIDs: map[string]bool{}, redo: make(chan struct{}, 1),
+		retryAt: map[string]time.Time{},
 		backoff: map[string]time.Duration{}, batch: newBatch()}
 	r.wg.Add(2)
 	go r.loop(ctx)
@@ -122,6 +129,16 @@ func (r *Runner) loop(ctx context.Context) {
 			return
 		case <-tick.C:
 			r.scanAll(ctx, sem)
+		case <-r.redo:
+			r.mu.Lock()
+			ids := r.redoIDs
+			r.redoIDs = map[string]bool{}
+			r.mu.Unlock()
+			for id := range ids {
+				if res, err := r.cfg.Catalog.Get(ctx, id); err == nil {
+					r.dispatch(ctx, sem, res)
+				}
+			}
 		case ch, ok := <-changes:
 			if !ok {
 				return
@@ -207,6 +224,9 @@ func (r *Runner) dispatch(ctx context.Context, sem chan struct{}, res catalog.Re
 	}
 	r.mu.Lock()
 	busy := r.inFlight[res.ID] || time.Now().Before(r.retryAt[res.ID])
+	if r.inFlight[res.ID] {
+		r.again[res.ID] = true
+	}
 	if !busy {
 		r.inFlight[res.ID] = true
 	}
@@ -240,7 +260,18 @@ func (r *Runner) dispatch(ctx context.Context, sem chan struct{}, res catalog.Re
 func (r *Runner) release(id string) {
 	r.mu.Lock()
 	delete(r.inFlight, id)
+	again := r.again[id]
+	if again {
+		delete(r.again, id)
+		r.redoIDs[id] = true
+	}
 	r.mu.Unlock()
+	if again {
+		select {
+		case r.redo <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // owedJobs lists, in order, the operations self owes on a resource; false
