@@ -70,7 +70,12 @@ type DataConfig struct {
 	// (an upload takes as long as its data does; the client's request
 	// bounds it).
 	Client *http.Client
-	Logger *slog.Logger
+	// RepairInterval is how often this site fetches, from another
+	// replica, the data of images its Glance holds without
+	// (DefaultRepairInterval when 0; negative: never, tests call
+	// RepairOnce).
+	RepairInterval time.Duration
+	Logger         *slog.Logger
 }
 
 // Data serves image uploads (PUT /v2/images/{id}/file, in every path
@@ -82,12 +87,14 @@ type DataConfig struct {
 // arrives: never buffered whole, never journaled, never written to the
 // catalog or its operation log (whose bodies every member replicates and
 // keeps). Agent memory stays flat whatever the image's size. A replica
-// that cannot be reached is reported in X-Cheops-Sites and does not get
-// the data (see docs/openstack.md: what is not done).
+// that cannot be reached is reported in X-Cheops-Sites and fetches the
+// data from a holder when it is back (repair.go).
 type Data struct {
-	cfg    DataConfig
-	log    *slog.Logger
-	client *http.Client
+	cfg        DataConfig
+	log        *slog.Logger
+	client     *http.Client
+	stop       context.CancelFunc
+	repairDone chan struct{}
 }
 
 // NewData starts serving DataProtocol streams for the service.
@@ -104,11 +111,27 @@ func NewData(cfg DataConfig) (*Data, error) {
 		d.client = &http.Client{}
 	}
 	cfg.Host.SetStreamHandler(DataProtocol, d.serveStream)
+	ctx, stop := context.WithCancel(context.Background())
+	d.stop, d.repairDone = stop, make(chan struct{})
+	interval := cfg.RepairInterval
+	if interval == 0 {
+		interval = DefaultRepairInterval
+	}
+	if interval > 0 {
+		go d.repairLoop(ctx, interval)
+	} else {
+		close(d.repairDone)
+	}
 	return d, nil
 }
 
-// Close stops serving other sites.
-func (d *Data) Close() { d.cfg.Host.RemoveStreamHandler(DataProtocol) }
+// Close stops serving other sites and repairing, and waits for the
+// repair in progress.
+func (d *Data) Close() {
+	d.cfg.Host.RemoveStreamHandler(DataProtocol)
+	d.stop()
+	<-d.repairDone
+}
 
 // UploadImage returns the image id of an upload's path inside the agent's
 // API (/svc/{service}/v2/images/{id}/file, optionally after
@@ -494,6 +517,10 @@ func (d *Data) serveStream(s network.Stream) {
 		return
 	}
 	_ = s.SetReadDeadline(time.Time{})
+	if req.Method == http.MethodGet {
+		d.serveRead(s, req)
+		return
+	}
 	answer := func(status int, body string) {
 		resp := &http.Response{StatusCode: status, ProtoMajor: 1, ProtoMinor: 1, Header: http.Header{"Content-Type": {"application/json"}},
 			Body: io.NopCloser(strings.NewReader(body)), ContentLength: int64(len(body))}

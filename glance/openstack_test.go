@@ -48,6 +48,7 @@ type world struct {
 	t      testing.TB
 	glance map[string]string // site → its Glance's URL
 	agents map[string]*agent.Agent
+	cfgs   map[string]agent.Config
 	dir    string
 }
 
@@ -98,7 +99,7 @@ func script() string {
 // script, and an agent in front of each.
 func newWorld(t testing.TB) *world {
 	requireOpenStack(t)
-	w := &world{t: t, glance: map[string]string{}, agents: map[string]*agent.Agent{}, dir: t.TempDir()}
+	w := &world{t: t, glance: map[string]string{}, agents: map[string]*agent.Agent{}, cfgs: map[string]agent.Config{}, dir: t.TempDir()}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	sitesDir := filepath.Join(w.dir, "glance")
@@ -141,18 +142,24 @@ func newWorld(t testing.TB) *world {
 		cfg.ServiceOptions = map[string]agent.ServiceOptions{"glance": {Kind: agent.KindGlance}}
 		cfg.Scopes = names
 		cfg.Logger = logger
-		a, err := agent.Start(context.Background(), cfg)
-		if err != nil {
-			t.Fatalf("start agent %s: %v", s, err)
-		}
-		t.Cleanup(func() { a.Close() })
-		w.agents[s] = a
+		w.cfgs[s] = cfg
+		w.start(s)
 		if boot == nil {
-			boot = a.Node().Addrs()[:1]
+			boot = w.agents[s].Node().Addrs()[:1]
 		}
 	}
+	t.Cleanup(func() {
+		for _, a := range w.agents {
+			if a != nil {
+				a.Close()
+			}
+		}
+	})
 	eventually(t, 30*time.Second, "sites up", func() error {
 		for a, ag := range w.agents {
+			if ag == nil {
+				continue
+			}
 			for b := range w.agents {
 				if st := ag.Node().View().Sites[b].State; a != b && st != scope.Up {
 					return fmt.Errorf("%s sees %s %v", a, b, st)
@@ -162,6 +169,38 @@ func newWorld(t testing.TB) *world {
 		return nil
 	})
 	return w
+}
+
+// start starts a site's agent (again).
+func (w *world) start(site string) {
+	w.t.Helper()
+	a, err := agent.Start(context.Background(), w.cfgs[site])
+	if err != nil {
+		w.t.Fatalf("start agent %s: %v", site, err)
+	}
+	w.agents[site] = a
+}
+
+// stop stops a site's agent; its Glance runs on.
+func (w *world) stop(site string) {
+	w.agents[site].Close()
+	w.agents[site] = nil
+}
+
+// waitState waits until every running agent sees site in state.
+func (w *world) waitState(site string, state scope.State) {
+	w.t.Helper()
+	eventually(w.t, 30*time.Second, site+" "+state.String(), func() error {
+		for name, a := range w.agents {
+			if a == nil || name == site {
+				continue
+			}
+			if st := a.Node().View().Sites[site].State; st != state {
+				return fmt.Errorf("%s sees %s %v", name, site, st)
+			}
+		}
+		return nil
+	})
 }
 
 // endpoint is the openstack CLI's --os-endpoint for a named scope through
@@ -338,5 +377,54 @@ func TestOpenStackCLI(t *testing.T) {
 	}
 	if code, _ := w.direct("c", onC.ID); code != http.StatusOK {
 		t.Fatalf("c's own image: %d", code)
+	}
+}
+
+// b's agent is down while an image is created with {glance: a & b} and
+// its data uploaded: once b's agent is back, b's Glance has the image,
+// created once, with the data fetched from a through the agents and the
+// same checksum.
+func TestOpenStackReplicaAway(t *testing.T) {
+	w := newWorld(t)
+	data := make([]byte, 3<<20+11)
+	rand.Read(data)
+	if err := os.WriteFile(filepath.Join(w.dir, "img.raw"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sum := fmt.Sprintf("%x", md5.Sum(data))
+	w.stop("b")
+	w.waitState("b", scope.Down)
+
+	var created struct {
+		ID string `json:"id"`
+	}
+	out := w.openstack(w.endpoint("a", "ab"), "image", "create", "--disk-format", "raw", "--container-format", "bare", "--file", "img.raw", "away", "-f", "json")
+	if err := json.Unmarshal([]byte(out), &created); err != nil || created.ID == "" {
+		t.Fatalf("image create: %v\n%s", err, out)
+	}
+	id := created.ID
+	if code, im := w.direct("a", id); code != http.StatusOK || im["status"] != "active" || im["checksum"] != sum {
+		t.Fatalf("a: %d %v", code, im)
+	}
+	if code, _ := w.direct("b", id); code != http.StatusNotFound {
+		t.Fatalf("b's Glance has the image while its agent is down: %d", code)
+	}
+
+	w.start("b")
+	w.waitState("b", scope.Up)
+	eventually(t, 90*time.Second, "b's Glance has the image with its data", func() error {
+		code, im := w.direct("b", id)
+		if code != http.StatusOK || im["status"] != "active" || im["checksum"] != sum {
+			return fmt.Errorf("b: %d %v", code, im)
+		}
+		return nil
+	})
+	// Once: b holds one image of that name.
+	var list struct {
+		Images []map[string]any `json:"images"`
+	}
+	json.Unmarshal([]byte(get(t, w.glance["b"]+"/v2/images?name=away")), &list)
+	if len(list.Images) != 1 {
+		t.Fatalf("b holds %d images named away", len(list.Images))
 	}
 }

@@ -88,14 +88,14 @@ start() {
 		echo $! >"$dir/pid"
 		echo "$name=http://127.0.0.1:$p" >>"$root/sites"
 	done
-	# Wait until each lists its images (90 s at most: db_sync first).
+	# Wait until each lists its images (180 s at most: db_sync first, slow on a loaded machine).
 	local line
 	while read -r line; do
-		local url=${line#*=} deadline=$((SECONDS + 90))
+		local url=${line#*=} deadline=$((SECONDS + 180))
 		until curl -fs -o /dev/null "$url/v2/images" 2>/dev/null; do
 			if ((SECONDS > deadline)); then
 				tail -20 "$root/${line%%=*}/glance-api.log" >&2 || true
-				die "${line%%=*}: no answer at $url within 90 s"
+				die "${line%%=*}: no answer at $url within 180 s"
 			fi
 			sleep 0.2
 		done
