@@ -27,6 +27,7 @@ import (
 	"cheops/glance"
 	"cheops/node"
 	"cheops/replica"
+	"cheops/scope"
 	"cheops/ui"
 )
 
@@ -129,8 +130,8 @@ func (c *Config) Validate() error {
 // ValidService checks a service name (the scope grammar's SERVICE token)
 // and its upstream base URL (absolute http or https).
 func ValidService(name, base string) error {
-	if node.ValidSiteName(name) != nil {
-		return fmt.Errorf("service name %q must match [A-Za-z][A-Za-z0-9_.-]*", name)
+	if err := scope.CheckName("service", name); err != nil {
+		return err
 	}
 	u, err := url.Parse(base)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {

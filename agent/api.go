@@ -112,7 +112,7 @@ type BindingJSON struct {
 // first-claim binding so that the next peer to claim the name gets it.
 func (a *Agent) forget(w http.ResponseWriter, r *http.Request) {
 	site := r.PathValue("site")
-	if err := node.ValidSiteName(site); err != nil {
+	if err := scope.CheckName("site", site); err != nil {
 		WriteError(w, http.StatusBadRequest, errcode.BadInput, err.Error())
 		return
 	}

@@ -13,7 +13,6 @@ import (
 	"sync"
 
 	"cheops/errcode"
-	"cheops/node"
 	"cheops/scope"
 )
 
@@ -76,8 +75,8 @@ func ParseScopeName(s string) (name, text string, err error) {
 // canonicalNamed checks a name and its scope and returns the scope's
 // canonical form.
 func canonicalNamed(name, text string) (string, error) {
-	if node.ValidSiteName(name) != nil {
-		return "", fmt.Errorf("%w: %q must match [A-Za-z][A-Za-z0-9_.-]*", ErrBadScopeName, name)
+	if !scope.ValidName(name) {
+		return "", fmt.Errorf("%w: %q must match %s", ErrBadScopeName, name, scope.NamePattern)
 	}
 	s, err := scope.Parse(text)
 	if err != nil {

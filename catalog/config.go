@@ -3,8 +3,9 @@ package catalog
 import (
 	"fmt"
 	"log/slog"
-	"regexp"
 	"time"
+
+	"cheops/scope"
 )
 
 // Config describes a catalog. Start from DefaultConfig; New fills the
@@ -50,11 +51,9 @@ func DefaultConfig() Config {
 	return Config{WatchBuffer: 1024, GatherDelay: time.Second, AuditInterval: 2 * time.Second}
 }
 
-// siteName is the grammar of a site name (SPEC.md).
-var siteName = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_.-]*$`)
-
-// ValidSite reports whether s is a valid site name.
-func ValidSite(s string) bool { return siteName.MatchString(s) }
+// ValidSite reports whether s is a valid site name: the scope grammar's
+// SITE token (scope.ValidName).
+func ValidSite(s string) bool { return scope.ValidName(s) }
 
 // Validate reports the first problem of the configuration.
 func (c Config) Validate() error {

@@ -55,8 +55,8 @@ func ParseService(s string) (Service, error) {
 	if !ok || name == "" || raw == "" {
 		return Service{}, fmt.Errorf("%w: %q is not NAME=URL", ErrBadService, s)
 	}
-	if e, err := scope.ParseExpr(name); err != nil || e != (scope.Site{Name: name}) {
-		return Service{}, fmt.Errorf("%w: service name %q must match [A-Za-z][A-Za-z0-9_.-]*", ErrBadService, name)
+	if err := scope.CheckName("service", name); err != nil {
+		return Service{}, fmt.Errorf("%w: %w", ErrBadService, err)
 	}
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"cheops/scope"
 )
 
 // Design note — identity is configuration, not first come.
@@ -207,7 +209,7 @@ func loadBindings(dir string) ([]Binding, error) {
 	for _, name := range slices.Sorted(maps.Keys(m)) {
 		e := m[name]
 		p, err := peer.Decode(e.Peer)
-		if err != nil || ValidSiteName(name) != nil {
+		if err != nil || scope.CheckName("site", name) != nil {
 			return nil, fmt.Errorf("%w: bindings %s: entry %q: bad site name or peer id %q", ErrIdentity, path, name, e.Peer)
 		}
 		if other, dup := seen[p]; dup {

@@ -158,7 +158,7 @@ func (c *Config) Validate() error {
 	if c.Site == "" {
 		return bad("a site name is required")
 	}
-	if err := ValidSiteName(c.Site); err != nil {
+	if err := scope.CheckName("site", c.Site); err != nil {
 		return bad("%v", err)
 	}
 	if c.DataDir == "" {
@@ -190,7 +190,7 @@ func (c *Config) Validate() error {
 	holders := map[peer.ID]string{}
 	for _, name := range slices.Sorted(maps.Keys(c.Sites)) {
 		p := c.Sites[name]
-		if err := ValidSiteName(name); err != nil {
+		if err := scope.CheckName("site", name); err != nil {
 			return bad("trust binding: %v", err)
 		}
 		if p.Validate() != nil {
@@ -211,14 +211,6 @@ func (c *Config) Validate() error {
 		return bad("need 1 <= suspect-after (%d) < down-after (%d)", c.SuspectAfter, c.DownAfter)
 	case c.RTTSmoothing <= 0 || c.RTTSmoothing > 1:
 		return bad("RTT smoothing %v must be in (0, 1]", c.RTTSmoothing)
-	}
-	return nil
-}
-
-// ValidSiteName checks a name against the scope grammar's SITE token.
-func ValidSiteName(name string) error {
-	if e, err := scope.ParseExpr(name); err != nil || e != (scope.Site{Name: name}) {
-		return fmt.Errorf("site name %q must match [A-Za-z][A-Za-z0-9_.-]*", name)
 	}
 	return nil
 }

@@ -3,6 +3,8 @@ package node
 import (
 	"testing"
 
+	"cheops/scope"
+
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
@@ -23,7 +25,7 @@ func FuzzDecodeRecord(f *testing.F) {
 		if r.Peer != signer {
 			t.Fatalf("accepted a record for %s signed by %s", r.Peer, signer)
 		}
-		if ValidSiteName(r.Site) != nil {
+		if scope.CheckName("site", r.Site) != nil {
 			t.Fatalf("accepted site name %q", r.Site)
 		}
 	})

@@ -12,6 +12,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/multiformats/go-multiaddr"
+
+	"cheops/scope"
 )
 
 // Record is what a site says of itself on the membership topic. Pubsub's
@@ -89,7 +91,7 @@ func decodeRecord(data []byte, signer peer.ID) (Record, error) {
 	if r.Peer != signer {
 		return r, fmt.Errorf("record for peer %s signed by %s", r.Peer, signer)
 	}
-	if ValidSiteName(r.Site) != nil {
+	if scope.CheckName("site", r.Site) != nil {
 		return r, fmt.Errorf("record: bad site name %q", r.Site)
 	}
 	for _, a := range r.Addrs {
@@ -98,7 +100,7 @@ func decodeRecord(data []byte, signer peer.ID) (Record, error) {
 		}
 	}
 	for site, ms := range r.RTTms {
-		if ValidSiteName(site) != nil || ms < 0 || ms > 1e7 {
+		if scope.CheckName("site", site) != nil || ms < 0 || ms > 1e7 {
 			return r, fmt.Errorf("record: bad RTT %v ms to %q", ms, site)
 		}
 	}

@@ -352,7 +352,7 @@ func (l *lexer) next() token {
 		for {
 			l.advance(size)
 			r, size = l.peek()
-			if !(isLetter(r) || isDigit(r) || r == '_' || r == '.' || r == '-') {
+			if !isNameRune(r) {
 				break
 			}
 		}

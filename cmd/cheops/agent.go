@@ -20,6 +20,7 @@ import (
 	"cheops/agent"
 	"cheops/forward"
 	"cheops/node"
+	"cheops/scope"
 )
 
 func init() {
@@ -168,7 +169,7 @@ func agentConfig(c *cli.Context) (agent.Config, error) {
 	if nc.Site == "" {
 		return cfg, errors.New("--site is required: this site's name, as scopes spell it")
 	}
-	if err := node.ValidSiteName(nc.Site); err != nil {
+	if err := scope.CheckName("site", nc.Site); err != nil {
 		return cfg, fmt.Errorf("--site: %w", err)
 	}
 	if nc.DataDir == "" {
@@ -311,7 +312,7 @@ func parseTrust(v, sep string) (trustEntry, error) {
 	}
 	name, id = strings.TrimSpace(name), strings.TrimSpace(id)
 	if bound {
-		if err := node.ValidSiteName(name); err != nil {
+		if err := scope.CheckName("site", name); err != nil {
 			return trustEntry{}, err
 		}
 	}

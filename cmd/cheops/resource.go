@@ -9,6 +9,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"cheops/catalog"
+	"cheops/scope"
 )
 
 func init() {
@@ -21,7 +22,7 @@ func init() {
 			if err := checkID(id); err != nil {
 				return err
 			}
-			if !catalog.ValidSite(site) {
+			if !scope.ValidName(site) {
 				return usageError("%q is not a site name", site)
 			}
 			body, _ := json.Marshal(map[string]any{"site": site, "delete": c.Bool("delete")})

@@ -341,7 +341,7 @@ func checkView(c *cli.Context) (v scope.View, have bool, err error) {
 		}
 		fileLocal = m.Local
 		for name, s := range m.Sites {
-			if !isSiteName(name) {
+			if !scope.ValidName(name) {
 				return v, false, fmt.Errorf("membership file %s: %q is not a site name", path, name)
 			}
 			st, ok := scope.ParseState(s.State)
@@ -366,7 +366,7 @@ func checkView(c *cli.Context) (v scope.View, have bool, err error) {
 				state = "up"
 			}
 			st, ok := scope.ParseState(state)
-			if !isSiteName(name) || !ok {
+			if !scope.ValidName(name) || !ok {
 				return v, false, fmt.Errorf("--sites: %q is not NAME or NAME=up|suspect|down|unknown", item)
 			}
 			if firstListed == "" {
@@ -393,12 +393,6 @@ func checkView(c *cli.Context) (v scope.View, have bool, err error) {
 		return v, false, fmt.Errorf("local site %s is not among the known sites %v", v.Local, sortedNames(v))
 	}
 	return v, true, nil
-}
-
-// isSiteName reports whether name parses as a single site.
-func isSiteName(name string) bool {
-	e, err := scope.ParseExpr(name)
-	return err == nil && e == scope.Expr(scope.Site{Name: name})
 }
 
 // scopeDefine runs `cheops scope define NAME SCOPE`.

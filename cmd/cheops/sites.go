@@ -11,7 +11,7 @@ import (
 
 	"cheops/agent"
 	"cheops/errcode"
-	"cheops/node"
+	"cheops/scope"
 )
 
 func init() {
@@ -63,7 +63,7 @@ func forgetSite(c *cli.Context) error {
 		return usageError("sites forget takes one site NAME, got %d arguments", c.NArg())
 	}
 	name := c.Args().First()
-	if err := node.ValidSiteName(name); err != nil {
+	if err := scope.CheckName("site", name); err != nil {
 		return usageError("%v (%s)", err, errcode.BadInput)
 	}
 	ctx, cancel := clientContext(c)
