@@ -430,7 +430,7 @@ func (a *Agent) routes() {
 	a.mux.Handle("GET /v1/watch", catalogAPI)
 	a.mux.HandleFunc("GET /v1/catalog/status", a.catalogStatus)
 	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		WriteError(w, http.StatusNotFound, errcode.NotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
+		errcode.Write(w, http.StatusNotFound, errcode.NotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
 }
 
@@ -450,6 +450,6 @@ func requireToken(token string, next http.Handler) http.Handler {
 			return
 		}
 		w.Header().Set("WWW-Authenticate", `Bearer realm="cheops"`)
-		WriteError(w, http.StatusUnauthorized, errcode.Unauthorized, "this agent's API needs its bearer token (Authorization: Bearer …)")
+		errcode.Write(w, http.StatusUnauthorized, errcode.Unauthorized, "this agent's API needs its bearer token (Authorization: Bearer …)")
 	})
 }

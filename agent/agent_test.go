@@ -15,6 +15,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"cheops/errcode"
 	"cheops/node"
 )
 
@@ -131,7 +132,7 @@ func TestAPI(t *testing.T) {
 			t.Errorf("/metrics lacks %s", want)
 		}
 	}
-	var e ErrorJSON
+	var e errcode.Body
 	if code, _ := get(t, paris.URL()+"/v1/nothing", &e); code != 404 || e.Code != "not_found" || e.Error == "" {
 		t.Errorf("unknown path: %d %+v", code, e)
 	}

@@ -113,7 +113,7 @@ type BindingJSON struct {
 func (a *Agent) forget(w http.ResponseWriter, r *http.Request) {
 	site := r.PathValue("site")
 	if err := scope.CheckName("site", site); err != nil {
-		WriteError(w, http.StatusBadRequest, errcode.BadInput, err.Error())
+		errcode.Write(w, http.StatusBadRequest, errcode.BadInput, err.Error())
 		return
 	}
 	b, err := a.node.Forget(site)
@@ -122,26 +122,14 @@ func (a *Agent) forget(w http.ResponseWriter, r *http.Request) {
 		a.log.Warn("operator forgot a site binding", "site", site, "peer", b.Peer)
 		WriteJSON(w, http.StatusOK, BindingJSON{Site: b.Site, Peer: b.Peer.String(), Source: b.Source, Since: b.Since.Format(time.RFC3339)})
 	case errors.Is(err, node.ErrNotBound):
-		WriteError(w, http.StatusBadRequest, errcode.UnknownSite, err.Error())
+		errcode.Write(w, http.StatusBadRequest, errcode.UnknownSite, err.Error())
 	case errors.Is(err, node.ErrBoundByConfig):
-		WriteError(w, http.StatusBadRequest, errcode.BoundByConfig, err.Error())
+		errcode.Write(w, http.StatusBadRequest, errcode.BoundByConfig, err.Error())
 	case errors.Is(err, node.ErrSelfBinding):
-		WriteError(w, http.StatusBadRequest, errcode.BadInput, err.Error())
+		errcode.Write(w, http.StatusBadRequest, errcode.BadInput, err.Error())
 	default:
-		WriteError(w, http.StatusInternalServerError, errcode.Internal, err.Error())
+		errcode.Write(w, http.StatusInternalServerError, errcode.Internal, err.Error())
 	}
-}
-
-// ErrorJSON is the body of every error answer of the API.
-type ErrorJSON struct {
-	Error string `json:"error"`
-	Code  string `json:"code"`
-}
-
-// WriteError answers with an error in the API's format: status, a short
-// machine-readable code ("bad_scope", "not_found", …) and a message.
-func WriteError(w http.ResponseWriter, status int, code, msg string) {
-	WriteJSON(w, status, ErrorJSON{Error: msg, Code: code})
 }
 
 // WriteJSON answers with v encoded as indented JSON.

@@ -7,5 +7,5 @@
 //
 // The API serves GET /v1/health, GET /v1/sites and GET /metrics; other
 // packages mount theirs with Config.Handlers or Agent.Handle. Errors are
-// JSON: {"error": "...", "code": "..."} (see WriteError).
+// JSON: {"error": "...", "code": "..."} (errcode.Write).
 package agent

@@ -232,12 +232,12 @@ func scopedPath(escaped string, lookup func(string) (string, bool)) (string, err
 func (a *Agent) serveNamed(w http.ResponseWriter, r *http.Request) {
 	p, err := scopedPath(r.URL.EscapedPath(), a.scopes.Lookup)
 	if err != nil {
-		WriteError(w, http.StatusNotFound, errcode.UnknownScope, err.Error())
+		errcode.Write(w, http.StatusNotFound, errcode.UnknownScope, err.Error())
 		return
 	}
 	plain, err := url.PathUnescape(p)
 	if err != nil {
-		WriteError(w, http.StatusBadRequest, errcode.BadInput, fmt.Sprintf("path: %v", err))
+		errcode.Write(w, http.StatusBadRequest, errcode.BadInput, fmt.Sprintf("path: %v", err))
 		return
 	}
 	r2 := new(http.Request)
@@ -263,7 +263,7 @@ type ScopeDefinition struct {
 func (a *Agent) defineScope(w http.ResponseWriter, r *http.Request) {
 	body, err := readSmall(r)
 	if err != nil {
-		WriteError(w, http.StatusBadRequest, errcode.BadInput, err.Error())
+		errcode.Write(w, http.StatusBadRequest, errcode.BadInput, err.Error())
 		return
 	}
 	text := string(body)
@@ -294,15 +294,15 @@ func (a *Agent) undefineScope(w http.ResponseWriter, r *http.Request) {
 func (a *Agent) scopeError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, ErrUnknownScope):
-		WriteError(w, http.StatusNotFound, errcode.UnknownScope, err.Error())
+		errcode.Write(w, http.StatusNotFound, errcode.UnknownScope, err.Error())
 	case errors.Is(err, ErrConfiguredScope):
-		WriteError(w, http.StatusBadRequest, errcode.BoundByConfig, err.Error())
+		errcode.Write(w, http.StatusBadRequest, errcode.BoundByConfig, err.Error())
 	case errors.Is(err, ErrBadScopeName):
-		WriteError(w, http.StatusBadRequest, errcode.BadInput, err.Error())
+		errcode.Write(w, http.StatusBadRequest, errcode.BadInput, err.Error())
 	case errcode.Of(err) != "":
-		WriteError(w, http.StatusBadRequest, errcode.Of(err), err.Error())
+		errcode.Write(w, http.StatusBadRequest, errcode.Of(err), err.Error())
 	default:
-		WriteError(w, http.StatusInternalServerError, errcode.Internal, err.Error())
+		errcode.Write(w, http.StatusInternalServerError, errcode.Internal, err.Error())
 	}
 }
 

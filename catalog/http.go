@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/http"
 	"time"
+
+	"cheops/errcode"
 )
 
 // Handler serves the catalog's part of an agent's HTTP API:
@@ -19,7 +21,7 @@ func Handler(c *Catalog) http.Handler {
 	mux.HandleFunc("GET /v1/resources", func(w http.ResponseWriter, r *http.Request) {
 		list, err := c.List(r.Context(), Filter{Service: r.URL.Query().Get("service"), Site: r.URL.Query().Get("site")})
 		if err != nil {
-			writeError(w, http.StatusInternalServerError, "internal", err.Error())
+			errcode.Write(w, http.StatusInternalServerError, "internal", err.Error())
 			return
 		}
 		writeJSON(w, http.StatusOK, list)
@@ -27,11 +29,11 @@ func Handler(c *Catalog) http.Handler {
 	mux.HandleFunc("GET /v1/resources/{id}", func(w http.ResponseWriter, r *http.Request) {
 		res, err := c.Get(r.Context(), r.PathValue("id"))
 		if errors.Is(err, ErrNotFound) {
-			writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no resource %q on site %s", r.PathValue("id"), c.Self()))
+			errcode.Write(w, http.StatusNotFound, "not_found", fmt.Sprintf("no resource %q on site %s", r.PathValue("id"), c.Self()))
 			return
 		}
 		if err != nil {
-			writeError(w, http.StatusInternalServerError, "internal", err.Error())
+			errcode.Write(w, http.StatusInternalServerError, "internal", err.Error())
 			return
 		}
 		writeJSON(w, http.StatusOK, res)
@@ -45,7 +47,7 @@ func Handler(c *Catalog) http.Handler {
 func serveWatch(c *Catalog, w http.ResponseWriter, r *http.Request) {
 	flusher, ok := w.(http.Flusher)
 	if !ok {
-		writeError(w, http.StatusInternalServerError, "internal", "streaming unsupported")
+		errcode.Write(w, http.StatusInternalServerError, "internal", "streaming unsupported")
 		return
 	}
 	changes := c.Watch(r.Context())
@@ -80,8 +82,4 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	_ = enc.Encode(v)
-}
-
-func writeError(w http.ResponseWriter, status int, code, msg string) {
-	writeJSON(w, status, map[string]string{"error": msg, "code": code})
 }

@@ -55,7 +55,7 @@ func TestNamedScopes(t *testing.T) {
 		{"rome", "GET", "/s/b/svc/posts/posts", nil, http.StatusNotFound, errcode.UnknownScope},
 	} {
 		r := c.do(tc.site, tc.method, tc.path, "", tc.body)
-		var e agent.ErrorJSON
+		var e errcode.Body
 		if r.status != http.StatusOK {
 			r.json(t, &e)
 		}

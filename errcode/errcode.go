@@ -6,13 +6,16 @@
 // request scoped to that site does).
 //
 // Of maps the errors of the pure packages (scope) to their codes, so that
-// the command line and the HTTP API cannot name one mistake twice. The
-// package depends on nothing but those, so that every package that writes
-// errors can use it.
+// the command line and the HTTP API cannot name one mistake twice; Write
+// is the one writer of the API's JSON errors. The package depends on
+// nothing but the standard library and scope, so that every package that
+// writes errors can use it.
 package errcode
 
 import (
+	"encoding/json"
 	"errors"
+	"net/http"
 
 	"cheops/scope"
 )
@@ -72,4 +75,21 @@ func Of(err error) string {
 		return Unreachable
 	}
 	return ""
+}
+
+// Body is the JSON of every error answer of cheops' HTTP API, whichever
+// package writes it (agent, forward, catalog).
+type Body struct {
+	Error string `json:"error"` // what went wrong, for a person
+	Code  string `json:"code"`  // one of this package's codes, for a program
+}
+
+// Write answers w with status and an error in the API's format: a Body of
+// msg and code, as indented JSON. It is the one error writer of the API.
+func Write(w http.ResponseWriter, status int, code, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(Body{Error: msg, Code: code})
 }

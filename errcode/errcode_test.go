@@ -1,8 +1,11 @@
 package errcode
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"testing"
 
 	"cheops/scope"
@@ -34,5 +37,21 @@ func TestOf(t *testing.T) {
 		if got := Of(tc.err); got != tc.want {
 			t.Errorf("Of(%v) = %q, want %q", tc.err, got, tc.want)
 		}
+	}
+}
+
+// Write answers with the status, a JSON content type and a Body.
+func TestWrite(t *testing.T) {
+	rec := httptest.NewRecorder()
+	Write(rec, http.StatusBadRequest, UnknownSite, `unknown site "tokyo"`)
+	if rec.Code != http.StatusBadRequest || rec.Header().Get("Content-Type") != "application/json" {
+		t.Fatalf("status %d, content type %q", rec.Code, rec.Header().Get("Content-Type"))
+	}
+	var b Body
+	if err := json.Unmarshal(rec.Body.Bytes(), &b); err != nil {
+		t.Fatal(err)
+	}
+	if b != (Body{Error: `unknown site "tokyo"`, Code: UnknownSite}) {
+		t.Errorf("body %+v", b)
 	}
 }

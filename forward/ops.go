@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"cheops/catalog"
+	"cheops/errcode"
 	"cheops/scope"
 )
 
@@ -399,10 +400,9 @@ func withID(body []byte, field, id string) []byte {
 	return out
 }
 
+// writeError answers with an error in the API's format (errcode.Write).
 func writeError(w http.ResponseWriter, status int, code, msg string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(map[string]string{"error": msg, "code": code})
+	errcode.Write(w, status, code, msg)
 }
 
 func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"cheops/agent"
+	"cheops/errcode"
 )
 
 // TestScopeDefineLsUndefine drives the named-scope commands against a
@@ -32,7 +33,7 @@ func TestScopeDefineLsUndefine(t *testing.T) {
 	})
 	mux.HandleFunc("DELETE /v1/scopes/{name}", func(w http.ResponseWriter, r *http.Request) {
 		if r.PathValue("name") == "eu" {
-			agent.WriteError(w, http.StatusBadRequest, "bound_by_config", "configured")
+			errcode.Write(w, http.StatusBadRequest, "bound_by_config", "configured")
 			return
 		}
 		agent.WriteJSON(w, http.StatusOK, agent.NamedScope{Name: "r", Scope: "{glance: rome}", Source: agent.ScopeFromAPI})
