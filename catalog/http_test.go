@@ -82,8 +82,9 @@ func getJSON(t *testing.T, url string, status int, out any) {
 	}
 }
 
-// The JSON of GET /v1/resources/{id} is SPEC.md's shape: id, service,
-// scope, sites (per site: local_id, status, pending), operations.
+// The JSON of GET /v1/resources/{id} has the shape `cheops catalog get`
+// reads (cmd/cheops/catalog.go): id, service, scope, sites (per site:
+// local_id, status, pending), operations.
 func TestResourceJSONShape(t *testing.T) {
 	net := newMemNet()
 	c := newTestCatalog(t, net.store("paris"), "paris")

@@ -37,7 +37,7 @@ type Config struct {
 	// blocks), so it only repairs a message lost on a live connection:
 	// 10 s bounds that repair at the cost of one small message per group
 	// and interval (go-ds-crdt's default of 1 min made a healed partition
-	// wait up to 2 min, see CRDT-NOTES.md).
+	// wait up to 2 min: docs/architecture.md, "What the libraries do").
 	RebroadcastInterval time.Duration
 	// PushDelays are the delays after a member connects at which this
 	// site pushes the shared groups' heads to it: at once (50 ms, time for

@@ -52,7 +52,7 @@ type Config struct {
 	// Registerer receives the executor's metrics (nil: none).
 	Registerer prometheus.Registerer
 	// MaxBody bounds request bodies (413 above it) and answers read from
-	// applications and other sites. 16 MiB, as SPEC.md states.
+	// applications and other sites. 16 MiB, as README.md states.
 	MaxBody int64
 	// SiteTimeout bounds one execution on one site, local or remote. 10 s
 	// leaves room for a slow application behind a WAN link.

@@ -402,7 +402,7 @@ func (f topicFilter) FilterIncomingSubscriptions(from peer.ID, subs []*pb.RPC_Su
 
 // peerMayJoin decides from the topic alone, without membership lookups, so
 // that no subscription is dropped for lack of a record not yet received
-// (pubsub never asks again: see CRDT-NOTES.md).
+// (pubsub never asks again: docs/architecture.md, "What the libraries do").
 func (n *Node) peerMayJoin(p peer.ID, topic string) bool {
 	if !n.gater.allowed(p) {
 		return false

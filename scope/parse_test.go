@@ -17,7 +17,7 @@ func TestParse(t *testing.T) {
 		want      *Scope
 		canonical string
 	}{
-		// Every example of SPEC.md.
+		// Every example of the documentation (README.md, scope/doc.go).
 		{"{posts: paris}", bind("posts", site("paris")), "{posts: paris}"},
 		{"{compute: paris, image: berlin}", &Scope{Bindings: []Binding{{"compute", site("paris")}, {"image", site("berlin")}}}, "{compute: paris, image: berlin}"},
 		{"{posts: paris & berlin}", bind("posts", All{[]Expr{site("paris"), site("berlin")}}), "{posts: paris & berlin}"},

@@ -17,7 +17,8 @@ import (
 
 // Helpers shared by the client commands (sites, catalog, request, …):
 // every one finds its agent with --agent / CHEOPS_AGENT, talks JSON, and
-// maps failures to the exit codes of SPEC.md.
+// maps failures to the exit codes of main.go (exitOK, exitFailed,
+// exitBadUsage).
 
 // defaultAgent is the agent's API unless --agent or CHEOPS_AGENT say
 // otherwise (agent.DefaultAPI).

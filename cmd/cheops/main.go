@@ -20,7 +20,7 @@ import (
 	"cheops/version"
 )
 
-// Exit codes, as the contract in SPEC.md states them.
+// Exit codes, as README.md ("Using it") and `cheops --help` state them.
 const (
 	exitOK       = 0
 	exitFailed   = 1
