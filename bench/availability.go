@@ -552,22 +552,14 @@ func (r *AvailabilityResult) Table(w io.Writer) {
 	}
 	tw.Flush()
 	fmt.Fprintln(w)
-	verdict := "met"
-	if !r.Met {
-		verdict = "MISSED"
-	}
 	fmt.Fprintf(w, "local writes accepted on the isolated site during the cut: cheops %.1f%% (target %.0f%%): %s; etcd %.1f%% beside it\n",
-		100*r.Cheops.During.Share, 100*r.Target, verdict, 100*r.Etcd.During.Share)
-	prompt := "met"
-	if !r.PromptMet {
-		prompt = "MISSED"
-	}
+		100*r.Cheops.During.Share, 100*r.Target, Verdict(r.Met), 100*r.Etcd.During.Share)
 	within := 0.0
 	if r.Cheops.During.Issued > 0 {
 		within = 100 * float64(r.Cheops.WithinSecond) / float64(r.Cheops.During.Issued)
 	}
 	fmt.Fprintf(w, "isolated site's writes answered within 1 s during the cut: cheops %.1f%% (target %.0f%%): %s; p99 %.1f ms (etcd answered %d)\n",
-		within, 100*r.PromptTarget, prompt, r.Cheops.LatencyDuring.P99, r.Etcd.WithinSecond)
+		within, 100*r.PromptTarget, Verdict(r.PromptMet), r.Cheops.LatencyDuring.P99, r.Etcd.WithinSecond)
 	fmt.Fprintf(w, "cheops writes accepted during the cut with the far site recorded pending: %d\n", r.Cheops.FarPending)
 	for _, s := range []SystemAvailability{r.Cheops, r.Etcd} {
 		keys := make([]string, 0, len(s.Errors))

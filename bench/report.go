@@ -8,11 +8,24 @@ import (
 // Report is what a scenario returns: marshalled as one JSON document by
 // the caller, printed as a table for people, drawn as plots.
 type Report interface {
-	// Table writes the figures as a table, each beside its target.
+	// Table writes the figures as a table, each beside its target with
+	// "met" or "MISSED" (Verdict).
 	Table(w io.Writer)
 	// Plot writes the report's plots into dir, their file names starting
 	// with prefix, and returns their paths.
 	Plot(dir, prefix string) ([]string, error)
+	// Missed lists the targets the run missed, one phrase each; empty
+	// when every target was met or the scenario sets none. `cheops bench
+	// --strict` exits 1 when it is not empty.
+	Missed() []string
+}
+
+// Verdict is how a table says whether a target was met.
+func Verdict(met bool) string {
+	if met {
+		return "met"
+	}
+	return "MISSED"
 }
 
 // Env is what every scenario is given.

@@ -121,6 +121,9 @@ func (r *ScaleResult) Table(out io.Writer) {
 	fmt.Fprintln(out, "\nNo target is set for scale; the figures show how the cost grows.")
 }
 
+// Missed is always empty: scale sets no target.
+func (r *ScaleResult) Missed() []string { return nil }
+
 // Plot draws heap per site and convergence time against the number of
 // sites, one line per resource count.
 func (r *ScaleResult) Plot(dir, prefix string) ([]string, error) {

@@ -313,10 +313,26 @@ func (r SelectivityResult) Table(w io.Writer) {
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%.1f\t\n", s.Site, s.Entries, s.Required, float64(s.BytesReceived)/1024, float64(r.Full.Sites[i].BytesReceived)/1024)
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "\ntotal received: scoped %.1f KiB, full replication %.1f KiB: ratio %.2f (target <= %.2f)\n",
-		float64(r.Scoped.TotalBytes)/1024, float64(r.Full.TotalBytes)/1024, r.Ratio, r.RatioTarget)
-	fmt.Fprintf(w, "leaked bytes (group data at non-members): %d (target 0)\n", r.LeakedBytes)
+	fmt.Fprintf(w, "\ntotal received: scoped %.1f KiB, full replication %.1f KiB: ratio %.2f (target <= %.2f): %s\n",
+		float64(r.Scoped.TotalBytes)/1024, float64(r.Full.TotalBytes)/1024, r.Ratio, r.RatioTarget, Verdict(r.ratioMet()))
+	fmt.Fprintf(w, "leaked bytes (group data at non-members): %d (target 0): %s\n", r.LeakedBytes, Verdict(r.LeakedBytes == 0))
 	fmt.Fprintf(w, "converged: scoped %v, full %v\n", r.Scoped.Converged.Round(time.Millisecond), r.Full.Converged.Round(time.Millisecond))
+}
+
+// ratioMet reports whether scoped replication moved at most RatioTarget
+// of what full replication moved.
+func (r SelectivityResult) ratioMet() bool { return r.Ratio <= r.RatioTarget }
+
+// Missed lists the targets this run missed (for --strict).
+func (r SelectivityResult) Missed() []string {
+	var out []string
+	if !r.ratioMet() {
+		out = append(out, fmt.Sprintf("scoped traffic %.2f of full replication > %.2f", r.Ratio, r.RatioTarget))
+	}
+	if r.LeakedBytes != 0 {
+		out = append(out, fmt.Sprintf("%d bytes of group data at non-members > 0", r.LeakedBytes))
+	}
+	return out
 }
 
 // Plot draws bytes received per site, scoped against full replication.

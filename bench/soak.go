@@ -257,11 +257,7 @@ func (r *SoakResult) Table(out io.Writer) {
 			fmt.Fprintf(out, "  %s %.0f\n", name, r.Backstops[name])
 		}
 	}
-	verdict := "met"
-	if r.NotConverged > 0 {
-		verdict = "MISSED"
-	}
-	fmt.Fprintf(out, "\nrepetitions that did not converge: %d of %d (target 0): %s\n", r.NotConverged, len(r.Runs), verdict)
+	fmt.Fprintf(out, "\nrepetitions that did not converge: %d of %d (target 0): %s\n", r.NotConverged, len(r.Runs), Verdict(r.NotConverged == 0))
 	for i, run := range r.Runs {
 		if !run.Converged {
 			fmt.Fprintf(out, "  rep %d (%s, %.0f ms): %s\n", i+1, run.Shape, ms(run.RTT), run.Failure)
