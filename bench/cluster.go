@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -79,7 +78,7 @@ func StartCluster(ctx context.Context, opt ClusterOptions) (*Cluster, error) {
 	}
 	jsonServer, err := exec.LookPath("json-server")
 	if err != nil {
-		return nil, errors.New("bench: json-server is not installed: npm install --global json-server@0.17.4")
+		return nil, fmt.Errorf("%w: json-server (npm install --global json-server@0.17.4; or run contrib/install-deps.sh, `make deps`)", ErrMissingCommand)
 	}
 	c := &Cluster{opt: opt, Net: wan.New(opt.Log), http: &http.Client{Timeout: 30 * time.Second}}
 	ok := false

@@ -19,46 +19,24 @@ import (
 	"cheops/wan"
 )
 
-// ensureCommand returns the path of the executable bin. When it is
-// missing and this process runs as root on a Debian-like system, it
-// installs the Debian packages pkgs with apt-get first (the list is
-// refreshed and the install retried once when it fails).
-func ensureCommand(ctx context.Context, log *slog.Logger, bin string, pkgs ...string) (string, error) {
-	if p, err := exec.LookPath(bin); err == nil {
-		return p, nil
-	}
-	install := "apt-get install -y " + strings.Join(pkgs, " ")
-	aptGet, err := exec.LookPath("apt-get")
-	if err != nil || os.Geteuid() != 0 {
-		return "", fmt.Errorf("bench: %s is not installed and cannot be installed here (needs root and apt-get): %s", bin, install)
-	}
-	if log != nil {
-		log.Info("installing", "packages", pkgs)
-	}
-	run := func(args ...string) error {
-		cmd := exec.CommandContext(ctx, aptGet, args...)
-		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("apt-get %s: %w: %s", strings.Join(args, " "), err, tail(string(out), 1000))
-		}
-		return nil
-	}
-	args := append([]string{"install", "-y", "-q", "--no-install-recommends"}, pkgs...)
-	if err := run(args...); err != nil {
-		if uerr := run("update", "-q"); uerr != nil {
-			return "", fmt.Errorf("bench: install %s: %w", bin, uerr)
-		}
-		if err := run(args...); err != nil {
-			return "", fmt.Errorf("bench: install %s: %w", bin, err)
-		}
-	}
+// ensureCommand returns the path of the executable bin, or an error that
+// names the Debian packages pkgs that provide it and how to install them.
+// It installs nothing: the shipped binary never runs a package manager
+// (contrib/install-deps.sh, `make deps`, installs what the benchmarks and
+// tests need). ctx and log are unused; the signature is the one the
+// scenarios call.
+func ensureCommand(_ context.Context, _ *slog.Logger, bin string, pkgs ...string) (string, error) {
 	p, err := exec.LookPath(bin)
 	if err != nil {
-		return "", fmt.Errorf("bench: %s still missing after %s: %w", bin, install, err)
+		return "", fmt.Errorf("%w: %s (Debian: apt-get install %s; or run contrib/install-deps.sh, `make deps`)",
+			ErrMissingCommand, bin, strings.Join(pkgs, " "))
 	}
 	return p, nil
 }
+
+// ErrMissingCommand is wrapped by the error of a scenario that needs a
+// program this machine lacks (haproxy, etcd).
+var ErrMissingCommand = errors.New("bench: a program the scenario needs is not installed")
 
 // ProcessGate lets processes that cannot choose their source address
 // (etcd dials its peers from 127.0.0.1) reach a site through the

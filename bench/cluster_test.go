@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"cheops/internal/testkit"
 )
 
 var (
@@ -42,10 +44,10 @@ func binary(t *testing.T) string {
 	return builtBin
 }
 
+// needJSONServer fails the test when json-server is missing (testkit.Tool).
 func needJSONServer(t *testing.T) {
-	if _, err := exec.LookPath("json-server"); err != nil {
-		t.Skip("json-server is not installed (npm install -g json-server@0.17.4; .ci/run does it)")
-	}
+	t.Helper()
+	testkit.Tool(t, testkit.JSONServer, "json-server")
 }
 
 func TestClusterOverEmulatedWAN(t *testing.T) {

@@ -8,14 +8,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"cheops/internal/testkit"
 )
 
-// needCommand skips the test when bin is missing and cannot be installed.
+// needCommand fails the test when bin is missing (testkit.Tool).
 func needCommand(t *testing.T, bin string, pkgs ...string) {
 	t.Helper()
-	if _, err := ensureCommand(context.Background(), nil, bin, pkgs...); err != nil {
-		t.Skipf("%v", err)
-	}
+	testkit.Tool(t, "apt-get install "+strings.Join(pkgs, " "), bin)
 }
 
 func TestForwardingTinyProfile(t *testing.T) {

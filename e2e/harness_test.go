@@ -19,6 +19,7 @@ import (
 
 	"cheops/agent"
 	"cheops/forward"
+	"cheops/internal/testkit"
 	"cheops/node"
 	"cheops/scope"
 )
@@ -35,10 +36,7 @@ type app struct {
 // file, and waits until it answers.
 func startApp(t testing.TB, dir string) *app {
 	t.Helper()
-	bin, err := exec.LookPath("json-server")
-	if err != nil {
-		t.Skip("json-server is not installed (npm install -g json-server@0.17.4; .ci/run does it)")
-	}
+	bin := testkit.Tool(t, testkit.JSONServer, "json-server")
 	db := filepath.Join(dir, "db.json")
 	if err := os.WriteFile(db, []byte(`{"posts": [], "comments": []}`), 0o644); err != nil {
 		t.Fatal(err)

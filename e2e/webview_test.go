@@ -11,17 +11,12 @@ import (
 	"time"
 
 	"cheops/forward"
+	"cheops/internal/testkit"
 )
 
-// chromium finds Debian's Chromium (installed by .ci/run).
+// chromium finds Debian's Chromium, or fails the test (testkit.Tool).
 func chromium(t *testing.T) string {
-	for _, name := range []string{"chromium", "chromium-browser"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	t.Skip("chromium is not installed (apt-get install chromium; .ci/run does it)")
-	return ""
+	return testkit.Tool(t, "apt-get install chromium", "chromium", "chromium-browser")
 }
 
 // headless runs Chromium on a page with the flags this machine needs and

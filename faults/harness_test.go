@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"cheops/internal/testkit"
 )
 
 var (
@@ -30,20 +32,18 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// requirements skips the test unless it may make namespaces.
+// requirements skips the test unless CHEOPS_FAULTS=1 asks for the
+// real-partition suite (`make e2e`); asked for, it fails without root or a
+// program it needs (testkit.Missing).
 func requirements(t *testing.T) {
 	t.Helper()
 	if os.Getenv("CHEOPS_FAULTS") == "" {
 		t.Skip("real-partition tests run with `make e2e` (CHEOPS_FAULTS=1)")
 	}
-	if os.Geteuid() != 0 {
-		t.Skip("network namespaces need root")
-	}
-	for _, tool := range []string{"ip", "nft", "json-server"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s is not installed", tool)
-		}
-	}
+	testkit.Require(t, os.Geteuid() == 0, "network namespaces need root")
+	testkit.Tool(t, "apt-get install iproute2", "ip")
+	testkit.Tool(t, "apt-get install nftables", "nft")
+	testkit.Tool(t, testkit.JSONServer, "json-server")
 }
 
 func binary(t *testing.T) string {

@@ -12,16 +12,14 @@ import (
 	"time"
 
 	"cheops/catalog"
+	"cheops/internal/testkit"
 	"cheops/replica"
 )
 
 // jsonServer runs the real REST application used by end-to-end tests.
 func jsonServer(t *testing.T) string {
 	t.Helper()
-	bin, err := exec.LookPath("json-server")
-	if err != nil {
-		t.Skip("json-server is not installed (npm install -g json-server@0.17.4; .ci/run does it)")
-	}
+	bin := testkit.Tool(t, testkit.JSONServer, "json-server")
 	dir := t.TempDir()
 	db := filepath.Join(dir, "db.json")
 	os.WriteFile(db, []byte(`{"posts": []}`), 0o644)
