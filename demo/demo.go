@@ -40,6 +40,10 @@ type Options struct {
 	// the sites running until ctx ends.
 	ExitAfterScenario bool
 	Logger            *slog.Logger
+	// Command is how the commands the demo prints to try run this cheops
+	// binary: "cheops" (the default) when it is the one on PATH, else its
+	// path ("bin/cheops" after `make build`).
+	Command string
 }
 
 // ErrNotConverged is returned when the sites did not converge in time.
@@ -170,11 +174,15 @@ func Run(ctx context.Context, opt Options) error {
 	}
 	say("\nThe sites keep running until Ctrl-C. Try, for instance:")
 	say("   export CHEOPS_AGENT=%s", paris.agent.URL())
-	say("   cheops sites")
-	say("   cheops catalog ls")
-	say("   cheops catalog get %s", gid)
-	say("   cheops request --scope '{notes: paris & rome}' POST /svc/notes/notes --data '{\"text\": \"hello\"}'")
-	say("   cheops catalog watch")
+	cheops := opt.Command
+	if cheops == "" {
+		cheops = "cheops"
+	}
+	say("   %s sites", cheops)
+	say("   %s catalog ls", cheops)
+	say("   %s catalog get %s", cheops, gid)
+	say("   %s request --scope '{notes: paris & rome}' POST /svc/notes/notes --data '{\"text\": \"hello\"}'", cheops)
+	say("   %s catalog watch", cheops)
 	<-ctx.Done()
 	return nil
 }
