@@ -6,7 +6,7 @@ PKGS    := ./...
 FUZZTIME ?= 10s
 FUZZSHORT ?= 5s
 
-.PHONY: all build test vet unit fuzz bench demo e2e e2e-k8s e2e-openstack clean
+.PHONY: all build install deps check-deps test vet unit fuzz bench demo e2e e2e-k8s e2e-openstack clean
 
 all: build
 
@@ -17,27 +17,55 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo deve
 build:
 	$(GO) build -ldflags "-X cheops/version.version=$(VERSION)" -o $(BIN) ./cmd/cheops
 
+# `go install` with the version: cheops lands in $(go env GOBIN), else
+# $(go env GOPATH)/bin; says so, and whether that directory is on PATH.
+install:
+	$(GO) install -ldflags "-X cheops/version.version=$(VERSION)" ./cmd/cheops
+	@dir="$$($(GO) env GOBIN)"; dir="$${dir:-$$($(GO) env GOPATH)/bin}"; \
+	echo "installed $$dir/cheops"; \
+	case ":$$PATH:" in *":$$dir:"*) ;; *) echo "$$dir is not on PATH: export PATH=\"\$$PATH:$$dir\"";; esac
+
+# What the tests run beside the agents (json-server, Chromium, HAProxy,
+# etcd; nftables and iproute2 for make e2e), from Debian and npm; root or
+# sudo. The binary itself installs nothing.
+deps:
+	contrib/install-deps.sh
+
+# make test fails at once when a program its tests need is missing,
+# unless CHEOPS_ALLOW_SKIP=1: then the tests that need it skip, and the
+# summary says so.
+check-deps:
+	@contrib/install-deps.sh --check || [ "$$CHEOPS_ALLOW_SKIP" = 1 ]
+
 vet:
 	$(GO) vet $(PKGS)
 
+# Race-enabled tests of every package (fuzz targets run their seed
+# corpora), then one line: passed, failed, skipped and why
+# (contrib/testsummary).
 unit:
-	$(GO) test -race -count=1 -timeout 12m $(PKGS)
+	$(GO) build -o bin/testsummary ./contrib/testsummary
+	set -o pipefail; $(GO) test -race -count=1 -timeout 12m -json $(PKGS) | bin/testsummary
 
 # A short, bounded run of every fuzz target over its committed corpus and
-# fresh inputs.
+# fresh inputs. Not part of make test: each target builds its package
+# anew with fuzzing instrumentation (about a minute each on 2 cores); CI
+# runs it after make test.
 fuzz:
 	$(GO) test ./scope -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=$(FUZZTIME)
 	$(GO) test ./node -run='^$$' -fuzz='^FuzzDecodeRecord$$' -fuzztime=$(FUZZSHORT)
 	$(GO) test ./crdt -run='^$$' -fuzz='^FuzzReadFrame$$' -fuzztime=$(FUZZSHORT)
 	$(GO) test ./catalog -run='^$$' -fuzz='^FuzzApply$$' -fuzztime=$(FUZZSHORT)
 
-test: vet unit fuzz
+test: check-deps vet unit
 
 # Real partitions: network namespaces, veth links, nftables cuts, agent
 # processes and json-server in each namespace. Needs root, iproute2 and
-# nftables (.ci/run installs them); skips with a message otherwise.
+# nftables (make deps installs them); fails naming what is missing
+# otherwise.
 e2e:
-	CHEOPS_FAULTS=1 $(GO) test -count=1 -timeout 15m -v ./faults 2>&1 | grep -E '^(=== RUN|--- |\s+\S+_test.go|ok|FAIL|PASS|panic)'; exit $${PIPESTATUS[0]}
+	$(GO) build -o bin/testsummary ./contrib/testsummary
+	set -o pipefail; CHEOPS_FAULTS=1 $(GO) test -count=1 -timeout 15m -json ./faults | bin/testsummary -progress
 
 # Real Kubernetes API servers, one per site, behind three agents, driven
 # with plain kubectl (docs/kubernetes.md). Builds kube-apiserver,
@@ -46,7 +74,8 @@ e2e:
 # cores when cold) and installs Debian's etcd-server when missing (root).
 e2e-k8s:
 	contrib/k8s/build.sh >/dev/null
-	CHEOPS_K8S=1 $(GO) test -race -count=1 -timeout 15m -v ./kube 2>&1 | grep -E '^(=== RUN|--- |\s+---|\s+\S+_test.go|ok|FAIL|PASS|panic)'; exit $${PIPESTATUS[0]}
+	$(GO) build -o bin/testsummary ./contrib/testsummary
+	set -o pipefail; CHEOPS_K8S=1 $(GO) test -race -count=1 -timeout 15m -json ./kube | bin/testsummary -progress
 
 # Real OpenStack Glance sites (Debian's glance-api, no Keystone), one per
 # site, behind three agents, driven with the openstack CLI
@@ -54,7 +83,8 @@ e2e-k8s:
 # when missing (root); about 3 minutes on 2 cores.
 e2e-openstack:
 	contrib/openstack/glance-sites.sh install
-	CHEOPS_OPENSTACK=1 $(GO) test -race -count=1 -timeout 10m -run 'OpenStack' -v ./glance 2>&1 | grep -E '^(=== RUN|--- |\s+---|\s+\S+_test.go|ok|FAIL|PASS|panic)'; exit $${PIPESTATUS[0]}
+	$(GO) build -o bin/testsummary ./contrib/testsummary
+	set -o pipefail; CHEOPS_OPENSTACK=1 $(GO) test -race -count=1 -timeout 10m -run 'OpenStack' -json ./glance | bin/testsummary -progress
 
 # Every scenario's quick profile (about 8 minutes on 2 cores); results and
 # plots into bench/results. BENCHFLAGS=--full runs the long profiles.
