@@ -335,6 +335,8 @@ func (w *world) start(name string) {
 	// an up cluster pending (the default is max(50 ms, 4 RTT)).
 	cfg.ReplicaWait = time.Second
 	cfg.Services = map[string]string{"kube": s.kube.url}
+	// A named scope: kubectl's server URL without percent signs.
+	cfg.Scopes = map[string]string{"ab": "{kube: a & b}"}
 	cfg.ServiceOptions = map[string]agent.ServiceOptions{"kube": {Kind: agent.KindKube, Token: s.kube.token, CAFile: s.kube.ca}}
 	cfg.Logger = logger
 	a, err := agent.Start(context.Background(), cfg)
@@ -412,6 +414,13 @@ func (w *world) via(site, scopeText string) string {
 	h := fnv.New32a()
 	h.Write([]byte(scopeText))
 	return w.sites[site].kube.kubeconfig(w.t, w.server(site, scopeText), fmt.Sprintf("via-%s-%08x.kubeconfig", site, h.Sum32()))
+}
+
+// named writes a kubeconfig that reaches the clusters through site's
+// agent with a named scope (/s/NAME/svc/kube).
+func (w *world) named(site, name string) string {
+	w.t.Helper()
+	return w.sites[site].kube.kubeconfig(w.t, w.sites[site].agent.URL()+"/s/"+name+"/svc/kube", "named-"+site+"-"+name+".kubeconfig")
 }
 
 // direct writes a kubeconfig straight to a site's cluster.

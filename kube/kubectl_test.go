@@ -125,6 +125,23 @@ func TestKubectlThroughAgents(t *testing.T) {
 		t.Fatalf("get by name: %q", out)
 	}
 
+	t.Log("the same through a named scope, /s/ab/svc/kube: no percent signs in the server URL")
+	named := w.named("c", "ab")
+	if out := w.kubectl(named, "create", "namespace", "named"); !strings.Contains(out, "namespace/named created") {
+		t.Fatalf("kubectl create through /s/ab: %q", out)
+	}
+	for _, s := range []string{"a", "b"} {
+		if w.sites[s].kube.get(t, "/api/v1/namespaces/named") == nil {
+			t.Fatalf("cluster %s has no namespace named", s)
+		}
+	}
+	if w.sites["c"].kube.get(t, "/api/v1/namespaces/named") != nil {
+		t.Fatal("cluster c holds namespace named, outside the scope")
+	}
+	if out := w.kubectl(named, "get", "namespaces"); strings.Count(out, "\nnamed ") != 2 || !strings.Contains(out, "CLUSTER") {
+		t.Fatalf("kubectl get through /s/ab, one row per cluster: %q", out)
+	}
+
 	t.Log("configmaps and a deployment in it: kubectl apply")
 	file := filepath.Join(t.TempDir(), "web.yaml")
 	if err := os.WriteFile(file, []byte(strings.Replace(manifest, "IMAGE", "1.25", 1)), 0o644); err != nil {
