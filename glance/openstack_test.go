@@ -269,8 +269,9 @@ func eventually(t testing.TB, within time.Duration, what string, cond func() err
 
 // The openstack CLI, unchanged, through three agents: an image created
 // with {glance: a & b} is active on a and b with one id and one checksum
-// and absent from c; a list over a & b & c is the union; updates, tags
-// and the delete reach every replica.
+// and absent from c; a list over a & b & c is the union; updates and tags
+// reach every replica; attached to c, the image is served there with its
+// data; the delete reaches a, b and c.
 func TestOpenStackCLI(t *testing.T) {
 	w := newWorld(t)
 	data := make([]byte, 4<<20+7)
@@ -366,8 +367,31 @@ func TestOpenStackCLI(t *testing.T) {
 			return nil
 		})
 	}
+	// 4. Attach the image to c: c's Glance gets its metadata from the
+	// attach and its data from a holder (the repair), with the checksum.
+	rid, ok := w.agents["a"].Catalog().LookupLocal("glance", "a", glance.Images+"/"+id)
+	if !ok {
+		t.Fatal("a's catalog does not know the image")
+	}
+	resp, err := http.Post(w.agents["a"].URL()+"/v1/resources/"+rid+"/attach", "application/json", strings.NewReader(`{"site": "c"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("attach to c: %d %s", resp.StatusCode, body)
+	}
+	eventually(t, 60*time.Second, "c serves the image with its data", func() error {
+		code, im := w.direct("c", id)
+		if code != http.StatusOK || im["status"] != "active" || im["checksum"] != sum || im["color"] != "blue" {
+			return fmt.Errorf("c: %d %v", code, im)
+		}
+		return nil
+	})
+
 	w.openstack(plain, "image", "delete", id)
-	for _, s := range []string{"a", "b"} {
+	for _, s := range []string{"a", "b", "c"} {
 		eventually(t, 30*time.Second, "image deleted on "+s, func() error {
 			if code, _ := w.direct(s, id); code != http.StatusNotFound {
 				return fmt.Errorf("%s answers %d", s, code)
@@ -376,7 +400,7 @@ func TestOpenStackCLI(t *testing.T) {
 		})
 	}
 	if code, _ := w.direct("c", onC.ID); code != http.StatusOK {
-		t.Fatalf("c's own image: %d", code)
+		t.Fatalf("c's other image: %d", code)
 	}
 }
 
