@@ -47,7 +47,23 @@ type hopWriter struct {
 	err     error
 }
 
-var hopBuffers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 16<<10) }}
+// A body crosses the stream in writes and reads of up to 64 KiB (yamux
+// frames); the buffers are pooled, not made for each request.
+var (
+	hopBuffers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10) }}
+	hopReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 64<<10) }}
+)
+
+func getReader(r io.Reader) *bufio.Reader {
+	br := hopReaders.Get().(*bufio.Reader)
+	br.Reset(r)
+	return br
+}
+
+func putReader(br *bufio.Reader) {
+	br.Reset(nil)
+	hopReaders.Put(br)
+}
 
 func newHopWriter(s io.Writer, method string) *hopWriter {
 	bw := hopBuffers.Get().(*bufio.Writer)
@@ -255,10 +271,12 @@ func (f *Forwarder) roundTrip(ctx context.Context, site string, req *http.Reques
 		return nil, nil, fmt.Errorf("site %s: send: %w", site, err)
 	}
 	_ = s.CloseWrite()
-	resp, err := http.ReadResponse(bufio.NewReader(s), req)
+	br := getReader(s)
+	resp, err := http.ReadResponse(br, req)
 	if err != nil {
 		stop()
 		s.Reset()
+		putReader(br)
 		if ctx.Err() != nil {
 			err = errors.Join(err, ctx.Err())
 		}
@@ -267,21 +285,33 @@ func (f *Forwarder) roundTrip(ctx context.Context, site string, req *http.Reques
 	if !bounded {
 		_ = s.SetDeadline(time.Time{})
 	}
-	return &stoppedStream{Stream: s, stop: stop}, resp, nil
+	return &stoppedStream{Stream: s, stop: stop, br: br}, resp, nil
 }
 
-// stoppedStream ends the context watch of roundTrip when it closes.
+// stoppedStream ends the context watch of roundTrip and gives its
+// reader back when it closes (the answer's body is read by then).
 type stoppedStream struct {
 	network.Stream
 	stop func() bool
+	br   *bufio.Reader
+	once sync.Once
+}
+
+func (s *stoppedStream) release() {
+	s.once.Do(func() {
+		s.stop()
+		putReader(s.br)
+	})
 }
 
 func (s *stoppedStream) Close() error {
-	s.stop()
-	return s.Stream.Close()
+	err := s.Stream.Close()
+	s.release()
+	return err
 }
 
 func (s *stoppedStream) Reset() error {
-	s.stop()
-	return s.Stream.Reset()
+	err := s.Stream.Reset()
+	s.release()
+	return err
 }
