@@ -299,11 +299,14 @@ func runForwarding(ctx context.Context, env Env, p forwardingProfile) (*Forwardi
 		tinies = append(tinies, tiny)
 		siteArgs[name] = []string{"--service", "items=" + tiny.URL}
 	}
-	// Bodies up to twice the large ones: a buffered path is let through,
-	// and shows in the agents' memory.
-	maxBody := strconv.Itoa(2 * p.bodyMiB << 20)
+	var agentArgs []string
+	if p.bodyMiB > 0 {
+		// Bodies up to twice the large ones: a buffered path is let
+		// through, and shows in the agents' memory.
+		agentArgs = []string{"--max-body", strconv.Itoa(2 * p.bodyMiB << 20)}
+	}
 	c, err := StartCluster(ctx, ClusterOptions{Binary: env.Binary, Sites: names, Dir: filepath.Join(env.Dir, "forwarding"), SiteArgs: siteArgs,
-		AgentArgs: []string{"--max-body", maxBody}, Log: log})
+		AgentArgs: agentArgs, Log: log})
 	if err != nil {
 		return nil, err
 	}
