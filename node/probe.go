@@ -392,10 +392,13 @@ func (n *Node) SiteOf(p peer.ID) (string, bool) {
 		return n.cfg.Site, true
 	}
 	n.mu.Lock()
-	ps, ok := n.byPeer[p]
+	site := ""
+	if ps, ok := n.byPeer[p]; ok {
+		site = ps.site // learn writes it under n.mu
+	}
 	n.mu.Unlock()
-	if ok && ps.site != "" {
-		return ps.site, true
+	if site != "" {
+		return site, true
 	}
 	n.bindMu.Lock()
 	defer n.bindMu.Unlock()
