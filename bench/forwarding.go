@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math"
 	"net"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -148,8 +150,15 @@ type ForwardingResult struct {
 	// a Go application that answers at once (tinyApp), at 0 ms RTT;
 	// each create is durable on both sites before it is answered.
 	ReplicatedCreates float64 `json:"replicated_creates_per_s,omitempty"`
-	CreateClients     int     `json:"create_clients,omitempty"`
-	CreateErrors      int     `json:"create_errors,omitempty"`
+	// Bodies is one GET and one PUT of BodyMiB through each path at 0 ms
+	// (the Go application's /blob); RSSBefore and RSSAfter are each
+	// agent's peak resident set (MiB) before and after them.
+	BodyMiB       int                `json:"body_mib,omitempty"`
+	Bodies        []BodyFigures      `json:"bodies,omitempty"`
+	RSSBefore     map[string]float64 `json:"agent_peak_rss_mib_before,omitempty"`
+	RSSAfter      map[string]float64 `json:"agent_peak_rss_mib_after,omitempty"`
+	CreateClients int                `json:"create_clients,omitempty"`
+	CreateErrors  int                `json:"create_errors,omitempty"`
 }
 
 // Missed lists the targets the run missed (cheops bench --strict).
@@ -175,15 +184,17 @@ type forwardingProfile struct {
 	clients []int
 	// createClients create on 2 sites at once (0: not measured).
 	createClients int
+	// bodyMiB is the size of the large GET and PUT (0: not measured).
+	bodyMiB int
 }
 
 var (
 	forwardingQuick = forwardingProfile{gets: 600, creates: 100, rttGets: 150, rttCreates: 40,
 		rtts: []time.Duration{0, 20 * time.Millisecond, 80 * time.Millisecond}, throughput: 3 * time.Second, workers: 4,
-		clients: []int{4, 16, 64}, createClients: 32}
+		clients: []int{4, 16, 64}, createClients: 32, bodyMiB: 100}
 	forwardingFull = forwardingProfile{gets: 5000, creates: 1000, rttGets: 1000, rttCreates: 200,
 		rtts: []time.Duration{0, 20 * time.Millisecond, 80 * time.Millisecond}, throughput: 15 * time.Second, workers: 4,
-		clients: []int{4, 16, 64}, createClients: 32}
+		clients: []int{4, 16, 64}, createClients: 32, bodyMiB: 100}
 )
 
 // Names of the paths.
@@ -278,15 +289,24 @@ func runForwarding(ctx context.Context, env Env, p forwardingProfile) (*Forwardi
 	log.Info("forwarding: starting sites", "sites", n)
 	names := citySites(n)
 	siteArgs := map[string][]string{}
+	var tinies []*tinyApp
 	for i, name := range names[:2] {
 		tiny, err := startTinyApp(wan.SiteAddr(i))
 		if err != nil {
 			return nil, err
 		}
 		defer tiny.close()
+		tinies = append(tinies, tiny)
 		siteArgs[name] = []string{"--service", "items=" + tiny.URL}
 	}
-	c, err := StartCluster(ctx, ClusterOptions{Binary: env.Binary, Sites: names, Dir: filepath.Join(env.Dir, "forwarding"), SiteArgs: siteArgs, Log: log})
+	var agentArgs []string
+	if p.bodyMiB > 0 {
+		// Bodies up to twice the large ones: a buffered path is let
+		// through, and shows in the agents' memory.
+		agentArgs = []string{"--max-body", strconv.Itoa(2 * p.bodyMiB << 20)}
+	}
+	c, err := StartCluster(ctx, ClusterOptions{Binary: env.Binary, Sites: names, Dir: filepath.Join(env.Dir, "forwarding"), SiteArgs: siteArgs,
+		AgentArgs: agentArgs, Log: log})
 	if err != nil {
 		return nil, err
 	}
@@ -354,9 +374,46 @@ func runForwarding(ctx context.Context, env Env, p forwardingProfile) (*Forwardi
 			}
 			res.ReplicatedCreates = math.Round(res.ReplicatedCreates)
 		}
+		if rtt == 0 && p.bodyMiB > 0 {
+			if err := res.largeBodies(ctx, c, tinies[0].URL, p.bodyMiB, log); err != nil {
+				return nil, err
+			}
+		}
 	}
 	res.judge()
 	return res, nil
+}
+
+// largeBodies measures one GET and one PUT of mib MiB directly (the Go
+// application at appURL), through the app site's agent and through the
+// other's, and each agent's peak memory before and after.
+func (r *ForwardingResult) largeBodies(ctx context.Context, c *Cluster, appURL string, mib int, log *slog.Logger) error {
+	app, remote := c.Sites[0], c.Sites[1]
+	scope := "{items: " + app.Name + "}"
+	targets := []*fwTarget{newTarget(pathDirect, appURL, ""), newTarget(pathLocal, app.API+"/svc/items", scope), newTarget(pathRemote, remote.API+"/svc/items", scope)}
+	r.BodyMiB, r.RSSBefore, r.RSSAfter = mib, map[string]float64{}, map[string]float64{}
+	for _, s := range []*Site{app, remote} {
+		r.RSSBefore[s.Name] = peakRSS(s.agent.Process.Pid)
+	}
+	size := int64(mib) << 20
+	for _, t := range targets {
+		defer t.close()
+		log.Info("forwarding: large bodies", "path", t.name, "MiB", mib)
+		f := BodyFigures{Path: t.name}
+		var err error
+		if f.GetMBps, err = moveBody(ctx, t, http.MethodGet, size); err != nil {
+			return err
+		}
+		if f.PutMBps, err = moveBody(ctx, t, http.MethodPut, size); err != nil {
+			return err
+		}
+		f.GetMBps, f.PutMBps = math.Round(f.GetMBps), math.Round(f.PutMBps)
+		r.Bodies = append(r.Bodies, f)
+	}
+	for _, s := range []*Site{app, remote} {
+		r.RSSAfter[s.Name] = peakRSS(s.agent.Process.Pid)
+	}
+	return nil
 }
 
 // echoThrough measures the emulated WAN alone: a TCP echo server on
@@ -617,6 +674,20 @@ func (r *ForwardingResult) judge() {
 	if far := run.Path(pathRemote); far != nil {
 		r.Targets = append(r.Targets, newTarget2("remote agent: GET req/s with 4 clients >= 0.9x direct (0 ms)", far.GetRPS, 0.9*direct.GetRPS, true, "req/s"))
 	}
+	if len(r.Bodies) == 3 {
+		d := r.Bodies[0]
+		for _, b := range r.Bodies[1:] {
+			r.Targets = append(r.Targets,
+				newTarget2(fmt.Sprintf("%s: %d MiB GET >= 0.8x direct MiB/s (0 ms)", b.Path, r.BodyMiB), b.GetMBps, 0.8*d.GetMBps, true, "MiB/s"),
+				newTarget2(fmt.Sprintf("%s: %d MiB PUT >= 0.8x direct MiB/s (0 ms)", b.Path, r.BodyMiB), b.PutMBps, 0.8*d.PutMBps, true, "MiB/s"))
+		}
+		for _, site := range slices.Sorted(maps.Keys(r.RSSAfter)) {
+			// Flat: the large bodies raised no agent's peak by a tenth
+			// of their size.
+			r.Targets = append(r.Targets, newTarget2(fmt.Sprintf("agent of %s: peak RSS grows by < %d MiB over the large bodies", site, r.BodyMiB/10),
+				r.RSSAfter[site]-r.RSSBefore[site], float64(r.BodyMiB/10), false, "MiB"))
+		}
+	}
 	if r.CreateClients > 0 {
 		r.Targets = append(r.Targets, newTarget2(fmt.Sprintf("replicated creates on 2 sites with %d clients (0 ms)", r.CreateClients),
 			r.ReplicatedCreates, 1000, true, "creates/s"))
@@ -795,6 +866,18 @@ func (r *ForwardingResult) Table(w io.Writer) {
 			fmt.Fprintf(tw, "%d\t%.0f\t%.0f\t\n", c.Clients, c.Remote, c.Direct)
 		}
 		tw.Flush()
+	}
+	if len(r.Bodies) > 0 {
+		fmt.Fprintf(w, "\n%d MiB bodies at 0 ms (the Go application's /blob, --max-body %d MiB)\n", r.BodyMiB, 2*r.BodyMiB)
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "path\tGET MiB/s\tPUT MiB/s\t")
+		for _, b := range r.Bodies {
+			fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t\n", b.Path, b.GetMBps, b.PutMBps)
+		}
+		tw.Flush()
+		for _, site := range slices.Sorted(maps.Keys(r.RSSAfter)) {
+			fmt.Fprintf(w, "agent of %s: peak RSS %.1f MiB before, %.1f MiB after\n", site, r.RSSBefore[site], r.RSSAfter[site])
+		}
 	}
 	if r.CreateClients > 0 {
 		fmt.Fprintf(w, "\nreplicated creates (2 sites, %d clients, a Go application answering at once, 0 ms RTT): %.0f creates/s, %d errors\n",

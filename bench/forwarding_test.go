@@ -24,7 +24,7 @@ func TestForwardingTinyProfile(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	tiny := forwardingProfile{gets: 40, creates: 8, rttGets: 10, rttCreates: 3,
-		rtts: []time.Duration{0, 20 * time.Millisecond}, throughput: 300 * time.Millisecond, workers: 2, clients: []int{1, 4}}
+		rtts: []time.Duration{0, 20 * time.Millisecond}, throughput: 300 * time.Millisecond, workers: 2, clients: []int{1, 4}, bodyMiB: 4}
 	env := Env{Binary: binary(t), Dir: t.TempDir(), Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	res, err := runForwarding(ctx, env, tiny)
 	if err != nil {
@@ -74,10 +74,21 @@ func TestForwardingTinyProfile(t *testing.T) {
 	if c := res.Runs[1].Clients; len(c) != 2 || c[0].Clients != 1 || c[1].Clients != 4 || c[1].Remote <= 0 || c[1].Direct <= 0 {
 		t.Errorf("req/s by clients at 20 ms: %+v", c)
 	}
-	// Every target is judged, each once: 2 local, req/s at 0 ms, one
-	// added latency per RTT, growth from 1 to 4 clients.
-	if len(res.Targets) != 6 {
-		t.Errorf("%d targets, want 6: %+v", len(res.Targets), res.Targets)
+	// Large bodies: a GET and a PUT through every path, each agent's
+	// peak memory before and after.
+	if len(res.Bodies) != 3 || len(res.RSSAfter) != 2 || len(res.RSSBefore) != 2 {
+		t.Errorf("large bodies: %+v, peak RSS %v -> %v", res.Bodies, res.RSSBefore, res.RSSAfter)
+	}
+	for _, b := range res.Bodies {
+		if b.GetMBps <= 0 || b.PutMBps <= 0 {
+			t.Errorf("large bodies through %s: %+v", b.Path, b)
+		}
+	}
+	// Every target is judged, each once: 2 local, req/s at 0 ms, 4 for
+	// large bodies and 2 for the agents' memory, one added latency per
+	// RTT, growth from 1 to 4 clients.
+	if len(res.Targets) != 12 {
+		t.Errorf("%d targets, want 12: %+v", len(res.Targets), res.Targets)
 	}
 	if missed := res.Missed(); len(missed) != countMissed(res.Targets) {
 		t.Errorf("Missed() lists %d, %d targets missed", len(missed), countMissed(res.Targets))

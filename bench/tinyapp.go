@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -55,6 +57,10 @@ func (a *tinyApp) close() {
 }
 
 func (a *tinyApp) serve(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/blob" {
+		a.blob(w, r)
+		return
+	}
 	rest, ok := strings.CutPrefix(r.URL.Path, "/items")
 	switch {
 	case !ok:
@@ -127,4 +133,101 @@ func createRate(ctx context.Context, t *fwTarget, clients int, d time.Duration) 
 		return 0, int(failed.Load()), errors.Join(errors.New("bench: no create succeeded"), first)
 	}
 	return rate, int(failed.Load()), nil
+}
+
+// blob serves GET /blob?size=N (N bytes of application/octet-stream,
+// generated as they are sent) and PUT /blob (the body read and dropped;
+// the answer says how many bytes arrived): large bodies that cost the
+// application nothing to make or keep.
+func (a *tinyApp) blob(w http.ResponseWriter, r *http.Request) {
+	switch r.Method {
+	case http.MethodGet:
+		n, err := strconv.ParseInt(r.URL.Query().Get("size"), 10, 64)
+		if err != nil || n < 0 {
+			http.Error(w, "size=N", http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+		_, _ = io.Copy(w, io.LimitReader(zeros{}, n))
+	case http.MethodPut:
+		n, err := io.Copy(io.Discard, r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = fmt.Fprintf(w, `{"bytes": %d}`, n)
+	default:
+		http.Error(w, "GET or PUT", http.StatusMethodNotAllowed)
+	}
+}
+
+// zeros reads as an endless run of 'x'.
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = 'x'
+	}
+	return len(p), nil
+}
+
+// BodyFigures is what one path measured of large bodies.
+type BodyFigures struct {
+	Path string `json:"path"`
+	// GetMBps and PutMBps are MiB/s of one GET and one PUT of the size.
+	GetMBps float64 `json:"get_mib_per_s"`
+	PutMBps float64 `json:"put_mib_per_s"`
+}
+
+// moveBody sends one GET of size bytes from /blob through t and reads
+// the answer as it arrives, or one PUT of size bytes generated as they
+// are sent, and returns MiB/s.
+func moveBody(ctx context.Context, t *fwTarget, method string, size int64) (float64, error) {
+	var body io.Reader
+	if method == http.MethodPut {
+		body = io.LimitReader(zeros{}, size)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, t.base+"/blob?size="+strconv.FormatInt(size, 10), body)
+	if err != nil {
+		return 0, err
+	}
+	if method == http.MethodPut {
+		req.ContentLength = size
+		req.Header.Set("Content-Type", "application/octet-stream")
+	}
+	if t.scope != "" {
+		req.Header.Set("X-Cheops-Scope", t.scope)
+	}
+	start := time.Now()
+	client := &http.Client{Transport: t.client.Transport, Timeout: 10 * time.Minute}
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("bench: %s 100 MiB via %s: %w", method, t.name, err)
+	}
+	defer resp.Body.Close()
+	n, err := io.Copy(io.Discard, resp.Body)
+	if err != nil {
+		return 0, fmt.Errorf("bench: %s 100 MiB via %s: %w", method, t.name, err)
+	}
+	if resp.StatusCode != http.StatusOK || (method == http.MethodGet && n != size) {
+		return 0, fmt.Errorf("bench: %s 100 MiB via %s: %s, %d bytes", method, t.name, resp.Status, n)
+	}
+	return float64(size) / (1 << 20) / time.Since(start).Seconds(), nil
+}
+
+// peakRSS is a process's peak resident set (VmHWM), in MiB.
+func peakRSS(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
+			return math.Round(kb/1024*10) / 10
+		}
+	}
+	return 0
 }

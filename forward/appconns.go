@@ -136,6 +136,9 @@ func (p *appConns) roundTrip(ctx context.Context, req *http.Request) (*http.Resp
 			}
 			return nil, err
 		}
+		// The timeout bounds the application's answer until its head; the
+		// body may take as long as the client waits for it.
+		_ = ac.c.SetDeadline(time.Time{})
 		resp.Body = &appBody{p: p, ac: ac, rc: resp.Body, resp: resp, stop: stop}
 		return resp, nil
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"mime"
 	"net/http"
 	"net/url"
 	"slices"
@@ -157,7 +158,11 @@ type request struct {
 	route   route
 	rawPath string // path inside the service, with its query
 	body    []byte
-	scope   *scope.Scope
+	// stream, when set, is the body not read yet (streamed): a write
+	// that no site records (streamsBody) goes to its one site as it
+	// arrives; one placed on several sites reads it first (readStream).
+	stream io.Reader
+	scope  *scope.Scope
 	// canon is scope's canonical text, once computed (scopeText).
 	canon string
 	hop   string // the site that sent it, when another agent did
@@ -321,7 +326,9 @@ func (f *Forwarder) parse(w http.ResponseWriter, r *http.Request, hop string) (*
 		return nil, http.StatusRequestHeaderFieldsTooLarge, "scope_too_large",
 			fmt.Errorf("scope of %d bytes (canonical) is over the limit of %d passed to applications", n, MaxScopeBytes)
 	}
-	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
+	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 && streamsBody(req) {
+		req.stream = http.MaxBytesReader(w, r.Body, f.cfg.MaxBody)
+	} else if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
 		req.body, err = readLimited(http.MaxBytesReader(w, r.Body, f.cfg.MaxBody), f.cfg.MaxBody)
 		if err != nil {
 			var tooBig *http.MaxBytesError
@@ -335,6 +342,43 @@ func (f *Forwarder) parse(w http.ResponseWriter, r *http.Request, hop string) (*
 		return nil, http.StatusBadRequest, "bad_json", err
 	}
 	return req, 0, "", nil
+}
+
+// streamsBody reports a request whose body is passed on as it arrives,
+// never held: a PUT of a default service's path that names no item (no
+// resource, so nothing is recorded: the body goes to the application
+// and nowhere else) in a content type other than JSON (which the agent
+// checks). A 100 MiB upload to such a path costs the agent a buffer.
+func streamsBody(req *request) bool {
+	if req.r.Method != http.MethodPut || req.svc.Routes != nil || req.route.id != "" {
+		return false
+	}
+	mt, _, err := mime.ParseMediaType(req.r.Header.Get("Content-Type"))
+	return err == nil && mt != "application/json"
+}
+
+// readStream reads a streamed body (bounded by MaxBody) when the request
+// needs it whole after all.
+func (f *Forwarder) readStream(req *request) error {
+	if req.stream == nil {
+		return nil
+	}
+	b, err := readLimited(req.stream, f.cfg.MaxBody)
+	req.stream = nil
+	if err != nil {
+		return err
+	}
+	req.body = b
+	return nil
+}
+
+// bodyReader is what a request to an application or a site sends: the
+// streamed body, else the one read.
+func (req *request) bodyReader() (io.Reader, int64) {
+	if req.stream != nil {
+		return req.stream, req.r.ContentLength
+	}
+	return bytes.NewReader(req.body), int64(len(req.body))
 }
 
 // scopeText is the request's scope in canonical form, as every site and
@@ -427,9 +471,13 @@ func (f *Forwarder) execute(ctx context.Context, site string, req *request, meth
 		return f.showHere(req, method, f.callApp(ctx, req, method, path, extra))
 	}
 	u := "http://cheops/svc/" + req.svc.Name + path
-	out, err := http.NewRequestWithContext(ctx, method, u, bytes.NewReader(req.body))
+	in, n := req.bodyReader()
+	out, err := http.NewRequestWithContext(ctx, method, u, in)
 	if err != nil {
 		return result{site: site, err: err}
+	}
+	if n > 0 {
+		out.ContentLength = n
 	}
 	copyHeaders(out.Header, req.r.Header)
 	// Only the extra headers may ask for a coordinator: a coordinator's own
@@ -463,9 +511,13 @@ func (f *Forwarder) execute(ctx context.Context, site string, req *request, meth
 func (f *Forwarder) callApp(ctx context.Context, req *request, method, path string, extra http.Header) result {
 	self := f.cfg.Membership.Site()
 	target := strings.TrimRight(req.svc.URL.String(), "/") + path
-	out, err := http.NewRequestWithContext(ctx, method, target, bytes.NewReader(req.body))
+	in, n := req.bodyReader()
+	out, err := http.NewRequestWithContext(ctx, method, target, in)
 	if err != nil {
 		return result{site: self, err: err}
+	}
+	if n > 0 {
+		out.Body, out.ContentLength = io.NopCloser(in), n
 	}
 	appHeaderCopy(out.Header, req.r.Header)
 	for k, v := range extra {
@@ -474,7 +526,7 @@ func (f *Forwarder) callApp(ctx context.Context, req *request, method, path stri
 		}
 	}
 	out.Header.Set(HeaderScope, req.scopeText())
-	if len(req.body) == 0 {
+	if n == 0 {
 		out.Body, out.ContentLength = http.NoBody, 0
 	}
 	f.prepareUpstream(req.svc, out)

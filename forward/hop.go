@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
 )
@@ -46,7 +47,23 @@ type hopWriter struct {
 	err     error
 }
 
-var hopBuffers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 16<<10) }}
+// A body crosses the stream in writes and reads of up to 64 KiB (yamux
+// frames); the buffers are pooled, not made for each request.
+var (
+	hopBuffers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10) }}
+	hopReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 64<<10) }}
+)
+
+func getReader(r io.Reader) *bufio.Reader {
+	br := hopReaders.Get().(*bufio.Reader)
+	br.Reset(r)
+	return br
+}
+
+func putReader(br *bufio.Reader) {
+	br.Reset(nil)
+	hopReaders.Put(br)
+}
 
 func newHopWriter(s io.Writer, method string) *hopWriter {
 	bw := hopBuffers.Get().(*bufio.Writer)
@@ -156,7 +173,9 @@ func (f *Forwarder) serveHop(w http.ResponseWriter, r *http.Request, site string
 		writeError(w, http.StatusBadRequest, "bad_scope", "a forwarded request carries no scope")
 		return
 	}
-	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
+	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 && streamsBody(req) {
+		req.stream = r.Body // bounded by serveStream's MaxBytesReader
+	} else if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
 		if req.body, err = readLimited(r.Body, f.cfg.MaxBody); err != nil {
 			writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body over the limit of %d bytes", f.cfg.MaxBody))
 			return
@@ -174,8 +193,7 @@ func (f *Forwarder) serveHop(w http.ResponseWriter, r *http.Request, site string
 // when the site could not be reached or did not answer; the request may
 // then be tried elsewhere (a read is harmless to repeat).
 func (f *Forwarder) readThere(w http.ResponseWriter, req *request, site string) error {
-	ctx, cancel := context.WithTimeout(req.r.Context(), f.cfg.SiteTimeout)
-	defer cancel()
+	ctx := req.r.Context()
 	out, err := http.NewRequestWithContext(ctx, req.r.Method, "http://cheops/svc/"+req.svc.Name+req.rawPath, http.NoBody)
 	if err != nil {
 		return err
@@ -220,52 +238,80 @@ func (f *Forwarder) readThere(w http.ResponseWriter, req *request, site string) 
 
 // roundTrip sends req to another site's agent on a stream of its own and
 // returns the stream and the answer's head; the body is read from the
-// stream as it arrives (close the stream after). Until ctx ends: the
-// stream's deadline follows it.
+// stream as it arrives (close the stream after). The stream is reset
+// when ctx ends. The request and the answer's head must arrive by ctx's
+// deadline, or within SiteTimeout when it has none — a body after that
+// may take as long as the client waits for it (a large download).
 func (f *Forwarder) roundTrip(ctx context.Context, site string, req *http.Request) (network.Stream, *http.Response, error) {
 	p, ok := f.cfg.Membership.PeerOf(site)
 	if !ok {
 		return nil, nil, fmt.Errorf("site %s: no peer known: %w", site, errNotDelivered)
 	}
-	s, err := f.cfg.Host.NewStream(ctx, p, Protocol)
+	dl, bounded := ctx.Deadline()
+	if !bounded {
+		dl = time.Now().Add(f.cfg.SiteTimeout)
+	}
+	openCtx, cancel := context.WithDeadline(ctx, dl)
+	s, err := f.cfg.Host.NewStream(openCtx, p, Protocol)
+	cancel()
 	if err != nil {
 		// Nothing was sent: the request did not run there.
 		return nil, nil, fmt.Errorf("site %s: no stream: %w (%w)", site, errNotDelivered, err)
 	}
-	if dl, ok := ctx.Deadline(); ok {
-		_ = s.SetDeadline(dl)
-	}
+	_ = s.SetDeadline(dl)
 	stop := context.AfterFunc(ctx, func() { s.Reset() })
-	if err := req.Write(s); err != nil {
+	bw := bufio.NewWriterSize(s, 64<<10) // a large body in frames of 64 KiB
+	err = req.Write(bw)
+	if err == nil {
+		err = bw.Flush()
+	}
+	if err != nil {
 		stop()
 		s.Reset()
 		return nil, nil, fmt.Errorf("site %s: send: %w", site, err)
 	}
 	_ = s.CloseWrite()
-	resp, err := http.ReadResponse(bufio.NewReader(s), req)
+	br := getReader(s)
+	resp, err := http.ReadResponse(br, req)
 	if err != nil {
 		stop()
 		s.Reset()
+		putReader(br)
 		if ctx.Err() != nil {
 			err = errors.Join(err, ctx.Err())
 		}
 		return nil, nil, fmt.Errorf("site %s: read answer: %w", site, err)
 	}
-	return &stoppedStream{Stream: s, stop: stop}, resp, nil
+	if !bounded {
+		_ = s.SetDeadline(time.Time{})
+	}
+	return &stoppedStream{Stream: s, stop: stop, br: br}, resp, nil
 }
 
-// stoppedStream ends the context watch of roundTrip when it closes.
+// stoppedStream ends the context watch of roundTrip and gives its
+// reader back when it closes (the answer's body is read by then).
 type stoppedStream struct {
 	network.Stream
 	stop func() bool
+	br   *bufio.Reader
+	once sync.Once
+}
+
+func (s *stoppedStream) release() {
+	s.once.Do(func() {
+		s.stop()
+		putReader(s.br)
+	})
 }
 
 func (s *stoppedStream) Close() error {
-	s.stop()
-	return s.Stream.Close()
+	err := s.Stream.Close()
+	s.release()
+	return err
 }
 
 func (s *stoppedStream) Reset() error {
-	s.stop()
-	return s.Stream.Reset()
+	err := s.Stream.Reset()
+	s.release()
+	return err
 }

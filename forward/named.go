@@ -92,6 +92,8 @@ func (f *Forwarder) addUpstream(s Service) {
 	// rewritten (global ids): the transport asks for no compression of
 	// its own, which it would undo on every answer.
 	tr.DisableCompression = true
+	// A large body in 64 KiB writes and reads, not 4 KiB ones.
+	tr.WriteBufferSize, tr.ReadBufferSize = 64<<10, 64<<10
 	if s.URL.Scheme == "http" && s.Upstream.TLS == nil {
 		if f.reads == nil {
 			f.reads = map[string]*appConns{}

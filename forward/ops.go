@@ -317,6 +317,13 @@ func (f *Forwarder) plain(w http.ResponseWriter, req *request, plan *scope.Plan)
 			plan = next
 		}
 	}
+	if req.stream != nil && (len(reachable) != 1 || len(pending) > 0) {
+		// Streamed only to one site: several read it whole.
+		if err := f.readStream(req); err != nil {
+			writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body: %v", err))
+			return
+		}
+	}
 	results := f.executeAll(ctx, reachable, func(ctx context.Context, site string) result {
 		return f.execute(ctx, site, req, req.r.Method, req.rawPath, nil)
 	})

@@ -3,6 +3,7 @@ package forward
 import (
 	"bytes"
 	"encoding/json"
+	"net/http/httptest"
 	"reflect"
 	"testing"
 )
@@ -68,4 +69,28 @@ func FuzzSpliceGlobal(f *testing.F) {
 		f.Add(in)
 	}
 	f.Fuzz(sameShow)
+}
+
+func TestStreamsBody(t *testing.T) {
+	for _, tc := range []struct {
+		method, path, contentType string
+		streams                   bool
+	}{
+		{"PUT", "/blob", "application/octet-stream", true},
+		{"PUT", "/blob", "text/plain; charset=utf-8", true},
+		{"PUT", "/blob", "application/json", false},            // checked as JSON
+		{"PUT", "/blob", "", false},                            // no content type: read as before
+		{"PUT", "/posts/7", "application/octet-stream", false}, // an item: a replicated write
+		{"POST", "/blob", "application/octet-stream", false},   // a create: recorded
+	} {
+		svc := Service{Name: "items", IDField: "id"}
+		r := httptest.NewRequest(tc.method, "/svc/items"+tc.path, nil)
+		if tc.contentType != "" {
+			r.Header.Set("Content-Type", tc.contentType)
+		}
+		req := &request{r: r, svc: svc, route: svc.routeOf(tc.path)}
+		if got := streamsBody(req); got != tc.streams {
+			t.Errorf("%s %s (%s): streams %v, want %v", tc.method, tc.path, tc.contentType, got, tc.streams)
+		}
+	}
 }

@@ -1,7 +1,6 @@
 package forward
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -59,11 +58,12 @@ func (f *Forwarder) serveStream(s network.Stream) {
 		return
 	}
 	_ = s.SetDeadline(time.Now().Add(f.cfg.SiteTimeout))
-	br := bufio.NewReader(s)
+	br := getReader(s) // a large body in large reads
 	req, err := http.ReadRequest(br)
 	if err != nil {
 		f.log.Warn("malformed forwarded request", "from", site, "err", err)
 		s.Reset()
+		putReader(br)
 		return
 	}
 	req.Body = http.MaxBytesReader(nil, req.Body, f.cfg.MaxBody)
@@ -83,6 +83,11 @@ func (f *Forwarder) serveStream(s network.Stream) {
 	}
 	if err := hw.finish(); err != nil {
 		s.Reset()
+	}
+	if req.ContentLength == 0 {
+		// Nothing can read it any more (a body could still be read by
+		// the transport that sent it on: that reader is left to the GC).
+		putReader(br)
 	}
 }
 
