@@ -214,36 +214,7 @@ func (e *entry) result() Result {
 // most once (see the package doc). It blocks while another operation of
 // the same resource runs here. A transient failure is in Result.Err.
 func (x *Executor) Apply(ctx context.Context, j Job) Result {
-	rs := x.state(j.Op.Resource)
-	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	if err := x.load(ctx, j.Op.Resource, rs); err != nil {
-		return Result{Err: err}
-	}
-	prev, seen := rs.entries[j.Op.ID]
-	if seen && prev.State == stateDone {
-		x.ops.WithLabelValues("duplicate").Inc()
-		r := prev.result()
-		r.Duplicate = true
-		return r
-	}
-	maybe := seen // begun and never finished: it may have run
-	x.running.Inc()
-	defer x.running.Dec()
-	var r Result
-	if j.Create {
-		r = x.create(ctx, j, rs, maybe)
-	} else {
-		var replay []catalog.Operation
-		r, replay = x.update(ctx, j, rs)
-		for _, o := range replay {
-			x.replay(ctx, j, o, rs.local)
-		}
-	}
-	if r.Err != nil {
-		x.ops.WithLabelValues("retried").Inc()
-	}
-	return r
+	return x.ApplyOwed(ctx, []Job{j})[0]
 }
 
 // ApplyOwed executes, in order, operations of one resource that this
@@ -276,7 +247,8 @@ func (x *Executor) ApplyOwed(ctx context.Context, jobs []Job) []Result {
 	}
 	results := make([]Result, 0, len(jobs))
 	for _, j := range jobs {
-		if prev, seen := rs.entries[j.Op.ID]; seen && prev.State == stateDone {
+		prev, seen := rs.entries[j.Op.ID]
+		if seen && prev.State == stateDone {
 			x.ops.WithLabelValues("duplicate").Inc()
 			r := prev.result()
 			r.Duplicate = true
@@ -287,7 +259,7 @@ func (x *Executor) ApplyOwed(ctx context.Context, jobs []Job) []Result {
 		x.running.Inc()
 		var r Result
 		if j.Create {
-			r = x.create(ctx, j, rs, rs.entries[j.Op.ID] != nil)
+			r = x.create(ctx, j, rs, seen) // begun and never finished: it may have run
 		} else {
 			var replay []catalog.Operation
 			r, replay = x.update(ctx, j, rs)
