@@ -181,7 +181,6 @@ func Start(ctx context.Context, cfg Config) (*Agent, error) {
 		log = slog.Default()
 	}
 	cfg.Node.Logger = log
-	cfg.Node.TopicAccess = crdt.TopicAllows
 	// Bind the API before starting anything: a port in use is the most
 	// likely start failure and costs nothing to find out.
 	ln, err := net.Listen("tcp", cfg.API)
@@ -237,7 +236,7 @@ func (a *Agent) open(ctx context.Context) error {
 		return err
 	}
 	cc := crdt.DefaultConfig()
-	cc.Host, cc.PubSub, cc.Datastore, cc.Self, cc.Resolve = n.Host(), n.PubSub(), a.store, n.Site(), n.PeerOf
+	cc.Host, cc.Datastore, cc.Self, cc.Resolve = n.Host(), a.store, n.Site(), n.PeerOf
 	cc.Registerer, cc.Logger = n.Registry(), a.cfg.Logger
 	if a.crdt, err = crdt.NewManager(ctx, cc); err != nil {
 		return err

@@ -256,7 +256,6 @@ func startSites(ctx context.Context, dir string, names []string) ([]*benchSite, 
 		nc.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
 		nc.ProbeInterval, nc.ProbeTimeout = 200*time.Millisecond, time.Second
 		nc.AnnounceInterval = 500 * time.Millisecond
-		nc.TopicAccess = crdt.TopicAllows
 		nc.Logger = quiet
 		bw := newByteCounter()
 		nc.Bandwidth = bw
@@ -270,7 +269,7 @@ func startSites(ctx context.Context, dir string, names []string) ([]*benchSite, 
 			return sites, err
 		}
 		cc := crdt.DefaultConfig()
-		cc.Host, cc.PubSub, cc.Datastore, cc.Self, cc.Resolve, cc.Logger = nd.Host(), nd.PubSub(), store, n, nd.PeerOf, quiet
+		cc.Host, cc.Datastore, cc.Self, cc.Resolve, cc.Logger = nd.Host(), store, n, nd.PeerOf, quiet
 		m, err := crdt.NewManager(ctx, cc)
 		if err != nil {
 			nd.Close()

@@ -45,7 +45,6 @@ func startReal(t testing.TB, names ...string) map[string]*realSite {
 		nc.Site, nc.DataDir, nc.Trust, nc.Peers = n, dirs[n], ids, boot
 		nc.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
 		nc.ProbeInterval, nc.AnnounceInterval = 100*time.Millisecond, 200*time.Millisecond
-		nc.TopicAccess = crdt.TopicAllows
 		nd, err := node.New(context.Background(), nc)
 		if err != nil {
 			t.Fatal(err)
@@ -58,7 +57,7 @@ func startReal(t testing.TB, names ...string) map[string]*realSite {
 			t.Fatal(err)
 		}
 		cfg := crdt.DefaultConfig()
-		cfg.Host, cfg.PubSub, cfg.Datastore, cfg.Self, cfg.Resolve = nd.Host(), nd.PubSub(), store, n, nd.PeerOf
+		cfg.Host, cfg.Datastore, cfg.Self, cfg.Resolve = nd.Host(), store, n, nd.PeerOf
 		m, err := crdt.NewManager(context.Background(), cfg)
 		if err != nil {
 			t.Fatal(err)

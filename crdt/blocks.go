@@ -527,7 +527,7 @@ func (m *Manager) readRequest(s network.Stream, v any) bool {
 }
 
 // serveHeads receives a member's pushed heads and hands them to the
-// group's replica as if they came from pubsub.
+// group's replica as if they came on a link.
 func (m *Manager) serveHeads(s network.Stream) {
 	if !m.enter() {
 		_ = s.Reset()

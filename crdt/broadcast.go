@@ -8,21 +8,20 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 
 	blocks "github.com/ipfs/go-block-format"
 	"github.com/ipfs/go-cid"
 	crdt "github.com/ipfs/go-ds-crdt"
 	"github.com/ipfs/go-ds-crdt/pb"
-	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"google.golang.org/protobuf/proto"
 )
 
-// broadcastBuffer is the number of head announcements a group buffers
-// before pubsub drops them: go-ds-crdt's stock broadcaster fixes it at 32,
-// which overflows under bursts.
-const broadcastBuffer = 4096
+// headsBuffer is the number of head announcements a group holds for its
+// replica before the link that delivers them waits (see deliver).
+const headsBuffer = 256
 
-// wireVersion starts every message this package publishes.
+// wireVersion starts every message this package sends on a link.
 const wireVersion = 1
 
 // maxInlinedHeads bounds the memory of which heads were already sent with
@@ -30,97 +29,62 @@ const wireVersion = 1
 // bytes, never correctness).
 const maxInlinedHeads = 4096
 
-// broadcaster is the go-ds-crdt Broadcaster of one group, over the
-// group's pubsub topic. A message carries go-ds-crdt's heads and, the
-// first time a head is announced, the head's block: members apply a fresh
-// delta without fetching it. It also takes heads pushed directly by a
-// member (inject).
+// broadcaster is the go-ds-crdt Broadcaster of one group. Broadcast hands
+// the group's fresh heads, and the first time a head is announced its
+// block, to the links of the members connected now (links.go): members
+// apply a fresh delta without fetching it. Heads received from members
+// (on links, pushes and anti-entropy) come back through deliver.
 //
-// Message: one byte wireVersion, a frame with the heads as go-ds-crdt
-// encodes them, then zero or more pairs of frames (CID, block). Frames are
-// uvarint-length-prefixed.
+// Message body: one byte wireVersion, a frame with the heads as
+// go-ds-crdt encodes them, then zero or more pairs of frames (CID, block).
+// Frames are uvarint-length-prefixed.
 type broadcaster struct {
-	g     *Group
-	topic *pubsub.Topic
-	sub   *pubsub.Subscription
-	in    chan []byte
-	done  chan struct{}
-	once  sync.Once
-	wg    sync.WaitGroup
+	g    *Group
+	in   chan []byte
+	done chan struct{}
+	once sync.Once
 
 	mu      sync.Mutex
 	inlined map[cid.Cid]struct{}
 }
 
-func newBroadcaster(g *Group, topic *pubsub.Topic) (*broadcaster, error) {
-	sub, err := topic.Subscribe(pubsub.WithBufferSize(broadcastBuffer))
-	if err != nil {
-		return nil, err
-	}
-	b := &broadcaster{g: g, topic: topic, sub: sub, in: make(chan []byte, broadcastBuffer),
-		done: make(chan struct{}), inlined: map[cid.Cid]struct{}{}}
-	b.wg.Add(1)
-	go b.pump()
-	return b, nil
+func newBroadcaster(g *Group) *broadcaster {
+	return &broadcaster{g: g, in: make(chan []byte, headsBuffer), done: make(chan struct{}), inlined: map[cid.Cid]struct{}{}}
 }
 
-// pump reads the topic: it stores the blocks a message carries (each
-// checked against its CID) and passes the heads on to go-ds-crdt.
-func (b *broadcaster) pump() {
-	defer b.wg.Done()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		select {
-		case <-b.done:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	g, m := b.g, b.g.m
-	for {
-		msg, err := b.sub.Next(ctx)
-		if err != nil {
-			return
-		}
-		if msg.ReceivedFrom == m.cfg.Host.ID() {
-			continue
-		}
-		heads, blks, err := decodeMessage(msg.Data)
-		if err != nil {
-			m.metrics.malformed.Inc()
-			m.log.Warn("dropped a malformed group message", "group", g.name, "from", msg.ReceivedFrom, "err", err)
-			continue
-		}
-		from := m.siteOf(msg.GetFrom())
-		m.metrics.broadcastBytesReceived.WithLabelValues(from).Add(float64(len(msg.Data)))
-		if len(blks) > 0 {
-			if err := g.blocks.PutMany(ctx, blks); err != nil {
-				m.log.Warn("store inlined blocks", "group", g.name, "err", err)
-			} else {
-				m.metrics.inlineBlocksReceived.Add(float64(len(blks)))
-			}
-		}
-		m.metrics.lastSync.WithLabelValues(g.name, from).SetToCurrentTime()
-		select {
-		case b.in <- heads:
-		case <-b.done:
-			return
-		}
-	}
-}
-
-// inject queues heads received outside pubsub; it drops them when the
-// queue is full (the next push or rebroadcast repeats them).
-func (b *broadcaster) inject(data []byte) {
+// deliver queues heads for the replica. It waits up to wait when the
+// queue is full (a link keeps the order of what one member sent), then
+// drops them: the member's next push or anti-entropy round repeats them.
+func (b *broadcaster) deliver(ctx context.Context, data []byte, wait time.Duration) bool {
 	select {
 	case b.in <- data:
+		return true
 	default:
 	}
+	if wait <= 0 {
+		return false
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case b.in <- data:
+		return true
+	case <-b.done:
+	case <-ctx.Done():
+	case <-t.C:
+	}
+	return false
 }
 
-// Broadcast publishes heads on the group's topic, with the blocks of the
-// heads not announced before, within MaxInlineBytes.
+// inject queues heads received outside links (pushes); it drops them when
+// the queue is full (the next push or anti-entropy round repeats them).
+func (b *broadcaster) inject(data []byte) {
+	b.deliver(context.Background(), data, 0)
+}
+
+// Broadcast sends heads to the group's connected members over their
+// links, with the blocks of the heads not announced before, within
+// MaxInlineBytes. It returns once the message is queued on every link.
 func (b *broadcaster) Broadcast(ctx context.Context, data []byte) error {
 	var hs pb.CRDTBroadcast
 	if err := proto.Unmarshal(data, &hs); err != nil {
@@ -141,12 +105,13 @@ func (b *broadcaster) Broadcast(ctx context.Context, data []byte) error {
 		inline = append(inline, blk)
 	}
 	msg := encodeMessage(data, inline)
-	if err := b.topic.Publish(ctx, msg); err != nil {
-		return fmt.Errorf("crdt: publish: %w", err)
-	}
 	m := b.g.m
+	for _, p := range b.g.connectedMembers() {
+		if err := m.links.send(ctx, p, b.g, msg); err != nil {
+			return fmt.Errorf("crdt: announce to %s: %w", m.siteOf(p), err)
+		}
+	}
 	m.metrics.broadcasts.Inc()
-	m.metrics.broadcastBytesSent.Add(float64(len(msg)))
 	m.metrics.inlineBlocksSent.Add(float64(len(inline)))
 	return nil
 }
@@ -180,11 +145,7 @@ func (b *broadcaster) Next(ctx context.Context) ([]byte, error) {
 }
 
 func (b *broadcaster) close() {
-	b.once.Do(func() {
-		close(b.done)
-		b.sub.Cancel()
-		b.wg.Wait()
-	})
+	b.once.Do(func() { close(b.done) })
 }
 
 func encodeMessage(heads []byte, inline []blocks.Block) []byte {

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	ds "github.com/ipfs/go-datastore"
-	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/prometheus/client_golang/prometheus"
@@ -18,10 +17,6 @@ type Config struct {
 	// Host is the site's libp2p host: the block and heads protocols are
 	// registered on it and its connections trigger catch-up.
 	Host host.Host
-	// PubSub is the site's router. It must be created with the filters
-	// that TopicAllows decides (subscription filter and peer filter), and
-	// with flood publishing off: see the package documentation.
-	PubSub *pubsub.PubSub
 	// Datastore is the site's persistent store; every group lives in its
 	// own namespace of it. The caller opens it (OpenStore) and closes it
 	// after Close.
@@ -58,8 +53,8 @@ type Config struct {
 	MaxPushBytes int
 	// MaxInlineBytes bounds the block bytes carried in one broadcast with
 	// the heads (fresh deltas reach members without a fetch round trip).
-	// 256 KiB stays well under pubsub's 1 MiB message limit; a bigger
-	// delta is fetched instead.
+	// 256 KiB keeps one announcement from holding a link for long; a
+	// bigger delta is fetched instead.
 	MaxInlineBytes int
 	// FetchTimeout bounds one block exchange with one member, and a heads
 	// push. 20 s leaves room for a few MiB on a slow WAN link.
@@ -123,8 +118,8 @@ var (
 // Validate reports the first problem with the configuration.
 func (c *Config) Validate() error {
 	switch {
-	case c.Host == nil || c.PubSub == nil || c.Datastore == nil:
-		return fmt.Errorf("%w: host, pubsub and datastore are required", ErrBadConfig)
+	case c.Host == nil || c.Datastore == nil:
+		return fmt.Errorf("%w: host and datastore are required", ErrBadConfig)
 	case c.Self == "":
 		return fmt.Errorf("%w: the site name is required", ErrBadConfig)
 	case c.Resolve == nil:

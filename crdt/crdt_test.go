@@ -14,7 +14,11 @@ import (
 	"testing"
 	"time"
 
+	blocks "github.com/ipfs/go-block-format"
+	"github.com/ipfs/go-ds-crdt/pb"
 	"github.com/libp2p/go-libp2p/core/peer"
+	dto "github.com/prometheus/client_model/go"
+	"google.golang.org/protobuf/proto"
 )
 
 func TestGroupDataStaysInsideItsSites(t *testing.T) {
@@ -94,21 +98,16 @@ func TestGroupDataStaysInsideItsSites(t *testing.T) {
 		}
 	}
 
-	// c's pubsub router received none of the group's messages nor any
-	// gossip about them; the members did receive some (the count works).
-	topic := groupTopic([]peer.ID{n.ids["a"], n.ids["b"]})
-	msgs, gossip, subs := c.trace.counts(topic)
-	if msgs != 0 || gossip != 0 {
-		t.Errorf("c received %d messages and %d gossip entries of {a,b}", msgs, gossip)
+	// No announcement of {a,b} reached c: c would have refused it (c is
+	// not a member, so it cannot join the group), and it refused nothing;
+	// b did receive announcements of {a,b} on its link from a (the count
+	// works).
+	if got := counterValue(c.m.metrics.refused); got != 0 {
+		t.Errorf("c refused %v messages: announcements of {a,b} reached it", got)
 	}
-	t.Logf("c heard %d subscription announcements of {a,b}'s topic (topic names only)", subs)
-	if am, _, _ := a.trace.counts(topic); am == 0 {
-		t.Error("a received no message of {a,b}: the count is broken")
-	}
-	for _, s := range []*site{a, b} {
-		if slices.Contains(s.ps.ListPeers(topic), n.ids["c"]) {
-			t.Errorf("%s counts c among the peers of {a,b}'s topic", s.name)
-		}
+	var synced dto.Metric
+	if err := b.m.metrics.lastSync.WithLabelValues("a,b", "a").Write(&synced); err != nil || synced.GetGauge().GetValue() == 0 {
+		t.Error("b received no announcement of {a,b}: the check is broken")
 	}
 }
 
@@ -159,6 +158,32 @@ func TestNonMemberIsRefused(t *testing.T) {
 		}
 		return nil
 	})
+
+	// c announces heads of {a,b} on a link, with a block: refused, a
+	// neither stores the block nor changes its heads.
+	before := a.m.group("a,b").headsDigest(ctx)
+	blk := blocks.NewBlock([]byte("forged delta"))
+	s3, err := c.host.NewStream(ctx, n.ids["a"], LinkProtocol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdr, _ := json.Marshal(linkHeader{Group: "a,b", Peers: []peer.ID{n.ids["a"], n.ids["b"]}})
+	forged, _ := proto.Marshal(&pb.CRDTBroadcast{Heads: []*pb.Head{{Cid: blk.Cid().Bytes()}}})
+	_ = writeFrame(s3, hdr)
+	_ = writeFrame(s3, encodeMessage(forged, []blocks.Block{blk}))
+	_ = s3.Close()
+	eventually(t, 5*time.Second, "the link refusal is counted", func() error {
+		if v := counterValue(a.m.metrics.refused); v < 3 {
+			return fmt.Errorf("refused = %v", v)
+		}
+		return nil
+	})
+	if has, _ := a.m.group("a,b").blocks.Has(ctx, blk.Cid()); has {
+		t.Fatal("a stored a block a non-member announced")
+	}
+	if after := a.m.group("a,b").headsDigest(ctx); after != before {
+		t.Fatal("a's heads of {a,b} changed after a non-member's announcement")
+	}
 
 	// c cannot write into a group that does not name it.
 	if err := c.m.Put(ctx, []string{"a", "b"}, "/r/x", []byte("y")); !errors.Is(err, ErrNotMember) {
@@ -439,22 +464,6 @@ func TestBadInput(t *testing.T) {
 	}
 }
 
-func TestTopicAllows(t *testing.T) {
-	a, b, c := peer.ID("a-peer"), peer.ID("b-peer"), peer.ID("c-peer")
-	topic := groupTopic([]peer.ID{b, a})
-	if !TopicAllows(topic, a) || !TopicAllows(topic, b) || TopicAllows(topic, c) {
-		t.Fatal("membership decided wrongly")
-	}
-	if TopicAllows("/cheops/membership/1", a) || TopicAllows(topicPrefix+c.String()+"x", c) || TopicAllows(topicPrefix, "") {
-		t.Fatal("non-group topics allowed")
-	}
-	if _, _, err := groupName(nil); err == nil {
-		t.Fatal("empty group accepted")
-	}
-	if name, _, _ := groupName([]string{"b", "a", "b"}); name != "a,b" {
-		t.Fatalf("name %q", name)
-	}
-}
 
 // TestCrashDuringCatchUpIsRepaired crashes a site in the middle of
 // applying a long branch (upstream issue #279: the branch can be left

@@ -4,19 +4,29 @@
 //
 // # Groups
 //
-// A group is named by its sorted site names ("berlin,paris") and
-// identified on the network by the sorted peer ids of those sites: its
-// pubsub topic is "/cheops/crdt/1/<pid>,<pid>", so that pubsub's
-// subscription and peer filters can decide who may join from the topic name
-// alone (TopicAllows), without a membership lookup that could drop a
-// subscription forever. Each group has its own go-ds-crdt replica and its
-// own blockstore namespace inside the site's one persistent datastore.
+// A group is named by its sorted site names ("berlin,paris"); it records
+// its members' peer ids when it is joined. Each group has its own
+// go-ds-crdt replica and its own blockstore namespace inside the site's
+// one persistent datastore.
+//
+// # Links: announcements per peer, not per group
+//
+// A write's heads (and, the first time, the delta's block) are announced
+// on the writer's link to each connected member (LinkProtocol): one
+// long-lived stream per pair of sites carries every group they share, in
+// order, flushed when the queue empties, so a burst travels in few
+// packets and a site's announcing cost follows the peers it talks to, not
+// the number of groups. Joining a group is a local act: no topic, no mesh;
+// the first message of a group a member has not joined yet names the
+// group's peers, and the member joins after checking them against
+// membership (the same checks as a heads push). A link idle for 30 s is
+// closed.
 //
 // # Keeping data inside the group
 //
-//   - Topic: only members may subscribe (TopicAllows, enforced by the
-//     node's filters); a validator drops messages whose signer or forwarder
-//     is not a member.
+//   - Announcements: sent only to the group's members; a link message is
+//     accepted only from a member of the group it names (a non-member's is
+//     refused and counted).
 //   - Blocks: no bitswap, no DHT. DAG blocks travel only over the block
 //     protocol of this package, which serves a group's blocks only to the
 //     group's members, asks only connected members, and checks every
@@ -32,8 +42,10 @@
 // # Catch-up
 //
 // When a member connects, this site pushes the heads of every group they
-// share straight to it over a stream, twice (pubsub messages sent in the
-// first moments of a connection are lost). The receiver fetches what it
+// share straight to it over a stream, at the configured delays, and runs
+// an anti-entropy round with it; rounds repeat every DigestInterval with
+// each connected member (one stream per peer, whatever the number of
+// groups), so a lost announcement is repaired within that interval. The receiver fetches what it
 // lacks; the block server sends, with each wanted block, its ancestors down
 // to what the asker already holds, so a long chain comes in a few round
 // trips instead of one per block.

@@ -16,7 +16,6 @@ import (
 	"github.com/ipfs/go-datastore/query"
 	crdt "github.com/ipfs/go-ds-crdt"
 	"github.com/ipfs/go-ds-crdt/pb"
-	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"google.golang.org/protobuf/proto"
@@ -25,18 +24,17 @@ import (
 // Group is one replication group: the replica of the data shared by
 // exactly one set of sites.
 //
-// Invariant (nothing leaves the group): its topic admits only its members
-// (the name lists their peer ids, TopicAllows decides from it, and the
-// validator drops what a non-member signed or forwarded); its blocks live
-// in its own blockstore namespace, are served only to its members and
-// fetched only from its connected members.
+// Invariant (nothing leaves the group): its announcements are sent only
+// to its members' links, and a link message is accepted only from a
+// member of the group it names; its blocks live in its own blockstore
+// namespace, are served only to its members and fetched only from its
+// connected members.
 type Group struct {
 	m       *Manager
 	name    string
 	sites   []string
 	peers   []peer.ID
 	members map[peer.ID]bool
-	topic   *pubsub.Topic
 	bcast   *broadcaster
 	blocks  blockstore.Blockstore
 	store   *crdt.Datastore
@@ -62,33 +60,12 @@ func (m *Manager) openGroup(name string, sites []string, peers []peer.ID, unclea
 	for _, p := range peers {
 		g.members[p] = true
 	}
-	topicName := groupTopic(peers)
-	validator := func(_ context.Context, from peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
-		if !g.members[from] || !g.members[msg.GetFrom()] {
-			m.metrics.refused.Inc()
-			m.log.Warn("dropped a group message from a non-member", "group", name, "from", from, "signer", msg.GetFrom())
-			return pubsub.ValidationReject
-		}
-		return pubsub.ValidationAccept
-	}
-	if err := m.cfg.PubSub.RegisterTopicValidator(topicName, validator); err != nil {
-		return nil, fmt.Errorf("crdt: group %s: validator: %w", name, err)
-	}
-	topic, err := m.cfg.PubSub.Join(topicName)
-	if err != nil {
-		_ = m.cfg.PubSub.UnregisterTopicValidator(topicName)
-		return nil, fmt.Errorf("crdt: group %s: join topic: %w", name, err)
-	}
-	g.topic = topic
 	prefix := groupPrefix(name)
 	g.blocks = blockstore.NewBlockstore(namespace.Wrap(m.cfg.Datastore, prefix.ChildString("blocks")),
 		// Callers check for the block first where it matters; rewriting a
 		// block under its own hash is harmless.
 		blockstore.NoPrefix(), blockstore.WriteThrough(true))
-	if g.bcast, err = newBroadcaster(g, topic); err != nil {
-		g.closeNetwork()
-		return nil, fmt.Errorf("crdt: group %s: subscribe: %w", name, err)
-	}
+	g.bcast = newBroadcaster(g)
 	dags := dag.NewDAGService(blockservice.New(g.blocks, exchange{g}))
 	opts := crdt.DefaultOptions()
 	opts.Logger = crdtLogger{m.log.With("group", name)}
@@ -114,6 +91,7 @@ func (m *Manager) openGroup(name string, sites []string, peers []peer.ID, unclea
 			return nil, fmt.Errorf("crdt: group %s: %w", name, err)
 		}
 	}
+	var err error
 	g.store, err = crdt.New(m.cfg.Datastore, prefix.ChildString("crdt"), dags, g.bcast, opts)
 	if err != nil {
 		g.closeNetwork()
@@ -202,10 +180,6 @@ func (g *Group) closeNetwork() {
 	if g.bcast != nil {
 		g.bcast.close()
 	}
-	if g.topic != nil {
-		_ = g.topic.Close()
-	}
-	_ = g.m.cfg.PubSub.UnregisterTopicValidator(groupTopic(g.peers))
 }
 
 func (g *Group) close() error {

@@ -18,8 +18,6 @@ import (
 	"github.com/ipfs/go-datastore/query"
 	pebbleds "github.com/ipfs/go-ds-pebble"
 	"github.com/libp2p/go-libp2p"
-	pubsub "github.com/libp2p/go-libp2p-pubsub"
-	pb "github.com/libp2p/go-libp2p-pubsub/pb"
 	"github.com/libp2p/go-libp2p/core/control"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
@@ -33,12 +31,9 @@ import (
 	dto "github.com/prometheus/client_model/go"
 )
 
-// The tests build their own sites: a libp2p host on loopback, a gossipsub
-// router with the options the node package uses (flood publish off, big
-// queues, subscription and peer filters deciding from the topic name with
-// TopicAllows, strict signing), a pebble store in a temporary directory and
-// a Manager. A connection gater lets a test cut and heal links; a raw
-// tracer counts what pubsub received per topic.
+// The tests build their own sites: a libp2p host on loopback, a pebble
+// store in a temporary directory and a Manager. A connection gater lets a
+// test cut and heal links; a bandwidth counter counts bytes per protocol.
 
 // quiet logs warnings and errors only: tests read state, not logs.
 var quiet = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -69,95 +64,16 @@ func (g *gater) InterceptSecured(_ network.Direction, p peer.ID, _ network.ConnM
 }
 func (g *gater) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) { return true, 0 }
 
-// topicFilter is the subscription filter of the node package: this site
-// subscribes only to topics that name it, and keeps only the incoming
-// subscriptions of peers the topic names.
-type topicFilter struct{ self peer.ID }
-
-func (f topicFilter) CanSubscribe(topic string) bool { return TopicAllows(topic, f.self) }
-
-func (f topicFilter) FilterIncomingSubscriptions(from peer.ID, subs []*pb.RPC_SubOpts) ([]*pb.RPC_SubOpts, error) {
-	var out []*pb.RPC_SubOpts
-	for _, s := range subs {
-		if TopicAllows(s.GetTopicid(), from) {
-			out = append(out, s)
-		}
-	}
-	return out, nil
-}
-
-// tracer counts, per topic, the messages and gossip control entries that
-// reached this site's router, and the subscriptions of other peers it
-// heard of.
-type tracer struct {
-	mu       sync.Mutex
-	messages map[string]int // published messages received, by topic
-	gossip   map[string]int // IHAVE / GRAFT / PRUNE entries received, by topic
-	subs     map[string]int // subscription announcements received, by topic
-}
-
-func newTracer() *tracer {
-	return &tracer{messages: map[string]int{}, gossip: map[string]int{}, subs: map[string]int{}}
-}
-
-func (t *tracer) RecvRPC(rpc *pubsub.RPC) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for _, m := range rpc.GetPublish() {
-		t.messages[m.GetTopic()]++
-	}
-	for _, s := range rpc.GetSubscriptions() {
-		t.subs[s.GetTopicid()]++
-	}
-	c := rpc.GetControl()
-	for _, x := range c.GetIhave() {
-		t.gossip[x.GetTopicID()]++
-	}
-	for _, x := range c.GetGraft() {
-		t.gossip[x.GetTopicID()]++
-	}
-	for _, x := range c.GetPrune() {
-		t.gossip[x.GetTopicID()]++
-	}
-}
-
-// counts returns the messages and gossip entries received on topic.
-func (t *tracer) counts(topic string) (messages, gossip, subs int) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.messages[topic], t.gossip[topic], t.subs[topic]
-}
-
-var _ pubsub.RawTracer = (*tracer)(nil)
-
-func (*tracer) OnNewOutboundStream(peer.ID, protocol.ID) {}
-func (*tracer) OnClosedOutboundStream(peer.ID)           {}
-func (*tracer) Join(string)                              {}
-func (*tracer) Leave(string)                             {}
-func (*tracer) Graft(peer.ID, string)                    {}
-func (*tracer) Prune(peer.ID, string)                    {}
-func (*tracer) ValidateMessage(*pubsub.Message)          {}
-func (*tracer) DeliverMessage(*pubsub.Message)           {}
-func (*tracer) RejectMessage(*pubsub.Message, string)    {}
-func (*tracer) DuplicateMessage(*pubsub.Message)         {}
-func (*tracer) ThrottlePeer(peer.ID)                     {}
-func (*tracer) SendRPC(*pubsub.RPC, peer.ID)             {}
-func (*tracer) DropRPC(*pubsub.RPC, peer.ID)             {}
-func (*tracer) UndeliverableMessage(*pubsub.Message)     {}
-
-// site is one real site: host, pubsub, pebble store and manager.
+// site is one real site: host, pebble store and manager.
 type site struct {
 	name   string
 	id     peer.ID
 	dir    string
 	host   host.Host
-	ps     *pubsub.PubSub
-	stopPS context.CancelFunc
 	store  *pebbleds.Datastore // the raw store, for inspection
 	disk   *crashable          // what the manager writes to
 	m      *Manager
 	gater  *gater
-	trace  *tracer
 	bw     *byteCounter
 	reg    *prometheus.Registry
 }
@@ -207,7 +123,7 @@ func (n *testNet) resolve(site string) (peer.ID, bool) {
 func (n *testNet) start(name string) *site {
 	n.t.Helper()
 	s := &site{name: name, id: n.ids[name], dir: n.dirs[name], gater: &gater{blocked: map[peer.ID]bool{}},
-		trace: newTracer(), bw: newByteCounter(), reg: prometheus.NewRegistry()}
+		bw: newByteCounter(), reg: prometheus.NewRegistry()}
 	h, err := libp2p.New(
 		libp2p.Identity(n.keys[name]),
 		libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"),
@@ -221,26 +137,12 @@ func (n *testNet) start(name string) *site {
 		n.t.Fatal(err)
 	}
 	s.host = h
-	psCtx, stop := context.WithCancel(context.Background())
-	s.stopPS = stop
-	s.ps, err = pubsub.NewGossipSub(psCtx, h,
-		pubsub.WithFloodPublish(false),
-		pubsub.WithMessageSignaturePolicy(pubsub.StrictSign),
-		pubsub.WithValidateQueueSize(4096),
-		pubsub.WithPeerOutboundQueueSize(4096),
-		pubsub.WithSubscriptionFilter(topicFilter{h.ID()}),
-		pubsub.WithPeerFilter(func(p peer.ID, topic string) bool { return TopicAllows(topic, p) }),
-		pubsub.WithRawTracer(s.trace),
-	)
-	if err != nil {
-		n.t.Fatal(err)
-	}
 	if s.store, err = OpenStore(filepath.Join(s.dir, "store")); err != nil {
 		n.t.Fatal(err)
 	}
 	cfg := DefaultConfig()
 	s.disk = &crashable{ds: s.store}
-	cfg.Host, cfg.PubSub, cfg.Datastore, cfg.Self = h, s.ps, s.disk, name
+	cfg.Host, cfg.Datastore, cfg.Self = h, s.disk, name
 	cfg.Resolve = n.resolve
 	cfg.Logger = quiet
 	cfg.Registerer = s.reg
@@ -281,7 +183,6 @@ func (s *site) close(clean bool) {
 		s.disk.crash()
 	}
 	s.m.Close()
-	s.stopPS()
 	s.host.Close()
 	s.store.Close()
 }

@@ -24,8 +24,8 @@ var (
 	cleanKey       = ds.NewKey("/cheops/clean-shutdown")
 )
 
-// registryEntry remembers a joined group across restarts, with the peer
-// ids its topic was built from.
+// registryEntry remembers a joined group across restarts, with its
+// members' peer ids.
 type registryEntry struct {
 	Sites []string  `json:"sites"`
 	Peers []peer.ID `json:"peers"`
@@ -47,6 +47,8 @@ type Manager struct {
 
 	// exchanges holds the last anti-entropy result per group and member.
 	exchanges exchanges
+	// links carry head announcements to members, one per peer.
+	links links
 
 	mu     sync.Mutex
 	groups map[string]*Group
@@ -75,6 +77,7 @@ func NewManager(ctx context.Context, cfg Config) (*Manager, error) {
 		groups: map[string]*Group{}, peers: map[peer.ID]string{},
 	}
 	m.changes = newChangeQueue()
+	m.links = links{m: m, by: map[peer.ID]*link{}}
 	m.metrics = newMetrics(reg, m)
 
 	clean, err := cfg.Datastore.Has(ctx, cleanKey)
@@ -112,6 +115,7 @@ func NewManager(ctx context.Context, cfg Config) (*Manager, error) {
 	cfg.Host.SetStreamHandler(BlockProtocol, m.serveBlocks)
 	cfg.Host.SetStreamHandler(HeadsProtocol, m.serveHeads)
 	cfg.Host.SetStreamHandler(DigestProtocol, m.serveDigests)
+	cfg.Host.SetStreamHandler(LinkProtocol, m.serveLink)
 	connected := make(chan peer.ID, 256)
 	m.notifiee = &network.NotifyBundle{ConnectedF: func(_ network.Network, c network.Conn) {
 		select {
@@ -543,6 +547,7 @@ func (m *Manager) Close() error {
 	m.cfg.Host.RemoveStreamHandler(BlockProtocol)
 	m.cfg.Host.RemoveStreamHandler(HeadsProtocol)
 	m.cfg.Host.RemoveStreamHandler(DigestProtocol)
+	m.cfg.Host.RemoveStreamHandler(LinkProtocol)
 	m.cancel()
 	m.wg.Wait()
 	err := m.closeGroups()

@@ -24,6 +24,7 @@ type metrics struct {
 	blocksSent             prometheus.Counter
 	headsPushed            prometheus.Counter
 	broadcasts             prometheus.Counter
+	linkDrops              prometheus.Counter
 	broadcastBytesSent     prometheus.Counter
 	inlineBlocksSent       prometheus.Counter
 	inlineBlocksReceived   prometheus.Counter
@@ -56,8 +57,9 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 		duplicateBlocks:      counter("duplicate_blocks_total", "Blocks received over the block protocol that this site already held."),
 		blocksSent:           counter("blocks_sent_total", "Blocks sent over the block protocol."),
 		headsPushed:          counter("heads_pushed_total", "Heads pushed to members that connected."),
-		broadcasts:           counter("broadcasts_total", "Messages published on group topics."),
-		broadcastBytesSent:   counter("broadcast_bytes_sent_total", "Bytes published on group topics (each reaches the group's members only)."),
+		broadcasts:           counter("broadcasts_total", "Head announcements made (each sent to the group's connected members only)."),
+		linkDrops:            counter("link_drops_total", "Announcements dropped on a link (peer gone, not reading, or its replica behind); pushes and anti-entropy repeat them."),
+		broadcastBytesSent:   counter("broadcast_bytes_sent_total", "Bytes of head announcements sent on links (to members only)."),
 		inlineBlocksSent:     counter("inline_blocks_sent_total", "Blocks sent inside broadcasts with their heads."),
 		inlineBlocksReceived: counter("inline_blocks_received_total", "Blocks received inside broadcasts."),
 		broadcastBytesReceived: bySite("broadcast_bytes_received_total",
@@ -71,7 +73,7 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 			Buckets: []float64{0.001, 0.005, 0.02, 0.1, 0.5, 1, 2, 5, 10}}),
 	}
 	reg.MustRegister(x.digestMismatches, x.lagRepairs, x.refused, x.malformed, x.repairs, x.repairFailures, x.fetches, x.fetching,
-		x.blocksFetched, x.duplicateBlocks, x.blocksSent, x.headsPushed, x.broadcasts,
+		x.blocksFetched, x.duplicateBlocks, x.blocksSent, x.headsPushed, x.broadcasts, x.linkDrops,
 		x.broadcastBytesSent, x.inlineBlocksSent, x.inlineBlocksReceived, x.broadcastBytesReceived,
 		x.blockBytesSent, x.blockBytesReceived, x.lastSync, x.changeDelay, groupCollector{m})
 	return x

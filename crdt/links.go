@@ -1,0 +1,325 @@
+package crdt
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+)
+
+// LinkProtocol carries the head announcements of every group two sites
+// share, on one long-lived stream per direction: a site's cost of
+// announcing follows the peers it talks to, not the number of groups, and
+// a new group needs no mesh or subscription before its first write is
+// seen (the receiver joins it from the first message, after checking it
+// against membership).
+const LinkProtocol protocol.ID = "/cheops/crdt/link/1.0.0"
+
+// Limits and timings of the links.
+const (
+	// linkQueue is how many messages wait for one link before Broadcast
+	// waits too.
+	linkQueue = 1024
+	// linkIdle closes a link that carried nothing for that long: an idle
+	// site keeps no goroutine or stream per peer.
+	linkIdle = 30 * time.Second
+	// linkWriteTimeout bounds one write on a link; a member that does not
+	// read loses the message (anti-entropy repeats the heads) rather than
+	// holding every group's announcements.
+	linkWriteTimeout = 10 * time.Second
+	// linkDeliverWait is how long a link waits for a group whose replica
+	// is behind before it drops that announcement.
+	linkDeliverWait = time.Second
+)
+
+// linkHeader opens each message on a link: the group, and the first time
+// the group appears on the stream its peer ids, so that a member that has
+// not joined it yet can check and join it.
+type linkHeader struct {
+	Group string    `json:"g"`
+	Peers []peer.ID `json:"p,omitempty"`
+}
+
+// links holds the outgoing link of every peer this site announces to.
+type links struct {
+	m  *Manager
+	mu sync.Mutex
+	by map[peer.ID]*link
+}
+
+// link sends one peer the announcements of every group they share, in
+// the order they were made.
+type link struct {
+	peer    peer.ID
+	queue   chan linkMessage
+	pending int // senders about to queue; guarded by links.mu
+	done    chan struct{}
+}
+
+type linkMessage struct {
+	g    *Group
+	body []byte
+}
+
+// send queues a message of group g for peer p, starting the peer's link
+// if needed. It waits while the link's queue is full.
+func (ls *links) send(ctx context.Context, p peer.ID, g *Group, body []byte) error {
+	ls.mu.Lock()
+	l, ok := ls.by[p]
+	if !ok {
+		if ls.m.ctx.Err() != nil {
+			ls.mu.Unlock()
+			return ErrClosed
+		}
+		l = &link{peer: p, queue: make(chan linkMessage, linkQueue), done: make(chan struct{})}
+		ls.by[p] = l
+		ls.m.wg.Add(1)
+		go ls.run(l)
+	}
+	l.pending++
+	ls.mu.Unlock()
+	defer func() {
+		ls.mu.Lock()
+		l.pending--
+		ls.mu.Unlock()
+	}()
+	select {
+	case l.queue <- linkMessage{g: g, body: body}:
+		return nil
+	case <-l.done:
+		return ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// retire removes an idle link with nothing queued or about to be.
+func (ls *links) retire(l *link) bool {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if l.pending > 0 || len(l.queue) > 0 {
+		return false
+	}
+	delete(ls.by, l.peer)
+	close(l.done)
+	return true
+}
+
+// run writes a link's messages on one stream, opened when the first
+// message comes and again after a failure, and flushes whenever the queue
+// is empty: a burst travels in few packets. A message that cannot be
+// written is dropped (the peer is not connected, or does not read);
+// pushes on reconnection and anti-entropy rounds repeat the heads.
+func (ls *links) run(l *link) {
+	m := ls.m
+	defer m.wg.Done()
+	var (
+		s         network.Stream
+		w         *bufio.Writer
+		announced map[string]bool // groups whose peers this stream carried
+	)
+	drop := func() {
+		if s != nil {
+			_ = s.Reset()
+		}
+		s, w, announced = nil, nil, nil
+	}
+	defer func() {
+		if s != nil {
+			_ = s.Close()
+		}
+	}()
+	idle := time.NewTimer(linkIdle)
+	defer idle.Stop()
+	for {
+		var msg linkMessage
+		select {
+		case <-m.ctx.Done():
+			ls.mu.Lock()
+			if ls.by[l.peer] == l {
+				delete(ls.by, l.peer)
+				close(l.done)
+			}
+			ls.mu.Unlock()
+			return
+		case <-idle.C:
+			if ls.retire(l) {
+				return
+			}
+			idle.Reset(linkIdle)
+			continue
+		case msg = <-l.queue:
+		}
+		if s == nil {
+			var err error
+			if s, err = ls.open(l.peer); err != nil {
+				m.metrics.linkDrops.Inc()
+				m.log.Debug("open link", "peer", l.peer, "err", err)
+				ls.flushOut(l) // the queue's messages would fail the same way
+				continue
+			}
+			w, announced = bufio.NewWriterSize(s, 32<<10), map[string]bool{}
+		}
+		_ = s.SetWriteDeadline(time.Now().Add(linkWriteTimeout))
+		if err := ls.write(w, msg, announced); err != nil {
+			m.metrics.linkDrops.Inc()
+			m.log.Debug("write on link", "peer", l.peer, "err", err)
+			drop()
+			continue
+		}
+		if len(l.queue) == 0 {
+			if err := w.Flush(); err != nil {
+				m.metrics.linkDrops.Inc()
+				drop()
+			}
+		}
+		if !idle.Stop() {
+			select {
+			case <-idle.C:
+			default:
+			}
+		}
+		idle.Reset(linkIdle)
+	}
+}
+
+// flushOut drops what is queued on a link that cannot be opened.
+func (ls *links) flushOut(l *link) {
+	for {
+		select {
+		case <-l.queue:
+			ls.m.metrics.linkDrops.Inc()
+		default:
+			return
+		}
+	}
+}
+
+// open starts the stream of a link, without dialling: a member that is
+// not connected is caught up with when it connects.
+func (ls *links) open(p peer.ID) (network.Stream, error) {
+	ctx, cancel := context.WithTimeout(ls.m.ctx, ls.m.cfg.FetchTimeout)
+	defer cancel()
+	ctx = network.WithNoDial(ctx, "crdt link: members are caught up when they connect")
+	s, err := ls.m.cfg.Host.NewStream(ctx, p, LinkProtocol)
+	if err != nil {
+		return nil, fmt.Errorf("open link stream: %w", err)
+	}
+	return s, nil
+}
+
+// write encodes one message: a header frame and the body frame.
+func (ls *links) write(w *bufio.Writer, msg linkMessage, announced map[string]bool) error {
+	h := linkHeader{Group: msg.g.name}
+	if !announced[msg.g.name] {
+		h.Peers = msg.g.peers
+	}
+	head, err := json.Marshal(h)
+	if err != nil {
+		return err
+	}
+	if err := writeFrame(w, head); err != nil {
+		return err
+	}
+	if err := writeFrame(w, msg.body); err != nil {
+		return err
+	}
+	announced[msg.g.name] = true
+	ls.m.metrics.broadcastBytesSent.Add(float64(len(head) + len(msg.body)))
+	return nil
+}
+
+// serveLink reads a member's link until it ends or the manager closes.
+// Each message's group must name the sender as a member; a group this
+// site has not joined yet is joined after the same checks as a heads push.
+func (m *Manager) serveLink(s network.Stream) {
+	if !m.enter() {
+		_ = s.Reset()
+		return
+	}
+	defer m.wg.Done()
+	stop := context.AfterFunc(m.ctx, func() { _ = s.Reset() })
+	defer stop()
+	defer s.Close()
+	remote := s.Conn().RemotePeer()
+	from := m.siteOf(remote)
+	r := bufio.NewReaderSize(s, 32<<10)
+	peers := map[string][]peer.ID{} // group → peers the stream announced
+	for {
+		head, err := readFrame(r, maxFrame)
+		if err != nil {
+			return
+		}
+		body, err := readFrame(r, maxFrame+maxBlock)
+		if err != nil {
+			return
+		}
+		var h linkHeader
+		if err := json.Unmarshal(head, &h); err != nil {
+			m.metrics.malformed.Inc()
+			m.log.Warn("dropped a malformed link message", "peer", remote, "err", err)
+			_ = s.Reset()
+			return
+		}
+		if len(h.Peers) > 0 {
+			peers[h.Group] = h.Peers
+		}
+		m.metrics.broadcastBytesReceived.WithLabelValues(from).Add(float64(len(head) + len(body)))
+		if err := m.receive(remote, h.Group, peers[h.Group], body); err != nil {
+			if errors.Is(err, ErrNotMember) || errors.Is(err, ErrBadGroup) {
+				m.metrics.refused.Inc()
+				m.log.Warn("refused a link message", "peer", remote, "group", h.Group, "err", err)
+				continue
+			}
+			if errors.Is(err, errBadMessage) {
+				m.metrics.malformed.Inc()
+				m.log.Warn("dropped a malformed link message", "peer", remote, "group", h.Group, "err", err)
+				continue
+			}
+			m.log.Debug("link message", "peer", remote, "group", h.Group, "err", err)
+		}
+	}
+}
+
+// receive hands one member's announcement to its group: the inlined
+// blocks are stored (each checked against its CID), then the heads queued
+// for the replica.
+func (m *Manager) receive(remote peer.ID, name string, peers []peer.ID, body []byte) error {
+	g := m.group(name)
+	if g == nil {
+		if len(peers) == 0 {
+			return fmt.Errorf("%w: announcement for group %q with no peers", ErrBadGroup, name)
+		}
+		var err error
+		g, err = m.joinPushed(headsPush{Group: name, Sites: strings.Split(name, ","), Peers: peers}, remote)
+		if err != nil {
+			return err
+		}
+	}
+	if !g.members[remote] {
+		return fmt.Errorf("%w: %s is not in {%s}", ErrNotMember, remote, name)
+	}
+	heads, blks, err := decodeMessage(body)
+	if err != nil {
+		return err
+	}
+	if len(blks) > 0 {
+		if err := g.blocks.PutMany(m.ctx, blks); err != nil {
+			return fmt.Errorf("store inlined blocks of {%s}: %w", name, err)
+		}
+		m.metrics.inlineBlocksReceived.Add(float64(len(blks)))
+	}
+	m.metrics.lastSync.WithLabelValues(g.name, m.siteOf(remote)).SetToCurrentTime()
+	if !g.bcast.deliver(m.ctx, heads, linkDeliverWait) {
+		m.metrics.linkDrops.Inc()
+	}
+	return nil
+}
