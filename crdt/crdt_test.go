@@ -464,7 +464,6 @@ func TestBadInput(t *testing.T) {
 	}
 }
 
-
 // TestCrashDuringCatchUpIsRepaired crashes a site in the middle of
 // applying a long branch (upstream issue #279: the branch can be left
 // half-processed, its head already recorded) and restarts it: the repair

@@ -66,16 +66,16 @@ func (g *gater) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason)
 
 // site is one real site: host, pebble store and manager.
 type site struct {
-	name   string
-	id     peer.ID
-	dir    string
-	host   host.Host
-	store  *pebbleds.Datastore // the raw store, for inspection
-	disk   *crashable          // what the manager writes to
-	m      *Manager
-	gater  *gater
-	bw     *byteCounter
-	reg    *prometheus.Registry
+	name  string
+	id    peer.ID
+	dir   string
+	host  host.Host
+	store *pebbleds.Datastore // the raw store, for inspection
+	disk  *crashable          // what the manager writes to
+	m     *Manager
+	gater *gater
+	bw    *byteCounter
+	reg   *prometheus.Registry
 }
 
 // testNet holds the identities and data directories of a set of sites,

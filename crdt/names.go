@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-
 )
 
 // groupName is the canonical name of a site set: sorted, deduplicated,
