@@ -313,6 +313,9 @@ type GroupStatus struct {
 	Queued   int  `json:"queued_jobs"`
 	Fetching int  `json:"fetching"`
 	Dirty    bool `json:"dirty"`
+	// Asleep: the group was idle and its replica is closed (it wakes on
+	// the next read, write or announcement).
+	Asleep bool `json:"asleep"`
 	// Merged counts the DAG nodes merged here (equal on members with the
 	// same heads once both merged everything).
 	Merged int `json:"merged"`
@@ -334,10 +337,10 @@ type MemberStatus struct {
 func (m *Manager) Status(ctx context.Context) []GroupStatus {
 	var out []GroupStatus
 	for _, g := range m.Groups() {
-		st := g.store.InternalStats(ctx)
-		gs := GroupStatus{Group: g.name, Sites: slices.Clone(g.sites), Height: st.MaxHeight, Queued: st.QueuedJobs, Dirty: g.store.IsDirty(ctx),
-			Merged: g.processedCount(ctx), Heads: []string{}}
-		for _, h := range st.Heads {
+		st := g.stats(ctx)
+		gs := GroupStatus{Group: g.name, Sites: slices.Clone(g.sites), Height: st.height, Queued: st.queued, Dirty: st.dirty,
+			Asleep: st.asleep, Merged: g.processedCount(ctx), Heads: []string{}}
+		for _, h := range st.heads {
 			gs.Heads = append(gs.Heads, h.String())
 		}
 		slices.Sort(gs.Heads)

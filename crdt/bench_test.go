@@ -256,9 +256,9 @@ func converged(n *testNet, sites []string, want int) bool {
 	name, _, _ := groupName(sites)
 	var heads string
 	for i, s := range sites {
-		st := n.sites[s].m.group(name).store.InternalStats(ctx)
-		hs := fmt.Sprint(st.Heads)
-		if st.QueuedJobs > 0 || (i > 0 && hs != heads) {
+		st := n.sites[s].m.group(name).stats(ctx)
+		hs := fmt.Sprint(st.heads)
+		if st.queued > 0 || (i > 0 && hs != heads) {
 			return false
 		}
 		heads = hs

@@ -557,7 +557,10 @@ func (m *Manager) serveHeads(s network.Stream) {
 		_ = s.Reset()
 		return
 	}
-	g.bcast.inject(push.Heads)
+	if _, err := g.deliver(m.ctx, push.Heads, 0); err != nil {
+		m.log.Debug("deliver pushed heads", "group", g.name, "err", err)
+		return
+	}
 	m.metrics.lastSync.WithLabelValues(g.name, m.siteOf(remote)).SetToCurrentTime()
 }
 

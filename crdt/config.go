@@ -74,6 +74,12 @@ type Config struct {
 	// pushed both ways. 5 s bounds how long a lost heads message can leave
 	// a group diverged, for a few hundred bytes per peer per round.
 	DigestInterval time.Duration
+	// IdleAfter puts a group to sleep once it has been idle that long: its
+	// go-ds-crdt replica (workers, timers, caches) is closed, and opened
+	// again by the next read, write, announcement or repair. A site in
+	// thousands of groups then pays, in memory and periodic work, for the
+	// ones in use. 0 keeps every group awake.
+	IdleAfter time.Duration
 
 	// Registerer receives the package's metrics; nil keeps them private.
 	Registerer prometheus.Registerer
@@ -94,6 +100,7 @@ func DefaultConfig() Config {
 		Workers:             4,
 		RepairInterval:      30 * time.Second,
 		DigestInterval:      5 * time.Second,
+		IdleAfter:           30 * time.Second,
 	}
 }
 
@@ -128,8 +135,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: rebroadcast interval, fetch timeout, repair and digest intervals must be positive", ErrBadConfig)
 	case c.MaxPushBlocks < 1 || c.MaxPushBytes < maxBlock || c.Workers < 1:
 		return fmt.Errorf("%w: max push blocks and workers must be at least 1, max push bytes at least %d", ErrBadConfig, maxBlock)
-	case c.MaxInlineBytes < 0:
-		return fmt.Errorf("%w: max inline bytes must not be negative", ErrBadConfig)
+	case c.MaxInlineBytes < 0 || c.IdleAfter < 0:
+		return fmt.Errorf("%w: max inline bytes and idle time must not be negative", ErrBadConfig)
 	}
 	for _, d := range c.PushDelays {
 		if d < 0 {

@@ -2,13 +2,17 @@ package crdt
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"slices"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/ipfs/boxo/blockservice"
 	"github.com/ipfs/boxo/blockstore"
+	dshelp "github.com/ipfs/boxo/datastore/dshelp"
 	dag "github.com/ipfs/boxo/ipld/merkledag"
 	"github.com/ipfs/go-cid"
 	ds "github.com/ipfs/go-datastore"
@@ -29,18 +33,37 @@ import (
 // member of the group it names; its blocks live in its own blockstore
 // namespace, are served only to its members and fetched only from its
 // connected members.
+//
+// A group sleeps when it has been idle for Config.IdleAfter: its
+// go-ds-crdt replica is closed and only its name, members and blockstore
+// handle stay in memory (no goroutine, no timer). Anything that needs the
+// replica (a local read or write, an announcement from a member, a repair)
+// wakes it; what anti-entropy and heads pushes need of a sleeping group,
+// its heads, is read from the datastore.
 type Group struct {
 	m       *Manager
 	name    string
 	sites   []string
 	peers   []peer.ID
 	members map[peer.ID]bool
-	bcast   *broadcaster
 	blocks  blockstore.Blockstore
-	store   *crdt.Datastore
 	// arrivals tracks fetches in progress and the walks waiting for them.
 	arrivals arrivals
+	// active is when the group was last used or changed (unix ns): the
+	// sweeper puts it to sleep IdleAfter later.
+	active atomic.Int64
 
+	mu     sync.Mutex
+	rep    *replica // nil while the group sleeps
+	users  int      // calls holding rep
+	closed bool
+}
+
+// replica is a group's open go-ds-crdt replica and its repair loop.
+type replica struct {
+	g          *Group
+	store      *crdt.Datastore
+	bcast      *broadcaster
 	kick       chan struct{} // asks the repair loop to check now
 	forced     atomic.Bool   // repair even though the replica is not marked dirty
 	stopRepair context.CancelFunc
@@ -55,20 +78,70 @@ func (g *Group) Name() string { return g.name }
 
 func groupPrefix(name string) ds.Key { return ds.NewKey("/g").ChildString(name) }
 
-func (m *Manager) openGroup(name string, sites []string, peers []peer.ID, unclean bool) (*Group, error) {
-	g := &Group{m: m, name: name, sites: sites, peers: peers, members: map[peer.ID]bool{}, kick: make(chan struct{}, 1)}
+// crdtPrefix is where the group's go-ds-crdt replica keeps its state.
+func (g *Group) crdtPrefix() ds.Key { return groupPrefix(g.name).ChildString("crdt") }
+
+// newGroup makes a sleeping group.
+func (m *Manager) newGroup(name string, sites []string, peers []peer.ID) *Group {
+	g := &Group{m: m, name: name, sites: sites, peers: peers, members: make(map[peer.ID]bool, len(peers))}
 	for _, p := range peers {
 		g.members[p] = true
 	}
-	prefix := groupPrefix(name)
-	g.blocks = blockstore.NewBlockstore(namespace.Wrap(m.cfg.Datastore, prefix.ChildString("blocks")),
+	g.blocks = blockstore.NewBlockstore(namespace.Wrap(m.cfg.Datastore, groupPrefix(name).ChildString("blocks")),
 		// Callers check for the block first where it matters; rewriting a
 		// block under its own hash is harmless.
 		blockstore.NoPrefix(), blockstore.WriteThrough(true))
-	g.bcast = newBroadcaster(g)
+	g.touch()
+	return g
+}
+
+func (g *Group) touch() { g.active.Store(time.Now().UnixNano()) }
+
+// use returns the group's replica, waking the group if it sleeps; done
+// must be called when the caller no longer needs it. woke reports whether
+// this call woke the group.
+func (g *Group) use() (r *replica, done func(), woke bool, err error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return nil, nil, false, ErrClosed
+	}
+	if g.rep == nil {
+		if g.rep, err = g.open(false); err != nil {
+			return nil, nil, false, err
+		}
+		woke = true
+		g.m.metrics.wakes.Inc()
+	}
+	g.users++
+	g.touch()
+	var once sync.Once
+	return g.rep, func() {
+		once.Do(func() {
+			g.mu.Lock()
+			g.users--
+			g.mu.Unlock()
+			g.touch()
+		})
+	}, woke, nil
+}
+
+// awake returns the open replica, or nil while the group sleeps. The
+// replica may be put to sleep right after: callers only signal it.
+func (g *Group) awake() *replica {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.rep
+}
+
+// open starts the group's go-ds-crdt replica. Called with g.mu held.
+func (g *Group) open(unclean bool) (*replica, error) {
+	m := g.m
+	r := &replica{g: g, kick: make(chan struct{}, 1)}
+	r.bcast = newBroadcaster(g)
 	dags := dag.NewDAGService(blockservice.New(g.blocks, exchange{g}))
 	opts := crdt.DefaultOptions()
-	opts.Logger = crdtLogger{m.log.With("group", name)}
+	opts.Logger = crdtLogger{m.log.With("group", g.name)}
 	opts.RebroadcastInterval = m.cfg.RebroadcastInterval
 	opts.NumWorkers = m.cfg.Workers
 	opts.DAGSyncerTimeout = m.cfg.FetchTimeout
@@ -76,8 +149,14 @@ func (m *Manager) openGroup(name string, sites []string, peers []peer.ID, unclea
 	// when a member connects, when a missing block can be fetched.
 	opts.RepairInterval = 0
 	// The hooks run inside go-ds-crdt's merge batch: they only queue.
-	opts.PutHook = func(k ds.Key, v []byte) { m.changes.add(change{sites: g.sites, key: k.String(), value: v}) }
-	opts.DeleteHook = func(k ds.Key) { m.changes.add(change{sites: g.sites, key: k.String(), deleted: true}) }
+	opts.PutHook = func(k ds.Key, v []byte) {
+		g.touch()
+		m.changes.add(change{sites: g.sites, key: k.String(), value: v})
+	}
+	opts.DeleteHook = func(k ds.Key) {
+		g.touch()
+		m.changes.add(change{sites: g.sites, key: k.String(), deleted: true})
+	}
 	if unclean {
 		// A crash in the middle of a branch walk leaves its upper part
 		// marked processed and its head unrecorded; go-ds-crdt then skips
@@ -86,43 +165,93 @@ func (m *Manager) openGroup(name string, sites []string, peers []peer.ID, unclea
 		// Forgetting every processed mark makes the repair re-merge what
 		// the heads reach (merging is idempotent) and lets the branch be
 		// walked again when its head arrives.
-		if err := forgetProcessed(m.ctx, m.cfg.Datastore, prefix.ChildString("crdt").ChildString(processedNamespace)); err != nil {
-			g.closeNetwork()
-			return nil, fmt.Errorf("crdt: group %s: %w", name, err)
+		if err := forgetProcessed(m.ctx, m.cfg.Datastore, g.crdtPrefix().ChildString(processedNamespace)); err != nil {
+			return nil, fmt.Errorf("crdt: group %s: %w", g.name, err)
 		}
 	}
 	var err error
-	g.store, err = crdt.New(m.cfg.Datastore, prefix.ChildString("crdt"), dags, g.bcast, opts)
+	r.store, err = crdt.New(m.cfg.Datastore, g.crdtPrefix(), dags, r.bcast, opts)
 	if err != nil {
-		g.closeNetwork()
-		return nil, fmt.Errorf("crdt: group %s: %w", name, err)
+		r.bcast.close()
+		return nil, fmt.Errorf("crdt: group %s: %w", g.name, err)
 	}
 	ctx, cancel := context.WithCancel(m.ctx)
 	if unclean {
 		// Upstream issue #279: a crash in the middle of a branch walk can
 		// leave it half-processed. The dirty mark survives another crash
 		// until a repair completes.
-		m.log.Warn("unclean stop detected: the group will be repaired", "group", name)
-		g.store.MarkDirty(ctx)
+		m.log.Warn("unclean stop detected: the group will be repaired", "group", g.name)
+		r.store.MarkDirty(ctx)
 	}
-	g.stopRepair, g.repairDone = cancel, make(chan struct{})
-	go g.repairLoop(ctx)
-	return g, nil
+	r.stopRepair, r.repairDone = cancel, make(chan struct{})
+	go r.repairLoop(ctx)
+	return r, nil
+}
+
+// close stops the replica: its repair loop, then go-ds-crdt.
+func (r *replica) close() error {
+	r.stopRepair()
+	<-r.repairDone
+	err := r.store.Close()
+	r.bcast.close()
+	return err
+}
+
+// sleep closes the replica if nothing uses it, nothing is queued or
+// fetched, it is not marked dirty and it has been idle since idleSince.
+// It reports whether the group sleeps now.
+func (g *Group) sleep(ctx context.Context, idleSince time.Time) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	r := g.rep
+	if r == nil {
+		return true
+	}
+	if g.users > 0 || time.Unix(0, g.active.Load()).After(idleSince) || len(r.bcast.in) > 0 {
+		return false
+	}
+	g.arrivals.mu.Lock()
+	fetching := g.arrivals.active
+	g.arrivals.mu.Unlock()
+	if fetching > 0 || r.store.InternalStats(ctx).QueuedJobs > 0 || r.store.IsDirty(ctx) {
+		return false
+	}
+	if err := r.close(); err != nil {
+		g.m.log.Warn("close an idle group", "group", g.name, "err", err)
+	}
+	g.rep = nil
+	g.m.metrics.sleeps.Inc()
+	return true
+}
+
+// shut closes the group for good (the manager closes or leaves it).
+func (g *Group) shut() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.closed = true
+	if g.rep == nil {
+		return nil
+	}
+	err := g.rep.close()
+	g.rep = nil
+	return err
 }
 
 // repairLoop repairs the replica whenever it is marked dirty: at start,
 // every RepairInterval, and when kicked (a member connected).
-func (g *Group) repairLoop(ctx context.Context) {
-	defer close(g.repairDone)
+func (r *replica) repairLoop(ctx context.Context) {
+	g := r.g
+	defer close(r.repairDone)
 	// A failed repair (members still unreachable) is retried after
 	// RepairRetry, doubling up to RepairInterval; a member connecting
 	// kicks it at once.
 	wait := g.m.cfg.RepairInterval
 	retry := repairRetry
 	for {
-		if g.forced.Swap(false) || g.store.IsDirty(ctx) {
+		if r.forced.Swap(false) || r.store.IsDirty(ctx) {
+			g.touch()
 			start := time.Now()
-			err := g.store.Repair(ctx)
+			err := r.store.Repair(ctx)
 			switch {
 			case ctx.Err() != nil:
 				return
@@ -141,7 +270,7 @@ func (g *Group) repairLoop(ctx context.Context) {
 		case <-ctx.Done():
 			t.Stop()
 			return
-		case <-g.kick:
+		case <-r.kick:
 			t.Stop()
 		case <-t.C:
 		}
@@ -162,32 +291,31 @@ func (g *Group) repairSoon() {
 }
 
 // forceRepair asks for a repair now, dirty mark or not: go-ds-crdt's
-// repair walks the whole DAG and merges every node not merged yet.
+// repair walks the whole DAG and merges every node not merged yet. It
+// wakes a sleeping group.
 func (g *Group) forceRepair() {
-	g.forced.Store(true)
-	g.kickRepair()
+	r, done, _, err := g.use()
+	if err != nil {
+		return
+	}
+	defer done()
+	r.forced.Store(true)
+	r.kickNow()
 }
 
-// kickRepair asks the repair loop to check the dirty mark now.
+// kickRepair asks the repair loop to check the dirty mark now; a sleeping
+// group is not dirty (it sleeps only when clean) and stays asleep.
 func (g *Group) kickRepair() {
+	if r := g.awake(); r != nil {
+		r.kickNow()
+	}
+}
+
+func (r *replica) kickNow() {
 	select {
-	case g.kick <- struct{}{}:
+	case r.kick <- struct{}{}:
 	default:
 	}
-}
-
-func (g *Group) closeNetwork() {
-	if g.bcast != nil {
-		g.bcast.close()
-	}
-}
-
-func (g *Group) close() error {
-	g.stopRepair()
-	<-g.repairDone
-	err := g.store.Close()
-	g.closeNetwork()
-	return err
 }
 
 // connectedMembers lists the members (not this site) with a live connection.
@@ -201,8 +329,104 @@ func (g *Group) connectedMembers() []peer.ID {
 	return out
 }
 
+// knownHeads are the group's heads: the replica's while it is open, the
+// ones it stored while it sleeps.
 func (g *Group) knownHeads(ctx context.Context) []cid.Cid {
-	return g.store.InternalStats(ctx).Heads
+	if r := g.awake(); r != nil {
+		return r.store.InternalStats(ctx).Heads
+	}
+	heads, _ := g.storedHeads(ctx)
+	return heads
+}
+
+// storedHeads reads the heads go-ds-crdt v0.6 keeps under its "h"
+// namespace (key: the head's CID, value: its height as a uvarint), and
+// the greatest height.
+func (g *Group) storedHeads(ctx context.Context) ([]cid.Cid, uint64) {
+	prefix := g.crdtPrefix().ChildString(headsNamespace).String()
+	res, err := g.m.cfg.Datastore.Query(ctx, query.Query{Prefix: prefix})
+	if err != nil {
+		return nil, 0
+	}
+	defer res.Close()
+	var heads []cid.Cid
+	var height uint64
+	for r := range res.Next() {
+		if r.Error != nil {
+			return heads, height
+		}
+		c, err := dshelp.DsKeyToCidV1(ds.NewKey(strings.TrimPrefix(r.Key, prefix)), cid.DagProtobuf)
+		if err != nil {
+			continue
+		}
+		heads = append(heads, c)
+		if h, n := binary.Uvarint(r.Value); n > 0 && h > height {
+			height = h
+		}
+	}
+	return heads, height
+}
+
+// groupStats is what operators and metrics see of a group's replica.
+type groupStats struct {
+	heads  []cid.Cid
+	height uint64
+	queued int
+	dirty  bool
+	asleep bool
+}
+
+// stats reads the replica's figures, from the datastore while it sleeps.
+func (g *Group) stats(ctx context.Context) groupStats {
+	if r := g.awake(); r != nil {
+		st := r.store.InternalStats(ctx)
+		return groupStats{heads: st.Heads, height: st.MaxHeight, queued: st.QueuedJobs, dirty: r.store.IsDirty(ctx)}
+	}
+	heads, height := g.storedHeads(ctx)
+	return groupStats{heads: heads, height: height, dirty: g.dirty(ctx), asleep: true}
+}
+
+// deliver hands heads a member sent to the replica, waking the group;
+// false when they were dropped (the queue stayed full for wait).
+func (g *Group) deliver(ctx context.Context, heads []byte, wait time.Duration) (bool, error) {
+	if g.awake() == nil && g.merged(ctx, heads) {
+		// Nothing new for a sleeping group (a repeated push, a member's
+		// late announcement): it stays asleep.
+		return true, nil
+	}
+	r, done, _, err := g.use()
+	if err != nil {
+		return false, err
+	}
+	defer done()
+	return r.bcast.deliver(ctx, heads, wait), nil
+}
+
+// merged reports whether every head of an announcement is a block this
+// replica has merged already (go-ds-crdt marks each merged block).
+func (g *Group) merged(ctx context.Context, heads []byte) bool {
+	var msg pb.CRDTBroadcast
+	if err := proto.Unmarshal(heads, &msg); err != nil || len(msg.GetHeads()) == 0 {
+		return false
+	}
+	for _, h := range msg.GetHeads() {
+		c, err := cid.Cast(h.GetCid())
+		if err != nil {
+			return false
+		}
+		key := g.crdtPrefix().ChildString(processedNamespace).ChildString(dshelp.MultihashToDsKey(c.Hash()).String())
+		if ok, err := g.m.cfg.Datastore.Has(ctx, key); err != nil || !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// dirty reports whether go-ds-crdt marked the replica dirty (read from
+// the datastore: it works while the group sleeps).
+func (g *Group) dirty(ctx context.Context) bool {
+	ok, err := g.m.cfg.Datastore.Has(ctx, g.crdtPrefix().ChildString(dirtyKey))
+	return err == nil && ok
 }
 
 // encodedHeads encodes the group's heads as go-ds-crdt broadcasts them;
@@ -219,9 +443,14 @@ func (g *Group) encodedHeads(ctx context.Context) ([]byte, error) {
 	return proto.Marshal(msg)
 }
 
-// processedNamespace is where go-ds-crdt v0.6 marks the blocks it has
-// merged, under the replica's namespace.
-const processedNamespace = "b"
+// Namespaces and keys of go-ds-crdt v0.6 under a replica's namespace:
+// where it marks the blocks it has merged, keeps its heads, and marks
+// itself dirty.
+const (
+	processedNamespace = "b"
+	headsNamespace     = "h"
+	dirtyKey           = "d"
+)
 
 // forgetProcessed deletes every processed-block mark under prefix.
 func forgetProcessed(ctx context.Context, store ds.Batching, prefix ds.Key) error {

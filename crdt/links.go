@@ -318,7 +318,11 @@ func (m *Manager) receive(remote peer.ID, name string, peers []peer.ID, body []b
 		m.metrics.inlineBlocksReceived.Add(float64(len(blks)))
 	}
 	m.metrics.lastSync.WithLabelValues(g.name, m.siteOf(remote)).SetToCurrentTime()
-	if !g.bcast.deliver(m.ctx, heads, linkDeliverWait) {
+	ok, err := g.deliver(m.ctx, heads, linkDeliverWait)
+	if err != nil {
+		return fmt.Errorf("deliver heads of {%s}: %w", name, err)
+	}
+	if !ok {
 		m.metrics.linkDrops.Inc()
 	}
 	return nil

@@ -104,11 +104,16 @@ func NewManager(ctx context.Context, cfg Config) (*Manager, error) {
 		if err != nil {
 			continue
 		}
-		g, err := m.openGroup(name, sites, e.Peers, m.unclean)
-		if err != nil {
-			m.closeGroups()
-			cancel()
-			return nil, err
+		// A group sleeps from the start unless its replica has work: a
+		// repair after an unclean stop, or a dirty mark left by a walk
+		// that failed before the stop.
+		g := m.newGroup(name, sites, e.Peers)
+		if m.unclean || g.dirty(ctx) {
+			if g.rep, err = g.open(m.unclean); err != nil {
+				m.closeGroups()
+				cancel()
+				return nil, err
+			}
 		}
 		m.addGroupLocked(g)
 	}
@@ -138,6 +143,10 @@ func NewManager(ctx context.Context, cfg Config) (*Manager, error) {
 	go m.deliverChanges()
 	go m.catchUpLoop(connected)
 	go m.antiEntropyLoop()
+	if cfg.IdleAfter > 0 {
+		m.wg.Add(1)
+		go m.sleepLoop()
+	}
 	return m, nil
 }
 
@@ -248,10 +257,7 @@ func (m *Manager) joinLocked(ctx context.Context, name string, sorted []string, 
 	if err := m.cfg.Datastore.Put(ctx, registryPrefix.ChildString(name), entry); err != nil {
 		return nil, fmt.Errorf("crdt: register group %s: %w", name, err)
 	}
-	g, err := m.openGroup(name, sorted, peers, false)
-	if err != nil {
-		return nil, err
-	}
+	g := m.newGroup(name, sorted, peers)
 	m.addGroupLocked(g)
 	m.log.Info("joined group", "group", name)
 	for _, p := range g.connectedMembers() {
@@ -318,7 +324,12 @@ func (m *Manager) Put(ctx context.Context, sites []string, key string, value []b
 	if err != nil {
 		return err
 	}
-	if err := g.store.Put(ctx, ds.NewKey(key), value); err != nil {
+	r, done, _, err := g.use()
+	if err != nil {
+		return fmt.Errorf("crdt: put %s in {%s}: %w", key, g.name, err)
+	}
+	defer done()
+	if err := r.store.Put(ctx, ds.NewKey(key), value); err != nil {
 		return fmt.Errorf("crdt: put %s in {%s}: %w", key, g.name, err)
 	}
 	return nil
@@ -336,7 +347,12 @@ func (m *Manager) PutBatch(ctx context.Context, sites []string, keys []string, v
 	if err != nil {
 		return err
 	}
-	b, err := g.store.Batch(ctx)
+	r, done, _, err := g.use()
+	if err != nil {
+		return fmt.Errorf("crdt: batch in {%s}: %w", g.name, err)
+	}
+	defer done()
+	b, err := r.store.Batch(ctx)
 	if err != nil {
 		return fmt.Errorf("crdt: batch: %w", err)
 	}
@@ -358,7 +374,12 @@ func (m *Manager) Get(ctx context.Context, sites []string, key string) ([]byte, 
 	if err != nil || g == nil {
 		return nil, false, err
 	}
-	v, err := g.store.Get(ctx, ds.NewKey(key))
+	r, done, _, err := g.use()
+	if err != nil {
+		return nil, false, fmt.Errorf("crdt: get %s: %w", key, err)
+	}
+	defer done()
+	v, err := r.store.Get(ctx, ds.NewKey(key))
 	if errors.Is(err, ds.ErrNotFound) {
 		return nil, false, nil
 	}
@@ -377,7 +398,12 @@ func (m *Manager) Delete(ctx context.Context, sites []string, key string) error 
 	if err != nil || g == nil {
 		return err
 	}
-	if err := g.store.Delete(ctx, ds.NewKey(key)); err != nil && !errors.Is(err, ds.ErrNotFound) {
+	r, done, _, err := g.use()
+	if err != nil {
+		return fmt.Errorf("crdt: delete %s: %w", key, err)
+	}
+	defer done()
+	if err := r.store.Delete(ctx, ds.NewKey(key)); err != nil && !errors.Is(err, ds.ErrNotFound) {
 		return fmt.Errorf("crdt: delete %s: %w", key, err)
 	}
 	return nil
@@ -394,23 +420,39 @@ func (m *Manager) Sync(ctx context.Context) error {
 }
 
 // Scan calls fn for every key under prefix in every group of this site.
+// A sleeping group is woken for its scan and put back to sleep after it.
 func (m *Manager) Scan(ctx context.Context, prefix string, fn func(sites []string, key string, value []byte) error) error {
 	for _, g := range m.Groups() {
-		res, err := g.store.Query(ctx, query.Query{Prefix: prefix})
-		if err != nil {
-			return fmt.Errorf("crdt: scan {%s}: %w", g.name, err)
+		if err := g.scan(ctx, prefix, fn); err != nil {
+			return err
 		}
-		for r := range res.Next() {
-			if r.Error != nil {
-				res.Close()
-				return fmt.Errorf("crdt: scan {%s}: %w", g.name, r.Error)
-			}
-			if err := fn(g.Sites(), r.Key, r.Value); err != nil {
-				res.Close()
-				return err
-			}
+	}
+	return nil
+}
+
+func (g *Group) scan(ctx context.Context, prefix string, fn func(sites []string, key string, value []byte) error) error {
+	r, done, woke, err := g.use()
+	if err != nil {
+		return fmt.Errorf("crdt: scan {%s}: %w", g.name, err)
+	}
+	defer func() {
+		done()
+		if woke {
+			g.sleep(ctx, time.Now())
 		}
-		res.Close()
+	}()
+	res, err := r.store.Query(ctx, query.Query{Prefix: prefix})
+	if err != nil {
+		return fmt.Errorf("crdt: scan {%s}: %w", g.name, err)
+	}
+	defer res.Close()
+	for e := range res.Next() {
+		if e.Error != nil {
+			return fmt.Errorf("crdt: scan {%s}: %w", g.name, e.Error)
+		}
+		if err := fn(g.Sites(), e.Key, e.Value); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -447,7 +489,7 @@ func (m *Manager) Leave(ctx context.Context, sites []string) error {
 	if !ok {
 		return nil
 	}
-	if err := g.close(); err != nil {
+	if err := g.shut(); err != nil {
 		m.log.Warn("close group", "group", name, "err", err)
 	}
 	if err := m.cfg.Datastore.Delete(ctx, registryPrefix.ChildString(name)); err != nil {
@@ -534,6 +576,29 @@ func (m *Manager) schedulePush(g *Group, p peer.ID) {
 	}()
 }
 
+// sleepLoop puts idle groups to sleep: one timer for all of them, every
+// quarter of IdleAfter (a group sleeps between IdleAfter and 1.25 ×
+// IdleAfter after its last use).
+func (m *Manager) sleepLoop() {
+	defer m.wg.Done()
+	t := time.NewTicker(max(m.cfg.IdleAfter/4, 10*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-m.ctx.Done():
+			return
+		case <-t.C:
+		}
+		idleSince := time.Now().Add(-m.cfg.IdleAfter)
+		for _, g := range m.Groups() {
+			if m.ctx.Err() != nil {
+				return
+			}
+			g.sleep(m.ctx, idleSince)
+		}
+	}
+}
+
 // Close stops every group and records a clean shutdown.
 func (m *Manager) Close() error {
 	m.mu.Lock()
@@ -570,7 +635,7 @@ func (m *Manager) closeGroups() error {
 	m.mu.Unlock()
 	var err error
 	for _, g := range groups {
-		err = errors.Join(err, g.close())
+		err = errors.Join(err, g.shut())
 	}
 	return err
 }

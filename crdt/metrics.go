@@ -25,6 +25,7 @@ type metrics struct {
 	headsPushed            prometheus.Counter
 	broadcasts             prometheus.Counter
 	linkDrops              prometheus.Counter
+	wakes, sleeps          prometheus.Counter
 	broadcastBytesSent     prometheus.Counter
 	inlineBlocksSent       prometheus.Counter
 	inlineBlocksReceived   prometheus.Counter
@@ -59,6 +60,8 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 		headsPushed:          counter("heads_pushed_total", "Heads pushed to members that connected."),
 		broadcasts:           counter("broadcasts_total", "Head announcements made (each sent to the group's connected members only)."),
 		linkDrops:            counter("link_drops_total", "Announcements dropped on a link (peer gone, not reading, or its replica behind); pushes and anti-entropy repeat them."),
+		wakes:                counter("group_wakes_total", "Sleeping groups whose replica was opened again (a read, a write or an announcement)."),
+		sleeps:               counter("group_sleeps_total", "Idle groups whose replica was closed (IdleAfter without use)."),
 		broadcastBytesSent:   counter("broadcast_bytes_sent_total", "Bytes of head announcements sent on links (to members only)."),
 		inlineBlocksSent:     counter("inline_blocks_sent_total", "Blocks sent inside broadcasts with their heads."),
 		inlineBlocksReceived: counter("inline_blocks_received_total", "Blocks received inside broadcasts."),
@@ -73,7 +76,7 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 			Buckets: []float64{0.001, 0.005, 0.02, 0.1, 0.5, 1, 2, 5, 10}}),
 	}
 	reg.MustRegister(x.digestMismatches, x.lagRepairs, x.refused, x.malformed, x.repairs, x.repairFailures, x.fetches, x.fetching,
-		x.blocksFetched, x.duplicateBlocks, x.blocksSent, x.headsPushed, x.broadcasts, x.linkDrops,
+		x.blocksFetched, x.duplicateBlocks, x.blocksSent, x.headsPushed, x.broadcasts, x.linkDrops, x.wakes, x.sleeps,
 		x.broadcastBytesSent, x.inlineBlocksSent, x.inlineBlocksReceived, x.broadcastBytesReceived,
 		x.blockBytesSent, x.blockBytesReceived, x.lastSync, x.changeDelay, groupCollector{m})
 	return x
@@ -106,12 +109,12 @@ func (c groupCollector) Collect(ch chan<- prometheus.Metric) {
 	groups := c.m.Groups()
 	ch <- prometheus.MustNewConstMetric(descGroups, prometheus.GaugeValue, float64(len(groups)))
 	for _, g := range groups {
-		st := g.store.InternalStats(ctx)
-		ch <- prometheus.MustNewConstMetric(descHeads, prometheus.GaugeValue, float64(len(st.Heads)), g.name)
-		ch <- prometheus.MustNewConstMetric(descHeight, prometheus.GaugeValue, float64(st.MaxHeight), g.name)
-		ch <- prometheus.MustNewConstMetric(descQueued, prometheus.GaugeValue, float64(st.QueuedJobs), g.name)
+		st := g.stats(ctx)
+		ch <- prometheus.MustNewConstMetric(descHeads, prometheus.GaugeValue, float64(len(st.heads)), g.name)
+		ch <- prometheus.MustNewConstMetric(descHeight, prometheus.GaugeValue, float64(st.height), g.name)
+		ch <- prometheus.MustNewConstMetric(descQueued, prometheus.GaugeValue, float64(st.queued), g.name)
 		dirty := 0.0
-		if g.store.IsDirty(ctx) {
+		if st.dirty {
 			dirty = 1
 		}
 		ch <- prometheus.MustNewConstMetric(descDirty, prometheus.GaugeValue, dirty, g.name)

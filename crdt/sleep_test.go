@@ -1,0 +1,199 @@
+package crdt
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"slices"
+	"testing"
+	"time"
+)
+
+// asleep reports whether the site's group of sites sleeps, without
+// waking it.
+func asleep(s *site, name string) bool {
+	g := s.m.group(name)
+	return g != nil && g.awake() == nil
+}
+
+func TestIdleGroupsSleepAndWakeOnUse(t *testing.T) {
+	n := newNet(t, "a", "b", "c", "d", "e")
+	n.tune = func(c *Config) {
+		c.IdleAfter = 200 * time.Millisecond
+		c.DigestInterval = 100 * time.Millisecond
+	}
+	n.startAll("a", "b", "c", "d", "e")
+	a, b := n.sites["a"], n.sites["b"]
+	ctx := context.Background()
+	ab := []string{"a", "b"}
+
+	// Every group of a and b with any of c, d, e: one write each, then
+	// all of them idle.
+	var names []string
+	for mask := range 8 {
+		sites := slices.Clone(ab)
+		for i, other := range []string{"c", "d", "e"} {
+			if mask&(1<<i) != 0 {
+				sites = append(sites, other)
+			}
+		}
+		name, _, _ := groupName(sites)
+		names = append(names, name)
+		if err := a.m.Put(ctx, sites, "/k", []byte(name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	groups := len(names)
+	eventually(t, 10*time.Second, "b holds every group's write", func() error {
+		for _, name := range names {
+			g := b.m.group(name)
+			if g == nil {
+				return fmt.Errorf("b has not joined %s", name)
+			}
+		}
+		return hasValue(b, ab, "/k", "a,b")
+	})
+	headsAwake := map[string]string{}
+	for _, name := range names {
+		headsAwake[name] = a.m.group(name).headsDigest(ctx)
+	}
+	eventually(t, 10*time.Second, "every group asleep at a and b", func() error {
+		for _, s := range []*site{a, b} {
+			for _, name := range names {
+				if !asleep(s, name) {
+					return fmt.Errorf("%s: %s awake", s.name, name)
+				}
+			}
+		}
+		return nil
+	})
+	// A sleeping group has no goroutine of its own: waking every group
+	// of a (and holding it awake) starts go-ds-crdt's ~8 per replica and
+	// the repair loop.
+	asleepCount := runtime.NumGoroutine()
+	var dones []func()
+	for _, name := range names {
+		_, done, woke, err := a.m.group(name).use()
+		if err != nil || !woke {
+			t.Fatalf("wake %s: woke %v, %v", name, woke, err)
+		}
+		dones = append(dones, done)
+	}
+	if awake := runtime.NumGoroutine(); awake-asleepCount < groups*5 {
+		t.Errorf("goroutines: %d with %d groups asleep, %d awake", asleepCount, groups, awake)
+	}
+	for _, done := range dones {
+		done()
+	}
+	eventually(t, 10*time.Second, "a's groups asleep again", func() error {
+		for _, name := range names {
+			if !asleep(a, name) {
+				return fmt.Errorf("%s awake", name)
+			}
+		}
+		return nil
+	})
+	// Its heads, read from the datastore, are the replica's.
+	for _, name := range names {
+		if got := a.m.group(name).headsDigest(ctx); got != headsAwake[name] {
+			t.Errorf("%s: heads digest %s asleep, %s awake", name, got, headsAwake[name])
+		}
+	}
+	// Anti-entropy rounds compare sleeping groups without waking them and
+	// find them equal.
+	mismatches := counterValue(a.m.metrics.digestMismatches)
+	wakes := counterValue(b.m.metrics.wakes)
+	time.Sleep(5 * 100 * time.Millisecond) // five digest rounds: nothing must happen
+	if got := counterValue(a.m.metrics.digestMismatches); got != mismatches {
+		t.Errorf("digest mismatches between sleeping equal groups: %v → %v", mismatches, got)
+	}
+	if got := counterValue(b.m.metrics.wakes); got != wakes {
+		t.Errorf("b's groups woke %v times while nothing happened (b: mismatches %v, lag repairs %v, pushes %v)", got-wakes, counterValue(b.m.metrics.digestMismatches), counterValue(b.m.metrics.lagRepairs), counterValue(b.m.metrics.headsPushed))
+	}
+	st := b.m.Status(ctx)
+	if i := slices.IndexFunc(st, func(s GroupStatus) bool { return s.Group == "a,b" }); i < 0 || !st[i].Asleep || len(st[i].Heads) == 0 {
+		t.Fatalf("status of a,b at b: %+v", st)
+	}
+
+	// A write wakes the writer's group and, by its announcement, the
+	// member's; the member's watchers see it.
+	seen := make(chan string, 16)
+	stop := b.m.Watch(func(_ []string, key string, v []byte, _ bool) { seen <- key + "=" + string(v) })
+	defer stop()
+	if err := a.m.Put(ctx, ab, "/k", []byte("again")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-seen:
+		if got != "/k=again" {
+			t.Fatalf("b saw %s", got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("b never saw the write into its sleeping group")
+	}
+	if counterValue(b.m.metrics.wakes) <= wakes {
+		t.Fatal("b's group did not wake for the announcement")
+	}
+	// A read wakes a sleeping group too, and finds its data.
+	eventually(t, 10*time.Second, "a,b asleep again at b", func() error {
+		if !asleep(b, "a,b") {
+			return fmt.Errorf("awake")
+		}
+		return nil
+	})
+	if err := hasValue(b, ab, "/k", "again"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSleepingGroupsAfterRestart(t *testing.T) {
+	n := newNet(t, "a", "b")
+	n.tune = func(c *Config) { c.IdleAfter = 100 * time.Millisecond }
+	n.startAll("a", "b")
+	ctx := context.Background()
+	ab := []string{"a", "b"}
+	for i := range 10 {
+		if err := n.sites["a"].m.Put(ctx, ab, fmt.Sprintf("/k/%d", i), []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 10*time.Second, "b holds the writes", func() error { return hasValue(n.sites["b"], ab, "/k/9", "v") })
+	before := n.sites["b"].m.group("a,b").headsDigest(ctx)
+
+	// A clean restart loads the group asleep; a scan finds everything and
+	// leaves it asleep; the heads are the same.
+	n.stop("b", true)
+	b := n.start("b")
+	if !asleep(b, "a,b") {
+		t.Fatal("a clean group woke at start")
+	}
+	if got := b.m.group("a,b").headsDigest(ctx); got != before {
+		t.Fatalf("heads %s after the restart, %s before", got, before)
+	}
+	keys := 0
+	if err := b.m.Scan(ctx, "/k/", func(_ []string, _ string, _ []byte) error { keys++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if keys != 10 {
+		t.Fatalf("scan found %d keys, want 10", keys)
+	}
+	if !asleep(b, "a,b") {
+		t.Fatal("the scan left the group awake")
+	}
+
+	// After a crash, the group wakes at start to be repaired.
+	n.stop("b", false)
+	b = n.start("b")
+	if asleep(b, "a,b") {
+		t.Fatal("a group to repair after a crash sleeps")
+	}
+	eventually(t, 10*time.Second, "repaired and asleep", func() error {
+		if !asleep(b, "a,b") {
+			return fmt.Errorf("awake")
+		}
+		return nil
+	})
+	if err := hasValue(b, ab, "/k/3", "v"); err != nil {
+		t.Fatal(err)
+	}
+}
