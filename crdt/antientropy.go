@@ -25,8 +25,15 @@ import (
 // diverged. Only groups both sides are members of are ever named.
 const DigestProtocol protocol.ID = "/cheops/crdt/digest/1.0.0"
 
-// digestRequest is one round, from the side that starts it.
+// digestRequest is one round, from the side that starts it. A round
+// opens with a request that carries only Summary: when the answer says
+// the other side's summary is the same, the round is over (an idle pair
+// of sites exchanges two small frames, whatever the number of groups they
+// share); otherwise the full request follows on the same stream.
 type digestRequest struct {
+	// Summary hashes the name, heads digest and merged count of every
+	// group the asker shares with the answerer.
+	Summary string `json:"summary,omitempty"`
 	Digests map[string]string `json:"digests"` // group → digest of its heads
 	// Processed counts the DAG nodes merged per group: two members with
 	// the same heads hold the same DAG, and once both merged all of it,
@@ -38,6 +45,9 @@ type digestRequest struct {
 // digestAnswer names the groups whose digests differed, and gives the
 // answering side's processed counts of the groups whose heads matched.
 type digestAnswer struct {
+	// Same answers a summary: the answerer's summary of the groups it
+	// shares with the asker is equal.
+	Same      bool           `json:"same,omitempty"`
 	Differ    []string       `json:"differ"`
 	Processed map[string]int `json:"processed,omitempty"`
 }
@@ -107,6 +117,42 @@ func (g *Group) headsDigest(ctx context.Context) string {
 	for _, n := range names {
 		h.Write([]byte(n))
 		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil)[:12])
+}
+
+// groupDigest is a group's heads digest and merged count, as of the
+// group's last activity.
+type groupDigest struct {
+	active    int64
+	heads     string
+	processed int
+}
+
+// digest returns the group's heads digest and merged count. A sleeping
+// group cannot change without waking (which marks it active), so its
+// digest is computed once per sleep: an idle group costs anti-entropy
+// rounds no datastore read. An awake one is read each time (a merge
+// reports its changes before it commits its heads).
+func (g *Group) digest(ctx context.Context) groupDigest {
+	active := g.active.Load()
+	if d := g.lastDigest.Load(); d != nil && d.active == active {
+		return *d
+	}
+	d := groupDigest{active: active, heads: g.headsDigest(ctx), processed: g.processedCount(ctx)}
+	if d.processed >= 0 && g.awake() == nil && g.active.Load() == active {
+		g.lastDigest.Store(&d)
+	}
+	return d
+}
+
+// summary hashes the digests of groups, sorted by name.
+func summary(ctx context.Context, groups []*Group) string {
+	slices.SortFunc(groups, func(a, b *Group) int { return strings.Compare(a.name, b.name) })
+	h := sha256.New()
+	for _, g := range groups {
+		d := g.digest(ctx)
+		fmt.Fprintf(h, "%s\x00%s\x00%d\x00", g.name, d.heads, d.processed)
 	}
 	return hex.EncodeToString(h.Sum(nil)[:12])
 }
@@ -191,13 +237,6 @@ func (m *Manager) digestRound(ctx context.Context, p peer.ID) error {
 	if len(groups) == 0 {
 		return nil
 	}
-	req := digestRequest{Digests: map[string]string{}, Processed: map[string]int{}}
-	byName := map[string]*Group{}
-	for _, g := range groups {
-		req.Digests[g.name] = g.headsDigest(ctx)
-		req.Processed[g.name] = g.processedCount(ctx)
-		byName[g.name] = g
-	}
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.FetchTimeout)
 	defer cancel()
 	s, err := m.cfg.Host.NewStream(ctx, p, DigestProtocol)
@@ -208,20 +247,29 @@ func (m *Manager) digestRound(ctx context.Context, p peer.ID) error {
 	if dl, ok := ctx.Deadline(); ok {
 		_ = s.SetDeadline(dl)
 	}
-	data, _ := json.Marshal(req)
-	if err := writeFrame(s, data); err != nil {
-		_ = s.Reset()
-		return fmt.Errorf("send digests: %w", err)
-	}
-	frame, err := readFrame(bufio.NewReader(s), maxFrame)
+	r := bufio.NewReader(s)
+	ans, err := m.askDigests(s, r, digestRequest{Summary: summary(ctx, groups)})
 	if err != nil {
-		return fmt.Errorf("read digest answer: %w", err)
+		return err
 	}
-	var ans digestAnswer
-	if err := json.Unmarshal(frame, &ans); err != nil {
-		m.metrics.malformed.Inc()
-		return fmt.Errorf("digest answer: %w", err)
+	if ans.Same {
+		m.metrics.digestRounds.WithLabelValues("same").Inc()
+		for _, g := range groups {
+			m.exchanges.set(g.name, p, true)
+		}
+		return nil
 	}
+	req := digestRequest{Digests: map[string]string{}, Processed: map[string]int{}}
+	byName := map[string]*Group{}
+	for _, g := range groups {
+		d := g.digest(ctx)
+		req.Digests[g.name], req.Processed[g.name] = d.heads, d.processed
+		byName[g.name] = g
+	}
+	if ans, err = m.askDigests(s, r, req); err != nil {
+		return err
+	}
+	m.metrics.digestRounds.WithLabelValues("compared").Inc()
 	differ := map[string]bool{}
 	for _, name := range ans.Differ {
 		if g, ok := byName[name]; ok {
@@ -241,6 +289,25 @@ func (m *Manager) digestRound(ctx context.Context, p peer.ID) error {
 	return nil
 }
 
+// askDigests sends one request of a round and reads its answer.
+func (m *Manager) askDigests(s network.Stream, r *bufio.Reader, req digestRequest) (digestAnswer, error) {
+	data, _ := json.Marshal(req)
+	if err := writeFrame(s, data); err != nil {
+		_ = s.Reset()
+		return digestAnswer{}, fmt.Errorf("send digests: %w", err)
+	}
+	frame, err := readFrame(r, maxFrame)
+	if err != nil {
+		return digestAnswer{}, fmt.Errorf("read digest answer: %w", err)
+	}
+	var ans digestAnswer
+	if err := json.Unmarshal(frame, &ans); err != nil {
+		m.metrics.malformed.Inc()
+		return digestAnswer{}, fmt.Errorf("digest answer: %w", err)
+	}
+	return ans, nil
+}
+
 // serveDigests answers a member's round: the groups named that this site
 // shares with it and whose digests differ get their heads pushed back
 // and a repair checked.
@@ -252,12 +319,24 @@ func (m *Manager) serveDigests(s network.Stream) {
 	defer m.wg.Done()
 	defer s.Close()
 	remote := s.Conn().RemotePeer()
+	_ = s.SetDeadline(time.Now().Add(m.cfg.FetchTimeout))
+	r := bufio.NewReader(s)
 	var req digestRequest
-	if !m.readRequest(s, &req) {
+	if !m.readFrameJSON(s, r, &req) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(m.ctx, m.cfg.FetchTimeout)
 	defer cancel()
+	if req.Summary != "" && len(req.Digests) == 0 {
+		same := summary(ctx, m.shared(remote)) == req.Summary
+		data, _ := json.Marshal(digestAnswer{Same: same})
+		if err := writeFrame(s, data); err != nil || same {
+			return
+		}
+		if req = (digestRequest{}); !m.readFrameJSON(s, r, &req) {
+			return
+		}
+	}
 	ans := digestAnswer{Processed: map[string]int{}}
 	var differ []*Group
 	for name, digest := range req.Digests {

@@ -513,7 +513,13 @@ func (exchange) Close() error                                           { return
 // frame that is not JSON is counted as malformed) and false returned.
 func (m *Manager) readRequest(s network.Stream, v any) bool {
 	_ = s.SetDeadline(time.Now().Add(m.cfg.FetchTimeout))
-	frame, err := readFrame(bufio.NewReader(s), maxFrame)
+	return m.readFrameJSON(s, bufio.NewReader(s), v)
+}
+
+// readFrameJSON reads one JSON frame from r; on failure the stream is
+// reset and false returned.
+func (m *Manager) readFrameJSON(s network.Stream, r *bufio.Reader, v any) bool {
+	frame, err := readFrame(r, maxFrame)
 	if err != nil {
 		_ = s.Reset()
 		return false

@@ -52,6 +52,8 @@ type Group struct {
 	// active is when the group was last used or changed (unix ns): the
 	// sweeper puts it to sleep IdleAfter later.
 	active atomic.Int64
+	// lastDigest caches the anti-entropy digest as of active.
+	lastDigest atomic.Pointer[groupDigest]
 
 	mu     sync.Mutex
 	rep    *replica // nil while the group sleeps

@@ -26,6 +26,7 @@ type metrics struct {
 	broadcasts             prometheus.Counter
 	linkDrops              prometheus.Counter
 	wakes, sleeps          prometheus.Counter
+	digestRounds           *prometheus.CounterVec
 	broadcastBytesSent     prometheus.Counter
 	inlineBlocksSent       prometheus.Counter
 	inlineBlocksReceived   prometheus.Counter
@@ -60,6 +61,8 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 		headsPushed:          counter("heads_pushed_total", "Heads pushed to members that connected."),
 		broadcasts:           counter("broadcasts_total", "Head announcements made (each sent to the group's connected members only)."),
 		linkDrops:            counter("link_drops_total", "Announcements dropped on a link (peer gone, not reading, or its replica behind); pushes and anti-entropy repeat them."),
+		digestRounds: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cheops_crdt_digest_rounds_total",
+			Help: "Anti-entropy rounds this site started, by outcome: same (the summaries matched: two small frames) or compared (every shared group's digest sent)."}, []string{"outcome"}),
 		wakes:                counter("group_wakes_total", "Sleeping groups whose replica was opened again (a read, a write or an announcement)."),
 		sleeps:               counter("group_sleeps_total", "Idle groups whose replica was closed (IdleAfter without use)."),
 		broadcastBytesSent:   counter("broadcast_bytes_sent_total", "Bytes of head announcements sent on links (to members only)."),
@@ -76,7 +79,7 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 			Buckets: []float64{0.001, 0.005, 0.02, 0.1, 0.5, 1, 2, 5, 10}}),
 	}
 	reg.MustRegister(x.digestMismatches, x.lagRepairs, x.refused, x.malformed, x.repairs, x.repairFailures, x.fetches, x.fetching,
-		x.blocksFetched, x.duplicateBlocks, x.blocksSent, x.headsPushed, x.broadcasts, x.linkDrops, x.wakes, x.sleeps,
+		x.blocksFetched, x.duplicateBlocks, x.blocksSent, x.headsPushed, x.broadcasts, x.linkDrops, x.wakes, x.sleeps, x.digestRounds,
 		x.broadcastBytesSent, x.inlineBlocksSent, x.inlineBlocksReceived, x.broadcastBytesReceived,
 		x.blockBytesSent, x.blockBytesReceived, x.lastSync, x.changeDelay, groupCollector{m})
 	return x

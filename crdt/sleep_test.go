@@ -103,7 +103,15 @@ func TestIdleGroupsSleepAndWakeOnUse(t *testing.T) {
 	// find them equal.
 	mismatches := counterValue(a.m.metrics.digestMismatches)
 	wakes := counterValue(b.m.metrics.wakes)
+	same, compared := a.m.metrics.digestRounds.WithLabelValues("same"), a.m.metrics.digestRounds.WithLabelValues("compared")
+	sameBefore, comparedBefore := counterValue(same), counterValue(compared)
 	time.Sleep(5 * 100 * time.Millisecond) // five digest rounds: nothing must happen
+	// Each idle round is one summary each way, whatever the number of
+	// groups, never the digests of every group.
+	if counterValue(same) < sameBefore+3 || counterValue(compared) != comparedBefore {
+		t.Errorf("idle rounds: %v more ended on the summary, %v more compared every group",
+			counterValue(same)-sameBefore, counterValue(compared)-comparedBefore)
+	}
 	if got := counterValue(a.m.metrics.digestMismatches); got != mismatches {
 		t.Errorf("digest mismatches between sleeping equal groups: %v → %v", mismatches, got)
 	}
