@@ -33,7 +33,7 @@ const DigestProtocol protocol.ID = "/cheops/crdt/digest/1.0.0"
 type digestRequest struct {
 	// Summary hashes the name, heads digest and merged count of every
 	// group the asker shares with the answerer.
-	Summary string `json:"summary,omitempty"`
+	Summary string            `json:"summary,omitempty"`
 	Digests map[string]string `json:"digests"` // group → digest of its heads
 	// Processed counts the DAG nodes merged per group: two members with
 	// the same heads hold the same DAG, and once both merged all of it,
