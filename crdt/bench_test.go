@@ -3,6 +3,7 @@ package crdt
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"slices"
 	"sync"
 	"testing"
@@ -279,4 +280,60 @@ func converged(n *testNet, sites []string, want int) bool {
 		}
 	}
 	return true
+}
+
+// BenchmarkIdleGroupCost measures what a group costs a site in memory
+// and goroutines, asleep and awake, apart from its data: site a joins
+// every group of 2 to 5 of 10 sites that names it (255 groups), which
+// sleep from the start; then every one is woken and held awake.
+func BenchmarkIdleGroupCost(b *testing.B) {
+	names := []string{"a", "b", "c", "d", "e", "f", "g", "h", "i", "j"}
+	for b.Loop() {
+		n := newNet(b, names...)
+		a := n.start("a")
+		ctx := context.Background()
+		var groups [][]string
+		for mask := range 1 << len(names) {
+			var sites []string
+			for i, s := range names {
+				if mask&(1<<i) != 0 {
+					sites = append(sites, s)
+				}
+			}
+			if len(sites) >= 2 && len(sites) <= 5 && sites[0] == "a" {
+				groups = append(groups, sites)
+			}
+		}
+		heapNow := func() uint64 {
+			runtime.GC()
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			return ms.HeapAlloc
+		}
+		base, baseG := heapNow(), runtime.NumGoroutine()
+		for _, sites := range groups {
+			if _, err := a.m.join(ctx, sites); err != nil {
+				b.Fatal(err)
+			}
+		}
+		asleepHeap, asleepG := heapNow(), runtime.NumGoroutine()
+		var dones []func()
+		for _, g := range a.m.Groups() {
+			_, done, _, err := g.use()
+			if err != nil {
+				b.Fatal(err)
+			}
+			dones = append(dones, done)
+		}
+		awakeHeap, awakeG := heapNow(), runtime.NumGoroutine()
+		for _, done := range dones {
+			done()
+		}
+		k := float64(len(groups))
+		b.ReportMetric((float64(asleepHeap)-float64(base))/k, "B/group-asleep")
+		b.ReportMetric((float64(awakeHeap)-float64(base))/k, "B/group-awake")
+		b.ReportMetric(float64(asleepG-baseG)/k, "goroutines/group-asleep")
+		b.ReportMetric(float64(awakeG-baseG)/k, "goroutines/group-awake")
+		n.stop("a", true)
+	}
 }

@@ -35,9 +35,6 @@ const (
 	// peer that is not a member of the group gets the stream reset and
 	// nothing else.
 	BlockProtocol protocol.ID = "/cheops/crdt/blocks/2.0.0"
-	// HeadsProtocol pushes a group's heads to a member that just
-	// connected: one frame, a JSON headsPush.
-	HeadsProtocol protocol.ID = "/cheops/crdt/heads/1.0.0"
 )
 
 // Limits of the wire protocols: a request or heads push over maxFrame, or
@@ -60,14 +57,12 @@ type blockRequest struct {
 	Known []string `json:"known,omitempty"`
 }
 
-// headsPush carries a group's heads, encoded as go-ds-crdt broadcasts them.
-// It names the group's sites and their peer ids, so that a member that has
-// not joined the group yet can join it.
-type headsPush struct {
-	Group string    `json:"group"`
-	Sites []string  `json:"sites"`
-	Peers []peer.ID `json:"peers"`
-	Heads []byte    `json:"heads"`
+// groupClaim is a group as a member names it to this site: its sites and
+// their peer ids, checked by joinClaimed before this site joins it.
+type groupClaim struct {
+	Group string
+	Sites []string
+	Peers []peer.ID
 }
 
 func writeFrame(w io.Writer, b []byte) error {
@@ -335,7 +330,8 @@ func (g *Group) fetch(ctx context.Context, p peer.ID, want []cid.Cid) (int, erro
 	if err := flush(); err != nil {
 		return stored, err
 	}
-	m.metrics.lastSync.WithLabelValues(g.name, site).SetToCurrentTime()
+	m.metrics.lastSync.WithLabelValues(site).SetToCurrentTime()
+	g.heard.Store(time.Now().UnixNano())
 	return stored, nil
 }
 
@@ -532,61 +528,15 @@ func (m *Manager) readFrameJSON(s network.Stream, r *bufio.Reader, v any) bool {
 	return true
 }
 
-// serveHeads receives a member's pushed heads and hands them to the
-// group's replica as if they came on a link.
-func (m *Manager) serveHeads(s network.Stream) {
-	if !m.enter() {
-		_ = s.Reset()
-		return
-	}
-	defer m.wg.Done()
-	defer s.Close()
-	remote := s.Conn().RemotePeer()
-	var push headsPush
-	if !m.readRequest(s, &push) {
-		return
-	}
-	g := m.group(push.Group)
-	var err error
-	if g == nil {
-		// A member shares a group this site has not joined yet.
-		if g, err = m.joinPushed(push, remote); err != nil {
-			m.log.Warn("refused heads for a new group", "peer", remote, "group", push.Group, "err", err)
-			m.metrics.refused.Inc()
-			_ = s.Reset()
-			return
-		}
-	}
-	if !g.members[remote] {
-		m.log.Warn("refused heads from a non-member", "peer", remote, "group", push.Group)
-		m.metrics.refused.Inc()
-		_ = s.Reset()
-		return
-	}
-	if _, err := g.deliver(m.ctx, push.Heads, 0); err != nil {
-		m.log.Debug("deliver pushed heads", "group", g.name, "err", err)
-		return
-	}
-	m.metrics.lastSync.WithLabelValues(g.name, m.siteOf(remote)).SetToCurrentTime()
-}
-
-// pushHeads sends the group's heads to one member.
+// pushHeads sends the group's heads to one member, on its link (without
+// blocks: the member fetches what it lacks).
 func (g *Group) pushHeads(ctx context.Context, p peer.ID) error {
 	heads, err := g.encodedHeads(ctx)
 	if err != nil || heads == nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, g.m.cfg.FetchTimeout)
-	defer cancel()
-	s, err := g.m.cfg.Host.NewStream(ctx, p, HeadsProtocol)
-	if err != nil {
-		return fmt.Errorf("open heads stream to %s: %w", p, err)
-	}
-	defer s.Close()
-	data, _ := json.Marshal(headsPush{Group: g.name, Sites: g.sites, Peers: g.peers, Heads: heads})
-	if err := writeFrame(s, data); err != nil {
-		_ = s.Reset()
-		return err
+	if err := g.m.links.send(ctx, p, g, encodeMessage(heads, nil)); err != nil {
+		return fmt.Errorf("push heads of {%s}: %w", g.name, err)
 	}
 	g.m.metrics.headsPushed.Inc()
 	return nil

@@ -17,7 +17,6 @@ import (
 	blocks "github.com/ipfs/go-block-format"
 	"github.com/ipfs/go-ds-crdt/pb"
 	"github.com/libp2p/go-libp2p/core/peer"
-	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -105,8 +104,7 @@ func TestGroupDataStaysInsideItsSites(t *testing.T) {
 	if got := counterValue(c.m.metrics.refused); got != 0 {
 		t.Errorf("c refused %v messages: announcements of {a,b} reached it", got)
 	}
-	var synced dto.Metric
-	if err := b.m.metrics.lastSync.WithLabelValues("a,b", "a").Write(&synced); err != nil || synced.GetGauge().GetValue() == 0 {
+	if b.m.group("a,b").heard.Load() == 0 {
 		t.Error("b received no announcement of {a,b}: the check is broken")
 	}
 }
@@ -144,21 +142,6 @@ func TestNonMemberIsRefused(t *testing.T) {
 		return nil
 	})
 
-	// c pushes heads into {a,b}: refused as well, a does not change.
-	s2, err := c.host.NewStream(ctx, n.ids["a"], HeadsProtocol)
-	if err != nil {
-		t.Fatal(err)
-	}
-	push, _ := json.Marshal(headsPush{Group: "a,b", Sites: []string{"a", "b"}, Peers: []peer.ID{n.ids["a"], n.ids["b"]}, Heads: []byte("junk")})
-	_ = writeFrame(s2, push)
-	_ = s2.Close()
-	eventually(t, 5*time.Second, "the push refusal is counted", func() error {
-		if v := counterValue(a.m.metrics.refused); v < 2 {
-			return fmt.Errorf("refused = %v", v)
-		}
-		return nil
-	})
-
 	// c announces heads of {a,b} on a link, with a block: refused, a
 	// neither stores the block nor changes its heads.
 	before := a.m.group("a,b").headsDigest(ctx)
@@ -173,7 +156,7 @@ func TestNonMemberIsRefused(t *testing.T) {
 	_ = writeFrame(s3, encodeMessage(forged, []blocks.Block{blk}))
 	_ = s3.Close()
 	eventually(t, 5*time.Second, "the link refusal is counted", func() error {
-		if v := counterValue(a.m.metrics.refused); v < 3 {
+		if v := counterValue(a.m.metrics.refused); v < 2 {
 			return fmt.Errorf("refused = %v", v)
 		}
 		return nil

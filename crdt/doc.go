@@ -19,7 +19,7 @@
 // the number of groups. Joining a group is a local act: no topic, no mesh;
 // the first message of a group a member has not joined yet names the
 // group's peers, and the member joins after checking them against
-// membership (the same checks as a heads push). A link idle for 30 s is
+// membership (joinClaimed). A link idle for 10 s is
 // closed.
 //
 // # Keeping data inside the group

@@ -37,8 +37,8 @@ func FuzzReadFrame(f *testing.F) {
 			}
 			var br blockRequest
 			_ = json.Unmarshal(frame, &br)
-			var hp headsPush
-			_ = json.Unmarshal(frame, &hp)
+			var lh linkHeader
+			_ = json.Unmarshal(frame, &lh)
 		}
 	})
 }

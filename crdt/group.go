@@ -52,6 +52,9 @@ type Group struct {
 	// active is when the group was last used or changed (unix ns): the
 	// sweeper puts it to sleep IdleAfter later.
 	active atomic.Int64
+	// heard is when a member last sent heads or blocks of the group (unix
+	// ns, 0: never).
+	heard atomic.Int64
 	// lastDigest caches the anti-entropy digest as of active.
 	lastDigest atomic.Pointer[groupDigest]
 

@@ -27,10 +27,10 @@ const LinkProtocol protocol.ID = "/cheops/crdt/link/1.0.0"
 const (
 	// linkQueue is how many messages wait for one link before Broadcast
 	// waits too.
-	linkQueue = 1024
+	linkQueue = 128
 	// linkIdle closes a link that carried nothing for that long: an idle
 	// site keeps no goroutine or stream per peer.
-	linkIdle = 30 * time.Second
+	linkIdle = 10 * time.Second
 	// linkWriteTimeout bounds one write on a link; a member that does not
 	// read loses the message (anti-entropy repeats the heads) rather than
 	// holding every group's announcements.
@@ -38,6 +38,9 @@ const (
 	// linkDeliverWait is how long a link waits for a group whose replica
 	// is behind before it drops that announcement.
 	linkDeliverWait = time.Second
+	// linkBuffer sizes a link's write and read buffers: a few messages
+	// (an announcement with its block is a few hundred bytes).
+	linkBuffer = 8 << 10
 )
 
 // linkHeader opens each message on a link: the group, and the first time
@@ -99,6 +102,13 @@ func (ls *links) send(ctx context.Context, p peer.ID, g *Group, body []byte) err
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// count is the number of open links.
+func (ls *links) count() int {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	return len(ls.by)
 }
 
 // retire removes an idle link with nothing queued or about to be.
@@ -166,7 +176,7 @@ func (ls *links) run(l *link) {
 				ls.flushOut(l) // the queue's messages would fail the same way
 				continue
 			}
-			w, announced = bufio.NewWriterSize(s, 32<<10), map[string]bool{}
+			w, announced = bufio.NewWriterSize(s, linkBuffer), map[string]bool{}
 		}
 		_ = s.SetWriteDeadline(time.Now().Add(linkWriteTimeout))
 		if err := ls.write(w, msg, announced); err != nil {
@@ -239,7 +249,7 @@ func (ls *links) write(w *bufio.Writer, msg linkMessage, announced map[string]bo
 
 // serveLink reads a member's link until it ends or the manager closes.
 // Each message's group must name the sender as a member; a group this
-// site has not joined yet is joined after the same checks as a heads push.
+// site has not joined yet is joined after checking it (joinClaimed).
 func (m *Manager) serveLink(s network.Stream) {
 	if !m.enter() {
 		_ = s.Reset()
@@ -251,7 +261,7 @@ func (m *Manager) serveLink(s network.Stream) {
 	defer s.Close()
 	remote := s.Conn().RemotePeer()
 	from := m.siteOf(remote)
-	r := bufio.NewReaderSize(s, 32<<10)
+	r := bufio.NewReaderSize(s, linkBuffer)
 	peers := map[string][]peer.ID{} // group → peers the stream announced
 	for {
 		head, err := readFrame(r, maxFrame)
@@ -299,7 +309,7 @@ func (m *Manager) receive(remote peer.ID, name string, peers []peer.ID, body []b
 			return fmt.Errorf("%w: announcement for group %q with no peers", ErrBadGroup, name)
 		}
 		var err error
-		g, err = m.joinPushed(headsPush{Group: name, Sites: strings.Split(name, ","), Peers: peers}, remote)
+		g, err = m.joinClaimed(groupClaim{Group: name, Sites: strings.Split(name, ","), Peers: peers}, remote)
 		if err != nil {
 			return err
 		}
@@ -317,7 +327,8 @@ func (m *Manager) receive(remote peer.ID, name string, peers []peer.ID, body []b
 		}
 		m.metrics.inlineBlocksReceived.Add(float64(len(blks)))
 	}
-	m.metrics.lastSync.WithLabelValues(g.name, m.siteOf(remote)).SetToCurrentTime()
+	m.metrics.lastSync.WithLabelValues(m.siteOf(remote)).SetToCurrentTime()
+	g.heard.Store(time.Now().UnixNano())
 	ok, err := g.deliver(m.ctx, heads, linkDeliverWait)
 	if err != nil {
 		return fmt.Errorf("deliver heads of {%s}: %w", name, err)

@@ -118,7 +118,6 @@ func NewManager(ctx context.Context, cfg Config) (*Manager, error) {
 		m.addGroupLocked(g)
 	}
 	cfg.Host.SetStreamHandler(BlockProtocol, m.serveBlocks)
-	cfg.Host.SetStreamHandler(HeadsProtocol, m.serveHeads)
 	cfg.Host.SetStreamHandler(DigestProtocol, m.serveDigests)
 	cfg.Host.SetStreamHandler(LinkProtocol, m.serveLink)
 	connected := make(chan peer.ID, 256)
@@ -260,16 +259,13 @@ func (m *Manager) joinLocked(ctx context.Context, name string, sorted []string, 
 	g := m.newGroup(name, sorted, peers)
 	m.addGroupLocked(g)
 	m.log.Info("joined group", "group", name)
-	for _, p := range g.connectedMembers() {
-		m.schedulePush(g, p)
-	}
 	return g, nil
 }
 
-// joinPushed joins the group a member pushed heads for, after checking
-// that the push names this site, that the pusher is one of the sites it
+// joinClaimed joins the group a member announced, after checking that
+// the claim names this site, that the member is one of the sites it
 // names, and that every site whose peer membership knows matches.
-func (m *Manager) joinPushed(push headsPush, remote peer.ID) (*Group, error) {
+func (m *Manager) joinClaimed(push groupClaim, remote peer.ID) (*Group, error) {
 	name, sorted, err := groupName(push.Sites)
 	if err != nil {
 		return nil, err
@@ -544,9 +540,9 @@ func (m *Manager) catchUpLoop(connected <-chan peer.ID) {
 					}
 				}()
 			}
-			for _, g := range m.Groups() {
-				if g.members[p] && p != m.cfg.Host.ID() {
-					m.schedulePush(g, p)
+			if p != m.cfg.Host.ID() {
+				m.schedulePushes(p)
+				for _, g := range m.shared(p) {
 					g.kickRepair()
 				}
 			}
@@ -554,8 +550,9 @@ func (m *Manager) catchUpLoop(connected <-chan peer.ID) {
 	}
 }
 
-// schedulePush sends g's heads to p after each of the configured delays.
-func (m *Manager) schedulePush(g *Group, p peer.ID) {
+// schedulePushes sends p the heads of every group they share after each
+// of the configured delays, on p's link.
+func (m *Manager) schedulePushes(p peer.ID) {
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
@@ -566,11 +563,10 @@ func (m *Manager) schedulePush(g *Group, p peer.ID) {
 				return
 			case <-time.After(time.Until(start.Add(d))):
 			}
-			if m.group(g.name) != g {
-				return
-			}
-			if err := g.pushHeads(m.ctx, p); err != nil && m.ctx.Err() == nil {
-				m.log.Debug("push heads", "group", g.name, "peer", p, "err", err)
+			for _, g := range m.shared(p) {
+				if err := g.pushHeads(m.ctx, p); err != nil && m.ctx.Err() == nil {
+					m.log.Debug("push heads", "group", g.name, "peer", p, "err", err)
+				}
 			}
 		}
 	}()
@@ -610,7 +606,6 @@ func (m *Manager) Close() error {
 	m.mu.Unlock()
 	m.cfg.Host.Network().StopNotify(m.notifiee)
 	m.cfg.Host.RemoveStreamHandler(BlockProtocol)
-	m.cfg.Host.RemoveStreamHandler(HeadsProtocol)
 	m.cfg.Host.RemoveStreamHandler(DigestProtocol)
 	m.cfg.Host.RemoveStreamHandler(LinkProtocol)
 	m.cancel()
