@@ -72,6 +72,58 @@ func BenchmarkPutVisibleAtAllMembers(b *testing.B) {
 	b.ReportMetric((counterValue(n.sites["b"].m.metrics.inlineBlocksReceived)-inlineBefore)/float64(len(lat)), "inlined/op")
 }
 
+// BenchmarkFirstWriteInNewGroup measures the first put into a group no
+// site had joined, from the put at a until every other member applied it
+// (joining included): 8 sites, each iteration a new group of a and one to
+// three others, so up to 63 iterations. p50 and p99.
+func BenchmarkFirstWriteInNewGroup(b *testing.B) {
+	names := []string{"a", "b", "c", "d", "e", "f", "g", "h"}
+	n := newNet(b, names...)
+	n.startAll(names...)
+	var groups [][]string
+	for mask := range 1 << (len(names) - 1) {
+		sites := []string{"a"}
+		for i, s := range names[1:] {
+			if mask&(1<<i) != 0 {
+				sites = append(sites, s)
+			}
+		}
+		if len(sites) >= 2 && len(sites) <= 4 {
+			groups = append(groups, sites)
+		}
+	}
+	seen := make(chan string, 1024)
+	for _, s := range names[1:] {
+		stop := n.sites[s].m.Watch(func(sites []string, key string, _ []byte, _ bool) { seen <- key })
+		defer stop()
+	}
+	ctx := context.Background()
+	var lat []time.Duration
+	for i := 0; b.Loop(); i++ {
+		if i == len(groups) {
+			b.Fatalf("only %d new groups: run with -benchtime %dx at most", len(groups), len(groups))
+		}
+		key := fmt.Sprintf("/first/%d", i)
+		start := time.Now()
+		if err := n.sites["a"].m.Put(ctx, groups[i], key, []byte("v")); err != nil {
+			b.Fatal(err)
+		}
+		for got := 0; got < len(groups[i])-1; {
+			select {
+			case k := <-seen:
+				if k == key {
+					got++
+				}
+			case <-time.After(10 * time.Second):
+				b.Fatalf("%s not visible at every member of %v", key, groups[i])
+			}
+		}
+		lat = append(lat, time.Since(start))
+	}
+	b.ReportMetric(quantile(lat, 0.5), "p50-ms")
+	b.ReportMetric(quantile(lat, 0.99), "p99-ms")
+}
+
 // BenchmarkPutBatch measures writes per second on one site of a 3-site
 // group, in batches of 1 (Put) and 100 (PutBatch) catalog-sized values,
 // while the two other members apply them.
