@@ -39,11 +39,16 @@ func TestAttachThenDetach(t *testing.T) {
 	})
 	// The scope shown is the placement; the scope it was created with is
 	// beside it.
-	var shown catalog.Resource
-	c.do("berlin", "GET", "/v1/resources/"+gid, "", nil).json(t, &shown)
-	if shown.Scope != "{posts: paris & berlin & rome}" || shown.CreatedScope != "{posts: paris & berlin}" {
-		t.Fatalf("after attach berlin shows scope %q, created with %q", shown.Scope, shown.CreatedScope)
-	}
+	// berlin learns of the attach through replication, like rome: wait
+	// for it as well.
+	eventually(t, 10*time.Second, "berlin shows the placement", func() error {
+		var shown catalog.Resource
+		c.do("berlin", "GET", "/v1/resources/"+gid, "", nil).json(t, &shown)
+		if shown.Scope != "{posts: paris & berlin & rome}" || shown.CreatedScope != "{posts: paris & berlin}" {
+			return fmt.Errorf("after attach berlin shows scope %q, created with %q", shown.Scope, shown.CreatedScope)
+		}
+		return nil
+	})
 	if _, err := c.sites["rome"].agent.Catalog().Get(t.Context(), other); err == nil {
 		t.Fatal("rome holds a resource that was never attached to it")
 	}
