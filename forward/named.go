@@ -176,15 +176,8 @@ func (f *Forwarder) mergeRead(w http.ResponseWriter, req *request, results map[s
 // target of the plan (standbys after): the answer is passed on as it
 // arrives until either side ends it.
 func (f *Forwarder) streamRead(w http.ResponseWriter, req *request, plan *scope.Plan) {
-	reachable, _ := splitTargets(plan)
-	order := append([]string(nil), reachable...)
-	for _, t := range plan.Targets {
-		if !t.Required && t.Reachable {
-			order = append(order, t.Site)
-		}
-	}
 	var last error = fmt.Errorf("no site reachable")
-	for _, s := range order {
+	for _, s := range plan.ReadOrder() {
 		var resp *http.Response
 		var done func()
 		if s == f.cfg.Membership.Site() {

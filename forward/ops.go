@@ -36,7 +36,7 @@ func (f *Forwarder) create(w http.ResponseWriter, req *request, plan *scope.Plan
 		return
 	}
 	id := catalog.NewID(time.Now())
-	reachable, pending := splitTargets(plan)
+	reachable, pending := plan.Reachable(), plan.Pending()
 	wr := write{
 		op: catalog.Operation{ID: catalog.NewID(time.Now()), Resource: id, Method: req.r.Method,
 			Path: opPath(req.rawPath, req.r.Header.Get("Content-Type")), Targets: targets},
@@ -86,13 +86,8 @@ func (f *Forwarder) coordinate(w http.ResponseWriter, req *request, plan *scope.
 // falls back (fallback.go): planned again without it and dispatched,
 // which may run it here.
 func (f *Forwarder) handOver(w http.ResponseWriter, req *request, plan *scope.Plan) {
-	var best *scope.Target
-	for i, t := range plan.Targets {
-		if t.Required && t.Reachable && (best == nil || t.RTT < best.RTT) {
-			best = &plan.Targets[i]
-		}
-	}
-	if best == nil {
+	best, ok := plan.Nearest()
+	if !ok {
 		writeError(w, http.StatusServiceUnavailable, "unreachable", "no site of the scope is reachable")
 		return
 	}
@@ -120,19 +115,6 @@ func (f *Forwarder) handOver(w http.ResponseWriter, req *request, plan *scope.Pl
 	f.reply(w, res, res.header.Get(HeaderResource), nil)
 }
 
-func splitTargets(plan *scope.Plan) (reachable, pending []string) {
-	for _, t := range plan.Targets {
-		switch {
-		case !t.Required:
-		case t.Reachable:
-			reachable = append(reachable, t.Site)
-		default:
-			pending = append(pending, t.Site)
-		}
-	}
-	return reachable, pending
-}
-
 // onResource serves a request that names a catalog resource by its
 // global id: reads go to one holder, writes to every replica.
 func (f *Forwarder) onResource(w http.ResponseWriter, req *request, res catalog.Resource) {
@@ -150,12 +132,7 @@ func (f *Forwarder) onResource(w http.ResponseWriter, req *request, res catalog.
 				out = append(out, s)
 			}
 		}
-		sort.SliceStable(out, func(i, j int) bool {
-			di, _ := view.RTT(self, out[i])
-			dj, _ := view.RTT(self, out[j])
-			return di < dj
-		})
-		return out
+		return view.Nearest(out)
 	}()
 	if deletedEverywhere(res) {
 		writeError(w, http.StatusNotFound, "deleted", fmt.Sprintf("%s was deleted", res.ID))
@@ -214,7 +191,7 @@ func (f *Forwarder) onResource(w http.ResponseWriter, req *request, res catalog.
 // each item tagged with its site and shown with its global id when the
 // catalog knows one.
 func (f *Forwarder) crossRead(w http.ResponseWriter, req *request, plan *scope.Plan) {
-	reachable, pending := splitTargets(plan)
+	reachable, pending := plan.Reachable(), plan.Pending()
 	results := f.executeAll(req.r.Context(), reachable, func(ctx context.Context, site string) result {
 		return f.execute(ctx, site, req, http.MethodGet, req.rawPath, nil)
 	})
@@ -274,7 +251,7 @@ func (f *Forwarder) crossRead(w http.ResponseWriter, req *request, plan *scope.P
 func (f *Forwarder) plain(w http.ResponseWriter, req *request, plan *scope.Plan) {
 	ctx := req.r.Context()
 	safe := req.r.Method == http.MethodGet || req.r.Method == http.MethodHead || req.r.Method == http.MethodOptions
-	reachable, pending := splitTargets(plan)
+	reachable, pending := plan.Reachable(), plan.Pending()
 	if safe && f.streams(req) {
 		f.streamRead(w, req, plan)
 		return
@@ -284,7 +261,7 @@ func (f *Forwarder) plain(w http.ResponseWriter, req *request, plan *scope.Plan)
 		// all failed, on those of its next plan (fallback.go).
 		for {
 			var last result
-			for _, s := range readOrder(plan) {
+			for _, s := range plan.ReadOrder() {
 				if s == f.cfg.Membership.Site() && (req.r.Method == http.MethodGet || req.r.Method == http.MethodHead) {
 					// Passed on as it arrives (readHere).
 					err := f.readHere(w, req, req.rawPath)
@@ -350,23 +327,6 @@ func (f *Forwarder) plain(w http.ResponseWriter, req *request, plan *scope.Plan)
 		hdr = outcomes
 	}
 	f.reply(w, answer, "", hdr)
-}
-
-// readOrder is where a read may run, in the order to try: the reachable
-// required sites, then the standbys.
-func readOrder(plan *scope.Plan) []string {
-	var order []string
-	for _, t := range plan.Targets {
-		if t.Required && t.Reachable {
-			order = append(order, t.Site)
-		}
-	}
-	for _, t := range plan.Targets {
-		if !t.Required && t.Reachable {
-			order = append(order, t.Site)
-		}
-	}
-	return order
 }
 
 // localID reads the id field of a created resource's JSON body.
