@@ -82,7 +82,7 @@ func TestAPI(t *testing.T) {
 	pc := testConfig("paris", dirs["paris"], trust)
 	pc.Services = map[string]string{"posts": "http://127.0.0.1:8080"}
 	pc.Handlers = map[string]http.Handler{"GET /v1/extra": http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		WriteJSON(w, http.StatusTeapot, map[string]string{"extra": "yes"})
+		errcode.WriteJSON(w, http.StatusTeapot, map[string]string{"extra": "yes"})
 	})}
 	paris, err := Start(context.Background(), pc)
 	if err != nil {

@@ -26,7 +26,7 @@ func (f *Forwarder) create(w http.ResponseWriter, req *request, plan *scope.Plan
 	if n, ok := req.svc.Routes.(Namer); ok && req.route.id == "" {
 		body, _, err := n.Assign(req.body)
 		if err != nil {
-			writeError(w, http.StatusBadRequest, "bad_body", err.Error())
+			errcode.Write(w, http.StatusBadRequest, "bad_body", err.Error())
 			return
 		}
 		req.body = body
@@ -55,11 +55,11 @@ func (f *Forwarder) create(w http.ResponseWriter, req *request, plan *scope.Plan
 	switch {
 	case err != nil:
 		f.log.Error("record created resource", "id", id, "err", err)
-		writeError(w, http.StatusInternalServerError, "catalog", fmt.Sprintf("created (%s) but not recorded: %v", sitesHeader(outcomes), err))
+		errcode.Write(w, http.StatusInternalServerError, "catalog", fmt.Sprintf("created (%s) but not recorded: %v", sitesHeader(outcomes), err))
 	case recorded && !answer.ok() && (answer.site == "" || answer.err != nil):
 		acceptedPending(w, id, outcomes)
 	case answer.site == "":
-		writeError(w, http.StatusServiceUnavailable, "unreachable", "no site could run the request: "+sitesHeader(outcomes))
+		errcode.Write(w, http.StatusServiceUnavailable, "unreachable", "no site could run the request: "+sitesHeader(outcomes))
 	case !answer.ok():
 		f.reply(w, answer, "", outcomes)
 	default:
@@ -75,7 +75,7 @@ func (f *Forwarder) create(w http.ResponseWriter, req *request, plan *scope.Plan
 // only a member may write the resource's catalog entry.
 func (f *Forwarder) coordinate(w http.ResponseWriter, req *request, plan *scope.Plan) {
 	if req.hop != "" {
-		writeError(w, http.StatusBadRequest, "not_member", fmt.Sprintf("site %s was asked to coordinate a create outside its scope", f.cfg.Membership.Site()))
+		errcode.Write(w, http.StatusBadRequest, "not_member", fmt.Sprintf("site %s was asked to coordinate a create outside its scope", f.cfg.Membership.Site()))
 		return
 	}
 	f.handOver(w, req, plan)
@@ -88,7 +88,7 @@ func (f *Forwarder) coordinate(w http.ResponseWriter, req *request, plan *scope.
 func (f *Forwarder) handOver(w http.ResponseWriter, req *request, plan *scope.Plan) {
 	best, ok := plan.Nearest()
 	if !ok {
-		writeError(w, http.StatusServiceUnavailable, "unreachable", "no site of the scope is reachable")
+		errcode.Write(w, http.StatusServiceUnavailable, "unreachable", "no site of the scope is reachable")
 		return
 	}
 	res := f.execute(req.r.Context(), best.Site, req, req.r.Method, req.rawPath, http.Header{HeaderCoordinate: {"1"}})
@@ -99,11 +99,11 @@ func (f *Forwarder) handOver(w http.ResponseWriter, req *request, plan *scope.Pl
 			f.dispatch(w, req, next)
 			return
 		}
-		writeError(w, http.StatusServiceUnavailable, "unreachable", "no site of the scope could be reached: "+req.fallbackHeader())
+		errcode.Write(w, http.StatusServiceUnavailable, "unreachable", "no site of the scope could be reached: "+req.fallbackHeader())
 		return
 	case res.err != nil:
 		// It may have run there: never send it again.
-		writeError(w, http.StatusGatewayTimeout, "outcome_unknown",
+		errcode.Write(w, http.StatusGatewayTimeout, "outcome_unknown",
 			fmt.Sprintf("%v: the request was sent to %s, which did not answer; it may have run there (look for it in the catalog before sending it again)", res.err, best.Site))
 		return
 	}
@@ -135,13 +135,13 @@ func (f *Forwarder) onResource(w http.ResponseWriter, req *request, res catalog.
 		return view.Nearest(out)
 	}()
 	if deletedEverywhere(res) {
-		writeError(w, http.StatusNotFound, "deleted", fmt.Sprintf("%s was deleted", res.ID))
+		errcode.Write(w, http.StatusNotFound, "deleted", fmt.Sprintf("%s was deleted", res.ID))
 		return
 	}
 	switch req.r.Method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions:
 		if len(holders) == 0 {
-			writeError(w, http.StatusServiceUnavailable, "unreachable", fmt.Sprintf("no reachable site holds %s", res.ID))
+			errcode.Write(w, http.StatusServiceUnavailable, "unreachable", fmt.Sprintf("no reachable site holds %s", res.ID))
 			return
 		}
 		var last result
@@ -174,11 +174,11 @@ func (f *Forwarder) onResource(w http.ResponseWriter, req *request, res catalog.
 	switch {
 	case err != nil:
 		f.log.Error("record operation", "id", res.ID, "err", err)
-		writeError(w, http.StatusInternalServerError, "catalog", fmt.Sprintf("ran (%s) but not recorded: %v", sitesHeader(outcomes), err))
+		errcode.Write(w, http.StatusInternalServerError, "catalog", fmt.Sprintf("ran (%s) but not recorded: %v", sitesHeader(outcomes), err))
 	case recorded && !answer.ok() && (answer.site == "" || answer.err != nil):
 		acceptedPending(w, res.ID, outcomes)
 	case answer.site == "":
-		writeError(w, http.StatusServiceUnavailable, "unreachable", "no replica could run the request: "+sitesHeader(outcomes))
+		errcode.Write(w, http.StatusServiceUnavailable, "unreachable", "no replica could run the request: "+sitesHeader(outcomes))
 	default:
 		if answer.ok() {
 			answer.body = req.svc.withID(answer.body, res.ID)
@@ -297,7 +297,7 @@ func (f *Forwarder) plain(w http.ResponseWriter, req *request, plan *scope.Plan)
 	if req.stream != nil && (len(reachable) != 1 || len(pending) > 0) {
 		// Streamed only to one site: several read it whole.
 		if err := f.readStream(req); err != nil {
-			writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body: %v", err))
+			errcode.Write(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body: %v", err))
 			return
 		}
 	}
@@ -365,11 +365,6 @@ func withID(body []byte, field, id string) []byte {
 		return body
 	}
 	return out
-}
-
-// writeError answers with an error in the API's format (errcode.Write).
-func writeError(w http.ResponseWriter, status int, code, msg string) {
-	errcode.Write(w, status, code, msg)
 }
 
 func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
