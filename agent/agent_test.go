@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"cheops/errcode"
+	"cheops/forward"
 	"cheops/node"
 )
 
@@ -80,7 +82,11 @@ func eventually(t *testing.T, within time.Duration, what string, cond func() err
 func TestAPI(t *testing.T) {
 	dirs, trust := identities(t, "paris", "berlin", "impostor")
 	pc := testConfig("paris", dirs["paris"], trust)
-	pc.Services = map[string]string{"posts": "http://127.0.0.1:8080"}
+	posts, err := forward.NewService("posts", "http://127.0.0.1:8080")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc.Services = []forward.Service{posts}
 	pc.Handlers = map[string]http.Handler{"GET /v1/extra": http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		errcode.WriteJSON(w, http.StatusTeapot, map[string]string{"extra": "yes"})
 	})}
@@ -89,7 +95,7 @@ func TestAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer paris.Close()
-	if got := paris.Services()["posts"]; got != "http://127.0.0.1:8080" {
+	if got := paris.Services(); len(got) != 1 || got[0].Name != "posts" || got[0].URL.String() != "http://127.0.0.1:8080" {
 		t.Fatalf("services: %v", paris.Services())
 	}
 	addrs, err := os.ReadFile(filepath.Join(dirs["paris"], AddrsFile))
@@ -177,10 +183,22 @@ func TestConfigValidate(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, mutate := range map[string]func(*Config){
-		"bad api":          func(c *Config) { c.API = "localhost" },
-		"bad service name": func(c *Config) { c.Services = map[string]string{"9p": "http://x"} },
-		"bad service url":  func(c *Config) { c.Services = map[string]string{"posts": "x:y"} },
-		"bad node":         func(c *Config) { c.Node.Site = "" },
+		"bad api": func(c *Config) { c.API = "localhost" },
+		"bad service name": func(c *Config) {
+			c.Services = []forward.Service{{Name: "9p", URL: &url.URL{Scheme: "http", Host: "x"}}}
+		},
+		"bad service url": func(c *Config) {
+			c.Services = []forward.Service{{Name: "posts", URL: &url.URL{Scheme: "x", Opaque: "y"}}}
+		},
+		"no service url": func(c *Config) { c.Services = []forward.Service{{Name: "posts"}} },
+		"bad service kind": func(c *Config) {
+			c.Services = []forward.Service{{Name: "posts", URL: &url.URL{Scheme: "http", Host: "x"}, Kind: "helm"}}
+		},
+		"service twice": func(c *Config) {
+			u := &url.URL{Scheme: "http", Host: "x"}
+			c.Services = []forward.Service{{Name: "posts", URL: u}, {Name: "posts", URL: u}}
+		},
+		"bad node": func(c *Config) { c.Node.Site = "" },
 	} {
 		c := good
 		mutate(&c)

@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -155,9 +157,15 @@ func (c *cluster) start(name string) {
 	cfg.Node.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
 	cfg.Node.ProbeInterval, cfg.Node.ProbeTimeout = 100*time.Millisecond, 500*time.Millisecond
 	cfg.Node.AnnounceInterval, cfg.Node.MaxRedialBackoff = 200*time.Millisecond, 300*time.Millisecond
-	cfg.Services = map[string]string{"posts": s.app.url, "comments": s.app.url}
-	for name, url := range c.extra {
-		cfg.Services[name] = url
+	urls := map[string]string{"posts": s.app.url, "comments": s.app.url}
+	maps.Copy(urls, c.extra)
+	cfg.Services = nil
+	for _, name := range slices.Sorted(maps.Keys(urls)) {
+		svc, err := forward.NewService(name, urls[name])
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		cfg.Services = append(cfg.Services, svc)
 	}
 	cfg.MaxBody = 64 << 10
 	// These tests assert which replicas answered; under make test's load

@@ -109,17 +109,12 @@ func New(cfg Config) (*Forwarder, error) {
 	}
 	f := &Forwarder{cfg: cfg, log: log.With("component", "forward", "site", cfg.Membership.Site()), services: map[string]Service{},
 		client: &http.Client{Timeout: cfg.SiteTimeout, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
+	if err := CheckServices(cfg.Services); err != nil {
+		return nil, err
+	}
 	for _, s := range cfg.Services {
 		if s.IDField == "" {
 			s.IDField = "id"
-		}
-		if s.DefaultScope != "" {
-			if _, err := scope.Parse(s.DefaultScope); err != nil {
-				return nil, fmt.Errorf("%w: %s: default scope: %v", ErrBadService, s.Name, err)
-			}
-		}
-		if _, dup := f.services[s.Name]; dup {
-			return nil, fmt.Errorf("%w: %s given twice", ErrBadService, s.Name)
 		}
 		f.services[s.Name] = s
 		f.addUpstream(s)

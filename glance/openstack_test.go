@@ -21,6 +21,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"cheops/agent"
+	"cheops/forward"
 	"cheops/glance"
 	"cheops/node"
 	"cheops/scope"
@@ -138,8 +139,12 @@ func newWorld(t testing.TB) *world {
 		// assert that every replica ran it, so wait for them (the
 		// default deadline, max(50 ms, 4 RTT), would answer them pending).
 		cfg.ReplicaWait = 10 * time.Second
-		cfg.Services = map[string]string{"glance": w.glance[s]}
-		cfg.ServiceOptions = map[string]agent.ServiceOptions{"glance": {Kind: agent.KindGlance}}
+		svc, err := forward.NewService("glance", w.glance[s])
+		if err != nil {
+			t.Fatal(err)
+		}
+		svc.Kind = forward.KindGlance
+		cfg.Services = []forward.Service{svc}
 		cfg.Scopes = names
 		cfg.Logger = logger
 		w.cfgs[s] = cfg

@@ -28,6 +28,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"cheops/agent"
+	"cheops/forward"
 	"cheops/node"
 	"cheops/scope"
 )
@@ -334,10 +335,19 @@ func (w *world) start(name string) {
 	// keeps a loaded machine (-race, packages in parallel) from reporting
 	// an up cluster pending (the default is max(50 ms, 4 RTT)).
 	cfg.ReplicaWait = time.Second
-	cfg.Services = map[string]string{"kube": s.kube.url}
+	svc, err := forward.NewService("kube", s.kube.url)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	svc.Kind, svc.Upstream.Token = forward.KindKube, s.kube.token
+	if s.kube.ca != "" {
+		if svc.Upstream.TLS, err = forward.UpstreamTLS(s.kube.ca, false); err != nil {
+			w.t.Fatal(err)
+		}
+	}
+	cfg.Services = []forward.Service{svc}
 	// A named scope: kubectl's server URL without percent signs.
 	cfg.Scopes = map[string]string{"ab": "{kube: a & b}"}
-	cfg.ServiceOptions = map[string]agent.ServiceOptions{"kube": {Kind: agent.KindKube, Token: s.kube.token, CAFile: s.kube.ca}}
 	cfg.Logger = logger
 	a, err := agent.Start(context.Background(), cfg)
 	if err != nil {
