@@ -18,6 +18,7 @@ import (
 
 	"cheops/errcode"
 	"cheops/forward"
+	"cheops/internal/testkit"
 	"cheops/node"
 )
 
@@ -64,21 +65,6 @@ func get(t *testing.T, url string, out any) (int, string) {
 	return resp.StatusCode, string(body)
 }
 
-func eventually(t *testing.T, within time.Duration, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v: %v", what, within, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func TestAPI(t *testing.T) {
 	dirs, trust := identities(t, "paris", "berlin", "impostor")
 	pc := testConfig("paris", dirs["paris"], trust)
@@ -108,7 +94,7 @@ func TestAPI(t *testing.T) {
 	}
 	defer berlin.Close()
 
-	eventually(t, 10*time.Second, "both up in /v1/sites", func() error {
+	testkit.Eventually(t, 10*time.Second, "both up in /v1/sites", func() error {
 		var sites []SiteJSON
 		get(t, berlin.URL()+"/v1/sites", &sites)
 		if len(sites) != 2 {
@@ -126,7 +112,7 @@ func TestAPI(t *testing.T) {
 	})
 
 	var h HealthJSON
-	eventually(t, 10*time.Second, "paris healthy with two sites up", func() error {
+	testkit.Eventually(t, 10*time.Second, "paris healthy with two sites up", func() error {
 		if code, body := get(t, paris.URL()+"/v1/health", &h); code != 200 || h.Status != "ok" || h.Site != "paris" || h.Sites["up"] != 2 || h.Version == "" {
 			return fmt.Errorf("health: %d %s", code, body)
 		}
@@ -155,7 +141,7 @@ func TestAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer impostor.Close()
-	eventually(t, 10*time.Second, "conflict in /v1/sites", func() error {
+	testkit.Eventually(t, 10*time.Second, "conflict in /v1/sites", func() error {
 		var sites []SiteJSON
 		get(t, berlin.URL()+"/v1/sites", &sites)
 		for _, s := range sites {
