@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -46,7 +45,7 @@ type node struct {
 	name, ns, ip, dir string
 	peerID            string
 	agent, app        *exec.Cmd
-	stderr            *bytes.Buffer
+	stderr            *testkit.Buffer
 }
 
 func (n *node) api() string  { return "http://" + n.ip + ":7070" }
@@ -158,9 +157,9 @@ func (nw *network) startAgent(name string, extra ...string) {
 		args = append(args, "--peer", nw.nodes[nw.order[0]].addr())
 	}
 	args = append(args, extra...)
-	n.stderr = &bytes.Buffer{}
+	n.stderr = &testkit.Buffer{}
 	n.agent = exec.Command("ip", args...)
-	n.agent.Stderr = &lockedWriter{w: n.stderr}
+	n.agent.Stderr = n.stderr
 	if err := n.agent.Start(); err != nil {
 		nw.t.Fatal(err)
 	}
@@ -189,17 +188,6 @@ func (nw *network) start() {
 			return nil
 		})
 	}
-}
-
-type lockedWriter struct {
-	mu sync.Mutex
-	w  *bytes.Buffer
-}
-
-func (l *lockedWriter) Write(b []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(b)
 }
 
 // cut drops traffic from a to b (and b to a when both) inside the

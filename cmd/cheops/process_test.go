@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,7 +23,7 @@ type agentProc struct {
 	cmd    *exec.Cmd
 	api    string
 	data   string
-	stderr *bytes.Buffer
+	stderr *testkit.Buffer
 }
 
 // startAgent starts an agent process with fast probes and waits until it
@@ -37,12 +36,12 @@ func startAgent(t *testing.T, site, data string, args ...string) *agentProc {
 	os.Remove(filepath.Join(data, agent.APIFile))
 	os.Remove(filepath.Join(data, agent.AddrsFile))
 	cmd := exec.Command(testkit.BuildBinary(t), argv...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &syncWriter{w: &stderr}
+	stderr := &testkit.Buffer{}
+	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &agentProc{cmd: cmd, data: data, stderr: &stderr}
+	p := &agentProc{cmd: cmd, data: data, stderr: stderr}
 	t.Cleanup(func() {
 		cmd.Process.Signal(os.Interrupt)
 		done := make(chan struct{})
@@ -75,17 +74,6 @@ func (p *agentProc) addr(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return strings.Fields(string(data))[0]
-}
-
-type syncWriter struct {
-	mu sync.Mutex
-	w  *bytes.Buffer
-}
-
-func (s *syncWriter) Write(b []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.Write(b)
 }
 
 func peerID(t *testing.T, data string) string {

@@ -1,6 +1,7 @@
 package testkit
 
 import (
+	"bytes"
 	"fmt"
 	"net"
 	"net/http"
@@ -128,4 +129,26 @@ func StartJSONServer(t testing.TB, dir string, collections ...string) string {
 		return nil
 	})
 	return url
+}
+
+// Buffer collects a child process's output (exec.Cmd's Stdout or
+// Stderr) that the test reads while the process still writes: a
+// bytes.Buffer safe for concurrent use.
+type Buffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+// Write appends p.
+func (b *Buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// String returns what was written so far.
+func (b *Buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

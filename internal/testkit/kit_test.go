@@ -37,3 +37,21 @@ func TestFreePort(t *testing.T) {
 	}
 	l.Close()
 }
+
+func TestBufferConcurrent(t *testing.T) {
+	var b Buffer
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 100 {
+			b.Write([]byte("x"))
+		}
+	}()
+	for range 100 {
+		_ = b.String()
+	}
+	<-done
+	if got := b.String(); got != strings.Repeat("x", 100) {
+		t.Fatalf("%q", got)
+	}
+}
