@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -27,7 +26,6 @@ import (
 	"cheops/glance"
 	"cheops/node"
 	"cheops/replica"
-	"cheops/scope"
 	"cheops/ui"
 )
 
@@ -49,21 +47,14 @@ type Config struct {
 	// carries no authentication of its own. Port 0 picks a free port (see
 	// Agent.URL and the APIFile).
 	API string
-	// Services maps a service name to the base URL of the site's instance
-	// of the application (--service NAME=URL). Stored for the forwarding
-	// layer.
-	Services map[string]string
+	// Services are the site's applications (--service NAME=URL and the
+	// flags that qualify one: --service-kind, --policy, --service-token,
+	// --service-ca, --service-insecure), handed as they are to the
+	// forwarder. Validate checks them (forward.CheckServices).
+	Services []forward.Service
 	// Handlers are extra routes (http.ServeMux patterns, e.g.
 	// "GET /v1/resources/{id}") mounted before the API starts serving.
 	Handlers map[string]http.Handler
-	// Policies sets, per service and HTTP method, the consistency policy
-	// of updates ("replace", "commute", "ordered"; --policy S:METHOD=P).
-	Policies map[string]map[string]string
-	// ServiceOptions sets, per service, its kind (rest or kube), the
-	// bearer token and the TLS settings used to reach this site's
-	// instance (--service-kind, --service-token, --service-ca,
-	// --service-insecure).
-	ServiceOptions map[string]ServiceOptions
 	// Scopes names scopes (--scope-name NAME=SCOPE): /s/NAME/svc/… runs
 	// with the scope NAME stands for. These names are fixed; the API
 	// defines others (PUT /v1/scopes/{name}), kept in DATA/scopes.json.
@@ -106,15 +97,8 @@ func (c *Config) Validate() error {
 	if _, port, err := net.SplitHostPort(c.API); err != nil || port == "" {
 		return fmt.Errorf("%w: API address %q: want HOST:PORT", ErrBadConfig, c.API)
 	}
-	for name, u := range c.Services {
-		if err := ValidService(name, u); err != nil {
-			return fmt.Errorf("%w: %v", ErrBadConfig, err)
-		}
-	}
-	for name := range c.ServiceOptions {
-		if _, ok := c.Services[name]; !ok {
-			return fmt.Errorf("%w: options for service %s, which is not configured", ErrBadConfig, name)
-		}
+	if err := forward.CheckServices(c.Services); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadConfig, err)
 	}
 	for name, text := range c.Scopes {
 		if _, err := canonicalNamed(name, text); err != nil {
@@ -123,19 +107,6 @@ func (c *Config) Validate() error {
 	}
 	if c.ShutdownTimeout <= 0 {
 		return fmt.Errorf("%w: shutdown timeout must be positive", ErrBadConfig)
-	}
-	return nil
-}
-
-// ValidService checks a service name (the scope grammar's SERVICE token)
-// and its upstream base URL (absolute http or https).
-func ValidService(name, base string) error {
-	if err := scope.CheckName("service", name); err != nil {
-		return err
-	}
-	u, err := url.Parse(base)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("service %s: upstream %q must be an http:// or https:// URL", name, base)
 	}
 	return nil
 }
@@ -266,13 +237,9 @@ func (a *Agent) open(ctx context.Context) error {
 			return fmt.Errorf("agent: metrics: %w", err)
 		}
 	}
-	var services []forward.Service
-	for name, base := range a.cfg.Services {
-		svc, err := a.cfg.buildService(name, base)
-		if err != nil {
-			return err
-		}
-		services = append(services, svc)
+	services := make([]forward.Service, len(a.cfg.Services))
+	for i, svc := range a.cfg.Services {
+		services[i] = withRoutes(svc)
 	}
 	if a.scopes, err = loadNamedScopes(filepath.Join(a.cfg.Node.DataDir, ScopesFile), a.cfg.Scopes); err != nil {
 		return err
@@ -284,12 +251,11 @@ func (a *Agent) open(ctx context.Context) error {
 		return err
 	}
 	a.front = a.forward
-	for name, base := range a.cfg.Services {
-		if a.cfg.ServiceOptions[name].Kind != KindGlance {
+	for _, svc := range services {
+		if svc.Kind != forward.KindGlance {
 			continue
 		}
-		u, _ := url.Parse(base)
-		d, err := glance.NewData(glance.DataConfig{Service: name, URL: u, Host: n.Host(), Membership: n,
+		d, err := glance.NewData(glance.DataConfig{Service: svc.Name, URL: svc.URL, Host: n.Host(), Membership: n,
 			Catalog: a.catalog, Next: a.front, Logger: a.cfg.Logger})
 		if err != nil {
 			return err
@@ -356,8 +322,8 @@ func writeFileAtomic(path string, data []byte) error {
 // Node is the agent's libp2p node.
 func (a *Agent) Node() *node.Node { return a.node }
 
-// Services maps each configured service to its upstream base URL.
-func (a *Agent) Services() map[string]string { return a.cfg.Services }
+// Services are the configured services.
+func (a *Agent) Services() []forward.Service { return a.cfg.Services }
 
 // URL is the base URL of the HTTP API.
 func (a *Agent) URL() string { return "http://" + a.ln.Addr().String() }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,6 +17,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"cheops/errcode"
+	"cheops/forward"
+	"cheops/internal/testkit"
 	"cheops/node"
 )
 
@@ -62,34 +65,23 @@ func get(t *testing.T, url string, out any) (int, string) {
 	return resp.StatusCode, string(body)
 }
 
-func eventually(t *testing.T, within time.Duration, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v: %v", what, within, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func TestAPI(t *testing.T) {
 	dirs, trust := identities(t, "paris", "berlin", "impostor")
 	pc := testConfig("paris", dirs["paris"], trust)
-	pc.Services = map[string]string{"posts": "http://127.0.0.1:8080"}
+	posts, err := forward.NewService("posts", "http://127.0.0.1:8080")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc.Services = []forward.Service{posts}
 	pc.Handlers = map[string]http.Handler{"GET /v1/extra": http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		WriteJSON(w, http.StatusTeapot, map[string]string{"extra": "yes"})
+		errcode.WriteJSON(w, http.StatusTeapot, map[string]string{"extra": "yes"})
 	})}
 	paris, err := Start(context.Background(), pc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer paris.Close()
-	if got := paris.Services()["posts"]; got != "http://127.0.0.1:8080" {
+	if got := paris.Services(); len(got) != 1 || got[0].Name != "posts" || got[0].URL.String() != "http://127.0.0.1:8080" {
 		t.Fatalf("services: %v", paris.Services())
 	}
 	addrs, err := os.ReadFile(filepath.Join(dirs["paris"], AddrsFile))
@@ -102,7 +94,7 @@ func TestAPI(t *testing.T) {
 	}
 	defer berlin.Close()
 
-	eventually(t, 10*time.Second, "both up in /v1/sites", func() error {
+	testkit.Eventually(t, 10*time.Second, "both up in /v1/sites", func() error {
 		var sites []SiteJSON
 		get(t, berlin.URL()+"/v1/sites", &sites)
 		if len(sites) != 2 {
@@ -120,7 +112,7 @@ func TestAPI(t *testing.T) {
 	})
 
 	var h HealthJSON
-	eventually(t, 10*time.Second, "paris healthy with two sites up", func() error {
+	testkit.Eventually(t, 10*time.Second, "paris healthy with two sites up", func() error {
 		if code, body := get(t, paris.URL()+"/v1/health", &h); code != 200 || h.Status != "ok" || h.Site != "paris" || h.Sites["up"] != 2 || h.Version == "" {
 			return fmt.Errorf("health: %d %s", code, body)
 		}
@@ -149,7 +141,7 @@ func TestAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer impostor.Close()
-	eventually(t, 10*time.Second, "conflict in /v1/sites", func() error {
+	testkit.Eventually(t, 10*time.Second, "conflict in /v1/sites", func() error {
 		var sites []SiteJSON
 		get(t, berlin.URL()+"/v1/sites", &sites)
 		for _, s := range sites {
@@ -177,10 +169,22 @@ func TestConfigValidate(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, mutate := range map[string]func(*Config){
-		"bad api":          func(c *Config) { c.API = "localhost" },
-		"bad service name": func(c *Config) { c.Services = map[string]string{"9p": "http://x"} },
-		"bad service url":  func(c *Config) { c.Services = map[string]string{"posts": "x:y"} },
-		"bad node":         func(c *Config) { c.Node.Site = "" },
+		"bad api": func(c *Config) { c.API = "localhost" },
+		"bad service name": func(c *Config) {
+			c.Services = []forward.Service{{Name: "9p", URL: &url.URL{Scheme: "http", Host: "x"}}}
+		},
+		"bad service url": func(c *Config) {
+			c.Services = []forward.Service{{Name: "posts", URL: &url.URL{Scheme: "x", Opaque: "y"}}}
+		},
+		"no service url": func(c *Config) { c.Services = []forward.Service{{Name: "posts"}} },
+		"bad service kind": func(c *Config) {
+			c.Services = []forward.Service{{Name: "posts", URL: &url.URL{Scheme: "http", Host: "x"}, Kind: "helm"}}
+		},
+		"service twice": func(c *Config) {
+			u := &url.URL{Scheme: "http", Host: "x"}
+			c.Services = []forward.Service{{Name: "posts", URL: u}, {Name: "posts", URL: u}}
+		},
+		"bad node": func(c *Config) { c.Node.Site = "" },
 	} {
 		c := good
 		mutate(&c)

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"encoding/json"
 	"errors"
 	"net/http"
 	"time"
@@ -46,7 +45,7 @@ func (a *Agent) sites(w http.ResponseWriter, _ *http.Request) {
 		}
 		out = append(out, j)
 	}
-	WriteJSON(w, http.StatusOK, out)
+	errcode.WriteJSON(w, http.StatusOK, out)
 }
 
 // HealthJSON is the body of GET /v1/health.
@@ -96,7 +95,7 @@ func (a *Agent) health(w http.ResponseWriter, _ *http.Request) {
 		h.Conflicts = append(h.Conflicts, j)
 	}
 	// A conflict is reported, not fatal: the agent serves on, so 200.
-	WriteJSON(w, http.StatusOK, h)
+	errcode.WriteJSON(w, http.StatusOK, h)
 }
 
 // BindingJSON is a site name bound to a peer id: the answer of
@@ -120,7 +119,7 @@ func (a *Agent) forget(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case err == nil:
 		a.log.Warn("operator forgot a site binding", "site", site, "peer", b.Peer)
-		WriteJSON(w, http.StatusOK, BindingJSON{Site: b.Site, Peer: b.Peer.String(), Source: b.Source, Since: b.Since.Format(time.RFC3339)})
+		errcode.WriteJSON(w, http.StatusOK, BindingJSON{Site: b.Site, Peer: b.Peer.String(), Source: b.Source, Since: b.Since.Format(time.RFC3339)})
 	case errors.Is(err, node.ErrNotBound):
 		errcode.Write(w, http.StatusBadRequest, errcode.UnknownSite, err.Error())
 	case errors.Is(err, node.ErrBoundByConfig):
@@ -132,19 +131,9 @@ func (a *Agent) forget(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// WriteJSON answers with v encoded as indented JSON.
-func WriteJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v)
-}
-
 // catalogStatus serves GET /v1/catalog/status: per replication group its
 // members, heads, height, fetches in progress, and the last heads
 // comparison with each member.
 func (a *Agent) catalogStatus(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(a.crdt.Status(r.Context()))
+	errcode.WriteJSON(w, http.StatusOK, a.crdt.Status(r.Context()))
 }

@@ -250,7 +250,7 @@ func (a *Agent) serveNamed(w http.ResponseWriter, r *http.Request) {
 
 // listScopes serves GET /v1/scopes.
 func (a *Agent) listScopes(w http.ResponseWriter, _ *http.Request) {
-	WriteJSON(w, http.StatusOK, a.scopes.List())
+	errcode.WriteJSON(w, http.StatusOK, a.scopes.List())
 }
 
 // ScopeDefinition is the body of PUT /v1/scopes/{name}; a body that is
@@ -277,7 +277,7 @@ func (a *Agent) defineScope(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.log.Info("scope defined", "name", ns.Name, "scope", ns.Scope)
-	WriteJSON(w, http.StatusOK, ns)
+	errcode.WriteJSON(w, http.StatusOK, ns)
 }
 
 // undefineScope serves DELETE /v1/scopes/{name}.
@@ -288,7 +288,7 @@ func (a *Agent) undefineScope(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.log.Info("scope undefined", "name", ns.Name)
-	WriteJSON(w, http.StatusOK, ns)
+	errcode.WriteJSON(w, http.StatusOK, ns)
 }
 
 func (a *Agent) scopeError(w http.ResponseWriter, err error) {

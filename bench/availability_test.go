@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bytes"
+	"cheops/internal/testkit"
 	"context"
 	"log/slog"
 	"os"
@@ -21,7 +22,7 @@ func TestAvailabilityTinyProfile(t *testing.T) {
 	tiny := availabilityProfile{rtt: 10 * time.Millisecond, before: 2 * time.Second, cut: 14 * time.Second,
 		after: 2 * time.Second, rate: 4, timeout: 15 * time.Second,
 		agentArgs: []string{"--probe-interval", "200ms", "--probe-timeout", "300ms"}}
-	env := Env{Binary: binary(t), Dir: t.TempDir(), Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+	env := Env{Binary: testkit.BuildBinary(t), Dir: t.TempDir(), Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	res, err := runAvailability(ctx, env, tiny)
 	if err != nil {
 		t.Fatal(err)

@@ -6,43 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
 	"cheops/internal/testkit"
 )
 
-var (
-	buildOnce sync.Once
-	builtBin  string
-	buildErr  error
-)
-
-// binary builds cmd/cheops once per test run.
-func binary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "cheops-bench-bin-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		builtBin = filepath.Join(dir, "cheops")
-		out, err := exec.Command("go", "build", "-o", builtBin, "cheops/cmd/cheops").CombinedOutput()
-		if err != nil {
-			buildErr = err
-			t.Logf("%s", out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatalf("build cheops: %v", buildErr)
-	}
-	return builtBin
-}
+// TestMain removes the binary testkit.BuildBinary built.
+func TestMain(m *testing.M) { testkit.Main(m) }
 
 // needJSONServer fails the test when json-server is missing (testkit.Tool).
 func needJSONServer(t *testing.T) {
@@ -53,7 +24,7 @@ func needJSONServer(t *testing.T) {
 func TestClusterOverEmulatedWAN(t *testing.T) {
 	needJSONServer(t)
 	ctx := context.Background()
-	c, err := StartCluster(ctx, ClusterOptions{Binary: binary(t), Sites: []string{"paris", "berlin", "rome"}, Dir: t.TempDir(), RTT: 40 * time.Millisecond})
+	c, err := StartCluster(ctx, ClusterOptions{Binary: testkit.BuildBinary(t), Sites: []string{"paris", "berlin", "rome"}, Dir: t.TempDir(), RTT: 40 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

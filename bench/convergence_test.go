@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cheops/internal/testkit"
 	"context"
 	"log/slog"
 	"os"
@@ -9,7 +10,7 @@ import (
 
 func TestConvergenceSmall(t *testing.T) {
 	needJSONServer(t)
-	env := Env{Binary: binary(t), Dir: t.TempDir(), Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))}
+	env := Env{Binary: testkit.BuildBinary(t), Dir: t.TempDir(), Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))}
 	res, err := RunConvergence(context.Background(), env, ConvergenceOptions{
 		Cases: []ConvergenceCase{{Sites: 3, Writes: 40}}, Repetitions: 1, Resources: 10, Seed: 1})
 	if err != nil {

@@ -25,7 +25,7 @@ func TestForwardingTinyProfile(t *testing.T) {
 	defer cancel()
 	tiny := forwardingProfile{gets: 40, creates: 8, rttGets: 10, rttCreates: 3,
 		rtts: []time.Duration{0, 20 * time.Millisecond}, throughput: 300 * time.Millisecond, workers: 2, clients: []int{1, 4}, bodyMiB: 4}
-	env := Env{Binary: binary(t), Dir: t.TempDir(), Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+	env := Env{Binary: testkit.BuildBinary(t), Dir: t.TempDir(), Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	res, err := runForwarding(ctx, env, tiny)
 	if err != nil {
 		t.Fatal(err)
@@ -116,7 +116,7 @@ func TestForwardingThroughGivenAgents(t *testing.T) {
 	needJSONServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	c, err := StartCluster(ctx, ClusterOptions{Binary: binary(t), Sites: []string{"lyon", "turin"}, Dir: t.TempDir()})
+	c, err := StartCluster(ctx, ClusterOptions{Binary: testkit.BuildBinary(t), Sites: []string{"lyon", "turin"}, Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package catalog
 
 import (
+	"cheops/internal/testkit"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -28,7 +29,7 @@ func TestAuditFoldsInAChangeTheViewMissed(t *testing.T) {
 	rec := SiteRecord{Site: "berlin", LocalID: "9", Status: StatusOK, Applied: map[string]string{r.Operations[0].ID: "201"}, At: paris.Clock().Now()}
 	data, _ := json.Marshal(rec)
 	net.store("paris").writeUnseen(sites, siteKey(id, "berlin"), data)
-	waitUntil(t, 5*time.Second, "the audit corrects the view", func() error {
+	testkit.Eventually(t, 5*time.Second, "the audit corrects the view", func() error {
 		r, _ := paris.Get(ctx, id)
 		if v := r.PerSite["berlin"]; len(v.Pending) != 0 || v.LocalID != "9" {
 			return fmt.Errorf("berlin: %+v", v)

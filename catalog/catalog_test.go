@@ -28,23 +28,6 @@ func newTestCatalogConfig(t *testing.T, cfg Config) *Catalog {
 	return c
 }
 
-// waitUntil polls cond every 10 ms until it returns nil, or fails the test
-// after within.
-func waitUntil(t testing.TB, within time.Duration, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v: %v", what, within, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // view is a resource as a site resolves it, replica set included, in a
 // form two sites' views can be compared in.
 func view(c *Catalog, id string) (string, error) {

@@ -147,16 +147,6 @@ func (e *entry) operations() []stored[Operation] {
 	return out
 }
 
-// CompareOps is the deterministic order of operations: HLC timestamp,
-// then origin site, then operation id. Every site orders a resource's
-// operations with it.
-func CompareOps(a, b Operation) int {
-	if c := Order(a.At, a.Origin, b.At, b.Origin); c != 0 {
-		return c
-	}
-	return cmp.Compare(a.ID, b.ID)
-}
-
 // stragglers lists the slots that belong in the current group and are not
 // there: operations only held in another group, and self's own record
 // when its newest copy is elsewhere. Only for a visible entry.

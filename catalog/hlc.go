@@ -42,6 +42,18 @@ func Order(a Timestamp, aSite string, b Timestamp, bSite string) int {
 	return cmp.Compare(aSite, bSite)
 }
 
+// CompareOps is the order of operations, the only one: by HLC timestamp,
+// then origin site (Order), then operation id. Every site orders a
+// resource's operations with it: the catalog's view (Resource.Operations),
+// a replica deciding what a late operation supersedes or replays
+// (replica.Decide), catch-up running what a site owes.
+func CompareOps(a, b Operation) int {
+	if c := Order(a.At, a.Origin, b.At, b.Origin); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.ID, b.ID)
+}
+
 // DefaultMaxClockAhead is how far ahead of the local wall clock a remote
 // timestamp may be for the clock to follow it. Sites kept by NTP differ
 // by milliseconds, a badly set one by minutes; a timestamp an hour ahead

@@ -211,3 +211,26 @@ func TestClockConcurrentReadsUnique(t *testing.T) {
 		t.Fatal("duplicate timestamps")
 	}
 }
+
+// TestCompareOps: timestamp first, then origin site, then operation id;
+// equal operations compare 0.
+func TestCompareOps(t *testing.T) {
+	ts := Timestamp{Wall: 1000, Logical: 2}
+	later := Timestamp{Wall: 1000, Logical: 3}
+	for _, c := range []struct {
+		a, b Operation
+		want int
+	}{
+		{Operation{ID: "b", At: ts, Origin: "paris"}, Operation{ID: "a", At: later, Origin: "berlin"}, -1},
+		{Operation{ID: "b", At: ts, Origin: "berlin"}, Operation{ID: "a", At: ts, Origin: "paris"}, -1},
+		{Operation{ID: "a", At: ts, Origin: "paris"}, Operation{ID: "b", At: ts, Origin: "paris"}, -1},
+		{Operation{ID: "a", At: ts, Origin: "paris"}, Operation{ID: "a", At: ts, Origin: "paris"}, 0},
+	} {
+		if got := CompareOps(c.a, c.b); got != c.want {
+			t.Errorf("CompareOps(%+v, %+v) = %d, want %d", c.a, c.b, got, c.want)
+		}
+		if got := CompareOps(c.b, c.a); got != -c.want {
+			t.Errorf("CompareOps(%+v, %+v) = %d, want %d", c.b, c.a, got, -c.want)
+		}
+	}
+}

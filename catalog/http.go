@@ -24,7 +24,7 @@ func Handler(c *Catalog) http.Handler {
 			errcode.Write(w, http.StatusInternalServerError, "internal", err.Error())
 			return
 		}
-		writeJSON(w, http.StatusOK, list)
+		errcode.WriteJSON(w, http.StatusOK, list)
 	})
 	mux.HandleFunc("GET /v1/resources/{id}", func(w http.ResponseWriter, r *http.Request) {
 		res, err := c.Get(r.Context(), r.PathValue("id"))
@@ -36,7 +36,7 @@ func Handler(c *Catalog) http.Handler {
 			errcode.Write(w, http.StatusInternalServerError, "internal", err.Error())
 			return
 		}
-		writeJSON(w, http.StatusOK, res)
+		errcode.WriteJSON(w, http.StatusOK, res)
 	})
 	mux.HandleFunc("GET /v1/watch", func(w http.ResponseWriter, r *http.Request) { serveWatch(c, w, r) })
 	return mux
@@ -74,12 +74,4 @@ func serveWatch(c *Catalog, w http.ResponseWriter, r *http.Request) {
 			flusher.Flush()
 		}
 	}
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v)
 }

@@ -2,6 +2,7 @@ package catalog
 
 import (
 	"bufio"
+	"cheops/internal/testkit"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -188,7 +189,7 @@ func TestWatchStreamEndsWithTheClient(t *testing.T) {
 	}
 	cancel()
 	resp.Body.Close()
-	waitUntil(t, 5*time.Second, "the watch is released", func() error {
+	testkit.Eventually(t, 5*time.Second, "the watch is released", func() error {
 		c.mu.RLock()
 		defer c.mu.RUnlock()
 		if n := len(c.watchers); n != 0 {

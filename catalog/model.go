@@ -124,7 +124,7 @@ type SiteView struct {
 
 // Resource is the resolved view of a catalog entry. Sites is the replica
 // set in the order the scope named it; PerSite has one view per site of
-// it. Operations are in their deterministic order (compareOps).
+// it. Operations are in their deterministic order (CompareOps).
 type Resource struct {
 	ID         string    `json:"id"`
 	Service    string    `json:"service"`

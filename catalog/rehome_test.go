@@ -1,6 +1,7 @@
 package catalog
 
 import (
+	"cheops/internal/testkit"
 	"context"
 	"errors"
 	"fmt"
@@ -42,7 +43,7 @@ func TestRehomeAttachThenDetach(t *testing.T) {
 		t.Fatal("c cannot translate its own local id")
 	}
 	// b copies its own record into the new group, so c sees it.
-	waitUntil(t, 5*time.Second, "c holds b's record", func() error {
+	testkit.Eventually(t, 5*time.Second, "c holds b's record", func() error {
 		if rec, ok := c.Record(id, "b"); !ok || rec.Applied[createOp] != "201" {
 			return fmt.Errorf("c has %+v", rec)
 		}
@@ -173,7 +174,7 @@ func TestOperationRecordedDuringAMoveReachesTheNewGroup(t *testing.T) {
 		t.Fatalf("c sees %d operations before the heal", n)
 	}
 	net.heal()
-	waitUntil(t, 5*time.Second, "c sees the late operation", func() error {
+	testkit.Eventually(t, 5*time.Second, "c sees the late operation", func() error {
 		for _, op := range mustGet(t, c, id).Operations {
 			if op.ID == late.ID {
 				return nil

@@ -12,6 +12,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"cheops/crdt"
+	"cheops/internal/testkit"
 	"cheops/node"
 	"cheops/scope"
 )
@@ -74,7 +75,7 @@ func startReal(t testing.TB, names ...string) map[string]*realSite {
 			store.Close()
 		})
 	}
-	waitUntil(t, 20*time.Second, "all sites up", func() error {
+	testkit.Eventually(t, 20*time.Second, "all sites up", func() error {
 		for _, a := range names {
 			for _, b := range names {
 				if a != b && sites[a].node.View().Sites[b].State != scope.Up {
@@ -92,7 +93,7 @@ func TestResourceReplicatedOnlyInItsScope(t *testing.T) {
 	ctx := context.Background()
 	id := create(t, s["a"].cat, "posts", []string{"a", "b"}, map[string]string{"a": "1", "b": "2"})
 	other := create(t, s["a"].cat, "posts", []string{"a", "c"}, map[string]string{"a": "5", "c": "6"})
-	waitUntil(t, 10*time.Second, "b sees the resource", func() error {
+	testkit.Eventually(t, 10*time.Second, "b sees the resource", func() error {
 		r, err := s["b"].cat.Get(ctx, id)
 		if err != nil {
 			return err
@@ -102,7 +103,7 @@ func TestResourceReplicatedOnlyInItsScope(t *testing.T) {
 		}
 		return nil
 	})
-	waitUntil(t, 10*time.Second, "c sees its own resource", func() error {
+	testkit.Eventually(t, 10*time.Second, "c sees its own resource", func() error {
 		_, err := s["c"].cat.Get(ctx, other)
 		return err
 	})
@@ -120,7 +121,7 @@ func TestResourceReplicatedOnlyInItsScope(t *testing.T) {
 	if err := s["b"].cat.SetSite(ctx, id, SiteRecord{LocalID: "2", Status: StatusOK}); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 10*time.Second, "a sees b's record", func() error {
+	testkit.Eventually(t, 10*time.Second, "a sees b's record", func() error {
 		if _, ok := s["a"].cat.Record(id, "b"); !ok {
 			return fmt.Errorf("no record of b at a")
 		}
@@ -147,12 +148,12 @@ func TestPartitionedWritesResolveAlikeOverCRDT(t *testing.T) {
 	s := startReal(t, "a", "b", "c")
 	ctx := context.Background()
 	id := create(t, s["a"].cat, "posts", []string{"a", "b"}, map[string]string{"a": "1", "b": "2"})
-	waitUntil(t, 10*time.Second, "b sees the resource", func() error {
+	testkit.Eventually(t, 10*time.Second, "b sees the resource", func() error {
 		_, err := s["b"].cat.Get(ctx, id)
 		return err
 	})
 	partition(s, "a", "b", true)
-	waitUntil(t, 20*time.Second, "a sees b down", func() error {
+	testkit.Eventually(t, 20*time.Second, "a sees b down", func() error {
 		if st := s["a"].node.View().Sites["b"].State; st == scope.Up {
 			return fmt.Errorf("b is %v", st)
 		}
@@ -171,7 +172,7 @@ func TestPartitionedWritesResolveAlikeOverCRDT(t *testing.T) {
 		}
 	}
 	partition(s, "a", "b", false)
-	waitUntil(t, 30*time.Second, "a and b resolve the same view", func() error {
+	testkit.Eventually(t, 30*time.Second, "a and b resolve the same view", func() error {
 		av, err := view(s["a"].cat, id)
 		if err != nil {
 			return err
@@ -206,7 +207,7 @@ func TestRehomeOverCRDT(t *testing.T) {
 	ctx := context.Background()
 	bWatch := s["b"].cat.Watch(t.Context())
 	id := create(t, s["a"].cat, "posts", []string{"a", "b"}, map[string]string{"a": "1", "b": "2"})
-	waitUntil(t, 10*time.Second, "b sees the resource", func() error {
+	testkit.Eventually(t, 10*time.Second, "b sees the resource", func() error {
 		_, err := s["b"].cat.Get(ctx, id)
 		return err
 	})
@@ -216,7 +217,7 @@ func TestRehomeOverCRDT(t *testing.T) {
 	if err := s["a"].cat.Rehome(ctx, id, []string{"a", "b", "c"}, map[string]string{"a": "1", "b": "2", "c": "3"}); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 10*time.Second, "c holds the resource and b's record", func() error {
+	testkit.Eventually(t, 10*time.Second, "c holds the resource and b's record", func() error {
 		r, err := s["c"].cat.Get(ctx, id)
 		if err != nil {
 			return err
@@ -232,7 +233,7 @@ func TestRehomeOverCRDT(t *testing.T) {
 	if err := s["c"].cat.AppendOp(ctx, Operation{Resource: id, Method: "PUT", Path: "/posts/3"}); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 10*time.Second, "a and b see c's operation", func() error {
+	testkit.Eventually(t, 10*time.Second, "a and b see c's operation", func() error {
 		for _, site := range []string{"a", "b"} {
 			if n := len(mustGet(t, s[site].cat, id).Operations); n != 2 {
 				return fmt.Errorf("%s sees %d operations", site, n)
@@ -243,7 +244,7 @@ func TestRehomeOverCRDT(t *testing.T) {
 	if err := s["b"].cat.Rehome(ctx, id, []string{"a", "b"}, map[string]string{"a": "1", "b": "2"}); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 10*time.Second, "c forgot the resource, a sees {a, b}", func() error {
+	testkit.Eventually(t, 10*time.Second, "c forgot the resource, a sees {a, b}", func() error {
 		if _, err := s["c"].cat.Get(ctx, id); !errors.Is(err, ErrNotFound) {
 			return fmt.Errorf("c: %v", err)
 		}

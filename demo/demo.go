@@ -218,7 +218,11 @@ func start(ctx context.Context, dir string, log *slog.Logger) ([]*site, error) {
 		// The narration names which sites answered: a replica deadline of
 		// 1 s keeps a busy machine from showing an up site pending.
 		cfg.ReplicaWait = time.Second
-		cfg.Services = map[string]string{"notes": "http://" + ln.Addr().String()}
+		notes, err := forward.NewService("notes", "http://"+ln.Addr().String())
+		if err != nil {
+			return sites, err
+		}
+		cfg.Services = []forward.Service{notes}
 		cfg.Logger = log
 		a, err := agent.Start(ctx, cfg)
 		if err != nil {

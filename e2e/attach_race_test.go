@@ -14,6 +14,7 @@ import (
 
 	"cheops/catalog"
 	"cheops/forward"
+	"cheops/internal/testkit"
 )
 
 // post sends a JSON body to a site's agent from any goroutine (no t.Fatal).
@@ -46,7 +47,7 @@ func (c *cluster) copies(t *testing.T, site, title string) []string {
 // it, with the local id the catalogs give target.
 func (c *cluster) placementAgrees(t *testing.T, gid, target string, holders ...string) (sites []string, local string) {
 	t.Helper()
-	eventually(t, 20*time.Second, "every site agrees on where "+gid+" is", func() error {
+	testkit.Eventually(t, 20*time.Second, "every site agrees on where "+gid+" is", func() error {
 		var first catalog.Resource
 		for i, s := range holders {
 			res, err := c.sites[s].agent.Catalog().Get(t.Context(), gid)

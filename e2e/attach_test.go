@@ -10,6 +10,7 @@ import (
 
 	"cheops/catalog"
 	"cheops/forward"
+	"cheops/internal/testkit"
 )
 
 func TestAttachThenDetach(t *testing.T) {
@@ -27,7 +28,7 @@ func TestAttachThenDetach(t *testing.T) {
 	if posts := c.sites["rome"].app.items(t, "posts"); len(posts) != 1 || posts[0]["title"] != "v1" {
 		t.Fatalf("rome's application after attach: %v", posts)
 	}
-	eventually(t, 10*time.Second, "rome's catalog holds the resource", func() error {
+	testkit.Eventually(t, 10*time.Second, "rome's catalog holds the resource", func() error {
 		res, err := c.sites["rome"].agent.Catalog().Get(t.Context(), gid)
 		if err != nil {
 			return err
@@ -67,13 +68,13 @@ func TestAttachThenDetach(t *testing.T) {
 	if r.status != http.StatusOK {
 		t.Fatalf("detach: %d %s", r.status, r.body)
 	}
-	eventually(t, 10*time.Second, "rome forgot the resource", func() error {
+	testkit.Eventually(t, 10*time.Second, "rome forgot the resource", func() error {
 		if _, err := c.sites["rome"].agent.Catalog().Get(t.Context(), gid); err == nil {
 			return fmt.Errorf("rome still holds %s", gid)
 		}
 		return nil
 	})
-	eventually(t, 10*time.Second, "berlin sees the new replica set", func() error {
+	testkit.Eventually(t, 10*time.Second, "berlin sees the new replica set", func() error {
 		res, err := c.sites["berlin"].agent.Catalog().Get(t.Context(), gid)
 		if err != nil || !slices.Equal(res.Sites, []string{"paris", "berlin"}) {
 			return fmt.Errorf("berlin sees %+v, %v", res.Sites, err)

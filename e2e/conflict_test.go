@@ -9,6 +9,7 @@ import (
 
 	"cheops/catalog"
 	"cheops/forward"
+	"cheops/internal/testkit"
 	"cheops/scope"
 )
 
@@ -30,7 +31,7 @@ func (c *cluster) partition(a, b string, cut bool) {
 func (c *cluster) settled(t *testing.T, gid string, sites ...string) catalog.Resource {
 	t.Helper()
 	var res catalog.Resource
-	eventually(t, 30*time.Second, "nothing pending for "+gid, func() error {
+	testkit.Eventually(t, 30*time.Second, "nothing pending for "+gid, func() error {
 		var first []string
 		for i, s := range sites {
 			r := c.do(s, "GET", "/v1/resources/"+gid, "", nil)

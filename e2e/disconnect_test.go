@@ -9,6 +9,7 @@ import (
 
 	"cheops/catalog"
 	"cheops/forward"
+	"cheops/internal/testkit"
 	"cheops/scope"
 )
 
@@ -39,7 +40,7 @@ func TestSiteDownCatchesUpOnceInOrder(t *testing.T) {
 	}
 
 	c.start("rome")
-	eventually(t, 30*time.Second, "rome caught up", func() error {
+	testkit.Eventually(t, 30*time.Second, "rome caught up", func() error {
 		var res catalog.Resource
 		c.do("paris", "GET", "/v1/resources/"+gid, "", nil).json(t, &res)
 		if v := res.PerSite["rome"]; len(v.Pending) != 0 || v.Status != catalog.StatusOK || v.LocalID == "" {
@@ -53,7 +54,7 @@ func TestSiteDownCatchesUpOnceInOrder(t *testing.T) {
 	}
 	// Every operation shows rome's current outcome, not the origin's
 	// "pending".
-	eventually(t, 10*time.Second, "rome's outcomes in paris' catalog", func() error {
+	testkit.Eventually(t, 10*time.Second, "rome's outcomes in paris' catalog", func() error {
 		var res catalog.Resource
 		c.do("paris", "GET", "/v1/resources/"+gid, "", nil).json(t, &res)
 		for _, op := range res.Operations {
@@ -71,7 +72,7 @@ func TestSiteDownCatchesUpOnceInOrder(t *testing.T) {
 		}
 	}
 	// Reads by global id now work at rome too.
-	eventually(t, 10*time.Second, "rome reads by global id", func() error {
+	testkit.Eventually(t, 10*time.Second, "rome reads by global id", func() error {
 		r := c.do("rome", "GET", "/svc/posts/posts/"+gid, "", nil)
 		if r.status != http.StatusOK {
 			return fmt.Errorf("%d %s", r.status, r.body)

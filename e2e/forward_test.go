@@ -11,6 +11,7 @@ import (
 
 	"cheops/catalog"
 	"cheops/forward"
+	"cheops/internal/testkit"
 	"cheops/scope"
 )
 
@@ -62,7 +63,7 @@ func TestReplicationWithIDTranslation(t *testing.T) {
 
 	// Read by global id on both replicas: each translates to its local id.
 	for _, s := range []string{"paris", "berlin"} {
-		eventually(t, 10*time.Second, s+" reads by global id", func() error {
+		testkit.Eventually(t, 10*time.Second, s+" reads by global id", func() error {
 			r := c.do(s, "GET", "/svc/posts/posts/"+gid, "", nil)
 			var got map[string]any
 			if r.status != http.StatusOK {

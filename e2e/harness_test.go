@@ -7,11 +7,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
+	"maps"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -29,38 +29,13 @@ var logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level:
 // app is one json-server instance: this site's copy of the application.
 type app struct {
 	url string
-	cmd *exec.Cmd
 }
 
-// startApp runs json-server on a free loopback port with its own data
-// file, and waits until it answers.
+// startApp runs json-server with posts and comments, its data in dir
+// (testkit.StartJSONServer).
 func startApp(t testing.TB, dir string) *app {
 	t.Helper()
-	bin := testkit.Tool(t, testkit.JSONServer, "json-server")
-	db := filepath.Join(dir, "db.json")
-	if err := os.WriteFile(db, []byte(`{"posts": [], "comments": []}`), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	port := freePort(t)
-	cmd := exec.Command(bin, "--port", port, "--host", "127.0.0.1", "--quiet", db)
-	cmd.Dir = dir
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	a := &app{url: "http://127.0.0.1:" + port, cmd: cmd}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	eventually(t, 30*time.Second, "json-server answers", func() error {
-		resp, err := http.Get(a.url + "/posts")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		return nil
-	})
-	return a
+	return &app{url: testkit.StartJSONServer(t, dir, "posts", "comments")}
 }
 
 // items reads a collection straight from the application.
@@ -76,16 +51,6 @@ func (a *app) items(t testing.TB, collection string) []map[string]any {
 		t.Fatal(err)
 	}
 	return out
-}
-
-func freePort(t testing.TB) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	_, port, _ := net.SplitHostPort(l.Addr().String())
-	return port
 }
 
 // site is an agent with its application.
@@ -155,9 +120,15 @@ func (c *cluster) start(name string) {
 	cfg.Node.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
 	cfg.Node.ProbeInterval, cfg.Node.ProbeTimeout = 100*time.Millisecond, 500*time.Millisecond
 	cfg.Node.AnnounceInterval, cfg.Node.MaxRedialBackoff = 200*time.Millisecond, 300*time.Millisecond
-	cfg.Services = map[string]string{"posts": s.app.url, "comments": s.app.url}
-	for name, url := range c.extra {
-		cfg.Services[name] = url
+	urls := map[string]string{"posts": s.app.url, "comments": s.app.url}
+	maps.Copy(urls, c.extra)
+	cfg.Services = nil
+	for _, name := range slices.Sorted(maps.Keys(urls)) {
+		svc, err := forward.NewService(name, urls[name])
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		cfg.Services = append(cfg.Services, svc)
 	}
 	cfg.MaxBody = 64 << 10
 	// These tests assert which replicas answered; under make test's load
@@ -193,7 +164,7 @@ func (c *cluster) waitUp(names ...string) {
 // waitState waits until every observer sees every subject in state.
 func (c *cluster) waitState(state scope.State, observers, subjects []string) {
 	c.t.Helper()
-	eventually(c.t, 20*time.Second, "sites "+state.String(), func() error {
+	testkit.Eventually(c.t, 20*time.Second, "sites "+state.String(), func() error {
 		for _, a := range observers {
 			for _, b := range subjects {
 				if a == b {
@@ -251,19 +222,4 @@ func (c *cluster) do(site, method, path, scopeText string, body any) response {
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(resp.Body)
 	return response{status: resp.StatusCode, header: resp.Header, body: data}
-}
-
-func eventually(t testing.TB, within time.Duration, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v: %v", what, within, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }

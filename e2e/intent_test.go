@@ -13,6 +13,7 @@ import (
 	"cheops/catalog"
 	"cheops/crdt"
 	"cheops/forward"
+	"cheops/internal/testkit"
 	"cheops/replica"
 )
 
@@ -68,7 +69,7 @@ func TestIntentLeftByACrashIsRecorded(t *testing.T) {
 		t.Fatalf("the journaled write is not in the catalog: %+v", res.Operations)
 	}
 	for _, s := range []string{"paris", "berlin"} {
-		eventually(t, 10*time.Second, s+" holds the journaled write", func() error {
+		testkit.Eventually(t, 10*time.Second, s+" holds the journaled write", func() error {
 			if got := c.copyOf(t, s, res); got["title"] != "left by a crash" {
 				return fmt.Errorf("%s holds %v", s, got)
 			}

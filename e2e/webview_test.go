@@ -44,7 +44,7 @@ func headless(t *testing.T, bin string, args ...string) ([]byte, error) {
 func renders(t *testing.T, bin, url string, want []string) string {
 	t.Helper()
 	var dom string
-	eventually(t, 60*time.Second, "the page at "+url+" shows what it should", func() error {
+	testkit.Eventually(t, 60*time.Second, "the page at "+url+" shows what it should", func() error {
 		out, err := headless(t, bin, "--dump-dom", url)
 		if err != nil {
 			return err
@@ -79,7 +79,7 @@ func TestWebViewShowsSitesAndResources(t *testing.T) {
 	// everything, within a deadline.
 	renders(t, bin, url, want)
 	shot := filepath.Join(t.TempDir(), "view.png")
-	eventually(t, 60*time.Second, "a screenshot of the page", func() error {
+	testkit.Eventually(t, 60*time.Second, "a screenshot of the page", func() error {
 		if _, err := headless(t, bin, "--screenshot="+shot, url); err != nil {
 			return err
 		}

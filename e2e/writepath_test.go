@@ -11,6 +11,7 @@ import (
 
 	"cheops/catalog"
 	"cheops/forward"
+	"cheops/internal/testkit"
 )
 
 // TestReadRightAfterCreateNeverFallsThrough: a resource read by its
@@ -72,7 +73,7 @@ func TestCreateWithoutIDIsRecorded(t *testing.T) {
 		t.Fatalf("create: %d %v %s", r.status, r.header, r.body)
 	}
 	for _, s := range []string{"paris", "berlin"} {
-		eventually(t, 10*time.Second, "the resource in "+s+"'s catalog", func() error {
+		testkit.Eventually(t, 10*time.Second, "the resource in "+s+"'s catalog", func() error {
 			var res catalog.Resource
 			g := c.do(s, "GET", "/v1/resources/"+gid, "", nil)
 			if g.status != http.StatusOK {

@@ -6,10 +6,11 @@
 // request scoped to that site does).
 //
 // Of maps the errors of the pure packages (scope) to their codes, so that
-// the command line and the HTTP API cannot name one mistake twice; Write
-// is the one writer of the API's JSON errors. The package depends on
-// nothing but the standard library and scope, so that every package that
-// writes errors can use it.
+// the command line and the HTTP API cannot name one mistake twice. Write
+// is the one writer of the API's JSON errors, WriteJSON of its other JSON
+// answers, so that every JSON body of the API has one form. The package
+// depends on nothing but the standard library and scope, so that every
+// package that answers HTTP requests can use it.
 package errcode
 
 import (
@@ -87,9 +88,17 @@ type Body struct {
 // Write answers w with status and an error in the API's format: a Body of
 // msg and code, as indented JSON. It is the one error writer of the API.
 func Write(w http.ResponseWriter, status int, code, msg string) {
+	WriteJSON(w, status, Body{Error: msg, Code: code})
+}
+
+// WriteJSON answers w with status and v as indented JSON
+// (application/json). Headers set on w before are kept. It is the one
+// writer of the API's JSON answers; an encoding error, once the status is
+// sent, cannot be reported and is dropped.
+func WriteJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	_ = enc.Encode(Body{Error: msg, Code: code})
+	_ = enc.Encode(v)
 }

@@ -1,6 +1,7 @@
 package faults
 
 import (
+	"cheops/internal/testkit"
 	"encoding/json"
 	"fmt"
 	"sync"
@@ -76,7 +77,7 @@ func TestKillDuringReplicatedWrites(t *testing.T) {
 
 	// berlin's own view of what it owes is not enough: an entry may not
 	// have reached it yet. Wait for every acknowledged write to be there.
-	eventually(t, 120*time.Second, "every acknowledged write at berlin", func() error {
+	testkit.Eventually(t, 120*time.Second, "every acknowledged write at berlin", func() error {
 		got := titles(nw.posts("berlin"))
 		for title := range acked {
 			if got[title] == 0 {
@@ -125,7 +126,7 @@ func TestLongIsolationThenKillDuringCatchUp(t *testing.T) {
 
 	healed := time.Now()
 	nw.heal()
-	eventually(t, 120*time.Second, "berlin has started draining", func() error {
+	testkit.Eventually(t, 120*time.Second, "berlin has started draining", func() error {
 		if c := len(nw.posts("berlin")); c < 50 {
 			return fmt.Errorf("berlin holds %d", c)
 		}
@@ -133,7 +134,7 @@ func TestLongIsolationThenKillDuringCatchUp(t *testing.T) {
 	})
 	nw.kill9("berlin")
 	nw.startAgent("berlin")
-	eventually(t, 5*time.Minute, "berlin drained everything", func() error {
+	testkit.Eventually(t, 5*time.Minute, "berlin drained everything", func() error {
 		held, owed, err := nw.owedBy("berlin")
 		if err != nil || held != n || owed > 0 {
 			return fmt.Errorf("berlin holds %d entries, owes %d (%v)", held, owed, err)

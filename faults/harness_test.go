@@ -11,26 +11,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"cheops/internal/testkit"
 )
 
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if binPath != "" {
-		os.RemoveAll(filepath.Dir(binPath))
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testkit.Main(m) }
 
 // requirements skips the test unless CHEOPS_FAULTS=1 asks for the
 // real-partition suite (`make e2e`); asked for, it fails without root or a
@@ -46,26 +33,6 @@ func requirements(t *testing.T) {
 	testkit.Tool(t, testkit.JSONServer, "json-server")
 }
 
-func binary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "cheops-faults-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "cheops")
-		out, err := exec.Command("go", "build", "-o", binPath, "../cmd/cheops").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binPath
-}
-
 func sh(t *testing.T, args ...string) {
 	t.Helper()
 	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
@@ -78,7 +45,7 @@ type node struct {
 	name, ns, ip, dir string
 	peerID            string
 	agent, app        *exec.Cmd
-	stderr            *bytes.Buffer
+	stderr            *testkit.Buffer
 }
 
 func (n *node) api() string  { return "http://" + n.ip + ":7070" }
@@ -120,7 +87,7 @@ func newNetwork(t *testing.T, names ...string) *network {
 		sh(t, "ip", "netns", "exec", n.ns, "ip", "link", "set", peer, "up")
 		sh(t, "ip", "netns", "exec", n.ns, "ip", "link", "set", "lo", "up")
 		sh(t, "ip", "netns", "exec", n.ns, "nft", "add table inet cheops; add chain inet cheops in { type filter hook input priority 0; }; add chain inet cheops out { type filter hook output priority 0; }")
-		out, err := exec.Command(binary(t), "id", "--data", n.dir).Output()
+		out, err := exec.Command(testkit.BuildBinary(t), "id", "--data", n.dir).Output()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -174,7 +141,7 @@ func (nw *network) startApp(name string) {
 // other sites (or, with trusted empty, everyone listed by the caller).
 func (nw *network) startAgent(name string, extra ...string) {
 	n := nw.nodes[name]
-	args := []string{"netns", "exec", n.ns, binary(nw.t), "agent", "--site", name, "--data", n.dir,
+	args := []string{"netns", "exec", n.ns, testkit.BuildBinary(nw.t), "agent", "--site", name, "--data", n.dir,
 		"--listen", "/ip4/" + n.ip + "/tcp/4001", "--api", n.ip + ":7070",
 		"--service", "posts=http://127.0.0.1:3000",
 		"--probe-interval", "300ms", "--probe-timeout", "1s", "--log-level", "warn",
@@ -190,13 +157,13 @@ func (nw *network) startAgent(name string, extra ...string) {
 		args = append(args, "--peer", nw.nodes[nw.order[0]].addr())
 	}
 	args = append(args, extra...)
-	n.stderr = &bytes.Buffer{}
+	n.stderr = &testkit.Buffer{}
 	n.agent = exec.Command("ip", args...)
-	n.agent.Stderr = &lockedWriter{w: n.stderr}
+	n.agent.Stderr = n.stderr
 	if err := n.agent.Start(); err != nil {
 		nw.t.Fatal(err)
 	}
-	eventually(nw.t, 60*time.Second, name+"'s API answers", func() error {
+	testkit.Eventually(nw.t, 60*time.Second, name+"'s API answers", func() error {
 		_, err := nw.get(name, "/v1/health")
 		return err
 	})
@@ -214,24 +181,13 @@ func (nw *network) start() {
 	// json-server takes a moment to load: a test must not start against
 	// an application that refuses connections.
 	for _, name := range nw.order {
-		eventually(nw.t, 60*time.Second, name+"'s application answers", func() error {
+		testkit.Eventually(nw.t, 60*time.Second, name+"'s application answers", func() error {
 			if code, _, body := nw.do(name, "GET", "/svc/posts/posts", "{posts: "+name+"}", nil); code != 200 {
 				return fmt.Errorf("%d %s", code, body)
 			}
 			return nil
 		})
 	}
-}
-
-type lockedWriter struct {
-	mu sync.Mutex
-	w  *bytes.Buffer
-}
-
-func (l *lockedWriter) Write(b []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(b)
 }
 
 // cut drops traffic from a to b (and b to a when both) inside the
@@ -297,7 +253,7 @@ func (nw *network) do(site, method, path, scope string, body any) (int, http.Hea
 // posts reads a site's application straight, inside its namespace.
 func (nw *network) posts(site string) []map[string]any {
 	nw.t.Helper()
-	out, err := exec.Command("ip", "netns", "exec", nw.nodes[site].ns, binary(nw.t), "request", "--agent", nw.nodes[site].api(), "GET", "/svc/posts/posts", "--scope", site).Output()
+	out, err := exec.Command("ip", "netns", "exec", nw.nodes[site].ns, testkit.BuildBinary(nw.t), "request", "--agent", nw.nodes[site].api(), "GET", "/svc/posts/posts", "--scope", site).Output()
 	if err != nil {
 		nw.t.Fatalf("read %s's posts: %v", site, err)
 	}
@@ -310,7 +266,7 @@ func (nw *network) posts(site string) []map[string]any {
 
 func (nw *network) waitStates(observers, subjects []string, state string) {
 	nw.t.Helper()
-	eventually(nw.t, 60*time.Second, "sites "+state, func() error {
+	testkit.Eventually(nw.t, 60*time.Second, "sites "+state, func() error {
 		for _, o := range observers {
 			body, err := nw.get(o, "/v1/sites")
 			if err != nil {
@@ -337,7 +293,7 @@ func (nw *network) waitStates(observers, subjects []string, state string) {
 func (nw *network) settled(gid string, sites ...string) map[string]any {
 	nw.t.Helper()
 	var res map[string]any
-	eventually(nw.t, 90*time.Second, "nothing pending for "+gid, func() error {
+	testkit.Eventually(nw.t, 90*time.Second, "nothing pending for "+gid, func() error {
 		for _, s := range sites {
 			body, err := nw.get(s, "/v1/resources/"+gid)
 			if err != nil {
@@ -354,19 +310,4 @@ func (nw *network) settled(gid string, sites ...string) map[string]any {
 		return nil
 	})
 	return res
-}
-
-func eventually(t *testing.T, within time.Duration, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v: %v", what, within, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }

@@ -1,6 +1,7 @@
 package faults
 
 import (
+	"cheops/internal/testkit"
 	"encoding/json"
 	"fmt"
 	"os/exec"
@@ -191,7 +192,7 @@ func TestUntrustedPeerRefused(t *testing.T) {
 	if st, _, _ := nw.do("mallory", "GET", "/svc/posts/posts", "{posts: paris}", nil); st < 400 {
 		t.Fatalf("mallory's request was forwarded to paris: %d", st)
 	}
-	eventually(t, 30*time.Second, "paris logs the refusal", func() error {
+	testkit.Eventually(t, 30*time.Second, "paris logs the refusal", func() error {
 		if !strings.Contains(nw.nodes["paris"].stderr.String(), "refused untrusted peer") {
 			return fmt.Errorf("no refusal in paris' log")
 		}

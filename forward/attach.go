@@ -264,10 +264,10 @@ func (f *Forwarder) servePlace(w http.ResponseWriter, req *request, wo wireOp) {
 		switch {
 		case r.Err != nil:
 			w.Header().Set(HeaderOutcome, catalog.OutcomePending)
-			writeError(w, http.StatusServiceUnavailable, "not_yet", r.Err.Error())
+			errcode.Write(w, http.StatusServiceUnavailable, "not_yet", r.Err.Error())
 			return
 		case r.Failed != "":
-			writeError(w, http.StatusBadGateway, errcode.SiteFailed, fmt.Sprintf("%s's application refused the copy: %s", self, r.Failed))
+			errcode.Write(w, http.StatusBadGateway, errcode.SiteFailed, fmt.Sprintf("%s's application refused the copy: %s", self, r.Failed))
 			return
 		}
 		p = placed{LocalID: r.LocalID, Stamp: at}
@@ -278,16 +278,15 @@ func (f *Forwarder) servePlace(w http.ResponseWriter, req *request, wo wireOp) {
 		}
 		at, err := f.exec.Detach(ctx, d, stamp)
 		if err != nil {
-			writeError(w, http.StatusBadGateway, errcode.SiteFailed, err.Error())
+			errcode.Write(w, http.StatusBadGateway, errcode.SiteFailed, err.Error())
 			return
 		}
 		p = placed{Stamp: at}
 	default:
-		writeError(w, http.StatusBadRequest, "bad_operation", fmt.Sprintf("unknown placement change %q", wo.Place))
+		errcode.Write(w, http.StatusBadRequest, "bad_operation", fmt.Sprintf("unknown placement change %q", wo.Place))
 		return
 	}
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(p)
+	errcode.WriteJSON(w, http.StatusOK, p)
 }
 
 // ResourceHandler serves POST /v1/resources/{id}/attach and /detach with
@@ -302,7 +301,7 @@ func (f *Forwarder) ResourceHandler() http.Handler {
 			}
 			data, err := io.ReadAll(io.LimitReader(r.Body, 64<<10))
 			if err != nil || json.Unmarshal(data, &in) != nil || in.Site == "" {
-				writeError(w, http.StatusBadRequest, errcode.BadInput, `body must be {"site": "NAME"}`)
+				errcode.Write(w, http.StatusBadRequest, errcode.BadInput, `body must be {"site": "NAME"}`)
 				return
 			}
 			var res catalog.Resource
@@ -313,11 +312,10 @@ func (f *Forwarder) ResourceHandler() http.Handler {
 			}
 			status, code := placementError(err)
 			if status == http.StatusOK {
-				w.Header().Set("Content-Type", "application/json")
-				_ = json.NewEncoder(w).Encode(res)
+				errcode.WriteJSON(w, http.StatusOK, res)
 				return
 			}
-			writeError(w, status, code, err.Error())
+			errcode.Write(w, status, code, err.Error())
 		}
 	}
 	mux.HandleFunc("POST /v1/resources/{id}/attach", handle(false))

@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"cheops/catalog"
+	"cheops/errcode"
 	"cheops/replica"
 	"cheops/scope"
 )
@@ -108,17 +109,12 @@ func New(cfg Config) (*Forwarder, error) {
 	}
 	f := &Forwarder{cfg: cfg, log: log.With("component", "forward", "site", cfg.Membership.Site()), services: map[string]Service{},
 		client: &http.Client{Timeout: cfg.SiteTimeout, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
+	if err := CheckServices(cfg.Services); err != nil {
+		return nil, err
+	}
 	for _, s := range cfg.Services {
 		if s.IDField == "" {
 			s.IDField = "id"
-		}
-		if s.DefaultScope != "" {
-			if _, err := scope.Parse(s.DefaultScope); err != nil {
-				return nil, fmt.Errorf("%w: %s: default scope: %v", ErrBadService, s.Name, err)
-			}
-		}
-		if _, dup := f.services[s.Name]; dup {
-			return nil, fmt.Errorf("%w: %s given twice", ErrBadService, s.Name)
 		}
 		f.services[s.Name] = s
 		f.addUpstream(s)
@@ -180,7 +176,7 @@ func (f *Forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if status == http.StatusMethodNotAllowed {
 			w.Header().Set("Allow", strings.Join(allowedMethods, ", "))
 		}
-		writeError(w, status, code, msg)
+		errcode.Write(w, status, code, msg)
 		return
 	}
 	f.serve(w, r, "")
@@ -191,7 +187,7 @@ func (f *Forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (f *Forwarder) serve(w http.ResponseWriter, r *http.Request, hop string) {
 	req, status, code, err := f.parse(w, r, hop)
 	if err != nil {
-		writeError(w, status, code, err.Error())
+		errcode.Write(w, status, code, err.Error())
 		return
 	}
 	if req.hop != "" && r.Header.Get(HeaderOp) != "" {
@@ -210,7 +206,7 @@ func (f *Forwarder) serve(w http.ResponseWriter, r *http.Request, hop string) {
 	if errors.Is(err, scope.ErrNoBinding) {
 		// Even for a resource the catalog knows: a scope that does not
 		// name the service is a mistake to point out, never ignored.
-		writeError(w, http.StatusBadRequest, "unbound_service", err.Error())
+		errcode.Write(w, http.StatusBadRequest, "unbound_service", err.Error())
 		return
 	}
 	if id, ok := f.resourceOf(req); ok {
@@ -234,16 +230,16 @@ func (f *Forwarder) serve(w http.ResponseWriter, r *http.Request, hop string) {
 		var unreachable *unreachableError
 		switch {
 		case errors.Is(err, scope.ErrUnknownSite):
-			writeError(w, http.StatusBadRequest, "unknown_site", err.Error())
+			errcode.Write(w, http.StatusBadRequest, "unknown_site", err.Error())
 		case errors.As(err, &unreachable):
-			writeError(w, http.StatusServiceUnavailable, "unreachable", err.Error())
+			errcode.Write(w, http.StatusServiceUnavailable, "unreachable", err.Error())
 		default:
-			writeError(w, http.StatusBadRequest, "bad_scope", err.Error())
+			errcode.Write(w, http.StatusBadRequest, "bad_scope", err.Error())
 		}
 		return
 	}
 	if msg, refused := localIDRefusal(req, plan.Required()); refused {
-		writeError(w, http.StatusBadRequest, "local_id", msg)
+		errcode.Write(w, http.StatusBadRequest, "local_id", msg)
 		return
 	}
 	f.dispatch(w, req, plan)
@@ -778,7 +774,7 @@ func sitesHeader(outcomes map[string]string) string {
 // reply writes one site's answer, with cheops' headers.
 func (f *Forwarder) reply(w http.ResponseWriter, res result, resource string, outcomes map[string]string) {
 	if res.err != nil {
-		writeError(w, http.StatusBadGateway, "site_failed", res.err.Error())
+		errcode.Write(w, http.StatusBadGateway, "site_failed", res.err.Error())
 		return
 	}
 	h := w.Header()

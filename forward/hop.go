@@ -2,6 +2,7 @@ package forward
 
 import (
 	"bufio"
+	"cheops/errcode"
 	"context"
 	"errors"
 	"fmt"
@@ -157,12 +158,12 @@ func (f *Forwarder) serveHop(w http.ResponseWriter, r *http.Request, site string
 	name, inner, _ := strings.Cut(rest, "/")
 	svc, known := f.services[name]
 	if !ok || !known {
-		writeError(w, http.StatusNotFound, "unknown_service", fmt.Sprintf("unknown service %q (this agent serves %s)", name, f.serviceNames()))
+		errcode.Write(w, http.StatusNotFound, "unknown_service", fmt.Sprintf("unknown service %q (this agent serves %s)", name, f.serviceNames()))
 		return
 	}
 	unescaped, err := url.PathUnescape(inner)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "bad_path", fmt.Sprintf("path: %v", err))
+		errcode.Write(w, http.StatusBadRequest, "bad_path", fmt.Sprintf("path: %v", err))
 		return
 	}
 	req := &request{r: r, svc: svc, hop: site, route: svc.routeOf(unescaped), rawPath: "/" + inner, canon: r.Header.Get(HeaderScope)}
@@ -170,14 +171,14 @@ func (f *Forwarder) serveHop(w http.ResponseWriter, r *http.Request, site string
 		req.rawPath += "?" + r.URL.RawQuery
 	}
 	if req.canon == "" {
-		writeError(w, http.StatusBadRequest, "bad_scope", "a forwarded request carries no scope")
+		errcode.Write(w, http.StatusBadRequest, "bad_scope", "a forwarded request carries no scope")
 		return
 	}
 	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 && streamsBody(req) {
 		req.stream = r.Body // bounded by serveStream's MaxBytesReader
 	} else if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
 		if req.body, err = readLimited(r.Body, f.cfg.MaxBody); err != nil {
-			writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body over the limit of %d bytes", f.cfg.MaxBody))
+			errcode.Write(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body over the limit of %d bytes", f.cfg.MaxBody))
 			return
 		}
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 
 	"cheops/catalog"
+	"cheops/errcode"
 	"cheops/scope"
 )
 
@@ -154,7 +155,7 @@ func (f *Forwarder) mergeRead(w http.ResponseWriter, req *request, results map[s
 	}
 	if len(answers) == 0 {
 		if failed.site == "" {
-			writeError(w, http.StatusServiceUnavailable, "unreachable", "no site could run the request: "+sitesHeader(outcomes))
+			errcode.Write(w, http.StatusServiceUnavailable, "unreachable", "no site could run the request: "+sitesHeader(outcomes))
 			return
 		}
 		f.reply(w, failed, "", outcomes)
@@ -162,7 +163,7 @@ func (f *Forwarder) mergeRead(w http.ResponseWriter, req *request, results map[s
 	}
 	body, ct, err := req.svc.Routes.Merge(req.r, answers)
 	if err != nil {
-		writeError(w, http.StatusBadGateway, "merge", fmt.Sprintf("merge the answers of %s: %v", strings.Join(sites, ", "), err))
+		errcode.Write(w, http.StatusBadGateway, "merge", fmt.Sprintf("merge the answers of %s: %v", strings.Join(sites, ", "), err))
 		return
 	}
 	w.Header().Set("Content-Type", ct)
@@ -176,15 +177,8 @@ func (f *Forwarder) mergeRead(w http.ResponseWriter, req *request, results map[s
 // target of the plan (standbys after): the answer is passed on as it
 // arrives until either side ends it.
 func (f *Forwarder) streamRead(w http.ResponseWriter, req *request, plan *scope.Plan) {
-	reachable, _ := splitTargets(plan)
-	order := append([]string(nil), reachable...)
-	for _, t := range plan.Targets {
-		if !t.Required && t.Reachable {
-			order = append(order, t.Site)
-		}
-	}
 	var last error = fmt.Errorf("no site reachable")
-	for _, s := range order {
+	for _, s := range plan.ReadOrder() {
 		var resp *http.Response
 		var done func()
 		if s == f.cfg.Membership.Site() {
@@ -199,7 +193,7 @@ func (f *Forwarder) streamRead(w http.ResponseWriter, req *request, plan *scope.
 			return
 		}
 	}
-	writeError(w, http.StatusBadGateway, "site_failed", last.Error())
+	errcode.Write(w, http.StatusBadGateway, "site_failed", last.Error())
 }
 
 // openLocalStream starts a streamed request on this site's application.
@@ -362,7 +356,7 @@ func (w *streamWriter) finish() {
 func (f *Forwarder) streamLocal(w http.ResponseWriter, req *request) {
 	resp, done, err := f.openLocalStream(req, req.rawPath)
 	if err != nil {
-		writeError(w, http.StatusBadGateway, "site_failed", err.Error())
+		errcode.Write(w, http.StatusBadGateway, "site_failed", err.Error())
 		return
 	}
 	defer done()

@@ -26,7 +26,7 @@ func (f *Forwarder) create(w http.ResponseWriter, req *request, plan *scope.Plan
 	if n, ok := req.svc.Routes.(Namer); ok && req.route.id == "" {
 		body, _, err := n.Assign(req.body)
 		if err != nil {
-			writeError(w, http.StatusBadRequest, "bad_body", err.Error())
+			errcode.Write(w, http.StatusBadRequest, "bad_body", err.Error())
 			return
 		}
 		req.body = body
@@ -36,7 +36,7 @@ func (f *Forwarder) create(w http.ResponseWriter, req *request, plan *scope.Plan
 		return
 	}
 	id := catalog.NewID(time.Now())
-	reachable, pending := splitTargets(plan)
+	reachable, pending := plan.Reachable(), plan.Pending()
 	wr := write{
 		op: catalog.Operation{ID: catalog.NewID(time.Now()), Resource: id, Method: req.r.Method,
 			Path: opPath(req.rawPath, req.r.Header.Get("Content-Type")), Targets: targets},
@@ -55,11 +55,11 @@ func (f *Forwarder) create(w http.ResponseWriter, req *request, plan *scope.Plan
 	switch {
 	case err != nil:
 		f.log.Error("record created resource", "id", id, "err", err)
-		writeError(w, http.StatusInternalServerError, "catalog", fmt.Sprintf("created (%s) but not recorded: %v", sitesHeader(outcomes), err))
+		errcode.Write(w, http.StatusInternalServerError, "catalog", fmt.Sprintf("created (%s) but not recorded: %v", sitesHeader(outcomes), err))
 	case recorded && !answer.ok() && (answer.site == "" || answer.err != nil):
 		acceptedPending(w, id, outcomes)
 	case answer.site == "":
-		writeError(w, http.StatusServiceUnavailable, "unreachable", "no site could run the request: "+sitesHeader(outcomes))
+		errcode.Write(w, http.StatusServiceUnavailable, "unreachable", "no site could run the request: "+sitesHeader(outcomes))
 	case !answer.ok():
 		f.reply(w, answer, "", outcomes)
 	default:
@@ -75,7 +75,7 @@ func (f *Forwarder) create(w http.ResponseWriter, req *request, plan *scope.Plan
 // only a member may write the resource's catalog entry.
 func (f *Forwarder) coordinate(w http.ResponseWriter, req *request, plan *scope.Plan) {
 	if req.hop != "" {
-		writeError(w, http.StatusBadRequest, "not_member", fmt.Sprintf("site %s was asked to coordinate a create outside its scope", f.cfg.Membership.Site()))
+		errcode.Write(w, http.StatusBadRequest, "not_member", fmt.Sprintf("site %s was asked to coordinate a create outside its scope", f.cfg.Membership.Site()))
 		return
 	}
 	f.handOver(w, req, plan)
@@ -86,14 +86,9 @@ func (f *Forwarder) coordinate(w http.ResponseWriter, req *request, plan *scope.
 // falls back (fallback.go): planned again without it and dispatched,
 // which may run it here.
 func (f *Forwarder) handOver(w http.ResponseWriter, req *request, plan *scope.Plan) {
-	var best *scope.Target
-	for i, t := range plan.Targets {
-		if t.Required && t.Reachable && (best == nil || t.RTT < best.RTT) {
-			best = &plan.Targets[i]
-		}
-	}
-	if best == nil {
-		writeError(w, http.StatusServiceUnavailable, "unreachable", "no site of the scope is reachable")
+	best, ok := plan.Nearest()
+	if !ok {
+		errcode.Write(w, http.StatusServiceUnavailable, "unreachable", "no site of the scope is reachable")
 		return
 	}
 	res := f.execute(req.r.Context(), best.Site, req, req.r.Method, req.rawPath, http.Header{HeaderCoordinate: {"1"}})
@@ -104,11 +99,11 @@ func (f *Forwarder) handOver(w http.ResponseWriter, req *request, plan *scope.Pl
 			f.dispatch(w, req, next)
 			return
 		}
-		writeError(w, http.StatusServiceUnavailable, "unreachable", "no site of the scope could be reached: "+req.fallbackHeader())
+		errcode.Write(w, http.StatusServiceUnavailable, "unreachable", "no site of the scope could be reached: "+req.fallbackHeader())
 		return
 	case res.err != nil:
 		// It may have run there: never send it again.
-		writeError(w, http.StatusGatewayTimeout, "outcome_unknown",
+		errcode.Write(w, http.StatusGatewayTimeout, "outcome_unknown",
 			fmt.Sprintf("%v: the request was sent to %s, which did not answer; it may have run there (look for it in the catalog before sending it again)", res.err, best.Site))
 		return
 	}
@@ -118,19 +113,6 @@ func (f *Forwarder) handOver(w http.ResponseWriter, req *request, plan *scope.Pl
 		res.header.Set("Location", location(req, id))
 	}
 	f.reply(w, res, res.header.Get(HeaderResource), nil)
-}
-
-func splitTargets(plan *scope.Plan) (reachable, pending []string) {
-	for _, t := range plan.Targets {
-		switch {
-		case !t.Required:
-		case t.Reachable:
-			reachable = append(reachable, t.Site)
-		default:
-			pending = append(pending, t.Site)
-		}
-	}
-	return reachable, pending
 }
 
 // onResource serves a request that names a catalog resource by its
@@ -150,21 +132,16 @@ func (f *Forwarder) onResource(w http.ResponseWriter, req *request, res catalog.
 				out = append(out, s)
 			}
 		}
-		sort.SliceStable(out, func(i, j int) bool {
-			di, _ := view.RTT(self, out[i])
-			dj, _ := view.RTT(self, out[j])
-			return di < dj
-		})
-		return out
+		return view.Nearest(out)
 	}()
 	if deletedEverywhere(res) {
-		writeError(w, http.StatusNotFound, "deleted", fmt.Sprintf("%s was deleted", res.ID))
+		errcode.Write(w, http.StatusNotFound, "deleted", fmt.Sprintf("%s was deleted", res.ID))
 		return
 	}
 	switch req.r.Method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions:
 		if len(holders) == 0 {
-			writeError(w, http.StatusServiceUnavailable, "unreachable", fmt.Sprintf("no reachable site holds %s", res.ID))
+			errcode.Write(w, http.StatusServiceUnavailable, "unreachable", fmt.Sprintf("no reachable site holds %s", res.ID))
 			return
 		}
 		var last result
@@ -197,11 +174,11 @@ func (f *Forwarder) onResource(w http.ResponseWriter, req *request, res catalog.
 	switch {
 	case err != nil:
 		f.log.Error("record operation", "id", res.ID, "err", err)
-		writeError(w, http.StatusInternalServerError, "catalog", fmt.Sprintf("ran (%s) but not recorded: %v", sitesHeader(outcomes), err))
+		errcode.Write(w, http.StatusInternalServerError, "catalog", fmt.Sprintf("ran (%s) but not recorded: %v", sitesHeader(outcomes), err))
 	case recorded && !answer.ok() && (answer.site == "" || answer.err != nil):
 		acceptedPending(w, res.ID, outcomes)
 	case answer.site == "":
-		writeError(w, http.StatusServiceUnavailable, "unreachable", "no replica could run the request: "+sitesHeader(outcomes))
+		errcode.Write(w, http.StatusServiceUnavailable, "unreachable", "no replica could run the request: "+sitesHeader(outcomes))
 	default:
 		if answer.ok() {
 			answer.body = req.svc.withID(answer.body, res.ID)
@@ -214,7 +191,7 @@ func (f *Forwarder) onResource(w http.ResponseWriter, req *request, res catalog.
 // each item tagged with its site and shown with its global id when the
 // catalog knows one.
 func (f *Forwarder) crossRead(w http.ResponseWriter, req *request, plan *scope.Plan) {
-	reachable, pending := splitTargets(plan)
+	reachable, pending := plan.Reachable(), plan.Pending()
 	results := f.executeAll(req.r.Context(), reachable, func(ctx context.Context, site string) result {
 		return f.execute(ctx, site, req, http.MethodGet, req.rawPath, nil)
 	})
@@ -274,7 +251,7 @@ func (f *Forwarder) crossRead(w http.ResponseWriter, req *request, plan *scope.P
 func (f *Forwarder) plain(w http.ResponseWriter, req *request, plan *scope.Plan) {
 	ctx := req.r.Context()
 	safe := req.r.Method == http.MethodGet || req.r.Method == http.MethodHead || req.r.Method == http.MethodOptions
-	reachable, pending := splitTargets(plan)
+	reachable, pending := plan.Reachable(), plan.Pending()
 	if safe && f.streams(req) {
 		f.streamRead(w, req, plan)
 		return
@@ -284,7 +261,7 @@ func (f *Forwarder) plain(w http.ResponseWriter, req *request, plan *scope.Plan)
 		// all failed, on those of its next plan (fallback.go).
 		for {
 			var last result
-			for _, s := range readOrder(plan) {
+			for _, s := range plan.ReadOrder() {
 				if s == f.cfg.Membership.Site() && (req.r.Method == http.MethodGet || req.r.Method == http.MethodHead) {
 					// Passed on as it arrives (readHere).
 					err := f.readHere(w, req, req.rawPath)
@@ -320,7 +297,7 @@ func (f *Forwarder) plain(w http.ResponseWriter, req *request, plan *scope.Plan)
 	if req.stream != nil && (len(reachable) != 1 || len(pending) > 0) {
 		// Streamed only to one site: several read it whole.
 		if err := f.readStream(req); err != nil {
-			writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body: %v", err))
+			errcode.Write(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body: %v", err))
 			return
 		}
 	}
@@ -350,23 +327,6 @@ func (f *Forwarder) plain(w http.ResponseWriter, req *request, plan *scope.Plan)
 		hdr = outcomes
 	}
 	f.reply(w, answer, "", hdr)
-}
-
-// readOrder is where a read may run, in the order to try: the reachable
-// required sites, then the standbys.
-func readOrder(plan *scope.Plan) []string {
-	var order []string
-	for _, t := range plan.Targets {
-		if t.Required && t.Reachable {
-			order = append(order, t.Site)
-		}
-	}
-	for _, t := range plan.Targets {
-		if !t.Required && t.Reachable {
-			order = append(order, t.Site)
-		}
-	}
-	return order
 }
 
 // localID reads the id field of a created resource's JSON body.
@@ -405,11 +365,6 @@ func withID(body []byte, field, id string) []byte {
 		return body
 	}
 	return out
-}
-
-// writeError answers with an error in the API's format (errcode.Write).
-func writeError(w http.ResponseWriter, status int, code, msg string) {
-	errcode.Write(w, status, code, msg)
 }
 
 func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"cheops/catalog"
+	"cheops/errcode"
 	"cheops/replica"
 )
 
@@ -268,11 +269,11 @@ func statusOf(outcome string) int {
 func (f *Forwarder) serveOp(w http.ResponseWriter, req *request, header string) {
 	wo, err := decodeOp(header)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "bad_operation", err.Error())
+		errcode.Write(w, http.StatusBadRequest, "bad_operation", err.Error())
 		return
 	}
 	if err := f.cfg.Catalog.Clock().Observe(wo.Op.At); err != nil {
-		writeError(w, http.StatusBadRequest, "bad_operation", err.Error())
+		errcode.Write(w, http.StatusBadRequest, "bad_operation", err.Error())
 		return
 	}
 	wo.Op.Body = req.body
@@ -288,7 +289,7 @@ func (f *Forwarder) serveOp(w http.ResponseWriter, req *request, header string) 
 	r := f.applyLocal(context.WithoutCancel(req.r.Context()), req.svc.Name, wo, hdr)
 	if r.err != nil {
 		w.Header().Set(HeaderOutcome, catalog.OutcomePending)
-		writeError(w, http.StatusServiceUnavailable, "not_yet", r.err.Error())
+		errcode.Write(w, http.StatusServiceUnavailable, "not_yet", r.err.Error())
 		return
 	}
 	w.Header().Set(HeaderOutcome, r.outcomeText)
@@ -366,7 +367,5 @@ func withLocal(m map[string]string, site, local string) map[string]string {
 func acceptedPending(w http.ResponseWriter, id string, outcomes map[string]string) {
 	w.Header().Set(HeaderResource, id)
 	w.Header().Set(HeaderSites, sitesHeader(outcomes))
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(http.StatusAccepted)
-	_ = json.NewEncoder(w).Encode(map[string]string{"id": id, "status": catalog.OutcomePending})
+	errcode.WriteJSON(w, http.StatusAccepted, map[string]string{"id": id, "status": catalog.OutcomePending})
 }

@@ -141,7 +141,7 @@ func (s Service) createdID(r route, body []byte) (string, bool) {
 
 // The content type of a recorded operation, when it is not JSON, travels
 // in its path's fragment (never sent to an application), so that a site
-// executing it later (package catchup) sends the body as the client did:
+// executing it later (replica's catch-up) sends the body as the client did:
 // a Kubernetes PATCH is a merge, strategic merge, JSON or apply patch
 // according to its content type alone.
 const fragmentType = "#content-type="

@@ -22,6 +22,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 
 	"cheops/catalog"
+	"cheops/errcode"
 	"cheops/scope"
 )
 
@@ -215,7 +216,7 @@ func (d *Data) upload(w http.ResponseWriter, r *http.Request, id string) {
 	sites, known, err := d.replicas(ctx, id)
 	switch {
 	case err != nil:
-		writeError(w, http.StatusInternalServerError, "internal", err.Error())
+		errcode.Write(w, http.StatusInternalServerError, "internal", err.Error())
 		return
 	case !known:
 		d.relay(w, r, id)
@@ -257,17 +258,17 @@ func (d *Data) relay(w http.ResponseWriter, r *http.Request, id string) {
 		text = pathScope(r.URL.EscapedPath())
 	}
 	if text == "" {
-		writeError(w, http.StatusNotFound, "unknown_resource", notHere+", and the request has no scope to find a site that holds it")
+		errcode.Write(w, http.StatusNotFound, "unknown_resource", notHere+", and the request has no scope to find a site that holds it")
 		return
 	}
 	sc, err := scope.Parse(text)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "bad_scope", err.Error())
+		errcode.Write(w, http.StatusBadRequest, "bad_scope", err.Error())
 		return
 	}
 	e, ok := sc.For(d.cfg.Service)
 	if !ok {
-		writeError(w, http.StatusBadRequest, "unbound_service", fmt.Sprintf("the scope %s does not place %s", sc, d.cfg.Service))
+		errcode.Write(w, http.StatusBadRequest, "unbound_service", fmt.Sprintf("the scope %s does not place %s", sc, d.cfg.Service))
 		return
 	}
 	for _, s := range scope.Sites(e) {
@@ -279,7 +280,7 @@ func (d *Data) relay(w http.ResponseWriter, r *http.Request, id string) {
 		header.Set(headerRelay, "1")
 		o := d.sendRemote(r.Context(), p, id, header, r.ContentLength, r.Body)
 		if o.err != nil {
-			writeError(w, http.StatusBadGateway, "site_failed", fmt.Sprintf("relay the upload to %s: %v", s, o.err))
+			errcode.Write(w, http.StatusBadGateway, "site_failed", fmt.Sprintf("relay the upload to %s: %v", s, o.err))
 			return
 		}
 		for k, v := range o.header {
@@ -291,7 +292,7 @@ func (d *Data) relay(w http.ResponseWriter, r *http.Request, id string) {
 		_, _ = w.Write(o.body)
 		return
 	}
-	writeError(w, http.StatusServiceUnavailable, "unreachable", notHere+", and no other site of "+sc.String()+" can be reached")
+	errcode.Write(w, http.StatusServiceUnavailable, "unreachable", notHere+", and no other site of "+sc.String()+" can be reached")
 }
 
 // headerScope is forward.HeaderScope.
@@ -569,18 +570,10 @@ func (d *Data) serveStream(s network.Stream) {
 	_ = resp.Write(s)
 }
 
-// errorBody is an error in the agents' format.
+// errorBody is an error in the API's format (errcode.Body), for answers
+// written on a stream rather than through an http.ResponseWriter
+// (errcode.Write).
 func errorBody(code, msg string) string {
-	b, _ := json.Marshal(struct {
-		Error string `json:"error"`
-		Code  string `json:"code"`
-	}{msg, code})
+	b, _ := json.Marshal(errcode.Body{Error: msg, Code: code})
 	return string(b)
-}
-
-// writeError answers in the agents' error format.
-func writeError(w http.ResponseWriter, status int, code, msg string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_, _ = io.WriteString(w, errorBody(code, msg)+"\n")
 }

@@ -21,7 +21,9 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"cheops/agent"
+	"cheops/forward"
 	"cheops/glance"
+	"cheops/internal/testkit"
 	"cheops/node"
 	"cheops/scope"
 )
@@ -138,8 +140,12 @@ func newWorld(t testing.TB) *world {
 		// assert that every replica ran it, so wait for them (the
 		// default deadline, max(50 ms, 4 RTT), would answer them pending).
 		cfg.ReplicaWait = 10 * time.Second
-		cfg.Services = map[string]string{"glance": w.glance[s]}
-		cfg.ServiceOptions = map[string]agent.ServiceOptions{"glance": {Kind: agent.KindGlance}}
+		svc, err := forward.NewService("glance", w.glance[s])
+		if err != nil {
+			t.Fatal(err)
+		}
+		svc.Kind = forward.KindGlance
+		cfg.Services = []forward.Service{svc}
 		cfg.Scopes = names
 		cfg.Logger = logger
 		w.cfgs[s] = cfg
@@ -155,7 +161,7 @@ func newWorld(t testing.TB) *world {
 			}
 		}
 	})
-	eventually(t, 30*time.Second, "sites up", func() error {
+	testkit.Eventually(t, 30*time.Second, "sites up", func() error {
 		for a, ag := range w.agents {
 			if ag == nil {
 				continue
@@ -190,7 +196,7 @@ func (w *world) stop(site string) {
 // waitState waits until every running agent sees site in state.
 func (w *world) waitState(site string, state scope.State) {
 	w.t.Helper()
-	eventually(w.t, 30*time.Second, site+" "+state.String(), func() error {
+	testkit.Eventually(w.t, 30*time.Second, site+" "+state.String(), func() error {
 		for name, a := range w.agents {
 			if a == nil || name == site {
 				continue
@@ -252,21 +258,6 @@ func get(t testing.TB, url string) string {
 	return string(b)
 }
 
-func eventually(t testing.TB, within time.Duration, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v: %v", what, within, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // The openstack CLI, unchanged, through three agents: an image created
 // with {glance: a & b} is active on a and b with one id and one checksum
 // and absent from c; a list over a & b & c is the union; updates and tags
@@ -291,7 +282,7 @@ func TestOpenStackCLI(t *testing.T) {
 	}
 	id := created.ID
 	for _, s := range []string{"a", "b"} {
-		eventually(t, 30*time.Second, "image active on "+s, func() error {
+		testkit.Eventually(t, 30*time.Second, "image active on "+s, func() error {
 			code, im := w.direct(s, id)
 			if code != http.StatusOK || im["status"] != "active" || im["checksum"] != sum || im["size"] != float64(len(data)) {
 				return fmt.Errorf("%s: %d %v", s, code, im)
@@ -302,7 +293,7 @@ func TestOpenStackCLI(t *testing.T) {
 	if code, _ := w.direct("c", id); code != http.StatusNotFound {
 		t.Fatalf("c's Glance answers %d for the image", code)
 	}
-	eventually(t, 10*time.Second, "a's catalog holds the image", func() error {
+	testkit.Eventually(t, 10*time.Second, "a's catalog holds the image", func() error {
 		if !strings.Contains(get(t, w.agents["a"].URL()+"/v1/resources?service=glance"), glance.Images+"/"+id) {
 			return fmt.Errorf("not yet")
 		}
@@ -358,7 +349,7 @@ func TestOpenStackCLI(t *testing.T) {
 		t.Fatalf("PUT a tag: %v %v", resp, err)
 	}
 	for _, s := range []string{"a", "b"} {
-		eventually(t, 30*time.Second, "property and tags on "+s, func() error {
+		testkit.Eventually(t, 30*time.Second, "property and tags on "+s, func() error {
 			_, im := w.direct(s, id)
 			tags := fmt.Sprint(im["tags"])
 			if im["color"] != "blue" || !strings.Contains(tags, "green") || !strings.Contains(tags, "fresh") {
@@ -382,7 +373,7 @@ func TestOpenStackCLI(t *testing.T) {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("attach to c: %d %s", resp.StatusCode, body)
 	}
-	eventually(t, 60*time.Second, "c serves the image with its data", func() error {
+	testkit.Eventually(t, 60*time.Second, "c serves the image with its data", func() error {
 		code, im := w.direct("c", id)
 		if code != http.StatusOK || im["status"] != "active" || im["checksum"] != sum || im["color"] != "blue" {
 			return fmt.Errorf("c: %d %v", code, im)
@@ -392,7 +383,7 @@ func TestOpenStackCLI(t *testing.T) {
 
 	w.openstack(plain, "image", "delete", id)
 	for _, s := range []string{"a", "b", "c"} {
-		eventually(t, 30*time.Second, "image deleted on "+s, func() error {
+		testkit.Eventually(t, 30*time.Second, "image deleted on "+s, func() error {
 			if code, _ := w.direct(s, id); code != http.StatusNotFound {
 				return fmt.Errorf("%s answers %d", s, code)
 			}
@@ -436,7 +427,7 @@ func TestOpenStackReplicaAway(t *testing.T) {
 
 	w.start("b")
 	w.waitState("b", scope.Up)
-	eventually(t, 90*time.Second, "b's Glance has the image with its data", func() error {
+	testkit.Eventually(t, 90*time.Second, "b's Glance has the image with its data", func() error {
 		code, im := w.direct("b", id)
 		if code != http.StatusOK || im["status"] != "active" || im["checksum"] != sum {
 			return fmt.Errorf("b: %d %v", code, im)

@@ -2,6 +2,7 @@ package kube_test
 
 import (
 	"bytes"
+	"cheops/internal/testkit"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -141,7 +142,7 @@ func BenchmarkAttach100ConfigMaps(b *testing.B) {
 		}
 		answered := time.Since(start)
 		var held time.Duration
-		eventually(b, 60*time.Second, "c holds 100 configmaps", func() error {
+		testkit.Eventually(b, 60*time.Second, "c holds 100 configmaps", func() error {
 			status, body, err := w.sites["c"].kube.do("GET", "/api/v1/namespaces/"+ns+"/configmaps", "", nil)
 			if err != nil || status != http.StatusOK {
 				return fmt.Errorf("%d %v", status, err)
@@ -159,7 +160,7 @@ func BenchmarkAttach100ConfigMaps(b *testing.B) {
 		b.ReportMetric(answered.Seconds(), "attach-answered-s")
 		b.ReportMetric(held.Seconds(), "c-holds-all-s")
 		// Every configmap is in c's catalog too: later writes reach it.
-		eventually(b, 30*time.Second, "c's catalog holds the configmaps", func() error {
+		testkit.Eventually(b, 30*time.Second, "c's catalog holds the configmaps", func() error {
 			for j := 0; j < count; j++ {
 				if _, ok := w.sites["c"].agent.Catalog().LookupLocal("kube", "c", fmt.Sprintf("/api/v1/namespaces/%s/configmaps/cm%03d", ns, j)); !ok {
 					return fmt.Errorf("cm%03d unknown at c", j)

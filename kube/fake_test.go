@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"cheops/internal/testkit"
 	"cheops/node"
 	"cheops/scope"
 )
@@ -195,7 +196,7 @@ func TestKubeServiceWithoutKubernetes(t *testing.T) {
 	}
 	w.start("b")
 	want := `web application/merge-patch+json {"metadata":{"labels":{"x":"1"}}}`
-	eventually(t, 30*time.Second, "b replays the patch", func() error {
+	testkit.Eventually(t, 30*time.Second, "b replays the patch", func() error {
 		res, err := w.sites["b"].agent.Catalog().Get(t.Context(), id)
 		if err != nil {
 			return err
@@ -252,7 +253,7 @@ func TestWritesThroughASiteOutsideTheScope(t *testing.T) {
 		t.Fatalf("create through c: %d %s %v", status, body, err)
 	}
 	// The coordinator recorded it; the other site's catalog has it soon.
-	eventually(t, 10*time.Second, "a and b know web", func() error {
+	testkit.Eventually(t, 10*time.Second, "a and b know web", func() error {
 		for _, s := range []string{"a", "b"} {
 			if _, ok := w.sites[s].agent.Catalog().LookupLocal("kube", s, "/api/v1/namespaces/web"); !ok {
 				return fmt.Errorf("%s does not", s)
@@ -279,7 +280,7 @@ func TestWritesThroughASiteOutsideTheScope(t *testing.T) {
 		if !ok {
 			t.Fatalf("%s's catalog does not know web", s)
 		}
-		eventually(t, 10*time.Second, s+" records the create and the patch", func() error {
+		testkit.Eventually(t, 10*time.Second, s+" records the create and the patch", func() error {
 			if res, _ := w.sites[s].agent.Catalog().Get(t.Context(), id); len(res.Operations) != 2 {
 				return fmt.Errorf("%d operations", len(res.Operations))
 			}
@@ -317,7 +318,7 @@ func TestServerSideApplyCreates(t *testing.T) {
 	}
 	w.start("b")
 	want := "ssa application/apply-patch+yaml " + apply
-	eventually(t, 30*time.Second, "b replays the apply", func() error {
+	testkit.Eventually(t, 30*time.Second, "b replays the apply", func() error {
 		names, patches := fakes["b"].state()
 		if len(names) != 1 || len(patches) != 1 || patches[0] != want {
 			return fmt.Errorf("b holds %v, applied %q", names, patches)

@@ -14,7 +14,6 @@ import (
 	"hash/fnv"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -28,6 +27,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"cheops/agent"
+	"cheops/forward"
+	"cheops/internal/testkit"
 	"cheops/node"
 	"cheops/scope"
 )
@@ -69,17 +70,6 @@ func binaries(t testing.TB) map[string]string {
 	}
 	out["etcd"] = etcd
 	return out
-}
-
-func freePort(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	_, port, _ := net.SplitHostPort(l.Addr().String())
-	return port
 }
 
 // process is a child process stopped at the end of the test.
@@ -127,12 +117,12 @@ func tail(s string, n int) string {
 func startEtcd(t testing.TB, bins map[string]string) string {
 	t.Helper()
 	dir := t.TempDir()
-	client, peerPort := "http://127.0.0.1:"+freePort(t), "http://127.0.0.1:"+freePort(t)
+	client, peerPort := "http://127.0.0.1:"+testkit.FreePort(t), "http://127.0.0.1:"+testkit.FreePort(t)
 	startProcess(t, dir, "etcd", bins["etcd"], "--data-dir", filepath.Join(dir, "data"), "--name", "cheops",
 		"--listen-client-urls", client, "--advertise-client-urls", client,
 		"--listen-peer-urls", peerPort, "--initial-advertise-peer-urls", peerPort,
 		"--initial-cluster", "cheops="+peerPort, "--unsafe-no-fsync")
-	eventually(t, 30*time.Second, "etcd healthy", func() error {
+	testkit.Eventually(t, 30*time.Second, "etcd healthy", func() error {
 		resp, err := http.Get(client + "/health")
 		if err != nil {
 			return err
@@ -180,7 +170,7 @@ func startKube(t testing.TB, bins map[string]string, etcd, name string) *kcluste
 	_, _ = rand.Read(tok)
 	k := &kcluster{name: name, token: hex.EncodeToString(tok), dir: dir}
 	tokens := write("tokens.csv", []byte(k.token+",admin,admin,system:masters\n"))
-	port := freePort(t)
+	port := testkit.FreePort(t)
 	k.url = "https://127.0.0.1:" + port
 	certDir := filepath.Join(dir, "certs")
 	k.ca = filepath.Join(certDir, "apiserver.crt")
@@ -191,7 +181,7 @@ func startKube(t testing.TB, bins map[string]string, etcd, name string) *kcluste
 		"--service-account-signing-key-file="+saKey, "--service-cluster-ip-range=10.96.0.0/16",
 		"--endpoint-reconciler-type=none", "--token-auth-file="+tokens, "--authorization-mode=AlwaysAllow",
 		"--enable-priority-and-fairness=false")
-	eventually(t, 90*time.Second, name+" /readyz", func() error {
+	testkit.Eventually(t, 90*time.Second, name+" /readyz", func() error {
 		status, body, err := k.do("GET", "/readyz", "", nil)
 		if err != nil {
 			return err
@@ -334,10 +324,19 @@ func (w *world) start(name string) {
 	// keeps a loaded machine (-race, packages in parallel) from reporting
 	// an up cluster pending (the default is max(50 ms, 4 RTT)).
 	cfg.ReplicaWait = time.Second
-	cfg.Services = map[string]string{"kube": s.kube.url}
+	svc, err := forward.NewService("kube", s.kube.url)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	svc.Kind, svc.Upstream.Token = forward.KindKube, s.kube.token
+	if s.kube.ca != "" {
+		if svc.Upstream.TLS, err = forward.UpstreamTLS(s.kube.ca, false); err != nil {
+			w.t.Fatal(err)
+		}
+	}
+	cfg.Services = []forward.Service{svc}
 	// A named scope: kubectl's server URL without percent signs.
 	cfg.Scopes = map[string]string{"ab": "{kube: a & b}"}
-	cfg.ServiceOptions = map[string]agent.ServiceOptions{"kube": {Kind: agent.KindKube, Token: s.kube.token, CAFile: s.kube.ca}}
 	cfg.Logger = logger
 	a, err := agent.Start(context.Background(), cfg)
 	if err != nil {
@@ -357,7 +356,7 @@ func (w *world) stop(name string) {
 // waitState waits until every observer sees every subject in state.
 func (w *world) waitState(state scope.State, observers, subjects []string) {
 	w.t.Helper()
-	eventually(w.t, 30*time.Second, "sites "+state.String(), func() error {
+	testkit.Eventually(w.t, 30*time.Second, "sites "+state.String(), func() error {
 		for _, a := range observers {
 			for _, b := range subjects {
 				if a == b {
@@ -426,19 +425,4 @@ func (w *world) named(site, name string) string {
 // direct writes a kubeconfig straight to a site's cluster.
 func (w *world) direct(site string) string {
 	return w.sites[site].kube.kubeconfig(w.t, w.sites[site].kube.url, "")
-}
-
-func eventually(t testing.TB, within time.Duration, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v: %v", what, within, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }

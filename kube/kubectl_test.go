@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"cheops/internal/testkit"
 	"cheops/scope"
 )
 
@@ -71,7 +72,7 @@ func field(obj map[string]any, path string) any {
 // waitField waits until every listed cluster holds path with want.
 func (w *world) waitField(sites []string, path, field_ string, want string) {
 	w.t.Helper()
-	eventually(w.t, 30*time.Second, path+" "+field_+" = "+want+" on "+strings.Join(sites, ","), func() error {
+	testkit.Eventually(w.t, 30*time.Second, path+" "+field_+" = "+want+" on "+strings.Join(sites, ","), func() error {
 		for _, s := range sites {
 			obj := w.sites[s].kube.get(w.t, path)
 			if obj == nil {
@@ -203,7 +204,7 @@ func TestKubectlThroughAgents(t *testing.T) {
 	w.start("b")
 	w.waitState(scope.Up, []string{"a", "b"}, []string{"a", "b"})
 	w.waitField([]string{"b"}, front, "spec.template.spec.containers.0.args", "[--a --late]")
-	eventually(t, 30*time.Second, "b's catalog shows the patch applied", func() error {
+	testkit.Eventually(t, 30*time.Second, "b's catalog shows the patch applied", func() error {
 		res, err := w.sites["b"].agent.Catalog().Get(t.Context(), frontID)
 		if err != nil {
 			return err

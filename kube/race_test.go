@@ -1,6 +1,7 @@
 package kube_test
 
 import (
+	"cheops/internal/testkit"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -59,7 +60,7 @@ func TestKubectlRacesConverge(t *testing.T) {
 	if !ok {
 		t.Fatal("a's catalog does not record the configmap")
 	}
-	eventually(t, 60*time.Second, "nothing pending and the clusters equal", func() error {
+	testkit.Eventually(t, 60*time.Second, "nothing pending and the clusters equal", func() error {
 		for _, s := range []string{"a", "b"} {
 			res, err := w.sites[s].agent.Catalog().Get(t.Context(), id)
 			if err != nil {

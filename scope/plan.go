@@ -3,7 +3,6 @@ package scope
 import (
 	"errors"
 	"fmt"
-	"math"
 	"sort"
 	"time"
 )
@@ -46,6 +45,17 @@ type Target struct {
 	Reachable bool
 	// RTT from the local site, 0 when unmeasured.
 	RTT time.Duration
+	// Measured is false when neither side measured the RTT: the site
+	// counts as the farthest (View.Distance).
+	Measured bool
+}
+
+// distance is the target's View.Distance.
+func (t Target) distance() time.Duration {
+	if !t.Measured {
+		return Unmeasured
+	}
+	return t.RTT
 }
 
 // Alternative is one ';' branch of the expression.
@@ -74,6 +84,47 @@ func (p *Plan) Required() []string {
 		}
 	}
 	return out
+}
+
+// Reachable returns the required sites that are reachable now, in
+// order; Pending returns the others.
+func (p *Plan) Reachable() []string {
+	var out []string
+	for _, t := range p.Targets {
+		if t.Required && t.Reachable {
+			out = append(out, t.Site)
+		}
+	}
+	return out
+}
+
+// Nearest returns the reachable required target nearest to the local
+// site (View.Distance: an unmeasured RTT counts as the farthest); equally
+// near targets go in their order. A write sent to the scope's sites
+// through one coordinator goes there. ok is false when no required
+// target is reachable.
+func (p *Plan) Nearest() (Target, bool) {
+	var best Target
+	found := false
+	for _, t := range p.Targets {
+		if t.Required && t.Reachable && (!found || t.distance() < best.distance()) {
+			best, found = t, true
+		}
+	}
+	return best, found
+}
+
+// ReadOrder returns where a read may run, in the order to try: the
+// reachable required targets, then the reachable standbys (nearest first,
+// as Targets holds them).
+func (p *Plan) ReadOrder() []string {
+	order := p.Reachable()
+	for _, t := range p.Targets {
+		if !t.Required && t.Reachable {
+			order = append(order, t.Site)
+		}
+	}
+	return order
 }
 
 // Pending returns the required sites that are unreachable now.
@@ -331,11 +382,7 @@ func (r resolution) cost(v View) time.Duration {
 		if !t.Required || !t.Reachable {
 			continue
 		}
-		d, ok := v.RTT(v.Local, t.Site)
-		if !ok {
-			return math.MaxInt64
-		}
-		worst = max(worst, d)
+		worst = max(worst, v.Distance(t.Site))
 	}
 	return worst
 }
@@ -367,8 +414,8 @@ func (pl *planner) sites() []string {
 }
 
 func (pl *planner) target(site string, required bool) Target {
-	d, _ := pl.v.RTT(pl.v.Local, site)
-	return Target{Site: site, Required: required, Reachable: pl.v.reachable(site), RTT: d}
+	d, ok := pl.v.RTT(pl.v.Local, site)
+	return Target{Site: site, Required: required, Reachable: pl.v.reachable(site), RTT: d, Measured: ok}
 }
 
 // unreachable is the reason given for an unreachable site.

@@ -122,8 +122,8 @@ func TestPlanTargetFields(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []Target{
-		{Site: "berlin", Required: true, Reachable: true, RTT: 10 * time.Millisecond},
-		{Site: "madrid", Required: true, Reachable: false, RTT: 40 * time.Millisecond},
+		{Site: "berlin", Required: true, Reachable: true, RTT: 10 * time.Millisecond, Measured: true},
+		{Site: "madrid", Required: true, Reachable: false, RTT: 40 * time.Millisecond, Measured: true},
 	}
 	if !reflect.DeepEqual(p.Targets, want) {
 		t.Fatalf("targets = %+v", p.Targets)
@@ -342,5 +342,49 @@ func TestNearest(t *testing.T) {
 		if got != tc.want || ok != (tc.want != "") {
 			t.Errorf("Nearest(%q, %v) = %q, %v; want %q", tc.name, tc.cands, got, ok, tc.want)
 		}
+	}
+}
+
+// TestPlanNearestAndReadOrder: a write's coordinator is the nearest
+// reachable required target, an unmeasured one the farthest; a read tries
+// the reachable required targets, then the standbys.
+func TestPlanNearestAndReadOrder(t *testing.T) {
+	for _, tc := range []struct {
+		scope     string
+		nearest   string // "" when none
+		reachable []string
+		read      []string
+	}{
+		{"rome & berlin", "berlin", []string{"rome", "berlin"}, []string{"rome", "berlin"}},
+		{"oslo & rome", "rome", []string{"oslo", "rome"}, []string{"oslo", "rome"}},
+		{"oslo & madrid", "oslo", []string{"oslo"}, []string{"oslo"}},
+		{"berlin | rome", "berlin", []string{"berlin"}, []string{"berlin", "rome"}},
+		{"madrid", "", nil, nil},
+	} {
+		s, err := Parse(tc.scope)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, _ := s.Plan("x", europe())
+		got, ok := p.Nearest()
+		if ok != (tc.nearest != "") || got.Site != tc.nearest {
+			t.Errorf("%s: Nearest = %q %v, want %q", tc.scope, got.Site, ok, tc.nearest)
+		}
+		check(t, tc.scope+": Reachable", p.Reachable(), tc.reachable)
+		check(t, tc.scope+": ReadOrder", p.ReadOrder(), tc.read)
+	}
+}
+
+// TestViewNearest: the local site first, then by RTT, unmeasured sites
+// last in their given order.
+func TestViewNearest(t *testing.T) {
+	v := europe()
+	got := v.Nearest([]string{"oslo", "rome", "madrid", "paris", "berlin"})
+	want := []string{"paris", "berlin", "rome", "madrid", "oslo"}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("Nearest = %v, want %v", got, want)
+	}
+	if d := v.Distance("oslo"); d != Unmeasured {
+		t.Fatalf("Distance(oslo) = %v, want Unmeasured", d)
 	}
 }

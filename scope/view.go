@@ -1,6 +1,11 @@
 package scope
 
-import "time"
+import (
+	"cmp"
+	"math"
+	"slices"
+	"time"
+)
 
 // State is what membership believes of a site.
 type State int
@@ -71,6 +76,30 @@ func (v View) RTT(from, to string) (time.Duration, bool) {
 		return d, true
 	}
 	return 0, false
+}
+
+// Unmeasured is the distance of a site whose RTT neither side measured:
+// farther than any measured one.
+const Unmeasured = time.Duration(math.MaxInt64)
+
+// Distance is how far site is from the local site when choosing between
+// sites: the RTT (0 for the local site itself), Unmeasured when neither
+// side measured it. It is the one measure of "nearest": the choice of
+// '|' in Plan, the coordinator of a write (Plan.Nearest), the holder a
+// read of a resource tries first (Nearest).
+func (v View) Distance(site string) time.Duration {
+	if d, ok := v.RTT(v.Local, site); ok {
+		return d
+	}
+	return Unmeasured
+}
+
+// Nearest returns sites nearest to the local site first (Distance);
+// equally near sites keep their order. sites is not changed. Pure.
+func (v View) Nearest(sites []string) []string {
+	out := slices.Clone(sites)
+	slices.SortStableFunc(out, func(a, b string) int { return cmp.Compare(v.Distance(a), v.Distance(b)) })
+	return out
 }
 
 func (v View) known(site string) bool {

@@ -228,12 +228,7 @@ func agentConfig(c *cli.Context) (agent.Config, error) {
 			return cfg, fmt.Errorf("--api-token-file %s is empty", path)
 		}
 	}
-	services, err := parseServices(c.StringSlice("service"))
-	if err != nil {
-		return cfg, err
-	}
-	cfg.Services = services
-	if cfg.ServiceOptions, err = parseServiceOptions(c, services); err != nil {
+	if cfg.Services, err = parseServices(c); err != nil {
 		return cfg, err
 	}
 	for _, v := range c.StringSlice("scope-name") {
@@ -249,22 +244,6 @@ func agentConfig(c *cli.Context) (agent.Config, error) {
 		}
 		cfg.Scopes[name] = text
 	}
-	for _, p := range c.StringSlice("policy") {
-		svc, method, policy, err := forward.ParsePolicy(p)
-		if err != nil {
-			return cfg, fmt.Errorf("--policy: %w", err)
-		}
-		if _, ok := cfg.Services[svc]; !ok {
-			return cfg, fmt.Errorf("--policy %s: no --service %s", p, svc)
-		}
-		if cfg.Policies == nil {
-			cfg.Policies = map[string]map[string]string{}
-		}
-		if cfg.Policies[svc] == nil {
-			cfg.Policies[svc] = map[string]string{}
-		}
-		cfg.Policies[svc][method] = policy
-	}
 	if cfg.ReplicaWait = c.Duration("replica-wait"); cfg.ReplicaWait < 0 {
 		return cfg, fmt.Errorf("--replica-wait must not be negative, got %v", cfg.ReplicaWait)
 	}
@@ -275,25 +254,6 @@ func agentConfig(c *cli.Context) (agent.Config, error) {
 		return cfg, err
 	}
 	return cfg, nil
-}
-
-// parseServices reads NAME=URL pairs; a name given twice is an error.
-func parseServices(pairs []string) (map[string]string, error) {
-	out := map[string]string{}
-	for _, p := range pairs {
-		name, base, ok := strings.Cut(p, "=")
-		if !ok {
-			return nil, fmt.Errorf("--service %q: want NAME=URL", p)
-		}
-		if err := agent.ValidService(name, base); err != nil {
-			return nil, fmt.Errorf("--service: %w", err)
-		}
-		if _, dup := out[name]; dup {
-			return nil, fmt.Errorf("--service %s given twice", name)
-		}
-		out[name] = base
-	}
-	return out, nil
 }
 
 // trustEntry is one trusted peer, bound to a site name or not.
@@ -389,67 +349,107 @@ func trustConfig(entries []trustEntry) ([]peer.ID, map[string]peer.ID, error) {
 	return trust, sites, nil
 }
 
-// parseServiceOptions reads --service-kind, --service-token, --service-ca
-// and --service-insecure; each must name a --service.
-func parseServiceOptions(c *cli.Context, services map[string]string) (map[string]agent.ServiceOptions, error) {
-	out := map[string]agent.ServiceOptions{}
-	pairs := func(flag string, set func(o *agent.ServiceOptions, v string) error) error {
+// parseServices reads --service NAME=URL and the flags that qualify a
+// service (--service-kind, --policy, --service-token, --service-ca,
+// --service-insecure; each must name a --service) into the services the
+// agent and its forwarder take as they are. Each service is checked here,
+// once (forward.Service.Validate); a name given twice is an error.
+func parseServices(c *cli.Context) ([]forward.Service, error) {
+	var out []forward.Service
+	index := map[string]int{}
+	for _, p := range c.StringSlice("service") {
+		svc, err := forward.ParseService(p)
+		if err != nil {
+			return nil, fmt.Errorf("--service: %w", err)
+		}
+		if _, dup := index[svc.Name]; dup {
+			return nil, fmt.Errorf("--service %s given twice", svc.Name)
+		}
+		index[svc.Name] = len(out)
+		out = append(out, svc)
+	}
+	// named returns the service a qualifying flag names.
+	named := func(flag, arg, name string) (*forward.Service, error) {
+		i, ok := index[name]
+		if !ok {
+			return nil, fmt.Errorf("--%s %s: no --service %s", flag, arg, name)
+		}
+		return &out[i], nil
+	}
+	pairs := func(flag string, set func(svc *forward.Service, v string) error) error {
 		for _, p := range c.StringSlice(flag) {
 			name, v, ok := strings.Cut(p, "=")
 			if !ok || v == "" {
 				return fmt.Errorf("--%s %q: want NAME=VALUE", flag, p)
 			}
-			if _, ok := services[name]; !ok {
-				return fmt.Errorf("--%s %s: no --service %s", flag, p, name)
+			svc, err := named(flag, p, name)
+			if err != nil {
+				return err
 			}
-			o := out[name]
-			if err := set(&o, v); err != nil {
+			if err := set(svc, v); err != nil {
 				return fmt.Errorf("--%s %s: %w", flag, name, err)
 			}
-			out[name] = o
 		}
 		return nil
 	}
-	if err := pairs("service-kind", func(o *agent.ServiceOptions, v string) error {
-		if v != agent.KindREST && v != agent.KindKube && v != agent.KindGlance {
-			return fmt.Errorf("kind %q: want %s, %s or %s", v, agent.KindREST, agent.KindKube, agent.KindGlance)
-		}
-		o.Kind = v
+	if err := pairs("service-kind", func(svc *forward.Service, v string) error {
+		svc.Kind = v
 		return nil
 	}); err != nil {
 		return nil, err
 	}
-	if err := pairs("service-token", func(o *agent.ServiceOptions, v string) error {
+	for _, p := range c.StringSlice("policy") {
+		name, method, policy, err := forward.ParsePolicy(p)
+		if err != nil {
+			return nil, fmt.Errorf("--policy: %w", err)
+		}
+		svc, err := named("policy", p, name)
+		if err != nil {
+			return nil, err
+		}
+		if svc.Policies == nil {
+			svc.Policies = map[string]string{}
+		}
+		svc.Policies[method] = policy
+	}
+	if err := pairs("service-token", func(svc *forward.Service, v string) error {
 		data, err := os.ReadFile(v)
 		if err != nil {
 			return err
 		}
-		if o.Token = strings.TrimSpace(string(data)); o.Token == "" {
+		if svc.Upstream.Token = strings.TrimSpace(string(data)); svc.Upstream.Token == "" {
 			return fmt.Errorf("%s is empty", v)
 		}
 		return nil
 	}); err != nil {
 		return nil, err
 	}
-	if err := pairs("service-ca", func(o *agent.ServiceOptions, v string) error {
-		if _, err := os.Stat(v); err != nil {
-			return err
-		}
-		o.CAFile = v
+	ca := map[string]string{}
+	if err := pairs("service-ca", func(svc *forward.Service, v string) error {
+		ca[svc.Name] = v
 		return nil
 	}); err != nil {
 		return nil, err
 	}
+	insecure := map[string]bool{}
 	for _, name := range c.StringSlice("service-insecure") {
-		if _, ok := services[name]; !ok {
-			return nil, fmt.Errorf("--service-insecure %s: no --service %s", name, name)
+		if _, err := named("service-insecure", name, name); err != nil {
+			return nil, err
 		}
-		o := out[name]
-		o.Insecure = true
-		out[name] = o
+		insecure[name] = true
 	}
-	if len(out) == 0 {
-		return nil, nil
+	for i := range out {
+		svc := &out[i]
+		if ca[svc.Name] != "" || insecure[svc.Name] {
+			tlsCfg, err := forward.UpstreamTLS(ca[svc.Name], insecure[svc.Name])
+			if err != nil {
+				return nil, fmt.Errorf("--service-ca %s: %w", svc.Name, err)
+			}
+			svc.Upstream.TLS = tlsCfg
+		}
+		if err := svc.Validate(); err != nil {
+			return nil, fmt.Errorf("--service %s: %w", svc.Name, err)
+		}
 	}
 	return out, nil
 }

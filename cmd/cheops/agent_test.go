@@ -14,12 +14,13 @@ import (
 	"time"
 
 	"cheops/agent"
+	"cheops/internal/testkit"
 	"cheops/node"
 )
 
 // sitesOf runs `cheops sites --json` against an agent.
 func sitesOf(t *testing.T, p *agentProc) (map[string]agent.SiteJSON, error) {
-	out, err := exec.Command(binary(t), "sites", "--json", "--agent", p.api).Output()
+	out, err := exec.Command(testkit.BuildBinary(t), "sites", "--json", "--agent", p.api).Output()
 	if err != nil {
 		return nil, fmt.Errorf("cheops sites: %v", err)
 	}
@@ -58,10 +59,10 @@ func TestAgentCrashRestartStop(t *testing.T) {
 	parisID, berlinID := peerID(t, parisData), peerID(t, berlinData)
 	paris := startAgent(t, "paris", parisData, "--trust", berlinID)
 	berlin := startAgent(t, "berlin", berlinData, "--trust", parisID, "--peer", paris.addr(t))
-	waitFor(t, 30*time.Second, "both up", sitesIn(t, paris, map[string]string{"paris": "up", "berlin": "up"}))
+	testkit.Eventually(t, 30*time.Second, "both up", sitesIn(t, paris, map[string]string{"paris": "up", "berlin": "up"}))
 
 	// A second agent on berlin's data directory is refused.
-	second := exec.Command(binary(t), "agent", "--site", "berlin2", "--data", berlinData, "--trust-all",
+	second := exec.Command(testkit.BuildBinary(t), "agent", "--site", "berlin2", "--data", berlinData, "--trust-all",
 		"--api", "127.0.0.1:0", "--listen", "/ip4/127.0.0.1/tcp/0")
 	if out, _ := second.CombinedOutput(); second.ProcessState.ExitCode() != exitBadUsage || !strings.Contains(string(out), "in use") {
 		t.Fatalf("second agent on one data directory: exit %d, %s", second.ProcessState.ExitCode(), out)
@@ -76,10 +77,10 @@ func TestAgentCrashRestartStop(t *testing.T) {
 	// --probe-interval 200ms, --probe-timeout 1s, down after 4 misses.
 	cfg := node.DefaultConfig()
 	cfg.ProbeInterval, cfg.ProbeTimeout = 200*time.Millisecond, time.Second
-	waitFor(t, cfg.DownBound()+3*time.Second, "crashed berlin down at paris", sitesIn(t, paris, map[string]string{"berlin": "down"}))
+	testkit.Eventually(t, cfg.DownBound()+3*time.Second, "crashed berlin down at paris", sitesIn(t, paris, map[string]string{"berlin": "down"}))
 
 	berlin = startAgent(t, "berlin", berlinData, "--trust", parisID, "--peer", paris.addr(t))
-	waitFor(t, 30*time.Second, "berlin up again", sitesIn(t, paris, map[string]string{"berlin": "up"}))
+	testkit.Eventually(t, 30*time.Second, "berlin up again", sitesIn(t, paris, map[string]string{"berlin": "up"}))
 	sites, err := sitesOf(t, berlin)
 	if err != nil || sites["berlin"].Peer != berlinID || !sites["berlin"].Self {
 		t.Fatalf("restarted berlin: %+v %v, want peer %s", sites, err, berlinID)
@@ -116,10 +117,10 @@ func TestAgentDuplicateSiteName(t *testing.T) {
 	parisID, berlinID, twinID := peerID(t, parisData), peerID(t, berlinData), peerID(t, twinData)
 	paris := startAgent(t, "paris", parisData, "--trust", berlinID)
 	berlin := startAgent(t, "berlin", berlinData, "--trust", parisID, "--trust", twinID, "--peer", paris.addr(t))
-	waitFor(t, 30*time.Second, "paris up at berlin", sitesIn(t, berlin, map[string]string{"paris": "up"}))
+	testkit.Eventually(t, 30*time.Second, "paris up at berlin", sitesIn(t, berlin, map[string]string{"paris": "up"}))
 
 	startAgent(t, "paris", twinData, "--trust", berlinID, "--peer", berlin.addr(t))
-	waitFor(t, 30*time.Second, "conflict at berlin", func() error {
+	testkit.Eventually(t, 30*time.Second, "conflict at berlin", func() error {
 		sites, err := sitesOf(t, berlin)
 		if err != nil {
 			return err
@@ -130,7 +131,7 @@ func TestAgentDuplicateSiteName(t *testing.T) {
 		}
 		return nil
 	})
-	cmd := exec.Command(binary(t), "sites", "--agent", berlin.api)
+	cmd := exec.Command(testkit.BuildBinary(t), "sites", "--agent", berlin.api)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
@@ -154,7 +155,7 @@ func TestIDCommand(t *testing.T) {
 }
 
 func TestSitesWithoutAgent(t *testing.T) {
-	cmd := exec.Command(binary(t), "sites", "--agent", "http://127.0.0.1:1")
+	cmd := exec.Command(testkit.BuildBinary(t), "sites", "--agent", "http://127.0.0.1:1")
 	out, _ := cmd.CombinedOutput()
 	if cmd.ProcessState.ExitCode() != exitFailed || !strings.Contains(string(out), "no agent at http://127.0.0.1:1") {
 		t.Fatalf("exit %d: %s", cmd.ProcessState.ExitCode(), out)
@@ -166,7 +167,7 @@ func TestSitesWithoutAgent(t *testing.T) {
 func TestAgentAddressTaken(t *testing.T) {
 	dir := t.TempDir()
 	first := filepath.Join(dir, "first")
-	_, port, _ := strings.Cut(freePort(t), ":")
+	port := testkit.FreePort(t)
 	listen := []string{"--listen", "/ip4/127.0.0.1/tcp/" + port, "--listen", "/ip4/127.0.0.1/udp/" + port + "/quic-v1"}
 	a := startAgent(t, "paris", first, append([]string{"--trust-all"}, listen...)...)
 	api := strings.TrimPrefix(a.api, "http://")
@@ -178,7 +179,7 @@ func TestAgentAddressTaken(t *testing.T) {
 		"api taken":    {[]string{"--api", api, "--listen", "/ip4/127.0.0.1/tcp/0"}, api},
 	} {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		cmd := exec.CommandContext(ctx, binary(t), append([]string{"agent", "--site", "berlin", "--data", filepath.Join(dir, "second"), "--trust-all"}, tc.args...)...)
+		cmd := exec.CommandContext(ctx, testkit.BuildBinary(t), append([]string{"agent", "--site", "berlin", "--data", filepath.Join(dir, "second"), "--trust-all"}, tc.args...)...)
 		out, _ := cmd.CombinedOutput()
 		cancel()
 		if code := cmd.ProcessState.ExitCode(); code != exitFailed || !strings.Contains(string(out), tc.want) || !strings.Contains(string(out), "address already in use") {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cheops/internal/testkit"
 	"os/exec"
 	"strings"
 	"testing"
@@ -15,7 +16,7 @@ func TestCompletion(t *testing.T) {
 		t.Fatalf("unknown shell: exit %d", code)
 	}
 	// The candidates the script asks for come from the binary itself.
-	got, err := exec.Command(binary(t), "--generate-bash-completion").Output()
+	got, err := exec.Command(testkit.BuildBinary(t), "--generate-bash-completion").Output()
 	if err != nil {
 		t.Fatal(err)
 	}

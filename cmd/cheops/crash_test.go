@@ -16,31 +16,6 @@ import (
 	"cheops/replica"
 )
 
-// jsonServer runs the real REST application used by end-to-end tests.
-func jsonServer(t *testing.T) string {
-	t.Helper()
-	bin := testkit.Tool(t, testkit.JSONServer, "json-server")
-	dir := t.TempDir()
-	db := filepath.Join(dir, "db.json")
-	os.WriteFile(db, []byte(`{"posts": []}`), 0o644)
-	_, port, _ := strings.Cut(freePort(t), ":")
-	cmd := exec.Command(bin, "--port", port, "--host", "127.0.0.1", "--quiet", db)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	url := "http://127.0.0.1:" + port
-	waitFor(t, 30*time.Second, "json-server answers", func() error {
-		resp, err := http.Get(url + "/posts")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		return nil
-	})
-	return url
-}
-
 func countPosts(t *testing.T, app string) int {
 	resp, err := http.Get(app + "/posts")
 	if err != nil {
@@ -56,17 +31,17 @@ func countPosts(t *testing.T, app string) int {
 // killed (SIGKILL) before recording the outcome; after a restart the
 // create is not run again.
 func TestKilledBetweenExecuteAndRecord(t *testing.T) {
-	parisApp, romeApp := jsonServer(t), jsonServer(t)
+	parisApp, romeApp := testkit.StartJSONServer(t, t.TempDir(), "posts"), testkit.StartJSONServer(t, t.TempDir(), "posts")
 	dir := t.TempDir()
 	parisData, romeData := filepath.Join(dir, "paris"), filepath.Join(dir, "rome")
 	parisID, romeID := peerID(t, parisData), peerID(t, romeData)
 	paris := startAgent(t, "paris", parisData, "--trust", romeID, "--service", "posts="+parisApp)
 	romeArgs := []string{"--trust", parisID, "--peer", paris.addr(t), "--service", "posts=" + romeApp}
 	rome := startAgent(t, "rome", romeData, romeArgs...)
-	waitFor(t, 30*time.Second, "paris sees rome up", sitesIn(t, paris, map[string]string{"rome": "up"}))
+	testkit.Eventually(t, 30*time.Second, "paris sees rome up", sitesIn(t, paris, map[string]string{"rome": "up"}))
 	rome.cmd.Process.Signal(os.Interrupt)
 	rome.cmd.Wait()
-	waitFor(t, 30*time.Second, "paris sees rome down", sitesIn(t, paris, map[string]string{"rome": "down"}))
+	testkit.Eventually(t, 30*time.Second, "paris sees rome down", sitesIn(t, paris, map[string]string{"rome": "down"}))
 
 	req, _ := http.NewRequest("POST", paris.api+"/svc/posts/posts", strings.NewReader(`{"title": "once"}`))
 	req.Header.Set("Content-Type", "application/json")
@@ -100,8 +75,8 @@ func TestKilledBetweenExecuteAndRecord(t *testing.T) {
 
 	os.Unsetenv(replica.FailpointEnv)
 	restarted := startAgent(t, "rome", romeData, romeArgs...)
-	waitFor(t, 60*time.Second, "rome's outcome recorded", func() error {
-		out, err := exec.Command(binary(t), "catalog", "get", gid, "--json", "--agent", restarted.api).Output()
+	testkit.Eventually(t, 60*time.Second, "rome's outcome recorded", func() error {
+		out, err := exec.Command(testkit.BuildBinary(t), "catalog", "get", gid, "--json", "--agent", restarted.api).Output()
 		if err != nil {
 			return fmt.Errorf("catalog get: %v", err)
 		}

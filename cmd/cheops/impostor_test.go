@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"cheops/agent"
+	"cheops/internal/testkit"
 )
 
 // countingApp is a tiny REST application that counts the requests it
@@ -92,7 +93,7 @@ func TestImpostorNeverServesParis(t *testing.T) {
 		data[s] = filepath.Join(dir, s)
 		ids[s] = peerID(t, data[s])
 		apps[s], counts[s] = countingApp(t)
-		listen[s] = "/ip4/127.0.0.1/tcp/" + strings.Split(freePort(t), ":")[1]
+		listen[s] = "/ip4/127.0.0.1/tcp/" + testkit.FreePort(t)
 	}
 	write := func(name, content string) string {
 		path := filepath.Join(dir, name)
@@ -126,7 +127,7 @@ func TestImpostorNeverServesParis(t *testing.T) {
 	}
 	allUp := func() {
 		t.Helper()
-		waitFor(t, 30*time.Second, "every site sees the real sites up", func() error {
+		testkit.Eventually(t, 30*time.Second, "every site sees the real sites up", func() error {
 			for _, s := range sites {
 				got, err := sitesOf(t, running[s])
 				if err != nil {
@@ -196,7 +197,7 @@ func TestImpostorNeverServesParis(t *testing.T) {
 		}
 	}
 	for _, s := range sites {
-		waitFor(t, 30*time.Second, s+" refuses the impostor", refuses(s))
+		testkit.Eventually(t, 30*time.Second, s+" refuses the impostor", refuses(s))
 	}
 	for i, order := range permutations(sites) {
 		for _, s := range sites {
@@ -205,7 +206,7 @@ func TestImpostorNeverServesParis(t *testing.T) {
 		}
 		for _, s := range order {
 			start(s)
-			waitFor(t, 30*time.Second, s+" refuses the impostor after its restart", refuses(s))
+			testkit.Eventually(t, 30*time.Second, s+" refuses the impostor after its restart", refuses(s))
 			for via := range running {
 				if via != "impostor" {
 					send(via)
@@ -244,7 +245,7 @@ func TestImpostorNeverServesParis(t *testing.T) {
 	}
 	// An impostor given berlin's trust file does not even start.
 	running["impostor"].stop(t)
-	cmd := exec.Command(binary(t), append([]string{"agent", "--site", "paris", "--data", data["impostor"], "--api", "127.0.0.1:0"},
+	cmd := exec.Command(testkit.BuildBinary(t), append([]string{"agent", "--site", "paris", "--data", data["impostor"], "--api", "127.0.0.1:0"},
 		"--trust-file", named, "--listen", "/ip4/127.0.0.1/tcp/0")...)
 	out, _ := cmd.CombinedOutput()
 	if cmd.ProcessState.ExitCode() != exitBadUsage || !strings.Contains(string(out), "another site's name") {
@@ -261,7 +262,7 @@ func TestSitesForget(t *testing.T) {
 	parisID, berlinID, romeID := peerID(t, parisData), peerID(t, berlinData), peerID(t, filepath.Join(dir, "rome"))
 	paris := startAgent(t, "paris", parisData, "--trust", berlinID)
 	berlin := startAgent(t, "berlin", berlinData, "--trust", parisID, "--trust", "rome="+romeID, "--peer", paris.addr(t))
-	waitFor(t, 30*time.Second, "berlin binds paris", func() error {
+	testkit.Eventually(t, 30*time.Second, "berlin binds paris", func() error {
 		sites, err := sitesOf(t, berlin)
 		if err != nil {
 			return err
@@ -274,13 +275,13 @@ func TestSitesForget(t *testing.T) {
 	for _, tc := range []struct {
 		site, code string
 	}{{"oslo", "unknown_site"}, {"berlin", "bad_input"}, {"rome", "bound_by_config"}, {"9x", "bad_input"}} {
-		cmd := exec.Command(binary(t), "sites", "forget", tc.site, "--agent", berlin.api)
+		cmd := exec.Command(testkit.BuildBinary(t), "sites", "forget", tc.site, "--agent", berlin.api)
 		out, _ := cmd.CombinedOutput()
 		if cmd.ProcessState.ExitCode() != exitBadUsage || !strings.Contains(string(out), tc.code) {
 			t.Errorf("forget %s: exit %d, %s; want 2 and %s", tc.site, cmd.ProcessState.ExitCode(), out, tc.code)
 		}
 	}
-	out, err := exec.Command(binary(t), "sites", "forget", "paris", "--json", "--agent", berlin.api).Output()
+	out, err := exec.Command(testkit.BuildBinary(t), "sites", "forget", "paris", "--json", "--agent", berlin.api).Output()
 	var b agent.BindingJSON
 	if err != nil || json.Unmarshal(out, &b) != nil || b.Peer != parisID || b.Source != "first-claim" {
 		t.Fatalf("forget paris: %v %s", err, out)

@@ -5,69 +5,25 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"cheops/agent"
+	"cheops/internal/testkit"
 )
 
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
-
-// binary builds the cheops command once per test run.
-func binary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "cheops-bin-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "cheops")
-		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binPath
-}
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if binPath != "" {
-		os.RemoveAll(filepath.Dir(binPath))
-	}
-	os.Exit(code)
-}
-
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
+func TestMain(m *testing.M) { testkit.Main(m) }
 
 // agentProc is an agent process started from the built binary.
 type agentProc struct {
 	cmd    *exec.Cmd
 	api    string
 	data   string
-	stderr *bytes.Buffer
+	stderr *testkit.Buffer
 }
 
 // startAgent starts an agent process with fast probes and waits until it
@@ -79,13 +35,13 @@ func startAgent(t *testing.T, site, data string, args ...string) *agentProc {
 	// A crashed agent leaves its files behind: wait for fresh ones.
 	os.Remove(filepath.Join(data, agent.APIFile))
 	os.Remove(filepath.Join(data, agent.AddrsFile))
-	cmd := exec.Command(binary(t), argv...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &syncWriter{w: &stderr}
+	cmd := exec.Command(testkit.BuildBinary(t), argv...)
+	stderr := &testkit.Buffer{}
+	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &agentProc{cmd: cmd, data: data, stderr: &stderr}
+	p := &agentProc{cmd: cmd, data: data, stderr: stderr}
 	t.Cleanup(func() {
 		cmd.Process.Signal(os.Interrupt)
 		done := make(chan struct{})
@@ -101,7 +57,7 @@ func startAgent(t *testing.T, site, data string, args ...string) *agentProc {
 		}
 	})
 	// The API file is written last, after the addresses.
-	waitFor(t, 30*time.Second, site+" writes its API URL", func() error {
+	testkit.Eventually(t, 30*time.Second, site+" writes its API URL", func() error {
 		data, err := os.ReadFile(filepath.Join(data, agent.APIFile))
 		if err != nil || len(bytes.TrimSpace(data)) == 0 {
 			return fmt.Errorf("no %s yet", agent.APIFile)
@@ -120,34 +76,8 @@ func (p *agentProc) addr(t *testing.T) string {
 	return strings.Fields(string(data))[0]
 }
 
-type syncWriter struct {
-	mu sync.Mutex
-	w  *bytes.Buffer
-}
-
-func (s *syncWriter) Write(b []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.Write(b)
-}
-
-func waitFor(t *testing.T, within time.Duration, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v: %v", what, within, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 func peerID(t *testing.T, data string) string {
-	out, err := exec.Command(binary(t), "id", "--data", data).Output()
+	out, err := exec.Command(testkit.BuildBinary(t), "id", "--data", data).Output()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,9 +97,9 @@ func TestAgentProcessesFindEachOther(t *testing.T) {
 	paris := startAgent(t, "paris", parisData, "--config", conf)
 	berlin := startAgent(t, "berlin", berlinData, "--trust", parisID, "--peer", paris.addr(t))
 
-	waitFor(t, 30*time.Second, "cheops sites lists both up", func() error {
+	testkit.Eventually(t, 30*time.Second, "cheops sites lists both up", func() error {
 		for _, p := range []*agentProc{paris, berlin} {
-			out, err := exec.Command(binary(t), "sites", "--json", "--agent", p.api).Output()
+			out, err := exec.Command(testkit.BuildBinary(t), "sites", "--json", "--agent", p.api).Output()
 			if err != nil {
 				return fmt.Errorf("sites: %v", err)
 			}
@@ -187,15 +117,15 @@ func TestAgentProcessesFindEachOther(t *testing.T) {
 		}
 		return nil
 	})
-	out, err := exec.Command(binary(t), "catalog", "ls", "--json", "--agent", paris.api).Output()
+	out, err := exec.Command(testkit.BuildBinary(t), "catalog", "ls", "--json", "--agent", paris.api).Output()
 	if err != nil || strings.TrimSpace(string(out)) != "[]" {
 		t.Fatalf("catalog ls on an empty catalog: %v %q", err, out)
 	}
-	get := exec.Command(binary(t), "catalog", "get", "01ARZ3NDEKTSV4RRFFQ69G5FAV", "--agent", paris.api)
+	get := exec.Command(testkit.BuildBinary(t), "catalog", "get", "01ARZ3NDEKTSV4RRFFQ69G5FAV", "--agent", paris.api)
 	if msg, _ := get.CombinedOutput(); get.ProcessState.ExitCode() != exitFailed || !strings.Contains(string(msg), "no resource") {
 		t.Fatalf("catalog get of an unknown id: exit %d, %s", get.ProcessState.ExitCode(), msg)
 	}
-	out, err = exec.Command(binary(t), "sites", "--agent", berlin.api).Output()
+	out, err = exec.Command(testkit.BuildBinary(t), "sites", "--agent", berlin.api).Output()
 	if err != nil || !strings.Contains(string(out), "paris") || !strings.Contains(string(out), "berlin (self)") {
 		t.Fatalf("sites table: %v\n%s", err, out)
 	}
@@ -263,7 +193,7 @@ func TestAgentBadInput(t *testing.T) {
 		"sites bad agent URL":  {[]string{"sites", "--agent", "127.0.0.1:7070"}, "--agent"},
 	} {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		cmd := exec.CommandContext(ctx, binary(t), tc.args...)
+		cmd := exec.CommandContext(ctx, testkit.BuildBinary(t), tc.args...)
 		var stderr bytes.Buffer
 		cmd.Stderr = &stderr
 		err := cmd.Run()

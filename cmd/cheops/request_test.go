@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cheops/internal/testkit"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -67,7 +68,7 @@ func TestRequestExitCodes(t *testing.T) {
 		{"relative path", []string{"GET", "svc/posts"}, exitBadUsage, "must start with /"},
 		{"unreadable data file", []string{"POST", "/svc/posts/posts", "--data", "@/nonexistent"}, exitBadUsage, "--data"},
 	} {
-		cmd := exec.Command(binary(t), append([]string{"request", "--agent", a.api}, tc.args...)...)
+		cmd := exec.Command(testkit.BuildBinary(t), append([]string{"request", "--agent", a.api}, tc.args...)...)
 		var stderr bytes.Buffer
 		cmd.Stderr = &stderr
 		cmd.Run()
@@ -75,12 +76,12 @@ func TestRequestExitCodes(t *testing.T) {
 			t.Errorf("%s: exit %d, stderr %q; want %d and %q", tc.name, code, stderr.String(), tc.code, tc.msg)
 		}
 	}
-	cmd := exec.Command(binary(t), "request", "--agent", "http://127.0.0.1:1", "GET", "/svc/posts/posts")
+	cmd := exec.Command(testkit.BuildBinary(t), "request", "--agent", "http://127.0.0.1:1", "GET", "/svc/posts/posts")
 	if out, _ := cmd.CombinedOutput(); cmd.ProcessState.ExitCode() != exitFailed || !strings.Contains(string(out), "no agent") {
 		t.Errorf("no agent: exit %d, %s", cmd.ProcessState.ExitCode(), out)
 	}
 	// The help states the codes.
-	out, _ := exec.Command(binary(t), "request", "--help").CombinedOutput()
+	out, _ := exec.Command(testkit.BuildBinary(t), "request", "--help").CombinedOutput()
 	for _, want := range []string{"0  the answer is 2xx", "1  any other answer", "2  bad usage, or a request refused locally"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("request --help does not say %q:\n%s", want, out)
@@ -91,7 +92,7 @@ func TestRequestExitCodes(t *testing.T) {
 // An unknown site has one code wherever it is found: in a scope checked
 // offline, in a request's scope, in an attach.
 func TestUnknownSiteCode(t *testing.T) {
-	out, err := exec.Command(binary(t), "scope", "check", "--sites", "paris", "--json", "{posts: nowhere}").Output()
+	out, err := exec.Command(testkit.BuildBinary(t), "scope", "check", "--sites", "paris", "--json", "{posts: nowhere}").Output()
 	var res checkResult
 	if json.Unmarshal(out, &res) != nil || len(res.Plans) != 1 || res.Plans[0].Code != "unknown_site" {
 		t.Fatalf("scope check --json: %v %s", err, out)
@@ -111,7 +112,7 @@ func TestUnknownSiteCode(t *testing.T) {
 		{"request", "--agent", a.api, "--scope", "{posts: nowhere}", "GET", "/svc/posts/posts"},
 		{"resource", "attach", "--agent", a.api, id, "nowhere"},
 	} {
-		cmd := exec.Command(binary(t), args...)
+		cmd := exec.Command(testkit.BuildBinary(t), args...)
 		out, _ := cmd.CombinedOutput()
 		if !strings.Contains(string(out), "unknown_site") || cmd.ProcessState.ExitCode() != exitBadUsage {
 			t.Errorf("%v: exit %d, %s; want 2 and unknown_site", args, cmd.ProcessState.ExitCode(), out)

@@ -26,17 +26,17 @@ func TestScopeDefineLsUndefine(t *testing.T) {
 		defer mu.Unlock()
 		sent = append(sent, r.PathValue("name")+"="+def.Scope)
 		names[r.PathValue("name")] = def.Scope
-		agent.WriteJSON(w, http.StatusOK, agent.NamedScope{Name: r.PathValue("name"), Scope: def.Scope, Source: agent.ScopeFromAPI})
+		errcode.WriteJSON(w, http.StatusOK, agent.NamedScope{Name: r.PathValue("name"), Scope: def.Scope, Source: agent.ScopeFromAPI})
 	})
 	mux.HandleFunc("GET /v1/scopes", func(w http.ResponseWriter, r *http.Request) {
-		agent.WriteJSON(w, http.StatusOK, []agent.NamedScope{{Name: "eu", Scope: names["eu"], Source: agent.ScopeFromConfig}, {Name: "r", Scope: names["r"], Source: agent.ScopeFromAPI}})
+		errcode.WriteJSON(w, http.StatusOK, []agent.NamedScope{{Name: "eu", Scope: names["eu"], Source: agent.ScopeFromConfig}, {Name: "r", Scope: names["r"], Source: agent.ScopeFromAPI}})
 	})
 	mux.HandleFunc("DELETE /v1/scopes/{name}", func(w http.ResponseWriter, r *http.Request) {
 		if r.PathValue("name") == "eu" {
 			errcode.Write(w, http.StatusBadRequest, "bound_by_config", "configured")
 			return
 		}
-		agent.WriteJSON(w, http.StatusOK, agent.NamedScope{Name: "r", Scope: "{glance: rome}", Source: agent.ScopeFromAPI})
+		errcode.WriteJSON(w, http.StatusOK, agent.NamedScope{Name: "r", Scope: "{glance: rome}", Source: agent.ScopeFromAPI})
 	})
 	srv := httptest.NewServer(mux)
 	defer srv.Close()

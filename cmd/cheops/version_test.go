@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cheops/internal/testkit"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -11,7 +12,7 @@ import (
 // build), else one from the build information; an agent's /v1/health
 // reports the same.
 func TestVersion(t *testing.T) {
-	out, err := exec.Command(binary(t), "--version").Output()
+	out, err := exec.Command(testkit.BuildBinary(t), "--version").Output()
 	got := strings.TrimSpace(string(out))
 	if err != nil || !strings.HasPrefix(got, "cheops version ") || got == "cheops version " {
 		t.Fatalf("--version: %v %q", err, out)

@@ -1,6 +1,11 @@
-// Package testkit is what the tests of several cheops packages share.
+// Package testkit is what the tests of several cheops packages share:
+// waiting for a condition (Eventually), a free port (FreePort), the
+// cheops binary built once (BuildBinary, Main), json-server started and
+// stopped (StartJSONServer), and what to do when a program is missing.
+// It imports nothing of cheops, so that the tests of every package,
+// internal ones included, can use it.
 //
-// Today it decides what a test does when a program it needs (json-server,
+// It decides what a test does when a program it needs (json-server,
 // Chromium, HAProxy, etcd, iproute2, nftables) is missing: it fails,
 // naming the program and how to install it, so that `make test` on a
 // machine without them cannot pass with its end-to-end tests silently
