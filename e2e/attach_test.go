@@ -42,7 +42,7 @@ func TestAttachThenDetach(t *testing.T) {
 	// beside it.
 	// berlin learns of the attach through replication, like rome: wait
 	// for it as well.
-	eventually(t, 10*time.Second, "berlin shows the placement", func() error {
+	testkit.Eventually(t, 10*time.Second, "berlin shows the placement", func() error {
 		var shown catalog.Resource
 		c.do("berlin", "GET", "/v1/resources/"+gid, "", nil).json(t, &shown)
 		if shown.Scope != "{posts: paris & berlin & rome}" || shown.CreatedScope != "{posts: paris & berlin}" {
