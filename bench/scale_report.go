@@ -187,7 +187,7 @@ func (r *ScaleResult) Table(out io.Writer) {
 		}
 	}
 	if len(probed) > 0 {
-		fmt.Fprintf(out, "\nfirst write into a brand-new group (2–3 sites no resource used), from the start of the Put until every other member's Watch delivered it; %s\n", machine)
+		fmt.Fprintf(out, "\nfirst write into a brand-new group (2–3 sites no resource or earlier group used), from the start of the Put until every other member's Watch delivered it; %s\n", machine)
 		tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
 		fmt.Fprintf(tw, "sites\tsamples\ttimed out (5 s)\tp50 ms\tp99 ms ≤ %.0f\t\n", ms(t.FirstWriteP99))
 		for _, c := range probed {
