@@ -2,162 +2,309 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
-	"path/filepath"
-	"text/tabwriter"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
 	"time"
-
-	"gonum.org/v1/plot"
-	"gonum.org/v1/plot/plotter"
-	"gonum.org/v1/plot/plotutil"
-	"gonum.org/v1/plot/vg"
 )
 
 // ScaleCase is one size of the scale scenario.
 type ScaleCase struct {
 	Sites     int `json:"sites"`
 	Resources int `json:"resources"`
+	// IdleGroups new groups with one write each are left idle, before
+	// the workload, for the idle-group figures; Probes first writes into
+	// brand-new groups are timed once the scoped workload has converged.
+	// 0: not measured.
+	IdleGroups int `json:"idle_groups,omitempty"`
+	Probes     int `json:"probes,omitempty"`
+}
+
+// ScaleTargets are issue 15's bounds. The issue sets them for 100 sites
+// and 100,000 resources; the scenario holds every size to them.
+type ScaleTargets struct {
+	// ConvergedAfterLastWrite: every site holds every entry of its
+	// scopes this long after the last write was accepted (5 s).
+	ConvergedAfterLastWrite time.Duration `json:"converged_after_last_write_ns"`
+	// WritesPerSecond: catalog writes accepted per second, all writers
+	// together (5,000).
+	WritesPerSecond float64 `json:"writes_per_second"`
+	// HeapPerSite: Go heap per site after convergence (16 MiB).
+	HeapPerSite uint64 `json:"heap_per_site_bytes"`
+	// FirstWriteP99: the first write into a brand-new group is seen by
+	// every other member through Watch within this, p99 (50 ms).
+	FirstWriteP99 time.Duration `json:"first_write_p99_ns"`
+	// IdleHeapPerGroup: heap an idle group costs each member (2 KiB).
+	IdleHeapPerGroup float64 `json:"idle_heap_per_group_bytes"`
+	// IdleGoroutinesPerGroup: goroutines an idle group keeps (the issue:
+	// none of its own; 0.05 leaves room for the process's transient
+	// goroutines, one per twenty groups).
+	IdleGoroutinesPerGroup float64 `json:"idle_goroutines_per_group"`
+	// IdleBytesPerGroupMinute: crdt bytes an idle group sends per minute
+	// (the issue: no periodic work of its own, so 0).
+	IdleBytesPerGroupMinute float64 `json:"idle_crdt_bytes_per_group_minute"`
+}
+
+// DefaultScaleTargets returns issue 15's targets.
+func DefaultScaleTargets() ScaleTargets {
+	return ScaleTargets{
+		ConvergedAfterLastWrite: 5 * time.Second,
+		WritesPerSecond:         5000,
+		HeapPerSite:             16 << 20,
+		FirstWriteP99:           50 * time.Millisecond,
+		IdleHeapPerGroup:        2048,
+		IdleGoroutinesPerGroup:  0.05,
+		IdleBytesPerGroupMinute: 0,
+	}
+}
+
+// ScaleOptions are a run's sizes, bounds and targets.
+type ScaleOptions struct {
+	Cases []ScaleCase `json:"cases"`
+	// Process, when set, is the process-level check (agent processes);
+	// it needs Env.Binary.
+	Process *ScaleProcessCase `json:"process,omitempty"`
+	Targets ScaleTargets      `json:"targets"`
+	// FormWithin bounds starting the sites and waiting until every site
+	// sees every other up.
+	FormWithin time.Duration `json:"form_within_ns"`
+	// WriteBudget stops a workload's writes once spent (a slow run then
+	// reports how many it wrote); ConvergeWithin bounds the wait after
+	// the last write.
+	WriteBudget    time.Duration `json:"write_budget_ns"`
+	ConvergeWithin time.Duration `json:"converge_within_ns"`
+	// IdleWindow is how long idle traffic is counted (scaled to a
+	// minute in the figures).
+	IdleWindow time.Duration `json:"idle_window_ns"`
+	Seed       uint64        `json:"seed"`
+}
+
+// ScaleProfile is the quick profile (`make bench`, under 2 minutes) or
+// the full one (under 15). Quick: 3, 10 and 20 sites × 1,000 resources,
+// idle groups and first writes at 20 sites, 6 agent processes × 300
+// resources. Full: the issue's sizes, 100 sites × 100,000 resources and
+// 20 agents × 10,000, and 30 sites × 10,000 between them. The budgets
+// keep a run within its time on 2 cores: a size too slow for them says
+// how far it got (resources written, created), and that is a miss.
+func ScaleProfile(env Env) ScaleOptions {
+	opt := ScaleOptions{
+		Cases: []ScaleCase{{Sites: 3, Resources: 1000}, {Sites: 10, Resources: 1000},
+			{Sites: 20, Resources: 1000, IdleGroups: 100, Probes: 50}},
+		Process:    &ScaleProcessCase{Agents: 6, Resources: 300, CreateBudget: 20 * time.Second},
+		Targets:    DefaultScaleTargets(),
+		FormWithin: time.Minute, WriteBudget: 20 * time.Second, ConvergeWithin: 20 * time.Second,
+		IdleWindow: 10 * time.Second, Seed: 1,
+	}
+	if env.Full {
+		opt.Cases = []ScaleCase{{Sites: 30, Resources: 10000, IdleGroups: 300, Probes: 100},
+			{Sites: 100, Resources: 100000, IdleGroups: 500, Probes: 200}}
+		opt.Process = &ScaleProcessCase{Agents: 20, Resources: 10000, CreateBudget: time.Minute}
+		opt.FormWithin, opt.WriteBudget, opt.ConvergeWithin, opt.IdleWindow = 3*time.Minute, time.Minute, 45*time.Second, time.Minute
+	}
+	if env.Sites > 0 {
+		// One size: the profile's largest, with the sites asked for.
+		last := opt.Cases[len(opt.Cases)-1]
+		last.Sites = env.Sites
+		opt.Cases = []ScaleCase{last}
+	}
+	return opt
 }
 
 // ScaleFigures is what one size cost.
 type ScaleFigures struct {
 	ScaleCase
-	// HeapPerSite is the process's Go heap after convergence divided by
-	// the sites (in-process sites share one process).
-	HeapPerSite uint64 `json:"heap_per_site_bytes"`
-	// DiskPerSite is the data directories' size divided by the sites.
-	DiskPerSite int64 `json:"disk_per_site_bytes"`
-	// WritesPerSecond is catalog writes (two per resource, each a batch
-	// to the resource's group) accepted per second by their writers.
-	WritesPerSecond float64 `json:"writes_per_second"`
-	// Converged is the time from the first write until every site held
-	// every entry of its scopes.
-	Converged time.Duration `json:"converged_ns"`
+	// Error, when set, is why the size could not be measured (every
+	// target of the size is then missed).
+	Error string `json:"error,omitempty"`
+	// Formed is how long the sites took to all see each other up.
+	Formed time.Duration `json:"formed_ns"`
 	// Groups is how many distinct replica sets (crdt groups) the scopes
 	// made.
 	Groups int `json:"groups"`
+	// Scoped is the workload with each resource in its scope's group;
+	// Full the same sizes with one group of all sites (fresh keys, same
+	// sites, after the scoped figures were taken).
+	Scoped Workload  `json:"scoped"`
+	Full   *Workload `json:"full,omitempty"`
+	// HeapPerSite is the process's live Go heap after the scoped
+	// workload converged, less the heap before the sites started and
+	// what the idle groups added, divided by the sites (in-process sites
+	// share one process).
+	HeapPerSite uint64 `json:"heap_per_site_bytes"`
+	// DiskPerSite is the data directories' size divided by the sites.
+	DiskPerSite int64 `json:"disk_per_site_bytes"`
+	// FirstWrite and Idle are measured on the sizes with probes.
+	FirstWrite *FirstWriteFigures `json:"first_write,omitempty"`
+	Idle       *IdleFigures       `json:"idle,omitempty"`
+}
+
+// Workload is one way of replicating a size's resources.
+type Workload struct {
+	// Written is how many resources were written within the budget.
+	Written int `json:"written"`
+	// WritesPerSecond is catalog writes (two entries per resource, one
+	// batch into the resource's group by its scope's first site, every
+	// site writing its resources at once) per second of the write phase.
+	WritesPerSecond float64 `json:"writes_per_second"`
+	// WriteTime is the write phase; Converged the time from its end
+	// until every site held every entry it must (0: it did not).
+	WriteTime time.Duration `json:"write_ns"`
+	Converged time.Duration `json:"converged_after_last_write_ns"`
+	// BytesSent is what every host sent from the first write until
+	// convergence.
+	BytesSent int64  `json:"bytes_sent"`
+	Error     string `json:"error,omitempty"`
+}
+
+// FirstWriteFigures time first writes into brand-new groups, on sites
+// that hold the scoped workload: from the start of the Put at one member
+// until every other member's Watch delivered it.
+type FirstWriteFigures struct {
+	Samples  int           `json:"samples"`
+	TimedOut int           `json:"timed_out"`
+	P50      time.Duration `json:"p50_ns"`
+	P99      time.Duration `json:"p99_ns"`
+	Error    string        `json:"error,omitempty"`
+}
+
+// IdleFigures are what new groups with one write each cost once idle, on
+// sites with no other group.
+type IdleFigures struct {
+	Groups  int `json:"groups"`
+	Members int `json:"members"` // replicas of those groups (sum of their sizes)
+	// HeapPerGroupMember is the heap growth divided by the replicas.
+	HeapPerGroupMember float64 `json:"heap_per_group_member_bytes"`
+	GoroutinesPerGroup float64 `json:"goroutines_per_group"`
+	// CrdtBytesPerGroupMinute is what the crdt package sent during the
+	// window (its protocols' streams and its group messages as
+	// published), per group and minute. Pubsub's own gossip and every
+	// other byte are left out: membership's jitter (MiB per window at 20
+	// sites) exceeds what the groups add.
+	CrdtBytesPerGroupMinute float64       `json:"crdt_bytes_per_group_minute"`
+	Window                  time.Duration `json:"window_ns"`
+	Error                   string        `json:"error,omitempty"`
+	// heapGrowth is the live heap the groups added, all replicas.
+	heapGrowth int64
 }
 
 // ScaleResult is the report of `cheops bench scale`.
 type ScaleResult struct {
-	Setup string         `json:"setup"`
-	Cases []ScaleFigures `json:"cases"`
+	Setup string `json:"setup"`
+	// Processes, CPUs and GOMAXPROCS are what the in-process figures
+	// were measured with.
+	Processes  int                  `json:"processes"`
+	CPUs       int                  `json:"cpus"`
+	GOMAXPROCS int                  `json:"gomaxprocs"`
+	Options    ScaleOptions         `json:"options"`
+	Cases      []ScaleFigures       `json:"cases"`
+	Process    *ScaleProcessFigures `json:"process,omitempty"`
 }
 
-// ScaleProfile lists the sizes of the quick or the full profile.
-func ScaleProfile(env Env) []ScaleCase {
-	sites, resources := []int{3, 10, 30}, []int{1000}
-	if env.Full {
-		sites, resources = []int{3, 10, 30, 50}, []int{1000, 10000, 100000}
-	}
-	if env.Sites > 0 {
-		sites = []int{env.Sites}
-	}
-	var out []ScaleCase
-	for _, r := range resources {
-		for _, n := range sites {
-			out = append(out, ScaleCase{Sites: n, Resources: r})
-		}
-	}
-	return out
-}
-
-// RunScale grows the number of sites and resources and measures memory,
-// write throughput and convergence of the catalog's replication. Sites
-// are in-process (real libp2p hosts and pebble stores on loopback, no
-// application): 50 agent processes with json-server each would not fit
-// two cores.
-func RunScale(ctx context.Context, env Env, cases []ScaleCase) (*ScaleResult, error) {
+// RunScale runs every size on fresh in-process sites (real libp2p hosts
+// and pebble stores on loopback, no application), then the process-level
+// check. A size that fails (the sites never all see each other up, a
+// workload that does not converge) is reported with its error and the
+// run goes on; only a cancelled ctx stops it.
+func RunScale(ctx context.Context, env Env, opt ScaleOptions) (*ScaleResult, error) {
 	if len(env.Agents) > 0 {
-		return nil, fmt.Errorf("scale starts up to 50 in-process sites; it cannot run against --agents")
+		return nil, errors.New("scale starts up to 100 in-process sites and its own agent processes; it cannot run against --agents")
 	}
-	res := &ScaleResult{Setup: "in-process sites (libp2p on loopback, pebble), scopes of 2 random sites, two catalog entries per resource"}
-	for _, cs := range cases {
+	res := &ScaleResult{Setup: "in-process sites (libp2p on loopback, pebble, default probe settings), scopes of 2–3 random sites, " +
+		"two catalog entries per resource written as one batch by a site of its scope, every site writing at once",
+		Processes: 1, CPUs: runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0), Options: opt}
+	for _, cs := range opt.Cases {
 		env.Log.Info("scale case", "sites", cs.Sites, "resources", cs.Resources)
-		names := make([]string, cs.Sites)
-		for i := range names {
-			names[i] = fmt.Sprintf("s%02d", i)
+		f := runScaleCase(ctx, env, cs, opt)
+		if err := ctx.Err(); err != nil {
+			return res, err
 		}
-		rng := rand.New(rand.NewPCG(1, uint64(cs.Sites)))
-		scopes := make([][]string, cs.Resources)
-		groups := map[string]bool{}
-		for i := range scopes {
-			perm := rng.Perm(cs.Sites)[:2]
-			a, b := names[perm[0]], names[perm[1]]
-			scopes[i] = []string{a, b}
-			if a > b {
-				a, b = b, a
-			}
-			groups[a+","+b] = true
-		}
-		run, _, err := replicate(ctx, names, scopes, false)
-		if err != nil {
-			return res, fmt.Errorf("%d sites, %d resources: %w", cs.Sites, cs.Resources, err)
-		}
-		f := ScaleFigures{ScaleCase: cs, HeapPerSite: run.HeapBytes / uint64(cs.Sites), DiskPerSite: run.DiskBytes / int64(cs.Sites),
-			Converged: run.Converged, Groups: len(groups)}
-		if run.Written > 0 {
-			f.WritesPerSecond = float64(2*cs.Resources) / run.Written.Seconds()
-		}
-		env.Log.Info("scale figures", "sites", cs.Sites, "resources", cs.Resources, "heap_per_site_MiB", float64(f.HeapPerSite)/(1<<20),
-			"writes_per_s", int(f.WritesPerSecond), "converged", f.Converged)
+		env.Log.Info("scale figures", "sites", cs.Sites, "resources", cs.Resources, "error", f.Error, "formed", f.Formed,
+			"heap_per_site_MiB", float64(f.HeapPerSite)/(1<<20), "writes_per_s", int(f.Scoped.WritesPerSecond), "converged", f.Scoped.Converged)
 		res.Cases = append(res.Cases, f)
+	}
+	if opt.Process != nil {
+		res.Process = runScaleProcess(ctx, env, *opt.Process, opt.Seed)
+		if err := ctx.Err(); err != nil {
+			return res, err
+		}
 	}
 	return res, nil
 }
 
-// Table prints one line per size.
-func (r *ScaleResult) Table(out io.Writer) {
-	fmt.Fprintf(out, "scale (%s)\n\n", r.Setup)
-	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "sites\tresources\tgroups\theap/site MiB\tdisk/site MiB\twrites/s\tconverged ms\t")
-	for _, c := range r.Cases {
-		fmt.Fprintf(tw, "%d\t%d\t%d\t%.1f\t%.1f\t%.0f\t%.0f\t\n", c.Sites, c.Resources, c.Groups, float64(c.HeapPerSite)/(1<<20),
-			float64(c.DiskPerSite)/(1<<20), c.WritesPerSecond, ms(c.Converged))
+func runScaleCase(ctx context.Context, env Env, cs ScaleCase, opt ScaleOptions) ScaleFigures {
+	f := ScaleFigures{ScaleCase: cs}
+	if cs.Sites < 2 {
+		f.Error = "a size needs at least 2 sites"
+		return f
 	}
-	tw.Flush()
-	fmt.Fprintln(out, "\nNo target is set for scale; the figures show how the cost grows.")
+	names := make([]string, cs.Sites)
+	for i := range names {
+		names[i] = fmt.Sprintf("s%02d", i)
+	}
+	rng := rand.New(rand.NewPCG(opt.Seed, uint64(cs.Sites)))
+	scopes := make([][]string, cs.Resources)
+	used := map[string]bool{}
+	for i := range scopes {
+		k := min(2+rng.IntN(2), cs.Sites)
+		for _, p := range rng.Perm(cs.Sites)[:k] {
+			scopes[i] = append(scopes[i], names[p])
+		}
+		used[groupKey(scopes[i])] = true
+	}
+	f.Groups = len(used)
+
+	dir, err := os.MkdirTemp(env.Dir, "scale-")
+	if err != nil {
+		f.Error = err.Error()
+		return f
+	}
+	defer os.RemoveAll(dir)
+	heapBefore, _ := liveHeapAndGoroutines()
+
+	ss, err := startScaleSites(ctx, dir, names, opt.FormWithin)
+	defer ss.close()
+	f.Formed = ss.Formed
+	if err != nil {
+		f.Error = err.Error()
+		return f
+	}
+	env.Log.Info("scale: sites formed", "sites", cs.Sites, "in", ss.Formed.Round(time.Millisecond))
+	var idleHeap int64
+	if cs.IdleGroups > 0 {
+		env.Log.Info("scale: idle groups", "sites", cs.Sites, "groups", cs.IdleGroups, "window", opt.IdleWindow)
+		f.Idle = ss.idleGroups(ctx, rng, used, cs.IdleGroups, opt.IdleWindow)
+		idleHeap = max(0, f.Idle.heapGrowth)
+	}
+
+	f.Scoped = ss.workload(ctx, scopes, scopedSpace, opt)
+	if f.Scoped.Error != "" {
+		f.Error = "scoped workload: " + f.Scoped.Error
+		return f
+	}
+	heap, _ := liveHeapAndGoroutines()
+	if grown := int64(heap) - int64(heapBefore) - idleHeap; grown > 0 {
+		f.HeapPerSite = uint64(grown) / uint64(cs.Sites)
+	}
+	f.DiskPerSite = dirSize(dir) / int64(cs.Sites)
+
+	if cs.Probes > 0 {
+		env.Log.Info("scale: first writes into new groups", "sites", cs.Sites, "probes", cs.Probes)
+		f.FirstWrite = ss.firstWrites(ctx, rng, used, cs.Probes)
+	}
+
+	env.Log.Info("scale: full replication", "sites", cs.Sites, "resources", cs.Resources)
+	full := ss.workload(ctx, scopes, fullSpace, opt)
+	f.Full = &full
+	return f
 }
 
-// Missed is always empty: scale sets no target.
-func (r *ScaleResult) Missed() []string { return nil }
-
-// Plot draws heap per site and convergence time against the number of
-// sites, one line per resource count.
-func (r *ScaleResult) Plot(dir, prefix string) ([]string, error) {
-	byRes := map[int]plotter.XYs{}
-	conv := map[int]plotter.XYs{}
-	var order []int
-	for _, c := range r.Cases {
-		if _, ok := byRes[c.Resources]; !ok {
-			order = append(order, c.Resources)
-		}
-		byRes[c.Resources] = append(byRes[c.Resources], plotter.XY{X: float64(c.Sites), Y: float64(c.HeapPerSite) / (1 << 20)})
-		conv[c.Resources] = append(conv[c.Resources], plotter.XY{X: float64(c.Sites), Y: ms(c.Converged)})
-	}
-	var paths []string
-	for _, fig := range []struct {
-		name, title, y string
-		data           map[int]plotter.XYs
-	}{{"memory", "Go heap per site after convergence", "MiB", byRes}, {"convergence", "Time until every site holds its scopes' entries", "ms", conv}} {
-		p := plot.New()
-		p.Title.Text = fig.title
-		p.X.Label.Text = "sites"
-		p.Y.Label.Text = fig.y
-		var args []any
-		for _, n := range order {
-			args = append(args, fmt.Sprintf("%d resources", n), fig.data[n])
-		}
-		if err := plotutil.AddLinePoints(p, args...); err != nil {
-			return nil, fmt.Errorf("bench: plot: %w", err)
-		}
-		path := filepath.Join(dir, prefix+"-"+fig.name+".svg")
-		if err := p.Save(6*vg.Inch, 4*vg.Inch, path); err != nil {
-			return nil, fmt.Errorf("bench: save plot: %w", err)
-		}
-		paths = append(paths, path)
-	}
-	return paths, nil
+// groupKey names a site set whatever its order.
+func groupKey(sites []string) string {
+	s := slices.Clone(sites)
+	slices.Sort(s)
+	return strings.Join(s, ",")
 }

@@ -1,30 +1,136 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
+	"time"
 )
 
+// A tiny run on real in-process sites: every target line is printed with
+// its verdict, and a target no run can meet (a heap of 1 byte per site)
+// is listed by Missed.
 func TestScaleSmall(t *testing.T) {
 	env := Env{Dir: t.TempDir(), Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	res, err := RunScale(context.Background(), env, []ScaleCase{{Sites: 3, Resources: 20}, {Sites: 5, Resources: 20}})
+	opt := ScaleOptions{
+		Cases:   []ScaleCase{{Sites: 5, Resources: 8, Probes: 2, IdleGroups: 3}},
+		Process: &ScaleProcessCase{Agents: 3, Resources: 10}, // no binary: skipped
+		Targets: DefaultScaleTargets(), FormWithin: time.Minute, WriteBudget: time.Minute, ConvergeWithin: time.Minute,
+		IdleWindow: time.Second, Seed: 1,
+	}
+	opt.Targets.HeapPerSite = 1
+	res, err := RunScale(context.Background(), env, opt)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(res.Cases) != 2 {
-		t.Fatalf("%d cases, want 2", len(res.Cases))
+	if len(res.Cases) != 1 {
+		t.Fatalf("%d cases, want 1", len(res.Cases))
 	}
-	for _, c := range res.Cases {
-		if c.HeapPerSite == 0 || c.DiskPerSite == 0 || c.WritesPerSecond <= 0 || c.Converged <= 0 {
-			t.Fatalf("empty figures: %+v", c)
-		}
-		if c.Groups < 1 || c.Groups > c.Sites*(c.Sites-1)/2 {
-			t.Fatalf("%d groups for %d sites", c.Groups, c.Sites)
+	c := res.Cases[0]
+	if c.Error != "" {
+		t.Fatalf("case failed: %s", c.Error)
+	}
+	if c.Scoped.Written != 8 || c.HeapPerSite == 0 || c.DiskPerSite == 0 || c.Scoped.WritesPerSecond <= 0 || c.Scoped.BytesSent <= 0 {
+		t.Fatalf("empty figures: %+v", c)
+	}
+	if c.Groups < 1 || c.Groups > 8 {
+		t.Fatalf("%d groups for 8 resources", c.Groups)
+	}
+	if c.Full == nil || c.Full.Error != "" || c.Full.Written != 8 || c.Full.BytesSent <= 0 {
+		t.Fatalf("full replication: %+v", c.Full)
+	}
+	if c.FirstWrite == nil || c.FirstWrite.Samples != 2 || c.FirstWrite.P99 <= 0 {
+		t.Fatalf("first writes: %+v", c.FirstWrite)
+	}
+	if c.Idle == nil || c.Idle.Groups != 3 || c.Idle.Members < 6 {
+		t.Fatalf("idle groups: %+v", c.Idle)
+	}
+	if res.Process == nil || res.Process.Skipped == "" {
+		t.Fatalf("process check without a binary: %+v", res.Process)
+	}
+	var b bytes.Buffer
+	res.Table(&b)
+	table := b.String()
+	for _, target := range []string{"converged after the last write ≤ 5000 ms", "catalog writes/s ≥ 5000", "heap/site ≤ 0 MiB",
+		"all resources written", "p99 ms ≤ 50", "heap B per group and member ≤ 2048", "goroutines per group ≤ 0.05",
+		"crdt bytes sent per group-minute ≤ 0", "1 process, ", "skipped: no cheops binary"} {
+		if !strings.Contains(table, target) {
+			t.Errorf("table lacks %q:\n%s", target, table)
 		}
 	}
-	if _, err := RunScale(context.Background(), Env{Agents: []string{"http://x"}, Log: env.Log}, nil); err == nil {
+	// 4 verdicts for the size, 1 for first writes, 3 for idle groups.
+	if n := strings.Count(table, ": met") + strings.Count(table, ": MISSED"); n != 8 {
+		t.Errorf("%d verdicts, want 8:\n%s", n, table)
+	}
+	if !strings.Contains(table, ": MISSED") {
+		t.Errorf("a heap of 1 byte per site is not marked MISSED:\n%s", table)
+	}
+	missed := strings.Join(res.Missed(), "\n")
+	if !strings.Contains(missed, "5 sites × 8 resources: heap ") {
+		t.Errorf("Missed lacks the impossible heap target: %q", missed)
+	}
+	if _, err := RunScale(context.Background(), Env{Agents: []string{"http://x"}, Log: env.Log}, opt); err == nil {
 		t.Fatal("scale accepted --agents")
+	}
+}
+
+// Verdicts from figures alone: each target beside its figure, a failed
+// size missing every target with its error, the process check's failure
+// missed and its skip not.
+func TestScaleVerdicts(t *testing.T) {
+	tg := DefaultScaleTargets()
+	ok := ScaleFigures{ScaleCase: ScaleCase{Sites: 30, Resources: 1000, Probes: 10, IdleGroups: 20}, Groups: 700,
+		Scoped:      Workload{Written: 1000, WritesPerSecond: 6000, WriteTime: time.Second, Converged: 800 * time.Millisecond, BytesSent: 1 << 20},
+		Full:        &Workload{Written: 1000, WritesPerSecond: 3000, WriteTime: 2 * time.Second, Converged: 2 * time.Second, BytesSent: 8 << 20},
+		HeapPerSite: 2 << 20,
+		FirstWrite:  &FirstWriteFigures{Samples: 10, P50: 5 * time.Millisecond, P99: 80 * time.Millisecond},
+		Idle:        &IdleFigures{Groups: 20, Members: 50, HeapPerGroupMember: 900, GoroutinesPerGroup: 4, CrdtBytesPerGroupMinute: 0, Window: time.Minute}}
+	failed := ScaleFigures{ScaleCase: ScaleCase{Sites: 100, Resources: 100000}, Error: "bench: 100 sites see each other up: not within 2m0s"}
+	for _, tc := range []struct {
+		name    string
+		res     ScaleResult
+		lines   []string
+		missed  []string
+		nMissed int
+	}{
+		{"met and missed", ScaleResult{Cases: []ScaleFigures{ok}},
+			[]string{"800 ≤ 5000: met", "6000 ≥ 5000: met", "2.0 ≤ 16.0: met", "1000 of 1000: met", "80.0 ≤ 50.0: MISSED",
+				"900 ≤ 2048: met", "4.00 ≤ 0.05: MISSED", "0 ≤ 0: met", "0.12", "0.45"},
+			[]string{"p99 > 50 ms", "4.00 goroutines per idle group"}, 2},
+		{"failed size", ScaleResult{Cases: []ScaleFigures{ok, failed}},
+			[]string{"failed: MISSED", "100 sites × 100000 resources failed: bench: 100 sites see each other up"},
+			[]string{"100 sites × 100000 resources: failed, every target missed: bench: 100 sites"}, 3},
+		{"process skipped", ScaleResult{Process: &ScaleProcessFigures{Skipped: "no cheops binary"}},
+			[]string{"skipped: no cheops binary"}, nil, 0},
+		{"process failed", ScaleResult{Process: &ScaleProcessFigures{ScaleProcessCase: ScaleProcessCase{Agents: 20, Resources: 10000}, Error: "catalogs after the heal: not within 3m"}},
+			[]string{"converged within 3m0s after the heal: MISSED"}, []string{"process check (20 agents, 10000 resources): catalogs after the heal"}, 1},
+		{"process converged", ScaleResult{Process: &ScaleProcessFigures{ScaleProcessCase: ScaleProcessCase{Agents: 20, Resources: 10000},
+			Created: 10000, Catalog: 3 * time.Second, Applied: 5 * time.Second, Applications: "ok"}},
+			[]string{"converged within 3m0s after the heal (the issue sets no time): met", "applications hold their scopes' items: met"}, nil, 0},
+		{"process short of creates", ScaleResult{Process: &ScaleProcessFigures{ScaleProcessCase: ScaleProcessCase{Agents: 20, Resources: 10000, CreateBudget: time.Minute},
+			Created: 3000, Catalog: 3 * time.Second, Applied: 5 * time.Second, Applications: "s03 holds 12 items, its scopes 11"}},
+			[]string{"created 3000 of 10000 (budget 1m0s per half): MISSED", "applications hold their scopes' items: MISSED"},
+			[]string{"only 3000 created", "s03 holds 12 items"}, 2},
+	} {
+		tc.res.Options.Targets, tc.res.Processes, tc.res.CPUs, tc.res.GOMAXPROCS = tg, 1, 2, 2
+		var b bytes.Buffer
+		tc.res.Table(&b)
+		for _, l := range tc.lines {
+			if !strings.Contains(b.String(), l) {
+				t.Errorf("%s: table lacks %q:\n%s", tc.name, l, b.String())
+			}
+		}
+		got := tc.res.Missed()
+		if len(got) != tc.nMissed {
+			t.Errorf("%s: missed %q, want %d", tc.name, got, tc.nMissed)
+		}
+		for _, m := range tc.missed {
+			if !strings.Contains(strings.Join(got, "\n"), m) {
+				t.Errorf("%s: missed %q lacks %q", tc.name, got, m)
+			}
+		}
 	}
 }

@@ -1,0 +1,279 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	pebbleds "github.com/ipfs/go-ds-pebble"
+	"github.com/libp2p/go-libp2p/core/metrics"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"cheops/crdt"
+	"cheops/node"
+	"cheops/scope"
+)
+
+// scaleSite is one in-process site of the scale scenario with what
+// measures it: a byte counter on its host, a Prometheus registry for its
+// crdt metrics, and a watcher that counts the catalog entries its
+// replicas apply.
+type scaleSite struct {
+	name  string
+	node  *node.Node
+	store *pebbleds.Datastore
+	m     *crdt.Manager
+	reg   *prometheus.Registry
+	bw    *scaleCounter
+	stop  func()
+	// held counts the changes under each key prefix of entryPrefixes
+	// that this site's replicas applied (local writes included).
+	held [len(entryPrefixes)]atomic.Int64
+}
+
+// entryPrefixes are the key spaces of the scenario: the scoped workload,
+// the fully replicated one, the first writes into new groups, and the
+// writes of the idle groups.
+var entryPrefixes = [...]string{"/r/", "/f/", "/p/", "/i/"}
+
+const (
+	scopedSpace = iota
+	fullSpace
+	probeSpace
+	idleSpace
+)
+
+// scaleCounter counts, exactly and at once, the stream bytes a host sends
+// and receives, and those sent on the crdt package's protocols
+// (/cheops/crdt/…). libp2p's BandwidthCounter updates its totals from a
+// once-a-second sweeper; it stays underneath for the rest of the
+// Reporter interface.
+type scaleCounter struct {
+	*metrics.BandwidthCounter
+	sent, recv, crdtSent atomic.Int64
+}
+
+func newScaleCounter() *scaleCounter {
+	return &scaleCounter{BandwidthCounter: metrics.NewBandwidthCounter()}
+}
+
+func (c *scaleCounter) LogSentMessage(n int64) { c.sent.Add(n); c.BandwidthCounter.LogSentMessage(n) }
+func (c *scaleCounter) LogRecvMessage(n int64) { c.recv.Add(n); c.BandwidthCounter.LogRecvMessage(n) }
+
+func (c *scaleCounter) LogSentMessageStream(n int64, p protocol.ID, id peer.ID) {
+	if strings.HasPrefix(string(p), "/cheops/crdt/") {
+		c.crdtSent.Add(n)
+	}
+	c.BandwidthCounter.LogSentMessageStream(n, p, id)
+}
+
+// scaleSites is a set of in-process sites and what a probe waits for.
+type scaleSites struct {
+	sites []*scaleSite
+	names []string
+	// Formed is how long it took every site to see every other up.
+	Formed time.Duration
+
+	mu      sync.Mutex
+	waiting map[string]*probeWait // probe key → its wait
+}
+
+// probeWait is a first write into a new group, waited for at the group's
+// other members.
+type probeWait struct {
+	writer    string
+	remaining map[string]bool // members that have not seen it yet
+	last      time.Time       // when the last of them saw it
+	done      chan struct{}
+}
+
+// startScaleSites starts one in-process site per name (libp2p host on
+// 127.0.0.1, pebble store, crdt manager), each bootstrapped from the first,
+// with the node's default probe settings (what an agent runs), and gives
+// up when, formWithin after the first start, they are not all started
+// and seeing each other up. On error the sites started so far are
+// returned for closing.
+func startScaleSites(ctx context.Context, dir string, names []string, formWithin time.Duration) (*scaleSites, error) {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ss := &scaleSites{names: names, waiting: map[string]*probeWait{}}
+	var trust []peer.ID
+	for _, n := range names {
+		_, id, err := node.LoadIdentity(filepath.Join(dir, n))
+		if err != nil {
+			return ss, err
+		}
+		trust = append(trust, id)
+	}
+	start := time.Now()
+	deadline := start.Add(formWithin)
+	var boot []string
+	for _, n := range names {
+		if time.Now().After(deadline) {
+			ss.Formed = time.Since(start)
+			return ss, fmt.Errorf("bench: started only %d of %d sites within %v (each start is slower while the sites started probe one another)",
+				len(ss.sites), len(names), formWithin)
+		}
+		nc := node.DefaultConfig()
+		nc.Site, nc.DataDir, nc.Trust, nc.Peers = n, filepath.Join(dir, n), trust, boot
+		nc.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
+		nc.TopicAccess = crdt.TopicAllows
+		nc.Logger = quiet
+		bw := newScaleCounter()
+		nc.Bandwidth = bw
+		nd, err := node.New(ctx, nc)
+		if err != nil {
+			return ss, fmt.Errorf("bench: site %s: %w", n, err)
+		}
+		store, err := crdt.OpenStore(filepath.Join(dir, n, "store"))
+		if err != nil {
+			nd.Close()
+			return ss, err
+		}
+		reg := prometheus.NewRegistry()
+		cc := crdt.DefaultConfig()
+		cc.Host, cc.PubSub, cc.Datastore, cc.Self, cc.Resolve, cc.Logger = nd.Host(), nd.PubSub(), store, n, nd.PeerOf, quiet
+		cc.Registerer = reg
+		m, err := crdt.NewManager(ctx, cc)
+		if err != nil {
+			nd.Close()
+			store.Close()
+			return ss, fmt.Errorf("bench: site %s: %w", n, err)
+		}
+		s := &scaleSite{name: n, node: nd, store: store, m: m, reg: reg, bw: bw}
+		s.stop = m.Watch(func(_ []string, key string, _ []byte, deleted bool) {
+			if deleted {
+				return
+			}
+			for i, p := range entryPrefixes {
+				if strings.HasPrefix(key, p) {
+					s.held[i].Add(1)
+					if i == probeSpace || i == idleSpace {
+						ss.seen(s.name, key)
+					}
+					return
+				}
+			}
+		})
+		ss.sites = append(ss.sites, s)
+		if boot == nil {
+			boot = nd.Addrs()[:1]
+		}
+	}
+	err := waitFor(ctx, time.Until(deadline), fmt.Sprintf("%d sites see each other up", len(names)), func() error {
+		down := 0
+		var example string
+		for _, s := range ss.sites {
+			v := s.node.View()
+			for _, n := range names {
+				if n != s.name && v.Sites[n].State != scope.Up {
+					down++
+					if example == "" {
+						example = fmt.Sprintf("%s sees %s %q", s.name, n, v.Sites[n].State)
+					}
+				}
+			}
+		}
+		if down > 0 {
+			return fmt.Errorf("%d of %d (observer, site) pairs not up, e.g. %s", down, len(names)*(len(names)-1), example)
+		}
+		return nil
+	})
+	ss.Formed = time.Since(start)
+	return ss, err
+}
+
+// seen records that site applied the probe key.
+func (ss *scaleSites) seen(site, key string) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	w := ss.waiting[key]
+	if w == nil || !w.remaining[site] {
+		return
+	}
+	delete(w.remaining, site)
+	if len(w.remaining) == 0 {
+		w.last = time.Now()
+		close(w.done)
+	}
+}
+
+// expect registers a probe key before it is written.
+func (ss *scaleSites) expect(key string, group []string) *probeWait {
+	w := &probeWait{writer: group[0], remaining: map[string]bool{}, done: make(chan struct{})}
+	for _, s := range group[1:] {
+		w.remaining[s] = true
+	}
+	ss.mu.Lock()
+	ss.waiting[key] = w
+	ss.mu.Unlock()
+	return w
+}
+
+func (ss *scaleSites) site(name string) *scaleSite {
+	for _, s := range ss.sites {
+		if s.name == name {
+			return s
+		}
+	}
+	return nil
+}
+
+// close stops every site.
+func (ss *scaleSites) close() {
+	var wg sync.WaitGroup
+	for _, s := range ss.sites {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.stop()
+			s.m.Close()
+			s.node.Close()
+			s.store.Close()
+		}()
+	}
+	wg.Wait()
+}
+
+// traffic is what every site's host sent, in bytes: in all, and on the
+// crdt package's own protocols plus its group messages as published (the
+// cheops_crdt_broadcast_bytes_sent_total counter).
+type traffic struct{ all, crdt int64 }
+
+func (ss *scaleSites) traffic() traffic {
+	var t traffic
+	for _, s := range ss.sites {
+		t.all += s.bw.sent.Load()
+		t.crdt += s.bw.crdtSent.Load() + int64(counterValue(s.reg, "cheops_crdt_broadcast_bytes_sent_total"))
+	}
+	return t
+}
+
+func (t traffic) minus(u traffic) traffic {
+	return traffic{all: t.all - u.all, crdt: t.crdt - u.crdt}
+}
+
+// counterValue sums the series of a counter in a registry (0 when absent).
+func counterValue(reg *prometheus.Registry, name string) float64 {
+	mfs, err := reg.Gather()
+	if err != nil {
+		return 0
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			sum += m.GetCounter().GetValue()
+		}
+	}
+	return sum
+}

@@ -1,0 +1,307 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"runtime/metrics"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// workload writes every resource: two catalog-sized entries as one batch
+// into its scope's group (space fullSpace: into one group of all sites),
+// by the first site of its scope. Every site writes its resources at
+// once, one after the other, until opt.WriteBudget is spent; then the
+// workload waits up to opt.ConvergeWithin until every site holds every
+// entry it must.
+func (ss *scaleSites) workload(ctx context.Context, scopes [][]string, space int, opt ScaleOptions) Workload {
+	var w Workload
+	bySite := map[string][]int{}
+	for i, sc := range scopes {
+		bySite[sc[0]] = append(bySite[sc[0]], i)
+	}
+	want := make([]atomic.Int64, len(ss.sites))
+	index := map[string]int{}
+	base := make([]int64, len(ss.sites))
+	for i, s := range ss.sites {
+		index[s.name] = i
+		base[i] = s.held[space].Load()
+	}
+	before := ss.traffic()
+	wctx, cancel := context.WithTimeout(ctx, opt.WriteBudget)
+	defer cancel()
+	var written atomic.Int64
+	var mu sync.Mutex
+	var firstErr error
+	start := time.Now()
+	var wg sync.WaitGroup
+	for _, s := range ss.sites {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for _, i := range bySite[s.name] {
+				if wctx.Err() != nil {
+					return
+				}
+				group := scopes[i]
+				if space == fullSpace {
+					group = ss.names
+				}
+				p := entryPrefixes[space]
+				keys := []string{fmt.Sprintf("%s%06d/meta", p, i), fmt.Sprintf("%s%06d/op/0", p, i)}
+				if err := s.m.PutBatch(wctx, group, keys, [][]byte{entry, entry}); err != nil {
+					if wctx.Err() == nil {
+						mu.Lock()
+						if firstErr == nil {
+							firstErr = fmt.Errorf("%s writes resource %d: %w", s.name, i, err)
+						}
+						mu.Unlock()
+					}
+					return
+				}
+				written.Add(1)
+				for _, m := range group {
+					want[index[m]].Add(int64(len(keys)))
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	w.WriteTime = time.Since(start)
+	w.Written = int(written.Load())
+	if w.WriteTime > 0 {
+		w.WritesPerSecond = float64(2*w.Written) / w.WriteTime.Seconds()
+	}
+	if firstErr != nil {
+		w.Error = firstErr.Error()
+		return w
+	}
+	if err := ctx.Err(); err != nil {
+		w.Error = err.Error()
+		return w
+	}
+	end := time.Now()
+	// The watchers' counts say when to look; a scan of every site's
+	// groups confirms it (a change delivered twice would count twice).
+	err := waitFor(ctx, opt.ConvergeWithin, "every site holds every entry of its groups", func() error {
+		for i, s := range ss.sites {
+			if got := s.held[space].Load() - base[i]; got < want[i].Load() {
+				return fmt.Errorf("%s has seen %d of %d entries", s.name, got, want[i].Load())
+			}
+		}
+		at := time.Now()
+		for i, s := range ss.sites {
+			if got := countPrefix(ctx, s, entryPrefixes[space]); int64(got) < want[i].Load() {
+				return fmt.Errorf("%s holds %d of %d entries", s.name, got, want[i].Load())
+			}
+		}
+		w.Converged = at.Sub(end)
+		return nil
+	})
+	if err != nil {
+		w.Error = err.Error()
+		return w
+	}
+	w.BytesSent = ss.traffic().minus(before).all
+	return w
+}
+
+// countPrefix counts a site's keys under prefix, in every group.
+func countPrefix(ctx context.Context, s *scaleSite, prefix string) int {
+	n := 0
+	_ = s.m.Scan(ctx, prefix, func([]string, string, []byte) error { n++; return nil })
+	return n
+}
+
+// idleGroups measures what idle groups cost: new groups (site sets of
+// 2–3, one write each, seen at every member) are left idle for a window;
+// the growth of live heap and goroutines since before they existed, and
+// the crdt bytes sent during the window, are divided among them. It runs
+// on sites that have no other group yet, so all the crdt traffic is
+// theirs (what the crdt protocols sent in the 2 s before they existed,
+// none when nothing else is there, is taken off pro rata). The groups'
+// site sets are added to used.
+func (ss *scaleSites) idleGroups(ctx context.Context, rng *rand.Rand, used map[string]bool, n int, window time.Duration) *IdleFigures {
+	idle := &IdleFigures{Window: window}
+	groups := newGroups(rng, ss.names, used, n)
+	if len(groups) < n {
+		idle.Error = fmt.Sprintf("only %d unused site sets of 2–4 among %d sites, %d wanted", len(groups), len(ss.names), n)
+		if len(groups) == 0 {
+			return idle
+		}
+	}
+	const before = 2 * time.Second
+	t0 := ss.traffic()
+	if !sleepCtx(ctx, before) {
+		return idle
+	}
+	base := ss.traffic().minus(t0)
+	heap0, gor0 := liveHeapAndGoroutines()
+	var wg sync.WaitGroup
+	var lost atomic.Int64
+	sem := make(chan struct{}, 8)
+	for i, g := range groups {
+		used[groupKey(g)] = true
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if _, ok := ss.probe(ctx, idleSpace, i, g, 30*time.Second); !ok {
+				lost.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if lost.Load() > 0 {
+		idle.Error = fmt.Sprintf("%d of %d groups' first write not seen by every member within 30 s", lost.Load(), len(groups))
+	}
+	idle.Groups = len(groups)
+	for _, g := range groups {
+		idle.Members += len(g)
+	}
+	// Settle: a join pushes heads to the members for up to 3 s.
+	if !sleepCtx(ctx, 4*time.Second) {
+		return idle
+	}
+	t1 := ss.traffic()
+	if !sleepCtx(ctx, window) {
+		return idle
+	}
+	sent := ss.traffic().minus(t1).crdt - base.crdt*int64(window)/int64(before)
+	heap1, gor1 := liveHeapAndGoroutines()
+	idle.HeapPerGroupMember = (float64(heap1) - float64(heap0)) / float64(idle.Members)
+	idle.GoroutinesPerGroup = float64(gor1-gor0) / float64(idle.Groups)
+	idle.CrdtBytesPerGroupMinute = float64(sent) * float64(time.Minute) / float64(window) / float64(idle.Groups)
+	idle.heapGrowth = int64(heap1) - int64(heap0)
+	return idle
+}
+
+// firstWrites times n first writes into brand-new groups (site sets no
+// resource or earlier group used), one after the other: from the start
+// of the Put at one member until every other member's watcher delivered
+// the key. A write not seen within 5 s counts as 5 s.
+func (ss *scaleSites) firstWrites(ctx context.Context, rng *rand.Rand, used map[string]bool, n int) *FirstWriteFigures {
+	fw := &FirstWriteFigures{}
+	groups := newGroups(rng, ss.names, used, n)
+	if len(groups) < n {
+		fw.Error = fmt.Sprintf("only %d unused site sets of 2–4 among %d sites, %d wanted", len(groups), len(ss.names), n)
+	}
+	var lat []time.Duration
+	for i, g := range groups {
+		used[groupKey(g)] = true
+		d, ok := ss.probe(ctx, probeSpace, i, g, 5*time.Second)
+		if !ok {
+			fw.TimedOut++
+			d = 5 * time.Second
+		}
+		lat = append(lat, d)
+	}
+	fw.Samples = len(lat)
+	fw.P50, fw.P99 = percentile(lat, 50), percentile(lat, 99)
+	return fw
+}
+
+// probe writes one key of a space (probeSpace, idleSpace) into group at
+// its first site and returns how long until every other member's watcher
+// delivered it; false when that took longer than within.
+func (ss *scaleSites) probe(ctx context.Context, space, i int, group []string, within time.Duration) (time.Duration, bool) {
+	key := fmt.Sprintf("%s%06d", entryPrefixes[space], i)
+	w := ss.expect(key, group)
+	start := time.Now()
+	if err := ss.site(group[0]).m.Put(ctx, group, key, entry); err != nil {
+		return 0, false
+	}
+	select {
+	case <-w.done:
+		return w.last.Sub(start), true
+	case <-time.After(within):
+		return 0, false
+	case <-ctx.Done():
+		return 0, false
+	}
+}
+
+// newGroups draws n site sets that are not in used: random sets of 2
+// and 3 sites, then, when those run out (up to 40 sites), every unused
+// set of 2, 3 and 4 in random order. The writer (first site) is any
+// member.
+func newGroups(rng *rand.Rand, names []string, used map[string]bool, n int) [][]string {
+	var out [][]string
+	taken := map[string]bool{}
+	take := func(g []string) {
+		if key := groupKey(g); len(out) < n && !used[key] && !taken[key] {
+			taken[key] = true
+			out = append(out, g)
+		}
+	}
+	for range 50 * n {
+		if len(out) == n {
+			return out
+		}
+		var g []string
+		for _, p := range rng.Perm(len(names))[:min(2+rng.IntN(2), len(names))] {
+			g = append(g, names[p])
+		}
+		take(g)
+	}
+	var all [][]string
+	for k := 2; k <= min(4, len(names)) && len(names) <= 40; k++ {
+		combinations(names, k, nil, func(c []string) { all = append(all, slices.Clone(c)) })
+	}
+	rng.Shuffle(len(all), func(i, j int) { all[i], all[j] = all[j], all[i] })
+	for _, g := range all {
+		r := rng.IntN(len(g))
+		take(append(slices.Clone(g[r:]), g[:r]...))
+	}
+	return out
+}
+
+// combinations calls fn with every k-subset of names, in order (fn
+// must copy it to keep it).
+func combinations(names []string, k int, prefix []string, fn func([]string)) {
+	if len(prefix) == k {
+		fn(prefix)
+		return
+	}
+	for i := range names {
+		combinations(names[i+1:], k, append(prefix, names[i]), fn)
+	}
+}
+
+// liveHeapAndGoroutines returns the heap the last collection found live
+// (runtime/metrics /gc/heap/live:bytes, which leaves out what was
+// allocated since: HeapAlloc after a forced collection moved by ±100 MiB
+// between idle windows of 20 sites) and the goroutines, the smallest of
+// two collections each.
+func liveHeapAndGoroutines() (uint64, int) {
+	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	var heap uint64
+	gor := 0
+	for i := range 2 {
+		runtime.GC()
+		metrics.Read(sample)
+		h, g := sample[0].Value.Uint64(), runtime.NumGoroutine()
+		if i == 0 || h < heap {
+			heap = h
+		}
+		if i == 0 || g < gor {
+			gor = g
+		}
+	}
+	return heap, gor
+}
+
+// sleepCtx waits d, or less when ctx ends (false).
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(d):
+		return true
+	}
+}
