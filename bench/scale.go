@@ -214,7 +214,8 @@ func RunScale(ctx context.Context, env Env, opt ScaleOptions) (*ScaleResult, err
 		return nil, errors.New("scale starts up to 100 in-process sites and its own agent processes; it cannot run against --agents")
 	}
 	res := &ScaleResult{Setup: "in-process sites (libp2p on loopback, pebble, default probe settings), scopes of 2–3 random sites, " +
-		"two catalog entries per resource written as one batch by a site of its scope, every site writing at once",
+		"two catalog entries per resource written as one batch by a site of its scope, every site writing at once, " +
+		"groups asleep after " + scaleIdleAfter.String() + " idle (30s by default)",
 		Processes: 1, CPUs: runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0), Options: opt}
 	for _, cs := range opt.Cases {
 		env.Log.Info("scale case", "sites", cs.Sites, "resources", cs.Resources)

@@ -124,7 +124,6 @@ func startScaleSites(ctx context.Context, dir string, names []string, formWithin
 		nc := node.DefaultConfig()
 		nc.Site, nc.DataDir, nc.Trust, nc.Peers = n, filepath.Join(dir, n), trust, boot
 		nc.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
-		nc.TopicAccess = crdt.TopicAllows
 		nc.Logger = quiet
 		bw := newScaleCounter()
 		nc.Bandwidth = bw
@@ -139,8 +138,9 @@ func startScaleSites(ctx context.Context, dir string, names []string, formWithin
 		}
 		reg := prometheus.NewRegistry()
 		cc := crdt.DefaultConfig()
-		cc.Host, cc.PubSub, cc.Datastore, cc.Self, cc.Resolve, cc.Logger = nd.Host(), nd.PubSub(), store, n, nd.PeerOf, quiet
+		cc.Host, cc.Datastore, cc.Self, cc.Resolve, cc.Logger = nd.Host(), store, n, nd.PeerOf, quiet
 		cc.Registerer = reg
+		cc.IdleAfter = scaleIdleAfter
 		m, err := crdt.NewManager(ctx, cc)
 		if err != nil {
 			nd.Close()
@@ -191,6 +191,11 @@ func startScaleSites(ctx context.Context, dir string, names []string, formWithin
 }
 
 // seen records that site applied the probe key.
+// scaleIdleAfter is how long a group stays awake after its last use in
+// these runs (30 s by default): short, so that the idle figures are taken
+// within the profile's time.
+const scaleIdleAfter = 5 * time.Second
+
 func (ss *scaleSites) seen(site, key string) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()

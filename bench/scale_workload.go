@@ -164,8 +164,16 @@ func (ss *scaleSites) idleGroups(ctx context.Context, rng *rand.Rand, used map[s
 	for _, g := range groups {
 		idle.Members += len(g)
 	}
-	// Settle: a join pushes heads to the members for up to 3 s.
-	if !sleepCtx(ctx, 4*time.Second) {
+	// Settle: every group asleep at every member (IdleAfter after its
+	// last use) and the links idle.
+	asleepBy := time.Now().Add(2*scaleIdleAfter + 30*time.Second)
+	for ss.awake() > 0 {
+		if time.Now().After(asleepBy) || !sleepCtx(ctx, 200*time.Millisecond) {
+			idle.Error = fmt.Sprintf("%d groups still awake %v after the writes", ss.awake(), 2*scaleIdleAfter+30*time.Second)
+			break
+		}
+	}
+	if !sleepCtx(ctx, 11*time.Second) { // links close after 10 s idle
 		return idle
 	}
 	t1 := ss.traffic()
@@ -179,6 +187,15 @@ func (ss *scaleSites) idleGroups(ctx context.Context, rng *rand.Rand, used map[s
 	idle.CrdtBytesPerGroupMinute = float64(sent) * float64(time.Minute) / float64(window) / float64(idle.Groups)
 	idle.heapGrowth = int64(heap1) - int64(heap0)
 	return idle
+}
+
+// awake counts the open group replicas of every site.
+func (ss *scaleSites) awake() int {
+	n := 0
+	for _, s := range ss.sites {
+		n += s.m.Awake()
+	}
+	return n
 }
 
 // firstWrites times n first writes into brand-new groups (site sets no

@@ -472,6 +472,17 @@ func (m *Manager) Groups() []*Group {
 	return out
 }
 
+// Awake counts the groups whose replica is open (the others sleep).
+func (m *Manager) Awake() int {
+	n := 0
+	for _, g := range m.Groups() {
+		if g.awake() != nil {
+			n++
+		}
+	}
+	return n
+}
+
 // Leave closes the group of sites and drops its data from this site.
 func (m *Manager) Leave(ctx context.Context, sites []string) error {
 	name, _, err := groupName(sites)

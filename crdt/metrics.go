@@ -90,6 +90,7 @@ type groupCollector struct{ m *Manager }
 
 var (
 	descGroups = prometheus.NewDesc("cheops_crdt_groups", "Replication groups this site has joined.", nil, nil)
+	descAwake  = prometheus.NewDesc("cheops_crdt_groups_awake", "Joined groups whose replica is open (the others sleep: no goroutine, no timer).", nil, nil)
 	descHeads  = prometheus.NewDesc("cheops_crdt_group_heads", "Heads of the group's DAG (more than one: concurrent writes not merged yet).", []string{"group"}, nil)
 	descHeight = prometheus.NewDesc("cheops_crdt_group_height", "Highest DAG height of the group.", []string{"group"}, nil)
 	descQueued = prometheus.NewDesc("cheops_crdt_group_queued_jobs", "DAG blocks queued for processing in the group.", []string{"group"}, nil)
@@ -99,6 +100,7 @@ var (
 
 func (c groupCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descGroups
+	ch <- descAwake
 	ch <- descHeads
 	ch <- descHeight
 	ch <- descQueued
@@ -111,6 +113,7 @@ func (c groupCollector) Collect(ch chan<- prometheus.Metric) {
 	defer cancel()
 	groups := c.m.Groups()
 	ch <- prometheus.MustNewConstMetric(descGroups, prometheus.GaugeValue, float64(len(groups)))
+	ch <- prometheus.MustNewConstMetric(descAwake, prometheus.GaugeValue, float64(c.m.Awake()))
 	for _, g := range groups {
 		st := g.stats(ctx)
 		ch <- prometheus.MustNewConstMetric(descHeads, prometheus.GaugeValue, float64(len(st.heads)), g.name)

@@ -20,7 +20,7 @@ func chromium(t *testing.T) string {
 }
 
 // headless runs Chromium on a page with the flags this machine needs and
-// stops it after four seconds, time for the page's scripts to fetch and
+// stops it after eight seconds, time for the page's scripts to fetch and
 // render (a virtual-time budget never ends: the page keeps an event stream
 // open). Chromium under a loaded machine sometimes crashes or renders
 // nothing in time: the error is returned for the caller's retry loop.
@@ -30,7 +30,7 @@ func headless(t *testing.T, bin string, args ...string) ([]byte, error) {
 	defer cancel()
 	base := []string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
 		"--disable-background-networking", "--disable-component-update", "--disable-sync",
-		"--user-data-dir=" + t.TempDir(), "--timeout=4000", "--window-size=1200,800"}
+		"--user-data-dir=" + t.TempDir(), "--timeout=8000", "--window-size=1200,800"}
 	out, err := exec.CommandContext(ctx, bin, append(base, args...)...).Output()
 	if err != nil {
 		return nil, fmt.Errorf("chromium %v: %w", args, err)
@@ -39,12 +39,12 @@ func headless(t *testing.T, bin string, args ...string) ([]byte, error) {
 }
 
 // renders loads url in Chromium until the rendered page holds every
-// string of want, within a minute (the page's scripts may still be
+// string of want, within 150 s (the page's scripts may still be
 // fetching when Chromium dumps it, and Chromium may crash under load).
 func renders(t *testing.T, bin, url string, want []string) string {
 	t.Helper()
 	var dom string
-	testkit.Eventually(t, 60*time.Second, "the page at "+url+" shows what it should", func() error {
+	testkit.Eventually(t, 150*time.Second, "the page at "+url+" shows what it should", func() error {
 		out, err := headless(t, bin, "--dump-dom", url)
 		if err != nil {
 			return err
