@@ -75,7 +75,7 @@ e2e:
 e2e-k8s:
 	contrib/k8s/build.sh >/dev/null
 	$(GO) build -o bin/testsummary ./contrib/testsummary
-	set -o pipefail; CHEOPS_K8S=1 $(GO) test -race -count=1 -timeout 15m -json ./forward/kube | bin/testsummary -progress
+	set -o pipefail; CHEOPS_K8S=1 $(GO) test -race -count=1 -timeout 15m -json ./test/k8s | bin/testsummary -progress
 
 # Real OpenStack Glance sites (Debian's glance-api, no Keystone), one per
 # site, behind three agents, driven with the openstack CLI
