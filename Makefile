@@ -65,7 +65,7 @@ test: check-deps vet unit
 # otherwise.
 e2e:
 	$(GO) build -o bin/testsummary ./contrib/testsummary
-	set -o pipefail; CHEOPS_FAULTS=1 $(GO) test -count=1 -timeout 15m -json ./faults | bin/testsummary -progress
+	set -o pipefail; CHEOPS_FAULTS=1 $(GO) test -count=1 -timeout 15m -json ./test/faults | bin/testsummary -progress
 
 # Real Kubernetes API servers, one per site, behind three agents, driven
 # with plain kubectl (docs/kubernetes.md). Builds kube-apiserver,
