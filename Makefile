@@ -65,7 +65,7 @@ test: check-deps vet unit
 # otherwise.
 e2e:
 	$(GO) build -o bin/testsummary ./contrib/testsummary
-	set -o pipefail; CHEOPS_FAULTS=1 $(GO) test -count=1 -timeout 15m -json ./faults | bin/testsummary -progress
+	set -o pipefail; CHEOPS_FAULTS=1 $(GO) test -count=1 -timeout 15m -json ./test/faults | bin/testsummary -progress
 
 # Real Kubernetes API servers, one per site, behind three agents, driven
 # with plain kubectl (docs/kubernetes.md). Builds kube-apiserver,
@@ -75,7 +75,7 @@ e2e:
 e2e-k8s:
 	contrib/k8s/build.sh >/dev/null
 	$(GO) build -o bin/testsummary ./contrib/testsummary
-	set -o pipefail; CHEOPS_K8S=1 $(GO) test -race -count=1 -timeout 15m -json ./kube | bin/testsummary -progress
+	set -o pipefail; CHEOPS_K8S=1 $(GO) test -race -count=1 -timeout 15m -json ./test/k8s | bin/testsummary -progress
 
 # Real OpenStack Glance sites (Debian's glance-api, no Keystone), one per
 # site, behind three agents, driven with the openstack CLI

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"cheops/agent/ui"
 	"cheops/catalog"
 	"cheops/crdt"
 	"cheops/errcode"
@@ -26,7 +27,6 @@ import (
 	"cheops/glance"
 	"cheops/node"
 	"cheops/replica"
-	"cheops/ui"
 )
 
 // DefaultAPI is where the agent's HTTP API listens unless told otherwise.

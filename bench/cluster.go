@@ -19,8 +19,8 @@ import (
 	"syscall"
 	"time"
 
+	"cheops/bench/wan"
 	"cheops/node"
-	"cheops/wan"
 )
 
 // ClusterOptions configures a deployment of agent processes on this

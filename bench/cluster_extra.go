@@ -16,7 +16,7 @@ import (
 	"sync"
 	"time"
 
-	"cheops/wan"
+	"cheops/bench/wan"
 )
 
 // ensureCommand returns the path of the executable bin, or an error that

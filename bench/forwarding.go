@@ -29,7 +29,7 @@ import (
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
 
-	"cheops/wan"
+	"cheops/bench/wan"
 )
 
 // Latency summarises the successful requests of one kind on one path, in

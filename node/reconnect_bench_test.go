@@ -10,8 +10,8 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"cheops/bench/wan"
 	"cheops/scope"
-	"cheops/wan"
 )
 
 // BenchmarkReconnectAfterHeal measures, over the emulated WAN, the time

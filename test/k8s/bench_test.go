@@ -1,4 +1,4 @@
-package kube_test
+package k8s
 
 import (
 	"bytes"
@@ -48,7 +48,7 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 // over libp2p; then kubectl get, a whole process, direct and through the
 // local agent.
 //
-//	CHEOPS_K8S=1 go test -run '^$' -bench KubeGet -benchtime 300x ./kube
+//	CHEOPS_K8S=1 go test -run '^$' -bench KubeGet -benchtime 300x ./test/k8s
 func BenchmarkKubeGet(b *testing.B) {
 	w := newWorld(b, "a", "b")
 	if status, body, err := w.agentDo("a", "{kube: a & b}", "POST", "/api/v1/namespaces", []byte(`{"metadata":{"name":"web"}}`)); err != nil || status != http.StatusCreated {
@@ -112,7 +112,7 @@ func BenchmarkKubeGet(b *testing.B) {
 // to c's API server listing all 100 (the attach answers once every copy
 // is made and recorded).
 //
-//	CHEOPS_K8S=1 go test -run '^$' -bench Attach100 -benchtime 1x ./kube
+//	CHEOPS_K8S=1 go test -run '^$' -bench Attach100 -benchtime 1x ./test/k8s
 func BenchmarkAttach100ConfigMaps(b *testing.B) {
 	const count = 100
 	w := newWorld(b, "a", "c")

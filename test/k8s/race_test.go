@@ -1,4 +1,4 @@
-package kube_test
+package k8s
 
 import (
 	"cheops/internal/testkit"
