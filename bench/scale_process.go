@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"cheops/node"
-	"cheops/wan"
+	"cheops/bench/wan"
 )
 
 // ScaleProcessCase sizes the process-level check: agent processes on
