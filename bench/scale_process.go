@@ -13,8 +13,8 @@ import (
 	"sync"
 	"time"
 
-	"cheops/node"
 	"cheops/bench/wan"
+	"cheops/node"
 )
 
 // ScaleProcessCase sizes the process-level check: agent processes on
