@@ -3,11 +3,13 @@ package testkit
 import (
 	"bytes"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -37,19 +39,33 @@ func Eventually(t testing.TB, within time.Duration, what string, cond func() err
 	}
 }
 
-// FreePort returns a TCP port of 127.0.0.1 that is free now. Another
-// process may take it before the caller listens on it: where a program
-// takes port 0 and says which port it got, prefer that.
+// FreePort returns a loopback TCP port free at the time of the call,
+// drawn at random below the kernel's ephemeral range (Linux: 32768 and
+// up). A port the kernel hands out for ":0" can be handed again to any
+// other test's socket as soon as it is closed, so a test that stops an
+// agent and starts it again on the same port could find it taken (seen:
+// a restarted agent's listener refused with "address already in use");
+// the kernel never hands these out on its own.
 func FreePort(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 200 {
+		port := strconv.Itoa(freePortLow + rand.IntN(freePortHigh-freePortLow))
+		l, err := net.Listen("tcp", "127.0.0.1:"+port)
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return port
 	}
-	defer l.Close()
-	_, port, _ := net.SplitHostPort(l.Addr().String())
-	return port
+	t.Fatal("testkit: no free port below the ephemeral range after 200 tries")
+	return ""
 }
+
+// The range FreePort draws from: under Linux's ephemeral range.
+const (
+	freePortLow  = 20000
+	freePortHigh = 32000
+)
 
 var binary struct {
 	once sync.Once

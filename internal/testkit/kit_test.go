@@ -3,6 +3,7 @@ package testkit
 import (
 	"errors"
 	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -31,11 +32,17 @@ func TestEventually(t *testing.T) {
 }
 
 func TestFreePort(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:"+FreePort(t))
+	port := FreePort(t)
+	l, err := net.Listen("tcp", "127.0.0.1:"+port)
 	if err != nil {
 		t.Fatal(err)
 	}
 	l.Close()
+	// Below the kernel's ephemeral range: no ":0" socket of another test
+	// can be handed this port.
+	if n, _ := strconv.Atoi(port); n < freePortLow || n >= freePortHigh {
+		t.Fatalf("port %s outside [%d, %d)", port, freePortLow, freePortHigh)
+	}
 }
 
 func TestBufferConcurrent(t *testing.T) {
