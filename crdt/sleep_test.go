@@ -166,7 +166,16 @@ func TestSleepingGroupsAfterRestart(t *testing.T) {
 		}
 	}
 	eventually(t, 10*time.Second, "b holds the writes", func() error { return hasValue(n.sites["b"], ab, "/k/9", "v") })
-	before := n.sites["b"].m.group("a,b").headsDigest(ctx)
+	// go-ds-crdt shows a merged value before it records the new head:
+	// wait for b's heads to be a's.
+	var before string
+	eventually(t, 10*time.Second, "b's heads are a's", func() error {
+		before = n.sites["b"].m.group("a,b").headsDigest(ctx)
+		if theirs := n.sites["a"].m.group("a,b").headsDigest(ctx); before != theirs {
+			return fmt.Errorf("b %s, a %s", before, theirs)
+		}
+		return nil
+	})
 
 	// A clean restart loads the group asleep; a scan finds everything and
 	// leaves it asleep; the heads are the same.
