@@ -579,6 +579,9 @@ func (f *Forwarder) serveLocal(w http.ResponseWriter, req *request) {
 		return
 	}
 	if err := f.readHere(w, req, path); err != nil {
+		// The application could not be reached: the requester may read
+		// from another site (readThere, execute).
+		w.Header().Set(HeaderOutcome, catalog.OutcomePending)
 		f.reply(w, result{site: f.cfg.Membership.Site(), err: err}, "", nil)
 	}
 }
@@ -608,7 +611,17 @@ func (f *Forwarder) readHere(w http.ResponseWriter, req *request, path string) e
 	if pool := f.reads[req.svc.Name]; pool != nil && len(req.body) == 0 {
 		resp, err = pool.roundTrip(req.r.Context(), out)
 	} else {
-		resp, err = f.clientOf(req.svc, false).Do(out)
+		// SiteTimeout bounds the answer until its head, as the pool
+		// does; the body may take as long as the client reads it (an
+		// image of any size).
+		ctx, cancel := context.WithCancel(req.r.Context())
+		defer cancel()
+		late := time.AfterFunc(f.cfg.SiteTimeout, cancel)
+		resp, err = f.clientOf(req.svc, true).Do(out.WithContext(ctx))
+		if !late.Stop() && err == nil {
+			resp.Body.Close()
+			err = fmt.Errorf("no answer within %v", f.cfg.SiteTimeout)
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("application of %s: %w", self, err)

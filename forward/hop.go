@@ -2,7 +2,6 @@ package forward
 
 import (
 	"bufio"
-	"cheops/errcode"
 	"context"
 	"errors"
 	"fmt"
@@ -15,6 +14,9 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
+
+	"cheops/catalog"
+	"cheops/errcode"
 )
 
 // The remote hop.
@@ -189,13 +191,15 @@ func (f *Forwarder) serveHop(w http.ResponseWriter, r *http.Request, site string
 	f.serveLocal(w, req)
 }
 
-// readThere runs a read on another site and passes its answer to the
-// client as it arrives. It returns an error, having written nothing,
-// when the site could not be reached or did not answer; the request may
-// then be tried elsewhere (a read is harmless to repeat).
-func (f *Forwarder) readThere(w http.ResponseWriter, req *request, site string) error {
+// readThere runs a read of path (inside the service, with its query) on
+// another site and passes its answer to the client as it arrives. It
+// returns an error, having written nothing, when the site could not be
+// reached, did not answer, or answered that its application could not
+// be reached (HeaderOutcome pending); the request may then be tried
+// elsewhere (a read is harmless to repeat).
+func (f *Forwarder) readThere(w http.ResponseWriter, req *request, site, path string) error {
 	ctx := req.r.Context()
-	out, err := http.NewRequestWithContext(ctx, req.r.Method, "http://cheops/svc/"+req.svc.Name+req.rawPath, http.NoBody)
+	out, err := http.NewRequestWithContext(ctx, req.r.Method, "http://cheops/svc/"+req.svc.Name+path, http.NoBody)
 	if err != nil {
 		return err
 	}
@@ -216,6 +220,10 @@ func (f *Forwarder) readThere(w http.ResponseWriter, req *request, site string) 
 	}
 	defer s.Close()
 	defer resp.Body.Close()
+	if resp.Header.Get(HeaderOutcome) == catalog.OutcomePending {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+		return fmt.Errorf("site %s: %s", site, strings.TrimSpace(string(msg)))
+	}
 	resp.Header.Del(HeaderOutcome)
 	resp.Header.Del(HeaderLocalID)
 	h := w.Header()

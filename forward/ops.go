@@ -144,6 +144,10 @@ func (f *Forwarder) onResource(w http.ResponseWriter, req *request, res catalog.
 			errcode.Write(w, http.StatusServiceUnavailable, "unreachable", fmt.Sprintf("no reachable site holds %s", res.ID))
 			return
 		}
+		if f.streamsRead(req) {
+			f.readHolders(w, req, res.ID, holders, pathFor)
+			return
+		}
 		var last result
 		for _, s := range holders {
 			last = f.execute(ctx, s, req, req.r.Method, pathFor(s), nil)
@@ -185,6 +189,35 @@ func (f *Forwarder) onResource(w http.ResponseWriter, req *request, res catalog.
 		}
 		f.reply(w, answer, res.ID, outcomes)
 	}
+}
+
+// streamsRead reports a read of a resource whose answer is passed on as
+// it arrives, never held: a GET or HEAD of a client-named service, whose
+// answers the agent does not rewrite (an image's data, of any size).
+func (f *Forwarder) streamsRead(req *request) bool {
+	m := req.r.Method
+	return req.svc.Routes != nil && (m == http.MethodGet || m == http.MethodHead)
+}
+
+// readHolders serves a read of a resource from the first of its holders
+// (nearest first) that answers, streamed (readHere, readThere); a holder
+// that cannot be reached, or whose application cannot, is skipped
+// (HeaderFallback names it).
+func (f *Forwarder) readHolders(w http.ResponseWriter, req *request, id string, holders []string, pathFor func(site string) string) {
+	var err error
+	w.Header().Set(HeaderResource, id)
+	for _, s := range holders {
+		if s == f.cfg.Membership.Site() {
+			err = f.readHere(w, req, pathFor(s))
+		} else {
+			err = f.readThere(w, req, s, pathFor(s))
+		}
+		if err == nil {
+			return
+		}
+		f.fallBack(w, req, s, err)
+	}
+	errcode.Write(w, http.StatusBadGateway, "site_failed", fmt.Sprintf("no holder of %s could answer: %s", id, req.fallbackHeader()))
 }
 
 // crossRead reads a collection on several sites and returns the union,
@@ -273,7 +306,7 @@ func (f *Forwarder) plain(w http.ResponseWriter, req *request, plan *scope.Plan)
 					continue
 				}
 				// Passed on as it arrives (readThere).
-				err := f.readThere(w, req, s)
+				err := f.readThere(w, req, s, req.rawPath)
 				if err == nil {
 					return
 				}

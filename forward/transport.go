@@ -77,6 +77,11 @@ func (f *Forwarder) serveStream(s network.Stream) {
 	}
 	hw := newHopWriter(s, req.Method)
 	if isPlainHop(req) {
+		// The request has arrived; its answer may take as long as the
+		// requester reads it (an image of any size): the application's
+		// timeout bounds the answer until its head, and the requester
+		// resets the stream when its client goes away.
+		_ = s.SetWriteDeadline(time.Time{})
 		f.serveHop(hw, req.WithContext(context.Background()), site)
 	} else {
 		f.serve(hw, req.WithContext(context.Background()), site)

@@ -109,7 +109,9 @@ func NewData(cfg DataConfig) (*Data, error) {
 	}
 	d.log = d.log.With("component", "glance-data", "service", cfg.Service, "site", cfg.Membership.Site())
 	if d.client == nil {
-		d.client = &http.Client{}
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.WriteBufferSize, tr.ReadBufferSize = chunk, chunk
+		d.client = &http.Client{Transport: tr}
 	}
 	cfg.Host.SetStreamHandler(DataProtocol, d.serveStream)
 	ctx, stop := context.WithCancel(context.Background())
@@ -481,7 +483,12 @@ func (d *Data) sendRemote(ctx context.Context, p peer.ID, id string, h http.Head
 	}
 	req.Header = h
 	req.ContentLength = n
-	if err := req.Write(s); err != nil {
+	bw := bufio.NewWriterSize(s, chunk) // Request.Write would wrap s in 4 KiB
+	err = req.Write(bw)
+	if err == nil {
+		err = bw.Flush()
+	}
+	if err != nil {
 		s.Reset()
 		return outcome{err: fmt.Errorf("glance: send the data: %w", err)}
 	}
@@ -497,6 +504,11 @@ func (d *Data) sendRemote(ctx context.Context, p peer.ID, id string, h http.Head
 	return outcome{status: resp.StatusCode, header: resp.Header, body: data}
 }
 
+// chunk is the size of the writes and reads image data crosses a
+// stream or a connection in: one yamux frame of 64 KiB, not net/http's
+// default of 4 KiB (sixteen frames, each encrypted and sent on its own).
+const chunk = 64 << 10
+
 // streamIdle bounds the wait for the first bytes of a data stream.
 const streamIdle = 30 * time.Second
 
@@ -511,7 +523,7 @@ func (d *Data) serveStream(s network.Stream) {
 		return
 	}
 	_ = s.SetReadDeadline(time.Now().Add(streamIdle))
-	req, err := http.ReadRequest(bufio.NewReader(s))
+	req, err := http.ReadRequest(bufio.NewReaderSize(s, chunk))
 	if err != nil {
 		d.log.Warn("malformed image data request", "from", site, "err", err)
 		s.Reset()

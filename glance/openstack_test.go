@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -40,10 +41,17 @@ var logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level:
 // Named scopes every agent of the tests defines: the openstack CLI takes
 // a base URL and cannot carry percent signs.
 var names = map[string]string{
-	"ab":  "{glance: a & b}",
-	"abc": "{glance: a & b & c}",
-	"c":   "{glance: c}",
+	"ab":     "{glance: a & b}",
+	"abc":    "{glance: a & b & c}",
+	"c":      "{glance: c}",
+	"aorb":   "{glance: a | b}",
+	"athenb": "{glance: a ; b}",
 }
+
+// bodyLimit is the agents' --max-body in these tests, far below the
+// images' sizes: image data that went through a buffered path (a body
+// or an answer read whole) would be refused.
+const bodyLimit = 1 << 20
 
 // world is three Glance sites, each behind its own agent.
 type world struct {
@@ -52,6 +60,7 @@ type world struct {
 	agents map[string]*agent.Agent
 	cfgs   map[string]agent.Config
 	dir    string
+	sites  string // the Glance sites' directory (glance-sites.sh start)
 }
 
 func requireOpenStack(t testing.TB) {
@@ -104,9 +113,9 @@ func newWorld(t testing.TB) *world {
 	w := &world{t: t, glance: map[string]string{}, agents: map[string]*agent.Agent{}, cfgs: map[string]agent.Config{}, dir: t.TempDir()}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	sitesDir := filepath.Join(w.dir, "glance")
-	out, err := exec.CommandContext(ctx, script(), "start", sitesDir, "3", fmt.Sprint(freeBase(t, 3))).CombinedOutput()
-	t.Cleanup(func() { exec.Command(script(), "stop", sitesDir).Run() })
+	w.sites = filepath.Join(w.dir, "glance")
+	out, err := exec.CommandContext(ctx, script(), "start", w.sites, "3", fmt.Sprint(freeBase(t, 3))).CombinedOutput()
+	t.Cleanup(func() { exec.Command(script(), "stop", w.sites).Run() })
 	if err != nil {
 		t.Fatalf("start the Glance sites: %v\n%s", err, out)
 	}
@@ -140,6 +149,7 @@ func newWorld(t testing.TB) *world {
 		// assert that every replica ran it, so wait for them (the
 		// default deadline, max(50 ms, 4 RTT), would answer them pending).
 		cfg.ReplicaWait = 10 * time.Second
+		cfg.MaxBody = bodyLimit
 		svc, err := forward.NewService("glance", w.glance[s])
 		if err != nil {
 			t.Fatal(err)
@@ -161,10 +171,17 @@ func newWorld(t testing.TB) *world {
 			}
 		}
 	})
-	testkit.Eventually(t, 30*time.Second, "sites up", func() error {
+	w.waitAllUp()
+	return w
+}
+
+// waitAllUp waits until every agent sees every other up.
+func (w *world) waitAllUp() {
+	w.t.Helper()
+	testkit.Eventually(w.t, 30*time.Second, "sites up", func() error {
 		for a, ag := range w.agents {
 			if ag == nil {
-				continue
+				return fmt.Errorf("%s's agent is stopped", a)
 			}
 			for b := range w.agents {
 				if st := ag.Node().View().Sites[b].State; a != b && st != scope.Up {
@@ -174,13 +191,33 @@ func newWorld(t testing.TB) *world {
 		}
 		return nil
 	})
-	return w
 }
 
-// start starts a site's agent (again).
+// waitCatalog waits until each site's catalog holds the image.
+func (w *world) waitCatalog(id string, sites ...string) {
+	w.t.Helper()
+	for _, s := range sites {
+		testkit.Eventually(w.t, 30*time.Second, s+"'s catalog holds the image", func() error {
+			if _, ok := w.agents[s].Catalog().LookupLocal("glance", s, glance.Images+"/"+id); !ok {
+				return fmt.Errorf("not yet")
+			}
+			return nil
+		})
+	}
+}
+
+// start starts a site's agent (again): it dials the agents running now
+// (a restarted agent listens on a new port, so the others cannot dial
+// it).
 func (w *world) start(site string) {
 	w.t.Helper()
-	a, err := agent.Start(context.Background(), w.cfgs[site])
+	cfg := w.cfgs[site]
+	for name, a := range w.agents {
+		if a != nil && name != site {
+			cfg.Node.Peers = append(slices.Clone(cfg.Node.Peers), a.Node().Addrs()[:1]...)
+		}
+	}
+	a, err := agent.Start(context.Background(), cfg)
 	if err != nil {
 		w.t.Fatalf("start agent %s: %v", site, err)
 	}
@@ -191,6 +228,21 @@ func (w *world) start(site string) {
 func (w *world) stop(site string) {
 	w.agents[site].Close()
 	w.agents[site] = nil
+}
+
+// stopGlance stops a site's Glance; its agent runs on.
+func (w *world) stopGlance(site string) {
+	w.t.Helper()
+	if out, err := exec.Command(script(), "stop", w.sites, site).CombinedOutput(); err != nil {
+		w.t.Fatalf("stop Glance %s: %v\n%s", site, err, out)
+	}
+	testkit.Eventually(w.t, 30*time.Second, "Glance "+site+" stopped", func() error {
+		if resp, err := http.Get(w.glance[site] + "/v2/images"); err == nil {
+			resp.Body.Close()
+			return fmt.Errorf("it answers %d", resp.StatusCode)
+		}
+		return nil
+	})
 }
 
 // waitState waits until every running agent sees site in state.
@@ -256,6 +308,82 @@ func get(t testing.TB, url string) string {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
+}
+
+// writeImage writes n random bytes to name in the world's directory and
+// returns their MD5 (Glance's checksum).
+func (w *world) writeImage(name string, n int) string {
+	w.t.Helper()
+	data := make([]byte, n)
+	rand.Read(data)
+	if err := os.WriteFile(filepath.Join(w.dir, name), data, 0o644); err != nil {
+		w.t.Fatal(err)
+	}
+	return fmt.Sprintf("%x", md5.Sum(data))
+}
+
+// fileSum is the MD5 of a file in the world's directory.
+func (w *world) fileSum(name string) string {
+	w.t.Helper()
+	f, err := os.Open(filepath.Join(w.dir, name))
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	defer f.Close()
+	h := md5.New()
+	if _, err := io.Copy(h, f); err != nil {
+		w.t.Fatal(err)
+	}
+	return fmt.Sprintf("%x", h.Sum(nil))
+}
+
+// create creates an image with the openstack CLI, its data from file (in
+// the world's directory; none when ""), and returns its id.
+func (w *world) create(endpoint, name, file string) string {
+	w.t.Helper()
+	args := []string{"image", "create", "--disk-format", "raw", "--container-format", "bare", name, "-f", "json"}
+	if file != "" {
+		args = append(args, "--file", file)
+	}
+	out := w.openstack(endpoint, args...)
+	var created struct {
+		ID string `json:"id"`
+	}
+	if err := json.Unmarshal([]byte(out), &created); err != nil || created.ID == "" {
+		w.t.Fatalf("image create: %v\n%s", err, out)
+	}
+	return created.ID
+}
+
+// waitActive waits until each site's Glance holds the image active with
+// the checksum.
+func (w *world) waitActive(id, sum string, sites ...string) {
+	w.t.Helper()
+	for _, s := range sites {
+		testkit.Eventually(w.t, 60*time.Second, "image active on "+s, func() error {
+			code, im := w.direct(s, id)
+			if code != http.StatusOK || im["status"] != "active" || im["checksum"] != sum {
+				return fmt.Errorf("%s: %d %v", s, code, im)
+			}
+			return nil
+		})
+	}
+}
+
+// download GETs url and returns the answer's status and headers and its
+// body's MD5, read as it arrives.
+func download(t testing.TB, url string) (int, http.Header, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	h := md5.New()
+	if _, err := io.Copy(h, resp.Body); err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	return resp.StatusCode, resp.Header, fmt.Sprintf("%x", h.Sum(nil))
 }
 
 // The openstack CLI, unchanged, through three agents: an image created
@@ -373,10 +501,18 @@ func TestOpenStackCLI(t *testing.T) {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("attach to c: %d %s", resp.StatusCode, body)
 	}
-	testkit.Eventually(t, 60*time.Second, "c serves the image with its data", func() error {
+	testkit.Eventually(t, 60*time.Second, "c's Glance holds the image with its data", func() error {
 		code, im := w.direct("c", id)
 		if code != http.StatusOK || im["status"] != "active" || im["checksum"] != sum || im["color"] != "blue" {
 			return fmt.Errorf("c: %d %v", code, im)
+		}
+		return nil
+	})
+	// c's agent, without a scope, serves it from c's Glance.
+	testkit.Eventually(t, 30*time.Second, "c's agent serves the image's data from c", func() error {
+		code, h, got := download(t, w.agents["c"].URL()+"/svc/glance/v2/images/"+id+"/file")
+		if code != http.StatusOK || got != sum || h.Get(forward.HeaderSite) != "c" {
+			return fmt.Errorf("%d from %q, md5 %s", code, h.Get(forward.HeaderSite), got)
 		}
 		return nil
 	})
@@ -441,5 +577,124 @@ func TestOpenStackReplicaAway(t *testing.T) {
 	json.Unmarshal([]byte(get(t, w.glance["b"]+"/v2/images?name=away")), &list)
 	if len(list.Images) != 1 {
 		t.Fatalf("b holds %d images named away", len(list.Images))
+	}
+}
+
+// A 64 MiB image, 64 times the agents' body limit, goes through the
+// agents as a stream, never held whole: created with its data on a & b
+// through a's agent with the openstack CLI, it is active on both with
+// the file's checksum, and `image save` writes the same bytes through
+// a's agent (a holder: from its Glance), b's with {glance: a | b} (a
+// holder too) and c's (no copy: from a holder's, through the hop).
+func TestOpenStackLargeImage(t *testing.T) {
+	w := newWorld(t)
+	sum := w.writeImage("big.raw", 64<<20+13)
+	id := w.create(w.endpoint("a", "ab"), "big", "big.raw")
+	w.waitActive(id, sum, "a", "b")
+	for _, via := range []struct{ site, name string }{{"a", "ab"}, {"b", "aorb"}, {"c", "ab"}} {
+		out := "saved-" + via.site + ".raw"
+		w.openstack(w.endpoint(via.site, via.name), "image", "save", "--file", out, id)
+		if got := w.fileSum(out); got != sum {
+			t.Fatalf("image save through %s's agent with %s: md5 %s, want %s", via.site, names[via.name], got, sum)
+		}
+		os.Remove(filepath.Join(w.dir, out))
+	}
+	code, h, got := download(t, w.endpoint("c", "ab")+"/v2/images/"+id+"/file")
+	if served := h.Get(forward.HeaderSite); code != http.StatusOK || got != sum || (served != "a" && served != "b") {
+		t.Fatalf("GET the data through c: %d from %q, md5 %s", code, served, got)
+	}
+}
+
+// Reads with '|' and ';': an image on a & b is read (its metadata and its
+// data) with {glance: a | b} and {glance: a ; b}. Through a holder's
+// agent the catalog knows the image and the nearest holder serves it:
+// the agent's own Glance. Through c's agent (no copy, no catalog entry)
+// the scope places the read: a for 'a ; b', a or b for 'a | b'. With a's
+// agent down, then with a's Glance down (its agent up), every read is
+// served by b, with the same data.
+func TestOpenStackReadAlternatives(t *testing.T) {
+	w := newWorld(t)
+	sum := w.writeImage("alt.raw", 2<<20+5)
+	id := w.create(w.endpoint("a", "ab"), "alt", "alt.raw")
+	w.waitActive(id, sum, "a", "b")
+
+	w.waitCatalog(id, "a", "b")
+
+	// read reads the image's metadata and data through site's agent with
+	// a named scope and returns who served each and the sites the data
+	// read fell back from.
+	read := func(site, name string) (string, string, string) {
+		t.Helper()
+		base := w.endpoint(site, name) + "/v2/images/" + id
+		resp, err := http.Get(base)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var im map[string]any
+		json.NewDecoder(resp.Body).Decode(&im)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || im["checksum"] != sum {
+			t.Fatalf("GET the image through %s with %s: %d %v", site, names[name], resp.StatusCode, im)
+		}
+		code, h, got := download(t, base+"/file")
+		if code != http.StatusOK || got != sum {
+			t.Fatalf("GET the data through %s with %s: %d, md5 %s (fallback %q)", site, names[name], code, got, h.Get(forward.HeaderFallback))
+		}
+		var fell []string
+		for _, part := range strings.Split(h.Get(forward.HeaderFallback), "; ") {
+			if s, _, ok := strings.Cut(part, ": "); ok {
+				fell = append(fell, s)
+			}
+		}
+		return resp.Header.Get(forward.HeaderSite), h.Get(forward.HeaderSite), strings.Join(fell, " ")
+	}
+	type want struct {
+		site, name string
+		served     []string // any of them
+		fellBack   []string // any of them ("": none)
+	}
+	check := func(phase string, cases []want) {
+		t.Helper()
+		for _, c := range cases {
+			meta, data, fell := read(c.site, c.name)
+			if !slices.Contains(c.served, meta) || !slices.Contains(c.served, data) || !slices.Contains(c.fellBack, fell) {
+				t.Errorf("%s: through %s with %s: metadata served by %q, data by %q (want one of %q), the data read fell back from %q (want one of %q)",
+					phase, c.site, names[c.name], meta, data, c.served, fell, c.fellBack)
+			}
+		}
+	}
+	none := []string{""}
+	check("all up", []want{
+		{"c", "athenb", []string{"a"}, none},
+		{"c", "aorb", []string{"a", "b"}, none},
+		{"a", "aorb", []string{"a"}, none},
+		{"a", "athenb", []string{"a"}, none},
+		{"b", "athenb", []string{"b"}, none},
+	})
+	w.openstack(w.endpoint("c", "athenb"), "image", "save", "--file", "saved.raw", id)
+	if got := w.fileSum("saved.raw"); got != sum {
+		t.Fatalf("image save through c with a ; b: md5 %s", got)
+	}
+
+	w.stop("a")
+	w.waitState("a", scope.Down)
+	check("a's agent down", []want{
+		{"c", "athenb", []string{"b"}, none},
+		{"c", "aorb", []string{"b"}, none},
+		{"b", "aorb", []string{"b"}, none},
+	})
+
+	w.start("a")
+	w.waitAllUp()
+	w.stopGlance("a")
+	check("a's Glance down, its agent up", []want{
+		{"c", "athenb", []string{"b"}, []string{"a"}},
+		{"c", "aorb", []string{"b"}, []string{"", "a"}},
+		{"a", "aorb", []string{"b"}, []string{"a"}},
+		{"a", "athenb", []string{"b"}, []string{"a"}},
+	})
+	w.openstack(w.endpoint("a", "athenb"), "image", "save", "--file", "saved-a.raw", id)
+	if got := w.fileSum("saved-a.raw"); got != sum {
+		t.Fatalf("image save through a with a ; b, a's Glance down: md5 %s", got)
 	}
 }

@@ -157,7 +157,7 @@ func (d *Data) read(ctx context.Context, p peer.ID, path string) (*http.Response
 		return nil, nil, fmt.Errorf("glance: send a read: %w", err)
 	}
 	_ = s.CloseWrite()
-	resp, err := http.ReadResponse(bufio.NewReader(s), req)
+	resp, err := http.ReadResponse(bufio.NewReaderSize(s, chunk), req)
 	if err != nil {
 		s.Reset()
 		return nil, nil, fmt.Errorf("glance: read the answer: %w", err)
@@ -192,7 +192,10 @@ func (d *Data) serveRead(s network.Stream, req *http.Request) {
 	}
 	defer resp.Body.Close()
 	resp.ProtoMajor, resp.ProtoMinor = 1, 1
-	_ = resp.Write(s)
+	bw := bufio.NewWriterSize(s, chunk)
+	if resp.Write(bw) == nil {
+		_ = bw.Flush()
+	}
 }
 
 // repairLoop runs RepairOnce every interval until ctx ends.

@@ -133,9 +133,10 @@ func newUUID() (string, error) {
 	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:]), nil
 }
 
-// Stream reports no streamed answers: Glance's are all bounded (image
-// downloads are read through one site, buffered up to the agent's body
-// limit).
+// Stream reports no watch-like answers: Glance has none. Image data
+// (GET /v2/images/{id}/file) is streamed all the same: the forwarder
+// passes a client-named service's reads on as they arrive, from one
+// holder, whatever their size.
 func (Routes) Stream(*http.Request) bool { return false }
 
 // ErrNotMergeable is returned by Merge for answers that are not image

@@ -3,7 +3,7 @@
 #
 #   glance-sites.sh install             # Debian: glance-api, python3-openstackclient (root)
 #   glance-sites.sh start DIR N [PORT]  # sites a, b, c, … on PORT, PORT+1, … (default 9292)
-#   glance-sites.sh stop DIR            # stops what start started in DIR
+#   glance-sites.sh stop DIR [NAME…]    # stops what start started in DIR (only the named sites: a b …)
 #
 # start prints one line per site, NAME=URL, and leaves them in DIR/sites.
 # Each site has its own directory DIR/NAME: glance-api.conf, an sqlite
@@ -79,12 +79,15 @@ start() {
 		p=$((port + i))
 		mkdir -p "$dir/images" "$dir/cache" "$dir/lock" "$dir/staging"
 		conf "$name" "$dir" "$p"
-		# Sites start side by side: db_sync takes ~10 s of one core each.
-		(
+		# db_sync takes ~10 s of one core: the first site's database is
+		# made once and copied (the schema holds no site's data yet).
+		if ((i == 0)); then
 			glance-manage --config-file "$dir/glance-api.conf" db_sync >"$dir/db_sync.log" 2>&1 ||
-				{ tail -20 "$dir/db_sync.log" >&2; echo "glance-sites: $name: glance-manage db_sync failed" >&2; exit 1; }
-			exec glance-api --config-file "$dir/glance-api.conf" >"$dir/stdout.log" 2>&1
-		) &
+				{ tail -20 "$dir/db_sync.log" >&2; die "$name: glance-manage db_sync failed"; }
+		else
+			cp "$root/a/glance.sqlite" "$dir/glance.sqlite"
+		fi
+		glance-api --config-file "$dir/glance-api.conf" >"$dir/stdout.log" 2>&1 &
 		echo $! >"$dir/pid"
 		echo "$name=http://127.0.0.1:$p" >>"$root/sites"
 	done
@@ -105,7 +108,14 @@ start() {
 
 stop() {
 	local root=$1 pidfile
-	for pidfile in "$root"/*/pid; do
+	shift
+	local pidfiles=("$root"/*/pid)
+	if (($# > 0)); then
+		pidfiles=()
+		local name
+		for name in "$@"; do pidfiles+=("$root/$name/pid"); done
+	fi
+	for pidfile in "${pidfiles[@]}"; do
 		[ -e "$pidfile" ] || continue
 		local pid
 		pid=$(cat "$pidfile")
@@ -119,6 +129,6 @@ stop() {
 case ${1:-} in
 install) install_packages ;;
 start) [ $# -ge 3 ] || die "usage: $0 start DIR N [PORT]"; start "$2" "$3" "${4:-9292}" ;;
-stop) [ $# -eq 2 ] || die "usage: $0 stop DIR"; stop "$2" ;;
-*) die "usage: $0 install | start DIR N [PORT] | stop DIR" ;;
+stop) [ $# -ge 2 ] || die "usage: $0 stop DIR [NAME…]"; shift; stop "$@" ;;
+*) die "usage: $0 install | start DIR N [PORT] | stop DIR [NAME…]" ;;
 esac
