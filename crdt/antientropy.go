@@ -204,44 +204,87 @@ func (m *Manager) shared(p peer.ID) []*Group {
 	return out
 }
 
-// antiEntropyLoop runs a round with every connected member each
-// DigestInterval: one stream per peer, whatever the number of groups.
+// antiEntropyLoop runs rounds with every connected member, one stream per
+// peer whatever the number of groups: each DigestInterval while either
+// side is active, and further apart while the two stay quiet. A round
+// that ends on equal summaries with nothing used or changed in the shared
+// groups since the previous one doubles the wait before the next, up to
+// maxQuietRounds intervals; any activity in a shared group, or a round
+// that compared, brings it back to every interval. A member's own
+// activity makes its rounds with this site frequent from its side, and a
+// connection that opens runs a round at once (catchUpLoop).
 func (m *Manager) antiEntropyLoop() {
 	defer m.wg.Done()
 	t := time.NewTicker(m.cfg.DigestInterval)
 	defer t.Stop()
+	type cadence struct {
+		wait, skip int   // intervals between rounds; intervals left to skip
+		last       int64 // when the last round started (unix ns)
+	}
+	cadences := map[peer.ID]*cadence{}
 	for {
 		select {
 		case <-m.ctx.Done():
 			return
 		case <-t.C:
 		}
-		peers := map[peer.ID]bool{}
+		latest := map[peer.ID]int64{} // the latest activity shared with each member
 		for _, g := range m.Groups() {
+			active := g.active.Load()
 			for _, p := range g.connectedMembers() {
-				peers[p] = true
+				latest[p] = max(latest[p], active)
 			}
 		}
-		for p := range peers {
-			if err := m.digestRound(m.ctx, p); err != nil && m.ctx.Err() == nil {
+		for p := range cadences {
+			if _, ok := latest[p]; !ok {
+				delete(cadences, p)
+			}
+		}
+		for p, active := range latest {
+			c := cadences[p]
+			if c == nil {
+				c = &cadence{wait: 1}
+				cadences[p] = c
+			}
+			if active > c.last {
+				c.wait, c.skip = 1, 0
+			}
+			if c.skip > 0 {
+				c.skip--
+				continue
+			}
+			c.last = time.Now().UnixNano()
+			same, err := m.digestRound(m.ctx, p)
+			if err != nil && m.ctx.Err() == nil {
 				m.log.Debug("anti-entropy round", "peer", p, "err", err)
 			}
+			if same {
+				c.wait = min(2*c.wait, maxQuietRounds)
+			} else {
+				c.wait = 1
+			}
+			c.skip = c.wait - 1
 		}
 	}
 }
 
+// maxQuietRounds bounds the wait between two rounds with a quiet member:
+// 12 intervals, a minute with the default DigestInterval.
+const maxQuietRounds = 12
+
 // digestRound compares the heads of every group shared with p and pushes
-// this site's heads of the groups that differ.
-func (m *Manager) digestRound(ctx context.Context, p peer.ID) error {
+// this site's heads of the groups that differ. same reports that the
+// summaries were equal.
+func (m *Manager) digestRound(ctx context.Context, p peer.ID) (same bool, err error) {
 	groups := m.shared(p)
 	if len(groups) == 0 {
-		return nil
+		return true, nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.FetchTimeout)
 	defer cancel()
 	s, err := m.cfg.Host.NewStream(ctx, p, DigestProtocol)
 	if err != nil {
-		return fmt.Errorf("open digest stream: %w", err)
+		return false, fmt.Errorf("open digest stream: %w", err)
 	}
 	defer s.Close()
 	if dl, ok := ctx.Deadline(); ok {
@@ -250,14 +293,14 @@ func (m *Manager) digestRound(ctx context.Context, p peer.ID) error {
 	r := bufio.NewReader(s)
 	ans, err := m.askDigests(s, r, digestRequest{Summary: summary(ctx, groups)})
 	if err != nil {
-		return err
+		return false, err
 	}
 	if ans.Same {
 		m.metrics.digestRounds.WithLabelValues("same").Inc()
 		for _, g := range groups {
 			m.exchanges.set(g.name, p, true)
 		}
-		return nil
+		return true, nil
 	}
 	req := digestRequest{Digests: map[string]string{}, Processed: map[string]int{}}
 	byName := map[string]*Group{}
@@ -267,7 +310,7 @@ func (m *Manager) digestRound(ctx context.Context, p peer.ID) error {
 		byName[g.name] = g
 	}
 	if ans, err = m.askDigests(s, r, req); err != nil {
-		return err
+		return false, err
 	}
 	m.metrics.digestRounds.WithLabelValues("compared").Inc()
 	differ := map[string]bool{}
@@ -286,7 +329,7 @@ func (m *Manager) digestRound(ctx context.Context, p peer.ID) error {
 			m.compareProcessed(ctx, g, n)
 		}
 	}
-	return nil
+	return false, nil
 }
 
 // askDigests sends one request of a round and reads its answer.

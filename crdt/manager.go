@@ -546,7 +546,7 @@ func (m *Manager) catchUpLoop(connected <-chan peer.ID) {
 				m.wg.Add(1)
 				go func() {
 					defer m.wg.Done()
-					if err := m.digestRound(m.ctx, p); err != nil && m.ctx.Err() == nil {
+					if _, err := m.digestRound(m.ctx, p); err != nil && m.ctx.Err() == nil {
 						m.log.Debug("anti-entropy round on connect", "peer", p, "err", err)
 					}
 				}()
