@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p"
@@ -56,6 +57,10 @@ type Node struct {
 	// refusedClaims counts refused membership records per claimed name.
 	refusedClaims map[string]int
 	watchers      map[chan SiteEvent]struct{}
+
+	// probes counts the probes this node started (each a dial if
+	// needed, then a ping), for the metrics and the benchmarks.
+	probes atomic.Int64
 
 	stopLoops  context.CancelFunc // probe, announce, receive
 	probeNow   chan struct{}      // starts a probe round before the next tick

@@ -202,6 +202,7 @@ func (n *Node) retryOthersLocked(back peer.ID) {
 // is running) and pings it, all within ProbeTimeout.
 func (n *Node) probe(ctx context.Context, p peer.ID) {
 	defer n.wg.Done()
+	n.probes.Add(1)
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.ProbeTimeout)
 	defer cancel()
 	rtt, ok := n.ping(ctx, p)
