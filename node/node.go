@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"math/rand/v2"
 	"os"
 	"slices"
 	"strings"
@@ -53,6 +54,8 @@ type Node struct {
 	mu        sync.Mutex
 	bySite    map[string]peer.ID // bound sites whose record arrived in this run
 	byPeer    map[peer.ID]*peerState
+	rot       *rotation // every peer of byPeer, in the order healthy ones are probed
+	dials     int       // probes that dial, at most ProbeFanout
 	conflicts []Conflict
 	// refusedClaims counts refused membership records per claimed name.
 	refusedClaims map[string]int
@@ -116,6 +119,7 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		bindings:      bindings,
 		bySite:        map[string]peer.ID{cfg.Site: self},
 		byPeer:        map[peer.ID]*peerState{},
+		rot:           newRotation(rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))),
 		refusedClaims: map[string]int{},
 		watchers:      map[chan SiteEvent]struct{}{},
 		gater:         newTrustGater(self, append(slices.Collect(maps.Values(cfg.Sites)), cfg.Trust...), cfg.TrustAll, log),
@@ -244,6 +248,9 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 			case connected <- c.RemotePeer():
 			default: // an announcement is already due
 			}
+		},
+		DisconnectedF: func(_ network.Network, c network.Conn) {
+			n.disconnectedFrom(c.RemotePeer())
 		},
 	})
 	for _, a := range cfg.Peers {

@@ -30,6 +30,13 @@ type peerState struct {
 	reported  map[string]time.Duration // RTTs the site measured to others
 	nextDial  time.Time
 	backoff   time.Duration
+	// flagged: probe at the next round, whatever the rotation says (its
+	// connection closed, or another site suspects it).
+	flagged bool
+	// dialing: its probe holds one of the node's dial slots.
+	dialing bool
+	// deferred: never reached, and due to be dialled when a slot frees.
+	deferred bool
 }
 
 // state derives a site's state from its probe history: unknown until the
@@ -53,6 +60,7 @@ func (n *Node) peerLocked(p peer.ID) *peerState {
 	if !ok {
 		ps = &peerState{cfg: &n.cfg}
 		n.byPeer[p] = ps
+		n.rot.add(p)
 	}
 	return ps
 }
@@ -102,12 +110,21 @@ func (n *Node) notifyLocked(ev SiteEvent) {
 	}
 }
 
-// probeLoop starts a probe of every known peer each ProbeInterval, and
-// between rounds redials every site that is down as soon as its redial
-// delay (RedialInterval, doubling to MaxRedialBackoff) has passed. A peer
-// whose previous probe is still running (a timeout longer than the
-// interval) is skipped, so a dead site never delays the probes of the
-// live ones and never counts two misses for one silence.
+// probeLoop starts a probe round each ProbeInterval (see planRound and
+// the design note in schedule.go for which peers a round probes), an
+// early round of the peers in trouble only when probeNow asks (a site
+// came back: others cut off by the same fault may have too), and between
+// rounds redials every site that was reached once and is down as
+// soon as its redial delay (RedialInterval, doubling to MaxRedialBackoff)
+// has passed. A peer whose previous probe is still running (a timeout
+// longer than the interval) is skipped, so a dead site never delays the
+// probes of the live ones and never counts two misses for one silence.
+//
+// At most ProbeFanout probes dial at once (a probe of a connected peer
+// only pings): a site that learns a hundred others at its start dials
+// them a few at a time rather than in one burst of handshakes, and a
+// partition costs as many pending dials, whatever the number of sites
+// on the other side.
 func (n *Node) probeLoop(ctx context.Context) {
 	defer n.wg.Done()
 	redial := n.cfg.RedialInterval
@@ -117,36 +134,81 @@ func (n *Node) probeLoop(ctx context.Context) {
 	tick := time.NewTicker(min(n.cfg.ProbeInterval, redial))
 	defer tick.Stop()
 	var lastRound time.Time
-	round := true
+	early := false // a round asked for before its time (probeNow)
 	for {
 		now := time.Now()
-		if now.Sub(lastRound) >= n.cfg.ProbeInterval {
-			round = true
-		}
-		if round {
-			lastRound = now
-		}
+		round := now.Sub(lastRound) >= n.cfg.ProbeInterval
 		n.mu.Lock()
-		for p, ps := range n.byPeer {
-			if ps.inflight {
-				continue
+		var due []peer.ID
+		switch {
+		case round:
+			lastRound = now
+			due = planRound(n.rot, func(p peer.ID) probeNeed { return n.byPeer[p].need() }, n.cfg.ProbeFanout)
+		case early:
+			// Only the sites in trouble: the healthy ones keep their
+			// turn, so events never add to the probes of the rotation.
+			due = planRound(n.rot, func(p peer.ID) probeNeed { return n.byPeer[p].need() }, 0)
+		default:
+			for p, ps := range n.byPeer {
+				if ps.inflight {
+					continue
+				}
+				redial := ps.probed && ps.state() == scope.Down && !now.Before(ps.nextDial)
+				if redial || ps.deferred {
+					due = append(due, p)
+				}
 			}
-			if !round && (ps.state() != scope.Down || now.Before(ps.nextDial)) {
-				continue
+		}
+		for _, p := range due {
+			ps := n.byPeer[p]
+			if n.host.Network().Connectedness(p) != network.Connected {
+				if n.dials >= n.cfg.ProbeFanout {
+					// Every slot is taken: a site never reached yet is
+					// dialled as soon as one frees, any other at its
+					// next round (or redial).
+					ps.deferred = !ps.probed
+					continue
+				}
+				n.dials++
+				ps.dialing = true
 			}
-			ps.inflight = true
+			ps.inflight, ps.flagged, ps.deferred = true, false, false
 			n.wg.Add(1)
 			go n.probe(ctx, p)
 		}
 		n.mu.Unlock()
-		round = false
+		early = false
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 		case <-n.probeNow:
-			round = true
+			early = true
 		}
+	}
+}
+
+// need says whether a round must probe the peer (see schedule.go).
+func (ps *peerState) need() probeNeed {
+	switch {
+	case ps.inflight:
+		return needBusy
+	case ps.flagged || !ps.probed || ps.misses > 0:
+		return needAttention
+	default:
+		return needNothing
+	}
+}
+
+// disconnectedFrom is called when a connection with p closes. The peer is
+// probed at the next round, in turn or not: a site that stopped or
+// crashed closes its connections, and its first failed probe comes at
+// once instead of when its turn comes round.
+func (n *Node) disconnectedFrom(p peer.ID) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if ps, ok := n.byPeer[p]; ok {
+		ps.flagged = true
 	}
 }
 
@@ -170,6 +232,7 @@ func (n *Node) connectedFrom(p peer.ID) {
 	}
 	ps.backoff, ps.nextDial = 0, time.Time{}
 	ps.misses, ps.lastSeen = 0, time.Now().UTC()
+	ps.flagged = true // probed at once, for its RTT
 	if ps.site != "" {
 		n.log.Info("site state changed", "site", ps.site, "from", before, "to", scope.Up, "rtt", ps.rtt, "by", "connection")
 		n.notifyLocked(SiteEvent{Site: ps.site, Peer: p, From: before, State: scope.Up})
@@ -209,7 +272,7 @@ func (n *Node) probe(ctx context.Context, p peer.ID) {
 	if ctx.Err() != nil && context.Cause(ctx) == context.Canceled {
 		// The node is closing: this probe says nothing of the peer.
 		n.mu.Lock()
-		n.peerLocked(p).inflight = false
+		n.probeDoneLocked(n.peerLocked(p))
 		n.mu.Unlock()
 		return
 	}
@@ -231,6 +294,7 @@ func (n *Node) ping(ctx context.Context, p peer.ID) (time.Duration, bool) {
 			sw.Backoff().Clear(p)
 		}
 		if err := n.host.Connect(ctx, peer.AddrInfo{ID: p}); err != nil {
+			n.log.Debug("probe: dial failed", "peer", p, "err", err)
 			n.redialLater(p)
 			return 0, false
 		}
@@ -246,6 +310,9 @@ func (n *Node) ping(ctx context.Context, p peer.ID) (time.Duration, bool) {
 		select {
 		case res, open := <-results:
 			if !open || res.Error != nil {
+				if res.Error != nil {
+					n.log.Debug("probe: ping failed", "peer", p, "err", res.Error)
+				}
 				return best, answered
 			}
 			if !answered || res.RTT < best {
@@ -273,11 +340,20 @@ func (n *Node) redialLater(p peer.ID) {
 	ps.nextDial = time.Now().Add(ps.backoff)
 }
 
+// probeDoneLocked marks the end of a peer's probe and frees its dial slot.
+func (n *Node) probeDoneLocked(ps *peerState) {
+	ps.inflight = false
+	if ps.dialing {
+		ps.dialing = false
+		n.dials--
+	}
+}
+
 func (n *Node) observe(p peer.ID, rtt time.Duration, ok bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	ps := n.peerLocked(p)
-	ps.inflight = false
+	n.probeDoneLocked(ps)
 	before := ps.state()
 	if ok {
 		if ps.backoff > 0 || before == scope.Down {
@@ -301,6 +377,7 @@ func (n *Node) observe(p peer.ID, rtt time.Duration, ok bool) {
 		n.notifyLocked(SiteEvent{Site: ps.site, Peer: p, From: before, State: after})
 	}
 }
+
 
 // SiteStatus is one row of the membership table.
 type SiteStatus struct {
