@@ -4,11 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"maps"
+	"math"
 	"slices"
 	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/multiformats/go-multiaddr"
@@ -26,7 +29,18 @@ type Record struct {
 	Addrs   []string           `json:"addrs"`
 	Started time.Time          `json:"started"`
 	RTTms   map[string]float64 `json:"rtt_ms,omitempty"` // smoothed RTT to each reachable site
+	// Suspects are the sites this site holds suspect. For the others it
+	// is a hint, never a verdict: each probes those sites at its next
+	// round, in turn or not, and decides for itself (see schedule.go).
+	Suspects []string `json:"suspects,omitempty"`
 }
+
+// RecordProtocol is the stream protocol on which a site sends its record
+// straight to a site it has just connected to (either side of the
+// connection does): the new peer learns the site at once, without a
+// publication that every site would receive. The connection's secure
+// channel authenticates the sender as pubsub's signature does.
+const RecordProtocol = "/cheops/membership/record/1.0.0"
 
 // Conflict is a refused claim on a site name: a peer claimed a name bound
 // to another peer, or a peer bound to one name claimed another. Refused
@@ -58,18 +72,65 @@ func (n *Node) record() Record {
 	for _, a := range n.host.Addrs() {
 		r.Addrs = append(r.Addrs, a.String())
 	}
+	slices.Sort(r.Addrs)
 	n.mu.Lock()
 	for _, ps := range n.byPeer {
-		if ps.site != "" && ps.rtt > 0 && ps.state().Reachable() {
-			r.RTTms[ps.site] = float64(ps.rtt) / float64(time.Millisecond)
+		if ps.site == "" {
+			continue
+		}
+		st := ps.state()
+		if ps.rtt > 0 && st.Reachable() {
+			// Microseconds are plenty and keep the record short.
+			r.RTTms[ps.site] = math.Round(float64(ps.rtt)/float64(time.Microsecond)) / 1e3
+		}
+		if st == scope.Suspect {
+			r.Suspects = append(r.Suspects, ps.site)
 		}
 	}
 	n.mu.Unlock()
+	slices.Sort(r.Suspects)
 	return r
 }
 
-func (n *Node) publishRecord(ctx context.Context) {
-	data, err := json.Marshal(n.record())
+// RecordRefresh is how many AnnounceIntervals a site goes at most
+// without publishing its record when nothing in it changed: a late
+// safety net for a lost publication, since sites that connect exchange
+// records directly.
+const RecordRefresh = 6
+
+// recordChanged reports whether a record differs enough from the one last
+// published to be published now: other addresses, another start, other
+// suspects, another set of sites with an RTT (one came or went), or an
+// RTT that moved by more than a quarter and more than a millisecond. The
+// floor keeps jitter on a LAN (tenths of a millisecond that double under
+// load) from republishing every record of a large cluster every interval;
+// a planner's `around(site, 10ms)` needs no finer figures.
+func recordChanged(old, cur Record) bool {
+	if !slices.Equal(old.Addrs, cur.Addrs) || !old.Started.Equal(cur.Started) ||
+		!slices.Equal(old.Suspects, cur.Suspects) || len(old.RTTms) != len(cur.RTTms) {
+		return true
+	}
+	for site, ms := range cur.RTTms {
+		was, ok := old.RTTms[site]
+		if !ok {
+			return true
+		}
+		if d := math.Abs(ms - was); d > 1 && d > 0.25*was {
+			return true
+		}
+	}
+	return false
+}
+
+// publishRecord publishes this site's current record and returns it.
+func (n *Node) publishRecord(ctx context.Context) Record {
+	r := n.record()
+	n.publish(ctx, r)
+	return r
+}
+
+func (n *Node) publish(ctx context.Context, r Record) {
+	data, err := json.Marshal(r)
 	if err != nil {
 		n.log.Error("encode membership record", "err", err)
 		return
@@ -102,6 +163,11 @@ func decodeRecord(data []byte, signer peer.ID) (Record, error) {
 	for site, ms := range r.RTTms {
 		if scope.CheckName("site", site) != nil || ms < 0 || ms > 1e7 {
 			return r, fmt.Errorf("record: bad RTT %v ms to %q", ms, site)
+		}
+	}
+	for _, site := range r.Suspects {
+		if scope.CheckName("site", site) != nil {
+			return r, fmt.Errorf("record: bad suspect site name %q", site)
 		}
 	}
 	return r, nil
@@ -264,6 +330,7 @@ func (n *Node) learn(r Record) {
 		ps.reported[site] = time.Duration(ms * float64(time.Millisecond))
 	}
 	n.bySite[r.Site] = r.Peer
+	n.hintedLocked(r.Suspects)
 	var addrs, stale []multiaddr.Multiaddr
 	for _, a := range r.Addrs {
 		addrs = append(addrs, multiaddr.StringCast(a))
@@ -283,10 +350,202 @@ func (n *Node) learn(r Record) {
 	pstore.AddAddrs(r.Peer, addrs, peerstore.PermanentAddrTTL)
 }
 
-// announceLoop publishes this site's record periodically, and soon after
-// a peer connects. Messages sent in the first moments of a new connection
-// can be lost before the peer's subscription is known, so the record is
-// sent again a little later.
+// SitesProtocol is the stream protocol on which a site that joins asks a
+// peer for the sites it knows: on connecting to a bootstrap peer, or to
+// any peer while it knows no other site. The answer, a JSON list of
+// siteHint, only says whom to dial: a site's name and addresses are taken
+// from its own record, which it sends on connecting (RecordProtocol).
+const SitesProtocol = "/cheops/membership/sites/1.0.0"
+
+// siteHint is one site of a SitesProtocol answer.
+type siteHint struct {
+	Site  string   `json:"site"`
+	Peer  peer.ID  `json:"peer"`
+	Addrs []string `json:"addrs"`
+}
+
+// maxSitesSize bounds a SitesProtocol answer: a thousand sites with a few
+// addresses each.
+const maxSitesSize = 1 << 20
+
+// handleSites answers a SitesProtocol request: every site this node can
+// reach (up or suspect) whose record it has, but the asker.
+func (n *Node) handleSites(s network.Stream) {
+	from := s.Conn().RemotePeer()
+	var hints []siteHint
+	n.mu.Lock()
+	for p, ps := range n.byPeer {
+		if p == from || ps.site == "" || !ps.state().Reachable() {
+			continue
+		}
+		h := siteHint{Site: ps.site, Peer: p}
+		for _, a := range ps.addrs {
+			h.Addrs = append(h.Addrs, a.String())
+		}
+		hints = append(hints, h)
+	}
+	n.mu.Unlock()
+	data, err := json.Marshal(hints)
+	if err != nil {
+		_ = s.Reset()
+		return
+	}
+	_ = s.SetWriteDeadline(time.Now().Add(n.cfg.ProbeTimeout))
+	if _, err := s.Write(data); err != nil {
+		_ = s.Reset()
+		return
+	}
+	_ = s.Close()
+}
+
+// pullSites asks p for the sites it knows (SitesProtocol) and adds the
+// trusted ones this node did not know: each is probed, so dialled, at
+// the next round, and sends its record on connecting.
+func (n *Node) pullSites(ctx context.Context, p peer.ID) {
+	defer n.wg.Done()
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.ProbeTimeout)
+	defer cancel()
+	s, err := n.host.NewStream(network.WithNoDial(ctx, "membership sites"), p, SitesProtocol)
+	if err != nil {
+		n.log.Debug("ask for the sites", "peer", p, "err", err)
+		return
+	}
+	if deadline, ok := ctx.Deadline(); ok {
+		_ = s.SetReadDeadline(deadline)
+	}
+	_ = s.CloseWrite()
+	data, err := io.ReadAll(io.LimitReader(s, maxSitesSize+1))
+	if err != nil || len(data) > maxSitesSize {
+		_ = s.Reset()
+		n.log.Debug("ask for the sites", "peer", p, "err", err, "bytes", len(data))
+		return
+	}
+	_ = s.Close()
+	var hints []siteHint
+	if err := json.Unmarshal(data, &hints); err != nil {
+		n.log.Warn("bad answer to a sites request", "peer", p, "err", err)
+		return
+	}
+	self := n.host.ID()
+	added := 0
+	for _, h := range hints {
+		if h.Peer == self || h.Peer.Validate() != nil || !n.gater.allowed(h.Peer) {
+			continue
+		}
+		var addrs []multiaddr.Multiaddr
+		for _, a := range h.Addrs {
+			if ma, err := multiaddr.NewMultiaddr(a); err == nil {
+				addrs = append(addrs, ma)
+			}
+		}
+		if len(addrs) == 0 {
+			continue
+		}
+		n.mu.Lock()
+		_, known := n.byPeer[h.Peer]
+		if !known {
+			n.peerLocked(h.Peer)
+			added++
+		}
+		n.mu.Unlock()
+		if !known {
+			// Until its record replaces them (learn).
+			n.host.Peerstore().AddAddrs(h.Peer, addrs, peerstore.PermanentAddrTTL)
+		}
+	}
+	n.log.Debug("asked for the sites", "peer", p, "sites", len(hints), "new", added)
+}
+
+// hintedLocked takes another site's suspicions: each suspected site this
+// node holds healthy is probed at its next round. The hint changes no
+// state (see schedule.go).
+func (n *Node) hintedLocked(suspects []string) {
+	now := time.Now()
+	for _, site := range suspects {
+		p, ok := n.bySite[site]
+		if !ok || p == n.host.ID() {
+			continue
+		}
+		if ps, ok := n.byPeer[p]; ok {
+			ps.hinted = now
+			if ps.need() == needNothing {
+				ps.flagged = true
+			}
+		}
+	}
+}
+
+// handleRecord takes a record a site sent straight after connecting (see
+// RecordProtocol), with the checks of validateRecord: the record must be
+// the sender's own, and its claim must agree with the bindings.
+func (n *Node) handleRecord(s network.Stream) {
+	from := s.Conn().RemotePeer()
+	_ = s.SetReadDeadline(time.Now().Add(n.cfg.ProbeTimeout))
+	data, err := io.ReadAll(io.LimitReader(s, maxRecordSize+1))
+	if err != nil {
+		_ = s.Reset()
+		n.log.Debug("read a pushed membership record", "from", from, "err", err)
+		return
+	}
+	_ = s.Close()
+	r, err := decodeRecord(data, from)
+	if err != nil {
+		n.log.Warn("rejected membership record", "from", from, "err", err)
+		return
+	}
+	if n.claim(r.Site, r.Peer) {
+		n.learn(r)
+	}
+}
+
+// pushRecord sends this site's record to p on RecordProtocol, over the
+// connection that just opened (never dialling a new one).
+func (n *Node) pushRecord(ctx context.Context, p peer.ID) {
+	defer n.wg.Done()
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.ProbeTimeout)
+	defer cancel()
+	data, err := json.Marshal(n.record())
+	if err != nil {
+		n.log.Error("encode membership record", "err", err)
+		return
+	}
+	s, err := n.host.NewStream(network.WithNoDial(ctx, "membership record"), p, RecordProtocol)
+	if err != nil {
+		n.log.Debug("push membership record", "peer", p, "err", err)
+		return
+	}
+	if deadline, ok := ctx.Deadline(); ok {
+		_ = s.SetWriteDeadline(deadline)
+	}
+	if _, err := s.Write(data); err != nil {
+		_ = s.Reset()
+		n.log.Debug("push membership record", "peer", p, "err", err)
+		return
+	}
+	_ = s.Close()
+}
+
+// joiningThrough reports whether this node should ask p for the sites it
+// knows: p is a bootstrap peer, or this node knows no other site yet.
+func (n *Node) joiningThrough(p peer.ID) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	ps, ok := n.byPeer[p]
+	return (ok && ps.bootstrap) || len(n.bySite) <= 1
+}
+
+// announceLoop publishes this site's record when it changed (looking
+// every AnnounceInterval, see recordChanged) or every RecordRefresh
+// intervals, and at once when observe asks (a new suspicion: see
+// schedule.go); it sends the record straight to every site that connects
+// (pushRecord), which is how a new peer learns this site.
+//
+// A publication reaches every site, so one per connection would cost N²
+// messages when N sites start together. After a connection the record is
+// published only when this site is new to the others (its first
+// connection, or its first after AnnounceInterval without one): 300 ms
+// and 1.5 s later, because messages sent in the first moments of a new
+// connection can be lost before the peer's subscription is known.
 func (n *Node) announceLoop(ctx context.Context, connected <-chan peer.ID) {
 	defer n.wg.Done()
 	tick := time.NewTicker(n.cfg.AnnounceInterval)
@@ -294,19 +553,38 @@ func (n *Node) announceLoop(ctx context.Context, connected <-chan peer.ID) {
 	soon := time.NewTimer(0)
 	defer soon.Stop()
 	var later []time.Time
+	var lastConnected, lastPublished time.Time
+	var last Record
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
-			n.publishRecord(ctx)
-		case <-connected:
+			r := n.record()
+			if recordChanged(last, r) || time.Since(lastPublished) >= RecordRefresh*n.cfg.AnnounceInterval {
+				n.publish(ctx, r)
+				last, lastPublished = r, time.Now()
+			}
+		case <-n.announceNow:
+			last, lastPublished = n.publishRecord(ctx), time.Now()
+		case p := <-connected:
+			n.wg.Add(1)
+			go n.pushRecord(ctx, p)
+			if n.joiningThrough(p) {
+				n.wg.Add(1)
+				go n.pullSites(ctx, p)
+			}
 			now := time.Now()
+			quiet := now.Sub(lastConnected) >= n.cfg.AnnounceInterval
+			lastConnected = now
+			if !quiet {
+				continue
+			}
 			later = append(later, now.Add(300*time.Millisecond), now.Add(1500*time.Millisecond))
 			slices.SortFunc(later, time.Time.Compare)
 			soon.Reset(time.Until(later[0]))
 		case <-soon.C:
-			n.publishRecord(ctx)
+			last, lastPublished = n.publishRecord(ctx), time.Now()
 			now := time.Now()
 			rest := later[:0]
 			for _, at := range later {

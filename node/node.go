@@ -65,11 +65,12 @@ type Node struct {
 	// needed, then a ping), for the metrics and the benchmarks.
 	probes atomic.Int64
 
-	stopLoops  context.CancelFunc // probe, announce, receive
-	probeNow   chan struct{}      // starts a probe round before the next tick
-	stopPubSub context.CancelFunc // the pubsub router
-	wg         sync.WaitGroup
-	closed     sync.Once
+	stopLoops   context.CancelFunc // probe, announce, receive
+	probeNow    chan struct{}      // starts a probe round before the next tick
+	announceNow chan struct{}      // publishes the record before the next tick
+	stopPubSub  context.CancelFunc // the pubsub router
+	wg          sync.WaitGroup
+	closed      sync.Once
 }
 
 // New starts a node: it locks cfg.DataDir, loads (or creates) the identity
@@ -124,6 +125,7 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		watchers:      map[chan SiteEvent]struct{}{},
 		gater:         newTrustGater(self, append(slices.Collect(maps.Values(cfg.Sites)), cfg.Trust...), cfg.TrustAll, log),
 		probeNow:      make(chan struct{}, 1),
+		announceNow:   make(chan struct{}, 1),
 	}
 	if cfg.TrustAll {
 		log.Warn("trusting every peer (--trust-all): use on closed test networks only")
@@ -240,13 +242,17 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 
 	runCtx, stopLoops := context.WithCancel(context.Background())
 	n.stopLoops = stopLoops
-	connected := make(chan peer.ID, 64)
+	h.SetStreamHandler(RecordProtocol, n.handleRecord)
+	h.SetStreamHandler(SitesProtocol, n.handleSites)
+	// A connection dropped here (256 opened faster than they are handled)
+	// misses its record push; the periodic publication makes up for it.
+	connected := make(chan peer.ID, 256)
 	h.Network().Notify(&network.NotifyBundle{
 		ConnectedF: func(_ network.Network, c network.Conn) {
 			n.connectedFrom(c.RemotePeer())
 			select {
 			case connected <- c.RemotePeer():
-			default: // an announcement is already due
+			default:
 			}
 		},
 		DisconnectedF: func(_ network.Network, c network.Conn) {

@@ -33,6 +33,8 @@ type peerState struct {
 	// flagged: probe at the next round, whatever the rotation says (its
 	// connection closed, or another site suspects it).
 	flagged bool
+	// hinted is when another site last announced it suspects this peer.
+	hinted time.Time
 	// dialing: its probe holds one of the node's dial slots.
 	dialing bool
 	// deferred: never reached, and due to be dialled when a slot frees.
@@ -375,9 +377,20 @@ func (n *Node) observe(p peer.ID, rtt time.Duration, ok bool) {
 	if before != after && ps.site != "" {
 		n.log.Info("site state changed", "site", ps.site, "from", before, "to", after, "rtt", ps.rtt)
 		n.notifyLocked(SiteEvent{Site: ps.site, Peer: p, From: before, State: after})
+		if after == scope.Suspect && before == scope.Up && n.rotates() && time.Since(ps.hinted) > n.cfg.DownBound() {
+			// Tell the others, who may not probe it for rounds; unless
+			// one already did.
+			select {
+			case n.announceNow <- struct{}{}:
+			default:
+			}
+		}
 	}
 }
 
+// rotates reports whether healthy peers are probed in turn rather than
+// all every round (more than ProbeFanout peers). Called with n.mu held.
+func (n *Node) rotates() bool { return len(n.byPeer) > n.cfg.ProbeFanout }
 
 // SiteStatus is one row of the membership table.
 type SiteStatus struct {
