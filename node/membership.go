@@ -191,27 +191,61 @@ func (n *Node) validateRecord(_ context.Context, from peer.ID, msg *pubsub.Messa
 }
 
 // claim decides a record's claim of site by p: true when the name is (now)
-// bound to p.
+// bound to p. A first claim is bound once written to disk; claims that
+// arrive during a write wait for the next, which writes them all.
 func (n *Node) claim(site string, p peer.ID) bool {
 	n.bindMu.Lock()
-	defer n.bindMu.Unlock()
 	verdict, reason := n.bindings.check(site, p)
 	switch verdict {
 	case claimBound:
+		n.bindMu.Unlock()
 		return true
 	case claimRefused:
 		holder := n.bindings.byName[site].Peer
+		n.bindMu.Unlock()
 		n.reportConflict(site, holder, p, reason)
 		return false
+	case claimNew:
+		n.bindings.propose(Binding{Site: site, Peer: p, Source: BoundByFirstClaim, Since: time.Now().UTC()})
 	}
-	b := Binding{Site: site, Peer: p, Source: BoundByFirstClaim, Since: time.Now().UTC()}
-	n.bindings.put(b)
-	if err := saveBindings(n.cfg.DataDir, n.bindings.learned()); err != nil {
-		_, _ = n.bindings.remove(site)
-		n.log.Error("could not persist a site binding; the claim is refused until it can be", "name", site, "peer", p, "err", err)
+	n.bindMu.Unlock()
+	return n.writeClaims(site, p)
+}
+
+// writeClaims writes every pending claim to BindingsFile, unless a write
+// since the claim of site by p was proposed did, and reports whether the
+// claim is bound. Writes are serialized by persistMu; bindMu is not held
+// while the file is written, so lookups and other claims go on.
+func (n *Node) writeClaims(site string, p peer.ID) bool {
+	n.persistMu.Lock()
+	defer n.persistMu.Unlock()
+	n.bindMu.Lock()
+	switch v, _ := n.bindings.check(site, p); v {
+	case claimBound:
+		n.bindMu.Unlock()
+		return true
+	case claimPending:
+	default: // the write that held it failed
+		n.bindMu.Unlock()
 		return false
 	}
-	n.log.Info("site name bound to its first claimant (persisted)", "name", site, "peer", p, "file", BindingsFile)
+	batch := n.bindings.proposed()
+	all := append(n.bindings.learned(), batch...)
+	n.bindMu.Unlock()
+	err := saveBindings(n.cfg.DataDir, all)
+	n.bindingWrites++
+	n.bindMu.Lock()
+	n.bindings.settle(batch, err == nil)
+	n.bindMu.Unlock()
+	if err != nil {
+		for _, b := range batch {
+			n.log.Error("could not persist a site binding; the claim is refused until it can be", "name", b.Site, "peer", b.Peer, "err", err)
+		}
+		return false
+	}
+	for _, b := range batch {
+		n.log.Info("site name bound to its first claimant (persisted)", "name", b.Site, "peer", b.Peer, "file", BindingsFile)
+	}
 	return true
 }
 
@@ -262,6 +296,8 @@ func (n *Node) Bindings() []Binding {
 // name cannot be forgotten (ErrBoundByConfig, ErrSelfBinding), an unbound
 // name is ErrNotBound. The refused claims on the name are cleared.
 func (n *Node) Forget(site string) (Binding, error) {
+	n.persistMu.Lock()
+	defer n.persistMu.Unlock()
 	n.bindMu.Lock()
 	defer n.bindMu.Unlock()
 	b, err := n.bindings.remove(site)

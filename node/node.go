@@ -46,10 +46,13 @@ type Node struct {
 	started  time.Time
 	unlock   func()
 
-	// bindMu guards bindings and is held while a new binding is written
-	// to disk. Lock order: bindMu, then mu.
-	bindMu   sync.Mutex
-	bindings *bindingTable
+	// persistMu serializes the writes of BindingsFile; bindMu guards
+	// bindings (it is not held while claims are written: see
+	// writeClaims). Lock order: persistMu, bindMu, mu.
+	persistMu     sync.Mutex
+	bindingWrites int // BindingsFile writes for claims, under persistMu (tests read it)
+	bindMu        sync.Mutex
+	bindings      *bindingTable
 
 	mu        sync.Mutex
 	bySite    map[string]peer.ID // bound sites whose record arrived in this run
