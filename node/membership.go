@@ -92,34 +92,51 @@ func (n *Node) record() Record {
 	return r
 }
 
-// RecordRefresh is how many AnnounceIntervals a site goes at most
-// without publishing its record when nothing in it changed: a late
-// safety net for a lost publication, since sites that connect exchange
-// records directly.
-const RecordRefresh = 6
+// How many AnnounceIntervals a site goes at most without publishing its
+// record: RTTRepublish when only RTTs changed, RecordRefresh when nothing
+// did (a late safety net for a lost publication: sites that connect
+// exchange records directly). Every site receives every publication, and
+// gossipsub advertises recent ones to a quarter of its peers each second:
+// a record republished every interval by each of a hundred sites costs
+// each site tens of kilobytes a second.
+const (
+	RTTRepublish  = 3
+	RecordRefresh = 6
+)
 
-// recordChanged reports whether a record differs enough from the one last
-// published to be published now: other addresses, another start, other
-// suspects, another set of sites with an RTT (one came or went), or an
-// RTT that moved by more than a quarter and more than a millisecond. The
-// floor keeps jitter on a LAN (tenths of a millisecond that double under
-// load) from republishing every record of a large cluster every interval;
-// a planner's `around(site, 10ms)` needs no finer figures.
-func recordChanged(old, cur Record) bool {
+// recordChange is how a record differs from the one last published.
+type recordChange int
+
+const (
+	changedNothing recordChange = iota
+	changedRTT                  // an RTT moved (see recordChanged)
+	changedMembers              // addresses, start, suspects or the sites reached
+)
+
+// recordChanged says how a record differs from the one last published:
+// other addresses, another start, other suspects or another set of sites
+// with an RTT (one came or went) are published at the next look; an RTT
+// that moved by more than a quarter and more than a millisecond within
+// RTTRepublish intervals. The floor keeps jitter on a LAN (tenths of a
+// millisecond that double under load) from republishing records; a
+// planner's `around(site, 10ms)` needs no finer figures.
+func recordChanged(old, cur Record) recordChange {
 	if !slices.Equal(old.Addrs, cur.Addrs) || !old.Started.Equal(cur.Started) ||
 		!slices.Equal(old.Suspects, cur.Suspects) || len(old.RTTms) != len(cur.RTTms) {
-		return true
+		return changedMembers
+	}
+	for site := range cur.RTTms {
+		if _, ok := old.RTTms[site]; !ok {
+			return changedMembers
+		}
 	}
 	for site, ms := range cur.RTTms {
-		was, ok := old.RTTms[site]
-		if !ok {
-			return true
-		}
+		was := old.RTTms[site]
 		if d := math.Abs(ms - was); d > 1 && d > 0.25*was {
-			return true
+			return changedRTT
 		}
 	}
-	return false
+	return changedNothing
 }
 
 // publishRecord publishes this site's current record and returns it.
@@ -571,8 +588,8 @@ func (n *Node) joiningThrough(p peer.ID) bool {
 }
 
 // announceLoop publishes this site's record when it changed (looking
-// every AnnounceInterval, see recordChanged) or every RecordRefresh
-// intervals, and at once when observe asks (a new suspicion: see
+// every AnnounceInterval, see recordChanged and RTTRepublish) or every
+// RecordRefresh intervals, and at once when observe asks (a new suspicion: see
 // schedule.go); it sends the record straight to every site that connects
 // (pushRecord), which is how a new peer learns this site.
 //
@@ -597,7 +614,11 @@ func (n *Node) announceLoop(ctx context.Context, connected <-chan peer.ID) {
 			return
 		case <-tick.C:
 			r := n.record()
-			if recordChanged(last, r) || time.Since(lastPublished) >= RecordRefresh*n.cfg.AnnounceInterval {
+			since := time.Since(lastPublished)
+			change := recordChanged(last, r)
+			if change == changedMembers ||
+				(change == changedRTT && since >= RTTRepublish*n.cfg.AnnounceInterval) ||
+				since >= RecordRefresh*n.cfg.AnnounceInterval {
 				n.publish(ctx, r)
 				last, lastPublished = r, time.Now()
 			}
