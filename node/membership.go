@@ -6,10 +6,10 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"math"
 	"slices"
 	"time"
 
+	"github.com/hashicorp/serf/coordinate"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -24,11 +24,16 @@ import (
 // accepted only when its Peer is that signer, so no site can speak for
 // another.
 type Record struct {
-	Site    string             `json:"site"`
-	Peer    peer.ID            `json:"peer"`
-	Addrs   []string           `json:"addrs"`
-	Started time.Time          `json:"started"`
-	RTTms   map[string]float64 `json:"rtt_ms,omitempty"` // smoothed RTT to each reachable site
+	Site    string    `json:"site"`
+	Peer    peer.ID   `json:"peer"`
+	Addrs   []string  `json:"addrs"`
+	Started time.Time `json:"started"`
+	// Coord is the site's network coordinate, once it has settled (see
+	// coord.go): the others estimate RTTs between two sites from them.
+	Coord *coordinate.Coordinate `json:"coord,omitempty"`
+	// RTTms held the smoothed RTT to each reachable site. Earlier
+	// versions send it; this one reads it and sends a coordinate.
+	RTTms map[string]float64 `json:"rtt_ms,omitempty"`
 	// Suspects are the sites this site holds suspect. For the others it
 	// is a hint, never a verdict: each probes those sites at its next
 	// round, in turn or not, and decides for itself (see schedule.go).
@@ -68,24 +73,19 @@ type Conflict struct {
 const maxRecordSize = 64 << 10
 
 func (n *Node) record() Record {
-	r := Record{Site: n.cfg.Site, Peer: n.host.ID(), Started: n.started, RTTms: map[string]float64{}}
+	r := Record{Site: n.cfg.Site, Peer: n.host.ID(), Started: n.started}
 	for _, a := range n.host.Addrs() {
 		r.Addrs = append(r.Addrs, a.String())
 	}
 	slices.Sort(r.Addrs)
 	n.mu.Lock()
 	for _, ps := range n.byPeer {
-		if ps.site == "" {
-			continue
-		}
-		st := ps.state()
-		if ps.rtt > 0 && st.Reachable() {
-			// Microseconds are plenty and keep the record short.
-			r.RTTms[ps.site] = math.Round(float64(ps.rtt)/float64(time.Microsecond)) / 1e3
-		}
-		if st == scope.Suspect {
+		if ps.site != "" && ps.state() == scope.Suspect {
 			r.Suspects = append(r.Suspects, ps.site)
 		}
+	}
+	if n.samples >= coordSettle {
+		r.Coord = n.coord.GetCoordinate()
 	}
 	n.mu.Unlock()
 	slices.Sort(r.Suspects)
@@ -93,15 +93,14 @@ func (n *Node) record() Record {
 }
 
 // How many AnnounceIntervals a site goes at most without publishing its
-// record: RTTRepublish when only RTTs changed, RecordRefresh when nothing
-// did (a late safety net for a lost publication: sites that connect
-// exchange records directly). Every site receives every publication, and
-// gossipsub advertises recent ones to a quarter of its peers each second:
-// a record republished every interval by each of a hundred sites costs
-// each site tens of kilobytes a second.
+// record: CoordRepublish when only its coordinate moved, RecordRefresh when
+// nothing changed (a late safety net for a lost publication: sites that
+// connect exchange records directly). Every site receives every
+// publication, and gossipsub advertises recent ones to a quarter of its
+// peers each second.
 const (
-	RTTRepublish  = 3
-	RecordRefresh = 6
+	CoordRepublish = 3
+	RecordRefresh  = 6
 )
 
 // recordChange is how a record differs from the one last published.
@@ -109,32 +108,23 @@ type recordChange int
 
 const (
 	changedNothing recordChange = iota
-	changedRTT                  // an RTT moved (see recordChanged)
-	changedMembers              // addresses, start, suspects or the sites reached
+	changedCoord                // the coordinate moved (see recordChanged)
+	changedMembers              // addresses, start, suspects, a first coordinate
 )
 
 // recordChanged says how a record differs from the one last published:
-// other addresses, another start, other suspects or another set of sites
-// with an RTT (one came or went) are published at the next look; an RTT
-// that moved by more than a quarter and more than a millisecond within
-// RTTRepublish intervals. The floor keeps jitter on a LAN (tenths of a
-// millisecond that double under load) from republishing records; a
-// planner's `around(site, 10ms)` needs no finer figures.
+// other addresses, another start, other suspects or a first coordinate
+// are published at the next look; a coordinate that moved by more than a
+// millisecond within CoordRepublish intervals. The floor keeps jitter on a
+// LAN (tenths of a millisecond that double under load) from republishing
+// records; a planner's `around(site, 10ms)` needs no finer figures.
 func recordChanged(old, cur Record) recordChange {
 	if !slices.Equal(old.Addrs, cur.Addrs) || !old.Started.Equal(cur.Started) ||
-		!slices.Equal(old.Suspects, cur.Suspects) || len(old.RTTms) != len(cur.RTTms) {
+		!slices.Equal(old.Suspects, cur.Suspects) || (old.Coord == nil) != (cur.Coord == nil) {
 		return changedMembers
 	}
-	for site := range cur.RTTms {
-		if _, ok := old.RTTms[site]; !ok {
-			return changedMembers
-		}
-	}
-	for site, ms := range cur.RTTms {
-		was := old.RTTms[site]
-		if d := math.Abs(ms - was); d > 1 && d > 0.25*was {
-			return changedRTT
-		}
+	if cur.Coord != nil && coordMoved(old.Coord, cur.Coord) > time.Millisecond {
+		return changedCoord
 	}
 	return changedNothing
 }
@@ -186,6 +176,9 @@ func decodeRecord(data []byte, signer peer.ID) (Record, error) {
 		if scope.CheckName("site", site) != nil {
 			return r, fmt.Errorf("record: bad suspect site name %q", site)
 		}
+	}
+	if r.Coord != nil && !validCoord(r.Coord, len(r.Coord.Vec)) {
+		return r, fmt.Errorf("record: bad network coordinate")
 	}
 	return r, nil
 }
@@ -381,6 +374,10 @@ func (n *Node) learn(r Record) {
 	ps.reported = map[string]time.Duration{}
 	for site, ms := range r.RTTms {
 		ps.reported[site] = time.Duration(ms * float64(time.Millisecond))
+	}
+	ps.coord = nil
+	if validCoord(r.Coord, int(coordConfig().Dimensionality)) {
+		ps.coord = r.Coord
 	}
 	n.bySite[r.Site] = r.Peer
 	n.hintedLocked(r.Suspects)
@@ -588,7 +585,7 @@ func (n *Node) joiningThrough(p peer.ID) bool {
 }
 
 // announceLoop publishes this site's record when it changed (looking
-// every AnnounceInterval, see recordChanged and RTTRepublish) or every
+// every AnnounceInterval, see recordChanged and CoordRepublish) or every
 // RecordRefresh intervals, and at once when observe asks (a new suspicion: see
 // schedule.go); it sends the record straight to every site that connects
 // (pushRecord), which is how a new peer learns this site.
@@ -617,7 +614,7 @@ func (n *Node) announceLoop(ctx context.Context, connected <-chan peer.ID) {
 			since := time.Since(lastPublished)
 			change := recordChanged(last, r)
 			if change == changedMembers ||
-				(change == changedRTT && since >= RTTRepublish*n.cfg.AnnounceInterval) ||
+				(change == changedCoord && since >= CoordRepublish*n.cfg.AnnounceInterval) ||
 				since >= RecordRefresh*n.cfg.AnnounceInterval {
 				n.publish(ctx, r)
 				last, lastPublished = r, time.Now()

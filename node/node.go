@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/serf/coordinate"
 	"github.com/libp2p/go-libp2p"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	pb "github.com/libp2p/go-libp2p-pubsub/pb"
@@ -54,11 +55,15 @@ type Node struct {
 	bindMu        sync.Mutex
 	bindings      *bindingTable
 
-	mu        sync.Mutex
-	bySite    map[string]peer.ID // bound sites whose record arrived in this run
-	byPeer    map[peer.ID]*peerState
-	rot       *rotation // every peer of byPeer, in the order healthy ones are probed
-	dials     int       // probes that dial, at most ProbeFanout
+	mu     sync.Mutex
+	bySite map[string]peer.ID // bound sites whose record arrived in this run
+	byPeer map[peer.ID]*peerState
+	rot    *rotation // every peer of byPeer, in the order healthy ones are probed
+	// coord is this site's network coordinate (see coord.go); samples
+	// counts the RTTs it took, under mu.
+	coord     *coordinate.Client
+	samples   int
+	dials     int // probes that dial, at most ProbeFanout
 	conflicts []Conflict
 	// refusedClaims counts refused membership records per claimed name.
 	refusedClaims map[string]int
@@ -129,6 +134,9 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		gater:         newTrustGater(self, append(slices.Collect(maps.Values(cfg.Sites)), cfg.Trust...), cfg.TrustAll, log),
 		probeNow:      make(chan struct{}, 1),
 		announceNow:   make(chan struct{}, 1),
+	}
+	if n.coord, err = coordinate.NewClient(coordConfig()); err != nil {
+		return nil, fmt.Errorf("node: network coordinate: %w", err)
 	}
 	if cfg.TrustAll {
 		log.Warn("trusting every peer (--trust-all): use on closed test networks only")
@@ -245,6 +253,7 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 
 	runCtx, stopLoops := context.WithCancel(context.Background())
 	n.stopLoops = stopLoops
+	h.SetStreamHandler(ProbeProtocol, n.handleProbe)
 	h.SetStreamHandler(RecordProtocol, n.handleRecord)
 	h.SetStreamHandler(SitesProtocol, n.handleSites)
 	// A connection dropped here (256 opened faster than they are handled)

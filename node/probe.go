@@ -6,10 +6,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/serf/coordinate"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/net/swarm"
-	"github.com/libp2p/go-libp2p/p2p/protocol/ping"
 	"github.com/multiformats/go-multiaddr"
 
 	"cheops/scope"
@@ -27,7 +27,8 @@ type peerState struct {
 	inflight  bool                     // a probe is running
 	rtt       time.Duration            // EWMA of the probes' RTT
 	lastSeen  time.Time                // last answered probe
-	reported  map[string]time.Duration // RTTs the site measured to others
+	reported  map[string]time.Duration // RTTs the site measured to others (records of earlier versions)
+	coord     *coordinate.Coordinate   // the network coordinate of its latest record
 	nextDial  time.Time
 	backoff   time.Duration
 	// flagged: probe at the next round, whatever the rotation says (its
@@ -270,7 +271,7 @@ func (n *Node) probe(ctx context.Context, p peer.ID) {
 	n.probes.Add(1)
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.ProbeTimeout)
 	defer cancel()
-	rtt, ok := n.ping(ctx, p)
+	rtt, coord, ok := n.ping(ctx, p)
 	if ctx.Err() != nil && context.Cause(ctx) == context.Canceled {
 		// The node is closing: this probe says nothing of the peer.
 		n.mu.Lock()
@@ -278,16 +279,16 @@ func (n *Node) probe(ctx context.Context, p peer.ID) {
 		n.mu.Unlock()
 		return
 	}
-	n.observe(p, rtt, ok)
+	n.observe(p, rtt, coord, ok)
 }
 
-func (n *Node) ping(ctx context.Context, p peer.ID) (time.Duration, bool) {
+func (n *Node) ping(ctx context.Context, p peer.ID) (time.Duration, *coordinate.Coordinate, bool) {
 	if n.host.Network().Connectedness(p) != network.Connected {
 		n.mu.Lock()
 		wait := time.Now().Before(n.peerLocked(p).nextDial)
 		n.mu.Unlock()
 		if wait {
-			return 0, false
+			return 0, nil, false
 		}
 		// This node paces its own redials (redialLater); the swarm's
 		// backoff (5 s growing quadratically to 5 min) would otherwise
@@ -298,34 +299,10 @@ func (n *Node) ping(ctx context.Context, p peer.ID) (time.Duration, bool) {
 		if err := n.host.Connect(ctx, peer.AddrInfo{ID: p}); err != nil {
 			n.log.Debug("probe: dial failed", "peer", p, "err", err)
 			n.redialLater(p)
-			return 0, false
+			return 0, nil, false
 		}
 	}
-	// The first ping of a stream also pays for protocol negotiation; the
-	// smaller of two samples is the network's round trip.
-	pctx, pcancel := context.WithCancel(ctx)
-	defer pcancel()
-	results := ping.Ping(pctx, n.host, p)
-	var best time.Duration
-	answered := false
-	for range 2 {
-		select {
-		case res, open := <-results:
-			if !open || res.Error != nil {
-				if res.Error != nil {
-					n.log.Debug("probe: ping failed", "peer", p, "err", res.Error)
-				}
-				return best, answered
-			}
-			if !answered || res.RTT < best {
-				best = res.RTT
-			}
-			answered = true
-		case <-ctx.Done():
-			return best, answered
-		}
-	}
-	return best, answered
+	return n.exchange(ctx, p)
 }
 
 // redialLater doubles the delay before the next connection attempt, from
@@ -351,12 +328,19 @@ func (n *Node) probeDoneLocked(ps *peerState) {
 	}
 }
 
-func (n *Node) observe(p peer.ID, rtt time.Duration, ok bool) {
+// observe takes a probe's outcome: the RTT and, from a site that speaks
+// ProbeProtocol, its coordinate, which moves this site's own.
+func (n *Node) observe(p peer.ID, rtt time.Duration, coord *coordinate.Coordinate, ok bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	ps := n.peerLocked(p)
 	n.probeDoneLocked(ps)
 	before := ps.state()
+	if ok && validCoord(coord, int(coordConfig().Dimensionality)) {
+		if _, err := n.coord.Update(p.String(), coord, rtt); err == nil {
+			n.samples++
+		}
+	}
 	if ok {
 		if ps.backoff > 0 || before == scope.Down {
 			n.retryOthersLocked(p)
@@ -435,13 +419,26 @@ func (n *Node) Sites() []SiteStatus {
 }
 
 // View is the membership snapshot the scope planner takes: every known
-// site with its state and the RTTs it reported, and this site with the
-// RTTs it measured.
+// site with its state, and RTTs (see the design note in coord.go). This
+// site's are the ones it measured, or for a site it has not probed yet
+// the distance between their coordinates; another site's are the
+// distances from its coordinate to the others' (or, from a site of an
+// earlier version, the RTTs its record reported).
 func (n *Node) View() scope.View {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	self := scope.SiteInfo{Name: n.cfg.Site, State: scope.Up, RTT: map[string]time.Duration{}}
 	v := scope.View{Local: n.cfg.Site, Sites: map[string]scope.SiteInfo{}}
+	var mine *coordinate.Coordinate
+	if n.samples >= coordSettle {
+		mine = n.coord.GetCoordinate()
+	}
+	coords := map[string]*coordinate.Coordinate{}
+	for _, ps := range n.byPeer {
+		if ps.site != "" && ps.coord != nil {
+			coords[ps.site] = ps.coord
+		}
+	}
 	for _, ps := range n.byPeer {
 		if ps.site == "" {
 			continue
@@ -450,9 +447,19 @@ func (n *Node) View() scope.View {
 		for s, d := range ps.reported {
 			info.RTT[s] = d
 		}
+		if len(ps.reported) == 0 && ps.coord != nil {
+			for s, c := range coords {
+				if s != ps.site {
+					info.RTT[s] = ps.coord.DistanceTo(c)
+				}
+			}
+		}
 		v.Sites[ps.site] = info
-		if ps.probed {
+		switch {
+		case ps.probed:
 			self.RTT[ps.site] = ps.rtt
+		case mine != nil && ps.coord != nil:
+			self.RTT[ps.site] = mine.DistanceTo(ps.coord)
 		}
 	}
 	v.Sites[n.cfg.Site] = self
