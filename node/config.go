@@ -95,12 +95,11 @@ type Config struct {
 	// change shows within 3–4 probes, a single outlier moves it little.
 	RTTSmoothing float64
 	// AnnounceInterval is how often this site looks at its membership
-	// record (its addresses, its network coordinate, the sites it
-	// suspects) and publishes it if it changed (see recordChanged and
-	// CoordRepublish); it is published at least every RecordRefresh
-	// intervals even so. 10 s: records change slowly, every site
-	// receives every publication, and a site that connects gets the
-	// record at once anyway, sent straight to it.
+	// record (its addresses, its network coordinate) and publishes it if
+	// it changed (see recordChanged); it is published every
+	// RecordRefresh intervals even so. 10 s: records change slowly,
+	// every site receives every publication, and a site that connects
+	// gets the record at once anyway, sent straight to it.
 	AnnounceInterval time.Duration
 	// RedialInterval is how soon a site that is down is dialled again
 	// after a failed attempt, between probe rounds: 50 ms, so that a

@@ -29,19 +29,20 @@ import (
 // and Consul do (github.com/hashicorp/serf/coordinate): every answered
 // probe carries the peer's coordinate (ProbeProtocol) and moves this
 // site's own by the RTT it measured. A record carries the coordinate, a
-// constant size, and the RTT between two other sites is the distance
-// between their coordinates. The RTTs that involve this site stay
+// constant size, republished every RecordRefresh intervals, and the RTT
+// between two other sites is the distance between their coordinates. The RTTs that involve this site stay
 // measured, and a site not probed yet is estimated from its coordinate.
 // Records from earlier versions, with RTTs and no coordinate, are still
 // read.
 
 // ProbeProtocol is the stream protocol of a probe: for each byte the
-// prober sends, the peer answers a frame, a two-byte length then its
-// current coordinate in JSON for the first, nothing for the next ones. A
-// probe makes two exchanges on one stream and keeps the smaller RTT (the
-// first also pays for protocol negotiation). Sites of earlier versions do
-// not speak it: the probe then negotiates libp2p's ping and gets no
-// coordinate.
+// prober sends, the peer answers a frame, a two-byte length then, for the
+// first, a probeAnswer in JSON, nothing for the next ones. A probe makes
+// one exchange: the stream is opened first (a round trip when the peer's
+// protocols are not known yet, none afterwards since libp2p then
+// negotiates optimistically), so that the exchange measures one round
+// trip. Sites of earlier versions do not speak it: the probe then
+// negotiates libp2p's ping and learns nothing more.
 const ProbeProtocol = "/cheops/probe/1.0.0"
 
 // coordSettle is how many RTT samples a site's coordinate takes before
@@ -49,8 +50,19 @@ const ProbeProtocol = "/cheops/probe/1.0.0"
 // make every other site look near.
 const coordSettle = 8
 
-// maxCoordFrame bounds a coordinate's encoding on the wire.
-const maxCoordFrame = 4 << 10
+// maxProbeFrame bounds a probe answer's encoding on the wire.
+const maxProbeFrame = 4 << 10
+
+// maxSuspects bounds the suspicions one probe answer carries.
+const maxSuspects = 16
+
+// probeAnswer is what a site answers a probe with: its coordinate, and
+// the sites it suspects (see suspicionsLocked), piggybacked as SWIM does
+// so that a suspicion spreads without a publication to every site.
+type probeAnswer struct {
+	Coord    *coordinate.Coordinate `json:"coord"`
+	Suspects []string               `json:"suspects,omitempty"`
+}
 
 // coordConfig is the Vivaldi configuration every site uses: coordinates
 // of two sites are comparable only if their dimensions agree.
@@ -72,25 +84,9 @@ func validCoord(c *coordinate.Coordinate, dims int) bool {
 	return c.Height <= limit && math.Abs(c.Adjustment) <= limit
 }
 
-// coordMoved is how far a site's coordinate moved between two
-// publications: the distance between the vectors plus the changes of
-// height and adjustment (DistanceTo would add both heights, as between
-// two sites).
-func coordMoved(a, b *coordinate.Coordinate) time.Duration {
-	if a == nil || b == nil || len(a.Vec) != len(b.Vec) {
-		return time.Duration(math.MaxInt64)
-	}
-	sum := 0.0
-	for i := range a.Vec {
-		d := a.Vec[i] - b.Vec[i]
-		sum += d * d
-	}
-	s := math.Sqrt(sum) + math.Abs(a.Height-b.Height) + math.Abs(a.Adjustment-b.Adjustment)
-	return time.Duration(s * float64(time.Second))
-}
-
 // handleProbe answers a probe: a frame for every byte received, the
-// first with this site's coordinate, until the prober closes the stream.
+// first with this site's coordinate and suspicions, until the prober
+// closes the stream.
 func (n *Node) handleProbe(s network.Stream) {
 	defer s.Close()
 	var b [1]byte
@@ -102,7 +98,10 @@ func (n *Node) handleProbe(s network.Stream) {
 		var data []byte
 		if first {
 			var err error
-			if data, err = json.Marshal(n.coord.GetCoordinate()); err != nil || len(data) > maxCoordFrame {
+			n.mu.Lock()
+			ans := probeAnswer{Coord: n.coord.GetCoordinate(), Suspects: n.suspicionsLocked()}
+			n.mu.Unlock()
+			if data, err = json.Marshal(ans); err != nil || len(data) > maxProbeFrame {
 				_ = s.Reset()
 				return
 			}
@@ -116,11 +115,10 @@ func (n *Node) handleProbe(s network.Stream) {
 	}
 }
 
-// exchange makes the round trips of one probe on a connection that is
-// open: two on ProbeProtocol, or on libp2p's ping for a site that does not
-// speak it. It returns the smaller RTT and the peer's coordinate (nil from
-// ping); ok if at least one exchange was answered.
-func (n *Node) exchange(ctx context.Context, p peer.ID) (rtt time.Duration, c *coordinate.Coordinate, ok bool) {
+// exchange makes the round trip of one probe on a connection that is
+// open: on ProbeProtocol, or on libp2p's ping for a site that does not
+// speak it. It returns the RTT and the peer's answer (nil from ping).
+func (n *Node) exchange(ctx context.Context, p peer.ID) (rtt time.Duration, ans *probeAnswer, ok bool) {
 	s, err := n.host.NewStream(network.WithNoDial(ctx, "probe"), p, ProbeProtocol, ping.ID)
 	if err != nil {
 		n.log.Debug("probe: open stream", "peer", p, "err", err)
@@ -130,35 +128,25 @@ func (n *Node) exchange(ctx context.Context, p peer.ID) (rtt time.Duration, c *c
 		_ = s.SetDeadline(deadline)
 	}
 	r := bufio.NewReader(s)
-	for range 2 {
-		start := time.Now()
-		var got *coordinate.Coordinate
-		if s.Protocol() == ProbeProtocol {
-			got, err = askCoord(s, r)
-		} else {
-			err = pingOnce(s, r)
-		}
-		sample := time.Since(start)
-		if err != nil {
-			n.log.Debug("probe: exchange", "peer", p, "protocol", s.Protocol(), "err", err)
-			_ = s.Reset()
-			return rtt, c, ok
-		}
-		if !ok || sample < rtt {
-			rtt = sample
-		}
-		if got != nil {
-			c = got
-		}
-		ok = true
+	start := time.Now()
+	if s.Protocol() == ProbeProtocol {
+		ans, err = ask(s, r)
+	} else {
+		err = pingOnce(s, r)
+	}
+	rtt = time.Since(start)
+	if err != nil {
+		n.log.Debug("probe: exchange", "peer", p, "protocol", s.Protocol(), "err", err)
+		_ = s.Reset()
+		return 0, nil, false
 	}
 	_ = s.Close()
-	return rtt, c, ok
+	return rtt, ans, true
 }
 
-// askCoord sends one request of ProbeProtocol and reads the coordinate
-// that answers it (nil for an empty frame).
-func askCoord(s network.Stream, r *bufio.Reader) (*coordinate.Coordinate, error) {
+// ask sends one request of ProbeProtocol and reads the answer (nil for
+// an empty frame).
+func ask(s network.Stream, r *bufio.Reader) (*probeAnswer, error) {
 	if _, err := s.Write([]byte{1}); err != nil {
 		return nil, err
 	}
@@ -167,8 +155,8 @@ func askCoord(s network.Stream, r *bufio.Reader) (*coordinate.Coordinate, error)
 		return nil, err
 	}
 	k := binary.BigEndian.Uint16(size[:])
-	if k > maxCoordFrame {
-		return nil, fmt.Errorf("coordinate of %d bytes", k)
+	if k > maxProbeFrame {
+		return nil, fmt.Errorf("probe answer of %d bytes", k)
 	}
 	if k == 0 {
 		return nil, nil
@@ -177,11 +165,14 @@ func askCoord(s network.Stream, r *bufio.Reader) (*coordinate.Coordinate, error)
 	if _, err := io.ReadFull(r, data); err != nil {
 		return nil, err
 	}
-	var c coordinate.Coordinate
-	if err := json.Unmarshal(data, &c); err != nil {
-		return nil, fmt.Errorf("coordinate: %w", err)
+	var ans probeAnswer
+	if err := json.Unmarshal(data, &ans); err != nil {
+		return nil, fmt.Errorf("probe answer: %w", err)
 	}
-	return &c, nil
+	if len(ans.Suspects) > maxSuspects {
+		ans.Suspects = ans.Suspects[:maxSuspects]
+	}
+	return &ans, nil
 }
 
 // pingOnce is one round trip of libp2p's ping protocol: 32 random bytes

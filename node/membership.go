@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math/rand/v2"
 	"slices"
 	"time"
 
@@ -34,10 +35,6 @@ type Record struct {
 	// RTTms held the smoothed RTT to each reachable site. Earlier
 	// versions send it; this one reads it and sends a coordinate.
 	RTTms map[string]float64 `json:"rtt_ms,omitempty"`
-	// Suspects are the sites this site holds suspect. For the others it
-	// is a hint, never a verdict: each probes those sites at its next
-	// round, in turn or not, and decides for itself (see schedule.go).
-	Suspects []string `json:"suspects,omitempty"`
 }
 
 // RecordProtocol is the stream protocol on which a site sends its record
@@ -79,54 +76,33 @@ func (n *Node) record() Record {
 	}
 	slices.Sort(r.Addrs)
 	n.mu.Lock()
-	for _, ps := range n.byPeer {
-		if ps.site != "" && ps.state() == scope.Suspect {
-			r.Suspects = append(r.Suspects, ps.site)
-		}
-	}
 	if n.samples >= coordSettle {
 		r.Coord = n.coord.GetCoordinate()
 	}
 	n.mu.Unlock()
-	slices.Sort(r.Suspects)
 	return r
 }
 
-// How many AnnounceIntervals a site goes at most without publishing its
-// record: CoordRepublish when only its coordinate moved, RecordRefresh when
-// nothing changed (a late safety net for a lost publication: sites that
-// connect exchange records directly). Every site receives every
-// publication, and gossipsub advertises recent ones to a quarter of its
-// peers each second.
-const (
-	CoordRepublish = 3
-	RecordRefresh  = 6
-)
+// RecordRefresh is how many AnnounceIntervals a site goes at most
+// without publishing its record when nothing in it changed, and how often
+// its coordinate reaches the sites that do not probe it. Every site
+// receives every publication, relayed by several of its peers (at 100
+// in-process sites one round of publications by all costs 24 MB): a
+// coordinate republished whenever it moved, which under load is every
+// interval, kept the machine busy. Sites that connect exchange records
+// directly; the refresh is also a late safety net for a lost
+// publication.
+const RecordRefresh = 6
 
-// recordChange is how a record differs from the one last published.
-type recordChange int
+// SitesPullEvery is how many AnnounceIntervals pass between two asks of
+// a random site for the sites it knows (see announceLoop).
+const SitesPullEvery = 3
 
-const (
-	changedNothing recordChange = iota
-	changedCoord                // the coordinate moved (see recordChanged)
-	changedMembers              // addresses, start, suspects, a first coordinate
-)
-
-// recordChanged says how a record differs from the one last published:
-// other addresses, another start, other suspects or a first coordinate
-// are published at the next look; a coordinate that moved by more than a
-// millisecond within CoordRepublish intervals. The floor keeps jitter on a
-// LAN (tenths of a millisecond that double under load) from republishing
-// records; a planner's `around(site, 10ms)` needs no finer figures.
-func recordChanged(old, cur Record) recordChange {
-	if !slices.Equal(old.Addrs, cur.Addrs) || !old.Started.Equal(cur.Started) ||
-		!slices.Equal(old.Suspects, cur.Suspects) || (old.Coord == nil) != (cur.Coord == nil) {
-		return changedMembers
-	}
-	if cur.Coord != nil && coordMoved(old.Coord, cur.Coord) > time.Millisecond {
-		return changedCoord
-	}
-	return changedNothing
+// recordChanged reports whether a record must be published before the
+// refresh is due: other addresses, another start, or a first coordinate.
+func recordChanged(old, cur Record) bool {
+	return !slices.Equal(old.Addrs, cur.Addrs) || !old.Started.Equal(cur.Started) ||
+		(old.Coord == nil) != (cur.Coord == nil)
 }
 
 // publishRecord publishes this site's current record and returns it.
@@ -170,11 +146,6 @@ func decodeRecord(data []byte, signer peer.ID) (Record, error) {
 	for site, ms := range r.RTTms {
 		if scope.CheckName("site", site) != nil || ms < 0 || ms > 1e7 {
 			return r, fmt.Errorf("record: bad RTT %v ms to %q", ms, site)
-		}
-	}
-	for _, site := range r.Suspects {
-		if scope.CheckName("site", site) != nil {
-			return r, fmt.Errorf("record: bad suspect site name %q", site)
 		}
 	}
 	if r.Coord != nil && !validCoord(r.Coord, len(r.Coord.Vec)) {
@@ -380,7 +351,6 @@ func (n *Node) learn(r Record) {
 		ps.coord = r.Coord
 	}
 	n.bySite[r.Site] = r.Peer
-	n.hintedLocked(r.Suspects)
 	var addrs, stale []multiaddr.Multiaddr
 	for _, a := range r.Addrs {
 		addrs = append(addrs, multiaddr.StringCast(a))
@@ -400,9 +370,9 @@ func (n *Node) learn(r Record) {
 	pstore.AddAddrs(r.Peer, addrs, peerstore.PermanentAddrTTL)
 }
 
-// SitesProtocol is the stream protocol on which a site that joins asks a
-// peer for the sites it knows: on connecting to a bootstrap peer, or to
-// any peer while it knows no other site. The answer, a JSON list of
+// SitesProtocol is the stream protocol on which a site asks a peer for
+// the sites it knows: on connecting to a bootstrap peer, or to any peer
+// while it knows no other site, and from time to time (announceLoop). The answer, a JSON list of
 // siteHint, only says whom to dial: a site's name and addresses are taken
 // from its own record, which it sends on connecting (RecordProtocol).
 const SitesProtocol = "/cheops/membership/sites/1.0.0"
@@ -506,21 +476,17 @@ func (n *Node) pullSites(ctx context.Context, p peer.ID) {
 	n.log.Debug("asked for the sites", "peer", p, "sites", len(hints), "new", added)
 }
 
-// hintedLocked takes another site's suspicions: each suspected site this
-// node holds healthy is probed at its next round. The hint changes no
-// state (see schedule.go).
+// hintedLocked takes another site's suspicions, from a probe answer:
+// each suspected site this node holds healthy is probed at its next round.
+// The hint changes no state (see schedule.go).
 func (n *Node) hintedLocked(suspects []string) {
-	now := time.Now()
 	for _, site := range suspects {
 		p, ok := n.bySite[site]
 		if !ok || p == n.host.ID() {
 			continue
 		}
-		if ps, ok := n.byPeer[p]; ok {
-			ps.hinted = now
-			if ps.need() == needNothing {
-				ps.flagged = true
-			}
+		if ps, ok := n.byPeer[p]; ok && ps.need() == needNothing {
+			ps.flagged = true
 		}
 	}
 }
@@ -584,43 +550,42 @@ func (n *Node) joiningThrough(p peer.ID) bool {
 	return (ok && ps.bootstrap) || len(n.bySite) <= 1
 }
 
-// announceLoop publishes this site's record when it changed (looking
-// every AnnounceInterval, see recordChanged and CoordRepublish) or every
-// RecordRefresh intervals, and at once when observe asks (a new suspicion: see
-// schedule.go); it sends the record straight to every site that connects
-// (pushRecord), which is how a new peer learns this site.
+// announceLoop sends this site's record straight to every site that
+// connects (pushRecord), which is how a new peer learns this site, and
+// asks a bootstrap peer for the sites it knows (pullSites) on connecting
+// to it. Every AnnounceInterval it publishes the record if it changed
+// (see recordChanged and RecordRefresh), and every SitesPullEvery
+// intervals asks one site it reaches, at random, for the
+// sites that one knows: sites that joined at the same moment through
+// different peers find each other so (memberlist's push-pull does the
+// same).
 //
-// A publication reaches every site, so one per connection would cost N²
-// messages when N sites start together. After a connection the record is
-// published only when this site is new to the others (its first
-// connection, or its first after AnnounceInterval without one): 300 ms
-// and 1.5 s later, because messages sent in the first moments of a new
-// connection can be lost before the peer's subscription is known.
+// Nothing is published per connection: a publication reaches every site,
+// and one per connection cost O(N²) publications when N sites started
+// together.
 func (n *Node) announceLoop(ctx context.Context, connected <-chan peer.ID) {
 	defer n.wg.Done()
 	tick := time.NewTicker(n.cfg.AnnounceInterval)
 	defer tick.Stop()
-	soon := time.NewTimer(0)
-	defer soon.Stop()
-	var later []time.Time
-	var lastConnected, lastPublished time.Time
+	var lastPublished time.Time
 	var last Record
-	for {
+	for ticks := 1; ; {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 			r := n.record()
-			since := time.Since(lastPublished)
-			change := recordChanged(last, r)
-			if change == changedMembers ||
-				(change == changedCoord && since >= CoordRepublish*n.cfg.AnnounceInterval) ||
-				since >= RecordRefresh*n.cfg.AnnounceInterval {
+			if recordChanged(last, r) || time.Since(lastPublished) >= RecordRefresh*n.cfg.AnnounceInterval {
 				n.publish(ctx, r)
 				last, lastPublished = r, time.Now()
 			}
-		case <-n.announceNow:
-			last, lastPublished = n.publishRecord(ctx), time.Now()
+			if ticks%SitesPullEvery == 0 {
+				if p, ok := n.randomReachable(); ok {
+					n.wg.Add(1)
+					go n.pullSites(ctx, p)
+				}
+			}
+			ticks++
 		case p := <-connected:
 			n.wg.Add(1)
 			go n.pushRecord(ctx, p)
@@ -628,28 +593,26 @@ func (n *Node) announceLoop(ctx context.Context, connected <-chan peer.ID) {
 				n.wg.Add(1)
 				go n.pullSites(ctx, p)
 			}
-			now := time.Now()
-			quiet := now.Sub(lastConnected) >= n.cfg.AnnounceInterval
-			lastConnected = now
-			if !quiet {
-				continue
-			}
-			later = append(later, now.Add(300*time.Millisecond), now.Add(1500*time.Millisecond))
-			slices.SortFunc(later, time.Time.Compare)
-			soon.Reset(time.Until(later[0]))
-		case <-soon.C:
-			last, lastPublished = n.publishRecord(ctx), time.Now()
-			now := time.Now()
-			rest := later[:0]
-			for _, at := range later {
-				if at.After(now) {
-					rest = append(rest, at)
-				}
-			}
-			later = rest
-			if len(later) > 0 {
-				soon.Reset(time.Until(later[0]))
-			}
 		}
 	}
+}
+
+// randomReachable picks a connected site that is up, at random.
+func (n *Node) randomReachable() (peer.ID, bool) {
+	n.mu.Lock()
+	var up []peer.ID
+	for p, ps := range n.byPeer {
+		if ps.site != "" && ps.state() == scope.Up {
+			up = append(up, p)
+		}
+	}
+	n.mu.Unlock()
+	for len(up) > 0 {
+		i := rand.IntN(len(up))
+		if n.host.Network().Connectedness(up[i]) == network.Connected {
+			return up[i], true
+		}
+		up = slices.Delete(up, i, i+1)
+	}
+	return "", false
 }

@@ -63,7 +63,9 @@ type Node struct {
 	// counts the RTTs it took, under mu.
 	coord     *coordinate.Client
 	samples   int
-	dials     int // probes that dial, at most ProbeFanout
+	dials     int       // probes that dial, at most dialLimit
+	dialLimit int       // 1 to ProbeFanout (see dialDone)
+	starvedAt time.Time // when the probe loop last ran late (see observe)
 	conflicts []Conflict
 	// refusedClaims counts refused membership records per claimed name.
 	refusedClaims map[string]int
@@ -73,12 +75,11 @@ type Node struct {
 	// needed, then a ping), for the metrics and the benchmarks.
 	probes atomic.Int64
 
-	stopLoops   context.CancelFunc // probe, announce, receive
-	probeNow    chan struct{}      // starts a probe round before the next tick
-	announceNow chan struct{}      // publishes the record before the next tick
-	stopPubSub  context.CancelFunc // the pubsub router
-	wg          sync.WaitGroup
-	closed      sync.Once
+	stopLoops  context.CancelFunc // probe, announce, receive
+	probeNow   chan struct{}      // starts a probe round before the next tick
+	stopPubSub context.CancelFunc // the pubsub router
+	wg         sync.WaitGroup
+	closed     sync.Once
 }
 
 // New starts a node: it locks cfg.DataDir, loads (or creates) the identity
@@ -129,11 +130,11 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		bySite:        map[string]peer.ID{cfg.Site: self},
 		byPeer:        map[peer.ID]*peerState{},
 		rot:           newRotation(rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))),
+		dialLimit:     min(2, cfg.ProbeFanout),
 		refusedClaims: map[string]int{},
 		watchers:      map[chan SiteEvent]struct{}{},
 		gater:         newTrustGater(self, append(slices.Collect(maps.Values(cfg.Sites)), cfg.Trust...), cfg.TrustAll, log),
 		probeNow:      make(chan struct{}, 1),
-		announceNow:   make(chan struct{}, 1),
 	}
 	if n.coord, err = coordinate.NewClient(coordConfig()); err != nil {
 		return nil, fmt.Errorf("node: network coordinate: %w", err)

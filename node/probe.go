@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -34,8 +35,6 @@ type peerState struct {
 	// flagged: probe at the next round, whatever the rotation says (its
 	// connection closed, or another site suspects it).
 	flagged bool
-	// hinted is when another site last announced it suspects this peer.
-	hinted time.Time
 	// dialing: its probe holds one of the node's dial slots.
 	dialing bool
 	// deferred: never reached, and due to be dialled when a slot frees.
@@ -127,16 +126,20 @@ func (n *Node) notifyLocked(ev SiteEvent) {
 // only pings): a site that learns a hundred others at its start dials
 // them a few at a time rather than in one burst of handshakes, and a
 // partition costs as many pending dials, whatever the number of sites
-// on the other side.
+// on the other side. Fewer when dials time out (see dialDone).
+//
+// The loop's ticker also measures how late this node runs: see starved.
 func (n *Node) probeLoop(ctx context.Context) {
 	defer n.wg.Done()
 	redial := n.cfg.RedialInterval
 	if redial <= 0 {
 		redial = n.cfg.ProbeInterval
 	}
-	tick := time.NewTicker(min(n.cfg.ProbeInterval, redial))
+	every := min(n.cfg.ProbeInterval, redial)
+	tick := time.NewTicker(every)
 	defer tick.Stop()
 	var lastRound time.Time
+	lastTick := time.Now()
 	early := false // a round asked for before its time (probeNow)
 	for {
 		now := time.Now()
@@ -165,7 +168,7 @@ func (n *Node) probeLoop(ctx context.Context) {
 		for _, p := range due {
 			ps := n.byPeer[p]
 			if n.host.Network().Connectedness(p) != network.Connected {
-				if n.dials >= n.cfg.ProbeFanout {
+				if n.dials >= n.dialLimit {
 					// Every slot is taken: a site never reached yet is
 					// dialled as soon as one frees, any other at its
 					// next round (or redial).
@@ -177,7 +180,11 @@ func (n *Node) probeLoop(ctx context.Context) {
 			}
 			ps.inflight, ps.flagged, ps.deferred = true, false, false
 			n.wg.Add(1)
-			go n.probe(ctx, p)
+			timeout := n.cfg.ProbeTimeout
+			if !ps.probed {
+				timeout *= firstContact
+			}
+			go n.probe(ctx, p, timeout)
 		}
 		n.mu.Unlock()
 		early = false
@@ -185,9 +192,39 @@ func (n *Node) probeLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+			now := time.Now()
+			if now.Sub(lastTick)-every > n.starvedAfter() {
+				n.mu.Lock()
+				n.starvedAt = now
+				n.mu.Unlock()
+			}
+			lastTick = now
 		case <-n.probeNow:
 			early = true
 		}
+	}
+}
+
+// starvedAfter is how late the probe loop's ticker must fire for this
+// node to count as starved: a quarter of ProbeTimeout, at least 100 ms.
+func (n *Node) starvedAfter() time.Duration {
+	return max(n.cfg.ProbeTimeout/4, 100*time.Millisecond)
+}
+
+// dialDone adapts the number of probes that may dial at once, as TCP its
+// congestion window: one more after a dial that connected, up to
+// ProbeFanout; half as many after one that timed out, at least one. A
+// dial times out when this site or the far one is too busy to finish the
+// handshakes it started (a hundred in-process sites starting together on
+// two cores): more at once would only time out too.
+func (n *Node) dialDone(connected, timedOut bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	switch {
+	case connected:
+		n.dialLimit = min(n.dialLimit+1, n.cfg.ProbeFanout)
+	case timedOut:
+		n.dialLimit = max(n.dialLimit/2, 1)
 	}
 }
 
@@ -264,14 +301,23 @@ func (n *Node) retryOthersLocked(back peer.ID) {
 	}
 }
 
+// firstContact multiplies ProbeTimeout for the probes of a site never
+// reached: its first dial and exchange set up a connection (handshakes,
+// identify, the record pushed each way), which a hundred sites starting
+// together on two cores take seconds to finish. Cut at ProbeTimeout, that
+// work is lost and started again; nothing waits on a verdict about a site
+// that was never up.
+const firstContact = 3
+
 // probe dials the peer if it is not connected (unless its redial backoff
-// is running) and pings it, all within ProbeTimeout.
-func (n *Node) probe(ctx context.Context, p peer.ID) {
+// is running) and pings it, all within timeout.
+func (n *Node) probe(ctx context.Context, p peer.ID, timeout time.Duration) {
 	defer n.wg.Done()
 	n.probes.Add(1)
-	ctx, cancel := context.WithTimeout(ctx, n.cfg.ProbeTimeout)
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	rtt, coord, ok := n.ping(ctx, p)
+	rtt, ans, ok := n.ping(ctx, p)
 	if ctx.Err() != nil && context.Cause(ctx) == context.Canceled {
 		// The node is closing: this probe says nothing of the peer.
 		n.mu.Lock()
@@ -279,10 +325,10 @@ func (n *Node) probe(ctx context.Context, p peer.ID) {
 		n.mu.Unlock()
 		return
 	}
-	n.observe(p, rtt, coord, ok)
+	n.observe(p, start, rtt, ans, ok)
 }
 
-func (n *Node) ping(ctx context.Context, p peer.ID) (time.Duration, *coordinate.Coordinate, bool) {
+func (n *Node) ping(ctx context.Context, p peer.ID) (time.Duration, *probeAnswer, bool) {
 	if n.host.Network().Connectedness(p) != network.Connected {
 		n.mu.Lock()
 		wait := time.Now().Before(n.peerLocked(p).nextDial)
@@ -296,7 +342,9 @@ func (n *Node) ping(ctx context.Context, p peer.ID) (time.Duration, *coordinate.
 		if sw, ok := n.host.Network().(*swarm.Swarm); ok {
 			sw.Backoff().Clear(p)
 		}
-		if err := n.host.Connect(ctx, peer.AddrInfo{ID: p}); err != nil {
+		err := n.host.Connect(ctx, peer.AddrInfo{ID: p})
+		n.dialDone(err == nil, err != nil && ctx.Err() != nil)
+		if err != nil {
 			n.log.Debug("probe: dial failed", "peer", p, "err", err)
 			n.redialLater(p)
 			return 0, nil, false
@@ -328,18 +376,27 @@ func (n *Node) probeDoneLocked(ps *peerState) {
 	}
 }
 
-// observe takes a probe's outcome: the RTT and, from a site that speaks
-// ProbeProtocol, its coordinate, which moves this site's own.
-func (n *Node) observe(p peer.ID, rtt time.Duration, coord *coordinate.Coordinate, ok bool) {
+// observe takes the outcome of a probe started at start: the RTT and,
+// from a site that speaks ProbeProtocol, its coordinate, which moves this
+// site's own, and its suspicions. A failed probe is not counted as a miss
+// when this node was starved while it ran (its ticker fired late by more
+// than starvedAfter): a node too slow to run its own probes on time
+// cannot tell a silent peer from its own slowness, and would otherwise
+// mark live peers suspect and down, which costs more work (Lifeguard's
+// argument, memberlist's "awareness").
+func (n *Node) observe(p peer.ID, start time.Time, rtt time.Duration, ans *probeAnswer, ok bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	ps := n.peerLocked(p)
 	n.probeDoneLocked(ps)
 	before := ps.state()
-	if ok && validCoord(coord, int(coordConfig().Dimensionality)) {
-		if _, err := n.coord.Update(p.String(), coord, rtt); err == nil {
-			n.samples++
+	if ok && ans != nil {
+		if validCoord(ans.Coord, int(coordConfig().Dimensionality)) {
+			if _, err := n.coord.Update(p.String(), ans.Coord, rtt); err == nil {
+				n.samples++
+			}
 		}
+		n.hintedLocked(ans.Suspects)
 	}
 	if ok {
 		if ps.backoff > 0 || before == scope.Down {
@@ -354,6 +411,8 @@ func (n *Node) observe(p peer.ID, rtt time.Duration, coord *coordinate.Coordinat
 			a := n.cfg.RTTSmoothing
 			ps.rtt = time.Duration(a*float64(rtt) + (1-a)*float64(ps.rtt))
 		}
+	} else if n.starvedAt.After(start) {
+		n.log.Debug("probe failed while this node was starved: not counted", "peer", p)
 	} else {
 		ps.misses++
 	}
@@ -361,20 +420,34 @@ func (n *Node) observe(p peer.ID, rtt time.Duration, coord *coordinate.Coordinat
 	if before != after && ps.site != "" {
 		n.log.Info("site state changed", "site", ps.site, "from", before, "to", after, "rtt", ps.rtt)
 		n.notifyLocked(SiteEvent{Site: ps.site, Peer: p, From: before, State: after})
-		if after == scope.Suspect && before == scope.Up && n.rotates() && time.Since(ps.hinted) > n.cfg.DownBound() {
-			// Tell the others, who may not probe it for rounds; unless
-			// one already did.
-			select {
-			case n.announceNow <- struct{}{}:
-			default:
-			}
-		}
 	}
 }
 
 // rotates reports whether healthy peers are probed in turn rather than
 // all every round (more than ProbeFanout peers). Called with n.mu held.
 func (n *Node) rotates() bool { return len(n.byPeer) > n.cfg.ProbeFanout }
+
+// suspicionsLocked lists the sites this node holds suspect, which it
+// passes on in its probe answers when it rotates (otherwise every site
+// probes every other each round and a hint would add nothing). A site
+// that hears one probes the suspect at its next round and, if the suspect
+// fails it too, passes its own suspicion on: the suspicion spreads as
+// SWIM's piggybacked gossip does, without a publication to every site.
+// Hints heard are not relayed as such: under load, when suspicions come
+// and go, relays multiplied the probes.
+func (n *Node) suspicionsLocked() []string {
+	if !n.rotates() {
+		return nil
+	}
+	var out []string
+	for _, ps := range n.byPeer {
+		if ps.site != "" && len(out) < maxSuspects && ps.state() == scope.Suspect {
+			out = append(out, ps.site)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
 
 // SiteStatus is one row of the membership table.
 type SiteStatus struct {

@@ -19,7 +19,7 @@ import (
 //   - every peer that needs attention: never answered yet, missed its
 //     last probe (on the way to suspect or down), down (also redialled
 //     between rounds), or flagged since the last round because its last
-//     connection closed or another site announced it suspects it;
+//     connection closed or another site said it suspects it;
 //   - and up to Config.ProbeFanout of the healthy ones, taken in turn from
 //     a random order fixed per site (new peers are inserted at random
 //     places). With at most ProbeFanout healthy peers that is all of them,
@@ -33,10 +33,12 @@ import (
 // most ⌈healthy/ProbeFanout⌉ rounds when nothing else gives the failure
 // away; nothing when the site's connections close (a crash, a stop, a
 // reset: the kernel closes its sockets, the flag above catches it), and
-// about one round when the site is cut off silently, since some site
-// probes it in any round and announces its suspicion as soon as it has
-// one (Record.Suspects). A suspicion only makes the others probe the site
-// at their next round: it changes no state by itself.
+// a few rounds when the site is cut off silently, since some site probes
+// it in any round and passes its suspicion on in the answers to the
+// probes it receives (suspicionsLocked, as SWIM piggybacks on pings):
+// each site that hears it probes the suspect at its next round, and
+// passes its own suspicion on in turn. A suspicion only makes the others
+// probe the site: it changes no state by itself.
 //
 // No indirect probes (SWIM's ping-req through k other sites): they exist
 // to keep one site's bad link from marking a peer dead for the whole
