@@ -83,9 +83,10 @@ func (n *Node) record() Record {
 	return r
 }
 
-// RecordRefresh is how many AnnounceIntervals a site goes at most
-// without publishing its record when nothing in it changed, and how often
-// its coordinate reaches the sites that do not probe it. Every site
+// RecordRefresh is how many AnnounceIntervals a site goes without
+// publishing its record when nothing in it changed (up to half as many
+// again, at random), and so how often its coordinate reaches the sites
+// that do not probe it. Every site
 // receives every publication, relayed by several of its peers (at 100
 // in-process sites one round of publications by all costs 24 MB): a
 // coordinate republished whenever it moved, which under load is every
@@ -567,7 +568,7 @@ func (n *Node) announceLoop(ctx context.Context, connected <-chan peer.ID) {
 	defer n.wg.Done()
 	tick := time.NewTicker(n.cfg.AnnounceInterval)
 	defer tick.Stop()
-	var lastPublished time.Time
+	var refresh time.Time // when the record is due again
 	var last Record
 	for ticks := 1; ; {
 		select {
@@ -575,9 +576,12 @@ func (n *Node) announceLoop(ctx context.Context, connected <-chan peer.ID) {
 			return
 		case <-tick.C:
 			r := n.record()
-			if recordChanged(last, r) || time.Since(lastPublished) >= RecordRefresh*n.cfg.AnnounceInterval {
+			if now := time.Now(); recordChanged(last, r) || !now.Before(refresh) {
 				n.publish(ctx, r)
-				last, lastPublished = r, time.Now()
+				// Up to half as late again, at random: sites that started
+				// together would otherwise all publish at once.
+				every := RecordRefresh * n.cfg.AnnounceInterval
+				last, refresh = r, now.Add(every+rand.N(every/2))
 			}
 			if ticks%SitesPullEvery == 0 {
 				if p, ok := n.randomReachable(); ok {
