@@ -231,3 +231,74 @@ func BenchmarkFormation(b *testing.B) {
 		})
 	}
 }
+
+// manyConfig probes four times a second: fast enough for tests, light
+// enough for forty sites under the race detector on two cores.
+func manyConfig(c *Config) {
+	c.ProbeInterval, c.ProbeTimeout = 250*time.Millisecond, time.Second
+	c.AnnounceInterval = 500 * time.Millisecond
+	c.MaxRedialBackoff = 400 * time.Millisecond
+}
+
+// Forty sites, each bootstrapping from the first: every site sees every
+// other up within a bound; then each probes about ProbeFanout sites per
+// round, not 39; then a site that stops is down at every other within
+// DownBound. Under the race detector, 16 sites probing 3 per round: it
+// takes a minute to set up the 276 connections of 24 sites.
+func TestManySites(t *testing.T) {
+	sites, fanout, margin := 40, 8, 3*time.Second
+	if raceEnabled {
+		sites, fanout, margin = 16, 3, 6*time.Second
+	}
+	m := startMany(t, sites, func(c *Config) {
+		manyConfig(c)
+		c.ProbeFanout = fanout
+	})
+	cfg := m.nodes[0].Config()
+	formed := m.waitFormed(90 * time.Second)
+	t.Logf("%d sites all up everywhere %v after the first start", sites, formed.Round(time.Millisecond))
+
+	// Probes per site per round, over twenty rounds.
+	before := make([]int64, sites)
+	for i, nd := range m.nodes {
+		before[i] = nd.probes.Load()
+	}
+	t0 := time.Now()
+	time.Sleep(20 * cfg.ProbeInterval) // a window to count over
+	rounds := time.Since(t0).Seconds() / cfg.ProbeInterval.Seconds()
+	var total, worst float64
+	for i, nd := range m.nodes {
+		per := float64(nd.probes.Load()-before[i]) / rounds
+		total += per
+		worst = max(worst, per)
+	}
+	avg := total / float64(sites)
+	t.Logf("probes per site per round: %.2f on average, %.2f at most (fanout %d, %d peers)", avg, worst, cfg.ProbeFanout, sites-1)
+	if avg > float64(cfg.ProbeFanout)+0.5 || worst > float64(cfg.ProbeFanout)+2 {
+		t.Errorf("probes per site per round: %.2f on average, %.2f at most; want about ProbeFanout (%d)", avg, worst, cfg.ProbeFanout)
+	}
+
+	// A site stops: every other sees it down within DownBound.
+	victim := m.names[sites/2]
+	m.nodes[sites/2].Close()
+	m.nodes[sites/2] = nil
+	stopped := time.Now()
+	bound := cfg.DownBound() + margin // the margin absorbs a busy machine, and -race
+	deadline := stopped.Add(bound)
+	for {
+		notDown := 0
+		for _, nd := range m.nodes {
+			if nd != nil && nd.View().Sites[victim].State != scope.Down {
+				notDown++
+			}
+		}
+		if notDown == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d sites do not see the stopped %s down %v after it stopped (DownBound %v)", notDown, victim, bound, cfg.DownBound())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("stopped %s down at all %d others after %v (DownBound %v)", victim, sites-1, time.Since(stopped).Round(time.Millisecond), cfg.DownBound())
+}

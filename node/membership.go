@@ -483,7 +483,7 @@ func (n *Node) pullSites(ctx context.Context, p peer.ID) {
 func (n *Node) hintedLocked(suspects []string) {
 	for _, site := range suspects {
 		p, ok := n.bySite[site]
-		if !ok || p == n.host.ID() {
+		if !ok || site == n.cfg.Site {
 			continue
 		}
 		if ps, ok := n.byPeer[p]; ok && ps.need() == needNothing {
