@@ -37,6 +37,12 @@ import (
 //
 // The table below is pure: it decides from its maps alone; Node persists
 // and reports.
+//
+// A first claim is proposed (pending) before it is written and bound
+// after: a binding is never used before it is on disk, and the claims
+// that arrive while one write runs are written together by the next
+// (Node.claim), so that a site joining a hundred others writes the file
+// a few times, not a hundred.
 
 // BindingsFile keeps, in the data directory, the site names bound by first
 // claim: a JSON object {"NAME": {"peer": "12D3…", "since": "RFC 3339"}}.
@@ -77,6 +83,7 @@ const (
 	claimBound   claimVerdict = iota // the name is already bound to the peer
 	claimNew                         // name and peer are both free: bind them
 	claimRefused                     // see the reason
+	claimPending                     // this very binding is proposed, not yet written
 )
 
 // bindingTable maps site names to peer ids, one to one. Not safe for
@@ -84,6 +91,10 @@ const (
 type bindingTable struct {
 	byName map[string]Binding
 	byPeer map[peer.ID]string
+	// pending holds the first claims proposed and not yet written (by
+	// name, and the name by peer); they bind nothing until commit.
+	pending     map[string]Binding
+	pendingPeer map[peer.ID]string
 }
 
 // newBindingTable builds the table from this site's own binding, the
@@ -94,7 +105,8 @@ type bindingTable struct {
 // rewritten (something was dropped, even a binding the configuration now
 // repeats).
 func newBindingTable(self Binding, config map[string]peer.ID, persisted []Binding) (t *bindingTable, overridden []Binding, stale bool) {
-	t = &bindingTable{byName: map[string]Binding{}, byPeer: map[peer.ID]string{}}
+	t = &bindingTable{byName: map[string]Binding{}, byPeer: map[peer.ID]string{},
+		pending: map[string]Binding{}, pendingPeer: map[peer.ID]string{}}
 	t.put(self)
 	for _, name := range slices.Sorted(maps.Keys(config)) {
 		if name != self.Site {
@@ -134,7 +146,46 @@ func (t *bindingTable) check(site string, p peer.ID) (claimVerdict, string) {
 	if other, ok := t.byPeer[p]; ok {
 		return claimRefused, fmt.Sprintf("the peer is bound to site %s (%s)", other, describeSource(t.byName[other]))
 	}
+	if b, ok := t.pending[site]; ok {
+		if b.Peer == p {
+			return claimPending, ""
+		}
+		return claimRefused, fmt.Sprintf("the name is being bound to %s (first claim)", b.Peer)
+	}
+	if other, ok := t.pendingPeer[p]; ok {
+		return claimRefused, fmt.Sprintf("the peer is being bound to site %s (first claim)", other)
+	}
 	return claimNew, ""
+}
+
+// propose records a new first claim (check said claimNew) as pending.
+func (t *bindingTable) propose(b Binding) {
+	t.pending[b.Site] = b
+	t.pendingPeer[b.Peer] = b.Site
+}
+
+// proposed lists the pending claims, by name.
+func (t *bindingTable) proposed() []Binding {
+	var out []Binding
+	for _, name := range slices.Sorted(maps.Keys(t.pending)) {
+		out = append(out, t.pending[name])
+	}
+	return out
+}
+
+// settle ends pending claims: bound when written (commit), dropped when
+// the write failed.
+func (t *bindingTable) settle(bs []Binding, commit bool) {
+	for _, b := range bs {
+		if t.pending[b.Site] != b {
+			continue
+		}
+		delete(t.pending, b.Site)
+		delete(t.pendingPeer, b.Peer)
+		if commit {
+			t.put(b)
+		}
+	}
 }
 
 func describeSource(b Binding) string {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -66,6 +67,83 @@ func TestBindingTable(t *testing.T) {
 	if _, _, stale := newBindingTable(Binding{Site: "paris", Peer: self, Source: BoundSelf}, nil,
 		[]Binding{{Site: "rome", Peer: r, Since: since}}); stale {
 		t.Fatal("an unchanged list is stale")
+	}
+}
+
+// A first claim is pending until written: its twin waits for the same
+// write, a rival claim on the name or by the peer is refused, and nothing
+// is bound until the write succeeds.
+func TestBindingTablePending(t *testing.T) {
+	self, p, x := peer.ID("self"), peer.ID("P"), peer.ID("X")
+	table, _, _ := newBindingTable(Binding{Site: "paris", Peer: self, Source: BoundSelf}, nil, nil)
+	rome := Binding{Site: "rome", Peer: p, Source: BoundByFirstClaim}
+	table.propose(rome)
+	for _, tc := range []struct {
+		site string
+		peer peer.ID
+		want claimVerdict
+	}{
+		{"rome", p, claimPending},
+		{"rome", x, claimRefused},
+		{"oslo", p, claimRefused},
+		{"oslo", x, claimNew},
+	} {
+		if got, why := table.check(tc.site, tc.peer); got != tc.want {
+			t.Errorf("%s claimed by %s while rome is pending: %v %q, want %v", tc.site, tc.peer, got, why, tc.want)
+		}
+	}
+	if len(table.learned()) != 0 || len(table.proposed()) != 1 {
+		t.Fatalf("pending claim: learned %v, proposed %v", table.learned(), table.proposed())
+	}
+	table.settle(table.proposed(), false) // the write failed
+	if v, _ := table.check("rome", p); v != claimNew {
+		t.Fatalf("after a failed write: %v, want a new claim", v)
+	}
+	table.propose(rome)
+	table.settle(table.proposed(), true)
+	if v, _ := table.check("rome", p); v != claimBound || len(table.proposed()) != 0 {
+		t.Fatalf("after the write: %v, pending %v", v, table.proposed())
+	}
+}
+
+// Claims that arrive together are written together: all bound, all on
+// disk, in fewer writes than claims.
+func TestConcurrentClaimsShareWrites(t *testing.T) {
+	c := newCluster(t, "paris")
+	paris := c.start("paris")
+	const claims = 40
+	var ids []peer.ID
+	for i := range claims {
+		_, id, err := LoadIdentity(filepath.Join(t.TempDir(), fmt.Sprint(i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	var wg sync.WaitGroup
+	refused := make(chan string, claims)
+	for i, id := range ids {
+		wg.Go(func() {
+			if site := fmt.Sprintf("s%02d", i); !paris.claim(site, id) {
+				refused <- site
+			}
+		})
+	}
+	wg.Wait()
+	close(refused)
+	for site := range refused {
+		t.Errorf("claim of %s refused", site)
+	}
+	bs, err := loadBindings(c.dirs["paris"])
+	if err != nil || len(bs) != claims {
+		t.Fatalf("on disk: %d bindings, %v; want %d", len(bs), err, claims)
+	}
+	paris.persistMu.Lock()
+	writes := paris.bindingWrites
+	paris.persistMu.Unlock()
+	t.Logf("%d claims, %d writes", claims, writes)
+	if writes >= claims {
+		t.Fatalf("%d claims took %d writes: none shared", claims, writes)
 	}
 }
 

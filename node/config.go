@@ -64,11 +64,19 @@ type Config struct {
 	// other topic.
 	TopicAccess func(topic string, p peer.ID) bool
 
-	// ProbeInterval is how often every known site is pinged. 2 s notices a
+	// ProbeInterval is how often a probe round starts (each probes up to
+	// ProbeFanout healthy sites and every site in trouble). 2 s notices a
 	// lost site within seconds while costing a few bytes per second per
 	// peer (memberlist's WAN profile probes every 5 s; edge sites serve
 	// interactive requests, so we probe faster).
 	ProbeInterval time.Duration
+	// ProbeFanout is how many healthy sites a round probes when there are
+	// more (sites that need attention are probed every round besides:
+	// see the design note in schedule.go). 8: up to nine sites every site
+	// is probed every round as when all were; beyond, each is probed at
+	// least every ⌈(N-1)/8⌉ rounds (13 rounds, 26 s, at 100 sites), and a
+	// site's probing costs 8 pings per interval whatever N.
+	ProbeFanout int
 	// ProbeTimeout bounds one probe (dial if needed, then ping). 3 s is far
 	// above any terrestrial RTT (~300 ms antipodal) and above a TCP SYN
 	// retransmission (1 s), so a timeout means loss, not distance.
@@ -86,9 +94,12 @@ type Config struct {
 	// RTTSmoothing is the EWMA weight of a new RTT sample. 0.3: a lasting
 	// change shows within 3–4 probes, a single outlier moves it little.
 	RTTSmoothing float64
-	// AnnounceInterval is how often this site republishes its membership
-	// record (with the RTTs it measured). 10 s: records change slowly; a
-	// site that connects gets one within a second anyway.
+	// AnnounceInterval is how often this site looks at its membership
+	// record (its addresses, its network coordinate) and publishes it if
+	// it changed (see recordChanged); it is published every
+	// RecordRefresh intervals even so. 10 s: records change slowly,
+	// every site receives every publication, and a site that connects
+	// gets the record at once anyway, sent straight to it.
 	AnnounceInterval time.Duration
 	// RedialInterval is how soon a site that is down is dialled again
 	// after a failed attempt, between probe rounds: 50 ms, so that a
@@ -122,6 +133,7 @@ func DefaultConfig() Config {
 		Listen:           []string{"/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"},
 		ProbeInterval:    2 * time.Second,
 		ProbeTimeout:     3 * time.Second,
+		ProbeFanout:      8,
 		SuspectAfter:     2,
 		DownAfter:        4,
 		RTTSmoothing:     0.3,
@@ -135,9 +147,24 @@ func DefaultConfig() Config {
 // this node's view: DownAfter failed probes, each taking at most
 // max(ProbeInterval, ProbeTimeout) (a probe still running when the next
 // is due is not doubled), plus one interval for the probe in flight when
-// the site stopped. With the defaults: 4 × 3 s + 2 s = 14 s.
+// the site stopped. With the defaults: 4 × 3 s + 2 s = 14 s. It holds for
+// a site that stops or crashes (its connections close, and it is probed
+// at the next round), and for any silence among at most ProbeFanout+1
+// sites. A site cut off silently (no connection closes) in a larger
+// cluster waits for its turn in the rotation before its first failed
+// probe: up to RotationBound more, about one interval when another site
+// announces its suspicion first (see schedule.go).
 func (c *Config) DownBound() time.Duration {
 	return time.Duration(c.DownAfter)*max(c.ProbeInterval, c.ProbeTimeout) + c.ProbeInterval
+}
+
+// RotationBound is the longest a healthy site waits between two probes by
+// this node in a cluster of sites sites: ⌈(sites-1)/ProbeFanout⌉ intervals
+// (one up to ProbeFanout+1 sites).
+func (c *Config) RotationBound(sites int) time.Duration {
+	fanout := max(c.ProbeFanout, 1)
+	rounds := max((sites-1+fanout-1)/fanout, 1)
+	return time.Duration(rounds) * c.ProbeInterval
 }
 
 // Errors of Validate and New. The command line reports them as bad input.
@@ -205,6 +232,8 @@ func (c *Config) Validate() error {
 		return ErrNoTrust
 	}
 	switch {
+	case c.ProbeFanout < 1:
+		return bad("probe fanout %d must be at least 1", c.ProbeFanout)
 	case c.ProbeInterval <= 0, c.ProbeTimeout <= 0, c.AnnounceInterval <= 0, c.MaxRedialBackoff <= 0:
 		return bad("probe interval, probe timeout, announce interval and redial backoff must be positive")
 	case c.SuspectAfter < 1 || c.DownAfter <= c.SuspectAfter:

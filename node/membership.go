@@ -4,11 +4,15 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"maps"
+	"math/rand/v2"
 	"slices"
 	"time"
 
+	"github.com/hashicorp/serf/coordinate"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/multiformats/go-multiaddr"
@@ -21,12 +25,24 @@ import (
 // accepted only when its Peer is that signer, so no site can speak for
 // another.
 type Record struct {
-	Site    string             `json:"site"`
-	Peer    peer.ID            `json:"peer"`
-	Addrs   []string           `json:"addrs"`
-	Started time.Time          `json:"started"`
-	RTTms   map[string]float64 `json:"rtt_ms,omitempty"` // smoothed RTT to each reachable site
+	Site    string    `json:"site"`
+	Peer    peer.ID   `json:"peer"`
+	Addrs   []string  `json:"addrs"`
+	Started time.Time `json:"started"`
+	// Coord is the site's network coordinate, once it has settled (see
+	// coord.go): the others estimate RTTs between two sites from them.
+	Coord *coordinate.Coordinate `json:"coord,omitempty"`
+	// RTTms held the smoothed RTT to each reachable site. Earlier
+	// versions send it; this one reads it and sends a coordinate.
+	RTTms map[string]float64 `json:"rtt_ms,omitempty"`
 }
+
+// RecordProtocol is the stream protocol on which a site sends its record
+// straight to a site it has just connected to (either side of the
+// connection does): the new peer learns the site at once, without a
+// publication that every site would receive. The connection's secure
+// channel authenticates the sender as pubsub's signature does.
+const RecordProtocol = "/cheops/membership/record/1.0.0"
 
 // Conflict is a refused claim on a site name: a peer claimed a name bound
 // to another peer, or a peer bound to one name claimed another. Refused
@@ -54,22 +70,51 @@ type Conflict struct {
 const maxRecordSize = 64 << 10
 
 func (n *Node) record() Record {
-	r := Record{Site: n.cfg.Site, Peer: n.host.ID(), Started: n.started, RTTms: map[string]float64{}}
+	r := Record{Site: n.cfg.Site, Peer: n.host.ID(), Started: n.started}
 	for _, a := range n.host.Addrs() {
 		r.Addrs = append(r.Addrs, a.String())
 	}
+	slices.Sort(r.Addrs)
 	n.mu.Lock()
-	for _, ps := range n.byPeer {
-		if ps.site != "" && ps.rtt > 0 && ps.state().Reachable() {
-			r.RTTms[ps.site] = float64(ps.rtt) / float64(time.Millisecond)
-		}
+	if n.samples >= coordSettle {
+		r.Coord = n.coord.GetCoordinate()
 	}
 	n.mu.Unlock()
 	return r
 }
 
-func (n *Node) publishRecord(ctx context.Context) {
-	data, err := json.Marshal(n.record())
+// RecordRefresh is how many AnnounceIntervals a site goes without
+// publishing its record when nothing in it changed (up to half as many
+// again, at random), and so how often its coordinate reaches the sites
+// that do not probe it. Every site
+// receives every publication, relayed by several of its peers (at 100
+// in-process sites one round of publications by all costs 24 MB): a
+// coordinate republished whenever it moved, which under load is every
+// interval, kept the machine busy. Sites that connect exchange records
+// directly; the refresh is also a late safety net for a lost
+// publication.
+const RecordRefresh = 6
+
+// SitesPullEvery is how many AnnounceIntervals pass between two asks of
+// a random site for the sites it knows (see announceLoop).
+const SitesPullEvery = 3
+
+// recordChanged reports whether a record must be published before the
+// refresh is due: other addresses, another start, or a first coordinate.
+func recordChanged(old, cur Record) bool {
+	return !slices.Equal(old.Addrs, cur.Addrs) || !old.Started.Equal(cur.Started) ||
+		(old.Coord == nil) != (cur.Coord == nil)
+}
+
+// publishRecord publishes this site's current record and returns it.
+func (n *Node) publishRecord(ctx context.Context) Record {
+	r := n.record()
+	n.publish(ctx, r)
+	return r
+}
+
+func (n *Node) publish(ctx context.Context, r Record) {
+	data, err := json.Marshal(r)
 	if err != nil {
 		n.log.Error("encode membership record", "err", err)
 		return
@@ -104,6 +149,9 @@ func decodeRecord(data []byte, signer peer.ID) (Record, error) {
 			return r, fmt.Errorf("record: bad RTT %v ms to %q", ms, site)
 		}
 	}
+	if r.Coord != nil && !validCoord(r.Coord, len(r.Coord.Vec)) {
+		return r, fmt.Errorf("record: bad network coordinate")
+	}
 	return r, nil
 }
 
@@ -125,27 +173,61 @@ func (n *Node) validateRecord(_ context.Context, from peer.ID, msg *pubsub.Messa
 }
 
 // claim decides a record's claim of site by p: true when the name is (now)
-// bound to p.
+// bound to p. A first claim is bound once written to disk; claims that
+// arrive during a write wait for the next, which writes them all.
 func (n *Node) claim(site string, p peer.ID) bool {
 	n.bindMu.Lock()
-	defer n.bindMu.Unlock()
 	verdict, reason := n.bindings.check(site, p)
 	switch verdict {
 	case claimBound:
+		n.bindMu.Unlock()
 		return true
 	case claimRefused:
 		holder := n.bindings.byName[site].Peer
+		n.bindMu.Unlock()
 		n.reportConflict(site, holder, p, reason)
 		return false
+	case claimNew:
+		n.bindings.propose(Binding{Site: site, Peer: p, Source: BoundByFirstClaim, Since: time.Now().UTC()})
 	}
-	b := Binding{Site: site, Peer: p, Source: BoundByFirstClaim, Since: time.Now().UTC()}
-	n.bindings.put(b)
-	if err := saveBindings(n.cfg.DataDir, n.bindings.learned()); err != nil {
-		_, _ = n.bindings.remove(site)
-		n.log.Error("could not persist a site binding; the claim is refused until it can be", "name", site, "peer", p, "err", err)
+	n.bindMu.Unlock()
+	return n.writeClaims(site, p)
+}
+
+// writeClaims writes every pending claim to BindingsFile, unless a write
+// since the claim of site by p was proposed did, and reports whether the
+// claim is bound. Writes are serialized by persistMu; bindMu is not held
+// while the file is written, so lookups and other claims go on.
+func (n *Node) writeClaims(site string, p peer.ID) bool {
+	n.persistMu.Lock()
+	defer n.persistMu.Unlock()
+	n.bindMu.Lock()
+	switch v, _ := n.bindings.check(site, p); v {
+	case claimBound:
+		n.bindMu.Unlock()
+		return true
+	case claimPending:
+	default: // the write that held it failed
+		n.bindMu.Unlock()
 		return false
 	}
-	n.log.Info("site name bound to its first claimant (persisted)", "name", site, "peer", p, "file", BindingsFile)
+	batch := n.bindings.proposed()
+	all := append(n.bindings.learned(), batch...)
+	n.bindMu.Unlock()
+	err := saveBindings(n.cfg.DataDir, all)
+	n.bindingWrites++
+	n.bindMu.Lock()
+	n.bindings.settle(batch, err == nil)
+	n.bindMu.Unlock()
+	if err != nil {
+		for _, b := range batch {
+			n.log.Error("could not persist a site binding; the claim is refused until it can be", "name", b.Site, "peer", b.Peer, "err", err)
+		}
+		return false
+	}
+	for _, b := range batch {
+		n.log.Info("site name bound to its first claimant (persisted)", "name", b.Site, "peer", b.Peer, "file", BindingsFile)
+	}
 	return true
 }
 
@@ -196,6 +278,8 @@ func (n *Node) Bindings() []Binding {
 // name cannot be forgotten (ErrBoundByConfig, ErrSelfBinding), an unbound
 // name is ErrNotBound. The refused claims on the name are cleared.
 func (n *Node) Forget(site string) (Binding, error) {
+	n.persistMu.Lock()
+	defer n.persistMu.Unlock()
 	n.bindMu.Lock()
 	defer n.bindMu.Unlock()
 	b, err := n.bindings.remove(site)
@@ -263,6 +347,10 @@ func (n *Node) learn(r Record) {
 	for site, ms := range r.RTTms {
 		ps.reported[site] = time.Duration(ms * float64(time.Millisecond))
 	}
+	ps.coord = nil
+	if validCoord(r.Coord, int(coordConfig().Dimensionality)) {
+		ps.coord = r.Coord
+	}
 	n.bySite[r.Site] = r.Peer
 	var addrs, stale []multiaddr.Multiaddr
 	for _, a := range r.Addrs {
@@ -283,41 +371,252 @@ func (n *Node) learn(r Record) {
 	pstore.AddAddrs(r.Peer, addrs, peerstore.PermanentAddrTTL)
 }
 
-// announceLoop publishes this site's record periodically, and soon after
-// a peer connects. Messages sent in the first moments of a new connection
-// can be lost before the peer's subscription is known, so the record is
-// sent again a little later.
+// SitesProtocol is the stream protocol on which a site asks a peer for
+// the sites it knows: on connecting to a bootstrap peer, or to any peer
+// while it knows no other site, and from time to time (announceLoop). The answer, a JSON list of
+// siteHint, only says whom to dial: a site's name and addresses are taken
+// from its own record, which it sends on connecting (RecordProtocol).
+const SitesProtocol = "/cheops/membership/sites/1.0.0"
+
+// siteHint is one site of a SitesProtocol answer.
+type siteHint struct {
+	Site  string   `json:"site"`
+	Peer  peer.ID  `json:"peer"`
+	Addrs []string `json:"addrs"`
+}
+
+// maxSitesSize bounds a SitesProtocol answer: a thousand sites with a few
+// addresses each.
+const maxSitesSize = 1 << 20
+
+// handleSites answers a SitesProtocol request: every site this node can
+// reach (up or suspect) whose record it has, but the asker.
+func (n *Node) handleSites(s network.Stream) {
+	from := s.Conn().RemotePeer()
+	var hints []siteHint
+	n.mu.Lock()
+	for p, ps := range n.byPeer {
+		if p == from || ps.site == "" || !ps.state().Reachable() {
+			continue
+		}
+		h := siteHint{Site: ps.site, Peer: p}
+		for _, a := range ps.addrs {
+			h.Addrs = append(h.Addrs, a.String())
+		}
+		hints = append(hints, h)
+	}
+	n.mu.Unlock()
+	data, err := json.Marshal(hints)
+	if err != nil {
+		_ = s.Reset()
+		return
+	}
+	_ = s.SetWriteDeadline(time.Now().Add(n.cfg.ProbeTimeout))
+	if _, err := s.Write(data); err != nil {
+		_ = s.Reset()
+		return
+	}
+	_ = s.Close()
+}
+
+// pullSites asks p for the sites it knows (SitesProtocol) and adds the
+// trusted ones this node did not know: each is probed, so dialled, at
+// the next round, and sends its record on connecting.
+func (n *Node) pullSites(ctx context.Context, p peer.ID) {
+	defer n.wg.Done()
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.ProbeTimeout)
+	defer cancel()
+	s, err := n.host.NewStream(network.WithNoDial(ctx, "membership sites"), p, SitesProtocol)
+	if err != nil {
+		n.log.Debug("ask for the sites", "peer", p, "err", err)
+		return
+	}
+	if deadline, ok := ctx.Deadline(); ok {
+		_ = s.SetReadDeadline(deadline)
+	}
+	_ = s.CloseWrite()
+	data, err := io.ReadAll(io.LimitReader(s, maxSitesSize+1))
+	if err != nil || len(data) > maxSitesSize {
+		_ = s.Reset()
+		n.log.Debug("ask for the sites", "peer", p, "err", err, "bytes", len(data))
+		return
+	}
+	_ = s.Close()
+	var hints []siteHint
+	if err := json.Unmarshal(data, &hints); err != nil {
+		n.log.Warn("bad answer to a sites request", "peer", p, "err", err)
+		return
+	}
+	self := n.host.ID()
+	added := 0
+	for _, h := range hints {
+		if h.Peer == self || h.Peer.Validate() != nil || !n.gater.allowed(h.Peer) {
+			continue
+		}
+		var addrs []multiaddr.Multiaddr
+		for _, a := range h.Addrs {
+			if ma, err := multiaddr.NewMultiaddr(a); err == nil {
+				addrs = append(addrs, ma)
+			}
+		}
+		if len(addrs) == 0 {
+			continue
+		}
+		n.mu.Lock()
+		_, known := n.byPeer[h.Peer]
+		if !known {
+			n.peerLocked(h.Peer)
+			added++
+		}
+		n.mu.Unlock()
+		if !known {
+			// Until its record replaces them (learn).
+			n.host.Peerstore().AddAddrs(h.Peer, addrs, peerstore.PermanentAddrTTL)
+		}
+	}
+	n.log.Debug("asked for the sites", "peer", p, "sites", len(hints), "new", added)
+}
+
+// hintedLocked takes another site's suspicions, from a probe answer:
+// each suspected site this node holds healthy is probed at its next round.
+// The hint changes no state (see schedule.go).
+func (n *Node) hintedLocked(suspects []string) {
+	for _, site := range suspects {
+		p, ok := n.bySite[site]
+		if !ok || site == n.cfg.Site {
+			continue
+		}
+		if ps, ok := n.byPeer[p]; ok && ps.need() == needNothing {
+			ps.flagged = true
+		}
+	}
+}
+
+// handleRecord takes a record a site sent straight after connecting (see
+// RecordProtocol), with the checks of validateRecord: the record must be
+// the sender's own, and its claim must agree with the bindings.
+func (n *Node) handleRecord(s network.Stream) {
+	from := s.Conn().RemotePeer()
+	_ = s.SetReadDeadline(time.Now().Add(n.cfg.ProbeTimeout))
+	data, err := io.ReadAll(io.LimitReader(s, maxRecordSize+1))
+	if err != nil {
+		_ = s.Reset()
+		n.log.Debug("read a pushed membership record", "from", from, "err", err)
+		return
+	}
+	_ = s.Close()
+	r, err := decodeRecord(data, from)
+	if err != nil {
+		n.log.Warn("rejected membership record", "from", from, "err", err)
+		return
+	}
+	if n.claim(r.Site, r.Peer) {
+		n.learn(r)
+	}
+}
+
+// pushRecord sends this site's record to p on RecordProtocol, over the
+// connection that just opened (never dialling a new one).
+func (n *Node) pushRecord(ctx context.Context, p peer.ID) {
+	defer n.wg.Done()
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.ProbeTimeout)
+	defer cancel()
+	data, err := json.Marshal(n.record())
+	if err != nil {
+		n.log.Error("encode membership record", "err", err)
+		return
+	}
+	s, err := n.host.NewStream(network.WithNoDial(ctx, "membership record"), p, RecordProtocol)
+	if err != nil {
+		n.log.Debug("push membership record", "peer", p, "err", err)
+		return
+	}
+	if deadline, ok := ctx.Deadline(); ok {
+		_ = s.SetWriteDeadline(deadline)
+	}
+	if _, err := s.Write(data); err != nil {
+		_ = s.Reset()
+		n.log.Debug("push membership record", "peer", p, "err", err)
+		return
+	}
+	_ = s.Close()
+}
+
+// joiningThrough reports whether this node should ask p for the sites it
+// knows: p is a bootstrap peer, or this node knows no other site yet.
+func (n *Node) joiningThrough(p peer.ID) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	ps, ok := n.byPeer[p]
+	return (ok && ps.bootstrap) || len(n.bySite) <= 1
+}
+
+// announceLoop sends this site's record straight to every site that
+// connects (pushRecord), which is how a new peer learns this site, and
+// asks a bootstrap peer for the sites it knows (pullSites) on connecting
+// to it. Every AnnounceInterval it publishes the record if it changed
+// (see recordChanged and RecordRefresh), and every SitesPullEvery
+// intervals asks one site it reaches, at random, for the
+// sites that one knows: sites that joined at the same moment through
+// different peers find each other so (memberlist's push-pull does the
+// same).
+//
+// Nothing is published per connection: a publication reaches every site,
+// and one per connection cost O(N²) publications when N sites started
+// together.
 func (n *Node) announceLoop(ctx context.Context, connected <-chan peer.ID) {
 	defer n.wg.Done()
 	tick := time.NewTicker(n.cfg.AnnounceInterval)
 	defer tick.Stop()
-	soon := time.NewTimer(0)
-	defer soon.Stop()
-	var later []time.Time
-	for {
+	var refresh time.Time // when the record is due again
+	var last Record
+	for ticks := 1; ; {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
-			n.publishRecord(ctx)
-		case <-connected:
-			now := time.Now()
-			later = append(later, now.Add(300*time.Millisecond), now.Add(1500*time.Millisecond))
-			slices.SortFunc(later, time.Time.Compare)
-			soon.Reset(time.Until(later[0]))
-		case <-soon.C:
-			n.publishRecord(ctx)
-			now := time.Now()
-			rest := later[:0]
-			for _, at := range later {
-				if at.After(now) {
-					rest = append(rest, at)
+			r := n.record()
+			if now := time.Now(); recordChanged(last, r) || !now.Before(refresh) {
+				n.publish(ctx, r)
+				// Up to half as late again, at random: sites that started
+				// together would otherwise all publish at once.
+				every := RecordRefresh * n.cfg.AnnounceInterval
+				last, refresh = r, now.Add(every+rand.N(every/2))
+			}
+			if ticks%SitesPullEvery == 0 {
+				if p, ok := n.randomReachable(); ok {
+					n.wg.Add(1)
+					go n.pullSites(ctx, p)
 				}
 			}
-			later = rest
-			if len(later) > 0 {
-				soon.Reset(time.Until(later[0]))
+			ticks++
+		case p := <-connected:
+			n.wg.Add(1)
+			go n.pushRecord(ctx, p)
+			if n.joiningThrough(p) {
+				n.wg.Add(1)
+				go n.pullSites(ctx, p)
 			}
 		}
 	}
+}
+
+// randomReachable picks a connected site that is up, at random.
+func (n *Node) randomReachable() (peer.ID, bool) {
+	n.mu.Lock()
+	var up []peer.ID
+	for p, ps := range n.byPeer {
+		if ps.site != "" && ps.state() == scope.Up {
+			up = append(up, p)
+		}
+	}
+	n.mu.Unlock()
+	for len(up) > 0 {
+		i := rand.IntN(len(up))
+		if n.host.Network().Connectedness(up[i]) == network.Connected {
+			return up[i], true
+		}
+		up = slices.Delete(up, i, i+1)
+	}
+	return "", false
 }

@@ -24,12 +24,14 @@ var (
 		"Peers whose claim on a site name was refused (the name is bound to another peer, or the peer to another name).", []string{"site"}, nil)
 	descRefusedClaims = prometheus.NewDesc("cheops_membership_refused_claims_total",
 		"Membership records refused because they claimed a site name bound to another peer (or came from a peer bound to another name).", []string{"site"}, nil)
+	descProbes = prometheus.NewDesc("cheops_membership_probes_total",
+		"Probes this site started (a dial if needed, then a ping).", nil, nil)
 	descRefused = prometheus.NewDesc("cheops_refused_connections_total",
 		"Connections refused because the peer is not trusted.", nil, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSites, descSiteState, descSiteRTT, descLastSeen, descConflicts, descRefusedClaims, descRefused} {
+	for _, d := range []*prometheus.Desc{descSites, descSiteState, descSiteRTT, descLastSeen, descConflicts, descRefusedClaims, descRefused, descProbes} {
 		ch <- d
 	}
 }
@@ -64,4 +66,5 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		refused += k
 	}
 	ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(refused))
+	ch <- prometheus.MustNewConstMetric(descProbes, prometheus.CounterValue, float64(c.n.probes.Load()))
 }

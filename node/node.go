@@ -7,12 +7,15 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"math/rand/v2"
 	"os"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/serf/coordinate"
 	"github.com/libp2p/go-libp2p"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	pb "github.com/libp2p/go-libp2p-pubsub/pb"
@@ -44,18 +47,33 @@ type Node struct {
 	started  time.Time
 	unlock   func()
 
-	// bindMu guards bindings and is held while a new binding is written
-	// to disk. Lock order: bindMu, then mu.
-	bindMu   sync.Mutex
-	bindings *bindingTable
+	// persistMu serializes the writes of BindingsFile; bindMu guards
+	// bindings (it is not held while claims are written: see
+	// writeClaims). Lock order: persistMu, bindMu, mu.
+	persistMu     sync.Mutex
+	bindingWrites int // BindingsFile writes for claims, under persistMu (tests read it)
+	bindMu        sync.Mutex
+	bindings      *bindingTable
 
-	mu        sync.Mutex
-	bySite    map[string]peer.ID // bound sites whose record arrived in this run
-	byPeer    map[peer.ID]*peerState
+	mu     sync.Mutex
+	bySite map[string]peer.ID // bound sites whose record arrived in this run
+	byPeer map[peer.ID]*peerState
+	rot    *rotation // every peer of byPeer, in the order healthy ones are probed
+	// coord is this site's network coordinate (see coord.go); samples
+	// counts the RTTs it took, under mu.
+	coord     *coordinate.Client
+	samples   int
+	dials     int       // probes that dial, at most dialLimit
+	dialLimit int       // 1 to ProbeFanout (see dialDone)
+	starvedAt time.Time // when the probe loop last ran late (see observe)
 	conflicts []Conflict
 	// refusedClaims counts refused membership records per claimed name.
 	refusedClaims map[string]int
 	watchers      map[chan SiteEvent]struct{}
+
+	// probes counts the probes this node started (each a dial if
+	// needed, then a ping), for the metrics and the benchmarks.
+	probes atomic.Int64
 
 	stopLoops  context.CancelFunc // probe, announce, receive
 	probeNow   chan struct{}      // starts a probe round before the next tick
@@ -111,10 +129,15 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		bindings:      bindings,
 		bySite:        map[string]peer.ID{cfg.Site: self},
 		byPeer:        map[peer.ID]*peerState{},
+		rot:           newRotation(rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))),
+		dialLimit:     min(2, cfg.ProbeFanout),
 		refusedClaims: map[string]int{},
 		watchers:      map[chan SiteEvent]struct{}{},
 		gater:         newTrustGater(self, append(slices.Collect(maps.Values(cfg.Sites)), cfg.Trust...), cfg.TrustAll, log),
 		probeNow:      make(chan struct{}, 1),
+	}
+	if n.coord, err = coordinate.NewClient(coordConfig()); err != nil {
+		return nil, fmt.Errorf("node: network coordinate: %w", err)
 	}
 	if cfg.TrustAll {
 		log.Warn("trusting every peer (--trust-all): use on closed test networks only")
@@ -231,14 +254,22 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 
 	runCtx, stopLoops := context.WithCancel(context.Background())
 	n.stopLoops = stopLoops
-	connected := make(chan peer.ID, 64)
+	h.SetStreamHandler(ProbeProtocol, n.handleProbe)
+	h.SetStreamHandler(RecordProtocol, n.handleRecord)
+	h.SetStreamHandler(SitesProtocol, n.handleSites)
+	// A connection dropped here (256 opened faster than they are handled)
+	// misses its record push; the periodic publication makes up for it.
+	connected := make(chan peer.ID, 256)
 	h.Network().Notify(&network.NotifyBundle{
 		ConnectedF: func(_ network.Network, c network.Conn) {
 			n.connectedFrom(c.RemotePeer())
 			select {
 			case connected <- c.RemotePeer():
-			default: // an announcement is already due
+			default:
 			}
+		},
+		DisconnectedF: func(_ network.Network, c network.Conn) {
+			n.disconnectedFrom(c.RemotePeer())
 		},
 	})
 	for _, a := range cfg.Peers {

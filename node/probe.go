@@ -2,14 +2,15 @@ package node
 
 import (
 	"context"
+	"slices"
 	"sort"
 	"sync"
 	"time"
 
+	"github.com/hashicorp/serf/coordinate"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/net/swarm"
-	"github.com/libp2p/go-libp2p/p2p/protocol/ping"
 	"github.com/multiformats/go-multiaddr"
 
 	"cheops/scope"
@@ -27,9 +28,17 @@ type peerState struct {
 	inflight  bool                     // a probe is running
 	rtt       time.Duration            // EWMA of the probes' RTT
 	lastSeen  time.Time                // last answered probe
-	reported  map[string]time.Duration // RTTs the site measured to others
+	reported  map[string]time.Duration // RTTs the site measured to others (records of earlier versions)
+	coord     *coordinate.Coordinate   // the network coordinate of its latest record
 	nextDial  time.Time
 	backoff   time.Duration
+	// flagged: probe at the next round, whatever the rotation says (its
+	// connection closed, or another site suspects it).
+	flagged bool
+	// dialing: its probe holds one of the node's dial slots.
+	dialing bool
+	// deferred: never reached, and due to be dialled when a slot frees.
+	deferred bool
 }
 
 // state derives a site's state from its probe history: unknown until the
@@ -53,6 +62,7 @@ func (n *Node) peerLocked(p peer.ID) *peerState {
 	if !ok {
 		ps = &peerState{cfg: &n.cfg}
 		n.byPeer[p] = ps
+		n.rot.add(p)
 	}
 	return ps
 }
@@ -102,51 +112,143 @@ func (n *Node) notifyLocked(ev SiteEvent) {
 	}
 }
 
-// probeLoop starts a probe of every known peer each ProbeInterval, and
-// between rounds redials every site that is down as soon as its redial
-// delay (RedialInterval, doubling to MaxRedialBackoff) has passed. A peer
-// whose previous probe is still running (a timeout longer than the
-// interval) is skipped, so a dead site never delays the probes of the
-// live ones and never counts two misses for one silence.
+// probeLoop starts a probe round each ProbeInterval (see planRound and
+// the design note in schedule.go for which peers a round probes), an
+// early round of the peers in trouble only when probeNow asks (a site
+// came back: others cut off by the same fault may have too), and between
+// rounds redials every site that was reached once and is down as
+// soon as its redial delay (RedialInterval, doubling to MaxRedialBackoff)
+// has passed. A peer whose previous probe is still running (a timeout
+// longer than the interval) is skipped, so a dead site never delays the
+// probes of the live ones and never counts two misses for one silence.
+//
+// At most ProbeFanout probes dial at once (a probe of a connected peer
+// only pings): a site that learns a hundred others at its start dials
+// them a few at a time rather than in one burst of handshakes, and a
+// partition costs as many pending dials, whatever the number of sites
+// on the other side. Fewer when dials time out (see dialDone).
+//
+// The loop's ticker also measures how late this node runs: see starved.
 func (n *Node) probeLoop(ctx context.Context) {
 	defer n.wg.Done()
 	redial := n.cfg.RedialInterval
 	if redial <= 0 {
 		redial = n.cfg.ProbeInterval
 	}
-	tick := time.NewTicker(min(n.cfg.ProbeInterval, redial))
+	every := min(n.cfg.ProbeInterval, redial)
+	tick := time.NewTicker(every)
 	defer tick.Stop()
 	var lastRound time.Time
-	round := true
+	lastTick := time.Now()
+	early := false // a round asked for before its time (probeNow)
 	for {
 		now := time.Now()
-		if now.Sub(lastRound) >= n.cfg.ProbeInterval {
-			round = true
-		}
-		if round {
-			lastRound = now
-		}
+		round := now.Sub(lastRound) >= n.cfg.ProbeInterval
 		n.mu.Lock()
-		for p, ps := range n.byPeer {
-			if ps.inflight {
-				continue
+		var due []peer.ID
+		switch {
+		case round:
+			lastRound = now
+			due = planRound(n.rot, func(p peer.ID) probeNeed { return n.byPeer[p].need() }, n.cfg.ProbeFanout)
+		case early:
+			// Only the sites in trouble: the healthy ones keep their
+			// turn, so events never add to the probes of the rotation.
+			due = planRound(n.rot, func(p peer.ID) probeNeed { return n.byPeer[p].need() }, 0)
+		default:
+			for p, ps := range n.byPeer {
+				if ps.inflight {
+					continue
+				}
+				redial := ps.probed && ps.state() == scope.Down && !now.Before(ps.nextDial)
+				if redial || ps.deferred {
+					due = append(due, p)
+				}
 			}
-			if !round && (ps.state() != scope.Down || now.Before(ps.nextDial)) {
-				continue
+		}
+		for _, p := range due {
+			ps := n.byPeer[p]
+			if n.host.Network().Connectedness(p) != network.Connected {
+				if n.dials >= n.dialLimit {
+					// Every slot is taken: a site never reached yet is
+					// dialled as soon as one frees, any other at its
+					// next round (or redial).
+					ps.deferred = !ps.probed
+					continue
+				}
+				n.dials++
+				ps.dialing = true
 			}
-			ps.inflight = true
+			ps.inflight, ps.flagged, ps.deferred = true, false, false
 			n.wg.Add(1)
-			go n.probe(ctx, p)
+			timeout := n.cfg.ProbeTimeout
+			if !ps.probed {
+				timeout *= firstContact
+			}
+			go n.probe(ctx, p, timeout)
 		}
 		n.mu.Unlock()
-		round = false
+		early = false
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+			now := time.Now()
+			if now.Sub(lastTick)-every > n.starvedAfter() {
+				n.mu.Lock()
+				n.starvedAt = now
+				n.mu.Unlock()
+			}
+			lastTick = now
 		case <-n.probeNow:
-			round = true
+			early = true
 		}
+	}
+}
+
+// starvedAfter is how late the probe loop's ticker must fire for this
+// node to count as starved: a quarter of ProbeTimeout, at least 100 ms.
+func (n *Node) starvedAfter() time.Duration {
+	return max(n.cfg.ProbeTimeout/4, 100*time.Millisecond)
+}
+
+// dialDone adapts the number of probes that may dial at once, as TCP its
+// congestion window: one more after a dial that connected, up to
+// ProbeFanout; half as many after one that timed out, at least one. A
+// dial times out when this site or the far one is too busy to finish the
+// handshakes it started (a hundred in-process sites starting together on
+// two cores): more at once would only time out too.
+func (n *Node) dialDone(connected, timedOut bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	switch {
+	case connected:
+		n.dialLimit = min(n.dialLimit+1, n.cfg.ProbeFanout)
+	case timedOut:
+		n.dialLimit = max(n.dialLimit/2, 1)
+	}
+}
+
+// need says whether a round must probe the peer (see schedule.go).
+func (ps *peerState) need() probeNeed {
+	switch {
+	case ps.inflight:
+		return needBusy
+	case ps.flagged || !ps.probed || ps.misses > 0:
+		return needAttention
+	default:
+		return needNothing
+	}
+}
+
+// disconnectedFrom is called when a connection with p closes. The peer is
+// probed at the next round, in turn or not: a site that stopped or
+// crashed closes its connections, and its first failed probe comes at
+// once instead of when its turn comes round.
+func (n *Node) disconnectedFrom(p peer.ID) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if ps, ok := n.byPeer[p]; ok {
+		ps.flagged = true
 	}
 }
 
@@ -170,6 +272,7 @@ func (n *Node) connectedFrom(p peer.ID) {
 	}
 	ps.backoff, ps.nextDial = 0, time.Time{}
 	ps.misses, ps.lastSeen = 0, time.Now().UTC()
+	ps.flagged = true // probed at once, for its RTT
 	if ps.site != "" {
 		n.log.Info("site state changed", "site", ps.site, "from", before, "to", scope.Up, "rtt", ps.rtt, "by", "connection")
 		n.notifyLocked(SiteEvent{Site: ps.site, Peer: p, From: before, State: scope.Up})
@@ -198,30 +301,40 @@ func (n *Node) retryOthersLocked(back peer.ID) {
 	}
 }
 
+// firstContact multiplies ProbeTimeout for the probes of a site never
+// reached: its first dial and exchange set up a connection (handshakes,
+// identify, the record pushed each way), which a hundred sites starting
+// together on two cores take seconds to finish. Cut at ProbeTimeout, that
+// work is lost and started again; nothing waits on a verdict about a site
+// that was never up.
+const firstContact = 3
+
 // probe dials the peer if it is not connected (unless its redial backoff
-// is running) and pings it, all within ProbeTimeout.
-func (n *Node) probe(ctx context.Context, p peer.ID) {
+// is running) and pings it, all within timeout.
+func (n *Node) probe(ctx context.Context, p peer.ID, timeout time.Duration) {
 	defer n.wg.Done()
-	ctx, cancel := context.WithTimeout(ctx, n.cfg.ProbeTimeout)
+	n.probes.Add(1)
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	rtt, ok := n.ping(ctx, p)
+	rtt, ans, ok := n.ping(ctx, p)
 	if ctx.Err() != nil && context.Cause(ctx) == context.Canceled {
 		// The node is closing: this probe says nothing of the peer.
 		n.mu.Lock()
-		n.peerLocked(p).inflight = false
+		n.probeDoneLocked(n.peerLocked(p))
 		n.mu.Unlock()
 		return
 	}
-	n.observe(p, rtt, ok)
+	n.observe(p, start, rtt, ans, ok)
 }
 
-func (n *Node) ping(ctx context.Context, p peer.ID) (time.Duration, bool) {
+func (n *Node) ping(ctx context.Context, p peer.ID) (time.Duration, *probeAnswer, bool) {
 	if n.host.Network().Connectedness(p) != network.Connected {
 		n.mu.Lock()
 		wait := time.Now().Before(n.peerLocked(p).nextDial)
 		n.mu.Unlock()
 		if wait {
-			return 0, false
+			return 0, nil, false
 		}
 		// This node paces its own redials (redialLater); the swarm's
 		// backoff (5 s growing quadratically to 5 min) would otherwise
@@ -229,33 +342,15 @@ func (n *Node) ping(ctx context.Context, p peer.ID) (time.Duration, bool) {
 		if sw, ok := n.host.Network().(*swarm.Swarm); ok {
 			sw.Backoff().Clear(p)
 		}
-		if err := n.host.Connect(ctx, peer.AddrInfo{ID: p}); err != nil {
+		err := n.host.Connect(ctx, peer.AddrInfo{ID: p})
+		n.dialDone(err == nil, err != nil && ctx.Err() != nil)
+		if err != nil {
+			n.log.Debug("probe: dial failed", "peer", p, "err", err)
 			n.redialLater(p)
-			return 0, false
+			return 0, nil, false
 		}
 	}
-	// The first ping of a stream also pays for protocol negotiation; the
-	// smaller of two samples is the network's round trip.
-	pctx, pcancel := context.WithCancel(ctx)
-	defer pcancel()
-	results := ping.Ping(pctx, n.host, p)
-	var best time.Duration
-	answered := false
-	for range 2 {
-		select {
-		case res, open := <-results:
-			if !open || res.Error != nil {
-				return best, answered
-			}
-			if !answered || res.RTT < best {
-				best = res.RTT
-			}
-			answered = true
-		case <-ctx.Done():
-			return best, answered
-		}
-	}
-	return best, answered
+	return n.exchange(ctx, p)
 }
 
 // redialLater doubles the delay before the next connection attempt, from
@@ -272,12 +367,37 @@ func (n *Node) redialLater(p peer.ID) {
 	ps.nextDial = time.Now().Add(ps.backoff)
 }
 
-func (n *Node) observe(p peer.ID, rtt time.Duration, ok bool) {
+// probeDoneLocked marks the end of a peer's probe and frees its dial slot.
+func (n *Node) probeDoneLocked(ps *peerState) {
+	ps.inflight = false
+	if ps.dialing {
+		ps.dialing = false
+		n.dials--
+	}
+}
+
+// observe takes the outcome of a probe started at start: the RTT and,
+// from a site that speaks ProbeProtocol, its coordinate, which moves this
+// site's own, and its suspicions. A failed probe is not counted as a miss
+// when this node was starved while it ran (its ticker fired late by more
+// than starvedAfter): a node too slow to run its own probes on time
+// cannot tell a silent peer from its own slowness, and would otherwise
+// mark live peers suspect and down, which costs more work (Lifeguard's
+// argument, memberlist's "awareness").
+func (n *Node) observe(p peer.ID, start time.Time, rtt time.Duration, ans *probeAnswer, ok bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	ps := n.peerLocked(p)
-	ps.inflight = false
+	n.probeDoneLocked(ps)
 	before := ps.state()
+	if ok && ans != nil {
+		if validCoord(ans.Coord, int(coordConfig().Dimensionality)) {
+			if _, err := n.coord.Update(p.String(), ans.Coord, rtt); err == nil {
+				n.samples++
+			}
+		}
+		n.hintedLocked(ans.Suspects)
+	}
 	if ok {
 		if ps.backoff > 0 || before == scope.Down {
 			n.retryOthersLocked(p)
@@ -291,6 +411,8 @@ func (n *Node) observe(p peer.ID, rtt time.Duration, ok bool) {
 			a := n.cfg.RTTSmoothing
 			ps.rtt = time.Duration(a*float64(rtt) + (1-a)*float64(ps.rtt))
 		}
+	} else if n.starvedAt.After(start) {
+		n.log.Debug("probe failed while this node was starved: not counted", "peer", p)
 	} else {
 		ps.misses++
 	}
@@ -299,6 +421,32 @@ func (n *Node) observe(p peer.ID, rtt time.Duration, ok bool) {
 		n.log.Info("site state changed", "site", ps.site, "from", before, "to", after, "rtt", ps.rtt)
 		n.notifyLocked(SiteEvent{Site: ps.site, Peer: p, From: before, State: after})
 	}
+}
+
+// rotates reports whether healthy peers are probed in turn rather than
+// all every round (more than ProbeFanout peers). Called with n.mu held.
+func (n *Node) rotates() bool { return len(n.byPeer) > n.cfg.ProbeFanout }
+
+// suspicionsLocked lists the sites this node holds suspect, which it
+// passes on in its probe answers when it rotates (otherwise every site
+// probes every other each round and a hint would add nothing). A site
+// that hears one probes the suspect at its next round and, if the suspect
+// fails it too, passes its own suspicion on: the suspicion spreads as
+// SWIM's piggybacked gossip does, without a publication to every site.
+// Hints heard are not relayed as such: under load, when suspicions come
+// and go, relays multiplied the probes.
+func (n *Node) suspicionsLocked() []string {
+	if !n.rotates() {
+		return nil
+	}
+	var out []string
+	for _, ps := range n.byPeer {
+		if ps.site != "" && len(out) < maxSuspects && ps.state() == scope.Suspect {
+			out = append(out, ps.site)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // SiteStatus is one row of the membership table.
@@ -344,13 +492,26 @@ func (n *Node) Sites() []SiteStatus {
 }
 
 // View is the membership snapshot the scope planner takes: every known
-// site with its state and the RTTs it reported, and this site with the
-// RTTs it measured.
+// site with its state, and RTTs (see the design note in coord.go). This
+// site's are the ones it measured, or for a site it has not probed yet
+// the distance between their coordinates; another site's are the
+// distances from its coordinate to the others' (or, from a site of an
+// earlier version, the RTTs its record reported).
 func (n *Node) View() scope.View {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	self := scope.SiteInfo{Name: n.cfg.Site, State: scope.Up, RTT: map[string]time.Duration{}}
 	v := scope.View{Local: n.cfg.Site, Sites: map[string]scope.SiteInfo{}}
+	var mine *coordinate.Coordinate
+	if n.samples >= coordSettle {
+		mine = n.coord.GetCoordinate()
+	}
+	coords := map[string]*coordinate.Coordinate{}
+	for _, ps := range n.byPeer {
+		if ps.site != "" && ps.coord != nil {
+			coords[ps.site] = ps.coord
+		}
+	}
 	for _, ps := range n.byPeer {
 		if ps.site == "" {
 			continue
@@ -359,9 +520,19 @@ func (n *Node) View() scope.View {
 		for s, d := range ps.reported {
 			info.RTT[s] = d
 		}
+		if len(ps.reported) == 0 && ps.coord != nil {
+			for s, c := range coords {
+				if s != ps.site {
+					info.RTT[s] = ps.coord.DistanceTo(c)
+				}
+			}
+		}
 		v.Sites[ps.site] = info
-		if ps.probed {
+		switch {
+		case ps.probed:
 			self.RTT[ps.site] = ps.rtt
+		case mine != nil && ps.coord != nil:
+			self.RTT[ps.site] = mine.DistanceTo(ps.coord)
 		}
 	}
 	v.Sites[n.cfg.Site] = self

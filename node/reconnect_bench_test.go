@@ -22,7 +22,7 @@ func BenchmarkReconnectAfterHeal(b *testing.B) {
 	for _, rtt := range []time.Duration{0, 20 * time.Millisecond, 80 * time.Millisecond} {
 		b.Run(fmt.Sprintf("rtt=%v", rtt), func(b *testing.B) {
 			sites := []string{"s0", "s1", "s2", "s3", "s4"}
-			nodes := startWANNodes(b, sites, rtt)
+			nodes := startWANNodes(b, sites, rtt, nil)
 			left, right := sites[:2], sites[2:]
 			var total time.Duration
 			for b.Loop() {
@@ -50,8 +50,9 @@ type wanNodes struct {
 }
 
 // startWANNodes starts one node per site behind the emulated WAN, each
-// trusting the others, with default probing.
-func startWANNodes(b *testing.B, sites []string, rtt time.Duration) wanNodes {
+// trusting the others, with default probing changed by configure (nil:
+// none), and waits until every site sees every other up.
+func startWANNodes(b testing.TB, sites []string, rtt time.Duration, configure func(*Config)) wanNodes {
 	b.Helper()
 	w := wanNodes{net: wan.New(nil), nodes: map[string]*Node{}}
 	b.Cleanup(func() { w.net.Close() })
@@ -96,6 +97,9 @@ func startWANNodes(b *testing.B, sites []string, rtt time.Duration) wanNodes {
 			c.Peers = []string{fmt.Sprintf("/ip4/%s/tcp/%s/p2p/%s", ph, pp, ids[sites[0]])}
 		}
 		c.Logger = testLogger
+		if configure != nil {
+			configure(&c)
+		}
 		n, err := New(context.Background(), c)
 		if err != nil {
 			b.Fatalf("start %s: %v", s, err)
@@ -109,7 +113,7 @@ func startWANNodes(b *testing.B, sites []string, rtt time.Duration) wanNodes {
 
 // waitAll polls, every 5 ms for at most a minute, until ok holds for
 // every ordered pair of distinct sites.
-func waitAll(b *testing.B, nodes map[string]*Node, sites []string, ok func(observer, subject string) bool) {
+func waitAll(b testing.TB, nodes map[string]*Node, sites []string, ok func(observer, subject string) bool) {
 	b.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for {

@@ -1,0 +1,195 @@
+package node
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"time"
+
+	"github.com/hashicorp/serf/coordinate"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/protocol/ping"
+)
+
+// Design note — RTTs between other sites come from network coordinates.
+//
+// A site measures its own RTTs (the probes' EWMA), and used to publish
+// them all in its record: N RTTs per record, N records, every site
+// receiving every record, republished whenever a site came or went. At a
+// hundred sites that flood alone saturated the machine. The planner still
+// needs RTTs between two other sites (`around(rome, 10ms)` planned at
+// paris), so each site now keeps a Vivaldi network coordinate, as Serf
+// and Consul do (github.com/hashicorp/serf/coordinate): every answered
+// probe carries the peer's coordinate (ProbeProtocol) and moves this
+// site's own by the RTT it measured. A record carries the coordinate, a
+// constant size, republished every RecordRefresh intervals, and the RTT
+// between two other sites is the distance between their coordinates. The RTTs that involve this site stay
+// measured, and a site not probed yet is estimated from its coordinate.
+// Records from earlier versions, with RTTs and no coordinate, are still
+// read.
+
+// ProbeProtocol is the stream protocol of a probe: for each byte the
+// prober sends, the peer answers a frame, a two-byte length then, for the
+// first, a probeAnswer in JSON, nothing for the next ones. A probe makes
+// one exchange: the stream is opened first (a round trip when the peer's
+// protocols are not known yet, none afterwards since libp2p then
+// negotiates optimistically), so that the exchange measures one round
+// trip. Sites of earlier versions do not speak it: the probe then
+// negotiates libp2p's ping and learns nothing more.
+const ProbeProtocol = "/cheops/probe/1.0.0"
+
+// coordSettle is how many RTT samples a site's coordinate takes before
+// the site publishes it: a fresh coordinate sits at the origin and would
+// make every other site look near.
+const coordSettle = 8
+
+// maxProbeFrame bounds a probe answer's encoding on the wire.
+const maxProbeFrame = 4 << 10
+
+// maxSuspects bounds the suspicions one probe answer carries.
+const maxSuspects = 16
+
+// probeAnswer is what a site answers a probe with: its coordinate, and
+// the sites it suspects (see suspicionsLocked), piggybacked as SWIM does
+// so that a suspicion spreads without a publication to every site.
+type probeAnswer struct {
+	Coord    *coordinate.Coordinate `json:"coord"`
+	Suspects []string               `json:"suspects,omitempty"`
+}
+
+// coordConfig is the Vivaldi configuration every site uses: coordinates
+// of two sites are comparable only if their dimensions agree.
+func coordConfig() *coordinate.Config { return coordinate.DefaultConfig() }
+
+// validCoord reports whether a coordinate received from a peer can be
+// used: the dimensions of this site's, finite, and within ten seconds of
+// the origin (no RTT between sites is longer).
+func validCoord(c *coordinate.Coordinate, dims int) bool {
+	if c == nil || len(c.Vec) != dims || !c.IsValid() || c.Height < 0 || c.Error < 0 {
+		return false
+	}
+	const limit = 10.0 // seconds
+	for _, x := range c.Vec {
+		if math.Abs(x) > limit {
+			return false
+		}
+	}
+	return c.Height <= limit && math.Abs(c.Adjustment) <= limit
+}
+
+// handleProbe answers a probe: a frame for every byte received, the
+// first with this site's coordinate and suspicions, until the prober
+// closes the stream.
+func (n *Node) handleProbe(s network.Stream) {
+	defer s.Close()
+	var b [1]byte
+	for first := true; ; first = false {
+		_ = s.SetReadDeadline(time.Now().Add(n.cfg.ProbeTimeout))
+		if _, err := io.ReadFull(s, b[:]); err != nil {
+			return
+		}
+		var data []byte
+		if first {
+			var err error
+			n.mu.Lock()
+			ans := probeAnswer{Coord: n.coord.GetCoordinate(), Suspects: n.suspicionsLocked()}
+			n.mu.Unlock()
+			if data, err = json.Marshal(ans); err != nil || len(data) > maxProbeFrame {
+				_ = s.Reset()
+				return
+			}
+		}
+		frame := binary.BigEndian.AppendUint16(nil, uint16(len(data)))
+		_ = s.SetWriteDeadline(time.Now().Add(n.cfg.ProbeTimeout))
+		if _, err := s.Write(append(frame, data...)); err != nil {
+			_ = s.Reset()
+			return
+		}
+	}
+}
+
+// exchange makes the round trip of one probe on a connection that is
+// open: on ProbeProtocol, or on libp2p's ping for a site that does not
+// speak it. It returns the RTT and the peer's answer (nil from ping).
+func (n *Node) exchange(ctx context.Context, p peer.ID) (rtt time.Duration, ans *probeAnswer, ok bool) {
+	s, err := n.host.NewStream(network.WithNoDial(ctx, "probe"), p, ProbeProtocol, ping.ID)
+	if err != nil {
+		n.log.Debug("probe: open stream", "peer", p, "err", err)
+		return 0, nil, false
+	}
+	if deadline, has := ctx.Deadline(); has {
+		_ = s.SetDeadline(deadline)
+	}
+	r := bufio.NewReader(s)
+	start := time.Now()
+	if s.Protocol() == ProbeProtocol {
+		ans, err = ask(s, r)
+	} else {
+		err = pingOnce(s, r)
+	}
+	rtt = time.Since(start)
+	if err != nil {
+		n.log.Debug("probe: exchange", "peer", p, "protocol", s.Protocol(), "err", err)
+		_ = s.Reset()
+		return 0, nil, false
+	}
+	_ = s.Close()
+	return rtt, ans, true
+}
+
+// ask sends one request of ProbeProtocol and reads the answer (nil for
+// an empty frame).
+func ask(s network.Stream, r *bufio.Reader) (*probeAnswer, error) {
+	if _, err := s.Write([]byte{1}); err != nil {
+		return nil, err
+	}
+	var size [2]byte
+	if _, err := io.ReadFull(r, size[:]); err != nil {
+		return nil, err
+	}
+	k := binary.BigEndian.Uint16(size[:])
+	if k > maxProbeFrame {
+		return nil, fmt.Errorf("probe answer of %d bytes", k)
+	}
+	if k == 0 {
+		return nil, nil
+	}
+	data := make([]byte, k)
+	if _, err := io.ReadFull(r, data); err != nil {
+		return nil, err
+	}
+	var ans probeAnswer
+	if err := json.Unmarshal(data, &ans); err != nil {
+		return nil, fmt.Errorf("probe answer: %w", err)
+	}
+	if len(ans.Suspects) > maxSuspects {
+		ans.Suspects = ans.Suspects[:maxSuspects]
+	}
+	return &ans, nil
+}
+
+// pingOnce is one round trip of libp2p's ping protocol: 32 random bytes
+// echoed back.
+func pingOnce(s network.Stream, r *bufio.Reader) error {
+	var out, in [ping.PingSize]byte
+	if _, err := rand.Read(out[:]); err != nil {
+		return err
+	}
+	if _, err := s.Write(out[:]); err != nil {
+		return err
+	}
+	if _, err := io.ReadFull(r, in[:]); err != nil {
+		return err
+	}
+	if !bytes.Equal(in[:], out[:]) {
+		return fmt.Errorf("ping answered with other bytes")
+	}
+	return nil
+}

@@ -1,0 +1,73 @@
+package node
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"cheops/scope"
+)
+
+// Five sites on a line behind the emulated WAN (one-way delays the
+// distances between them, 5 to 40 ms): from paris's view, the RTT between
+// two other sites, which paris never measures, comes from their network
+// coordinates and is within a quarter (or 5 ms) of the emulated one;
+// paris's own RTTs are measured.
+func TestCoordinatesEstimateRTT(t *testing.T) {
+	at := map[string]time.Duration{"paris": 0, "lyon": 5 * time.Millisecond, "milan": 10 * time.Millisecond,
+		"rome": 20 * time.Millisecond, "tunis": 40 * time.Millisecond}
+	sites := []string{"paris", "lyon", "milan", "rome", "tunis"}
+	w := startWANNodes(t, sites, 0, func(c *Config) {
+		c.ProbeInterval, c.ProbeTimeout = 100*time.Millisecond, time.Second
+		c.AnnounceInterval = 200 * time.Millisecond
+	})
+	want := func(a, b string) time.Duration { return 2 * max(at[a]-at[b], at[b]-at[a]) }
+	for _, a := range sites {
+		for _, b := range sites {
+			if a < b {
+				w.net.SetDelay(a, b, want(a, b)/2)
+			}
+		}
+	}
+	off := func(got, want time.Duration) bool {
+		d := max(got-want, want-got)
+		return d > 5*time.Millisecond && d > want/4
+	}
+	paris := w.nodes["paris"]
+	var last error
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		last = nil
+		v := paris.View()
+		for _, a := range sites {
+			for _, b := range sites {
+				if a >= b {
+					continue
+				}
+				got, ok := v.RTT(a, b)
+				if !ok || off(got, want(a, b)) {
+					last = fmt.Errorf("paris's view: RTT %s-%s %v (known %v), want %v", a, b, got, ok, want(a, b))
+				}
+			}
+		}
+		if last == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(last)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	v := paris.View()
+	for _, a := range sites[1:] {
+		for _, b := range sites[1:] {
+			if a < b {
+				got, _ := v.RTT(a, b)
+				t.Logf("estimated %s-%s %v, emulated %v", a, b, got.Round(100*time.Microsecond), want(a, b))
+			}
+		}
+	}
+	if v.Sites["paris"].State != scope.Up {
+		t.Fatal("paris is not up in its own view")
+	}
+}
