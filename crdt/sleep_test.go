@@ -69,7 +69,7 @@ func TestIdleGroupsSleepAndWakeOnUse(t *testing.T) {
 	})
 	// A sleeping group has no goroutine of its own: waking every group
 	// of a (and holding it awake) starts go-ds-crdt's ~8 per replica and
-	// the repair loop.
+	// the repair loop; at least 3 each is asked, other goroutines come and go).
 	asleepCount := runtime.NumGoroutine()
 	var dones []func()
 	for _, name := range names {
@@ -79,7 +79,7 @@ func TestIdleGroupsSleepAndWakeOnUse(t *testing.T) {
 		}
 		dones = append(dones, done)
 	}
-	if awake := runtime.NumGoroutine(); awake-asleepCount < groups*5 {
+	if awake := runtime.NumGoroutine(); awake-asleepCount < groups*3 {
 		t.Errorf("goroutines: %d with %d groups asleep, %d awake", asleepCount, groups, awake)
 	}
 	for _, done := range dones {
