@@ -169,7 +169,9 @@ func (n *Node) probeLoop(ctx context.Context) {
 		}
 		for _, p := range due {
 			ps := n.byPeer[p]
-			first := !ps.probed
+			// A site never reached and not yet given up on (down): its
+			// first dial is paced and given time (see probe).
+			first := !ps.probed && ps.misses < n.cfg.DownAfter
 			if first && n.host.Network().Connectedness(p) != network.Connected {
 				if n.dials >= n.dialLimit {
 					// Every slot is taken: dialled as soon as one frees.
