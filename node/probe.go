@@ -130,7 +130,8 @@ func (n *Node) notifyLocked(ev SiteEvent) {
 // ProbeTimeout and says nothing of this site's load, and after a heal
 // every site cut off must be found at once.
 //
-// The loop's ticker also measures how late this node runs: see starved.
+// The loop's ticker also measures how late this node runs: see
+// starvedAfter and observe.
 func (n *Node) probeLoop(ctx context.Context) {
 	defer n.wg.Done()
 	redial := n.cfg.RedialInterval
