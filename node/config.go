@@ -152,8 +152,8 @@ func DefaultConfig() Config {
 // at the next round), and for any silence among at most ProbeFanout+1
 // sites. A site cut off silently (no connection closes) in a larger
 // cluster waits for its turn in the rotation before its first failed
-// probe: up to RotationBound more, about one interval when another site
-// announces its suspicion first (see schedule.go).
+// probe: up to RotationBound more, less when another site that probed it
+// passes its suspicion on (see schedule.go).
 func (c *Config) DownBound() time.Duration {
 	return time.Duration(c.DownAfter)*max(c.ProbeInterval, c.ProbeTimeout) + c.ProbeInterval
 }

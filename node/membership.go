@@ -389,14 +389,15 @@ type siteHint struct {
 // addresses each.
 const maxSitesSize = 1 << 20
 
-// handleSites answers a SitesProtocol request: every site this node can
-// reach (up or suspect) whose record it has, but the asker.
+// handleSites answers a SitesProtocol request: every site whose record
+// this node has and that it does not hold down, but the asker (a site
+// not probed yet is listed: the asker may reach it first).
 func (n *Node) handleSites(s network.Stream) {
 	from := s.Conn().RemotePeer()
 	var hints []siteHint
 	n.mu.Lock()
 	for p, ps := range n.byPeer {
-		if p == from || ps.site == "" || !ps.state().Reachable() {
+		if p == from || ps.site == "" || ps.state() == scope.Down {
 			continue
 		}
 		h := siteHint{Site: ps.site, Peer: p}
@@ -421,9 +422,17 @@ func (n *Node) handleSites(s network.Stream) {
 
 // pullSites asks p for the sites it knows (SitesProtocol) and adds the
 // trusted ones this node did not know: each is probed, so dialled, at
-// the next round, and sends its record on connecting.
-func (n *Node) pullSites(ctx context.Context, p peer.ID) {
+// the next round, and sends its record on connecting. It sends how many
+// it added on pulled, if there is room.
+func (n *Node) pullSites(ctx context.Context, p peer.ID, pulled chan<- int) {
 	defer n.wg.Done()
+	added := 0
+	defer func() {
+		select {
+		case pulled <- added:
+		default:
+		}
+	}()
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.ProbeTimeout)
 	defer cancel()
 	s, err := n.host.NewStream(network.WithNoDial(ctx, "membership sites"), p, SitesProtocol)
@@ -448,7 +457,6 @@ func (n *Node) pullSites(ctx context.Context, p peer.ID) {
 		return
 	}
 	self := n.host.ID()
-	added := 0
 	for _, h := range hints {
 		if h.Peer == self || h.Peer.Validate() != nil || !n.gater.allowed(h.Peer) {
 			continue
@@ -555,11 +563,12 @@ func (n *Node) joiningThrough(p peer.ID) bool {
 // connects (pushRecord), which is how a new peer learns this site, and
 // asks a bootstrap peer for the sites it knows (pullSites) on connecting
 // to it. Every AnnounceInterval it publishes the record if it changed
-// (see recordChanged and RecordRefresh), and every SitesPullEvery
-// intervals asks one site it reaches, at random, for the
-// sites that one knows: sites that joined at the same moment through
-// different peers find each other so (memberlist's push-pull does the
-// same).
+// (see recordChanged and RecordRefresh). It asks one site it reaches, at
+// random, for the sites that one knows every SitesPullEvery intervals,
+// and a ProbeInterval after an ask that taught it sites: sites that
+// joined at the same moment through different peers find each other so
+// (memberlist's push-pull does the same), within a few probe intervals
+// while the cluster forms.
 //
 // Nothing is published per connection: a publication reaches every site,
 // and one per connection cost O(N²) publications when N sites started
@@ -570,7 +579,11 @@ func (n *Node) announceLoop(ctx context.Context, connected <-chan peer.ID) {
 	defer tick.Stop()
 	var refresh time.Time // when the record is due again
 	var last Record
-	for ticks := 1; ; {
+	pullEvery := SitesPullEvery * n.cfg.AnnounceInterval
+	pull := time.NewTimer(pullEvery)
+	defer pull.Stop()
+	pulled := make(chan int, 8)
+	for {
 		select {
 		case <-ctx.Done():
 			return
@@ -583,19 +596,25 @@ func (n *Node) announceLoop(ctx context.Context, connected <-chan peer.ID) {
 				every := RecordRefresh * n.cfg.AnnounceInterval
 				last, refresh = r, now.Add(every+rand.N(every/2))
 			}
-			if ticks%SitesPullEvery == 0 {
-				if p, ok := n.randomReachable(); ok {
-					n.wg.Add(1)
-					go n.pullSites(ctx, p)
-				}
+		case <-pull.C:
+			if p, ok := n.randomReachable(); ok {
+				n.wg.Add(1)
+				go n.pullSites(ctx, p, pulled)
+			} else {
+				pull.Reset(pullEvery)
 			}
-			ticks++
+		case added := <-pulled:
+			if added > 0 {
+				pull.Reset(n.cfg.ProbeInterval)
+			} else {
+				pull.Reset(pullEvery)
+			}
 		case p := <-connected:
 			n.wg.Add(1)
 			go n.pushRecord(ctx, p)
 			if n.joiningThrough(p) {
 				n.wg.Add(1)
-				go n.pullSites(ctx, p)
+				go n.pullSites(ctx, p, pulled)
 			}
 		}
 	}

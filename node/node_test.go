@@ -291,11 +291,22 @@ func TestConfigValidate(t *testing.T) {
 		"no trust":       func(c *Config) { c.Trust = nil },
 		"suspect > down": func(c *Config) { c.SuspectAfter = 5 },
 		"zero probe":     func(c *Config) { c.ProbeInterval = 0 },
+		"zero fanout":    func(c *Config) { c.ProbeFanout = 0 },
 	} {
 		c := good
 		mutate(&c)
 		if err := c.Validate(); err == nil {
 			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func TestRotationBound(t *testing.T) {
+	c := DefaultConfig() // fanout 8, 2 s
+	for sites, want := range map[int]time.Duration{1: 2 * time.Second, 5: 2 * time.Second, 9: 2 * time.Second,
+		10: 4 * time.Second, 100: 26 * time.Second} {
+		if got := c.RotationBound(sites); got != want {
+			t.Errorf("RotationBound(%d) = %v, want %v", sites, got, want)
 		}
 	}
 }

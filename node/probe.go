@@ -122,13 +122,16 @@ func (n *Node) notifyLocked(ev SiteEvent) {
 // longer than the interval) is skipped, so a dead site never delays the
 // probes of the live ones and never counts two misses for one silence.
 //
-// At most ProbeFanout probes dial at once (a probe of a connected peer
-// only pings): a site that learns a hundred others at its start dials
-// them a few at a time rather than in one burst of handshakes, and a
-// partition costs as many pending dials, whatever the number of sites
-// on the other side. Fewer when dials time out (see dialDone).
+// At most ProbeFanout probes dial a site never reached yet at once, fewer
+// when such dials time out (see dialDone): a site that learns a hundred
+// others at its start dials them a few at a time rather than in one burst
+// of handshakes. A site reached before is redialled on its own pace
+// (redialLater) whatever the others do: a dial across a cut hangs until
+// ProbeTimeout and says nothing of this site's load, and after a heal
+// every site cut off must be found at once.
 //
-// The loop's ticker also measures how late this node runs: see starved.
+// The loop's ticker also measures how late this node runs: see
+// starvedAfter and observe.
 func (n *Node) probeLoop(ctx context.Context) {
 	defer n.wg.Done()
 	redial := n.cfg.RedialInterval
@@ -167,12 +170,13 @@ func (n *Node) probeLoop(ctx context.Context) {
 		}
 		for _, p := range due {
 			ps := n.byPeer[p]
-			if n.host.Network().Connectedness(p) != network.Connected {
+			// A site never reached and not yet given up on (down): its
+			// first dial is paced and given time (see probe).
+			first := !ps.probed && ps.misses < n.cfg.DownAfter
+			if first && n.host.Network().Connectedness(p) != network.Connected {
 				if n.dials >= n.dialLimit {
-					// Every slot is taken: a site never reached yet is
-					// dialled as soon as one frees, any other at its
-					// next round (or redial).
-					ps.deferred = !ps.probed
+					// Every slot is taken: dialled as soon as one frees.
+					ps.deferred = true
 					continue
 				}
 				n.dials++
@@ -180,11 +184,7 @@ func (n *Node) probeLoop(ctx context.Context) {
 			}
 			ps.inflight, ps.flagged, ps.deferred = true, false, false
 			n.wg.Add(1)
-			timeout := n.cfg.ProbeTimeout
-			if !ps.probed {
-				timeout *= firstContact
-			}
-			go n.probe(ctx, p, timeout)
+			go n.probe(ctx, p, first)
 		}
 		n.mu.Unlock()
 		early = false
@@ -211,12 +211,13 @@ func (n *Node) starvedAfter() time.Duration {
 	return max(n.cfg.ProbeTimeout/4, 100*time.Millisecond)
 }
 
-// dialDone adapts the number of probes that may dial at once, as TCP its
-// congestion window: one more after a dial that connected, up to
-// ProbeFanout; half as many after one that timed out, at least one. A
-// dial times out when this site or the far one is too busy to finish the
-// handshakes it started (a hundred in-process sites starting together on
-// two cores): more at once would only time out too.
+// dialDone adapts, after a dial to a site never reached, the number of
+// such dials at once, as TCP its congestion window: one more after a dial
+// that connected, up to ProbeFanout; half as many after one that timed
+// out, at least one. A first dial times out when this site or the far one
+// is too busy to finish the handshakes it started (a hundred in-process
+// sites starting together on two cores): more at once would only time
+// out too.
 func (n *Node) dialDone(connected, timedOut bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -310,14 +311,19 @@ func (n *Node) retryOthersLocked(back peer.ID) {
 const firstContact = 3
 
 // probe dials the peer if it is not connected (unless its redial backoff
-// is running) and pings it, all within timeout.
-func (n *Node) probe(ctx context.Context, p peer.ID, timeout time.Duration) {
+// is running) and pings it, all within ProbeTimeout, firstContact times
+// that for a site never reached (first).
+func (n *Node) probe(ctx context.Context, p peer.ID, first bool) {
 	defer n.wg.Done()
 	n.probes.Add(1)
 	start := time.Now()
+	timeout := n.cfg.ProbeTimeout
+	if first {
+		timeout *= firstContact
+	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	rtt, ans, ok := n.ping(ctx, p)
+	rtt, ans, ok := n.ping(ctx, p, first)
 	if ctx.Err() != nil && context.Cause(ctx) == context.Canceled {
 		// The node is closing: this probe says nothing of the peer.
 		n.mu.Lock()
@@ -328,7 +334,7 @@ func (n *Node) probe(ctx context.Context, p peer.ID, timeout time.Duration) {
 	n.observe(p, start, rtt, ans, ok)
 }
 
-func (n *Node) ping(ctx context.Context, p peer.ID) (time.Duration, *probeAnswer, bool) {
+func (n *Node) ping(ctx context.Context, p peer.ID, first bool) (time.Duration, *probeAnswer, bool) {
 	if n.host.Network().Connectedness(p) != network.Connected {
 		n.mu.Lock()
 		wait := time.Now().Before(n.peerLocked(p).nextDial)
@@ -343,7 +349,9 @@ func (n *Node) ping(ctx context.Context, p peer.ID) (time.Duration, *probeAnswer
 			sw.Backoff().Clear(p)
 		}
 		err := n.host.Connect(ctx, peer.AddrInfo{ID: p})
-		n.dialDone(err == nil, err != nil && ctx.Err() != nil)
+		if first {
+			n.dialDone(err == nil, err != nil && ctx.Err() != nil)
+		}
 		if err != nil {
 			n.log.Debug("probe: dial failed", "peer", p, "err", err)
 			n.redialLater(p)

@@ -135,7 +135,7 @@ func TestDialSlots(t *testing.T) {
 	var got []int
 	for _, d := range []struct{ connected, timedOut bool }{
 		{true, false}, {true, false}, {true, false}, {true, false}, {true, false}, {true, false}, {true, false}, // 2 → 8
-		{false, false}, // refused
+		{false, false},                                             // refused
 		{false, true}, {false, true}, {false, true}, {false, true}, // 8 → 1
 		{true, false},
 	} {
