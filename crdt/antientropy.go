@@ -438,6 +438,9 @@ type GroupStatus struct {
 	// Asleep: the group was idle and its replica is closed (it wakes on
 	// the next read, write or announcement).
 	Asleep bool `json:"asleep"`
+	// LastHeard is when a member last sent heads or blocks of the group
+	// (zero: not since this site started).
+	LastHeard time.Time `json:"last_heard,omitzero"`
 	// Merged counts the DAG nodes merged here (equal on members with the
 	// same heads once both merged everything).
 	Merged int `json:"merged"`
@@ -462,6 +465,9 @@ func (m *Manager) Status(ctx context.Context) []GroupStatus {
 		st := g.stats(ctx)
 		gs := GroupStatus{Group: g.name, Sites: slices.Clone(g.sites), Height: st.height, Queued: st.queued, Dirty: st.dirty,
 			Asleep: st.asleep, Merged: g.processedCount(ctx), Heads: []string{}}
+		if at := g.heard.Load(); at != 0 {
+			gs.LastHeard = time.Unix(0, at).UTC()
+		}
 		for _, h := range st.heads {
 			gs.Heads = append(gs.Heads, h.String())
 		}

@@ -76,12 +76,6 @@ func (b *broadcaster) deliver(ctx context.Context, data []byte, wait time.Durati
 	return false
 }
 
-// inject queues heads received outside links (pushes); it drops them when
-// the queue is full (the next push or anti-entropy round repeats them).
-func (b *broadcaster) inject(data []byte) {
-	b.deliver(context.Background(), data, 0)
-}
-
 // Broadcast sends heads to the group's connected members over their
 // links, with the blocks of the heads not announced before, within
 // MaxInlineBytes. It returns once the message is queued on every link.
