@@ -61,6 +61,10 @@ type Job struct {
 	// Owed marks an operation run by catch-up (the crash failpoint only
 	// fires on those).
 	Owed bool
+
+	// attach marks the creating operation of a copy an attach sends
+	// (Executor.Attach sets it).
+	attach bool
 }
 
 // Result is the outcome of a job.
@@ -409,7 +413,10 @@ func (x *Executor) call(ctx context.Context, j Job, rs *resourceState, method, p
 		return Answer{}, fmt.Errorf("%w: answered %d: %s", errApp, ans.Status, snippet(ans.Body))
 	}
 	if j.Owed {
-		crashPoint()
+		crashPoint(FailCatchupAfterExecute)
+	}
+	if j.attach {
+		crashPoint(FailAttachAfterCopy)
 	}
 	return ans, nil
 }
@@ -526,15 +533,27 @@ func snippet(b []byte) string {
 	return s
 }
 
-// FailpointEnv names the environment variable that, set to
-// "catchup-after-execute", makes the process kill itself (SIGKILL) right
-// after an owed operation ran and before its outcome is recorded. Crash
-// tests use it to prove that nothing is applied twice; it is never set in
-// production.
+// FailpointEnv names the environment variable that, set to one of the
+// Fail… values, makes the process kill itself (SIGKILL) at that point.
+// Crash tests use it to prove that nothing is applied twice; it is never
+// set in production.
 const FailpointEnv = "CHEOPS_FAILPOINT"
 
-func crashPoint() {
-	if os.Getenv(FailpointEnv) == "catchup-after-execute" {
+// Failpoints (values of FailpointEnv).
+const (
+	// FailCatchupAfterExecute: an owed operation ran on the application;
+	// its outcome is not journaled nor recorded.
+	FailCatchupAfterExecute = "catchup-after-execute"
+	// FailAttachAfterCopy: the application made the copy an attach sent;
+	// the outcome is not journaled, the attach not stamped.
+	FailAttachAfterCopy = "attach-after-copy"
+	// FailAttachBeforeStamp: the copy is made and its outcome journaled;
+	// the attach's stamp is not.
+	FailAttachBeforeStamp = "attach-before-stamp"
+)
+
+func crashPoint(point string) {
+	if os.Getenv(FailpointEnv) == point {
 		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
 		select {} // the signal is on its way
 	}

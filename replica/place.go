@@ -78,6 +78,7 @@ func (x *Executor) Attach(ctx context.Context, j Job, base catalog.Timestamp, na
 			}
 		}
 		x.running.Inc()
+		j.attach = true
 		r = x.create(ctx, j, rs, seen)
 		x.running.Dec()
 		if r.Failed != "" && r.Status == http.StatusConflict && name != "" {
@@ -90,6 +91,7 @@ func (x *Executor) Attach(ctx context.Context, j Job, base catalog.Timestamp, na
 		}
 		return r, catalog.Timestamp{}
 	}
+	crashPoint(FailAttachBeforeStamp)
 	at := stamp()
 	if err := x.journal.put(ctx, attachedKey(res), at, true); err != nil {
 		return Result{Err: err}, catalog.Timestamp{}
