@@ -62,9 +62,10 @@ type Job struct {
 	// fires on those).
 	Owed bool
 
-	// attach marks the creating operation of a copy an attach sends
-	// (Executor.Attach sets it).
-	attach bool
+	// attachBase is set on the creating operation of a copy an attach
+	// sends (by Executor.Attach): the version of the last detach that
+	// attach knew (see Attach's base). It is journaled with the execution.
+	attachBase *catalog.Timestamp
 }
 
 // Result is the outcome of a job.
@@ -310,7 +311,11 @@ func (x *Executor) create(ctx context.Context, j Job, rs *resourceState, maybe b
 		return x.finish(ctx, j, rs, &entry{Op: j.Op, Status: http.StatusCreated, Outcome: strconv.Itoa(http.StatusCreated), LocalID: local})
 	}
 	if maybe {
-		if id, ok := x.adopt(ctx, j); ok {
+		id, ok, err := x.find(ctx, j)
+		if err != nil {
+			return Result{Err: err} // not known whether it ran: never run it blind
+		}
+		if ok {
 			x.ops.WithLabelValues("adopted").Inc()
 			return x.finish(ctx, j, rs, &entry{Op: j.Op, Status: http.StatusCreated, Outcome: strconv.Itoa(http.StatusCreated), LocalID: id})
 		}
@@ -399,7 +404,7 @@ func (x *Executor) replay(ctx context.Context, j Job, o catalog.Operation, local
 // it is idempotent, and the order rule puts the later operations back
 // after it. Those skip the sync, the costliest step of an execution.
 func (x *Executor) call(ctx context.Context, j Job, rs *resourceState, method, path string, body []byte) (Answer, error) {
-	e := &entry{Op: j.Op, State: stateBegun, Started: time.Now().UTC()}
+	e := &entry{Op: j.Op, State: stateBegun, Started: time.Now().UTC(), AttachBase: j.attachBase}
 	sync := j.Create || j.Op.EffectivePolicy() == catalog.PolicyCommute
 	if err := x.journal.put(ctx, opEntryKey(j.Op.Resource, j.Op.ID), e, sync); err != nil {
 		return Answer{}, err
@@ -415,7 +420,7 @@ func (x *Executor) call(ctx context.Context, j Job, rs *resourceState, method, p
 	if j.Owed {
 		crashPoint(FailCatchupAfterExecute)
 	}
-	if j.attach {
+	if j.attachBase != nil {
 		crashPoint(FailAttachAfterCopy)
 	}
 	return ans, nil
@@ -425,6 +430,9 @@ func (x *Executor) call(ctx context.Context, j Job, rs *resourceState, method, p
 // operation "maybe executed", which recovery handles) and counts it.
 func (x *Executor) finish(ctx context.Context, j Job, rs *resourceState, e *entry) Result {
 	e.State = stateDone
+	if e.AttachBase == nil {
+		e.AttachBase = j.attachBase
+	}
 	if e.Started.IsZero() {
 		e.Started = time.Now().UTC()
 	}
@@ -459,20 +467,28 @@ func (rs *resourceState) applied() []catalog.Operation {
 	return out
 }
 
-// adopt looks for the item a create that may have run before a crash
-// left in the application: one holding every field the create sent.
-func (x *Executor) adopt(ctx context.Context, j Job) (string, bool) {
+// find looks for the item a create that may have run before a crash (or
+// whose answer was lost) left in the application: one holding every field
+// the create sent, whose local id neither the journal nor the catalog
+// gives a resource. An error (no answer, a 5xx) means the application
+// could not be asked: the create must not run blind.
+func (x *Executor) find(ctx context.Context, j Job) (string, bool, error) {
 	var sent map[string]any
 	if json.Unmarshal(j.Op.Body, &sent) != nil {
-		return "", false
+		return "", false, nil
 	}
 	ans, err := x.cfg.App.Call(ctx, j.Service, http.MethodGet, j.Collection, nil, nil)
-	if err != nil || ans.Status != http.StatusOK {
-		return "", false
+	switch {
+	case err != nil:
+		return "", false, fmt.Errorf("%w: look for %s in %s: %v", errApp, j.Op.Resource, j.Collection, err)
+	case ans.Status >= 500:
+		return "", false, fmt.Errorf("%w: look for %s in %s: answered %d: %s", errApp, j.Op.Resource, j.Collection, ans.Status, snippet(ans.Body))
+	case ans.Status != http.StatusOK:
+		return "", false, nil
 	}
 	var items []map[string]any
 	if json.Unmarshal(ans.Body, &items) != nil {
-		return "", false
+		return "", false, nil
 	}
 	known := x.knownLocals()
 	for i := len(items) - 1; i >= 0; i-- {
@@ -482,10 +498,10 @@ func (x *Executor) adopt(ctx context.Context, j Job) (string, bool) {
 			continue
 		}
 		if holds(items[i], sent) {
-			return id, true
+			return id, true, nil
 		}
 	}
-	return "", false
+	return "", false, nil
 }
 
 // knownLocals lists the local ids of resources whose journal is loaded.
