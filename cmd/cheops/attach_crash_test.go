@@ -174,6 +174,9 @@ func TestAttachKilledBetweenCopyAndStamp(t *testing.T) {
 		if got := titled(t, apps["rome"], title); len(got) != 1 {
 			t.Fatalf("%s: after the crash rome's application holds %v, want the one copy made", name, got)
 		}
+		if err != nil || status != http.StatusGatewayTimeout || !strings.HasPrefix(body, "outcome_unknown: ") {
+			t.Fatalf("%s: the attach rome died in answered %d %s %v, want 504 outcome_unknown", name, status, body, err)
+		}
 		t.Logf("%s: the attach through paris answered %d %s %v", name, status, body, err)
 
 		// rome restarts as it was; the attach runs again.
