@@ -54,10 +54,10 @@ import (
 // was cut short (a crash, a lost answer) after its copy may have been
 // made: the copy is looked for (adoptCut). name, for a client-named
 // service, is the name the copy takes: an application answering 409
-// Conflict holds an item of that name already, which is adopted. Once the copy is there, stamp is
-// called under the resource's lock and its value returned (and journaled
-// with the copy): it orders this attach among the resource's other
-// placement changes. A failure (Result.Err, Result.Failed) is returned
+// Conflict holds an item of that name already, which is adopted. Once the
+// copy is there, stamp is called under the resource's lock and its value
+// returned (and journaled with the copy): it orders this attach among the
+// resource's other placement changes. A failure (Result.Err, Result.Failed) is returned
 // without a stamp.
 func (x *Executor) Attach(ctx context.Context, j Job, base catalog.Timestamp, name string, stamp func() catalog.Timestamp) (Result, catalog.Timestamp) {
 	res := j.Op.Resource
