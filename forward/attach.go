@@ -347,7 +347,7 @@ func placementError(err error) (int, string) {
 	case errors.Is(err, errNotDelivered):
 		return http.StatusServiceUnavailable, errcode.Unreachable
 	case errors.Is(err, errPlaceUnknown):
-		return http.StatusGatewayTimeout, "outcome_unknown" // as a write's (forward/ops.go)
+		return http.StatusGatewayTimeout, errcode.OutcomeUnknown // as a write's (forward/ops.go)
 	default:
 		return http.StatusBadGateway, errcode.SiteFailed
 	}

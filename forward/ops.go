@@ -59,7 +59,7 @@ func (f *Forwarder) create(w http.ResponseWriter, req *request, plan *scope.Plan
 	case recorded && !answer.ok() && (answer.site == "" || answer.err != nil):
 		acceptedPending(w, id, outcomes)
 	case answer.site == "":
-		errcode.Write(w, http.StatusServiceUnavailable, "unreachable", "no site could run the request: "+sitesHeader(outcomes))
+		errcode.Write(w, http.StatusServiceUnavailable, errcode.Unreachable, "no site could run the request: "+sitesHeader(outcomes))
 	case !answer.ok():
 		f.reply(w, answer, "", outcomes)
 	default:
@@ -88,7 +88,7 @@ func (f *Forwarder) coordinate(w http.ResponseWriter, req *request, plan *scope.
 func (f *Forwarder) handOver(w http.ResponseWriter, req *request, plan *scope.Plan) {
 	best, ok := plan.Nearest()
 	if !ok {
-		errcode.Write(w, http.StatusServiceUnavailable, "unreachable", "no site of the scope is reachable")
+		errcode.Write(w, http.StatusServiceUnavailable, errcode.Unreachable, "no site of the scope is reachable")
 		return
 	}
 	res := f.execute(req.r.Context(), best.Site, req, req.r.Method, req.rawPath, http.Header{HeaderCoordinate: {"1"}})
@@ -99,11 +99,11 @@ func (f *Forwarder) handOver(w http.ResponseWriter, req *request, plan *scope.Pl
 			f.dispatch(w, req, next)
 			return
 		}
-		errcode.Write(w, http.StatusServiceUnavailable, "unreachable", "no site of the scope could be reached: "+req.fallbackHeader())
+		errcode.Write(w, http.StatusServiceUnavailable, errcode.Unreachable, "no site of the scope could be reached: "+req.fallbackHeader())
 		return
 	case res.err != nil:
 		// It may have run there: never send it again.
-		errcode.Write(w, http.StatusGatewayTimeout, "outcome_unknown",
+		errcode.Write(w, http.StatusGatewayTimeout, errcode.OutcomeUnknown,
 			fmt.Sprintf("%v: the request was sent to %s, which did not answer; it may have run there (look for it in the catalog before sending it again)", res.err, best.Site))
 		return
 	}
@@ -141,7 +141,7 @@ func (f *Forwarder) onResource(w http.ResponseWriter, req *request, res catalog.
 	switch req.r.Method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions:
 		if len(holders) == 0 {
-			errcode.Write(w, http.StatusServiceUnavailable, "unreachable", fmt.Sprintf("no reachable site holds %s", res.ID))
+			errcode.Write(w, http.StatusServiceUnavailable, errcode.Unreachable, fmt.Sprintf("no reachable site holds %s", res.ID))
 			return
 		}
 		if f.streamsRead(req) {
@@ -182,7 +182,7 @@ func (f *Forwarder) onResource(w http.ResponseWriter, req *request, res catalog.
 	case recorded && !answer.ok() && (answer.site == "" || answer.err != nil):
 		acceptedPending(w, res.ID, outcomes)
 	case answer.site == "":
-		errcode.Write(w, http.StatusServiceUnavailable, "unreachable", "no replica could run the request: "+sitesHeader(outcomes))
+		errcode.Write(w, http.StatusServiceUnavailable, errcode.Unreachable, "no replica could run the request: "+sitesHeader(outcomes))
 	default:
 		if answer.ok() {
 			answer.body = req.svc.withID(answer.body, res.ID)
@@ -217,7 +217,7 @@ func (f *Forwarder) readHolders(w http.ResponseWriter, req *request, id string, 
 		}
 		f.fallBack(w, req, s, err)
 	}
-	errcode.Write(w, http.StatusBadGateway, "site_failed", fmt.Sprintf("no holder of %s could answer: %s", id, req.fallbackHeader()))
+	errcode.Write(w, http.StatusBadGateway, errcode.SiteFailed, fmt.Sprintf("no holder of %s could answer: %s", id, req.fallbackHeader()))
 }
 
 // crossRead reads a collection on several sites and returns the union,
