@@ -29,11 +29,11 @@ type viewTimeline struct {
 	// lastOp is when the last meta or op event came (from start), lastAny
 	// the last event of any kind.
 	lastOp, lastAny time.Duration
-	visible map[string]map[string]time.Duration // site → resource → first meta event
-	ops     map[string]map[string]time.Duration // site → op id → first op event
-	events  map[string]int                      // site → events read
-	resyncs map[string]int                      // site → resyncs read
-	errs    []error
+	visible         map[string]map[string]time.Duration // site → resource → first meta event
+	ops             map[string]map[string]time.Duration // site → op id → first op event
+	events          map[string]int                      // site → events read
+	resyncs         map[string]int                      // site → resyncs read
+	errs            []error
 }
 
 // watchViews opens a watch stream on every site; start is the time the
