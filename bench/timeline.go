@@ -17,7 +17,8 @@ import (
 
 // viewTimeline follows every site's catalog view through its watch stream
 // (GET /v1/watch) and notes when each resource became visible and each
-// operation arrived, so that the time the catalogs agreed is known to the
+// operation arrived (kept as instants, read as offsets from start, which
+// the caller sets to the heal before it reads), so that the time the catalogs agreed is known to the
 // millisecond (the poll of whole catalogs is as coarse as one read of all
 // of them) and can be split by site and by group.
 type viewTimeline struct {
@@ -26,13 +27,13 @@ type viewTimeline struct {
 	wg     sync.WaitGroup
 
 	mu sync.Mutex
-	// lastOp is when the last meta or op event came (from start), lastAny
-	// the last event of any kind.
-	lastOp, lastAny time.Duration
-	visible         map[string]map[string]time.Duration // site → resource → first meta event
-	ops             map[string]map[string]time.Duration // site → op id → first op event
-	events          map[string]int                      // site → events read
-	resyncs         map[string]int                      // site → resyncs read
+	// lastOp is when the last meta or op event came, lastAny the last
+	// event of any kind.
+	lastOp, lastAny time.Time
+	visible         map[string]map[string]time.Time // site → resource → first meta event
+	ops             map[string]map[string]time.Time // site → op id → first op event
+	events          map[string]int                  // site → events read
+	resyncs         map[string]int                  // site → resyncs read
 	errs            []error
 }
 
@@ -40,10 +41,10 @@ type viewTimeline struct {
 // offsets are taken from (the heal). The streams are open when it returns.
 func watchViews(ctx context.Context, c *Cluster, start time.Time) (*viewTimeline, error) {
 	ctx, cancel := context.WithCancel(ctx)
-	t := &viewTimeline{start: start, cancel: cancel, visible: map[string]map[string]time.Duration{},
-		ops: map[string]map[string]time.Duration{}, events: map[string]int{}, resyncs: map[string]int{}}
+	t := &viewTimeline{start: start, cancel: cancel, visible: map[string]map[string]time.Time{},
+		ops: map[string]map[string]time.Time{}, events: map[string]int{}, resyncs: map[string]int{}}
 	for _, s := range c.Sites {
-		t.visible[s.Name], t.ops[s.Name] = map[string]time.Duration{}, map[string]time.Duration{}
+		t.visible[s.Name], t.ops[s.Name] = map[string]time.Time{}, map[string]time.Time{}
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.API+"/v1/watch", nil)
 		if err != nil {
 			t.stop()
@@ -72,7 +73,7 @@ func (t *viewTimeline) read(site string, sc *bufio.Scanner) {
 		if !ok {
 			continue
 		}
-		at := time.Since(t.start)
+		at := time.Now()
 		var ch catalog.Change
 		if err := json.Unmarshal([]byte(data), &ch); err != nil {
 			t.mu.Lock()
@@ -113,10 +114,14 @@ func (t *viewTimeline) last(ops bool) (time.Duration, int) {
 	for _, r := range t.resyncs {
 		n += r
 	}
+	last := t.lastAny
 	if ops {
-		return t.lastOp, n
+		last = t.lastOp
 	}
-	return t.lastAny, n
+	if last.IsZero() {
+		return 0, n
+	}
+	return last.Sub(t.start), n
 }
 
 // settle waits until no event (ops: no op or meta event) came for quiet,
@@ -202,11 +207,11 @@ func (t *viewTimeline) agreement(cats map[string][]catalog.Resource, want map[st
 			var done time.Duration
 			seen := false
 			if at, ok := t.visible[s][id]; ok {
-				done, seen = at, true
+				done, seen = at.Sub(t.start), true
 			}
 			for _, op := range ops[id] {
 				if at, ok := t.ops[s][op]; ok {
-					done, seen = max(done, at), true
+					done, seen = max(done, at.Sub(t.start)), true
 				}
 			}
 			if !seen {

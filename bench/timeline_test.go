@@ -13,11 +13,14 @@ import (
 // not hide a late one at another.
 func TestViewAgreementIsTheLastCompletion(t *testing.T) {
 	ms := func(n int) time.Duration { return time.Duration(n) * time.Millisecond }
+	heal := time.Now()
+	at := func(n int) time.Time { return heal.Add(ms(n)) }
 	v := &viewTimeline{
-		visible: map[string]map[string]time.Duration{"a": {"r2": ms(30)}, "b": {}},
-		ops: map[string]map[string]time.Duration{
-			"a": {"o1": ms(10), "o3": ms(40)},
-			"b": {"o1": ms(20), "o3": ms(90), "o9": ms(500)}, // o9: not an operation of an expected resource
+		start:   heal,
+		visible: map[string]map[string]time.Time{"a": {"r2": at(30)}, "b": {}},
+		ops: map[string]map[string]time.Time{
+			"a": {"o1": at(10), "o3": at(40)},
+			"b": {"o1": at(20), "o3": at(90), "o9": at(500)}, // o9: not an operation of an expected resource
 		},
 		resyncs: map[string]int{},
 	}
