@@ -99,8 +99,9 @@ func newHost(t *testing.T) host.Host {
 }
 
 // An upload through a's agent streams to a's Glance and, over libp2p, to
-// b's; c has no peer (unreachable) and is reported so; a Glance that
-// answers before reading leaves nobody blocked.
+// b's, and so does the staging of an import; c has no peer (unreachable)
+// and is reported so; a Glance that answers before reading leaves nobody
+// blocked.
 func TestUploadStreamsToReplicas(t *testing.T) {
 	ha, hb := newHost(t), newHost(t)
 	if err := ha.Connect(context.Background(), peer.AddrInfo{ID: hb.ID(), Addrs: hb.Addrs()}); err != nil {
@@ -165,6 +166,13 @@ func TestUploadStreamsToReplicas(t *testing.T) {
 	file := Images + "/" + id + "/file"
 	if ga.sum(file) != want || gb.sum(file) != want {
 		t.Fatalf("a got %s, b got %s, sent %s", ga.sum(file), gb.sum(file), want)
+	}
+	// The staging of an import goes the same way, to each replica's
+	// stage.
+	resp = put("/svc/glance/v2/images/" + id + "/stage")
+	stage := Images + "/" + id + "/stage"
+	if resp.StatusCode != http.StatusNoContent || resp.Header.Get(headerSites) != "a=204, b=204, c=failed" || ga.sum(stage) != want || gb.sum(stage) != want {
+		t.Fatalf("stage: %d %v; a got %s, b got %s, sent %s", resp.StatusCode, resp.Header, ga.sum(stage), gb.sum(stage), want)
 	}
 	if resp := put("/svc/glance/v2/images/22222222-2222-4333-8444-555555555555/file"); resp.StatusCode != http.StatusNotFound {
 		t.Fatalf("an image the catalog does not know: %d", resp.StatusCode)
