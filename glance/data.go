@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -70,8 +71,12 @@ type DataConfig struct {
 	Next http.Handler
 	// Client calls this site's Glance; nil: a client without a timeout
 	// (an upload takes as long as its data does; the client's request
-	// bounds it).
+	// bounds it), with TLS.
 	Client *http.Client
+	// TLS is the TLS configuration of an HTTPS Glance (the service's
+	// --service-ca, forward.UpstreamTLS) for the client NewData makes;
+	// nil: the system's roots.
+	TLS *tls.Config
 	// RepairInterval is how often this site fetches, from another
 	// replica, the data of images its Glance holds without
 	// (DefaultRepairInterval when 0; negative: never, tests call
@@ -112,6 +117,9 @@ func NewData(cfg DataConfig) (*Data, error) {
 	if d.client == nil {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
 		tr.WriteBufferSize, tr.ReadBufferSize = chunk, chunk
+		if cfg.TLS != nil {
+			tr.TLSClientConfig = cfg.TLS.Clone()
+		}
 		d.client = &http.Client{Transport: tr}
 	}
 	cfg.Host.SetStreamHandler(DataProtocol, d.serveStream)
