@@ -493,14 +493,11 @@ func TestOpenStackCLI(t *testing.T) {
 	if !ok {
 		t.Fatal("a's catalog does not know the image")
 	}
-	resp, err := http.Post(w.agents["a"].URL()+"/v1/resources/"+rid+"/attach", "application/json", strings.NewReader(`{"site": "c"}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("attach to c: %d %s", resp.StatusCode, body)
+	// With the cheops command, as an operator would.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, testkit.BuildBinary(t), "resource", "attach", rid, "c", "--agent", w.agents["a"].URL()).CombinedOutput(); err != nil {
+		t.Fatalf("cheops resource attach %s c: %v\n%s", rid, err, out)
 	}
 	testkit.Eventually(t, 60*time.Second, "c's Glance holds the image with its data", func() error {
 		code, im := w.direct("c", id)
