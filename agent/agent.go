@@ -24,7 +24,7 @@ import (
 	"cheops/crdt"
 	"cheops/errcode"
 	"cheops/forward"
-	"cheops/glance"
+	"cheops/forward/glance"
 	"cheops/node"
 	"cheops/replica"
 )

@@ -1,4 +1,4 @@
-package glance_test
+package openstack
 
 import (
 	"context"
@@ -23,7 +23,7 @@ import (
 
 	"cheops/agent"
 	"cheops/forward"
-	"cheops/glance"
+	"cheops/forward/glance"
 	"cheops/internal/testkit"
 	"cheops/node"
 	"cheops/scope"
@@ -104,7 +104,7 @@ func freeBase(t testing.TB, n int) int {
 }
 
 func script() string {
-	return filepath.Join("..", "contrib", "openstack", "glance-sites.sh")
+	return filepath.Join("..", "..", "contrib", "openstack", "glance-sites.sh")
 }
 
 // newWorld starts Glance sites a, b and c with contrib/openstack's
