@@ -132,7 +132,10 @@ func (f *Forwarder) onResource(w http.ResponseWriter, req *request, res catalog.
 				out = append(out, s)
 			}
 		}
-		return view.Nearest(out)
+		if !req.explicit {
+			return view.Nearest(out)
+		}
+		return readOrder(req.scope, req.svc.Name, withDown(view, req.failedSites()), out)
 	}()
 	if deletedEverywhere(res) {
 		errcode.Write(w, http.StatusNotFound, "deleted", fmt.Sprintf("%s was deleted", res.ID))
@@ -189,6 +192,45 @@ func (f *Forwarder) onResource(w http.ResponseWriter, req *request, res catalog.
 		}
 		f.reply(w, answer, res.ID, outcomes)
 	}
+}
+
+// readOrder returns the holders of a resource in the order a read with a
+// scope the client gave tries them: the scope's own choice among the
+// holders first — planned over a view in which the sites that do not
+// hold the resource are down, so that ';' takes its first alternative
+// that holds it and '|' the nearest holder, and the required sites of
+// the choice ('&') nearest first — then its standbys, then every other
+// holder, nearest first (a read is harmless anywhere the resource is;
+// the scope says where it should be served from, the catalog where it
+// can be). A scope that names no reachable holder leaves the catalog's
+// order: nearest first. Pure: no network, no clock.
+func readOrder(sc *scope.Scope, service string, view scope.View, holders []string) []string {
+	nearest := view.Nearest(holders)
+	if sc == nil {
+		return nearest
+	}
+	var others []string
+	for s := range view.Sites {
+		if !slices.Contains(holders, s) {
+			others = append(others, s)
+		}
+	}
+	plan, err := sc.Plan(service, withDown(view, others))
+	if err != nil {
+		return nearest
+	}
+	out := view.Nearest(plan.Reachable())
+	for _, s := range plan.ReadOrder()[len(out):] {
+		if !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	for _, s := range nearest {
+		if !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // streamsRead reports a read of a resource whose answer is passed on as

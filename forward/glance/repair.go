@@ -130,7 +130,7 @@ func (d *Data) repairFrom(ctx context.Context, p peer.ID, id string) (bool, erro
 		return false, fmt.Errorf("read the data: status %d", resp.StatusCode)
 	}
 	h := http.Header{"Content-Type": {"application/octet-stream"}}
-	o := d.sendLocal(ctx, id, h, resp.ContentLength, resp.Body)
+	o := d.sendLocal(ctx, id, PartFile, h, resp.ContentLength, resp.Body)
 	switch {
 	case o.err != nil:
 		return false, o.err
