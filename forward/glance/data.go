@@ -307,7 +307,7 @@ func (d *Data) relay(w http.ResponseWriter, r *http.Request, id, part string) {
 		header.Set(headerRelay, "1")
 		o := d.sendRemote(r.Context(), p, id, part, header, r.ContentLength, r.Body)
 		if o.err != nil {
-			errcode.Write(w, http.StatusBadGateway, "site_failed", fmt.Sprintf("relay the upload to %s: %v", s, o.err))
+			errcode.Write(w, http.StatusBadGateway, errcode.SiteFailed, fmt.Sprintf("relay the upload to %s: %v", s, o.err))
 			return
 		}
 		for k, v := range o.header {
@@ -319,7 +319,7 @@ func (d *Data) relay(w http.ResponseWriter, r *http.Request, id, part string) {
 		_, _ = w.Write(o.body)
 		return
 	}
-	errcode.Write(w, http.StatusServiceUnavailable, "unreachable", notHere+", and no other site of "+sc.String()+" can be reached")
+	errcode.Write(w, http.StatusServiceUnavailable, errcode.Unreachable, notHere+", and no other site of "+sc.String()+" can be reached")
 }
 
 // headerScope is forward.HeaderScope.
@@ -460,7 +460,7 @@ func (d *Data) answer(sites []string, out map[string]outcome, readErr error) (in
 		if best != nil {
 			msg = best.err.Error()
 		}
-		return fail(http.StatusBadGateway, "site_failed", msg)
+		return fail(http.StatusBadGateway, errcode.SiteFailed, msg)
 	}
 	for k, v := range best.header {
 		if k != "Content-Length" {
@@ -598,7 +598,7 @@ func (d *Data) serveStream(s network.Stream) {
 	// on a stream nobody reads.
 	_, _ = io.Copy(io.Discard, req.Body)
 	if o.err != nil {
-		answer(http.StatusBadGateway, errorBody("site_failed", o.err.Error()))
+		answer(http.StatusBadGateway, errorBody(errcode.SiteFailed, o.err.Error()))
 		return
 	}
 	resp := &http.Response{StatusCode: o.status, ProtoMajor: 1, ProtoMinor: 1, Header: o.header,
