@@ -2,7 +2,9 @@ package crdt
 
 import (
 	"context"
+	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -92,4 +94,83 @@ func TestLinkResendsOnANewStreamWhenItsConnectionCloses(t *testing.T) {
 	// Nothing periodic runs within the hour: without the resend, b never
 	// has it.
 	eventually(t, 10*time.Second, "b has /after", func() error { return hasValue(b, ab, "/after", "2") })
+}
+
+// TestStalledConnectionClosingStartsACatchUp: what a's link wrote on a
+// connection that swallowed it is lost; when that connection closes and
+// a and b stay connected through another, they compare digests at once
+// and b gets the lost writes, with no periodic round, rebroadcast or
+// push within the test's bound.
+func TestStalledConnectionClosingStartsACatchUp(t *testing.T) {
+	n := newNet(t, "a", "b")
+	n.tune = healTune
+	n.startAll("a", "b")
+	a, b := n.sites["a"], n.sites["b"]
+	twoConns(t, a, b)
+	ctx := context.Background()
+	ab := []string{"a", "b"}
+	if err := a.m.Put(ctx, ab, "/before", []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "b has /before", func() error { return hasValue(b, ab, "/before", "1") })
+
+	// The stall: b's host reads link streams and drops what they carry.
+	var swallowed atomic.Int64
+	opened := make(chan network.Stream, 4)
+	b.host.SetStreamHandler(LinkProtocol, func(s network.Stream) {
+		opened <- s
+		buf := make([]byte, 4096)
+		for {
+			n, err := s.Read(buf)
+			swallowed.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+	})
+	c := linkConn(a, b)
+	if c == nil {
+		t.Fatal("no connection carries a's link to b")
+	}
+	for _, s := range c.GetStreams() {
+		if s.Protocol() == LinkProtocol && s.Stat().Direction == network.DirOutbound {
+			_ = s.Reset() // a's link opens a new stream, to the stall
+		}
+	}
+	var stalled network.Stream
+	for i := 0; stalled == nil; i++ {
+		if err := a.m.Put(ctx, ab, fmt.Sprintf("/cut/%d", i), []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case stalled = <-opened:
+		case <-time.After(100 * time.Millisecond):
+		}
+		if i > 100 {
+			t.Fatal("a's link did not open a new stream")
+		}
+	}
+	got := swallowed.Load()
+	if err := a.m.Put(ctx, ab, "/lost", []byte("y")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the stall swallows /lost", func() error {
+		if swallowed.Load() == got {
+			return fmt.Errorf("nothing more read")
+		}
+		return nil
+	})
+	b.host.SetStreamHandler(LinkProtocol, b.m.serveLink)
+	if err := hasValue(b, ab, "/lost", "y"); err == nil {
+		t.Fatal("b has /lost: the stall did not swallow it")
+	}
+
+	// The heal: the stalled connection closes; the other one stays.
+	if err := stalled.Conn().Close(); err != nil {
+		t.Fatal(err)
+	}
+	if b.host.Network().Connectedness(a.id) != network.Connected {
+		t.Fatal("a and b are no longer connected: the test needs their second connection")
+	}
+	eventually(t, 10*time.Second, "b has /lost", func() error { return hasValue(b, ab, "/lost", "y") })
 }
