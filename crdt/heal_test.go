@@ -3,6 +3,7 @@ package crdt
 import (
 	"context"
 	"fmt"
+	"io"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -173,4 +174,55 @@ func TestStalledConnectionClosingStartsACatchUp(t *testing.T) {
 		t.Fatal("a and b are no longer connected: the test needs their second connection")
 	}
 	eventually(t, 10*time.Second, "b has /lost", func() error { return hasValue(b, ab, "/lost", "y") })
+}
+
+// TestAnAnswerlessMemberHoldsUpOnlyItsOwnRounds: while a's round with b
+// waits for an answer that does not come (b's connection stalled by a
+// cut: the round waits until FetchTimeout), a's rounds with c go on.
+func TestAnAnswerlessMemberHoldsUpOnlyItsOwnRounds(t *testing.T) {
+	n := newNet(t, "a", "b", "c")
+	n.tune = func(c *Config) {
+		healTune(c)
+		if c.Self == "a" {
+			c.DigestInterval = 50 * time.Millisecond
+		}
+	}
+	n.startAll("a", "b", "c")
+	a, b := n.sites["a"], n.sites["b"]
+	ctx := context.Background()
+	ab, ac := []string{"a", "b"}, []string{"a", "c"}
+	for _, sites := range [][]string{ab, ac} {
+		if err := a.m.Put(ctx, sites, "/k", []byte("1")); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 10*time.Second, fmt.Sprintf("%s has /k", sites[1]), func() error {
+			return hasValue(n.sites[sites[1]], sites, "/k", "1")
+		})
+	}
+	// b reads rounds and never answers.
+	asked := make(chan struct{}, 1)
+	b.host.SetStreamHandler(DigestProtocol, func(s network.Stream) {
+		select {
+		case asked <- struct{}{}:
+		default:
+		}
+		_, _ = io.Copy(io.Discard, s)
+	})
+	select {
+	case <-asked:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a started no round with b")
+	}
+	since := time.Now()
+	rounds := 0
+	eventually(t, 10*time.Second, "three rounds of a with c while its round with b waits", func() error {
+		if e, ok := a.m.exchanges.get("a,c", n.ids["c"]); ok && e.At.After(since) {
+			rounds++
+			since = e.At
+		}
+		if rounds < 3 {
+			return fmt.Errorf("%d rounds with c", rounds)
+		}
+		return nil
+	})
 }
