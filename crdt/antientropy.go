@@ -213,6 +213,12 @@ func (m *Manager) shared(p peer.ID) []*Group {
 // that compared, brings it back to every interval. A member's own
 // activity makes its rounds with this site frequent from its side, and a
 // connection that opens runs a round at once (catchUpLoop).
+//
+// Rounds with different members run concurrently, one at a time per
+// member: a member that does not answer (its connection stalled by a
+// cut, until FetchTimeout) holds up only its own rounds. (One loop for
+// all members held every round of a site for up to FetchTimeout during a
+// cut, and then ran them one after the other after the heal.)
 func (m *Manager) antiEntropyLoop() {
 	defer m.wg.Done()
 	t := time.NewTicker(m.cfg.DigestInterval)
@@ -220,12 +226,29 @@ func (m *Manager) antiEntropyLoop() {
 	type cadence struct {
 		wait, skip int   // intervals between rounds; intervals left to skip
 		last       int64 // when the last round started (unix ns)
+		busy       bool  // a round is in progress
+	}
+	type roundEnd struct {
+		p    peer.ID
+		same bool
 	}
 	cadences := map[peer.ID]*cadence{}
+	ends := make(chan roundEnd)
 	for {
 		select {
 		case <-m.ctx.Done():
 			return
+		case e := <-ends:
+			if c := cadences[e.p]; c != nil {
+				c.busy = false
+				if e.same {
+					c.wait = min(2*c.wait, maxQuietRounds)
+				} else {
+					c.wait = 1
+				}
+				c.skip = c.wait - 1
+			}
+			continue
 		case <-t.C:
 		}
 		latest := map[peer.ID]int64{} // the latest activity shared with each member
@@ -235,8 +258,8 @@ func (m *Manager) antiEntropyLoop() {
 				latest[p] = max(latest[p], active)
 			}
 		}
-		for p := range cadences {
-			if _, ok := latest[p]; !ok {
+		for p, c := range cadences {
+			if _, ok := latest[p]; !ok && !c.busy {
 				delete(cadences, p)
 			}
 		}
@@ -246,6 +269,9 @@ func (m *Manager) antiEntropyLoop() {
 				c = &cadence{wait: 1}
 				cadences[p] = c
 			}
+			if c.busy {
+				continue
+			}
 			if active > c.last {
 				c.wait, c.skip = 1, 0
 			}
@@ -253,17 +279,19 @@ func (m *Manager) antiEntropyLoop() {
 				c.skip--
 				continue
 			}
-			c.last = time.Now().UnixNano()
-			same, err := m.digestRound(m.ctx, p)
-			if err != nil && m.ctx.Err() == nil {
-				m.log.Debug("anti-entropy round", "peer", p, "err", err)
-			}
-			if same {
-				c.wait = min(2*c.wait, maxQuietRounds)
-			} else {
-				c.wait = 1
-			}
-			c.skip = c.wait - 1
+			c.last, c.busy = time.Now().UnixNano(), true
+			m.wg.Add(1)
+			go func() {
+				defer m.wg.Done()
+				same, err := m.digestRound(m.ctx, p)
+				if err != nil && m.ctx.Err() == nil {
+					m.log.Debug("anti-entropy round", "peer", p, "err", err)
+				}
+				select {
+				case ends <- roundEnd{p: p, same: same}:
+				case <-m.ctx.Done():
+				}
+			}()
 		}
 	}
 }
@@ -287,6 +315,9 @@ func (m *Manager) digestRound(ctx context.Context, p peer.ID) (same bool, err er
 		return false, fmt.Errorf("open digest stream: %w", err)
 	}
 	defer s.Close()
+	// Closing the manager must not wait for a member that does not answer.
+	stop := context.AfterFunc(ctx, func() { _ = s.Reset() })
+	defer stop()
 	if dl, ok := ctx.Deadline(); ok {
 		_ = s.SetDeadline(dl)
 	}

@@ -125,28 +125,19 @@ func (ls *links) retire(l *link) bool {
 
 // run writes a link's messages on one stream, opened when the first
 // message comes and again after a failure, and flushes whenever the queue
-// is empty: a burst travels in few packets. A message that cannot be
-// written is dropped (the peer is not connected, or does not read);
-// pushes on reconnection and anti-entropy rounds repeat the heads.
+// is empty: a burst travels in few packets. A write or flush that fails
+// (the stream died with its connection: a heal closes the connection a
+// cut stalled) is tried once more on a new stream, with every message
+// written since the last flush: the member is often reachable on another
+// or a new connection, and the first messages after a heal are the
+// catch-up pushes of that very heal. What still cannot be written is
+// dropped (the peer is not connected, or does not read); pushes on
+// reconnection and anti-entropy rounds repeat the heads.
 func (ls *links) run(l *link) {
 	m := ls.m
 	defer m.wg.Done()
-	var (
-		s         network.Stream
-		w         *bufio.Writer
-		announced map[string]bool // groups whose peers this stream carried
-	)
-	drop := func() {
-		if s != nil {
-			_ = s.Reset()
-		}
-		s, w, announced = nil, nil, nil
-	}
-	defer func() {
-		if s != nil {
-			_ = s.Close()
-		}
-	}()
+	var out linkStream
+	defer out.close()
 	idle := time.NewTimer(linkIdle)
 	defer idle.Stop()
 	for {
@@ -168,28 +159,21 @@ func (ls *links) run(l *link) {
 			continue
 		case msg = <-l.queue:
 		}
-		if s == nil {
-			var err error
-			if s, err = ls.open(l.peer); err != nil {
+		if out.s == nil {
+			if err := out.open(ls, l.peer); err != nil {
 				m.metrics.linkDrops.Inc()
 				m.log.Debug("open link", "peer", l.peer, "err", err)
 				ls.flushOut(l) // the queue's messages would fail the same way
 				continue
 			}
-			w, announced = bufio.NewWriterSize(s, linkBuffer), map[string]bool{}
 		}
-		_ = s.SetWriteDeadline(time.Now().Add(linkWriteTimeout))
-		if err := ls.write(w, msg, announced); err != nil {
-			m.metrics.linkDrops.Inc()
-			m.log.Debug("write on link", "peer", l.peer, "err", err)
-			drop()
-			continue
+		out.unflushed = append(out.unflushed, msg)
+		err := out.write(ls, msg)
+		if err == nil && (len(l.queue) == 0 || len(out.unflushed) >= maxUnflushed) {
+			err = out.flush()
 		}
-		if len(l.queue) == 0 {
-			if err := w.Flush(); err != nil {
-				m.metrics.linkDrops.Inc()
-				drop()
-			}
+		if err != nil {
+			ls.resend(l, &out, err)
 		}
 		if !idle.Stop() {
 			select {
@@ -198,6 +182,79 @@ func (ls *links) run(l *link) {
 			}
 		}
 		idle.Reset(linkIdle)
+	}
+}
+
+// maxUnflushed bounds the messages a link writes before it flushes (and
+// keeps for a resend) while its queue stays busy.
+const maxUnflushed = 64
+
+// resend writes the messages of a failed stream since its last flush on
+// a new stream, once; they are dropped if that fails too.
+func (ls *links) resend(l *link, out *linkStream, cause error) {
+	m := ls.m
+	msgs := out.unflushed
+	out.reset()
+	m.log.Debug("link failed; resending on a new stream", "peer", l.peer, "messages", len(msgs), "err", cause)
+	err := out.open(ls, l.peer)
+	for i := 0; err == nil && i < len(msgs); i++ {
+		out.unflushed = append(out.unflushed, msgs[i])
+		err = out.write(ls, msgs[i])
+	}
+	if err == nil {
+		err = out.flush()
+	}
+	if err != nil {
+		m.metrics.linkDrops.Add(float64(len(msgs)))
+		m.log.Debug("resend on link", "peer", l.peer, "messages", len(msgs), "err", err)
+		out.reset()
+		return
+	}
+	m.metrics.linkResends.Add(float64(len(msgs)))
+}
+
+// linkStream is a link's current stream, and the messages written on it
+// since its last flush.
+type linkStream struct {
+	s         network.Stream
+	w         *bufio.Writer
+	announced map[string]bool // groups whose peers this stream carried
+	unflushed []linkMessage
+}
+
+func (o *linkStream) open(ls *links, p peer.ID) error {
+	s, err := ls.open(p)
+	if err != nil {
+		return err
+	}
+	o.s, o.w, o.announced, o.unflushed = s, bufio.NewWriterSize(s, linkBuffer), map[string]bool{}, nil
+	return nil
+}
+
+func (o *linkStream) write(ls *links, msg linkMessage) error {
+	_ = o.s.SetWriteDeadline(time.Now().Add(linkWriteTimeout))
+	return ls.write(o.w, msg, o.announced)
+}
+
+func (o *linkStream) flush() error {
+	if err := o.w.Flush(); err != nil {
+		return err
+	}
+	o.unflushed = o.unflushed[:0]
+	return nil
+}
+
+// reset abandons the stream.
+func (o *linkStream) reset() {
+	if o.s != nil {
+		_ = o.s.Reset()
+	}
+	*o = linkStream{}
+}
+
+func (o *linkStream) close() {
+	if o.s != nil {
+		_ = o.s.Close()
 	}
 }
 

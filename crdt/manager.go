@@ -126,6 +126,19 @@ func NewManager(ctx context.Context, cfg Config) (*Manager, error) {
 		case connected <- c.RemotePeer():
 		default: // a burst of connections: the periodic rebroadcast covers it
 		}
+	}, DisconnectedF: func(n network.Network, c network.Conn) {
+		// A connection that closes while the peer stays connected through
+		// another (a heal closes the connection the cut stalled; an idle
+		// second one survives it) may have swallowed what was written on
+		// it, and no connection event will come: catch up as if the peer
+		// had just connected.
+		if n.Connectedness(c.RemotePeer()) != network.Connected {
+			return
+		}
+		select {
+		case connected <- c.RemotePeer():
+		default:
+		}
 	}}
 	cfg.Host.Network().Notify(m.notifiee)
 	// Members connected before this manager served its protocols (the

@@ -25,6 +25,7 @@ type metrics struct {
 	headsPushed            prometheus.Counter
 	broadcasts             prometheus.Counter
 	linkDrops              prometheus.Counter
+	linkResends            prometheus.Counter
 	wakes, sleeps          prometheus.Counter
 	digestRounds           *prometheus.CounterVec
 	broadcastBytesSent     prometheus.Counter
@@ -61,6 +62,7 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 		headsPushed:     counter("heads_pushed_total", "Heads pushed to members that connected."),
 		broadcasts:      counter("broadcasts_total", "Head announcements made (each sent to the group's connected members only)."),
 		linkDrops:       counter("link_drops_total", "Announcements dropped on a link (peer gone, not reading, or its replica behind); pushes and anti-entropy repeat them."),
+		linkResends:     counter("link_resends_total", "Announcements written again on a new stream after their link's stream failed (its connection closed under it)."),
 		digestRounds: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cheops_crdt_digest_rounds_total",
 			Help: "Anti-entropy rounds this site started, by outcome: same (the summaries matched: two small frames) or compared (every shared group's digest sent)."}, []string{"outcome"}),
 		wakes:                counter("group_wakes_total", "Sleeping groups whose replica was opened again (a read, a write or an announcement)."),
@@ -79,7 +81,7 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 			Buckets: []float64{0.001, 0.005, 0.02, 0.1, 0.5, 1, 2, 5, 10}}),
 	}
 	reg.MustRegister(x.digestMismatches, x.lagRepairs, x.refused, x.malformed, x.repairs, x.repairFailures, x.fetches, x.fetching,
-		x.blocksFetched, x.duplicateBlocks, x.blocksSent, x.headsPushed, x.broadcasts, x.linkDrops, x.wakes, x.sleeps, x.digestRounds,
+		x.blocksFetched, x.duplicateBlocks, x.blocksSent, x.headsPushed, x.broadcasts, x.linkDrops, x.linkResends, x.wakes, x.sleeps, x.digestRounds,
 		x.broadcastBytesSent, x.inlineBlocksSent, x.inlineBlocksReceived, x.broadcastBytesReceived,
 		x.blockBytesSent, x.blockBytesReceived, x.lastSync, x.changeDelay, groupCollector{m})
 	return x
