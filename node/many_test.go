@@ -132,9 +132,19 @@ func (m *many) waitFormed(within time.Duration) time.Duration {
 			return time.Since(m.started)
 		}
 		if time.Now().After(deadline) {
+			m.logStats()
 			m.tb.Fatalf("%d sites: %d pairs not up %v after the first start (e.g. %s)", len(m.nodes), k, time.Since(m.started).Round(time.Millisecond), example)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// logStats logs each node's probe counts.
+func (m *many) logStats() {
+	for i, nd := range m.nodes {
+		if nd != nil {
+			m.tb.Logf("%s: %d probes: %v", m.names[i], nd.probes.Load(), &nd.stats)
+		}
 	}
 }
 

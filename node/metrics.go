@@ -1,6 +1,10 @@
 package node
 
 import (
+	"fmt"
+	"sync/atomic"
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"cheops/scope"
@@ -67,4 +71,24 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(refused))
 	ch <- prometheus.MustNewConstMetric(descProbes, prometheus.CounterValue, float64(c.n.probes.Load()))
+}
+
+// probeStats counts the outcomes of this node's probes, for the metrics
+// and for tests that must say why a cluster did not form.
+type probeStats struct {
+	failed    atomic.Int64 // probes that got no answer
+	timedOut  atomic.Int64 // of which ran out of time
+	forgiven  atomic.Int64 // failures not counted as misses (this node was starved)
+	misses    atomic.Int64 // failures counted as misses
+	redials   atomic.Int64 // dials of a site reached before
+	downs     atomic.Int64 // sites this node declared down
+	heardSelf atomic.Int64 // probe answers in which a peer suspected this site
+	lateTicks atomic.Int64 // probe loop ticks later than starvedAfter
+	lateMax   atomic.Int64 // the latest tick's lateness, in nanoseconds
+}
+
+// String lists the counts, for test logs.
+func (s *probeStats) String() string {
+	return fmt.Sprintf("failed %d (timed out %d), forgiven %d, misses %d, redials %d, downs %d, suspected by others %d, late ticks %d (max %v)",
+		s.failed.Load(), s.timedOut.Load(), s.forgiven.Load(), s.misses.Load(), s.redials.Load(), s.downs.Load(), s.heardSelf.Load(), s.lateTicks.Load(), time.Duration(s.lateMax.Load()))
 }

@@ -74,6 +74,8 @@ type Node struct {
 	// probes counts the probes this node started (each a dial if
 	// needed, then a ping), for the metrics and the benchmarks.
 	probes atomic.Int64
+	// stats counts what the probes found (see probeStats).
+	stats probeStats
 
 	stopLoops  context.CancelFunc // probe, announce, receive
 	probeNow   chan struct{}      // starts a probe round before the next tick

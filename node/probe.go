@@ -193,7 +193,11 @@ func (n *Node) probeLoop(ctx context.Context) {
 			return
 		case <-tick.C:
 			now := time.Now()
+			if late := now.Sub(lastTick) - every; late > time.Duration(n.stats.lateMax.Load()) {
+				n.stats.lateMax.Store(int64(late))
+			}
 			if now.Sub(lastTick)-every > n.starvedAfter() {
+				n.stats.lateTicks.Add(1)
 				n.mu.Lock()
 				n.starvedAt = now
 				n.mu.Unlock()
@@ -324,6 +328,9 @@ func (n *Node) probe(ctx context.Context, p peer.ID, first bool) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	rtt, ans, ok := n.ping(ctx, p, first)
+	if !ok && ctx.Err() != nil && context.Cause(ctx) != context.Canceled {
+		n.stats.timedOut.Add(1)
+	}
 	if ctx.Err() != nil && context.Cause(ctx) == context.Canceled {
 		// The node is closing: this probe says nothing of the peer.
 		n.mu.Lock()
@@ -341,6 +348,9 @@ func (n *Node) ping(ctx context.Context, p peer.ID, first bool) (time.Duration, 
 		n.mu.Unlock()
 		if wait {
 			return 0, nil, false
+		}
+		if !first {
+			n.stats.redials.Add(1)
 		}
 		// This node paces its own redials (redialLater); the swarm's
 		// backoff (5 s growing quadratically to 5 min) would otherwise
@@ -405,6 +415,9 @@ func (n *Node) observe(p peer.ID, start time.Time, rtt time.Duration, ans *probe
 			}
 		}
 		n.hintedLocked(ans.Suspects)
+		if slices.Contains(ans.Suspects, n.cfg.Site) {
+			n.stats.heardSelf.Add(1)
+		}
 	}
 	if ok {
 		if ps.backoff > 0 || before == scope.Down {
@@ -420,11 +433,18 @@ func (n *Node) observe(p peer.ID, start time.Time, rtt time.Duration, ans *probe
 			ps.rtt = time.Duration(a*float64(rtt) + (1-a)*float64(ps.rtt))
 		}
 	} else if n.starvedAt.After(start) {
+		n.stats.failed.Add(1)
+		n.stats.forgiven.Add(1)
 		n.log.Debug("probe failed while this node was starved: not counted", "peer", p)
 	} else {
+		n.stats.failed.Add(1)
+		n.stats.misses.Add(1)
 		ps.misses++
 	}
 	after := ps.state()
+	if after == scope.Down && before != scope.Down {
+		n.stats.downs.Add(1)
+	}
 	if before != after && ps.site != "" {
 		n.log.Info("site state changed", "site", ps.site, "from", before, "to", after, "rtt", ps.rtt)
 		n.notifyLocked(SiteEvent{Site: ps.site, Peer: p, From: before, State: after})
