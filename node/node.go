@@ -66,7 +66,10 @@ type Node struct {
 	dials     int       // probes that dial, at most dialLimit
 	dialLimit int       // 1 to ProbeFanout (see dialDone)
 	starvedAt time.Time // when the probe loop last ran late (see observe)
-	conflicts []Conflict
+	health    health    // local health score (see awareness.go)
+	// healthKept is when the score last fell for a ProbeInterval kept.
+	healthKept time.Time
+	conflicts  []Conflict
 	// refusedClaims counts refused membership records per claimed name.
 	refusedClaims map[string]int
 	watchers      map[chan SiteEvent]struct{}

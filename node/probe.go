@@ -26,7 +26,8 @@ type peerState struct {
 	misses    int                      // consecutive failed probes
 	probed    bool                     // at least one probe answered
 	inflight  bool                     // a probe is running
-	rtt       time.Duration            // EWMA of the probes' RTT
+	rtt       time.Duration            // EWMA of the probes' filtered RTT
+	rtts      rttFilter                // the last RTT samples (see rttFilter)
 	lastSeen  time.Time                // last answered probe
 	reported  map[string]time.Duration // RTTs the site measured to others (records of earlier versions)
 	coord     *coordinate.Coordinate   // the network coordinate of its latest record
@@ -146,7 +147,7 @@ func (n *Node) probeLoop(ctx context.Context) {
 	early := false // a round asked for before its time (probeNow)
 	for {
 		now := time.Now()
-		round := now.Sub(lastRound) >= n.cfg.ProbeInterval
+		round := n.roundDue(now, lastRound)
 		n.mu.Lock()
 		var due []peer.ID
 		switch {
@@ -193,15 +194,7 @@ func (n *Node) probeLoop(ctx context.Context) {
 			return
 		case <-tick.C:
 			now := time.Now()
-			if late := now.Sub(lastTick) - every; late > time.Duration(n.stats.lateMax.Load()) {
-				n.stats.lateMax.Store(int64(late))
-			}
-			if now.Sub(lastTick)-every > n.starvedAfter() {
-				n.stats.lateTicks.Add(1)
-				n.mu.Lock()
-				n.starvedAt = now
-				n.mu.Unlock()
-			}
+			n.ticked(now, now.Sub(lastTick)-every)
 			lastTick = now
 		case <-n.probeNow:
 			early = true
@@ -316,16 +309,13 @@ const firstContact = 3
 
 // probe dials the peer if it is not connected (unless its redial backoff
 // is running) and pings it, all within ProbeTimeout, firstContact times
-// that for a site never reached (first).
+// that for a site never reached (first), stretched by the health
+// multiplier (probeTimeout).
 func (n *Node) probe(ctx context.Context, p peer.ID, first bool) {
 	defer n.wg.Done()
 	n.probes.Add(1)
 	start := time.Now()
-	timeout := n.cfg.ProbeTimeout
-	if first {
-		timeout *= firstContact
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel := context.WithTimeout(ctx, n.probeTimeout(first))
 	defer cancel()
 	rtt, ans, ok := n.ping(ctx, p, first)
 	if !ok && ctx.Err() != nil && context.Cause(ctx) != context.Canceled {
@@ -372,7 +362,8 @@ func (n *Node) ping(ctx context.Context, p peer.ID, first bool) (time.Duration, 
 }
 
 // redialLater doubles the delay before the next connection attempt, from
-// RedialInterval up to MaxRedialBackoff.
+// RedialInterval up to MaxRedialBackoff, stretched by the health
+// multiplier (see awareness.go).
 func (n *Node) redialLater(p peer.ID) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -382,7 +373,7 @@ func (n *Node) redialLater(p peer.ID) {
 		first = n.cfg.ProbeInterval
 	}
 	ps.backoff = min(max(2*ps.backoff, first), n.cfg.MaxRedialBackoff)
-	ps.nextDial = time.Now().Add(ps.backoff)
+	ps.nextDial = time.Now().Add(n.health.scale(ps.backoff))
 }
 
 // probeDoneLocked marks the end of a peer's probe and frees its dial slot.
@@ -394,7 +385,8 @@ func (n *Node) probeDoneLocked(ps *peerState) {
 	}
 }
 
-// observe takes the outcome of a probe started at start: the RTT and,
+// observe takes the outcome of a probe started at start: the RTT
+// (filtered by rttFilter before it moves the EWMA or the coordinate) and,
 // from a site that speaks ProbeProtocol, its coordinate, which moves this
 // site's own, and its suspicions. A failed probe is not counted as a miss
 // when this node was starved while it ran (its ticker fired late by more
@@ -408,6 +400,9 @@ func (n *Node) observe(p peer.ID, start time.Time, rtt time.Duration, ans *probe
 	ps := n.peerLocked(p)
 	n.probeDoneLocked(ps)
 	before := ps.state()
+	if ok {
+		rtt = ps.rtts.add(max(rtt, time.Microsecond)) // 0 means "not measured"
+	}
 	if ok && ans != nil {
 		if validCoord(ans.Coord, int(coordConfig().Dimensionality)) {
 			if _, err := n.coord.Update(p.String(), ans.Coord, rtt); err == nil {
@@ -417,6 +412,7 @@ func (n *Node) observe(p peer.ID, start time.Time, rtt time.Duration, ans *probe
 		n.hintedLocked(ans.Suspects)
 		if slices.Contains(ans.Suspects, n.cfg.Site) {
 			n.stats.heardSelf.Add(1)
+			n.healthLocked(+1, "suspected by a peer")
 		}
 	}
 	if ok {
@@ -425,7 +421,6 @@ func (n *Node) observe(p peer.ID, start time.Time, rtt time.Duration, ans *probe
 		}
 		ps.misses, ps.probed, ps.backoff, ps.nextDial = 0, true, 0, time.Time{}
 		ps.lastSeen = time.Now().UTC()
-		rtt = max(rtt, time.Microsecond) // 0 means "not measured"
 		if ps.rtt == 0 {
 			ps.rtt = rtt
 		} else {

@@ -1,0 +1,140 @@
+package node
+
+import "time"
+
+// Design note — a starved site slows its own probing (Lifeguard).
+//
+// A site whose process does not get the CPU it needs (an overloaded
+// host, a hundred in-process sites on two cores) sends its probes late,
+// reads their answers late, and answers the probes of others late. With
+// fixed timeouts its probes fail, the peers it probes go suspect then
+// down, and a peer in trouble is probed every round and redialled
+// between rounds: the failures multiply the probes, which starves the
+// site more. Measured under `go test -race -run TestManySites` at load
+// average 11 on two cores: each site's probe loop ran up to 6 s late,
+// 80% of the probes failed (most ran out of time), and after two
+// minutes 190 of the 240 pairs were still not up; nothing brought them
+// back while the load lasted.
+//
+// Lifeguard (Dadgar et al., 2018; hashicorp/memberlist's "awareness")
+// gives each site a local health score, raised on evidence that the
+// site itself is slow, lowered when it keeps time, and stretches the
+// site's own probing by score+1 (the health multiplier, up to
+// MaxHealthMultiplier): the interval between rounds, the probe timeout,
+// the delay between redials. A starved site then probes less, gives its
+// probes time to finish and declares no one down on its own slowness;
+// the load it adds falls instead of growing. Evidence of slowness, each
+// raising the score by one:
+//
+//   - the probe loop's ticker fired later than starvedAfter (this
+//     process, or this goroutine, did not run on time);
+//   - a peer's probe answer lists this site among its suspects (others
+//     find it slow: memberlist raises the score when it must refute a
+//     suspicion of itself).
+//
+// A failed probe alone is not evidence: a peer that crashed or was cut
+// off fails too, and must be found down within DownBound. The score
+// falls by one per ProbeInterval in which no tick was late: a site that
+// keeps time again is back to its configured probing within
+// MaxHealthMultiplier-1 intervals.
+//
+// A peer's verdict needs DownAfter consecutive misses, each a probe
+// round of the stretched interval, so a starved site waits up to
+// multiplier × DownBound before it says a silent peer is down, which is
+// Lifeguard's longer suspicion timeout for a site that cannot trust its
+// own clock. Lifeguard also shortens that wait as other sites confirm
+// the suspicion; here a site's states are its own verdicts, never taken
+// from another site (see schedule.go), so other sites' suspicions only
+// make this site probe the peer sooner.
+
+// MaxHealthMultiplier bounds the local health multiplier: a site starved
+// for long probes at most this many times slower (memberlist's
+// AwarenessMaxMultiplier).
+const MaxHealthMultiplier = 8
+
+// health is a site's local health score (see the design note above), 0
+// when it keeps time, at most MaxHealthMultiplier-1. Not safe for
+// concurrent use (Node.mu guards it).
+type health struct{ score int }
+
+// apply adds delta to the score, within its bounds, and reports whether
+// the score changed.
+func (h *health) apply(delta int) bool {
+	old := h.score
+	h.score = min(max(h.score+delta, 0), MaxHealthMultiplier-1)
+	return h.score != old
+}
+
+// multiplier is score+1: 1 when the site keeps time.
+func (h *health) multiplier() int { return h.score + 1 }
+
+// scale stretches d by the multiplier.
+func (h *health) scale(d time.Duration) time.Duration { return d * time.Duration(h.multiplier()) }
+
+// healthLocked applies delta to this node's health score and logs a
+// change of multiplier.
+func (n *Node) healthLocked(delta int, why string) {
+	if n.health.apply(delta) {
+		m := int64(n.health.multiplier())
+		n.stats.multiplier.Store(m)
+		if m > n.stats.peak.Load() {
+			n.stats.peak.Store(m)
+		}
+		n.log.Debug("local health changed", "multiplier", n.health.multiplier(), "why", why)
+	}
+}
+
+// ticked takes a tick of the probe loop at now, late by late beyond its
+// period. Later than starvedAfter, the node counts as starved from now
+// (see observe) and its health score rises; on time, the score falls by
+// one if no tick was late, and it did not fall, for a ProbeInterval.
+func (n *Node) ticked(now time.Time, late time.Duration) {
+	if late > time.Duration(n.stats.lateMax.Load()) {
+		n.stats.lateMax.Store(int64(late))
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if late > n.starvedAfter() {
+		n.stats.lateTicks.Add(1)
+		n.starvedAt = now
+		n.healthLocked(+1, "probe loop late")
+		return
+	}
+	if now.Sub(n.starvedAt) >= n.cfg.ProbeInterval && now.Sub(n.healthKept) >= n.cfg.ProbeInterval {
+		n.healthKept = now
+		n.healthLocked(-1, "kept time")
+	}
+}
+
+// roundDue reports whether a probe round starts at now, the previous one
+// having started at last: after ProbeInterval stretched by the health
+// multiplier.
+func (n *Node) roundDue(now, last time.Time) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return now.Sub(last) >= n.health.scale(n.cfg.ProbeInterval)
+}
+
+// probeTimeout is how long a probe may take now: ProbeTimeout stretched
+// by the health multiplier, and for a site never reached by at least
+// firstContact (the multiplier already says how slow this site is; the
+// product would hold a dial slot for minutes towards a site that is not
+// there).
+func (n *Node) probeTimeout(first bool) time.Duration {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	m := n.health.multiplier()
+	if first {
+		m = max(m, firstContact)
+	}
+	return time.Duration(m) * n.cfg.ProbeTimeout
+}
+
+// HealthMultiplier is this site's local health multiplier: 1 when it
+// keeps time, up to MaxHealthMultiplier when it is starved (its probe
+// rounds, probe timeouts and redials are stretched by it).
+func (n *Node) HealthMultiplier() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.health.multiplier()
+}
