@@ -34,9 +34,18 @@ import "time"
 //
 // A failed probe alone is not evidence: a peer that crashed or was cut
 // off fails too, and must be found down within DownBound. The score
-// falls by one per ProbeInterval in which no tick was late: a site that
-// keeps time again is back to its configured probing within
-// MaxHealthMultiplier-1 intervals.
+// falls by one per stretched interval (multiplier × ProbeInterval) in
+// which no tick was late: a site that keeps time again is back to its
+// configured probing after 35 intervals at most (8+7+…+2), 70 s with
+// the defaults. Falling faster (one per ProbeInterval) let the
+// multiplier drop between the bursts of a lasting starvation (ticks 2–6
+// s late about every second under TestManySites at load 15) and the
+// probes, whose answers took up to 7 s, timed out again.
+//
+// Two more rules keep a starved site's own slowness out of its
+// verdicts: a failed probe that overlapped a late tick is not a miss
+// (observe), and an RTT sample that did is not taken (it measured this
+// site's queue, not the path).
 //
 // A peer's verdict needs DownAfter consecutive misses, each a probe
 // round of the stretched interval, so a starved site waits up to
@@ -87,7 +96,8 @@ func (n *Node) healthLocked(delta int, why string) {
 // ticked takes a tick of the probe loop at now, late by late beyond its
 // period. Later than starvedAfter, the node counts as starved from now
 // (see observe) and its health score rises; on time, the score falls by
-// one if no tick was late, and it did not fall, for a ProbeInterval.
+// one if no tick was late, and it did not fall, for a stretched
+// ProbeInterval (multiplier × ProbeInterval).
 func (n *Node) ticked(now time.Time, late time.Duration) {
 	if late > time.Duration(n.stats.lateMax.Load()) {
 		n.stats.lateMax.Store(int64(late))
@@ -100,7 +110,7 @@ func (n *Node) ticked(now time.Time, late time.Duration) {
 		n.healthLocked(+1, "probe loop late")
 		return
 	}
-	if now.Sub(n.starvedAt) >= n.cfg.ProbeInterval && now.Sub(n.healthKept) >= n.cfg.ProbeInterval {
+	if quiet := n.health.scale(n.cfg.ProbeInterval); now.Sub(n.starvedAt) >= quiet && now.Sub(n.healthKept) >= quiet {
 		n.healthKept = now
 		n.healthLocked(-1, "kept time")
 	}

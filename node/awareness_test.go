@@ -33,8 +33,8 @@ func TestHealthBounds(t *testing.T) {
 // A tick later than starvedAfter raises the score and marks the node
 // starved; an on-time tick within a ProbeInterval of a late one changes
 // nothing. Rounds come after the stretched interval, probes get the
-// stretched timeout, and the score falls by one per ProbeInterval of
-// ticks on time. The clock is the times passed in.
+// stretched timeout, and the score falls by one per stretched interval
+// of ticks on time. The clock is the times passed in.
 func TestLateTicksStretchRounds(t *testing.T) {
 	cfg := fastConfig("x", "x", nil) // interval 100 ms, timeout 500 ms: starved after 125 ms late
 	n := bareNode(cfg)
@@ -64,10 +64,13 @@ func TestLateTicksStretchRounds(t *testing.T) {
 	if n.HealthMultiplier() != 4 {
 		t.Fatalf("a tick on time half an interval after a late one: multiplier %d", n.HealthMultiplier())
 	}
-	for i, want := range []int{3, 3, 2, 2, 1, 1, 1} {
-		n.ticked(late.Add(time.Duration(i+2)*cfg.ProbeInterval/2), 0)
-		if n.HealthMultiplier() != want {
-			t.Fatalf("%d half intervals of ticks on time: multiplier %d, want %d", i+2, n.HealthMultiplier(), want)
+	// One step down per stretched interval of ticks on time: 4 → 3
+	// after 400 ms, → 2 after 300 ms more, → 1 after 200 ms more.
+	want := map[time.Duration]int{350: 4, 400: 3, 650: 3, 700: 2, 850: 2, 900: 1, 1500: 1}
+	for ms := time.Duration(100); ms <= 1500; ms += 50 {
+		n.ticked(late.Add(ms*time.Millisecond), 0)
+		if w, ok := want[ms]; ok && n.HealthMultiplier() != w {
+			t.Fatalf("ticks on time for %d ms after a late one: multiplier %d, want %d", ms, n.HealthMultiplier(), w)
 		}
 	}
 	if n.probeTimeout(false) != cfg.ProbeTimeout || n.probeTimeout(true) != firstContact*cfg.ProbeTimeout {
@@ -157,5 +160,29 @@ func TestRTTFilter(t *testing.T) {
 	}
 	if got := f.add(50 * ms); got != 50*ms {
 		t.Fatalf("a rise to 50 ms: %v once the window has passed the 10 ms sample", got)
+	}
+}
+
+// An answer to a probe that overlapped a late tick still says the peer is
+// up, but its RTT, which measured this node's queue, moves neither the
+// EWMA nor the filter.
+func TestStarvedSampleNotTaken(t *testing.T) {
+	n := bareNode(fastConfig("x", "x", nil))
+	p := peer.ID("p")
+	n.mu.Lock()
+	ps := n.peerLocked(p)
+	ps.site = "rome"
+	n.mu.Unlock()
+	start := time.Now()
+	ps.inflight = true
+	n.observe(p, start, 40*time.Millisecond, nil, true)
+	n.starvedAt = start.Add(time.Millisecond)
+	ps.inflight, ps.misses = true, 1
+	n.observe(p, start, 900*time.Millisecond, nil, true)
+	if ps.rtt != 40*time.Millisecond || ps.misses != 0 || ps.state() != scope.Up {
+		t.Fatalf("after an answer while starved: RTT %v, misses %d, %v; want 40ms, 0, up", ps.rtt, ps.misses, ps.state())
+	}
+	if got := ps.rtts.add(50 * time.Millisecond); got != 40*time.Millisecond {
+		t.Fatalf("the filter took the starved sample: %v", got)
 	}
 }

@@ -152,6 +152,7 @@ func (n *Node) handleProbe(s network.Stream) {
 func (n *Node) exchange(ctx context.Context, p peer.ID) (rtt time.Duration, ans *probeAnswer, ok bool) {
 	s, err := n.host.NewStream(network.WithNoDial(ctx, "probe"), p, ProbeProtocol, ping.ID)
 	if err != nil {
+		n.stats.openFails.Add(1)
 		n.log.Debug("probe: open stream", "peer", p, "err", err)
 		return 0, nil, false
 	}

@@ -83,21 +83,26 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 // probeStats counts the outcomes of this node's probes, for the metrics
 // and for tests that must say why a cluster did not form.
 type probeStats struct {
-	failed    atomic.Int64 // probes that got no answer
-	timedOut  atomic.Int64 // of which ran out of time
-	forgiven  atomic.Int64 // failures not counted as misses (this node was starved)
-	misses    atomic.Int64 // failures counted as misses
-	redials   atomic.Int64 // dials of a site reached before
-	downs     atomic.Int64 // sites this node declared down
-	heardSelf atomic.Int64 // probe answers in which a peer suspected this site
-	lateTicks atomic.Int64 // probe loop ticks later than starvedAfter
-	lateMax   atomic.Int64 // the latest tick's lateness, in nanoseconds
+	failed     atomic.Int64 // probes that got no answer
+	timedOut   atomic.Int64 // of which ran out of time
+	forgiven   atomic.Int64 // failures not counted as misses (this node was starved)
+	misses     atomic.Int64 // failures counted as misses
+	redials    atomic.Int64 // dials of a site reached before
+	downs      atomic.Int64 // sites this node declared down
+	heardSelf  atomic.Int64 // probe answers in which a peer suspected this site
+	dialFails  atomic.Int64 // of the failures, dials (first contacts among them: firstFails)
+	firstFails atomic.Int64
+	skipped    atomic.Int64 // of the failures, probes not tried (redial backoff)
+	openFails  atomic.Int64 // of the failures, streams that did not open
+	slowest    atomic.Int64 // the longest RTT of an answered probe, in nanoseconds
+	lateTicks  atomic.Int64 // probe loop ticks later than starvedAfter
+	lateMax    atomic.Int64 // the latest tick's lateness, in nanoseconds
 	// multiplier is the latest health multiplier; peak the highest.
 	multiplier, peak atomic.Int64
 }
 
 // String lists the counts, for test logs.
 func (s *probeStats) String() string {
-	return fmt.Sprintf("failed %d (timed out %d), forgiven %d, misses %d, redials %d, downs %d, suspected by others %d, late ticks %d (max %v), health multiplier %d (peak %d)",
-		s.failed.Load(), s.timedOut.Load(), s.forgiven.Load(), s.misses.Load(), s.redials.Load(), s.downs.Load(), s.heardSelf.Load(), s.lateTicks.Load(), time.Duration(s.lateMax.Load()), max(s.multiplier.Load(), 1), max(s.peak.Load(), 1))
+	return fmt.Sprintf("failed %d (timed out %d; dials %d, first %d; skipped %d; streams %d), slowest answer %v, forgiven %d, misses %d, redials %d, downs %d, suspected by others %d, late ticks %d (max %v), health multiplier %d (peak %d)",
+		s.failed.Load(), s.timedOut.Load(), s.dialFails.Load(), s.firstFails.Load(), s.skipped.Load(), s.openFails.Load(), time.Duration(s.slowest.Load()), s.forgiven.Load(), s.misses.Load(), s.redials.Load(), s.downs.Load(), s.heardSelf.Load(), s.lateTicks.Load(), time.Duration(s.lateMax.Load()), max(s.multiplier.Load(), 1), max(s.peak.Load(), 1))
 }

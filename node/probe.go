@@ -315,6 +315,9 @@ func (n *Node) probe(ctx context.Context, p peer.ID, first bool) {
 	defer n.wg.Done()
 	n.probes.Add(1)
 	start := time.Now()
+	if n.notYetRedialled(p) {
+		return
+	}
 	ctx, cancel := context.WithTimeout(ctx, n.probeTimeout(first))
 	defer cancel()
 	rtt, ans, ok := n.ping(ctx, p, first)
@@ -331,12 +334,33 @@ func (n *Node) probe(ctx context.Context, p peer.ID, first bool) {
 	n.observe(p, start, rtt, ans, ok)
 }
 
+// notYetRedialled ends, before it starts, the probe of a site never
+// reached whose redial delay is running: nothing is tried, so nothing is
+// counted. Counted as misses, such probes made a site that this node
+// could not reach at its first attempt (a starved start) down within a
+// few rounds without a second attempt, and then dialled with the short
+// timeout of a site reached before. A site reached before counts the
+// skipped probe as a miss (ping), so that its silence leads to down
+// within DownBound whatever its redial delay.
+func (n *Node) notYetRedialled(p peer.ID) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	ps := n.peerLocked(p)
+	if ps.probed || !time.Now().Before(ps.nextDial) || n.host.Network().Connectedness(p) == network.Connected {
+		return false
+	}
+	n.stats.skipped.Add(1)
+	n.probeDoneLocked(ps)
+	return true
+}
+
 func (n *Node) ping(ctx context.Context, p peer.ID, first bool) (time.Duration, *probeAnswer, bool) {
 	if n.host.Network().Connectedness(p) != network.Connected {
 		n.mu.Lock()
 		wait := time.Now().Before(n.peerLocked(p).nextDial)
 		n.mu.Unlock()
 		if wait {
+			n.stats.skipped.Add(1)
 			return 0, nil, false
 		}
 		if !first {
@@ -353,6 +377,10 @@ func (n *Node) ping(ctx context.Context, p peer.ID, first bool) (time.Duration, 
 			n.dialDone(err == nil, err != nil && ctx.Err() != nil)
 		}
 		if err != nil {
+			n.stats.dialFails.Add(1)
+			if first {
+				n.stats.firstFails.Add(1)
+			}
 			n.log.Debug("probe: dial failed", "peer", p, "err", err)
 			n.redialLater(p)
 			return 0, nil, false
@@ -400,11 +428,17 @@ func (n *Node) observe(p peer.ID, start time.Time, rtt time.Duration, ans *probe
 	ps := n.peerLocked(p)
 	n.probeDoneLocked(ps)
 	before := ps.state()
+	starved := n.starvedAt.After(start)
 	if ok {
-		rtt = ps.rtts.add(max(rtt, time.Microsecond)) // 0 means "not measured"
+		if rtt > time.Duration(n.stats.slowest.Load()) {
+			n.stats.slowest.Store(int64(rtt))
+		}
+		if !starved {
+			rtt = ps.rtts.add(max(rtt, time.Microsecond)) // 0 means "not measured"
+		}
 	}
 	if ok && ans != nil {
-		if validCoord(ans.Coord, int(coordConfig().Dimensionality)) {
+		if !starved && validCoord(ans.Coord, int(coordConfig().Dimensionality)) {
 			if _, err := n.coord.Update(p.String(), ans.Coord, rtt); err == nil {
 				n.samples++
 			}
@@ -421,13 +455,16 @@ func (n *Node) observe(p peer.ID, start time.Time, rtt time.Duration, ans *probe
 		}
 		ps.misses, ps.probed, ps.backoff, ps.nextDial = 0, true, 0, time.Time{}
 		ps.lastSeen = time.Now().UTC()
-		if ps.rtt == 0 {
+		switch {
+		case starved:
+			// The sample measured this node's queue (see rttFilter).
+		case ps.rtt == 0:
 			ps.rtt = rtt
-		} else {
+		default:
 			a := n.cfg.RTTSmoothing
 			ps.rtt = time.Duration(a*float64(rtt) + (1-a)*float64(ps.rtt))
 		}
-	} else if n.starvedAt.After(start) {
+	} else if starved {
 		n.stats.failed.Add(1)
 		n.stats.forgiven.Add(1)
 		n.log.Debug("probe failed while this node was starved: not counted", "peer", p)
