@@ -125,7 +125,8 @@ func (n *Node) roundDue(now, last time.Time) bool {
 	return now.Sub(last) >= n.health.scale(n.cfg.ProbeInterval)
 }
 
-// probeTimeout is how long a probe may take now: ProbeTimeout stretched
+// probeTimeout is how long a probe, or another exchange of membership
+// (a record pushed, sites asked for), may take now: ProbeTimeout stretched
 // by the health multiplier, and for a site never reached by at least
 // firstContact (the multiplier already says how slow this site is; the
 // product would hold a dial slot for minutes towards a site that is not

@@ -412,7 +412,7 @@ func (n *Node) handleSites(s network.Stream) {
 		_ = s.Reset()
 		return
 	}
-	_ = s.SetWriteDeadline(time.Now().Add(n.cfg.ProbeTimeout))
+	_ = s.SetWriteDeadline(time.Now().Add(n.probeTimeout(false)))
 	if _, err := s.Write(data); err != nil {
 		_ = s.Reset()
 		return
@@ -433,7 +433,7 @@ func (n *Node) pullSites(ctx context.Context, p peer.ID, pulled chan<- int) {
 		default:
 		}
 	}()
-	ctx, cancel := context.WithTimeout(ctx, n.cfg.ProbeTimeout)
+	ctx, cancel := context.WithTimeout(ctx, n.probeTimeout(false))
 	defer cancel()
 	s, err := n.host.NewStream(network.WithNoDial(ctx, "membership sites"), p, SitesProtocol)
 	if err != nil {
@@ -505,7 +505,7 @@ func (n *Node) hintedLocked(suspects []string) {
 // the sender's own, and its claim must agree with the bindings.
 func (n *Node) handleRecord(s network.Stream) {
 	from := s.Conn().RemotePeer()
-	_ = s.SetReadDeadline(time.Now().Add(n.cfg.ProbeTimeout))
+	_ = s.SetReadDeadline(time.Now().Add(n.probeTimeout(false)))
 	data, err := io.ReadAll(io.LimitReader(s, maxRecordSize+1))
 	if err != nil {
 		_ = s.Reset()
@@ -527,7 +527,7 @@ func (n *Node) handleRecord(s network.Stream) {
 // connection that just opened (never dialling a new one).
 func (n *Node) pushRecord(ctx context.Context, p peer.ID) {
 	defer n.wg.Done()
-	ctx, cancel := context.WithTimeout(ctx, n.cfg.ProbeTimeout)
+	ctx, cancel := context.WithTimeout(ctx, n.probeTimeout(false))
 	defer cancel()
 	data, err := json.Marshal(n.record())
 	if err != nil {
