@@ -1,6 +1,9 @@
 package node
 
-import "time"
+import (
+	"runtime/metrics"
+	"time"
+)
 
 // Design note — a starved site slows its own probing (Lifeguard).
 //
@@ -20,14 +23,21 @@ import "time"
 // gives each site a local health score, raised on evidence that the
 // site itself is slow, lowered when it keeps time, and stretches the
 // site's own probing by score+1 (the health multiplier, up to
-// MaxHealthMultiplier): the interval between rounds, the probe timeout,
-// the delay between redials. A starved site then probes less, gives its
+// MaxHealthMultiplier): the interval between rounds, the probe timeout
+// (and the deadlines of the other membership exchanges: records pushed,
+// sites asked for), the delay between redials. A starved site then probes less, gives its
 // probes time to finish and declares no one down on its own slowness;
 // the load it adds falls instead of growing. Evidence of slowness, each
 // raising the score by one:
 //
-//   - the probe loop's ticker fired later than starvedAfter (this
-//     process, or this goroutine, did not run on time);
+//   - the probe loop's ticker fired later than starvedAfter, or 1% of
+//     the goroutines that became runnable since the previous tick waited
+//     longer than that to run (the Go scheduler's latency histogram,
+//     schedWatch): the process did not get the CPU it needed. The
+//     ticker alone missed most of it: a timer fires on time while the
+//     goroutines that carry the probes' bytes wait in the run queue
+//     (answers took up to 12 s under TestManySites at load 12–15 with
+//     the probe loop never more than 5 s late);
 //   - a peer's probe answer lists this site among its suspects (others
 //     find it slow: memberlist raises the score when it must refute a
 //     suspicion of itself).
@@ -43,9 +53,11 @@ import "time"
 // probes, whose answers took up to 7 s, timed out again.
 //
 // Two more rules keep a starved site's own slowness out of its
-// verdicts: a failed probe that overlapped a late tick is not a miss
-// (observe), and an RTT sample that did is not taken (it measured this
-// site's queue, not the path).
+// verdicts: a probe that ran out of time while the site was starved is
+// not a miss (observe; a probe refused or reset is, whatever the site's
+// health: a stopped site must still be found down), and an RTT sample
+// taken while starved is not used (it measured this site's queue, not
+// the path).
 //
 // A peer's verdict needs DownAfter consecutive misses, each a probe
 // round of the stretched interval, so a starved site waits up to
@@ -148,4 +160,54 @@ func (n *Node) HealthMultiplier() int {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.health.multiplier()
+}
+
+// schedWatch reads the Go scheduler's latency histogram (how long
+// goroutines waited to run once runnable) and gives its 99th percentile
+// over the goroutines that became runnable since the previous read. Not
+// safe for concurrent use (the probe loop alone reads it).
+type schedWatch struct {
+	sample [1]metrics.Sample
+	prev   []uint64
+}
+
+func newSchedWatch() *schedWatch {
+	w := &schedWatch{}
+	w.sample[0].Name = "/sched/latencies:seconds"
+	return w
+}
+
+// p99 is the 99th percentile (a bucket's lower bound) of the scheduling
+// latencies since the previous call; 0 when none, or when the runtime
+// does not publish the histogram.
+func (w *schedWatch) p99() time.Duration {
+	metrics.Read(w.sample[:])
+	if w.sample[0].Value.Kind() != metrics.KindFloat64Histogram {
+		return 0
+	}
+	h := w.sample[0].Value.Float64Histogram()
+	delta := make([]uint64, len(h.Counts))
+	var total uint64
+	for i, c := range h.Counts {
+		if i < len(w.prev) && c >= w.prev[i] {
+			c -= w.prev[i]
+		}
+		delta[i] = c
+		total += c
+	}
+	first := w.prev == nil
+	w.prev = append(w.prev[:0], h.Counts...)
+	if total == 0 || first {
+		return 0
+	}
+	want, acc := total-total/100, uint64(0)
+	for i, d := range delta {
+		if acc += d; acc >= want {
+			if low := h.Buckets[i]; low > 0 {
+				return time.Duration(low * float64(time.Second))
+			}
+			return 0
+		}
+	}
+	return 0
 }

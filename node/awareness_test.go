@@ -98,8 +98,8 @@ func TestSuspectedSelfStretchesRedials(t *testing.T) {
 	}
 	n.mu.Unlock()
 	ans := &probeAnswer{Suspects: []string{"paris", "oslo"}}
-	n.observe(rome, time.Now(), 10*time.Millisecond, ans, true)
-	n.observe(rome, time.Now(), 10*time.Millisecond, ans, true)
+	n.observe(rome, time.Now(), 10*time.Millisecond, ans, true, false)
+	n.observe(rome, time.Now(), 10*time.Millisecond, ans, true, false)
 	before := time.Now()
 	n.redialLater(oslo)
 	n.mu.Lock()
@@ -126,7 +126,7 @@ func TestFailedProbesLeaveHealth(t *testing.T) {
 	n.mu.Unlock()
 	for range n.cfg.DownAfter {
 		ps.inflight = true
-		n.observe(p, time.Now(), 0, nil, false)
+		n.observe(p, time.Now(), 0, nil, false, true)
 	}
 	if ps.state() != scope.Down || n.HealthMultiplier() != 1 {
 		t.Fatalf("after %d failed probes: %v, multiplier %d", n.cfg.DownAfter, ps.state(), n.HealthMultiplier())
@@ -149,7 +149,7 @@ func TestRTTFilter(t *testing.T) {
 		{20 * ms, 34 * ms}, // 0.3 × 20 + 0.7 × 40
 	} {
 		n.byPeer[p].inflight = true
-		n.observe(p, time.Now(), s.sample, nil, true)
+		n.observe(p, time.Now(), s.sample, nil, true, false)
 		if got := n.byPeer[p].rtt; got.Round(ms) != s.want {
 			t.Fatalf("after a sample of %v: RTT %v, want %v", s.sample, got, s.want)
 		}
@@ -175,10 +175,10 @@ func TestStarvedSampleNotTaken(t *testing.T) {
 	n.mu.Unlock()
 	start := time.Now()
 	ps.inflight = true
-	n.observe(p, start, 40*time.Millisecond, nil, true)
+	n.observe(p, start, 40*time.Millisecond, nil, true, false)
 	n.starvedAt = start.Add(time.Millisecond)
 	ps.inflight, ps.misses = true, 1
-	n.observe(p, start, 900*time.Millisecond, nil, true)
+	n.observe(p, start, 900*time.Millisecond, nil, true, false)
 	if ps.rtt != 40*time.Millisecond || ps.misses != 0 || ps.state() != scope.Up {
 		t.Fatalf("after an answer while starved: RTT %v, misses %d, %v; want 40ms, 0, up", ps.rtt, ps.misses, ps.state())
 	}

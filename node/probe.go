@@ -144,6 +144,7 @@ func (n *Node) probeLoop(ctx context.Context) {
 	defer tick.Stop()
 	var lastRound time.Time
 	lastTick := time.Now()
+	sched := newSchedWatch()
 	early := false // a round asked for before its time (probeNow)
 	for {
 		now := time.Now()
@@ -194,7 +195,7 @@ func (n *Node) probeLoop(ctx context.Context) {
 			return
 		case <-tick.C:
 			now := time.Now()
-			n.ticked(now, now.Sub(lastTick)-every)
+			n.ticked(now, max(now.Sub(lastTick)-every, sched.p99()))
 			lastTick = now
 		case <-n.probeNow:
 			early = true
@@ -321,7 +322,8 @@ func (n *Node) probe(ctx context.Context, p peer.ID, first bool) {
 	ctx, cancel := context.WithTimeout(ctx, n.probeTimeout(first))
 	defer cancel()
 	rtt, ans, ok := n.ping(ctx, p, first)
-	if !ok && ctx.Err() != nil && context.Cause(ctx) != context.Canceled {
+	timedOut := !ok && ctx.Err() != nil && context.Cause(ctx) != context.Canceled
+	if timedOut {
 		n.stats.timedOut.Add(1)
 	}
 	if ctx.Err() != nil && context.Cause(ctx) == context.Canceled {
@@ -331,7 +333,7 @@ func (n *Node) probe(ctx context.Context, p peer.ID, first bool) {
 		n.mu.Unlock()
 		return
 	}
-	n.observe(p, start, rtt, ans, ok)
+	n.observe(p, start, rtt, ans, ok, timedOut)
 }
 
 // notYetRedialled ends, before it starts, the probe of a site never
@@ -416,13 +418,14 @@ func (n *Node) probeDoneLocked(ps *peerState) {
 // observe takes the outcome of a probe started at start: the RTT
 // (filtered by rttFilter before it moves the EWMA or the coordinate) and,
 // from a site that speaks ProbeProtocol, its coordinate, which moves this
-// site's own, and its suspicions. A failed probe is not counted as a miss
-// when this node was starved while it ran (its ticker fired late by more
-// than starvedAfter): a node too slow to run its own probes on time
-// cannot tell a silent peer from its own slowness, and would otherwise
-// mark live peers suspect and down, which costs more work (Lifeguard's
-// argument, memberlist's "awareness").
-func (n *Node) observe(p peer.ID, start time.Time, rtt time.Duration, ans *probeAnswer, ok bool) {
+// site's own, and its suspicions. A probe that timed out is not counted
+// as a miss when this node was starved while it ran (see ticked): a node
+// too slow to run its own probes on time cannot tell a silent peer from
+// its own slowness, and would otherwise mark live peers suspect and
+// down, which costs more work (Lifeguard's argument, memberlist's
+// "awareness"; see awareness.go). A probe refused or reset is a miss
+// whatever this node's health: that answer came from the peer's side.
+func (n *Node) observe(p peer.ID, start time.Time, rtt time.Duration, ans *probeAnswer, ok, timedOut bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	ps := n.peerLocked(p)
@@ -464,7 +467,7 @@ func (n *Node) observe(p peer.ID, start time.Time, rtt time.Duration, ans *probe
 			a := n.cfg.RTTSmoothing
 			ps.rtt = time.Duration(a*float64(rtt) + (1-a)*float64(ps.rtt))
 		}
-	} else if starved {
+	} else if starved && timedOut {
 		n.stats.failed.Add(1)
 		n.stats.forgiven.Add(1)
 		n.log.Debug("probe failed while this node was starved: not counted", "peer", p)
