@@ -30,14 +30,8 @@ import (
 // the load it adds falls instead of growing. Evidence of slowness, each
 // raising the score by one:
 //
-//   - the probe loop's ticker fired later than starvedAfter, or 1% of
-//     the goroutines that became runnable since the previous tick waited
-//     longer than that to run (the Go scheduler's latency histogram,
-//     schedWatch): the process did not get the CPU it needed. The
-//     ticker alone missed most of it: a timer fires on time while the
-//     goroutines that carry the probes' bytes wait in the run queue
-//     (answers took up to 12 s under TestManySites at load 12–15 with
-//     the probe loop never more than 5 s late);
+//   - the probe loop's ticker fired later than starvedAfter (the
+//     process, or this goroutine, did not run on time);
 //   - a peer's probe answer lists this site among its suspects (others
 //     find it slow: memberlist raises the score when it must refute a
 //     suspicion of itself).
@@ -52,9 +46,18 @@ import (
 // s late about every second under TestManySites at load 15) and the
 // probes, whose answers took up to 7 s, timed out again.
 //
+// The site also counts as starved, without a rise of its score, when 1%
+// of the goroutines made runnable since the previous tick waited longer
+// than starvedAfter to run (the Go scheduler's latency histogram: see
+// queued). The ticker alone missed most of the starvation: a timer fires
+// on time while the goroutines that carry the probes' bytes wait in the
+// run queue (answers took up to 12 s under TestManySites at load 12–15
+// with the probe loop never more than 5 s late).
+//
 // Two more rules keep a starved site's own slowness out of its
-// verdicts: a probe that ran out of time while the site was starved is
-// not a miss (observe; a probe refused or reset is, whatever the site's
+// verdicts: a probe that ran out of time (its deadline, or one inside
+// libp2p: timedOut) while the site was starved is not a miss (observe;
+// a probe refused or reset is, whatever the site's
 // health: a stopped site must still be found down), and an RTT sample
 // taken while starved is not used (it measured this site's queue, not
 // the path).
@@ -126,6 +129,24 @@ func (n *Node) ticked(now time.Time, late time.Duration) {
 		n.healthKept = now
 		n.healthLocked(-1, "kept time")
 	}
+}
+
+// queued takes the 99th percentile of the Go scheduler's latencies
+// since the previous tick (see schedWatch): longer than starvedAfter,
+// the node counts as starved from now (its timed-out probes are not
+// misses, its RTT samples are dropped, its score does not fall), but
+// the score does not rise: under -race on a loaded machine the
+// percentile stayed above it for minutes, and a multiplier held at its
+// maximum slowed the first contacts of the sites that started last more
+// than it spared work.
+func (n *Node) queued(now time.Time, p99 time.Duration) {
+	if p99 <= n.starvedAfter() {
+		return
+	}
+	n.stats.queuedTicks.Add(1)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.starvedAt = now
 }
 
 // roundDue reports whether a probe round starts at now, the previous one

@@ -148,13 +148,14 @@ func (n *Node) handleProbe(s network.Stream) {
 
 // exchange makes the round trip of one probe on a connection that is
 // open: on ProbeProtocol, or on libp2p's ping for a site that does not
-// speak it. It returns the RTT and the peer's answer (nil from ping).
-func (n *Node) exchange(ctx context.Context, p peer.ID) (rtt time.Duration, ans *probeAnswer, ok bool) {
+// speak it. It returns the RTT and the peer's answer (nil from ping), or
+// why it failed.
+func (n *Node) exchange(ctx context.Context, p peer.ID) (rtt time.Duration, ans *probeAnswer, err error) {
 	s, err := n.host.NewStream(network.WithNoDial(ctx, "probe"), p, ProbeProtocol, ping.ID)
 	if err != nil {
 		n.stats.openFails.Add(1)
 		n.log.Debug("probe: open stream", "peer", p, "err", err)
-		return 0, nil, false
+		return 0, nil, fmt.Errorf("open a probe stream: %w", err)
 	}
 	if deadline, has := ctx.Deadline(); has {
 		_ = s.SetDeadline(deadline)
@@ -170,10 +171,10 @@ func (n *Node) exchange(ctx context.Context, p peer.ID) (rtt time.Duration, ans 
 	if err != nil {
 		n.log.Debug("probe: exchange", "peer", p, "protocol", s.Protocol(), "err", err)
 		_ = s.Reset()
-		return 0, nil, false
+		return 0, nil, fmt.Errorf("probe exchange: %w", err)
 	}
 	_ = s.Close()
-	return rtt, ans, true
+	return rtt, ans, nil
 }
 
 // ask sends one request of ProbeProtocol and reads the answer (nil for

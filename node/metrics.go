@@ -96,13 +96,16 @@ type probeStats struct {
 	openFails  atomic.Int64 // of the failures, streams that did not open
 	slowest    atomic.Int64 // the longest RTT of an answered probe, in nanoseconds
 	lateTicks  atomic.Int64 // probe loop ticks later than starvedAfter
-	lateMax    atomic.Int64 // the latest tick's lateness, in nanoseconds
+	// queuedTicks counts the ticks that found the scheduler's latency
+	// above starvedAfter (see queued).
+	queuedTicks atomic.Int64
+	lateMax     atomic.Int64 // the latest tick's lateness, in nanoseconds
 	// multiplier is the latest health multiplier; peak the highest.
 	multiplier, peak atomic.Int64
 }
 
 // String lists the counts, for test logs.
 func (s *probeStats) String() string {
-	return fmt.Sprintf("failed %d (timed out %d; dials %d, first %d; skipped %d; streams %d), slowest answer %v, forgiven %d, misses %d, redials %d, downs %d, suspected by others %d, late ticks %d (max %v), health multiplier %d (peak %d)",
-		s.failed.Load(), s.timedOut.Load(), s.dialFails.Load(), s.firstFails.Load(), s.skipped.Load(), s.openFails.Load(), time.Duration(s.slowest.Load()), s.forgiven.Load(), s.misses.Load(), s.redials.Load(), s.downs.Load(), s.heardSelf.Load(), s.lateTicks.Load(), time.Duration(s.lateMax.Load()), max(s.multiplier.Load(), 1), max(s.peak.Load(), 1))
+	return fmt.Sprintf("failed %d (timed out %d; dials %d, first %d; skipped %d; streams %d), slowest answer %v, forgiven %d, misses %d, redials %d, downs %d, suspected by others %d, late ticks %d (max %v), queued ticks %d, health multiplier %d (peak %d)",
+		s.failed.Load(), s.timedOut.Load(), s.dialFails.Load(), s.firstFails.Load(), s.skipped.Load(), s.openFails.Load(), time.Duration(s.slowest.Load()), s.forgiven.Load(), s.misses.Load(), s.redials.Load(), s.downs.Load(), s.heardSelf.Load(), s.lateTicks.Load(), time.Duration(s.lateMax.Load()), s.queuedTicks.Load(), max(s.multiplier.Load(), 1), max(s.peak.Load(), 1))
 }

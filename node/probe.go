@@ -2,6 +2,10 @@ package node
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
 	"slices"
 	"sort"
 	"sync"
@@ -195,7 +199,8 @@ func (n *Node) probeLoop(ctx context.Context) {
 			return
 		case <-tick.C:
 			now := time.Now()
-			n.ticked(now, max(now.Sub(lastTick)-every, sched.p99()))
+			n.queued(now, sched.p99())
+			n.ticked(now, now.Sub(lastTick)-every)
 			lastTick = now
 		case <-n.probeNow:
 			early = true
@@ -321,9 +326,9 @@ func (n *Node) probe(ctx context.Context, p peer.ID, first bool) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, n.probeTimeout(first))
 	defer cancel()
-	rtt, ans, ok := n.ping(ctx, p, first)
-	timedOut := !ok && ctx.Err() != nil && context.Cause(ctx) != context.Canceled
-	if timedOut {
+	rtt, ans, err := n.ping(ctx, p, first)
+	ok, late := err == nil, timedOut(ctx, err)
+	if late {
 		n.stats.timedOut.Add(1)
 	}
 	if ctx.Err() != nil && context.Cause(ctx) == context.Canceled {
@@ -333,7 +338,7 @@ func (n *Node) probe(ctx context.Context, p peer.ID, first bool) {
 		n.mu.Unlock()
 		return
 	}
-	n.observe(p, start, rtt, ans, ok, timedOut)
+	n.observe(p, start, rtt, ans, ok, late)
 }
 
 // notYetRedialled ends, before it starts, the probe of a site never
@@ -356,14 +361,34 @@ func (n *Node) notYetRedialled(p peer.ID) bool {
 	return true
 }
 
-func (n *Node) ping(ctx context.Context, p peer.ID, first bool) (time.Duration, *probeAnswer, bool) {
+// errRedialLater: a probe not tried, the peer's redial delay running.
+var errRedialLater = errors.New("redial delay running")
+
+// timedOut reports whether a probe failed for lack of time: its context's
+// deadline, or a deadline or timeout inside libp2p (its TCP dial gives up
+// after 5 s whatever the context).
+func timedOut(ctx context.Context, err error) bool {
+	if err == nil {
+		return false
+	}
+	if ctx.Err() != nil && context.Cause(ctx) != context.Canceled {
+		return true
+	}
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) ||
+		errors.Is(err, swarm.ErrDialTimeout) || (errors.As(err, &ne) && ne.Timeout())
+}
+
+// ping dials the peer if needed and makes the probe's exchange; it
+// returns the RTT and the answer, or why it failed.
+func (n *Node) ping(ctx context.Context, p peer.ID, first bool) (time.Duration, *probeAnswer, error) {
 	if n.host.Network().Connectedness(p) != network.Connected {
 		n.mu.Lock()
 		wait := time.Now().Before(n.peerLocked(p).nextDial)
 		n.mu.Unlock()
 		if wait {
 			n.stats.skipped.Add(1)
-			return 0, nil, false
+			return 0, nil, errRedialLater
 		}
 		if !first {
 			n.stats.redials.Add(1)
@@ -376,7 +401,7 @@ func (n *Node) ping(ctx context.Context, p peer.ID, first bool) (time.Duration, 
 		}
 		err := n.host.Connect(ctx, peer.AddrInfo{ID: p})
 		if first {
-			n.dialDone(err == nil, err != nil && ctx.Err() != nil)
+			n.dialDone(err == nil, timedOut(ctx, err))
 		}
 		if err != nil {
 			n.stats.dialFails.Add(1)
@@ -385,7 +410,7 @@ func (n *Node) ping(ctx context.Context, p peer.ID, first bool) (time.Duration, 
 			}
 			n.log.Debug("probe: dial failed", "peer", p, "err", err)
 			n.redialLater(p)
-			return 0, nil, false
+			return 0, nil, fmt.Errorf("dial: %w", err)
 		}
 	}
 	return n.exchange(ctx, p)
