@@ -25,7 +25,8 @@ import (
 // site's own probing by score+1 (the health multiplier, up to
 // MaxHealthMultiplier): the interval between rounds, the probe timeout
 // (and the deadlines of the other membership exchanges: records pushed,
-// sites asked for), the delay between redials. A starved site then probes less, gives its
+// sites asked for), the delay between redials, and the refresh of its
+// record and its asks for sites (announceLoop). A starved site then probes less, gives its
 // probes time to finish and declares no one down on its own slowness;
 // the load it adds falls instead of growing. Evidence of slowness, each
 // raising the score by one:
@@ -156,6 +157,13 @@ func (n *Node) roundDue(now, last time.Time) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return now.Sub(last) >= n.health.scale(n.cfg.ProbeInterval)
+}
+
+// stretched is d times the health multiplier.
+func (n *Node) stretched(d time.Duration) time.Duration {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.health.scale(d)
 }
 
 // probeTimeout is how long a probe, or another exchange of membership

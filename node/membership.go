@@ -593,7 +593,9 @@ func (n *Node) announceLoop(ctx context.Context, connected <-chan peer.ID) {
 				n.publish(ctx, r)
 				// Up to half as late again, at random: sites that started
 				// together would otherwise all publish at once.
-				every := RecordRefresh * n.cfg.AnnounceInterval
+				// Stretched on a starved site (awareness.go): every
+				// publication is verified by every site.
+				every := n.stretched(RecordRefresh * n.cfg.AnnounceInterval)
 				last, refresh = r, now.Add(every+rand.N(every/2))
 			}
 		case <-pull.C:
@@ -601,13 +603,13 @@ func (n *Node) announceLoop(ctx context.Context, connected <-chan peer.ID) {
 				n.wg.Add(1)
 				go n.pullSites(ctx, p, pulled)
 			} else {
-				pull.Reset(pullEvery)
+				pull.Reset(n.stretched(pullEvery))
 			}
 		case added := <-pulled:
 			if added > 0 {
 				pull.Reset(n.cfg.ProbeInterval)
 			} else {
-				pull.Reset(pullEvery)
+				pull.Reset(n.stretched(pullEvery))
 			}
 		case p := <-connected:
 			n.wg.Add(1)
