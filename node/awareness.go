@@ -47,6 +47,11 @@ import (
 // s late about every second under TestManySites at load 15) and the
 // probes, whose answers took up to 7 s, timed out again.
 //
+// A peer whose last probe was refused or reset (an answer from its
+// side, which no slowness of this site produces) is probed again at the
+// configured ProbeInterval, between the stretched rounds: a stopped site
+// is still found down within DownBound plus one stretched interval.
+//
 // The site also counts as starved, without a rise of its score, when 1%
 // of the goroutines made runnable since the previous tick waited longer
 // than starvedAfter to run (the Go scheduler's latency histogram: see

@@ -44,6 +44,11 @@ type peerState struct {
 	dialing bool
 	// deferred: never reached, and due to be dialled when a slot frees.
 	deferred bool
+	// refused: its last probe failed with an answer from its side
+	// (refused, reset), not for lack of time; tried is when the last
+	// probe started. See probeLoop.
+	refused bool
+	tried   time.Time
 }
 
 // state derives a site's state from its probe history: unknown until the
@@ -169,7 +174,10 @@ func (n *Node) probeLoop(ctx context.Context) {
 					continue
 				}
 				redial := ps.probed && ps.state() == scope.Down && !now.Before(ps.nextDial)
-				if redial || ps.deferred {
+				// Refused: probed again at the configured pace, however
+				// stretched the rounds (see awareness.go).
+				again := ps.refused && ps.state() != scope.Down && now.Sub(ps.tried) >= n.cfg.ProbeInterval
+				if redial || again || ps.deferred {
 					due = append(due, p)
 				}
 			}
@@ -188,7 +196,7 @@ func (n *Node) probeLoop(ctx context.Context) {
 				n.dials++
 				ps.dialing = true
 			}
-			ps.inflight, ps.flagged, ps.deferred = true, false, false
+			ps.inflight, ps.flagged, ps.deferred, ps.tried = true, false, false, now
 			n.wg.Add(1)
 			go n.probe(ctx, p, first)
 		}
@@ -457,6 +465,7 @@ func (n *Node) observe(p peer.ID, start time.Time, rtt time.Duration, ans *probe
 	n.probeDoneLocked(ps)
 	before := ps.state()
 	starved := n.starvedAt.After(start)
+	ps.refused = !ok && !timedOut
 	if ok {
 		if rtt > time.Duration(n.stats.slowest.Load()) {
 			n.stats.slowest.Store(int64(rtt))
