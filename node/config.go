@@ -153,7 +153,11 @@ func DefaultConfig() Config {
 // sites. A site cut off silently (no connection closes) in a larger
 // cluster waits for its turn in the rotation before its first failed
 // probe: up to RotationBound more, less when another site that probed it
-// passes its suspicion on (see schedule.go).
+// passes its suspicion on (see schedule.go). A site starved of CPU
+// stretches its probing by its health multiplier (up to
+// MaxHealthMultiplier; see awareness.go): a site that went silent
+// (probes time out) takes up to multiplier × DownBound; one that stopped
+// (probes refused) DownBound plus one stretched interval.
 func (c *Config) DownBound() time.Duration {
 	return time.Duration(c.DownAfter)*max(c.ProbeInterval, c.ProbeTimeout) + c.ProbeInterval
 }

@@ -50,6 +50,37 @@ const ProbeProtocol = "/cheops/probe/1.0.0"
 // make every other site look near.
 const coordSettle = 8
 
+// rttWindow is how many recent RTT samples of a peer rttFilter keeps.
+const rttWindow = 5
+
+// rttFilter keeps a peer's last rttWindow RTT samples and gives their
+// minimum, which is what the site's EWMA and its network coordinate take
+// instead of the raw sample. Queueing and scheduling delay only ever add
+// to a round trip: on a starved host (the prober, or the peer, not run on
+// time) a sample can be many times the path's RTT, and fed to Vivaldi it
+// pushes every coordinate apart (a 40 ms pair estimated at 100 ms at load
+// average 11 on two cores). The minimum of recent samples is the path's
+// RTT as TCP's and BBR's min-RTT filters take it; Serf filters the same
+// input with the median of the last three. A lasting rise shows once the
+// window has passed it (rttWindow probes of the peer); a fall at once.
+type rttFilter struct {
+	recent [rttWindow]time.Duration
+	next   int
+	n      int
+}
+
+// add records a sample and returns the filtered RTT.
+func (f *rttFilter) add(rtt time.Duration) time.Duration {
+	f.recent[f.next] = rtt
+	f.next = (f.next + 1) % rttWindow
+	f.n = min(f.n+1, rttWindow)
+	low := rtt
+	for _, r := range f.recent[:f.n] {
+		low = min(low, r)
+	}
+	return low
+}
+
 // maxProbeFrame bounds a probe answer's encoding on the wire.
 const maxProbeFrame = 4 << 10
 
@@ -91,7 +122,7 @@ func (n *Node) handleProbe(s network.Stream) {
 	defer s.Close()
 	var b [1]byte
 	for first := true; ; first = false {
-		_ = s.SetReadDeadline(time.Now().Add(n.cfg.ProbeTimeout))
+		_ = s.SetReadDeadline(time.Now().Add(n.probeTimeout(false)))
 		if _, err := io.ReadFull(s, b[:]); err != nil {
 			return
 		}
@@ -107,7 +138,7 @@ func (n *Node) handleProbe(s network.Stream) {
 			}
 		}
 		frame := binary.BigEndian.AppendUint16(nil, uint16(len(data)))
-		_ = s.SetWriteDeadline(time.Now().Add(n.cfg.ProbeTimeout))
+		_ = s.SetWriteDeadline(time.Now().Add(n.probeTimeout(false)))
 		if _, err := s.Write(append(frame, data...)); err != nil {
 			_ = s.Reset()
 			return
@@ -117,12 +148,14 @@ func (n *Node) handleProbe(s network.Stream) {
 
 // exchange makes the round trip of one probe on a connection that is
 // open: on ProbeProtocol, or on libp2p's ping for a site that does not
-// speak it. It returns the RTT and the peer's answer (nil from ping).
-func (n *Node) exchange(ctx context.Context, p peer.ID) (rtt time.Duration, ans *probeAnswer, ok bool) {
+// speak it. It returns the RTT and the peer's answer (nil from ping), or
+// why it failed.
+func (n *Node) exchange(ctx context.Context, p peer.ID) (rtt time.Duration, ans *probeAnswer, err error) {
 	s, err := n.host.NewStream(network.WithNoDial(ctx, "probe"), p, ProbeProtocol, ping.ID)
 	if err != nil {
+		n.stats.openFails.Add(1)
 		n.log.Debug("probe: open stream", "peer", p, "err", err)
-		return 0, nil, false
+		return 0, nil, fmt.Errorf("open a probe stream: %w", err)
 	}
 	if deadline, has := ctx.Deadline(); has {
 		_ = s.SetDeadline(deadline)
@@ -138,10 +171,10 @@ func (n *Node) exchange(ctx context.Context, p peer.ID) (rtt time.Duration, ans 
 	if err != nil {
 		n.log.Debug("probe: exchange", "peer", p, "protocol", s.Protocol(), "err", err)
 		_ = s.Reset()
-		return 0, nil, false
+		return 0, nil, fmt.Errorf("probe exchange: %w", err)
 	}
 	_ = s.Close()
-	return rtt, ans, true
+	return rtt, ans, nil
 }
 
 // ask sends one request of ProbeProtocol and reads the answer (nil for

@@ -412,7 +412,7 @@ func (n *Node) handleSites(s network.Stream) {
 		_ = s.Reset()
 		return
 	}
-	_ = s.SetWriteDeadline(time.Now().Add(n.cfg.ProbeTimeout))
+	_ = s.SetWriteDeadline(time.Now().Add(n.probeTimeout(false)))
 	if _, err := s.Write(data); err != nil {
 		_ = s.Reset()
 		return
@@ -433,7 +433,7 @@ func (n *Node) pullSites(ctx context.Context, p peer.ID, pulled chan<- int) {
 		default:
 		}
 	}()
-	ctx, cancel := context.WithTimeout(ctx, n.cfg.ProbeTimeout)
+	ctx, cancel := context.WithTimeout(ctx, n.probeTimeout(false))
 	defer cancel()
 	s, err := n.host.NewStream(network.WithNoDial(ctx, "membership sites"), p, SitesProtocol)
 	if err != nil {
@@ -505,7 +505,7 @@ func (n *Node) hintedLocked(suspects []string) {
 // the sender's own, and its claim must agree with the bindings.
 func (n *Node) handleRecord(s network.Stream) {
 	from := s.Conn().RemotePeer()
-	_ = s.SetReadDeadline(time.Now().Add(n.cfg.ProbeTimeout))
+	_ = s.SetReadDeadline(time.Now().Add(n.probeTimeout(false)))
 	data, err := io.ReadAll(io.LimitReader(s, maxRecordSize+1))
 	if err != nil {
 		_ = s.Reset()
@@ -527,7 +527,7 @@ func (n *Node) handleRecord(s network.Stream) {
 // connection that just opened (never dialling a new one).
 func (n *Node) pushRecord(ctx context.Context, p peer.ID) {
 	defer n.wg.Done()
-	ctx, cancel := context.WithTimeout(ctx, n.cfg.ProbeTimeout)
+	ctx, cancel := context.WithTimeout(ctx, n.probeTimeout(false))
 	defer cancel()
 	data, err := json.Marshal(n.record())
 	if err != nil {
@@ -593,7 +593,9 @@ func (n *Node) announceLoop(ctx context.Context, connected <-chan peer.ID) {
 				n.publish(ctx, r)
 				// Up to half as late again, at random: sites that started
 				// together would otherwise all publish at once.
-				every := RecordRefresh * n.cfg.AnnounceInterval
+				// Stretched on a starved site (awareness.go): every
+				// publication is verified by every site.
+				every := n.stretched(RecordRefresh * n.cfg.AnnounceInterval)
 				last, refresh = r, now.Add(every+rand.N(every/2))
 			}
 		case <-pull.C:
@@ -601,13 +603,13 @@ func (n *Node) announceLoop(ctx context.Context, connected <-chan peer.ID) {
 				n.wg.Add(1)
 				go n.pullSites(ctx, p, pulled)
 			} else {
-				pull.Reset(pullEvery)
+				pull.Reset(n.stretched(pullEvery))
 			}
 		case added := <-pulled:
 			if added > 0 {
 				pull.Reset(n.cfg.ProbeInterval)
 			} else {
-				pull.Reset(pullEvery)
+				pull.Reset(n.stretched(pullEvery))
 			}
 		case p := <-connected:
 			n.wg.Add(1)

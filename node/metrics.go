@@ -1,6 +1,10 @@
 package node
 
 import (
+	"fmt"
+	"sync/atomic"
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"cheops/scope"
@@ -26,12 +30,16 @@ var (
 		"Membership records refused because they claimed a site name bound to another peer (or came from a peer bound to another name).", []string{"site"}, nil)
 	descProbes = prometheus.NewDesc("cheops_membership_probes_total",
 		"Probes this site started (a dial if needed, then a ping).", nil, nil)
+	descHealth = prometheus.NewDesc("cheops_membership_health_multiplier",
+		"This site's local health multiplier: 1 when it keeps time, up to 8 when it is starved of CPU (its probe rounds, probe timeouts and redials are stretched by it).", nil, nil)
+	descProbeFailures = prometheus.NewDesc("cheops_membership_probe_failures_total",
+		"Probes that got no answer, by whether they counted as a miss against the peer (counted) or not because this site was starved while they ran (forgiven).", []string{"verdict"}, nil)
 	descRefused = prometheus.NewDesc("cheops_refused_connections_total",
 		"Connections refused because the peer is not trusted.", nil, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSites, descSiteState, descSiteRTT, descLastSeen, descConflicts, descRefusedClaims, descRefused, descProbes} {
+	for _, d := range []*prometheus.Desc{descSites, descSiteState, descSiteRTT, descLastSeen, descConflicts, descRefusedClaims, descRefused, descProbes, descHealth, descProbeFailures} {
 		ch <- d
 	}
 }
@@ -67,4 +75,37 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(refused))
 	ch <- prometheus.MustNewConstMetric(descProbes, prometheus.CounterValue, float64(c.n.probes.Load()))
+	ch <- prometheus.MustNewConstMetric(descHealth, prometheus.GaugeValue, float64(c.n.HealthMultiplier()))
+	ch <- prometheus.MustNewConstMetric(descProbeFailures, prometheus.CounterValue, float64(c.n.stats.misses.Load()), "counted")
+	ch <- prometheus.MustNewConstMetric(descProbeFailures, prometheus.CounterValue, float64(c.n.stats.forgiven.Load()), "forgiven")
+}
+
+// probeStats counts the outcomes of this node's probes, for the metrics
+// and for tests that must say why a cluster did not form.
+type probeStats struct {
+	failed     atomic.Int64 // probes that got no answer
+	timedOut   atomic.Int64 // of which ran out of time
+	forgiven   atomic.Int64 // failures not counted as misses (this node was starved)
+	misses     atomic.Int64 // failures counted as misses
+	redials    atomic.Int64 // dials of a site reached before
+	downs      atomic.Int64 // sites this node declared down
+	heardSelf  atomic.Int64 // probe answers in which a peer suspected this site
+	dialFails  atomic.Int64 // of the failures, dials (first contacts among them: firstFails)
+	firstFails atomic.Int64
+	skipped    atomic.Int64 // of the failures, probes not tried (redial backoff)
+	openFails  atomic.Int64 // of the failures, streams that did not open
+	slowest    atomic.Int64 // the longest RTT of an answered probe, in nanoseconds
+	lateTicks  atomic.Int64 // probe loop ticks later than starvedAfter
+	// queuedTicks counts the ticks that found the scheduler's latency
+	// above starvedAfter (see queued).
+	queuedTicks atomic.Int64
+	lateMax     atomic.Int64 // the latest tick's lateness, in nanoseconds
+	// multiplier is the latest health multiplier; peak the highest.
+	multiplier, peak atomic.Int64
+}
+
+// String lists the counts, for test logs.
+func (s *probeStats) String() string {
+	return fmt.Sprintf("failed %d (timed out %d; dials %d, first %d; skipped %d; streams %d), slowest answer %v, forgiven %d, misses %d, redials %d, downs %d, suspected by others %d, late ticks %d (max %v), queued ticks %d, health multiplier %d (peak %d)",
+		s.failed.Load(), s.timedOut.Load(), s.dialFails.Load(), s.firstFails.Load(), s.skipped.Load(), s.openFails.Load(), time.Duration(s.slowest.Load()), s.forgiven.Load(), s.misses.Load(), s.redials.Load(), s.downs.Load(), s.heardSelf.Load(), s.lateTicks.Load(), time.Duration(s.lateMax.Load()), s.queuedTicks.Load(), max(s.multiplier.Load(), 1), max(s.peak.Load(), 1))
 }

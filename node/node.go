@@ -66,7 +66,10 @@ type Node struct {
 	dials     int       // probes that dial, at most dialLimit
 	dialLimit int       // 1 to ProbeFanout (see dialDone)
 	starvedAt time.Time // when the probe loop last ran late (see observe)
-	conflicts []Conflict
+	health    health    // local health score (see awareness.go)
+	// healthKept is when the score last fell for a ProbeInterval kept.
+	healthKept time.Time
+	conflicts  []Conflict
 	// refusedClaims counts refused membership records per claimed name.
 	refusedClaims map[string]int
 	watchers      map[chan SiteEvent]struct{}
@@ -74,6 +77,8 @@ type Node struct {
 	// probes counts the probes this node started (each a dial if
 	// needed, then a ping), for the metrics and the benchmarks.
 	probes atomic.Int64
+	// stats counts what the probes found (see probeStats).
+	stats probeStats
 
 	stopLoops  context.CancelFunc // probe, announce, receive
 	probeNow   chan struct{}      // starts a probe round before the next tick

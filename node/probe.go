@@ -2,6 +2,10 @@ package node
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
 	"slices"
 	"sort"
 	"sync"
@@ -26,7 +30,8 @@ type peerState struct {
 	misses    int                      // consecutive failed probes
 	probed    bool                     // at least one probe answered
 	inflight  bool                     // a probe is running
-	rtt       time.Duration            // EWMA of the probes' RTT
+	rtt       time.Duration            // EWMA of the probes' filtered RTT
+	rtts      rttFilter                // the last RTT samples (see rttFilter)
 	lastSeen  time.Time                // last answered probe
 	reported  map[string]time.Duration // RTTs the site measured to others (records of earlier versions)
 	coord     *coordinate.Coordinate   // the network coordinate of its latest record
@@ -39,6 +44,11 @@ type peerState struct {
 	dialing bool
 	// deferred: never reached, and due to be dialled when a slot frees.
 	deferred bool
+	// refused: its last probe failed with an answer from its side
+	// (refused, reset), not for lack of time; tried is when the last
+	// probe started. See probeLoop.
+	refused bool
+	tried   time.Time
 }
 
 // state derives a site's state from its probe history: unknown until the
@@ -143,10 +153,11 @@ func (n *Node) probeLoop(ctx context.Context) {
 	defer tick.Stop()
 	var lastRound time.Time
 	lastTick := time.Now()
+	sched := newSchedWatch()
 	early := false // a round asked for before its time (probeNow)
 	for {
 		now := time.Now()
-		round := now.Sub(lastRound) >= n.cfg.ProbeInterval
+		round := n.roundDue(now, lastRound)
 		n.mu.Lock()
 		var due []peer.ID
 		switch {
@@ -163,7 +174,10 @@ func (n *Node) probeLoop(ctx context.Context) {
 					continue
 				}
 				redial := ps.probed && ps.state() == scope.Down && !now.Before(ps.nextDial)
-				if redial || ps.deferred {
+				// Refused: probed again at the configured pace, however
+				// stretched the rounds (see awareness.go).
+				again := ps.refused && ps.state() != scope.Down && now.Sub(ps.tried) >= n.cfg.ProbeInterval
+				if redial || again || ps.deferred {
 					due = append(due, p)
 				}
 			}
@@ -182,7 +196,7 @@ func (n *Node) probeLoop(ctx context.Context) {
 				n.dials++
 				ps.dialing = true
 			}
-			ps.inflight, ps.flagged, ps.deferred = true, false, false
+			ps.inflight, ps.flagged, ps.deferred, ps.tried = true, false, false, now
 			n.wg.Add(1)
 			go n.probe(ctx, p, first)
 		}
@@ -193,11 +207,8 @@ func (n *Node) probeLoop(ctx context.Context) {
 			return
 		case <-tick.C:
 			now := time.Now()
-			if now.Sub(lastTick)-every > n.starvedAfter() {
-				n.mu.Lock()
-				n.starvedAt = now
-				n.mu.Unlock()
-			}
+			n.queued(now, sched.p99())
+			n.ticked(now, now.Sub(lastTick)-every)
 			lastTick = now
 		case <-n.probeNow:
 			early = true
@@ -312,18 +323,22 @@ const firstContact = 3
 
 // probe dials the peer if it is not connected (unless its redial backoff
 // is running) and pings it, all within ProbeTimeout, firstContact times
-// that for a site never reached (first).
+// that for a site never reached (first), stretched by the health
+// multiplier (probeTimeout).
 func (n *Node) probe(ctx context.Context, p peer.ID, first bool) {
 	defer n.wg.Done()
 	n.probes.Add(1)
 	start := time.Now()
-	timeout := n.cfg.ProbeTimeout
-	if first {
-		timeout *= firstContact
+	if n.notYetRedialled(p) {
+		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel := context.WithTimeout(ctx, n.probeTimeout(first))
 	defer cancel()
-	rtt, ans, ok := n.ping(ctx, p, first)
+	rtt, ans, err := n.ping(ctx, p, first)
+	ok, late := err == nil, timedOut(ctx, err)
+	if late {
+		n.stats.timedOut.Add(1)
+	}
 	if ctx.Err() != nil && context.Cause(ctx) == context.Canceled {
 		// The node is closing: this probe says nothing of the peer.
 		n.mu.Lock()
@@ -331,16 +346,60 @@ func (n *Node) probe(ctx context.Context, p peer.ID, first bool) {
 		n.mu.Unlock()
 		return
 	}
-	n.observe(p, start, rtt, ans, ok)
+	n.observe(p, start, rtt, ans, ok, late)
 }
 
-func (n *Node) ping(ctx context.Context, p peer.ID, first bool) (time.Duration, *probeAnswer, bool) {
+// notYetRedialled ends, before it starts, the probe of a site never
+// reached whose redial delay is running: nothing is tried, so nothing is
+// counted. Counted as misses, such probes made a site that this node
+// could not reach at its first attempt (a starved start) down within a
+// few rounds without a second attempt, and then dialled with the short
+// timeout of a site reached before. A site reached before counts the
+// skipped probe as a miss (ping), so that its silence leads to down
+// within DownBound whatever its redial delay.
+func (n *Node) notYetRedialled(p peer.ID) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	ps := n.peerLocked(p)
+	if ps.probed || !time.Now().Before(ps.nextDial) || n.host.Network().Connectedness(p) == network.Connected {
+		return false
+	}
+	n.stats.skipped.Add(1)
+	n.probeDoneLocked(ps)
+	return true
+}
+
+// errRedialLater: a probe not tried, the peer's redial delay running.
+var errRedialLater = errors.New("redial delay running")
+
+// timedOut reports whether a probe failed for lack of time: its context's
+// deadline, or a deadline or timeout inside libp2p (its TCP dial gives up
+// after 5 s whatever the context).
+func timedOut(ctx context.Context, err error) bool {
+	if err == nil {
+		return false
+	}
+	if ctx.Err() != nil && context.Cause(ctx) != context.Canceled {
+		return true
+	}
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) ||
+		errors.Is(err, swarm.ErrDialTimeout) || (errors.As(err, &ne) && ne.Timeout())
+}
+
+// ping dials the peer if needed and makes the probe's exchange; it
+// returns the RTT and the answer, or why it failed.
+func (n *Node) ping(ctx context.Context, p peer.ID, first bool) (time.Duration, *probeAnswer, error) {
 	if n.host.Network().Connectedness(p) != network.Connected {
 		n.mu.Lock()
 		wait := time.Now().Before(n.peerLocked(p).nextDial)
 		n.mu.Unlock()
 		if wait {
-			return 0, nil, false
+			n.stats.skipped.Add(1)
+			return 0, nil, errRedialLater
+		}
+		if !first {
+			n.stats.redials.Add(1)
 		}
 		// This node paces its own redials (redialLater); the swarm's
 		// backoff (5 s growing quadratically to 5 min) would otherwise
@@ -350,19 +409,24 @@ func (n *Node) ping(ctx context.Context, p peer.ID, first bool) (time.Duration, 
 		}
 		err := n.host.Connect(ctx, peer.AddrInfo{ID: p})
 		if first {
-			n.dialDone(err == nil, err != nil && ctx.Err() != nil)
+			n.dialDone(err == nil, timedOut(ctx, err))
 		}
 		if err != nil {
+			n.stats.dialFails.Add(1)
+			if first {
+				n.stats.firstFails.Add(1)
+			}
 			n.log.Debug("probe: dial failed", "peer", p, "err", err)
 			n.redialLater(p)
-			return 0, nil, false
+			return 0, nil, fmt.Errorf("dial: %w", err)
 		}
 	}
 	return n.exchange(ctx, p)
 }
 
 // redialLater doubles the delay before the next connection attempt, from
-// RedialInterval up to MaxRedialBackoff.
+// RedialInterval up to MaxRedialBackoff, stretched by the health
+// multiplier (see awareness.go).
 func (n *Node) redialLater(p peer.ID) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -372,7 +436,7 @@ func (n *Node) redialLater(p peer.ID) {
 		first = n.cfg.ProbeInterval
 	}
 	ps.backoff = min(max(2*ps.backoff, first), n.cfg.MaxRedialBackoff)
-	ps.nextDial = time.Now().Add(ps.backoff)
+	ps.nextDial = time.Now().Add(n.health.scale(ps.backoff))
 }
 
 // probeDoneLocked marks the end of a peer's probe and frees its dial slot.
@@ -384,27 +448,43 @@ func (n *Node) probeDoneLocked(ps *peerState) {
 	}
 }
 
-// observe takes the outcome of a probe started at start: the RTT and,
+// observe takes the outcome of a probe started at start: the RTT
+// (filtered by rttFilter before it moves the EWMA or the coordinate) and,
 // from a site that speaks ProbeProtocol, its coordinate, which moves this
-// site's own, and its suspicions. A failed probe is not counted as a miss
-// when this node was starved while it ran (its ticker fired late by more
-// than starvedAfter): a node too slow to run its own probes on time
-// cannot tell a silent peer from its own slowness, and would otherwise
-// mark live peers suspect and down, which costs more work (Lifeguard's
-// argument, memberlist's "awareness").
-func (n *Node) observe(p peer.ID, start time.Time, rtt time.Duration, ans *probeAnswer, ok bool) {
+// site's own, and its suspicions. A probe that timed out is not counted
+// as a miss when this node was starved while it ran (see ticked): a node
+// too slow to run its own probes on time cannot tell a silent peer from
+// its own slowness, and would otherwise mark live peers suspect and
+// down, which costs more work (Lifeguard's argument, memberlist's
+// "awareness"; see awareness.go). A probe refused or reset is a miss
+// whatever this node's health: that answer came from the peer's side.
+func (n *Node) observe(p peer.ID, start time.Time, rtt time.Duration, ans *probeAnswer, ok, timedOut bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	ps := n.peerLocked(p)
 	n.probeDoneLocked(ps)
 	before := ps.state()
+	starved := n.starvedAt.After(start)
+	ps.refused = !ok && !timedOut
+	if ok {
+		if rtt > time.Duration(n.stats.slowest.Load()) {
+			n.stats.slowest.Store(int64(rtt))
+		}
+		if !starved {
+			rtt = ps.rtts.add(max(rtt, time.Microsecond)) // 0 means "not measured"
+		}
+	}
 	if ok && ans != nil {
-		if validCoord(ans.Coord, int(coordConfig().Dimensionality)) {
+		if !starved && validCoord(ans.Coord, int(coordConfig().Dimensionality)) {
 			if _, err := n.coord.Update(p.String(), ans.Coord, rtt); err == nil {
 				n.samples++
 			}
 		}
 		n.hintedLocked(ans.Suspects)
+		if slices.Contains(ans.Suspects, n.cfg.Site) {
+			n.stats.heardSelf.Add(1)
+			n.healthLocked(+1, "suspected by a peer")
+		}
 	}
 	if ok {
 		if ps.backoff > 0 || before == scope.Down {
@@ -412,19 +492,28 @@ func (n *Node) observe(p peer.ID, start time.Time, rtt time.Duration, ans *probe
 		}
 		ps.misses, ps.probed, ps.backoff, ps.nextDial = 0, true, 0, time.Time{}
 		ps.lastSeen = time.Now().UTC()
-		rtt = max(rtt, time.Microsecond) // 0 means "not measured"
-		if ps.rtt == 0 {
+		switch {
+		case starved:
+			// The sample measured this node's queue (see rttFilter).
+		case ps.rtt == 0:
 			ps.rtt = rtt
-		} else {
+		default:
 			a := n.cfg.RTTSmoothing
 			ps.rtt = time.Duration(a*float64(rtt) + (1-a)*float64(ps.rtt))
 		}
-	} else if n.starvedAt.After(start) {
+	} else if starved && timedOut {
+		n.stats.failed.Add(1)
+		n.stats.forgiven.Add(1)
 		n.log.Debug("probe failed while this node was starved: not counted", "peer", p)
 	} else {
+		n.stats.failed.Add(1)
+		n.stats.misses.Add(1)
 		ps.misses++
 	}
 	after := ps.state()
+	if after == scope.Down && before != scope.Down {
+		n.stats.downs.Add(1)
+	}
 	if before != after && ps.site != "" {
 		n.log.Info("site state changed", "site", ps.site, "from", before, "to", after, "rtt", ps.rtt)
 		n.notifyLocked(SiteEvent{Site: ps.site, Peer: p, From: before, State: after})

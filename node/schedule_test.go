@@ -148,8 +148,8 @@ func TestDialSlots(t *testing.T) {
 	}
 }
 
-// A failed probe counts as a miss, unless this node was starved while it
-// ran.
+// A failed probe counts as a miss, unless it timed out while this node
+// was starved.
 func TestStarvedProbeNotCounted(t *testing.T) {
 	n := bareNode(fastConfig("x", "x", nil))
 	p := peer.ID("p")
@@ -159,14 +159,20 @@ func TestStarvedProbeNotCounted(t *testing.T) {
 	n.mu.Unlock()
 	start := time.Now()
 	n.starvedAt = start.Add(time.Millisecond)
-	n.observe(p, start, 0, nil, false)
+	n.observe(p, start, 0, nil, false, true)
 	if ps.misses != 0 {
 		t.Fatalf("a probe failed while starved counted: %d misses", ps.misses)
 	}
 	ps.inflight = true
-	n.observe(p, n.starvedAt.Add(time.Millisecond), 0, nil, false)
+	n.observe(p, n.starvedAt.Add(time.Millisecond), 0, nil, false, true)
 	if ps.misses != 1 {
 		t.Fatalf("a probe failed while not starved: %d misses, want 1", ps.misses)
+	}
+	// Refused (not timed out) while starved: the peer's side answered.
+	ps.inflight = true
+	n.observe(p, start, 0, nil, false, false)
+	if ps.misses != 2 {
+		t.Fatalf("a probe refused while starved: %d misses, want 2", ps.misses)
 	}
 }
 
