@@ -57,6 +57,8 @@ type Group struct {
 	heard atomic.Int64
 	// lastDigest caches the anti-entropy digest as of active.
 	lastDigest atomic.Pointer[groupDigest]
+	// commits queues local writes for group commit (commit.go).
+	commits commits
 
 	mu     sync.Mutex
 	rep    *replica // nil while the group sleeps

@@ -311,7 +311,8 @@ func (m *Manager) existing(sites []string) (*Group, error) {
 
 // Put writes key in the group of sites, joining it if needed. It returns
 // once the write is applied locally and announced to the members (not
-// once they have it).
+// once they have it). Concurrent writes into one group share one delta
+// (commit.go).
 func (m *Manager) Put(ctx context.Context, sites []string, key string, value []byte) error {
 	if key == "" {
 		return fmt.Errorf("%w: empty key", ErrBadInput)
@@ -320,18 +321,14 @@ func (m *Manager) Put(ctx context.Context, sites []string, key string, value []b
 	if err != nil {
 		return err
 	}
-	r, done, _, err := g.use()
-	if err != nil {
-		return fmt.Errorf("crdt: put %s in {%s}: %w", key, g.name, err)
-	}
-	defer done()
-	if err := r.store.Put(ctx, ds.NewKey(key), value); err != nil {
+	if err := g.write(ctx, []string{key}, [][]byte{value}); err != nil {
 		return fmt.Errorf("crdt: put %s in {%s}: %w", key, g.name, err)
 	}
 	return nil
 }
 
-// PutBatch writes several keys in the group of sites as one delta.
+// PutBatch writes several keys in the group of sites in one delta (with
+// the writes made into the group at the same time).
 func (m *Manager) PutBatch(ctx context.Context, sites []string, keys []string, values [][]byte) error {
 	if len(keys) != len(values) {
 		return fmt.Errorf("%w: %d keys for %d values", ErrBadInput, len(keys), len(values))
@@ -343,22 +340,8 @@ func (m *Manager) PutBatch(ctx context.Context, sites []string, keys []string, v
 	if err != nil {
 		return err
 	}
-	r, done, _, err := g.use()
-	if err != nil {
+	if err := g.write(ctx, keys, values); err != nil {
 		return fmt.Errorf("crdt: batch in {%s}: %w", g.name, err)
-	}
-	defer done()
-	b, err := r.store.Batch(ctx)
-	if err != nil {
-		return fmt.Errorf("crdt: batch: %w", err)
-	}
-	for i, k := range keys {
-		if err := b.Put(ctx, ds.NewKey(k), values[i]); err != nil {
-			return fmt.Errorf("crdt: batch put %s: %w", k, err)
-		}
-	}
-	if err := b.Commit(ctx); err != nil {
-		return fmt.Errorf("crdt: commit batch in {%s}: %w", g.name, err)
 	}
 	return nil
 }
