@@ -56,7 +56,7 @@ func TestScaleSmall(t *testing.T) {
 	table := b.String()
 	for _, target := range []string{"converged after the last write ≤ 5000 ms", "catalog writes/s ≥ 5000", "heap/site ≤ 0 MiB",
 		"all resources written", "p99 ms ≤ 50", "heap B per group and member ≤ 2048", "goroutines per group ≤ 0.05",
-		"crdt bytes sent per group-minute ≤ 0", "1 process, ", "skipped: no cheops binary"} {
+		"group messages B per group-minute ≤ 0", "anti-entropy B per pair-minute", "cpu µs/write", "1 process, ", "skipped: no cheops binary"} {
 		if !strings.Contains(table, target) {
 			t.Errorf("table lacks %q:\n%s", target, table)
 		}
@@ -87,7 +87,7 @@ func TestScaleVerdicts(t *testing.T) {
 		Full:        &Workload{Written: 1000, WritesPerSecond: 3000, WriteTime: 2 * time.Second, Converged: 2 * time.Second, BytesSent: 8 << 20},
 		HeapPerSite: 2 << 20,
 		FirstWrite:  &FirstWriteFigures{Samples: 10, P50: 5 * time.Millisecond, P99: 80 * time.Millisecond},
-		Idle:        &IdleFigures{Groups: 20, Members: 50, HeapPerGroupMember: 900, GoroutinesPerGroup: 4, CrdtBytesPerGroupMinute: 0, Window: time.Minute}}
+		Idle:        &IdleFigures{Groups: 20, Members: 50, HeapPerGroupMember: 900, GoroutinesPerGroup: 4, GroupBytesPerGroupMinute: 0, Window: time.Minute}}
 	failed := ScaleFigures{ScaleCase: ScaleCase{Sites: 100, Resources: 100000}, Error: "bench: 100 sites see each other up: not within 2m0s"}
 	for _, tc := range []struct {
 		name    string
