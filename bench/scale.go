@@ -287,7 +287,7 @@ func runScaleCase(ctx context.Context, env Env, cs ScaleCase, opt ScaleOptions) 
 	heapBefore, _ := liveHeapAndGoroutines()
 
 	ss, err := startScaleSites(ctx, dir, names, opt.FormWithin)
-	defer ss.close()
+	defer ss.close(env.Log)
 	f.Formed = ss.Formed
 	if err != nil {
 		f.Error = err.Error()

@@ -236,20 +236,40 @@ func (ss *scaleSites) site(name string) *scaleSite {
 	return nil
 }
 
-// close stops every site.
-func (ss *scaleSites) close() {
+// closeWithin bounds stopping a size's sites. libp2p's host can hang in
+// Close (seen once in a quick run: autonat's subscription closing while
+// identify emitted into it, 12 minutes without progress): the run then
+// goes on, leaving the stuck sites' goroutines behind.
+const closeWithin = time.Minute
+
+// close stops every site, giving up after closeWithin (reported on log).
+func (ss *scaleSites) close(log *slog.Logger) {
 	var wg sync.WaitGroup
+	var stuck sync.Map
 	for _, s := range ss.sites {
 		wg.Add(1)
+		stuck.Store(s.name, true)
 		go func() {
 			defer wg.Done()
 			s.stop()
 			s.m.Close()
 			s.node.Close()
 			s.store.Close()
+			stuck.Delete(s.name)
 		}()
 	}
-	wg.Wait()
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(closeWithin):
+		var names []string
+		stuck.Range(func(k, _ any) bool { names = append(names, k.(string)); return true })
+		log.Warn("scale: sites did not stop; going on without them", "within", closeWithin, "sites", names)
+	}
 }
 
 // traffic is what every site's host sent, in bytes: in all, on the crdt
