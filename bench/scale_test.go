@@ -33,7 +33,8 @@ func TestScaleSmall(t *testing.T) {
 	if c.Error != "" {
 		t.Fatalf("case failed: %s", c.Error)
 	}
-	if c.Scoped.Written != 8 || c.HeapPerSite == 0 || c.DiskPerSite == 0 || c.Scoped.WritesPerSecond <= 0 || c.Scoped.BytesSent <= 0 {
+	if c.Scoped.Written != 8 || c.HeapPerSite == 0 || c.DiskPerSite == 0 || c.Scoped.WritesPerSecond <= 0 || c.Scoped.BytesSent <= 0 ||
+		c.Scoped.CPUPerWrite <= 0 || c.Took <= 0 {
 		t.Fatalf("empty figures: %+v", c)
 	}
 	if c.Groups < 1 || c.Groups > 8 {
@@ -45,7 +46,7 @@ func TestScaleSmall(t *testing.T) {
 	if c.FirstWrite == nil || c.FirstWrite.Samples != 2 || c.FirstWrite.P99 <= 0 {
 		t.Fatalf("first writes: %+v", c.FirstWrite)
 	}
-	if c.Idle == nil || c.Idle.Groups != 3 || c.Idle.Members < 6 {
+	if c.Idle == nil || c.Idle.Groups != 3 || c.Idle.Members < 6 || c.Idle.Pairs < 3 {
 		t.Fatalf("idle groups: %+v", c.Idle)
 	}
 	if res.Process == nil || res.Process.Skipped == "" {
