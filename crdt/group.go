@@ -459,6 +459,14 @@ const (
 	dirtyKey           = "d"
 )
 
+// go-ds-crdt v0.6 records its storage format under formatKey as the
+// uvarint of the format plus one; crdtFormat is the current one (a
+// replica found without it is migrated from format 0 when opened).
+const (
+	formatKey  = "crdt_version"
+	crdtFormat = 1
+)
+
 // forgetProcessed deletes every processed-block mark under prefix.
 func forgetProcessed(ctx context.Context, store ds.Batching, prefix ds.Key) error {
 	res, err := store.Query(ctx, query.Query{Prefix: prefix.String(), KeysOnly: true})

@@ -2,6 +2,7 @@ package crdt
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -253,10 +254,20 @@ func (m *Manager) joinWith(ctx context.Context, name string, sorted []string, pe
 
 func (m *Manager) joinLocked(ctx context.Context, name string, sorted []string, peers []peer.ID) (*Group, error) {
 	entry, _ := json.Marshal(registryEntry{Sites: sorted, Peers: peers})
-	if err := m.cfg.Datastore.Put(ctx, registryPrefix.ChildString(name), entry); err != nil {
+	g := m.newGroup(name, sorted, peers)
+	// The group's replica starts empty, in go-ds-crdt's current format:
+	// recording the format with the registration spares its first open
+	// the migration from format 0 (a scan that finds nothing in a new
+	// group, 7 % of the bytes allocated in the 20-site scale write phase).
+	b, err := m.cfg.Datastore.Batch(ctx)
+	if err != nil {
 		return nil, fmt.Errorf("crdt: register group %s: %w", name, err)
 	}
-	g := m.newGroup(name, sorted, peers)
+	if err := errors.Join(b.Put(ctx, registryPrefix.ChildString(name), entry),
+		b.Put(ctx, g.crdtPrefix().ChildString(formatKey), binary.AppendUvarint(nil, crdtFormat+1)),
+		b.Commit(ctx)); err != nil {
+		return nil, fmt.Errorf("crdt: register group %s: %w", name, err)
+	}
 	m.addGroupLocked(g)
 	m.log.Info("joined group", "group", name)
 	return g, nil
