@@ -84,7 +84,7 @@ e2e-k8s:
 e2e-openstack:
 	contrib/openstack/glance-sites.sh install
 	$(GO) build -o bin/testsummary ./contrib/testsummary
-	set -o pipefail; CHEOPS_OPENSTACK=1 $(GO) test -race -count=1 -timeout 10m -run 'OpenStack' -json ./glance | bin/testsummary -progress
+	set -o pipefail; CHEOPS_OPENSTACK=1 $(GO) test -race -count=1 -timeout 10m -run 'OpenStack' -json ./test/openstack | bin/testsummary -progress
 
 # Every scenario's quick profile (about 8 minutes on 2 cores); results and
 # plots into bench/results. BENCHFLAGS=--full runs the long profiles.

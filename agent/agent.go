@@ -24,7 +24,7 @@ import (
 	"cheops/crdt"
 	"cheops/errcode"
 	"cheops/forward"
-	"cheops/glance"
+	"cheops/forward/glance"
 	"cheops/node"
 	"cheops/replica"
 )
@@ -255,7 +255,7 @@ func (a *Agent) open(ctx context.Context) error {
 		if svc.Kind != forward.KindGlance {
 			continue
 		}
-		d, err := glance.NewData(glance.DataConfig{Service: svc.Name, URL: svc.URL, Host: n.Host(), Membership: n,
+		d, err := glance.NewData(glance.DataConfig{Service: svc.Name, URL: svc.URL, TLS: svc.Upstream.TLS, Host: n.Host(), Membership: n,
 			Catalog: a.catalog, Next: a.front, Logger: a.cfg.Logger})
 		if err != nil {
 			return err

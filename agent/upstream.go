@@ -2,8 +2,8 @@ package agent
 
 import (
 	"cheops/forward"
+	"cheops/forward/glance"
 	"cheops/forward/kube"
-	"cheops/glance"
 )
 
 // withRoutes gives a service of kind kube or glance its package's routes,

@@ -263,25 +263,41 @@ func (c *Cluster) Close() {
 // cluster closes, for a look at a slow or failed run.
 const LogsEnv = "CHEOPS_BENCH_LOGS"
 
-// WaitStates waits until every observer sees every subject in state.
+// WaitStates waits until every observer sees every subject in state. The
+// observers are asked at once, not one after the other: a round of
+// sequential reads under load took long enough to make the time coarse.
 func (c *Cluster) WaitStates(ctx context.Context, within time.Duration, observers, subjects []string, state string) error {
 	return waitFor(ctx, within, fmt.Sprintf("%v see %v %s", observers, subjects, state), func() error {
-		for _, o := range observers {
-			var sites []struct {
-				Site  string `json:"site"`
-				State string `json:"state"`
-			}
-			if err := c.getJSON(ctx, c.Site(o).API+"/v1/sites", &sites); err != nil {
-				return err
-			}
-			seen := map[string]string{}
-			for _, s := range sites {
-				seen[s.Site] = s.State
-			}
-			for _, s := range subjects {
-				if s != o && seen[s] != state {
-					return fmt.Errorf("%s sees %s %q", o, s, seen[s])
+		errs := make([]error, len(observers))
+		var wg sync.WaitGroup
+		for i, o := range observers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var sites []struct {
+					Site  string `json:"site"`
+					State string `json:"state"`
 				}
+				if err := c.getJSON(ctx, c.Site(o).API+"/v1/sites", &sites); err != nil {
+					errs[i] = err
+					return
+				}
+				seen := map[string]string{}
+				for _, s := range sites {
+					seen[s.Site] = s.State
+				}
+				for _, s := range subjects {
+					if s != o && seen[s] != state {
+						errs[i] = fmt.Errorf("%s sees %s %q", o, s, seen[s])
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		for _, err := range errs {
+			if err != nil {
+				return err
 			}
 		}
 		return nil

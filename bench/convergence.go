@@ -337,9 +337,24 @@ type healTimes struct{ reconnected, catalog, applied time.Duration }
 // healAndTime heals the network and times, from the heal, until every
 // site sees every other up, the catalogs agree and nothing is pending;
 // then it checks the applications.
+//
+// The times come from the sites' watch streams, opened before the heal:
+// the catalogs agree when the last site of a resource's replica set got
+// the last of the operations they finally agree on, and nothing is
+// pending as of the last change any site reported before a read found
+// it so. Whole catalogs are read only to confirm, when the streams have
+// settled: a read of thousands of resources from every site every 50 ms
+// took up to 2 s a round under load, so it made the time coarse, and it
+// took CPU from the agents and from the relays in this process.
 func (w *workload) healAndTime(ctx context.Context, names []string, reconnectWithin, catalogWithin, appliedWithin time.Duration) (healTimes, error) {
 	var t healTimes
+	views, err := watchViews(ctx, w.c, time.Now())
+	if err != nil {
+		return t, err
+	}
+	defer views.stop()
 	healed := time.Now()
+	views.start = healed
 	w.c.Net.Heal()
 	reconnected := make(chan time.Duration, 1)
 	go func() {
@@ -348,16 +363,21 @@ func (w *workload) healAndTime(ctx context.Context, names []string, reconnectWit
 			reconnected <- time.Since(healed)
 		}
 	}()
-	catalogAt, err := w.waitConverged(ctx, catalogWithin, false)
+	catalogAt, cats, err := w.waitAgreed(ctx, catalogWithin, false, views)
 	if err != nil {
 		return t, fmt.Errorf("catalogs: %w", err)
 	}
-	t.catalog = catalogAt.Sub(healed)
-	appliedAt, err := w.waitConverged(ctx, appliedWithin, true)
+	t.catalog = max(0, catalogAt.Sub(healed))
+	if va := views.agreement(cats, w.expected()); va.Resyncs == 0 {
+		// Not later than the read that confirmed it.
+		t.catalog = min(t.catalog, va.At)
+		w.log.Info("catalogs agree", "after heal", t.catalog, "views", va.String())
+	}
+	appliedAt, _, err := w.waitAgreed(ctx, appliedWithin, true, views)
 	if err != nil {
 		return t, fmt.Errorf("applications: %w", err)
 	}
-	t.applied = appliedAt.Sub(healed)
+	t.applied = max(t.catalog, appliedAt.Sub(healed))
 	t.reconnected = <-reconnected
 	return t, w.checkApplications(ctx)
 }
@@ -405,18 +425,41 @@ func (w *workload) owed(ctx context.Context) (int, error) {
 	return len(seen), nil
 }
 
-// waitConverged polls the catalogs until every resource is held by every
+// waitConverged reads the catalogs until every resource is held by every
 // site of its replica set with the same operations (and, with applied,
-// nothing pending), and returns when that was first seen.
+// nothing pending), and returns when that was reached and the catalogs
+// read. Without views it reads every 50 ms, and the time is the end of
+// the read that found it. With views it reads once the streams settle
+// (no change for 100 ms, or 1 s since the last read), and the time is
+// that of the last change the streams reported before the read ended:
+// the state read holds since then (the read confirmed it).
 func (w *workload) waitConverged(ctx context.Context, within time.Duration, applied bool) (time.Time, error) {
-	var at time.Time
+	at, _, err := w.waitAgreed(ctx, within, applied, nil)
+	return at, err
+}
+
+// waitAgreed is waitConverged timed by the sites' watch streams when
+// views is not nil; it returns the catalogs it read last.
+func (w *workload) waitAgreed(ctx context.Context, within time.Duration, applied bool, views *viewTimeline) (time.Time, map[string][]catalog.Resource, error) {
+	var (
+		at   time.Time
+		cats map[string][]catalog.Resource
+	)
 	lastLog := time.Now()
 	err := waitFor(ctx, within, "catalogs converge", func() error {
-		cats, err := w.catalogs(ctx)
-		if err != nil {
+		if views != nil {
+			views.settle(ctx, !applied, 100*time.Millisecond, time.Second)
+		}
+		var err error
+		if cats, err = w.catalogs(ctx); err != nil {
 			return err
 		}
 		at = time.Now()
+		if views != nil {
+			if last, resyncs := views.last(!applied); resyncs == 0 {
+				at = views.start.Add(last)
+			}
+		}
 		err = converged(cats, w.expected(), applied)
 		if err != nil && time.Since(lastLog) > 5*time.Second {
 			w.log.Info("waiting for convergence", "applied", applied, "unmet", err)
@@ -424,7 +467,7 @@ func (w *workload) waitConverged(ctx context.Context, within time.Duration, appl
 		}
 		return err
 	})
-	return at, err
+	return at, cats, err
 }
 
 func (w *workload) expected() map[string][]string {

@@ -49,6 +49,8 @@ type Group struct {
 	blocks  blockstore.Blockstore
 	// arrivals tracks fetches in progress and the walks waiting for them.
 	arrivals arrivals
+	// sources remembers which member announced which heads (blocks.go).
+	sources sources
 	// active is when the group was last used or changed (unix ns): the
 	// sweeper puts it to sleep IdleAfter later.
 	active atomic.Int64

@@ -321,6 +321,7 @@ func (m *Manager) receive(remote peer.ID, name string, peers []peer.ID, body []b
 	if err != nil {
 		return err
 	}
+	g.sources.announced(heads, remote)
 	if len(blks) > 0 {
 		if err := g.blocks.PutMany(m.ctx, blks); err != nil {
 			return fmt.Errorf("store inlined blocks of {%s}: %w", name, err)

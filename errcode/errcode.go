@@ -56,6 +56,10 @@ const (
 	Unreachable = "unreachable"
 	// SiteFailed: a site was asked and did not answer.
 	SiteFailed = "site_failed"
+	// OutcomeUnknown: a site was sent the request and did not answer in
+	// time; it may have run there. Running it again is safe only for what
+	// the agent deduplicates (attach, detach); look in the catalog first.
+	OutcomeUnknown = "outcome_unknown"
 	// Internal: a fault of the agent itself.
 	Internal = "internal"
 )

@@ -50,6 +50,12 @@ var (
 	// errPlaceRefused: the target site refused the change (its application
 	// refused the copy or the deletion).
 	errPlaceRefused = errors.New("forward: the site refused the change")
+	// errPlaceUnknown: the change was sent and the target site did not
+	// answer (it stopped, the connection broke): it may have run there.
+	// Running it again is safe: an attach adopts the copy one cut short
+	// made (replica.Executor.Attach), a detach --delete counts a copy
+	// already gone as deleted.
+	errPlaceUnknown = errors.New("forward: the site did not answer; the change may have run there, and running it again is safe")
 )
 
 // Kinds of placement change (wireOp.Place).
@@ -217,7 +223,7 @@ func (f *Forwarder) move(ctx context.Context, id, site string, attach bool, loca
 
 // placeAt sends a placement change to the target site's executor and
 // returns its answer. errNotDelivered: the site could not be reached,
-// nothing ran there.
+// nothing ran there; errPlaceUnknown: it was sent and not answered.
 func (f *Forwarder) placeAt(ctx context.Context, site string, svc Service, wo wireOp) (placed, error) {
 	r, err := http.NewRequestWithContext(ctx, wo.Op.Method, "/", nil)
 	if err != nil {
@@ -229,8 +235,11 @@ func (f *Forwarder) placeAt(ctx context.Context, site string, svc Service, wo wi
 	req := &request{r: r, svc: svc, body: wo.Op.Body, scope: siteScope(site)}
 	path, _ := splitOpPath(wo.Op.Path)
 	out := f.execute(ctx, site, req, wo.Op.Method, path, http.Header{HeaderOp: {encodeOp(wo)}, HeaderResource: {wo.Op.Resource}})
-	if out.err != nil {
+	switch {
+	case errors.Is(out.err, errNotDelivered):
 		return placed{}, out.err
+	case out.err != nil:
+		return placed{}, fmt.Errorf("%w: %s: %v", errPlaceUnknown, site, out.err)
 	}
 	if out.status != http.StatusOK {
 		return placed{}, fmt.Errorf("%w: %s answered %d: %s", errPlaceRefused, site, out.status, out.body)
@@ -337,6 +346,8 @@ func placementError(err error) (int, string) {
 		return http.StatusBadRequest, errcode.BadInput
 	case errors.Is(err, errNotDelivered):
 		return http.StatusServiceUnavailable, errcode.Unreachable
+	case errors.Is(err, errPlaceUnknown):
+		return http.StatusGatewayTimeout, errcode.OutcomeUnknown // as a write's (forward/ops.go)
 	default:
 		return http.StatusBadGateway, errcode.SiteFailed
 	}

@@ -100,6 +100,7 @@ func TestPlacementError(t *testing.T) {
 		{fmt.Errorf("x: %w", ErrDetachSelf), http.StatusBadRequest, errcode.BadInput},
 		{fmt.Errorf("site rome: no stream: %w", errNotDelivered), http.StatusServiceUnavailable, errcode.Unreachable},
 		{fmt.Errorf("x: %w", errPlaceRefused), http.StatusBadGateway, errcode.SiteFailed},
+		{fmt.Errorf("x: %w: rome: read answer: stream reset", errPlaceUnknown), http.StatusGatewayTimeout, "outcome_unknown"},
 	} {
 		if status, code := placementError(tc.err); status != tc.status || code != tc.code {
 			t.Errorf("%v: %d %s, want %d %s", tc.err, status, code, tc.status, tc.code)

@@ -232,7 +232,7 @@ func (f *Forwarder) serve(w http.ResponseWriter, r *http.Request, hop string) {
 		case errors.Is(err, scope.ErrUnknownSite):
 			errcode.Write(w, http.StatusBadRequest, "unknown_site", err.Error())
 		case errors.As(err, &unreachable):
-			errcode.Write(w, http.StatusServiceUnavailable, "unreachable", err.Error())
+			errcode.Write(w, http.StatusServiceUnavailable, errcode.Unreachable, err.Error())
 		default:
 			errcode.Write(w, http.StatusBadRequest, "bad_scope", err.Error())
 		}
@@ -787,7 +787,7 @@ func sitesHeader(outcomes map[string]string) string {
 // reply writes one site's answer, with cheops' headers.
 func (f *Forwarder) reply(w http.ResponseWriter, res result, resource string, outcomes map[string]string) {
 	if res.err != nil {
-		errcode.Write(w, http.StatusBadGateway, "site_failed", res.err.Error())
+		errcode.Write(w, http.StatusBadGateway, errcode.SiteFailed, res.err.Error())
 		return
 	}
 	h := w.Header()

@@ -155,7 +155,7 @@ func (f *Forwarder) mergeRead(w http.ResponseWriter, req *request, results map[s
 	}
 	if len(answers) == 0 {
 		if failed.site == "" {
-			errcode.Write(w, http.StatusServiceUnavailable, "unreachable", "no site could run the request: "+sitesHeader(outcomes))
+			errcode.Write(w, http.StatusServiceUnavailable, errcode.Unreachable, "no site could run the request: "+sitesHeader(outcomes))
 			return
 		}
 		f.reply(w, failed, "", outcomes)
@@ -193,7 +193,7 @@ func (f *Forwarder) streamRead(w http.ResponseWriter, req *request, plan *scope.
 			return
 		}
 	}
-	errcode.Write(w, http.StatusBadGateway, "site_failed", last.Error())
+	errcode.Write(w, http.StatusBadGateway, errcode.SiteFailed, last.Error())
 }
 
 // openLocalStream starts a streamed request on this site's application.
@@ -356,7 +356,7 @@ func (w *streamWriter) finish() {
 func (f *Forwarder) streamLocal(w http.ResponseWriter, req *request) {
 	resp, done, err := f.openLocalStream(req, req.rawPath)
 	if err != nil {
-		errcode.Write(w, http.StatusBadGateway, "site_failed", err.Error())
+		errcode.Write(w, http.StatusBadGateway, errcode.SiteFailed, err.Error())
 		return
 	}
 	defer done()

@@ -59,7 +59,7 @@ func (f *Forwarder) create(w http.ResponseWriter, req *request, plan *scope.Plan
 	case recorded && !answer.ok() && (answer.site == "" || answer.err != nil):
 		acceptedPending(w, id, outcomes)
 	case answer.site == "":
-		errcode.Write(w, http.StatusServiceUnavailable, "unreachable", "no site could run the request: "+sitesHeader(outcomes))
+		errcode.Write(w, http.StatusServiceUnavailable, errcode.Unreachable, "no site could run the request: "+sitesHeader(outcomes))
 	case !answer.ok():
 		f.reply(w, answer, "", outcomes)
 	default:
@@ -88,7 +88,7 @@ func (f *Forwarder) coordinate(w http.ResponseWriter, req *request, plan *scope.
 func (f *Forwarder) handOver(w http.ResponseWriter, req *request, plan *scope.Plan) {
 	best, ok := plan.Nearest()
 	if !ok {
-		errcode.Write(w, http.StatusServiceUnavailable, "unreachable", "no site of the scope is reachable")
+		errcode.Write(w, http.StatusServiceUnavailable, errcode.Unreachable, "no site of the scope is reachable")
 		return
 	}
 	res := f.execute(req.r.Context(), best.Site, req, req.r.Method, req.rawPath, http.Header{HeaderCoordinate: {"1"}})
@@ -99,11 +99,11 @@ func (f *Forwarder) handOver(w http.ResponseWriter, req *request, plan *scope.Pl
 			f.dispatch(w, req, next)
 			return
 		}
-		errcode.Write(w, http.StatusServiceUnavailable, "unreachable", "no site of the scope could be reached: "+req.fallbackHeader())
+		errcode.Write(w, http.StatusServiceUnavailable, errcode.Unreachable, "no site of the scope could be reached: "+req.fallbackHeader())
 		return
 	case res.err != nil:
 		// It may have run there: never send it again.
-		errcode.Write(w, http.StatusGatewayTimeout, "outcome_unknown",
+		errcode.Write(w, http.StatusGatewayTimeout, errcode.OutcomeUnknown,
 			fmt.Sprintf("%v: the request was sent to %s, which did not answer; it may have run there (look for it in the catalog before sending it again)", res.err, best.Site))
 		return
 	}
@@ -132,7 +132,10 @@ func (f *Forwarder) onResource(w http.ResponseWriter, req *request, res catalog.
 				out = append(out, s)
 			}
 		}
-		return view.Nearest(out)
+		if !req.explicit {
+			return view.Nearest(out)
+		}
+		return readOrder(req.scope, req.svc.Name, withDown(view, req.failedSites()), out)
 	}()
 	if deletedEverywhere(res) {
 		errcode.Write(w, http.StatusNotFound, "deleted", fmt.Sprintf("%s was deleted", res.ID))
@@ -141,7 +144,7 @@ func (f *Forwarder) onResource(w http.ResponseWriter, req *request, res catalog.
 	switch req.r.Method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions:
 		if len(holders) == 0 {
-			errcode.Write(w, http.StatusServiceUnavailable, "unreachable", fmt.Sprintf("no reachable site holds %s", res.ID))
+			errcode.Write(w, http.StatusServiceUnavailable, errcode.Unreachable, fmt.Sprintf("no reachable site holds %s", res.ID))
 			return
 		}
 		if f.streamsRead(req) {
@@ -182,13 +185,52 @@ func (f *Forwarder) onResource(w http.ResponseWriter, req *request, res catalog.
 	case recorded && !answer.ok() && (answer.site == "" || answer.err != nil):
 		acceptedPending(w, res.ID, outcomes)
 	case answer.site == "":
-		errcode.Write(w, http.StatusServiceUnavailable, "unreachable", "no replica could run the request: "+sitesHeader(outcomes))
+		errcode.Write(w, http.StatusServiceUnavailable, errcode.Unreachable, "no replica could run the request: "+sitesHeader(outcomes))
 	default:
 		if answer.ok() {
 			answer.body = req.svc.withID(answer.body, res.ID)
 		}
 		f.reply(w, answer, res.ID, outcomes)
 	}
+}
+
+// readOrder returns the holders of a resource in the order a read with a
+// scope the client gave tries them: the scope's own choice among the
+// holders first — planned over a view in which the sites that do not
+// hold the resource are down, so that ';' takes its first alternative
+// that holds it and '|' the nearest holder, and the required sites of
+// the choice ('&') nearest first — then its standbys, then every other
+// holder, nearest first (a read is harmless anywhere the resource is;
+// the scope says where it should be served from, the catalog where it
+// can be). A scope that names no reachable holder leaves the catalog's
+// order: nearest first. Pure: no network, no clock.
+func readOrder(sc *scope.Scope, service string, view scope.View, holders []string) []string {
+	nearest := view.Nearest(holders)
+	if sc == nil {
+		return nearest
+	}
+	var others []string
+	for s := range view.Sites {
+		if !slices.Contains(holders, s) {
+			others = append(others, s)
+		}
+	}
+	plan, err := sc.Plan(service, withDown(view, others))
+	if err != nil {
+		return nearest
+	}
+	out := view.Nearest(plan.Reachable())
+	for _, s := range plan.ReadOrder()[len(out):] {
+		if !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	for _, s := range nearest {
+		if !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // streamsRead reports a read of a resource whose answer is passed on as
@@ -217,7 +259,7 @@ func (f *Forwarder) readHolders(w http.ResponseWriter, req *request, id string, 
 		}
 		f.fallBack(w, req, s, err)
 	}
-	errcode.Write(w, http.StatusBadGateway, "site_failed", fmt.Sprintf("no holder of %s could answer: %s", id, req.fallbackHeader()))
+	errcode.Write(w, http.StatusBadGateway, errcode.SiteFailed, fmt.Sprintf("no holder of %s could answer: %s", id, req.fallbackHeader()))
 }
 
 // crossRead reads a collection on several sites and returns the union,

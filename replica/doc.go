@@ -43,7 +43,8 @@
 // # Placement
 //
 // Attach and detach run here too (place.go): the copy an attach sends is
-// created, or adopted when a concurrent attach made it, and a detach with
+// created, or adopted when a concurrent attach made it (or an attach cut
+// short by a crash, found as a maybe-executed create is), and a detach with
 // delete removes and forgets it, under the resource's lock, each stamped
 // by this site's clock while the lock is held; the catalog keeps the
 // replica set with the highest stamp.

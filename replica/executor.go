@@ -61,6 +61,11 @@ type Job struct {
 	// Owed marks an operation run by catch-up (the crash failpoint only
 	// fires on those).
 	Owed bool
+
+	// attachBase is set on the creating operation of a copy an attach
+	// sends (by Executor.Attach): the version of the last detach that
+	// attach knew (see Attach's base). It is journaled with the execution.
+	attachBase *catalog.Timestamp
 }
 
 // Result is the outcome of a job.
@@ -306,7 +311,11 @@ func (x *Executor) create(ctx context.Context, j Job, rs *resourceState, maybe b
 		return x.finish(ctx, j, rs, &entry{Op: j.Op, Status: http.StatusCreated, Outcome: strconv.Itoa(http.StatusCreated), LocalID: local})
 	}
 	if maybe {
-		if id, ok := x.adopt(ctx, j); ok {
+		id, ok, err := x.find(ctx, j)
+		if err != nil {
+			return Result{Err: err} // not known whether it ran: never run it blind
+		}
+		if ok {
 			x.ops.WithLabelValues("adopted").Inc()
 			return x.finish(ctx, j, rs, &entry{Op: j.Op, Status: http.StatusCreated, Outcome: strconv.Itoa(http.StatusCreated), LocalID: id})
 		}
@@ -395,7 +404,7 @@ func (x *Executor) replay(ctx context.Context, j Job, o catalog.Operation, local
 // it is idempotent, and the order rule puts the later operations back
 // after it. Those skip the sync, the costliest step of an execution.
 func (x *Executor) call(ctx context.Context, j Job, rs *resourceState, method, path string, body []byte) (Answer, error) {
-	e := &entry{Op: j.Op, State: stateBegun, Started: time.Now().UTC()}
+	e := &entry{Op: j.Op, State: stateBegun, Started: time.Now().UTC(), AttachBase: j.attachBase}
 	sync := j.Create || j.Op.EffectivePolicy() == catalog.PolicyCommute
 	if err := x.journal.put(ctx, opEntryKey(j.Op.Resource, j.Op.ID), e, sync); err != nil {
 		return Answer{}, err
@@ -409,7 +418,10 @@ func (x *Executor) call(ctx context.Context, j Job, rs *resourceState, method, p
 		return Answer{}, fmt.Errorf("%w: answered %d: %s", errApp, ans.Status, snippet(ans.Body))
 	}
 	if j.Owed {
-		crashPoint()
+		crashPoint(FailCatchupAfterExecute)
+	}
+	if j.attachBase != nil {
+		crashPoint(FailAttachAfterCopy)
 	}
 	return ans, nil
 }
@@ -418,6 +430,9 @@ func (x *Executor) call(ctx context.Context, j Job, rs *resourceState, method, p
 // operation "maybe executed", which recovery handles) and counts it.
 func (x *Executor) finish(ctx context.Context, j Job, rs *resourceState, e *entry) Result {
 	e.State = stateDone
+	if e.AttachBase == nil {
+		e.AttachBase = j.attachBase
+	}
 	if e.Started.IsZero() {
 		e.Started = time.Now().UTC()
 	}
@@ -452,20 +467,28 @@ func (rs *resourceState) applied() []catalog.Operation {
 	return out
 }
 
-// adopt looks for the item a create that may have run before a crash
-// left in the application: one holding every field the create sent.
-func (x *Executor) adopt(ctx context.Context, j Job) (string, bool) {
+// find looks for the item a create that may have run before a crash (or
+// whose answer was lost) left in the application: one holding every field
+// the create sent, whose local id neither the journal nor the catalog
+// gives a resource. An error (no answer, a 5xx) means the application
+// could not be asked: the create must not run blind.
+func (x *Executor) find(ctx context.Context, j Job) (string, bool, error) {
 	var sent map[string]any
 	if json.Unmarshal(j.Op.Body, &sent) != nil {
-		return "", false
+		return "", false, nil
 	}
 	ans, err := x.cfg.App.Call(ctx, j.Service, http.MethodGet, j.Collection, nil, nil)
-	if err != nil || ans.Status != http.StatusOK {
-		return "", false
+	switch {
+	case err != nil:
+		return "", false, fmt.Errorf("%w: look for %s in %s: %v", errApp, j.Op.Resource, j.Collection, err)
+	case ans.Status >= 500:
+		return "", false, fmt.Errorf("%w: look for %s in %s: answered %d: %s", errApp, j.Op.Resource, j.Collection, ans.Status, snippet(ans.Body))
+	case ans.Status != http.StatusOK:
+		return "", false, nil
 	}
 	var items []map[string]any
 	if json.Unmarshal(ans.Body, &items) != nil {
-		return "", false
+		return "", false, nil
 	}
 	known := x.knownLocals()
 	for i := len(items) - 1; i >= 0; i-- {
@@ -475,10 +498,10 @@ func (x *Executor) adopt(ctx context.Context, j Job) (string, bool) {
 			continue
 		}
 		if holds(items[i], sent) {
-			return id, true
+			return id, true, nil
 		}
 	}
-	return "", false
+	return "", false, nil
 }
 
 // knownLocals lists the local ids of resources whose journal is loaded.
@@ -526,15 +549,27 @@ func snippet(b []byte) string {
 	return s
 }
 
-// FailpointEnv names the environment variable that, set to
-// "catchup-after-execute", makes the process kill itself (SIGKILL) right
-// after an owed operation ran and before its outcome is recorded. Crash
-// tests use it to prove that nothing is applied twice; it is never set in
-// production.
+// FailpointEnv names the environment variable that, set to one of the
+// Fail… values, makes the process kill itself (SIGKILL) at that point.
+// Crash tests use it to prove that nothing is applied twice; it is never
+// set in production.
 const FailpointEnv = "CHEOPS_FAILPOINT"
 
-func crashPoint() {
-	if os.Getenv(FailpointEnv) == "catchup-after-execute" {
+// Failpoints (values of FailpointEnv).
+const (
+	// FailCatchupAfterExecute: an owed operation ran on the application;
+	// its outcome is not journaled nor recorded.
+	FailCatchupAfterExecute = "catchup-after-execute"
+	// FailAttachAfterCopy: the application made the copy an attach sent;
+	// the outcome is not journaled, the attach not stamped.
+	FailAttachAfterCopy = "attach-after-copy"
+	// FailAttachBeforeStamp: the copy is made and its outcome journaled;
+	// the attach's stamp is not.
+	FailAttachBeforeStamp = "attach-before-stamp"
+)
+
+func crashPoint(point string) {
+	if os.Getenv(FailpointEnv) == point {
 		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
 		select {} // the signal is on its way
 	}

@@ -45,6 +45,11 @@ type entry struct {
 	Failed  string    `json:"failed,omitempty"`
 	LocalID string    `json:"local_id,omitempty"`
 	Started time.Time `json:"started"`
+	// AttachBase is set when the operation makes the copy an attach sent
+	// (Executor.Attach): the base that attach was sent with. Journaled
+	// with the begun entry, it tells a later attach that a copy may be
+	// there although no outcome or stamp was journaled.
+	AttachBase *catalog.Timestamp `json:"attach_base,omitempty"`
 }
 
 // applied reports whether the entry counts for the order: executed with

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 
 	ds "github.com/ipfs/go-datastore"
@@ -29,6 +30,13 @@ import (
 //     site was detached since (Attach's base, the version of the placement
 //     that detached it last): concurrent attaches leave one copy, whatever
 //     their number;
+//   - that holds across a crash: an attach's execution is journaled with
+//     its base (synced) before the application is called, so an attach
+//     that finds one begun and never finished (the site stopped after the
+//     copy was made and before its outcome or stamp was journaled, or the
+//     application's answer was lost) looks for the copy it may have made
+//     and adopts it (adoptCut), and one that finds the outcome but no
+//     stamp adopts the copy it names (attachedSince);
 //   - a copy older than the last detach was left by a detach that did not
 //     delete it (a detach without --delete need not reach this site): it
 //     is forgotten, left in the application as that detach said, and a
@@ -41,13 +49,15 @@ import (
 // state). base is the version of the placement that last detached this
 // site from the resource (catalog.Resource.Detached; zero if none). Like
 // Apply it runs an operation at most once; unlike Apply, a site holding a
-// copy made by an attach stamped after base (a concurrent one) adopts it
-// instead of creating another. name, for a client-named service, is the
-// name the copy takes: an application answering 409 Conflict holds an item
-// of that name already, which is adopted. Once the copy is there, stamp is
-// called under the resource's lock and its value returned (and journaled
-// with the copy): it orders this attach among the resource's other
-// placement changes. A failure (Result.Err, Result.Failed) is returned
+// copy made by an attach decided after base (a concurrent one) adopts it
+// instead of creating another, and so does a site where such an attach
+// was cut short (a crash, a lost answer) after its copy may have been
+// made: the copy is looked for (adoptCut). name, for a client-named
+// service, is the name the copy takes: an application answering 409
+// Conflict holds an item of that name already, which is adopted. Once the
+// copy is there, stamp is called under the resource's lock and its value
+// returned (and journaled with the copy): it orders this attach among the
+// resource's other placement changes. A failure (Result.Err, Result.Failed) is returned
 // without a stamp.
 func (x *Executor) Attach(ctx context.Context, j Job, base catalog.Timestamp, name string, stamp func() catalog.Timestamp) (Result, catalog.Timestamp) {
 	res := j.Op.Resource
@@ -63,19 +73,28 @@ func (x *Executor) Attach(ctx context.Context, j Job, base catalog.Timestamp, na
 		r = prev.result()
 		r.Duplicate = true
 	} else {
+		j.attachBase = &base
 		if rs.local != "" {
-			at, err := x.attachedAt(ctx, res)
+			keep, err := x.attachedSince(ctx, res, rs, base)
 			if err != nil {
 				return Result{Err: err}, catalog.Timestamp{}
 			}
-			if at.Compare(base) <= 0 {
-				x.log.Info("attach: not adopting a copy older than the last detach", "resource", res, "local", rs.local, "attached", at, "detached", base)
+			if !keep {
+				x.log.Info("attach: not adopting a copy older than the last detach", "resource", res, "local", rs.local, "detached", base)
 				if err := x.forget(ctx, res); err != nil {
 					return Result{Err: err}, catalog.Timestamp{}
 				}
 				rs.local, rs.entries = "", map[string]*entry{}
 				seen = false
 			}
+		}
+		if rs.local == "" {
+			if err := x.adoptCut(ctx, j, rs, base); err != nil {
+				return Result{Err: err}, catalog.Timestamp{}
+			}
+		}
+		if rs.local != "" {
+			seen = false // a copy is here (this attach's own, if it began before): create adopts it
 		}
 		x.running.Inc()
 		r = x.create(ctx, j, rs, seen)
@@ -90,11 +109,72 @@ func (x *Executor) Attach(ctx context.Context, j Job, base catalog.Timestamp, na
 		}
 		return r, catalog.Timestamp{}
 	}
+	crashPoint(FailAttachBeforeStamp)
 	at := stamp()
 	if err := x.journal.put(ctx, attachedKey(res), at, true); err != nil {
 		return Result{Err: err}, catalog.Timestamp{}
 	}
 	return r, at
+}
+
+// attachedSince reports whether this site's copy of a resource (rs.local)
+// was made or adopted by an attach decided since the last detach (base):
+// the last attach stamp journaled here is newer than base, or — the site
+// stopped after the copy's outcome was journaled and before the stamp was
+// — the execution that made or adopted the copy belongs to an attach sent
+// with a base no older than base.
+func (x *Executor) attachedSince(ctx context.Context, res string, rs *resourceState, base catalog.Timestamp) (bool, error) {
+	at, err := x.attachedAt(ctx, res)
+	if err != nil {
+		return false, err
+	}
+	if at.Compare(base) > 0 {
+		return true, nil
+	}
+	for _, e := range rs.entries {
+		if e.State == stateDone && e.LocalID == rs.local && e.AttachBase != nil && e.AttachBase.Compare(base) >= 0 {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// adoptCut adopts, when this site has no copy of a resource, the copy an
+// attach cut short may have made: one whose execution began here (the
+// entry, with the attach's base, is synced before the application is
+// called) and has no outcome, because the site stopped before journaling
+// it or the application's answer was lost. The application is asked for
+// an item holding every field that attach sent and that no resource owns
+// (as for a maybe-executed create); found, it becomes that attach's
+// outcome and this site's copy, which the attach running now then adopts.
+// An attach sent before the last detach (its base older than base) is
+// not looked for: a copy it made is older than that detach, left as a
+// detach without delete leaves one. j is the attach running now (its own
+// execution is among those looked for, if it began before).
+func (x *Executor) adoptCut(ctx context.Context, j Job, rs *resourceState, base catalog.Timestamp) error {
+	var cut []*entry
+	for _, e := range rs.entries {
+		if e.State == stateBegun && e.AttachBase != nil && e.AttachBase.Compare(base) >= 0 {
+			cut = append(cut, e)
+		}
+	}
+	// The latest first: its body is the nearest to the copy's state now.
+	slices.SortFunc(cut, func(a, b *entry) int { return catalog.CompareOps(b.Op, a.Op) })
+	for _, e := range cut {
+		cj := Job{Op: e.Op, Service: j.Service, Create: true, Collection: j.Collection, attachBase: e.AttachBase}
+		id, found, err := x.find(ctx, cj)
+		if err != nil {
+			return err
+		}
+		if !found {
+			continue
+		}
+		x.ops.WithLabelValues("adopted").Inc()
+		x.log.Info("attach: adopting the copy an attach cut short made", "resource", j.Op.Resource, "local", id, "op", e.Op.ID)
+		r := x.finish(ctx, cj, rs, &entry{Op: e.Op, Status: http.StatusCreated, Outcome: strconv.Itoa(http.StatusCreated), LocalID: id})
+		return r.Err
+	}
+	return nil
 }
 
 // attachedAt reads the stamp of the last attach that made or adopted this

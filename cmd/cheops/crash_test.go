@@ -57,7 +57,7 @@ func TestKilledBetweenExecuteAndRecord(t *testing.T) {
 	}
 
 	// rome comes back with the failpoint: it executes the create and dies.
-	t.Setenv(replica.FailpointEnv, "catchup-after-execute")
+	t.Setenv(replica.FailpointEnv, replica.FailCatchupAfterExecute)
 	crashing := startAgent(t, "rome", romeData, romeArgs...)
 	exited := make(chan error, 1)
 	go func() { exited <- crashing.cmd.Wait() }()

@@ -20,6 +20,9 @@
 #   upload  local  {a & b}    PUT through a's agent, {glance: a & b} (both Glances store it)
 #   download direct / local / remote   GET of the {a & b} image's data: from a's
 #                             Glance, through a's agent, through c's agent {glance: a}
+#   cli direct                `openstack image create --file` to a's Glance
+#   cli {a & b}               the same through a's agent, {glance: a & b}
+#                             (the CLI's start and the create included)
 #
 # Each line gives the seconds (curl's time_total), MiB/s, and each
 # agent's peak resident set during that transfer (VmHWM, reset before it
@@ -179,6 +182,26 @@ download() {
 
 delete() { curl -fsS -o /dev/null -X DELETE "$1/v2/images/$2"; }
 
+# cli WHAT ENDPOINT CHECK_SITES…: `openstack image create --file` of the
+# image at ENDPOINT, timed from the CLI's start to its exit; report, check
+# each site's Glance has the checksum.
+cli() {
+	local what=$1 base=$2
+	shift 2
+	local t0 t id ok=ok s got
+	reset_peaks
+	t0=$(date +%s.%N)
+	id=$(openstack --os-auth-type none --os-endpoint "$base" image create --disk-format raw --container-format bare \
+		--file "$dir/img.raw" measure-cli -f value -c id)
+	t=$(python3 -c "print($(date +%s.%N) - $t0)")
+	for s in "$@"; do
+		got=$(curl -fsS "${glance[$s]}/v2/images/$id" | json_field checksum)
+		[ "$got" = "$sum" ] || ok="CHECKSUM MISMATCH on $s ($got)"
+	done
+	report "cli $what" "$t" "$ok"
+	LAST_ID=$id
+}
+
 agent() { echo "${api[$1]}/s/$2/svc/glance"; }
 
 for ((r = 0; r < runs; r++)); do
@@ -194,6 +217,10 @@ for ((r = 0; r < runs; r++)); do
 	download "local (a's agent)" "${api[a]}/svc/glance/v2/images/$both/file"
 	download "remote (through c) {a}" "$(agent c a)/v2/images/$both/file"
 	delete "$(agent a ab)" "$both"
+	cli "direct" "${glance[a]}" a
+	delete "${glance[a]}" "$LAST_ID"
+	cli "{a & b} (a's agent)" "$(agent a ab)" a b
+	delete "$(agent a ab)" "$LAST_ID"
 done
 rm -f "$dir/img.raw"
 

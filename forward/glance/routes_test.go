@@ -110,19 +110,22 @@ func TestCopy(t *testing.T) {
 
 func TestUploadImage(t *testing.T) {
 	for _, tc := range []struct {
-		path, id string
-		ok       bool
+		path, id, part string
+		ok             bool
 	}{
-		{"/svc/glance/v2/images/8a1f/file", "8a1f", true},
-		{"/scope/%7Bglance:%20a%20&%20b%7D/svc/glance/v2/images/8a1f/file", "8a1f", true},
-		{"/svc/glance/v2/images/8a1f", "", false},
-		{"/svc/glance/v2/images/8a1f/tags/file", "", false},
-		{"/svc/glance/v2/images//file", "", false},
-		{"/svc/other/v2/images/8a1f/file", "", false},
-		{"/scope/x", "", false},
+		{"/svc/glance/v2/images/8a1f/file", "8a1f", PartFile, true},
+		{"/scope/%7Bglance:%20a%20&%20b%7D/svc/glance/v2/images/8a1f/file", "8a1f", PartFile, true},
+		{"/svc/glance/v2/images/8a1f/stage", "8a1f", PartStage, true},
+		{"/svc/glance/v2/images/8a1f", "", "", false},
+		{"/svc/glance/v2/images/8a1f/import", "", "", false},
+		{"/svc/glance/v2/images/8a1f/tags/file", "", "", false},
+		{"/svc/glance/v2/images/8a1f/stage/x", "", "", false},
+		{"/svc/glance/v2/images//file", "", "", false},
+		{"/svc/other/v2/images/8a1f/file", "", "", false},
+		{"/scope/x", "", "", false},
 	} {
-		if id, ok := UploadImage("glance", tc.path); id != tc.id || ok != tc.ok {
-			t.Errorf("UploadImage(%q) = %q, %v; want %q, %v", tc.path, id, ok, tc.id, tc.ok)
+		if id, part, ok := UploadImage("glance", tc.path); id != tc.id || part != tc.part || ok != tc.ok {
+			t.Errorf("UploadImage(%q) = %q, %q, %v; want %q, %q, %v", tc.path, id, part, ok, tc.id, tc.part, tc.ok)
 		}
 	}
 }

@@ -14,6 +14,8 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"cheops/errcode"
 )
 
 // DefaultRepairInterval is how often a site looks for images its Glance
@@ -130,7 +132,7 @@ func (d *Data) repairFrom(ctx context.Context, p peer.ID, id string) (bool, erro
 		return false, fmt.Errorf("read the data: status %d", resp.StatusCode)
 	}
 	h := http.Header{"Content-Type": {"application/octet-stream"}}
-	o := d.sendLocal(ctx, id, h, resp.ContentLength, resp.Body)
+	o := d.sendLocal(ctx, id, PartFile, h, resp.ContentLength, resp.Body)
 	switch {
 	case o.err != nil:
 		return false, o.err
@@ -188,7 +190,7 @@ func (d *Data) serveRead(s network.Stream, req *http.Request) {
 	resp, err := d.client.Do(out)
 	if err != nil {
 		resp = &http.Response{StatusCode: http.StatusBadGateway, Header: http.Header{"Content-Type": {"application/json"}},
-			Body: io.NopCloser(strings.NewReader(errorBody("site_failed", err.Error())))}
+			Body: io.NopCloser(strings.NewReader(errorBody(errcode.SiteFailed, err.Error())))}
 	}
 	defer resp.Body.Close()
 	resp.ProtoMajor, resp.ProtoMinor = 1, 1

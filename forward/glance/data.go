@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,7 +29,8 @@ import (
 
 // DataProtocol is the libp2p protocol over which an agent streams image
 // data to another agent's Glance: one HTTP/1.1 PUT of
-// /v2/images/{id}/file per stream, its body streamed, then the answer.
+// /v2/images/{id}/file (or /stage) per stream, its body streamed, then
+// the answer.
 // Only member sites may open it; the sender streams an upload only to
 // sites its catalog lists among the image's replicas.
 const DataProtocol = protocol.ID("/cheops/glance-data/1.0.0")
@@ -69,8 +71,12 @@ type DataConfig struct {
 	Next http.Handler
 	// Client calls this site's Glance; nil: a client without a timeout
 	// (an upload takes as long as its data does; the client's request
-	// bounds it).
+	// bounds it), with TLS.
 	Client *http.Client
+	// TLS is the TLS configuration of an HTTPS Glance (the service's
+	// --service-ca, forward.UpstreamTLS) for the client NewData makes;
+	// nil: the system's roots.
+	TLS *tls.Config
 	// RepairInterval is how often this site fetches, from another
 	// replica, the data of images its Glance holds without
 	// (DefaultRepairInterval when 0; negative: never, tests call
@@ -79,9 +85,9 @@ type DataConfig struct {
 	Logger         *slog.Logger
 }
 
-// Data serves image uploads (PUT /v2/images/{id}/file, in every path
-// form the agent takes: /svc/…, /scope/…/svc/…) and passes every other
-// request to Next.
+// Data serves image uploads (PUT /v2/images/{id}/file, and the staging
+// of an import, PUT /v2/images/{id}/stage, in every path form the agent
+// takes: /svc/…, /scope/…/svc/…) and passes every other request to Next.
 //
 // Design note — image data is not catalog data. An upload is streamed to
 // every replica of the image that is reachable, at once, while it
@@ -111,6 +117,9 @@ func NewData(cfg DataConfig) (*Data, error) {
 	if d.client == nil {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
 		tr.WriteBufferSize, tr.ReadBufferSize = chunk, chunk
+		if cfg.TLS != nil {
+			tr.TLSClientConfig = cfg.TLS.Clone()
+		}
 		d.client = &http.Client{Transport: tr}
 	}
 	cfg.Host.SetStreamHandler(DataProtocol, d.serveStream)
@@ -136,39 +145,54 @@ func (d *Data) Close() {
 	<-d.repairDone
 }
 
-// UploadImage returns the image id of an upload's path inside the agent's
-// API (/svc/{service}/v2/images/{id}/file, optionally after
+// The parts of an image that carry its data: what an upload PUTs.
+const (
+	// PartFile is the image's data (PUT /v2/images/{id}/file, `image
+	// create --file`).
+	PartFile = "file"
+	// PartStage is the data of an interoperable import (PUT
+	// /v2/images/{id}/stage, `image create --import --file`), staged on
+	// each replica, which its own glance-direct import then takes.
+	PartStage = "stage"
+)
+
+// UploadImage returns the image id and the part (PartFile, PartStage) of
+// an upload's path inside the agent's API
+// (/svc/{service}/v2/images/{id}/{part}, optionally after
 // /scope/{scope}); false for any other path. A pure function.
-func UploadImage(service, escapedPath string) (string, bool) {
+func UploadImage(service, escapedPath string) (id, part string, ok bool) {
 	p := escapedPath
 	if rest, ok := strings.CutPrefix(p, "/scope/"); ok {
 		_, after, found := strings.Cut(rest, "/")
 		if !found {
-			return "", false
+			return "", "", false
 		}
 		p = "/" + after
 	}
-	rest, ok := strings.CutPrefix(p, "/svc/"+service+Images+"/")
-	if !ok {
-		return "", false
+	rest, found := strings.CutPrefix(p, "/svc/"+service+Images+"/")
+	if !found {
+		return "", "", false
 	}
-	id, ok := strings.CutSuffix(rest, "/file")
-	if !ok || id == "" || strings.Contains(id, "/") {
-		return "", false
+	id, part, ok = strings.Cut(rest, "/")
+	if !ok || id == "" || (part != PartFile && part != PartStage) {
+		return "", "", false
 	}
 	id, err := url.PathUnescape(id)
-	return id, err == nil && id != ""
+	if err != nil || id == "" {
+		return "", "", false
+	}
+	return id, part, true
 }
 
 // ServeHTTP streams an upload to the image's replicas; anything else goes
 // to Next.
 func (d *Data) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	id, ok := UploadImage(d.cfg.Service, r.URL.EscapedPath())
+	id, part, ok := UploadImage(d.cfg.Service, r.URL.EscapedPath())
 	if !ok || r.Method != http.MethodPut {
 		d.cfg.Next.ServeHTTP(w, r)
 		return
 	}
-	d.upload(w, r, id)
+	d.upload(w, r, id, part)
 }
 
 // outcome is one replica's answer to an upload.
@@ -212,8 +236,9 @@ func (d *Data) replicas(ctx context.Context, id string) ([]string, bool, error) 
 	return sites, true, nil
 }
 
-// upload streams the request's body to every reachable replica at once.
-func (d *Data) upload(w http.ResponseWriter, r *http.Request, id string) {
+// upload streams the request's body to the part of the image on every
+// reachable replica at once.
+func (d *Data) upload(w http.ResponseWriter, r *http.Request, id, part string) {
 	ctx := r.Context()
 	sites, known, err := d.replicas(ctx, id)
 	switch {
@@ -221,11 +246,11 @@ func (d *Data) upload(w http.ResponseWriter, r *http.Request, id string) {
 		errcode.Write(w, http.StatusInternalServerError, "internal", err.Error())
 		return
 	case !known:
-		d.relay(w, r, id)
+		d.relay(w, r, id, part)
 		return
 	}
 	header := appHeader(r.Header)
-	status, h, body := d.fanOut(ctx, sites, id, header, r.ContentLength, r.Body)
+	status, h, body := d.fanOut(ctx, sites, id, part, header, r.ContentLength, r.Body)
 	for k, v := range h {
 		w.Header()[k] = v
 	}
@@ -252,7 +277,7 @@ const headerRelay = "X-Cheops-Relay"
 // to an agent of a site the request's scope names for the service (the
 // first reachable, in the scope's order), which streams it to the
 // image's replicas.
-func (d *Data) relay(w http.ResponseWriter, r *http.Request, id string) {
+func (d *Data) relay(w http.ResponseWriter, r *http.Request, id, part string) {
 	self := d.cfg.Membership.Site()
 	notHere := fmt.Sprintf("image %s is not in site %s's catalog", id, self)
 	text := r.Header.Get(headerScope)
@@ -280,9 +305,9 @@ func (d *Data) relay(w http.ResponseWriter, r *http.Request, id string) {
 		}
 		header := appHeader(r.Header)
 		header.Set(headerRelay, "1")
-		o := d.sendRemote(r.Context(), p, id, header, r.ContentLength, r.Body)
+		o := d.sendRemote(r.Context(), p, id, part, header, r.ContentLength, r.Body)
 		if o.err != nil {
-			errcode.Write(w, http.StatusBadGateway, "site_failed", fmt.Sprintf("relay the upload to %s: %v", s, o.err))
+			errcode.Write(w, http.StatusBadGateway, errcode.SiteFailed, fmt.Sprintf("relay the upload to %s: %v", s, o.err))
 			return
 		}
 		for k, v := range o.header {
@@ -294,7 +319,7 @@ func (d *Data) relay(w http.ResponseWriter, r *http.Request, id string) {
 		_, _ = w.Write(o.body)
 		return
 	}
-	errcode.Write(w, http.StatusServiceUnavailable, "unreachable", notHere+", and no other site of "+sc.String()+" can be reached")
+	errcode.Write(w, http.StatusServiceUnavailable, errcode.Unreachable, notHere+", and no other site of "+sc.String()+" can be reached")
 }
 
 // headerScope is forward.HeaderScope.
@@ -318,7 +343,7 @@ func pathScope(escaped string) string {
 // once, and returns the answer to give: the first replica's answer that
 // succeeded (this site's first) with every replica's outcome in
 // X-Cheops-Sites.
-func (d *Data) fanOut(ctx context.Context, sites []string, id string, header http.Header, length int64, in io.Reader) (int, http.Header, []byte) {
+func (d *Data) fanOut(ctx context.Context, sites []string, id, part string, header http.Header, length int64, in io.Reader) (int, http.Header, []byte) {
 	type dest struct {
 		site string
 		pw   *io.PipeWriter
@@ -335,8 +360,8 @@ func (d *Data) fanOut(ctx context.Context, sites []string, id string, header htt
 				results <- outcome{site: s, err: fmt.Errorf("site %s: no peer", s)}
 				continue
 			}
-			send = func(ctx context.Context, id string, h http.Header, n int64, body io.Reader) outcome {
-				return d.sendRemote(ctx, p, id, h, n, body)
+			send = func(ctx context.Context, id, part string, h http.Header, n int64, body io.Reader) outcome {
+				return d.sendRemote(ctx, p, id, part, h, n, body)
 			}
 		}
 		pr, pw := io.Pipe()
@@ -344,7 +369,7 @@ func (d *Data) fanOut(ctx context.Context, sites []string, id string, header htt
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			o := send(ctx, id, header.Clone(), length, pr)
+			o := send(ctx, id, part, header.Clone(), length, pr)
 			o.site = s
 			// A replica that answered (or failed) reads no more: the
 			// writer below drops it instead of blocking.
@@ -435,7 +460,7 @@ func (d *Data) answer(sites []string, out map[string]outcome, readErr error) (in
 		if best != nil {
 			msg = best.err.Error()
 		}
-		return fail(http.StatusBadGateway, "site_failed", msg)
+		return fail(http.StatusBadGateway, errcode.SiteFailed, msg)
 	}
 	for k, v := range best.header {
 		if k != "Content-Length" {
@@ -450,9 +475,9 @@ func (d *Data) answer(sites []string, out map[string]outcome, readErr error) (in
 // at most).
 const maxAnswer = 1 << 20
 
-// sendLocal PUTs the data to this site's Glance.
-func (d *Data) sendLocal(ctx context.Context, id string, h http.Header, n int64, body io.Reader) outcome {
-	u := d.cfg.URL.JoinPath(Images, id, "file")
+// sendLocal PUTs the data to the image's part on this site's Glance.
+func (d *Data) sendLocal(ctx context.Context, id, part string, h http.Header, n int64, body io.Reader) outcome {
+	u := d.cfg.URL.JoinPath(Images, id, part)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPut, u.String(), body)
 	if err != nil {
 		return outcome{err: err}
@@ -468,8 +493,9 @@ func (d *Data) sendLocal(ctx context.Context, id string, h http.Header, n int64,
 	return outcome{status: resp.StatusCode, header: resp.Header, body: data}
 }
 
-// sendRemote streams the data to another site's agent over DataProtocol.
-func (d *Data) sendRemote(ctx context.Context, p peer.ID, id string, h http.Header, n int64, body io.Reader) outcome {
+// sendRemote streams the data to the image's part at another site's
+// agent over DataProtocol.
+func (d *Data) sendRemote(ctx context.Context, p peer.ID, id, part string, h http.Header, n int64, body io.Reader) outcome {
 	s, err := d.cfg.Host.NewStream(network.WithAllowLimitedConn(ctx, "glance-data"), p, DataProtocol)
 	if err != nil {
 		return outcome{err: fmt.Errorf("glance: open a data stream: %w", err)}
@@ -477,7 +503,7 @@ func (d *Data) sendRemote(ctx context.Context, p peer.ID, id string, h http.Head
 	stop := context.AfterFunc(ctx, func() { s.Reset() })
 	defer stop()
 	defer s.Close()
-	req, err := http.NewRequest(http.MethodPut, "http://cheops"+Images+"/"+url.PathEscape(id)+"/file", body)
+	req, err := http.NewRequest(http.MethodPut, "http://cheops"+Images+"/"+url.PathEscape(id)+"/"+part, body)
 	if err != nil {
 		return outcome{err: err}
 	}
@@ -539,7 +565,7 @@ func (d *Data) serveStream(s network.Stream) {
 			Body: io.NopCloser(strings.NewReader(body)), ContentLength: int64(len(body))}
 		_ = resp.Write(s)
 	}
-	id, ok := UploadImage(d.cfg.Service, "/svc/"+d.cfg.Service+req.URL.EscapedPath())
+	id, part, ok := UploadImage(d.cfg.Service, "/svc/"+d.cfg.Service+req.URL.EscapedPath())
 	if !ok || req.Method != http.MethodPut {
 		answer(http.StatusBadRequest, errorBody("bad_input", "not an image upload"))
 		return
@@ -557,7 +583,7 @@ func (d *Data) serveStream(s network.Stream) {
 			answer(http.StatusNotFound, errorBody("unknown_resource", fmt.Sprintf("image %s is not in site %s's catalog", id, d.cfg.Membership.Site())))
 			return
 		}
-		status, h, body := d.fanOut(context.Background(), sites, id, req.Header, req.ContentLength, req.Body)
+		status, h, body := d.fanOut(context.Background(), sites, id, part, req.Header, req.ContentLength, req.Body)
 		_, _ = io.Copy(io.Discard, req.Body)
 		h.Del("Content-Length")
 		h.Del("Transfer-Encoding")
@@ -566,13 +592,13 @@ func (d *Data) serveStream(s network.Stream) {
 		_ = resp.Write(s)
 		return
 	}
-	o := d.sendLocal(context.Background(), id, req.Header, req.ContentLength, req.Body)
+	o := d.sendLocal(context.Background(), id, part, req.Header, req.ContentLength, req.Body)
 	// Glance may answer before the data ends (an image that has data
 	// already): read the rest, so that the sender is never left blocked
 	// on a stream nobody reads.
 	_, _ = io.Copy(io.Discard, req.Body)
 	if o.err != nil {
-		answer(http.StatusBadGateway, errorBody("site_failed", o.err.Error()))
+		answer(http.StatusBadGateway, errorBody(errcode.SiteFailed, o.err.Error()))
 		return
 	}
 	resp := &http.Response{StatusCode: o.status, ProtoMajor: 1, ProtoMinor: 1, Header: o.header,

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net/http"
@@ -99,8 +100,9 @@ func newHost(t *testing.T) host.Host {
 }
 
 // An upload through a's agent streams to a's Glance and, over libp2p, to
-// b's; c has no peer (unreachable) and is reported so; a Glance that
-// answers before reading leaves nobody blocked.
+// b's, and so does the staging of an import; c has no peer (unreachable)
+// and is reported so; a Glance that answers before reading leaves nobody
+// blocked.
 func TestUploadStreamsToReplicas(t *testing.T) {
 	ha, hb := newHost(t), newHost(t)
 	if err := ha.Connect(context.Background(), peer.AddrInfo{ID: hb.ID(), Addrs: hb.Addrs()}); err != nil {
@@ -166,6 +168,13 @@ func TestUploadStreamsToReplicas(t *testing.T) {
 	if ga.sum(file) != want || gb.sum(file) != want {
 		t.Fatalf("a got %s, b got %s, sent %s", ga.sum(file), gb.sum(file), want)
 	}
+	// The staging of an import goes the same way, to each replica's
+	// stage.
+	resp = put("/svc/glance/v2/images/" + id + "/stage")
+	stage := Images + "/" + id + "/stage"
+	if resp.StatusCode != http.StatusNoContent || resp.Header.Get(headerSites) != "a=204, b=204, c=failed" || ga.sum(stage) != want || gb.sum(stage) != want {
+		t.Fatalf("stage: %d %v; a got %s, b got %s, sent %s", resp.StatusCode, resp.Header, ga.sum(stage), gb.sum(stage), want)
+	}
 	if resp := put("/svc/glance/v2/images/22222222-2222-4333-8444-555555555555/file"); resp.StatusCode != http.StatusNotFound {
 		t.Fatalf("an image the catalog does not know: %d", resp.StatusCode)
 	}
@@ -175,5 +184,45 @@ func TestUploadStreamsToReplicas(t *testing.T) {
 	resp = put("/svc/glance/v2/images/" + id + "/file")
 	if resp.StatusCode != http.StatusNoContent || resp.Header.Get(headerSites) != "a=204, b=409, c=failed" {
 		t.Fatalf("upload with b refusing: %d %v", resp.StatusCode, resp.Header)
+	}
+}
+
+// A Glance behind HTTPS whose certificate the service's CA signs
+// (DataConfig.TLS, from --service-ca) takes the upload; without that CA
+// the agent's client refuses the certificate and says the replica failed.
+func TestUploadToHTTPSGlance(t *testing.T) {
+	h := newHost(t)
+	peers := map[string]peer.ID{"a": h.ID()}
+	id := "33333333-2222-4333-8444-555555555555"
+	g := &fakeGlance{sums: map[string]string{}}
+	srv := httptest.NewTLSServer(g)
+	t.Cleanup(srv.Close)
+	u, _ := url.Parse(srv.URL)
+	data := make([]byte, 1<<20+3)
+	rand.Read(data)
+	want := fmt.Sprintf("%x", sha256.Sum256(data))
+	for _, tc := range []struct {
+		name   string
+		tls    *tls.Config
+		status int
+		sites  string
+	}{
+		{"the service's CA", srv.Client().Transport.(*http.Transport).TLSClientConfig, http.StatusNoContent, "a=204"},
+		{"the system's roots", nil, http.StatusBadGateway, "a=failed"},
+	} {
+		d, err := NewData(DataConfig{Service: "glance", URL: u, TLS: tc.tls, Host: h, Membership: members{self: "a", peers: peers},
+			Catalog: oneImage{id: id, sites: []string{"a"}}, Next: http.NotFoundHandler(), RepairInterval: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := httptest.NewRecorder()
+		d.ServeHTTP(w, httptest.NewRequest(http.MethodPut, "/svc/glance/v2/images/"+id+"/file", bytes.NewReader(data)))
+		d.Close()
+		if w.Code != tc.status || w.Header().Get(headerSites) != tc.sites {
+			t.Errorf("%s: %d %v %s", tc.name, w.Code, w.Header(), w.Body)
+		}
+	}
+	if got := g.sum(Images + "/" + id + "/file"); got != want {
+		t.Fatalf("Glance got %s, sent %s", got, want)
 	}
 }

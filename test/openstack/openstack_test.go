@@ -1,4 +1,4 @@
-package glance_test
+package openstack
 
 import (
 	"context"
@@ -23,7 +23,7 @@ import (
 
 	"cheops/agent"
 	"cheops/forward"
-	"cheops/glance"
+	"cheops/forward/glance"
 	"cheops/internal/testkit"
 	"cheops/node"
 	"cheops/scope"
@@ -46,6 +46,7 @@ var names = map[string]string{
 	"c":      "{glance: c}",
 	"aorb":   "{glance: a | b}",
 	"athenb": "{glance: a ; b}",
+	"bthena": "{glance: b ; a}",
 }
 
 // bodyLimit is the agents' --max-body in these tests, far below the
@@ -103,7 +104,7 @@ func freeBase(t testing.TB, n int) int {
 }
 
 func script() string {
-	return filepath.Join("..", "contrib", "openstack", "glance-sites.sh")
+	return filepath.Join("..", "..", "contrib", "openstack", "glance-sites.sh")
 }
 
 // newWorld starts Glance sites a, b and c with contrib/openstack's
@@ -492,14 +493,11 @@ func TestOpenStackCLI(t *testing.T) {
 	if !ok {
 		t.Fatal("a's catalog does not know the image")
 	}
-	resp, err := http.Post(w.agents["a"].URL()+"/v1/resources/"+rid+"/attach", "application/json", strings.NewReader(`{"site": "c"}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("attach to c: %d %s", resp.StatusCode, body)
+	// With the cheops command, as an operator would.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, testkit.BuildBinary(t), "resource", "attach", rid, "c", "--agent", w.agents["a"].URL()).CombinedOutput(); err != nil {
+		t.Fatalf("cheops resource attach %s c: %v\n%s", rid, err, out)
 	}
 	testkit.Eventually(t, 60*time.Second, "c's Glance holds the image with its data", func() error {
 		code, im := w.direct("c", id)
@@ -585,7 +583,9 @@ func TestOpenStackReplicaAway(t *testing.T) {
 // through a's agent with the openstack CLI, it is active on both with
 // the file's checksum, and `image save` writes the same bytes through
 // a's agent (a holder: from its Glance), b's with {glance: a | b} (a
-// holder too) and c's (no copy: from a holder's, through the hop).
+// holder too) and c's (no copy: from a holder's, through the hop). The
+// staging of an import, 3 times the body limit, reaches a's and b's
+// staging areas through c's agent.
 func TestOpenStackLargeImage(t *testing.T) {
 	w := newWorld(t)
 	sum := w.writeImage("big.raw", 64<<20+13)
@@ -603,15 +603,69 @@ func TestOpenStackLargeImage(t *testing.T) {
 	if served := h.Get(forward.HeaderSite); code != http.StatusOK || got != sum || (served != "a" && served != "b") {
 		t.Fatalf("GET the data through c: %d from %q, md5 %s", code, served, got)
 	}
+
+	// The staging of an import (PUT …/stage) is image data too: streamed
+	// to every replica's staging area, through c's agent (relayed), never
+	// read whole (3 times the body limit).
+	// (Through the API: the CLI without --file uploads its stdin, empty.)
+	resp, err := http.Post(w.endpoint("a", "ab")+"/v2/images", "application/json",
+		strings.NewReader(`{"name": "staged", "disk_format": "raw", "container_format": "bare"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var created struct {
+		ID string `json:"id"`
+	}
+	json.NewDecoder(resp.Body).Decode(&created)
+	resp.Body.Close()
+	staged := created.ID
+	if resp.StatusCode != http.StatusCreated || staged == "" {
+		t.Fatalf("create an image to stage: %d %v", resp.StatusCode, created)
+	}
+	w.waitCatalog(staged, "a", "b")
+	stageSum := w.writeImage("stage.raw", 3*bodyLimit+17)
+	f, err := os.Open(filepath.Join(w.dir, "stage.raw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	st, _ := f.Stat()
+	req, _ := http.NewRequest(http.MethodPut, w.endpoint("c", "ab")+"/v2/images/"+staged+"/stage", f)
+	req.ContentLength = st.Size()
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent || resp.Header.Get(forward.HeaderSites) != "a=204, b=204" {
+		t.Fatalf("PUT …/stage through c: %d %v %s", resp.StatusCode, resp.Header, body)
+	}
+	for _, s := range []string{"a", "b"} {
+		if code, im := w.direct(s, staged); code != http.StatusOK || im["status"] != "uploading" {
+			t.Fatalf("%s after the staging: %d %v", s, code, im)
+		}
+		if got := w.fileSum(filepath.Join("glance", s, "staging", staged)); got != stageSum {
+			t.Fatalf("%s's staging area holds md5 %s, want %s", s, got, stageSum)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(w.sites, "c", "staging", staged)); !os.IsNotExist(err) {
+		t.Fatalf("c's staging area: %v", err)
+	}
 }
 
 // Reads with '|' and ';': an image on a & b is read (its metadata and its
-// data) with {glance: a | b} and {glance: a ; b}. Through a holder's
-// agent the catalog knows the image and the nearest holder serves it:
-// the agent's own Glance. Through c's agent (no copy, no catalog entry)
-// the scope places the read: a for 'a ; b', a or b for 'a | b'. With a's
-// agent down, then with a's Glance down (its agent up), every read is
-// served by b, with the same data.
+// data) with {glance: a | b}, {glance: a ; b} and {glance: b ; a}. ';'
+// is served by the first holder of the scope's order that answers, '|'
+// by the nearest: through a holder's agent (the catalog knows the image)
+// 'a | b' is served by the agent's own Glance, 'a ; b' by a's even
+// through b's agent and 'b ; a' by b's even through a's; through c's
+// agent (no copy, no catalog entry) the scope places the read: a for
+// 'a ; b', a or b for 'a | b'. With a's agent down, then with a's Glance
+// down (its agent up), every read is served by b, with the same data,
+// the read naming a in X-Cheops-Fallback when a's agent answered that
+// its Glance could not.
 func TestOpenStackReadAlternatives(t *testing.T) {
 	w := newWorld(t)
 	sum := w.writeImage("alt.raw", 2<<20+5)
@@ -668,9 +722,17 @@ func TestOpenStackReadAlternatives(t *testing.T) {
 		{"c", "athenb", []string{"a"}, none},
 		{"c", "aorb", []string{"a", "b"}, none},
 		{"a", "aorb", []string{"a"}, none},
+		{"b", "aorb", []string{"b"}, none},
 		{"a", "athenb", []string{"a"}, none},
-		{"b", "athenb", []string{"b"}, none},
+		{"b", "athenb", []string{"a"}, none},
+		{"a", "bthena", []string{"b"}, none},
+		{"b", "bthena", []string{"b"}, none},
+		{"c", "bthena", []string{"b"}, none},
 	})
+	w.openstack(w.endpoint("b", "athenb"), "image", "save", "--file", "saved-b.raw", id)
+	if got := w.fileSum("saved-b.raw"); got != sum {
+		t.Fatalf("image save through b with a ; b: md5 %s", got)
+	}
 	w.openstack(w.endpoint("c", "athenb"), "image", "save", "--file", "saved.raw", id)
 	if got := w.fileSum("saved.raw"); got != sum {
 		t.Fatalf("image save through c with a ; b: md5 %s", got)
@@ -682,6 +744,7 @@ func TestOpenStackReadAlternatives(t *testing.T) {
 		{"c", "athenb", []string{"b"}, none},
 		{"c", "aorb", []string{"b"}, none},
 		{"b", "aorb", []string{"b"}, none},
+		{"b", "athenb", []string{"b"}, none},
 	})
 
 	w.start("a")
@@ -692,6 +755,8 @@ func TestOpenStackReadAlternatives(t *testing.T) {
 		{"c", "aorb", []string{"b"}, []string{"", "a"}},
 		{"a", "aorb", []string{"b"}, []string{"a"}},
 		{"a", "athenb", []string{"b"}, []string{"a"}},
+		{"b", "athenb", []string{"b"}, []string{"a"}},
+		{"b", "aorb", []string{"b"}, none},
 	})
 	w.openstack(w.endpoint("a", "athenb"), "image", "save", "--file", "saved-a.raw", id)
 	if got := w.fileSum("saved-a.raw"); got != sum {

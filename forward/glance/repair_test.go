@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -103,5 +104,65 @@ func TestRepairFetchesFromAHolder(t *testing.T) {
 	ga.status[id] = "queued"
 	if n, _ := datas[0].RepairOnce(context.Background()); n != 1 || ga.status[id] != "active" {
 		t.Fatalf("a repaired from b: %d %s", n, ga.status[id])
+	}
+}
+
+// Image data crosses between member sites only: a peer that a's
+// membership does not know as a site can neither read an image's data
+// from a's Glance nor upload into it over DataProtocol; b, a member, can.
+func TestDataStreamsAreForMembersOnly(t *testing.T) {
+	ha, hb, hx := newHost(t), newHost(t), newHost(t)
+	for _, h := range []host.Host{hb, hx} {
+		if err := h.Connect(context.Background(), peer.AddrInfo{ID: ha.ID(), Addrs: ha.Addrs()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	id := "11111111-2222-4333-8444-555555555555"
+	data := make([]byte, 1<<20+9)
+	rand.Read(data)
+	ga := &storeGlance{status: map[string]string{id: "active"}, data: map[string][]byte{id: data}}
+	srv := httptest.NewServer(ga)
+	t.Cleanup(srv.Close)
+	u, _ := url.Parse(srv.URL)
+	newData := func(site string, h host.Host, peers map[string]peer.ID) *Data {
+		d, err := NewData(DataConfig{Service: "glance", URL: u, Host: h, Membership: members{self: site, peers: peers},
+			Catalog: oneImage{id: id, sites: []string{"a", "b"}}, Next: http.NotFoundHandler(), RepairInterval: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(d.Close)
+		return d
+	}
+	newData("a", ha, map[string]peer.ID{"a": ha.ID(), "b": hb.ID()})
+	b := newData("b", hb, map[string]peer.ID{"a": ha.ID(), "b": hb.ID()})
+	// x believes it is a member; a does not know it.
+	x := newData("x", hx, map[string]peer.ID{"a": ha.ID(), "x": hx.ID()})
+	path := Images + "/" + id + "/file"
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, s, err := b.read(ctx, ha.ID(), path)
+	if err != nil {
+		t.Fatalf("b reads from a: %v", err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	s.Close()
+	if !bytes.Equal(got, data) {
+		t.Fatalf("b read %d bytes of %d", len(got), len(data))
+	}
+
+	if resp, s, err := x.read(ctx, ha.ID(), path); err == nil {
+		got, _ := io.ReadAll(resp.Body)
+		s.Close()
+		t.Fatalf("a stranger read the image from a: %d, %d bytes", resp.StatusCode, len(got))
+	}
+	o := x.sendRemote(ctx, ha.ID(), id, PartFile, http.Header{}, 5, bytes.NewReader([]byte("forge")))
+	if o.err == nil {
+		t.Fatalf("a stranger's upload was answered %d %s", o.status, o.body)
+	}
+	ga.mu.Lock()
+	defer ga.mu.Unlock()
+	if !bytes.Equal(ga.data[id], data) {
+		t.Fatalf("a's Glance holds %d bytes after a stranger's upload", len(ga.data[id]))
 	}
 }

@@ -1,0 +1,261 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"cheops/catalog"
+)
+
+// viewTimeline follows every site's catalog view through its watch stream
+// (GET /v1/watch) and notes when each resource became visible and each
+// operation arrived (kept as instants, read as offsets from start, which
+// the caller sets to the heal before it reads), so that the time the catalogs agreed is known to the
+// millisecond (the poll of whole catalogs is as coarse as one read of all
+// of them) and can be split by site and by group.
+type viewTimeline struct {
+	start  time.Time
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu sync.Mutex
+	// lastOp is when the last meta or op event came, lastAny the last
+	// event of any kind.
+	lastOp, lastAny time.Time
+	visible         map[string]map[string]time.Time // site → resource → first meta event
+	ops             map[string]map[string]time.Time // site → op id → first op event
+	events          map[string]int                  // site → events read
+	resyncs         map[string]int                  // site → resyncs read
+	errs            []error
+}
+
+// watchViews opens a watch stream on every site; start is the time the
+// offsets are taken from (the heal). The streams are open when it returns.
+func watchViews(ctx context.Context, c *Cluster, start time.Time) (*viewTimeline, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	t := &viewTimeline{start: start, cancel: cancel, visible: map[string]map[string]time.Time{},
+		ops: map[string]map[string]time.Time{}, events: map[string]int{}, resyncs: map[string]int{}}
+	for _, s := range c.Sites {
+		t.visible[s.Name], t.ops[s.Name] = map[string]time.Time{}, map[string]time.Time{}
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.API+"/v1/watch", nil)
+		if err != nil {
+			t.stop()
+			return nil, fmt.Errorf("bench: watch %s: %w", s.Name, err)
+		}
+		// No client timeout: the stream lasts until stop.
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.stop()
+			return nil, fmt.Errorf("bench: watch %s: %w", s.Name, err)
+		}
+		t.wg.Add(1)
+		go func() {
+			defer t.wg.Done()
+			defer resp.Body.Close()
+			t.read(s.Name, bufio.NewScanner(resp.Body))
+		}()
+	}
+	return t, nil
+}
+
+func (t *viewTimeline) read(site string, sc *bufio.Scanner) {
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		data, ok := strings.CutPrefix(sc.Text(), "data: ")
+		if !ok {
+			continue
+		}
+		at := time.Now()
+		var ch catalog.Change
+		if err := json.Unmarshal([]byte(data), &ch); err != nil {
+			t.mu.Lock()
+			t.errs = append(t.errs, fmt.Errorf("%s: %w", site, err))
+			t.mu.Unlock()
+			continue
+		}
+		t.mu.Lock()
+		t.events[site]++
+		t.lastAny = at
+		switch ch.Kind {
+		case catalog.KindMeta, catalog.KindOp, catalog.KindRemoved:
+			t.lastOp = at
+		}
+		switch ch.Kind {
+		case catalog.KindMeta:
+			if _, ok := t.visible[site][ch.ID]; !ok {
+				t.visible[site][ch.ID] = at
+			}
+		case catalog.KindOp:
+			if _, ok := t.ops[site][ch.Op]; !ok {
+				t.ops[site][ch.Op] = at
+			}
+		case catalog.KindResync:
+			t.resyncs[site]++
+		}
+		t.mu.Unlock()
+	}
+}
+
+// last returns when the last event came, of any kind or (ops) of the
+// kinds that change what resources and operations a view holds, and how
+// many resyncs the streams carried (a resync means events were dropped).
+func (t *viewTimeline) last(ops bool) (time.Duration, int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for _, r := range t.resyncs {
+		n += r
+	}
+	last := t.lastAny
+	if ops {
+		last = t.lastOp
+	}
+	if last.IsZero() {
+		return 0, n
+	}
+	return last.Sub(t.start), n
+}
+
+// settle waits until no event (ops: no op or meta event) came for quiet,
+// or at most limit: the views are worth reading then, and a read of every
+// whole catalog while they still change would only take CPU from the
+// agents and the relays it measures.
+func (t *viewTimeline) settle(ctx context.Context, ops bool, quiet, limit time.Duration) {
+	end := time.Now().Add(limit)
+	for time.Now().Before(end) {
+		last, _ := t.last(ops)
+		idle := time.Since(t.start) - last
+		if idle >= quiet {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(min(quiet-idle, time.Until(end))):
+		}
+	}
+}
+
+func (t *viewTimeline) stop() {
+	t.cancel()
+	t.wg.Wait()
+}
+
+// viewAgreement is what the watch streams say of one convergence.
+type viewAgreement struct {
+	// At is when the last (resource, site) of the replica sets got the
+	// last of the operations the catalogs finally agreed on.
+	At time.Duration
+	// Late counts (resource, site) pairs completed after the heal.
+	Late int
+	// BySite is, per site, the time its view completed and how many of
+	// its resources completed after the heal.
+	BySite map[string]siteAgreement
+	// Slowest are the groups whose last resource completed last.
+	Slowest []groupAgreement
+	Resyncs int
+}
+
+type siteAgreement struct {
+	At   time.Duration
+	Late int
+	// P50 of the completion times of the late ones.
+	P50 time.Duration
+}
+
+type groupAgreement struct {
+	Group string
+	At    time.Duration
+	Late  int
+}
+
+// agreement computes, from the final catalogs (which agree), when each
+// site's view first held each resource with all its operations.
+func (t *viewTimeline) agreement(cats map[string][]catalog.Resource, want map[string][]string) viewAgreement {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	ops := map[string][]string{} // resource → final op ids
+	for _, list := range cats {
+		for _, r := range list {
+			if _, ok := ops[r.ID]; ok {
+				continue
+			}
+			for _, op := range r.Operations {
+				ops[r.ID] = append(ops[r.ID], op.ID)
+			}
+		}
+	}
+	va := viewAgreement{BySite: map[string]siteAgreement{}}
+	late := map[string][]time.Duration{}
+	groups := map[string]*groupAgreement{}
+	for id, sites := range want {
+		g := slices.Clone(sites)
+		sort.Strings(g)
+		name := strings.Join(g, ",")
+		if groups[name] == nil {
+			groups[name] = &groupAgreement{Group: name}
+		}
+		for _, s := range sites {
+			var done time.Duration
+			seen := false
+			if at, ok := t.visible[s][id]; ok {
+				done, seen = at.Sub(t.start), true
+			}
+			for _, op := range ops[id] {
+				if at, ok := t.ops[s][op]; ok {
+					done, seen = max(done, at.Sub(t.start)), true
+				}
+			}
+			if !seen {
+				continue // held before the heal
+			}
+			va.Late++
+			late[s] = append(late[s], done)
+			va.At = max(va.At, done)
+			groups[name].Late++
+			groups[name].At = max(groups[name].At, done)
+		}
+	}
+	for s, ds := range late {
+		sa := siteAgreement{Late: len(ds), P50: percentile(ds, 50)}
+		for _, d := range ds {
+			sa.At = max(sa.At, d)
+		}
+		va.BySite[s] = sa
+	}
+	for _, g := range groups {
+		va.Slowest = append(va.Slowest, *g)
+	}
+	sort.Slice(va.Slowest, func(i, j int) bool { return va.Slowest[i].At > va.Slowest[j].At })
+	va.Slowest = va.Slowest[:min(5, len(va.Slowest))]
+	for _, n := range t.resyncs {
+		va.Resyncs += n
+	}
+	return va
+}
+
+func (va viewAgreement) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "views agree %.0f ms after the heal (%d resource-site pairs completed after it, %d resyncs)", ms(va.At), va.Late, va.Resyncs)
+	var sites []string
+	for s := range va.BySite {
+		sites = append(sites, s)
+	}
+	sort.Strings(sites)
+	for _, s := range sites {
+		sa := va.BySite[s]
+		fmt.Fprintf(&b, "; %s: %d late, p50 %.0f ms, last %.0f ms", s, sa.Late, ms(sa.P50), ms(sa.At))
+	}
+	for _, g := range va.Slowest {
+		fmt.Fprintf(&b, "; group %s: %d late, last %.0f ms", g.Group, g.Late, ms(g.At))
+	}
+	return b.String()
+}
