@@ -44,9 +44,10 @@ type ScaleTargets struct {
 	// none of its own; 0.05 leaves room for the process's transient
 	// goroutines, one per twenty groups).
 	IdleGoroutinesPerGroup float64 `json:"idle_goroutines_per_group"`
-	// IdleBytesPerGroupMinute: crdt bytes an idle group sends per minute
-	// (the issue: no periodic work of its own, so 0).
-	IdleBytesPerGroupMinute float64 `json:"idle_crdt_bytes_per_group_minute"`
+	// IdleBytesPerGroupMinute: bytes of messages naming an idle group
+	// sent per group and minute (the issue: no periodic work of its own,
+	// so 0). Anti-entropy's rounds per pair of sites are reported apart.
+	IdleBytesPerGroupMinute float64 `json:"idle_group_bytes_per_group_minute"`
 }
 
 // DefaultScaleTargets returns issue 15's targets.
@@ -103,7 +104,9 @@ func ScaleProfile(env Env) ScaleOptions {
 		opt.Cases = []ScaleCase{{Sites: 30, Resources: 10000, IdleGroups: 300, Probes: 100},
 			{Sites: 100, Resources: 100000, IdleGroups: 500, Probes: 200}}
 		opt.Process = &ScaleProcessCase{Agents: 20, Resources: 10000, CreateBudget: time.Minute}
-		opt.FormWithin, opt.WriteBudget, opt.ConvergeWithin, opt.IdleWindow = 3*time.Minute, time.Minute, 45*time.Second, time.Minute
+		// The idle window is 30 s: long enough for anti-entropy's backed-off
+		// rounds to show, and it keeps the profile within 15 minutes.
+		opt.FormWithin, opt.WriteBudget, opt.ConvergeWithin, opt.IdleWindow = 3*time.Minute, time.Minute, 45*time.Second, 30*time.Second
 	}
 	if env.Sites > 0 {
 		// One size: the profile's largest, with the sites asked for.
@@ -120,6 +123,8 @@ type ScaleFigures struct {
 	// Error, when set, is why the size could not be measured (every
 	// target of the size is then missed).
 	Error string `json:"error,omitempty"`
+	// Took is the wall time of the whole size, start to stop.
+	Took time.Duration `json:"took_ns"`
 	// Formed is how long the sites took to all see each other up.
 	Formed time.Duration `json:"formed_ns"`
 	// Groups is how many distinct replica sets (crdt groups) the scopes
@@ -156,8 +161,13 @@ type Workload struct {
 	Converged time.Duration `json:"converged_after_last_write_ns"`
 	// BytesSent is what every host sent from the first write until
 	// convergence.
-	BytesSent int64  `json:"bytes_sent"`
-	Error     string `json:"error,omitempty"`
+	BytesSent int64 `json:"bytes_sent"`
+	// CPUPerWrite is the process's CPU time (user and system, all sites
+	// and everything else they run) from the first write until
+	// convergence, per catalog write: less dependent than writes/s on
+	// what else the machine runs.
+	CPUPerWrite time.Duration `json:"cpu_per_write_ns"`
+	Error       string        `json:"error,omitempty"`
 }
 
 // FirstWriteFigures time first writes into brand-new groups, on sites
@@ -179,14 +189,22 @@ type IdleFigures struct {
 	// HeapPerGroupMember is the heap growth divided by the replicas.
 	HeapPerGroupMember float64 `json:"heap_per_group_member_bytes"`
 	GoroutinesPerGroup float64 `json:"goroutines_per_group"`
-	// CrdtBytesPerGroupMinute is what the crdt package sent during the
-	// window (its protocols' streams and its group messages as
-	// published), per group and minute. Pubsub's own gossip and every
-	// other byte are left out: membership's jitter (MiB per window at 20
-	// sites) exceeds what the groups add.
-	CrdtBytesPerGroupMinute float64       `json:"crdt_bytes_per_group_minute"`
-	Window                  time.Duration `json:"window_ns"`
-	Error                   string        `json:"error,omitempty"`
+	// GroupBytesPerGroupMinute is what the crdt package sent during the
+	// window on the protocols whose every message names a group (links,
+	// blocks), per group and minute: what the groups' own periodic work
+	// costs.
+	GroupBytesPerGroupMinute float64 `json:"group_bytes_per_group_minute"`
+	// Pairs counts the pairs of sites that share at least one of the
+	// groups; DigestBytesPerPairMinute is what anti-entropy sent per
+	// pair and minute during the window (its rounds compare every group
+	// two sites share in one summary, whatever their number: a cost per
+	// pair, not per group).
+	Pairs                    int     `json:"pairs"`
+	DigestBytesPerPairMinute float64 `json:"digest_bytes_per_pair_minute"`
+	// Membership's probes and every other byte are left out: its jitter
+	// (MiB per window at 20 sites) exceeds what the groups add.
+	Window time.Duration `json:"window_ns"`
+	Error  string        `json:"error,omitempty"`
 	// heapGrowth is the live heap the groups added, all replicas.
 	heapGrowth int64
 }
@@ -236,8 +254,10 @@ func RunScale(ctx context.Context, env Env, opt ScaleOptions) (*ScaleResult, err
 	return res, nil
 }
 
-func runScaleCase(ctx context.Context, env Env, cs ScaleCase, opt ScaleOptions) ScaleFigures {
-	f := ScaleFigures{ScaleCase: cs}
+func runScaleCase(ctx context.Context, env Env, cs ScaleCase, opt ScaleOptions) (f ScaleFigures) {
+	f.ScaleCase = cs
+	start := time.Now()
+	defer func() { f.Took = time.Since(start) }()
 	if cs.Sites < 2 {
 		f.Error = "a size needs at least 2 sites"
 		return f
@@ -267,7 +287,7 @@ func runScaleCase(ctx context.Context, env Env, cs ScaleCase, opt ScaleOptions) 
 	heapBefore, _ := liveHeapAndGoroutines()
 
 	ss, err := startScaleSites(ctx, dir, names, opt.FormWithin)
-	defer ss.close()
+	defer ss.close(env.Log)
 	f.Formed = ss.Formed
 	if err != nil {
 		f.Error = err.Error()

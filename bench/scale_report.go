@@ -5,6 +5,7 @@ import (
 	"io"
 	"path/filepath"
 	"text/tabwriter"
+	"time"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -68,8 +69,8 @@ func (c ScaleFigures) missed(t ScaleTargets) []string {
 		if id.GoroutinesPerGroup > t.IdleGoroutinesPerGroup {
 			out = append(out, fmt.Sprintf("%s: %.2f goroutines per idle group > %.2f", c.size(), id.GoroutinesPerGroup, t.IdleGoroutinesPerGroup))
 		}
-		if id.CrdtBytesPerGroupMinute > t.IdleBytesPerGroupMinute {
-			out = append(out, fmt.Sprintf("%s: an idle group sends %.0f crdt bytes per minute > %.0f", c.size(), id.CrdtBytesPerGroupMinute, t.IdleBytesPerGroupMinute))
+		if id.GroupBytesPerGroupMinute > t.IdleBytesPerGroupMinute {
+			out = append(out, fmt.Sprintf("%s: an idle group's messages take %.0f bytes per minute > %.0f", c.size(), id.GroupBytesPerGroupMinute, t.IdleBytesPerGroupMinute))
 		}
 	}
 	return out
@@ -112,19 +113,22 @@ func (r *ScaleResult) Table(out io.Writer) {
 	machine := fmt.Sprintf("%d process, %d cores, GOMAXPROCS %d", r.Processes, r.CPUs, r.GOMAXPROCS)
 	fmt.Fprintf(out, "scale (%s; %s)\n\n", r.Setup, machine)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "sites\tresources\tgroups\tformed s\twritten\twrite s\twrites/s\tconverged ms\theap/site MiB\tdisk/site MiB\tMiB sent\tprocs\tcores\t")
+	fmt.Fprintln(tw, "sites\tresources\tgroups\tformed s\twritten\twrite s\twrites/s\tcpu µs/write\tconverged ms\theap/site MiB\tdisk/site MiB\tMiB sent\ttook s\tprocs\tcores\t")
 	for _, c := range r.Cases {
 		if c.Error != "" && c.Scoped.Written == 0 {
-			fmt.Fprintf(tw, "%d\t%d\t%d\t%.1f\t—\t—\t—\t—\t—\t—\t—\t%d\t%d\t\n", c.Sites, c.Resources, c.Groups, c.Formed.Seconds(), r.Processes, r.CPUs)
+			fmt.Fprintf(tw, "%d\t%d\t%d\t%.1f\t—\t—\t—\t—\t—\t—\t—\t—\t%.0f\t%d\t%d\t\n", c.Sites, c.Resources, c.Groups, c.Formed.Seconds(),
+				c.Took.Seconds(), r.Processes, r.CPUs)
 			continue
 		}
 		w := c.Scoped
-		fmt.Fprintf(tw, "%d\t%d\t%d\t%.1f\t%d\t%.1f\t%.0f\t%.0f\t%.1f\t%.1f\t%.1f\t%d\t%d\t\n", c.Sites, c.Resources, c.Groups, c.Formed.Seconds(),
-			w.Written, w.WriteTime.Seconds(), w.WritesPerSecond, ms(w.Converged), float64(c.HeapPerSite)/mib, float64(c.DiskPerSite)/mib,
-			float64(w.BytesSent)/mib, r.Processes, r.CPUs)
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%.1f\t%d\t%.1f\t%.0f\t%.0f\t%.0f\t%.1f\t%.1f\t%.1f\t%.0f\t%d\t%d\t\n", c.Sites, c.Resources, c.Groups, c.Formed.Seconds(),
+			w.Written, w.WriteTime.Seconds(), w.WritesPerSecond, float64(w.CPUPerWrite)/float64(time.Microsecond), ms(w.Converged),
+			float64(c.HeapPerSite)/mib, float64(c.DiskPerSite)/mib, float64(w.BytesSent)/mib, c.Took.Seconds(), r.Processes, r.CPUs)
 	}
 	tw.Flush()
-	fmt.Fprintln(out, "\nconverged: from the last write accepted until every site holds every entry of its scopes (each site's Watch, then a scan).")
+	fmt.Fprintln(out, "\nconverged: from the last write accepted until every site holds every entry of its scopes (each site's Watch, then a scan).\n"+
+		"cpu µs/write: the process's CPU time (every site, membership included) from the first write until convergence, per catalog write.\n"+
+		"took: the whole size, from starting its sites to stopping them.")
 
 	fmt.Fprintf(out, "\ntargets (issue 15 sets them for 100 sites × 100,000 resources; every size is held to them; %s)\n", machine)
 	tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
@@ -207,21 +211,22 @@ func (r *ScaleResult) Table(out io.Writer) {
 
 		fmt.Fprintf(out, "\nidle groups (new groups of 2–3 sites with one write each, on sites with no other group, left idle; growth since before they existed, bytes over the window scaled to a minute; %s)\n", machine)
 		tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintf(tw, "sites\tgroups\treplicas\twindow s\theap B per group and member ≤ %.0f\tgoroutines per group ≤ %.2f\tcrdt bytes sent per group-minute ≤ %.0f\t\n",
+		fmt.Fprintf(tw, "sites\tgroups\treplicas\twindow s\theap B per group and member ≤ %.0f\tgoroutines per group ≤ %.2f\tgroup messages B per group-minute ≤ %.0f\tpairs\tanti-entropy B per pair-minute\t\n",
 			t.IdleHeapPerGroup, t.IdleGoroutinesPerGroup, t.IdleBytesPerGroupMinute)
 		for _, c := range probed {
 			id := c.Idle
 			if id == nil || id.Members == 0 {
-				fmt.Fprintf(tw, "%d\t0\t\t\tnot measured: MISSED\tnot measured: MISSED\tnot measured: MISSED\t\n", c.Sites)
+				fmt.Fprintf(tw, "%d\t0\t\t\tnot measured: MISSED\tnot measured: MISSED\tnot measured: MISSED\t\t\t\n", c.Sites)
 				continue
 			}
-			fmt.Fprintf(tw, "%d\t%d\t%d\t%.0f\t%s\t%s\t%s\t\n", c.Sites, id.Groups, id.Members, id.Window.Seconds(),
+			fmt.Fprintf(tw, "%d\t%d\t%d\t%.0f\t%s\t%s\t%s\t%d\t%.0f\t\n", c.Sites, id.Groups, id.Members, id.Window.Seconds(),
 				atMost(id.HeapPerGroupMember, t.IdleHeapPerGroup, "%.0f"), atMost(id.GoroutinesPerGroup, t.IdleGoroutinesPerGroup, "%.2f"),
-				atMost(id.CrdtBytesPerGroupMinute, t.IdleBytesPerGroupMinute, "%.0f"))
+				atMost(id.GroupBytesPerGroupMinute, t.IdleBytesPerGroupMinute, "%.0f"), id.Pairs, id.DigestBytesPerPairMinute)
 		}
 		tw.Flush()
-		fmt.Fprintln(out, "crdt bytes: streams of the /cheops/crdt/ protocols and group messages as published (cheops_crdt_broadcast_bytes_sent_total);\n"+
-			"pubsub's relaying and gossip are left out (membership's jitter on the same streams exceeds the groups' share).")
+		fmt.Fprintln(out, "group messages: stream bytes of the crdt protocols whose every message names a group (links, blocks): the groups' own periodic work.\n"+
+			"anti-entropy: stream bytes of its rounds, one summary of every group two sites share, per pair of sites sharing an idle group (no target: a cost per peer, not per group).\n"+
+			"Membership's probes are left out (their jitter on the same hosts exceeds the groups' share).")
 		for _, c := range probed {
 			if c.Idle != nil && c.Idle.Error != "" {
 				fmt.Fprintf(out, "%d sites: %s\n", c.Sites, c.Idle.Error)

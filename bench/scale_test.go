@@ -3,8 +3,10 @@ package bench
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
@@ -33,7 +35,8 @@ func TestScaleSmall(t *testing.T) {
 	if c.Error != "" {
 		t.Fatalf("case failed: %s", c.Error)
 	}
-	if c.Scoped.Written != 8 || c.HeapPerSite == 0 || c.DiskPerSite == 0 || c.Scoped.WritesPerSecond <= 0 || c.Scoped.BytesSent <= 0 {
+	if c.Scoped.Written != 8 || c.HeapPerSite == 0 || c.DiskPerSite == 0 || c.Scoped.WritesPerSecond <= 0 || c.Scoped.BytesSent <= 0 ||
+		c.Scoped.CPUPerWrite <= 0 || c.Took <= 0 {
 		t.Fatalf("empty figures: %+v", c)
 	}
 	if c.Groups < 1 || c.Groups > 8 {
@@ -45,7 +48,7 @@ func TestScaleSmall(t *testing.T) {
 	if c.FirstWrite == nil || c.FirstWrite.Samples != 2 || c.FirstWrite.P99 <= 0 {
 		t.Fatalf("first writes: %+v", c.FirstWrite)
 	}
-	if c.Idle == nil || c.Idle.Groups != 3 || c.Idle.Members < 6 {
+	if c.Idle == nil || c.Idle.Groups != 3 || c.Idle.Members < 6 || c.Idle.Pairs < 3 {
 		t.Fatalf("idle groups: %+v", c.Idle)
 	}
 	if res.Process == nil || res.Process.Skipped == "" {
@@ -56,7 +59,7 @@ func TestScaleSmall(t *testing.T) {
 	table := b.String()
 	for _, target := range []string{"converged after the last write ≤ 5000 ms", "catalog writes/s ≥ 5000", "heap/site ≤ 0 MiB",
 		"all resources written", "p99 ms ≤ 50", "heap B per group and member ≤ 2048", "goroutines per group ≤ 0.05",
-		"crdt bytes sent per group-minute ≤ 0", "1 process, ", "skipped: no cheops binary"} {
+		"group messages B per group-minute ≤ 0", "anti-entropy B per pair-minute", "cpu µs/write", "1 process, ", "skipped: no cheops binary"} {
 		if !strings.Contains(table, target) {
 			t.Errorf("table lacks %q:\n%s", target, table)
 		}
@@ -87,7 +90,7 @@ func TestScaleVerdicts(t *testing.T) {
 		Full:        &Workload{Written: 1000, WritesPerSecond: 3000, WriteTime: 2 * time.Second, Converged: 2 * time.Second, BytesSent: 8 << 20},
 		HeapPerSite: 2 << 20,
 		FirstWrite:  &FirstWriteFigures{Samples: 10, P50: 5 * time.Millisecond, P99: 80 * time.Millisecond},
-		Idle:        &IdleFigures{Groups: 20, Members: 50, HeapPerGroupMember: 900, GoroutinesPerGroup: 4, CrdtBytesPerGroupMinute: 0, Window: time.Minute}}
+		Idle:        &IdleFigures{Groups: 20, Members: 50, HeapPerGroupMember: 900, GoroutinesPerGroup: 4, GroupBytesPerGroupMinute: 0, Window: time.Minute}}
 	failed := ScaleFigures{ScaleCase: ScaleCase{Sites: 100, Resources: 100000}, Error: "bench: 100 sites see each other up: not within 2m0s"}
 	for _, tc := range []struct {
 		name    string
@@ -132,5 +135,48 @@ func TestScaleVerdicts(t *testing.T) {
 				t.Errorf("%s: missed %q lacks %q", tc.name, got, m)
 			}
 		}
+	}
+}
+
+// BenchmarkScaleWrites runs the scale scenario's scoped write phase alone
+// (20 in-process sites, 1,000 resources of two entries in scopes of 2–3
+// sites, every site writing at once) for profiling:
+//
+//	go test -run '^$' -bench ScaleWrites -benchtime 1x -cpuprofile cpu.prof ./bench/
+//
+// The profile also covers the sites' start (a few seconds, mostly
+// waiting); writes/s and CPU µs per catalog write are the phase's alone.
+func BenchmarkScaleWrites(b *testing.B) {
+	const sites, resources = 20, 1000
+	opt := ScaleProfile(Env{})
+	names := make([]string, sites)
+	for i := range names {
+		names[i] = fmt.Sprintf("s%02d", i)
+	}
+	rng := rand.New(rand.NewPCG(opt.Seed, sites))
+	scopes := make([][]string, resources)
+	for i := range scopes {
+		for _, p := range rng.Perm(sites)[:2+rng.IntN(2)] {
+			scopes[i] = append(scopes[i], names[p])
+		}
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	for range b.N {
+		b.StopTimer()
+		ss, err := startScaleSites(context.Background(), b.TempDir(), names, opt.FormWithin)
+		if err != nil {
+			ss.close(log)
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		w := ss.workload(context.Background(), scopes, scopedSpace, opt)
+		b.StopTimer()
+		ss.close(log)
+		if w.Error != "" {
+			b.Fatal(w.Error)
+		}
+		b.ReportMetric(w.WritesPerSecond, "writes/s")
+		b.ReportMetric(float64(w.CPUPerWrite)/float64(time.Microsecond), "cpu-µs/write")
+		b.ReportMetric(ms(w.Converged), "converged-ms")
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -31,7 +32,7 @@ func (ss *scaleSites) workload(ctx context.Context, scopes [][]string, space int
 		index[s.name] = i
 		base[i] = s.held[space].Load()
 	}
-	before := ss.traffic()
+	before, cpu0 := ss.traffic(), processCPU()
 	wctx, cancel := context.WithTimeout(ctx, opt.WriteBudget)
 	defer cancel()
 	var written atomic.Int64
@@ -107,6 +108,9 @@ func (ss *scaleSites) workload(ctx context.Context, scopes [][]string, space int
 		return w
 	}
 	w.BytesSent = ss.traffic().minus(before).all
+	if w.Written > 0 {
+		w.CPUPerWrite = (processCPU() - cpu0) / time.Duration(2*w.Written)
+	}
 	return w
 }
 
@@ -120,11 +124,13 @@ func countPrefix(ctx context.Context, s *scaleSite, prefix string) int {
 // idleGroups measures what idle groups cost: new groups (site sets of
 // 2–3, one write each, seen at every member) are left idle for a window;
 // the growth of live heap and goroutines since before they existed, and
-// the crdt bytes sent during the window, are divided among them. It runs
-// on sites that have no other group yet, so all the crdt traffic is
-// theirs (what the crdt protocols sent in the 2 s before they existed,
-// none when nothing else is there, is taken off pro rata). The groups'
-// site sets are added to used.
+// the bytes sent during the window on the crdt protocols whose messages
+// name a group, are divided among them; anti-entropy's bytes are divided
+// among the pairs of sites that share a group. It runs on sites that
+// have no other group yet, so all the crdt traffic is theirs (what the
+// crdt protocols sent in the 2 s before they existed, none when nothing
+// else is there, is taken off pro rata). The groups' site sets are added
+// to used.
 func (ss *scaleSites) idleGroups(ctx context.Context, rng *rand.Rand, used map[string]bool, n int, window time.Duration) *IdleFigures {
 	idle := &IdleFigures{Window: window}
 	groups := newGroups(rng, ss.names, used, n)
@@ -180,13 +186,42 @@ func (ss *scaleSites) idleGroups(ctx context.Context, rng *rand.Rand, used map[s
 	if !sleepCtx(ctx, window) {
 		return idle
 	}
-	sent := ss.traffic().minus(t1).crdt - base.crdt*int64(window)/int64(before)
+	sent := ss.traffic().minus(t1)
+	sent.groups -= base.groups * int64(window) / int64(before)
+	sent.digests -= base.digests * int64(window) / int64(before)
 	heap1, gor1 := liveHeapAndGoroutines()
 	idle.HeapPerGroupMember = (float64(heap1) - float64(heap0)) / float64(idle.Members)
 	idle.GoroutinesPerGroup = float64(gor1-gor0) / float64(idle.Groups)
-	idle.CrdtBytesPerGroupMinute = float64(sent) * float64(time.Minute) / float64(window) / float64(idle.Groups)
+	perMinute := float64(time.Minute) / float64(window)
+	idle.GroupBytesPerGroupMinute = float64(sent.groups) * perMinute / float64(idle.Groups)
+	idle.Pairs = sharedPairs(groups)
+	if idle.Pairs > 0 {
+		idle.DigestBytesPerPairMinute = float64(sent.digests) * perMinute / float64(idle.Pairs)
+	}
 	idle.heapGrowth = int64(heap1) - int64(heap0)
 	return idle
+}
+
+// sharedPairs counts the pairs of sites that share at least one group.
+func sharedPairs(groups [][]string) int {
+	pairs := map[[2]string]bool{}
+	for _, g := range groups {
+		for i, a := range g {
+			for _, b := range g[i+1:] {
+				pairs[[2]string{min(a, b), max(a, b)}] = true
+			}
+		}
+	}
+	return len(pairs)
+}
+
+// processCPU is the CPU time the process has used, user and system.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // awake counts the open group replicas of every site.

@@ -127,20 +127,34 @@ type groupDigest struct {
 	active    int64
 	heads     string
 	processed int
+	// asleep: computed while the group slept (its heads read from the
+	// datastore, after every merge had committed).
+	asleep bool
 }
 
 // digest returns the group's heads digest and merged count. A sleeping
 // group cannot change without waking (which marks it active), so its
 // digest is computed once per sleep: an idle group costs anti-entropy
-// rounds no datastore read. An awake one is read each time (a merge
-// reports its changes before it commits its heads).
+// rounds no datastore read. An awake one has its heads read each time (a
+// merge reports its changes before it commits its heads); its merged
+// count, a scan of every merged node's mark, is counted again only when the
+// heads or the last activity moved since it was counted (a node merged
+// since then either touched the group or moved its heads, except an
+// empty delta, which only delays the count to the next change).
 func (g *Group) digest(ctx context.Context) groupDigest {
 	active := g.active.Load()
-	if d := g.lastDigest.Load(); d != nil && d.active == active {
-		return *d
+	last := g.lastDigest.Load()
+	if last != nil && last.active == active && last.asleep {
+		return *last
 	}
-	d := groupDigest{active: active, heads: g.headsDigest(ctx), processed: g.processedCount(ctx)}
-	if d.processed >= 0 && g.awake() == nil && g.active.Load() == active {
+	asleep := g.awake() == nil
+	d := groupDigest{active: active, heads: g.headsDigest(ctx), asleep: asleep}
+	if last != nil && last.active == active && last.heads == d.heads && last.processed >= 0 {
+		d.processed = last.processed
+	} else {
+		d.processed = g.processedCount(ctx)
+	}
+	if d.processed >= 0 && g.active.Load() == active && (!asleep || g.awake() == nil) {
 		g.lastDigest.Store(&d)
 	}
 	return d

@@ -103,3 +103,37 @@ func TestSameHeadsFewerMergedNodesIsRepaired(t *testing.T) {
 		t.Fatal("b got /k2 back without a lag repair")
 	}
 }
+
+// An awake group's merged-node count is a scan of its marks: the
+// anti-entropy digest scans again only when the group moved (a write, a
+// merge), and counts right after it did.
+func TestDigestCountsMergedNodesOnlyWhenMoved(t *testing.T) {
+	n := newNet(t, "a")
+	a := n.start("a")
+	ctx := context.Background()
+	solo := []string{"a"}
+	for i := range 3 {
+		if err := a.m.Put(ctx, solo, fmt.Sprintf("/k/%d", i), []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g := a.m.group("a")
+	if d := g.digest(ctx); d.processed != 3 {
+		t.Fatalf("%d merged nodes after 3 writes", d.processed)
+	}
+	before := a.disk.queries.Load()
+	for range 5 {
+		if d := g.digest(ctx); d.processed != 3 {
+			t.Fatalf("%d merged nodes, still 3 expected", d.processed)
+		}
+	}
+	if scans := a.disk.queries.Load() - before; scans != 0 {
+		t.Fatalf("%d scans for 5 digests of an unchanged group", scans)
+	}
+	if err := a.m.Put(ctx, solo, "/k/3", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	if d := g.digest(ctx); d.processed != 4 {
+		t.Fatalf("%d merged nodes after a 4th write", d.processed)
+	}
+}

@@ -59,6 +59,8 @@ type Group struct {
 	heard atomic.Int64
 	// lastDigest caches the anti-entropy digest as of active.
 	lastDigest atomic.Pointer[groupDigest]
+	// commits queues local writes for group commit (commit.go).
+	commits commits
 
 	mu     sync.Mutex
 	rep    *replica // nil while the group sleeps
@@ -457,6 +459,14 @@ const (
 	processedNamespace = "b"
 	headsNamespace     = "h"
 	dirtyKey           = "d"
+)
+
+// go-ds-crdt v0.6 records its storage format under formatKey as the
+// uvarint of the format plus one; crdtFormat is the current one (a
+// replica found without it is migrated from format 0 when opened).
+const (
+	formatKey  = "crdt_version"
+	crdtFormat = 1
 )
 
 // forgetProcessed deletes every processed-block mark under prefix.

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -310,6 +311,8 @@ type crashable struct {
 	mu      sync.RWMutex
 	crashed bool
 	ds      ds.Batching
+	// queries counts the queries made (scans of a prefix).
+	queries atomic.Int64
 }
 
 func (c *crashable) crash() {
@@ -343,6 +346,7 @@ func (c *crashable) GetSize(ctx context.Context, k ds.Key) (n int, err error) {
 }
 
 func (c *crashable) Query(ctx context.Context, q query.Query) (query.Results, error) {
+	c.queries.Add(1)
 	var all []query.Entry
 	err := c.do(func() error {
 		res, err := c.ds.Query(ctx, q)

@@ -2,6 +2,7 @@ package crdt
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -266,10 +267,20 @@ func (m *Manager) joinWith(ctx context.Context, name string, sorted []string, pe
 
 func (m *Manager) joinLocked(ctx context.Context, name string, sorted []string, peers []peer.ID) (*Group, error) {
 	entry, _ := json.Marshal(registryEntry{Sites: sorted, Peers: peers})
-	if err := m.cfg.Datastore.Put(ctx, registryPrefix.ChildString(name), entry); err != nil {
+	g := m.newGroup(name, sorted, peers)
+	// The group's replica starts empty, in go-ds-crdt's current format:
+	// recording the format with the registration spares its first open
+	// the migration from format 0 (a scan that finds nothing in a new
+	// group, 7 % of the bytes allocated in the 20-site scale write phase).
+	b, err := m.cfg.Datastore.Batch(ctx)
+	if err != nil {
 		return nil, fmt.Errorf("crdt: register group %s: %w", name, err)
 	}
-	g := m.newGroup(name, sorted, peers)
+	if err := errors.Join(b.Put(ctx, registryPrefix.ChildString(name), entry),
+		b.Put(ctx, g.crdtPrefix().ChildString(formatKey), binary.AppendUvarint(nil, crdtFormat+1)),
+		b.Commit(ctx)); err != nil {
+		return nil, fmt.Errorf("crdt: register group %s: %w", name, err)
+	}
 	m.addGroupLocked(g)
 	m.log.Info("joined group", "group", name)
 	return g, nil
@@ -324,7 +335,8 @@ func (m *Manager) existing(sites []string) (*Group, error) {
 
 // Put writes key in the group of sites, joining it if needed. It returns
 // once the write is applied locally and announced to the members (not
-// once they have it).
+// once they have it). Concurrent writes into one group share one delta
+// (commit.go).
 func (m *Manager) Put(ctx context.Context, sites []string, key string, value []byte) error {
 	if key == "" {
 		return fmt.Errorf("%w: empty key", ErrBadInput)
@@ -333,18 +345,14 @@ func (m *Manager) Put(ctx context.Context, sites []string, key string, value []b
 	if err != nil {
 		return err
 	}
-	r, done, _, err := g.use()
-	if err != nil {
-		return fmt.Errorf("crdt: put %s in {%s}: %w", key, g.name, err)
-	}
-	defer done()
-	if err := r.store.Put(ctx, ds.NewKey(key), value); err != nil {
+	if err := g.write(ctx, []string{key}, [][]byte{value}); err != nil {
 		return fmt.Errorf("crdt: put %s in {%s}: %w", key, g.name, err)
 	}
 	return nil
 }
 
-// PutBatch writes several keys in the group of sites as one delta.
+// PutBatch writes several keys in the group of sites in one delta (with
+// the writes made into the group at the same time).
 func (m *Manager) PutBatch(ctx context.Context, sites []string, keys []string, values [][]byte) error {
 	if len(keys) != len(values) {
 		return fmt.Errorf("%w: %d keys for %d values", ErrBadInput, len(keys), len(values))
@@ -356,22 +364,8 @@ func (m *Manager) PutBatch(ctx context.Context, sites []string, keys []string, v
 	if err != nil {
 		return err
 	}
-	r, done, _, err := g.use()
-	if err != nil {
+	if err := g.write(ctx, keys, values); err != nil {
 		return fmt.Errorf("crdt: batch in {%s}: %w", g.name, err)
-	}
-	defer done()
-	b, err := r.store.Batch(ctx)
-	if err != nil {
-		return fmt.Errorf("crdt: batch: %w", err)
-	}
-	for i, k := range keys {
-		if err := b.Put(ctx, ds.NewKey(k), values[i]); err != nil {
-			return fmt.Errorf("crdt: batch put %s: %w", k, err)
-		}
-	}
-	if err := b.Commit(ctx); err != nil {
-		return fmt.Errorf("crdt: commit batch in {%s}: %w", g.name, err)
 	}
 	return nil
 }

@@ -27,6 +27,8 @@ type metrics struct {
 	linkDrops              prometheus.Counter
 	linkResends            prometheus.Counter
 	wakes, sleeps          prometheus.Counter
+	commits                prometheus.Counter
+	committedWrites        prometheus.Counter
 	digestRounds           *prometheus.CounterVec
 	broadcastBytesSent     prometheus.Counter
 	inlineBlocksSent       prometheus.Counter
@@ -67,6 +69,8 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 			Help: "Anti-entropy rounds this site started, by outcome: same (the summaries matched: two small frames) or compared (every shared group's digest sent)."}, []string{"outcome"}),
 		wakes:                counter("group_wakes_total", "Sleeping groups whose replica was opened again (a read, a write or an announcement)."),
 		sleeps:               counter("group_sleeps_total", "Idle groups whose replica was closed (IdleAfter without use)."),
+		commits:              counter("commits_total", "Deltas committed by local writes (concurrent writes into one group share one)."),
+		committedWrites:      counter("committed_writes_total", "Put and PutBatch calls committed (over commits_total: writes per delta)."),
 		broadcastBytesSent:   counter("broadcast_bytes_sent_total", "Bytes of head announcements sent on links (to members only)."),
 		inlineBlocksSent:     counter("inline_blocks_sent_total", "Blocks sent inside broadcasts with their heads."),
 		inlineBlocksReceived: counter("inline_blocks_received_total", "Blocks received inside broadcasts."),
@@ -81,7 +85,7 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 			Buckets: []float64{0.001, 0.005, 0.02, 0.1, 0.5, 1, 2, 5, 10}}),
 	}
 	reg.MustRegister(x.digestMismatches, x.lagRepairs, x.refused, x.malformed, x.repairs, x.repairFailures, x.fetches, x.fetching,
-		x.blocksFetched, x.duplicateBlocks, x.blocksSent, x.headsPushed, x.broadcasts, x.linkDrops, x.linkResends, x.wakes, x.sleeps, x.digestRounds,
+		x.blocksFetched, x.duplicateBlocks, x.blocksSent, x.headsPushed, x.broadcasts, x.linkDrops, x.linkResends, x.wakes, x.sleeps, x.commits, x.committedWrites, x.digestRounds,
 		x.broadcastBytesSent, x.inlineBlocksSent, x.inlineBlocksReceived, x.broadcastBytesReceived,
 		x.blockBytesSent, x.blockBytesReceived, x.lastSync, x.changeDelay, groupCollector{m})
 	return x

@@ -1,0 +1,201 @@
+package crdt
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	ds "github.com/ipfs/go-datastore"
+)
+
+// Group commit: the writes that callers make concurrently into one group
+// are applied as one go-ds-crdt batch (one delta, one DAG node, one
+// announcement per member), and each caller returns once the batch that
+// holds its write is committed. go-ds-crdt publishes one delta at a time
+// per replica (its delta lock covers building the node, merging it and
+// announcing it), so concurrent writers into a group used to wait for
+// each other's whole publish; now they share one.
+//
+// The write that finds the group idle commits whatever is queued with
+// it; what is queued meanwhile is committed by a goroutine that starts
+// over until the queue is empty: a lone write commits on its caller's
+// goroutine and waits for no one, and a group with no writes keeps no
+// goroutine.
+
+// Bounds of one commit: what is queued beyond them waits for the next
+// one. 128 KiB of keys and values keeps the delta's block within what an
+// announcement carries inline (Config.MaxInlineBytes, 256 KiB by
+// default) and far below go-ds-crdt's MaxBatchDeltaSize (1 MiB).
+const (
+	maxCommitWrites = 1024
+	maxCommitBytes  = 128 << 10
+)
+
+// commits queues a group's pending writes.
+type commits struct {
+	mu      sync.Mutex
+	queue   []*pendingWrite
+	running bool // a goroutine is committing the queue
+}
+
+// pendingWrite is one caller's Put or PutBatch, waiting for its commit.
+type pendingWrite struct {
+	ctx    context.Context
+	keys   []string
+	values [][]byte
+	done   chan error // receives the commit's outcome (buffered)
+}
+
+func (w *pendingWrite) size() int {
+	n := 0
+	for i, k := range w.keys {
+		n += len(k) + len(w.values[i])
+	}
+	return n
+}
+
+// write applies keys in the group with the writes queued at the same
+// time, and returns once they are committed (applied locally and
+// announced to the connected members). Cancelling ctx returns at once;
+// the write is then left out of a commit that has not started, and may
+// be applied by one that has.
+func (g *Group) write(ctx context.Context, keys []string, values [][]byte) error {
+	w := &pendingWrite{ctx: ctx, keys: keys, values: values, done: make(chan error, 1)}
+	c := &g.commits
+	c.mu.Lock()
+	c.queue = append(c.queue, w)
+	start := !c.running
+	c.running = true
+	c.mu.Unlock()
+	if start {
+		// This write found the group idle: it commits what is queued
+		// (its own write at least) on its own goroutine, and leaves the
+		// rest, if any, to another.
+		if !g.m.enter() {
+			g.fail(ErrClosed)
+		} else {
+			g.commitLoop(true)
+		}
+	}
+	select {
+	case err := <-w.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// fail ends every queued write with err.
+func (g *Group) fail(err error) {
+	c := &g.commits
+	c.mu.Lock()
+	queue := c.queue
+	c.queue, c.running = nil, false
+	c.mu.Unlock()
+	for _, w := range queue {
+		w.done <- err
+	}
+}
+
+// commitLoop commits the queue, a batch at a time, until it is empty.
+// The first write of a burst runs it with once set: it commits one batch
+// and hands what was queued meanwhile to a goroutine, so that no caller
+// waits for more than one commit besides its own.
+func (g *Group) commitLoop(once bool) {
+	for {
+		batch := g.nextBatch()
+		if len(batch) == 0 {
+			g.m.wg.Done()
+			return
+		}
+		err := g.commit(batch)
+		for _, w := range batch {
+			w.done <- err
+		}
+		if once {
+			c := &g.commits
+			c.mu.Lock()
+			more := len(c.queue) > 0
+			c.running = more
+			c.mu.Unlock()
+			if more {
+				go g.commitLoop(false)
+			} else {
+				g.m.wg.Done()
+			}
+			return
+		}
+	}
+}
+
+// nextBatch takes the writes of the next commit off the queue, leaving
+// out those whose caller gave up; none when the queue is empty (the loop
+// then ends, and the next write starts another).
+func (g *Group) nextBatch() []*pendingWrite {
+	c := &g.commits
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var batch []*pendingWrite
+	n, bytes := 0, 0
+	for len(c.queue) > 0 {
+		w := c.queue[0]
+		if w.ctx.Err() != nil {
+			c.queue = c.queue[1:]
+			w.done <- w.ctx.Err()
+			continue
+		}
+		size := w.size()
+		if len(batch) > 0 && (n+len(w.keys) > maxCommitWrites || bytes+size > maxCommitBytes) {
+			break
+		}
+		c.queue[0] = nil
+		c.queue = c.queue[1:]
+		batch = append(batch, w)
+		n, bytes = n+len(w.keys), bytes+size
+	}
+	if len(batch) == 0 {
+		c.queue, c.running = nil, false
+	}
+	return batch
+}
+
+// commit applies the writes as one go-ds-crdt batch. A key written by
+// several of them takes the value of the last queued, as if they had
+// been committed one after the other.
+func (g *Group) commit(batch []*pendingWrite) error {
+	ctx := g.m.ctx
+	r, done, _, err := g.use()
+	if err != nil {
+		return err
+	}
+	defer done()
+	last := map[string]int{} // key → its index in order
+	var order []string
+	var values [][]byte
+	for _, w := range batch {
+		for i, k := range w.keys {
+			if j, ok := last[k]; ok {
+				values[j] = w.values[i]
+				continue
+			}
+			last[k] = len(order)
+			order = append(order, k)
+			values = append(values, w.values[i])
+		}
+	}
+	b, err := r.store.Batch(ctx)
+	if err != nil {
+		return fmt.Errorf("start a batch: %w", err)
+	}
+	for i, k := range order {
+		if err := b.Put(ctx, ds.NewKey(k), values[i]); err != nil {
+			return fmt.Errorf("batch put %s: %w", k, err)
+		}
+	}
+	if err := b.Commit(ctx); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	g.m.metrics.commits.Inc()
+	g.m.metrics.committedWrites.Add(float64(len(batch)))
+	return nil
+}
