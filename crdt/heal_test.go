@@ -11,6 +11,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 )
 
 // What a heal looks like to two sites that stay connected through a
@@ -38,6 +39,14 @@ func twoConns(t *testing.T, a, b *site) {
 			return
 		}
 		_ = a.host.Network().ClosePeer(b.id)
+		// A failed simultaneous dial puts the address in dial backoff,
+		// which would fail every later try at once.
+		for _, s := range []*site{a, b} {
+			if sw, ok := s.host.Network().(*swarm.Swarm); ok {
+				sw.Backoff().Clear(a.id)
+				sw.Backoff().Clear(b.id)
+			}
+		}
 		var wg sync.WaitGroup
 		for _, pair := range [][2]*site{{a, b}, {b, a}} {
 			wg.Go(func() {
