@@ -87,6 +87,11 @@ type Forwarder struct {
 	stopCtx context.Context
 	stop    context.CancelFunc
 	bg      sync.WaitGroup
+	// hops keeps the streams to other sites between two hops.
+	hops hopPool
+	// waiters are the streams other sites keep open to this one, between
+	// two of their requests.
+	waiters hopWaiters
 	// runAt runs a write on one replica (runAtSite; tests replace it).
 	runAt func(ctx context.Context, site string, req *request, wr write, wire string) result
 }
@@ -130,6 +135,7 @@ func New(cfg Config) (*Forwarder, error) {
 		return nil, err
 	}
 	f.stopCtx, f.stop = context.WithCancel(context.Background())
+	cfg.Host.SetStreamHandler(ProtocolKeepAlive, f.serveStream)
 	cfg.Host.SetStreamHandler(Protocol, f.serveStream)
 	return f, nil
 }
@@ -139,9 +145,12 @@ func (f *Forwarder) Executor() *replica.Executor { return f.exec }
 
 // Close stops serving other sites and waits for the sends in flight.
 func (f *Forwarder) Close() {
+	f.cfg.Host.RemoveStreamHandler(ProtocolKeepAlive)
 	f.cfg.Host.RemoveStreamHandler(Protocol)
 	f.stop()
 	f.bg.Wait()
+	f.hops.close()
+	f.waiters.close()
 	for _, p := range f.reads {
 		p.close()
 	}

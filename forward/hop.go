@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
 
 	"cheops/catalog"
 	"cheops/errcode"
@@ -48,6 +49,11 @@ type hopWriter struct {
 	chunked bool
 	noBody  bool
 	err     error
+	// keepAlive, when set, says at the answer's head whether the stream
+	// can carry another request; when it cannot, the head says
+	// "Connection: close" and closing is set.
+	keepAlive func() bool
+	closing   bool
 }
 
 // A body crosses the stream in writes and reads of up to 64 KiB (yamux
@@ -83,6 +89,11 @@ func (w *hopWriter) WriteHeader(status int) {
 	w.started = true
 	w.noBody = w.head || status == http.StatusNoContent || status == http.StatusNotModified || status < 200
 	w.header.Del("Transfer-Encoding")
+	w.header.Del("Connection")
+	if w.keepAlive != nil && !w.keepAlive() {
+		w.closing = true
+		w.header.Set("Connection", "close")
+	}
 	if !w.noBody && w.header.Get("Content-Length") == "" {
 		w.chunked = true
 		w.header.Set("Transfer-Encoding", "chunked")
@@ -245,13 +256,17 @@ func (f *Forwarder) readThere(w http.ResponseWriter, req *request, site, path st
 	return nil
 }
 
-// roundTrip sends req to another site's agent on a stream of its own and
-// returns the stream and the answer's head; the body is read from the
-// stream as it arrives (close the stream after). The stream is reset
-// when ctx ends. The request and the answer's head must arrive by ctx's
-// deadline, or within SiteTimeout when it has none — a body after that
-// may take as long as the client waits for it (a large download).
-func (f *Forwarder) roundTrip(ctx context.Context, site string, req *http.Request) (network.Stream, *http.Response, error) {
+// roundTrip sends req to another site's agent and returns the exchange
+// and the answer's head; the body is read from the stream as it arrives
+// (close the exchange after). The request goes on a stream kept from an
+// earlier exchange with that site when one is idle (hoppool.go), else on
+// a new one; a kept stream the other side closed before reading it (its
+// agent stopping, or the stream idle too long) sends it again on a new
+// one. The stream is reset when ctx ends. The request and the answer's
+// head must arrive by ctx's deadline, or within SiteTimeout when it has
+// none — a body after that may take as long as the client waits for it
+// (a large download).
+func (f *Forwarder) roundTrip(ctx context.Context, site string, req *http.Request) (*exchange, *http.Response, error) {
 	p, ok := f.cfg.Membership.PeerOf(site)
 	if !ok {
 		return nil, nil, fmt.Errorf("site %s: no peer known: %w", site, errNotDelivered)
@@ -260,67 +275,76 @@ func (f *Forwarder) roundTrip(ctx context.Context, site string, req *http.Reques
 	if !bounded {
 		dl = time.Now().Add(f.cfg.SiteTimeout)
 	}
+	if idle, ok := f.hops.get(p); ok {
+		x, resp, err := f.exchangeOn(ctx, site, p, idle.s, idle.br, req, dl, bounded)
+		if !errors.Is(err, errStaleStream) {
+			return x, resp, err
+		}
+		if req.Body != nil && req.Body != http.NoBody {
+			if req.GetBody == nil {
+				return nil, nil, fmt.Errorf("site %s: a kept stream was closed and the request's body cannot be sent again: %w", site, errNotDelivered)
+			}
+			body, err := req.GetBody()
+			if err != nil {
+				return nil, nil, fmt.Errorf("site %s: send again: %w", site, err)
+			}
+			req.Body = body
+		}
+	}
 	openCtx, cancel := context.WithDeadline(ctx, dl)
-	s, err := f.cfg.Host.NewStream(openCtx, p, Protocol)
+	s, err := f.cfg.Host.NewStream(openCtx, p, ProtocolKeepAlive, Protocol)
 	cancel()
 	if err != nil {
 		// Nothing was sent: the request did not run there.
 		return nil, nil, fmt.Errorf("site %s: no stream: %w (%w)", site, errNotDelivered, err)
 	}
+	return f.exchangeOn(ctx, site, p, s, getReader(s), req, dl, bounded)
+}
+
+// errStaleStream is a kept stream that ended before its answer began:
+// the other side closed it while it was idle, before the request
+// arrived (a receiver closes a stream only between two requests).
+var errStaleStream = errors.New("kept stream closed by the other side")
+
+// exchangeOn sends req on s and reads the answer's head through br.
+func (f *Forwarder) exchangeOn(ctx context.Context, site string, p peer.ID, s network.Stream, br *bufio.Reader, req *http.Request, dl time.Time, bounded bool) (*exchange, *http.Response, error) {
+	keep := s.Protocol() == ProtocolKeepAlive
 	_ = s.SetDeadline(dl)
 	stop := context.AfterFunc(ctx, func() { s.Reset() })
-	bw := bufio.NewWriterSize(s, 64<<10) // a large body in frames of 64 KiB
-	err = req.Write(bw)
-	if err == nil {
-		err = bw.Flush()
-	}
-	if err != nil {
-		stop()
-		s.Reset()
-		return nil, nil, fmt.Errorf("site %s: send: %w", site, err)
-	}
-	_ = s.CloseWrite()
-	br := getReader(s)
-	resp, err := http.ReadResponse(br, req)
-	if err != nil {
+	fail := func(err error) (*exchange, *http.Response, error) {
 		stop()
 		s.Reset()
 		putReader(br)
+		return nil, nil, err
+	}
+	bw := hopBuffers.Get().(*bufio.Writer) // a large body in frames of 64 KiB
+	bw.Reset(s)
+	err := req.Write(bw)
+	if err == nil {
+		err = bw.Flush()
+	}
+	bw.Reset(nil)
+	hopBuffers.Put(bw)
+	if err != nil {
+		return fail(fmt.Errorf("site %s: send: %w", site, err))
+	}
+	if !keep {
+		_ = s.CloseWrite()
+	}
+	if _, err := br.Peek(1); err == io.EOF && keep && ctx.Err() == nil {
+		// Not one byte of an answer, and a clean end: see errStaleStream.
+		return fail(fmt.Errorf("site %s: %w", site, errStaleStream))
+	}
+	resp, err := http.ReadResponse(br, req)
+	if err != nil {
 		if ctx.Err() != nil {
 			err = errors.Join(err, ctx.Err())
 		}
-		return nil, nil, fmt.Errorf("site %s: read answer: %w", site, err)
+		return fail(fmt.Errorf("site %s: read answer: %w", site, err))
 	}
 	if !bounded {
 		_ = s.SetDeadline(time.Time{})
 	}
-	return &stoppedStream{Stream: s, stop: stop, br: br}, resp, nil
-}
-
-// stoppedStream ends the context watch of roundTrip and gives its
-// reader back when it closes (the answer's body is read by then).
-type stoppedStream struct {
-	network.Stream
-	stop func() bool
-	br   *bufio.Reader
-	once sync.Once
-}
-
-func (s *stoppedStream) release() {
-	s.once.Do(func() {
-		s.stop()
-		putReader(s.br)
-	})
-}
-
-func (s *stoppedStream) Close() error {
-	err := s.Stream.Close()
-	s.release()
-	return err
-}
-
-func (s *stoppedStream) Reset() error {
-	err := s.Stream.Reset()
-	s.release()
-	return err
+	x := &exchange{s: s, br: br, peer: p, pool: &f.hops, body: trackBody(resp), keep: keep && !resp.Close, stop: stop}
+	return x, resp, nil
 }

@@ -1,10 +1,13 @@
 package forward
 
 import (
+	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
@@ -47,35 +50,88 @@ func (f *Forwarder) sendRemote(ctx context.Context, site string, req *http.Reque
 	return resp, body, nil
 }
 
-// serveStream executes a request another agent sent, on this site only.
+// serveStream executes the requests another agent sends on a stream, on
+// this site only: one on Protocol, one after another on
+// ProtocolKeepAlive until the sender closes the stream or leaves it idle
+// for hopServerIdle.
 func (f *Forwarder) serveStream(s network.Stream) {
-	defer s.Close()
+	br := getReader(s) // a large body in large reads
+	keep := s.Protocol() == ProtocolKeepAlive
+	for first := true; ; first = false {
+		if !first {
+			if !f.waiters.wait(s) {
+				_ = s.Close() // this agent is closing
+				putReader(br)
+				return
+			}
+			_ = s.SetReadDeadline(time.Now().Add(hopServerIdle))
+			_, err := br.Peek(1)
+			f.waiters.done(s)
+			if err != nil {
+				// The sender closed or dropped the stream, left it idle,
+				// or this agent is closing.
+				_ = s.Close()
+				putReader(br)
+				return
+			}
+		}
+		switch f.serveOne(s, br, first) {
+		case hopAgain:
+			if keep {
+				continue
+			}
+			_ = s.Close()
+			putReader(br)
+		case hopEnded:
+			_ = s.Close()
+		case hopReset:
+			_ = s.Reset()
+		}
+		return
+	}
+}
+
+// hopEnd says what is left of a stream after one request.
+type hopEnd int
+
+const (
+	hopAgain hopEnd = iota // clean: the stream can carry the next request
+	hopEnded               // close it; its reader may still be in use
+	hopReset               // reset it
+)
+
+// serveOne reads one request from s and answers it.
+func (f *Forwarder) serveOne(s network.Stream, br *bufio.Reader, first bool) hopEnd {
 	remote := s.Conn().RemotePeer()
 	site, ok := f.cfg.Membership.SiteOf(remote)
 	if !ok {
 		f.log.Warn("refused a forwarded request from a peer that is not a member site", "peer", remote)
-		s.Reset()
-		return
+		return hopReset
 	}
 	_ = s.SetDeadline(time.Now().Add(f.cfg.SiteTimeout))
-	br := getReader(s) // a large body in large reads
 	req, err := http.ReadRequest(br)
 	if err != nil {
-		f.log.Warn("malformed forwarded request", "from", site, "err", err)
-		s.Reset()
-		putReader(br)
-		return
+		if first || !errors.Is(err, io.EOF) {
+			f.log.Warn("malformed forwarded request", "from", site, "err", err)
+		}
+		return hopReset
 	}
-	req.Body = http.MaxBytesReader(nil, req.Body, f.cfg.MaxBody)
+	body := &hopBody{ReadCloser: req.Body}
+	body.eof.Store(req.Body == http.NoBody)
+	req.Body = http.MaxBytesReader(nil, body, f.cfg.MaxBody)
 	// The sender is the member site the stream's peer is bound to,
 	// whatever its headers say.
 	req.Header.Set(HeaderHop, site)
 	req.RemoteAddr = site
 	if req.Header.Get(headerStream) != "" {
 		f.serveStreamed(s, req, br, site)
-		return
+		return hopEnded
 	}
 	hw := newHopWriter(s, req.Method)
+	// The answer says the stream ends after it when the request's body
+	// was not read whole by then: what is left of it is still on the
+	// stream (or being read by the application's transport).
+	hw.keepAlive = func() bool { return !req.Close && body.eof.Load() }
 	if isPlainHop(req) {
 		// The request has arrived; its answer may take as long as the
 		// requester reads it (an image of any size): the application's
@@ -87,13 +143,32 @@ func (f *Forwarder) serveStream(s network.Stream) {
 		f.serve(hw, req.WithContext(context.Background()), site)
 	}
 	if err := hw.finish(); err != nil {
-		s.Reset()
+		return hopReset
 	}
-	if req.ContentLength == 0 {
-		// Nothing can read it any more (a body could still be read by
-		// the transport that sent it on: that reader is left to the GC).
-		putReader(br)
+	if hw.closing {
+		// A body could still be read by the transport that sent it on:
+		// the reader is left to the GC.
+		return hopEnded
 	}
+	return hopAgain
+}
+
+// hopBody is a forwarded request's body that knows whether it was read
+// to its end; once it was, it never reads the stream again.
+type hopBody struct {
+	io.ReadCloser
+	eof atomic.Bool
+}
+
+func (b *hopBody) Read(p []byte) (int, error) {
+	if b.eof.Load() {
+		return 0, io.EOF
+	}
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		b.eof.Store(true)
+	}
+	return n, err
 }
 
 func readLimited(r io.Reader, limit int64) ([]byte, error) {

@@ -1,0 +1,178 @@
+package forward
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// keptHops is two sites a and b on real libp2p hosts, b serving its
+// application app to a's hops on both protocols, and the count of the
+// streams b was opened.
+type keptHops struct {
+	a, b   *Forwarder
+	hb     host.Host
+	opened atomic.Int64
+}
+
+func newKeptHops(t *testing.T, app string) *keptHops {
+	t.Helper()
+	ha, hb := newHost(t), newHost(t)
+	if err := ha.Connect(context.Background(), peer.AddrInfo{ID: hb.ID(), Addrs: hb.Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	peers := map[string]peer.ID{"a": ha.ID(), "b": hb.ID()}
+	k := &keptHops{a: hopForwarder(t, ha, "a", app, peers), hb: hb}
+	k.serveWith(hopForwarder(t, hb, "b", app, peers))
+	t.Cleanup(k.a.hops.close)
+	return k
+}
+
+// serveWith makes fb serve the streams b is opened from now on.
+func (k *keptHops) serveWith(fb *Forwarder) {
+	k.b = fb
+	handler := func(s network.Stream) {
+		k.opened.Add(1)
+		fb.serveStream(s)
+	}
+	k.hb.SetStreamHandler(ProtocolKeepAlive, handler)
+	k.hb.SetStreamHandler(Protocol, handler)
+}
+
+// get reads path of the files service on b through a's hop.
+func (k *keptHops) get(t *testing.T, path string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, "http://cheops/svc/files"+path, http.NoBody)
+	req.Header.Set(HeaderScope, "{files: b}")
+	resp, body, err := k.a.sendRemote(context.Background(), "b", req, 1<<20)
+	if err != nil {
+		t.Fatalf("GET %s on b: %v", path, err)
+	}
+	return resp.StatusCode, string(body)
+}
+
+func filesApp(t *testing.T, h http.HandlerFunc) string {
+	t.Helper()
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// Hops to a site, one after another, go on the one stream the first
+// opened; a hop whose request body the other side did not read whole
+// ends its stream ("Connection: close"), and the next opens another.
+func TestHopsKeepTheirStream(t *testing.T) {
+	app := filesApp(t, func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "file %s", r.URL.Path)
+	})
+	k := newKeptHops(t, app)
+	for i := range 20 {
+		status, body := k.get(t, fmt.Sprintf("/files/%d", i))
+		if want := fmt.Sprintf("file /files/%d", i); status != http.StatusOK || body != want {
+			t.Fatalf("hop %d: %d %q, want 200 %q", i, status, body, want)
+		}
+	}
+	if n := k.opened.Load(); n != 1 {
+		t.Fatalf("20 hops one after another opened %d streams, want 1", n)
+	}
+
+	// b refuses an unknown service before reading the body: the stream
+	// cannot carry another request.
+	req, _ := http.NewRequest(http.MethodPost, "http://cheops/svc/nope/x", strings.NewReader(strings.Repeat("x", 32<<10)))
+	req.Header.Set(HeaderScope, "{nope: b}")
+	resp, _, err := k.a.sendRemote(context.Background(), "b", req, 1<<20)
+	if err != nil || resp.StatusCode != http.StatusNotFound || !resp.Close {
+		t.Fatalf("POST to an unknown service: %v, %+v (want 404 with Connection: close)", err, resp)
+	}
+	if status, body := k.get(t, "/files/after"); status != http.StatusOK || body != "file /files/after" {
+		t.Fatalf("after a closed stream: %d %q", status, body)
+	}
+	if n := k.opened.Load(); n != 2 {
+		t.Fatalf("a hop after a closed stream: %d streams opened in all, want 2", n)
+	}
+}
+
+// A slow answer holds up no other hop to the same site: each exchange
+// has a stream of its own while it lasts.
+func TestAHopWaitsForNoOther(t *testing.T) {
+	release := make(chan struct{})
+	arrived := make(chan struct{})
+	app := filesApp(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/files/slow" {
+			close(arrived)
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+		}
+		fmt.Fprintf(w, "file %s", r.URL.Path)
+	})
+	k := newKeptHops(t, app)
+	k.get(t, "/files/warm") // a stream is idle in the pool
+	slow := make(chan string, 1)
+	go func() {
+		req, _ := http.NewRequest(http.MethodGet, "http://cheops/svc/files/files/slow", http.NoBody)
+		req.Header.Set(HeaderScope, "{files: b}")
+		_, body, err := k.a.sendRemote(context.Background(), "b", req, 1<<20)
+		if err != nil {
+			slow <- err.Error()
+			return
+		}
+		slow <- string(body)
+	}()
+	select {
+	case <-arrived:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the slow read did not reach the application")
+	}
+	for i := range 5 {
+		if status, body := k.get(t, fmt.Sprintf("/files/fast%d", i)); status != http.StatusOK || body != fmt.Sprintf("file /files/fast%d", i) {
+			t.Fatalf("a read beside the slow one: %d %q", status, body)
+		}
+	}
+	select {
+	case got := <-slow:
+		t.Fatalf("the slow read ended before it was released: %q", got)
+	default:
+	}
+	close(release)
+	if got := <-slow; got != "file /files/slow" {
+		t.Fatalf("the slow read: %q", got)
+	}
+	if n := k.opened.Load(); n != 2 {
+		t.Fatalf("%d streams opened, want 2 (one held by the slow read, one for the others)", n)
+	}
+}
+
+// A kept stream the other side ended while it was idle (its agent
+// restarted its forwarder) is never used again: the next hop goes on a
+// new stream and is answered.
+func TestAStreamEndedWhileIdleIsNotUsed(t *testing.T) {
+	app := filesApp(t, func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "file %s", r.URL.Path)
+	})
+	k := newKeptHops(t, app)
+	for range 3 {
+		k.get(t, "/files/x")
+	}
+	old := k.b
+	old.waiters.close() // what Close does to the streams waiting
+	k.serveWith(hopForwarder(t, k.hb, "b", app, map[string]peer.ID{"a": k.a.cfg.Host.ID(), "b": k.hb.ID()}))
+	for i := range 3 {
+		if status, body := k.get(t, fmt.Sprintf("/files/%d", i)); status != http.StatusOK || body != fmt.Sprintf("file /files/%d", i) {
+			t.Fatalf("hop %d after the restart: %d %q", i, status, body)
+		}
+	}
+	if n := k.opened.Load(); n != 2 {
+		t.Fatalf("%d streams opened, want 2", n)
+	}
+}
