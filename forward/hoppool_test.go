@@ -24,7 +24,7 @@ type keptHops struct {
 	opened atomic.Int64
 }
 
-func newKeptHops(t *testing.T, app string) *keptHops {
+func newKeptHops(t testing.TB, app string) *keptHops {
 	t.Helper()
 	ha, hb := newHost(t), newHost(t)
 	if err := ha.Connect(context.Background(), peer.AddrInfo{ID: hb.ID(), Addrs: hb.Addrs()}); err != nil {
@@ -174,5 +174,34 @@ func TestAStreamEndedWhileIdleIsNotUsed(t *testing.T) {
 	}
 	if n := k.opened.Load(); n != 2 {
 		t.Fatalf("%d streams opened, want 2", n)
+	}
+}
+
+// BenchmarkHop is one read through a's hop from b's application (on
+// loopback, an answer of a few bytes), on streams kept between hops and
+// on a new stream per hop (a receiver speaking only Protocol).
+func BenchmarkHop(b *testing.B) {
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "file %s", r.URL.Path)
+	}))
+	defer app.Close()
+	for _, kept := range []bool{true, false} {
+		name := "kept"
+		if !kept {
+			name = "stream-per-hop"
+		}
+		b.Run(name, func(b *testing.B) {
+			k := newKeptHops(b, app.URL)
+			if !kept {
+				k.hb.RemoveStreamHandler(ProtocolKeepAlive)
+			}
+			req, _ := http.NewRequest(http.MethodGet, "http://cheops/svc/files/files/x", http.NoBody)
+			req.Header.Set(HeaderScope, "{files: b}")
+			for b.Loop() {
+				if _, _, err := k.a.sendRemote(context.Background(), "b", req, 1<<20); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

@@ -93,7 +93,7 @@ func deadURL(t *testing.T) string {
 	return "http://" + addr
 }
 
-func newHost(t *testing.T) host.Host {
+func newHost(t testing.TB) host.Host {
 	t.Helper()
 	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
 	if err != nil {
@@ -105,7 +105,7 @@ func newHost(t *testing.T) host.Host {
 
 // hopForwarder is site's forwarder of the files service at app, its
 // buffered paths bounded by a body limit far below the file's size.
-func hopForwarder(t *testing.T, h host.Host, site, app string, peers map[string]peer.ID) *Forwarder {
+func hopForwarder(t testing.TB, h host.Host, site, app string, peers map[string]peer.ID) *Forwarder {
 	t.Helper()
 	u, err := url.Parse(app)
 	if err != nil {
