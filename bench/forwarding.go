@@ -155,6 +155,11 @@ type ForwardingResult struct {
 	// agent's peak resident set (MiB) before and after them.
 	BodyMiB       int                `json:"body_mib,omitempty"`
 	Bodies        []BodyFigures      `json:"bodies,omitempty"`
+	// LinkMBps is what the emulated WAN alone carries one way at 0 ms:
+	// BodyMiB from a plain TCP server on the application's site to a
+	// client on the other, through the same relays (the remote agent's
+	// bodies cross it, the direct path does not).
+	LinkMBps float64 `json:"emulated_link_mib_per_s,omitempty"`
 	RSSBefore     map[string]float64 `json:"agent_peak_rss_mib_before,omitempty"`
 	RSSAfter      map[string]float64 `json:"agent_peak_rss_mib_after,omitempty"`
 	CreateClients int                `json:"create_clients,omitempty"`
@@ -378,6 +383,11 @@ func runForwarding(ctx context.Context, env Env, p forwardingProfile) (*Forwardi
 			if err := res.largeBodies(ctx, c, tinies[0].URL, p.bodyMiB, log); err != nil {
 				return nil, err
 			}
+			mbps, err := streamThrough(ctx, c.Net, app, remote, int64(p.bodyMiB)<<20)
+			if err != nil {
+				return nil, err
+			}
+			res.LinkMBps = math.Round(mbps)
 		}
 	}
 	res.judge()
@@ -414,6 +424,52 @@ func (r *ForwardingResult) largeBodies(ctx context.Context, c *Cluster, appURL s
 		r.RSSAfter[s.Name] = peakRSS(s.agent.Process.Pid)
 	}
 	return nil
+}
+
+// streamThrough measures what the emulated WAN alone carries: a TCP
+// server on app's address behind a relay of the same network writes
+// size bytes to a client on remote's address; it returns MiB/s.
+func streamThrough(ctx context.Context, nw *wan.Network, app, remote *Site, size int64) (float64, error) {
+	ln, err := net.Listen("tcp", net.JoinHostPort(app.ip, "0"))
+	if err != nil {
+		return 0, fmt.Errorf("bench: stream server: %w", err)
+	}
+	done := make(chan struct{})
+	defer func() { <-done }()
+	defer ln.Close()
+	go func() {
+		defer close(done)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, 64<<10)
+		for left := size; left > 0; {
+			n, err := c.Write(buf[:min(int64(len(buf)), left)])
+			if err != nil {
+				return
+			}
+			left -= int64(n)
+		}
+	}()
+	relay, err := nw.Expose(app.Name, hostOf(app.relay), ln.Addr().String())
+	if err != nil {
+		return 0, err
+	}
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(remote.ip)}}
+	start := time.Now()
+	conn, err := d.DialContext(ctx, "tcp", relay)
+	if err != nil {
+		return 0, fmt.Errorf("bench: dial the relay: %w", err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(2 * time.Minute))
+	n, err := io.Copy(io.Discard, conn)
+	if err != nil || n != size {
+		return 0, fmt.Errorf("bench: stream through the relay: %d of %d bytes: %v", n, size, err)
+	}
+	return float64(size) / (1 << 20) / time.Since(start).Seconds(), nil
 }
 
 // echoThrough measures the emulated WAN alone: a TCP echo server on
@@ -875,6 +931,9 @@ func (r *ForwardingResult) Table(w io.Writer) {
 			fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t\n", b.Path, b.GetMBps, b.PutMBps)
 		}
 		tw.Flush()
+		if r.LinkMBps > 0 {
+			fmt.Fprintf(w, "the emulated link alone (plain TCP through the relays, one way): %.0f MiB/s\n", r.LinkMBps)
+		}
 		for _, site := range slices.Sorted(maps.Keys(r.RSSAfter)) {
 			fmt.Fprintf(w, "agent of %s: peak RSS %.1f MiB before, %.1f MiB after\n", site, r.RSSBefore[site], r.RSSAfter[site])
 		}

@@ -247,11 +247,18 @@ func (lk *link) run(target string) {
 	wg.Wait()
 }
 
-// chunk is bytes read at one instant, due at the far end at due.
+// chunk is bytes read at one instant, due at the far end at due; buf
+// goes back to chunkBuffers once they are written.
 type chunk struct {
 	data []byte
+	buf  *[]byte
 	due  time.Time
 }
+
+// chunkBuffers are the relays' read buffers: a large body crossing a
+// link would otherwise allocate one for every read, and the collector's
+// work would count as the emulation's cost.
+var chunkBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // pipe copies src to dst, each chunk delayed by the current one-way delay
 // between the sites; a cut stalls it and heal closes the link.
@@ -263,15 +270,17 @@ func (lk *link) pipe(src, dst net.Conn, from, to string) {
 	go func() {
 		defer close(queue)
 		for {
-			buf := make([]byte, 32<<10)
-			k, err := src.Read(buf)
+			buf := chunkBuffers.Get().(*[]byte)
+			k, err := src.Read(*buf)
 			if k > 0 {
 				d, _ := lk.n.state(from, to)
 				select {
-				case queue <- chunk{data: buf[:k], due: time.Now().Add(d)}:
+				case queue <- chunk{data: (*buf)[:k], buf: buf, due: time.Now().Add(d)}:
 				case <-ctx.Done():
 					return
 				}
+			} else {
+				chunkBuffers.Put(buf)
 			}
 			if err != nil {
 				return
@@ -301,5 +310,6 @@ func (lk *link) pipe(src, dst net.Conn, from, to string) {
 		if _, err := dst.Write(c.data); err != nil {
 			return
 		}
+		chunkBuffers.Put(c.buf)
 	}
 }
