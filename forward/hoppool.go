@@ -45,8 +45,9 @@ const (
 	// hopServerIdle is how long a receiver waits for the next request
 	// on a stream.
 	hopServerIdle = 90 * time.Second
-	// hopIdlePerPeer bounds the idle streams kept to one site.
-	hopIdlePerPeer = 64
+	// hopIdlePerPeer bounds the idle streams kept to one site (each
+	// holds a 64 KiB reader on both sides: at most 1 MiB a peer).
+	hopIdlePerPeer = 16
 )
 
 // idleStream is a stream at rest between two exchanges, with the reader
@@ -63,6 +64,16 @@ type hopPool struct {
 	mu     sync.Mutex
 	idle   map[peer.ID][]idleStream
 	closed bool
+	swept  time.Time // when streams idle too long were last dropped
+	// maxIdle replaces hopIdleTimeout when set (tests).
+	maxIdle time.Duration
+}
+
+func (p *hopPool) idleTimeout() time.Duration {
+	if p.maxIdle > 0 {
+		return p.maxIdle
+	}
+	return hopIdleTimeout
 }
 
 // get returns the most recently used idle stream to p that is still
@@ -86,14 +97,8 @@ func (p *hopPool) get(id peer.ID) (idleStream, bool) {
 func (p *hopPool) pop(id peer.ID) (idleStream, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	list := p.idle[id]
-	cut := 0 // oldest first
-	for cut < len(list) && time.Since(list[cut].since) > hopIdleTimeout {
-		_ = list[cut].s.Reset()
-		putReader(list[cut].br)
-		cut++
-	}
-	list = list[cut:]
+	p.sweepLocked(time.Now())
+	list := p.dropOldLocked(id, time.Now())
 	if len(list) == 0 {
 		delete(p.idle, id)
 		return idleStream{}, false
@@ -119,6 +124,38 @@ func (is idleStream) usable() bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
+// dropOldLocked drops the streams to id idle longer than hopIdleTimeout
+// and returns the others, oldest first.
+func (p *hopPool) dropOldLocked(id peer.ID, now time.Time) []idleStream {
+	list := p.idle[id]
+	cut := 0
+	for cut < len(list) && now.Sub(list[cut].since) > p.idleTimeout() {
+		_ = list[cut].s.Reset()
+		putReader(list[cut].br)
+		cut++
+	}
+	list = list[cut:]
+	if len(list) == 0 {
+		delete(p.idle, id)
+	} else {
+		p.idle[id] = list
+	}
+	return list
+}
+
+// sweepLocked drops, at most once per hopIdleTimeout, the streams idle
+// too long to every peer: those to a site no longer asked would
+// otherwise stay until this agent stops.
+func (p *hopPool) sweepLocked(now time.Time) {
+	if now.Sub(p.swept) < p.idleTimeout() {
+		return
+	}
+	p.swept = now
+	for id := range p.idle {
+		p.dropOldLocked(id, now)
+	}
+}
+
 // put keeps a stream whose exchange ended cleanly, or closes it when
 // the pool is full or closed.
 func (p *hopPool) put(id peer.ID, is idleStream) {
@@ -133,6 +170,7 @@ func (p *hopPool) put(id peer.ID, is idleStream) {
 		p.idle = map[peer.ID][]idleStream{}
 	}
 	is.since = time.Now()
+	p.sweepLocked(is.since)
 	p.idle[id] = append(p.idle[id], is)
 	p.mu.Unlock()
 }

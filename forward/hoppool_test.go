@@ -13,6 +13,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"cheops/internal/testkit"
 )
 
 // keptHops is two sites a and b on real libp2p hosts, b serving its
@@ -204,4 +206,33 @@ func BenchmarkHop(b *testing.B) {
 			}
 		})
 	}
+}
+
+// A stream idle longer than the pool's timeout is dropped, not used: the
+// next hop opens a new one, and the other side's wait on the old one
+// ends.
+func TestAStreamIdleTooLongIsDropped(t *testing.T) {
+	app := filesApp(t, func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "file %s", r.URL.Path)
+	})
+	k := newKeptHops(t, app)
+	k.a.hops.mu.Lock()
+	k.a.hops.maxIdle = 20 * time.Millisecond
+	k.a.hops.mu.Unlock()
+	k.get(t, "/files/1")
+	time.Sleep(40 * time.Millisecond) // the stream is now idle too long
+	if status, body := k.get(t, "/files/2"); status != http.StatusOK || body != "file /files/2" {
+		t.Fatalf("after the idle timeout: %d %q", status, body)
+	}
+	if n := k.opened.Load(); n != 2 {
+		t.Fatalf("%d streams opened, want 2 (the idle one dropped)", n)
+	}
+	testkit.Eventually(t, 10*time.Second, "b waits on the kept stream only", func() error {
+		k.b.waiters.mu.Lock()
+		defer k.b.waiters.mu.Unlock()
+		if n := len(k.b.waiters.waiting); n > 1 {
+			return fmt.Errorf("b waits on %d streams", n)
+		}
+		return nil
+	})
 }
