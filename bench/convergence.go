@@ -10,6 +10,7 @@ import (
 	"maps"
 	"math/rand/v2"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -128,11 +129,13 @@ func runConvergenceCase(ctx context.Context, env Env, cs ConvergenceCase, opt Co
 	for i := range cs.Sites {
 		names = append(names, fmt.Sprintf("s%02d", i))
 	}
-	c, err := StartCluster(ctx, ClusterOptions{Binary: env.Binary, Sites: names, Dir: dir, RTT: cs.RTT, Log: env.Log})
+	c, err := StartCluster(ctx, ClusterOptions{Binary: env.Binary, Sites: names, Dir: dir, RTT: cs.RTT, Log: env.Log,
+		AgentArgs: strings.Fields(os.Getenv(AgentArgsEnv))})
 	if err != nil {
 		return fig, err
 	}
 	defer c.Close()
+	defer keepMetrics(ctx, c, fmt.Sprintf("rtt%d-", cs.RTT.Milliseconds()))
 	rng := rand.New(rand.NewPCG(opt.Seed, uint64(cs.Sites)))
 	w := &workload{c: c, rng: rng, log: env.Log}
 	if _, _, err := w.writeCounted(ctx, opt.Resources, 1.0, names); err != nil {
@@ -705,4 +708,34 @@ func (r *ConvergenceResult) Plot(dir, prefix string) ([]string, error) {
 		return nil, fmt.Errorf("bench: save plot: %w", err)
 	}
 	return []string{path}, nil
+}
+
+// AgentArgsEnv names the environment variable whose words are added to
+// every agent's command line in the convergence scenario (for a look at
+// a slow run: "--log-level debug").
+const AgentArgsEnv = "CHEOPS_BENCH_AGENT_ARGS"
+
+// keepMetrics writes, when LogsEnv names a directory, every site's
+// /metrics and logs so far there (PREFIXNAME.metrics, PREFIXNAME.log)
+// before the cluster closes: a run has a cluster per case.
+func keepMetrics(ctx context.Context, c *Cluster, prefix string) {
+	dir := os.Getenv(LogsEnv)
+	if dir == "" {
+		return
+	}
+	for _, s := range c.Sites {
+		body, err := c.get(ctx, s.API+"/metrics")
+		if err != nil {
+			slog.Warn("keep a site's metrics", "site", s.Name, "err", err)
+			continue
+		}
+		path := filepath.Join(dir, prefix+s.Name+".metrics")
+		if err := os.WriteFile(path, body, 0o644); err != nil {
+			slog.Warn("keep a site's metrics", "path", path, "err", err)
+		}
+		path = filepath.Join(dir, prefix+s.Name+".log")
+		if err := os.WriteFile(path, []byte(s.logs.String()), 0o644); err != nil {
+			slog.Warn("keep a site's logs", "path", path, "err", err)
+		}
+	}
 }
