@@ -50,6 +50,9 @@ const (
 	maxHaves = 4096
 	// putBatch is how many received blocks are written at once at most.
 	putBatch = 256
+	// flushAfter is how many bytes of an answer the block server buffers
+	// at most before it writes them out.
+	flushAfter = 4 << 10
 )
 
 // blockRequest asks for blocks of one group. Known lists CIDs the asker
@@ -210,6 +213,15 @@ func (m *Manager) serveBlocks(s network.Stream) {
 			_ = s.Reset()
 			return
 		}
+		// The asker's "I have it" report can stop the walk only once the
+		// block it names has reached it: a block kept in the write buffer
+		// until 64 KiB followed (a few hundred operations) let the walk
+		// send that much history below what the request's known blocks
+		// stop (see knownSample).
+		if w.Buffered() >= flushAfter && w.Flush() != nil {
+			_ = s.Reset()
+			return
+		}
 		if nd, err := dag.DecodeProtobuf(b.RawData()); err == nil {
 			for _, l := range nd.Links() {
 				queue = append(queue, item{c: l.Cid, parent: it.c})
@@ -246,7 +258,7 @@ func (g *Group) fetch(ctx context.Context, p peer.ID, want []cid.Cid) (int, erro
 	for _, c := range want {
 		req.Want = append(req.Want, c.String())
 	}
-	for _, h := range g.knownHeads(ctx) {
+	for _, h := range g.knownSample(ctx) {
 		req.Known = append(req.Known, h.String())
 	}
 	data, _ := json.Marshal(req)
@@ -336,6 +348,52 @@ func (g *Group) fetch(ctx context.Context, p peer.ID, want []cid.Cid) (int, erro
 	m.metrics.lastSync.WithLabelValues(site).SetToCurrentTime()
 	g.heard.Store(time.Now().UnixNano())
 	return stored, nil
+}
+
+// maxKnownDepth bounds how far below each head knownSample reads.
+const maxKnownDepth = 256
+
+// knownSample lists, for a block request, this site's heads of the group
+// and, along each head's first links, its ancestors at depths 1, 2, 4, …
+// up to maxKnownDepth: blocks the server must not send, nor anything
+// below them. After a partition the asker's heads are its own side's
+// writes, which the server does not hold, so the heads alone stop no walk:
+// the server's walk went down through the split point into the history
+// both sides share, until the asker's "I have it" reports caught up with
+// it, and they came too late to stop any of it (every block of a 300
+// block history was sent again, TestHealSendsLittleSharedHistory). With
+// the sample the walk stops at most about as far below the split point
+// as the asker wrote above it. The sample is read from this site's own
+// blockstore only.
+func (g *Group) knownSample(ctx context.Context) []cid.Cid {
+	heads := g.knownHeads(ctx)
+	out := slices.Clone(heads)
+	seen := cid.NewSet()
+	for _, h := range heads {
+		seen.Add(h)
+	}
+	for _, h := range heads {
+		c, next := h, 1
+		for depth := 1; depth <= maxKnownDepth; depth++ {
+			b, err := g.blocks.Get(ctx, c)
+			if err != nil {
+				break
+			}
+			nd, err := dag.DecodeProtobuf(b.RawData())
+			if err != nil || len(nd.Links()) == 0 {
+				break
+			}
+			c = nd.Links()[0].Cid
+			if !seen.Visit(c) {
+				break // another head's chain, sampled already
+			}
+			if depth == next {
+				out = append(out, c)
+				next *= 2
+			}
+		}
+	}
+	return out
 }
 
 // arrivals lets a walk that needs a block wait for a fetch in progress

@@ -235,3 +235,56 @@ func TestAnAnswerlessMemberHoldsUpOnlyItsOwnRounds(t *testing.T) {
 		return nil
 	})
 }
+
+// TestHealSendsLittleSharedHistory: after a heal, the block server stops
+// walking at the split point within a round trip of the asker's "I have
+// it" report. Two sites share a history of 300 single-write blocks (as
+// the operations of a catalog make), write 5 blocks each during a cut,
+// and heal: each fetches the other's 5 and, of the 300 shared blocks
+// below the split, only the few sent before the report reached the
+// server. (The server once kept its answer in a 64 KiB write buffer
+// until the buffer filled: the report named a block the asker received
+// after the server had queued a buffer's worth of history below it, and
+// each site received 150–300 blocks it held.)
+func TestHealSendsLittleSharedHistory(t *testing.T) {
+	n := newNet(t, "a", "b")
+	n.tune = healTune
+	n.startAll("a", "b")
+	a, b := n.sites["a"], n.sites["b"]
+	ctx := context.Background()
+	ab := []string{"a", "b"}
+	const history = 300
+	for i := range history {
+		if err := a.m.Put(ctx, ab, fmt.Sprintf("/old/%d", i), []byte("old")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 30*time.Second, "b has the history", func() error {
+		return hasValue(b, ab, fmt.Sprintf("/old/%d", history-1), "old")
+	})
+	n.partition([]string{"a"}, []string{"b"})
+	for _, s := range []*site{a, b} {
+		for i := range 5 {
+			if err := s.m.Put(ctx, ab, fmt.Sprintf("/cut/%s/%d", s.name, i), []byte(s.name)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	dups := counterValue(a.m.metrics.duplicateBlocks) + counterValue(b.m.metrics.duplicateBlocks)
+	n.heal([]string{"a"}, []string{"b"})
+	eventually(t, 30*time.Second, "both have both sides' writes", func() error {
+		for _, s := range []*site{a, b} {
+			for _, w := range []string{"a", "b"} {
+				if err := hasValue(s, ab, "/cut/"+w+"/4", w); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	got := counterValue(a.m.metrics.duplicateBlocks) + counterValue(b.m.metrics.duplicateBlocks) - dups
+	t.Logf("blocks received that the receiver held: %.0f", got)
+	if got > 60 {
+		t.Fatalf("%.0f blocks received that the receiver held (of %d shared): the server walked past the split point", got, history)
+	}
+}
