@@ -49,6 +49,9 @@ type peerState struct {
 	// probe started. See probeLoop.
 	refused bool
 	tried   time.Time
+	// changed is when state() last changed (zero: never since this node
+	// started).
+	changed time.Time
 }
 
 // state derives a site's state from its probe history: unknown until the
@@ -284,6 +287,7 @@ func (n *Node) connectedFrom(p peer.ID) {
 	}
 	ps.backoff, ps.nextDial = 0, time.Time{}
 	ps.misses, ps.lastSeen = 0, time.Now().UTC()
+	ps.changed = ps.lastSeen
 	ps.flagged = true // probed at once, for its RTT
 	if ps.site != "" {
 		n.log.Info("site state changed", "site", ps.site, "from", before, "to", scope.Up, "rtt", ps.rtt, "by", "connection")
@@ -514,6 +518,9 @@ func (n *Node) observe(p peer.ID, start time.Time, rtt time.Duration, ans *probe
 	if after == scope.Down && before != scope.Down {
 		n.stats.downs.Add(1)
 	}
+	if before != after {
+		ps.changed = time.Now().UTC()
+	}
 	if before != after && ps.site != "" {
 		n.log.Info("site state changed", "site", ps.site, "from", before, "to", after, "rtt", ps.rtt)
 		n.notifyLocked(SiteEvent{Site: ps.site, Peer: p, From: before, State: after})
@@ -553,8 +560,11 @@ type SiteStatus struct {
 	State    scope.State
 	RTT      time.Duration // smoothed; 0 for this site and for sites never reached
 	LastSeen time.Time     // last answered probe; now for this site
-	Self     bool
-	Started  time.Time // when the site's agent started, from its record
+	// Since is when this node last saw the site's state change (zero:
+	// not since this node started; this node's start for itself).
+	Since   time.Time
+	Self    bool
+	Started time.Time // when the site's agent started, from its record
 	// Conflicts are the other peers that claimed this site's name and
 	// were refused.
 	Conflicts []peer.ID
@@ -569,12 +579,12 @@ func (n *Node) Sites() []SiteStatus {
 	defer n.bindMu.Unlock()
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	out := []SiteStatus{{Site: n.cfg.Site, Peer: n.host.ID(), State: scope.Up, LastSeen: time.Now().UTC(), Self: true, Started: n.started, Binding: BoundSelf}}
+	out := []SiteStatus{{Site: n.cfg.Site, Peer: n.host.ID(), State: scope.Up, LastSeen: time.Now().UTC(), Since: n.started, Self: true, Started: n.started, Binding: BoundSelf}}
 	for p, ps := range n.byPeer {
 		if ps.site == "" {
 			continue
 		}
-		out = append(out, SiteStatus{Site: ps.site, Peer: p, State: ps.state(), RTT: ps.rtt, LastSeen: ps.lastSeen, Started: ps.started,
+		out = append(out, SiteStatus{Site: ps.site, Peer: p, State: ps.state(), RTT: ps.rtt, LastSeen: ps.lastSeen, Since: ps.changed, Started: ps.started,
 			Binding: n.bindings.byName[ps.site].Source})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Site < out[j].Site })
