@@ -2,6 +2,7 @@ package crdt
 
 import (
 	"bufio"
+	"container/heap"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -153,8 +154,7 @@ func (m *Manager) serveBlocks(s network.Stream) {
 			known.add(c)
 		}
 	}
-	type item struct{ c, parent cid.Cid } // parent undefined: a wanted block
-	var queue []item
+	var wants []cid.Cid
 	for _, want := range req.Want {
 		c, err := cid.Decode(want)
 		if err != nil {
@@ -162,7 +162,7 @@ func (m *Manager) serveBlocks(s network.Stream) {
 			_ = s.Reset()
 			return
 		}
-		queue = append(queue, item{c: c})
+		wants = append(wants, c)
 	}
 
 	// The asker's reports of blocks it already held.
@@ -184,32 +184,23 @@ func (m *Manager) serveBlocks(s network.Stream) {
 	ctx, cancel := context.WithTimeout(m.ctx, m.cfg.FetchTimeout)
 	defer cancel()
 	w := bufio.NewWriterSize(s, 64<<10)
-	sent := cid.NewSet()
 	nblocks, nbytes := 0, 0
 	defer func() {
 		m.metrics.blockBytesSent.WithLabelValues(m.siteOf(remote)).Add(float64(nbytes))
 		m.metrics.blocksSent.Add(float64(nblocks))
 	}()
-	// Breadth first from the wanted blocks down their links, so that a
-	// chain arrives in one answer; not past what the asker holds.
-	for i := 0; i < len(queue) && nblocks < m.cfg.MaxPushBlocks && nbytes < m.cfg.MaxPushBytes; i++ {
-		it := queue[i]
-		if sent.Has(it.c) {
-			continue
+	walk := newServeWalk(ctx, g, known)
+	for _, c := range wants {
+		walk.enqueue(c, cid.Undef, false)
+	}
+	for nblocks < m.cfg.MaxPushBlocks && nbytes < m.cfg.MaxPushBytes {
+		b := walk.next()
+		if b == nil {
+			break
 		}
-		if it.parent.Defined() && (known.has(it.c) || known.has(it.parent)) {
-			// An ancestor of a block the asker holds: it holds it too.
-			known.add(it.c)
-			continue
-		}
-		b, err := g.blocks.Get(ctx, it.c)
-		if err != nil {
-			continue
-		}
-		sent.Add(it.c)
 		nblocks++
 		nbytes += len(b.RawData())
-		if writeFrame(w, it.c.Bytes()) != nil || writeFrame(w, b.RawData()) != nil {
+		if writeFrame(w, b.Cid().Bytes()) != nil || writeFrame(w, b.RawData()) != nil {
 			_ = s.Reset()
 			return
 		}
@@ -217,15 +208,10 @@ func (m *Manager) serveBlocks(s network.Stream) {
 		// block it names has reached it: a block kept in the write buffer
 		// until 64 KiB followed (a few hundred operations) let the walk
 		// send that much history below what the request's known blocks
-		// stop (see knownSample).
+		// stop.
 		if w.Buffered() >= flushAfter && w.Flush() != nil {
 			_ = s.Reset()
 			return
-		}
-		if nd, err := dag.DecodeProtobuf(b.RawData()); err == nil {
-			for _, l := range nd.Links() {
-				queue = append(queue, item{c: l.Cid, parent: it.c})
-			}
 		}
 	}
 	if writeFrame(w, nil) != nil || w.Flush() != nil {
@@ -350,46 +336,74 @@ func (g *Group) fetch(ctx context.Context, p peer.ID, want []cid.Cid) (int, erro
 	return stored, nil
 }
 
-// maxKnownDepth bounds how far below each head knownSample reads.
-const maxKnownDepth = 256
+// Bounds of knownSample: how far below the highest head it samples, how
+// many blocks it reads and how many it names at most.
+const (
+	maxKnownDepth  = 128
+	maxKnownReads  = 512
+	maxKnownBlocks = 256
+)
 
 // knownSample lists, for a block request, this site's heads of the group
-// and, along each head's first links, its ancestors at depths 1, 2, 4, …
-// up to maxKnownDepth: blocks the server must not send, nor anything
-// below them. After a partition the asker's heads are its own side's
-// writes, which the server does not hold, so the heads alone stop no walk:
-// the server's walk went down through the split point into the history
-// both sides share, until the asker's "I have it" reports caught up with
-// it, and they came too late to stop any of it (every block of a 300
-// block history was sent again, TestHealSendsLittleSharedHistory). With
-// the sample the walk stops at most about as far below the split point
-// as the asker wrote above it. The sample is read from this site's own
-// blockstore only.
+// and, for each depth d of 1, 2, 4, … up to maxKnownDepth below the
+// highest head, the blocks where the paths down from the heads cross
+// height H-d: every path from the heads down passes through one of them,
+// so a server whose walk reaches history this site holds meets one of
+// them, whichever path it came by, and stops (see serveWalk). After a
+// partition the asker's heads are its own side's writes, which the server
+// does not hold, so the heads alone stop no walk: the server went down
+// through the split point into the history both sides share, and every
+// block of a 300-block history was sent again
+// (TestHealSendsLittleSharedHistory, TestHealSendsLittleBranchyHistory).
+// With the sample the walk stops at most about as far below the split
+// point as this site wrote above it. Read from this site's blockstore
+// only, at most maxKnownReads blocks.
 func (g *Group) knownSample(ctx context.Context) []cid.Cid {
 	heads := g.knownHeads(ctx)
 	out := slices.Clone(heads)
-	seen := cid.NewSet()
+	walk := newServeWalk(ctx, g, &cidSet{set: map[cid.Cid]struct{}{}})
 	for _, h := range heads {
-		seen.Add(h)
+		walk.enqueue(h, cid.Undef, false)
 	}
+	if walk.queue.Len() == 0 {
+		return out
+	}
+	top := walk.queue[0].height // the heap's first: the highest
+	named := cid.NewSet()
 	for _, h := range heads {
-		c, next := h, 1
-		for depth := 1; depth <= maxKnownDepth; depth++ {
-			b, err := g.blocks.Get(ctx, c)
+		named.Add(h)
+	}
+	reads := 0
+	for walk.queue.Len() > 0 && reads < maxKnownReads && len(out) < maxKnownBlocks {
+		it := heap.Pop(&walk.queue).(*walkItem)
+		for _, l := range it.links {
+			if !walk.queued.Visit(l) {
+				continue
+			}
+			b, err := g.blocks.Get(ctx, l)
+			reads++
 			if err != nil {
-				break
+				continue
 			}
-			nd, err := dag.DecodeProtobuf(b.RawData())
-			if err != nil || len(nd.Links()) == 0 {
-				break
+			child := &walkItem{block: b}
+			if nd, err := dag.DecodeProtobuf(b.RawData()); err == nil {
+				for _, ll := range nd.Links() {
+					child.links = append(child.links, ll.Cid)
+				}
+				var delta pb.Delta
+				if proto.Unmarshal(nd.Data(), &delta) == nil {
+					child.height = delta.GetPriority()
+				}
 			}
-			c = nd.Links()[0].Cid
-			if !seen.Visit(c) {
-				break // another head's chain, sampled already
+			// Does the link from it to child cross a sampled height?
+			for d := uint64(1); d <= maxKnownDepth && d <= top; d *= 2 {
+				if th := top - d; child.height <= th && th < it.height && named.Visit(l) {
+					out = append(out, l)
+					break
+				}
 			}
-			if depth == next {
-				out = append(out, c)
-				next *= 2
+			if top-min(top, maxKnownDepth) < child.height {
+				heap.Push(&walk.queue, child)
 			}
 		}
 	}
@@ -658,5 +672,118 @@ func (g *Group) pushHeads(ctx context.Context, p peer.ID) error {
 		return fmt.Errorf("push heads of {%s}: %w", g.name, err)
 	}
 	g.m.metrics.headsPushed.Inc()
+	return nil
+}
+
+// serveWalk is the block server's walk of an answer: from the wanted
+// blocks down their links, highest DAG height first (so that a chain
+// arrives in one answer, newest first), and not into what the asker
+// holds. A block the asker holds (named in the request's known blocks,
+// reported while the answer goes, or an ancestor of such a block) is
+// walked as known: never sent, and its links are known too. Walking by
+// height, a block's known ancestors are marked before the walk could
+// reach them by another path: a block is reached only after every
+// block above it. (Breadth first, a known block stopped only the path
+// through it: after a heal, the other paths of a DAG that several sites
+// wrote went down through the shared history to its root, and each
+// answer sent up to 150 blocks the asker held.) The walk ends when
+// nothing but known blocks is left.
+type serveWalk struct {
+	ctx   context.Context
+	g     *Group
+	known *cidSet
+	queue walkQueue
+	// queued: blocks queued to send; walked: blocks queued as known.
+	queued, walked *cid.Set
+	unknown        int // items queued to send
+}
+
+// walkItem is one block of a walk.
+type walkItem struct {
+	block  blocks.Block
+	links  []cid.Cid
+	height uint64
+	parent cid.Cid // the block it is a link of; undefined for a wanted block
+	known  bool
+}
+
+// walkQueue is a heap: highest first, known first at equal heights.
+type walkQueue []*walkItem
+
+func (q walkQueue) Len() int { return len(q) }
+func (q walkQueue) Less(i, j int) bool {
+	if q[i].height != q[j].height {
+		return q[i].height > q[j].height
+	}
+	return q[i].known && !q[j].known
+}
+func (q walkQueue) Swap(i, j int) { q[i], q[j] = q[j], q[i] }
+func (q *walkQueue) Push(x any)   { *q = append(*q, x.(*walkItem)) }
+func (q *walkQueue) Pop() any {
+	old := *q
+	it := old[len(old)-1]
+	*q = old[:len(old)-1]
+	return it
+}
+
+func newServeWalk(ctx context.Context, g *Group, known *cidSet) *serveWalk {
+	return &serveWalk{ctx: ctx, g: g, known: known, queued: cid.NewSet(), walked: cid.NewSet()}
+}
+
+// enqueue queues block c, a link of parent (undefined: wanted), to send
+// or as known. A block this site does not hold is left out.
+func (w *serveWalk) enqueue(c, parent cid.Cid, known bool) {
+	set := w.queued
+	if known {
+		set = w.walked
+	}
+	if !set.Visit(c) {
+		return
+	}
+	b, err := w.g.blocks.Get(w.ctx, c)
+	if err != nil {
+		return
+	}
+	it := &walkItem{block: b, parent: parent, known: known}
+	if nd, err := dag.DecodeProtobuf(b.RawData()); err == nil {
+		for _, l := range nd.Links() {
+			it.links = append(it.links, l.Cid)
+		}
+		var delta pb.Delta
+		if proto.Unmarshal(nd.Data(), &delta) == nil {
+			it.height = delta.GetPriority()
+		}
+	}
+	if !known {
+		w.unknown++
+	}
+	heap.Push(&w.queue, it)
+}
+
+// next returns the next block to send, or nil when there is none.
+func (w *serveWalk) next() blocks.Block {
+	for w.unknown > 0 && w.queue.Len() > 0 {
+		it := heap.Pop(&w.queue).(*walkItem)
+		c := it.block.Cid()
+		if !it.known {
+			w.unknown--
+			// A wanted block is sent whatever the asker says it holds.
+			if it.parent.Defined() && (w.known.has(c) || w.known.has(it.parent)) {
+				it.known = true
+			}
+		}
+		if it.known {
+			w.known.add(c)
+			for _, l := range it.links {
+				w.known.add(l)
+				w.enqueue(l, c, true)
+			}
+			continue
+		}
+		for _, l := range it.links {
+			w.enqueue(l, c, false)
+		}
+		return it.block
+	}
 	return nil
 }
