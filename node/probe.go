@@ -258,12 +258,35 @@ func (ps *peerState) need() probeNeed {
 // disconnectedFrom is called when a connection with p closes. The peer is
 // probed at the next round, in turn or not: a site that stopped or
 // crashed closes its connections, and its first failed probe comes at
-// once instead of when its turn comes round.
+// once instead of when its turn comes round. A site not up is probed at
+// once (see lostConnectionLocked).
 func (n *Node) disconnectedFrom(p peer.ID) {
+	connected := n.host.Network().Connectedness(p) == network.Connected
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if ps, ok := n.byPeer[p]; ok {
 		ps.flagged = true
+		n.lostConnectionLocked(ps, connected)
+	}
+}
+
+// lostConnectionLocked asks for a probe round now when a site this node
+// holds suspect or down has lost its last connection with it (connected
+// false) and no probe of it runs: at a heal, the connection the cut
+// stalled closes (under the probe that was waiting on it), and the site
+// is dialled again at once instead of at the loop's next tick (down) or
+// its next round (suspect: up to ProbeInterval times the health
+// multiplier). Only a connection that was open asks: a failed dial never
+// does, so a site that refuses is not dialled in a loop, and its redial
+// delay still holds (ping).
+func (n *Node) lostConnectionLocked(ps *peerState, connected bool) {
+	if connected || ps.inflight || ps.state() == scope.Up || ps.state() == scope.Unknown {
+		return
+	}
+	n.stats.lostRetries.Add(1)
+	select {
+	case n.probeNow <- struct{}{}:
+	default:
 	}
 }
 
@@ -338,6 +361,7 @@ func (n *Node) probe(ctx context.Context, p peer.ID, first bool) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, n.probeTimeout(first))
 	defer cancel()
+	wasConnected := n.host.Network().Connectedness(p) == network.Connected
 	rtt, ans, err := n.ping(ctx, p, first)
 	ok, late := err == nil, timedOut(ctx, err)
 	if late {
@@ -351,6 +375,13 @@ func (n *Node) probe(ctx context.Context, p peer.ID, first bool) {
 		return
 	}
 	n.observe(p, start, rtt, ans, ok, late)
+	if !ok && !late && wasConnected {
+		// The probe's connection closed under it.
+		connected := n.host.Network().Connectedness(p) == network.Connected
+		n.mu.Lock()
+		n.lostConnectionLocked(n.peerLocked(p), connected)
+		n.mu.Unlock()
+	}
 }
 
 // notYetRedialled ends, before it starts, the probe of a site never
