@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -360,6 +361,34 @@ const (
 // only, at most maxKnownReads blocks.
 func (g *Group) knownSample(ctx context.Context) []cid.Cid {
 	heads := g.knownHeads(ctx)
+	key := headsKey(heads)
+	if c := g.lastSample.Load(); c != nil && c.heads == key {
+		// The fetches of a heal start together, before the heads move.
+		return c.sample
+	}
+	out := g.sampleBelow(ctx, heads)
+	g.lastSample.Store(&knownSampleCache{heads: key, sample: out})
+	return out
+}
+
+// knownSampleCache is a known sample and the heads it was taken from.
+type knownSampleCache struct {
+	heads  string
+	sample []cid.Cid
+}
+
+// headsKey names a set of heads, whatever their order.
+func headsKey(heads []cid.Cid) string {
+	keys := make([]string, len(heads))
+	for i, h := range heads {
+		keys[i] = h.KeyString()
+	}
+	slices.Sort(keys)
+	return strings.Join(keys, "")
+}
+
+// sampleBelow computes the known sample of heads (see knownSample).
+func (g *Group) sampleBelow(ctx context.Context, heads []cid.Cid) []cid.Cid {
 	out := slices.Clone(heads)
 	walk := newServeWalk(ctx, g, &cidSet{set: map[cid.Cid]struct{}{}})
 	for _, h := range heads {
