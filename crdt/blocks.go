@@ -30,15 +30,18 @@ const (
 	// BlockProtocol serves a group's DAG blocks to the group's members.
 	//
 	// The asker sends one frame, a JSON blockRequest naming the group, the
-	// wanted CIDs and its own heads. The server answers with the wanted
-	// blocks and then their ancestors, breadth first, as pairs of frames
-	// (CID, block), and ends with an empty frame. It does not descend past
-	// the asker's heads, nor past a block the asker reports it holds:
-	// while it reads the answer, the asker sends back one frame with the
-	// CID of each received block it already had, so that a server walking
-	// down into history the asker shares stops within a round trip. A
-	// peer that is not a member of the group gets the stream reset and
-	// nothing else.
+	// wanted CIDs and blocks it holds (its heads and a sample below them,
+	// see knownSample). The server answers with the wanted blocks and
+	// then their ancestors, highest first, as pairs of frames (CID,
+	// block), and ends with an empty frame. It sends no block the asker
+	// named nor any ancestor of one, nor past a block the asker reports it
+	// holds: while it reads the answer, the asker sends back one frame
+	// with the CID of each received block it already had, so that a server
+	// walking down into history the asker shares stops within a round
+	// trip. (The wire format is that of earlier versions: an older server
+	// sends more blocks the asker holds, never fewer it lacks.) A peer
+	// that is not a member of the group gets the stream reset and nothing
+	// else.
 	BlockProtocol protocol.ID = "/cheops/crdt/blocks/2.0.0"
 )
 
