@@ -22,7 +22,11 @@ type SiteJSON struct {
 	// LastSeen is when the site last answered a probe (RFC 3339); absent
 	// for a site never reached.
 	LastSeen string `json:"last_seen,omitempty"`
-	Self     bool   `json:"self"`
+	// Since is when this site last saw the site's state change (RFC 3339
+	// with nanoseconds); absent when it has not changed since this agent
+	// started.
+	Since string `json:"since,omitempty"`
+	Self  bool   `json:"self"`
 	// Conflicts are the peer ids that also claimed this site's name and
 	// were refused (the name is bound to Peer). Non-empty means an
 	// operator must look: a misconfiguration or an impostor.
@@ -39,6 +43,9 @@ func (a *Agent) sites(w http.ResponseWriter, _ *http.Request) {
 		j := SiteJSON{Site: s.Site, Peer: s.Peer.String(), State: s.State.String(), RTTms: float64(s.RTT) / float64(time.Millisecond), Self: s.Self, Binding: s.Binding}
 		if !s.LastSeen.IsZero() {
 			j.LastSeen = s.LastSeen.Format(time.RFC3339)
+		}
+		if !s.Since.IsZero() {
+			j.Since = s.Since.Format(time.RFC3339Nano)
 		}
 		for _, p := range s.Conflicts {
 			j.Conflicts = append(j.Conflicts, p.String())

@@ -10,6 +10,7 @@ import (
 	"maps"
 	"math/rand/v2"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -40,8 +41,13 @@ type ConvergenceRun struct {
 	// Owed is how many (operation, site) executions were pending when
 	// the partition healed.
 	Owed int `json:"owed"`
-	// Reconnected: every site sees every other up again.
+	// Reconnected: every site sees every other up again, as of the last
+	// of the state changes the sites report (GET /v1/sites "since").
 	Reconnected time.Duration `json:"reconnected_ns"`
+	// ReconnectedPoll is when a poll of every site's /v1/sites (every 50
+	// ms, each read answered by an agent busy catching up) first saw
+	// every site up: later than Reconnected by the poll's own latency.
+	ReconnectedPoll time.Duration `json:"reconnected_poll_ns,omitempty"`
 	// Catalog: every site's catalog holds every resource of its scopes
 	// with the same operations as every other replica.
 	Catalog time.Duration `json:"catalog_ns"`
@@ -128,11 +134,13 @@ func runConvergenceCase(ctx context.Context, env Env, cs ConvergenceCase, opt Co
 	for i := range cs.Sites {
 		names = append(names, fmt.Sprintf("s%02d", i))
 	}
-	c, err := StartCluster(ctx, ClusterOptions{Binary: env.Binary, Sites: names, Dir: dir, RTT: cs.RTT, Log: env.Log})
+	c, err := StartCluster(ctx, ClusterOptions{Binary: env.Binary, Sites: names, Dir: dir, RTT: cs.RTT, Log: env.Log,
+		AgentArgs: strings.Fields(os.Getenv(AgentArgsEnv))})
 	if err != nil {
 		return fig, err
 	}
 	defer c.Close()
+	defer keepMetrics(ctx, c, fmt.Sprintf("rtt%d-", cs.RTT.Milliseconds()))
 	rng := rand.New(rand.NewPCG(opt.Seed, uint64(cs.Sites)))
 	w := &workload{c: c, rng: rng, log: env.Log}
 	if _, _, err := w.writeCounted(ctx, opt.Resources, 1.0, names); err != nil {
@@ -147,7 +155,7 @@ func runConvergenceCase(ctx context.Context, env Env, cs ConvergenceCase, opt Co
 			return fig, fmt.Errorf("repetition %d: %w", rep+1, err)
 		}
 		env.Log.Info("convergence run", "sites", cs.Sites, "rtt", cs.RTT, "writes", cs.Writes, "rep", rep+1,
-			"owed", run.Owed, "reconnected", run.Reconnected, "catalog", run.Catalog, "applied", run.Applied)
+			"owed", run.Owed, "reconnected", run.Reconnected, "reconnected (poll)", run.ReconnectedPoll, "catalog", run.Catalog, "applied", run.Applied)
 		fig.Runs = append(fig.Runs, run)
 	}
 	var cat, app []time.Duration
@@ -327,12 +335,13 @@ func (w *workload) partitionRun(ctx context.Context, cs ConvergenceCase, names [
 	}
 	run.Owed = owed
 	t, err := w.healAndTime(ctx, names, 2*time.Minute, 5*time.Minute, 10*time.Minute)
-	run.Reconnected, run.Catalog, run.Applied = t.reconnected, t.catalog, t.applied
+	run.Reconnected, run.ReconnectedPoll, run.Catalog, run.Applied = t.reconnected, t.polled, t.catalog, t.applied
 	return run, err
 }
 
-// healTimes are measured from a heal.
-type healTimes struct{ reconnected, catalog, applied time.Duration }
+// healTimes are measured from a heal; polled is when the poll of the
+// sites' states saw them all up (see ConvergenceRun.ReconnectedPoll).
+type healTimes struct{ reconnected, polled, catalog, applied time.Duration }
 
 // healAndTime heals the network and times, from the heal, until every
 // site sees every other up, the catalogs agree and nothing is pending;
@@ -356,11 +365,17 @@ func (w *workload) healAndTime(ctx context.Context, names []string, reconnectWit
 	healed := time.Now()
 	views.start = healed
 	w.c.Net.Heal()
-	reconnected := make(chan time.Duration, 1)
+	reconnected := make(chan [2]time.Duration, 1)
 	go func() {
 		defer close(reconnected)
 		if w.c.WaitStates(ctx, reconnectWithin, names, names, "up") == nil {
-			reconnected <- time.Since(healed)
+			polled := time.Since(healed)
+			last, err := lastUp(ctx, w.c, names, healed)
+			if err != nil || last <= 0 {
+				w.log.Warn("no state change times: the poll's time counts", "err", err)
+				last = polled
+			}
+			reconnected <- [2]time.Duration{min(last, polled), polled}
 		}
 	}()
 	catalogAt, cats, err := w.waitAgreed(ctx, catalogWithin, false, views)
@@ -378,7 +393,8 @@ func (w *workload) healAndTime(ctx context.Context, names []string, reconnectWit
 		return t, fmt.Errorf("applications: %w", err)
 	}
 	t.applied = max(t.catalog, appliedAt.Sub(healed))
-	t.reconnected = <-reconnected
+	r := <-reconnected
+	t.reconnected, t.polled = r[0], r[1]
 	return t, w.checkApplications(ctx)
 }
 
@@ -705,4 +721,62 @@ func (r *ConvergenceResult) Plot(dir, prefix string) ([]string, error) {
 		return nil, fmt.Errorf("bench: save plot: %w", err)
 	}
 	return []string{path}, nil
+}
+
+// AgentArgsEnv names the environment variable whose words are added to
+// every agent's command line in the convergence scenario (for a look at
+// a slow run: "--log-level debug").
+const AgentArgsEnv = "CHEOPS_BENCH_AGENT_ARGS"
+
+// keepMetrics writes, when LogsEnv names a directory, every site's
+// /metrics and logs so far there (PREFIXNAME.metrics, PREFIXNAME.log)
+// before the cluster closes: a run has a cluster per case.
+func keepMetrics(ctx context.Context, c *Cluster, prefix string) {
+	dir := os.Getenv(LogsEnv)
+	if dir == "" {
+		return
+	}
+	for _, s := range c.Sites {
+		body, err := c.get(ctx, s.API+"/metrics")
+		if err != nil {
+			slog.Warn("keep a site's metrics", "site", s.Name, "err", err)
+			continue
+		}
+		path := filepath.Join(dir, prefix+s.Name+".metrics")
+		if err := os.WriteFile(path, body, 0o644); err != nil {
+			slog.Warn("keep a site's metrics", "path", path, "err", err)
+		}
+		path = filepath.Join(dir, prefix+s.Name+".log")
+		if err := os.WriteFile(path, []byte(s.logs.String()), 0o644); err != nil {
+			slog.Warn("keep a site's logs", "path", path, "err", err)
+		}
+	}
+}
+
+// lastUp reads every site's /v1/sites once all see each other up, and
+// returns, from healed, the last state change any of them reports (0
+// when none changed after healed): when the last pair came up, however
+// late the reads that saw it.
+func lastUp(ctx context.Context, c *Cluster, names []string, healed time.Time) (time.Duration, error) {
+	var last time.Duration
+	for _, o := range names {
+		var sites []struct {
+			Site  string    `json:"site"`
+			State string    `json:"state"`
+			Since time.Time `json:"since"`
+		}
+		if err := c.getJSON(ctx, c.Site(o).API+"/v1/sites", &sites); err != nil {
+			return 0, err
+		}
+		for _, s := range sites {
+			if s.Site == o || s.Since.IsZero() {
+				continue
+			}
+			if s.State != "up" {
+				return 0, fmt.Errorf("%s sees %s %s again", o, s.Site, s.State)
+			}
+			last = max(last, s.Since.Sub(healed))
+		}
+	}
+	return last, nil
 }

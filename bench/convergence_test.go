@@ -29,5 +29,11 @@ func TestConvergenceSmall(t *testing.T) {
 	if run.Catalog <= 0 || run.Applied < run.Catalog {
 		t.Fatalf("catalog converged %v, applied %v after the heal", run.Catalog, run.Applied)
 	}
-	t.Logf("owed %d; reconnected %v, catalog %v, applied %v after the heal", run.Owed, run.Reconnected, run.Catalog, run.Applied)
+	// Reconnected comes from the sites' own state change times (GET
+	// /v1/sites "since"): after the heal, and before the poll that saw
+	// every site up (equal means the times were missing).
+	if run.Reconnected <= 0 || run.Reconnected >= run.ReconnectedPoll {
+		t.Fatalf("reconnected %v after the heal, seen by the poll %v", run.Reconnected, run.ReconnectedPoll)
+	}
+	t.Logf("owed %d; reconnected %v (poll %v), catalog %v, applied %v after the heal", run.Owed, run.Reconnected, run.ReconnectedPoll, run.Catalog, run.Applied)
 }

@@ -2,6 +2,7 @@ package crdt
 
 import (
 	"bufio"
+	"container/heap"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -9,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,15 +30,18 @@ const (
 	// BlockProtocol serves a group's DAG blocks to the group's members.
 	//
 	// The asker sends one frame, a JSON blockRequest naming the group, the
-	// wanted CIDs and its own heads. The server answers with the wanted
-	// blocks and then their ancestors, breadth first, as pairs of frames
-	// (CID, block), and ends with an empty frame. It does not descend past
-	// the asker's heads, nor past a block the asker reports it holds:
-	// while it reads the answer, the asker sends back one frame with the
-	// CID of each received block it already had, so that a server walking
-	// down into history the asker shares stops within a round trip. A
-	// peer that is not a member of the group gets the stream reset and
-	// nothing else.
+	// wanted CIDs and blocks it holds (its heads and a sample below them,
+	// see knownSample). The server answers with the wanted blocks and
+	// then their ancestors, highest first, as pairs of frames (CID,
+	// block), and ends with an empty frame. It sends no block the asker
+	// named nor any ancestor of one, nor past a block the asker reports it
+	// holds: while it reads the answer, the asker sends back one frame
+	// with the CID of each received block it already had, so that a server
+	// walking down into history the asker shares stops within a round
+	// trip. (The wire format is that of earlier versions: an older server
+	// sends more blocks the asker holds, never fewer it lacks.) A peer
+	// that is not a member of the group gets the stream reset and nothing
+	// else.
 	BlockProtocol protocol.ID = "/cheops/crdt/blocks/2.0.0"
 )
 
@@ -50,6 +55,9 @@ const (
 	maxHaves = 4096
 	// putBatch is how many received blocks are written at once at most.
 	putBatch = 256
+	// flushAfter is how many bytes of an answer the block server buffers
+	// at most before it writes them out.
+	flushAfter = 4 << 10
 )
 
 // blockRequest asks for blocks of one group. Known lists CIDs the asker
@@ -150,8 +158,7 @@ func (m *Manager) serveBlocks(s network.Stream) {
 			known.add(c)
 		}
 	}
-	type item struct{ c, parent cid.Cid } // parent undefined: a wanted block
-	var queue []item
+	var wants []cid.Cid
 	for _, want := range req.Want {
 		c, err := cid.Decode(want)
 		if err != nil {
@@ -159,7 +166,7 @@ func (m *Manager) serveBlocks(s network.Stream) {
 			_ = s.Reset()
 			return
 		}
-		queue = append(queue, item{c: c})
+		wants = append(wants, c)
 	}
 
 	// The asker's reports of blocks it already held.
@@ -181,39 +188,34 @@ func (m *Manager) serveBlocks(s network.Stream) {
 	ctx, cancel := context.WithTimeout(m.ctx, m.cfg.FetchTimeout)
 	defer cancel()
 	w := bufio.NewWriterSize(s, 64<<10)
-	sent := cid.NewSet()
 	nblocks, nbytes := 0, 0
 	defer func() {
 		m.metrics.blockBytesSent.WithLabelValues(m.siteOf(remote)).Add(float64(nbytes))
 		m.metrics.blocksSent.Add(float64(nblocks))
 	}()
-	// Breadth first from the wanted blocks down their links, so that a
-	// chain arrives in one answer; not past what the asker holds.
-	for i := 0; i < len(queue) && nblocks < m.cfg.MaxPushBlocks && nbytes < m.cfg.MaxPushBytes; i++ {
-		it := queue[i]
-		if sent.Has(it.c) {
-			continue
+	walk := newServeWalk(ctx, g, known)
+	for _, c := range wants {
+		walk.enqueue(c, cid.Undef, false)
+	}
+	for nblocks < m.cfg.MaxPushBlocks && nbytes < m.cfg.MaxPushBytes {
+		b := walk.next()
+		if b == nil {
+			break
 		}
-		if it.parent.Defined() && (known.has(it.c) || known.has(it.parent)) {
-			// An ancestor of a block the asker holds: it holds it too.
-			known.add(it.c)
-			continue
-		}
-		b, err := g.blocks.Get(ctx, it.c)
-		if err != nil {
-			continue
-		}
-		sent.Add(it.c)
 		nblocks++
 		nbytes += len(b.RawData())
-		if writeFrame(w, it.c.Bytes()) != nil || writeFrame(w, b.RawData()) != nil {
+		if writeFrame(w, b.Cid().Bytes()) != nil || writeFrame(w, b.RawData()) != nil {
 			_ = s.Reset()
 			return
 		}
-		if nd, err := dag.DecodeProtobuf(b.RawData()); err == nil {
-			for _, l := range nd.Links() {
-				queue = append(queue, item{c: l.Cid, parent: it.c})
-			}
+		// The asker's "I have it" report can stop the walk only once the
+		// block it names has reached it: a block kept in the write buffer
+		// until 64 KiB followed (a few hundred operations) let the walk
+		// send that much history below what the request's known blocks
+		// stop.
+		if w.Buffered() >= flushAfter && w.Flush() != nil {
+			_ = s.Reset()
+			return
 		}
 	}
 	if writeFrame(w, nil) != nil || w.Flush() != nil {
@@ -246,7 +248,7 @@ func (g *Group) fetch(ctx context.Context, p peer.ID, want []cid.Cid) (int, erro
 	for _, c := range want {
 		req.Want = append(req.Want, c.String())
 	}
-	for _, h := range g.knownHeads(ctx) {
+	for _, h := range g.knownSample(ctx) {
 		req.Known = append(req.Known, h.String())
 	}
 	data, _ := json.Marshal(req)
@@ -336,6 +338,108 @@ func (g *Group) fetch(ctx context.Context, p peer.ID, want []cid.Cid) (int, erro
 	m.metrics.lastSync.WithLabelValues(site).SetToCurrentTime()
 	g.heard.Store(time.Now().UnixNano())
 	return stored, nil
+}
+
+// Bounds of knownSample: how far below the highest head it samples, how
+// many blocks it reads and how many it names at most.
+const (
+	maxKnownDepth  = 128
+	maxKnownReads  = 512
+	maxKnownBlocks = 256
+)
+
+// knownSample lists, for a block request, this site's heads of the group
+// and, for each depth d of 1, 2, 4, … up to maxKnownDepth below the
+// highest head, the blocks where the paths down from the heads cross
+// height H-d: every path from the heads down passes through one of them,
+// so a server whose walk reaches history this site holds meets one of
+// them, whichever path it came by, and stops (see serveWalk). After a
+// partition the asker's heads are its own side's writes, which the server
+// does not hold, so the heads alone stop no walk: the server went down
+// through the split point into the history both sides share, and every
+// block of a 300-block history was sent again
+// (TestHealSendsLittleSharedHistory, TestHealSendsLittleBranchyHistory).
+// With the sample the walk stops at most about as far below the split
+// point as this site wrote above it. Read from this site's blockstore
+// only, at most maxKnownReads blocks.
+func (g *Group) knownSample(ctx context.Context) []cid.Cid {
+	heads := g.knownHeads(ctx)
+	key := headsKey(heads)
+	if c := g.lastSample.Load(); c != nil && c.heads == key {
+		// The fetches of a heal start together, before the heads move.
+		return c.sample
+	}
+	out := g.sampleBelow(ctx, heads)
+	g.lastSample.Store(&knownSampleCache{heads: key, sample: out})
+	return out
+}
+
+// knownSampleCache is a known sample and the heads it was taken from.
+type knownSampleCache struct {
+	heads  string
+	sample []cid.Cid
+}
+
+// headsKey names a set of heads, whatever their order.
+func headsKey(heads []cid.Cid) string {
+	keys := make([]string, len(heads))
+	for i, h := range heads {
+		keys[i] = h.KeyString()
+	}
+	slices.Sort(keys)
+	return strings.Join(keys, "")
+}
+
+// sampleBelow computes the known sample of heads (see knownSample).
+func (g *Group) sampleBelow(ctx context.Context, heads []cid.Cid) []cid.Cid {
+	out := slices.Clone(heads)
+	walk := newServeWalk(ctx, g, &cidSet{set: map[cid.Cid]struct{}{}})
+	for _, h := range heads {
+		walk.enqueue(h, cid.Undef, false)
+	}
+	if walk.queue.Len() == 0 {
+		return out
+	}
+	top := walk.queue[0].height // the heap's first: the highest
+	named := cid.NewSet()
+	for _, h := range heads {
+		named.Add(h)
+	}
+	reads := 0
+	for walk.queue.Len() > 0 && reads < maxKnownReads && len(out) < maxKnownBlocks {
+		it := heap.Pop(&walk.queue).(*walkItem)
+		for _, l := range it.links {
+			if !walk.queued.Visit(l) {
+				continue
+			}
+			b, err := g.blocks.Get(ctx, l)
+			reads++
+			if err != nil {
+				continue
+			}
+			child := &walkItem{block: b}
+			if nd, err := dag.DecodeProtobuf(b.RawData()); err == nil {
+				for _, ll := range nd.Links() {
+					child.links = append(child.links, ll.Cid)
+				}
+				var delta pb.Delta
+				if proto.Unmarshal(nd.Data(), &delta) == nil {
+					child.height = delta.GetPriority()
+				}
+			}
+			// Does the link from it to child cross a sampled height?
+			for d := uint64(1); d <= maxKnownDepth && d <= top; d *= 2 {
+				if th := top - d; child.height <= th && th < it.height && named.Visit(l) {
+					out = append(out, l)
+					break
+				}
+			}
+			if top-min(top, maxKnownDepth) < child.height {
+				heap.Push(&walk.queue, child)
+			}
+		}
+	}
+	return out
 }
 
 // arrivals lets a walk that needs a block wait for a fetch in progress
@@ -600,5 +704,118 @@ func (g *Group) pushHeads(ctx context.Context, p peer.ID) error {
 		return fmt.Errorf("push heads of {%s}: %w", g.name, err)
 	}
 	g.m.metrics.headsPushed.Inc()
+	return nil
+}
+
+// serveWalk is the block server's walk of an answer: from the wanted
+// blocks down their links, highest DAG height first (so that a chain
+// arrives in one answer, newest first), and not into what the asker
+// holds. A block the asker holds (named in the request's known blocks,
+// reported while the answer goes, or an ancestor of such a block) is
+// walked as known: never sent, and its links are known too. Walking by
+// height, a block's known ancestors are marked before the walk could
+// reach them by another path: a block is reached only after every
+// block above it. (Breadth first, a known block stopped only the path
+// through it: after a heal, the other paths of a DAG that several sites
+// wrote went down through the shared history to its root, and each
+// answer sent up to 150 blocks the asker held.) The walk ends when
+// nothing but known blocks is left.
+type serveWalk struct {
+	ctx   context.Context
+	g     *Group
+	known *cidSet
+	queue walkQueue
+	// queued: blocks queued to send; walked: blocks queued as known.
+	queued, walked *cid.Set
+	unknown        int // items queued to send
+}
+
+// walkItem is one block of a walk.
+type walkItem struct {
+	block  blocks.Block
+	links  []cid.Cid
+	height uint64
+	parent cid.Cid // the block it is a link of; undefined for a wanted block
+	known  bool
+}
+
+// walkQueue is a heap: highest first, known first at equal heights.
+type walkQueue []*walkItem
+
+func (q walkQueue) Len() int { return len(q) }
+func (q walkQueue) Less(i, j int) bool {
+	if q[i].height != q[j].height {
+		return q[i].height > q[j].height
+	}
+	return q[i].known && !q[j].known
+}
+func (q walkQueue) Swap(i, j int) { q[i], q[j] = q[j], q[i] }
+func (q *walkQueue) Push(x any)   { *q = append(*q, x.(*walkItem)) }
+func (q *walkQueue) Pop() any {
+	old := *q
+	it := old[len(old)-1]
+	*q = old[:len(old)-1]
+	return it
+}
+
+func newServeWalk(ctx context.Context, g *Group, known *cidSet) *serveWalk {
+	return &serveWalk{ctx: ctx, g: g, known: known, queued: cid.NewSet(), walked: cid.NewSet()}
+}
+
+// enqueue queues block c, a link of parent (undefined: wanted), to send
+// or as known. A block this site does not hold is left out.
+func (w *serveWalk) enqueue(c, parent cid.Cid, known bool) {
+	set := w.queued
+	if known {
+		set = w.walked
+	}
+	if !set.Visit(c) {
+		return
+	}
+	b, err := w.g.blocks.Get(w.ctx, c)
+	if err != nil {
+		return
+	}
+	it := &walkItem{block: b, parent: parent, known: known}
+	if nd, err := dag.DecodeProtobuf(b.RawData()); err == nil {
+		for _, l := range nd.Links() {
+			it.links = append(it.links, l.Cid)
+		}
+		var delta pb.Delta
+		if proto.Unmarshal(nd.Data(), &delta) == nil {
+			it.height = delta.GetPriority()
+		}
+	}
+	if !known {
+		w.unknown++
+	}
+	heap.Push(&w.queue, it)
+}
+
+// next returns the next block to send, or nil when there is none.
+func (w *serveWalk) next() blocks.Block {
+	for w.unknown > 0 && w.queue.Len() > 0 {
+		it := heap.Pop(&w.queue).(*walkItem)
+		c := it.block.Cid()
+		if !it.known {
+			w.unknown--
+			// A wanted block is sent whatever the asker says it holds.
+			if it.parent.Defined() && (w.known.has(c) || w.known.has(it.parent)) {
+				it.known = true
+			}
+		}
+		if it.known {
+			w.known.add(c)
+			for _, l := range it.links {
+				w.known.add(l)
+				w.enqueue(l, c, true)
+			}
+			continue
+		}
+		for _, l := range it.links {
+			w.enqueue(l, c, false)
+		}
+		return it.block
+	}
 	return nil
 }

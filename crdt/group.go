@@ -59,6 +59,9 @@ type Group struct {
 	heard atomic.Int64
 	// lastDigest caches the anti-entropy digest as of active.
 	lastDigest atomic.Pointer[groupDigest]
+	// lastSample caches the known sample of block requests (knownSample)
+	// as of the heads it was taken from.
+	lastSample atomic.Pointer[knownSampleCache]
 	// commits queues local writes for group commit (commit.go).
 	commits commits
 

@@ -235,3 +235,131 @@ func TestAnAnswerlessMemberHoldsUpOnlyItsOwnRounds(t *testing.T) {
 		return nil
 	})
 }
+
+// TestHealSendsLittleSharedHistory: after a heal, the block server stops
+// walking at the split point within a round trip of the asker's "I have
+// it" report. Two sites share a history of 300 single-write blocks (as
+// the operations of a catalog make), write 5 blocks each during a cut,
+// and heal: each fetches the other's 5 and, of the 300 shared blocks
+// below the split, only the few sent before the report reached the
+// server. (The server once kept its answer in a 64 KiB write buffer
+// until the buffer filled: the report named a block the asker received
+// after the server had queued a buffer's worth of history below it, and
+// each site received 150–300 blocks it held.)
+func TestHealSendsLittleSharedHistory(t *testing.T) {
+	n := newNet(t, "a", "b")
+	n.tune = healTune
+	n.startAll("a", "b")
+	a, b := n.sites["a"], n.sites["b"]
+	ctx := context.Background()
+	ab := []string{"a", "b"}
+	const history = 300
+	for i := range history {
+		if err := a.m.Put(ctx, ab, fmt.Sprintf("/old/%d", i), []byte("old")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 30*time.Second, "b has the history", func() error {
+		return hasValue(b, ab, fmt.Sprintf("/old/%d", history-1), "old")
+	})
+	n.partition([]string{"a"}, []string{"b"})
+	for _, s := range []*site{a, b} {
+		for i := range 5 {
+			if err := s.m.Put(ctx, ab, fmt.Sprintf("/cut/%s/%d", s.name, i), []byte(s.name)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	dups := counterValue(a.m.metrics.duplicateBlocks) + counterValue(b.m.metrics.duplicateBlocks)
+	n.heal([]string{"a"}, []string{"b"})
+	eventually(t, 30*time.Second, "both have both sides' writes", func() error {
+		for _, s := range []*site{a, b} {
+			for _, w := range []string{"a", "b"} {
+				if err := hasValue(s, ab, "/cut/"+w+"/4", w); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	got := counterValue(a.m.metrics.duplicateBlocks) + counterValue(b.m.metrics.duplicateBlocks) - dups
+	t.Logf("blocks received that the receiver held: %.0f", got)
+	if got > 60 {
+		t.Fatalf("%.0f blocks received that the receiver held (of %d shared): the server walked past the split point", got, history)
+	}
+}
+
+// TestHealSendsLittleBranchyHistory: as TestHealSendsLittleSharedHistory,
+// with a shared history written by three sites at once, so that the DAG
+// branches and merges all the way down: a known block must stop every
+// path below it, not only the path through it. (Walked breadth first,
+// the paths that went round the known blocks reached the root: up to
+// 150 blocks resent per answer in `cheops bench convergence`.)
+func TestHealSendsLittleBranchyHistory(t *testing.T) {
+	n := newNet(t, "a", "b", "c")
+	n.tune = healTune
+	n.startAll("a", "b", "c")
+	ctx := context.Background()
+	abc := []string{"a", "b", "c"}
+	const perSite = 100
+	var wg sync.WaitGroup
+	for _, name := range abc {
+		wg.Go(func() {
+			for i := range perSite {
+				if err := n.sites[name].m.Put(ctx, abc, fmt.Sprintf("/old/%s/%d", name, i), []byte("old")); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for _, s := range abc {
+		for _, w := range abc {
+			eventually(t, 30*time.Second, s+" has the history", func() error {
+				return hasValue(n.sites[s], abc, fmt.Sprintf("/old/%s/%d", w, perSite-1), "old")
+			})
+		}
+	}
+	eventually(t, 30*time.Second, "same heads everywhere", func() error {
+		a := n.sites["a"].m.group("a,b,c").headsDigest(ctx)
+		for _, s := range []string{"b", "c"} {
+			if d := n.sites[s].m.group("a,b,c").headsDigest(ctx); d != a {
+				return fmt.Errorf("%s's heads differ from a's", s)
+			}
+		}
+		return nil
+	})
+	n.partition([]string{"a"}, []string{"b", "c"})
+	for _, name := range []string{"a", "b"} {
+		for i := range 5 {
+			if err := n.sites[name].m.Put(ctx, abc, fmt.Sprintf("/cut/%s/%d", name, i), []byte(name)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	eventually(t, 10*time.Second, "c has b's writes", func() error { return hasValue(n.sites["c"], abc, "/cut/b/4", "b") })
+	dups := 0.0
+	for _, s := range abc {
+		dups += counterValue(n.sites[s].m.metrics.duplicateBlocks)
+	}
+	n.heal([]string{"a"}, []string{"b", "c"})
+	eventually(t, 30*time.Second, "every site has both sides' writes", func() error {
+		for _, s := range abc {
+			for _, w := range []string{"a", "b"} {
+				if err := hasValue(n.sites[s], abc, "/cut/"+w+"/4", w); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	got := -dups
+	for _, s := range abc {
+		got += counterValue(n.sites[s].m.metrics.duplicateBlocks)
+	}
+	t.Logf("blocks received that the receiver held: %.0f", got)
+	if got > 60 {
+		t.Fatalf("%.0f blocks received that the receiver held (of %d shared): the server walked past the split point", got, 3*perSite)
+	}
+}

@@ -186,3 +186,45 @@ func TestStarvedSampleNotTaken(t *testing.T) {
 		t.Fatalf("the filter took the starved sample: %v", got)
 	}
 }
+
+// A site held suspect or down that loses its last connection with this
+// node asks for a probe round at once (a heal closes the connection the
+// cut stalled); an up site, a site still connected or one whose probe
+// runs does not.
+func TestLostConnectionAsksARound(t *testing.T) {
+	cfg := fastConfig("paris", "x", nil)
+	n := bareNode(cfg)
+	rome := peer.ID("rome")
+	n.mu.Lock()
+	ps := n.peerLocked(rome)
+	ps.site, ps.probed = "rome", true
+	n.mu.Unlock()
+	asked := func() bool {
+		select {
+		case <-n.probeNow:
+			return true
+		default:
+			return false
+		}
+	}
+	for _, c := range []struct {
+		misses    int
+		inflight  bool
+		connected bool
+		want      bool
+	}{
+		{misses: 0, want: false},                              // up
+		{misses: cfg.SuspectAfter, want: true},                // suspect
+		{misses: cfg.DownAfter, want: true},                   // down
+		{misses: cfg.DownAfter, connected: true, want: false}, // another connection is left
+		{misses: cfg.DownAfter, inflight: true, want: false},  // its probe runs
+	} {
+		n.mu.Lock()
+		ps.misses, ps.inflight = c.misses, c.inflight
+		n.lostConnectionLocked(ps, c.connected)
+		n.mu.Unlock()
+		if got := asked(); got != c.want {
+			t.Errorf("misses %d, inflight %v, connected %v: asked a round %v, want %v", c.misses, c.inflight, c.connected, got, c.want)
+		}
+	}
+}

@@ -83,19 +83,22 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 // probeStats counts the outcomes of this node's probes, for the metrics
 // and for tests that must say why a cluster did not form.
 type probeStats struct {
-	failed     atomic.Int64 // probes that got no answer
-	timedOut   atomic.Int64 // of which ran out of time
-	forgiven   atomic.Int64 // failures not counted as misses (this node was starved)
-	misses     atomic.Int64 // failures counted as misses
-	redials    atomic.Int64 // dials of a site reached before
-	downs      atomic.Int64 // sites this node declared down
-	heardSelf  atomic.Int64 // probe answers in which a peer suspected this site
-	dialFails  atomic.Int64 // of the failures, dials (first contacts among them: firstFails)
-	firstFails atomic.Int64
-	skipped    atomic.Int64 // of the failures, probes not tried (redial backoff)
-	openFails  atomic.Int64 // of the failures, streams that did not open
-	slowest    atomic.Int64 // the longest RTT of an answered probe, in nanoseconds
-	lateTicks  atomic.Int64 // probe loop ticks later than starvedAfter
+	failed   atomic.Int64 // probes that got no answer
+	timedOut atomic.Int64 // of which ran out of time
+	forgiven atomic.Int64 // failures not counted as misses (this node was starved)
+	misses   atomic.Int64 // failures counted as misses
+	redials  atomic.Int64 // dials of a site reached before
+	// lostRetries counts the early rounds asked for because a site not up
+	// lost its connection (lostConnectionLocked).
+	lostRetries atomic.Int64
+	downs       atomic.Int64 // sites this node declared down
+	heardSelf   atomic.Int64 // probe answers in which a peer suspected this site
+	dialFails   atomic.Int64 // of the failures, dials (first contacts among them: firstFails)
+	firstFails  atomic.Int64
+	skipped     atomic.Int64 // of the failures, probes not tried (redial backoff)
+	openFails   atomic.Int64 // of the failures, streams that did not open
+	slowest     atomic.Int64 // the longest RTT of an answered probe, in nanoseconds
+	lateTicks   atomic.Int64 // probe loop ticks later than starvedAfter
 	// queuedTicks counts the ticks that found the scheduler's latency
 	// above starvedAfter (see queued).
 	queuedTicks atomic.Int64

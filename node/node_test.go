@@ -163,6 +163,9 @@ func TestMembershipUpDownRestart(t *testing.T) {
 		return nil
 	})
 	t.Logf("stopped rome down everywhere after %v (bound %v)", time.Since(began).Round(time.Millisecond), cfg.DownBound())
+	if err := changedSince(c.nodes["berlin"], "rome", began, time.Now()); err != nil {
+		t.Error(err)
+	}
 	sawDown := false
 	for !sawDown {
 		select {
@@ -190,6 +193,23 @@ func TestMembershipUpDownRestart(t *testing.T) {
 		}
 		return nil
 	})
+	if err := changedSince(c.nodes["berlin"], "rome", began, time.Now()); err != nil {
+		t.Error(err)
+	}
+}
+
+// changedSince checks that n reports the last change of site's state
+// (SiteStatus.Since) between from and to.
+func changedSince(n *Node, site string, from, to time.Time) error {
+	for _, s := range n.Sites() {
+		if s.Site == site {
+			if s.Since.Before(from) || s.Since.After(to) {
+				return fmt.Errorf("%s's state changed at %v, not between %v and %v", site, s.Since, from, to)
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("%s unknown", site)
 }
 
 func TestUntrustedPeerRefused(t *testing.T) {

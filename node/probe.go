@@ -49,6 +49,9 @@ type peerState struct {
 	// probe started. See probeLoop.
 	refused bool
 	tried   time.Time
+	// changed is when state() last changed (zero: never since this node
+	// started).
+	changed time.Time
 }
 
 // state derives a site's state from its probe history: unknown until the
@@ -255,12 +258,35 @@ func (ps *peerState) need() probeNeed {
 // disconnectedFrom is called when a connection with p closes. The peer is
 // probed at the next round, in turn or not: a site that stopped or
 // crashed closes its connections, and its first failed probe comes at
-// once instead of when its turn comes round.
+// once instead of when its turn comes round. A site not up is probed at
+// once (see lostConnectionLocked).
 func (n *Node) disconnectedFrom(p peer.ID) {
+	connected := n.host.Network().Connectedness(p) == network.Connected
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if ps, ok := n.byPeer[p]; ok {
 		ps.flagged = true
+		n.lostConnectionLocked(ps, connected)
+	}
+}
+
+// lostConnectionLocked asks for a probe round now when a site this node
+// holds suspect or down has lost its last connection with it (connected
+// false) and no probe of it runs: at a heal, the connection the cut
+// stalled closes (under the probe that was waiting on it), and the site
+// is dialled again at once instead of at the loop's next tick (down) or
+// its next round (suspect: up to ProbeInterval times the health
+// multiplier). Only a connection that was open asks: a failed dial never
+// does, so a site that refuses is not dialled in a loop, and its redial
+// delay still holds (ping).
+func (n *Node) lostConnectionLocked(ps *peerState, connected bool) {
+	if connected || ps.inflight || ps.state() == scope.Up || ps.state() == scope.Unknown {
+		return
+	}
+	n.stats.lostRetries.Add(1)
+	select {
+	case n.probeNow <- struct{}{}:
+	default:
 	}
 }
 
@@ -284,6 +310,7 @@ func (n *Node) connectedFrom(p peer.ID) {
 	}
 	ps.backoff, ps.nextDial = 0, time.Time{}
 	ps.misses, ps.lastSeen = 0, time.Now().UTC()
+	ps.changed = ps.lastSeen
 	ps.flagged = true // probed at once, for its RTT
 	if ps.site != "" {
 		n.log.Info("site state changed", "site", ps.site, "from", before, "to", scope.Up, "rtt", ps.rtt, "by", "connection")
@@ -334,6 +361,7 @@ func (n *Node) probe(ctx context.Context, p peer.ID, first bool) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, n.probeTimeout(first))
 	defer cancel()
+	wasConnected := n.host.Network().Connectedness(p) == network.Connected
 	rtt, ans, err := n.ping(ctx, p, first)
 	ok, late := err == nil, timedOut(ctx, err)
 	if late {
@@ -347,6 +375,13 @@ func (n *Node) probe(ctx context.Context, p peer.ID, first bool) {
 		return
 	}
 	n.observe(p, start, rtt, ans, ok, late)
+	if !ok && !late && wasConnected {
+		// The probe's connection closed under it.
+		connected := n.host.Network().Connectedness(p) == network.Connected
+		n.mu.Lock()
+		n.lostConnectionLocked(n.peerLocked(p), connected)
+		n.mu.Unlock()
+	}
 }
 
 // notYetRedialled ends, before it starts, the probe of a site never
@@ -514,6 +549,9 @@ func (n *Node) observe(p peer.ID, start time.Time, rtt time.Duration, ans *probe
 	if after == scope.Down && before != scope.Down {
 		n.stats.downs.Add(1)
 	}
+	if before != after {
+		ps.changed = time.Now().UTC()
+	}
 	if before != after && ps.site != "" {
 		n.log.Info("site state changed", "site", ps.site, "from", before, "to", after, "rtt", ps.rtt)
 		n.notifyLocked(SiteEvent{Site: ps.site, Peer: p, From: before, State: after})
@@ -553,8 +591,11 @@ type SiteStatus struct {
 	State    scope.State
 	RTT      time.Duration // smoothed; 0 for this site and for sites never reached
 	LastSeen time.Time     // last answered probe; now for this site
-	Self     bool
-	Started  time.Time // when the site's agent started, from its record
+	// Since is when this node last saw the site's state change (zero:
+	// not since this node started; this node's start for itself).
+	Since   time.Time
+	Self    bool
+	Started time.Time // when the site's agent started, from its record
 	// Conflicts are the other peers that claimed this site's name and
 	// were refused.
 	Conflicts []peer.ID
@@ -569,12 +610,12 @@ func (n *Node) Sites() []SiteStatus {
 	defer n.bindMu.Unlock()
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	out := []SiteStatus{{Site: n.cfg.Site, Peer: n.host.ID(), State: scope.Up, LastSeen: time.Now().UTC(), Self: true, Started: n.started, Binding: BoundSelf}}
+	out := []SiteStatus{{Site: n.cfg.Site, Peer: n.host.ID(), State: scope.Up, LastSeen: time.Now().UTC(), Since: n.started, Self: true, Started: n.started, Binding: BoundSelf}}
 	for p, ps := range n.byPeer {
 		if ps.site == "" {
 			continue
 		}
-		out = append(out, SiteStatus{Site: ps.site, Peer: p, State: ps.state(), RTT: ps.rtt, LastSeen: ps.lastSeen, Started: ps.started,
+		out = append(out, SiteStatus{Site: ps.site, Peer: p, State: ps.state(), RTT: ps.rtt, LastSeen: ps.lastSeen, Since: ps.changed, Started: ps.started,
 			Binding: n.bindings.byName[ps.site].Source})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Site < out[j].Site })
