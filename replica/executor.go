@@ -279,7 +279,9 @@ func (x *Executor) ApplyOwed(ctx context.Context, jobs []Job) []Result {
 	defer rs.mu.Unlock()
 	load := x.load
 	if len(jobs) == 1 && jobs[0].Create {
-		load = func(ctx context.Context, res string, rs *resourceState) error { return x.loadFor(ctx, res, jobs[0].Op.ID, rs) }
+		load = func(ctx context.Context, res string, rs *resourceState) error {
+			return x.loadFor(ctx, res, jobs[0].Op.ID, rs)
+		}
 	}
 	if err := load(ctx, jobs[0].Op.Resource, rs); err != nil {
 		return []Result{{Err: err}}
