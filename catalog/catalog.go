@@ -50,6 +50,25 @@ type syncer interface {
 	Sync(ctx context.Context) error
 }
 
+// expecter is implemented by stores whose commits wait for writes
+// announced to be on their way (*crdt.Manager: Config.CommitLinger).
+type expecter interface {
+	Expect(sites []string) (arrived func())
+}
+
+// Expect announces a write (Create, AppendOp) into the resources of sites
+// that this site will make soon, such as the record of a replicated
+// write whose replicas are still running it, and returns the function to
+// call when the write is made or will not be. Writes into the same sites
+// meanwhile may wait a little for it, and share its commit; a store that
+// cannot do that ignores the announcement.
+func (c *Catalog) Expect(sites []string) (arrived func()) {
+	if e, ok := c.cfg.Store.(expecter); ok {
+		return e.Expect(sites)
+	}
+	return func() {}
+}
+
 // Errors of the catalog.
 var (
 	ErrNotFound = errors.New("catalog: no such resource")
