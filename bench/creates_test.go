@@ -129,9 +129,10 @@ func TestReplicatedCreatesRate(t *testing.T) {
 		}
 	}
 	n := rate * d.Seconds()
+	per := cpuPer(cpu0, cpu1, n)
 	var parts []string
 	for _, k := range []string{app.Name, remote.Name, "bench"} {
-		parts = append(parts, fmt.Sprintf("%s %.0f", k, float64(cpu1[k]-cpu0[k])/float64(time.Microsecond)/n))
+		parts = append(parts, fmt.Sprintf("%s %.0f", k, per[k]))
 	}
 	t.Logf("%.0f creates/s over %v, %d errors; CPU µs per create: %s", rate, d, errs, strings.Join(parts, ", "))
 	for _, s := range c.Sites {
@@ -162,26 +163,6 @@ func scrape(ctx context.Context, c *Cluster) map[string]map[string]float64 {
 			}
 		}
 	}
-	return out
-}
-
-// cpuTimes reads the CPU time (user + system) of every agent and of this
-// process (the clients and the applications).
-func cpuTimes(c *Cluster) map[string]time.Duration {
-	out := map[string]time.Duration{}
-	for _, s := range c.Sites {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", s.agent.Process.Pid))
-		if err != nil {
-			continue
-		}
-		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
-		ut, _ := strconv.ParseInt(f[11], 10, 64)
-		st, _ := strconv.ParseInt(f[12], 10, 64)
-		out[s.Name] = time.Duration(ut+st) * 10 * time.Millisecond // USER_HZ 100
-	}
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	out["bench"] = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 	return out
 }
 
