@@ -219,8 +219,8 @@ func (x *Executor) load(ctx context.Context, res string, rs *resourceState) erro
 // journal: this site's local id of the resource and op's own entry. A
 // create looks at nothing else (whether it ran here, and a copy already
 // here), so a lone create (the live one, every time a resource is made)
-// reads two keys, which the store's filters answer without a scan when
-// they are absent, instead of the resource's whole journal. Anything else
+// reads two keys instead of scanning the resource's journal (a point
+// read and a range scan before). Anything else
 // done on the resource later loads the rest (load), which holds what the
 // create journaled.
 func (x *Executor) loadFor(ctx context.Context, res, op string, rs *resourceState) error {
