@@ -164,6 +164,12 @@ type ForwardingResult struct {
 	RSSAfter      map[string]float64 `json:"agent_peak_rss_mib_after,omitempty"`
 	CreateClients int                `json:"create_clients,omitempty"`
 	CreateErrors  int                `json:"create_errors,omitempty"`
+	// CreateCPU is the CPU time (user and system, µs) per replicated
+	// create of each agent and of the benchmark process ("bench": the
+	// clients and both applications) while the creates ran. When the
+	// creates keep every core busy, the cores' µs per second over their
+	// sum is the rate: where the creates' time goes.
+	CreateCPU map[string]float64 `json:"create_cpu_us,omitempty"`
 }
 
 // Missed lists the targets the run missed (cheops bench --strict).
@@ -372,11 +378,14 @@ func runForwarding(ctx context.Context, env Env, p forwardingProfile) (*Forwardi
 			log.Info("forwarding: replicated creates", "sites", 2, "clients", p.createClients)
 			both := newTarget("replicated creates", app.API+"/svc/items", "{items: "+app.Name+" & "+remote.Name+"}")
 			res.CreateClients = p.createClients
+			cpu0 := cpuTimes(c)
 			res.ReplicatedCreates, res.CreateErrors, err = createRate(ctx, both, p.createClients, p.throughput)
+			cpu1 := cpuTimes(c)
 			both.close()
 			if err != nil {
 				return nil, err
 			}
+			res.CreateCPU = cpuPer(cpu0, cpu1, res.ReplicatedCreates*p.throughput.Seconds())
 			res.ReplicatedCreates = math.Round(res.ReplicatedCreates)
 		}
 		if rtt == 0 && p.bodyMiB > 0 {
@@ -941,6 +950,15 @@ func (r *ForwardingResult) Table(w io.Writer) {
 	if r.CreateClients > 0 {
 		fmt.Fprintf(w, "\nreplicated creates (2 sites, %d clients, a Go application answering at once, 0 ms RTT): %.0f creates/s, %d errors\n",
 			r.CreateClients, r.ReplicatedCreates, r.CreateErrors)
+		if len(r.CreateCPU) > 0 {
+			var parts []string
+			total := 0.0
+			for _, k := range slices.Sorted(maps.Keys(r.CreateCPU)) {
+				parts = append(parts, fmt.Sprintf("%s %.0f", k, r.CreateCPU[k]))
+				total += r.CreateCPU[k]
+			}
+			fmt.Fprintf(w, "  CPU µs per create: %s (bench: the clients and both applications); %.0f in all\n", strings.Join(parts, ", "), total)
+		}
 	}
 	if len(r.Targets) > 0 {
 		fmt.Fprintln(w, "\ntargets:")
@@ -1002,4 +1020,48 @@ func (r *ForwardingResult) Plot(dir, prefix string) ([]string, error) {
 		out = append(out, path)
 	}
 	return out, nil
+}
+
+// cpuTimes reads the CPU time (user and system) of every running agent of
+// c and of this process ("bench").
+func cpuTimes(c *Cluster) map[string]time.Duration {
+	out := map[string]time.Duration{}
+	for _, s := range c.Sites {
+		if s.agent == nil || s.agent.Process == nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", s.agent.Process.Pid))
+		if err != nil {
+			continue
+		}
+		// After the command's name (in parentheses): state, then 10
+		// fields before utime and stime, in clock ticks (USER_HZ, 100).
+		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+		if len(f) < 13 {
+			continue
+		}
+		ut, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		out[s.Name] = time.Duration(ut+st) * 10 * time.Millisecond
+	}
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err == nil {
+		out["bench"] = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	return out
+}
+
+// cpuPer is the CPU time between two readings of cpuTimes, in µs per
+// one of n operations.
+func cpuPer(before, after map[string]time.Duration, n float64) map[string]float64 {
+	if n <= 0 {
+		return nil
+	}
+	out := map[string]float64{}
+	for k, t := range after {
+		if t0, ok := before[k]; ok {
+			out[k] = math.Round(float64(t-t0) / float64(time.Microsecond) / n)
+		}
+	}
+	return out
 }

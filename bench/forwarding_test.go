@@ -24,7 +24,7 @@ func TestForwardingTinyProfile(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	tiny := forwardingProfile{gets: 40, creates: 8, rttGets: 10, rttCreates: 3,
-		rtts: []time.Duration{0, 20 * time.Millisecond}, throughput: 300 * time.Millisecond, workers: 2, clients: []int{1, 4}, bodyMiB: 4}
+		rtts: []time.Duration{0, 20 * time.Millisecond}, throughput: 300 * time.Millisecond, workers: 2, clients: []int{1, 4}, bodyMiB: 4, createClients: 4}
 	env := Env{Binary: testkit.BuildBinary(t), Dir: t.TempDir(), Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	res, err := runForwarding(ctx, env, tiny)
 	if err != nil {
@@ -76,6 +76,10 @@ func TestForwardingTinyProfile(t *testing.T) {
 	}
 	// Large bodies: a GET and a PUT through every path, each agent's
 	// peak memory before and after.
+	// Replicated creates, with the CPU each process spent per create.
+	if res.ReplicatedCreates <= 0 || res.CreateErrors != 0 || len(res.CreateCPU) != 3 || res.CreateCPU["bench"] <= 0 || res.CreateCPU[res.AppSite] <= 0 || res.CreateCPU[res.Remote] <= 0 {
+		t.Errorf("replicated creates: %v/s, %d errors, CPU µs per create %v", res.ReplicatedCreates, res.CreateErrors, res.CreateCPU)
+	}
 	if len(res.Bodies) != 3 || len(res.RSSAfter) != 2 || len(res.RSSBefore) != 2 {
 		t.Errorf("large bodies: %+v, peak RSS %v -> %v", res.Bodies, res.RSSBefore, res.RSSAfter)
 	}
@@ -85,10 +89,10 @@ func TestForwardingTinyProfile(t *testing.T) {
 		}
 	}
 	// Every target is judged, each once: 2 local, req/s at 0 ms, 4 for
-	// large bodies and 2 for the agents' memory, one added latency per
-	// RTT, growth from 1 to 4 clients.
-	if len(res.Targets) != 12 {
-		t.Errorf("%d targets, want 12: %+v", len(res.Targets), res.Targets)
+	// large bodies and 2 for the agents' memory, replicated creates, one
+	// added latency per RTT, growth from 1 to 4 clients.
+	if len(res.Targets) != 13 {
+		t.Errorf("%d targets, want 13: %+v", len(res.Targets), res.Targets)
 	}
 	if missed := res.Missed(); len(missed) != countMissed(res.Targets) {
 		t.Errorf("Missed() lists %d, %d targets missed", len(missed), countMissed(res.Targets))

@@ -50,6 +50,25 @@ type syncer interface {
 	Sync(ctx context.Context) error
 }
 
+// expecter is implemented by stores whose commits wait for writes
+// announced to be on their way (*crdt.Manager: Config.CommitLinger).
+type expecter interface {
+	Expect(sites []string) (arrived func())
+}
+
+// Expect announces a write (Create, AppendOp) into the resources of sites
+// that this site will make soon, such as the record of a replicated
+// write whose replicas are still running it, and returns the function to
+// call when the write is made or will not be. Writes into the same sites
+// meanwhile may wait a little for it, and share its commit; a store that
+// cannot do that ignores the announcement.
+func (c *Catalog) Expect(sites []string) (arrived func()) {
+	if e, ok := c.cfg.Store.(expecter); ok {
+		return e.Expect(sites)
+	}
+	return func() {}
+}
+
 // Errors of the catalog.
 var (
 	ErrNotFound = errors.New("catalog: no such resource")
@@ -440,28 +459,55 @@ func (c *Catalog) apply(sites []string, key string, value []byte) bool {
 	}
 	// Decode outside the lock.
 	var (
-		m     Meta
-		op    Operation
-		rec   SiteRecord
+		d     decoded
 		err   error
 		valid bool
 	)
 	switch kind {
 	case keyMeta:
-		err = json.Unmarshal(value, &m)
-		valid = err == nil && m.ID == id && len(m.Sites) > 0 && validSites(m.Sites)
+		d.meta = new(Meta)
+		err = json.Unmarshal(value, d.meta)
+		valid = err == nil && d.meta.ID == id && len(d.meta.Sites) > 0 && validSites(d.meta.Sites)
 	case keyOp:
-		err = json.Unmarshal(value, &op)
-		valid = err == nil && op.ID == name
+		d.op = new(Operation)
+		err = json.Unmarshal(value, d.op)
+		valid = err == nil && d.op.ID == name
 	case keySite:
-		err = json.Unmarshal(value, &rec)
-		valid = err == nil && rec.Site == name
+		d.rec = new(SiteRecord)
+		err = json.Unmarshal(value, d.rec)
+		valid = err == nil && d.rec.Site == name
 	}
 	if !valid {
 		c.log.Warn("skipping a malformed catalog value", "key", key, "err", err)
 		return false
 	}
-	raw := slices.Clone(value)
+	return c.applyDecoded(group, key, id, kind, name, slices.Clone(value), d)
+}
+
+// decoded is a catalog value decoded: one of its fields is set, by the
+// key's kind.
+type decoded struct {
+	meta *Meta
+	op   *Operation
+	rec  *SiteRecord
+}
+
+// applyOwn folds this site's own write into the view: the value it just
+// encoded (raw, not kept by the caller) and the value encoded, so that
+// the view does not decode what it made. v must decode from raw to
+// itself (raw is json.Marshal(v), of a valid value).
+func (c *Catalog) applyOwn(sites []string, key string, raw []byte, d decoded) bool {
+	id, kind, name, ok := parseKey(key)
+	if !ok {
+		return false
+	}
+	return c.applyDecoded(groupOf(sites), key, id, kind, name, raw, d)
+}
+
+// applyDecoded is apply's second half: raw is the stored value, d the
+// value decoded.
+func (c *Catalog) applyDecoded(group, key, id, kind, name string, raw []byte, d decoded) bool {
+	value := raw
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e := c.entries[id]
@@ -471,6 +517,7 @@ func (c *Catalog) apply(sites []string, key string, value []byte) bool {
 	var stamps []Timestamp
 	switch kind {
 	case keyMeta:
+		m := *d.meta
 		slot := metaSlot{group, name}
 		if old, ok := e.metas[slot]; ok && (bytes.Equal(old.raw, value) || old.v.Version.Compare(m.Version) > 0) {
 			return false
@@ -478,6 +525,7 @@ func (c *Catalog) apply(sites []string, key string, value []byte) bool {
 		e.metas[slot] = stored[Meta]{raw, m}
 		stamps = []Timestamp{m.Created, m.Version}
 	case keyOp:
+		op := *d.op
 		slot := opSlot{group, name}
 		if old, ok := e.ops[slot]; ok && bytes.Equal(old.raw, value) {
 			return false
@@ -485,6 +533,7 @@ func (c *Catalog) apply(sites []string, key string, value []byte) bool {
 		e.ops[slot] = stored[Operation]{raw, op}
 		stamps = []Timestamp{op.At}
 	case keySite:
+		rec := *d.rec
 		slot := recSlot{group, name}
 		if old, ok := e.records[slot]; ok && (bytes.Equal(old.raw, value) || old.v.At.Compare(rec.At) > 0) {
 			return false
@@ -708,6 +757,17 @@ func (c *Catalog) Create(ctx context.Context, m Meta, op Operation) error {
 		op.ID = NewID(time.UnixMilli(op.At.Wall))
 	}
 	m.CreateOp = op.ID
+	// As decoding the JSON would leave them (omitempty): the view holds
+	// the values it made as it holds those read back.
+	if len(m.LocalIDs) == 0 {
+		m.LocalIDs = nil
+	}
+	if len(m.Detached) == 0 {
+		m.Detached = nil
+	}
+	if len(op.Body) == 0 {
+		op.Body = nil
+	}
 	metaJSON, _ := json.Marshal(m)
 	opJSON, _ := json.Marshal(op)
 	keys := []string{metaKey(m.ID, c.cfg.Self), opKey(m.ID, op.ID)}
@@ -715,9 +775,12 @@ func (c *Catalog) Create(ctx context.Context, m Meta, op Operation) error {
 	if err := c.cfg.Store.PutBatch(ctx, m.Sites, keys, vals); err != nil {
 		return fmt.Errorf("catalog: create %s: %w", m.ID, err)
 	}
-	for i := range keys {
-		c.apply(m.Sites, keys[i], vals[i])
-	}
+	// The view's copies share nothing with the caller's.
+	vm, vop := m, op
+	vm.Sites, vm.LocalIDs = slices.Clone(m.Sites), maps.Clone(m.LocalIDs)
+	vop.Targets, vop.Outcomes, vop.Body = slices.Clone(op.Targets), maps.Clone(op.Outcomes), slices.Clone(op.Body)
+	c.applyOwn(m.Sites, keys[0], metaJSON, decoded{meta: &vm})
+	c.applyOwn(m.Sites, keys[1], opJSON, decoded{op: &vop})
 	return c.sync(ctx)
 }
 

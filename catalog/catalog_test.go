@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -487,6 +488,44 @@ func TestListFilters(t *testing.T) {
 	} {
 		if got := ids(tc.f); !slices.Equal(got, sorted(tc.want)) {
 			t.Errorf("List(%+v) = %v, want %v", tc.f, got, sorted(tc.want))
+		}
+	}
+}
+
+// TestCreateViewIsWhatTheStoreHolds: the view keeps a create's own values
+// without decoding them (applyOwn); it must show what a catalog reading
+// them back from the store shows, and share nothing with the caller.
+func TestCreateViewIsWhatTheStoreHolds(t *testing.T) {
+	store := newMemNet().store("paris")
+	paris := newTestCatalog(t, store, "paris")
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name   string
+		locals map[string]string
+		body   []byte
+	}{{"local ids", map[string]string{"paris": "1"}, []byte(`{"t":1}`)}, {"empty", map[string]string{}, []byte{}}} {
+		id := NewID(time.Now())
+		sites := []string{"paris", "berlin"}
+		outcomes := map[string]string{"paris": "201", "berlin": OutcomePending}
+		if err := paris.Create(ctx, Meta{ID: id, Service: "posts", Scope: "{posts: paris & berlin}", Sites: sites, Collection: "/posts", LocalIDs: tc.locals},
+			Operation{Method: "POST", Path: "/posts", Body: tc.body, Targets: sites, Outcomes: outcomes}); err != nil {
+			t.Fatal(err)
+		}
+		sites[0], outcomes["paris"] = "rome", "500"
+		// A later write re-derives the resource from what the view holds.
+		if err := paris.AppendOp(ctx, Operation{Resource: id, Method: "PUT", Path: "/posts/" + id, Targets: []string{"paris", "berlin"}, Outcomes: map[string]string{"paris": "200", "berlin": "200"}}); err != nil {
+			t.Fatal(err)
+		}
+		mine, err := paris.Get(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		read, err := newTestCatalog(t, store, "paris").Get(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(mine, read) {
+			t.Errorf("%s: the view of its own create\n%+v\nread back\n%+v", tc.name, mine, read)
 		}
 	}
 }

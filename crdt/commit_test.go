@@ -195,3 +195,60 @@ func cpuTime() time.Duration {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// A commit waits for the writes announced into its group (Expect) and
+// shares one delta with them; a write nobody announced besides it
+// commits at once, however long the linger.
+func TestGroupCommitWaitsForAnnouncedWrites(t *testing.T) {
+	n := newNet(t, "a", "b")
+	n.tune = func(c *Config) { c.CommitLinger = time.Hour }
+	n.startAll("a", "b")
+	a := n.sites["a"]
+	ab := []string{"a", "b"}
+	ctx := context.Background()
+	// Alone: committed without waiting (an hour would fail the test).
+	if err := a.m.Put(ctx, ab, "/alone", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	g, err := a.m.join(ctx, ab)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := counterValue(a.m.metrics.commits)
+	// Two writes announced; the first to arrive waits for the second.
+	first, second := a.m.Expect(ab), a.m.Expect([]string{"b", "a"})
+	queued := func(k int) func() error {
+		return func() error {
+			g.commits.mu.Lock()
+			defer g.commits.mu.Unlock()
+			if len(g.commits.queue) != k {
+				return fmt.Errorf("%d writes queued, want %d", len(g.commits.queue), k)
+			}
+			return nil
+		}
+	}
+	var wg sync.WaitGroup
+	first()
+	for i := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := a.m.Put(ctx, ab, fmt.Sprintf("/shared/%d", i), []byte("y")); err != nil {
+				t.Error(err)
+			}
+		}()
+		// The first waits for the second, announced; the second queues
+		// behind it (its caller has not said it arrived yet).
+		eventually(t, 5*time.Second, "the writes wait", queued(i+1))
+	}
+	second()
+	wg.Wait()
+	if got := counterValue(a.m.metrics.commits) - before; got != 1 {
+		t.Fatalf("%.0f deltas for two announced writes, want 1", got)
+	}
+	// Arrived twice: counted once.
+	first()
+	if err := a.m.Put(ctx, ab, "/alone/again", []byte("z")); err != nil {
+		t.Fatal(err)
+	}
+}

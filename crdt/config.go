@@ -51,6 +51,16 @@ type Config struct {
 	MaxPushBlocks int
 	// MaxPushBytes bounds the block bytes of one answer (64 MiB).
 	MaxPushBytes int
+	// CommitLinger is how long a commit into a group waits, at most, for
+	// the writes announced to be on their way into it (Manager.Expect)
+	// before it starts without them: concurrent writers then share one
+	// delta (one DAG node to build, store, announce, and merge at every
+	// member) instead of one each. A write nobody else announced commits
+	// at once. 2 ms: under load (32 clients creating on 2 sites) a create
+	// takes tens of milliseconds anyway, and deltas per create fell from
+	// about 0.7 to about 0.15; it stays small beside a WAN round trip.
+	// 0: never wait.
+	CommitLinger time.Duration
 	// MaxInlineBytes bounds the block bytes carried in one broadcast with
 	// the heads (fresh deltas reach members without a fetch round trip).
 	// 256 KiB keeps one announcement from holding a link for long; a
@@ -96,6 +106,7 @@ func DefaultConfig() Config {
 		MaxPushBlocks:       8192,
 		MaxPushBytes:        64 << 20,
 		MaxInlineBytes:      256 << 10,
+		CommitLinger:        2 * time.Millisecond,
 		FetchTimeout:        20 * time.Second,
 		Workers:             4,
 		RepairInterval:      30 * time.Second,
@@ -135,8 +146,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: rebroadcast interval, fetch timeout, repair and digest intervals must be positive", ErrBadConfig)
 	case c.MaxPushBlocks < 1 || c.MaxPushBytes < maxBlock || c.Workers < 1:
 		return fmt.Errorf("%w: max push blocks and workers must be at least 1, max push bytes at least %d", ErrBadConfig, maxBlock)
-	case c.MaxInlineBytes < 0 || c.IdleAfter < 0:
-		return fmt.Errorf("%w: max inline bytes and idle time must not be negative", ErrBadConfig)
+	case c.MaxInlineBytes < 0 || c.IdleAfter < 0 || c.CommitLinger < 0:
+		return fmt.Errorf("%w: max inline bytes, idle time and commit linger must not be negative", ErrBadConfig)
 	}
 	for _, d := range c.PushDelays {
 		if d < 0 {

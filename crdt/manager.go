@@ -51,6 +51,10 @@ type Manager struct {
 	// links carry head announcements to members, one per peer.
 	links links
 
+	// expected counts, per group name, the writes announced (Expect)
+	// and not arrived yet: *atomic.Int64.
+	expected sync.Map
+
 	mu     sync.Mutex
 	groups map[string]*Group
 	peers  map[peer.ID]string // member peer → site, for every joined group

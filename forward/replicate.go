@@ -104,6 +104,10 @@ func (f *Forwarder) replicate(req *request, wr write) (answer result, outcomes m
 	wr.op.Origin = self
 	wr.op.At = f.cfg.Catalog.Clock().Now()
 	wr.op.Body = req.body
+	// The record comes once the replicas answered: writes recorded into
+	// the same sites meanwhile may wait for it and share its commit.
+	arrived := f.cfg.Catalog.Expect(wr.op.Targets)
+	defer arrived()
 	if err := f.exec.Intend(ctx, replica.Intent{Op: wr.op, Meta: wr.meta}); err != nil {
 		return result{}, nil, false, err
 	}
@@ -142,6 +146,7 @@ func (f *Forwarder) replicate(req *request, wr write) (answer result, outcomes m
 			locals = withLocal(locals, s, r.localID)
 		}
 	}
+	arrived()
 	if err := f.record(ctx, wr.op, wr.meta, locals); err != nil {
 		return answer, outcomes, false, fmt.Errorf("record operation %s: %w", wr.op.ID, err)
 	}

@@ -134,12 +134,14 @@ type Executor struct {
 }
 
 // resourceState is what this site applied to one resource, loaded from
-// the journal on first use.
+// the journal on first use: the whole of it (loaded), or for a lone create
+// only the local id and the create's own entry (localKnown; see loadFor).
 type resourceState struct {
-	mu      sync.Mutex
-	loaded  bool
-	local   string
-	entries map[string]*entry
+	mu         sync.Mutex
+	loaded     bool // every entry of the journal is in entries
+	localKnown bool // local is the journal's
+	local      string
+	entries    map[string]*entry
 }
 
 // NewExecutor returns an executor over cfg's application and journal.
@@ -207,7 +209,44 @@ func (x *Executor) load(ctx context.Context, res string, rs *resourceState) erro
 	if err != nil {
 		return err
 	}
-	rs.local, rs.entries, rs.loaded = local, entries, true
+	// The journal holds every entry rs knows of: each is journaled before
+	// it is kept.
+	rs.local, rs.entries, rs.loaded, rs.localKnown = local, entries, true, true
+	return nil
+}
+
+// loadFor reads what a resource's creating operation op needs of the
+// journal: this site's local id of the resource and op's own entry. A
+// create looks at nothing else (whether it ran here, and a copy already
+// here), so a lone create (the live one, every time a resource is made)
+// reads two keys instead of scanning the resource's journal (a point
+// read and a range scan before). Anything else
+// done on the resource later loads the rest (load), which holds what the
+// create journaled.
+func (x *Executor) loadFor(ctx context.Context, res, op string, rs *resourceState) error {
+	if rs.loaded {
+		return nil
+	}
+	if !rs.localKnown {
+		local, err := x.journal.local(ctx, res)
+		if err != nil {
+			return err
+		}
+		rs.local, rs.localKnown = local, true
+	}
+	if rs.entries == nil {
+		rs.entries = map[string]*entry{}
+	}
+	if _, ok := rs.entries[op]; ok {
+		return nil
+	}
+	e, err := x.journal.entry(ctx, res, op)
+	if err != nil {
+		return err
+	}
+	if e != nil {
+		rs.entries[op] = e
+	}
 	return nil
 }
 
@@ -238,7 +277,13 @@ func (x *Executor) ApplyOwed(ctx context.Context, jobs []Job) []Result {
 	rs := x.state(jobs[0].Op.Resource)
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
-	if err := x.load(ctx, jobs[0].Op.Resource, rs); err != nil {
+	load := x.load
+	if len(jobs) == 1 && jobs[0].Create {
+		load = func(ctx context.Context, res string, rs *resourceState) error {
+			return x.loadFor(ctx, res, jobs[0].Op.ID, rs)
+		}
+	}
+	if err := load(ctx, jobs[0].Op.Resource, rs); err != nil {
 		return []Result{{Err: err}}
 	}
 	var pending []catalog.Operation // applied operations to run again, in order
@@ -436,14 +481,17 @@ func (x *Executor) finish(ctx context.Context, j Job, rs *resourceState, e *entr
 	if e.Started.IsZero() {
 		e.Started = time.Now().UTC()
 	}
-	if e.LocalID != "" && rs.local != e.LocalID && j.Create {
-		if err := x.cfg.Journal.Put(ctx, localKey(j.Op.Resource), []byte(e.LocalID)); err != nil {
-			return Result{Err: fmt.Errorf("replica: journal: %w", err)}
-		}
-		rs.local = e.LocalID
+	newLocal := e.LocalID != "" && rs.local != e.LocalID && j.Create
+	var local []byte
+	if newLocal {
+		local = []byte(e.LocalID)
 	}
-	if err := x.journal.put(ctx, opEntryKey(j.Op.Resource, j.Op.ID), e, false); err != nil {
+	// The local id and the outcome in one write.
+	if err := x.journal.putWith(ctx, opEntryKey(j.Op.Resource, j.Op.ID), e, localKey(j.Op.Resource), local); err != nil {
 		return Result{Err: err}
+	}
+	if newLocal {
+		rs.local = e.LocalID
 	}
 	rs.entries[j.Op.ID] = e
 	switch {

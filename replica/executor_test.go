@@ -443,3 +443,34 @@ func TestApplyOwedReplaysLessThanApplyOneByOne(t *testing.T) {
 	}
 	t.Logf("calls: one by one %d, ApplyOwed %d", oneCalls, batchCalls)
 }
+
+// TestLoneCreateThenTheRestOfTheJournal: a lone create reads only its
+// own entry and the local id (loadFor); the next operation on the
+// resource sees everything an earlier run journaled, here a later
+// replace that supersedes it.
+func TestLoneCreateThenTheRestOfTheJournal(t *testing.T) {
+	ctx := context.Background()
+	store := dssync.MutexWrap(ds.NewMapDatastore())
+	app := newMemApp()
+	app.Call(ctx, "posts", http.MethodPost, "/posts", nil, []byte(`{"t":"v2"}`))
+	// An earlier run: the resource is here (local id 1) with a replace
+	// applied at time 30.
+	later := op("op2", 30, "paris", http.MethodPut, `{"t":"v2"}`)
+	if err := store.Put(ctx, localKey(gid), []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := (journal{store}).put(ctx, opEntryKey(gid, later.ID), &entry{Op: later, State: stateDone, Status: 200, Outcome: "200", LocalID: "1"}, false); err != nil {
+		t.Fatal(err)
+	}
+	x := newExecutor(t, app, store)
+	if r := x.Apply(ctx, createJob()); !r.OK() || r.LocalID != "1" {
+		t.Fatalf("create of a resource held here: %+v", r)
+	}
+	r := x.Apply(ctx, Job{Op: op("op1", 20, "berlin", http.MethodPut, `{"t":"v1"}`), Service: "posts"})
+	if !strings.HasPrefix(r.Outcome, catalog.SupersededPrefix) {
+		t.Fatalf("a replace before an applied one: %+v, want superseded", r)
+	}
+	if got := app.state(); !strings.Contains(got, `"v2"`) {
+		t.Fatalf("application holds %s, want v2", got)
+	}
+}

@@ -87,18 +87,44 @@ func (j journal) put(ctx context.Context, key ds.Key, v any, sync bool) error {
 	return nil
 }
 
-// load reads what the journal holds of one resource.
+// putWith writes v under key and, when raw is not nil, raw under
+// rawKey, in one batch when the store has them (not synced).
+func (j journal) putWith(ctx context.Context, key ds.Key, v any, rawKey ds.Key, raw []byte) error {
+	b, ok := j.store.(ds.Batching)
+	if raw == nil || !ok {
+		if raw != nil {
+			if err := j.store.Put(ctx, rawKey, raw); err != nil {
+				return fmt.Errorf("replica: journal %s: %w", rawKey, err)
+			}
+		}
+		return j.put(ctx, key, v, false)
+	}
+	data, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("replica: journal %s: %w", key, err)
+	}
+	batch, err := b.Batch(ctx)
+	if err != nil {
+		return fmt.Errorf("replica: journal %s: %w", key, err)
+	}
+	if err := batch.Put(ctx, rawKey, raw); err != nil {
+		return fmt.Errorf("replica: journal %s: %w", rawKey, err)
+	}
+	if err := batch.Put(ctx, key, data); err != nil {
+		return fmt.Errorf("replica: journal %s: %w", key, err)
+	}
+	if err := batch.Commit(ctx); err != nil {
+		return fmt.Errorf("replica: journal %s: %w", key, err)
+	}
+	return nil
+}
+
+// load reads what the journal holds of one resource, in one scan of its
+// keys.
 func (j journal) load(ctx context.Context, res string) (local string, entries map[string]*entry, err error) {
 	entries = map[string]*entry{}
-	data, err := j.store.Get(ctx, localKey(res))
-	switch {
-	case errors.Is(err, ds.ErrNotFound):
-	case err != nil:
-		return "", nil, fmt.Errorf("replica: journal of %s: %w", res, err)
-	default:
-		local = string(data)
-	}
-	rs, err := j.store.Query(ctx, query.Query{Prefix: resourceKey(res).ChildString("op").String()})
+	root := resourceKey(res).String()
+	rs, err := j.store.Query(ctx, query.Query{Prefix: root})
 	if err != nil {
 		return "", nil, fmt.Errorf("replica: journal of %s: %w", res, err)
 	}
@@ -107,13 +133,46 @@ func (j journal) load(ctx context.Context, res string) (local string, entries ma
 		if r.Error != nil {
 			return "", nil, fmt.Errorf("replica: journal of %s: %w", res, r.Error)
 		}
-		var e entry
-		if err := json.Unmarshal(r.Value, &e); err != nil {
-			return "", nil, fmt.Errorf("replica: journal entry %s: %w", r.Key, err)
+		switch rest := strings.TrimPrefix(r.Key, root); {
+		case rest == "/local":
+			local = string(r.Value)
+		case strings.HasPrefix(rest, "/op/"):
+			var e entry
+			if err := json.Unmarshal(r.Value, &e); err != nil {
+				return "", nil, fmt.Errorf("replica: journal entry %s: %w", r.Key, err)
+			}
+			entries[e.Op.ID] = &e
 		}
-		entries[e.Op.ID] = &e
 	}
 	return local, entries, nil
+}
+
+// local reads this site's local id of a resource ("" when none).
+func (j journal) local(ctx context.Context, res string) (string, error) {
+	data, err := j.store.Get(ctx, localKey(res))
+	switch {
+	case errors.Is(err, ds.ErrNotFound):
+		return "", nil
+	case err != nil:
+		return "", fmt.Errorf("replica: journal of %s: %w", res, err)
+	}
+	return string(data), nil
+}
+
+// entry reads one operation's entry (nil when none).
+func (j journal) entry(ctx context.Context, res, op string) (*entry, error) {
+	data, err := j.store.Get(ctx, opEntryKey(res, op))
+	switch {
+	case errors.Is(err, ds.ErrNotFound):
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("replica: journal of %s: %w", res, err)
+	}
+	var e entry
+	if err := json.Unmarshal(data, &e); err != nil {
+		return nil, fmt.Errorf("replica: journal entry %s: %w", opEntryKey(res, op), err)
+	}
+	return &e, nil
 }
 
 // Intent is an operation its origin is executing and has not recorded in
