@@ -73,7 +73,15 @@ func TestIdleGroupsSleepAndWakeOnUse(t *testing.T) {
 	// of a (and holding it awake) starts go-ds-crdt's ~8 per replica; at
 	// least 3 each is asked. Only goroutines running go-ds-crdt's code are
 	// counted: the process's others come and go.
-	asleepCount := crdtGoroutines()
+	// (A replica closed as it fell asleep ends its goroutines a moment
+	// later: wait for them.)
+	var asleepCount int
+	eventually(t, 10*time.Second, "the sleeping replicas' goroutines ended", func() error {
+		if asleepCount = crdtGoroutines(); asleepCount >= groups*3 {
+			return fmt.Errorf("%d go-ds-crdt goroutines", asleepCount)
+		}
+		return nil
+	})
 	var dones []func()
 	for _, name := range names {
 		_, done, woke, err := a.m.group(name).use()
