@@ -153,13 +153,13 @@ type ForwardingResult struct {
 	// Bodies is one GET and one PUT of BodyMiB through each path at 0 ms
 	// (the Go application's /blob); RSSBefore and RSSAfter are each
 	// agent's peak resident set (MiB) before and after them.
-	BodyMiB       int                `json:"body_mib,omitempty"`
-	Bodies        []BodyFigures      `json:"bodies,omitempty"`
+	BodyMiB int           `json:"body_mib,omitempty"`
+	Bodies  []BodyFigures `json:"bodies,omitempty"`
 	// LinkMBps is what the emulated WAN alone carries one way at 0 ms:
 	// BodyMiB from a plain TCP server on the application's site to a
 	// client on the other, through the same relays (the remote agent's
 	// bodies cross it, the direct path does not).
-	LinkMBps float64 `json:"emulated_link_mib_per_s,omitempty"`
+	LinkMBps      float64            `json:"emulated_link_mib_per_s,omitempty"`
 	RSSBefore     map[string]float64 `json:"agent_peak_rss_mib_before,omitempty"`
 	RSSAfter      map[string]float64 `json:"agent_peak_rss_mib_after,omitempty"`
 	CreateClients int                `json:"create_clients,omitempty"`
