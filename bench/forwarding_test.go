@@ -88,6 +88,11 @@ func TestForwardingTinyProfile(t *testing.T) {
 			t.Errorf("large bodies through %s: %+v", b.Path, b)
 		}
 	}
+	// What the links alone carry: plain TCP and a libp2p stream through
+	// the same relays.
+	if res.LinkMBps <= 0 || res.P2PMBps <= 0 {
+		t.Errorf("links alone: TCP %v MiB/s, libp2p %v MiB/s", res.LinkMBps, res.P2PMBps)
+	}
 	// Every target is judged, each once: 2 local, req/s at 0 ms, 4 for
 	// large bodies and 2 for the agents' memory, replicated creates, one
 	// added latency per RTT, growth from 1 to 4 clients.
@@ -99,7 +104,7 @@ func TestForwardingTinyProfile(t *testing.T) {
 	}
 	var table bytes.Buffer
 	res.Table(&table)
-	for _, s := range []string{"haproxy", "local agent", "remote agent", "target <= 1.2x", "emulated round trip", "targets:"} {
+	for _, s := range []string{"haproxy", "local agent", "remote agent", "target <= 1.2x", "emulated round trip", "a libp2p stream alone", "targets:"} {
 		if !strings.Contains(table.String(), s) {
 			t.Errorf("table lacks %q:\n%s", s, table.String())
 		}
