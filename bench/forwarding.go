@@ -462,14 +462,7 @@ func streamThrough(ctx context.Context, nw *wan.Network, app, remote *Site, size
 			return
 		}
 		defer c.Close()
-		buf := make([]byte, 64<<10)
-		for left := size; left > 0; {
-			n, err := c.Write(buf[:min(int64(len(buf)), left)])
-			if err != nil {
-				return
-			}
-			left -= int64(n)
-		}
+		_ = writeBytes(c, size)
 	}()
 	relay, err := nw.Expose(app.Name, hostOf(app.relay), ln.Addr().String())
 	if err != nil {
@@ -483,9 +476,28 @@ func streamThrough(ctx context.Context, nw *wan.Network, app, remote *Site, size
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(2 * time.Minute))
-	n, err := io.Copy(io.Discard, conn)
+	return readRate(conn, size, start, "stream through the relay")
+}
+
+// writeBytes writes size zero bytes to w in 64 KiB writes.
+func writeBytes(w io.Writer, size int64) error {
+	buf := make([]byte, 64<<10)
+	for left := size; left > 0; {
+		n, err := w.Write(buf[:min(int64(len(buf)), left)])
+		if err != nil {
+			return err
+		}
+		left -= int64(n)
+	}
+	return nil
+}
+
+// readRate reads r to its end, checks it carried size bytes, and returns
+// MiB/s since start.
+func readRate(r io.Reader, size int64, start time.Time, what string) (float64, error) {
+	n, err := io.Copy(io.Discard, r)
 	if err != nil || n != size {
-		return 0, fmt.Errorf("bench: stream through the relay: %d of %d bytes: %v", n, size, err)
+		return 0, fmt.Errorf("bench: %s: %d of %d bytes: %v", what, n, size, err)
 	}
 	return float64(size) / (1 << 20) / time.Since(start).Seconds(), nil
 }

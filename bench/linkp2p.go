@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"time"
 
@@ -51,14 +50,8 @@ func libp2pThrough(ctx context.Context, nw *wan.Network, app, remote *Site, size
 	defer receiver.Close()
 	sender.SetStreamHandler(bulkProtocol, func(s network.Stream) {
 		defer s.Close()
-		buf := make([]byte, 64<<10)
-		for left := size; left > 0; {
-			n, err := s.Write(buf[:min(int64(len(buf)), left)])
-			if err != nil {
-				s.Reset()
-				return
-			}
-			left -= int64(n)
+		if writeBytes(s, size) != nil {
+			s.Reset()
 		}
 	})
 	var target string
@@ -95,9 +88,5 @@ func libp2pThrough(ctx context.Context, nw *wan.Network, app, remote *Site, size
 	}
 	defer s.Close()
 	_ = s.SetDeadline(time.Now().Add(2 * time.Minute))
-	n, err := io.Copy(io.Discard, s)
-	if err != nil || n != size {
-		return 0, fmt.Errorf("bench: libp2p stream through the relay: %d of %d bytes: %v", n, size, err)
-	}
-	return float64(size) / (1 << 20) / time.Since(start).Seconds(), nil
+	return readRate(s, size, start, "libp2p stream through the relay")
 }
