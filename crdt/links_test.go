@@ -1,0 +1,67 @@
+package crdt
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+)
+
+// TestLinkSendsOnlyTheNewestPushOfAGroup: heads pushes queued behind a
+// link that is not writing yet (after a heal: its stream being opened on
+// the new connection) go out as one, the newest of their group; the
+// broadcasts between them (new deltas, with their blocks) all go, and b
+// ends with every write.
+func TestLinkSendsOnlyTheNewestPushOfAGroup(t *testing.T) {
+	n := newNet(t, "a", "b")
+	n.tune = healTune
+	n.startAll("a", "b")
+	a, b := n.sites["a"], n.sites["b"]
+	ctx := context.Background()
+	ab := []string{"a", "b"}
+	g, err := a.m.join(ctx, ab)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A link that queues and does not write yet.
+	ls := &a.m.links
+	l := &link{peer: b.id, queue: make(chan linkMessage, linkQueue), pushes: map[string]int{}, done: make(chan struct{})}
+	ls.mu.Lock()
+	if ls.by[b.id] != nil {
+		ls.mu.Unlock()
+		t.Fatal("a already has a link to b")
+	}
+	ls.by[b.id] = l
+	ls.mu.Unlock()
+	const writes = 3
+	for i := range writes {
+		if err := a.m.Put(ctx, ab, fmt.Sprintf("/k%d", i), []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+		if err := g.pushHeads(ctx, b.id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := len(l.queue); got != 2*writes {
+		t.Fatalf("%d messages queued, want %d (a broadcast and a push per write)", got, 2*writes)
+	}
+	a.m.wg.Add(1)
+	go ls.run(l)
+	eventually(t, 10*time.Second, "b has every write", func() error {
+		for i := range writes {
+			if err := hasValue(b, ab, fmt.Sprintf("/k%d", i), "v"); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if got := counterValue(a.m.metrics.pushesCoalesced); got != writes-1 {
+		t.Fatalf("%v pushes coalesced, want %d (all but the newest)", got, writes-1)
+	}
+	ls.mu.Lock()
+	left := l.pushes[g.name]
+	ls.mu.Unlock()
+	if left != 0 {
+		t.Fatalf("%d pushes still counted as queued after the link sent them", left)
+	}
+}
