@@ -65,3 +65,41 @@ func TestLinkSendsOnlyTheNewestPushOfAGroup(t *testing.T) {
 		t.Fatalf("%d pushes still counted as queued after the link sent them", left)
 	}
 }
+
+// TestConnectionEventsShareOneSchedule: a burst of connection events for
+// one member (a heal brings two or three within tens of milliseconds)
+// runs one schedule of heads pushes, started over by each event, not one
+// schedule per event.
+func TestConnectionEventsShareOneSchedule(t *testing.T) {
+	n := newNet(t, "a", "b")
+	n.tune = func(c *Config) {
+		healTune(c)
+		c.PushDelays = []time.Duration{0, 20 * time.Millisecond}
+	}
+	n.startAll("a", "b")
+	a, b := n.sites["a"], n.sites["b"]
+	ctx := context.Background()
+	ab := []string{"a", "b"}
+	if err := a.m.Put(ctx, ab, "/k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "b has /k", func() error { return hasValue(b, ab, "/k", "v") })
+	before := counterValue(a.m.metrics.headsPushed)
+	const events = 3
+	for range events {
+		a.m.schedulePushes(b.id)
+	}
+	eventually(t, 10*time.Second, "the schedule ends", func() error {
+		a.m.pushMu.Lock()
+		defer a.m.pushMu.Unlock()
+		if len(a.m.pushing) > 0 {
+			return fmt.Errorf("%d schedules running", len(a.m.pushing))
+		}
+		return nil
+	})
+	// One schedule started over once: at most one push more than the
+	// schedule's own (the first may go before the restart is seen).
+	if got, most := counterValue(a.m.metrics.headsPushed)-before, float64(len(a.m.cfg.PushDelays)+1); got > most {
+		t.Fatalf("%v heads pushes for %d connection events, want at most %v", got, events, most)
+	}
+}

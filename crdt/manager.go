@@ -55,6 +55,11 @@ type Manager struct {
 	// and not arrived yet: *atomic.Int64.
 	expected sync.Map
 
+	// pushing holds, per member, the restart signal of its running
+	// schedule of heads pushes (schedulePushes).
+	pushMu  sync.Mutex
+	pushing map[peer.ID]chan struct{}
+
 	mu     sync.Mutex
 	groups map[string]*Group
 	peers  map[peer.ID]string // member peer → site, for every joined group
@@ -79,7 +84,7 @@ func NewManager(ctx context.Context, cfg Config) (*Manager, error) {
 	m := &Manager{
 		cfg: cfg, log: log.With("component", "crdt", "site", cfg.Self),
 		ctx: runCtx, cancel: cancel,
-		groups: map[string]*Group{}, peers: map[peer.ID]string{},
+		groups: map[string]*Group{}, peers: map[peer.ID]string{}, pushing: map[peer.ID]chan struct{}{},
 	}
 	m.changes = newChangeQueue()
 	m.links = links{m: m, by: map[peer.ID]*link{}}
@@ -573,18 +578,57 @@ func (m *Manager) catchUpLoop(connected <-chan peer.ID) {
 }
 
 // schedulePushes sends p the heads of every group they share after each
-// of the configured delays, on p's link.
+// of the configured delays, on p's link. One schedule runs per member: a
+// connection event while it runs starts it over (pushing at once again:
+// the event may be the close of the connection the last pushes went on)
+// instead of adding another. A heal brings two or three events per
+// member within a few tens of milliseconds (the new connection, the
+// stalled one closing, a simultaneous dial), and each added a whole
+// schedule: 12 pushes of every shared group instead of 4, all of which
+// the member decoded and handed to its replicas.
 func (m *Manager) schedulePushes(p peer.ID) {
+	m.pushMu.Lock()
+	if again, ok := m.pushing[p]; ok {
+		select {
+		case again <- struct{}{}:
+		default:
+		}
+		m.pushMu.Unlock()
+		return
+	}
+	again := make(chan struct{}, 1)
+	m.pushing[p] = again
+	m.pushMu.Unlock()
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
-		start := time.Now()
-		for _, d := range m.cfg.PushDelays {
+		start, next := time.Now(), 0
+		for {
+			if next == len(m.cfg.PushDelays) {
+				m.pushMu.Lock()
+				select {
+				case <-again:
+					m.pushMu.Unlock()
+					start, next = time.Now(), 0
+					continue
+				default:
+				}
+				delete(m.pushing, p)
+				m.pushMu.Unlock()
+				return
+			}
+			t := time.NewTimer(time.Until(start.Add(m.cfg.PushDelays[next])))
 			select {
 			case <-m.ctx.Done():
+				t.Stop()
 				return
-			case <-time.After(time.Until(start.Add(d))):
+			case <-again:
+				t.Stop()
+				start, next = time.Now(), 0
+				continue
+			case <-t.C:
 			}
+			next++
 			for _, g := range m.shared(p) {
 				if err := g.pushHeads(m.ctx, p); err != nil && m.ctx.Err() == nil {
 					m.log.Debug("push heads", "group", g.name, "peer", p, "err", err)
