@@ -178,6 +178,9 @@ type workload struct {
 	// beforeHeal is every site's catalog as owed read it, just before
 	// the heal (nil: not read).
 	beforeHeal map[string][]catalog.Resource
+	// views, when set, are the watch streams healAndTime takes: opened
+	// before the read of beforeHeal, they miss nothing that read missed.
+	views *viewTimeline
 }
 
 type writeJob struct {
@@ -332,8 +335,15 @@ func (w *workload) partitionRun(ctx context.Context, cs ConvergenceCase, names [
 	if err := errors.Join(errs[0], errs[1]); err != nil {
 		return run, err
 	}
+	views, err := watchViews(ctx, w.c, time.Now())
+	if err != nil {
+		return run, err
+	}
+	w.views = views
 	owed, err := w.owed(ctx)
 	if err != nil {
+		views.stop()
+		w.views = nil
 		return run, err
 	}
 	run.Owed = owed
@@ -368,9 +378,13 @@ type healTimes struct{ reconnected, polled, catalog, applied time.Duration }
 // (viewTimeline.expect).
 func (w *workload) healAndTime(ctx context.Context, names []string, reconnectWithin, catalogWithin, appliedWithin time.Duration) (healTimes, error) {
 	var t healTimes
-	views, err := watchViews(ctx, w.c, time.Now())
-	if err != nil {
-		return t, err
+	views := w.views
+	w.views = nil
+	if views == nil {
+		var err error
+		if views, err = watchViews(ctx, w.c, time.Now()); err != nil {
+			return t, err
+		}
 	}
 	defer views.stop()
 	if w.beforeHeal != nil {
