@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
 )
 
 // TestLinkSendsOnlyTheNewestPushOfAGroup: heads pushes queued behind a
@@ -101,5 +103,51 @@ func TestConnectionEventsShareOneSchedule(t *testing.T) {
 	// schedule's own (the first may go before the restart is seen).
 	if got, most := counterValue(a.m.metrics.headsPushed)-before, float64(len(a.m.cfg.PushDelays)+1); got > most {
 		t.Fatalf("%v heads pushes for %d connection events, want at most %v", got, events, most)
+	}
+}
+
+// TestConnectionEventsShareOneDigestRound: connection events for a
+// member while an anti-entropy round with it runs ask for one more round
+// after it, not one round each.
+func TestConnectionEventsShareOneDigestRound(t *testing.T) {
+	n := newNet(t, "a", "b")
+	n.tune = healTune
+	n.startAll("a", "b")
+	a, b := n.sites["a"], n.sites["b"]
+	ctx := context.Background()
+	ab := []string{"a", "b"}
+	if err := a.m.Put(ctx, ab, "/k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "b has /k", func() error { return hasValue(b, ab, "/k", "v") })
+	// b answers rounds only once released: the first round holds.
+	release := make(chan struct{})
+	served := make(chan struct{}, 16)
+	b.host.SetStreamHandler(DigestProtocol, func(s network.Stream) {
+		served <- struct{}{}
+		<-release
+		b.m.serveDigests(s)
+	})
+	before := vecTotal(a.m.metrics.digestRounds)
+	const events = 3
+	for range events {
+		a.m.connected <- b.id
+	}
+	select {
+	case <-served:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no round reached b")
+	}
+	close(release)
+	eventually(t, 10*time.Second, "the rounds end", func() error {
+		if got := vecTotal(a.m.metrics.digestRounds) - before; got < 2 {
+			return fmt.Errorf("%v rounds ended", got)
+		}
+		return nil
+	})
+	// Time for a third round to end, were there one.
+	time.Sleep(200 * time.Millisecond)
+	if got := vecTotal(a.m.metrics.digestRounds) - before; got != 2 {
+		t.Fatalf("%v anti-entropy rounds for %d connection events during one, want 2 (the one running, one after it)", got, events)
 	}
 }
