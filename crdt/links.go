@@ -133,7 +133,11 @@ func (ls *links) send(ctx context.Context, p peer.ID, g *Group, body []byte, pus
 // anti-entropy round queue up behind a link that is opening its stream
 // (seen: 16 messages for 4 groups, the oldest 333 ms old): only the
 // newest heads of each group need to go, and the receiver then walks
-// each group once instead of after every stale announcement.
+// each group once instead of after every stale announcement. (A newer
+// push counted while its sender waits for room, and whose send then
+// fails, the manager closing or the queue staying full for the caller's
+// whole timeout, leaves the group to the next push or anti-entropy
+// round.)
 func (ls *links) take(l *link, msg linkMessage) bool {
 	if !msg.push {
 		return true
