@@ -175,6 +175,12 @@ type workload struct {
 	mu  sync.Mutex
 	// resources maps a global id to its replica set.
 	resources map[string][]string
+	// beforeHeal is every site's catalog as owed read it, just before
+	// the heal (nil: not read).
+	beforeHeal map[string][]catalog.Resource
+	// views, when set, are the watch streams healAndTime takes: opened
+	// before the read of beforeHeal, they miss nothing that read missed.
+	views *viewTimeline
 }
 
 type writeJob struct {
@@ -329,8 +335,15 @@ func (w *workload) partitionRun(ctx context.Context, cs ConvergenceCase, names [
 	if err := errors.Join(errs[0], errs[1]); err != nil {
 		return run, err
 	}
+	views, err := watchViews(ctx, w.c, time.Now())
+	if err != nil {
+		return run, err
+	}
+	w.views = views
 	owed, err := w.owed(ctx)
 	if err != nil {
+		views.stop()
+		w.views = nil
 		return run, err
 	}
 	run.Owed = owed
@@ -354,14 +367,30 @@ type healTimes struct{ reconnected, polled, catalog, applied time.Duration }
 // it so. Whole catalogs are read only to confirm, when the streams have
 // settled: a read of thousands of resources from every site every 50 ms
 // took up to 2 s a round under load, so it made the time coarse, and it
-// took CPU from the agents and from the relays in this process.
+// took CPU from the agents and from the relays in this process. Even one
+// read while the catalogs converge delays what it measures: it took 0.3
+// to 2 s under load, and each agent resolves its whole catalog for it
+// under the catalog's lock, which every change being merged waits for
+// (one agent's changes waited 1 s behind it). So the streams are also
+// checked against what every replica must end with, known from the
+// catalogs read just before the heal (no operation is written after it):
+// the first read comes when the streams say every site has it all
+// (viewTimeline.expect).
 func (w *workload) healAndTime(ctx context.Context, names []string, reconnectWithin, catalogWithin, appliedWithin time.Duration) (healTimes, error) {
 	var t healTimes
-	views, err := watchViews(ctx, w.c, time.Now())
-	if err != nil {
-		return t, err
+	views := w.views
+	w.views = nil
+	if views == nil {
+		var err error
+		if views, err = watchViews(ctx, w.c, time.Now()); err != nil {
+			return t, err
+		}
 	}
 	defer views.stop()
+	if w.beforeHeal != nil {
+		views.expect(w.beforeHeal, w.expected())
+		w.beforeHeal = nil
+	}
 	healed := time.Now()
 	views.start = healed
 	w.c.Net.Heal()
@@ -423,11 +452,15 @@ func (w *workload) catalogs(ctx context.Context) (map[string][]catalog.Resource,
 }
 
 // owed counts the (operation, site) executions pending in the catalogs.
+//
+// The catalogs it reads are kept for the heal that follows (beforeHeal).
 func (w *workload) owed(ctx context.Context) (int, error) {
 	cats, err := w.catalogs(ctx)
+	w.beforeHeal = nil
 	if err != nil {
 		return 0, err
 	}
+	w.beforeHeal = cats
 	seen := map[string]bool{}
 	for _, list := range cats {
 		for _, r := range list {
@@ -462,12 +495,27 @@ func (w *workload) waitAgreed(ctx context.Context, within time.Duration, applied
 		cats map[string][]catalog.Resource
 	)
 	lastLog := time.Now()
+	prev := time.Duration(-1) // the views' last event as of the previous read
+	reads, readTime := 0, time.Duration(0)
+	defer func() {
+		if views != nil {
+			w.log.Info("catalog reads while waiting", "applied", applied, "reads", reads, "read time", readTime)
+		}
+	}()
+	if views != nil && !applied {
+		views.awaitExpected(ctx, 10*time.Millisecond, 3*time.Second)
+		w.log.Info("streams say the replicas are complete", "lacking", views.lacking(), "after heal", time.Since(views.start))
+	}
 	err := waitFor(ctx, within, "catalogs converge", func() error {
 		if views != nil {
-			views.settle(ctx, !applied, 100*time.Millisecond, time.Second)
+			views.settle(ctx, !applied, 100*time.Millisecond, time.Second, prev)
+			prev, _ = views.last(!applied)
 		}
 		var err error
-		if cats, err = w.catalogs(ctx); err != nil {
+		start := time.Now()
+		cats, err = w.catalogs(ctx)
+		reads, readTime = reads+1, readTime+time.Since(start)
+		if err != nil {
 			return err
 		}
 		at = time.Now()

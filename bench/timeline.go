@@ -35,6 +35,11 @@ type viewTimeline struct {
 	events          map[string]int                  // site → events read
 	resyncs         map[string]int                  // site → resyncs read
 	errs            []error
+	// missing lists, per site and resource of its replica sets, what it
+	// lacked at the heal: the resource itself ("" when it was not visible)
+	// and the operations other replicas held (see expect); nil when
+	// unknown.
+	missing map[string]map[string][]string
 }
 
 // watchViews opens a watch stream on every site; start is the time the
@@ -124,22 +129,129 @@ func (t *viewTimeline) last(ops bool) (time.Duration, int) {
 	return last.Sub(t.start), n
 }
 
-// settle waits until no event (ops: no op or meta event) came for quiet,
-// or at most limit: the views are worth reading then, and a read of every
-// whole catalog while they still change would only take CPU from the
-// agents and the relays it measures.
-func (t *viewTimeline) settle(ctx context.Context, ops bool, quiet, limit time.Duration) {
+// settle waits until no event (ops: no op or meta event) came for quiet
+// and one came since the previous read (prev: what last returned then;
+// negative before the first read), or at most limit: the views are worth
+// reading then. A read of every whole catalog while they still change, or
+// again when nothing changed since the previous one, would only take CPU
+// from the agents and the relays it measures: waiting on a group that
+// catches up last, the reads followed each other every 50 ms, each
+// resolving thousands of resources on every agent under the catalog's
+// lock, which the changes being measured wait for.
+func (t *viewTimeline) settle(ctx context.Context, ops bool, quiet, limit, prev time.Duration) {
 	end := time.Now().Add(limit)
 	for time.Now().Before(end) {
 		last, _ := t.last(ops)
 		idle := time.Since(t.start) - last
+		wait := quiet - idle
 		if idle >= quiet {
+			if last != prev {
+				return
+			}
+			wait = quiet // nothing new since the previous read
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(min(wait, time.Until(end))):
+		}
+	}
+}
+
+// expect notes what each site of a replica set lacked at the heal: the
+// resources of want it did not hold, and the operations that another
+// replica of the resource held (read before the heal; after it, nothing
+// writes an operation, so the replicas end with the union of theirs).
+func (t *viewTimeline) expect(before map[string][]catalog.Resource, want map[string][]string) {
+	held := map[string]map[string]map[string]bool{} // site → resource → op ids
+	union := map[string]map[string]bool{}           // resource → op ids
+	for site, list := range before {
+		held[site] = map[string]map[string]bool{}
+		for _, r := range list {
+			ops := map[string]bool{}
+			for _, op := range r.Operations {
+				ops[op.ID] = true
+			}
+			held[site][r.ID] = ops
+			if union[r.ID] == nil {
+				union[r.ID] = map[string]bool{}
+			}
+			for id := range ops {
+				union[r.ID][id] = true
+			}
+		}
+	}
+	missing := map[string]map[string][]string{}
+	for id, sites := range want {
+		for _, s := range sites {
+			has, ok := held[s][id]
+			var lack []string
+			if !ok {
+				lack = append(lack, "")
+			}
+			for op := range union[id] {
+				if !has[op] {
+					lack = append(lack, op)
+				}
+			}
+			if len(lack) == 0 {
+				continue
+			}
+			if missing[s] == nil {
+				missing[s] = map[string][]string{}
+			}
+			missing[s][id] = lack
+		}
+	}
+	t.mu.Lock()
+	t.missing = missing
+	t.mu.Unlock()
+}
+
+// lacking counts the (site, resource) pairs still lacking something they
+// lacked at the heal, per the streams; -1 when expect was not called.
+func (t *viewTimeline) lacking() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.missing == nil {
+		return -1
+	}
+	n := 0
+	for site, byID := range t.missing {
+		for id, lack := range byID {
+			for _, op := range lack {
+				if op == "" {
+					if _, ok := t.visible[site][id]; !ok {
+						n++
+						break
+					}
+				} else if _, ok := t.ops[site][op]; !ok {
+					n++
+					break
+				}
+			}
+		}
+	}
+	return n
+}
+
+// awaitExpected waits, checking every step, until the streams say every
+// site has what it lacked at the heal, or nothing changed for stall (the
+// expectation may be wrong: the reads decide), or a stream carried a
+// resync (events were dropped).
+func (t *viewTimeline) awaitExpected(ctx context.Context, step, stall time.Duration) {
+	for {
+		if t.lacking() <= 0 {
+			return
+		}
+		last, resyncs := t.last(true)
+		if resyncs > 0 || time.Since(t.start)-last > stall {
 			return
 		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(min(quiet-idle, time.Until(end))):
+		case <-time.After(step):
 		}
 	}
 }

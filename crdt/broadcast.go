@@ -101,7 +101,7 @@ func (b *broadcaster) Broadcast(ctx context.Context, data []byte) error {
 	msg := encodeMessage(data, inline)
 	m := b.g.m
 	for _, p := range b.g.connectedMembers() {
-		if err := m.links.send(ctx, p, b.g, msg); err != nil {
+		if err := m.links.send(ctx, p, b.g, msg, false); err != nil {
 			return fmt.Errorf("crdt: announce to %s: %w", m.siteOf(p), err)
 		}
 	}

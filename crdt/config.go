@@ -35,8 +35,12 @@ type Config struct {
 	// wait up to 2 min: docs/architecture.md, "What the libraries do").
 	RebroadcastInterval time.Duration
 	// PushDelays are the delays after a member connects at which this
-	// site pushes the shared groups' heads to it: at once (50 ms, time for
-	// the member's handlers to be reachable), at 250 ms (a restarting
+	// site pushes the shared groups' heads to it: at once (a healed
+	// member serves the link already, and this push is the first thing
+	// its catch-up waits for: 50 ms here delayed every group of a heal by
+	// as much, one sixth of the catalog's bound after reconnecting on a
+	// LAN; a member whose handlers are not up yet gets the next one), at
+	// 250 ms (a restarting
 	// member's host connects before its manager serves the heads
 	// protocol: without this push it waited for the one at 1 s — 100 owed
 	// operations seen 1.05 s after the restart, 0.30 s with it), then
@@ -102,7 +106,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		RebroadcastInterval: 10 * time.Second,
-		PushDelays:          []time.Duration{50 * time.Millisecond, 250 * time.Millisecond, 1 * time.Second, 3 * time.Second},
+		PushDelays:          []time.Duration{0, 250 * time.Millisecond, 1 * time.Second, 3 * time.Second},
 		MaxPushBlocks:       8192,
 		MaxPushBytes:        64 << 20,
 		MaxInlineBytes:      256 << 10,

@@ -55,6 +55,15 @@ type Manager struct {
 	// and not arrived yet: *atomic.Int64.
 	expected sync.Map
 
+	// connected carries the members that connected (or lost one of
+	// their connections) to catchUpLoop.
+	connected chan peer.ID
+
+	// pushing holds, per member, the restart signal of its running
+	// schedule of heads pushes (schedulePushes).
+	pushMu  sync.Mutex
+	pushing map[peer.ID]chan struct{}
+
 	mu     sync.Mutex
 	groups map[string]*Group
 	peers  map[peer.ID]string // member peer → site, for every joined group
@@ -79,7 +88,7 @@ func NewManager(ctx context.Context, cfg Config) (*Manager, error) {
 	m := &Manager{
 		cfg: cfg, log: log.With("component", "crdt", "site", cfg.Self),
 		ctx: runCtx, cancel: cancel,
-		groups: map[string]*Group{}, peers: map[peer.ID]string{},
+		groups: map[string]*Group{}, peers: map[peer.ID]string{}, pushing: map[peer.ID]chan struct{}{},
 	}
 	m.changes = newChangeQueue()
 	m.links = links{m: m, by: map[peer.ID]*link{}}
@@ -126,6 +135,7 @@ func NewManager(ctx context.Context, cfg Config) (*Manager, error) {
 	cfg.Host.SetStreamHandler(DigestProtocol, m.serveDigests)
 	cfg.Host.SetStreamHandler(LinkProtocol, m.serveLink)
 	connected := make(chan peer.ID, 256)
+	m.connected = connected
 	m.notifiee = &network.NotifyBundle{ConnectedF: func(_ network.Network, c network.Conn) {
 		select {
 		case connected <- c.RemotePeer():
@@ -541,50 +551,118 @@ func purge(ctx context.Context, store ds.Batching, prefix ds.Key) error {
 	return b.Commit(ctx)
 }
 
-// catchUpLoop pushes shared groups' heads to every member that connects.
+// catchUpLoop pushes shared groups' heads to every member that connects,
+// and runs an anti-entropy round with it at once: the member answers
+// with the groups whose heads differ and pushes its heads of them, so
+// this side learns what it lacks one round trip after connecting,
+// whichever side connected first.
+//
+// One round per member at a time: a connection event while one runs asks
+// for one more after it (the running one may be on the connection that
+// just closed), however many events come meanwhile. A heal brings two or
+// three events per member within tens of milliseconds, and each started
+// a round of its own, each comparing every shared group and counting
+// every group's merged nodes on both sides.
 func (m *Manager) catchUpLoop(connected <-chan peer.ID) {
 	defer m.wg.Done()
+	running := map[peer.ID]bool{} // a round on connect is running
+	again := map[peer.ID]bool{}   // and another is due after it
+	ended := make(chan peer.ID)
+	round := func(p peer.ID) {
+		running[p] = true
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			if _, err := m.digestRound(m.ctx, p); err != nil && m.ctx.Err() == nil {
+				m.log.Debug("anti-entropy round on connect", "peer", p, "err", err)
+			}
+			select {
+			case ended <- p:
+			case <-m.ctx.Done():
+			}
+		}()
+	}
 	for {
 		select {
 		case <-m.ctx.Done():
 			return
-		case p := <-connected:
-			if p != m.cfg.Host.ID() && len(m.shared(p)) > 0 {
-				// An anti-entropy round at once: the member answers with
-				// the groups whose heads differ and pushes its heads of
-				// them, so this side learns what it lacks one round trip
-				// after connecting, whichever side connected first.
-				m.wg.Add(1)
-				go func() {
-					defer m.wg.Done()
-					if _, err := m.digestRound(m.ctx, p); err != nil && m.ctx.Err() == nil {
-						m.log.Debug("anti-entropy round on connect", "peer", p, "err", err)
-					}
-				}()
+		case p := <-ended:
+			delete(running, p)
+			if again[p] {
+				delete(again, p)
+				round(p)
 			}
-			if p != m.cfg.Host.ID() {
-				m.schedulePushes(p)
-				for _, g := range m.shared(p) {
-					g.kickRepair()
+		case p := <-connected:
+			if p == m.cfg.Host.ID() {
+				continue
+			}
+			if len(m.shared(p)) > 0 {
+				if running[p] {
+					again[p] = true
+				} else {
+					round(p)
 				}
+			}
+			m.schedulePushes(p)
+			for _, g := range m.shared(p) {
+				g.kickRepair()
 			}
 		}
 	}
 }
 
 // schedulePushes sends p the heads of every group they share after each
-// of the configured delays, on p's link.
+// of the configured delays, on p's link. One schedule runs per member: a
+// connection event while it runs starts it over (pushing at once again:
+// the event may be the close of the connection the last pushes went on)
+// instead of adding another. A heal brings two or three events per
+// member within a few tens of milliseconds (the new connection, the
+// stalled one closing, a simultaneous dial), and each added a whole
+// schedule: 12 pushes of every shared group instead of 4, all of which
+// the member decoded and handed to its replicas.
 func (m *Manager) schedulePushes(p peer.ID) {
+	m.pushMu.Lock()
+	if again, ok := m.pushing[p]; ok {
+		select {
+		case again <- struct{}{}:
+		default:
+		}
+		m.pushMu.Unlock()
+		return
+	}
+	again := make(chan struct{}, 1)
+	m.pushing[p] = again
+	m.pushMu.Unlock()
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
-		start := time.Now()
-		for _, d := range m.cfg.PushDelays {
+		start, next := time.Now(), 0
+		for {
+			if next == len(m.cfg.PushDelays) {
+				m.pushMu.Lock()
+				select {
+				case <-again:
+					m.pushMu.Unlock()
+					start, next = time.Now(), 0
+					continue
+				default:
+				}
+				delete(m.pushing, p)
+				m.pushMu.Unlock()
+				return
+			}
+			t := time.NewTimer(time.Until(start.Add(m.cfg.PushDelays[next])))
 			select {
 			case <-m.ctx.Done():
+				t.Stop()
 				return
-			case <-time.After(time.Until(start.Add(d))):
+			case <-again:
+				t.Stop()
+				start, next = time.Now(), 0
+				continue
+			case <-t.C:
 			}
+			next++
 			for _, g := range m.shared(p) {
 				if err := g.pushHeads(m.ctx, p); err != nil && m.ctx.Err() == nil {
 					m.log.Debug("push heads", "group", g.name, "peer", p, "err", err)

@@ -26,6 +26,7 @@ type metrics struct {
 	broadcasts             prometheus.Counter
 	linkDrops              prometheus.Counter
 	linkResends            prometheus.Counter
+	pushesCoalesced        prometheus.Counter
 	wakes, sleeps          prometheus.Counter
 	commits                prometheus.Counter
 	committedWrites        prometheus.Counter
@@ -64,6 +65,7 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 		headsPushed:     counter("heads_pushed_total", "Heads pushed to members that connected."),
 		broadcasts:      counter("broadcasts_total", "Head announcements made (each sent to the group's connected members only)."),
 		linkDrops:       counter("link_drops_total", "Announcements dropped on a link (peer gone, not reading, or its replica behind); pushes and anti-entropy repeat them."),
+		pushesCoalesced: counter("pushes_coalesced_total", "Heads pushes not sent because a newer push of their group was queued behind them on the same link."),
 		linkResends:     counter("link_resends_total", "Announcements written again on a new stream after their link's stream failed (its connection closed under it)."),
 		digestRounds: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cheops_crdt_digest_rounds_total",
 			Help: "Anti-entropy rounds this site started, by outcome: same (the summaries matched: two small frames) or compared (every shared group's digest sent)."}, []string{"outcome"}),
@@ -85,7 +87,7 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 			Buckets: []float64{0.001, 0.005, 0.02, 0.1, 0.5, 1, 2, 5, 10}}),
 	}
 	reg.MustRegister(x.digestMismatches, x.lagRepairs, x.refused, x.malformed, x.repairs, x.repairFailures, x.fetches, x.fetching,
-		x.blocksFetched, x.duplicateBlocks, x.blocksSent, x.headsPushed, x.broadcasts, x.linkDrops, x.linkResends, x.wakes, x.sleeps, x.commits, x.committedWrites, x.digestRounds,
+		x.blocksFetched, x.duplicateBlocks, x.blocksSent, x.headsPushed, x.broadcasts, x.linkDrops, x.linkResends, x.pushesCoalesced, x.wakes, x.sleeps, x.commits, x.committedWrites, x.digestRounds,
 		x.broadcastBytesSent, x.inlineBlocksSent, x.inlineBlocksReceived, x.broadcastBytesReceived,
 		x.blockBytesSent, x.blockBytesReceived, x.lastSync, x.changeDelay, groupCollector{m})
 	return x
