@@ -70,9 +70,9 @@ type Runner struct {
 	recording map[string]bool
 	retryAt   map[string]time.Time // resource → not before
 	failures  map[string]int       // resource → transient failures in a row
-	retry     chan struct{} // a retry was set: the watcher re-arms its timer
-	rescan    chan struct{} // outcomes could not be written: look at everything
-	idle      chan struct{} // nothing queued or running: write the batch now
+	retry     chan struct{}        // a retry was set: the watcher re-arms its timer
+	rescan    chan struct{}        // outcomes could not be written: look at everything
+	idle      chan struct{}        // nothing queued or running: write the batch now
 	batch     *outcomeBatch
 	busy      int // resources running
 	queuedOps int // owed operations of the resources in ready
