@@ -15,7 +15,7 @@ import (
 type RunnerConfig struct {
 	Catalog  *catalog.Catalog
 	Executor *Executor
-	// Workers bounds how many resources catch up at once (16: enough to
+	// Workers is how many resources catch up at once (16: enough to
 	// keep an application busy behind a slow link, few enough not to
 	// swamp it; operations of one resource always run one at a time).
 	Workers int

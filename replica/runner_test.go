@@ -188,7 +188,7 @@ func (a *callLog) calls() []string {
 
 // owedHere is a catalog at rome holding resources created at paris and
 // pending at rome, and an executor over app.
-func owedHere(t *testing.T, app App) (*catalog.Catalog, *Executor) {
+func owedHere(t testing.TB, app App) (*catalog.Catalog, *Executor) {
 	t.Helper()
 	cat, err := catalog.New(context.Background(), catalog.Config{Store: &memStore{kv: map[string][]byte{}}, Self: "rome", AuditInterval: -1})
 	if err != nil {
@@ -204,27 +204,30 @@ func owedHere(t *testing.T, app App) (*catalog.Catalog, *Executor) {
 
 // owe records at rome a resource created at paris with n updates after
 // its creation, every operation pending at rome.
-func owe(t *testing.T, cat *catalog.Catalog, id, name string, updates int) {
+func owe(t testing.TB, cat *catalog.Catalog, id, name string, updates int) {
 	t.Helper()
-	ctx := context.Background()
-	sites := []string{"paris", "rome"}
-	pending := func(id string, body string, method, path string) catalog.Operation {
-		return catalog.Operation{ID: id, Method: method, Path: path, Body: []byte(body), Targets: sites,
-			Outcomes: map[string]string{"paris": "200", "rome": catalog.OutcomePending}}
-	}
-	create := pending(id+"C", `{"name":"`+name+`"}`, http.MethodPost, "/posts")
-	create.Resource = id
-	if err := cat.Create(ctx, catalog.Meta{ID: id, Service: "posts", Scope: "{posts: paris & rome}", Sites: sites,
+	create := owedOp(id, id+"C", `{"name":"`+name+`"}`, http.MethodPost, "/posts")
+	if err := cat.Create(context.Background(), catalog.Meta{ID: id, Service: "posts", Scope: "{posts: paris & rome}", Sites: create.Targets,
 		Collection: "/posts", Origin: "paris", CreateOp: create.ID}, create); err != nil {
 		t.Fatal(err)
 	}
 	for i := range updates {
-		u := pending(fmt.Sprintf("%sU%d", id, i), fmt.Sprintf(`{"name":"%s","n":%d}`, name, i), http.MethodPatch, "/posts/"+id)
-		u.Resource = id
-		if err := cat.AppendOp(ctx, u); err != nil {
-			t.Fatal(err)
-		}
+		oweUpdate(t, cat, id, name, i)
 	}
+}
+
+// oweUpdate records the ith update of a resource, pending at rome.
+func oweUpdate(t testing.TB, cat *catalog.Catalog, id, name string, i int) {
+	t.Helper()
+	u := owedOp(id, fmt.Sprintf("%sU%d", id, i), fmt.Sprintf(`{"name":"%s","n":%d}`, name, i), http.MethodPatch, "/posts/"+id)
+	if err := cat.AppendOp(context.Background(), u); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func owedOp(res, id, body, method, path string) catalog.Operation {
+	return catalog.Operation{ID: id, Resource: res, Method: method, Path: path, Body: []byte(body), Targets: []string{"paris", "rome"},
+		Outcomes: map[string]string{"paris": "200", "rome": catalog.OutcomePending}}
 }
 
 // TestLongestChainFirst: one resource's operations run one after the
