@@ -375,6 +375,10 @@ func (r *Runner) run(t *task) {
 			if idle {
 				signal(r.idle)
 			}
+			if failed {
+				// Released: its retry can queue it.
+				signal(r.retry)
+			}
 			return
 		}
 		r.mu.Unlock()
@@ -393,13 +397,14 @@ func signal(ch chan struct{}) {
 	}
 }
 
-// nextRetry is the earliest time a resource waits for.
+// nextRetry is the earliest time a resource waits for (not counting one
+// still running: see dueRetries).
 func (r *Runner) nextRetry() (time.Time, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var next time.Time
-	for _, at := range r.retryAt {
-		if next.IsZero() || at.Before(next) {
+	for id, at := range r.retryAt {
+		if r.tasks[id] == nil && (next.IsZero() || at.Before(next)) {
 			next = at
 		}
 	}
@@ -407,14 +412,15 @@ func (r *Runner) nextRetry() (time.Time, bool) {
 }
 
 // dueRetries lists the resources whose retry is due, and forgets their
-// wait.
+// wait; one still running (its failure just set the wait) is left for
+// the signal its worker sends once it lets it go.
 func (r *Runner) dueRetries() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	now := time.Now()
 	var ids []string
 	for id, at := range r.retryAt {
-		if !now.Before(at) {
+		if !now.Before(at) && r.tasks[id] == nil {
 			ids = append(ids, id)
 			delete(r.retryAt, id)
 		}
@@ -493,9 +499,6 @@ func (r *Runner) catchUp(ctx context.Context, res catalog.Resource) (outs []cata
 		delete(r.retryAt, res.ID)
 	}
 	r.mu.Unlock()
-	if failed {
-		signal(r.retry)
-	}
 	return outs, failed
 }
 

@@ -13,6 +13,7 @@ import (
 
 	ds "github.com/ipfs/go-datastore"
 	dssync "github.com/ipfs/go-datastore/sync"
+	dto "github.com/prometheus/client_model/go"
 
 	"cheops/catalog"
 	"cheops/internal/testkit"
@@ -165,10 +166,14 @@ type callLog struct {
 	*memApp
 	mu     sync.Mutex
 	bodies []string
-	fail   int // calls left to fail
+	fail   int           // calls left to fail
+	gate   chan struct{} // when not nil, calls wait for it to close
 }
 
 func (a *callLog) Call(ctx context.Context, svc, method, path string, h http.Header, body []byte) (Answer, error) {
+	if a.gate != nil {
+		<-a.gate
+	}
 	a.mu.Lock()
 	if a.fail > 0 {
 		a.fail--
@@ -235,7 +240,7 @@ func owedOp(res, id, body, method, path string) catalog.Operation {
 // runner starts the resource with the most owed operations first, not in
 // the catalog's order (where, here, it comes last).
 func TestLongestChainFirst(t *testing.T) {
-	app := &callLog{memApp: newMemApp()}
+	app := &callLog{memApp: newMemApp(), gate: make(chan struct{})}
 	cat, x := owedHere(t, app)
 	for i := range 10 {
 		owe(t, cat, catalog.NewID(time.Unix(1000+int64(i), 0)), fmt.Sprintf("single%d", i), 0)
@@ -246,6 +251,22 @@ func TestLongestChainFirst(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
+	release := sync.OnceFunc(func() { close(app.gate) })
+	defer release() // before Close, which waits for the worker
+	// The worker holds the first resource it took until the chain is
+	// queued too: 10 owed operations or more wait (the 10 singles, or 9
+	// of them and the chain's 6).
+	testkit.Eventually(t, 10*time.Second, "the owed resources queued", func() error {
+		var m dto.Metric
+		if err := x.queued.Write(&m); err != nil {
+			return err
+		}
+		if n := m.GetGauge().GetValue(); n < 10 {
+			return fmt.Errorf("%v operations queued", n)
+		}
+		return nil
+	})
+	release()
 	testkit.Eventually(t, 10*time.Second, "every owed operation run", func() error {
 		if n := len(app.calls()); n < 16 {
 			return fmt.Errorf("%d calls of 16", n)
@@ -254,8 +275,8 @@ func TestLongestChainFirst(t *testing.T) {
 	})
 	calls := app.calls()
 	first := slices.IndexFunc(calls, func(b string) bool { return strings.Contains(b, "chain") })
-	// The worker may take a single before the chain is queued (it starts
-	// as the first resources are found), never more.
+	// The first resource taken may be a single (the worker starts as the
+	// first resources are found); the chain comes next.
 	if first > 1 {
 		t.Fatalf("the chain of 6 ran after %d single creates: %v", first, calls)
 	}
