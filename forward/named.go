@@ -89,6 +89,13 @@ func (f *Forwarder) addUpstream(s Service) {
 	// connection: a new one costs a TCP handshake on the hot path, and
 	// the default of 2 per host closed most of them after each burst.
 	tr.MaxIdleConns, tr.MaxIdleConnsPerHost = 1024, 256
+	// Idle connections are dropped before Node.js' keep-alive timeout
+	// (5 s), as the read pool's are (appConns): a write sent on a
+	// connection the application is closing fails (connection reset) and
+	// is not sent again blindly. Seen at the heal in cheops bench
+	// convergence, where the catch-up's first writes went out on
+	// connections idle for the length of the cut.
+	tr.IdleConnTimeout = 2 * time.Second
 	// The answers are shown to clients as the application gave them, or
 	// rewritten (global ids): the transport asks for no compression of
 	// its own, which it would undo on every answer.

@@ -53,9 +53,15 @@
 //
 // A Runner follows the catalog for operations this site owes (recorded
 // pending by their origin) and hands them to the Executor: different
-// resources in parallel (bounded), one resource in order, transient
-// failures retried with backoff. Outcomes are written to this site's
-// catalog records in batches. A resource's owed operations go to the
+// resources in parallel (bounded), one resource in order, the resource
+// with the most owed operations first (one resource's operations run one
+// after the other: the longest chain bounds the catch-up), a resource
+// that changed while it ran run again at once, a transient failure
+// retried at once and then with backoff. Nothing waits for a timer that
+// work is ready for: the watcher that finds owed operations never waits
+// for a worker, and a worker does not wait for its outcomes to be
+// written. Outcomes are written to this site's catalog records in
+// batches; until a batch is written its operations are not owed again. A resource's owed operations go to the
 // Executor together (ApplyOwed): the same rule, but an applied operation
 // that must run again does so once, at its place among the late ones,
 // rather than once after each of them (k late operations interleaved

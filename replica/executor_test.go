@@ -474,3 +474,30 @@ func TestLoneCreateThenTheRestOfTheJournal(t *testing.T) {
 		t.Fatalf("application holds %s, want v2", got)
 	}
 }
+
+// TestOwedSupersededIsNotReadBack: a superseded operation is not run;
+// a client sending it gets the resource as it stands, read from the
+// application, but an owed one (catch-up) has no client: the
+// application is not called at all.
+func TestOwedSupersededIsNotReadBack(t *testing.T) {
+	app := newMemApp()
+	x := newExecutor(t, app, dssync.MutexWrap(ds.NewMapDatastore()))
+	ctx := context.Background()
+	if r := x.Apply(ctx, createJob()); !r.OK() {
+		t.Fatalf("create: %+v", r)
+	}
+	if r := x.Apply(ctx, Job{Op: op("later", 30, "paris", "PUT", `{"t":"later"}`), Service: "posts"}); !r.OK() {
+		t.Fatalf("later replace: %+v", r)
+	}
+	before := app.calls
+	r := x.ApplyOwed(ctx, []Job{{Op: op("early", 20, "berlin", "PUT", `{"t":"early"}`), Service: "posts", Owed: true}})[0]
+	if !r.OK() || !strings.HasPrefix(r.Outcome, catalog.SupersededPrefix) {
+		t.Fatalf("early replace owed: %+v, want superseded", r)
+	}
+	if n := app.calls - before; n != 0 {
+		t.Fatalf("the superseded owed operation made %d calls to the application, want none", n)
+	}
+	if got := app.state(); !strings.Contains(got, `"later"`) {
+		t.Fatalf("application holds %s, want the later replace", got)
+	}
+}

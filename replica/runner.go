@@ -1,6 +1,7 @@
 package replica
 
 import (
+	"container/heap"
 	"context"
 	"errors"
 	"log/slog"
@@ -14,7 +15,7 @@ import (
 type RunnerConfig struct {
 	Catalog  *catalog.Catalog
 	Executor *Executor
-	// Workers bounds how many resources catch up at once (16: enough to
+	// Workers is how many resources catch up at once (16: enough to
 	// keep an application busy behind a slow link, few enough not to
 	// swamp it; operations of one resource always run one at a time).
 	Workers int
@@ -38,33 +39,91 @@ type RunnerConfig struct {
 
 // Runner executes, through the executor, the operations the catalog says
 // this site owes, and records their outcomes in batches.
+//
+// A watcher follows the catalog's changes and puts every resource this
+// site owes operations on into a ready queue; it never waits for a
+// worker, so a change (more operations of a resource being caught up, a
+// resource whose retry is due) is seen as it comes rather than once the
+// workers took everything before it. Workers take the resource with the
+// most owed operations first: one resource's operations run one after
+// the other, so the longest chains bound how long a catch-up takes and
+// start first, and single operations (creates) fill the other workers. A
+// resource is run by one worker at a time; when it changed while it ran,
+// that worker goes on with it at once. Outcomes go into the next batch
+// without waiting for it to be written: until it is, the operations they
+// cover are left out of what is owed (recording), so none runs again.
 type Runner struct {
 	cfg    RunnerConfig
 	self   string
 	log    *slog.Logger
+	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu       sync.Mutex
-	inFlight map[string]bool // resources being caught up
-	// again marks resources that changed while in flight: they are looked
-	// at again as soon as their worker is done (redo), rather than at the
-	// next rescan, seconds later.
-	again   map[string]bool
-	redoIDs map[string]bool
-	redo    chan struct{}
-	retryAt map[string]time.Time // resource → not before
-	backoff map[string]time.Duration
-	batch   *outcomeBatch
+	mu    sync.Mutex
+	work  *sync.Cond // signalled when ready gains a resource or the runner closes
+	ready readyQueue
+	tasks map[string]*task // resources queued or running
+	seq   uint64           // order of arrival in ready, among equals
+	// recording holds the operations whose outcomes are in a batch not
+	// written yet.
+	recording map[string]bool
+	retryAt   map[string]time.Time // resource → not before
+	failures  map[string]int       // resource → transient failures in a row
+	retry     chan struct{}        // a retry was set: the watcher re-arms its timer
+	rescan    chan struct{}        // outcomes could not be written: look at everything
+	idle      chan struct{}        // nothing queued or running: write the batch now
+	batch     *outcomeBatch
+	busy      int // resources running
+	queuedOps int // owed operations of the resources in ready
+	closed    bool
 }
 
-// outcomeBatch is a set of outcomes written together; done closes once
-// they are in the catalog.
+// task is a resource in the runner's hands.
+type task struct {
+	id      string
+	res     catalog.Resource // the view to run (queued)
+	owed    int              // its owed operations when queued: the priority
+	seq     uint64
+	index   int  // in ready
+	queued  bool // in ready
+	running bool // a worker runs it
+	again   bool // it changed while running: the worker goes on with it
+}
+
+// readyQueue is a heap of tasks, the most owed operations first, then the
+// first queued.
+type readyQueue []*task
+
+func (q readyQueue) Len() int { return len(q) }
+func (q readyQueue) Less(i, j int) bool {
+	if q[i].owed != q[j].owed {
+		return q[i].owed > q[j].owed
+	}
+	return q[i].seq < q[j].seq
+}
+func (q readyQueue) Swap(i, j int) {
+	q[i], q[j] = q[j], q[i]
+	q[i].index, q[j].index = i, j
+}
+func (q *readyQueue) Push(x any) {
+	t := x.(*task)
+	t.index = len(*q)
+	*q = append(*q, t)
+}
+func (q *readyQueue) Pop() any {
+	old := *q
+	t := old[len(old)-1]
+	old[len(old)-1] = nil
+	*q = old[:len(old)-1]
+	t.index = -1
+	return t
+}
+
+// outcomeBatch is a set of outcomes written together.
 type outcomeBatch struct {
 	outs        []catalog.Outcome
 	first, last time.Time // when the first and the last outcome came
-	done        chan struct{}
-	err         error
 }
 
 // due reports whether the batch is to be written now: no outcome came
@@ -99,45 +158,59 @@ func StartRunner(cfg RunnerConfig) (*Runner, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &Runner{cfg: cfg, self: cfg.Catalog.Self(), log: log.With("component", "catchup", "site", cfg.Catalog.Self()),
-		cancel: cancel, inFlight: map[string]bool{}, again: map[string]bool{}, redoIDs: map[string]bool{}, redo: make(chan struct{}, 1),
-		retryAt: map[string]time.Time{},
-		backoff: map[string]time.Duration{}, batch: newBatch()}
-	r.wg.Add(2)
+		ctx: ctx, cancel: cancel, tasks: map[string]*task{}, recording: map[string]bool{},
+		retryAt: map[string]time.Time{}, failures: map[string]int{},
+		retry: make(chan struct{}, 1), rescan: make(chan struct{}, 1), idle: make(chan struct{}, 1),
+		batch: &outcomeBatch{}}
+	r.work = sync.NewCond(&r.mu)
+	r.wg.Add(2 + cfg.Workers)
 	go r.loop(ctx)
 	go r.flushLoop(ctx)
+	for range cfg.Workers {
+		go r.worker()
+	}
 	return r, nil
 }
-
-func newBatch() *outcomeBatch { return &outcomeBatch{done: make(chan struct{})} }
 
 // Close stops the runner and waits for the operations in progress.
 func (r *Runner) Close() {
 	r.cancel()
+	r.mu.Lock()
+	r.closed = true
+	r.work.Broadcast()
+	r.mu.Unlock()
 	r.wg.Wait()
 }
 
+// loop follows the catalog and queues the resources this site owes
+// operations on.
 func (r *Runner) loop(ctx context.Context) {
 	defer r.wg.Done()
 	changes := r.cfg.Catalog.Watch(ctx)
 	tick := time.NewTicker(r.cfg.Rescan)
 	defer tick.Stop()
-	sem := make(chan struct{}, r.cfg.Workers)
-	r.scanAll(ctx, sem)
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	defer retry.Stop()
+	r.scanAll(ctx)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
-			r.scanAll(ctx, sem)
-		case <-r.redo:
-			r.mu.Lock()
-			ids := r.redoIDs
-			r.redoIDs = map[string]bool{}
-			r.mu.Unlock()
-			for id := range ids {
-				if res, err := r.cfg.Catalog.Get(ctx, id); err == nil {
-					r.dispatch(ctx, sem, res)
-				}
+			r.scanAll(ctx)
+		case <-r.rescan:
+			r.scanAll(ctx)
+		case <-r.retry:
+			if next, ok := r.nextRetry(); ok {
+				retry.Reset(time.Until(next))
+			}
+		case <-retry.C:
+			for _, id := range r.dueRetries() {
+				r.look(ctx, id)
+			}
+			if next, ok := r.nextRetry(); ok {
+				retry.Reset(time.Until(next))
 			}
 		case ch, ok := <-changes:
 			if !ok {
@@ -152,15 +225,20 @@ func (r *Runner) loop(ctx context.Context) {
 				return
 			}
 			if all {
-				r.scanAll(ctx, sem)
+				r.scanAll(ctx)
 				continue
 			}
 			for id := range ids {
-				if res, err := r.cfg.Catalog.Get(ctx, id); err == nil {
-					r.dispatch(ctx, sem, res)
-				}
+				r.look(ctx, id)
 			}
 		}
+	}
+}
+
+// look reads a resource and queues it if this site owes operations on it.
+func (r *Runner) look(ctx context.Context, id string) {
+	if res, err := r.cfg.Catalog.Get(ctx, id); err == nil {
+		r.offer(res)
 	}
 }
 
@@ -203,89 +281,166 @@ func drain(ctx context.Context, ch <-chan catalog.Change, first catalog.Change, 
 // scanAll looks for owed operations in every resource the catalog lists
 // as owing (a set it keeps with every change, not a pass over the whole
 // catalog).
-func (r *Runner) scanAll(ctx context.Context, sem chan struct{}) {
-	queued := 0
+func (r *Runner) scanAll(ctx context.Context) {
 	for _, id := range r.cfg.Catalog.Owing() {
-		res, err := r.cfg.Catalog.Get(ctx, id)
-		if err != nil {
-			continue
-		}
-		queued += len(res.PerSite[r.self].Pending)
-		r.dispatch(ctx, sem, res)
+		r.look(ctx, id)
 	}
-	r.cfg.Executor.queued.Set(float64(queued))
 }
 
-// dispatch starts a worker for a resource with owed operations, unless
-// one runs for it or it waits for a retry.
-func (r *Runner) dispatch(ctx context.Context, sem chan struct{}, res catalog.Resource) {
-	if len(res.PerSite[r.self].Pending) == 0 {
-		return
-	}
+// offer queues a resource with operations this site owes (and does not
+// record already), unless it waits for a retry; one running is marked to
+// be run again once done.
+func (r *Runner) offer(res catalog.Resource) {
 	r.mu.Lock()
-	busy := r.inFlight[res.ID] || time.Now().Before(r.retryAt[res.ID])
-	if r.inFlight[res.ID] {
-		r.again[res.ID] = true
+	defer r.mu.Unlock()
+	owed := 0
+	for _, op := range res.PerSite[r.self].Pending {
+		if !r.recording[op] {
+			owed++
+		}
 	}
-	if !busy {
-		r.inFlight[res.ID] = true
-	}
-	r.mu.Unlock()
-	if busy {
+	if owed == 0 || r.closed {
 		return
 	}
-	select {
-	case sem <- struct{}{}:
-	case <-ctx.Done():
-		r.release(res.ID)
-		return
+	t := r.tasks[res.ID]
+	switch {
+	case t != nil && t.running:
+		t.again = true
+	case t != nil && t.queued:
+		// The latest view, at its new priority.
+		r.queuedOps += owed - t.owed
+		t.res, t.owed = res, owed
+		heap.Fix(&r.ready, t.index)
+	case time.Now().Before(r.retryAt[res.ID]):
+		// Its retry comes.
+	default:
+		r.seq++
+		t = &task{id: res.ID, res: res, owed: owed, seq: r.seq, queued: true}
+		r.tasks[res.ID] = t
+		heap.Push(&r.ready, t)
+		r.queuedOps += owed
+		r.work.Signal()
 	}
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
-		defer r.release(res.ID)
-		outs := r.catchUp(ctx, res)
-		// The worker's slot is free once the application is done; the
-		// resource stays in flight until its outcomes are recorded, so
-		// that a scan meanwhile does not find them owed again.
-		<-sem
-		if len(outs) > 0 {
-			if err := r.record(ctx, outs); err != nil && ctx.Err() == nil {
-				r.log.Error("record outcomes", "resource", res.ID, "err", err)
+	r.cfg.Executor.queued.Set(float64(r.queuedOps))
+}
+
+// worker runs queued resources until the runner closes.
+func (r *Runner) worker() {
+	defer r.wg.Done()
+	for {
+		t, ok := r.take()
+		if !ok {
+			return
+		}
+		r.run(t)
+	}
+}
+
+// take waits for a queued resource and hands it to the caller (false:
+// the runner closed).
+func (r *Runner) take() (*task, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for len(r.ready) == 0 && !r.closed {
+		r.work.Wait()
+	}
+	if r.closed {
+		return nil, false
+	}
+	t := heap.Pop(&r.ready).(*task)
+	t.queued, t.running = false, true
+	r.busy++
+	r.queuedOps -= t.owed
+	r.cfg.Executor.queued.Set(float64(r.queuedOps))
+	return t, true
+}
+
+// run catches a resource up, again as long as it changed meanwhile.
+func (r *Runner) run(t *task) {
+	res := t.res
+	for {
+		start := time.Now()
+		outs, failed := r.catchUp(r.ctx, res)
+		r.log.Debug("resource caught up", "resource", t.id, "owed", len(res.PerSite[r.self].Pending), "outcomes", len(outs), "took", time.Since(start))
+		r.add(outs)
+		r.mu.Lock()
+		again := t.again && !failed && r.ctx.Err() == nil
+		t.again = false
+		if !again {
+			t.running = false
+			r.busy--
+			delete(r.tasks, t.id)
+			idle := r.busy == 0 && len(r.ready) == 0
+			r.mu.Unlock()
+			if idle {
+				signal(r.idle)
 			}
+			if failed {
+				// Released: its retry can queue it.
+				signal(r.retry)
+			}
+			return
 		}
-	}()
+		r.mu.Unlock()
+		fresh, err := r.cfg.Catalog.Get(r.ctx, t.id)
+		if err != nil {
+			fresh = res // let the next pass say why
+		}
+		res = fresh
+	}
 }
 
-func (r *Runner) release(id string) {
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// nextRetry is the earliest time a resource waits for (not counting one
+// still running: see dueRetries).
+func (r *Runner) nextRetry() (time.Time, bool) {
 	r.mu.Lock()
-	delete(r.inFlight, id)
-	again := r.again[id]
-	if again {
-		delete(r.again, id)
-		r.redoIDs[id] = true
-	}
-	r.mu.Unlock()
-	if again {
-		select {
-		case r.redo <- struct{}{}:
-		default:
+	defer r.mu.Unlock()
+	var next time.Time
+	for id, at := range r.retryAt {
+		if r.tasks[id] == nil && (next.IsZero() || at.Before(next)) {
+			next = at
 		}
 	}
+	return next, !next.IsZero()
 }
 
-// owedJobs lists, in order, the operations self owes on a resource; false
+// dueRetries lists the resources whose retry is due, and forgets their
+// wait; one still running (its failure just set the wait) is left for
+// the signal its worker sends once it lets it go.
+func (r *Runner) dueRetries() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := time.Now()
+	var ids []string
+	for id, at := range r.retryAt {
+		if !now.Before(at) && r.tasks[id] == nil {
+			ids = append(ids, id)
+			delete(r.retryAt, id)
+		}
+	}
+	return ids
+}
+
+// owedJobs lists, in order, the operations self owes on a resource (but
+// those skip names, when not nil); false
 // when the catalog's view of it lacks its creation yet (a DAG is merged
 // from its heads down: the meta and later operations can be there a
 // moment before the creating operation, and the first operation seen must
 // not be taken for the creation).
-func owedJobs(res catalog.Resource, self string) ([]Job, bool) {
+func owedJobs(res catalog.Resource, self string, skip func(op string) bool) ([]Job, bool) {
 	if !res.Complete() {
 		return nil, false
 	}
 	owed := map[string]bool{}
 	for _, id := range res.PerSite[self].Pending {
-		owed[id] = true
+		owed[id] = skip == nil || !skip(id)
 	}
 	var jobs []Job
 	for i, op := range res.Operations {
@@ -302,17 +457,18 @@ func owedJobs(res catalog.Resource, self string) ([]Job, bool) {
 }
 
 // catchUp runs one resource's owed operations in order and returns their
-// outcomes, to be recorded.
-func (r *Runner) catchUp(ctx context.Context, res catalog.Resource) []catalog.Outcome {
-	jobs, ok := owedJobs(res, r.self)
+// outcomes, to be recorded; failed reports a transient failure (the rest
+// waits for a retry, with backoff).
+func (r *Runner) catchUp(ctx context.Context, res catalog.Resource) (outs []catalog.Outcome, failed bool) {
+	r.mu.Lock()
+	jobs, ok := owedJobs(res, r.self, func(op string) bool { return r.recording[op] })
+	r.mu.Unlock()
 	if !ok {
 		// Later operations arrived before the creation: the change that
-		// brings it dispatches the resource again.
+		// brings it queues the resource again.
 		r.log.Debug("the resource's creation is not in the catalog yet", "resource", res.ID)
-		return nil
+		return nil, false
 	}
-	var outs []catalog.Outcome
-	failed := false
 	results := r.cfg.Executor.ApplyOwed(ctx, jobs)
 	for k, out := range results {
 		op := jobs[k].Op
@@ -326,7 +482,9 @@ func (r *Runner) catchUp(ctx context.Context, res catalog.Resource) []catalog.Ou
 		}
 		if out.Err != nil {
 			failed = true
-			r.log.Warn("owed operation will be retried", "resource", res.ID, "op", op.ID, "method", op.Method, "err", out.Err)
+			if ctx.Err() == nil {
+				r.log.Warn("owed operation will be retried", "resource", res.ID, "op", op.ID, "method", op.Method, "err", out.Err)
+			}
 			break
 		}
 		outs = append(outs, catalog.Outcome{Resource: res.ID, Op: op.ID, LocalID: out.LocalID, Applied: out.Outcome, Failed: out.Failed})
@@ -334,19 +492,35 @@ func (r *Runner) catchUp(ctx context.Context, res catalog.Resource) []catalog.Ou
 	}
 	r.mu.Lock()
 	if failed {
-		b := min(max(2*r.backoff[res.ID], 500*time.Millisecond), r.cfg.MaxBackoff)
-		r.backoff[res.ID], r.retryAt[res.ID] = b, time.Now().Add(b)
+		r.failures[res.ID]++
+		r.retryAt[res.ID] = time.Now().Add(retryDelay(r.failures[res.ID], r.cfg.MaxBackoff))
 	} else {
-		delete(r.backoff, res.ID)
+		delete(r.failures, res.ID)
 		delete(r.retryAt, res.ID)
 	}
 	r.mu.Unlock()
-	return outs
+	return outs, failed
 }
 
-// record adds outcomes to the next batch and waits until it is written.
-func (r *Runner) record(ctx context.Context, outs []catalog.Outcome) error {
+// retryDelay is how long a resource waits after its nth transient failure
+// in a row: none after the first (most are a connection the application
+// closed as the request went out: the next one goes through), then 500 ms
+// doubling up to maxDelay.
+func retryDelay(n int, maxDelay time.Duration) time.Duration {
+	if n <= 1 {
+		return 0
+	}
+	return min(500*time.Millisecond<<min(n-2, 16), maxDelay)
+}
+
+// add puts outcomes into the next batch: their operations are no longer
+// owed here, whatever the catalog says until the batch is written.
+func (r *Runner) add(outs []catalog.Outcome) {
+	if len(outs) == 0 {
+		return
+	}
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	b := r.batch
 	now := time.Now()
 	if len(b.outs) == 0 {
@@ -354,34 +528,48 @@ func (r *Runner) record(ctx context.Context, outs []catalog.Outcome) error {
 	}
 	b.last = now
 	b.outs = append(b.outs, outs...)
-	r.mu.Unlock()
-	select {
-	case <-b.done:
-		return b.err
-	case <-ctx.Done():
-		return ctx.Err()
+	for _, o := range outs {
+		r.recording[o.Op] = true
 	}
 }
 
+// flushLoop writes the batches of outcomes: when no outcome came for
+// FlushEvery, when the first waited MaxFlushDelay, or at once when the
+// runner has nothing left to run.
 func (r *Runner) flushLoop(ctx context.Context) {
 	defer r.wg.Done()
 	t := time.NewTicker(r.cfg.FlushEvery)
 	defer t.Stop()
 	for {
+		now := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-r.idle:
+			now = true
 		}
 		r.mu.Lock()
 		b := r.batch
-		if !b.due(time.Now(), r.cfg.FlushEvery, r.cfg.MaxFlushDelay) {
+		if len(b.outs) == 0 || !now && !b.due(time.Now(), r.cfg.FlushEvery, r.cfg.MaxFlushDelay) {
 			r.mu.Unlock()
 			continue
 		}
-		r.batch = newBatch()
+		r.batch = &outcomeBatch{}
 		r.mu.Unlock()
-		b.err = r.cfg.Catalog.RecordOutcomes(ctx, b.outs)
-		close(b.done)
+		err := r.cfg.Catalog.RecordOutcomes(ctx, b.outs)
+		// Written, the catalog says so; not written, the operations are
+		// owed again (they ran: the journal gives their outcomes).
+		r.mu.Lock()
+		for _, o := range b.outs {
+			delete(r.recording, o.Op)
+		}
+		r.mu.Unlock()
+		if err != nil {
+			if ctx.Err() == nil {
+				r.log.Error("record outcomes", "outcomes", len(b.outs), "err", err)
+				signal(r.rescan)
+			}
+		}
 	}
 }

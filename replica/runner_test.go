@@ -2,11 +2,21 @@ package replica
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	ds "github.com/ipfs/go-datastore"
+	dssync "github.com/ipfs/go-datastore/sync"
+	dto "github.com/prometheus/client_model/go"
+
 	"cheops/catalog"
+	"cheops/internal/testkit"
 )
 
 // TestDrainDoesNotWaitForAnEndlessBurst: a returning site's catalog fills
@@ -82,18 +92,217 @@ func TestOwedJobsWaitForTheCreation(t *testing.T) {
 	res := catalog.Resource{ID: gid, Service: "posts", Collection: "/posts", CreateOp: "c0",
 		Operations: []catalog.Operation{v2, v3},
 		PerSite:    map[string]catalog.SiteView{"rome": {Pending: []string{"c0", "u2", "u3"}}}}
-	if jobs, ok := owedJobs(res, "rome"); ok || len(jobs) != 0 {
+	if jobs, ok := owedJobs(res, "rome", nil); ok || len(jobs) != 0 {
 		t.Fatalf("without the creation: %d jobs, ok=%v; want none", len(jobs), ok)
 	}
 	res.Operations = []catalog.Operation{create, v2, v3}
-	jobs, ok := owedJobs(res, "rome")
+	jobs, ok := owedJobs(res, "rome", nil)
 	if !ok || len(jobs) != 3 || !jobs[0].Create || jobs[1].Create || jobs[2].Op.ID != "u3" {
 		t.Fatalf("with the creation: ok=%v jobs %+v", ok, jobs)
 	}
 	// A meta written before CreateOp existed: the first operation is the
 	// creation, as before.
 	res.CreateOp = ""
-	if jobs, ok := owedJobs(res, "rome"); !ok || !jobs[0].Create {
+	if jobs, ok := owedJobs(res, "rome", nil); !ok || !jobs[0].Create {
 		t.Fatalf("old meta: ok=%v jobs %+v", ok, jobs)
+	}
+}
+
+// memStore is an in-memory catalog.Store: one site's view, nothing
+// replicated.
+type memStore struct {
+	mu       sync.Mutex
+	kv       map[string][]byte
+	watchers []func([]string, string, []byte, bool)
+}
+
+func (s *memStore) Put(ctx context.Context, sites []string, key string, value []byte) error {
+	return s.PutBatch(ctx, sites, []string{key}, [][]byte{value})
+}
+
+func (s *memStore) PutBatch(_ context.Context, sites []string, keys []string, values [][]byte) error {
+	s.mu.Lock()
+	for i, k := range keys {
+		s.kv[strings.Join(sites, ",")+"|"+k] = values[i]
+	}
+	fns := slices.Clone(s.watchers)
+	s.mu.Unlock()
+	for i, k := range keys {
+		for _, fn := range fns {
+			fn(sites, k, values[i], false)
+		}
+	}
+	return nil
+}
+
+func (s *memStore) Get(_ context.Context, sites []string, key string) ([]byte, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v, ok := s.kv[strings.Join(sites, ",")+"|"+key]
+	return v, ok, nil
+}
+
+func (s *memStore) Delete(_ context.Context, sites []string, key string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.kv, strings.Join(sites, ",")+"|"+key)
+	return nil
+}
+
+func (s *memStore) Scan(context.Context, string, func([]string, string, []byte) error) error {
+	return nil // always starts empty
+}
+
+func (s *memStore) Watch(fn func([]string, string, []byte, bool)) func() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.watchers = append(s.watchers, fn)
+	return func() {}
+}
+
+// callLog is a memApp that logs the bodies it is sent and can fail the
+// first calls as an application that cannot be reached.
+type callLog struct {
+	*memApp
+	mu     sync.Mutex
+	bodies []string
+	fail   int           // calls left to fail
+	gate   chan struct{} // when not nil, calls wait for it to close
+}
+
+func (a *callLog) Call(ctx context.Context, svc, method, path string, h http.Header, body []byte) (Answer, error) {
+	if a.gate != nil {
+		<-a.gate
+	}
+	a.mu.Lock()
+	if a.fail > 0 {
+		a.fail--
+		a.mu.Unlock()
+		return Answer{}, errors.New("connection reset by peer")
+	}
+	a.bodies = append(a.bodies, string(body))
+	a.mu.Unlock()
+	return a.memApp.Call(ctx, svc, method, path, h, body)
+}
+
+func (a *callLog) calls() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.bodies)
+}
+
+// owedHere is a catalog at rome holding resources created at paris and
+// pending at rome, and an executor over app.
+func owedHere(t testing.TB, app App) (*catalog.Catalog, *Executor) {
+	t.Helper()
+	cat, err := catalog.New(context.Background(), catalog.Config{Store: &memStore{kv: map[string][]byte{}}, Self: "rome", AuditInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cat.Close() })
+	x, err := NewExecutor(Config{App: app, Journal: dssync.MutexWrap(ds.NewMapDatastore())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cat, x
+}
+
+// owe records at rome a resource created at paris with n updates after
+// its creation, every operation pending at rome.
+func owe(t testing.TB, cat *catalog.Catalog, id, name string, updates int) {
+	t.Helper()
+	create := owedOp(id, id+"C", `{"name":"`+name+`"}`, http.MethodPost, "/posts")
+	if err := cat.Create(context.Background(), catalog.Meta{ID: id, Service: "posts", Scope: "{posts: paris & rome}", Sites: create.Targets,
+		Collection: "/posts", Origin: "paris", CreateOp: create.ID}, create); err != nil {
+		t.Fatal(err)
+	}
+	for i := range updates {
+		oweUpdate(t, cat, id, name, i)
+	}
+}
+
+// oweUpdate records the ith update of a resource, pending at rome.
+func oweUpdate(t testing.TB, cat *catalog.Catalog, id, name string, i int) {
+	t.Helper()
+	u := owedOp(id, fmt.Sprintf("%sU%d", id, i), fmt.Sprintf(`{"name":"%s","n":%d}`, name, i), http.MethodPatch, "/posts/"+id)
+	if err := cat.AppendOp(context.Background(), u); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func owedOp(res, id, body, method, path string) catalog.Operation {
+	return catalog.Operation{ID: id, Resource: res, Method: method, Path: path, Body: []byte(body), Targets: []string{"paris", "rome"},
+		Outcomes: map[string]string{"paris": "200", "rome": catalog.OutcomePending}}
+}
+
+// TestLongestChainFirst: one resource's operations run one after the
+// other, so a catch-up lasts at least as long as its longest chain; the
+// runner starts the resource with the most owed operations first, not in
+// the catalog's order (where, here, it comes last).
+func TestLongestChainFirst(t *testing.T) {
+	app := &callLog{memApp: newMemApp(), gate: make(chan struct{})}
+	cat, x := owedHere(t, app)
+	for i := range 10 {
+		owe(t, cat, catalog.NewID(time.Unix(1000+int64(i), 0)), fmt.Sprintf("single%d", i), 0)
+	}
+	owe(t, cat, catalog.NewID(time.Unix(2000, 0)), "chain", 5) // last in the catalog's order
+	r, err := StartRunner(RunnerConfig{Catalog: cat, Executor: x, Workers: 1, Rescan: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	release := sync.OnceFunc(func() { close(app.gate) })
+	defer release() // before Close, which waits for the worker
+	// The worker holds the first resource it took until the chain is
+	// queued too: 10 owed operations or more wait (the 10 singles, or 9
+	// of them and the chain's 6).
+	testkit.Eventually(t, 10*time.Second, "the owed resources queued", func() error {
+		var m dto.Metric
+		if err := x.queued.Write(&m); err != nil {
+			return err
+		}
+		if n := m.GetGauge().GetValue(); n < 10 {
+			return fmt.Errorf("%v operations queued", n)
+		}
+		return nil
+	})
+	release()
+	testkit.Eventually(t, 10*time.Second, "every owed operation run", func() error {
+		if n := len(app.calls()); n < 16 {
+			return fmt.Errorf("%d calls of 16", n)
+		}
+		return nil
+	})
+	calls := app.calls()
+	first := slices.IndexFunc(calls, func(b string) bool { return strings.Contains(b, "chain") })
+	// The first resource taken may be a single (the worker starts as the
+	// first resources are found); the chain comes next.
+	if first > 1 {
+		t.Fatalf("the chain of 6 ran after %d single creates: %v", first, calls)
+	}
+}
+
+// TestTransientFailureRetriedWithoutARescan: an operation that failed for
+// want of an answer (a connection the application closed) runs again at
+// once, not at the next rescan.
+func TestTransientFailureRetriedWithoutARescan(t *testing.T) {
+	app := &callLog{memApp: newMemApp(), fail: 1}
+	cat, x := owedHere(t, app)
+	owe(t, cat, catalog.NewID(time.Unix(1000, 0)), "retry", 1)
+	r, err := StartRunner(RunnerConfig{Catalog: cat, Executor: x, Rescan: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	testkit.Eventually(t, 5*time.Second, "the owed operations recorded", func() error {
+		if owing := cat.Owing(); len(owing) > 0 {
+			return fmt.Errorf("rome still owes on %v (calls %v)", owing, app.calls())
+		}
+		return nil
+	})
+	// The create, not known to have run, is looked for first (a GET).
+	writes := slices.DeleteFunc(app.calls(), func(b string) bool { return b == "" })
+	if len(writes) != 2 {
+		t.Fatalf("writes %v, want the create and the update once each", writes)
 	}
 }
