@@ -92,6 +92,9 @@ type probeStats struct {
 	// lost its connection (lostConnectionLocked).
 	lostRetries atomic.Int64
 	downs       atomic.Int64 // sites this node declared down
+	// recordAsks counts the record exchanges started after a probe of a
+	// peer whose record had not arrived (askRecordLocked).
+	recordAsks atomic.Int64
 	heardSelf   atomic.Int64 // probe answers in which a peer suspected this site
 	dialFails   atomic.Int64 // of the failures, dials (first contacts among them: firstFails)
 	firstFails  atomic.Int64
@@ -109,6 +112,6 @@ type probeStats struct {
 
 // String lists the counts, for test logs.
 func (s *probeStats) String() string {
-	return fmt.Sprintf("failed %d (timed out %d; dials %d, first %d; skipped %d; streams %d), slowest answer %v, forgiven %d, misses %d, redials %d, downs %d, suspected by others %d, late ticks %d (max %v), queued ticks %d, health multiplier %d (peak %d)",
-		s.failed.Load(), s.timedOut.Load(), s.dialFails.Load(), s.firstFails.Load(), s.skipped.Load(), s.openFails.Load(), time.Duration(s.slowest.Load()), s.forgiven.Load(), s.misses.Load(), s.redials.Load(), s.downs.Load(), s.heardSelf.Load(), s.lateTicks.Load(), time.Duration(s.lateMax.Load()), s.queuedTicks.Load(), max(s.multiplier.Load(), 1), max(s.peak.Load(), 1))
+	return fmt.Sprintf("failed %d (timed out %d; dials %d, first %d; skipped %d; streams %d), slowest answer %v, forgiven %d, misses %d, redials %d, downs %d, suspected by others %d, records asked %d, late ticks %d (max %v), queued ticks %d, health multiplier %d (peak %d)",
+		s.failed.Load(), s.timedOut.Load(), s.dialFails.Load(), s.firstFails.Load(), s.skipped.Load(), s.openFails.Load(), time.Duration(s.slowest.Load()), s.forgiven.Load(), s.misses.Load(), s.redials.Load(), s.downs.Load(), s.heardSelf.Load(), s.recordAsks.Load(), s.lateTicks.Load(), time.Duration(s.lateMax.Load()), s.queuedTicks.Load(), max(s.multiplier.Load(), 1), max(s.peak.Load(), 1))
 }

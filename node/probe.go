@@ -42,6 +42,9 @@ type peerState struct {
 	flagged bool
 	// dialing: its probe holds one of the node's dial slots.
 	dialing bool
+	// asking: a record exchange started after a probe runs (its record
+	// had not arrived; askRecordLocked).
+	asking bool
 	// deferred: never reached, and due to be dialled when a slot frees.
 	deferred bool
 	// refused: its last probe failed with an answer from its side
@@ -359,6 +362,7 @@ func (n *Node) probe(ctx context.Context, p peer.ID, first bool) {
 	if n.notYetRedialled(p) {
 		return
 	}
+	runCtx := ctx
 	ctx, cancel := context.WithTimeout(ctx, n.probeTimeout(first))
 	defer cancel()
 	wasConnected := n.host.Network().Connectedness(p) == network.Connected
@@ -375,6 +379,11 @@ func (n *Node) probe(ctx context.Context, p peer.ID, first bool) {
 		return
 	}
 	n.observe(p, start, rtt, ans, ok, late)
+	if ok {
+		n.mu.Lock()
+		n.askRecordLocked(runCtx, p, n.peerLocked(p))
+		n.mu.Unlock()
+	}
 	if !ok && !late && wasConnected {
 		// The probe's connection closed under it.
 		connected := n.host.Network().Connectedness(p) == network.Connected
