@@ -7,6 +7,10 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -146,14 +150,20 @@ func TestScaleVerdicts(t *testing.T) {
 //
 // The profile also covers the sites' start (a few seconds, mostly
 // waiting); writes/s and CPU µs per catalog write are the phase's alone.
+//
+// CHEOPS_SCALE_SITES and CHEOPS_SCALE_RESOURCES change the sizes;
+// CHEOPS_SCALE_CPUPROFILE=FILE profiles the write phase alone (then leave
+// out -cpuprofile); CHEOPS_SCALE_MEMPROFILE=FILE writes heap profiles
+// before (FILE.before) and after it: `go tool pprof -sample_index
+// alloc_space -diff_base FILE.before FILE` shows what it allocated.
 func BenchmarkScaleWrites(b *testing.B) {
-	const sites, resources = 20, 1000
+	sites, resources := envInt("CHEOPS_SCALE_SITES", 20), envInt("CHEOPS_SCALE_RESOURCES", 1000)
 	opt := ScaleProfile(Env{})
 	names := make([]string, sites)
 	for i := range names {
 		names[i] = fmt.Sprintf("s%02d", i)
 	}
-	rng := rand.New(rand.NewPCG(opt.Seed, sites))
+	rng := rand.New(rand.NewPCG(opt.Seed, uint64(sites)))
 	scopes := make([][]string, resources)
 	for i := range scopes {
 		for _, p := range rng.Perm(sites)[:2+rng.IntN(2)] {
@@ -168,9 +178,14 @@ func BenchmarkScaleWrites(b *testing.B) {
 			ss.close(log)
 			b.Fatal(err)
 		}
+		memProfile := os.Getenv("CHEOPS_SCALE_MEMPROFILE")
+		writeHeapProfile(b, memProfile, ".before")
+		stopProfile := startCPUProfile(b, os.Getenv("CHEOPS_SCALE_CPUPROFILE"))
 		b.StartTimer()
 		w := ss.workload(context.Background(), scopes, scopedSpace, opt)
 		b.StopTimer()
+		stopProfile()
+		writeHeapProfile(b, memProfile, "")
 		ss.close(log)
 		if w.Error != "" {
 			b.Fatal(w.Error)
@@ -178,5 +193,49 @@ func BenchmarkScaleWrites(b *testing.B) {
 		b.ReportMetric(w.WritesPerSecond, "writes/s")
 		b.ReportMetric(float64(w.CPUPerWrite)/float64(time.Microsecond), "cpu-µs/write")
 		b.ReportMetric(ms(w.Converged), "converged-ms")
+	}
+}
+
+// envInt reads a positive integer from the environment, def when unset.
+func envInt(name string, def int) int {
+	if n, err := strconv.Atoi(os.Getenv(name)); err == nil && n > 0 {
+		return n
+	}
+	return def
+}
+
+// startCPUProfile profiles the CPU into file until the returned function
+// is called; no file: nothing.
+func startCPUProfile(b *testing.B, file string) (stop func()) {
+	if file == "" {
+		return func() {}
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		b.Fatal(err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}
+}
+
+// writeHeapProfile writes the heap profile into file+suffix after a
+// collection; no file: nothing.
+func writeHeapProfile(b *testing.B, file, suffix string) {
+	if file == "" {
+		return
+	}
+	runtime.GC()
+	f, err := os.Create(file + suffix)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		b.Fatal(err)
 	}
 }
