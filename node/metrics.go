@@ -95,13 +95,13 @@ type probeStats struct {
 	// recordAsks counts the record exchanges started after a probe of a
 	// peer whose record had not arrived (askRecordLocked).
 	recordAsks atomic.Int64
-	heardSelf   atomic.Int64 // probe answers in which a peer suspected this site
-	dialFails   atomic.Int64 // of the failures, dials (first contacts among them: firstFails)
-	firstFails  atomic.Int64
-	skipped     atomic.Int64 // of the failures, probes not tried (redial backoff)
-	openFails   atomic.Int64 // of the failures, streams that did not open
-	slowest     atomic.Int64 // the longest RTT of an answered probe, in nanoseconds
-	lateTicks   atomic.Int64 // probe loop ticks later than starvedAfter
+	heardSelf  atomic.Int64 // probe answers in which a peer suspected this site
+	dialFails  atomic.Int64 // of the failures, dials (first contacts among them: firstFails)
+	firstFails atomic.Int64
+	skipped    atomic.Int64 // of the failures, probes not tried (redial backoff)
+	openFails  atomic.Int64 // of the failures, streams that did not open
+	slowest    atomic.Int64 // the longest RTT of an answered probe, in nanoseconds
+	lateTicks  atomic.Int64 // probe loop ticks later than starvedAfter
 	// queuedTicks counts the ticks that found the scheduler's latency
 	// above starvedAfter (see queued).
 	queuedTicks atomic.Int64
