@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"runtime"
+	"runtime/metrics"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -181,9 +182,11 @@ func BenchmarkScaleWrites(b *testing.B) {
 		memProfile := os.Getenv("CHEOPS_SCALE_MEMPROFILE")
 		writeHeapProfile(b, memProfile, ".before")
 		stopProfile := startCPUProfile(b, os.Getenv("CHEOPS_SCALE_CPUPROFILE"))
+		alloc0 := allocatedBytes()
 		b.StartTimer()
 		w := ss.workload(context.Background(), scopes, scopedSpace, opt)
 		b.StopTimer()
+		allocated := allocatedBytes() - alloc0
 		stopProfile()
 		writeHeapProfile(b, memProfile, "")
 		ss.close(log)
@@ -193,6 +196,9 @@ func BenchmarkScaleWrites(b *testing.B) {
 		b.ReportMetric(w.WritesPerSecond, "writes/s")
 		b.ReportMetric(float64(w.CPUPerWrite)/float64(time.Microsecond), "cpu-µs/write")
 		b.ReportMetric(ms(w.Converged), "converged-ms")
+		if w.Written > 0 {
+			b.ReportMetric(float64(allocated)/float64(2*w.Written), "alloc-B/write")
+		}
 	}
 }
 
@@ -238,4 +244,12 @@ func writeHeapProfile(b *testing.B, file, suffix string) {
 	if err := pprof.WriteHeapProfile(f); err != nil {
 		b.Fatal(err)
 	}
+}
+
+// allocatedBytes is what the process allocated on the heap so far (less
+// sensitive than CPU time to what else the machine runs).
+func allocatedBytes() uint64 {
+	s := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}}
+	metrics.Read(s)
+	return s[0].Value.Uint64()
 }
