@@ -253,3 +253,41 @@ func allocatedBytes() uint64 {
 	metrics.Read(s)
 	return s[0].Value.Uint64()
 }
+
+// BenchmarkScaleIdle runs the scale scenario's idle-groups phase alone
+// (20 in-process sites, 200 new groups of 2–3 sites with one write each,
+// left idle for 10 s) and reports its figures; with
+// CHEOPS_SCALE_MEMPROFILE=FILE it writes heap profiles before the groups
+// (FILE.before) and after the window: `go tool pprof -sample_index
+// inuse_space -diff_base FILE.before FILE` shows what the idle groups
+// hold. CHEOPS_SCALE_SITES and CHEOPS_SCALE_GROUPS change the sizes.
+func BenchmarkScaleIdle(b *testing.B) {
+	sites, groups := envInt("CHEOPS_SCALE_SITES", 20), envInt("CHEOPS_SCALE_GROUPS", 200)
+	opt := ScaleProfile(Env{})
+	names := make([]string, sites)
+	for i := range names {
+		names[i] = fmt.Sprintf("s%02d", i)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	for range b.N {
+		b.StopTimer()
+		ss, err := startScaleSites(context.Background(), b.TempDir(), names, opt.FormWithin)
+		if err != nil {
+			ss.close(log)
+			b.Fatal(err)
+		}
+		memProfile := os.Getenv("CHEOPS_SCALE_MEMPROFILE")
+		writeHeapProfile(b, memProfile, ".before")
+		b.StartTimer()
+		idle := ss.idleGroups(context.Background(), rand.New(rand.NewPCG(opt.Seed, uint64(sites))), map[string]bool{}, groups, 10*time.Second)
+		b.StopTimer()
+		writeHeapProfile(b, memProfile, "")
+		ss.close(log)
+		if idle.Error != "" {
+			b.Fatal(idle.Error)
+		}
+		b.ReportMetric(idle.HeapPerGroupMember, "heap-B/group-member")
+		b.ReportMetric(idle.GoroutinesPerGroup, "goroutines/group")
+		b.ReportMetric(idle.GroupBytesPerGroupMinute, "group-B/group-min")
+	}
+}
