@@ -15,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // A tiny run on real in-process sites: every target line is printed with
@@ -290,4 +292,50 @@ func BenchmarkScaleIdle(b *testing.B) {
 		b.ReportMetric(idle.GoroutinesPerGroup, "goroutines/group")
 		b.ReportMetric(idle.GroupBytesPerGroupMinute, "group-B/group-min")
 	}
+}
+
+// BenchmarkScaleForm starts the scale scenario's in-process sites (100
+// by default: CHEOPS_SCALE_SITES) and reports how long they took to all
+// see each other up, and how many records the sites had to ask for after
+// a probe because the peer's push was lost (node's
+// cheops_membership_record_asks_total, summed).
+func BenchmarkScaleForm(b *testing.B) {
+	sites := envInt("CHEOPS_SCALE_SITES", 100)
+	names := make([]string, sites)
+	for i := range names {
+		names[i] = fmt.Sprintf("s%02d", i)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	for range b.N {
+		ss, err := startScaleSites(context.Background(), b.TempDir(), names, 3*time.Minute)
+		b.StopTimer()
+		asks := 0.0
+		for _, s := range ss.sites {
+			asks += counterSum(b, s.node.Registry(), "cheops_membership_record_asks_total")
+		}
+		ss.close(log)
+		if err != nil {
+			b.Fatalf("%v (records asked after a probe: %.0f)", err, asks)
+		}
+		b.ReportMetric(ss.Formed.Seconds(), "formed-s")
+		b.ReportMetric(asks, "record-asks")
+		b.StartTimer()
+	}
+}
+
+// counterSum sums the values of a counter family in a registry.
+func counterSum(b *testing.B, reg *prometheus.Registry, name string) float64 {
+	families, err := reg.Gather()
+	if err != nil {
+		b.Fatal(err)
+	}
+	sum := 0.0
+	for _, f := range families {
+		if f.GetName() == name {
+			for _, m := range f.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
 }

@@ -34,12 +34,14 @@ var (
 		"This site's local health multiplier: 1 when it keeps time, up to 8 when it is starved of CPU (its probe rounds, probe timeouts and redials are stretched by it).", nil, nil)
 	descProbeFailures = prometheus.NewDesc("cheops_membership_probe_failures_total",
 		"Probes that got no answer, by whether they counted as a miss against the peer (counted) or not because this site was starved while they ran (forgiven).", []string{"verdict"}, nil)
+	descRecordAsks = prometheus.NewDesc("cheops_membership_record_asks_total",
+		"Record exchanges this site started after a probe answered by a peer whose record had not arrived (its push was lost).", nil, nil)
 	descRefused = prometheus.NewDesc("cheops_refused_connections_total",
 		"Connections refused because the peer is not trusted.", nil, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSites, descSiteState, descSiteRTT, descLastSeen, descConflicts, descRefusedClaims, descRefused, descProbes, descHealth, descProbeFailures} {
+	for _, d := range []*prometheus.Desc{descSites, descSiteState, descSiteRTT, descLastSeen, descConflicts, descRefusedClaims, descRefused, descProbes, descHealth, descProbeFailures, descRecordAsks} {
 		ch <- d
 	}
 }
@@ -78,6 +80,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descHealth, prometheus.GaugeValue, float64(c.n.HealthMultiplier()))
 	ch <- prometheus.MustNewConstMetric(descProbeFailures, prometheus.CounterValue, float64(c.n.stats.misses.Load()), "counted")
 	ch <- prometheus.MustNewConstMetric(descProbeFailures, prometheus.CounterValue, float64(c.n.stats.forgiven.Load()), "forgiven")
+	ch <- prometheus.MustNewConstMetric(descRecordAsks, prometheus.CounterValue, float64(c.n.stats.recordAsks.Load()))
 }
 
 // probeStats counts the outcomes of this node's probes, for the metrics
