@@ -593,8 +593,9 @@ func (n *Node) exchangeRecords(ctx context.Context, p peer.ID) {
 }
 
 // askRecordLocked starts a record exchange with p after a probe it
-// answered, when its record has not arrived (its push was lost, and its
-// next publication may be minutes away), unless one is in progress.
+// answered (not its first), when its record has not arrived (its push
+// was lost, and its next publication may be minutes away), unless one is
+// in progress.
 func (n *Node) askRecordLocked(ctx context.Context, p peer.ID, ps *peerState) {
 	if ps.site != "" || ps.asking {
 		return

@@ -300,11 +300,20 @@ func (n *Node) lostConnectionLocked(ps *peerState, connected bool) {
 // enough of reachability, and a ping after it would only add round trips
 // before requests may go there. A probe follows at once for its RTT;
 // other sites cut off by the same fault are retried now too.
+//
+// A peer this node did not know (it dialled this site first, and its
+// record has not arrived) is added, to be probed: if its record push was
+// lost, the probes ask for it (askRecordLocked); otherwise nothing would,
+// and this site would not know it until its next publication.
 func (n *Node) connectedFrom(p peer.ID) {
+	allowed := n.gater.allowed(p)
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	ps, ok := n.byPeer[p]
 	if !ok {
+		if allowed && p != n.host.ID() {
+			n.peerLocked(p).flagged = true
+		}
 		return
 	}
 	before := ps.state()
@@ -378,8 +387,13 @@ func (n *Node) probe(ctx context.Context, p peer.ID, first bool) {
 		n.mu.Unlock()
 		return
 	}
+	n.mu.Lock()
+	answeredBefore := n.peerLocked(p).probed
+	n.mu.Unlock()
 	n.observe(p, start, rtt, ans, ok, late)
-	if ok {
+	if ok && answeredBefore {
+		// Not at the first answer: the records exchanged on connecting
+		// may still be on their way.
 		n.mu.Lock()
 		n.askRecordLocked(runCtx, p, n.peerLocked(p))
 		n.mu.Unlock()

@@ -53,18 +53,36 @@ func TestLostRecordLearnedAgain(t *testing.T) {
 		// berlinDrops: the record streams berlin resets first (paris
 		// resets every one berlin sends).
 		berlinDrops int
+		// berlinDials: berlin bootstraps from paris, which knows nothing
+		// of it; otherwise paris learns berlin's peer from a hint and
+		// dials it.
+		berlinDials bool
 	}{
-		{"berlin's push lost", 0},
-		{"both pushes lost", 1},
+		{"berlin's push lost", 0, false},
+		{"both pushes lost", 1, false},
+		// Two: berlin may open two connections (TCP and QUIC), each
+		// with its exchange from paris.
+		{"both pushes lost, berlin dialled", 2, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := newCluster(t, "paris", "berlin")
 			slow := func(cfg *Config) { cfg.AnnounceInterval = time.Hour }
-			berlin := c.startNode("berlin", c.dirs["berlin"], slow)
-			dropRecords(berlin, tc.berlinDrops)
 			paris := c.startNode("paris", c.dirs["paris"], slow)
 			dropRecords(paris, -1)
-			hint(paris, berlin.host.ID(), berlin.Addrs())
+			var berlin *Node
+			if tc.berlinDials {
+				berlin = c.startNode("berlin", c.dirs["berlin"], func(cfg *Config) {
+					slow(cfg)
+					// Berlin's drops must be in place before it dials.
+					cfg.Peers = nil
+				})
+				dropRecords(berlin, tc.berlinDrops)
+				hint(berlin, paris.host.ID(), paris.Addrs())
+			} else {
+				berlin = c.startNode("berlin", c.dirs["berlin"], slow)
+				dropRecords(berlin, tc.berlinDrops)
+				hint(paris, berlin.host.ID(), berlin.Addrs())
+			}
 			eventually(t, 5*time.Second, "paris sees berlin up", func() error { return sees(paris, "berlin", scope.Up) })
 			if asked := paris.stats.recordAsks.Load(); tc.berlinDrops > 0 && asked == 0 {
 				t.Errorf("paris learned berlin without asking for its record after a probe")
