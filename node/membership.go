@@ -595,12 +595,16 @@ func (n *Node) exchangeRecords(ctx context.Context, p peer.ID) {
 // askRecordLocked starts a record exchange with p after a probe it
 // answered (not its first), when its record has not arrived (its push
 // was lost, and its next publication may be minutes away), unless one is
-// in progress.
+// in progress. The asks of one peer are spaced from ProbeInterval,
+// doubling up to RecordRefresh AnnounceIntervals: a peer whose claim the
+// bindings refuse (its record never takes) is not asked every round.
 func (n *Node) askRecordLocked(ctx context.Context, p peer.ID, ps *peerState) {
-	if ps.site != "" || ps.asking {
+	now := time.Now()
+	if ps.site != "" || ps.asking || now.Before(ps.askNext) {
 		return
 	}
-	ps.asking = true
+	ps.askWait = min(max(2*ps.askWait, n.cfg.ProbeInterval), RecordRefresh*n.cfg.AnnounceInterval)
+	ps.asking, ps.askNext = true, now.Add(ps.askWait)
 	n.stats.recordAsks.Add(1)
 	n.wg.Add(1)
 	go func() {

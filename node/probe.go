@@ -43,8 +43,11 @@ type peerState struct {
 	// dialing: its probe holds one of the node's dial slots.
 	dialing bool
 	// asking: a record exchange started after a probe runs (its record
-	// had not arrived; askRecordLocked).
-	asking bool
+	// had not arrived); askNext: not before then again, askWait after
+	// that (askRecordLocked).
+	asking  bool
+	askNext time.Time
+	askWait time.Duration
 	// deferred: never reached, and due to be dialled when a slot frees.
 	deferred bool
 	// refused: its last probe failed with an answer from its side

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -88,5 +89,30 @@ func TestLostRecordLearnedAgain(t *testing.T) {
 				t.Errorf("paris learned berlin without asking for its record after a probe")
 			}
 		})
+	}
+}
+
+// A peer whose record never takes (every exchange fails here; a claim
+// the bindings refuse does the same) is asked again less and less often,
+// not at every probe round.
+func TestRecordAsksBackOff(t *testing.T) {
+	c := newCluster(t, "paris", "berlin")
+	slow := func(cfg *Config) { cfg.AnnounceInterval = time.Hour }
+	paris := c.startNode("paris", c.dirs["paris"], slow)
+	berlin := c.startNode("berlin", c.dirs["berlin"], slow)
+	dropRecords(paris, -1)
+	dropRecords(berlin, -1)
+	hint(paris, berlin.host.ID(), berlin.Addrs())
+	eventually(t, 5*time.Second, "paris asks berlin for its record", func() error {
+		if paris.stats.recordAsks.Load() == 0 {
+			return fmt.Errorf("no ask yet")
+		}
+		return nil
+	})
+	// A window to count over: 30 probe rounds, in which asks spaced
+	// from one round, doubling, are at most 5.
+	time.Sleep(30 * paris.cfg.ProbeInterval)
+	if asks := paris.stats.recordAsks.Load(); asks > 6 {
+		t.Errorf("%d asks in 30 probe rounds; want them spaced out (at most 6)", asks)
 	}
 }
