@@ -176,12 +176,20 @@ func startScaleSites(ctx context.Context, dir string, names []string, formWithin
 		down := 0
 		var example string
 		for _, s := range ss.sites {
-			v := s.node.View()
+			// Sites, not View: a view copies every site's RTTs (N² entries).
+			states := map[string]scope.State{}
+			for _, st := range s.node.Sites() {
+				states[st.Site] = st.State
+			}
 			for _, n := range names {
-				if n != s.name && v.Sites[n].State != scope.Up {
+				if st, known := states[n]; n != s.name && st != scope.Up {
 					down++
 					if example == "" {
-						example = fmt.Sprintf("%s sees %s %q", s.name, n, v.Sites[n].State)
+						example = fmt.Sprintf("%s sees %s %q", s.name, n, st)
+						if !known {
+							// Its record never arrived: no name for the peer.
+							example = fmt.Sprintf("%s has no record of %s", s.name, n)
+						}
 					}
 				}
 			}

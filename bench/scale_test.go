@@ -7,9 +7,16 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"os"
+	"runtime"
+	"runtime/metrics"
+	"runtime/pprof"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // A tiny run on real in-process sites: every target line is printed with
@@ -146,14 +153,20 @@ func TestScaleVerdicts(t *testing.T) {
 //
 // The profile also covers the sites' start (a few seconds, mostly
 // waiting); writes/s and CPU µs per catalog write are the phase's alone.
+//
+// CHEOPS_SCALE_SITES and CHEOPS_SCALE_RESOURCES change the sizes;
+// CHEOPS_SCALE_CPUPROFILE=FILE profiles the write phase alone (then leave
+// out -cpuprofile); CHEOPS_SCALE_MEMPROFILE=FILE writes heap profiles
+// before (FILE.before) and after it: `go tool pprof -sample_index
+// alloc_space -diff_base FILE.before FILE` shows what it allocated.
 func BenchmarkScaleWrites(b *testing.B) {
-	const sites, resources = 20, 1000
+	sites, resources := envInt("CHEOPS_SCALE_SITES", 20), envInt("CHEOPS_SCALE_RESOURCES", 1000)
 	opt := ScaleProfile(Env{})
 	names := make([]string, sites)
 	for i := range names {
 		names[i] = fmt.Sprintf("s%02d", i)
 	}
-	rng := rand.New(rand.NewPCG(opt.Seed, sites))
+	rng := rand.New(rand.NewPCG(opt.Seed, uint64(sites)))
 	scopes := make([][]string, resources)
 	for i := range scopes {
 		for _, p := range rng.Perm(sites)[:2+rng.IntN(2)] {
@@ -168,9 +181,16 @@ func BenchmarkScaleWrites(b *testing.B) {
 			ss.close(log)
 			b.Fatal(err)
 		}
+		memProfile := os.Getenv("CHEOPS_SCALE_MEMPROFILE")
+		writeHeapProfile(b, memProfile, ".before")
+		stopProfile := startCPUProfile(b, os.Getenv("CHEOPS_SCALE_CPUPROFILE"))
+		alloc0 := allocatedBytes()
 		b.StartTimer()
 		w := ss.workload(context.Background(), scopes, scopedSpace, opt)
 		b.StopTimer()
+		allocated := allocatedBytes() - alloc0
+		stopProfile()
+		writeHeapProfile(b, memProfile, "")
 		ss.close(log)
 		if w.Error != "" {
 			b.Fatal(w.Error)
@@ -178,5 +198,144 @@ func BenchmarkScaleWrites(b *testing.B) {
 		b.ReportMetric(w.WritesPerSecond, "writes/s")
 		b.ReportMetric(float64(w.CPUPerWrite)/float64(time.Microsecond), "cpu-µs/write")
 		b.ReportMetric(ms(w.Converged), "converged-ms")
+		if w.Written > 0 {
+			b.ReportMetric(float64(allocated)/float64(2*w.Written), "alloc-B/write")
+		}
 	}
+}
+
+// envInt reads a positive integer from the environment, def when unset.
+func envInt(name string, def int) int {
+	if n, err := strconv.Atoi(os.Getenv(name)); err == nil && n > 0 {
+		return n
+	}
+	return def
+}
+
+// startCPUProfile profiles the CPU into file until the returned function
+// is called; no file: nothing.
+func startCPUProfile(b *testing.B, file string) (stop func()) {
+	if file == "" {
+		return func() {}
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		b.Fatal(err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}
+}
+
+// writeHeapProfile writes the heap profile into file+suffix after a
+// collection; no file: nothing.
+func writeHeapProfile(b *testing.B, file, suffix string) {
+	if file == "" {
+		return
+	}
+	runtime.GC()
+	f, err := os.Create(file + suffix)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// allocatedBytes is what the process allocated on the heap so far (less
+// sensitive than CPU time to what else the machine runs).
+func allocatedBytes() uint64 {
+	s := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}}
+	metrics.Read(s)
+	return s[0].Value.Uint64()
+}
+
+// BenchmarkScaleIdle runs the scale scenario's idle-groups phase alone
+// (20 in-process sites, 200 new groups of 2–3 sites with one write each,
+// left idle for 10 s) and reports its figures; with
+// CHEOPS_SCALE_MEMPROFILE=FILE it writes heap profiles before the groups
+// (FILE.before) and after the window: `go tool pprof -sample_index
+// inuse_space -diff_base FILE.before FILE` shows what the idle groups
+// hold. CHEOPS_SCALE_SITES and CHEOPS_SCALE_GROUPS change the sizes.
+func BenchmarkScaleIdle(b *testing.B) {
+	sites, groups := envInt("CHEOPS_SCALE_SITES", 20), envInt("CHEOPS_SCALE_GROUPS", 200)
+	opt := ScaleProfile(Env{})
+	names := make([]string, sites)
+	for i := range names {
+		names[i] = fmt.Sprintf("s%02d", i)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	for range b.N {
+		b.StopTimer()
+		ss, err := startScaleSites(context.Background(), b.TempDir(), names, opt.FormWithin)
+		if err != nil {
+			ss.close(log)
+			b.Fatal(err)
+		}
+		memProfile := os.Getenv("CHEOPS_SCALE_MEMPROFILE")
+		writeHeapProfile(b, memProfile, ".before")
+		b.StartTimer()
+		idle := ss.idleGroups(context.Background(), rand.New(rand.NewPCG(opt.Seed, uint64(sites))), map[string]bool{}, groups, 10*time.Second)
+		b.StopTimer()
+		writeHeapProfile(b, memProfile, "")
+		ss.close(log)
+		if idle.Error != "" {
+			b.Fatal(idle.Error)
+		}
+		b.ReportMetric(idle.HeapPerGroupMember, "heap-B/group-member")
+		b.ReportMetric(idle.GoroutinesPerGroup, "goroutines/group")
+		b.ReportMetric(idle.GroupBytesPerGroupMinute, "group-B/group-min")
+	}
+}
+
+// BenchmarkScaleForm starts the scale scenario's in-process sites (100
+// by default: CHEOPS_SCALE_SITES) and reports how long they took to all
+// see each other up, and how many records the sites had to ask for after
+// a probe because the peer's push was lost (node's
+// cheops_membership_record_asks_total, summed).
+func BenchmarkScaleForm(b *testing.B) {
+	sites := envInt("CHEOPS_SCALE_SITES", 100)
+	names := make([]string, sites)
+	for i := range names {
+		names[i] = fmt.Sprintf("s%02d", i)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	for range b.N {
+		ss, err := startScaleSites(context.Background(), b.TempDir(), names, 3*time.Minute)
+		b.StopTimer()
+		asks := 0.0
+		for _, s := range ss.sites {
+			asks += counterSum(b, s.node.Registry(), "cheops_membership_record_asks_total")
+		}
+		ss.close(log)
+		if err != nil {
+			b.Fatalf("%v (records asked after a probe: %.0f)", err, asks)
+		}
+		b.ReportMetric(ss.Formed.Seconds(), "formed-s")
+		b.ReportMetric(asks, "record-asks")
+		b.StartTimer()
+	}
+}
+
+// counterSum sums the values of a counter family in a registry.
+func counterSum(b *testing.B, reg *prometheus.Registry, name string) float64 {
+	families, err := reg.Gather()
+	if err != nil {
+		b.Fatal(err)
+	}
+	sum := 0.0
+	for _, f := range families {
+		if f.GetName() == name {
+			for _, m := range f.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
 }

@@ -71,15 +71,23 @@ type Group struct {
 	closed bool
 }
 
-// replica is a group's open go-ds-crdt replica and its repair loop.
+// replica is a group's open go-ds-crdt replica. Its repairs run on
+// demand (repairRun): a replica with nothing to repair keeps no
+// goroutine of this package.
 type replica struct {
-	g          *Group
-	store      *crdt.Datastore
-	bcast      *broadcaster
-	kick       chan struct{} // asks the repair loop to check now
-	forced     atomic.Bool   // repair even though the replica is not marked dirty
-	stopRepair context.CancelFunc
-	repairDone chan struct{}
+	g     *Group
+	store *crdt.Datastore
+	bcast *broadcaster
+	// ctx ends with the replica; repairs holds the repair in progress.
+	ctx     context.Context
+	cancel  context.CancelFunc
+	repairs sync.WaitGroup
+	// repairing: a repair goroutine runs; again: it was asked to check
+	// once more; forced: repair even though the replica is not marked
+	// dirty.
+	repairing, again, forced atomic.Bool
+	// kick cuts short the wait before a failed repair's retry.
+	kick chan struct{}
 }
 
 // Sites are the group's members.
@@ -187,23 +195,21 @@ func (g *Group) open(unclean bool) (*replica, error) {
 		r.bcast.close()
 		return nil, fmt.Errorf("crdt: group %s: %w", g.name, err)
 	}
-	ctx, cancel := context.WithCancel(m.ctx)
+	r.ctx, r.cancel = context.WithCancel(m.ctx)
 	if unclean {
 		// Upstream issue #279: a crash in the middle of a branch walk can
 		// leave it half-processed. The dirty mark survives another crash
 		// until a repair completes.
 		m.log.Warn("unclean stop detected: the group will be repaired", "group", g.name)
-		r.store.MarkDirty(ctx)
+		r.store.MarkDirty(r.ctx)
 	}
-	r.stopRepair, r.repairDone = cancel, make(chan struct{})
-	go r.repairLoop(ctx)
 	return r, nil
 }
 
-// close stops the replica: its repair loop, then go-ds-crdt.
+// close stops the replica: its repair, then go-ds-crdt.
 func (r *replica) close() error {
-	r.stopRepair()
-	<-r.repairDone
+	r.cancel()
+	r.repairs.Wait()
 	err := r.store.Close()
 	r.bcast.close()
 	return err
@@ -249,42 +255,60 @@ func (g *Group) shut() error {
 	return err
 }
 
-// repairLoop repairs the replica whenever it is marked dirty: at start,
-// every RepairInterval, and when kicked (a member connected).
-func (r *replica) repairLoop(ctx context.Context) {
-	g := r.g
-	defer close(r.repairDone)
-	// A failed repair (members still unreachable) is retried after
-	// RepairRetry, doubling up to RepairInterval; a member connecting
-	// kicks it at once.
-	wait := g.m.cfg.RepairInterval
+// repairRun repairs the replica while it is marked dirty (or a repair
+// was forced), then ends: it runs when kicked (a member connected, a
+// fetch failed, anti-entropy found a difference, the manager's periodic
+// check, the open of a replica left dirty). A failed repair (members
+// still unreachable) is retried after repairRetry, doubling up to
+// RepairInterval, until one succeeds or the replica closes. One runs at
+// a time per replica; a kick during a run makes it check once more.
+func (r *replica) repairRun() {
+	defer r.repairs.Done()
+	g, ctx := r.g, r.ctx
 	retry := repairRetry
 	for {
+		r.again.Store(false)
+		select {
+		case <-r.kick: // this check answers it
+		default:
+		}
 		if r.forced.Swap(false) || r.store.IsDirty(ctx) {
 			g.touch()
 			start := time.Now()
 			err := r.store.Repair(ctx)
 			switch {
 			case ctx.Err() != nil:
+				r.repairing.Store(false)
 				return
 			case err != nil:
 				g.m.metrics.repairFailures.Inc()
 				g.m.log.Warn("repair failed; retrying", "group", g.name, "in", retry, "err", err)
-				wait, retry = retry, min(2*retry, g.m.cfg.RepairInterval)
+				t := time.NewTimer(retry)
+				select {
+				case <-ctx.Done():
+					t.Stop()
+					r.repairing.Store(false)
+					return
+				case <-r.kick:
+					t.Stop()
+				case <-t.C:
+				}
+				retry = min(2*retry, g.m.cfg.RepairInterval)
+				continue
 			default:
 				g.m.metrics.repairs.Inc()
 				g.m.log.Info("repaired group", "group", g.name, "took", time.Since(start))
-				wait, retry = g.m.cfg.RepairInterval, repairRetry
+				retry = repairRetry
 			}
 		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if r.again.Load() {
+			continue
+		}
+		r.repairing.Store(false)
+		// A kick between the check above and the store: this goroutine
+		// runs it unless the kick started another.
+		if !r.again.Load() || !r.repairing.CompareAndSwap(false, true) {
 			return
-		case <-r.kick:
-			t.Stop()
-		case <-t.C:
 		}
 	}
 }
@@ -312,22 +336,39 @@ func (g *Group) forceRepair() {
 	}
 	defer done()
 	r.forced.Store(true)
+	g.mu.Lock()
+	defer g.mu.Unlock()
 	r.kickNow()
 }
 
-// kickRepair asks the repair loop to check the dirty mark now; a sleeping
-// group is not dirty (it sleeps only when clean) and stays asleep.
+// kickRepair asks for a check of the dirty mark now; a sleeping group is
+// not dirty (it sleeps only when clean) and stays asleep.
 func (g *Group) kickRepair() {
-	if r := g.awake(); r != nil {
-		r.kickNow()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.rep != nil {
+		g.rep.kickNow()
 	}
 }
 
+// kickNow starts a repair check unless one runs (it then checks once
+// more). Called with the group's mutex held: close cancels the replica's
+// context and waits for its repair under that mutex, so no repair starts
+// once it waits.
 func (r *replica) kickNow() {
-	select {
-	case r.kick <- struct{}{}:
-	default:
+	r.again.Store(true)
+	if r.ctx.Err() != nil {
+		return
 	}
+	if !r.repairing.CompareAndSwap(false, true) {
+		select {
+		case r.kick <- struct{}{}:
+		default:
+		}
+		return
+	}
+	r.repairs.Add(1)
+	go r.repairRun()
 }
 
 // connectedMembers lists the members (not this site) with a live connection.

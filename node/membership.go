@@ -44,6 +44,13 @@ type Record struct {
 // channel authenticates the sender as pubsub's signature does.
 const RecordProtocol = "/cheops/membership/record/1.0.0"
 
+// RecordExchangeProtocol is RecordProtocol both ways: the site that opens
+// the stream sends its record and closes its side, the other answers with
+// its own. Either side's stream then teaches both, and a site that lacks
+// a peer's record (a push lost under load) asks for it after its next
+// probe of that peer, instead of waiting for the peer's next publication.
+const RecordExchangeProtocol = "/cheops/membership/record/1.1.0"
+
 // Conflict is a refused claim on a site name: a peer claimed a name bound
 // to another peer, or a peer bound to one name claimed another. Refused
 // claims are reported here, in the log, in GET /v1/sites and /v1/health and
@@ -502,17 +509,30 @@ func (n *Node) hintedLocked(suspects []string) {
 
 // handleRecord takes a record a site sent straight after connecting (see
 // RecordProtocol), with the checks of validateRecord: the record must be
-// the sender's own, and its claim must agree with the bindings.
+// the sender's own, and its claim must agree with the bindings. On
+// RecordExchangeProtocol it answers with this site's record.
 func (n *Node) handleRecord(s network.Stream) {
 	from := s.Conn().RemotePeer()
-	_ = s.SetReadDeadline(time.Now().Add(n.probeTimeout(false)))
+	_ = s.SetDeadline(time.Now().Add(n.probeTimeout(false)))
 	data, err := io.ReadAll(io.LimitReader(s, maxRecordSize+1))
 	if err != nil {
 		_ = s.Reset()
 		n.log.Debug("read a pushed membership record", "from", from, "err", err)
 		return
 	}
+	if s.Protocol() == RecordExchangeProtocol {
+		if err := n.writeRecord(s); err != nil {
+			_ = s.Reset()
+			n.log.Debug("answer a membership record", "to", from, "err", err)
+		}
+	}
 	_ = s.Close()
+	n.takeRecord(from, data)
+}
+
+// takeRecord learns the record from sent, if it passes validateRecord's
+// checks.
+func (n *Node) takeRecord(from peer.ID, data []byte) {
 	r, err := decodeRecord(data, from)
 	if err != nil {
 		n.log.Warn("rejected membership record", "from", from, "err", err)
@@ -523,31 +543,77 @@ func (n *Node) handleRecord(s network.Stream) {
 	}
 }
 
-// pushRecord sends this site's record to p on RecordProtocol, over the
-// connection that just opened (never dialling a new one).
-func (n *Node) pushRecord(ctx context.Context, p peer.ID) {
-	defer n.wg.Done()
-	ctx, cancel := context.WithTimeout(ctx, n.probeTimeout(false))
-	defer cancel()
+func (n *Node) writeRecord(s network.Stream) error {
 	data, err := json.Marshal(n.record())
 	if err != nil {
-		n.log.Error("encode membership record", "err", err)
-		return
+		return fmt.Errorf("encode membership record: %w", err)
 	}
-	s, err := n.host.NewStream(network.WithNoDial(ctx, "membership record"), p, RecordProtocol)
+	_, err = s.Write(data)
+	return err
+}
+
+// pushRecord exchanges records with p (RecordExchangeProtocol; to a site
+// of an earlier version, only sends this site's, on RecordProtocol), over
+// a connection open now (never dialling a new one): on connecting, either
+// side, and after a probe of a peer whose record has not arrived.
+func (n *Node) pushRecord(ctx context.Context, p peer.ID) {
+	defer n.wg.Done()
+	n.exchangeRecords(ctx, p)
+}
+
+func (n *Node) exchangeRecords(ctx context.Context, p peer.ID) {
+	ctx, cancel := context.WithTimeout(ctx, n.probeTimeout(false))
+	defer cancel()
+	s, err := n.host.NewStream(network.WithNoDial(ctx, "membership record"), p, RecordExchangeProtocol, RecordProtocol)
 	if err != nil {
 		n.log.Debug("push membership record", "peer", p, "err", err)
 		return
 	}
 	if deadline, ok := ctx.Deadline(); ok {
-		_ = s.SetWriteDeadline(deadline)
+		_ = s.SetDeadline(deadline)
 	}
-	if _, err := s.Write(data); err != nil {
+	if err := n.writeRecord(s); err != nil {
 		_ = s.Reset()
 		n.log.Debug("push membership record", "peer", p, "err", err)
 		return
 	}
+	if s.Protocol() != RecordExchangeProtocol {
+		_ = s.Close()
+		return
+	}
+	_ = s.CloseWrite()
+	data, err := io.ReadAll(io.LimitReader(s, maxRecordSize+1))
+	if err != nil {
+		_ = s.Reset()
+		n.log.Debug("read a peer's membership record", "peer", p, "err", err)
+		return
+	}
 	_ = s.Close()
+	n.takeRecord(p, data)
+}
+
+// askRecordLocked starts a record exchange with p after a probe it
+// answered (not its first), when its record has not arrived (its push
+// was lost, and its next publication may be minutes away), unless one is
+// in progress. The asks of one peer are spaced from ProbeInterval,
+// doubling up to RecordRefresh AnnounceIntervals: a peer whose claim the
+// bindings refuse (its record never takes) is not asked every round.
+func (n *Node) askRecordLocked(ctx context.Context, p peer.ID, ps *peerState) {
+	now := time.Now()
+	if ps.site != "" || ps.asking || now.Before(ps.askNext) {
+		return
+	}
+	ps.askWait = min(max(2*ps.askWait, n.cfg.ProbeInterval), RecordRefresh*n.cfg.AnnounceInterval)
+	ps.asking, ps.askNext = true, now.Add(ps.askWait)
+	n.stats.recordAsks.Add(1)
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		n.exchangeRecords(ctx, p)
+		n.mu.Lock()
+		ps.asking = false
+		n.mu.Unlock()
+	}()
 }
 
 // joiningThrough reports whether this node should ask p for the sites it

@@ -34,12 +34,14 @@ var (
 		"This site's local health multiplier: 1 when it keeps time, up to 8 when it is starved of CPU (its probe rounds, probe timeouts and redials are stretched by it).", nil, nil)
 	descProbeFailures = prometheus.NewDesc("cheops_membership_probe_failures_total",
 		"Probes that got no answer, by whether they counted as a miss against the peer (counted) or not because this site was starved while they ran (forgiven).", []string{"verdict"}, nil)
+	descRecordAsks = prometheus.NewDesc("cheops_membership_record_asks_total",
+		"Record exchanges this site started after a probe answered by a peer whose record had not arrived (its push was lost).", nil, nil)
 	descRefused = prometheus.NewDesc("cheops_refused_connections_total",
 		"Connections refused because the peer is not trusted.", nil, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSites, descSiteState, descSiteRTT, descLastSeen, descConflicts, descRefusedClaims, descRefused, descProbes, descHealth, descProbeFailures} {
+	for _, d := range []*prometheus.Desc{descSites, descSiteState, descSiteRTT, descLastSeen, descConflicts, descRefusedClaims, descRefused, descProbes, descHealth, descProbeFailures, descRecordAsks} {
 		ch <- d
 	}
 }
@@ -78,6 +80,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descHealth, prometheus.GaugeValue, float64(c.n.HealthMultiplier()))
 	ch <- prometheus.MustNewConstMetric(descProbeFailures, prometheus.CounterValue, float64(c.n.stats.misses.Load()), "counted")
 	ch <- prometheus.MustNewConstMetric(descProbeFailures, prometheus.CounterValue, float64(c.n.stats.forgiven.Load()), "forgiven")
+	ch <- prometheus.MustNewConstMetric(descRecordAsks, prometheus.CounterValue, float64(c.n.stats.recordAsks.Load()))
 }
 
 // probeStats counts the outcomes of this node's probes, for the metrics
@@ -92,13 +95,16 @@ type probeStats struct {
 	// lost its connection (lostConnectionLocked).
 	lostRetries atomic.Int64
 	downs       atomic.Int64 // sites this node declared down
-	heardSelf   atomic.Int64 // probe answers in which a peer suspected this site
-	dialFails   atomic.Int64 // of the failures, dials (first contacts among them: firstFails)
-	firstFails  atomic.Int64
-	skipped     atomic.Int64 // of the failures, probes not tried (redial backoff)
-	openFails   atomic.Int64 // of the failures, streams that did not open
-	slowest     atomic.Int64 // the longest RTT of an answered probe, in nanoseconds
-	lateTicks   atomic.Int64 // probe loop ticks later than starvedAfter
+	// recordAsks counts the record exchanges started after a probe of a
+	// peer whose record had not arrived (askRecordLocked).
+	recordAsks atomic.Int64
+	heardSelf  atomic.Int64 // probe answers in which a peer suspected this site
+	dialFails  atomic.Int64 // of the failures, dials (first contacts among them: firstFails)
+	firstFails atomic.Int64
+	skipped    atomic.Int64 // of the failures, probes not tried (redial backoff)
+	openFails  atomic.Int64 // of the failures, streams that did not open
+	slowest    atomic.Int64 // the longest RTT of an answered probe, in nanoseconds
+	lateTicks  atomic.Int64 // probe loop ticks later than starvedAfter
 	// queuedTicks counts the ticks that found the scheduler's latency
 	// above starvedAfter (see queued).
 	queuedTicks atomic.Int64
@@ -109,6 +115,6 @@ type probeStats struct {
 
 // String lists the counts, for test logs.
 func (s *probeStats) String() string {
-	return fmt.Sprintf("failed %d (timed out %d; dials %d, first %d; skipped %d; streams %d), slowest answer %v, forgiven %d, misses %d, redials %d, downs %d, suspected by others %d, late ticks %d (max %v), queued ticks %d, health multiplier %d (peak %d)",
-		s.failed.Load(), s.timedOut.Load(), s.dialFails.Load(), s.firstFails.Load(), s.skipped.Load(), s.openFails.Load(), time.Duration(s.slowest.Load()), s.forgiven.Load(), s.misses.Load(), s.redials.Load(), s.downs.Load(), s.heardSelf.Load(), s.lateTicks.Load(), time.Duration(s.lateMax.Load()), s.queuedTicks.Load(), max(s.multiplier.Load(), 1), max(s.peak.Load(), 1))
+	return fmt.Sprintf("failed %d (timed out %d; dials %d, first %d; skipped %d; streams %d), slowest answer %v, forgiven %d, misses %d, redials %d, downs %d, suspected by others %d, records asked %d, late ticks %d (max %v), queued ticks %d, health multiplier %d (peak %d)",
+		s.failed.Load(), s.timedOut.Load(), s.dialFails.Load(), s.firstFails.Load(), s.skipped.Load(), s.openFails.Load(), time.Duration(s.slowest.Load()), s.forgiven.Load(), s.misses.Load(), s.redials.Load(), s.downs.Load(), s.heardSelf.Load(), s.recordAsks.Load(), s.lateTicks.Load(), time.Duration(s.lateMax.Load()), s.queuedTicks.Load(), max(s.multiplier.Load(), 1), max(s.peak.Load(), 1))
 }

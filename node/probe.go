@@ -42,6 +42,12 @@ type peerState struct {
 	flagged bool
 	// dialing: its probe holds one of the node's dial slots.
 	dialing bool
+	// asking: a record exchange started after a probe runs (its record
+	// had not arrived); askNext: not before then again, askWait after
+	// that (askRecordLocked).
+	asking  bool
+	askNext time.Time
+	askWait time.Duration
 	// deferred: never reached, and due to be dialled when a slot frees.
 	deferred bool
 	// refused: its last probe failed with an answer from its side
@@ -297,11 +303,20 @@ func (n *Node) lostConnectionLocked(ps *peerState, connected bool) {
 // enough of reachability, and a ping after it would only add round trips
 // before requests may go there. A probe follows at once for its RTT;
 // other sites cut off by the same fault are retried now too.
+//
+// A peer this node did not know (it dialled this site first, and its
+// record has not arrived) is added, to be probed: if its record push was
+// lost, the probes ask for it (askRecordLocked); otherwise nothing would,
+// and this site would not know it until its next publication.
 func (n *Node) connectedFrom(p peer.ID) {
+	allowed := n.gater.allowed(p)
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	ps, ok := n.byPeer[p]
 	if !ok {
+		if allowed && p != n.host.ID() {
+			n.peerLocked(p).flagged = true
+		}
 		return
 	}
 	before := ps.state()
@@ -359,6 +374,7 @@ func (n *Node) probe(ctx context.Context, p peer.ID, first bool) {
 	if n.notYetRedialled(p) {
 		return
 	}
+	runCtx := ctx
 	ctx, cancel := context.WithTimeout(ctx, n.probeTimeout(first))
 	defer cancel()
 	wasConnected := n.host.Network().Connectedness(p) == network.Connected
@@ -374,7 +390,17 @@ func (n *Node) probe(ctx context.Context, p peer.ID, first bool) {
 		n.mu.Unlock()
 		return
 	}
+	n.mu.Lock()
+	answeredBefore := n.peerLocked(p).probed
+	n.mu.Unlock()
 	n.observe(p, start, rtt, ans, ok, late)
+	if ok && answeredBefore {
+		// Not at the first answer: the records exchanged on connecting
+		// may still be on their way.
+		n.mu.Lock()
+		n.askRecordLocked(runCtx, p, n.peerLocked(p))
+		n.mu.Unlock()
+	}
 	if !ok && !late && wasConnected {
 		// The probe's connection closed under it.
 		connected := n.host.Network().Connectedness(p) == network.Connected
