@@ -49,6 +49,11 @@ type SystemAvailability struct {
 	Before WriteTally `json:"before_cut"`
 	During WriteTally `json:"during_cut"`
 	After  WriteTally `json:"after_heal"`
+	// AtHeal counts the writes issued in the last second of the cut:
+	// answered around the heal, they are judged in no phase (a write
+	// answered in 100 ms just after the heal did not wait for it, and one
+	// that did cannot be told from it by its latency alone).
+	AtHeal WriteTally `json:"issued_last_second_of_cut"`
 	// LatencyBefore and LatencyDuring are those of the accepted writes.
 	LatencyBefore Latency `json:"accepted_latency_before_cut"`
 	LatencyDuring Latency `json:"accepted_latency_during_cut"`
@@ -230,9 +235,14 @@ func runAvailability(ctx context.Context, env Env, p availabilityProfile) (*Avai
 
 func pairScope(a, b string) string { return "{posts: " + a + " & " + b + "}" }
 
+// atHealWindow is the end of the cut whose writes are judged in no phase:
+// the promptness criterion's second, so that every judged write issued
+// during the cut and answered within it was answered before the heal.
+const atHealWindow = time.Second
+
 // writeOutcome is the fate of one write.
 type writeOutcome struct {
-	phase      int // 0 before the cut, 1 during, 2 after the heal
+	phase      int // 0 before the cut, 1 during, 2 after the heal, 3 in the cut's last second
 	t          time.Duration
 	latency    time.Duration
 	ok         bool
@@ -272,6 +282,10 @@ func drive(ctx context.Context, p availabilityProfile, log *slog.Logger, systems
 		if phase == 3 {
 			break
 		}
+		judged := phase
+		if phase == 1 && !now.Before(phaseEnd[1].Add(-atHealWindow)) {
+			judged = 3
+		}
 		for k, write := range systems {
 			wg.Add(1)
 			go func(k, i, phase int, issued time.Time) {
@@ -283,7 +297,7 @@ func drive(ctx context.Context, p availabilityProfile, log *slog.Logger, systems
 				mu.Lock()
 				out[k] = append(out[k], o)
 				mu.Unlock()
-			}(k, i, phase, now)
+			}(k, i, judged, now)
 		}
 		select {
 		case <-ctx.Done():
@@ -300,18 +314,26 @@ func drive(ctx context.Context, p availabilityProfile, log *slog.Logger, systems
 // tally sums one system's outcomes. A write issued during the cut counts
 // as accepted only when its success was answered before the heal: one that
 // waited for the heal to commit was not available on the isolated site.
+// Writes issued in the cut's last second are counted apart (AtHeal).
 func tally(system string, outs []writeOutcome, healAt time.Duration) SystemAvailability {
 	s := SystemAvailability{System: system, Errors: map[string]int{}}
 	slices.SortFunc(outs, func(a, b writeOutcome) int { return int(a.t - b.t) })
 	var before, during []float64
 	for _, o := range outs {
-		t := []*WriteTally{&s.Before, &s.During, &s.After}[o.phase]
+		t := []*WriteTally{&s.Before, &s.During, &s.After, &s.AtHeal}[o.phase]
 		t.Issued++
 		sec := int(o.t / time.Second)
 		for len(s.Timeline) <= sec {
 			s.Timeline = append(s.Timeline, TimelinePoint{T: float64(len(s.Timeline))})
 		}
 		s.Timeline[sec].Issued++
+		if o.phase == 3 {
+			if o.ok {
+				t.Accepted++
+				s.Timeline[sec].Accepted++
+			}
+			continue
+		}
 		if o.ok && o.phase == 1 && o.t+o.latency > healAt {
 			o.ok, o.err = false, "answered only after the heal"
 		}
@@ -335,7 +357,7 @@ func tally(system string, outs []writeOutcome, healAt time.Duration) SystemAvail
 			}
 		}
 	}
-	for _, t := range []*WriteTally{&s.Before, &s.During, &s.After} {
+	for _, t := range []*WriteTally{&s.Before, &s.During, &s.After, &s.AtHeal} {
 		if t.Issued > 0 {
 			t.Share = math.Round(float64(t.Accepted)/float64(t.Issued)*1000) / 1000
 		}
@@ -561,6 +583,8 @@ func (r *AvailabilityResult) Table(w io.Writer) {
 	fmt.Fprintf(w, "isolated site's writes answered within 1 s during the cut: cheops %.1f%% (target %.0f%%): %s; p99 %.1f ms (etcd answered %d)\n",
 		within, 100*r.PromptTarget, Verdict(r.PromptMet), r.Cheops.LatencyDuring.P99, r.Etcd.WithinSecond)
 	fmt.Fprintf(w, "cheops writes accepted during the cut with the far site recorded pending: %d\n", r.Cheops.FarPending)
+	fmt.Fprintf(w, "issued in the cut's last second, answered around the heal and judged in no phase: cheops %s, %s %s\n",
+		share(r.Cheops.AtHeal), r.Etcd.System, share(r.Etcd.AtHeal))
 	for _, s := range []SystemAvailability{r.Cheops, r.Etcd} {
 		keys := make([]string, 0, len(s.Errors))
 		for k := range s.Errors {
