@@ -29,13 +29,15 @@ var logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level:
 // app is one json-server instance: this site's copy of the application.
 type app struct {
 	url string
+	pid int
 }
 
 // startApp runs json-server with posts and comments, its data in dir
 // (testkit.StartJSONServer).
 func startApp(t testing.TB, dir string) *app {
 	t.Helper()
-	return &app{url: testkit.StartJSONServer(t, dir, "posts", "comments")}
+	url, pid := testkit.StartJSONServerProcess(t, dir, "posts", "comments")
+	return &app{url: url, pid: pid}
 }
 
 // items reads a collection straight from the application.
