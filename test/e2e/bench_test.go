@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"runtime/pprof"
 	"slices"
 	"sync"
 	"syscall"
@@ -108,6 +110,7 @@ func BenchmarkCatchUp(b *testing.B) {
 				// on this machine at different hours).
 				floor, floorCPU := jsonServerFloor(b, n, 16)
 				appCPU, agentsCPU := cpuOf(b, c.sites["rome"].app.pid), selfCPU(b)
+				stopProfile := profileCatchUp(b)
 				b.StartTimer()
 				back := time.Now()
 				c.start("rome")
@@ -146,6 +149,7 @@ func BenchmarkCatchUp(b *testing.B) {
 					time.Sleep(10 * time.Millisecond)
 				}
 				catchUp := time.Since(back)
+				stopProfile()
 				// CPU per owed create, steadier than wall time on a
 				// shared machine: rome's json-server against the same
 				// creates sent straight to a fresh one, and this process
@@ -241,6 +245,31 @@ func jsonServerFloor(b *testing.B, n, clients int) (time.Duration, time.Duration
 		b.FailNow()
 	}
 	return took, cpuOf(b, pid) - cpu
+}
+
+// profileCatchUp writes a CPU profile of the catch-up alone (both agents
+// run in this process) to the file CHEOPS_CATCHUP_CPUPROFILE names, when
+// it names one; the returned function ends it.
+func profileCatchUp(b *testing.B) (stop func()) {
+	b.Helper()
+	path := os.Getenv("CHEOPS_CATCHUP_CPUPROFILE")
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		b.Fatalf("profile the catch-up (not with -cpuprofile): %v", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			b.Error(err)
+		}
+	}
 }
 
 // cpuOf is the CPU time process pid has used so far.
