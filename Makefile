@@ -31,11 +31,13 @@ install:
 deps:
 	contrib/install-deps.sh
 
-# make test fails at once when a program its tests need is missing,
-# unless CHEOPS_ALLOW_SKIP=1: then the tests that need it skip, and the
-# summary says so.
+# make test installs a program its tests need when it is missing (root
+# or sudo; it fails at once, saying what, when it cannot), unless
+# CHEOPS_ALLOW_SKIP=1: then the tests that need it skip, and the summary
+# says so.
 check-deps:
-	@contrib/install-deps.sh --check || [ "$$CHEOPS_ALLOW_SKIP" = 1 ]
+	@contrib/install-deps.sh --check || [ "$$CHEOPS_ALLOW_SKIP" = 1 ] || \
+		{ echo "deps: installing them (contrib/install-deps.sh)"; contrib/install-deps.sh; }
 
 vet:
 	$(GO) vet $(PKGS)
