@@ -411,25 +411,31 @@ type cpuSample struct {
 func sampleCPU(ctx context.Context, c *Cluster, step time.Duration) *cpuSampler {
 	ctx, cancel := context.WithCancel(ctx)
 	s := &cpuSampler{cancel: cancel, done: make(chan struct{})}
+	sample := func() {
+		var total time.Duration
+		for name, d := range cpuTimes(c) {
+			if name != "bench" {
+				total += d
+			}
+		}
+		s.mu.Lock()
+		s.samples = append(s.samples, cpuSample{at: time.Now(), cpu: total})
+		s.mu.Unlock()
+	}
+	// The first sample is taken before it returns: the instant the
+	// caller takes next (the heal) is covered.
+	sample()
 	go func() {
 		defer close(s.done)
 		t := time.NewTicker(step)
 		defer t.Stop()
 		for {
-			var total time.Duration
-			for name, d := range cpuTimes(c) {
-				if name != "bench" {
-					total += d
-				}
-			}
-			s.mu.Lock()
-			s.samples = append(s.samples, cpuSample{at: time.Now(), cpu: total})
-			s.mu.Unlock()
 			select {
 			case <-ctx.Done():
 				return
 			case <-t.C:
 			}
+			sample()
 		}
 	}()
 	return s
