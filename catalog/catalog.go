@@ -50,6 +50,15 @@ type syncer interface {
 	Sync(ctx context.Context) error
 }
 
+// batchWatcher is implemented by stores that report changes in batches
+// (*crdt.Manager: after a heal its merges report thousands of keys). The
+// catalog then folds each batch into its view under one lock instead of
+// one lock per key. Change i is keys[i] in the group of sites[i], written
+// with values[i] or deleted (deleted[i]); otherwise as Store.Watch.
+type batchWatcher interface {
+	WatchBatch(fn func(sites [][]string, keys []string, values [][]byte, deleted []bool)) (stop func())
+}
+
 // expecter is implemented by stores whose commits wait for writes
 // announced to be on their way (*crdt.Manager: Config.CommitLinger).
 type expecter interface {
@@ -149,13 +158,17 @@ func New(ctx context.Context, cfg Config) (*Catalog, error) {
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	// Follow changes before the scan so that nothing falls in between;
 	// a key applied twice is harmless (see apply).
-	c.stopStore = cfg.Store.Watch(func(sites []string, key string, value []byte, deleted bool) {
-		if deleted {
-			c.applyDelete(sites, key)
-			return
-		}
-		c.apply(sites, key, value)
-	})
+	if bw, ok := cfg.Store.(batchWatcher); ok {
+		c.stopStore = bw.WatchBatch(c.applyBatch)
+	} else {
+		c.stopStore = cfg.Store.Watch(func(sites []string, key string, value []byte, deleted bool) {
+			if deleted {
+				c.applyDelete(sites, key)
+				return
+			}
+			c.apply(sites, key, value)
+		})
+	}
 	if err := cfg.Store.Scan(ctx, "/r/", func(sites []string, key string, value []byte) error {
 		c.apply(sites, key, value)
 		return nil
@@ -458,6 +471,84 @@ func (c *Catalog) apply(sites []string, key string, value []byte) bool {
 		return false // already applied: this site's own write, reported back by the store
 	}
 	// Decode outside the lock.
+	d, ok := c.decode(key, id, kind, name, value)
+	if !ok {
+		return false
+	}
+	return c.applyDecoded(group, key, id, kind, name, slices.Clone(value), d)
+}
+
+// applyBatch folds a batch of changes reported by the store into the
+// view, in order (see batchWatcher): the values are decoded outside the
+// catalog's lock and folded in under one. A deletion, rare (the catalog
+// deletes nothing; only a member's faulty write can need it), is read
+// again from the store as applyDelete does, between the runs of writes
+// around it.
+func (c *Catalog) applyBatch(sites [][]string, keys []string, values [][]byte, deleted []bool) {
+	start := 0
+	for i := range keys {
+		if !deleted[i] {
+			continue
+		}
+		c.applyRun(sites[start:i], keys[start:i], values[start:i])
+		c.applyDelete(sites[i], keys[i])
+		start = i + 1
+	}
+	c.applyRun(sites[start:], keys[start:], values[start:])
+}
+
+// applyRun folds written keys into the view in order, under one lock.
+func (c *Catalog) applyRun(sites [][]string, keys []string, values [][]byte) {
+	type change struct {
+		group, key, id, kind, name string
+		raw                        []byte
+		d                          decoded
+	}
+	changes := make([]change, 0, len(keys))
+	groups := map[string]string{} // one name per sites slice: the store shares them per group
+	c.mu.RLock()
+	for i, key := range keys {
+		id, kind, name, ok := parseKey(key)
+		if !ok {
+			continue
+		}
+		ss := sites[i]
+		gk := strings.Join(ss, ",")
+		group, ok := groups[gk]
+		if !ok {
+			group = groupOf(ss)
+			groups[gk] = group
+		}
+		if c.holdsLocked(id, kind, group, name, values[i]) {
+			continue // this site's own write, reported back by the store
+		}
+		changes = append(changes, change{group: group, key: key, id: id, kind: kind, name: name, raw: values[i]})
+	}
+	c.mu.RUnlock()
+	n := 0
+	for _, ch := range changes {
+		d, ok := c.decode(ch.key, ch.id, ch.kind, ch.name, ch.raw)
+		if !ok {
+			continue
+		}
+		ch.d, ch.raw = d, slices.Clone(ch.raw) // the view keeps its own copy, as apply does
+		changes[n] = ch
+		n++
+	}
+	if n == 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, ch := range changes[:n] {
+		c.applyDecodedLocked(ch.group, ch.key, ch.id, ch.kind, ch.name, ch.raw, ch.d)
+	}
+}
+
+// decode decodes a stored value of a key of a given kind; false (logged)
+// when it is malformed, which only a faulty or hostile member could
+// write.
+func (c *Catalog) decode(key, id, kind, name string, value []byte) (decoded, bool) {
 	var (
 		d     decoded
 		err   error
@@ -479,9 +570,9 @@ func (c *Catalog) apply(sites []string, key string, value []byte) bool {
 	}
 	if !valid {
 		c.log.Warn("skipping a malformed catalog value", "key", key, "err", err)
-		return false
+		return decoded{}, false
 	}
-	return c.applyDecoded(group, key, id, kind, name, slices.Clone(value), d)
+	return d, true
 }
 
 // decoded is a catalog value decoded: one of its fields is set, by the
@@ -507,9 +598,14 @@ func (c *Catalog) applyOwn(sites []string, key string, raw []byte, d decoded) bo
 // applyDecoded is apply's second half: raw is the stored value, d the
 // value decoded.
 func (c *Catalog) applyDecoded(group, key, id, kind, name string, raw []byte, d decoded) bool {
-	value := raw
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.applyDecodedLocked(group, key, id, kind, name, raw, d)
+}
+
+// applyDecodedLocked is applyDecoded with c.mu held.
+func (c *Catalog) applyDecodedLocked(group, key, id, kind, name string, raw []byte, d decoded) bool {
+	value := raw
 	e := c.entries[id]
 	if e == nil {
 		e = newEntry(id)
@@ -555,6 +651,11 @@ func (c *Catalog) applyDecoded(group, key, id, kind, name string, raw []byte, d 
 func (c *Catalog) holds(id, kind, group, name string, value []byte) bool {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
+	return c.holdsLocked(id, kind, group, name, value)
+}
+
+// holdsLocked is holds with c.mu held (read or write).
+func (c *Catalog) holdsLocked(id, kind, group, name string, value []byte) bool {
 	e := c.entries[id]
 	if e == nil {
 		return false
