@@ -493,8 +493,9 @@ func (w *workload) healAndTime(ctx context.Context, names []string, reconnectWit
 		t.catalog = min(t.catalog, va.At)
 		w.log.Info("catalogs agree", "after heal", t.catalog, "views", va.String())
 	}
-	t.catalogCPU = cpu.between(healed, healed.Add(t.catalog))
-	w.log.Info("agents' CPU until the catalogs agreed", "cpu", t.catalogCPU, "arrivals", t.arrivals)
+	used := cpu.all(healed, healed.Add(t.catalog))
+	t.catalogCPU = used.cpu
+	w.log.Info("CPU used until the catalogs agreed", "agents", used.cpu, "applications", used.apps, "bench", used.bench, "arrivals", t.arrivals)
 	appliedAt, _, err := w.waitAgreed(ctx, appliedWithin, true, views)
 	if err != nil {
 		return t, fmt.Errorf("applications: %w", err)
