@@ -62,6 +62,9 @@ type Group struct {
 	// lastSample caches the known sample of block requests (knownSample)
 	// as of the heads it was taken from.
 	lastSample atomic.Pointer[knownSampleCache]
+	// metas caches the links and heights of blocks the walks read
+	// (blockmeta.go).
+	metas metaCache
 	// commits queues local writes for group commit (commit.go).
 	commits commits
 
@@ -238,6 +241,7 @@ func (g *Group) sleep(ctx context.Context, idleSince time.Time) bool {
 		g.m.log.Warn("close an idle group", "group", g.name, "err", err)
 	}
 	g.rep = nil
+	g.metas.clear()
 	g.m.metrics.sleeps.Inc()
 	return true
 }
