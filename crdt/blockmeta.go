@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync"
 
+	"github.com/ipfs/boxo/blockstore"
+	blocks "github.com/ipfs/go-block-format"
 	"github.com/ipfs/go-cid"
 	"google.golang.org/protobuf/encoding/protowire"
 )
@@ -114,15 +116,17 @@ func deltaPriority(delta []byte) uint64 {
 // during a partition, for about 200 KiB.
 const maxMetaCache = 2048
 
-// metaCache keeps the metas of a group's blocks that its walks read:
-// blocks never change, so a meta once read stays true. knownSample walks
-// the same top of the DAG at every fetch of a heal (and again at the
-// next heal, below the blocks written since), and the block server the
-// same blocks for every member that asks: without it each walk read
-// every block again from the datastore (up to maxKnownReads per fetch).
-// Emptied when the group sleeps.
+// metaCache keeps the metas of a group's blocks that its walks read or
+// that were written: blocks never change, so a meta once read stays
+// true. knownSample walks the same top of the DAG at every fetch of a
+// heal (and again at the next heal, below the blocks written since), and
+// the block server the same blocks for every member that asks: without
+// it each walk read every block again from the datastore (up to
+// maxKnownReads per fetch). It keeps nothing while the group sleeps (a
+// site may be in thousands of groups, most of them asleep).
 type metaCache struct {
 	mu sync.Mutex
+	on bool
 	m  map[cid.Cid]blockMeta
 }
 
@@ -136,15 +140,26 @@ func (mc *metaCache) get(c cid.Cid) (blockMeta, bool) {
 func (mc *metaCache) put(c cid.Cid, m blockMeta) {
 	mc.mu.Lock()
 	defer mc.mu.Unlock()
+	if !mc.on {
+		return
+	}
 	if mc.m == nil || len(mc.m) >= maxMetaCache {
 		mc.m = make(map[cid.Cid]blockMeta)
 	}
 	mc.m[c] = m
 }
 
-func (mc *metaCache) clear() {
+// enable starts keeping metas (the group woke); disable forgets them and
+// stops (it sleeps).
+func (mc *metaCache) enable() {
 	mc.mu.Lock()
-	mc.m = nil
+	mc.on = true
+	mc.mu.Unlock()
+}
+
+func (mc *metaCache) disable() {
+	mc.mu.Lock()
+	mc.on, mc.m = false, nil
 	mc.mu.Unlock()
 }
 
@@ -161,4 +176,39 @@ func (g *Group) blockMeta(ctx context.Context, c cid.Cid) (blockMeta, bool) {
 	m, _ := parseBlock(b.RawData())
 	g.metas.put(c, m)
 	return m, true
+}
+
+// metaBlockstore is a group's blockstore that notes in the group's meta
+// cache the links and height of every block written to it: this site's
+// own deltas, the blocks members inline in their announcements, the
+// blocks fetched. The walks of the next block request or answer then
+// read none of the blocks written since the last one from the datastore
+// (after a partition, the sample's walk starts down through the blocks
+// this side wrote meanwhile).
+type metaBlockstore struct {
+	blockstore.Blockstore
+	metas *metaCache
+}
+
+func (b metaBlockstore) Put(ctx context.Context, blk blocks.Block) error {
+	if err := b.Blockstore.Put(ctx, blk); err != nil {
+		return err
+	}
+	b.note(blk)
+	return nil
+}
+
+func (b metaBlockstore) PutMany(ctx context.Context, blks []blocks.Block) error {
+	if err := b.Blockstore.PutMany(ctx, blks); err != nil {
+		return err
+	}
+	for _, blk := range blks {
+		b.note(blk)
+	}
+	return nil
+}
+
+func (b metaBlockstore) note(blk blocks.Block) {
+	m, _ := parseBlock(blk.RawData())
+	b.metas.put(blk.Cid(), m)
 }

@@ -1,8 +1,15 @@
 package crdt
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
 	"slices"
 	"testing"
+	"time"
+
+	"github.com/ipfs/go-cid"
 
 	dag "github.com/ipfs/boxo/ipld/merkledag"
 	"github.com/ipfs/go-ds-crdt/pb"
@@ -88,4 +95,65 @@ func FuzzParseBlock(f *testing.F) {
 			t.Fatalf("parseBlock: height %d, links %v; full decoding: height %d, links %v", got.height, got.links, want.height, want.links)
 		}
 	})
+}
+
+func (mc *metaCache) len() int {
+	mc.mu.Lock()
+	defer mc.mu.Unlock()
+	return len(mc.m)
+}
+
+// An awake group notes the metas of the blocks written to it (its own
+// deltas, the ones members send), each as parseBlock reads the stored
+// block; a sleeping group keeps none, and notes none while it serves
+// blocks asleep.
+func TestGroupMetasWhileAwakeOnly(t *testing.T) {
+	n := newNet(t, "a", "b")
+	n.tune = func(c *Config) { c.IdleAfter = 200 * time.Millisecond }
+	n.startAll("a", "b")
+	a, b := n.sites["a"], n.sites["b"]
+	ctx := context.Background()
+	ab := []string{"a", "b"}
+	for i := range 5 {
+		if err := a.m.Put(ctx, ab, fmt.Sprintf("/k/%d", i), []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 10*time.Second, "b has a's writes", func() error { return hasValue(b, ab, "/k/4", "v") })
+	// a wrote 5 blocks awake; b joined the group on the first block (its
+	// replica, and the notes, start after it) and received the others.
+	for s, least := range map[*site]int{a: 5, b: 4} {
+		g := s.m.group("a,b")
+		if got := g.metas.len(); got < least {
+			t.Fatalf("%s noted %d block metas for 5 writes", s.name, got)
+		}
+		g.metas.mu.Lock()
+		noted := maps.Clone(g.metas.m)
+		g.metas.mu.Unlock()
+		for c, m := range noted {
+			blk, err := g.blocks.Get(ctx, c)
+			if err != nil {
+				t.Fatalf("%s noted %s, which it does not hold: %v", s.name, c, err)
+			}
+			if want, _ := parseBlock(blk.RawData()); want.height != m.height || !slices.Equal(want.links, m.links) {
+				t.Fatalf("%s noted %s as %+v; the block reads %+v", s.name, c, m, want)
+			}
+		}
+	}
+	eventually(t, 10*time.Second, "the group asleep at a", func() error {
+		if !asleep(a, "a,b") {
+			return errors.New("awake")
+		}
+		return nil
+	})
+	g := a.m.group("a,b")
+	if got := g.metas.len(); got != 0 {
+		t.Fatalf("a sleeping group keeps %d block metas", got)
+	}
+	heads := g.knownHeads(ctx)
+	g.knownSample(ctx)
+	newServeWalk(ctx, g, &cidSet{set: map[cid.Cid]struct{}{}}).enqueue(heads[0], cid.Undef, false)
+	if got := g.metas.len(); got != 0 || !asleep(a, "a,b") {
+		t.Fatalf("walks of a sleeping group left %d block metas (asleep: %v)", got, asleep(a, "a,b"))
+	}
 }
