@@ -141,6 +141,9 @@ type Catalog struct {
 	auditLate    atomic.Int64
 	auditApplied atomic.Int64
 	auditNoted   map[string][]byte
+	// lastChange is when the view last changed (unix ns): the audit
+	// waits for a quiet view.
+	lastChange atomic.Int64
 }
 
 type localKey struct{ service, site, local string }
@@ -276,12 +279,19 @@ func (c *Catalog) auditLoop() {
 	t := time.NewTicker(c.cfg.AuditInterval)
 	defer t.Stop()
 	var previous map[string]uint64
+	deferred := 0
 	for {
 		select {
 		case <-c.ctx.Done():
 			return
 		case <-t.C:
 		}
+		since := time.Since(time.Unix(0, c.lastChange.Load()))
+		if !auditNow(since, c.cfg.AuditInterval, deferred) {
+			deferred++
+			continue
+		}
+		deferred = 0
 		c.mu.RLock()
 		now := maps.Clone(c.owing)
 		c.mu.RUnlock()
@@ -303,6 +313,23 @@ func (c *Catalog) auditLoop() {
 		}
 		previous = now
 	}
+}
+
+// auditDeferrals bounds how many audit rounds in a row wait for a quiet
+// view: a view that never stops changing is still audited every
+// (auditDeferrals+1) intervals.
+const auditDeferrals = 4
+
+// auditNow decides whether an audit round runs, given how long ago the
+// view last changed, the audit interval and how many rounds in a row
+// were deferred. A round waits while the view changed within a quarter
+// of the interval: the store is delivering changes (a heal merging
+// thousands of keys), the resources being caught up change anyway, and
+// the audit's reads would only take CPU from the merge (3 % of the
+// agents' CPU in the first second of a heal). A change the view missed
+// is found a few intervals later at worst.
+func auditNow(sinceChange, interval time.Duration, deferred int) bool {
+	return sinceChange >= interval/4 || deferred >= auditDeferrals
 }
 
 // notedResources lists the resources of the values an audit noted.
@@ -732,6 +759,7 @@ func (c *Catalog) changedLocked(e *entry, group string, ch Change) {
 		c.byLocal[k] = e.id
 	}
 	c.changes++
+	c.lastChange.Store(time.Now().UnixNano())
 	if owes(e) {
 		c.owing[e.id] = c.changes
 	} else {
