@@ -57,6 +57,7 @@ fuzz:
 	$(GO) test ./scope -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=$(FUZZTIME)
 	$(GO) test ./node -run='^$$' -fuzz='^FuzzDecodeRecord$$' -fuzztime=$(FUZZSHORT)
 	$(GO) test ./crdt -run='^$$' -fuzz='^FuzzReadFrame$$' -fuzztime=$(FUZZSHORT)
+	$(GO) test ./crdt -run='^$$' -fuzz='^FuzzParseBlock$$' -fuzztime=$(FUZZSHORT)
 	$(GO) test ./catalog -run='^$$' -fuzz='^FuzzApply$$' -fuzztime=$(FUZZSHORT)
 
 test: check-deps vet unit

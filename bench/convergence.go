@@ -54,6 +54,23 @@ type ConvergenceRun struct {
 	// Applied: nothing is pending anywhere (every owed operation has run
 	// on its site's application); the applications were then checked.
 	Applied time.Duration `json:"applied_ns"`
+	// Arrivals counts what the sites' catalogs lacked at the heal: one
+	// per (site, resource) not yet visible, one per (site, operation)
+	// missing.
+	Arrivals int `json:"arrivals,omitempty"`
+	// CatalogCPU is the CPU time (user + system) all agents used from
+	// the heal until the catalogs agreed (Catalog): the cost of the
+	// catch-up, steadier than its wall time on a shared machine.
+	CatalogCPU time.Duration `json:"catalog_cpu_ns,omitempty"`
+}
+
+// CPUPerArrival is the agents' CPU from the heal to the catalogs'
+// agreement per arrival (0 when unknown).
+func (r ConvergenceRun) CPUPerArrival() time.Duration {
+	if r.Arrivals == 0 {
+		return 0
+	}
+	return r.CatalogCPU / time.Duration(r.Arrivals)
 }
 
 // ConvergenceFigures are the runs of one case and their percentiles.
@@ -155,7 +172,8 @@ func runConvergenceCase(ctx context.Context, env Env, cs ConvergenceCase, opt Co
 			return fig, fmt.Errorf("repetition %d: %w", rep+1, err)
 		}
 		env.Log.Info("convergence run", "sites", cs.Sites, "rtt", cs.RTT, "writes", cs.Writes, "rep", rep+1,
-			"owed", run.Owed, "reconnected", run.Reconnected, "reconnected (poll)", run.ReconnectedPoll, "catalog", run.Catalog, "applied", run.Applied)
+			"owed", run.Owed, "reconnected", run.Reconnected, "reconnected (poll)", run.ReconnectedPoll, "catalog", run.Catalog, "applied", run.Applied,
+			"arrivals", run.Arrivals, "catalog CPU", run.CatalogCPU, "CPU per arrival", run.CPUPerArrival())
 		fig.Runs = append(fig.Runs, run)
 	}
 	var cat, app []time.Duration
@@ -181,6 +199,7 @@ type workload struct {
 	// views, when set, are the watch streams healAndTime takes: opened
 	// before the read of beforeHeal, they miss nothing that read missed.
 	views *viewTimeline
+	heals int // heals profiled so far (ProfileEnv)
 }
 
 type writeJob struct {
@@ -335,26 +354,78 @@ func (w *workload) partitionRun(ctx context.Context, cs ConvergenceCase, names [
 	if err := errors.Join(errs[0], errs[1]); err != nil {
 		return run, err
 	}
-	views, err := watchViews(ctx, w.c, time.Now())
+	owed, err := w.beforeTheHeal(ctx)
 	if err != nil {
 		return run, err
+	}
+	run.Owed = owed
+	t, err := w.healAndTime(ctx, names, 2*time.Minute, 5*time.Minute, 10*time.Minute)
+	run.Reconnected, run.ReconnectedPoll, run.Catalog, run.Applied = t.reconnected, t.polled, t.catalog, t.applied
+	run.Arrivals, run.CatalogCPU = t.arrivals, t.catalogCPU
+	return run, err
+}
+
+// beforeTheHeal opens the watch streams healAndTime times the heal with,
+// then reads every catalog (owed): an operation arriving between the two
+// is in the read or in the streams, never expected as an event that
+// already came. It returns the executions owed.
+func (w *workload) beforeTheHeal(ctx context.Context) (int, error) {
+	views, err := watchViews(ctx, w.c, time.Now())
+	if err != nil {
+		return 0, err
 	}
 	w.views = views
 	owed, err := w.owed(ctx)
 	if err != nil {
 		views.stop()
 		w.views = nil
-		return run, err
+		return 0, err
 	}
-	run.Owed = owed
-	t, err := w.healAndTime(ctx, names, 2*time.Minute, 5*time.Minute, 10*time.Minute)
-	run.Reconnected, run.ReconnectedPoll, run.Catalog, run.Applied = t.reconnected, t.polled, t.catalog, t.applied
-	return run, err
+	return owed, nil
 }
 
 // healTimes are measured from a heal; polled is when the poll of the
 // sites' states saw them all up (see ConvergenceRun.ReconnectedPoll).
-type healTimes struct{ reconnected, polled, catalog, applied time.Duration }
+// arrivals and catalogCPU are ConvergenceRun's.
+type healTimes struct {
+	reconnected, polled, catalog, applied time.Duration
+	arrivals                              int
+	catalogCPU                            time.Duration
+}
+
+// ProfileEnv names the environment variable that, set to a duration
+// ("3s"), has every heal of the convergence scenario take a CPU profile
+// of every agent for that long from the heal, written where LogsEnv
+// says (rtt<ms>-heal<n>-<site>.pprof). The agents must serve their
+// profiles: CHEOPS_BENCH_AGENT_ARGS=--pprof.
+const ProfileEnv = "CHEOPS_BENCH_PROFILE"
+
+// profileHeal starts, when ProfileEnv asks for it, a CPU profile of
+// every agent; wait returns when they are written.
+func (w *workload) profileHeal(ctx context.Context) (wait func()) {
+	d, err := time.ParseDuration(os.Getenv(ProfileEnv))
+	dir := os.Getenv(LogsEnv)
+	if err != nil || d <= 0 || dir == "" {
+		return func() {}
+	}
+	w.heals++
+	var wg sync.WaitGroup
+	for _, s := range w.c.Sites {
+		path := filepath.Join(dir, fmt.Sprintf("rtt%d-heal%d-%s.pprof", w.c.opt.RTT.Milliseconds(), w.heals, s.Name))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			body, err := w.c.get(ctx, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", s.API, int(max(1, d.Seconds()))))
+			if err == nil {
+				err = os.WriteFile(path, body, 0o644)
+			}
+			if err != nil {
+				w.log.Warn("profile an agent during a heal", "site", s.Name, "err", err)
+			}
+		}()
+	}
+	return wg.Wait
+}
 
 // healAndTime heals the network and times, from the heal, until every
 // site sees every other up, the catalogs agree and nothing is pending;
@@ -391,6 +462,11 @@ func (w *workload) healAndTime(ctx context.Context, names []string, reconnectWit
 		views.expect(w.beforeHeal, w.expected())
 		w.beforeHeal = nil
 	}
+	cpu := sampleCPU(ctx, w.c, 20*time.Millisecond)
+	defer cpu.stop()
+	t.arrivals = views.arrivals()
+	profiled := w.profileHeal(ctx)
+	defer profiled()
 	healed := time.Now()
 	views.start = healed
 	w.c.Net.Heal()
@@ -417,6 +493,9 @@ func (w *workload) healAndTime(ctx context.Context, names []string, reconnectWit
 		t.catalog = min(t.catalog, va.At)
 		w.log.Info("catalogs agree", "after heal", t.catalog, "views", va.String())
 	}
+	used := cpu.all(healed, healed.Add(t.catalog))
+	t.catalogCPU = used.cpu
+	w.log.Info("CPU used until the catalogs agreed", "agents", used.cpu, "applications", used.apps, "bench", used.bench, "arrivals", t.arrivals)
 	appliedAt, _, err := w.waitAgreed(ctx, appliedWithin, true, views)
 	if err != nil {
 		return t, fmt.Errorf("applications: %w", err)

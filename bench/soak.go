@@ -216,7 +216,7 @@ func (w *workload) soakRun(ctx context.Context, run *SoakRun, names []string, op
 	} else if err := writeBoth(opt.Writes / 2); err != nil {
 		return err
 	}
-	owed, err := w.owed(ctx)
+	owed, err := w.beforeTheHeal(ctx)
 	if err != nil {
 		return err
 	}

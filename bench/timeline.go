@@ -2,12 +2,15 @@ package bench
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -370,4 +373,145 @@ func (va viewAgreement) String() string {
 		fmt.Fprintf(&b, "; group %s: %d late, last %.0f ms", g.Group, g.Late, ms(g.At))
 	}
 	return b.String()
+}
+
+// arrivals counts what the sites lacked at the heal, per expect: one per
+// (site, resource) not visible and one per (site, operation) missing; 0
+// when expect was not called. CPU per arrival is the heal's cost per unit
+// of catalog work.
+func (t *viewTimeline) arrivals() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for _, byID := range t.missing {
+		for _, lack := range byID {
+			n += len(lack)
+		}
+	}
+	return n
+}
+
+// cpuSampler reads, every step, the CPU time (user + system) the agent
+// processes of a cluster have used, so that the CPU spent between two
+// instants of a heal (the heal, the catalogs agreeing) is known without
+// counting what the reads that confirm it cost the agents afterwards.
+// CPU time is steadier than wall time on a shared machine. Linux only
+// (/proc, in ticks of 10 ms); elsewhere it reports nothing.
+type cpuSampler struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu      sync.Mutex
+	samples []cpuSample
+}
+
+type cpuSample struct {
+	at  time.Time
+	cpu time.Duration // the sum over the agents
+	// apps and bench: the sites' applications, and this process (the
+	// relays, the watch streams), which share the machine with them.
+	apps, bench time.Duration
+}
+
+// pidCPU reads a process's user and system CPU time from /proc/PID/stat
+// (fields 14 and 15, in ticks of USER_HZ, 100 on every Linux port Go
+// runs on); false when it cannot.
+func pidCPU(pid int) (time.Duration, bool) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	i := bytes.LastIndexByte(b, ')')
+	if err != nil || i < 0 {
+		return 0, false
+	}
+	// After the command's name (in parentheses): state, then 10 fields
+	// before utime and stime.
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, false
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, false
+	}
+	return time.Duration(ut+st) * 10 * time.Millisecond, true
+}
+
+// sampleCPU starts sampling the agents of c every step until stop.
+func sampleCPU(ctx context.Context, c *Cluster, step time.Duration) *cpuSampler {
+	ctx, cancel := context.WithCancel(ctx)
+	s := &cpuSampler{cancel: cancel, done: make(chan struct{})}
+	var apps []int
+	for _, site := range c.Sites {
+		if site.app != nil && site.app.Process != nil {
+			apps = append(apps, site.app.Process.Pid)
+		}
+	}
+	sample := func() {
+		x := cpuSample{at: time.Now()}
+		for name, d := range cpuTimes(c) {
+			if name == "bench" {
+				x.bench = d
+			} else {
+				x.cpu += d
+			}
+		}
+		for _, pid := range apps {
+			d, _ := pidCPU(pid)
+			x.apps += d
+		}
+		s.mu.Lock()
+		s.samples = append(s.samples, x)
+		s.mu.Unlock()
+	}
+	// The first sample is taken before it returns: the instant the
+	// caller takes next (the heal) is covered.
+	sample()
+	go func() {
+		defer close(s.done)
+		t := time.NewTicker(step)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			sample()
+		}
+	}()
+	return s
+}
+
+// between returns the CPU the agents used from the last sample at or
+// before from to the first at or after to (0 when the samples do not
+// cover both).
+func (s *cpuSampler) between(from, to time.Time) time.Duration {
+	d := s.all(from, to)
+	return d.cpu
+}
+
+// all is between for the agents (cpu), the applications and this
+// process.
+func (s *cpuSampler) all(from, to time.Time) cpuSample {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var a, b *cpuSample
+	for i := range s.samples {
+		x := &s.samples[i]
+		if !x.at.After(from) {
+			a = x
+		}
+		if b == nil && !x.at.Before(to) {
+			b = x
+		}
+	}
+	if a == nil || b == nil {
+		return cpuSample{}
+	}
+	return cpuSample{cpu: b.cpu - a.cpu, apps: b.apps - a.apps, bench: b.bench - a.bench}
+}
+
+func (s *cpuSampler) stop() {
+	s.cancel()
+	<-s.done
 }

@@ -1,10 +1,16 @@
 package bench
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
 	"testing"
 	"time"
 
 	"cheops/catalog"
+	"cheops/internal/testkit"
 )
 
 // The catalogs agree when the last site of a replica set got the last
@@ -45,5 +51,40 @@ func TestViewAgreementIsTheLastCompletion(t *testing.T) {
 	}
 	if va.BySite["a"].At != ms(40) || va.BySite["b"].At != ms(90) {
 		t.Fatalf("per site: %+v", va.BySite)
+	}
+}
+
+// The sampler counts the CPU a process used between two instants, from a
+// sample taken before the first one (sampleCPU samples before it
+// returns: a sampler started just before a heal covers the heal).
+func TestCPUSamplerCoversTheInterval(t *testing.T) {
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d/stat", os.Getpid())); err != nil {
+		t.Skip("no /proc")
+	}
+	self, err := os.FindProcess(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Cluster{Sites: []*Site{{Name: "s00", agent: &exec.Cmd{Process: self}}}}
+	s := sampleCPU(context.Background(), c, 5*time.Millisecond)
+	defer s.stop()
+	from := time.Now()
+	// Burn 300 ms of CPU, by this process's own count.
+	var x uint64
+	for start := processCPU(); processCPU()-start < 300*time.Millisecond; {
+		for i := range 100000 {
+			x += uint64(i) * x
+		}
+	}
+	_ = x
+	to := time.Now()
+	testkit.Eventually(t, 5*time.Second, "a sample after the interval", func() error {
+		if s.between(from, to) == 0 {
+			return errors.New("no sample after the interval yet")
+		}
+		return nil
+	})
+	if got := s.between(from, to); got < 250*time.Millisecond {
+		t.Fatalf("%v of CPU counted for a loop that used 300 ms", got)
 	}
 }

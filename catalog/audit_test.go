@@ -107,3 +107,25 @@ func TestAuditWaitsOneIntervalBeforeFolding(t *testing.T) {
 		})
 	}
 }
+
+// TestAuditWaitsForAQuietView: a round runs when the view has not
+// changed for a quarter of the interval, or after auditDeferrals rounds
+// in a row waited.
+func TestAuditWaitsForAQuietView(t *testing.T) {
+	const iv = 2 * time.Second
+	for _, c := range []struct {
+		since    time.Duration
+		deferred int
+		want     bool
+	}{
+		{time.Hour, 0, true},
+		{iv / 4, 0, true},
+		{iv/4 - time.Millisecond, 0, false},
+		{0, auditDeferrals - 1, false},
+		{0, auditDeferrals, true},
+	} {
+		if got := auditNow(c.since, iv, c.deferred); got != c.want {
+			t.Errorf("auditNow(%v since the last change, %d deferred) = %v, want %v", c.since, c.deferred, got, c.want)
+		}
+	}
+}

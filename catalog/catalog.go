@@ -50,6 +50,15 @@ type syncer interface {
 	Sync(ctx context.Context) error
 }
 
+// batchWatcher is implemented by stores that report changes in batches
+// (*crdt.Manager: after a heal its merges report thousands of keys). The
+// catalog then folds each batch into its view under one lock instead of
+// one lock per key. Change i is keys[i] in the group of sites[i], written
+// with values[i] or deleted (deleted[i]); otherwise as Store.Watch.
+type batchWatcher interface {
+	WatchBatch(fn func(sites [][]string, keys []string, values [][]byte, deleted []bool)) (stop func())
+}
+
 // expecter is implemented by stores whose commits wait for writes
 // announced to be on their way (*crdt.Manager: Config.CommitLinger).
 type expecter interface {
@@ -132,6 +141,9 @@ type Catalog struct {
 	auditLate    atomic.Int64
 	auditApplied atomic.Int64
 	auditNoted   map[string][]byte
+	// lastChange is when the view last changed (unix ns): the audit
+	// waits for a quiet view.
+	lastChange atomic.Int64
 }
 
 type localKey struct{ service, site, local string }
@@ -149,13 +161,17 @@ func New(ctx context.Context, cfg Config) (*Catalog, error) {
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	// Follow changes before the scan so that nothing falls in between;
 	// a key applied twice is harmless (see apply).
-	c.stopStore = cfg.Store.Watch(func(sites []string, key string, value []byte, deleted bool) {
-		if deleted {
-			c.applyDelete(sites, key)
-			return
-		}
-		c.apply(sites, key, value)
-	})
+	if bw, ok := cfg.Store.(batchWatcher); ok {
+		c.stopStore = bw.WatchBatch(c.applyBatch)
+	} else {
+		c.stopStore = cfg.Store.Watch(func(sites []string, key string, value []byte, deleted bool) {
+			if deleted {
+				c.applyDelete(sites, key)
+				return
+			}
+			c.apply(sites, key, value)
+		})
+	}
 	if err := cfg.Store.Scan(ctx, "/r/", func(sites []string, key string, value []byte) error {
 		c.apply(sites, key, value)
 		return nil
@@ -263,12 +279,19 @@ func (c *Catalog) auditLoop() {
 	t := time.NewTicker(c.cfg.AuditInterval)
 	defer t.Stop()
 	var previous map[string]uint64
+	deferred := 0
 	for {
 		select {
 		case <-c.ctx.Done():
 			return
 		case <-t.C:
 		}
+		since := time.Since(time.Unix(0, c.lastChange.Load()))
+		if !auditNow(since, c.cfg.AuditInterval, deferred) {
+			deferred++
+			continue
+		}
+		deferred = 0
 		c.mu.RLock()
 		now := maps.Clone(c.owing)
 		c.mu.RUnlock()
@@ -290,6 +313,23 @@ func (c *Catalog) auditLoop() {
 		}
 		previous = now
 	}
+}
+
+// auditDeferrals bounds how many audit rounds in a row wait for a quiet
+// view: a view that never stops changing is still audited every
+// (auditDeferrals+1) intervals.
+const auditDeferrals = 4
+
+// auditNow decides whether an audit round runs, given how long ago the
+// view last changed, the audit interval and how many rounds in a row
+// were deferred. A round waits while the view changed within a quarter
+// of the interval: the store is delivering changes (a heal merging
+// thousands of keys), the resources being caught up change anyway, and
+// the audit's reads would only take CPU from the merge (3 % of the
+// agents' CPU in the first second of a heal). A change the view missed
+// is found a few intervals later at worst.
+func auditNow(sinceChange, interval time.Duration, deferred int) bool {
+	return sinceChange >= interval/4 || deferred >= auditDeferrals
 }
 
 // notedResources lists the resources of the values an audit noted.
@@ -458,6 +498,84 @@ func (c *Catalog) apply(sites []string, key string, value []byte) bool {
 		return false // already applied: this site's own write, reported back by the store
 	}
 	// Decode outside the lock.
+	d, ok := c.decode(key, id, kind, name, value)
+	if !ok {
+		return false
+	}
+	return c.applyDecoded(group, key, id, kind, name, slices.Clone(value), d)
+}
+
+// applyBatch folds a batch of changes reported by the store into the
+// view, in order (see batchWatcher): the values are decoded outside the
+// catalog's lock and folded in under one. A deletion, rare (the catalog
+// deletes nothing; only a member's faulty write can need it), is read
+// again from the store as applyDelete does, between the runs of writes
+// around it.
+func (c *Catalog) applyBatch(sites [][]string, keys []string, values [][]byte, deleted []bool) {
+	start := 0
+	for i := range keys {
+		if !deleted[i] {
+			continue
+		}
+		c.applyRun(sites[start:i], keys[start:i], values[start:i])
+		c.applyDelete(sites[i], keys[i])
+		start = i + 1
+	}
+	c.applyRun(sites[start:], keys[start:], values[start:])
+}
+
+// applyRun folds written keys into the view in order, under one lock.
+func (c *Catalog) applyRun(sites [][]string, keys []string, values [][]byte) {
+	type change struct {
+		group, key, id, kind, name string
+		raw                        []byte
+		d                          decoded
+	}
+	changes := make([]change, 0, len(keys))
+	groups := map[string]string{} // one name per sites slice: the store shares them per group
+	c.mu.RLock()
+	for i, key := range keys {
+		id, kind, name, ok := parseKey(key)
+		if !ok {
+			continue
+		}
+		ss := sites[i]
+		gk := strings.Join(ss, ",")
+		group, ok := groups[gk]
+		if !ok {
+			group = groupOf(ss)
+			groups[gk] = group
+		}
+		if c.holdsLocked(id, kind, group, name, values[i]) {
+			continue // this site's own write, reported back by the store
+		}
+		changes = append(changes, change{group: group, key: key, id: id, kind: kind, name: name, raw: values[i]})
+	}
+	c.mu.RUnlock()
+	n := 0
+	for _, ch := range changes {
+		d, ok := c.decode(ch.key, ch.id, ch.kind, ch.name, ch.raw)
+		if !ok {
+			continue
+		}
+		ch.d, ch.raw = d, slices.Clone(ch.raw) // the view keeps its own copy, as apply does
+		changes[n] = ch
+		n++
+	}
+	if n == 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, ch := range changes[:n] {
+		c.applyDecodedLocked(ch.group, ch.key, ch.id, ch.kind, ch.name, ch.raw, ch.d)
+	}
+}
+
+// decode decodes a stored value of a key of a given kind; false (logged)
+// when it is malformed, which only a faulty or hostile member could
+// write.
+func (c *Catalog) decode(key, id, kind, name string, value []byte) (decoded, bool) {
 	var (
 		d     decoded
 		err   error
@@ -479,9 +597,9 @@ func (c *Catalog) apply(sites []string, key string, value []byte) bool {
 	}
 	if !valid {
 		c.log.Warn("skipping a malformed catalog value", "key", key, "err", err)
-		return false
+		return decoded{}, false
 	}
-	return c.applyDecoded(group, key, id, kind, name, slices.Clone(value), d)
+	return d, true
 }
 
 // decoded is a catalog value decoded: one of its fields is set, by the
@@ -507,9 +625,14 @@ func (c *Catalog) applyOwn(sites []string, key string, raw []byte, d decoded) bo
 // applyDecoded is apply's second half: raw is the stored value, d the
 // value decoded.
 func (c *Catalog) applyDecoded(group, key, id, kind, name string, raw []byte, d decoded) bool {
-	value := raw
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.applyDecodedLocked(group, key, id, kind, name, raw, d)
+}
+
+// applyDecodedLocked is applyDecoded with c.mu held.
+func (c *Catalog) applyDecodedLocked(group, key, id, kind, name string, raw []byte, d decoded) bool {
+	value := raw
 	e := c.entries[id]
 	if e == nil {
 		e = newEntry(id)
@@ -555,6 +678,11 @@ func (c *Catalog) applyDecoded(group, key, id, kind, name string, raw []byte, d 
 func (c *Catalog) holds(id, kind, group, name string, value []byte) bool {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
+	return c.holdsLocked(id, kind, group, name, value)
+}
+
+// holdsLocked is holds with c.mu held (read or write).
+func (c *Catalog) holdsLocked(id, kind, group, name string, value []byte) bool {
 	e := c.entries[id]
 	if e == nil {
 		return false
@@ -631,6 +759,7 @@ func (c *Catalog) changedLocked(e *entry, group string, ch Change) {
 		c.byLocal[k] = e.id
 	}
 	c.changes++
+	c.lastChange.Store(time.Now().UnixNano())
 	if owes(e) {
 		c.owing[e.id] = c.changes
 	} else {

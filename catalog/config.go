@@ -41,7 +41,10 @@ type Config struct {
 	// keys of the resources that show operations still owed, and folds
 	// in what its view missed (counted in AuditRepairs, logged). 2 s: an
 	// owed operation is the symptom of a view that missed a change, and
-	// re-reading a handful of resources costs nothing. Negative: never.
+	// re-reading a handful of resources costs nothing. A round waits
+	// (at most 4 intervals) while the view is changing (auditNow): after
+	// a heal hundreds of resources owe, and are being caught up. Negative:
+	// never.
 	AuditInterval time.Duration
 }
 

@@ -69,9 +69,24 @@ func serveWatch(c *Catalog, w http.ResponseWriter, r *http.Request) {
 			if !ok {
 				return
 			}
-			data, _ := json.Marshal(ch)
-			fmt.Fprintf(w, "event: change\ndata: %s\n\n", data)
+			writeChange(w, ch)
+			// The changes already queued go out with it, in one write: a
+			// merge after a heal queues hundreds at once, and a flush
+			// each cost a write and a wake-up of the client per change.
+			for queued := len(changes); queued > 0; queued-- {
+				ch, ok := <-changes
+				if !ok {
+					break
+				}
+				writeChange(w, ch)
+			}
 			flusher.Flush()
 		}
 	}
+}
+
+// writeChange writes one change as a server-sent event.
+func writeChange(w http.ResponseWriter, ch Change) {
+	data, _ := json.Marshal(ch)
+	fmt.Fprintf(w, "event: change\ndata: %s\n\n", data)
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -197,4 +198,43 @@ func TestWatchStreamEndsWithTheClient(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// A burst of changes queued together reaches the stream whole and in
+// order (the stream writes the queued ones together).
+func TestWatchStreamCarriesABurst(t *testing.T) {
+	c := newTestCatalog(t, newMemNet().store("paris"), "paris")
+	srv := httptest.NewServer(Handler(c))
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", srv.URL+"/v1/watch", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	events := bufio.NewScanner(resp.Body)
+	events.Scan() // the opening comment
+	var want []string
+	for range 200 {
+		want = append(want, create(t, c, "posts", []string{"paris"}, map[string]string{"paris": "1"}))
+	}
+	var got []string
+	for len(got) < len(want) && events.Scan() {
+		data, ok := strings.CutPrefix(events.Text(), "data: ")
+		if !ok {
+			continue
+		}
+		var ch Change
+		if err := json.Unmarshal([]byte(data), &ch); err != nil {
+			t.Fatal(err)
+		}
+		if ch.Kind == KindMeta {
+			got = append(got, ch.ID)
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("the stream carried %d resources of %d, or out of order", len(got), len(want))
+	}
 }

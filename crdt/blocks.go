@@ -14,7 +14,6 @@ import (
 	"sync"
 	"time"
 
-	dag "github.com/ipfs/boxo/ipld/merkledag"
 	blocks "github.com/ipfs/go-block-format"
 	"github.com/ipfs/go-cid"
 	"github.com/ipfs/go-ds-crdt/pb"
@@ -412,21 +411,12 @@ func (g *Group) sampleBelow(ctx context.Context, heads []cid.Cid) []cid.Cid {
 			if !walk.queued.Visit(l) {
 				continue
 			}
-			b, err := g.blocks.Get(ctx, l)
+			meta, ok := g.blockMeta(ctx, l)
 			reads++
-			if err != nil {
+			if !ok {
 				continue
 			}
-			child := &walkItem{block: b}
-			if nd, err := dag.DecodeProtobuf(b.RawData()); err == nil {
-				for _, ll := range nd.Links() {
-					child.links = append(child.links, ll.Cid)
-				}
-				var delta pb.Delta
-				if proto.Unmarshal(nd.Data(), &delta) == nil {
-					child.height = delta.GetPriority()
-				}
-			}
+			child := &walkItem{cid: l, links: meta.links, height: meta.height}
 			// Does the link from it to child cross a sampled height?
 			for d := uint64(1); d <= maxKnownDepth && d <= top; d *= 2 {
 				if th := top - d; child.height <= th && th < it.height && named.Visit(l) {
@@ -730,8 +720,9 @@ type serveWalk struct {
 	unknown        int // items queued to send
 }
 
-// walkItem is one block of a walk.
+// walkItem is one block of a walk; block is set only for a block to send.
 type walkItem struct {
+	cid    cid.Cid
 	block  blocks.Block
 	links  []cid.Cid
 	height uint64
@@ -772,21 +763,25 @@ func (w *serveWalk) enqueue(c, parent cid.Cid, known bool) {
 	if !set.Visit(c) {
 		return
 	}
-	b, err := w.g.blocks.Get(w.ctx, c)
-	if err != nil {
-		return
-	}
-	it := &walkItem{block: b, parent: parent, known: known}
-	if nd, err := dag.DecodeProtobuf(b.RawData()); err == nil {
-		for _, l := range nd.Links() {
-			it.links = append(it.links, l.Cid)
+	it := &walkItem{cid: c, parent: parent, known: known}
+	if known {
+		// Walked, never sent: its links and height are enough.
+		meta, ok := w.g.blockMeta(w.ctx, c)
+		if !ok {
+			return
 		}
-		var delta pb.Delta
-		if proto.Unmarshal(nd.Data(), &delta) == nil {
-			it.height = delta.GetPriority()
+		it.links, it.height = meta.links, meta.height
+	} else {
+		b, err := w.g.blocks.Get(w.ctx, c)
+		if err != nil {
+			return
 		}
-	}
-	if !known {
+		meta, ok := w.g.metas.get(c)
+		if !ok {
+			meta, _ = parseBlock(b.RawData())
+			w.g.metas.put(c, meta)
+		}
+		it.block, it.links, it.height = b, meta.links, meta.height
 		w.unknown++
 	}
 	heap.Push(&w.queue, it)
@@ -796,7 +791,7 @@ func (w *serveWalk) enqueue(c, parent cid.Cid, known bool) {
 func (w *serveWalk) next() blocks.Block {
 	for w.unknown > 0 && w.queue.Len() > 0 {
 		it := heap.Pop(&w.queue).(*walkItem)
-		c := it.block.Cid()
+		c := it.cid
 		if !it.known {
 			w.unknown--
 			// A wanted block is sent whatever the asker says it holds.

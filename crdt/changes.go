@@ -16,25 +16,32 @@ type change struct {
 
 // changeQueue decouples go-ds-crdt's hooks, which run inside its merge
 // batch and must not block, from the watchers: add never blocks, and one
-// goroutine delivers changes in order.
+// goroutine delivers changes in order, one by one to the watchers of
+// single changes and as the batches it takes from the queue to the
+// watchers of batches.
 type changeQueue struct {
 	mu       sync.Mutex
 	pending  []change
 	signal   chan struct{}
 	done     chan struct{}
 	watchers map[int]func(sites []string, key string, value []byte, deleted bool)
+	batches  map[int]batchWatcher
 	nextID   int
 	once     sync.Once
 }
 
+// batchWatcher receives changes in batches (Manager.WatchBatch).
+type batchWatcher = func(sites [][]string, keys []string, values [][]byte, deleted []bool)
+
 func newChangeQueue() *changeQueue {
-	return &changeQueue{signal: make(chan struct{}, 1), done: make(chan struct{}), watchers: map[int]func([]string, string, []byte, bool){}}
+	return &changeQueue{signal: make(chan struct{}, 1), done: make(chan struct{}),
+		watchers: map[int]func([]string, string, []byte, bool){}, batches: map[int]batchWatcher{}}
 }
 
 func (q *changeQueue) add(c change) {
 	c.at = time.Now()
 	q.mu.Lock()
-	if len(q.watchers) > 0 {
+	if len(q.watchers) > 0 || len(q.batches) > 0 {
 		q.pending = append(q.pending, c)
 	}
 	q.mu.Unlock()
@@ -53,6 +60,19 @@ func (q *changeQueue) watch(fn func([]string, string, []byte, bool)) func() {
 	return func() {
 		q.mu.Lock()
 		delete(q.watchers, id)
+		q.mu.Unlock()
+	}
+}
+
+func (q *changeQueue) watchBatch(fn batchWatcher) func() {
+	q.mu.Lock()
+	id := q.nextID
+	q.nextID++
+	q.batches[id] = fn
+	q.mu.Unlock()
+	return func() {
+		q.mu.Lock()
+		delete(q.batches, id)
 		q.mu.Unlock()
 	}
 }
@@ -76,9 +96,20 @@ func (m *Manager) deliverChanges() {
 			for _, fn := range q.watchers {
 				fns = append(fns, fn)
 			}
+			batchFns := make([]batchWatcher, 0, len(q.batches))
+			for _, fn := range q.batches {
+				batchFns = append(batchFns, fn)
+			}
 			q.mu.Unlock()
 			if len(batch) == 0 {
 				break
+			}
+			for _, fn := range batchFns {
+				sites, keys, values, deleted := make([][]string, len(batch)), make([]string, len(batch)), make([][]byte, len(batch)), make([]bool, len(batch))
+				for i, c := range batch {
+					sites[i], keys[i], values[i], deleted[i] = c.sites, c.key, c.value, c.deleted
+				}
+				fn(sites, keys, values, deleted)
 			}
 			for _, c := range batch {
 				if m.metrics != nil {

@@ -367,6 +367,65 @@ func TestWatchSeesLocalAndRemoteChanges(t *testing.T) {
 	})
 }
 
+// A batch watcher sees what a single watcher sees, in the same order, in
+// fewer calls when changes come faster than it takes them: a merge of
+// 200 keys that arrive together while it is held is delivered in a
+// batch or a few, not in 200 calls.
+func TestWatchBatchSeesWhatWatchSees(t *testing.T) {
+	n := newNet(t, "a", "b")
+	n.startAll("a", "b")
+	var mu sync.Mutex
+	var single, batched []string
+	calls := 0
+	hold := make(chan struct{})
+	stop := n.sites["b"].m.Watch(func(sites []string, key string, value []byte, deleted bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		single = append(single, fmt.Sprintf("%v %s %s %v", sites, key, value, deleted))
+	})
+	defer stop()
+	stopBatch := n.sites["b"].m.WatchBatch(func(sites [][]string, keys []string, values [][]byte, deleted []bool) {
+		<-hold
+		mu.Lock()
+		defer mu.Unlock()
+		calls++
+		for i := range keys {
+			batched = append(batched, fmt.Sprintf("%v %s %s %v", sites[i], keys[i], values[i], deleted[i]))
+		}
+	})
+	defer stopBatch()
+	ctx := context.Background()
+	ab := []string{"a", "b"}
+	keys, vals := make([]string, 200), make([][]byte, 200)
+	for i := range keys {
+		keys[i], vals[i] = fmt.Sprintf("/k/%03d", i), []byte("v")
+	}
+	if err := n.sites["b"].m.Put(ctx, ab, "/first", []byte("f")); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.sites["a"].m.PutBatch(ctx, ab, keys, vals); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "b's store has the batch", func() error { return hasValue(n.sites["b"], ab, "/k/199", "v") })
+	close(hold)
+	eventually(t, 10*time.Second, "both watchers saw every change", func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(batched) < 201 || len(single) < 201 {
+			return fmt.Errorf("%d changes seen in batches, %d one by one", len(batched), len(single))
+		}
+		return nil
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(batched, single) {
+		t.Fatalf("batch watcher saw %d changes:\n%v\nthe single watcher %d:\n%v", len(batched), batched, len(single), single)
+	}
+	if calls > 10 {
+		t.Fatalf("%d calls for %d changes: not batched", calls, len(batched))
+	}
+}
+
 // TestWatcherThatBlocksDoesNotStallReplication: a watcher stuck for a
 // while must not hold up the replica's merges (PutHook runs inside them).
 func TestWatcherThatBlocksDoesNotStallReplication(t *testing.T) {

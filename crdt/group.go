@@ -62,6 +62,9 @@ type Group struct {
 	// lastSample caches the known sample of block requests (knownSample)
 	// as of the heads it was taken from.
 	lastSample atomic.Pointer[knownSampleCache]
+	// metas caches the links and heights of blocks the walks read
+	// (blockmeta.go).
+	metas metaCache
 	// commits queues local writes for group commit (commit.go).
 	commits commits
 
@@ -107,10 +110,10 @@ func (m *Manager) newGroup(name string, sites []string, peers []peer.ID) *Group 
 	for _, p := range peers {
 		g.members[p] = true
 	}
-	g.blocks = blockstore.NewBlockstore(namespace.Wrap(m.cfg.Datastore, groupPrefix(name).ChildString("blocks")),
+	g.blocks = metaBlockstore{Blockstore: blockstore.NewBlockstore(namespace.Wrap(m.cfg.Datastore, groupPrefix(name).ChildString("blocks")),
 		// Callers check for the block first where it matters; rewriting a
 		// block under its own hash is harmless.
-		blockstore.NoPrefix(), blockstore.WriteThrough(true))
+		blockstore.NoPrefix(), blockstore.WriteThrough(true)), metas: &g.metas}
 	g.touch()
 	return g
 }
@@ -196,6 +199,7 @@ func (g *Group) open(unclean bool) (*replica, error) {
 		return nil, fmt.Errorf("crdt: group %s: %w", g.name, err)
 	}
 	r.ctx, r.cancel = context.WithCancel(m.ctx)
+	g.metas.enable()
 	if unclean {
 		// Upstream issue #279: a crash in the middle of a branch walk can
 		// leave it half-processed. The dirty mark survives another crash
@@ -238,6 +242,7 @@ func (g *Group) sleep(ctx context.Context, idleSince time.Time) bool {
 		g.m.log.Warn("close an idle group", "group", g.name, "err", err)
 	}
 	g.rep = nil
+	g.metas.disable()
 	g.m.metrics.sleeps.Inc()
 	return true
 }
@@ -252,6 +257,7 @@ func (g *Group) shut() error {
 	}
 	err := g.rep.close()
 	g.rep = nil
+	g.metas.disable()
 	return err
 }
 

@@ -488,6 +488,18 @@ func (m *Manager) Watch(fn func(sites []string, key string, value []byte, delete
 	return m.changes.watch(fn)
 }
 
+// WatchBatch is Watch for a watcher that takes changes in batches: the
+// changes the store reported since the previous call, in order, so that
+// it can fold many in at the cost of one (the catalog takes its lock
+// once per batch, not once per key: after a heal, merges report
+// thousands of keys). Change i is keys[i] in the group of sites[i],
+// written with values[i] or deleted (deleted[i]). The slices are fn's to
+// keep; the sites slices are shared and must not be modified. fn must not
+// block and must not call the store's writing methods.
+func (m *Manager) WatchBatch(fn func(sites [][]string, keys []string, values [][]byte, deleted []bool)) (stop func()) {
+	return m.changes.watchBatch(fn)
+}
+
 // Groups lists the groups this site has joined, by name.
 func (m *Manager) Groups() []*Group {
 	m.mu.Lock()
