@@ -64,6 +64,8 @@ type Group struct {
 	lastSample atomic.Pointer[knownSampleCache]
 	// commits queues local writes for group commit (commit.go).
 	commits commits
+	// mergedNodes counts the DAG nodes merged (antientropy.go).
+	mergedNodes mergedCount
 
 	mu     sync.Mutex
 	rep    *replica // nil while the group sleeps
@@ -188,9 +190,10 @@ func (g *Group) open(unclean bool) (*replica, error) {
 		if err := forgetProcessed(m.ctx, m.cfg.Datastore, g.crdtPrefix().ChildString(processedNamespace)); err != nil {
 			return nil, fmt.Errorf("crdt: group %s: %w", g.name, err)
 		}
+		g.mergedNodes.set(0)
 	}
 	var err error
-	r.store, err = crdt.New(m.cfg.Datastore, g.crdtPrefix(), dags, r.bcast, opts)
+	r.store, err = crdt.New(newCountingStore(g), g.crdtPrefix(), dags, r.bcast, opts)
 	if err != nil {
 		r.bcast.close()
 		return nil, fmt.Errorf("crdt: group %s: %w", g.name, err)
