@@ -1,8 +1,8 @@
 package crdt
 
 import (
-	"bufio"
 	"bytes"
+	"encoding/binary"
 	"context"
 	"errors"
 	"fmt"
@@ -157,31 +157,29 @@ func encodeMessage(heads []byte, inline []blocks.Block) []byte {
 var errBadMessage = errors.New("bad group message")
 
 // decodeMessage splits a message into its heads and its blocks, each
-// block checked against its CID.
+// block checked against its CID. It reads the frames in place: the heads
+// and blocks returned share data's memory (a reader over it allocated a
+// 4 KiB buffer per message, and a copy of every frame).
 func decodeMessage(data []byte) ([]byte, []blocks.Block, error) {
 	if len(data) == 0 || data[0] != wireVersion {
 		return nil, nil, fmt.Errorf("%w: unknown version", errBadMessage)
 	}
-	r := bufio.NewReader(bytes.NewReader(data[1:]))
-	heads, err := readFrame(r, maxFrame)
+	rest := data[1:]
+	heads, rest, err := cutFrame(rest, maxFrame)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: heads: %v", errBadMessage, err)
 	}
 	var blks []blocks.Block
-	for {
-		cb, err := readFrame(r, maxFrame)
-		if errors.Is(err, io.EOF) {
-			return heads, blks, nil
-		}
-		if err != nil {
+	for len(rest) > 0 {
+		var cb, raw []byte
+		if cb, rest, err = cutFrame(rest, maxFrame); err != nil {
 			return nil, nil, fmt.Errorf("%w: cid: %v", errBadMessage, err)
 		}
 		c, err := cid.Cast(cb)
 		if err != nil {
 			return nil, nil, fmt.Errorf("%w: cid: %v", errBadMessage, err)
 		}
-		raw, err := readFrame(r, maxBlock)
-		if err != nil {
+		if raw, rest, err = cutFrame(rest, maxBlock); err != nil {
 			return nil, nil, fmt.Errorf("%w: block: %v", errBadMessage, err)
 		}
 		blk, err := verifiedBlock(c, raw)
@@ -190,4 +188,23 @@ func decodeMessage(data []byte) ([]byte, []blocks.Block, error) {
 		}
 		blks = append(blks, blk)
 	}
+	return heads, blks, nil
+}
+
+// cutFrame splits the first frame (its uvarint length, then as many
+// bytes) off data, within limit bytes: the frame and what follows it.
+func cutFrame(data []byte, limit int) (frame, rest []byte, err error) {
+	n, k := binary.Uvarint(data)
+	switch {
+	case k == 0:
+		return nil, nil, io.ErrUnexpectedEOF
+	case k < 0:
+		return nil, nil, errors.New("frame length overflows")
+	case n > uint64(limit):
+		return nil, nil, fmt.Errorf("frame of %d bytes is over the limit of %d", n, limit)
+	case n > uint64(len(data)-k):
+		return nil, nil, io.ErrUnexpectedEOF
+	}
+	end := k + int(n)
+	return data[k:end:end], data[end:], nil
 }
