@@ -262,8 +262,13 @@ func allocatedBytes() uint64 {
 // CHEOPS_SCALE_MEMPROFILE=FILE it writes heap profiles before the groups
 // (FILE.before) and after the window: `go tool pprof -sample_index
 // inuse_space -diff_base FILE.before FILE` shows what the idle groups
-// hold. CHEOPS_SCALE_SITES and CHEOPS_SCALE_GROUPS change the sizes.
+// hold (CHEOPS_SCALE_MEMPROFILERATE=N samples every N bytes instead of
+// every 512 KiB: the idle groups' few MiB need about 4096).
+// CHEOPS_SCALE_SITES and CHEOPS_SCALE_GROUPS change the sizes.
 func BenchmarkScaleIdle(b *testing.B) {
+	if rate := envInt("CHEOPS_SCALE_MEMPROFILERATE", 0); rate > 0 {
+		runtime.MemProfileRate = rate
+	}
 	sites, groups := envInt("CHEOPS_SCALE_SITES", 20), envInt("CHEOPS_SCALE_GROUPS", 200)
 	opt := ScaleProfile(Env{})
 	names := make([]string, sites)
