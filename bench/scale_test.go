@@ -155,6 +155,8 @@ func TestScaleVerdicts(t *testing.T) {
 // waiting); writes/s and CPU µs per catalog write are the phase's alone.
 //
 // CHEOPS_SCALE_SITES and CHEOPS_SCALE_RESOURCES change the sizes;
+// CHEOPS_SCALE_FULL=1 writes every resource into one group of all sites
+// (full replication) instead of its scope's;
 // CHEOPS_SCALE_CPUPROFILE=FILE profiles the write phase alone (then leave
 // out -cpuprofile); CHEOPS_SCALE_MEMPROFILE=FILE writes heap profiles
 // before (FILE.before) and after it: `go tool pprof -sample_index
@@ -173,6 +175,10 @@ func BenchmarkScaleWrites(b *testing.B) {
 			scopes[i] = append(scopes[i], names[p])
 		}
 	}
+	space := scopedSpace
+	if os.Getenv("CHEOPS_SCALE_FULL") != "" {
+		space = fullSpace
+	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	for range b.N {
 		b.StopTimer()
@@ -186,7 +192,7 @@ func BenchmarkScaleWrites(b *testing.B) {
 		stopProfile := startCPUProfile(b, os.Getenv("CHEOPS_SCALE_CPUPROFILE"))
 		alloc0 := allocatedBytes()
 		b.StartTimer()
-		w := ss.workload(context.Background(), scopes, scopedSpace, opt)
+		w := ss.workload(context.Background(), scopes, space, opt)
 		b.StopTimer()
 		allocated := allocatedBytes() - alloc0
 		stopProfile()
