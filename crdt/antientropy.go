@@ -61,11 +61,24 @@ type digestResult struct {
 
 // exchanges records the last anti-entropy result per group and member.
 type exchanges struct {
-	mu   sync.Mutex
-	last map[string]map[peer.ID]digestResult
+	mu sync.Mutex
+	// last is flat, one entry per group and member: a map per group cost
+	// an idle group about 0.5 KiB at each of its members.
+	last map[exchangeKey]exchangeResult
 	// lagging counts, per group, the consecutive rounds in which this
 	// site had the same heads as a member but fewer merged nodes.
 	lagging map[string]int
+}
+
+type exchangeKey struct {
+	group string
+	p     peer.ID
+}
+
+// exchangeResult is a digestResult as kept: its time in unix ns.
+type exchangeResult struct {
+	at    int64
+	match bool
 }
 
 // lag records one round's comparison of merged nodes for a group with
@@ -87,22 +100,23 @@ func (x *exchanges) lag(group string, behind bool) bool {
 }
 
 func (x *exchanges) set(group string, p peer.ID, match bool) {
+	now := time.Now().UnixNano()
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if x.last == nil {
-		x.last = map[string]map[peer.ID]digestResult{}
+		x.last = map[exchangeKey]exchangeResult{}
 	}
-	if x.last[group] == nil {
-		x.last[group] = map[peer.ID]digestResult{}
-	}
-	x.last[group][p] = digestResult{At: time.Now().UTC(), Match: match}
+	x.last[exchangeKey{group, p}] = exchangeResult{at: now, match: match}
 }
 
 func (x *exchanges) get(group string, p peer.ID) (digestResult, bool) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	e, ok := x.last[group][p]
-	return e, ok
+	e, ok := x.last[exchangeKey{group, p}]
+	if !ok {
+		return digestResult{}, false
+	}
+	return digestResult{At: time.Unix(0, e.at).UTC(), Match: e.match}, true
 }
 
 // headsDigest is a short hash of a group's sorted heads: equal on two
