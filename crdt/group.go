@@ -228,7 +228,7 @@ func (g *Group) sleep(ctx context.Context, idleSince time.Time) bool {
 	if r == nil {
 		return true
 	}
-	if g.users > 0 || time.Unix(0, g.active.Load()).After(idleSince) || len(r.bcast.in) > 0 {
+	if g.users > 0 || time.Unix(0, g.active.Load()).After(idleSince) || r.bcast.pending() > 0 {
 		return false
 	}
 	g.arrivals.mu.Lock()
