@@ -155,6 +155,8 @@ func TestScaleVerdicts(t *testing.T) {
 // waiting); writes/s and CPU µs per catalog write are the phase's alone.
 //
 // CHEOPS_SCALE_SITES and CHEOPS_SCALE_RESOURCES change the sizes;
+// CHEOPS_SCALE_FULL=1 writes every resource into one group of all sites
+// (full replication) instead of its scope's;
 // CHEOPS_SCALE_CPUPROFILE=FILE profiles the write phase alone (then leave
 // out -cpuprofile); CHEOPS_SCALE_MEMPROFILE=FILE writes heap profiles
 // before (FILE.before) and after it: `go tool pprof -sample_index
@@ -173,6 +175,10 @@ func BenchmarkScaleWrites(b *testing.B) {
 			scopes[i] = append(scopes[i], names[p])
 		}
 	}
+	space := scopedSpace
+	if os.Getenv("CHEOPS_SCALE_FULL") != "" {
+		space = fullSpace
+	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	for range b.N {
 		b.StopTimer()
@@ -186,7 +192,7 @@ func BenchmarkScaleWrites(b *testing.B) {
 		stopProfile := startCPUProfile(b, os.Getenv("CHEOPS_SCALE_CPUPROFILE"))
 		alloc0 := allocatedBytes()
 		b.StartTimer()
-		w := ss.workload(context.Background(), scopes, scopedSpace, opt)
+		w := ss.workload(context.Background(), scopes, space, opt)
 		b.StopTimer()
 		allocated := allocatedBytes() - alloc0
 		stopProfile()
@@ -262,8 +268,13 @@ func allocatedBytes() uint64 {
 // CHEOPS_SCALE_MEMPROFILE=FILE it writes heap profiles before the groups
 // (FILE.before) and after the window: `go tool pprof -sample_index
 // inuse_space -diff_base FILE.before FILE` shows what the idle groups
-// hold. CHEOPS_SCALE_SITES and CHEOPS_SCALE_GROUPS change the sizes.
+// hold (CHEOPS_SCALE_MEMPROFILERATE=N samples every N bytes instead of
+// every 512 KiB: the idle groups' few MiB need about 4096).
+// CHEOPS_SCALE_SITES and CHEOPS_SCALE_GROUPS change the sizes.
 func BenchmarkScaleIdle(b *testing.B) {
+	if rate := envInt("CHEOPS_SCALE_MEMPROFILERATE", 0); rate > 0 {
+		runtime.MemProfileRate = rate
+	}
 	sites, groups := envInt("CHEOPS_SCALE_SITES", 20), envInt("CHEOPS_SCALE_GROUPS", 200)
 	opt := ScaleProfile(Env{})
 	names := make([]string, sites)

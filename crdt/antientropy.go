@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	ds "github.com/ipfs/go-datastore"
 	"github.com/ipfs/go-datastore/query"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -60,11 +61,24 @@ type digestResult struct {
 
 // exchanges records the last anti-entropy result per group and member.
 type exchanges struct {
-	mu   sync.Mutex
-	last map[string]map[peer.ID]digestResult
+	mu sync.Mutex
+	// last is flat, one entry per group and member: a map per group cost
+	// an idle group about 0.5 KiB at each of its members.
+	last map[exchangeKey]exchangeResult
 	// lagging counts, per group, the consecutive rounds in which this
 	// site had the same heads as a member but fewer merged nodes.
 	lagging map[string]int
+}
+
+type exchangeKey struct {
+	group string
+	p     peer.ID
+}
+
+// exchangeResult is a digestResult as kept: its time in unix ns.
+type exchangeResult struct {
+	at    int64
+	match bool
 }
 
 // lag records one round's comparison of merged nodes for a group with
@@ -86,22 +100,23 @@ func (x *exchanges) lag(group string, behind bool) bool {
 }
 
 func (x *exchanges) set(group string, p peer.ID, match bool) {
+	now := time.Now().UnixNano()
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if x.last == nil {
-		x.last = map[string]map[peer.ID]digestResult{}
+		x.last = map[exchangeKey]exchangeResult{}
 	}
-	if x.last[group] == nil {
-		x.last[group] = map[peer.ID]digestResult{}
-	}
-	x.last[group][p] = digestResult{At: time.Now().UTC(), Match: match}
+	x.last[exchangeKey{group, p}] = exchangeResult{at: now, match: match}
 }
 
 func (x *exchanges) get(group string, p peer.ID) (digestResult, bool) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	e, ok := x.last[group][p]
-	return e, ok
+	e, ok := x.last[exchangeKey{group, p}]
+	if !ok {
+		return digestResult{}, false
+	}
+	return digestResult{At: time.Unix(0, e.at).UTC(), Match: e.match}, true
 }
 
 // headsDigest is a short hash of a group's sorted heads: equal on two
@@ -137,10 +152,7 @@ type groupDigest struct {
 // digest is computed once per sleep: an idle group costs anti-entropy
 // rounds no datastore read. An awake one has its heads read each time (a
 // merge reports its changes before it commits its heads); its merged
-// count, a scan of every merged node's mark, is counted again only when the
-// heads or the last activity moved since it was counted (a node merged
-// since then either touched the group or moved its heads, except an
-// empty delta, which only delays the count to the next change).
+// count is kept as nodes are merged (mergedCount), never scanned again.
 func (g *Group) digest(ctx context.Context) groupDigest {
 	active := g.active.Load()
 	last := g.lastDigest.Load()
@@ -148,12 +160,7 @@ func (g *Group) digest(ctx context.Context) groupDigest {
 		return *last
 	}
 	asleep := g.awake() == nil
-	d := groupDigest{active: active, heads: g.headsDigest(ctx), asleep: asleep}
-	if last != nil && last.active == active && last.heads == d.heads && last.processed >= 0 {
-		d.processed = last.processed
-	} else {
-		d.processed = g.processedCount(ctx)
-	}
+	d := groupDigest{active: active, heads: g.headsDigest(ctx), processed: g.processedCount(ctx), asleep: asleep}
 	if d.processed >= 0 && g.active.Load() == active && (!asleep || g.awake() == nil) {
 		g.lastDigest.Store(&d)
 	}
@@ -171,22 +178,117 @@ func summary(ctx context.Context, groups []*Group) string {
 	return hex.EncodeToString(h.Sum(nil)[:12])
 }
 
-// processedCount counts the DAG nodes this site merged in the group.
+// processedCount is the number of DAG nodes this site merged in the
+// group (-1: unknown, the datastore failed). It is counted from the
+// store once per group and process, then kept by the replica's store as
+// it marks nodes merged.
 func (g *Group) processedCount(ctx context.Context) int {
-	prefix := groupPrefix(g.name).ChildString("crdt").ChildString(processedNamespace)
-	res, err := g.m.cfg.Datastore.Query(ctx, query.Query{Prefix: prefix.String(), KeysOnly: true})
+	c := &g.mergedNodes
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.known {
+		n, err := countKeys(ctx, g.m.cfg.Datastore, g.crdtPrefix().ChildString(processedNamespace))
+		if err != nil {
+			return -1
+		}
+		c.n, c.known = n, true
+	}
+	return c.n
+}
+
+// countKeys counts the keys under prefix.
+func countKeys(ctx context.Context, store ds.Read, prefix ds.Key) (int, error) {
+	res, err := store.Query(ctx, query.Query{Prefix: prefix.String(), KeysOnly: true})
 	if err != nil {
-		return -1
+		return 0, fmt.Errorf("count keys under %s: %w", prefix, err)
 	}
 	defer res.Close()
 	n := 0
 	for r := range res.Next() {
 		if r.Error != nil {
-			return -1
+			return 0, fmt.Errorf("count keys under %s: %w", prefix, r.Error)
 		}
 		n++
 	}
-	return n
+	return n, nil
+}
+
+// mergedCount is a group's number of merged DAG nodes: the marks
+// go-ds-crdt keeps under processedNamespace. Counting the marks was a
+// scan per group and anti-entropy round of an awake group (a query, with
+// its goroutine and channel, at both ends of a round: a third of the
+// bytes allocated by a 30-site write phase); the count is now taken
+// from the store once per process, at the first need, and then kept up
+// to date by countingStore as the replica marks nodes.
+//
+// It is exact as long as the marks change only through the group's
+// replica (or forgetProcessed, which sets it to 0): a mark deleted
+// behind the manager's back is seen after a restart.
+type mergedCount struct {
+	mu    sync.Mutex
+	known bool // n was counted from the store
+	n     int
+}
+
+// set records a count known by other means (forgetProcessed: 0).
+func (c *mergedCount) set(n int) {
+	c.mu.Lock()
+	c.n, c.known = n, true
+	c.mu.Unlock()
+}
+
+// countingStore is the datastore a group's go-ds-crdt replica works on:
+// the site's datastore, whose puts of processed marks update the group's
+// mergedCount. go-ds-crdt v0.6 writes a mark with a plain Put once the
+// node's delta is merged (markProcessed), never in a batch, and never
+// deletes one; a delete under the prefix makes the count unknown (it is
+// counted again from the store when next needed).
+type countingStore struct {
+	ds.Batching
+	prefix string // the processed namespace, with a trailing "/"
+	count  *mergedCount
+}
+
+func newCountingStore(g *Group) countingStore {
+	return countingStore{Batching: g.m.cfg.Datastore, prefix: g.crdtPrefix().ChildString(processedNamespace).String() + "/", count: &g.mergedNodes}
+}
+
+// Put counts a processed mark the store did not hold.
+func (s countingStore) Put(ctx context.Context, key ds.Key, value []byte) error {
+	if !strings.HasPrefix(key.String(), s.prefix) {
+		return s.Batching.Put(ctx, key, value)
+	}
+	c := s.count
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.known {
+		// Counted from the store when needed, this mark with it.
+		return s.Batching.Put(ctx, key, value)
+	}
+	had, err := s.Batching.Has(ctx, key)
+	if err != nil {
+		c.known = false
+		return s.Batching.Put(ctx, key, value)
+	}
+	if err := s.Batching.Put(ctx, key, value); err != nil {
+		return err
+	}
+	if !had {
+		c.n++
+	}
+	return nil
+}
+
+// Delete makes the count unknown when it deletes a processed mark.
+func (s countingStore) Delete(ctx context.Context, key ds.Key) error {
+	if !strings.HasPrefix(key.String(), s.prefix) {
+		return s.Batching.Delete(ctx, key)
+	}
+	c := s.count
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.known = false
+	return s.Batching.Delete(ctx, key)
 }
 
 // compareProcessed acts on a member's merged-node count for a group whose

@@ -1,9 +1,9 @@
 package crdt
 
 import (
-	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -40,40 +40,81 @@ const maxInlinedHeads = 4096
 // Frames are uvarint-length-prefixed.
 type broadcaster struct {
 	g    *Group
-	in   chan []byte
 	done chan struct{}
 	once sync.Once
+	// ready holds a token while queue may hold announcements; space one
+	// when a slot was freed (both of capacity 1).
+	ready, space chan struct{}
 
-	mu      sync.Mutex
+	mu sync.Mutex
+	// queue holds the announcements for the replica, at most headsBuffer;
+	// it grows as they come (a channel of headsBuffer made every wake of
+	// a group allocate 6 KiB).
+	queue   [][]byte
 	inlined map[cid.Cid]struct{}
 }
 
 func newBroadcaster(g *Group) *broadcaster {
-	return &broadcaster{g: g, in: make(chan []byte, headsBuffer), done: make(chan struct{}), inlined: map[cid.Cid]struct{}{}}
+	return &broadcaster{g: g, done: make(chan struct{}), ready: make(chan struct{}, 1), space: make(chan struct{}, 1),
+		inlined: map[cid.Cid]struct{}{}}
+}
+
+// signal puts a token in ch unless it holds one.
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// push queues data unless the queue is full.
+func (b *broadcaster) push(data []byte) bool {
+	b.mu.Lock()
+	if len(b.queue) >= headsBuffer {
+		b.mu.Unlock()
+		return false
+	}
+	b.queue = append(b.queue, data)
+	b.mu.Unlock()
+	signal(b.ready)
+	return true
+}
+
+// pending counts the announcements queued for the replica.
+func (b *broadcaster) pending() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.queue)
 }
 
 // deliver queues heads for the replica. It waits up to wait when the
 // queue is full (a link keeps the order of what one member sent), then
 // drops them: the member's next push or anti-entropy round repeats them.
 func (b *broadcaster) deliver(ctx context.Context, data []byte, wait time.Duration) bool {
-	select {
-	case b.in <- data:
+	if b.push(data) {
 		return true
-	default:
 	}
 	if wait <= 0 {
 		return false
 	}
 	t := time.NewTimer(wait)
 	defer t.Stop()
-	select {
-	case b.in <- data:
-		return true
-	case <-b.done:
-	case <-ctx.Done():
-	case <-t.C:
+	for {
+		select {
+		case <-b.space:
+		case <-b.done:
+			return false
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+			return false
+		}
+		if b.push(data) {
+			// Another waiter may take the next slot.
+			signal(b.space)
+			return true
+		}
 	}
-	return false
 }
 
 // Broadcast sends heads to the group's connected members over their
@@ -128,13 +169,26 @@ func (b *broadcaster) firstTime(c cid.Cid) bool {
 // Next returns the next announcement, or crdt.ErrNoMoreBroadcast once
 // closed.
 func (b *broadcaster) Next(ctx context.Context) ([]byte, error) {
-	select {
-	case data := <-b.in:
-		return data, nil
-	case <-b.done:
-		return nil, crdt.ErrNoMoreBroadcast
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	for {
+		b.mu.Lock()
+		if len(b.queue) > 0 {
+			data := b.queue[0]
+			b.queue[0] = nil
+			if b.queue = b.queue[1:]; len(b.queue) == 0 {
+				b.queue = nil // its array goes with the burst
+			}
+			b.mu.Unlock()
+			signal(b.space)
+			return data, nil
+		}
+		b.mu.Unlock()
+		select {
+		case <-b.ready:
+		case <-b.done:
+			return nil, crdt.ErrNoMoreBroadcast
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
 }
 
@@ -157,31 +211,29 @@ func encodeMessage(heads []byte, inline []blocks.Block) []byte {
 var errBadMessage = errors.New("bad group message")
 
 // decodeMessage splits a message into its heads and its blocks, each
-// block checked against its CID.
+// block checked against its CID. It reads the frames in place: the heads
+// and blocks returned share data's memory (a reader over it allocated a
+// 4 KiB buffer per message, and a copy of every frame).
 func decodeMessage(data []byte) ([]byte, []blocks.Block, error) {
 	if len(data) == 0 || data[0] != wireVersion {
 		return nil, nil, fmt.Errorf("%w: unknown version", errBadMessage)
 	}
-	r := bufio.NewReader(bytes.NewReader(data[1:]))
-	heads, err := readFrame(r, maxFrame)
+	rest := data[1:]
+	heads, rest, err := cutFrame(rest, maxFrame)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: heads: %v", errBadMessage, err)
 	}
 	var blks []blocks.Block
-	for {
-		cb, err := readFrame(r, maxFrame)
-		if errors.Is(err, io.EOF) {
-			return heads, blks, nil
-		}
-		if err != nil {
+	for len(rest) > 0 {
+		var cb, raw []byte
+		if cb, rest, err = cutFrame(rest, maxFrame); err != nil {
 			return nil, nil, fmt.Errorf("%w: cid: %v", errBadMessage, err)
 		}
 		c, err := cid.Cast(cb)
 		if err != nil {
 			return nil, nil, fmt.Errorf("%w: cid: %v", errBadMessage, err)
 		}
-		raw, err := readFrame(r, maxBlock)
-		if err != nil {
+		if raw, rest, err = cutFrame(rest, maxBlock); err != nil {
 			return nil, nil, fmt.Errorf("%w: block: %v", errBadMessage, err)
 		}
 		blk, err := verifiedBlock(c, raw)
@@ -190,4 +242,23 @@ func decodeMessage(data []byte) ([]byte, []blocks.Block, error) {
 		}
 		blks = append(blks, blk)
 	}
+	return heads, blks, nil
+}
+
+// cutFrame splits the first frame (its uvarint length, then as many
+// bytes) off data, within limit bytes: the frame and what follows it.
+func cutFrame(data []byte, limit int) (frame, rest []byte, err error) {
+	n, k := binary.Uvarint(data)
+	switch {
+	case k == 0:
+		return nil, nil, io.ErrUnexpectedEOF
+	case k < 0:
+		return nil, nil, errors.New("frame length overflows")
+	case n > uint64(limit):
+		return nil, nil, fmt.Errorf("frame of %d bytes is over the limit of %d", n, limit)
+	case n > uint64(len(data)-k):
+		return nil, nil, io.ErrUnexpectedEOF
+	}
+	end := k + int(n)
+	return data[k:end:end], data[end:], nil
 }

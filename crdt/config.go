@@ -74,8 +74,12 @@ type Config struct {
 	// push. 20 s leaves room for a few MiB on a slow WAN link.
 	FetchTimeout time.Duration
 	// Workers is the number of DAG walkers per group (go-ds-crdt's
-	// NumWorkers). 4 keeps a burst moving without many goroutines per
-	// group (a site may be in hundreds of groups).
+	// NumWorkers). 1: a site's groups merge in parallel with each other
+	// (a site holds many), block fetches wait in go-ds-crdt's own
+	// goroutines, not in a walker, and every walker is a goroutine of each
+	// awake replica (go-ds-crdt adds 4 of its own): the goroutines of the
+	// replicas awake at once stay allocated as the process's high-water
+	// mark, which 4 walkers made most of an idle group's heap.
 	Workers int
 	// RepairInterval is how often a group whose replica is marked dirty
 	// (a walk failed, or the previous run did not stop cleanly) retries
@@ -112,7 +116,7 @@ func DefaultConfig() Config {
 		MaxInlineBytes:      256 << 10,
 		CommitLinger:        2 * time.Millisecond,
 		FetchTimeout:        20 * time.Second,
-		Workers:             4,
+		Workers:             1,
 		RepairInterval:      30 * time.Second,
 		DigestInterval:      5 * time.Second,
 		IdleAfter:           30 * time.Second,

@@ -67,6 +67,8 @@ type Group struct {
 	metas metaCache
 	// commits queues local writes for group commit (commit.go).
 	commits commits
+	// mergedNodes counts the DAG nodes merged (antientropy.go).
+	mergedNodes mergedCount
 
 	mu     sync.Mutex
 	rep    *replica // nil while the group sleeps
@@ -191,9 +193,10 @@ func (g *Group) open(unclean bool) (*replica, error) {
 		if err := forgetProcessed(m.ctx, m.cfg.Datastore, g.crdtPrefix().ChildString(processedNamespace)); err != nil {
 			return nil, fmt.Errorf("crdt: group %s: %w", g.name, err)
 		}
+		g.mergedNodes.set(0)
 	}
 	var err error
-	r.store, err = crdt.New(m.cfg.Datastore, g.crdtPrefix(), dags, r.bcast, opts)
+	r.store, err = crdt.New(newCountingStore(g), g.crdtPrefix(), dags, r.bcast, opts)
 	if err != nil {
 		r.bcast.close()
 		return nil, fmt.Errorf("crdt: group %s: %w", g.name, err)
@@ -229,7 +232,7 @@ func (g *Group) sleep(ctx context.Context, idleSince time.Time) bool {
 	if r == nil {
 		return true
 	}
-	if g.users > 0 || time.Unix(0, g.active.Load()).After(idleSince) || len(r.bcast.in) > 0 {
+	if g.users > 0 || time.Unix(0, g.active.Load()).After(idleSince) || r.bcast.pending() > 0 {
 		return false
 	}
 	g.arrivals.mu.Lock()
