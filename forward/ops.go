@@ -43,6 +43,7 @@ func (f *Forwarder) create(w http.ResponseWriter, req *request, plan *scope.Plan
 		create: true, collection: req.route.collection, reachable: reachable, pending: pending,
 		meta:     &catalog.Meta{ID: id, Service: req.svc.Name, Scope: req.scope.String(), Sites: targets, Collection: req.route.collection},
 		localIDs: map[string]string{},
+		fresh:    true,
 	}
 	if name, ok := f.clientName(req); ok {
 		// The client named it: its name is the same on the sites still

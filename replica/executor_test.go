@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	ds "github.com/ipfs/go-datastore"
+	"github.com/ipfs/go-datastore/query"
 	dssync "github.com/ipfs/go-datastore/sync"
 
 	"cheops/catalog"
@@ -499,5 +500,80 @@ func TestOwedSupersededIsNotReadBack(t *testing.T) {
 	}
 	if got := app.state(); !strings.Contains(got, `"later"`) {
 		t.Fatalf("application holds %s, want the later replace", got)
+	}
+}
+
+// readCounter counts the point reads and scans of a datastore.
+type readCounter struct {
+	ds.Batching
+	mu    sync.Mutex
+	reads int
+}
+
+func (c *readCounter) Get(ctx context.Context, k ds.Key) ([]byte, error) {
+	c.mu.Lock()
+	c.reads++
+	c.mu.Unlock()
+	return c.Batching.Get(ctx, k)
+}
+
+func (c *readCounter) Query(ctx context.Context, q query.Query) (query.Results, error) {
+	c.mu.Lock()
+	c.reads++
+	c.mu.Unlock()
+	return c.Batching.Query(ctx, q)
+}
+
+func (c *readCounter) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.reads
+}
+
+// TestFreshCreateReadsNothing: a Fresh create (a resource minted for the
+// request) reads nothing from the journal, runs once, and what it
+// journaled is what the next operations see, in this process (the same
+// create delivered again, by catch-up, is a duplicate) and in the next
+// one (the full load finds its local id).
+func TestFreshCreateReadsNothing(t *testing.T) {
+	ctx := context.Background()
+	store := &readCounter{Batching: dssync.MutexWrap(ds.NewMapDatastore())}
+	app := newMemApp()
+	x := newExecutor(t, app, store)
+	j := createJob()
+	j.Fresh = true
+	if r := x.Apply(ctx, j); !r.OK() || r.LocalID != "1" {
+		t.Fatalf("fresh create: %+v", r)
+	}
+	if n := store.count(); n != 0 {
+		t.Fatalf("a fresh create read the journal %d times, want 0", n)
+	}
+	again := createJob()
+	again.Owed = true
+	if r := x.ApplyOwed(ctx, []Job{again})[0]; !r.Duplicate {
+		t.Fatalf("the create delivered again by catch-up: %+v, want a duplicate", r)
+	}
+	if r := x.Apply(ctx, j); !r.Duplicate {
+		t.Fatalf("the fresh create delivered again: %+v, want a duplicate", r)
+	}
+	if r := x.Apply(ctx, Job{Op: op("op1", 20, "berlin", http.MethodPatch, `{"u":1}`), Service: "posts"}); !r.OK() {
+		t.Fatalf("update after the fresh create: %+v", r)
+	}
+	if app.calls != 2 {
+		t.Fatalf("%d calls to the application, want 2 (the create, the update)", app.calls)
+	}
+	// The next run reads the journal the fresh create wrote.
+	y := newExecutor(t, app, store)
+	if r := y.Apply(ctx, createJob()); !r.Duplicate || r.LocalID != "1" {
+		t.Fatalf("the create after a restart: %+v, want a duplicate with local id 1", r)
+	}
+	if r := y.Apply(ctx, Job{Op: op("op2", 30, "paris", http.MethodPatch, `{"v":2}`), Service: "posts"}); !r.OK() {
+		t.Fatalf("update after a restart: %+v", r)
+	}
+	if got := app.state(); !strings.Contains(got, `"u":1`) || !strings.Contains(got, `"v":2`) {
+		t.Fatalf("application holds %s, want both updates", got)
+	}
+	if app.calls != 3 {
+		t.Fatalf("%d calls to the application, want 3", app.calls)
 	}
 }
