@@ -102,6 +102,9 @@ type write struct {
 	// fresh: a create of a resource minted here for this request (see
 	// wireOp.Fresh).
 	fresh bool
+	// local is this site's job, when it runs the write (set by replicate
+	// with the intent).
+	local *replica.Job
 }
 
 // replicate runs a write through the one write path: the operation is
@@ -122,7 +125,15 @@ func (f *Forwarder) replicate(req *request, wr write) (answer result, outcomes m
 	// the same sites meanwhile may wait for it and share its commit.
 	arrived := f.cfg.Catalog.Expect(wr.op.Targets)
 	defer arrived()
-	if err := f.exec.Intend(ctx, replica.Intent{Op: wr.op, Meta: wr.meta}); err != nil {
+	in := replica.Intent{Op: wr.op, Meta: wr.meta}
+	if slices.Contains(wr.reachable, self) {
+		// This site's execution journals its start with the intent.
+		local, err := f.exec.IntendAndBegin(ctx, in, f.localJob(ctx, req.svc.Name, wireOp{Op: wr.op, Create: wr.create, Collection: wr.collection, Fresh: wr.fresh}, req.r.Header))
+		if err != nil {
+			return result{}, nil, false, err
+		}
+		wr.local = &local
+	} else if err := f.exec.Intend(ctx, in); err != nil {
 		return result{}, nil, false, err
 	}
 	results := f.fanOut(ctx, req, wr)
@@ -216,6 +227,9 @@ func (f *Forwarder) fanOut(ctx context.Context, req *request, wr write) map[stri
 // another site's agent with the operation in HeaderOp.
 func (f *Forwarder) runAtSite(ctx context.Context, site string, req *request, wr write, wire string) result {
 	if site == f.cfg.Membership.Site() {
+		if wr.local != nil {
+			return f.applyJob(ctx, *wr.local)
+		}
 		return f.applyLocal(ctx, req.svc.Name, wireOp{Op: wr.op, Create: wr.create, Collection: wr.collection, Fresh: wr.fresh}, req.r.Header)
 	}
 	extra := http.Header{HeaderOp: {wire}, HeaderResource: {wr.op.Resource}}
@@ -247,13 +261,23 @@ func (f *Forwarder) replicaWait(req *request, sites []string) time.Duration {
 
 // applyLocal runs an operation through this site's executor.
 func (f *Forwarder) applyLocal(ctx context.Context, service string, w wireOp, header http.Header) result {
-	self := f.cfg.Membership.Site()
+	return f.applyJob(ctx, f.localJob(ctx, service, w, header))
+}
+
+// localJob is the job of an operation at this site.
+func (f *Forwarder) localJob(ctx context.Context, service string, w wireOp, header http.Header) replica.Job {
 	j := replica.Job{Op: w.Op, Service: service, Create: w.Create, Collection: w.Collection, Header: header, Fresh: w.Create && w.Fresh}
 	if !w.Create {
 		if res, err := f.cfg.Catalog.Get(ctx, w.Op.Resource); err == nil {
-			j.LocalID = res.PerSite[self].LocalID
+			j.LocalID = res.PerSite[f.cfg.Membership.Site()].LocalID
 		}
 	}
+	return j
+}
+
+// applyJob runs a job through this site's executor.
+func (f *Forwarder) applyJob(ctx context.Context, j replica.Job) result {
+	self := f.cfg.Membership.Site()
 	ctx, cancel := context.WithTimeout(ctx, f.cfg.SiteTimeout)
 	defer cancel()
 	out := f.exec.Apply(ctx, j)

@@ -76,6 +76,9 @@ type Job struct {
 	// sends (by Executor.Attach): the version of the last detach that
 	// attach knew (see Attach's base). It is journaled with the execution.
 	attachBase *catalog.Timestamp
+	// begun is when IntendAndBegin journaled the job's begun entry (zero:
+	// the execution journals it).
+	begun time.Time
 }
 
 // Result is the outcome of a job.
@@ -480,9 +483,13 @@ func (x *Executor) replay(ctx context.Context, j Job, o catalog.Operation, local
 // after it. Those skip the sync, the costliest step of an execution.
 func (x *Executor) call(ctx context.Context, j Job, rs *resourceState, method, path string, body []byte) (Answer, error) {
 	e := &entry{Op: j.Op, State: stateBegun, Started: time.Now().UTC(), AttachBase: j.attachBase}
-	sync := j.Create || j.Op.EffectivePolicy() == catalog.PolicyCommute
-	if err := x.journal.put(ctx, opEntryKey(j.Op.Resource, j.Op.ID), e, sync); err != nil {
-		return Answer{}, err
+	if !j.begun.IsZero() {
+		e.Started = j.begun // journaled, synced, with the intent
+	} else {
+		sync := j.Create || j.Op.EffectivePolicy() == catalog.PolicyCommute
+		if err := x.journal.put(ctx, opEntryKey(j.Op.Resource, j.Op.ID), e, sync); err != nil {
+			return Answer{}, err
+		}
 	}
 	rs.entries[j.Op.ID] = e
 	ans, err := x.cfg.App.Call(ctx, j.Service, method, path, j.Header, body)

@@ -577,3 +577,71 @@ func TestFreshCreateReadsNothing(t *testing.T) {
 		t.Fatalf("%d calls to the application, want 3", app.calls)
 	}
 }
+
+// syncCounter counts a datastore's syncs.
+type syncCounter struct {
+	ds.Batching
+	mu    sync.Mutex
+	syncs int
+}
+
+func (c *syncCounter) Sync(ctx context.Context, k ds.Key) error {
+	c.mu.Lock()
+	c.syncs++
+	c.mu.Unlock()
+	return c.Batching.Sync(ctx, k)
+}
+
+// TestIntendAndBeginSyncsOnce: at a create's origin, the intent and the
+// local execution's begun entry are one synced write, and a crash right
+// after it leaves the intent and a maybe-executed create, as two writes
+// did (the next run looks for the item before running it again).
+func TestIntendAndBeginSyncsOnce(t *testing.T) {
+	ctx := context.Background()
+	store := &syncCounter{Batching: dssync.MutexWrap(ds.NewMapDatastore())}
+	app := newMemApp()
+	x := newExecutor(t, app, store)
+	j := createJob()
+	j.Fresh = true
+	local, err := x.IntendAndBegin(ctx, Intent{Op: j.Op}, j)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := x.Apply(ctx, local); !r.OK() || r.LocalID != "1" {
+		t.Fatalf("create: %+v", r)
+	}
+	if store.syncs != 1 {
+		t.Fatalf("%d syncs for the intent and the create, want 1", store.syncs)
+	}
+	if ins, err := x.Intents(ctx); err != nil || len(ins) != 1 || ins[0].Op.ID != j.Op.ID {
+		t.Fatalf("intents %+v, %v: want the create's", ins, err)
+	}
+
+	// A crash after the intent, before the application was called: the
+	// next run does not know whether the create ran, and looks first.
+	app = newMemApp()
+	crashed := &syncCounter{Batching: dssync.MutexWrap(ds.NewMapDatastore())}
+	x = newExecutor(t, app, crashed)
+	if _, err := x.IntendAndBegin(ctx, Intent{Op: j.Op}, j); err != nil {
+		t.Fatal(err)
+	}
+	y := newExecutor(t, app, crashed)
+	if _, ran, err := y.Applied(ctx, gid, j.Op.ID); err != nil || ran {
+		t.Fatalf("after the crash: ran %v, %v; want not run", ran, err)
+	}
+	owed := createJob()
+	owed.Owed = true
+	if r := y.ApplyOwed(ctx, []Job{owed})[0]; !r.OK() || r.LocalID != "1" {
+		t.Fatalf("the owed create after the crash: %+v", r)
+	}
+	if app.calls != 2 { // the look-up, the create
+		t.Fatalf("%d calls to the application, want 2 (a look-up, then the create)", app.calls)
+	}
+	// Anything but a fresh create is a plain intent.
+	upd := Job{Op: op("op1", 20, "berlin", http.MethodPatch, `{"u":1}`), Service: "posts"}
+	before := crashed.syncs
+	got, err := y.IntendAndBegin(ctx, Intent{Op: upd.Op}, upd)
+	if err != nil || !got.begun.IsZero() || crashed.syncs != before+1 {
+		t.Fatalf("an update's intent: begun %v, %d syncs, %v", got.begun, crashed.syncs-before, err)
+	}
+}

@@ -119,6 +119,39 @@ func (j journal) putWith(ctx context.Context, key ds.Key, v any, rawKey ds.Key, 
 	return nil
 }
 
+// putAll writes each value under its key in one batch, synced.
+func (j journal) putAll(ctx context.Context, keys []ds.Key, vs []any) error {
+	b, ok := j.store.(ds.Batching)
+	if !ok {
+		for i, k := range keys {
+			if err := j.put(ctx, k, vs[i], i == len(keys)-1); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	batch, err := b.Batch(ctx)
+	if err != nil {
+		return fmt.Errorf("replica: journal: %w", err)
+	}
+	for i, k := range keys {
+		data, err := json.Marshal(vs[i])
+		if err != nil {
+			return fmt.Errorf("replica: journal %s: %w", k, err)
+		}
+		if err := batch.Put(ctx, k, data); err != nil {
+			return fmt.Errorf("replica: journal %s: %w", k, err)
+		}
+	}
+	if err := batch.Commit(ctx); err != nil {
+		return fmt.Errorf("replica: journal: %w", err)
+	}
+	if err := j.store.Sync(ctx, keys[0]); err != nil {
+		return fmt.Errorf("replica: journal sync: %w", err)
+	}
+	return nil
+}
+
 // load reads what the journal holds of one resource, in one scan of its
 // keys.
 func (j journal) load(ctx context.Context, res string) (local string, entries map[string]*entry, err error) {
@@ -188,6 +221,26 @@ type Intent struct {
 // Intend writes an intent, synced, before the operation is sent anywhere.
 func (x *Executor) Intend(ctx context.Context, in Intent) error {
 	return x.journal.put(ctx, publishKey(in.Op.ID), in, true)
+}
+
+// IntendAndBegin is Intend for an operation that runs at this site too,
+// as local, when local is a Fresh create: the create's begun entry goes
+// into the intent's synced write, and the job returned does not journal
+// it again when applied (one synced write per create at its origin
+// instead of two, the intent's then the begun entry's). The intent's
+// operation must be local's. Anything else is Intend, and local comes
+// back as it was.
+func (x *Executor) IntendAndBegin(ctx context.Context, in Intent, local Job) (Job, error) {
+	if !local.Create || !local.Fresh || local.Op.ID != in.Op.ID {
+		return local, x.Intend(ctx, in)
+	}
+	begun := time.Now().UTC()
+	e := &entry{Op: local.Op, State: stateBegun, Started: begun, AttachBase: local.attachBase}
+	if err := x.journal.putAll(ctx, []ds.Key{publishKey(in.Op.ID), opEntryKey(local.Op.Resource, local.Op.ID)}, []any{in, e}); err != nil {
+		return local, err
+	}
+	local.begun = begun
+	return local, nil
 }
 
 // Published drops an intent once its operation is in the catalog (not
