@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	ds "github.com/ipfs/go-datastore"
 	"github.com/ipfs/go-datastore/query"
@@ -643,5 +644,21 @@ func TestIntendAndBeginSyncsOnce(t *testing.T) {
 	got, err := y.IntendAndBegin(ctx, Intent{Op: upd.Op}, upd)
 	if err != nil || !got.begun.IsZero() || crashed.syncs != before+1 {
 		t.Fatalf("an update's intent: begun %v, %d syncs, %v", got.begun, crashed.syncs-before, err)
+	}
+}
+
+// TestJournalKeysAsCleaned: the journal's keys of catalog ids, built
+// without cleaning, are the keys ChildString built (an earlier run's
+// journal is read with them).
+func TestJournalKeysAsCleaned(t *testing.T) {
+	for _, id := range []string{catalog.NewID(time.Now()), "op0", "x/../y", ""} {
+		res := catalog.NewID(time.Now())
+		cleaned := []ds.Key{journalRoot.ChildString("r").ChildString(id), journalRoot.ChildString("r").ChildString(res).ChildString("op").ChildString(id),
+			journalRoot.ChildString("r").ChildString(id).ChildString("local"), journalRoot.ChildString("publish").ChildString(id)}
+		for i, k := range []ds.Key{resourceKey(id), opEntryKey(res, id), localKey(id), publishKey(id)} {
+			if k != cleaned[i] {
+				t.Errorf("key %d of %q: %q, want %q", i, id, k, cleaned[i])
+			}
+		}
 	}
 }

@@ -58,15 +58,38 @@ func (e *entry) applied() bool {
 	return e.State == stateDone && e.Failed == "" && !strings.HasPrefix(e.Outcome, catalog.SupersededPrefix) && e.Status != 0
 }
 
-func resourceKey(id string) ds.Key { return journalRoot.ChildString("r").ChildString(id) }
+// The keys of catalog ids (catalog.ValidID: 26 letters and digits) are
+// clean as written and built as such (ds.RawKey); ChildString cleans
+// each part it adds, a path.Clean per part on every journal access.
+// Any other id goes through ChildString, as every key did before.
+
+func resourceKey(id string) ds.Key {
+	if catalog.ValidID(id) {
+		return ds.RawKey(journalRoot.String() + "/r/" + id)
+	}
+	return journalRoot.ChildString("r").ChildString(id)
+}
 
 func opEntryKey(res, op string) ds.Key {
+	if catalog.ValidID(res) && catalog.ValidID(op) {
+		return ds.RawKey(journalRoot.String() + "/r/" + res + "/op/" + op)
+	}
 	return resourceKey(res).ChildString("op").ChildString(op)
 }
 
-func localKey(res string) ds.Key { return resourceKey(res).ChildString("local") }
+func localKey(res string) ds.Key {
+	if catalog.ValidID(res) {
+		return ds.RawKey(journalRoot.String() + "/r/" + res + "/local")
+	}
+	return resourceKey(res).ChildString("local")
+}
 
-func publishKey(op string) ds.Key { return journalRoot.ChildString("publish").ChildString(op) }
+func publishKey(op string) ds.Key {
+	if catalog.ValidID(op) {
+		return ds.RawKey(journalRoot.String() + "/publish/" + op)
+	}
+	return journalRoot.ChildString("publish").ChildString(op)
+}
 
 // journal reads and writes entries.
 type journal struct{ store ds.Datastore }
