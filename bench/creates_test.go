@@ -25,11 +25,14 @@ import (
 // create. CreatesProfileEnv, set to a directory, also saves both agents'
 // CPU profiles and goroutine dumps taken under the load there;
 // CreatesStraceEnv=1 counts both agents' fsyncs with strace (which slows
-// them: the rate is then not the figure).
+// them: the rate is then not the figure). CreatesBinaryEnv names a cheops
+// binary to run instead of building one (A/B runs of two builds
+// alternated in the same minutes).
 const (
 	CreatesEnv        = "CHEOPS_CREATES_SECONDS"
 	CreatesProfileEnv = "CHEOPS_CREATES_PROFILE"
 	CreatesStraceEnv  = "CHEOPS_CREATES_STRACE"
+	CreatesBinaryEnv  = "CHEOPS_CREATES_BINARY"
 )
 
 func TestReplicatedCreatesRate(t *testing.T) {
@@ -57,7 +60,11 @@ func TestReplicatedCreatesRate(t *testing.T) {
 	if profDir != "" {
 		agentArgs = append(agentArgs, "--pprof")
 	}
-	c, err := StartCluster(ctx, ClusterOptions{Binary: testkit.BuildBinary(t), Sites: names, Dir: t.TempDir(), SiteArgs: siteArgs, AgentArgs: agentArgs, Log: log})
+	bin := os.Getenv(CreatesBinaryEnv)
+	if bin == "" {
+		bin = testkit.BuildBinary(t)
+	}
+	c, err := StartCluster(ctx, ClusterOptions{Binary: bin, Sites: names, Dir: t.TempDir(), SiteArgs: siteArgs, AgentArgs: agentArgs, Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}

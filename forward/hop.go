@@ -303,7 +303,10 @@ func (f *Forwarder) roundTrip(ctx context.Context, site string, req *http.Reques
 
 // errStaleStream is a kept stream that ended before its answer began:
 // the other side closed it while it was idle, before the request
-// arrived (a receiver closes a stream only between two requests).
+// arrived (a receiver closes a stream only between two requests). A
+// stream whose receiver died ends in an error, not in this clean end.
+// Sending the request again is sending it for the first time: a create
+// marked fresh (wireOp.Fresh) stays fresh.
 var errStaleStream = errors.New("kept stream closed by the other side")
 
 // exchangeOn sends req on s and reads the answer's head through br.

@@ -55,6 +55,17 @@ type wireOp struct {
 	Place string            `json:"place,omitempty"`
 	Base  catalog.Timestamp `json:"base,omitzero"`
 	Purge bool              `json:"purge,omitempty"`
+	// Fresh marks a create of a resource its origin minted for the
+	// client's request, sent once to each replica (a kept stream closed
+	// before it was read sends it again, unread): a replica whose
+	// catalog does not hold the resource yet runs it as a replica.Job
+	// Fresh, reading nothing of it from its journal. Only the catalog
+	// could have brought the create to an earlier run of the replica
+	// (its runner executes it from there once the origin recorded it),
+	// and what the runner ran is in the catalog after a restart: the
+	// execution's synced journal entry follows the merge in the same
+	// store's log.
+	Fresh bool `json:"fresh,omitempty"`
 }
 
 func encodeOp(w wireOp) string {
@@ -88,6 +99,12 @@ type write struct {
 	reachable  []string      // replicas to send it to now
 	pending    []string      // replicas recorded pending from the start
 	localIDs   map[string]string
+	// fresh: a create of a resource minted here for this request (see
+	// wireOp.Fresh).
+	fresh bool
+	// local is this site's job, when it runs the write (set by replicate
+	// with the intent).
+	local *replica.Job
 }
 
 // replicate runs a write through the one write path: the operation is
@@ -108,7 +125,15 @@ func (f *Forwarder) replicate(req *request, wr write) (answer result, outcomes m
 	// the same sites meanwhile may wait for it and share its commit.
 	arrived := f.cfg.Catalog.Expect(wr.op.Targets)
 	defer arrived()
-	if err := f.exec.Intend(ctx, replica.Intent{Op: wr.op, Meta: wr.meta}); err != nil {
+	in := replica.Intent{Op: wr.op, Meta: wr.meta}
+	if slices.Contains(wr.reachable, self) {
+		// This site's execution journals its start with the intent.
+		local, err := f.exec.IntendAndBegin(ctx, in, f.localJob(ctx, req.svc.Name, wireOp{Op: wr.op, Create: wr.create, Collection: wr.collection, Fresh: wr.fresh}, req.r.Header))
+		if err != nil {
+			return result{}, nil, false, err
+		}
+		wr.local = &local
+	} else if err := f.exec.Intend(ctx, in); err != nil {
 		return result{}, nil, false, err
 	}
 	results := f.fanOut(ctx, req, wr)
@@ -163,7 +188,7 @@ func (f *Forwarder) replicate(req *request, wr write) (answer result, outcomes m
 func (f *Forwarder) fanOut(ctx context.Context, req *request, wr write) map[string]result {
 	self := f.cfg.Membership.Site()
 	answers := make(chan result, len(wr.reachable))
-	wire := encodeOp(wireOp{Op: wr.op, Create: wr.create, Collection: wr.collection})
+	wire := encodeOp(wireOp{Op: wr.op, Create: wr.create, Collection: wr.collection, Fresh: wr.fresh})
 	run := f.runAt
 	if run == nil {
 		run = f.runAtSite
@@ -202,7 +227,10 @@ func (f *Forwarder) fanOut(ctx context.Context, req *request, wr write) map[stri
 // another site's agent with the operation in HeaderOp.
 func (f *Forwarder) runAtSite(ctx context.Context, site string, req *request, wr write, wire string) result {
 	if site == f.cfg.Membership.Site() {
-		return f.applyLocal(ctx, req.svc.Name, wireOp{Op: wr.op, Create: wr.create, Collection: wr.collection}, req.r.Header)
+		if wr.local != nil {
+			return f.applyJob(ctx, *wr.local)
+		}
+		return f.applyLocal(ctx, req.svc.Name, wireOp{Op: wr.op, Create: wr.create, Collection: wr.collection, Fresh: wr.fresh}, req.r.Header)
 	}
 	extra := http.Header{HeaderOp: {wire}, HeaderResource: {wr.op.Resource}}
 	return f.execute(f.stopCtx, site, req, req.r.Method, req.rawPath, extra)
@@ -233,13 +261,23 @@ func (f *Forwarder) replicaWait(req *request, sites []string) time.Duration {
 
 // applyLocal runs an operation through this site's executor.
 func (f *Forwarder) applyLocal(ctx context.Context, service string, w wireOp, header http.Header) result {
-	self := f.cfg.Membership.Site()
-	j := replica.Job{Op: w.Op, Service: service, Create: w.Create, Collection: w.Collection, Header: header}
+	return f.applyJob(ctx, f.localJob(ctx, service, w, header))
+}
+
+// localJob is the job of an operation at this site.
+func (f *Forwarder) localJob(ctx context.Context, service string, w wireOp, header http.Header) replica.Job {
+	j := replica.Job{Op: w.Op, Service: service, Create: w.Create, Collection: w.Collection, Header: header, Fresh: w.Create && w.Fresh}
 	if !w.Create {
 		if res, err := f.cfg.Catalog.Get(ctx, w.Op.Resource); err == nil {
-			j.LocalID = res.PerSite[self].LocalID
+			j.LocalID = res.PerSite[f.cfg.Membership.Site()].LocalID
 		}
 	}
+	return j
+}
+
+// applyJob runs a job through this site's executor.
+func (f *Forwarder) applyJob(ctx context.Context, j replica.Job) result {
+	self := f.cfg.Membership.Site()
 	ctx, cancel := context.WithTimeout(ctx, f.cfg.SiteTimeout)
 	defer cancel()
 	out := f.exec.Apply(ctx, j)
@@ -285,6 +323,11 @@ func (f *Forwarder) serveOp(w http.ResponseWriter, req *request, header string) 
 	if wo.Place != "" {
 		f.servePlace(w, req, wo)
 		return
+	}
+	if wo.Fresh {
+		// The runner may have run it from the catalog, in an earlier run.
+		_, err := f.cfg.Catalog.Get(req.r.Context(), wo.Op.Resource)
+		wo.Fresh = errors.Is(err, catalog.ErrNotFound)
 	}
 	hdr := req.r.Header.Clone()
 	for _, h := range []string{HeaderOp, HeaderHop, HeaderResource, HeaderScope, HeaderCoordinate, HeaderReplicaWait} {

@@ -40,6 +40,15 @@
 // application and adopted rather than made twice; a replace, delete or
 // merge update runs again (idempotent).
 //
+// A create is the one operation whose every execution would otherwise
+// read the journal for nothing: its resource is new. At its origin (which
+// minted the id for the request) and at a replica it is sent to once,
+// whose catalog does not hold the resource, it runs as a Fresh job,
+// reading nothing; what this process journaled is in memory, and only
+// the catalog could have brought the create to an earlier run. At the
+// origin its begun entry is journaled with the intent, in one synced
+// write (Executor.IntendAndBegin).
+//
 // # Placement
 //
 // Attach and detach run here too (place.go): the copy an attach sends is

@@ -11,8 +11,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	ds "github.com/ipfs/go-datastore"
+	"github.com/ipfs/go-datastore/query"
 	dssync "github.com/ipfs/go-datastore/sync"
 
 	"cheops/catalog"
@@ -499,5 +501,164 @@ func TestOwedSupersededIsNotReadBack(t *testing.T) {
 	}
 	if got := app.state(); !strings.Contains(got, `"later"`) {
 		t.Fatalf("application holds %s, want the later replace", got)
+	}
+}
+
+// readCounter counts the point reads and scans of a datastore.
+type readCounter struct {
+	ds.Batching
+	mu    sync.Mutex
+	reads int
+}
+
+func (c *readCounter) Get(ctx context.Context, k ds.Key) ([]byte, error) {
+	c.mu.Lock()
+	c.reads++
+	c.mu.Unlock()
+	return c.Batching.Get(ctx, k)
+}
+
+func (c *readCounter) Query(ctx context.Context, q query.Query) (query.Results, error) {
+	c.mu.Lock()
+	c.reads++
+	c.mu.Unlock()
+	return c.Batching.Query(ctx, q)
+}
+
+func (c *readCounter) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.reads
+}
+
+// TestFreshCreateReadsNothing: a Fresh create (a resource minted for the
+// request) reads nothing from the journal, runs once, and what it
+// journaled is what the next operations see, in this process (the same
+// create delivered again, by catch-up, is a duplicate) and in the next
+// one (the full load finds its local id).
+func TestFreshCreateReadsNothing(t *testing.T) {
+	ctx := context.Background()
+	store := &readCounter{Batching: dssync.MutexWrap(ds.NewMapDatastore())}
+	app := newMemApp()
+	x := newExecutor(t, app, store)
+	j := createJob()
+	j.Fresh = true
+	if r := x.Apply(ctx, j); !r.OK() || r.LocalID != "1" {
+		t.Fatalf("fresh create: %+v", r)
+	}
+	if n := store.count(); n != 0 {
+		t.Fatalf("a fresh create read the journal %d times, want 0", n)
+	}
+	again := createJob()
+	again.Owed = true
+	if r := x.ApplyOwed(ctx, []Job{again})[0]; !r.Duplicate {
+		t.Fatalf("the create delivered again by catch-up: %+v, want a duplicate", r)
+	}
+	if r := x.Apply(ctx, j); !r.Duplicate {
+		t.Fatalf("the fresh create delivered again: %+v, want a duplicate", r)
+	}
+	if r := x.Apply(ctx, Job{Op: op("op1", 20, "berlin", http.MethodPatch, `{"u":1}`), Service: "posts"}); !r.OK() {
+		t.Fatalf("update after the fresh create: %+v", r)
+	}
+	if app.calls != 2 {
+		t.Fatalf("%d calls to the application, want 2 (the create, the update)", app.calls)
+	}
+	// The next run reads the journal the fresh create wrote.
+	y := newExecutor(t, app, store)
+	if r := y.Apply(ctx, createJob()); !r.Duplicate || r.LocalID != "1" {
+		t.Fatalf("the create after a restart: %+v, want a duplicate with local id 1", r)
+	}
+	if r := y.Apply(ctx, Job{Op: op("op2", 30, "paris", http.MethodPatch, `{"v":2}`), Service: "posts"}); !r.OK() {
+		t.Fatalf("update after a restart: %+v", r)
+	}
+	if got := app.state(); !strings.Contains(got, `"u":1`) || !strings.Contains(got, `"v":2`) {
+		t.Fatalf("application holds %s, want both updates", got)
+	}
+	if app.calls != 3 {
+		t.Fatalf("%d calls to the application, want 3", app.calls)
+	}
+}
+
+// syncCounter counts a datastore's syncs.
+type syncCounter struct {
+	ds.Batching
+	mu    sync.Mutex
+	syncs int
+}
+
+func (c *syncCounter) Sync(ctx context.Context, k ds.Key) error {
+	c.mu.Lock()
+	c.syncs++
+	c.mu.Unlock()
+	return c.Batching.Sync(ctx, k)
+}
+
+// TestIntendAndBeginSyncsOnce: at a create's origin, the intent and the
+// local execution's begun entry are one synced write, and a crash right
+// after it leaves the intent and a maybe-executed create, as two writes
+// did (the next run looks for the item before running it again).
+func TestIntendAndBeginSyncsOnce(t *testing.T) {
+	ctx := context.Background()
+	store := &syncCounter{Batching: dssync.MutexWrap(ds.NewMapDatastore())}
+	app := newMemApp()
+	x := newExecutor(t, app, store)
+	j := createJob()
+	j.Fresh = true
+	local, err := x.IntendAndBegin(ctx, Intent{Op: j.Op}, j)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := x.Apply(ctx, local); !r.OK() || r.LocalID != "1" {
+		t.Fatalf("create: %+v", r)
+	}
+	if store.syncs != 1 {
+		t.Fatalf("%d syncs for the intent and the create, want 1", store.syncs)
+	}
+	if ins, err := x.Intents(ctx); err != nil || len(ins) != 1 || ins[0].Op.ID != j.Op.ID {
+		t.Fatalf("intents %+v, %v: want the create's", ins, err)
+	}
+
+	// A crash after the intent, before the application was called: the
+	// next run does not know whether the create ran, and looks first.
+	app = newMemApp()
+	crashed := &syncCounter{Batching: dssync.MutexWrap(ds.NewMapDatastore())}
+	x = newExecutor(t, app, crashed)
+	if _, err := x.IntendAndBegin(ctx, Intent{Op: j.Op}, j); err != nil {
+		t.Fatal(err)
+	}
+	y := newExecutor(t, app, crashed)
+	if _, ran, err := y.Applied(ctx, gid, j.Op.ID); err != nil || ran {
+		t.Fatalf("after the crash: ran %v, %v; want not run", ran, err)
+	}
+	owed := createJob()
+	owed.Owed = true
+	if r := y.ApplyOwed(ctx, []Job{owed})[0]; !r.OK() || r.LocalID != "1" {
+		t.Fatalf("the owed create after the crash: %+v", r)
+	}
+	if app.calls != 2 { // the look-up, the create
+		t.Fatalf("%d calls to the application, want 2 (a look-up, then the create)", app.calls)
+	}
+	// Anything but a fresh create is a plain intent.
+	upd := Job{Op: op("op1", 20, "berlin", http.MethodPatch, `{"u":1}`), Service: "posts"}
+	before := crashed.syncs
+	got, err := y.IntendAndBegin(ctx, Intent{Op: upd.Op}, upd)
+	if err != nil || !got.begun.IsZero() || crashed.syncs != before+1 {
+		t.Fatalf("an update's intent: begun %v, %d syncs, %v", got.begun, crashed.syncs-before, err)
+	}
+}
+
+// TestJournalKeysAsCleaned: the journal's keys of catalog ids, built
+// without cleaning, are the keys ChildString built (an earlier run's
+// journal is read with them).
+func TestJournalKeysAsCleaned(t *testing.T) {
+	for _, id := range []string{catalog.NewID(time.Now()), "op0", "x/../y", ""} {
+		res := catalog.NewID(time.Now())
+		cleaned := []ds.Key{journalRoot.ChildString("r").ChildString(id), journalRoot.ChildString("r").ChildString(res).ChildString("op").ChildString(id),
+			journalRoot.ChildString("r").ChildString(id).ChildString("local"), journalRoot.ChildString("publish").ChildString(id)}
+		for i, k := range []ds.Key{resourceKey(id), opEntryKey(res, id), localKey(id), publishKey(id)} {
+			if k != cleaned[i] {
+				t.Errorf("key %d of %q: %q, want %q", i, id, k, cleaned[i])
+			}
+		}
 	}
 }

@@ -58,15 +58,38 @@ func (e *entry) applied() bool {
 	return e.State == stateDone && e.Failed == "" && !strings.HasPrefix(e.Outcome, catalog.SupersededPrefix) && e.Status != 0
 }
 
-func resourceKey(id string) ds.Key { return journalRoot.ChildString("r").ChildString(id) }
+// The keys of catalog ids (catalog.ValidID: 26 letters and digits) are
+// clean as written and built as such (ds.RawKey); ChildString cleans
+// each part it adds, a path.Clean per part on every journal access.
+// Any other id goes through ChildString, as every key did before.
+
+func resourceKey(id string) ds.Key {
+	if catalog.ValidID(id) {
+		return ds.RawKey(journalRoot.String() + "/r/" + id)
+	}
+	return journalRoot.ChildString("r").ChildString(id)
+}
 
 func opEntryKey(res, op string) ds.Key {
+	if catalog.ValidID(res) && catalog.ValidID(op) {
+		return ds.RawKey(journalRoot.String() + "/r/" + res + "/op/" + op)
+	}
 	return resourceKey(res).ChildString("op").ChildString(op)
 }
 
-func localKey(res string) ds.Key { return resourceKey(res).ChildString("local") }
+func localKey(res string) ds.Key {
+	if catalog.ValidID(res) {
+		return ds.RawKey(journalRoot.String() + "/r/" + res + "/local")
+	}
+	return resourceKey(res).ChildString("local")
+}
 
-func publishKey(op string) ds.Key { return journalRoot.ChildString("publish").ChildString(op) }
+func publishKey(op string) ds.Key {
+	if catalog.ValidID(op) {
+		return ds.RawKey(journalRoot.String() + "/publish/" + op)
+	}
+	return journalRoot.ChildString("publish").ChildString(op)
+}
 
 // journal reads and writes entries.
 type journal struct{ store ds.Datastore }
@@ -115,6 +138,39 @@ func (j journal) putWith(ctx context.Context, key ds.Key, v any, rawKey ds.Key, 
 	}
 	if err := batch.Commit(ctx); err != nil {
 		return fmt.Errorf("replica: journal %s: %w", key, err)
+	}
+	return nil
+}
+
+// putAll writes each value under its key in one batch, synced.
+func (j journal) putAll(ctx context.Context, keys []ds.Key, vs []any) error {
+	b, ok := j.store.(ds.Batching)
+	if !ok {
+		for i, k := range keys {
+			if err := j.put(ctx, k, vs[i], i == len(keys)-1); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	batch, err := b.Batch(ctx)
+	if err != nil {
+		return fmt.Errorf("replica: journal: %w", err)
+	}
+	for i, k := range keys {
+		data, err := json.Marshal(vs[i])
+		if err != nil {
+			return fmt.Errorf("replica: journal %s: %w", k, err)
+		}
+		if err := batch.Put(ctx, k, data); err != nil {
+			return fmt.Errorf("replica: journal %s: %w", k, err)
+		}
+	}
+	if err := batch.Commit(ctx); err != nil {
+		return fmt.Errorf("replica: journal: %w", err)
+	}
+	if err := j.store.Sync(ctx, keys[0]); err != nil {
+		return fmt.Errorf("replica: journal sync: %w", err)
 	}
 	return nil
 }
@@ -188,6 +244,26 @@ type Intent struct {
 // Intend writes an intent, synced, before the operation is sent anywhere.
 func (x *Executor) Intend(ctx context.Context, in Intent) error {
 	return x.journal.put(ctx, publishKey(in.Op.ID), in, true)
+}
+
+// IntendAndBegin is Intend for an operation that runs at this site too,
+// as local, when local is a Fresh create: the create's begun entry goes
+// into the intent's synced write, and the job returned does not journal
+// it again when applied (one synced write per create at its origin
+// instead of two, the intent's then the begun entry's). The intent's
+// operation must be local's. Anything else is Intend, and local comes
+// back as it was.
+func (x *Executor) IntendAndBegin(ctx context.Context, in Intent, local Job) (Job, error) {
+	if !local.Create || !local.Fresh || local.Op.ID != in.Op.ID {
+		return local, x.Intend(ctx, in)
+	}
+	begun := time.Now().UTC()
+	e := &entry{Op: local.Op, State: stateBegun, Started: begun, AttachBase: local.attachBase}
+	if err := x.journal.putAll(ctx, []ds.Key{publishKey(in.Op.ID), opEntryKey(local.Op.Resource, local.Op.ID)}, []any{in, e}); err != nil {
+		return local, err
+	}
+	local.begun = begun
+	return local, nil
 }
 
 // Published drops an intent once its operation is in the catalog (not
