@@ -1054,24 +1054,11 @@ func cpuTimes(c *Cluster) map[string]time.Duration {
 		if s.agent == nil || s.agent.Process == nil {
 			continue
 		}
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", s.agent.Process.Pid))
-		if err != nil {
-			continue
+		if d, ok := ProcessCPU(s.agent.Process.Pid); ok {
+			out[s.Name] = d
 		}
-		// After the command's name (in parentheses): state, then 10
-		// fields before utime and stime, in clock ticks (USER_HZ, 100).
-		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-		if len(f) < 13 {
-			continue
-		}
-		ut, _ := strconv.ParseInt(f[11], 10, 64)
-		st, _ := strconv.ParseInt(f[12], 10, 64)
-		out[s.Name] = time.Duration(ut+st) * 10 * time.Millisecond
 	}
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err == nil {
-		out["bench"] = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-	}
+	out["bench"] = SelfCPU()
 	return out
 }
 

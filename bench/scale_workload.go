@@ -32,7 +32,7 @@ func (ss *scaleSites) workload(ctx context.Context, scopes [][]string, space int
 		index[s.name] = i
 		base[i] = s.held[space].Load()
 	}
-	before, cpu0 := ss.traffic(), processCPU()
+	before, cpu0 := ss.traffic(), SelfCPU()
 	wctx, cancel := context.WithTimeout(ctx, opt.WriteBudget)
 	defer cancel()
 	var written atomic.Int64
@@ -109,7 +109,7 @@ func (ss *scaleSites) workload(ctx context.Context, scopes [][]string, space int
 	}
 	w.BytesSent = ss.traffic().minus(before).all
 	if w.Written > 0 {
-		w.CPUPerWrite = (processCPU() - cpu0) / time.Duration(2*w.Written)
+		w.CPUPerWrite = (SelfCPU() - cpu0) / time.Duration(2*w.Written)
 	}
 	return w
 }
@@ -215,8 +215,8 @@ func sharedPairs(groups [][]string) int {
 	return len(pairs)
 }
 
-// processCPU is the CPU time the process has used, user and system.
-func processCPU() time.Duration {
+// SelfCPU is the CPU time this process has used, user and system.
+func SelfCPU() time.Duration {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
 		return 0

@@ -413,10 +413,10 @@ type cpuSample struct {
 	apps, bench time.Duration
 }
 
-// pidCPU reads a process's user and system CPU time from /proc/PID/stat
-// (fields 14 and 15, in ticks of USER_HZ, 100 on every Linux port Go
-// runs on); false when it cannot.
-func pidCPU(pid int) (time.Duration, bool) {
+// ProcessCPU reads a process's user and system CPU time from
+// /proc/PID/stat (fields 14 and 15, in ticks of USER_HZ, 100 on every
+// Linux port Go runs on); false when it cannot.
+func ProcessCPU(pid int) (time.Duration, bool) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	i := bytes.LastIndexByte(b, ')')
 	if err != nil || i < 0 {
@@ -456,7 +456,7 @@ func sampleCPU(ctx context.Context, c *Cluster, step time.Duration) *cpuSampler 
 			}
 		}
 		for _, pid := range apps {
-			d, _ := pidCPU(pid)
+			d, _ := ProcessCPU(pid)
 			x.apps += d
 		}
 		s.mu.Lock()

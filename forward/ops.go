@@ -437,9 +437,12 @@ func withID(body []byte, field, id string) []byte {
 	if open >= len(body) || body[open] != '{' {
 		return body
 	}
+	// scanObject reads valid JSON only; a body that is not one valid
+	// object is decoded, as before (its first value).
 	if !json.Valid(body) {
-		// Not only an object: as before, the first value decoded.
-	} else if at, _, ok := scanObject(body, open, field); ok {
+		return withIDDecoded(body, field, id)
+	}
+	if at, _, ok := scanObject(body, open, field); ok {
 		quoted, _ := json.Marshal(id)
 		if at.start >= 0 {
 			return slices.Concat(body[:at.start], quoted, body[at.end:])
@@ -451,6 +454,12 @@ func withID(body []byte, field, id string) []byte {
 		}
 		return slices.Concat(body[:open+1], name, []byte(":"), quoted, sep, body[open+1:])
 	}
+	return withIDDecoded(body, field, id)
+}
+
+// withIDDecoded is withID by decoding the body into a map and
+// marshalling it back: for the objects scanObject leaves alone.
+func withIDDecoded(body []byte, field, id string) []byte {
 	var obj map[string]any
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
@@ -464,8 +473,6 @@ func withID(body []byte, field, id string) []byte {
 	}
 	return out
 }
-
-func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
 
 // deletedEverywhere reports a resource every replica deleted.
 func deletedEverywhere(res catalog.Resource) bool {

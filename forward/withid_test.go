@@ -7,23 +7,6 @@ import (
 	"testing"
 )
 
-// withIDDecoded is what withID did before it spliced: the body decoded
-// into a map and marshalled back. withID must give the same object.
-func withIDDecoded(body []byte, field, id string) []byte {
-	var obj map[string]any
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.UseNumber()
-	if dec.Decode(&obj) != nil || obj == nil {
-		return body
-	}
-	obj[field] = id
-	out, err := json.Marshal(obj)
-	if err != nil {
-		return body
-	}
-	return out
-}
-
 // sameJSON reports whether a and b are the same JSON value, or the same
 // bytes when either is not JSON.
 func sameJSON(a, b []byte) bool {

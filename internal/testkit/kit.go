@@ -155,30 +155,6 @@ func StartJSONServerProcess(t testing.TB, dir string, collections ...string) (ur
 	return url, cmd.Process.Pid
 }
 
-// ProcessCPU is the CPU time (user and system) a running process has
-// used so far, read from /proc (Linux), at the kernel's 10 ms tick.
-func ProcessCPU(pid int) (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, fmt.Errorf("testkit: CPU of process %d: %w", pid, err)
-	}
-	// After the command's name (in parentheses): state, then 10 fields
-	// before utime and stime, in clock ticks (USER_HZ, 100).
-	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-	if len(f) < 13 {
-		return 0, fmt.Errorf("testkit: CPU of process %d: short /proc stat %q", pid, b)
-	}
-	var ticks int64
-	for _, v := range f[11:13] {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("testkit: CPU of process %d: %w", pid, err)
-		}
-		ticks += n
-	}
-	return time.Duration(ticks) * 10 * time.Millisecond, nil
-}
-
 // Buffer collects a child process's output (exec.Cmd's Stdout or
 // Stderr) that the test reads while the process still writes: a
 // bytes.Buffer safe for concurrent use.

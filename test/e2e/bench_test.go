@@ -9,12 +9,12 @@ import (
 	"runtime/pprof"
 	"slices"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"cheops/bench"
 	"cheops/forward"
 	"cheops/internal/testkit"
 	"cheops/scope"
@@ -109,7 +109,7 @@ func BenchmarkCatchUp(b *testing.B) {
 				// judged against (it varied from 1.1 to 2.4 s per 1,000
 				// on this machine at different hours).
 				floor, floorCPU := jsonServerFloor(b, n, 16)
-				appCPU, agentsCPU := cpuOf(b, c.sites["rome"].app.pid), selfCPU(b)
+				appCPU, agentsCPU := cpuOf(b, c.sites["rome"].app.pid), bench.SelfCPU()
 				stopProfile := profileCatchUp(b)
 				b.StartTimer()
 				back := time.Now()
@@ -154,7 +154,7 @@ func BenchmarkCatchUp(b *testing.B) {
 				// shared machine: rome's json-server against the same
 				// creates sent straight to a fresh one, and this process
 				// (both agents and the polling above).
-				appCPU, agentsCPU = cpuOf(b, c.sites["rome"].app.pid)-appCPU, selfCPU(b)-agentsCPU
+				appCPU, agentsCPU = cpuOf(b, c.sites["rome"].app.pid)-appCPU, bench.SelfCPU()-agentsCPU
 				b.ReportMetric(float64(appCPU)/float64(time.Microsecond)/float64(n), "app-cpu-µs/create")
 				b.ReportMetric(float64(floorCPU)/float64(time.Microsecond)/float64(n), "floor-app-cpu-µs/create")
 				b.ReportMetric(float64(agentsCPU)/float64(time.Microsecond)/float64(n), "agents-cpu-µs/create")
@@ -275,19 +275,9 @@ func profileCatchUp(b *testing.B) (stop func()) {
 // cpuOf is the CPU time process pid has used so far.
 func cpuOf(b *testing.B, pid int) time.Duration {
 	b.Helper()
-	d, err := testkit.ProcessCPU(pid)
-	if err != nil {
-		b.Fatal(err)
+	d, ok := bench.ProcessCPU(pid)
+	if !ok {
+		b.Fatalf("no CPU time for process %d in /proc", pid)
 	}
 	return d
-}
-
-// selfCPU is the CPU time this process has used so far.
-func selfCPU(b *testing.B) time.Duration {
-	b.Helper()
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
