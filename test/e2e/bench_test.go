@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime/pprof"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -121,15 +122,20 @@ func BenchmarkCatchUp(b *testing.B) {
 				polls := 0
 				for {
 					// Cheap questions first: a full List every 10 ms would
-					// take CPU from the catch-up it measures.
+					// take CPU from the catch-up it measures. Every 100 ms,
+					// or once the executor ran them all, the executor's
+					// metrics (a gather reads every collector of the
+					// agent's registry, the process collector's /proc
+					// included) and what is still owed (Owing sorts it).
 					a := c.sites["rome"].agent
 					cat := a.Catalog()
-					held, owing := cat.Len(), len(cat.Owing())
-					// The executor's metrics every 50 ms: a gather reads
-					// every collector of the agent's registry.
-					if polls++; polls%5 == 0 || held == n && owing == 0 {
+					held, owing := cat.Len(), -1
+					if polls++; polls%10 == 0 || applied >= float64(n) {
 						applied, run = executorState(b, a.Node().Registry())
 						running = max(running, run)
+						if held == n {
+							owing = len(cat.Owing())
+						}
 					}
 					if held == n && synced == 0 {
 						synced = time.Since(back)
@@ -249,12 +255,16 @@ func jsonServerFloor(b *testing.B, n, clients int) (time.Duration, time.Duration
 
 // profileCatchUp writes a CPU profile of the catch-up alone (both agents
 // run in this process) to the file CHEOPS_CATCHUP_CPUPROFILE names, when
-// it names one; the returned function ends it.
+// it names one, with the repetition's number appended from the second on
+// (go tool pprof merges them); the returned function ends it.
 func profileCatchUp(b *testing.B) (stop func()) {
 	b.Helper()
 	path := os.Getenv("CHEOPS_CATCHUP_CPUPROFILE")
 	if path == "" {
 		return func() {}
+	}
+	if catchUpProfiles++; catchUpProfiles > 1 {
+		path += "." + strconv.Itoa(catchUpProfiles)
 	}
 	f, err := os.Create(path)
 	if err != nil {
@@ -271,6 +281,9 @@ func profileCatchUp(b *testing.B) (stop func()) {
 		}
 	}
 }
+
+// catchUpProfiles counts the catch-up profiles written by this process.
+var catchUpProfiles int
 
 // cpuOf is the CPU time process pid has used so far.
 func cpuOf(b *testing.B, pid int) time.Duration {

@@ -24,7 +24,17 @@ import (
 	"cheops/scope"
 )
 
-var logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+// logger is the agents' logger: warnings and errors, or the level
+// CHEOPS_TEST_LOG names (debug, info) to follow a test's agents.
+var logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: testLogLevel()}))
+
+func testLogLevel() slog.Level {
+	var l slog.Level
+	if l.UnmarshalText([]byte(os.Getenv("CHEOPS_TEST_LOG"))) != nil {
+		return slog.LevelWarn
+	}
+	return l
+}
 
 // app is one json-server instance: this site's copy of the application.
 type app struct {
