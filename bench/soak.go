@@ -161,11 +161,36 @@ func (c *Cluster) backstops(ctx context.Context) (map[string]float64, error) {
 // flowing: see wan.Network.CutOneWay).
 var soakShapes = []string{"halves", "alone", "flapping", "one-way"}
 
+// ShapesEnv names the environment variable that, set to a comma-separated
+// list of soakShapes, has the soak pick among those only (a look at one
+// shape: "flapping").
+const ShapesEnv = "CHEOPS_BENCH_SHAPES"
+
+// shapes are the soak's shapes, as ShapesEnv restricts them.
+func shapes() ([]string, error) {
+	v := os.Getenv(ShapesEnv)
+	if v == "" {
+		return soakShapes, nil
+	}
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); !slices.Contains(soakShapes, s) {
+			return nil, fmt.Errorf("%s: unknown shape %q (known: %v)", ShapesEnv, s, soakShapes)
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
 // RunSoak repeats cut, write, heal on one cluster of agent processes with
 // random cut shapes and the RTTs in turn; every repetition must converge.
 func RunSoak(ctx context.Context, env Env, opt SoakOptions) (*SoakResult, error) {
 	if len(env.Agents) > 0 {
 		return nil, errors.New("the soak cuts the network between sites, which only a local cluster allows; run it without --agents")
+	}
+	picks, err := shapes()
+	if err != nil {
+		return nil, err
 	}
 	res := &SoakResult{Options: opt, Setup: "agent processes on loopback, json-server behind each, links through user-space relays adding the RTT; default probe settings"}
 	var names []string
@@ -191,7 +216,7 @@ func RunSoak(ctx context.Context, env Env, opt SoakOptions) (*SoakResult, error)
 		if ctx.Err() != nil {
 			return res, ctx.Err()
 		}
-		run := SoakRun{Shape: soakShapes[rng.IntN(len(soakShapes))], RTT: opt.RTTs[rep%len(opt.RTTs)]}
+		run := SoakRun{Shape: picks[rng.IntN(len(picks))], RTT: opt.RTTs[rep%len(opt.RTTs)]}
 		c.Net.SetRTT(run.RTT)
 		err := w.soakRun(ctx, &run, names, opt)
 		if err != nil {

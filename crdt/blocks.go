@@ -558,10 +558,12 @@ func (e exchange) getMissing(ctx context.Context, want []cid.Cid) error {
 	}
 	var lastErr error = ipld.ErrNotFound{Cid: want[0]}
 	for _, p := range g.sources.first(want, g.connectedMembers()) {
-		if _, err := g.fetch(ctx, p, want); err != nil {
+		start := time.Now()
+		n, err := g.fetch(ctx, p, want)
+		if err != nil {
 			lastErr = err
-			g.m.log.Debug("fetch blocks", "group", g.name, "peer", p, "err", err)
 		}
+		g.m.log.Debug("fetch blocks", "group", g.name, "site", g.m.siteOf(p), "want", len(want), "stored", n, "took", time.Since(start), "err", err)
 		if want = g.missing(ctx, want); len(want) == 0 {
 			return nil
 		}
