@@ -536,8 +536,7 @@ func (e exchange) GetBlock(ctx context.Context, c cid.Cid) (blocks.Block, error)
 // asking the next member only for what is still missing.
 func (e exchange) getMissing(ctx context.Context, want []cid.Cid) error {
 	g := e.g
-	g.m.metrics.fetching.Inc()
-	defer g.m.metrics.fetching.Dec()
+	defer g.m.fetching()()
 	// A fetch in progress probably brings these blocks: wait for it.
 	for {
 		woken, ok := g.arrivals.wait(want)

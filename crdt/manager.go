@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	ds "github.com/ipfs/go-datastore"
@@ -54,6 +55,11 @@ type Manager struct {
 	// expected counts, per group name, the writes announced (Expect)
 	// and not arrived yet: *atomic.Int64.
 	expected sync.Map
+
+	// fetches counts the block fetches in progress in every group, and
+	// fetchEnded is when the last one ended (unix ns): see Merging.
+	fetches    atomic.Int64
+	fetchEnded atomic.Int64
 
 	// connected carries the members that connected (or lost one of
 	// their connections) to catchUpLoop.
@@ -197,6 +203,33 @@ func (m *Manager) enter() bool {
 
 // Unclean reports whether the previous run ended without Close.
 func (m *Manager) Unclean() bool { return m.unclean }
+
+// mergeQuiet is how long after the last block fetch ended the manager
+// still reports a merge: a walk of a DAG fetches, merges what came, then
+// fetches the next blocks below.
+const mergeQuiet = 50 * time.Millisecond
+
+// Merging reports whether some group is fetching blocks from a member, or
+// was within the last mergeQuiet: after a heal, the other side's writes
+// are being merged. Writes between connected members arrive whole and
+// fetch nothing; it is cheap (two atomic loads).
+func (m *Manager) Merging() bool {
+	if m.fetches.Load() > 0 {
+		return true
+	}
+	return time.Since(time.Unix(0, m.fetchEnded.Load())) < mergeQuiet
+}
+
+// fetching counts a block fetch until the function it returns is called.
+func (m *Manager) fetching() (done func()) {
+	m.metrics.fetching.Inc()
+	m.fetches.Add(1)
+	return func() {
+		m.fetchEnded.Store(time.Now().UnixNano())
+		m.fetches.Add(-1)
+		m.metrics.fetching.Dec()
+	}
+}
 
 func (m *Manager) registry(ctx context.Context) ([]registryEntry, error) {
 	res, err := m.cfg.Datastore.Query(ctx, query.Query{Prefix: registryPrefix.String()})
