@@ -508,6 +508,35 @@ func verifiedBlock(c cid.Cid, raw []byte) (blocks.Block, error) {
 	return blocks.NewBlockWithCid(raw, c)
 }
 
+// fetchReconnectWait bounds how long a fetch whose connection closed
+// waits for the member to connect again before it gives up on it: a
+// heal's redial takes a few round trips.
+const fetchReconnectWait = time.Second
+
+// reconnected waits, at most within, until p is connected, and reports
+// whether it is.
+func (m *Manager) reconnected(ctx context.Context, p peer.ID, within time.Duration) bool {
+	deadline := time.Now().Add(within)
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if ctx.Err() != nil || m.ctx.Err() != nil {
+			return false
+		}
+		if m.cfg.Host.Network().Connectedness(p) == network.Connected {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		select {
+		case <-ctx.Done():
+		case <-m.ctx.Done():
+		case <-t.C:
+		}
+	}
+}
+
 // missing returns the blocks of cids this group does not hold.
 func (g *Group) missing(ctx context.Context, cids []cid.Cid) []cid.Cid {
 	var out []cid.Cid
@@ -559,6 +588,18 @@ func (e exchange) getMissing(ctx context.Context, want []cid.Cid) error {
 	for _, p := range g.sources.first(want, g.connectedMembers()) {
 		start := time.Now()
 		n, err := g.fetch(ctx, p, want)
+		if errors.Is(err, network.ErrReset) && g.m.reconnected(ctx, p, fetchReconnectWait) {
+			// The stream the answer came on was reset (a heal closes
+			// the connections a cut stalled, under the fetches they
+			// carried) and the member is connected, still or again: ask
+			// it once more. go-ds-crdt drops a head whose walk failed,
+			// until a push or an anti-entropy round announces it again
+			// (340 ms after a heal at 80 ms RTT).
+			g.m.log.Debug("fetch blocks", "group", g.name, "site", g.m.siteOf(p), "want", len(want), "stored", n, "took", time.Since(start), "err", err, "again", true)
+			g.m.metrics.fetchRetries.Inc()
+			start = time.Now()
+			n, err = g.fetch(ctx, p, want)
+		}
 		if err != nil {
 			lastErr = err
 		}
