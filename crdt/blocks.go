@@ -231,6 +231,7 @@ func (m *Manager) serveBlocks(s network.Stream) {
 func (g *Group) fetch(ctx context.Context, p peer.ID, want []cid.Cid) (int, error) {
 	m := g.m
 	m.metrics.fetches.Inc()
+	m.fetchActive()
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.FetchTimeout)
 	defer cancel()
 	s, err := m.cfg.Host.NewStream(network.WithAllowLimitedConn(ctx, "crdt"), p, BlockProtocol)
@@ -272,6 +273,7 @@ func (g *Group) fetch(ctx context.Context, p peer.ID, want []cid.Cid) (int, erro
 		if err := g.blocks.PutMany(ctx, pending); err != nil {
 			return fmt.Errorf("store blocks: %w", err)
 		}
+		m.fetchActive()
 		for _, b := range pending {
 			g.arrivals.arrived(b.Cid())
 		}
@@ -565,7 +567,8 @@ func (e exchange) GetBlock(ctx context.Context, c cid.Cid) (blocks.Block, error)
 // asking the next member only for what is still missing.
 func (e exchange) getMissing(ctx context.Context, want []cid.Cid) error {
 	g := e.g
-	defer g.m.fetching()()
+	g.m.metrics.fetching.Inc()
+	defer g.m.metrics.fetching.Dec()
 	// A fetch in progress probably brings these blocks: wait for it.
 	for {
 		woken, ok := g.arrivals.wait(want)

@@ -56,10 +56,9 @@ type Manager struct {
 	// and not arrived yet: *atomic.Int64.
 	expected sync.Map
 
-	// fetches counts the block fetches in progress in every group, and
-	// fetchEnded is when the last one ended (unix ns): see Merging.
-	fetches    atomic.Int64
-	fetchEnded atomic.Int64
+	// fetchActivity is when a block fetch last started or stored blocks
+	// (unix ns): see Merging.
+	fetchActivity atomic.Int64
 
 	// connected carries the members that connected (or lost one of
 	// their connections) to catchUpLoop.
@@ -204,32 +203,23 @@ func (m *Manager) enter() bool {
 // Unclean reports whether the previous run ended without Close.
 func (m *Manager) Unclean() bool { return m.unclean }
 
-// mergeQuiet is how long after the last block fetch ended the manager
-// still reports a merge: a walk of a DAG fetches, merges what came, then
-// fetches the next blocks below.
+// mergeQuiet is how long after a block fetch started or stored blocks
+// the manager still reports a merge: a walk of a DAG fetches, merges what
+// came, then fetches the blocks below.
 const mergeQuiet = 50 * time.Millisecond
 
-// Merging reports whether some group is fetching blocks from a member, or
-// was within the last mergeQuiet: after a heal, the other side's writes
-// are being merged. Writes between connected members arrive whole and
-// fetch nothing; it is cheap (two atomic loads).
+// Merging reports whether some group started a block fetch or stored
+// fetched blocks within the last mergeQuiet: after a heal, the other
+// side's writes are being merged. A fetch hanging on a stalled
+// connection does not count (it brings nothing to merge), and writes
+// between connected members arrive whole and fetch nothing. It is cheap
+// (one atomic load).
 func (m *Manager) Merging() bool {
-	if m.fetches.Load() > 0 {
-		return true
-	}
-	return time.Since(time.Unix(0, m.fetchEnded.Load())) < mergeQuiet
+	return time.Since(time.Unix(0, m.fetchActivity.Load())) < mergeQuiet
 }
 
-// fetching counts a block fetch until the function it returns is called.
-func (m *Manager) fetching() (done func()) {
-	m.metrics.fetching.Inc()
-	m.fetches.Add(1)
-	return func() {
-		m.fetchEnded.Store(time.Now().UnixNano())
-		m.fetches.Add(-1)
-		m.metrics.fetching.Dec()
-	}
-}
+// fetchActive notes that a fetch started or stored blocks (Merging).
+func (m *Manager) fetchActive() { m.fetchActivity.Store(time.Now().UnixNano()) }
 
 func (m *Manager) registry(ctx context.Context) ([]registryEntry, error) {
 	res, err := m.cfg.Datastore.Query(ctx, query.Query{Prefix: registryPrefix.String()})
