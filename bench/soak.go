@@ -97,6 +97,8 @@ type SoakResult struct {
 	Runs         []SoakRun   `json:"runs"`
 	NotConverged int         `json:"not_converged"`
 	Setup        string      `json:"setup"`
+	// Shapes are the cut shapes repetitions were drawn from.
+	Shapes []string `json:"shapes"`
 	// Backstops sums, over every site at the end, what the repair
 	// mechanisms had to do (their counters in /metrics): a value above 0
 	// means the normal path lost or delayed something they caught.
@@ -192,7 +194,7 @@ func RunSoak(ctx context.Context, env Env, opt SoakOptions) (*SoakResult, error)
 	if err != nil {
 		return nil, err
 	}
-	res := &SoakResult{Options: opt, Setup: "agent processes on loopback, json-server behind each, links through user-space relays adding the RTT; default probe settings"}
+	res := &SoakResult{Options: opt, Shapes: picks, Setup: "agent processes on loopback, json-server behind each, links through user-space relays adding the RTT; default probe settings"}
 	var names []string
 	for i := range opt.Sites {
 		names = append(names, fmt.Sprintf("s%02d", i))
@@ -313,8 +315,12 @@ func (w *workload) soakRun(ctx context.Context, run *SoakRun, names []string, op
 // reconnecting; issue 13: applications agree ≤ 2 s after the heal on
 // loopback), the count of misses and the percentiles.
 func (r *SoakResult) Table(out io.Writer) {
+	shapes := r.Shapes
+	if len(shapes) == 0 {
+		shapes = soakShapes
+	}
 	fmt.Fprintf(out, "convergence soak: %d repetitions, %d sites, random cut shapes (%v), RTT in turn %v, %d writes each (%s)\n\n",
-		len(r.Runs), r.Options.Sites, soakShapes, r.Options.RTTs, r.Options.Writes, r.Setup)
+		len(r.Runs), r.Options.Sites, shapes, r.Options.RTTs, r.Options.Writes, r.Setup)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "rep\tshape\tRTT ms\towed\treconnected ms\t≤ 2 RTT + 300\tcatalog ms\tafter reconnect ms\t≤ 500 + 2 RTT\tapplied ms\t≤ 2000 (loopback)\tCPU/arrival µs\tconverged\t")
 	var rec, cat, after, app []time.Duration
