@@ -263,7 +263,10 @@ func (a *Agent) open(ctx context.Context) error {
 		a.data = append(a.data, d)
 		a.front = d
 	}
-	a.catchup, err = replica.StartRunner(replica.RunnerConfig{Catalog: a.catalog, Executor: a.forward.Executor(), Logger: a.cfg.Logger})
+	// Owed operations wait (bounded) while the catalog merges blocks
+	// from members, so that the merge has the CPU.
+	a.catchup, err = replica.StartRunner(replica.RunnerConfig{Catalog: a.catalog, Executor: a.forward.Executor(),
+		Merging: a.crdt.Merging, Logger: a.cfg.Logger})
 	return err
 }
 

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -41,6 +43,52 @@ type SoakRun struct {
 	Applied     time.Duration `json:"applied_ns"`
 	Converged   bool          `json:"converged"`
 	Failure     string        `json:"failure,omitempty"`
+	// Arrivals and CatalogCPU are ConvergenceRun's: what the catalogs
+	// lacked at the heal, and the agents' CPU until they agreed.
+	Arrivals   int           `json:"arrivals,omitempty"`
+	CatalogCPU time.Duration `json:"catalog_cpu_ns,omitempty"`
+}
+
+// AfterReconnect is how long the catalogs took to agree once every site
+// saw every other up again.
+func (r SoakRun) AfterReconnect() time.Duration { return max(0, r.Catalog-r.Reconnected) }
+
+// cpuPerArrival is the agents' CPU until the catalogs agreed per arrival
+// (0 when unknown).
+func (r SoakRun) cpuPerArrival() time.Duration {
+	if r.Arrivals == 0 {
+		return 0
+	}
+	return r.CatalogCPU / time.Duration(r.Arrivals)
+}
+
+// soakVerdicts are a repetition against issue 18's and issue 13's bounds
+// (convergenceTargets); the applications' 2 s holds on loopback only.
+type soakVerdicts struct{ reconnect, catalog, applied verdict }
+
+// verdict is one repetition against one target: judged says whether the
+// target applies at all.
+type verdict struct {
+	got, target time.Duration
+	judged, met bool
+}
+
+func (v verdict) String() string {
+	switch {
+	case !v.judged:
+		return "-"
+	case v.met:
+		return "met"
+	}
+	return "MISSED"
+}
+
+func (r SoakRun) verdicts() soakVerdicts {
+	tRec, tCat, tApp := convergenceTargets(r.RTT)
+	judge := func(got, target time.Duration) verdict {
+		return verdict{got: got, target: target, judged: r.Converged && target >= 0, met: got <= target}
+	}
+	return soakVerdicts{reconnect: judge(r.Reconnected, tRec), catalog: judge(r.AfterReconnect(), tCat), applied: judge(r.Applied, tApp)}
 }
 
 // SoakResult is the report of the soak mode.
@@ -49,6 +97,8 @@ type SoakResult struct {
 	Runs         []SoakRun   `json:"runs"`
 	NotConverged int         `json:"not_converged"`
 	Setup        string      `json:"setup"`
+	// Shapes are the cut shapes repetitions were drawn from.
+	Shapes []string `json:"shapes"`
 	// Backstops sums, over every site at the end, what the repair
 	// mechanisms had to do (their counters in /metrics): a value above 0
 	// means the normal path lost or delayed something they caught.
@@ -108,9 +158,31 @@ func (c *Cluster) backstops(ctx context.Context) (map[string]float64, error) {
 
 // soakShapes are the cuts a repetition picks from: two random halves;
 // one random site alone; flapping (halves cut, healed for 300 ms, cut
-// again, each time with writes, before the final heal). A one-way cut is
-// not among them: the emulated WAN stalls both directions of a link.
-var soakShapes = []string{"halves", "alone", "flapping"}
+// again, each time with writes, before the final heal); one-way (halves,
+// the bytes of one half to the other dropped, the other direction
+// flowing: see wan.Network.CutOneWay).
+var soakShapes = []string{"halves", "alone", "flapping", "one-way"}
+
+// ShapesEnv names the environment variable that, set to a comma-separated
+// list of soakShapes, has the soak pick among those only (a look at one
+// shape: "flapping").
+const ShapesEnv = "CHEOPS_BENCH_SHAPES"
+
+// shapes are the soak's shapes, as ShapesEnv restricts them.
+func shapes() ([]string, error) {
+	v := os.Getenv(ShapesEnv)
+	if v == "" {
+		return soakShapes, nil
+	}
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); !slices.Contains(soakShapes, s) {
+			return nil, fmt.Errorf("%s: unknown shape %q (known: %v)", ShapesEnv, s, soakShapes)
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
 
 // RunSoak repeats cut, write, heal on one cluster of agent processes with
 // random cut shapes and the RTTs in turn; every repetition must converge.
@@ -118,16 +190,22 @@ func RunSoak(ctx context.Context, env Env, opt SoakOptions) (*SoakResult, error)
 	if len(env.Agents) > 0 {
 		return nil, errors.New("the soak cuts the network between sites, which only a local cluster allows; run it without --agents")
 	}
-	res := &SoakResult{Options: opt, Setup: "agent processes on loopback, json-server behind each, links through user-space relays adding the RTT; default probe settings"}
+	picks, err := shapes()
+	if err != nil {
+		return nil, err
+	}
+	res := &SoakResult{Options: opt, Shapes: picks, Setup: "agent processes on loopback, json-server behind each, links through user-space relays adding the RTT; default probe settings"}
 	var names []string
 	for i := range opt.Sites {
 		names = append(names, fmt.Sprintf("s%02d", i))
 	}
-	c, err := StartCluster(ctx, ClusterOptions{Binary: env.Binary, Sites: names, Dir: filepath.Join(env.Dir, "soak"), RTT: opt.RTTs[0], Log: env.Log})
+	c, err := StartCluster(ctx, ClusterOptions{Binary: env.Binary, Sites: names, Dir: filepath.Join(env.Dir, "soak"), RTT: opt.RTTs[0], Log: env.Log,
+		AgentArgs: strings.Fields(os.Getenv(AgentArgsEnv))})
 	if err != nil {
 		return res, err
 	}
 	defer c.Close()
+	defer keepMetrics(ctx, c, "soak-")
 	rng := rand.New(rand.NewPCG(opt.Seed, uint64(opt.Sites)))
 	w := &workload{c: c, rng: rng, log: env.Log}
 	if _, _, err := w.writeCounted(ctx, opt.Resources, 1.0, names); err != nil {
@@ -140,7 +218,7 @@ func RunSoak(ctx context.Context, env Env, opt SoakOptions) (*SoakResult, error)
 		if ctx.Err() != nil {
 			return res, ctx.Err()
 		}
-		run := SoakRun{Shape: soakShapes[rng.IntN(len(soakShapes))], RTT: opt.RTTs[rep%len(opt.RTTs)]}
+		run := SoakRun{Shape: picks[rng.IntN(len(picks))], RTT: opt.RTTs[rep%len(opt.RTTs)]}
 		c.Net.SetRTT(run.RTT)
 		err := w.soakRun(ctx, &run, names, opt)
 		if err != nil {
@@ -154,7 +232,8 @@ func RunSoak(ctx context.Context, env Env, opt SoakOptions) (*SoakResult, error)
 			run.Converged = true
 		}
 		env.Log.Info("soak run", "rep", rep+1, "shape", run.Shape, "rtt", run.RTT, "owed", run.Owed,
-			"reconnected", run.Reconnected, "catalog", run.Catalog, "applied", run.Applied, "converged", run.Converged)
+			"reconnected", run.Reconnected, "catalog", run.Catalog, "after reconnect", run.AfterReconnect(), "applied", run.Applied,
+			"converged", run.Converged, "arrivals", run.Arrivals, "catalog CPU", run.CatalogCPU)
 		res.Runs = append(res.Runs, run)
 	}
 	b, err := c.backstops(ctx)
@@ -194,7 +273,11 @@ func (w *workload) soakRun(ctx context.Context, run *SoakRun, names []string, op
 		wg.Wait()
 		return errors.Join(errs[0], errs[1])
 	}
-	w.c.Net.Cut(side1, side2)
+	if run.Shape == "one-way" {
+		w.c.Net.CutOneWay(side1, side2)
+	} else {
+		w.c.Net.Cut(side1, side2)
+	}
 	if err := w.c.WaitStates(ctx, time.Minute, side1, side2, "down"); err != nil {
 		return err
 	}
@@ -223,21 +306,32 @@ func (w *workload) soakRun(ctx context.Context, run *SoakRun, names []string, op
 	run.Owed = owed
 	t, err := w.healAndTime(ctx, names, opt.Deadline, opt.Deadline, opt.Deadline)
 	run.Reconnected, run.Catalog, run.Applied = t.reconnected, t.catalog, t.applied
+	run.Arrivals, run.CatalogCPU = t.arrivals, t.catalogCPU
 	return err
 }
 
-// Table prints every repetition and the percentiles, beside the target:
-// every repetition converges.
+// Table prints every repetition beside the targets (issue 18: reconnected
+// ≤ 2 RTT + 0.3 s after the heal, catalogs agree ≤ 0.5 s + 2 RTT after
+// reconnecting; issue 13: applications agree ≤ 2 s after the heal on
+// loopback), the count of misses and the percentiles.
 func (r *SoakResult) Table(out io.Writer) {
+	shapes := r.Shapes
+	if len(shapes) == 0 {
+		shapes = soakShapes
+	}
 	fmt.Fprintf(out, "convergence soak: %d repetitions, %d sites, random cut shapes (%v), RTT in turn %v, %d writes each (%s)\n\n",
-		len(r.Runs), r.Options.Sites, soakShapes, r.Options.RTTs, r.Options.Writes, r.Setup)
+		len(r.Runs), r.Options.Sites, shapes, r.Options.RTTs, r.Options.Writes, r.Setup)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "rep\tshape\tRTT ms\towed\treconnected ms\tcatalog ms\tapplied ms\tconverged\t")
-	var rec, cat, app []time.Duration
+	fmt.Fprintln(tw, "rep\tshape\tRTT ms\towed\treconnected ms\t≤ 2 RTT + 300\tcatalog ms\tafter reconnect ms\t≤ 500 + 2 RTT\tapplied ms\t≤ 2000 (loopback)\tCPU/arrival µs\tconverged\t")
+	var rec, cat, after, app []time.Duration
 	for i, run := range r.Runs {
-		fmt.Fprintf(tw, "%d\t%s\t%.0f\t%d\t%.0f\t%.0f\t%.0f\t%v\t\n", i+1, run.Shape, ms(run.RTT), run.Owed, ms(run.Reconnected), ms(run.Catalog), ms(run.Applied), run.Converged)
+		v := run.verdicts()
+		fmt.Fprintf(tw, "%d\t%s\t%.0f\t%d\t%.0f\t%s\t%.0f\t%.0f\t%s\t%.0f\t%s\t%.0f\t%v\t\n", i+1, run.Shape, ms(run.RTT), run.Owed,
+			ms(run.Reconnected), v.reconnect, ms(run.Catalog), ms(run.AfterReconnect()), v.catalog, ms(run.Applied), v.applied,
+			float64(run.cpuPerArrival())/float64(time.Microsecond), run.Converged)
 		if run.Converged {
 			rec, cat, app = append(rec, run.Reconnected), append(cat, run.Catalog), append(app, run.Applied)
+			after = append(after, run.AfterReconnect())
 		}
 	}
 	tw.Flush()
@@ -247,8 +341,30 @@ func (r *SoakResult) Table(out io.Writer) {
 	for _, row := range []struct {
 		name string
 		ds   []time.Duration
-	}{{"reconnected", rec}, {"catalogs agree", cat}, {"applications agree", app}} {
+	}{{"reconnected", rec}, {"catalogs agree", cat}, {"  of which after reconnect", after}, {"applications agree", app}} {
 		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.0f\t\n", row.name, ms(percentile(row.ds, 50)), ms(percentile(row.ds, 99)), ms(percentile(row.ds, 100)))
+	}
+	tw.Flush()
+	fmt.Fprintln(out, "\ntargets met per repetition, by shape (met/judged)")
+	tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "shape\treps\treconnected ≤ 2 RTT + 300\tcatalogs after reconnect ≤ 500 + 2 RTT\tapplications ≤ 2000 (loopback)\t")
+	for _, shape := range append(slices.Clone(soakShapes), "all") {
+		var n int
+		var rows [3]metCount
+		for _, run := range r.Runs {
+			if shape != "all" && run.Shape != shape {
+				continue
+			}
+			n++
+			v := run.verdicts()
+			for i, x := range []verdict{v.reconnect, v.catalog, v.applied} {
+				rows[i].add(x)
+			}
+		}
+		if n == 0 {
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t\n", shape, n, rows[0], rows[1], rows[2])
 	}
 	tw.Flush()
 	if len(r.Backstops) > 0 {
@@ -263,15 +379,52 @@ func (r *SoakResult) Table(out io.Writer) {
 			fmt.Fprintf(out, "  rep %d (%s, %.0f ms): %s\n", i+1, run.Shape, ms(run.RTT), run.Failure)
 		}
 	}
+	if missed := r.Missed(); len(missed) > 0 {
+		fmt.Fprintf(out, "targets missed: %d\n", len(missed))
+	} else {
+		fmt.Fprintln(out, "targets missed: none")
+	}
+}
+
+// metCount counts the repetitions that met a target among those judged.
+type metCount struct{ met, judged int }
+
+func (t *metCount) add(v verdict) {
+	if v.judged {
+		t.judged++
+		if v.met {
+			t.met++
+		}
+	}
+}
+
+func (t metCount) String() string {
+	if t.judged == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%d/%d", t.met, t.judged)
 }
 
 // Plot: the soak's figures are its table.
 func (r *SoakResult) Plot(string, string) ([]string, error) { return nil, nil }
 
-// Missed lists the targets this run missed (for --strict).
+// Missed lists the targets this run missed (for --strict): a repetition
+// that did not converge, and every repetition's miss of a bound.
 func (r *SoakResult) Missed() []string {
+	var out []string
 	if r.NotConverged > 0 {
-		return []string{fmt.Sprintf("%d of %d repetitions did not converge", r.NotConverged, len(r.Runs))}
+		out = append(out, fmt.Sprintf("%d of %d repetitions did not converge", r.NotConverged, len(r.Runs)))
 	}
-	return nil
+	for i, run := range r.Runs {
+		v := run.verdicts()
+		for _, m := range []struct {
+			name string
+			v    verdict
+		}{{"reconnected", v.reconnect}, {"catalogs after reconnect", v.catalog}, {"applications after heal", v.applied}} {
+			if m.v.judged && !m.v.met {
+				out = append(out, fmt.Sprintf("rep %d (%s, %.0f ms RTT): %s %.0f ms > %.0f ms", i+1, run.Shape, ms(run.RTT), m.name, ms(m.v.got), ms(m.v.target)))
+			}
+		}
+	}
+	return out
 }

@@ -231,6 +231,7 @@ func (m *Manager) serveBlocks(s network.Stream) {
 func (g *Group) fetch(ctx context.Context, p peer.ID, want []cid.Cid) (int, error) {
 	m := g.m
 	m.metrics.fetches.Inc()
+	m.fetchActive()
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.FetchTimeout)
 	defer cancel()
 	s, err := m.cfg.Host.NewStream(network.WithAllowLimitedConn(ctx, "crdt"), p, BlockProtocol)
@@ -272,6 +273,7 @@ func (g *Group) fetch(ctx context.Context, p peer.ID, want []cid.Cid) (int, erro
 		if err := g.blocks.PutMany(ctx, pending); err != nil {
 			return fmt.Errorf("store blocks: %w", err)
 		}
+		m.fetchActive()
 		for _, b := range pending {
 			g.arrivals.arrived(b.Cid())
 		}
@@ -508,6 +510,35 @@ func verifiedBlock(c cid.Cid, raw []byte) (blocks.Block, error) {
 	return blocks.NewBlockWithCid(raw, c)
 }
 
+// fetchReconnectWait bounds how long a fetch whose connection closed
+// waits for the member to connect again before it gives up on it: a
+// heal's redial takes a few round trips.
+const fetchReconnectWait = time.Second
+
+// reconnected waits, at most within, until p is connected, and reports
+// whether it is.
+func (m *Manager) reconnected(ctx context.Context, p peer.ID, within time.Duration) bool {
+	deadline := time.Now().Add(within)
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if ctx.Err() != nil || m.ctx.Err() != nil {
+			return false
+		}
+		if m.cfg.Host.Network().Connectedness(p) == network.Connected {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		select {
+		case <-ctx.Done():
+		case <-m.ctx.Done():
+		case <-t.C:
+		}
+	}
+}
+
 // missing returns the blocks of cids this group does not hold.
 func (g *Group) missing(ctx context.Context, cids []cid.Cid) []cid.Cid {
 	var out []cid.Cid
@@ -558,10 +589,24 @@ func (e exchange) getMissing(ctx context.Context, want []cid.Cid) error {
 	}
 	var lastErr error = ipld.ErrNotFound{Cid: want[0]}
 	for _, p := range g.sources.first(want, g.connectedMembers()) {
-		if _, err := g.fetch(ctx, p, want); err != nil {
-			lastErr = err
-			g.m.log.Debug("fetch blocks", "group", g.name, "peer", p, "err", err)
+		start := time.Now()
+		n, err := g.fetch(ctx, p, want)
+		if errors.Is(err, network.ErrReset) && g.m.reconnected(ctx, p, fetchReconnectWait) {
+			// The stream the answer came on was reset (a heal closes
+			// the connections a cut stalled, under the fetches they
+			// carried) and the member is connected, still or again: ask
+			// it once more. go-ds-crdt drops a head whose walk failed,
+			// until a push or an anti-entropy round announces it again
+			// (340 ms after a heal at 80 ms RTT).
+			g.m.log.Debug("fetch blocks", "group", g.name, "site", g.m.siteOf(p), "want", len(want), "stored", n, "took", time.Since(start), "err", err, "again", true)
+			g.m.metrics.fetchRetries.Inc()
+			start = time.Now()
+			n, err = g.fetch(ctx, p, want)
 		}
+		if err != nil {
+			lastErr = err
+		}
+		g.m.log.Debug("fetch blocks", "group", g.name, "site", g.m.siteOf(p), "want", len(want), "stored", n, "took", time.Since(start), "err", err)
 		if want = g.missing(ctx, want); len(want) == 0 {
 			return nil
 		}

@@ -363,3 +363,44 @@ func TestHealSendsLittleBranchyHistory(t *testing.T) {
 		t.Fatalf("%.0f blocks received that the receiver held (of %d shared): the server walked past the split point", got, 3*perSite)
 	}
 }
+
+// TestFetchResetAtTheHealIsAskedAgain: a block request whose stream is
+// reset under it (at a heal, the connection the cut stalled closes under
+// the fetches it carried) is sent again at once to the member, connected
+// still or again, instead of failing the walk: go-ds-crdt drops a head
+// whose walk failed, and nothing periodic brings it back within the test.
+func TestFetchResetAtTheHealIsAskedAgain(t *testing.T) {
+	n := newNet(t, "a", "b")
+	n.tune = healTune
+	n.startAll("a", "b")
+	a, b := n.sites["a"], n.sites["b"]
+	ctx := context.Background()
+	ab := []string{"a", "b"}
+	if err := a.m.Put(ctx, ab, "/before", []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "b has /before", func() error { return hasValue(b, ab, "/before", "1") })
+	n.partition([]string{"a"}, []string{"b"})
+	for i := range 5 {
+		if err := b.m.Put(ctx, ab, fmt.Sprintf("/during%d", i), []byte("2")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// b resets the first block request it gets.
+	var resets atomic.Int64
+	b.host.SetStreamHandler(BlockProtocol, func(s network.Stream) {
+		if resets.CompareAndSwap(0, 1) {
+			_ = s.Reset()
+			return
+		}
+		b.m.serveBlocks(s)
+	})
+	n.heal([]string{"a"}, []string{"b"})
+	eventually(t, 10*time.Second, "a has b's writes", func() error { return hasValue(a, ab, "/during4", "2") })
+	if resets.Load() != 1 {
+		t.Fatal("no block request was reset: the test did not test")
+	}
+	if got := counterValue(a.m.metrics.fetchRetries); got != 1 {
+		t.Fatalf("%v fetches asked again, want 1", got)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	ds "github.com/ipfs/go-datastore"
@@ -54,6 +55,10 @@ type Manager struct {
 	// expected counts, per group name, the writes announced (Expect)
 	// and not arrived yet: *atomic.Int64.
 	expected sync.Map
+
+	// fetchActivity is when a block fetch last started or stored blocks
+	// (unix ns): see Merging.
+	fetchActivity atomic.Int64
 
 	// connected carries the members that connected (or lost one of
 	// their connections) to catchUpLoop.
@@ -197,6 +202,24 @@ func (m *Manager) enter() bool {
 
 // Unclean reports whether the previous run ended without Close.
 func (m *Manager) Unclean() bool { return m.unclean }
+
+// mergeQuiet is how long after a block fetch started or stored blocks
+// the manager still reports a merge: a walk of a DAG fetches, merges what
+// came, then fetches the blocks below.
+const mergeQuiet = 50 * time.Millisecond
+
+// Merging reports whether some group started a block fetch or stored
+// fetched blocks within the last mergeQuiet: after a heal, the other
+// side's writes are being merged. A fetch hanging on a stalled
+// connection does not count (it brings nothing to merge), and writes
+// between connected members arrive whole and fetch nothing. It is cheap
+// (one atomic load).
+func (m *Manager) Merging() bool {
+	return time.Since(time.Unix(0, m.fetchActivity.Load())) < mergeQuiet
+}
+
+// fetchActive notes that a fetch started or stored blocks (Merging).
+func (m *Manager) fetchActive() { m.fetchActivity.Store(time.Now().UnixNano()) }
 
 func (m *Manager) registry(ctx context.Context) ([]registryEntry, error) {
 	res, err := m.cfg.Datastore.Query(ctx, query.Query{Prefix: registryPrefix.String()})

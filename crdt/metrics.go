@@ -16,6 +16,7 @@ type metrics struct {
 	repairs                prometheus.Counter
 	repairFailures         prometheus.Counter
 	fetches                prometheus.Counter
+	fetchRetries           prometheus.Counter
 	fetching               prometheus.Gauge
 	digestMismatches       prometheus.Counter
 	lagRepairs             prometheus.Counter
@@ -54,6 +55,7 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 		repairs:        counter("repairs_total", "DAG repairs completed (after an unclean stop or a failed walk)."),
 		repairFailures: counter("repair_failures_total", "DAG repairs that failed and will be retried."),
 		fetches:        counter("fetches_total", "Block requests sent to members."),
+		fetchRetries:   counter("fetch_retries_total", "Block requests sent again to a member on a new connection after the one they went on closed under them (a heal)."),
 		digestMismatches: prometheus.NewCounter(prometheus.CounterOpts{Name: "cheops_crdt_digest_mismatches_total",
 			Help: "Anti-entropy rounds in which a shared group's heads differed (heads then pushed both ways)."}),
 		lagRepairs: prometheus.NewCounter(prometheus.CounterOpts{Name: "cheops_crdt_lag_repairs_total",
@@ -86,7 +88,7 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 			Help:    "Time from a key's change in a group's store to its delivery to the watchers (the catalog's view): how far the view lags behind the store.",
 			Buckets: []float64{0.001, 0.005, 0.02, 0.1, 0.5, 1, 2, 5, 10}}),
 	}
-	reg.MustRegister(x.digestMismatches, x.lagRepairs, x.refused, x.malformed, x.repairs, x.repairFailures, x.fetches, x.fetching,
+	reg.MustRegister(x.digestMismatches, x.lagRepairs, x.refused, x.malformed, x.repairs, x.repairFailures, x.fetches, x.fetchRetries, x.fetching,
 		x.blocksFetched, x.duplicateBlocks, x.blocksSent, x.headsPushed, x.broadcasts, x.linkDrops, x.linkResends, x.pushesCoalesced, x.wakes, x.sleeps, x.commits, x.committedWrites, x.digestRounds,
 		x.broadcastBytesSent, x.inlineBlocksSent, x.inlineBlocksReceived, x.broadcastBytesReceived,
 		x.blockBytesSent, x.blockBytesReceived, x.lastSync, x.changeDelay, groupCollector{m})

@@ -277,16 +277,20 @@ func (n *Node) disconnectedFrom(p peer.ID) {
 }
 
 // lostConnectionLocked asks for a probe round now when a site this node
-// holds suspect or down has lost its last connection with it (connected
-// false) and no probe of it runs: at a heal, the connection the cut
-// stalled closes (under the probe that was waiting on it), and the site
-// is dialled again at once instead of at the loop's next tick (down) or
-// its next round (suspect: up to ProbeInterval times the health
-// multiplier). Only a connection that was open asks: a failed dial never
-// does, so a site that refuses is not dialled in a loop, and its redial
-// delay still holds (ping).
+// has reached has lost its last connection with it (connected false) and
+// no probe of it runs: at a heal, the connection the cut stalled closes
+// (under the probe that was waiting on it), and the site is dialled
+// again at once instead of at the loop's next tick (down) or its next
+// round (up or suspect: up to ProbeInterval times the health
+// multiplier). An up site counts too: a cut shorter than the probes
+// take to notice it (a flapping link) leaves the site up, and nothing
+// else dials it (the catalog's links never dial): its catalog groups
+// waited 0.7 s for the next round after such a heal, with every member
+// up. Only a connection that was open asks: a failed dial never does, so
+// a site that refuses is not dialled in a loop, and its redial delay
+// still holds (ping).
 func (n *Node) lostConnectionLocked(ps *peerState, connected bool) {
-	if connected || ps.inflight || ps.state() == scope.Up || ps.state() == scope.Unknown {
+	if connected || ps.inflight || ps.state() == scope.Unknown {
 		return
 	}
 	n.stats.lostRetries.Add(1)

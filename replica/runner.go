@@ -34,7 +34,17 @@ type RunnerConfig struct {
 	// operations themselves.
 	FlushEvery    time.Duration
 	MaxFlushDelay time.Duration
-	Logger        *slog.Logger
+	// Merging, when set, reports whether the catalog's store is fetching
+	// and merging blocks from other members (after a heal: the other
+	// side's writes). While it does, the workers hold the owed operations
+	// back, for at most MaxHold (400 ms) in a row, and again only once it
+	// has reported false: on a shared machine the operations (the agent's
+	// requests and the application's work, then the outcomes every member
+	// merges) took the CPU the merge needed, and the catalogs agreed
+	// hundreds of milliseconds later.
+	Merging func() bool
+	MaxHold time.Duration
+	Logger  *slog.Logger
 }
 
 // Runner executes, through the executor, the operations the catalog says
@@ -77,7 +87,19 @@ type Runner struct {
 	busy      int // resources running
 	queuedOps int // owed operations of the resources in ready
 	closed    bool
+
+	hold holdGate
 }
+
+// holdGate holds the workers while the store merges (RunnerConfig.Merging).
+type holdGate struct {
+	mu    sync.Mutex
+	since time.Time // when the hold began (zero: none)
+	spent bool      // the hold reached MaxHold: none until merging ends
+}
+
+// holdPoll is how often a held worker asks whether the merge goes on.
+const holdPoll = 5 * time.Millisecond
 
 // task is a resource in the runner's hands.
 type task struct {
@@ -151,6 +173,9 @@ func StartRunner(cfg RunnerConfig) (*Runner, error) {
 	}
 	if cfg.MaxFlushDelay < cfg.FlushEvery {
 		cfg.MaxFlushDelay = max(100*time.Millisecond, cfg.FlushEvery)
+	}
+	if cfg.MaxHold <= 0 {
+		cfg.MaxHold = 400 * time.Millisecond
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -332,6 +357,7 @@ func (r *Runner) worker() {
 		if !ok {
 			return
 		}
+		r.waitMerge(r.ctx)
 		r.run(t)
 	}
 }
@@ -388,6 +414,58 @@ func (r *Runner) run(t *task) {
 		}
 		res = fresh
 	}
+}
+
+// waitMerge returns once the store is not merging (RunnerConfig.Merging),
+// the hold began MaxHold ago, or the runner closes. A hold that reached
+// its bound lets every worker through until the store stops merging.
+func (r *Runner) waitMerge(ctx context.Context) {
+	if r.cfg.Merging == nil {
+		return
+	}
+	g := &r.hold
+	for {
+		merging := r.cfg.Merging()
+		g.mu.Lock()
+		now := time.Now()
+		if !merging {
+			if !g.since.IsZero() && !g.spent {
+				r.log.Info("held the owed operations while the catalog merged", "held", now.Sub(g.since))
+			}
+			g.since, g.spent = time.Time{}, false
+			g.mu.Unlock()
+			return
+		}
+		if g.spent {
+			g.mu.Unlock()
+			return
+		}
+		if g.since.IsZero() {
+			g.since = now
+		}
+		left := r.cfg.MaxHold - now.Sub(g.since)
+		if left <= 0 {
+			g.spent = true
+			r.log.Info("held the owed operations while the catalog merged: bound reached", "held", now.Sub(g.since))
+			g.mu.Unlock()
+			return
+		}
+		g.mu.Unlock()
+		t := time.NewTimer(min(holdPoll, left))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// holding reports whether the workers are held now.
+func (r *Runner) holding() bool {
+	r.hold.mu.Lock()
+	defer r.hold.mu.Unlock()
+	return !r.hold.since.IsZero() && !r.hold.spent
 }
 
 func signal(ch chan struct{}) {

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -305,4 +306,73 @@ func TestTransientFailureRetriedWithoutARescan(t *testing.T) {
 	if len(writes) != 2 {
 		t.Fatalf("writes %v, want the create and the update once each", writes)
 	}
+}
+
+// TestOwedOperationsWaitForTheMerge: while the store reports a merge in
+// progress (after a heal, the other side's blocks), the owed operations
+// wait, and run as soon as it ends.
+func TestOwedOperationsWaitForTheMerge(t *testing.T) {
+	app := &callLog{memApp: newMemApp()}
+	cat, x := owedHere(t, app)
+	var merging atomic.Bool
+	merging.Store(true)
+	owe(t, cat, catalog.NewID(time.Unix(1000, 0)), "held", 1)
+	r, err := StartRunner(RunnerConfig{Catalog: cat, Executor: x, Rescan: time.Hour, Merging: merging.Load, MaxHold: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	testkit.Eventually(t, 5*time.Second, "the runner holding", func() error {
+		if !r.holding() {
+			return errors.New("not holding")
+		}
+		return nil
+	})
+	// Held: a worker took the resource, and polls the merge a few
+	// times without running anything.
+	for range 10 {
+		time.Sleep(holdPoll)
+		if calls := app.calls(); len(calls) > 0 {
+			t.Fatalf("owed operations ran during the merge: %v", calls)
+		}
+	}
+	merging.Store(false)
+	testkit.Eventually(t, 5*time.Second, "the owed operations recorded", func() error {
+		if owing := cat.Owing(); len(owing) > 0 {
+			return fmt.Errorf("rome still owes on %v (calls %v)", owing, app.calls())
+		}
+		return nil
+	})
+}
+
+// TestHoldIsBounded: a merge that never ends holds the owed operations
+// MaxHold, not longer; then they run while it goes on.
+func TestHoldIsBounded(t *testing.T) {
+	app := &callLog{memApp: newMemApp()}
+	cat, x := owedHere(t, app)
+	owe(t, cat, catalog.NewID(time.Unix(1000, 0)), "first", 1)
+	r, err := StartRunner(RunnerConfig{Catalog: cat, Executor: x, Rescan: time.Hour,
+		Merging: func() bool { return true }, MaxHold: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	testkit.Eventually(t, 5*time.Second, "the owed operations recorded", func() error {
+		if owing := cat.Owing(); len(owing) > 0 {
+			return fmt.Errorf("rome still owes on %v (calls %v)", owing, app.calls())
+		}
+		return nil
+	})
+	// The bound spent, more owed operations run at once: the hold
+	// comes back only once the merge ended.
+	owe(t, cat, catalog.NewID(time.Unix(2000, 0)), "second", 1)
+	testkit.Eventually(t, 5*time.Second, "the second resource's operations recorded", func() error {
+		if owing := cat.Owing(); len(owing) > 0 {
+			return fmt.Errorf("rome still owes on %v", owing)
+		}
+		if r.holding() {
+			return errors.New("holding again")
+		}
+		return nil
+	})
 }

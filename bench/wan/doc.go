@@ -10,7 +10,10 @@
 // set between the two sites, in both directions. A cut between two sites
 // stalls their links, as dropped packets would: nothing crosses, new
 // connections hang; on heal, links that stalled are closed (their TCP
-// connections would have timed out) and new ones flow.
+// connections would have timed out) and new ones flow. A one-way cut
+// drops the bytes of one direction only: open links go on carrying the
+// other (a site keeps hearing a peer it cannot answer), new connections
+// hang.
 //
 // Only connections through the relays are shaped; a client on 127.0.0.1
 // (a benchmark driver, a user's curl) reaches sites without delay.

@@ -19,7 +19,7 @@ type Network struct {
 	mu      sync.Mutex
 	byIP    map[string]string // site address → site name
 	delay   map[pair]time.Duration
-	cuts    map[pair]chan struct{} // closed on heal
+	cuts    map[direction]chan struct{} // closed on heal
 	relays  []net.Listener
 	links   map[*link]struct{}
 	closed  bool
@@ -28,6 +28,9 @@ type Network struct {
 
 // pair is an unordered pair of sites.
 type pair struct{ a, b string }
+
+// direction is traffic from one site to another.
+type direction struct{ from, to string }
 
 func pairOf(a, b string) pair {
 	if a > b {
@@ -42,7 +45,7 @@ func New(log *slog.Logger) *Network {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	return &Network{log: log.With("component", "wan"), byIP: map[string]string{}, delay: map[pair]time.Duration{},
-		cuts: map[pair]chan struct{}{}, links: map[*link]struct{}{}}
+		cuts: map[direction]chan struct{}{}, links: map[*link]struct{}{}}
 }
 
 // SiteAddr is the loopback address site number i (from 0) listens on and
@@ -108,14 +111,31 @@ func (n *Network) SetRTT(rtt time.Duration) {
 func (n *Network) Cut(side1, side2 []string) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	for _, a := range side1 {
-		for _, b := range side2 {
-			if p := pairOf(a, b); n.cuts[p] == nil {
-				n.cuts[p] = make(chan struct{})
+	n.cutLocked(side1, side2)
+	n.cutLocked(side2, side1)
+	n.log.Info("cut", "side1", side1, "side2", side2)
+}
+
+// CutOneWay stops the traffic from every site of from to every site of
+// to until Heal; the other direction flows. A link that was open goes on
+// carrying bytes from to to from while the bytes the other way are
+// dropped; a new connection either way hangs, its handshake needing
+// both directions.
+func (n *Network) CutOneWay(from, to []string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.cutLocked(from, to)
+	n.log.Info("cut one way", "from", from, "to", to)
+}
+
+func (n *Network) cutLocked(from, to []string) {
+	for _, a := range from {
+		for _, b := range to {
+			if d := (direction{a, b}); n.cuts[d] == nil {
+				n.cuts[d] = make(chan struct{})
 			}
 		}
 	}
-	n.log.Info("cut", "side1", side1, "side2", side2)
 }
 
 // Heal lifts every cut.
@@ -148,13 +168,23 @@ func (n *Network) Close() error {
 	return nil
 }
 
-// state returns the one-way delay between two sites and, when they are
-// cut apart, a channel closed on heal.
+// state returns the one-way delay between two sites and, when the
+// traffic from a to b is cut, a channel closed on heal.
 func (n *Network) state(a, b string) (time.Duration, chan struct{}) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	p := pairOf(a, b)
-	return n.delay[p], n.cuts[p]
+	return n.delay[pairOf(a, b)], n.cuts[direction{a, b}]
+}
+
+// handshake returns, when either direction between a and b is cut, a
+// channel closed on heal: a new connection needs both.
+func (n *Network) handshake(a, b string) chan struct{} {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if c := n.cuts[direction{a, b}]; c != nil {
+		return c
+	}
+	return n.cuts[direction{b, a}]
 }
 
 func (n *Network) serve(l net.Listener, site, target string) {
@@ -219,7 +249,7 @@ func (lk *link) run(target string) {
 	}()
 	// A connection opened across a cut hangs, as a dropped SYN would, and
 	// is refused once the cut heals (the dialer has long given up).
-	if _, healed := lk.n.state(lk.from, lk.to); healed != nil {
+	if healed := lk.n.handshake(lk.from, lk.to); healed != nil {
 		select {
 		case <-healed:
 		case <-lk.done:

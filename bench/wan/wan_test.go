@@ -137,3 +137,78 @@ func TestCloseStopsEverything(t *testing.T) {
 		t.Fatal("relay still accepts after Close")
 	}
 }
+
+func TestOneWayCutStallsOneDirection(t *testing.T) {
+	n, relay := newTestNetwork(t)
+	fromA := dialFrom(t, SiteAddr(0), relay)
+	if _, err := roundTrip(fromA, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// b's bytes to a are dropped; a's reach b (the echo's answer does not
+	// come back).
+	n.CutOneWay([]string{"b"}, []string{"a"})
+	if _, err := roundTrip(fromA, 300*time.Millisecond); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("round trip across a one-way cut: %v, want a stall", err)
+	}
+	// A new connection hangs either way: its handshake needs both.
+	if _, err := roundTrip(dialFrom(t, SiteAddr(0), relay), 300*time.Millisecond); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("new connection across a one-way cut: %v, want a stall", err)
+	}
+	n.Heal()
+	fromA.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(fromA, make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("stalled link after heal: %v, want it closed", err)
+	}
+}
+
+func TestOneWayCutLetsTheOtherDirectionThrough(t *testing.T) {
+	n := New(nil)
+	t.Cleanup(func() { n.Close() })
+	n.AddSite("a", SiteAddr(0))
+	n.AddSite("b", SiteAddr(1))
+	// b listens behind its relay and keeps what it receives.
+	l, err := net.Listen("tcp", net.JoinHostPort(SiteAddr(1), "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	got := make(chan byte, 16)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		var b [1]byte
+		for {
+			if _, err := c.Read(b[:]); err != nil {
+				return
+			}
+			got <- b[0]
+		}
+	}()
+	relay, err := n.Expose("b", RelayAddr(1), l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fromA := dialFrom(t, SiteAddr(0), relay)
+	send := func(v byte, what string) {
+		t.Helper()
+		if _, err := fromA.Write([]byte{v}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case b := <-got:
+			if b != v {
+				t.Fatalf("b received %d, want %d", b, v)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal(what)
+		}
+	}
+	// The link is up (the relay reached b) before the cut: a connection
+	// still being relayed when the cut comes hangs, as a handshake would.
+	send(1, "a's bytes did not reach b")
+	n.CutOneWay([]string{"b"}, []string{"a"})
+	send(7, "a's bytes did not reach b across a cut of b → a only")
+}
