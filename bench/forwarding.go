@@ -60,6 +60,10 @@ type PathFigures struct {
 	GetRPS float64 `json:"get_rps"`
 	// Errors counts requests that failed or had an unexpected status.
 	Errors int `json:"errors"`
+	// GetCPU is the CPU time (user and system, µs) per GET of each agent
+	// and of the benchmark process ("bench": the clients and the relays)
+	// while GetRPS was measured (json-server's not counted).
+	GetCPU map[string]float64 `json:"get_cpu_us,omitempty"`
 }
 
 // ForwardingRun is every path measured at one emulated round-trip time.
@@ -447,7 +451,7 @@ func (res *ForwardingResult) measureLatency(ctx context.Context, c *Cluster, p f
 		gets, creates = p.rttGets, p.rttCreates
 	}
 	log.Info("forwarding: measuring", "rtt", rtt, "paths", len(targets), "gets", gets, "creates", creates)
-	run, err := measureRun(ctx, targets, res.Item, gets, creates, p)
+	run, err := measureRun(ctx, targets, res.Item, gets, creates, p, func() map[string]time.Duration { return cpuTimes(c) })
 	if err != nil {
 		return err
 	}
@@ -467,6 +471,13 @@ func (res *ForwardingResult) measureLatency(ctx context.Context, c *Cluster, p f
 		}
 	}
 	res.Runs = append(res.Runs, run)
+	if rtt == 0 {
+		// Profiles last: GETs through the remote agent, 4 clients.
+		return profileWhile(ctx, c, "gets-remote-agent", log, func() error {
+			_, _ = throughput(ctx, far, res.Item, p.workers, 500*time.Millisecond)
+			return ctx.Err()
+		})
+	}
 	return nil
 }
 
@@ -550,10 +561,19 @@ func (r *ForwardingResult) remoteBound() ([2]float64, bool) {
 const bodyMoves = 3
 
 // profileBodies, when ProfileEnv and LogsEnv ask for it, profiles every
-// agent for ProfileEnv's duration while method moves bodies of size
-// through t one after the other, and writes the profiles where LogsEnv
-// says (bodies-<path>-<method>-<site>.pprof).
+// agent while method moves bodies of size through t one after the
+// other (bodies-<path>-<method>-<site>.pprof).
 func profileBodies(ctx context.Context, c *Cluster, t *fwTarget, method string, size int64, log *slog.Logger) error {
+	return profileWhile(ctx, c, fmt.Sprintf("bodies-%s-%s", strings.ReplaceAll(t.name, " ", "-"), method), log, func() error {
+		_, err := moveBody(ctx, t, method, size)
+		return err
+	})
+}
+
+// profileWhile, when ProfileEnv and LogsEnv ask for it, profiles every
+// agent for ProfileEnv's duration while it runs work again and again,
+// and writes the profiles where LogsEnv says (<prefix>-<site>.pprof).
+func profileWhile(ctx context.Context, c *Cluster, prefix string, log *slog.Logger, work func() error) error {
 	d, err := time.ParseDuration(os.Getenv(ProfileEnv))
 	dir := os.Getenv(LogsEnv)
 	if err != nil || d <= 0 || dir == "" {
@@ -563,7 +583,7 @@ func profileBodies(ctx context.Context, c *Cluster, t *fwTarget, method string, 
 	var busy atomic.Bool
 	busy.Store(true)
 	for _, s := range c.Sites {
-		path := filepath.Join(dir, fmt.Sprintf("bodies-%s-%s-%s.pprof", strings.ReplaceAll(t.name, " ", "-"), method, s.Name))
+		path := filepath.Join(dir, fmt.Sprintf("%s-%s.pprof", prefix, s.Name))
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -572,13 +592,13 @@ func profileBodies(ctx context.Context, c *Cluster, t *fwTarget, method string, 
 				err = os.WriteFile(path, body, 0o644)
 			}
 			if err != nil {
-				log.Warn("profile an agent during large bodies", "site", s.Name, "err", err)
+				log.Warn("profile an agent", "site", s.Name, "err", err)
 			}
 		}()
 	}
 	go func() { wg.Wait(); busy.Store(false) }()
 	for busy.Load() {
-		if _, err := moveBody(ctx, t, method, size); err != nil {
+		if err := work(); err != nil {
 			return err
 		}
 	}
@@ -748,7 +768,7 @@ func forwardAgents(ctx context.Context, env Env, p forwardingProfile, log *slog.
 		}
 	}
 	log.Info("forwarding: measuring a running deployment", "agents", len(env.Agents), "app site", site0)
-	run, err := measureRun(ctx, targets, res.Item, p.gets, p.creates, p)
+	run, err := measureRun(ctx, targets, res.Item, p.gets, p.creates, p, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -763,7 +783,10 @@ func forwardAgents(ctx context.Context, env Env, p forwardingProfile, log *slog.
 // targets interleaved request by request (so that any drift of the
 // application weighs on all alike), then GET throughput one target at a
 // time.
-func measureRun(ctx context.Context, targets []*fwTarget, item string, gets, creates int, p forwardingProfile) (ForwardingRun, error) {
+//
+// cpu, when set, reads the CPU time of the processes to report per GET
+// while the throughput is measured.
+func measureRun(ctx context.Context, targets []*fwTarget, item string, gets, creates int, p forwardingProfile, cpu func() map[string]time.Duration) (ForwardingRun, error) {
 	// Warm up connections and caches.
 	for _, t := range targets {
 		for range 10 {
@@ -812,9 +835,17 @@ func measureRun(ctx context.Context, targets []*fwTarget, item string, gets, cre
 	}
 	var run ForwardingRun
 	for j, t := range targets {
+		var cpu0 map[string]time.Duration
+		if cpu != nil {
+			cpu0 = cpu()
+		}
 		rps, n := throughput(ctx, t, item, p.workers, p.throughput)
 		errs[j] += n
-		run.Paths = append(run.Paths, PathFigures{Path: t.name, Get: summarise(getLat[j]), Create: summarise(createLat[j]), GetRPS: rps, Errors: errs[j]})
+		pf := PathFigures{Path: t.name, Get: summarise(getLat[j]), Create: summarise(createLat[j]), GetRPS: rps, Errors: errs[j]}
+		if cpu != nil {
+			pf.GetCPU = cpuPer(cpu0, cpu(), rps*p.throughput.Seconds())
+		}
+		run.Paths = append(run.Paths, pf)
 	}
 	for i := range run.Paths {
 		run.Paths[i].GetAdded = run.Paths[i].Get.P50 - run.Paths[0].Get.P50
@@ -1061,6 +1092,18 @@ func (r *ForwardingResult) Table(w io.Writer) {
 		}
 	}
 	tw.Flush()
+	for _, run := range r.Runs {
+		for _, p := range run.Paths {
+			if len(p.GetCPU) == 0 {
+				continue
+			}
+			var parts []string
+			for _, k := range slices.Sorted(maps.Keys(p.GetCPU)) {
+				parts = append(parts, fmt.Sprintf("%s %.0f", k, p.GetCPU[k]))
+			}
+			fmt.Fprintf(w, "CPU µs per GET at %.0f ms, %s (%d clients): %s\n", run.RTT, p.Path, r.Workers, strings.Join(parts, ", "))
+		}
+	}
 	fmt.Fprintln(w)
 	if r.Mode == "agents" {
 		fmt.Fprintf(w, "target (local forward <= %.1fx the reverse proxy's added latency): not measured on a running deployment\n", r.RatioTarget)
