@@ -536,11 +536,12 @@ func (r *ForwardingResult) largeBodies(ctx context.Context, c *Cluster, appURL s
 }
 
 // remoteBound estimates the most the remote path can move on this
-// machine when its cores do nothing else: its body crosses the libp2p
-// link through the relays (P2PCPU) and an HTTP leg at each end, the
-// application's answer to one agent and the other agent's to the
-// client, each costing at least what the whole direct path costs (its
-// client and the application). It returns MiB/s for GET and PUT.
+// machine were its cores busy with it alone and at every moment: its
+// body costs at least what the direct path's does (the application
+// writing it, the client reading it) and what the libp2p link alone
+// costs (P2PCPU: both ends' TLS and yamux, a writer and a reader, the
+// relays) — the agents' own work then adds nothing. It returns MiB/s
+// for GET and PUT.
 func (r *ForwardingResult) remoteBound() ([2]float64, bool) {
 	get, put := r.BodyCPU[pathDirect+" GET"], r.BodyCPU[pathDirect+" PUT"]
 	if r.P2PCPU <= 0 || get == nil || put == nil {
@@ -554,7 +555,7 @@ func (r *ForwardingResult) remoteBound() ([2]float64, bool) {
 		return t
 	}
 	cores := float64(runtime.NumCPU()) * 1e6
-	return [2]float64{math.Round(cores / (r.P2PCPU + 2*sum(get))), math.Round(cores / (r.P2PCPU + 2*sum(put)))}, true
+	return [2]float64{math.Round(cores / (r.P2PCPU + sum(get))), math.Round(cores / (r.P2PCPU + sum(put)))}, true
 }
 
 // bodyMoves is how many times each large body is moved on each path.
@@ -1184,7 +1185,7 @@ func (r *ForwardingResult) restTable(w io.Writer) {
 			fmt.Fprintf(w, "a libp2p stream alone through the same relays (TLS 1.3 + yamux, as between agents; no HTTP, no agent): %.0f MiB/s, CPU %.0f µs per MiB\n", r.P2PMBps, r.P2PCPU)
 		}
 		if bound, ok := r.remoteBound(); ok {
-			fmt.Fprintf(w, "bound of the remote path on this machine's %d cores (the libp2p link's CPU per MiB and two HTTP legs costing the direct path's): %.0f MiB/s GET, %.0f PUT\n",
+			fmt.Fprintf(w, "bound of the remote path on this machine's %d cores, all busy with it (the direct path's CPU per MiB and the libp2p link's, nothing for the agents): %.0f MiB/s GET, %.0f PUT\n",
 				runtime.NumCPU(), bound[0], bound[1])
 		}
 		for _, site := range slices.Sorted(maps.Keys(r.RSSAfter)) {
