@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -59,6 +60,10 @@ type PathFigures struct {
 	GetRPS float64 `json:"get_rps"`
 	// Errors counts requests that failed or had an unexpected status.
 	Errors int `json:"errors"`
+	// GetCPU is the CPU time (user and system, µs) per GET of each agent
+	// and of the benchmark process ("bench": the clients and the relays)
+	// while GetRPS was measured (json-server's not counted).
+	GetCPU map[string]float64 `json:"get_cpu_us,omitempty"`
 }
 
 // ForwardingRun is every path measured at one emulated round-trip time.
@@ -164,11 +169,21 @@ type ForwardingResult struct {
 	// same relays at 0 ms: two hosts built as the agents build theirs
 	// (TLS 1.3, yamux), BodyMiB on one stream. A body crossing the
 	// remote agent's hop is encrypted and multiplexed so, in both agents.
-	P2PMBps       float64            `json:"libp2p_link_mib_per_s,omitempty"`
-	RSSBefore     map[string]float64 `json:"agent_peak_rss_mib_before,omitempty"`
-	RSSAfter      map[string]float64 `json:"agent_peak_rss_mib_after,omitempty"`
-	CreateClients int                `json:"create_clients,omitempty"`
-	CreateErrors  int                `json:"create_errors,omitempty"`
+	P2PMBps float64 `json:"libp2p_link_mib_per_s,omitempty"`
+	// LinkCPU and P2PCPU are the CPU time (user and system, µs) per MiB
+	// of those two measures: the benchmark process's, where both ends
+	// and the relays run.
+	LinkCPU float64 `json:"emulated_link_cpu_us_per_mib,omitempty"`
+	P2PCPU  float64 `json:"libp2p_link_cpu_us_per_mib,omitempty"`
+	// BodyCPU is the CPU time (user and system, µs) per MiB moved of
+	// each agent and of the benchmark process ("bench": the client, the
+	// application and the relays), by path and method ("remote agent
+	// GET").
+	BodyCPU       map[string]map[string]float64 `json:"body_cpu_us_per_mib,omitempty"`
+	RSSBefore     map[string]float64            `json:"agent_peak_rss_mib_before,omitempty"`
+	RSSAfter      map[string]float64            `json:"agent_peak_rss_mib_after,omitempty"`
+	CreateClients int                           `json:"create_clients,omitempty"`
+	CreateErrors  int                           `json:"create_errors,omitempty"`
 	// CreateCPU is the CPU time (user and system, µs) per replicated
 	// create of each agent and of the benchmark process ("bench": the
 	// clients and both applications) while the creates ran. When the
@@ -315,11 +330,11 @@ func runForwarding(ctx context.Context, env Env, p forwardingProfile) (*Forwardi
 		tinies = append(tinies, tiny)
 		siteArgs[name] = []string{"--service", "items=" + tiny.URL}
 	}
-	var agentArgs []string
+	agentArgs := strings.Fields(os.Getenv(AgentArgsEnv))
 	if p.bodyMiB > 0 {
 		// Bodies up to twice the large ones: a buffered path is let
 		// through, and shows in the agents' memory.
-		agentArgs = []string{"--max-body", strconv.Itoa(2 * p.bodyMiB << 20)}
+		agentArgs = append(agentArgs, "--max-body", strconv.Itoa(2*p.bodyMiB<<20))
 	}
 	c, err := StartCluster(ctx, ClusterOptions{Binary: env.Binary, Sites: names, Dir: filepath.Join(env.Dir, "forwarding"), SiteArgs: siteArgs,
 		AgentArgs: agentArgs, Log: log})
@@ -348,38 +363,19 @@ func runForwarding(ctx context.Context, env Env, p forwardingProfile) (*Forwardi
 	}
 	res := &ForwardingResult{Mode: "cluster", Sites: n, AppSite: app.Name, Remote: remote.Name, Proxy: version, Item: "/posts/1",
 		Gets: p.gets, Creates: p.creates, Workers: p.workers, ThroughputSeconds: p.throughput.Seconds(), RatioTarget: 1.2}
+	phases, err := forwardingPhases()
+	if err != nil {
+		return nil, err
+	}
 	for _, rtt := range p.rtts {
+		if !phases["latency"] && rtt > 0 {
+			continue
+		}
 		c.Net.SetRTT(rtt)
-		targets := []*fwTarget{direct, proxy, local, far}
-		gets, creates := p.gets, p.creates
-		if rtt > 0 {
-			// Only the remote path crosses the WAN; direct stays as the
-			// reference of the same moment.
-			targets = []*fwTarget{direct, far}
-			gets, creates = p.rttGets, p.rttCreates
-		}
-		log.Info("forwarding: measuring", "rtt", rtt, "paths", len(targets), "gets", gets, "creates", creates)
-		run, err := measureRun(ctx, targets, res.Item, gets, creates, p)
-		if err != nil {
+		if err := res.measureLatency(ctx, c, p, phases, rtt, []*fwTarget{direct, proxy, local, far}, log); err != nil {
 			return nil, err
 		}
-		run.RTT = float64(rtt) / float64(time.Millisecond)
-		if run.Emulation, err = echoThrough(ctx, c.Net, app, remote, gets); err != nil {
-			return nil, err
-		}
-		if rtt == p.rtts[len(p.rtts)-1] {
-			for _, n := range p.clients {
-				log.Info("forwarding: GET req/s", "rtt", rtt, "clients", n)
-				rf, _ := throughput(ctx, far, res.Item, n, p.throughput)
-				rd, _ := throughput(ctx, direct, res.Item, n, p.throughput)
-				run.Clients = append(run.Clients, ClientsRPS{Clients: n, Remote: math.Round(rf), Direct: math.Round(rd)})
-			}
-			if err := ctx.Err(); err != nil {
-				return nil, err // stopped: no figures for a cut run
-			}
-		}
-		res.Runs = append(res.Runs, run)
-		if rtt == 0 && p.createClients > 0 {
+		if rtt == 0 && p.createClients > 0 && phases["creates"] {
 			log.Info("forwarding: replicated creates", "sites", 2, "clients", p.createClients)
 			both := newTarget("replicated creates", app.API+"/svc/items", "{items: "+app.Name+" & "+remote.Name+"}")
 			res.CreateClients = p.createClients
@@ -393,33 +389,111 @@ func runForwarding(ctx context.Context, env Env, p forwardingProfile) (*Forwardi
 			res.CreateCPU = cpuPer(cpu0, cpu1, res.ReplicatedCreates*p.throughput.Seconds())
 			res.ReplicatedCreates = math.Round(res.ReplicatedCreates)
 		}
-		if rtt == 0 && p.bodyMiB > 0 {
+		if rtt == 0 && p.bodyMiB > 0 && phases["bodies"] {
 			if err := res.largeBodies(ctx, c, tinies[0].URL, p.bodyMiB, log); err != nil {
 				return nil, err
 			}
+			cpu0 := SelfCPU()
 			mbps, err := streamThrough(ctx, c.Net, app, remote, int64(p.bodyMiB)<<20)
 			if err != nil {
 				return nil, err
 			}
-			res.LinkMBps = math.Round(mbps)
+			cpu1 := SelfCPU()
+			res.LinkMBps, res.LinkCPU = math.Round(mbps), math.Round(float64((cpu1-cpu0).Microseconds())/float64(p.bodyMiB))
 			if mbps, err = libp2pThrough(ctx, c.Net, app, remote, int64(p.bodyMiB)<<20); err != nil {
 				return nil, err
 			}
-			res.P2PMBps = math.Round(mbps)
+			res.P2PMBps, res.P2PCPU = math.Round(mbps), math.Round(float64((SelfCPU()-cpu1).Microseconds())/float64(p.bodyMiB))
 		}
 	}
 	res.judge()
 	return res, nil
 }
 
-// largeBodies measures one GET and one PUT of mib MiB directly (the Go
+// PhasesEnv names the environment variable that, set to a list of
+// phases among latency, creates and bodies ("bodies" or
+// "latency,bodies"), has the forwarding scenario measure only those:
+// the latencies and req/s at every RTT, the replicated creates, the
+// large bodies. Unset, it measures them all.
+const PhasesEnv = "CHEOPS_BENCH_PHASES"
+
+func forwardingPhases() (map[string]bool, error) {
+	all := map[string]bool{"latency": true, "creates": true, "bodies": true}
+	v := strings.TrimSpace(os.Getenv(PhasesEnv))
+	if v == "" {
+		return all, nil
+	}
+	out := map[string]bool{}
+	for _, w := range strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' }) {
+		if !all[w] {
+			return nil, fmt.Errorf("bench: %s: unknown phase %q (want latency, creates or bodies)", PhasesEnv, w)
+		}
+		out[w] = true
+	}
+	return out, nil
+}
+
+// measureLatency measures, when phases has latency, the GET and create
+// latencies and GET req/s of the paths at rtt (only direct and the
+// remote agent's at an RTT above 0), the emulation's own round trip and,
+// at the last RTT, GET req/s by number of clients.
+func (res *ForwardingResult) measureLatency(ctx context.Context, c *Cluster, p forwardingProfile, phases map[string]bool, rtt time.Duration, targets []*fwTarget, log *slog.Logger) error {
+	if !phases["latency"] {
+		return nil
+	}
+	app, remote := c.Sites[0], c.Sites[1]
+	direct, far := targets[0], targets[3]
+	gets, creates := p.gets, p.creates
+	if rtt > 0 {
+		// Only the remote path crosses the WAN; direct stays as the
+		// reference of the same moment.
+		targets = []*fwTarget{direct, far}
+		gets, creates = p.rttGets, p.rttCreates
+	}
+	log.Info("forwarding: measuring", "rtt", rtt, "paths", len(targets), "gets", gets, "creates", creates)
+	run, err := measureRun(ctx, targets, res.Item, gets, creates, p, func() map[string]time.Duration { return cpuTimes(c) })
+	if err != nil {
+		return err
+	}
+	run.RTT = float64(rtt) / float64(time.Millisecond)
+	if run.Emulation, err = echoThrough(ctx, c.Net, app, remote, gets); err != nil {
+		return err
+	}
+	if rtt == p.rtts[len(p.rtts)-1] {
+		for _, n := range p.clients {
+			log.Info("forwarding: GET req/s", "rtt", rtt, "clients", n)
+			rf, _ := throughput(ctx, far, res.Item, n, p.throughput)
+			rd, _ := throughput(ctx, direct, res.Item, n, p.throughput)
+			run.Clients = append(run.Clients, ClientsRPS{Clients: n, Remote: math.Round(rf), Direct: math.Round(rd)})
+		}
+		if err := ctx.Err(); err != nil {
+			return err // stopped: no figures for a cut run
+		}
+	}
+	res.Runs = append(res.Runs, run)
+	if rtt == 0 {
+		// Profiles last: GETs through the remote agent, 4 clients.
+		return profileWhile(ctx, c, "gets-remote-agent", log, func() error {
+			_, _ = throughput(ctx, far, res.Item, p.workers, 500*time.Millisecond)
+			return ctx.Err()
+		})
+	}
+	return nil
+}
+
+// largeBodies measures a GET and a PUT of mib MiB directly (the Go
 // application at appURL), through the app site's agent and through the
-// other's, and each agent's peak memory before and after.
+// other's — the median of bodyMoves of each — with the CPU time each
+// process spent per MiB moved, and each agent's peak memory before and
+// after. With ProfileEnv and LogsEnv set (and the agents started with
+// --pprof, AgentArgsEnv), each agent path's GET and PUT are then
+// repeated while both agents are profiled, after the figures.
 func (r *ForwardingResult) largeBodies(ctx context.Context, c *Cluster, appURL string, mib int, log *slog.Logger) error {
 	app, remote := c.Sites[0], c.Sites[1]
 	scope := "{items: " + app.Name + "}"
 	targets := []*fwTarget{newTarget(pathDirect, appURL, ""), newTarget(pathLocal, app.API+"/svc/items", scope), newTarget(pathRemote, remote.API+"/svc/items", scope)}
 	r.BodyMiB, r.RSSBefore, r.RSSAfter = mib, map[string]float64{}, map[string]float64{}
+	r.BodyCPU = map[string]map[string]float64{}
 	for _, s := range []*Site{app, remote} {
 		r.RSSBefore[s.Name] = peakRSS(s.agent.Process.Pid)
 	}
@@ -428,18 +502,106 @@ func (r *ForwardingResult) largeBodies(ctx context.Context, c *Cluster, appURL s
 		defer t.close()
 		log.Info("forwarding: large bodies", "path", t.name, "MiB", mib)
 		f := BodyFigures{Path: t.name}
-		var err error
-		if f.GetMBps, err = moveBody(ctx, t, http.MethodGet, size); err != nil {
-			return err
+		for _, m := range []struct {
+			method string
+			mbps   *float64
+		}{{http.MethodGet, &f.GetMBps}, {http.MethodPut, &f.PutMBps}} {
+			var rates []float64
+			cpu0 := cpuTimes(c)
+			for range bodyMoves {
+				mbps, err := moveBody(ctx, t, m.method, size)
+				if err != nil {
+					return err
+				}
+				rates = append(rates, mbps)
+			}
+			r.BodyCPU[t.name+" "+m.method] = cpuPer(cpu0, cpuTimes(c), float64(bodyMoves*mib))
+			slices.Sort(rates)
+			*m.mbps = math.Round(rates[len(rates)/2])
 		}
-		if f.PutMBps, err = moveBody(ctx, t, http.MethodPut, size); err != nil {
-			return err
-		}
-		f.GetMBps, f.PutMBps = math.Round(f.GetMBps), math.Round(f.PutMBps)
 		r.Bodies = append(r.Bodies, f)
 	}
 	for _, s := range []*Site{app, remote} {
 		r.RSSAfter[s.Name] = peakRSS(s.agent.Process.Pid)
+	}
+	// Profiles last: taking one raises an agent's memory.
+	for _, t := range targets[1:] {
+		for _, method := range []string{http.MethodGet, http.MethodPut} {
+			if err := profileBodies(ctx, c, t, method, size, log); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// remoteBound estimates the most the remote path can move on this
+// machine were its cores busy with it alone and at every moment: its
+// body costs at least what the direct path's does (the application
+// writing it, the client reading it) and what the libp2p link alone
+// costs (P2PCPU: both ends' TLS and yamux, a writer and a reader, the
+// relays) — the agents' own work then adds nothing. It returns MiB/s
+// for GET and PUT.
+func (r *ForwardingResult) remoteBound() ([2]float64, bool) {
+	get, put := r.BodyCPU[pathDirect+" GET"], r.BodyCPU[pathDirect+" PUT"]
+	if r.P2PCPU <= 0 || get == nil || put == nil {
+		return [2]float64{}, false
+	}
+	sum := func(m map[string]float64) float64 {
+		t := 0.0
+		for _, v := range m {
+			t += v
+		}
+		return t
+	}
+	cores := float64(runtime.NumCPU()) * 1e6
+	return [2]float64{math.Round(cores / (r.P2PCPU + sum(get))), math.Round(cores / (r.P2PCPU + sum(put)))}, true
+}
+
+// bodyMoves is how many times each large body is moved on each path.
+const bodyMoves = 3
+
+// profileBodies, when ProfileEnv and LogsEnv ask for it, profiles every
+// agent while method moves bodies of size through t one after the
+// other (bodies-<path>-<method>-<site>.pprof).
+func profileBodies(ctx context.Context, c *Cluster, t *fwTarget, method string, size int64, log *slog.Logger) error {
+	return profileWhile(ctx, c, fmt.Sprintf("bodies-%s-%s", strings.ReplaceAll(t.name, " ", "-"), method), log, func() error {
+		_, err := moveBody(ctx, t, method, size)
+		return err
+	})
+}
+
+// profileWhile, when ProfileEnv and LogsEnv ask for it, profiles every
+// agent for ProfileEnv's duration while it runs work again and again,
+// and writes the profiles where LogsEnv says (<prefix>-<site>.pprof).
+func profileWhile(ctx context.Context, c *Cluster, prefix string, log *slog.Logger, work func() error) error {
+	d, err := time.ParseDuration(os.Getenv(ProfileEnv))
+	dir := os.Getenv(LogsEnv)
+	if err != nil || d <= 0 || dir == "" {
+		return nil
+	}
+	var wg sync.WaitGroup
+	var busy atomic.Bool
+	busy.Store(true)
+	for _, s := range c.Sites {
+		path := filepath.Join(dir, fmt.Sprintf("%s-%s.pprof", prefix, s.Name))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			body, err := c.get(ctx, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", s.API, int(max(1, d.Seconds()))))
+			if err == nil {
+				err = os.WriteFile(path, body, 0o644)
+			}
+			if err != nil {
+				log.Warn("profile an agent", "site", s.Name, "err", err)
+			}
+		}()
+	}
+	go func() { wg.Wait(); busy.Store(false) }()
+	for busy.Load() {
+		if err := work(); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -607,7 +769,7 @@ func forwardAgents(ctx context.Context, env Env, p forwardingProfile, log *slog.
 		}
 	}
 	log.Info("forwarding: measuring a running deployment", "agents", len(env.Agents), "app site", site0)
-	run, err := measureRun(ctx, targets, res.Item, p.gets, p.creates, p)
+	run, err := measureRun(ctx, targets, res.Item, p.gets, p.creates, p, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -622,7 +784,10 @@ func forwardAgents(ctx context.Context, env Env, p forwardingProfile, log *slog.
 // targets interleaved request by request (so that any drift of the
 // application weighs on all alike), then GET throughput one target at a
 // time.
-func measureRun(ctx context.Context, targets []*fwTarget, item string, gets, creates int, p forwardingProfile) (ForwardingRun, error) {
+//
+// cpu, when set, reads the CPU time of the processes to report per GET
+// while the throughput is measured.
+func measureRun(ctx context.Context, targets []*fwTarget, item string, gets, creates int, p forwardingProfile, cpu func() map[string]time.Duration) (ForwardingRun, error) {
 	// Warm up connections and caches.
 	for _, t := range targets {
 		for range 10 {
@@ -671,9 +836,17 @@ func measureRun(ctx context.Context, targets []*fwTarget, item string, gets, cre
 	}
 	var run ForwardingRun
 	for j, t := range targets {
+		var cpu0 map[string]time.Duration
+		if cpu != nil {
+			cpu0 = cpu()
+		}
 		rps, n := throughput(ctx, t, item, p.workers, p.throughput)
 		errs[j] += n
-		run.Paths = append(run.Paths, PathFigures{Path: t.name, Get: summarise(getLat[j]), Create: summarise(createLat[j]), GetRPS: rps, Errors: errs[j]})
+		pf := PathFigures{Path: t.name, Get: summarise(getLat[j]), Create: summarise(createLat[j]), GetRPS: rps, Errors: errs[j]}
+		if cpu != nil {
+			pf.GetCPU = cpuPer(cpu0, cpu(), rps*p.throughput.Seconds())
+		}
+		run.Paths = append(run.Paths, pf)
 	}
 	for i := range run.Paths {
 		run.Paths[i].GetAdded = run.Paths[i].Get.P50 - run.Paths[0].Get.P50
@@ -736,30 +909,7 @@ func round3(v float64) float64 { return math.Round(v*1000) / 1000 }
 
 // judge computes the target figures from the 0 ms run.
 func (r *ForwardingResult) judge() {
-	if len(r.Runs) == 0 {
-		return
-	}
-	run := &r.Runs[0]
-	local, proxy, direct := run.Path(pathLocal), run.Path(pathProxy), run.Path(pathDirect)
-	if local == nil || proxy == nil || direct == nil {
-		return
-	}
-	r.LocalAdded, r.ProxyAdded = round3(local.GetAdded), round3(proxy.GetAdded)
-	limit := r.RatioTarget * math.Max(r.ProxyAdded, 0)
-	r.Met = r.LocalAdded <= limit
-	if r.ProxyAdded > 0.001 {
-		r.Ratio = math.Round(r.LocalAdded/r.ProxyAdded*100) / 100
-	}
-	if !r.Met {
-		r.Note = fmt.Sprintf("local forward adds %.3f ms at p50 against %.3f ms for %s: %.3f ms over the target of %.1f× the proxy's",
-			r.LocalAdded, r.ProxyAdded, r.Proxy, r.LocalAdded-limit, r.RatioTarget)
-	}
-	r.Targets = append(r.Targets,
-		newTarget2("local agent: added GET p50 <= 1.2x HAProxy's (0 ms)", r.LocalAdded, limit, false, "ms"),
-		newTarget2("local agent: GET p99 <= HAProxy's (0 ms)", local.Get.P99, proxy.Get.P99, false, "ms"))
-	if far := run.Path(pathRemote); far != nil {
-		r.Targets = append(r.Targets, newTarget2("remote agent: GET req/s with 4 clients >= 0.9x direct (0 ms)", far.GetRPS, 0.9*direct.GetRPS, true, "req/s"))
-	}
+	r.judgeLocal()
 	if len(r.Bodies) == 3 {
 		d := r.Bodies[0]
 		for _, b := range r.Bodies[1:] {
@@ -788,6 +938,35 @@ func (r *ForwardingResult) judge() {
 			r.Targets = append(r.Targets, newTarget2(fmt.Sprintf("remote agent: GET req/s grows with clients, %d >= 1.5x %d (%.0f ms RTT)", cur.Clients, prev.Clients, run.RTT),
 				cur.Remote, 1.5*prev.Remote, true, "req/s"))
 		}
+	}
+}
+
+// judgeLocal judges the 0 ms run's local agent against the reverse
+// proxy, and the remote agent's GET req/s against the direct path's.
+func (r *ForwardingResult) judgeLocal() {
+	if len(r.Runs) == 0 {
+		return
+	}
+	run := &r.Runs[0]
+	local, proxy, direct := run.Path(pathLocal), run.Path(pathProxy), run.Path(pathDirect)
+	if local == nil || proxy == nil || direct == nil {
+		return
+	}
+	r.LocalAdded, r.ProxyAdded = round3(local.GetAdded), round3(proxy.GetAdded)
+	limit := r.RatioTarget * math.Max(r.ProxyAdded, 0)
+	r.Met = r.LocalAdded <= limit
+	if r.ProxyAdded > 0.001 {
+		r.Ratio = math.Round(r.LocalAdded/r.ProxyAdded*100) / 100
+	}
+	if !r.Met {
+		r.Note = fmt.Sprintf("local forward adds %.3f ms at p50 against %.3f ms for %s: %.3f ms over the target of %.1f× the proxy's",
+			r.LocalAdded, r.ProxyAdded, r.Proxy, r.LocalAdded-limit, r.RatioTarget)
+	}
+	r.Targets = append(r.Targets,
+		newTarget2("local agent: added GET p50 <= 1.2x HAProxy's (0 ms)", r.LocalAdded, limit, false, "ms"),
+		newTarget2("local agent: GET p99 <= HAProxy's (0 ms)", local.Get.P99, proxy.Get.P99, false, "ms"))
+	if far := run.Path(pathRemote); far != nil {
+		r.Targets = append(r.Targets, newTarget2("remote agent: GET req/s with 4 clients >= 0.9x direct (0 ms)", far.GetRPS, 0.9*direct.GetRPS, true, "req/s"))
 	}
 }
 
@@ -914,11 +1093,32 @@ func (r *ForwardingResult) Table(w io.Writer) {
 		}
 	}
 	tw.Flush()
+	for _, run := range r.Runs {
+		for _, p := range run.Paths {
+			if len(p.GetCPU) == 0 {
+				continue
+			}
+			var parts []string
+			for _, k := range slices.Sorted(maps.Keys(p.GetCPU)) {
+				parts = append(parts, fmt.Sprintf("%s %.0f", k, p.GetCPU[k]))
+			}
+			fmt.Fprintf(w, "CPU µs per GET at %.0f ms, %s (%d clients): %s\n", run.RTT, p.Path, r.Workers, strings.Join(parts, ", "))
+		}
+	}
 	fmt.Fprintln(w)
 	if r.Mode == "agents" {
 		fmt.Fprintf(w, "target (local forward <= %.1fx the reverse proxy's added latency): not measured on a running deployment\n", r.RatioTarget)
 		return
 	}
+	if len(r.Runs) > 0 {
+		r.latencyTable(w)
+	}
+	r.restTable(w)
+}
+
+// latencyTable writes the local agent's verdict and the remote agent's
+// share of its added latency.
+func (r *ForwardingResult) latencyTable(w io.Writer) {
 	verdict := "met"
 	if !r.Met {
 		verdict = "MISSED"
@@ -933,7 +1133,7 @@ func (r *ForwardingResult) Table(w io.Writer) {
 		fmt.Fprintln(w, "note:", r.Note)
 	}
 	fmt.Fprintln(w)
-	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "RTT\temulated round trip p50 ms\tp99 ms\tremote agent added GET p50\tcheops' share\t")
 	for _, run := range r.Runs {
 		if far := run.Path(pathRemote); far != nil && run.Emulation.N > 0 {
@@ -953,19 +1153,40 @@ func (r *ForwardingResult) Table(w io.Writer) {
 		}
 		tw.Flush()
 	}
+}
+
+// restTable writes the large bodies, the replicated creates and every
+// target.
+func (r *ForwardingResult) restTable(w io.Writer) {
 	if len(r.Bodies) > 0 {
 		fmt.Fprintf(w, "\n%d MiB bodies at 0 ms (the Go application's /blob, --max-body %d MiB)\n", r.BodyMiB, 2*r.BodyMiB)
-		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
 		fmt.Fprintln(tw, "path\tGET MiB/s\tPUT MiB/s\t")
 		for _, b := range r.Bodies {
 			fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t\n", b.Path, b.GetMBps, b.PutMBps)
 		}
 		tw.Flush()
+		if len(r.BodyCPU) > 0 {
+			fmt.Fprintln(w, "CPU µs per MiB moved (over every move; bench: the client, the application and the relays):")
+			for _, k := range slices.Sorted(maps.Keys(r.BodyCPU)) {
+				var parts []string
+				total := 0.0
+				for _, p := range slices.Sorted(maps.Keys(r.BodyCPU[k])) {
+					parts = append(parts, fmt.Sprintf("%s %.0f", p, r.BodyCPU[k][p]))
+					total += r.BodyCPU[k][p]
+				}
+				fmt.Fprintf(w, "  %s: %s; %.0f in all\n", k, strings.Join(parts, ", "), total)
+			}
+		}
 		if r.LinkMBps > 0 {
-			fmt.Fprintf(w, "the emulated link alone (plain TCP through the relays, one way): %.0f MiB/s\n", r.LinkMBps)
+			fmt.Fprintf(w, "the emulated link alone (plain TCP through the relays, one way): %.0f MiB/s, CPU %.0f µs per MiB\n", r.LinkMBps, r.LinkCPU)
 		}
 		if r.P2PMBps > 0 {
-			fmt.Fprintf(w, "a libp2p stream alone through the same relays (TLS 1.3 + yamux, as between agents; no HTTP, no agent): %.0f MiB/s\n", r.P2PMBps)
+			fmt.Fprintf(w, "a libp2p stream alone through the same relays (TLS 1.3 + yamux, as between agents; no HTTP, no agent): %.0f MiB/s, CPU %.0f µs per MiB\n", r.P2PMBps, r.P2PCPU)
+		}
+		if bound, ok := r.remoteBound(); ok {
+			fmt.Fprintf(w, "bound of the remote path on this machine's %d cores, all busy with it (the direct path's CPU per MiB and the libp2p link's, nothing for the agents): %.0f MiB/s GET, %.0f PUT\n",
+				runtime.NumCPU(), bound[0], bound[1])
 		}
 		for _, site := range slices.Sorted(maps.Keys(r.RSSAfter)) {
 			fmt.Fprintf(w, "agent of %s: peak RSS %.1f MiB before, %.1f MiB after\n", site, r.RSSBefore[site], r.RSSAfter[site])

@@ -154,6 +154,47 @@ type appBody struct {
 	n    int64
 	eof  bool
 	done bool
+	// spliced: the body was moved past the HTTP reader (spliceTo),
+	// which must not be read or closed after.
+	spliced bool
+}
+
+// spliceMin is the smallest rest of a body spliceTo moves in the
+// kernel: below it, a copy through the agent costs less than the pipe.
+const spliceMin = 64 << 10
+
+// spliceTo writes the body to w when w is an io.ReaderFrom (the client's
+// connection, through net/http) and the body has a known length: the
+// bytes the connection's reader holds already, then the rest read
+// straight from the application's TCP connection, which the kernel
+// moves to the client's (splice) without the agent copying it. It
+// reports false, having read and written nothing, for any other body
+// (chunked, small, read from already, a connection other than TCP).
+func (b *appBody) spliceTo(w io.Writer) (bool, error) {
+	rf, ok := w.(io.ReaderFrom)
+	tcp, isTCP := b.ac.c.(*net.TCPConn)
+	size := b.resp.ContentLength
+	held := int64(b.ac.br.Buffered())
+	if !ok || !isTCP || b.n != 0 || b.eof || len(b.resp.TransferEncoding) > 0 || size-held < spliceMin {
+		return false, nil
+	}
+	b.spliced = true
+	if held > 0 {
+		p, _ := b.ac.br.Peek(int(held))
+		n, err := w.Write(p)
+		_, _ = b.ac.br.Discard(n)
+		b.n += int64(n)
+		if err != nil {
+			return true, err
+		}
+	}
+	n, err := rf.ReadFrom(&io.LimitedReader{R: tcp, N: size - b.n})
+	b.n += n
+	if err == nil && b.n < size {
+		err = io.ErrUnexpectedEOF
+	}
+	b.eof = err == nil
+	return true, err
 }
 
 func (b *appBody) Read(p []byte) (int, error) {
@@ -177,10 +218,14 @@ func (b *appBody) Close() error {
 	notFired := b.stop()
 	if !whole || !notFired || b.resp.Close || b.ac.br.Buffered() > 0 {
 		b.ac.c.Close()
-		_ = b.rc.Close()
+		if !b.spliced {
+			_ = b.rc.Close()
+		}
 		return nil
 	}
-	_ = b.rc.Close() // nothing left: returns at once
+	if !b.spliced {
+		_ = b.rc.Close() // nothing left: returns at once
+	}
 	b.p.put(b.ac)
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"mime"
 	"net"
 	"net/http"
@@ -151,6 +152,18 @@ func (l errorListener) Accept() (net.Conn, error) {
 }
 
 type errorConn struct{ net.Conn }
+
+// ReadFrom hands an answer's body to the connection's own ReadFrom
+// (net/http calls it for a body of known length once the head is
+// written): a body read from another TCP connection then moves inside
+// the kernel (splice), never through the agent's memory. Only bodies
+// come this way, never one of Go's own error answers (Write).
+func (c *errorConn) ReadFrom(r io.Reader) (int64, error) {
+	if rf, ok := c.Conn.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(struct{ io.Writer }{c.Conn}, r)
+}
 
 // serverError matches Go's own error answers (net/http server.go).
 var serverError = regexp.MustCompile(`\AHTTP/1\.1 ([0-9]{3}) ([^\r\n]*)\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n([^\r\n]*)\z`)

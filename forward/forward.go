@@ -660,9 +660,21 @@ func (f *Forwarder) readHere(w http.ResponseWriter, req *request, path string) e
 	}
 	w.WriteHeader(resp.StatusCode)
 	if method != http.MethodHead {
-		_ = copyBody(w, resp.Body)
+		_ = copyAnswer(w, resp.Body)
 	}
 	return nil
+}
+
+// copyAnswer streams an application's answer body to w: in the kernel
+// when both ends are TCP connections (appBody.spliceTo), through a
+// pooled buffer otherwise.
+func copyAnswer(w io.Writer, body io.Reader) error {
+	if ab, ok := body.(*appBody); ok {
+		if moved, err := ab.spliceTo(w); moved {
+			return err
+		}
+	}
+	return copyBody(w, body)
 }
 
 // readBody reads an answer's body whole, bounded by limit, in one

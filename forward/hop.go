@@ -63,6 +63,10 @@ var (
 	hopReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 64<<10) }}
 )
 
+// hopDirect is the smallest write of a body of known length that
+// hopWriter sends to the stream without copying it into its buffer.
+const hopDirect = 16 << 10
+
 func getReader(r io.Reader) *bufio.Reader {
 	br := hopReaders.Get().(*bufio.Reader)
 	br.Reset(r)
@@ -116,6 +120,17 @@ func (w *hopWriter) Write(p []byte) (int, error) {
 	}
 	if w.noBody {
 		return len(p), nil
+	}
+	if !w.chunked && len(p) >= hopDirect {
+		// A large write of a body of known length goes to the stream
+		// as it is, after what is buffered (the head): copying it into
+		// the buffer first would cost a copy of every byte.
+		if w.err = w.bw.Flush(); w.err != nil {
+			return 0, w.err
+		}
+		n, err := w.s.Write(p)
+		w.err = err
+		return n, err
 	}
 	if w.chunked && len(p) > 0 {
 		w.bw.WriteString(strconv.FormatInt(int64(len(p)), 16))

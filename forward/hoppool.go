@@ -45,6 +45,9 @@ const (
 	// hopServerIdle is how long a receiver waits for the next request
 	// on a stream.
 	hopServerIdle = 90 * time.Second
+	// hopRecheck is how long a stream may idle before a sender reads it
+	// to check that it is still open (idleStream.usable).
+	hopRecheck = time.Second
 	// hopIdlePerPeer bounds the idle streams kept to one site (each
 	// holds a 64 KiB reader on both sides: at most 1 MiB a peer).
 	hopIdlePerPeer = 16
@@ -84,7 +87,7 @@ func (p *hopPool) get(id peer.ID) (idleStream, bool) {
 		if !ok {
 			return idleStream{}, false
 		}
-		if is.usable() {
+		if is.usable(time.Now()) {
 			return is, true
 		}
 		_ = is.s.Reset()
@@ -110,10 +113,18 @@ func (p *hopPool) pop(id peer.ID) (idleStream, bool) {
 
 // usable reports whether an idle stream can carry a request: its
 // connection is open, and the other side has neither closed nor reset
-// it nor sent anything unasked (a read that cannot wait tells).
-func (is idleStream) usable() bool {
-	if is.s.Conn().IsClosed() {
+// it nor sent anything unasked (a read that cannot wait tells). A
+// stream idle for less than hopRecheck is not read: the other side
+// ends an idle stream only after hopServerIdle or when its forwarder
+// closes, and then cleanly (Close, never Reset), which the exchange
+// sees before any answer and sends again (errStaleStream) — the read
+// with a deadline cost a third of the sender's hop (BenchmarkHop).
+func (is idleStream) usable(now time.Time) bool {
+	if is.s.Conn().IsClosed() || is.br.Buffered() > 0 {
 		return false
+	}
+	if now.Sub(is.since) < hopRecheck {
+		return true
 	}
 	if err := is.s.SetReadDeadline(time.Now()); err != nil {
 		return false
