@@ -593,7 +593,7 @@ func (m *Manager) serveDigests(s network.Stream) {
 			}
 			continue
 		}
-		if !g.members[remote] {
+		if !g.member(remote) {
 			// Not a group this site shares with the asker: say nothing
 			// of it (a non-member learns nothing).
 			continue
