@@ -41,11 +41,11 @@ import (
 // wakes it; what anti-entropy and heads pushes need of a sleeping group,
 // its heads, is read from the datastore.
 type Group struct {
-	m       *Manager
-	name    string
-	sites   []string
-	peers   []peer.ID // the members' peer ids, in the order of sites
-	blocks  blockstore.Blockstore
+	m      *Manager
+	name   string
+	sites  []string
+	peers  []peer.ID // the members' peer ids, in the order of sites
+	blocks blockstore.Blockstore
 	// arrivals tracks fetches in progress and the walks waiting for them.
 	arrivals arrivals
 	// sources remembers which member announced which heads (blocks.go).
