@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"runtime/metrics"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -164,6 +165,9 @@ func TestScaleVerdicts(t *testing.T) {
 func BenchmarkScaleWrites(b *testing.B) {
 	sites, resources := envInt("CHEOPS_SCALE_SITES", 20), envInt("CHEOPS_SCALE_RESOURCES", 1000)
 	opt := ScaleProfile(Env{})
+	// 100 sites take 30–60 s to see each other up (the full profile
+	// gives them 3 minutes too).
+	opt.FormWithin = 3 * time.Minute
 	names := make([]string, sites)
 	for i := range names {
 		names[i] = fmt.Sprintf("s%02d", i)
@@ -197,6 +201,7 @@ func BenchmarkScaleWrites(b *testing.B) {
 		allocated := allocatedBytes() - alloc0
 		stopProfile()
 		writeHeapProfile(b, memProfile, "")
+		b.Logf("crdt counters, every site: %s", crdtCounters(ss))
 		ss.close(log)
 		if w.Error != "" {
 			b.Fatal(w.Error)
@@ -208,6 +213,38 @@ func BenchmarkScaleWrites(b *testing.B) {
 			b.ReportMetric(float64(allocated)/float64(2*w.Written), "alloc-B/write")
 		}
 	}
+}
+
+// crdtCounters sums the crdt package's counters over every site, for
+// telling a slow write phase's causes apart (announcements dropped on
+// links, wakes, blocks fetched rather than inlined, digest mismatches).
+func crdtCounters(ss *scaleSites) string {
+	sums := map[string]float64{}
+	for _, s := range ss.sites {
+		families, err := s.reg.Gather()
+		if err != nil {
+			continue
+		}
+		for _, f := range families {
+			name := strings.TrimPrefix(f.GetName(), "cheops_crdt_")
+			if name == f.GetName() {
+				continue
+			}
+			for _, m := range f.GetMetric() {
+				if c := m.GetCounter(); c != nil {
+					sums[strings.TrimSuffix(name, "_total")] += c.GetValue()
+				}
+			}
+		}
+	}
+	var parts []string
+	for name, v := range sums {
+		if v != 0 {
+			parts = append(parts, fmt.Sprintf("%s %.0f", name, v))
+		}
+	}
+	slices.Sort(parts)
+	return strings.Join(parts, ", ")
 }
 
 // envInt reads a positive integer from the environment, def when unset.

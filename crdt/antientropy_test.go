@@ -3,6 +3,7 @@ package crdt
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -164,4 +165,66 @@ func TestDigestCountsMergedNodesOnlyOnce(t *testing.T) {
 	if scans != 0 {
 		t.Fatalf("%d scans by digests after each site's first", scans)
 	}
+}
+
+// TestSharedFollowsJoinsAndLeaves: the groups a site shares with each
+// peer (what anti-entropy rounds, heads pushes and connection events
+// ask for) follow its joins and leaves, and a group joined afresh counts
+// the nodes it merges from zero, as many as its store marks, also after
+// a leave and a join again.
+func TestSharedFollowsJoinsAndLeaves(t *testing.T) {
+	n := newNet(t, "a", "b", "c", "d")
+	n.startAll("a", "b", "c", "d")
+	ctx := context.Background()
+	a := n.sites["a"].m
+	for _, g := range [][]string{{"a", "b"}, {"a", "b", "c"}, {"a", "c"}, {"a", "d"}} {
+		if err := a.Put(ctx, g, "/k", []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check := func(when string, want map[string]string) {
+		t.Helper()
+		for _, s := range []string{"b", "c", "d"} {
+			var names []string
+			for _, g := range a.shared(n.ids[s]) {
+				names = append(names, g.name)
+			}
+			slices.Sort(names)
+			if got := strings.Join(names, " "); got != want[s] {
+				t.Errorf("%s: a shares with %s %q, want %q", when, s, got, want[s])
+			}
+		}
+	}
+	check("joined", map[string]string{"b": "a,b a,b,c", "c": "a,b,c a,c", "d": "a,d"})
+	if err := a.Leave(ctx, []string{"a", "b", "c"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Leave(ctx, []string{"a", "d"}); err != nil {
+		t.Fatal(err)
+	}
+	check("left two", map[string]string{"b": "a,b", "c": "a,c"})
+
+	ad := []string{"a", "d"}
+	for round := range 2 {
+		for i := range 3 {
+			if err := a.Put(ctx, ad, fmt.Sprintf("/r%d/%d", round, i), []byte("v")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		g := a.group("a,d")
+		eventually(t, 10*time.Second, "a's merged count matches its store", func() error {
+			stored, err := countKeys(ctx, n.sites["a"].store, g.crdtPrefix().ChildString(processedNamespace))
+			if err != nil {
+				return err
+			}
+			if got := g.processedCount(ctx); got != stored || stored != 3 {
+				return fmt.Errorf("counted %d, the store marks %d, want 3", got, stored)
+			}
+			return nil
+		})
+		if err := a.Leave(ctx, ad); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check("left again", map[string]string{"b": "a,b", "c": "a,c"})
 }

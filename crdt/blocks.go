@@ -143,7 +143,7 @@ func (m *Manager) serveBlocks(s network.Stream) {
 		return
 	}
 	g := m.group(req.Group)
-	if g == nil || !g.members[remote] {
+	if g == nil || !g.member(remote) {
 		// Same answer whether the group exists here or not: a non-member
 		// learns nothing.
 		m.log.Warn("refused block request from a non-member", "peer", remote, "group", req.Group)

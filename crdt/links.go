@@ -426,7 +426,7 @@ func (m *Manager) receive(remote peer.ID, name string, peers []peer.ID, body []b
 			return err
 		}
 	}
-	if !g.members[remote] {
+	if !g.member(remote) {
 		return fmt.Errorf("%w: %s is not in {%s}", ErrNotMember, remote, name)
 	}
 	heads, blks, err := decodeMessage(body)
