@@ -19,26 +19,7 @@ import (
 // connections come from the site. The check of a taken port must not
 // cost this.
 func TestConnectionsComeFromTheListenAddress(t *testing.T) {
-	dirs := map[string]string{}
-	var trust []peer.ID
-	for _, s := range []string{"a", "b"} {
-		dirs[s] = filepath.Join(t.TempDir(), s)
-		_, id, err := LoadIdentity(dirs[s])
-		if err != nil {
-			t.Fatal(err)
-		}
-		trust = append(trust, id)
-	}
-	start := func(site, ip string, peers ...string) *Node {
-		c := fastConfig(site, dirs[site], trust, peers...)
-		c.Listen = []string{fmt.Sprintf("/ip4/%s/tcp/0", ip)}
-		n, err := New(context.Background(), c)
-		if err != nil {
-			t.Fatalf("start %s: %v", site, err)
-		}
-		t.Cleanup(func() { n.Close() })
-		return n
-	}
+	start := twoSitesOn(t)
 	a := start("a", "127.0.0.21")
 	aAddr := a.host.Network().ListenAddresses()[0]
 	b := start("b", "127.0.0.22", fmt.Sprintf("%s/p2p/%s", aAddr, a.host.ID()))
@@ -75,26 +56,7 @@ func TestConnectionsComeFromTheListenAddress(t *testing.T) {
 // emulation or a firewall rule keyed on the site's address did not
 // apply to.
 func TestConnectionsComeFromTheSiteWhenItsPortIsBusy(t *testing.T) {
-	dirs := map[string]string{}
-	var trust []peer.ID
-	for _, s := range []string{"a", "b"} {
-		dirs[s] = filepath.Join(t.TempDir(), s)
-		_, id, err := LoadIdentity(dirs[s])
-		if err != nil {
-			t.Fatal(err)
-		}
-		trust = append(trust, id)
-	}
-	start := func(site, ip string) *Node {
-		c := fastConfig(site, dirs[site], trust)
-		c.Listen = []string{fmt.Sprintf("/ip4/%s/tcp/0", ip)}
-		n, err := New(context.Background(), c)
-		if err != nil {
-			t.Fatalf("start %s: %v", site, err)
-		}
-		t.Cleanup(func() { n.Close() })
-		return n
-	}
+	start := twoSitesOn(t)
 	a, b := start("a", "127.0.0.23"), start("b", "127.0.0.24")
 	aNet, _ := manet.ToNetAddr(a.host.Network().ListenAddresses()[0])
 	bNet, _ := manet.ToNetAddr(b.host.Network().ListenAddresses()[0])
@@ -125,4 +87,30 @@ func TestConnectionsComeFromTheSiteWhenItsPortIsBusy(t *testing.T) {
 		return
 	}
 	t.Fatal("a has no connection from b")
+}
+
+// twoSitesOn returns a function that starts site a or b, trusting each
+// other, listening on the given IP, with the given peers.
+func twoSitesOn(t *testing.T) func(site, ip string, peers ...string) *Node {
+	dirs := map[string]string{}
+	var trust []peer.ID
+	for _, s := range []string{"a", "b"} {
+		dirs[s] = filepath.Join(t.TempDir(), s)
+		_, id, err := LoadIdentity(dirs[s])
+		if err != nil {
+			t.Fatal(err)
+		}
+		trust = append(trust, id)
+	}
+	return func(site, ip string, peers ...string) *Node {
+		t.Helper()
+		c := fastConfig(site, dirs[site], trust, peers...)
+		c.Listen = []string{fmt.Sprintf("/ip4/%s/tcp/0", ip)}
+		n, err := New(context.Background(), c)
+		if err != nil {
+			t.Fatalf("start %s: %v", site, err)
+		}
+		t.Cleanup(func() { n.Close() })
+		return n
+	}
 }
