@@ -153,6 +153,11 @@ func (l errorListener) Accept() (net.Conn, error) {
 
 type errorConn struct{ net.Conn }
 
+// NetConn is the connection errorConn wraps: a handler that takes the
+// connection (spliceUpload) moves a body from the TCP connection under
+// it.
+func (c *errorConn) NetConn() net.Conn { return c.Conn }
+
 // ReadFrom hands an answer's body to the connection's own ReadFrom
 // (net/http calls it for a body of known length once the head is
 // written): a body read from another TCP connection then moves inside

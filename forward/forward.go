@@ -332,6 +332,10 @@ func (f *Forwarder) parse(w http.ResponseWriter, r *http.Request, hop string) (*
 			fmt.Errorf("scope of %d bytes (canonical) is over the limit of %d passed to applications", n, MaxScopeBytes)
 	}
 	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 && streamsBody(req) {
+		if r.ContentLength > f.cfg.MaxBody {
+			// Refused before a byte of it is sent anywhere.
+			return nil, http.StatusRequestEntityTooLarge, "too_large", fmt.Errorf("body over the limit of %d bytes", f.cfg.MaxBody)
+		}
 		req.stream = http.MaxBytesReader(w, r.Body, f.cfg.MaxBody)
 	} else if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
 		req.body, err = readLimited(http.MaxBytesReader(w, r.Body, f.cfg.MaxBody), f.cfg.MaxBody)

@@ -377,6 +377,9 @@ func (f *Forwarder) plain(w http.ResponseWriter, req *request, plan *scope.Plan)
 			return
 		}
 	}
+	if req.stream != nil && len(reachable) == 1 && reachable[0] == f.cfg.Membership.Site() && f.spliceUpload(w, req) {
+		return // moved in the kernel (upload.go)
+	}
 	results := f.executeAll(ctx, reachable, func(ctx context.Context, site string) result {
 		return f.execute(ctx, site, req, req.r.Method, req.rawPath, nil)
 	})
