@@ -234,6 +234,11 @@ const (
 	pathProxy  = "haproxy"
 	pathLocal  = "local agent"
 	pathRemote = "remote agent"
+	// pathChain is two HAProxy in a row, one per site, through the
+	// emulated WAN (client → HAProxy on the remote site → relay →
+	// HAProxy on the application's → application): what any path through
+	// two proxies costs on the machine, beside the remote agent's.
+	pathChain = "haproxy chain"
 )
 
 // RunForwarding measures the forwarding overhead: GET of one item and
@@ -349,30 +354,45 @@ func runForwarding(ctx context.Context, env Env, p forwardingProfile) (*Forwardi
 	if _, _, err := direct.do(ctx, http.MethodPost, "/posts", []byte(`{"id": 1, "title": "read me", "body": "the item every path reads"}`), http.StatusCreated); err != nil {
 		return nil, err
 	}
-	proxyAddr, version, stop, err := startHAProxy(ctx, haproxy, filepath.Join(env.Dir, "forwarding", "haproxy"), app.ip, hostPortOf(app.App))
+	proxyAddr, version, stop, err := startHAProxy(ctx, haproxy, filepath.Join(env.Dir, "forwarding", "haproxy"), app.ip, hostPortOf(app.App), "")
 	if err != nil {
 		return nil, err
 	}
 	defer stop()
-	appScope := "{posts: " + app.Name + "}"
-	proxy := newTarget(pathProxy, "http://"+proxyAddr, "")
-	local := newTarget(pathLocal, app.API+"/svc/posts", appScope)
-	far := newTarget(pathRemote, remote.API+"/svc/posts", appScope)
-	for _, t := range []*fwTarget{proxy, local, far} {
-		defer t.close()
-	}
-	res := &ForwardingResult{Mode: "cluster", Sites: n, AppSite: app.Name, Remote: remote.Name, Proxy: version, Item: "/posts/1",
-		Gets: p.gets, Creates: p.creates, Workers: p.workers, ThroughputSeconds: p.throughput.Seconds(), RatioTarget: 1.2}
 	phases, err := forwardingPhases()
 	if err != nil {
 		return nil, err
 	}
+	appScope := "{posts: " + app.Name + "}"
+	proxy := newTarget(pathProxy, "http://"+proxyAddr, "")
+	local := newTarget(pathLocal, app.API+"/svc/posts", appScope)
+	far := newTarget(pathRemote, remote.API+"/svc/posts", appScope)
+	targets := []*fwTarget{direct, proxy, local, far}
+	if phases["latency"] {
+		// The second HAProxy, on the remote site, reaches the first
+		// through the relay, from the remote site's address.
+		relay, err := c.Net.Expose(app.Name, hostOf(app.relay), proxyAddr)
+		if err != nil {
+			return nil, err
+		}
+		chainAddr, _, stopChain, err := startHAProxy(ctx, haproxy, filepath.Join(env.Dir, "forwarding", "haproxy-chain"), remote.ip, relay, remote.ip)
+		if err != nil {
+			return nil, err
+		}
+		defer stopChain()
+		targets = append(targets, newTarget(pathChain, "http://"+chainAddr, ""))
+	}
+	for _, t := range targets[1:] {
+		defer t.close()
+	}
+	res := &ForwardingResult{Mode: "cluster", Sites: n, AppSite: app.Name, Remote: remote.Name, Proxy: version, Item: "/posts/1",
+		Gets: p.gets, Creates: p.creates, Workers: p.workers, ThroughputSeconds: p.throughput.Seconds(), RatioTarget: 1.2}
 	for _, rtt := range p.rtts {
 		if !phases["latency"] && rtt > 0 {
 			continue
 		}
 		c.Net.SetRTT(rtt)
-		if err := res.measureLatency(ctx, c, p, phases, rtt, []*fwTarget{direct, proxy, local, far}, log); err != nil {
+		if err := res.measureLatency(ctx, c, p, phases, rtt, targets, log); err != nil {
 			return nil, err
 		}
 		if rtt == 0 && p.createClients > 0 && phases["creates"] {
@@ -971,9 +991,10 @@ func (r *ForwardingResult) judgeLocal() {
 }
 
 // startHAProxy runs HAProxy on ip (a free port) in front of backend
-// (host:port) with keep-alive on both sides, and returns its address, its
-// version and a function that stops it.
-func startHAProxy(ctx context.Context, bin, dir, ip, backend string) (string, string, func(), error) {
+// (host:port) with keep-alive on both sides, its connections to the
+// backend from source when set, and returns its address, its version and
+// a function that stops it.
+func startHAProxy(ctx context.Context, bin, dir, ip, backend, source string) (string, string, func(), error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", "", nil, fmt.Errorf("bench: %w", err)
 	}
@@ -1001,6 +1022,9 @@ frontend bench
 backend app
     server app %s
 `, addr, backend)
+	if source != "" {
+		cfg = strings.TrimSuffix(cfg, "\n") + " source " + source + "\n"
+	}
 	path := filepath.Join(dir, "haproxy.cfg")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		return "", "", nil, fmt.Errorf("bench: %w", err)
@@ -1141,6 +1165,13 @@ func (r *ForwardingResult) latencyTable(w io.Writer) {
 		}
 	}
 	tw.Flush()
+	for _, run := range r.Runs {
+		chain, far := run.Path(pathChain), run.Path(pathRemote)
+		if chain != nil && far != nil && run.Emulation.N > 0 {
+			fmt.Fprintf(w, "two HAProxy in a row through the relay at %.0f ms (client -> HAProxy at %s -> relay -> HAProxy at %s -> application): added GET p50 %+.2f ms, %+.2f over the emulated round trip; remote agent %+.2f\n",
+				run.RTT, r.Remote, r.AppSite, chain.GetAdded, chain.GetAdded-run.Emulation.P50, far.GetAdded)
+		}
+	}
 	for _, run := range r.Runs {
 		if len(run.Clients) == 0 {
 			continue
