@@ -69,7 +69,9 @@ func (f *Forwarder) spliceUpload(w http.ResponseWriter, req *request) bool {
 	n := r.ContentLength
 	pool := f.reads[req.svc.Name]
 	hj, canHijack := w.(http.Hijacker)
-	if req.stream == nil || req.hop != "" || pool == nil || !canHijack || r.ProtoMajor != 1 || r.TLS != nil ||
+	// A request that fell back from another site may have had some of
+	// its body read already (fallback.go): only a first attempt is taken.
+	if req.stream == nil || req.hop != "" || len(req.fellBack) > 0 || pool == nil || !canHijack || r.ProtoMajor != 1 || r.TLS != nil ||
 		len(r.TransferEncoding) > 0 || n < uploadSpliceMin || n > f.cfg.MaxBody {
 		return false
 	}
@@ -79,6 +81,7 @@ func (f *Forwarder) spliceUpload(w http.ResponseWriter, req *request) bool {
 	if err != nil {
 		return false
 	}
+	set := w.Header().Clone() // what the handler set so far goes with the answer
 	conn, brw, err := hj.Hijack()
 	if err != nil {
 		ac.c.Close()
@@ -89,6 +92,9 @@ func (f *Forwarder) spliceUpload(w http.ResponseWriter, req *request) bool {
 	_ = conn.SetDeadline(deadline)
 	_ = ac.c.SetDeadline(deadline)
 	hw := newHopWriter(conn, r.Method)
+	if set != nil {
+		hw.header = set
+	}
 	hw.keepAlive = func() bool { return false }
 	hw.header.Set("Date", time.Now().UTC().Format(http.TimeFormat))
 	res, sent := f.uploadTo(ac, req, conn, brw.Reader)
