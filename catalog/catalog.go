@@ -128,6 +128,7 @@ type Catalog struct {
 	// unchanged from one being caught up.
 	owing    map[string]uint64
 	changes  uint64
+	held     int // entries visible: the resources this site holds (Len)
 	byLocal  map[localKey]string
 	watchers map[*watcher]struct{}
 	toGather map[string]bool
@@ -203,18 +204,29 @@ func (c *Catalog) Owing() []string {
 	return out
 }
 
+// Owes reports whether a resource this site holds shows an operation
+// still owed by one of its sites: whether Owing lists it, at the cost of
+// one lookup (a resolved resource is not built).
+func (c *Catalog) Owes(id string) bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	_, ok := c.owing[id]
+	return ok
+}
+
+// OwingCount is how many resources Owing lists, without listing them.
+func (c *Catalog) OwingCount() int {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.owing)
+}
+
 // Len is the number of resources this site holds (what List with no
-// filter returns), without resolving them.
+// filter returns), kept with every change.
 func (c *Catalog) Len() int {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	n := 0
-	for _, e := range c.entries {
-		if e.visible {
-			n++
-		}
-	}
-	return n
+	return c.held
 }
 
 // owes reports whether a visible entry shows an operation still owed.
@@ -755,6 +767,12 @@ func (c *Catalog) changedLocked(e *entry, group string, ch Change) {
 		}
 	}
 	e.refresh(c.cfg.Self)
+	switch {
+	case e.visible && !wasVisible:
+		c.held++
+	case !e.visible && wasVisible:
+		c.held--
+	}
 	for _, k := range e.index {
 		c.byLocal[k] = e.id
 	}

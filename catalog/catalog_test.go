@@ -126,6 +126,9 @@ func TestPendingResolvesWithTheSiteRecord(t *testing.T) {
 	if v := r.PerSite["berlin"]; v.Status != StatusPending || len(v.Pending) != 1 {
 		t.Fatalf("berlin before = %+v", v)
 	}
+	if !paris.Owes(id) || paris.OwingCount() != 1 {
+		t.Fatalf("paris: Owes %v, OwingCount %d, want true, 1", paris.Owes(id), paris.OwingCount())
+	}
 	createOp := r.Operations[0].ID
 	if err := paris.SetSite(ctx, id, SiteRecord{Site: "berlin", LocalID: "9"}); !errors.Is(err, ErrNotSelf) {
 		t.Fatalf("paris wrote berlin's record: %v", err)
@@ -136,6 +139,9 @@ func TestPendingResolvesWithTheSiteRecord(t *testing.T) {
 	r, _ = paris.Get(ctx, id)
 	if v := r.PerSite["berlin"]; v.Status != StatusOK || v.LocalID != "9" || len(v.Pending) != 0 {
 		t.Fatalf("berlin after = %+v", v)
+	}
+	if paris.Owes(id) || paris.OwingCount() != 0 {
+		t.Fatalf("paris after berlin's record: Owes %v, OwingCount %d, want false, 0", paris.Owes(id), paris.OwingCount())
 	}
 	if got, ok := paris.LookupLocal("posts", "berlin", "9"); !ok || got != id {
 		t.Fatal("local id of the site record not indexed")

@@ -261,7 +261,14 @@ func (r *Runner) loop(ctx context.Context) {
 }
 
 // look reads a resource and queues it if this site owes operations on it.
+// One that no site owes anything on is not read: most changes a site sees
+// are outcomes recorded (its own, or another site's after its catch-up),
+// and resolving each resource to find nothing owed cost more than the
+// rest of the change's handling.
 func (r *Runner) look(ctx context.Context, id string) {
+	if !r.cfg.Catalog.Owes(id) {
+		return
+	}
 	if res, err := r.cfg.Catalog.Get(ctx, id); err == nil {
 		r.offer(res)
 	}
