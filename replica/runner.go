@@ -383,10 +383,12 @@ const maxBegin = 8
 
 // take waits for a queued resource and hands it to the caller (false:
 // the runner closed). When the resources left have one owed operation
-// each and there are many (more than two per worker), it hands over a few
-// of them (up to maxBegin, their share of the queue), run one after the
-// other: their creates are begun together (begin). The last ones queued
-// go one per worker, so that the catch-up's tail still runs in parallel.
+// each and there are more than workers, it hands over a few of them (a
+// worker's share of the queue, up to maxBegin), run one after the other:
+// their creates are begun together (begin). The last ones queued go one
+// per worker, so that the catch-up's tail still runs in parallel (an
+// application serves a few requests at once at most: a worker running
+// the rest of its share while the others are done leaves it as busy).
 func (r *Runner) take() ([]*task, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -398,7 +400,7 @@ func (r *Runner) take() ([]*task, bool) {
 	}
 	n := 1
 	if r.ready[0].owed == 1 {
-		n = min(maxBegin, len(r.ready)/(2*r.cfg.Workers))
+		n = min(maxBegin, len(r.ready)/r.cfg.Workers)
 	}
 	ts := make([]*task, 0, max(n, 1))
 	for len(ts) == 0 || len(ts) < n && len(r.ready) > 0 {
