@@ -1019,6 +1019,7 @@ func (c *Catalog) RecordOutcomes(ctx context.Context, outs []Outcome) error {
 		sites []string
 		keys  []string
 		vals  [][]byte
+		recs  []SiteRecord
 	}
 	byRes := map[string][]Outcome{}
 	var order []string
@@ -1037,17 +1038,21 @@ func (c *Catalog) RecordOutcomes(ctx context.Context, outs []Outcome) error {
 		}
 		rec, _ := c.Record(id, c.cfg.Self)
 		rec.Site = c.cfg.Self
+		// The maps are copied once (the view keeps the older record's),
+		// and an empty one is left out, as the JSON decodes.
+		applied, failed := copyOnWrite{m: rec.Applied}, copyOnWrite{m: rec.Failed}
 		for _, o := range byRes[id] {
 			if o.LocalID != "" {
 				rec.LocalID, rec.Status = o.LocalID, StatusOK
 			}
 			if o.Applied != "" {
-				rec.Applied = withEntry(rec.Applied, o.Op, o.Applied)
+				applied.set(o.Op, o.Applied)
 			}
 			if o.Failed != "" {
-				rec.Failed = withEntry(rec.Failed, o.Op, o.Failed)
+				failed.set(o.Op, o.Failed)
 			}
 		}
+		rec.Applied, rec.Failed = applied.result(), failed.result()
 		rec.At = c.clock.Now()
 		data, _ := json.Marshal(rec)
 		g := groupOf(sites)
@@ -1057,27 +1062,46 @@ func (c *Catalog) RecordOutcomes(ctx context.Context, outs []Outcome) error {
 			groups[g] = b
 			groupOrder = append(groupOrder, g)
 		}
-		b.keys, b.vals = append(b.keys, siteKey(id, c.cfg.Self)), append(b.vals, data)
+		b.keys, b.vals, b.recs = append(b.keys, siteKey(id, c.cfg.Self)), append(b.vals, data), append(b.recs, rec)
 	}
 	for _, g := range groupOrder {
 		b := groups[g]
 		if err := c.cfg.Store.PutBatch(ctx, b.sites, b.keys, b.vals); err != nil {
 			return fmt.Errorf("catalog: record outcomes in %s: %w", g, err)
 		}
+		// Folded in as encoded, not decoded again.
 		for i := range b.keys {
-			c.apply(b.sites, b.keys[i], b.vals[i])
+			c.applyOwn(b.sites, b.keys[i], b.vals[i], decoded{rec: &b.recs[i]})
 		}
 	}
 	return nil
 }
 
-func withEntry(m map[string]string, k, v string) map[string]string {
-	out := make(map[string]string, len(m)+1)
-	for a, b := range m {
-		out[a] = b
+// copyOnWrite is a map shared with the view, copied at its first change.
+type copyOnWrite struct {
+	m      map[string]string
+	copied bool
+}
+
+func (c *copyOnWrite) set(k, v string) {
+	if !c.copied {
+		c.m, c.copied = maps.Clone(c.m), true
+		if c.m == nil {
+			c.m = map[string]string{}
+		}
 	}
-	out[k] = v
-	return out
+	c.m[k] = v
+}
+
+// result is the map, a copy of its own, nil when empty.
+func (c *copyOnWrite) result() map[string]string {
+	switch {
+	case len(c.m) == 0:
+		return nil
+	case !c.copied:
+		return maps.Clone(c.m)
+	}
+	return c.m
 }
 
 // Rehome moves a resource to a new replica set (attach, detach). This
