@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"runtime"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -111,6 +112,7 @@ func BenchmarkCatchUp(b *testing.B) {
 				// judged against (it varied from 1.1 to 2.4 s per 1,000
 				// on this machine at different hours).
 				floor, floorCPU := jsonServerFloor(b, n, 16)
+				endHeap := heapCatchUp(b)
 				appCPU, agentsCPU := cpuOf(b, c.sites["rome"].app.pid), bench.SelfCPU()
 				stopProfile := profileCatchUp(b)
 				b.StartTimer()
@@ -178,6 +180,7 @@ func BenchmarkCatchUp(b *testing.B) {
 				b.ReportMetric(float64(synced)/float64(time.Millisecond), "catalog-synced-ms")
 				b.ReportMetric(float64(floor)/float64(time.Millisecond), "jsonserver-ms")
 				b.StopTimer()
+				endHeap()
 				if got := len(c.sites["rome"].app.items(b, "posts")); got != n {
 					b.Fatalf("rome's application holds %d posts, want %d", got, n)
 				}
@@ -287,6 +290,39 @@ func profileCatchUp(b *testing.B) (stop func()) {
 		}
 	}
 }
+
+// heapCatchUp writes, when CHEOPS_CATCHUP_MEMPROFILE names a file, the
+// heap profile (allocations since the process started) at the start of a
+// catch-up to that name with ".start" appended and the repetition's
+// number, and the returned function writes it at the end, without
+// ".start": go tool pprof -sample_index=alloc_space -diff_base START END
+// shows what the catch-up allocated. Each profile is taken after a
+// collection (runtime.GC), outside the measured window.
+func heapCatchUp(b *testing.B) (end func()) {
+	b.Helper()
+	path := os.Getenv("CHEOPS_CATCHUP_MEMPROFILE")
+	if path == "" {
+		return func() {}
+	}
+	catchUpHeaps++
+	path += "." + strconv.Itoa(catchUpHeaps)
+	write := func(name string) {
+		runtime.GC()
+		f, err := os.Create(name)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+			b.Fatal(err)
+		}
+	}
+	write(path + ".start")
+	return func() { write(path) }
+}
+
+// catchUpHeaps counts the catch-up heap profiles written by this process.
+var catchUpHeaps int
 
 // catchUpProfiles counts the catch-up profiles written by this process.
 var catchUpProfiles int
