@@ -128,6 +128,7 @@ type Catalog struct {
 	// unchanged from one being caught up.
 	owing    map[string]uint64
 	changes  uint64
+	held     int // entries visible: the resources this site holds (Len)
 	byLocal  map[localKey]string
 	watchers map[*watcher]struct{}
 	toGather map[string]bool
@@ -203,18 +204,29 @@ func (c *Catalog) Owing() []string {
 	return out
 }
 
+// Owes reports whether a resource this site holds shows an operation
+// still owed by one of its sites: whether Owing lists it, at the cost of
+// one lookup (a resolved resource is not built).
+func (c *Catalog) Owes(id string) bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	_, ok := c.owing[id]
+	return ok
+}
+
+// OwingCount is how many resources Owing lists, without listing them.
+func (c *Catalog) OwingCount() int {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.owing)
+}
+
 // Len is the number of resources this site holds (what List with no
-// filter returns), without resolving them.
+// filter returns), kept with every change.
 func (c *Catalog) Len() int {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	n := 0
-	for _, e := range c.entries {
-		if e.visible {
-			n++
-		}
-	}
-	return n
+	return c.held
 }
 
 // owes reports whether a visible entry shows an operation still owed.
@@ -755,6 +767,12 @@ func (c *Catalog) changedLocked(e *entry, group string, ch Change) {
 		}
 	}
 	e.refresh(c.cfg.Self)
+	switch {
+	case e.visible && !wasVisible:
+		c.held++
+	case !e.visible && wasVisible:
+		c.held--
+	}
 	for _, k := range e.index {
 		c.byLocal[k] = e.id
 	}
@@ -1001,6 +1019,7 @@ func (c *Catalog) RecordOutcomes(ctx context.Context, outs []Outcome) error {
 		sites []string
 		keys  []string
 		vals  [][]byte
+		recs  []SiteRecord
 	}
 	byRes := map[string][]Outcome{}
 	var order []string
@@ -1019,17 +1038,21 @@ func (c *Catalog) RecordOutcomes(ctx context.Context, outs []Outcome) error {
 		}
 		rec, _ := c.Record(id, c.cfg.Self)
 		rec.Site = c.cfg.Self
+		// The maps are copied once (the view keeps the older record's),
+		// and an empty one is left out, as the JSON decodes.
+		applied, failed := copyOnWrite{m: rec.Applied}, copyOnWrite{m: rec.Failed}
 		for _, o := range byRes[id] {
 			if o.LocalID != "" {
 				rec.LocalID, rec.Status = o.LocalID, StatusOK
 			}
 			if o.Applied != "" {
-				rec.Applied = withEntry(rec.Applied, o.Op, o.Applied)
+				applied.set(o.Op, o.Applied)
 			}
 			if o.Failed != "" {
-				rec.Failed = withEntry(rec.Failed, o.Op, o.Failed)
+				failed.set(o.Op, o.Failed)
 			}
 		}
+		rec.Applied, rec.Failed = applied.result(), failed.result()
 		rec.At = c.clock.Now()
 		data, _ := json.Marshal(rec)
 		g := groupOf(sites)
@@ -1039,27 +1062,46 @@ func (c *Catalog) RecordOutcomes(ctx context.Context, outs []Outcome) error {
 			groups[g] = b
 			groupOrder = append(groupOrder, g)
 		}
-		b.keys, b.vals = append(b.keys, siteKey(id, c.cfg.Self)), append(b.vals, data)
+		b.keys, b.vals, b.recs = append(b.keys, siteKey(id, c.cfg.Self)), append(b.vals, data), append(b.recs, rec)
 	}
 	for _, g := range groupOrder {
 		b := groups[g]
 		if err := c.cfg.Store.PutBatch(ctx, b.sites, b.keys, b.vals); err != nil {
 			return fmt.Errorf("catalog: record outcomes in %s: %w", g, err)
 		}
+		// Folded in as encoded, not decoded again.
 		for i := range b.keys {
-			c.apply(b.sites, b.keys[i], b.vals[i])
+			c.applyOwn(b.sites, b.keys[i], b.vals[i], decoded{rec: &b.recs[i]})
 		}
 	}
 	return nil
 }
 
-func withEntry(m map[string]string, k, v string) map[string]string {
-	out := make(map[string]string, len(m)+1)
-	for a, b := range m {
-		out[a] = b
+// copyOnWrite is a map shared with the view, copied at its first change.
+type copyOnWrite struct {
+	m      map[string]string
+	copied bool
+}
+
+func (c *copyOnWrite) set(k, v string) {
+	if !c.copied {
+		c.m, c.copied = maps.Clone(c.m), true
+		if c.m == nil {
+			c.m = map[string]string{}
+		}
 	}
-	out[k] = v
-	return out
+	c.m[k] = v
+}
+
+// result is the map, a copy of its own, nil when empty.
+func (c *copyOnWrite) result() map[string]string {
+	switch {
+	case len(c.m) == 0:
+		return nil
+	case !c.copied:
+		return maps.Clone(c.m)
+	}
+	return c.m
 }
 
 // Rehome moves a resource to a new replica set (attach, detach). This

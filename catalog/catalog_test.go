@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"reflect"
 	"slices"
 	"strings"
@@ -126,6 +127,9 @@ func TestPendingResolvesWithTheSiteRecord(t *testing.T) {
 	if v := r.PerSite["berlin"]; v.Status != StatusPending || len(v.Pending) != 1 {
 		t.Fatalf("berlin before = %+v", v)
 	}
+	if !paris.Owes(id) || paris.OwingCount() != 1 {
+		t.Fatalf("paris: Owes %v, OwingCount %d, want true, 1", paris.Owes(id), paris.OwingCount())
+	}
 	createOp := r.Operations[0].ID
 	if err := paris.SetSite(ctx, id, SiteRecord{Site: "berlin", LocalID: "9"}); !errors.Is(err, ErrNotSelf) {
 		t.Fatalf("paris wrote berlin's record: %v", err)
@@ -136,6 +140,9 @@ func TestPendingResolvesWithTheSiteRecord(t *testing.T) {
 	r, _ = paris.Get(ctx, id)
 	if v := r.PerSite["berlin"]; v.Status != StatusOK || v.LocalID != "9" || len(v.Pending) != 0 {
 		t.Fatalf("berlin after = %+v", v)
+	}
+	if paris.Owes(id) || paris.OwingCount() != 0 {
+		t.Fatalf("paris after berlin's record: Owes %v, OwingCount %d, want false, 0", paris.Owes(id), paris.OwingCount())
 	}
 	if got, ok := paris.LookupLocal("posts", "berlin", "9"); !ok || got != id {
 		t.Fatal("local id of the site record not indexed")
@@ -527,5 +534,39 @@ func TestCreateViewIsWhatTheStoreHolds(t *testing.T) {
 		if !reflect.DeepEqual(mine, read) {
 			t.Errorf("%s: the view of its own create\n%+v\nread back\n%+v", tc.name, mine, read)
 		}
+	}
+}
+
+// TestOutcomesViewIsWhatTheStoreHolds: the view keeps recorded outcomes
+// as encoded (applyOwn), sharing nothing with the older record it holds:
+// it shows what a catalog reading them back from the store shows, after
+// each batch.
+func TestOutcomesViewIsWhatTheStoreHolds(t *testing.T) {
+	store := newMemNet().store("berlin")
+	berlin := newTestCatalog(t, store, "berlin")
+	ctx := context.Background()
+	id := create(t, berlin, "posts", []string{"paris", "berlin"}, map[string]string{"paris": "1"}, "berlin")
+	createOp := mustGet(t, berlin, id).Operations[0].ID
+	for i, batch := range [][]Outcome{
+		{{Resource: id, Op: createOp, LocalID: "7", Applied: "201"}},
+		{{Resource: id, Op: "u1", Applied: "200"}, {Resource: id, Op: "u2", Failed: "422: no"}},
+		{{Resource: id, Op: "u3", Applied: "superseded by u4"}},
+	} {
+		before, _ := berlin.Record(id, "berlin")
+		held := maps.Clone(before.Applied)
+		if err := berlin.RecordOutcomes(ctx, batch); err != nil {
+			t.Fatal(err)
+		}
+		if !maps.Equal(before.Applied, held) {
+			t.Fatalf("batch %d changed the record read before it: %v, was %v", i, before.Applied, held)
+		}
+		mine, _ := berlin.Record(id, "berlin")
+		read, _ := newTestCatalog(t, store, "berlin").Record(id, "berlin")
+		if !reflect.DeepEqual(mine, read) {
+			t.Fatalf("batch %d: the view of its own outcomes\n%+v\nread back\n%+v", i, mine, read)
+		}
+	}
+	if rec, _ := berlin.Record(id, "berlin"); rec.LocalID != "7" || len(rec.Applied) != 3 || rec.Failed["u2"] != "422: no" {
+		t.Fatalf("berlin's record: %+v", rec)
 	}
 }

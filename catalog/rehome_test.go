@@ -42,6 +42,9 @@ func TestRehomeAttachThenDetach(t *testing.T) {
 	if got, ok := c.LookupLocal("posts", "c", "3"); !ok || got != id {
 		t.Fatal("c cannot translate its own local id")
 	}
+	if n := c.Len(); n != 1 {
+		t.Fatalf("c's Len after attach: %d, want 1", n)
+	}
 	// b copies its own record into the new group, so c sees it.
 	testkit.Eventually(t, 5*time.Second, "c holds b's record", func() error {
 		if rec, ok := c.Record(id, "b"); !ok || rec.Applied[createOp] != "201" {
@@ -64,8 +67,11 @@ func TestRehomeAttachThenDetach(t *testing.T) {
 	if _, err := c.Get(ctx, id); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("c after detach: %v", err)
 	}
-	if list, _ := c.List(ctx, Filter{}); len(list) != 0 {
-		t.Fatalf("c lists %v", list)
+	if list, _ := c.List(ctx, Filter{}); len(list) != 0 || c.Len() != 0 {
+		t.Fatalf("c lists %v (Len %d)", list, c.Len())
+	}
+	if a.Len() != 1 || b.Len() != 1 {
+		t.Fatalf("Len after detach: a %d, b %d, want 1", a.Len(), b.Len())
 	}
 	if _, ok := c.LookupLocal("posts", "c", "3"); ok {
 		t.Fatal("c still translates its local id")

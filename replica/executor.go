@@ -222,6 +222,11 @@ func (x *Executor) load(ctx context.Context, res string, rs *resourceState) erro
 	if err != nil {
 		return err
 	}
+	for id, e := range rs.entries {
+		if got := entries[id]; e.early && got != nil && got.State == stateBegun {
+			got.early = true // begun by BeginOwed, not called yet
+		}
+	}
 	// The journal holds every entry rs knows of: each is journaled before
 	// it is kept.
 	rs.local, rs.entries, rs.loaded, rs.localKnown = local, entries, true, true
@@ -328,6 +333,9 @@ func (x *Executor) ApplyOwed(ctx context.Context, jobs []Job) []Result {
 	results := make([]Result, 0, len(jobs))
 	for _, j := range jobs {
 		prev, seen := rs.entries[j.Op.ID]
+		if seen && prev.early {
+			seen = false // journaled ahead by BeginOwed: not run yet
+		}
 		if seen && prev.State == stateDone {
 			x.ops.WithLabelValues("duplicate").Inc()
 			r := prev.result()
@@ -358,6 +366,69 @@ func (x *Executor) ApplyOwed(ctx context.Context, jobs []Job) []Result {
 	}
 	flushBefore(jobs[len(jobs)-1], nil)
 	return results
+}
+
+// BeginOwed journals ahead, in one synced write, the begun entries of
+// owed creates that the caller is about to apply (ApplyOwed), one after
+// the other: each create's own synced write before its call (an fsync,
+// the costliest step of an owed create) becomes a share of one. Only
+// creates of which nothing is journaled here are begun; the others, and
+// every job when the write fails (logged), journal their own entry when
+// applied, as without BeginOwed.
+//
+// An entry begun ahead reads, in the journal, as a create that may have
+// run: should the process stop before applying it, the next run looks
+// for its item in the application before creating it, as for any
+// maybe-executed create (a look-up of the collection per create begun
+// and not run: the caller keeps the jobs begun together few). This
+// process knows it has not run, and ApplyOwed calls it as a create that
+// was never begun.
+func (x *Executor) BeginOwed(ctx context.Context, jobs []Job) {
+	type begin struct {
+		j  Job
+		rs *resourceState
+	}
+	var todo []begin
+	for _, j := range jobs {
+		if j.Create && j.LocalID == "" && j.attachBase == nil {
+			todo = append(todo, begin{j, x.state(j.Op.Resource)})
+		}
+	}
+	// The resources' locks, in order (no two callers wait for each other),
+	// so that nothing journals an entry of theirs in between.
+	slices.SortFunc(todo, func(a, b begin) int { return strings.Compare(a.j.Op.Resource, b.j.Op.Resource) })
+	todo = slices.CompactFunc(todo, func(a, b begin) bool { return a.j.Op.Resource == b.j.Op.Resource })
+	for _, b := range todo {
+		b.rs.mu.Lock()
+		defer b.rs.mu.Unlock()
+	}
+	keys := make([]ds.Key, 0, len(todo))
+	vals := make([]any, 0, len(todo))
+	begun := make([]begin, 0, len(todo))
+	now := time.Now().UTC()
+	for _, b := range todo {
+		if err := x.loadFor(ctx, b.j.Op.Resource, b.j.Op.ID, b.rs); err != nil {
+			continue // its own call journals it, or says why not
+		}
+		if b.rs.local != "" || b.rs.entries[b.j.Op.ID] != nil {
+			continue // made here already, or journaled: not a plain create
+		}
+		keys = append(keys, opEntryKey(b.j.Op.Resource, b.j.Op.ID))
+		vals = append(vals, &entry{Op: b.j.Op, State: stateBegun, Started: now})
+		begun = append(begun, b)
+	}
+	if len(keys) == 0 {
+		return
+	}
+	if err := x.journal.putAll(ctx, keys, vals); err != nil {
+		x.log.Warn("journal owed creates ahead", "creates", len(keys), "err", err)
+		return
+	}
+	for i, b := range begun {
+		e := vals[i].(*entry)
+		e.early = true
+		b.rs.entries[b.j.Op.ID] = e
+	}
 }
 
 // mergeOps returns the union of two ordered lists of operations, in order,
@@ -483,7 +554,9 @@ func (x *Executor) replay(ctx context.Context, j Job, o catalog.Operation, local
 // after it. Those skip the sync, the costliest step of an execution.
 func (x *Executor) call(ctx context.Context, j Job, rs *resourceState, method, path string, body []byte) (Answer, error) {
 	e := &entry{Op: j.Op, State: stateBegun, Started: time.Now().UTC(), AttachBase: j.attachBase}
-	if !j.begun.IsZero() {
+	if prev := rs.entries[j.Op.ID]; prev != nil && prev.early {
+		e.Started, e.AttachBase = prev.Started, prev.AttachBase // journaled, synced, by BeginOwed
+	} else if !j.begun.IsZero() {
 		e.Started = j.begun // journaled, synced, with the intent
 	} else {
 		sync := j.Create || j.Op.EffectivePolicy() == catalog.PolicyCommute

@@ -662,3 +662,55 @@ func TestJournalKeysAsCleaned(t *testing.T) {
 		}
 	}
 }
+
+// ownedCreate is the owed creating operation of resource res.
+func ownedCreate(res, body string) Job {
+	c := catalog.Operation{ID: res + "C", Resource: res, Origin: "paris", At: catalog.Timestamp{Wall: 1}, Method: http.MethodPost, Path: "/posts", Body: []byte(body)}
+	return Job{Op: c, Service: "posts", Create: true, Collection: "/posts", Owed: true}
+}
+
+// TestBeginOwedSharesOneSync: owed creates begun ahead together cost one
+// sync between them, run without a look-up or another sync; after a crash
+// between the shared sync and their calls, each is looked for before it
+// runs, so none is made twice: the one whose call had made the item
+// adopts it, the others are made once.
+func TestBeginOwedSharesOneSync(t *testing.T) {
+	ctx := context.Background()
+	jobs := []Job{ownedCreate("R1", `{"t":"a"}`), ownedCreate("R2", `{"t":"b"}`), ownedCreate("R3", `{"t":"c"}`)}
+	store := &syncCounter{Batching: dssync.MutexWrap(ds.NewMapDatastore())}
+	app := newMemApp()
+	x := newExecutor(t, app, store)
+	x.BeginOwed(ctx, jobs)
+	if store.syncs != 1 {
+		t.Fatalf("%d syncs to begin 3 creates, want 1", store.syncs)
+	}
+	for _, j := range jobs {
+		if r := x.ApplyOwed(ctx, []Job{j})[0]; !r.OK() || r.Duplicate {
+			t.Fatalf("%s: %+v", j.Op.Resource, r)
+		}
+	}
+	if store.syncs != 1 || app.calls != 3 || len(app.items) != 3 {
+		t.Fatalf("%d syncs, %d calls, %d items; want 1 sync, the 3 creates alone", store.syncs, app.calls, len(app.items))
+	}
+	// Begun again (a second delivery), nothing is journaled: they ran.
+	x.BeginOwed(ctx, jobs)
+	if store.syncs != 1 {
+		t.Fatalf("begun again after they ran: %d syncs, want none more", store.syncs-1)
+	}
+
+	// A crash after the shared sync, once the first create had made its
+	// item but before its outcome was journaled.
+	store = &syncCounter{Batching: dssync.MutexWrap(ds.NewMapDatastore())}
+	app = newMemApp()
+	newExecutor(t, app, store).BeginOwed(ctx, jobs)
+	app.Call(ctx, "posts", http.MethodPost, "/posts", nil, jobs[0].Op.Body)
+	y := newExecutor(t, app, store)
+	for _, j := range jobs {
+		if r := y.ApplyOwed(ctx, []Job{j})[0]; !r.OK() {
+			t.Fatalf("%s after the crash: %+v", j.Op.Resource, r)
+		}
+	}
+	if len(app.items) != 3 || app.calls != 1+3+2 { // the first create; a look-up each; the two others
+		t.Fatalf("after the crash: %d items, %d calls; want 3 items, 6 calls", len(app.items), app.calls)
+	}
+}

@@ -45,6 +45,11 @@ type entry struct {
 	Failed  string    `json:"failed,omitempty"`
 	LocalID string    `json:"local_id,omitempty"`
 	Started time.Time `json:"started"`
+	// early marks a begun entry this process journaled ahead of the call
+	// (Executor.BeginOwed) and has not made the call of yet: the
+	// operation has not run, although the journal says begun. Never
+	// journaled: after a restart the entry is a maybe-executed one.
+	early bool
 	// AttachBase is set when the operation makes the copy an attach sent
 	// (Executor.Attach): the base that attach was sent with. Journaled
 	// with the begun entry, it tells a later attach that a copy may be

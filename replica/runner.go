@@ -261,7 +261,14 @@ func (r *Runner) loop(ctx context.Context) {
 }
 
 // look reads a resource and queues it if this site owes operations on it.
+// One that no site owes anything on is not read: most changes a site sees
+// are outcomes recorded (its own, or another site's after its catch-up),
+// and resolving each resource to find nothing owed cost more than the
+// rest of the change's handling.
 func (r *Runner) look(ctx context.Context, id string) {
+	if !r.cfg.Catalog.Owes(id) {
+		return
+	}
 	if res, err := r.cfg.Catalog.Get(ctx, id); err == nil {
 		r.offer(res)
 	}
@@ -353,18 +360,36 @@ func (r *Runner) offer(res catalog.Resource) {
 func (r *Runner) worker() {
 	defer r.wg.Done()
 	for {
-		t, ok := r.take()
+		ts, ok := r.take()
 		if !ok {
 			return
 		}
 		r.waitMerge(r.ctx)
-		r.run(t)
+		if len(ts) > 1 {
+			r.begin(ts)
+		}
+		for _, t := range ts {
+			r.run(t)
+		}
 	}
 }
 
+// maxBegin bounds the resources with one owed operation each that a
+// worker takes at once, their creates begun in one synced write
+// (Executor.BeginOwed): 8 shares an fsync among 8 creates, and leaves at
+// most 8 creates per worker (128 with 16 workers) for a restart after a
+// crash to look for in the application before running them.
+const maxBegin = 8
+
 // take waits for a queued resource and hands it to the caller (false:
-// the runner closed).
-func (r *Runner) take() (*task, bool) {
+// the runner closed). When the resources left have one owed operation
+// each and there are more than workers, it hands over a few of them (a
+// worker's share of the queue, up to maxBegin), run one after the other:
+// their creates are begun together (begin). The last ones queued go one
+// per worker, so that the catch-up's tail still runs in parallel (an
+// application serves a few requests at once at most: a worker running
+// the rest of its share while the others are done leaves it as busy).
+func (r *Runner) take() ([]*task, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for len(r.ready) == 0 && !r.closed {
@@ -373,12 +398,37 @@ func (r *Runner) take() (*task, bool) {
 	if r.closed {
 		return nil, false
 	}
-	t := heap.Pop(&r.ready).(*task)
-	t.queued, t.running = false, true
-	r.busy++
-	r.queuedOps -= t.owed
+	n := 1
+	if r.ready[0].owed == 1 {
+		n = min(maxBegin, len(r.ready)/r.cfg.Workers)
+	}
+	ts := make([]*task, 0, max(n, 1))
+	for len(ts) == 0 || len(ts) < n && len(r.ready) > 0 {
+		t := heap.Pop(&r.ready).(*task)
+		t.queued, t.running = false, true
+		r.busy++
+		r.queuedOps -= t.owed
+		ts = append(ts, t)
+	}
 	r.cfg.Executor.queued.Set(float64(r.queuedOps))
-	return t, true
+	return ts, true
+}
+
+// begin journals ahead, together, the creates among resources a worker
+// took at once (Executor.BeginOwed).
+func (r *Runner) begin(ts []*task) {
+	var creates []Job
+	r.mu.Lock()
+	for _, t := range ts {
+		jobs, ok := owedJobs(t.res, r.self, func(op string) bool { return r.recording[op] })
+		if ok && len(jobs) == 1 && jobs[0].Create {
+			creates = append(creates, jobs[0])
+		}
+	}
+	r.mu.Unlock()
+	if len(creates) > 1 {
+		r.cfg.Executor.BeginOwed(r.ctx, creates)
+	}
 }
 
 // run catches a resource up, again as long as it changed meanwhile.

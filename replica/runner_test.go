@@ -379,3 +379,55 @@ func (r *Runner) holding() bool {
 	defer r.hold.mu.Unlock()
 	return !r.hold.since.IsZero() && !r.hold.spent
 }
+
+// TestLoneCreatesBegunTogether: a catch-up of many resources with one
+// owed create each shares its syncs among creates (Executor.BeginOwed),
+// and makes every item once.
+func TestLoneCreatesBegunTogether(t *testing.T) {
+	app := &callLog{memApp: newMemApp(), gate: make(chan struct{})}
+	cat, err := catalog.New(context.Background(), catalog.Config{Store: &memStore{kv: map[string][]byte{}}, Self: "rome", AuditInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cat.Close()
+	store := &syncCounter{Batching: dssync.MutexWrap(ds.NewMapDatastore())}
+	x, err := NewExecutor(Config{App: app, Journal: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 64
+	for i := range n {
+		owe(t, cat, catalog.NewID(time.Unix(1000+int64(i), 0)), fmt.Sprintf("single%d", i), 0)
+	}
+	r, err := StartRunner(RunnerConfig{Catalog: cat, Executor: x, Workers: 2, Rescan: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	release := sync.OnceFunc(func() { close(app.gate) })
+	defer release() // before Close, which waits for the workers
+	// Everything queued but what the two workers took (at most maxBegin
+	// each), held at the application.
+	testkit.Eventually(t, 10*time.Second, "the owed resources queued", func() error {
+		var m dto.Metric
+		if err := x.queued.Write(&m); err != nil {
+			return err
+		}
+		if q := m.GetGauge().GetValue(); q < n-2*maxBegin {
+			return fmt.Errorf("%v operations queued", q)
+		}
+		return nil
+	})
+	release()
+	waitNothingOwed(t, cat, app)
+	if got := len(app.items); got != n {
+		t.Fatalf("the application holds %d items, want %d", got, n)
+	}
+	store.mu.Lock()
+	syncs := store.syncs
+	store.mu.Unlock()
+	if syncs > n/2 {
+		t.Fatalf("%d syncs for %d owed creates, want at most %d", syncs, n, n/2)
+	}
+	t.Logf("%d syncs for %d owed creates", syncs, n)
+}
