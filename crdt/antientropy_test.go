@@ -1,14 +1,20 @@
 package crdt
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	ds "github.com/ipfs/go-datastore"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // TestAntiEntropyRepairsALostHeadsMessage: writes made while a member was
@@ -227,4 +233,115 @@ func TestSharedFollowsJoinsAndLeaves(t *testing.T) {
 		}
 	}
 	check("left again", map[string]string{"b": "a,b", "c": "a,c"})
+}
+
+// TestOneSiteOfAPairStartsThePeriodicRounds: of two sites that share a
+// group, the one whose peer id sorts first starts the periodic rounds
+// and the other answers them, while both write (each running its own
+// every interval doubled the rounds). A write of the answering site
+// whose announcement was lost, while the asker is quiet and waits
+// several intervals between rounds, is still compared by a round the
+// answering site starts, within a few intervals.
+func TestOneSiteOfAPairStartsThePeriodicRounds(t *testing.T) {
+	n := newNet(t, "a", "b")
+	n.tune = func(c *Config) {
+		c.RebroadcastInterval = time.Hour
+		c.PushDelays = []time.Duration{time.Hour}
+		c.DigestInterval = 100 * time.Millisecond
+	}
+	n.startAll("a", "b")
+	lo, hi := n.sites["a"], n.sites["b"]
+	if hi.id < lo.id {
+		lo, hi = hi, lo
+	}
+	// lo reads its links through this handler, which loses the next
+	// message after lose is set.
+	var lose atomic.Bool
+	lo.host.SetStreamHandler(LinkProtocol, func(s network.Stream) {
+		if !lo.m.enter() {
+			_ = s.Reset()
+			return
+		}
+		defer lo.m.wg.Done()
+		defer s.Close()
+		r := bufio.NewReader(s)
+		peers := map[string][]peer.ID{}
+		for {
+			head, err := readFrame(r, maxFrame)
+			if err != nil {
+				return
+			}
+			body, err := readFrame(r, maxFrame+maxBlock)
+			if err != nil {
+				return
+			}
+			var h linkHeader
+			if json.Unmarshal(head, &h) != nil {
+				return
+			}
+			if len(h.Peers) > 0 {
+				peers[h.Group] = h.Peers
+			}
+			if !lose.CompareAndSwap(true, false) {
+				_ = lo.m.receive(s.Conn().RemotePeer(), h.Group, peers[h.Group], body)
+			}
+		}
+	})
+	ctx := context.Background()
+	ab := []string{"a", "b"}
+	started := func(s *site) float64 { return vecTotal(s.m.metrics.digestRounds) }
+	loBefore, hiBefore := started(lo), started(hi)
+	// Both write for 30 intervals: the pair is active throughout.
+	for i, end := 0, time.Now().Add(3*time.Second); time.Now().Before(end); i++ {
+		for _, s := range []*site{lo, hi} {
+			if err := s.m.Put(ctx, ab, fmt.Sprintf("/%s/%d", s.name, i), []byte("v")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	loRounds, hiRounds := started(lo)-loBefore, started(hi)-hiBefore
+	if loRounds < 10 || hiRounds > loRounds/4 {
+		t.Fatalf("rounds started in 30 active intervals: %v by the asker %s, %v by %s (want ≥ 10, and at most a quarter of them)",
+			loRounds, lo.name, hiRounds, hi.name)
+	}
+
+	// Quiet for 20 intervals: the asker's rounds are 8 or more intervals
+	// apart now.
+	time.Sleep(20 * 100 * time.Millisecond)
+	lose.Store(true)
+	// Right after one of the asker's rounds, hi writes. (lo's watcher
+	// tells when it has the write: a read would be activity in the
+	// group, which brings lo's rounds back to every interval.)
+	seen := make(chan struct{})
+	var once sync.Once
+	stop := lo.m.Watch(func(_ []string, key string, _ []byte, _ bool) {
+		if key == "/lost" {
+			once.Do(func() { close(seen) })
+		}
+	})
+	defer stop()
+	answered := counterValue(hi.m.metrics.digestRoundsAnswered)
+	eventually(t, 5*time.Second, "the asker runs a round", func() error {
+		if counterValue(hi.m.metrics.digestRoundsAnswered) == answered {
+			return fmt.Errorf("no round answered by %s", hi.name)
+		}
+		return nil
+	})
+	compared := counterValue(hi.m.metrics.digestRounds.WithLabelValues("compared"))
+	if err := hi.m.Put(ctx, ab, "/lost", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-seen:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%s never saw the write whose announcement was lost", lo.name)
+	}
+	if lose.Load() {
+		t.Fatal("the write's announcement was not the message lost")
+	}
+	if counterValue(hi.m.metrics.digestRounds.WithLabelValues("compared")) == compared {
+		t.Fatalf("%s got the lost write without a round started by %s (rounds started by %s: %v, answered %v; by %s: %v, answered %v)", lo.name, hi.name,
+			lo.name, started(lo), counterValue(lo.m.metrics.digestRoundsAnswered), hi.name, started(hi), counterValue(hi.m.metrics.digestRoundsAnswered))
+	}
 }
