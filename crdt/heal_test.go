@@ -77,10 +77,7 @@ func linkConn(a, b *site) network.Conn {
 // connected through another connection, reaches b: the link sends the
 // message again on a new stream instead of dropping it.
 func TestLinkResendsOnANewStreamWhenItsConnectionCloses(t *testing.T) {
-	n := newNet(t, "a", "b")
-	n.tune = healTune
-	n.startAll("a", "b")
-	a, b := n.sites["a"], n.sites["b"]
+	_, a, b := healPair(t)
 	twoConns(t, a, b)
 	ctx := context.Background()
 	ab := []string{"a", "b"}
@@ -112,10 +109,7 @@ func TestLinkResendsOnANewStreamWhenItsConnectionCloses(t *testing.T) {
 // and b gets the lost writes, with no periodic round, rebroadcast or
 // push within the test's bound.
 func TestStalledConnectionClosingStartsACatchUp(t *testing.T) {
-	n := newNet(t, "a", "b")
-	n.tune = healTune
-	n.startAll("a", "b")
-	a, b := n.sites["a"], n.sites["b"]
+	_, a, b := healPair(t)
 	twoConns(t, a, b)
 	ctx := context.Background()
 	ab := []string{"a", "b"}
@@ -247,10 +241,7 @@ func TestAnAnswerlessMemberHoldsUpOnlyItsOwnRounds(t *testing.T) {
 // after the server had queued a buffer's worth of history below it, and
 // each site received 150–300 blocks it held.)
 func TestHealSendsLittleSharedHistory(t *testing.T) {
-	n := newNet(t, "a", "b")
-	n.tune = healTune
-	n.startAll("a", "b")
-	a, b := n.sites["a"], n.sites["b"]
+	n, a, b := healPair(t)
 	ctx := context.Background()
 	ab := []string{"a", "b"}
 	const history = 300
@@ -370,10 +361,7 @@ func TestHealSendsLittleBranchyHistory(t *testing.T) {
 // still or again, instead of failing the walk: go-ds-crdt drops a head
 // whose walk failed, and nothing periodic brings it back within the test.
 func TestFetchResetAtTheHealIsAskedAgain(t *testing.T) {
-	n := newNet(t, "a", "b")
-	n.tune = healTune
-	n.startAll("a", "b")
-	a, b := n.sites["a"], n.sites["b"]
+	n, a, b := healPair(t)
 	ctx := context.Background()
 	ab := []string{"a", "b"}
 	if err := a.m.Put(ctx, ab, "/before", []byte("1")); err != nil {
@@ -403,4 +391,13 @@ func TestFetchResetAtTheHealIsAskedAgain(t *testing.T) {
 	if got := counterValue(a.m.metrics.fetchRetries); got != 1 {
 		t.Fatalf("%v fetches asked again, want 1", got)
 	}
+}
+
+// healPair starts sites a and b with the heal tests' timings.
+func healPair(t *testing.T) (n *testNet, a, b *site) {
+	t.Helper()
+	n = newNet(t, "a", "b")
+	n.tune = healTune
+	n.startAll("a", "b")
+	return n, n.sites["a"], n.sites["b"]
 }

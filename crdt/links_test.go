@@ -19,10 +19,7 @@ import (
 // broadcasts between them (new deltas, with their blocks) all go, and b
 // ends with every write.
 func TestLinkSendsOnlyTheNewestPushOfAGroup(t *testing.T) {
-	n := newNet(t, "a", "b")
-	n.tune = healTune
-	n.startAll("a", "b")
-	a, b := n.sites["a"], n.sites["b"]
+	_, a, b := healPair(t)
 	ctx := context.Background()
 	ab := []string{"a", "b"}
 	g, err := a.m.join(ctx, ab)
@@ -120,10 +117,7 @@ func TestConnectionEventsShareOneSchedule(t *testing.T) {
 // member while an anti-entropy round with it runs ask for one more round
 // after it, not one round each.
 func TestConnectionEventsShareOneDigestRound(t *testing.T) {
-	n := newNet(t, "a", "b")
-	n.tune = healTune
-	n.startAll("a", "b")
-	a, b := n.sites["a"], n.sites["b"]
+	_, a, b := healPair(t)
 	ctx := context.Background()
 	ab := []string{"a", "b"}
 	if err := a.m.Put(ctx, ab, "/k", []byte("v")); err != nil {

@@ -174,8 +174,8 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 	} else {
 		opts = append(opts, libp2p.Transport(quic.NewTransport))
 	}
-	// TCP keeps SO_REUSEPORT, with which libp2p dials from its listen
-	// address: a peer sees a site's connections come from the site's own
+	// TCP keeps SO_REUSEPORT, with which a node dials from its listen
+	// address (siteDialer): a peer sees a site's connections come from the site's own
 	// address (a firewall rule or the WAN emulation of the benchmarks
 	// relies on it). With it alone, a second agent on the host would bind
 	// the same port silently, the kernel sharing connections between the
@@ -188,7 +188,10 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 			}
 		}
 	}
-	opts = append(opts, libp2p.Transport(tcp.NewTCPTransport))
+	// Dials come from the listen address even when the listen port
+	// cannot be reused for one (siteDialer).
+	dialer := &siteDialer{}
+	opts = append(opts, libp2p.Transport(tcp.NewTCPTransport, tcp.WithDialerForAddr(dialer.forAddr)))
 	opts = append(opts, libp2p.ListenAddrStrings(listen...))
 	if len(announce) > 0 {
 		var addrs []multiaddr.Multiaddr
@@ -212,6 +215,8 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		return nil, fmt.Errorf("node: start libp2p host: %w", err)
 	}
 	n.host = h
+	listening := h.Network().ListenAddresses
+	dialer.listening.Store(&listening)
 	undo = append(undo, func() { h.Close() })
 	if missing := missingListeners(requested, h.Network().ListenAddresses()); len(missing) > 0 {
 		if err := listenError(missing[0]); err != nil {

@@ -461,13 +461,6 @@ func (r *Runner) waitMerge(ctx context.Context) {
 	}
 }
 
-// holding reports whether the workers are held now.
-func (r *Runner) holding() bool {
-	r.hold.mu.Lock()
-	defer r.hold.mu.Unlock()
-	return !r.hold.since.IsZero() && !r.hold.spent
-}
-
 func signal(ch chan struct{}) {
 	select {
 	case ch <- struct{}{}:

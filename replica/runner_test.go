@@ -295,12 +295,7 @@ func TestTransientFailureRetriedWithoutARescan(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	testkit.Eventually(t, 5*time.Second, "the owed operations recorded", func() error {
-		if owing := cat.Owing(); len(owing) > 0 {
-			return fmt.Errorf("rome still owes on %v (calls %v)", owing, app.calls())
-		}
-		return nil
-	})
+	waitNothingOwed(t, cat, app)
 	// The create, not known to have run, is looked for first (a GET).
 	writes := slices.DeleteFunc(app.calls(), func(b string) bool { return b == "" })
 	if len(writes) != 2 {
@@ -337,12 +332,7 @@ func TestOwedOperationsWaitForTheMerge(t *testing.T) {
 		}
 	}
 	merging.Store(false)
-	testkit.Eventually(t, 5*time.Second, "the owed operations recorded", func() error {
-		if owing := cat.Owing(); len(owing) > 0 {
-			return fmt.Errorf("rome still owes on %v (calls %v)", owing, app.calls())
-		}
-		return nil
-	})
+	waitNothingOwed(t, cat, app)
 }
 
 // TestHoldIsBounded: a merge that never ends holds the owed operations
@@ -357,12 +347,7 @@ func TestHoldIsBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	testkit.Eventually(t, 5*time.Second, "the owed operations recorded", func() error {
-		if owing := cat.Owing(); len(owing) > 0 {
-			return fmt.Errorf("rome still owes on %v (calls %v)", owing, app.calls())
-		}
-		return nil
-	})
+	waitNothingOwed(t, cat, app)
 	// The bound spent, more owed operations run at once: the hold
 	// comes back only once the merge ended.
 	owe(t, cat, catalog.NewID(time.Unix(2000, 0)), "second", 1)
@@ -375,4 +360,22 @@ func TestHoldIsBounded(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// waitNothingOwed waits until the catalog shows no operation owed here.
+func waitNothingOwed(t *testing.T, cat *catalog.Catalog, app *callLog) {
+	t.Helper()
+	testkit.Eventually(t, 5*time.Second, "the owed operations recorded", func() error {
+		if owing := cat.Owing(); len(owing) > 0 {
+			return fmt.Errorf("rome still owes on %v (calls %v)", owing, app.calls())
+		}
+		return nil
+	})
+}
+
+// holding reports whether the runner's workers are held now.
+func (r *Runner) holding() bool {
+	r.hold.mu.Lock()
+	defer r.hold.mu.Unlock()
+	return !r.hold.since.IsZero() && !r.hold.spent
 }

@@ -122,20 +122,20 @@ func BenchmarkCatchUp(b *testing.B) {
 				polls := 0
 				for {
 					// Cheap questions first: a full List every 10 ms would
-					// take CPU from the catch-up it measures. Every 100 ms,
-					// or once the executor ran them all, the executor's
-					// metrics (a gather reads every collector of the
-					// agent's registry, the process collector's /proc
-					// included) and what is still owed (Owing sorts it).
+					// take CPU from the catch-up it measures. What is still
+					// owed once every resource is held (the end of the
+					// catch-up, to the poll); the executor's metrics every
+					// 100 ms (a gather reads every collector of the agent's
+					// registry, the process collector's /proc included).
 					a := c.sites["rome"].agent
 					cat := a.Catalog()
 					held, owing := cat.Len(), -1
-					if polls++; polls%10 == 0 || applied >= float64(n) {
+					if held == n {
+						owing = len(cat.Owing())
+					}
+					if polls++; polls%10 == 0 || owing == 0 {
 						applied, run = executorState(b, a.Node().Registry())
 						running = max(running, run)
-						if held == n {
-							owing = len(cat.Owing())
-						}
 					}
 					if held == n && synced == 0 {
 						synced = time.Since(back)
