@@ -639,9 +639,18 @@ func (m *Manager) serveDigests(s network.Stream) {
 	ctx, cancel := context.WithTimeout(m.ctx, m.cfg.FetchTimeout)
 	defer cancel()
 	if req.Summary != "" && len(req.Digests) == 0 {
-		same := summary(ctx, m.shared(remote)) == req.Summary
+		groups := m.shared(remote)
+		same := summary(ctx, groups) == req.Summary
 		data, _ := json.Marshal(digestAnswer{Same: same})
-		if err := writeFrame(s, data); err != nil || same {
+		if err := writeFrame(s, data); err != nil {
+			return
+		}
+		if same {
+			// The asker's rounds are this site's too: its status shows
+			// the exchange (of each pair, one site starts the rounds).
+			for _, g := range groups {
+				m.exchanges.set(g.name, remote, true)
+			}
 			return
 		}
 		if req = (digestRequest{}); !m.readFrameJSON(s, r, &req) {
