@@ -237,3 +237,38 @@ func TestBehindReplicaDoesNotHoldTheLink(t *testing.T) {
 		return nil
 	})
 }
+
+// TestASleepingGroupKeepsNoSources: b's group remembers which member
+// announced which heads while it is awake (for its fetches), and
+// forgets them when it goes to sleep: an idle group keeps no map of
+// heads.
+func TestASleepingGroupKeepsNoSources(t *testing.T) {
+	n := newNet(t, "a", "b")
+	n.tune = func(c *Config) { c.IdleAfter = 200 * time.Millisecond }
+	n.startAll("a", "b")
+	a, b := n.sites["a"], n.sites["b"]
+	ctx := context.Background()
+	ab := []string{"a", "b"}
+	if err := a.m.Put(ctx, ab, "/k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "b has /k", func() error { return hasValue(b, ab, "/k", "v") })
+	g := b.m.group("a,b")
+	remembered := func() int {
+		g.sources.mu.Lock()
+		defer g.sources.mu.Unlock()
+		return len(g.sources.by)
+	}
+	if remembered() == 0 {
+		t.Fatal("b's awake group remembers no announced heads")
+	}
+	eventually(t, 10*time.Second, "b's group sleeps", func() error {
+		if !asleep(b, "a,b") {
+			return fmt.Errorf("awake")
+		}
+		return nil
+	})
+	if got := remembered(); got != 0 {
+		t.Fatalf("b's sleeping group remembers %d announced heads", got)
+	}
+}
