@@ -157,7 +157,10 @@ func TestScaleVerdicts(t *testing.T) {
 //
 // CHEOPS_SCALE_SITES and CHEOPS_SCALE_RESOURCES change the sizes;
 // CHEOPS_SCALE_FULL=1 writes every resource into one group of all sites
-// (full replication) instead of its scope's;
+// (full replication) instead of its scope's; CHEOPS_SCALE_WRITE_BUDGET
+// and CHEOPS_SCALE_CONVERGE_WITHIN (Go durations) replace the quick
+// profile's 20 s for the writes and for convergence after them (the
+// `--full` profile gives 1m and 45s);
 // CHEOPS_SCALE_CPUPROFILE=FILE profiles the write phase alone (then leave
 // out -cpuprofile); CHEOPS_SCALE_MEMPROFILE=FILE writes heap profiles
 // before (FILE.before) and after it: `go tool pprof -sample_index
@@ -168,6 +171,8 @@ func BenchmarkScaleWrites(b *testing.B) {
 	// 100 sites take 30–60 s to see each other up (the full profile
 	// gives them 3 minutes too).
 	opt.FormWithin = 3 * time.Minute
+	opt.WriteBudget = envDuration("CHEOPS_SCALE_WRITE_BUDGET", opt.WriteBudget)
+	opt.ConvergeWithin = envDuration("CHEOPS_SCALE_CONVERGE_WITHIN", opt.ConvergeWithin)
 	names := make([]string, sites)
 	for i := range names {
 		names[i] = fmt.Sprintf("s%02d", i)
@@ -251,6 +256,15 @@ func crdtCounters(ss *scaleSites) string {
 func envInt(name string, def int) int {
 	if n, err := strconv.Atoi(os.Getenv(name)); err == nil && n > 0 {
 		return n
+	}
+	return def
+}
+
+// envDuration reads a positive Go duration from the environment, def
+// when unset.
+func envDuration(name string, def time.Duration) time.Duration {
+	if d, err := time.ParseDuration(os.Getenv(name)); err == nil && d > 0 {
+		return d
 	}
 	return def
 }

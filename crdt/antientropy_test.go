@@ -1,21 +1,28 @@
 package crdt
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	ds "github.com/ipfs/go-datastore"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // TestAntiEntropyRepairsALostHeadsMessage: writes made while a member was
 // cut off reach it after the heal even when every heads message about
 // them is lost (no rebroadcast, no push on reconnect): the members'
 // periodic digest comparison finds the difference and pushes the heads.
-// The group's status then shows the members' heads equal.
+// The group's status then shows the members' heads equal, at both (one
+// of them answers the periodic rounds the other starts).
 func TestAntiEntropyRepairsALostHeadsMessage(t *testing.T) {
 	n := newNet(t, "a", "b")
 	n.tune = func(c *Config) {
@@ -46,17 +53,19 @@ func TestAntiEntropyRepairsALostHeadsMessage(t *testing.T) {
 	if counterValue(n.sites["a"].m.metrics.digestMismatches)+counterValue(n.sites["b"].m.metrics.digestMismatches) == 0 {
 		t.Fatal("converged without a digest mismatch: the test did not exercise anti-entropy")
 	}
-	eventually(t, 10*time.Second, "a's status shows b's heads equal", func() error {
-		st := n.sites["a"].m.Status(ctx)
-		if len(st) != 1 || st[0].Group != "a,b" || len(st[0].Members) != 1 {
-			return fmt.Errorf("status %+v", st)
-		}
-		m := st[0].Members[0]
-		if m.Site != "b" || !m.Connected || m.DigestMatch == nil || !*m.DigestMatch || m.LastExchange.IsZero() {
-			return fmt.Errorf("member %+v", m)
-		}
-		return nil
-	})
+	for self, other := range map[string]string{"a": "b", "b": "a"} {
+		eventually(t, 10*time.Second, self+"'s status shows "+other+"'s heads equal", func() error {
+			st := n.sites[self].m.Status(ctx)
+			if len(st) != 1 || st[0].Group != "a,b" || len(st[0].Members) != 1 {
+				return fmt.Errorf("status %+v", st)
+			}
+			m := st[0].Members[0]
+			if m.Site != other || !m.Connected || m.DigestMatch == nil || !*m.DigestMatch || m.LastExchange.IsZero() {
+				return fmt.Errorf("member %+v", m)
+			}
+			return nil
+		})
+	}
 }
 
 // TestSameHeadsFewerMergedNodesIsRepaired: a member holds the group's
@@ -227,4 +236,115 @@ func TestSharedFollowsJoinsAndLeaves(t *testing.T) {
 		}
 	}
 	check("left again", map[string]string{"b": "a,b", "c": "a,c"})
+}
+
+// TestOneSiteOfAPairStartsThePeriodicRounds: of two sites that share a
+// group, the one whose peer id sorts first starts the periodic rounds
+// and the other answers them, while both write (each running its own
+// every interval doubled the rounds). A write of the answering site
+// whose announcement was lost, while the asker is quiet and waits
+// several intervals between rounds, is still compared by a round the
+// answering site starts, within a few intervals.
+func TestOneSiteOfAPairStartsThePeriodicRounds(t *testing.T) {
+	n := newNet(t, "a", "b")
+	n.tune = func(c *Config) {
+		c.RebroadcastInterval = time.Hour
+		c.PushDelays = []time.Duration{time.Hour}
+		c.DigestInterval = 100 * time.Millisecond
+	}
+	n.startAll("a", "b")
+	lo, hi := n.sites["a"], n.sites["b"]
+	if hi.id < lo.id {
+		lo, hi = hi, lo
+	}
+	// lo reads its links through this handler, which loses the next
+	// message after lose is set.
+	var lose atomic.Bool
+	lo.host.SetStreamHandler(LinkProtocol, func(s network.Stream) {
+		if !lo.m.enter() {
+			_ = s.Reset()
+			return
+		}
+		defer lo.m.wg.Done()
+		defer s.Close()
+		r := bufio.NewReader(s)
+		peers := map[string][]peer.ID{}
+		for {
+			head, err := readFrame(r, maxFrame)
+			if err != nil {
+				return
+			}
+			body, err := readFrame(r, maxFrame+maxBlock)
+			if err != nil {
+				return
+			}
+			var h linkHeader
+			if json.Unmarshal(head, &h) != nil {
+				return
+			}
+			if len(h.Peers) > 0 {
+				peers[h.Group] = h.Peers
+			}
+			if !lose.CompareAndSwap(true, false) {
+				_ = lo.m.receive(s.Conn().RemotePeer(), h.Group, peers[h.Group], body)
+			}
+		}
+	})
+	ctx := context.Background()
+	ab := []string{"a", "b"}
+	started := func(s *site) float64 { return vecTotal(s.m.metrics.digestRounds) }
+	loBefore, hiBefore := started(lo), started(hi)
+	// Both write for 30 intervals: the pair is active throughout.
+	for i, end := 0, time.Now().Add(3*time.Second); time.Now().Before(end); i++ {
+		for _, s := range []*site{lo, hi} {
+			if err := s.m.Put(ctx, ab, fmt.Sprintf("/%s/%d", s.name, i), []byte("v")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	loRounds, hiRounds := started(lo)-loBefore, started(hi)-hiBefore
+	if loRounds < 10 || hiRounds > loRounds/4 {
+		t.Fatalf("rounds started in 30 active intervals: %v by the asker %s, %v by %s (want ≥ 10, and at most a quarter of them)",
+			loRounds, lo.name, hiRounds, hi.name)
+	}
+
+	// Quiet for 20 intervals: the asker's rounds are 8 or more intervals
+	// apart now.
+	time.Sleep(20 * 100 * time.Millisecond)
+	lose.Store(true)
+	// Right after one of the asker's rounds, hi writes. (lo's watcher
+	// tells when it has the write: a read would be activity in the
+	// group, which brings lo's rounds back to every interval.)
+	seen := make(chan struct{})
+	var once sync.Once
+	stop := lo.m.Watch(func(_ []string, key string, _ []byte, _ bool) {
+		if key == "/lost" {
+			once.Do(func() { close(seen) })
+		}
+	})
+	defer stop()
+	answered := counterValue(hi.m.metrics.digestRoundsAnswered)
+	eventually(t, 5*time.Second, "the asker runs a round", func() error {
+		if counterValue(hi.m.metrics.digestRoundsAnswered) == answered {
+			return fmt.Errorf("no round answered by %s", hi.name)
+		}
+		return nil
+	})
+	compared := counterValue(hi.m.metrics.digestRounds.WithLabelValues("compared"))
+	if err := hi.m.Put(ctx, ab, "/lost", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-seen:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%s never saw the write whose announcement was lost", lo.name)
+	}
+	if lose.Load() {
+		t.Fatal("the write's announcement was not the message lost")
+	}
+	if counterValue(hi.m.metrics.digestRounds.WithLabelValues("compared")) == compared {
+		t.Fatalf("%s got the lost write without a round started by %s (rounds started by %s: %v, answered %v; by %s: %v, answered %v)", lo.name, hi.name,
+			lo.name, started(lo), counterValue(lo.m.metrics.digestRoundsAnswered), hi.name, started(hi), counterValue(hi.m.metrics.digestRoundsAnswered))
+	}
 }

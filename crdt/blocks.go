@@ -228,7 +228,7 @@ func (m *Manager) serveBlocks(s network.Stream) {
 
 // fetch asks one member for blocks and stores every verified block it
 // sends back in the group's blockstore. It returns how many new blocks it
-// stored.
+// stored. The caller holds the group's fetch claim (arrivals.claim).
 func (g *Group) fetch(ctx context.Context, p peer.ID, want []cid.Cid) (int, error) {
 	m := g.m
 	m.metrics.fetches.Inc()
@@ -261,8 +261,6 @@ func (g *Group) fetch(ctx context.Context, p peer.ID, want []cid.Cid) (int, erro
 	r := bufio.NewReader(s)
 	site := m.siteOf(p)
 	stored, haves := 0, 0
-	g.arrivals.begin()
-	defer g.arrivals.end()
 	var pending []blocks.Block
 	// Blocks are written in batches, each announced to the walks waiting
 	// for them, so that the replica applies the first while the rest of
@@ -454,12 +452,6 @@ type waiter struct {
 
 func (w *waiter) wake() { w.once.Do(func() { close(w.ch) }) }
 
-func (a *arrivals) begin() {
-	a.mu.Lock()
-	a.active++
-	a.mu.Unlock()
-}
-
 func (a *arrivals) end() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -481,13 +473,19 @@ func (a *arrivals) arrived(c cid.Cid) {
 	delete(a.waiters, c)
 }
 
-// wait returns a channel closed when one of cids arrives or a fetch ends;
-// ok is false when no fetch is in progress.
-func (a *arrivals) wait(cids []cid.Cid) (<-chan struct{}, bool) {
+// claim makes the caller the group's fetcher when no fetch is in
+// progress (claimed: it fetches, then calls end); otherwise it returns a
+// channel closed when one of cids arrives or the fetch in progress ends.
+// The check and the claim are one step: a fetch counted only once its
+// request was sent (after opening the stream and sampling the known
+// blocks) let the walks that needed a block in the meantime all ask for
+// it, and the server sent each of them the same ancestors.
+func (a *arrivals) claim(cids []cid.Cid) (woken <-chan struct{}, claimed bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.active == 0 {
-		return nil, false
+		a.active++
+		return nil, true
 	}
 	if a.waiters == nil {
 		a.waiters = map[cid.Cid][]*waiter{}
@@ -497,7 +495,7 @@ func (a *arrivals) wait(cids []cid.Cid) (<-chan struct{}, bool) {
 		a.waiters[c] = append(a.waiters[c], w)
 	}
 	a.ends = append(a.ends, w)
-	return w.ch, true
+	return w.ch, false
 }
 
 func verifiedBlock(c cid.Cid, raw []byte) (blocks.Block, error) {
@@ -579,10 +577,11 @@ func (e exchange) getMissing(ctx context.Context, want []cid.Cid) error {
 	g := e.g
 	g.m.metrics.fetching.Inc()
 	defer g.m.metrics.fetching.Dec()
-	// A fetch in progress probably brings these blocks: wait for it.
+	// A fetch in progress probably brings these blocks (the server sends
+	// ancestors): wait for it, then fetch what is still missing.
 	for {
-		woken, ok := g.arrivals.wait(want)
-		if !ok {
+		woken, claimed := g.arrivals.claim(want)
+		if claimed {
 			break
 		}
 		if want = g.missing(ctx, want); len(want) == 0 {
@@ -596,6 +595,11 @@ func (e exchange) getMissing(ctx context.Context, want []cid.Cid) error {
 		if want = g.missing(ctx, want); len(want) == 0 {
 			return nil
 		}
+	}
+	defer g.arrivals.end()
+	// The fetch that just ended may have brought them.
+	if want = g.missing(ctx, want); len(want) == 0 {
+		return nil
 	}
 	var lastErr error = ipld.ErrNotFound{Cid: want[0]}
 	for _, p := range g.sources.first(want, g.connectedMembers()) {
@@ -665,6 +669,16 @@ func (s *sources) announced(heads []byte, p peer.ID) {
 		}
 	}
 	s.last = p
+}
+
+// forget drops the heads remembered, keeping the last announcer: a
+// group that sleeps has merged every head announced to it (nothing
+// queued, nothing fetched), and the map cost each idle group ~0.2 KiB
+// at each of its members.
+func (s *sources) forget() {
+	s.mu.Lock()
+	s.by = nil
+	s.mu.Unlock()
 }
 
 // first orders members for a fetch of want: the members that announced

@@ -247,6 +247,7 @@ func (g *Group) sleep(ctx context.Context, idleSince time.Time) bool {
 	}
 	g.rep = nil
 	g.metas.disable()
+	g.sources.forget()
 	g.m.metrics.sleeps.Inc()
 	return true
 }
@@ -262,6 +263,7 @@ func (g *Group) shut() error {
 	err := g.rep.close()
 	g.rep = nil
 	g.metas.disable()
+	g.sources.forget()
 	return err
 }
 

@@ -35,9 +35,6 @@ const (
 	// read loses the message (anti-entropy repeats the heads) rather than
 	// holding every group's announcements.
 	linkWriteTimeout = 10 * time.Second
-	// linkDeliverWait is how long a link waits for a group whose replica
-	// is behind before it drops that announcement.
-	linkDeliverWait = time.Second
 	// linkBuffer sizes a link's write and read buffers: a few messages
 	// (an announcement with its block is a few hundred bytes).
 	linkBuffer = 8 << 10
@@ -414,6 +411,22 @@ func (m *Manager) serveLink(s network.Stream) {
 // receive hands one member's announcement to its group: the inlined
 // blocks are stored (each checked against its CID), then the heads queued
 // for the replica.
+//
+// A replica behind does not hold the link. A link carries the
+// announcements of every group two sites share, read one after the
+// other. When a group's replica is behind (its queue of headsBuffer
+// announcements full), its announcement is dropped at once rather than
+// waiting for room. Waiting (up to a second per message, as before)
+// stalled every other group on the link behind the one replica, and, the
+// reader stalling, the sender's writes then timed out after
+// linkWriteTimeout: its stream was reset and the unflushed messages of
+// every group were resent or lost (one group of 30 sites written by all
+// of them never converged that way). Nothing is lost by dropping: the
+// announcement's blocks are stored before its heads are handed over, so
+// the member's next announcement of the group, whose delta links its
+// previous heads, reaches them without a fetch; and the member's last
+// heads come again with the next anti-entropy round, which finds the
+// two sides' heads different and pushes them both ways.
 func (m *Manager) receive(remote peer.ID, name string, peers []peer.ID, body []byte) error {
 	g := m.group(name)
 	if g == nil {
@@ -442,12 +455,13 @@ func (m *Manager) receive(remote peer.ID, name string, peers []peer.ID, body []b
 	}
 	m.metrics.lastSync.WithLabelValues(m.siteOf(remote)).SetToCurrentTime()
 	g.heard.Store(time.Now().UnixNano())
-	ok, err := g.deliver(m.ctx, heads, linkDeliverWait)
+	// A replica whose queue is full does not get the heads (see above).
+	ok, err := g.deliver(m.ctx, heads, 0)
 	if err != nil {
 		return fmt.Errorf("deliver heads of {%s}: %w", name, err)
 	}
 	if !ok {
-		m.metrics.linkDrops.Inc()
+		m.metrics.queueDrops.Inc()
 	}
 	return nil
 }

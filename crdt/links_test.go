@@ -3,10 +3,14 @@ package crdt
 import (
 	"context"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
+	blocks "github.com/ipfs/go-block-format"
+	"github.com/ipfs/go-ds-crdt/pb"
 	"github.com/libp2p/go-libp2p/core/network"
+	"google.golang.org/protobuf/proto"
 )
 
 // TestLinkSendsOnlyTheNewestPushOfAGroup: heads pushes queued behind a
@@ -149,5 +153,122 @@ func TestConnectionEventsShareOneDigestRound(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	if got := vecTotal(a.m.metrics.digestRounds) - before; got != 2 {
 		t.Fatalf("%v anti-entropy rounds for %d connection events during one, want 2 (the one running, one after it)", got, events)
+	}
+}
+
+// TestBehindReplicaDoesNotHoldTheLink: one link carries every group two
+// sites share. When b's replica of {a,b} is stuck (walking a head whose
+// block a does not send yet) and its queue fills, a's further
+// announcements of {a,b} are dropped at b at once: a write into
+// {a,b,c}, behind them on the same link, is seen at b while {a,b} is
+// still stuck. (When the link waited a second per announcement for
+// room, the write came 20 s later.) No periodic round, push or
+// rebroadcast runs, so that the write can come over the link only. Once
+// unstuck, b gets every write of {a,b} back: the dropped announcements'
+// blocks were kept, and an anti-entropy round brings the last heads.
+func TestBehindReplicaDoesNotHoldTheLink(t *testing.T) {
+	n := newNet(t, "a", "b", "c")
+	n.tune = func(c *Config) {
+		c.RebroadcastInterval = time.Hour
+		c.PushDelays = []time.Duration{time.Hour}
+		c.DigestInterval = time.Hour
+		c.RepairInterval = time.Hour
+		c.FetchTimeout = time.Minute // the stuck walk waits for the release
+	}
+	n.startAll("a", "b", "c")
+	a, b := n.sites["a"], n.sites["b"]
+	ctx := context.Background()
+	ab, abc := []string{"a", "b"}, []string{"a", "b", "c"}
+	// a holds b's block requests until released.
+	release := make(chan struct{})
+	unstick := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(unstick)
+	asked := make(chan struct{}, 1)
+	a.host.SetStreamHandler(BlockProtocol, func(s network.Stream) {
+		select {
+		case asked <- struct{}{}:
+		default:
+		}
+		<-release
+		a.m.serveBlocks(s)
+	})
+	g, err := a.m.join(ctx, ab)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A head nobody holds: b's replica asks a for its block and waits.
+	ghost := blocks.NewBlock([]byte("a delta nobody holds"))
+	heads, _ := proto.Marshal(&pb.CRDTBroadcast{Heads: []*pb.Head{{Cid: ghost.Cid().Bytes()}}})
+	if err := a.m.links.send(ctx, b.id, g, encodeMessage(heads, nil), false); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-asked:
+	case <-time.After(10 * time.Second):
+		t.Fatal("b's replica never asked for the missing block")
+	}
+	const writes = headsBuffer + 20
+	for i := range writes {
+		if err := a.m.Put(ctx, ab, fmt.Sprintf("/k/%d", i), []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.m.Put(ctx, abc, "/other", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	// Dropped at once, the 20 announcements behind a full queue take
+	// milliseconds; waited for, 20 s.
+	eventually(t, 5*time.Second, "b sees the write into {a,b,c} while {a,b} is stuck", func() error {
+		return hasValue(b, abc, "/other", "v")
+	})
+	if got := counterValue(b.m.metrics.queueDrops); got == 0 {
+		t.Fatal("no announcement dropped at b: its replica's queue never filled")
+	}
+	unstick()
+	eventually(t, 30*time.Second, "b holds every write into {a,b}", func() error {
+		if _, err := a.m.digestRound(ctx, b.id); err != nil {
+			return err
+		}
+		for i := range writes {
+			if err := hasValue(b, ab, fmt.Sprintf("/k/%d", i), "v"); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// TestASleepingGroupKeepsNoSources: b's group remembers which member
+// announced which heads while it is awake (for its fetches), and
+// forgets them when it goes to sleep: an idle group keeps no map of
+// heads.
+func TestASleepingGroupKeepsNoSources(t *testing.T) {
+	n := newNet(t, "a", "b")
+	n.tune = func(c *Config) { c.IdleAfter = 200 * time.Millisecond }
+	n.startAll("a", "b")
+	a, b := n.sites["a"], n.sites["b"]
+	ctx := context.Background()
+	ab := []string{"a", "b"}
+	if err := a.m.Put(ctx, ab, "/k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "b has /k", func() error { return hasValue(b, ab, "/k", "v") })
+	g := b.m.group("a,b")
+	remembered := func() int {
+		g.sources.mu.Lock()
+		defer g.sources.mu.Unlock()
+		return len(g.sources.by)
+	}
+	if remembered() == 0 {
+		t.Fatal("b's awake group remembers no announced heads")
+	}
+	eventually(t, 10*time.Second, "b's group sleeps", func() error {
+		if !asleep(b, "a,b") {
+			return fmt.Errorf("awake")
+		}
+		return nil
+	})
+	if got := remembered(); got != 0 {
+		t.Fatalf("b's sleeping group remembers %d announced heads", got)
 	}
 }

@@ -26,12 +26,14 @@ type metrics struct {
 	headsPushed            prometheus.Counter
 	broadcasts             prometheus.Counter
 	linkDrops              prometheus.Counter
+	queueDrops             prometheus.Counter
 	linkResends            prometheus.Counter
 	pushesCoalesced        prometheus.Counter
 	wakes, sleeps          prometheus.Counter
 	commits                prometheus.Counter
 	committedWrites        prometheus.Counter
 	digestRounds           *prometheus.CounterVec
+	digestRoundsAnswered   prometheus.Counter
 	broadcastBytesSent     prometheus.Counter
 	inlineBlocksSent       prometheus.Counter
 	inlineBlocksReceived   prometheus.Counter
@@ -66,11 +68,13 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 		blocksSent:      counter("blocks_sent_total", "Blocks sent over the block protocol."),
 		headsPushed:     counter("heads_pushed_total", "Heads pushed to members that connected."),
 		broadcasts:      counter("broadcasts_total", "Head announcements made (each sent to the group's connected members only)."),
-		linkDrops:       counter("link_drops_total", "Announcements dropped on a link (peer gone, not reading, or its replica behind); pushes and anti-entropy repeat them."),
+		linkDrops:       counter("link_drops_total", "Announcements dropped on a link (peer gone or not reading); pushes and anti-entropy repeat them."),
+		queueDrops:      counter("replica_queue_drops_total", "Announcements received whose heads were not handed to the group's replica because its queue was full (the replica is behind); their blocks are kept, and later announcements and anti-entropy bring the heads again."),
 		pushesCoalesced: counter("pushes_coalesced_total", "Heads pushes not sent because a newer push of their group was queued behind them on the same link."),
 		linkResends:     counter("link_resends_total", "Announcements written again on a new stream after their link's stream failed (its connection closed under it)."),
 		digestRounds: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cheops_crdt_digest_rounds_total",
 			Help: "Anti-entropy rounds this site started, by outcome: same (the summaries matched: two small frames) or compared (every shared group's digest sent)."}, []string{"outcome"}),
+		digestRoundsAnswered: counter("digest_rounds_answered_total", "Anti-entropy rounds members started with this site (of each pair of sites, the one whose peer id sorts first starts the periodic rounds)."),
 		wakes:                counter("group_wakes_total", "Sleeping groups whose replica was opened again (a read, a write or an announcement)."),
 		sleeps:               counter("group_sleeps_total", "Idle groups whose replica was closed (IdleAfter without use)."),
 		commits:              counter("commits_total", "Deltas committed by local writes (concurrent writes into one group share one)."),
@@ -89,7 +93,7 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 			Buckets: []float64{0.001, 0.005, 0.02, 0.1, 0.5, 1, 2, 5, 10}}),
 	}
 	reg.MustRegister(x.digestMismatches, x.lagRepairs, x.refused, x.malformed, x.repairs, x.repairFailures, x.fetches, x.fetchRetries, x.fetching,
-		x.blocksFetched, x.duplicateBlocks, x.blocksSent, x.headsPushed, x.broadcasts, x.linkDrops, x.linkResends, x.pushesCoalesced, x.wakes, x.sleeps, x.commits, x.committedWrites, x.digestRounds,
+		x.blocksFetched, x.duplicateBlocks, x.blocksSent, x.headsPushed, x.broadcasts, x.linkDrops, x.queueDrops, x.linkResends, x.pushesCoalesced, x.wakes, x.sleeps, x.commits, x.committedWrites, x.digestRounds, x.digestRoundsAnswered,
 		x.broadcastBytesSent, x.inlineBlocksSent, x.inlineBlocksReceived, x.broadcastBytesReceived,
 		x.blockBytesSent, x.blockBytesReceived, x.lastSync, x.changeDelay, groupCollector{m})
 	return x

@@ -1,0 +1,78 @@
+package crdt
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	blocks "github.com/ipfs/go-block-format"
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+)
+
+// slowBlockStreams is a host whose block streams take delay to open, as
+// on a busy site (the stream, then the sample of known blocks, before
+// the request goes).
+type slowBlockStreams struct {
+	host.Host
+	delay time.Duration
+}
+
+func (h slowBlockStreams) NewStream(ctx context.Context, p peer.ID, pids ...protocol.ID) (network.Stream, error) {
+	if slices.Contains(pids, BlockProtocol) {
+		select {
+		case <-time.After(h.delay):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return h.Host.NewStream(ctx, p, pids...)
+}
+
+// TestConcurrentWalksFetchABlockOnce: two walks of a group that need the
+// same missing block at once send one request: the second waits for the
+// fetch the first started, even while that fetch is still opening its
+// stream.
+func TestConcurrentWalksFetchABlockOnce(t *testing.T) {
+	n := newNet(t, "a", "b")
+	n.tune = func(c *Config) { c.Host = slowBlockStreams{Host: c.Host, delay: 300 * time.Millisecond} }
+	n.startAll("a", "b")
+	a, b := n.sites["a"], n.sites["b"]
+	ctx := context.Background()
+	ab := []string{"a", "b"}
+	ga, err := a.m.join(ctx, ab)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gb, err := b.m.join(ctx, ab)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk := blocks.NewBlock([]byte("a block only a holds"))
+	if err := ga.blocks.Put(ctx, blk); err != nil {
+		t.Fatal(err)
+	}
+	before := counterValue(b.m.metrics.fetches)
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	for i := range errs {
+		wg.Go(func() { errs[i] = exchange{gb}.getMissing(ctx, []cid.Cid{blk.Cid()}) })
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if has, _ := gb.blocks.Has(ctx, blk.Cid()); !has {
+		t.Fatal("b does not hold the block")
+	}
+	if got := counterValue(b.m.metrics.fetches) - before; got != 1 {
+		t.Fatalf("%v block requests for one block wanted by two walks at once, want 1", got)
+	}
+}
