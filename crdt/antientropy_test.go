@@ -3,7 +3,6 @@ package crdt
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -277,20 +276,9 @@ func TestOneSiteOfAPairStartsThePeriodicRounds(t *testing.T) {
 		r := bufio.NewReader(s)
 		peers := map[string][]peer.ID{}
 		for {
-			head, err := readFrame(r, maxFrame)
+			h, body, _, err := readLinkMessage(r, peers)
 			if err != nil {
 				return
-			}
-			body, err := readFrame(r, maxFrame+maxBlock)
-			if err != nil {
-				return
-			}
-			var h linkHeader
-			if json.Unmarshal(head, &h) != nil {
-				return
-			}
-			if len(h.Peers) > 0 {
-				peers[h.Group] = h.Peers
 			}
 			if !lose.CompareAndSwap(true, false) {
 				_ = lo.m.receive(s.Conn().RemotePeer(), h.Group, peers[h.Group], body)

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"path"
 	"slices"
 	"strings"
@@ -166,6 +167,26 @@ func TestNonMemberIsRefused(t *testing.T) {
 	}
 	if after := a.m.group("a,b").headsDigest(ctx); after != before {
 		t.Fatal("a's heads of {a,b} changed after a non-member's announcement")
+	}
+
+	// A link header that is not JSON: counted as malformed, the stream
+	// reset, nothing of it kept.
+	s4, err := c.host.NewStream(ctx, n.ids["a"], LinkProtocol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	malformedBefore := counterValue(a.m.metrics.malformed)
+	_ = writeFrame(s4, []byte("not a header"))
+	_ = writeFrame(s4, encodeMessage(forged, []blocks.Block{blk}))
+	eventually(t, 5*time.Second, "the malformed link message is counted", func() error {
+		if v := counterValue(a.m.metrics.malformed); v < malformedBefore+1 {
+			return fmt.Errorf("malformed = %v", v)
+		}
+		return nil
+	})
+	_ = s4.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := s4.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("a kept the stream of a malformed link message open: %v", err)
 	}
 
 	// c cannot write into a group that does not name it.

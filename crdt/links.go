@@ -373,25 +373,17 @@ func (m *Manager) serveLink(s network.Stream) {
 	r := bufio.NewReaderSize(s, linkBuffer)
 	peers := map[string][]peer.ID{} // group → peers the stream announced
 	for {
-		head, err := readFrame(r, maxFrame)
-		if err != nil {
-			return
-		}
-		body, err := readFrame(r, maxFrame+maxBlock)
-		if err != nil {
-			return
-		}
-		var h linkHeader
-		if err := json.Unmarshal(head, &h); err != nil {
+		h, body, size, err := readLinkMessage(r, peers)
+		if errors.Is(err, errBadMessage) {
 			m.metrics.malformed.Inc()
 			m.log.Warn("dropped a malformed link message", "peer", remote, "err", err)
 			_ = s.Reset()
 			return
 		}
-		if len(h.Peers) > 0 {
-			peers[h.Group] = h.Peers
+		if err != nil {
+			return
 		}
-		m.metrics.broadcastBytesReceived.WithLabelValues(from).Add(float64(len(head) + len(body)))
+		m.metrics.broadcastBytesReceived.WithLabelValues(from).Add(float64(size))
 		if err := m.receive(remote, h.Group, peers[h.Group], body); err != nil {
 			if errors.Is(err, ErrNotMember) || errors.Is(err, ErrBadGroup) {
 				m.metrics.refused.Inc()
@@ -406,6 +398,29 @@ func (m *Manager) serveLink(s network.Stream) {
 			m.log.Debug("link message", "peer", remote, "group", h.Group, "err", err)
 		}
 	}
+}
+
+// readLinkMessage reads one message of a link: its header, then its body
+// (size counts both frames' bytes). A header naming the group's members
+// (the first message of a group on the stream) is kept in peers, which
+// later messages of the group rely on. A header that is not JSON is
+// errBadMessage; any other error is the stream's.
+func readLinkMessage(r *bufio.Reader, peers map[string][]peer.ID) (h linkHeader, body []byte, size int, err error) {
+	head, err := readFrame(r, maxFrame)
+	if err != nil {
+		return h, nil, 0, err
+	}
+	body, err = readFrame(r, maxFrame+maxBlock)
+	if err != nil {
+		return h, nil, 0, err
+	}
+	if err := json.Unmarshal(head, &h); err != nil {
+		return h, nil, 0, fmt.Errorf("%w: link header: %v", errBadMessage, err)
+	}
+	if len(h.Peers) > 0 {
+		peers[h.Group] = h.Peers
+	}
+	return h, body, len(head) + len(body), nil
 }
 
 // receive hands one member's announcement to its group: the inlined
