@@ -455,3 +455,14 @@ func (b *byteCounter) GetBandwidthByProtocol() map[protocol.ID]lpmetrics.Stats {
 }
 func (b *byteCounter) Reset()             {}
 func (b *byteCounter) TrimIdle(time.Time) {}
+
+// writeSeen has a write /k = v into the group of a and b, and waits until
+// b holds it: the group exists on both sites, with one delta.
+func writeSeen(t *testing.T, a, b *site) {
+	t.Helper()
+	ab := []string{"a", "b"}
+	if err := a.m.Put(context.Background(), ab, "/k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "b has /k", func() error { return hasValue(b, ab, "/k", "v") })
+}

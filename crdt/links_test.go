@@ -81,12 +81,7 @@ func TestConnectionEventsShareOneSchedule(t *testing.T) {
 	}
 	n.startAll("a", "b")
 	a, b := n.sites["a"], n.sites["b"]
-	ctx := context.Background()
-	ab := []string{"a", "b"}
-	if err := a.m.Put(ctx, ab, "/k", []byte("v")); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, 10*time.Second, "b has /k", func() error { return hasValue(b, ab, "/k", "v") })
+	writeSeen(t, a, b)
 	schedulesEnd := func() error {
 		a.m.pushMu.Lock()
 		defer a.m.pushMu.Unlock()
@@ -118,12 +113,7 @@ func TestConnectionEventsShareOneSchedule(t *testing.T) {
 // after it, not one round each.
 func TestConnectionEventsShareOneDigestRound(t *testing.T) {
 	_, a, b := healPair(t)
-	ctx := context.Background()
-	ab := []string{"a", "b"}
-	if err := a.m.Put(ctx, ab, "/k", []byte("v")); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, 10*time.Second, "b has /k", func() error { return hasValue(b, ab, "/k", "v") })
+	writeSeen(t, a, b)
 	// b answers rounds only once released: the first round holds.
 	release := make(chan struct{})
 	served := make(chan struct{}, 16)
@@ -247,12 +237,7 @@ func TestASleepingGroupKeepsNoSources(t *testing.T) {
 	n.tune = func(c *Config) { c.IdleAfter = 200 * time.Millisecond }
 	n.startAll("a", "b")
 	a, b := n.sites["a"], n.sites["b"]
-	ctx := context.Background()
-	ab := []string{"a", "b"}
-	if err := a.m.Put(ctx, ab, "/k", []byte("v")); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, 10*time.Second, "b has /k", func() error { return hasValue(b, ab, "/k", "v") })
+	writeSeen(t, a, b)
 	g := b.m.group("a,b")
 	remembered := func() int {
 		g.sources.mu.Lock()
