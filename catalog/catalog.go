@@ -128,7 +128,6 @@ type Catalog struct {
 	// unchanged from one being caught up.
 	owing    map[string]uint64
 	changes  uint64
-	held     int // entries visible: the resources this site holds (Len)
 	byLocal  map[localKey]string
 	watchers map[*watcher]struct{}
 	toGather map[string]bool
@@ -222,11 +221,17 @@ func (c *Catalog) OwingCount() int {
 }
 
 // Len is the number of resources this site holds (what List with no
-// filter returns), kept with every change.
+// filter returns), without resolving them.
 func (c *Catalog) Len() int {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	return c.held
+	n := 0
+	for _, e := range c.entries {
+		if e.visible {
+			n++
+		}
+	}
+	return n
 }
 
 // owes reports whether a visible entry shows an operation still owed.
@@ -767,12 +772,6 @@ func (c *Catalog) changedLocked(e *entry, group string, ch Change) {
 		}
 	}
 	e.refresh(c.cfg.Self)
-	switch {
-	case e.visible && !wasVisible:
-		c.held++
-	case !e.visible && wasVisible:
-		c.held--
-	}
 	for _, k := range e.index {
 		c.byLocal[k] = e.id
 	}
