@@ -221,7 +221,11 @@ func writeHead(bw *bufio.Writer, out *http.Request, n int64) error {
 	bw.WriteByte(' ')
 	bw.WriteString(out.URL.RequestURI())
 	bw.WriteString(" HTTP/1.1\r\nHost: ")
-	bw.WriteString(out.URL.Host)
+	host := out.Host // as http.Request.Write: Host, else the URL's
+	if host == "" {
+		host = out.URL.Host
+	}
+	bw.WriteString(host)
 	bw.WriteString("\r\n")
 	if err := out.Header.WriteSubset(bw, uploadHeadExcluded); err != nil {
 		return err
