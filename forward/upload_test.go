@@ -14,6 +14,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -226,5 +227,53 @@ func TestLargeUploadEdges(t *testing.T) {
 	}
 	if n := whole.Load() + short.Load(); n != 2 {
 		t.Errorf("the application was called %d times, want 2 (not for the body over the limit)", n)
+	}
+}
+
+// TestLargeUploadsInParallel: uploads sent at the same moments by
+// several clients, each spliced on its own connections, reach the
+// application whole and each answered with its own body's result (a
+// pooled application connection shared or crossed would mix them).
+func TestLargeUploadsInParallel(t *testing.T) {
+	app, whole, _ := uploadApp(t)
+	front, _ := uploadFront(t, app, 16<<20)
+	const clients, rounds = 6, 3
+	errs := make(chan error, clients*rounds)
+	var wg sync.WaitGroup
+	for c := range clients {
+		wg.Go(func() {
+			for r := range rounds {
+				data := uploadData(uploadSpliceMin + c*4099 + r*131)
+				req, _ := http.NewRequest(http.MethodPut, front+"/svc/items/blob", bytes.NewReader(data))
+				req.Header.Set("Content-Type", "application/octet-stream")
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					errs <- err
+					continue
+				}
+				var got struct {
+					Bytes int
+					Sha   string
+				}
+				err = json.NewDecoder(resp.Body).Decode(&got)
+				resp.Body.Close()
+				switch {
+				case err != nil || resp.StatusCode != http.StatusOK:
+					errs <- fmt.Errorf("client %d, round %d: %s, %v", c, r, resp.Status, err)
+				case got.Bytes != len(data) || got.Sha != sha(data):
+					errs <- fmt.Errorf("client %d, round %d: sent %d bytes, the application answered for %d (%s)", c, r, len(data), got.Bytes, got.Sha)
+				case !resp.Close:
+					errs <- fmt.Errorf("client %d, round %d: not spliced (no Connection: close)", c, r)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if n := whole.Load(); n != clients*rounds {
+		t.Errorf("the application got %d whole bodies, want %d", n, clients*rounds)
 	}
 }
