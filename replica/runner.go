@@ -368,10 +368,35 @@ func (r *Runner) worker() {
 		if len(ts) > 1 {
 			r.begin(ts)
 		}
-		for _, t := range ts {
+		for i, t := range ts {
+			if i > 0 && r.giveBack(ts[i:]) {
+				break
+			}
 			r.run(t)
 		}
 	}
+}
+
+// giveBack puts the resources a worker took together and has not run yet
+// back in the queue when a resource with more owed operations waits
+// there (queued after the worker took its share): the longest chain
+// runs first. Their creates begun ahead stay begun (early) in this
+// process, for the worker that takes them.
+func (r *Runner) giveBack(rest []*task) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.ready) == 0 || r.ready[0].owed <= rest[0].owed || r.closed {
+		return false
+	}
+	for _, t := range rest {
+		t.running, t.queued = false, true
+		r.busy--
+		r.queuedOps += t.owed
+		heap.Push(&r.ready, t)
+		r.work.Signal()
+	}
+	r.cfg.Executor.queued.Set(float64(r.queuedOps))
+	return true
 }
 
 // maxBegin bounds the resources with one owed operation each that a

@@ -246,7 +246,8 @@ func TestLongestChainFirst(t *testing.T) {
 	for i := range 10 {
 		owe(t, cat, catalog.NewID(time.Unix(1000+int64(i), 0)), fmt.Sprintf("single%d", i), 0)
 	}
-	owe(t, cat, catalog.NewID(time.Unix(2000, 0)), "chain", 5) // last in the catalog's order
+	chain := catalog.NewID(time.Unix(2000, 0))
+	owe(t, cat, chain, "chain", 5) // last in the catalog's order
 	r, err := StartRunner(RunnerConfig{Catalog: cat, Executor: x, Workers: 1, Rescan: time.Hour})
 	if err != nil {
 		t.Fatal(err)
@@ -254,16 +255,14 @@ func TestLongestChainFirst(t *testing.T) {
 	defer r.Close()
 	release := sync.OnceFunc(func() { close(app.gate) })
 	defer release() // before Close, which waits for the worker
-	// The worker holds the first resource it took until the chain is
-	// queued too: 10 owed operations or more wait (the 10 singles, or 9
-	// of them and the chain's 6).
-	testkit.Eventually(t, 10*time.Second, "the owed resources queued", func() error {
-		var m dto.Metric
-		if err := x.queued.Write(&m); err != nil {
-			return err
-		}
-		if n := m.GetGauge().GetValue(); n < 10 {
-			return fmt.Errorf("%v operations queued", n)
+	// The worker holds the first resource it took (with the singles it
+	// took beside it, up to maxBegin) until the chain is queued too (or
+	// taken, if it was queued first).
+	testkit.Eventually(t, 10*time.Second, "the chain queued", func() error {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if t := r.tasks[chain]; t == nil {
+			return fmt.Errorf("the chain is not queued")
 		}
 		return nil
 	})
