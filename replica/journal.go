@@ -96,11 +96,20 @@ func publishKey(op string) ds.Key {
 	return journalRoot.ChildString("publish").ChildString(op)
 }
 
+// encode returns the JSON of a journal value: an entry by hand
+// (encodeEntry), anything else by json.Marshal.
+func encode(v any) ([]byte, error) {
+	if e, ok := v.(*entry); ok {
+		return encodeEntry(e)
+	}
+	return json.Marshal(v)
+}
+
 // journal reads and writes entries.
 type journal struct{ store ds.Datastore }
 
 func (j journal) put(ctx context.Context, key ds.Key, v any, sync bool) error {
-	data, err := json.Marshal(v)
+	data, err := encode(v)
 	if err != nil {
 		return fmt.Errorf("replica: journal %s: %w", key, err)
 	}
@@ -127,7 +136,7 @@ func (j journal) putWith(ctx context.Context, key ds.Key, v any, rawKey ds.Key, 
 		}
 		return j.put(ctx, key, v, false)
 	}
-	data, err := json.Marshal(v)
+	data, err := encode(v)
 	if err != nil {
 		return fmt.Errorf("replica: journal %s: %w", key, err)
 	}
@@ -163,7 +172,7 @@ func (j journal) putAll(ctx context.Context, keys []ds.Key, vs []any) error {
 		return fmt.Errorf("replica: journal: %w", err)
 	}
 	for i, k := range keys {
-		data, err := json.Marshal(vs[i])
+		data, err := encode(vs[i])
 		if err != nil {
 			return fmt.Errorf("replica: journal %s: %w", k, err)
 		}
