@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -79,6 +80,12 @@ type Job struct {
 	// begun is when IntendAndBegin journaled the job's begun entry (zero:
 	// the execution journals it).
 	begun time.Time
+	// outcomeLater lets the execution's outcome be journaled with the
+	// next batch (journal.putLater) rather than at once, when losing it
+	// in a crash is harmless (see finish). Set by the Runner, which
+	// writes the batch (Executor.flushOutcomes) before it records the
+	// outcomes in the catalog.
+	outcomeLater bool
 }
 
 // Result is the outcome of a job.
@@ -155,6 +162,15 @@ type resourceState struct {
 	localKnown bool // local is the journal's
 	local      string
 	entries    map[string]*entry
+	// localSeen is local, for knownLocals, which reads it without mu
+	// (under another resource's lock).
+	localSeen atomic.Value
+}
+
+// setLocal sets the resource's local id (rs.mu held).
+func (rs *resourceState) setLocal(local string) {
+	rs.local = local
+	rs.localSeen.Store(local)
 }
 
 // NewExecutor returns an executor over cfg's application and journal.
@@ -166,7 +182,7 @@ func NewExecutor(cfg Config) (*Executor, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	x := &Executor{cfg: cfg, journal: journal{cfg.Journal}, log: log.With("component", "replica"), resources: map[string]*resourceState{},
+	x := &Executor{cfg: cfg, journal: journal{store: cfg.Journal, later: &outbox{}}, log: log.With("component", "replica"), resources: map[string]*resourceState{},
 		ops: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cheops_replica_operations_total",
 			Help: "Operations this site's executor handled, by outcome: applied, failed (4xx, final), superseded, duplicate (ran before), adopted (after a crash), retried (transient failure)."},
 			[]string{"outcome"}),
@@ -229,7 +245,8 @@ func (x *Executor) load(ctx context.Context, res string, rs *resourceState) erro
 	}
 	// The journal holds every entry rs knows of: each is journaled before
 	// it is kept.
-	rs.local, rs.entries, rs.loaded, rs.localKnown = local, entries, true, true
+	rs.entries, rs.loaded, rs.localKnown = entries, true, true
+	rs.setLocal(local)
 	return nil
 }
 
@@ -250,7 +267,8 @@ func (x *Executor) loadFor(ctx context.Context, res, op string, rs *resourceStat
 		if err != nil {
 			return err
 		}
-		rs.local, rs.localKnown = local, true
+		rs.localKnown = true
+		rs.setLocal(local)
 	}
 	if rs.entries == nil {
 		rs.entries = map[string]*entry{}
@@ -583,6 +601,16 @@ func (x *Executor) call(ctx context.Context, j Job, rs *resourceState, method, p
 
 // finish journals an outcome (not synced: a lost outcome makes the
 // operation "maybe executed", which recovery handles) and counts it.
+//
+// An owed operation's outcome (Job.outcomeLater) waits for the runner's
+// next batch (flushOutcomes), one write for the outcomes of many, unless
+// it is a commuting operation: a crash before the batch is written makes
+// each a maybe-executed operation, as a crash before an unsynced write
+// did, and that is harmless for a create (looked for in the application
+// before it runs again: its begun entry is synced) and an idempotent
+// update, not for a commuting one (a maybe-executed update runs again).
+// The runner records in the catalog only outcomes whose batch was
+// written, so the catalog never says done what the journal does not.
 func (x *Executor) finish(ctx context.Context, j Job, rs *resourceState, e *entry) Result {
 	e.State = stateDone
 	if e.AttachBase == nil {
@@ -597,11 +625,17 @@ func (x *Executor) finish(ctx context.Context, j Job, rs *resourceState, e *entr
 		local = []byte(e.LocalID)
 	}
 	// The local id and the outcome in one write.
-	if err := x.journal.putWith(ctx, opEntryKey(j.Op.Resource, j.Op.ID), e, localKey(j.Op.Resource), local); err != nil {
+	var err error
+	if j.outcomeLater && j.attachBase == nil && j.Op.EffectivePolicy() != catalog.PolicyCommute {
+		err = x.journal.putLater(ctx, opEntryKey(j.Op.Resource, j.Op.ID), e, localKey(j.Op.Resource), local)
+	} else {
+		err = x.journal.putWith(ctx, opEntryKey(j.Op.Resource, j.Op.ID), e, localKey(j.Op.Resource), local)
+	}
+	if err != nil {
 		return Result{Err: err}
 	}
 	if newLocal {
-		rs.local = e.LocalID
+		rs.setLocal(e.LocalID)
 	}
 	rs.entries[j.Op.ID] = e
 	switch {
@@ -612,6 +646,12 @@ func (x *Executor) finish(ctx context.Context, j Job, rs *resourceState, e *entr
 		x.ops.WithLabelValues("applied").Inc()
 	}
 	return e.result()
+}
+
+// flushOutcomes writes the outcomes held for a batch (Job.outcomeLater)
+// in one write.
+func (x *Executor) flushOutcomes(ctx context.Context) error {
+	return x.journal.flushLater(ctx)
 }
 
 // applied lists the operations that count for the order.
@@ -668,8 +708,8 @@ func (x *Executor) knownLocals() map[string]bool {
 	defer x.mu.Unlock()
 	out := map[string]bool{}
 	for _, rs := range x.resources {
-		if rs.local != "" {
-			out[rs.local] = true
+		if local, _ := rs.localSeen.Load().(string); local != "" {
+			out[local] = true
 		}
 	}
 	return out

@@ -276,7 +276,7 @@ func TestCreateMaybeExecutedIsAdopted(t *testing.T) {
 	app := newMemApp()
 	j := createJob()
 	// What a crash leaves: the intent, and the item in the application.
-	if err := (journal{store}).put(ctx, opEntryKey(gid, j.Op.ID), &entry{Op: j.Op, State: stateBegun}, true); err != nil {
+	if err := (journal{store: store}).put(ctx, opEntryKey(gid, j.Op.ID), &entry{Op: j.Op, State: stateBegun}, true); err != nil {
 		t.Fatal(err)
 	}
 	app.Call(ctx, "posts", "POST", "/posts", nil, j.Op.Body)
@@ -461,7 +461,7 @@ func TestLoneCreateThenTheRestOfTheJournal(t *testing.T) {
 	if err := store.Put(ctx, localKey(gid), []byte("1")); err != nil {
 		t.Fatal(err)
 	}
-	if err := (journal{store}).put(ctx, opEntryKey(gid, later.ID), &entry{Op: later, State: stateDone, Status: 200, Outcome: "200", LocalID: "1"}, false); err != nil {
+	if err := (journal{store: store}).put(ctx, opEntryKey(gid, later.ID), &entry{Op: later, State: stateDone, Status: 200, Outcome: "200", LocalID: "1"}, false); err != nil {
 		t.Fatal(err)
 	}
 	x := newExecutor(t, app, store)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	ds "github.com/ipfs/go-datastore"
@@ -106,9 +107,117 @@ func encode(v any) ([]byte, error) {
 }
 
 // journal reads and writes entries.
-type journal struct{ store ds.Datastore }
+type journal struct {
+	store ds.Datastore
+	// later holds the values written with putLater and not yet in the
+	// store; nil for a journal that writes everything at once.
+	later *outbox
+}
+
+// outbox holds journal values written later, in one batch (flushLater).
+// Its lock is held while a batch is written, so that a value written at
+// once after one held here (a newer value of the same key) is never
+// overwritten by the batch, and a read finds a value either here or in
+// the store.
+type outbox struct {
+	mu   sync.Mutex
+	vals map[ds.Key][]byte
+}
+
+// maxLater bounds the values an outbox holds: the write that reaches it
+// writes them all (a caller that never flushes still writes in batches).
+const maxLater = 256
+
+// putLater keeps an entry (and, when raw is not nil, raw under rawKey)
+// for the next batch (flushLater) rather than writing it now. It is for
+// outcomes whose loss in a crash is harmless (see Executor.finish); reads
+// through the journal see them at once.
+func (j journal) putLater(ctx context.Context, key ds.Key, e *entry, rawKey ds.Key, raw []byte) error {
+	data, err := encodeEntry(e)
+	if err != nil {
+		return err
+	}
+	o := j.later
+	o.mu.Lock()
+	if o.vals == nil {
+		o.vals = make(map[ds.Key][]byte, maxLater)
+	}
+	o.vals[key] = data
+	if raw != nil {
+		o.vals[rawKey] = raw
+	}
+	full := len(o.vals) >= maxLater
+	o.mu.Unlock()
+	if full {
+		return j.flushLater(ctx)
+	}
+	return nil
+}
+
+// flushLater writes the values putLater holds, in one batch (not
+// synced). On failure they stay held, for the next flush.
+func (j journal) flushLater(ctx context.Context) error {
+	o := j.later
+	if o == nil {
+		return nil
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if len(o.vals) == 0 {
+		return nil
+	}
+	b, ok := j.store.(ds.Batching)
+	if !ok {
+		for k, v := range o.vals {
+			if err := j.store.Put(ctx, k, v); err != nil {
+				return fmt.Errorf("replica: journal %s: %w", k, err)
+			}
+			delete(o.vals, k)
+		}
+		return nil
+	}
+	batch, err := b.Batch(ctx)
+	if err != nil {
+		return fmt.Errorf("replica: journal: %w", err)
+	}
+	for k, v := range o.vals {
+		if err := batch.Put(ctx, k, v); err != nil {
+			return fmt.Errorf("replica: journal %s: %w", k, err)
+		}
+	}
+	if err := batch.Commit(ctx); err != nil {
+		return fmt.Errorf("replica: journal: %w", err)
+	}
+	clear(o.vals)
+	return nil
+}
+
+// held returns the value putLater holds for key, if any.
+func (j journal) held(key ds.Key) ([]byte, bool) {
+	if j.later == nil {
+		return nil, false
+	}
+	j.later.mu.Lock()
+	defer j.later.mu.Unlock()
+	v, ok := j.later.vals[key]
+	return v, ok
+}
+
+// supersede drops the held values of keys about to be written at once:
+// the newer values. It waits for a batch being written.
+func (j journal) supersede(keys ...ds.Key) {
+	if j.later == nil {
+		return
+	}
+	j.later.mu.Lock()
+	defer j.later.mu.Unlock()
+	for _, k := range keys {
+		delete(j.later.vals, k)
+	}
+}
 
 func (j journal) put(ctx context.Context, key ds.Key, v any, sync bool) error {
+	j.supersede(key)
 	data, err := encode(v)
 	if err != nil {
 		return fmt.Errorf("replica: journal %s: %w", key, err)
@@ -127,6 +236,7 @@ func (j journal) put(ctx context.Context, key ds.Key, v any, sync bool) error {
 // putWith writes v under key and, when raw is not nil, raw under
 // rawKey, in one batch when the store has them (not synced).
 func (j journal) putWith(ctx context.Context, key ds.Key, v any, rawKey ds.Key, raw []byte) error {
+	j.supersede(key, rawKey)
 	b, ok := j.store.(ds.Batching)
 	if raw == nil || !ok {
 		if raw != nil {
@@ -158,6 +268,7 @@ func (j journal) putWith(ctx context.Context, key ds.Key, v any, rawKey ds.Key, 
 
 // putAll writes each value under its key in one batch, synced.
 func (j journal) putAll(ctx context.Context, keys []ds.Key, vs []any) error {
+	j.supersede(keys...)
 	b, ok := j.store.(ds.Batching)
 	if !ok {
 		for i, k := range keys {
@@ -214,11 +325,32 @@ func (j journal) load(ctx context.Context, res string) (local string, entries ma
 			entries[e.Op.ID] = &e
 		}
 	}
+	// The values held for a later batch are newer than the store's.
+	if j.later != nil {
+		j.later.mu.Lock()
+		defer j.later.mu.Unlock()
+		for k, v := range j.later.vals {
+			switch rest, ok := strings.CutPrefix(k.String(), root); {
+			case !ok:
+			case rest == "/local":
+				local = string(v)
+			case strings.HasPrefix(rest, "/op/"):
+				var e entry
+				if err := json.Unmarshal(v, &e); err != nil {
+					return "", nil, fmt.Errorf("replica: journal entry %s: %w", k, err)
+				}
+				entries[e.Op.ID] = &e
+			}
+		}
+	}
 	return local, entries, nil
 }
 
 // local reads this site's local id of a resource ("" when none).
 func (j journal) local(ctx context.Context, res string) (string, error) {
+	if v, ok := j.held(localKey(res)); ok {
+		return string(v), nil
+	}
 	data, err := j.store.Get(ctx, localKey(res))
 	switch {
 	case errors.Is(err, ds.ErrNotFound):
@@ -231,7 +363,11 @@ func (j journal) local(ctx context.Context, res string) (string, error) {
 
 // entry reads one operation's entry (nil when none).
 func (j journal) entry(ctx context.Context, res, op string) (*entry, error) {
-	data, err := j.store.Get(ctx, opEntryKey(res, op))
+	data, ok := j.held(opEntryKey(res, op))
+	var err error
+	if !ok {
+		data, err = j.store.Get(ctx, opEntryKey(res, op))
+	}
 	switch {
 	case errors.Is(err, ds.ErrNotFound):
 		return nil, nil

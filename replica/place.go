@@ -84,7 +84,8 @@ func (x *Executor) Attach(ctx context.Context, j Job, base catalog.Timestamp, na
 				if err := x.forget(ctx, res); err != nil {
 					return Result{Err: err}, catalog.Timestamp{}
 				}
-				rs.local, rs.entries = "", map[string]*entry{}
+				rs.entries = map[string]*entry{}
+				rs.setLocal("")
 				seen = false
 			}
 		}
@@ -238,12 +239,17 @@ func (x *Executor) Detach(ctx context.Context, d Detachment, stamp func() catalo
 	if err := x.forget(ctx, d.Resource); err != nil {
 		return catalog.Timestamp{}, err
 	}
-	rs.local, rs.entries = "", map[string]*entry{}
+	rs.entries = map[string]*entry{}
+	rs.setLocal("")
 	return stamp(), nil
 }
 
 // forget drops what the journal holds of a resource, synced.
 func (x *Executor) forget(ctx context.Context, res string) error {
+	// Outcomes held for a batch would bring keys back once deleted.
+	if err := x.journal.flushLater(ctx); err != nil {
+		return fmt.Errorf("replica: forget %s: %w", res, err)
+	}
 	prefix := resourceKey(res)
 	results, err := x.cfg.Journal.Query(ctx, query.Query{Prefix: prefix.String(), KeysOnly: true})
 	if err != nil {

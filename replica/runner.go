@@ -205,6 +205,13 @@ func (r *Runner) Close() {
 	r.work.Broadcast()
 	r.mu.Unlock()
 	r.wg.Wait()
+	// The outcomes held for the journal's next batch: otherwise each
+	// would be a maybe-executed operation at the next start.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := r.cfg.Executor.flushOutcomes(ctx); err != nil {
+		r.log.Warn("journal the outcomes held for a batch", "err", err)
+	}
 }
 
 // loop follows the catalog and queues the resources this site owes
@@ -615,6 +622,9 @@ func (r *Runner) catchUp(ctx context.Context, res catalog.Resource) (outs []cata
 		r.log.Debug("the resource's creation is not in the catalog yet", "resource", res.ID)
 		return nil, false
 	}
+	for i := range jobs {
+		jobs[i].outcomeLater = true // flushLoop writes them before it records them
+	}
 	results := r.cfg.Executor.ApplyOwed(ctx, jobs)
 	for k, out := range results {
 		op := jobs[k].Op
@@ -703,7 +713,12 @@ func (r *Runner) flushLoop(ctx context.Context) {
 		}
 		r.batch = &outcomeBatch{}
 		r.mu.Unlock()
-		err := r.cfg.Catalog.RecordOutcomes(ctx, b.outs)
+		// Journaled first (Job.outcomeLater): the catalog never says
+		// done what the journal would not after a crash.
+		err := r.cfg.Executor.flushOutcomes(ctx)
+		if err == nil {
+			err = r.cfg.Catalog.RecordOutcomes(ctx, b.outs)
+		}
 		// Written, the catalog says so; not written, the operations are
 		// owed again (they ran: the journal gives their outcomes).
 		r.mu.Lock()
