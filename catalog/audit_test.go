@@ -129,3 +129,75 @@ func TestAuditWaitsForAQuietView(t *testing.T) {
 		}
 	}
 }
+
+// TestAuditBackoffSpacesCleanAudits: a resource that stays owing,
+// unchanged, and that every audit finds clean is audited at rounds 1, 3,
+// 7, 15, 31, 63, then every maxAuditSpacing rounds; changed, it is due
+// at once again.
+func TestAuditBackoffSpacesCleanAudits(t *testing.T) {
+	b := auditBackoff{}
+	var audited []int
+	for round := 1; round <= 130; round++ {
+		if b.due("a", 7, round) {
+			audited = append(audited, round)
+			b.clean("a", 7, round)
+		}
+	}
+	if want := []int{1, 3, 7, 15, 31, 63, 95, 127}; !slices.Equal(audited, want) {
+		t.Fatalf("audited at rounds %v, want %v", audited, want)
+	}
+	if !b.due("a", 8, 131) {
+		t.Fatal("a resource that changed is not due at once")
+	}
+	b.forget(map[string]uint64{"b": 1})
+	if len(b) != 0 {
+		t.Fatalf("a resource that stopped owing is kept: %v", b)
+	}
+}
+
+// TestAuditFindsAMissAfterCleanRounds: a change the view misses after
+// the resource has been audited clean many times (its audits spaced out)
+// is still folded in, within maxAuditSpacing rounds or so; and those
+// rounds read the store far less than one audit per round.
+func TestAuditFindsAMissAfterCleanRounds(t *testing.T) {
+	net := newMemNet()
+	cfg := DefaultConfig()
+	const iv = 5 * time.Millisecond
+	cfg.Store, cfg.Self, cfg.GatherDelay, cfg.AuditInterval = net.store("paris"), "paris", time.Millisecond, iv
+	paris := newTestCatalogConfig(t, cfg)
+	ctx := context.Background()
+	sites := []string{"paris", "berlin"}
+	id := create(t, paris, "posts", sites, map[string]string{"paris": "1"}, "berlin")
+	store := net.store("paris")
+	gets := func() int {
+		net.mu.Lock()
+		defer net.mu.Unlock()
+		return store.gets
+	}
+	// One audit reads the resource's 4 keys (meta, operation, each
+	// site's record); 6 audits: rounds 1 to 31 at least.
+	start := time.Now()
+	testkit.Eventually(t, 10*time.Second, "six audits", func() error {
+		if n := gets(); n < 6*4 {
+			return fmt.Errorf("%d reads", n)
+		}
+		return nil
+	})
+	if rounds := int(time.Since(start) / iv); rounds < 20 {
+		t.Fatalf("six audits within %d rounds: not spaced out", rounds)
+	}
+	r, _ := paris.Get(ctx, id)
+	rec := SiteRecord{Site: "berlin", LocalID: "9", Status: StatusOK, Applied: map[string]string{r.Operations[0].ID: "201"}, At: paris.Clock().Now()}
+	data, _ := json.Marshal(rec)
+	store.writeUnseen(sites, siteKey(id, "berlin"), data)
+	testkit.Eventually(t, 10*time.Second, "the audit corrects the view", func() error {
+		r, _ := paris.Get(ctx, id)
+		if v := r.PerSite["berlin"]; len(v.Pending) != 0 || v.LocalID != "9" {
+			return fmt.Errorf("berlin: %+v", v)
+		}
+		return nil
+	})
+	if paris.AuditRepairs() != 1 {
+		t.Fatalf("audit repairs = %d, want 1", paris.AuditRepairs())
+	}
+}

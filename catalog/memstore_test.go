@@ -143,6 +143,7 @@ type memStore struct {
 	next     int
 	wmu      sync.Mutex
 	syncs    int
+	gets     int // guarded by net.mu
 }
 
 func groupKey(sites []string) string {
@@ -192,6 +193,7 @@ func (s *memStore) PutBatch(_ context.Context, sites []string, keys []string, va
 func (s *memStore) Get(_ context.Context, sites []string, key string) ([]byte, bool, error) {
 	s.net.mu.Lock()
 	defer s.net.mu.Unlock()
+	s.gets++
 	v, ok := s.groups[groupKey(sites)][key]
 	return v, ok, nil
 }
