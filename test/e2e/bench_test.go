@@ -190,6 +190,14 @@ func BenchmarkCatchUp(b *testing.B) {
 				if got := len(c.sites["rome"].app.items(b, "posts")); got != n {
 					b.Fatalf("rome's application holds %d posts, want %d", got, n)
 				}
+				// What the two agents burn per second with nothing to do
+				// (a second, once the catch-up's last merges settled):
+				// agents-cpu counts it for every second a catch-up lasts,
+				// so a slower json-server raises agents-cpu too.
+				time.Sleep(500 * time.Millisecond)
+				idle, idleFrom := bench.SelfCPU(), time.Now()
+				time.Sleep(time.Second)
+				b.ReportMetric(float64(bench.SelfCPU()-idle)/float64(time.Millisecond)/time.Since(idleFrom).Seconds(), "idle-agents-cpu-ms/s")
 				b.StartTimer()
 			}
 		})
