@@ -35,10 +35,11 @@
 // twice), and its outcome after. A second delivery of an operation (the
 // origin lost the answer and the catalog says it is still owed, or the
 // live request and the catalog raced) returns the first outcome without
-// calling the application. The outcomes of owed operations (the Runner's)
-// are journaled in batches, each written before the catalog records
-// them; a commuting operation's is written at once. After a crash between the call and the outcome
-// the operation is "maybe executed": a create is looked for in the
+// calling the application. The outcomes of owed operations (the
+// Runner's) are journaled in batches, each written before the catalog
+// records them; a commuting operation's is written at once. After a
+// crash between the call and the outcome (or its batch) the operation
+// is "maybe executed": a create is looked for in the
 // application and adopted rather than made twice; a replace, delete or
 // merge update runs again (idempotent).
 //
