@@ -367,6 +367,11 @@ func (x *Executor) ApplyOwed(ctx context.Context, jobs []Job) []Result {
 		if j.Create {
 			r = x.create(ctx, j, rs, seen) // begun and never finished: it may have run
 		} else {
+			if seen && j.Op.EffectivePolicy() == catalog.PolicyCommute {
+				// Begun and never finished (a crash, no answer): it may have
+				// been applied, and runs again (at least once; docs/consistency.md).
+				x.log.Warn("a commuting operation that may have been applied runs again", "resource", j.Op.Resource, "op", j.Op.ID)
+			}
 			var replay []catalog.Operation
 			r, replay = x.update(ctx, j, rs)
 			pending = mergeOps(pending, replay)
