@@ -659,6 +659,18 @@ func (m *Manager) serveDigests(s network.Stream) {
 	}
 	ans := digestAnswer{Processed: map[string]int{}}
 	var differ []*Group
+	// The groups this site shares with the asker that its request does
+	// not name: the asker has not joined them (every announcement of
+	// them to it was lost). Its rounds name only the groups it has
+	// joined, and of a pair only one side starts the periodic rounds:
+	// unless the answering side pushes their heads, which joins them
+	// there, nothing ever does while the asker's rounds keep coming.
+	var unnamed []*Group
+	for _, g := range m.shared(remote) {
+		if _, ok := req.Digests[g.name]; !ok {
+			unnamed = append(unnamed, g)
+		}
+	}
 	for name, digest := range req.Digests {
 		g := m.group(name)
 		if g == nil {
@@ -696,6 +708,13 @@ func (m *Manager) serveDigests(s network.Stream) {
 		g.kickRepair()
 		if err := g.pushHeads(ctx, remote); err != nil {
 			m.log.Debug("push heads after a digest mismatch", "group", g.name, "err", err)
+		}
+	}
+	for _, g := range unnamed {
+		m.exchanges.set(g.name, remote, false)
+		m.metrics.digestMismatches.Inc()
+		if err := g.pushHeads(ctx, remote); err != nil {
+			m.log.Debug("push heads of a group the asker did not name", "group", g.name, "err", err)
 		}
 	}
 }
