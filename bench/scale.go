@@ -168,6 +168,10 @@ type Workload struct {
 	// what else the machine runs.
 	CPUPerWrite time.Duration `json:"cpu_per_write_ns"`
 	Error       string        `json:"error,omitempty"`
+	// done marks the resources written; missing describes, when the
+	// sites did not converge, the entries they lack (missingEntries).
+	done    []bool
+	missing *missingEntries
 }
 
 // FirstWriteFigures time first writes into brand-new groups, on sites

@@ -160,7 +160,10 @@ func TestScaleVerdicts(t *testing.T) {
 // (full replication) instead of its scope's; CHEOPS_SCALE_WRITE_BUDGET
 // and CHEOPS_SCALE_CONVERGE_WITHIN (Go durations) replace the quick
 // profile's 20 s for the writes and for convergence after them (the
-// `--full` profile gives 1m and 45s);
+// `--full` profile gives 1m and 45s). A run that does not converge logs
+// the entries missing and their groups' state at every member; with
+// CHEOPS_SCALE_LATE (a Go duration) it then waits that long more and
+// logs when the missing entries arrive, if they do;
 // CHEOPS_SCALE_CPUPROFILE=FILE profiles the write phase alone (then leave
 // out -cpuprofile); CHEOPS_SCALE_MEMPROFILE=FILE writes heap profiles
 // before (FILE.before) and after it: `go tool pprof -sample_index
@@ -207,6 +210,10 @@ func BenchmarkScaleWrites(b *testing.B) {
 		stopProfile()
 		writeHeapProfile(b, memProfile, "")
 		b.Logf("crdt counters, every site: %s", crdtCounters(ss))
+		if w.missing != nil {
+			b.Logf("%s", ss.describe(context.Background(), w.missing, 6))
+			ss.lateArrivals(b, w.missing, envDuration("CHEOPS_SCALE_LATE", 0))
+		}
 		ss.close(log)
 		if w.Error != "" {
 			b.Fatal(w.Error)
@@ -400,4 +407,30 @@ func counterSum(b *testing.B, reg *prometheus.Registry, name string) float64 {
 		}
 	}
 	return sum
+}
+
+// lateArrivals waits up to within, after a workload that did not
+// converge, and logs how many of the missing entries are still missing
+// every 5 s (each check reads them with Get, waking their groups).
+func (ss *scaleSites) lateArrivals(b *testing.B, me *missingEntries, within time.Duration) {
+	if within <= 0 {
+		return
+	}
+	start := time.Now()
+	last := -1
+	for {
+		n := ss.still(context.Background(), me)
+		if n != last {
+			b.Logf("%v after the convergence bound: %d of %d missing entries still missing", time.Since(start).Round(time.Second), n, len(me.keys))
+			last = n
+		}
+		if n == 0 || time.Since(start) > within {
+			if n > 0 {
+				b.Logf("%s", ss.describe(context.Background(), me, 6))
+				b.Logf("crdt counters, every site: %s", crdtCounters(ss))
+			}
+			return
+		}
+		time.Sleep(5 * time.Second)
+	}
 }

@@ -9,8 +9,11 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"strings"
 	"syscall"
 	"time"
+
+	"cheops/crdt"
 )
 
 // workload writes every resource: two catalog-sized entries as one batch
@@ -36,6 +39,7 @@ func (ss *scaleSites) workload(ctx context.Context, scopes [][]string, space int
 	wctx, cancel := context.WithTimeout(ctx, opt.WriteBudget)
 	defer cancel()
 	var written atomic.Int64
+	w.done = make([]bool, len(scopes))
 	var mu sync.Mutex
 	var firstErr error
 	start := time.Now()
@@ -65,6 +69,7 @@ func (ss *scaleSites) workload(ctx context.Context, scopes [][]string, space int
 					return
 				}
 				written.Add(1)
+				w.done[i] = true // each index is written by one site only
 				for _, m := range group {
 					want[index[m]].Add(int64(len(keys)))
 				}
@@ -111,6 +116,7 @@ func (ss *scaleSites) workload(ctx context.Context, scopes [][]string, space int
 	})
 	if err != nil {
 		w.Error = err.Error()
+		w.missing = ss.missing(ctx, scopes, w.done, space)
 		return w
 	}
 	w.BytesSent = ss.traffic().minus(before).all
@@ -362,4 +368,110 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	case <-time.After(d):
 		return true
 	}
+}
+
+// missingEntries is what a workload that did not converge left out:
+// which site lacks which resource's entries, and what the crdt package
+// says of those resources' groups at each member.
+type missingEntries struct {
+	// bySite counts the entries each site lacks.
+	bySite map[string]int
+	// keys lists the missing (site, key) pairs, sorted.
+	keys []missingKey
+}
+
+// missingKey is one entry a site lacks.
+type missingKey struct {
+	site, key string
+	resource  int
+	group     []string // the resource's group, writer first
+}
+
+// missing scans every site and lists the entries of written resources
+// (done) it does not hold.
+func (ss *scaleSites) missing(ctx context.Context, scopes [][]string, done []bool, space int) *missingEntries {
+	me := &missingEntries{bySite: map[string]int{}}
+	p := entryPrefixes[space]
+	for _, s := range ss.sites {
+		held := map[string]bool{}
+		_ = s.m.Scan(ctx, p, func(_ []string, key string, _ []byte) error { held[key] = true; return nil })
+		for i, sc := range scopes {
+			group := sc
+			if space == fullSpace {
+				group = ss.names
+			}
+			if !done[i] || !slices.Contains(group, s.name) {
+				continue
+			}
+			for _, k := range []string{fmt.Sprintf("%s%06d/meta", p, i), fmt.Sprintf("%s%06d/op/0", p, i)} {
+				if !held[k] {
+					me.bySite[s.name]++
+					me.keys = append(me.keys, missingKey{site: s.name, key: k, resource: i, group: sc})
+				}
+			}
+		}
+	}
+	return me
+}
+
+// still reports how many of the missing entries are still missing.
+func (ss *scaleSites) still(ctx context.Context, me *missingEntries) int {
+	n := 0
+	for _, mk := range me.keys {
+		if _, found, _ := ss.site(mk.site).m.Get(ctx, mk.group, mk.key); !found {
+			n++
+		}
+	}
+	return n
+}
+
+// describe tells, for up to max missing entries, the state of their
+// group at every member (joined or not, heads, merged nodes, last
+// exchange with the others), one line per member.
+func (ss *scaleSites) describe(ctx context.Context, me *missingEntries, max int) string {
+	var b strings.Builder
+	sites := make([]string, 0, len(me.bySite))
+	for s := range me.bySite {
+		sites = append(sites, s)
+	}
+	slices.Sort(sites)
+	fmt.Fprintf(&b, "%d entries missing:", len(me.keys))
+	for _, s := range sites {
+		fmt.Fprintf(&b, " %s %d", s, me.bySite[s])
+	}
+	b.WriteString("\n")
+	seen := map[int]bool{}
+	for _, mk := range me.keys {
+		if seen[mk.resource] || len(seen) >= max {
+			continue
+		}
+		seen[mk.resource] = true
+		name := groupKey(mk.group)
+		fmt.Fprintf(&b, "resource %d, group {%s}, writer %s, missing at %s:\n", mk.resource, name, mk.group[0], mk.site)
+		for _, member := range mk.group {
+			s := ss.site(member)
+			var st *crdt.GroupStatus
+			for _, gs := range s.m.Status(ctx) {
+				if gs.Group == name {
+					st = &gs
+					break
+				}
+			}
+			if st == nil {
+				fmt.Fprintf(&b, "  %s (id %s): not joined\n", member, s.node.Host().ID())
+				continue
+			}
+			fmt.Fprintf(&b, "  %s (id %s): heads %v merged %d height %d queued %d fetching %d dirty %v asleep %v heard %v;",
+				member, s.node.Host().ID(), st.Heads, st.Merged, st.Height, st.Queued, st.Fetching, st.Dirty, st.Asleep, st.LastHeard.Format(time.TimeOnly))
+			for _, ms := range st.Members {
+				match := "?"
+				if ms.DigestMatch != nil {
+					match = fmt.Sprint(*ms.DigestMatch)
+				}
+				fmt.Fprintf(&b, " %s connected %v exchanged %v match %s;", ms.Site, ms.Connected, ms.LastExchange.Format(time.TimeOnly), match)
+			}
+			b.WriteString("\n")
+		}
+	}
+	return b.String()
 }
