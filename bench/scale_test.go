@@ -164,6 +164,8 @@ func TestScaleVerdicts(t *testing.T) {
 // the entries missing and their groups' state at every member; with
 // CHEOPS_SCALE_LATE (a Go duration) it then waits that long more and
 // logs when the missing entries arrive, if they do;
+// CHEOPS_SCALE_DIAGNOSE_AFTER (a Go duration) logs them once while the
+// wait goes on, that long after the last write;
 // CHEOPS_SCALE_CPUPROFILE=FILE profiles the write phase alone (then leave
 // out -cpuprofile); CHEOPS_SCALE_MEMPROFILE=FILE writes heap profiles
 // before (FILE.before) and after it: `go tool pprof -sample_index
@@ -176,6 +178,7 @@ func BenchmarkScaleWrites(b *testing.B) {
 	opt.FormWithin = 3 * time.Minute
 	opt.WriteBudget = envDuration("CHEOPS_SCALE_WRITE_BUDGET", opt.WriteBudget)
 	opt.ConvergeWithin = envDuration("CHEOPS_SCALE_CONVERGE_WITHIN", opt.ConvergeWithin)
+	opt.diagnoseAfter = envDuration("CHEOPS_SCALE_DIAGNOSE_AFTER", 0)
 	names := make([]string, sites)
 	for i := range names {
 		names[i] = fmt.Sprintf("s%02d", i)
@@ -192,6 +195,8 @@ func BenchmarkScaleWrites(b *testing.B) {
 		space = fullSpace
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	// The wait for convergence logs its progress on stderr as it goes.
+	progress := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	for range b.N {
 		b.StopTimer()
 		ss, err := startScaleSites(context.Background(), b.TempDir(), names, opt.FormWithin)
@@ -204,7 +209,7 @@ func BenchmarkScaleWrites(b *testing.B) {
 		stopProfile := startCPUProfile(b, os.Getenv("CHEOPS_SCALE_CPUPROFILE"))
 		alloc0 := allocatedBytes()
 		b.StartTimer()
-		w := ss.workload(context.Background(), scopes, space, opt)
+		w := ss.workload(context.Background(), progress, scopes, space, opt)
 		b.StopTimer()
 		allocated := allocatedBytes() - alloc0
 		stopProfile()

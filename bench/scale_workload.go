@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"runtime"
 	"runtime/metrics"
@@ -21,8 +22,10 @@ import (
 // by the first site of its scope. Every site writes its resources at
 // once, one after the other, until opt.WriteBudget is spent; then the
 // workload waits up to opt.ConvergeWithin until every site holds every
-// entry it must.
-func (ss *scaleSites) workload(ctx context.Context, scopes [][]string, space int, opt ScaleOptions) Workload {
+// entry it must. While it waits, it logs on log every 5 s how many
+// entries the sites' watchers have not seen yet, and the scans that
+// found entries missing.
+func (ss *scaleSites) workload(ctx context.Context, log *slog.Logger, scopes [][]string, space int, opt ScaleOptions) Workload {
 	var w Workload
 	bySite := map[string][]int{}
 	for i, sc := range scopes {
@@ -99,15 +102,38 @@ func (ss *scaleSites) workload(ctx context.Context, scopes [][]string, space int
 	var cpu1 time.Duration
 	// The watchers' counts say when to look; a scan of every site's
 	// groups confirms it (a change delivered twice would count twice).
+	var logged time.Time
+	diagnosed := false
 	err := waitFor(ctx, opt.ConvergeWithin, "every site holds every entry of its groups", func() error {
+		var unseen int64
+		var example error
 		for i, s := range ss.sites {
 			if got := s.held[space].Load() - base[i]; got < want[i].Load() {
-				return fmt.Errorf("%s has seen %d of %d entries", s.name, got, want[i].Load())
+				unseen += want[i].Load() - got
+				if example == nil {
+					example = fmt.Errorf("%s has seen %d of %d entries", s.name, got, want[i].Load())
+				}
 			}
+		}
+		if example != nil {
+			if opt.diagnoseAfter > 0 && !diagnosed && time.Since(end) > opt.diagnoseAfter {
+				diagnosed = true
+				log.Info("scale: entries still missing", "after_last_write", time.Since(end).Round(time.Millisecond),
+					"missing", ss.describe(ctx, ss.missing(ctx, scopes, w.done, space), 6))
+			}
+			if time.Since(logged) >= 5*time.Second {
+				logged = time.Now()
+				peers, conns, fewest := ss.connections()
+				log.Info("scale: waiting for convergence", "after_last_write", time.Since(end).Round(time.Millisecond), "entries_unseen", unseen, "e.g.", example,
+					"connected_pairs", peers, "connections", conns, "fewest_peers", fewest)
+			}
+			return example
 		}
 		at, cpuAt := time.Now(), SelfCPU()
 		for i, s := range ss.sites {
 			if got := countPrefix(ctx, s, entryPrefixes[space]); int64(got) < want[i].Load() {
+				log.Info("scale: a scan found entries missing", "after_last_write", time.Since(end).Round(time.Millisecond), "scan_took", time.Since(at).Round(time.Millisecond),
+					"site", s.name, "holds", got, "of", want[i].Load())
 				return fmt.Errorf("%s holds %d of %d entries", s.name, got, want[i].Load())
 			}
 		}
@@ -474,4 +500,18 @@ func (ss *scaleSites) describe(ctx context.Context, me *missingEntries, max int)
 		}
 	}
 	return b.String()
+}
+
+// connections counts the (site, peer) pairs connected, the connections,
+// and the fewest peers any site is connected to.
+func (ss *scaleSites) connections() (peers, conns, fewest int) {
+	fewest = len(ss.sites)
+	for _, s := range ss.sites {
+		nw := s.node.Host().Network()
+		n := len(nw.Peers())
+		peers += n
+		conns += len(nw.Conns())
+		fewest = min(fewest, n)
+	}
+	return peers, conns, fewest
 }
