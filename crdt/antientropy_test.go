@@ -443,3 +443,40 @@ func TestAskerGetsAGroupItNeverHeardOf(t *testing.T) {
 		return hasValue(lo, pair, "/new", "v")
 	})
 }
+
+// TestDisconnectedMemberIsDialledForNews: two members lose their
+// connection (nothing here dials again: no membership layer) and one of
+// them writes into their group. The announcement goes to connected
+// members only; the writer's anti-entropy loop dials the member it has
+// news for, whose catch-up then brings the write (at 100 sites, writes
+// into groups whose members had lost their connection waited up to a
+// minute and a half for membership's probes to reconnect them).
+func TestDisconnectedMemberIsDialledForNews(t *testing.T) {
+	n := newNet(t, "a", "b")
+	n.tune = func(c *Config) {
+		c.RebroadcastInterval = time.Hour
+		c.DigestInterval = 100 * time.Millisecond
+	}
+	n.startAll("a", "b")
+	a, b := n.sites["a"], n.sites["b"]
+	ctx := context.Background()
+	ab := []string{"a", "b"}
+	if err := a.m.Put(ctx, ab, "/before", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "b has /before", func() error { return hasValue(b, ab, "/before", "v") })
+	// Let the pushes of the first connection end, then cut it.
+	time.Sleep(200 * time.Millisecond)
+	_ = a.host.Network().ClosePeer(b.id)
+	_ = b.host.Network().ClosePeer(a.id)
+	eventually(t, 5*time.Second, "a and b disconnected", func() error {
+		if a.host.Network().Connectedness(b.id) == network.Connected || b.host.Network().Connectedness(a.id) == network.Connected {
+			return fmt.Errorf("still connected")
+		}
+		return nil
+	})
+	if err := a.m.Put(ctx, ab, "/after", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "b has the write made while disconnected", func() error { return hasValue(b, ab, "/after", "v") })
+}
