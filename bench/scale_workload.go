@@ -123,9 +123,9 @@ func (ss *scaleSites) workload(ctx context.Context, log *slog.Logger, scopes [][
 			}
 			if time.Since(logged) >= 5*time.Second {
 				logged = time.Now()
-				peers, conns, fewest := ss.connections()
+				peers, conns, fewest, most := ss.connections()
 				log.Info("scale: waiting for convergence", "after_last_write", time.Since(end).Round(time.Millisecond), "entries_unseen", unseen, "e.g.", example,
-					"connected_pairs", peers, "connections", conns, "fewest_peers", fewest)
+					"connected_pairs", peers, "connections", conns, "fewest_peers", fewest, "most_connections", most)
 			}
 			return example
 		}
@@ -502,16 +502,18 @@ func (ss *scaleSites) describe(ctx context.Context, me *missingEntries, max int)
 	return b.String()
 }
 
-// connections counts the (site, peer) pairs connected, the connections,
-// and the fewest peers any site is connected to.
-func (ss *scaleSites) connections() (peers, conns, fewest int) {
+// connections counts the (site, peer) pairs connected and the
+// connections, and gives the fewest peers any site is connected to and
+// the most connections any site has (libp2p's connection manager closes
+// some past 192).
+func (ss *scaleSites) connections() (peers, conns, fewest, most int) {
 	fewest = len(ss.sites)
 	for _, s := range ss.sites {
 		nw := s.node.Host().Network()
-		n := len(nw.Peers())
+		n, c := len(nw.Peers()), len(nw.Conns())
 		peers += n
-		conns += len(nw.Conns())
-		fewest = min(fewest, n)
+		conns += c
+		fewest, most = min(fewest, n), max(most, c)
 	}
-	return peers, conns, fewest
+	return peers, conns, fewest, most
 }
