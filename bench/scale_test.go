@@ -199,6 +199,7 @@ func BenchmarkScaleWrites(b *testing.B) {
 	progress := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	for range b.N {
 		b.StopTimer()
+		heap0, _ := liveHeapAndGoroutines()
 		ss, err := startScaleSites(context.Background(), b.TempDir(), names, opt.FormWithin)
 		if err != nil {
 			ss.close(log)
@@ -212,6 +213,9 @@ func BenchmarkScaleWrites(b *testing.B) {
 		w := ss.workload(context.Background(), progress, scopes, space, opt)
 		b.StopTimer()
 		allocated := allocatedBytes() - alloc0
+		// The live heap once converged (or given up), as the scale
+		// scenario's heap/site: less what was there before the sites.
+		heap1, _ := liveHeapAndGoroutines()
 		stopProfile()
 		writeHeapProfile(b, memProfile, "")
 		b.Logf("crdt counters, every site: %s", crdtCounters(ss))
@@ -226,6 +230,7 @@ func BenchmarkScaleWrites(b *testing.B) {
 		b.ReportMetric(w.WritesPerSecond, "writes/s")
 		b.ReportMetric(float64(w.CPUPerWrite)/float64(time.Microsecond), "cpu-µs/write")
 		b.ReportMetric(ms(w.Converged), "converged-ms")
+		b.ReportMetric((float64(heap1)-float64(heap0))/float64(sites)/(1<<20), "heap-MiB/site")
 		if w.Written > 0 {
 			b.ReportMetric(float64(allocated)/float64(2*w.Written), "alloc-B/write")
 		}
