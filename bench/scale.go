@@ -82,6 +82,10 @@ type ScaleOptions struct {
 	// minute in the figures).
 	IdleWindow time.Duration `json:"idle_window_ns"`
 	Seed       uint64        `json:"seed"`
+	// diagnoseAfter, when set, has a workload that has not converged
+	// that long after its last write log which entries are missing
+	// where, once (a scan of every site's groups).
+	diagnoseAfter time.Duration
 }
 
 // ScaleProfile is the quick profile (`make bench`, under 2 minutes) or
@@ -168,6 +172,10 @@ type Workload struct {
 	// what else the machine runs.
 	CPUPerWrite time.Duration `json:"cpu_per_write_ns"`
 	Error       string        `json:"error,omitempty"`
+	// done marks the resources written; missing describes, when the
+	// sites did not converge, the entries they lack (missingEntries).
+	done    []bool
+	missing *missingEntries
 }
 
 // FirstWriteFigures time first writes into brand-new groups, on sites
@@ -301,7 +309,7 @@ func runScaleCase(ctx context.Context, env Env, cs ScaleCase, opt ScaleOptions) 
 		idleHeap = max(0, f.Idle.heapGrowth)
 	}
 
-	f.Scoped = ss.workload(ctx, scopes, scopedSpace, opt)
+	f.Scoped = ss.workload(ctx, env.Log, scopes, scopedSpace, opt)
 	if f.Scoped.Error != "" {
 		f.Error = "scoped workload: " + f.Scoped.Error
 		return f
@@ -318,7 +326,7 @@ func runScaleCase(ctx context.Context, env Env, cs ScaleCase, opt ScaleOptions) 
 	}
 
 	env.Log.Info("scale: full replication", "sites", cs.Sites, "resources", cs.Resources)
-	full := ss.workload(ctx, scopes, fullSpace, opt)
+	full := ss.workload(ctx, env.Log, scopes, fullSpace, opt)
 	f.Full = &full
 	return f
 }

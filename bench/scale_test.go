@@ -160,7 +160,12 @@ func TestScaleVerdicts(t *testing.T) {
 // (full replication) instead of its scope's; CHEOPS_SCALE_WRITE_BUDGET
 // and CHEOPS_SCALE_CONVERGE_WITHIN (Go durations) replace the quick
 // profile's 20 s for the writes and for convergence after them (the
-// `--full` profile gives 1m and 45s);
+// `--full` profile gives 1m and 45s). A run that does not converge logs
+// the entries missing and their groups' state at every member; with
+// CHEOPS_SCALE_LATE (a Go duration) it then waits that long more and
+// logs when the missing entries arrive, if they do;
+// CHEOPS_SCALE_DIAGNOSE_AFTER (a Go duration) logs them once while the
+// wait goes on, that long after the last write;
 // CHEOPS_SCALE_CPUPROFILE=FILE profiles the write phase alone (then leave
 // out -cpuprofile); CHEOPS_SCALE_MEMPROFILE=FILE writes heap profiles
 // before (FILE.before) and after it: `go tool pprof -sample_index
@@ -173,6 +178,7 @@ func BenchmarkScaleWrites(b *testing.B) {
 	opt.FormWithin = 3 * time.Minute
 	opt.WriteBudget = envDuration("CHEOPS_SCALE_WRITE_BUDGET", opt.WriteBudget)
 	opt.ConvergeWithin = envDuration("CHEOPS_SCALE_CONVERGE_WITHIN", opt.ConvergeWithin)
+	opt.diagnoseAfter = envDuration("CHEOPS_SCALE_DIAGNOSE_AFTER", 0)
 	names := make([]string, sites)
 	for i := range names {
 		names[i] = fmt.Sprintf("s%02d", i)
@@ -189,8 +195,11 @@ func BenchmarkScaleWrites(b *testing.B) {
 		space = fullSpace
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	// The wait for convergence logs its progress on stderr as it goes.
+	progress := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	for range b.N {
 		b.StopTimer()
+		heap0, _ := liveHeapAndGoroutines()
 		ss, err := startScaleSites(context.Background(), b.TempDir(), names, opt.FormWithin)
 		if err != nil {
 			ss.close(log)
@@ -201,12 +210,19 @@ func BenchmarkScaleWrites(b *testing.B) {
 		stopProfile := startCPUProfile(b, os.Getenv("CHEOPS_SCALE_CPUPROFILE"))
 		alloc0 := allocatedBytes()
 		b.StartTimer()
-		w := ss.workload(context.Background(), scopes, space, opt)
+		w := ss.workload(context.Background(), progress, scopes, space, opt)
 		b.StopTimer()
 		allocated := allocatedBytes() - alloc0
+		// The live heap once converged (or given up), as the scale
+		// scenario's heap/site: less what was there before the sites.
+		heap1, _ := liveHeapAndGoroutines()
 		stopProfile()
 		writeHeapProfile(b, memProfile, "")
 		b.Logf("crdt counters, every site: %s", crdtCounters(ss))
+		if w.missing != nil {
+			b.Logf("%s", ss.describe(context.Background(), w.missing, 6))
+			ss.lateArrivals(b, w.missing, envDuration("CHEOPS_SCALE_LATE", 0))
+		}
 		ss.close(log)
 		if w.Error != "" {
 			b.Fatal(w.Error)
@@ -214,6 +230,7 @@ func BenchmarkScaleWrites(b *testing.B) {
 		b.ReportMetric(w.WritesPerSecond, "writes/s")
 		b.ReportMetric(float64(w.CPUPerWrite)/float64(time.Microsecond), "cpu-µs/write")
 		b.ReportMetric(ms(w.Converged), "converged-ms")
+		b.ReportMetric((float64(heap1)-float64(heap0))/float64(sites)/(1<<20), "heap-MiB/site")
 		if w.Written > 0 {
 			b.ReportMetric(float64(allocated)/float64(2*w.Written), "alloc-B/write")
 		}
@@ -400,4 +417,30 @@ func counterSum(b *testing.B, reg *prometheus.Registry, name string) float64 {
 		}
 	}
 	return sum
+}
+
+// lateArrivals waits up to within, after a workload that did not
+// converge, and logs how many of the missing entries are still missing
+// every 5 s (each check reads them with Get, waking their groups).
+func (ss *scaleSites) lateArrivals(b *testing.B, me *missingEntries, within time.Duration) {
+	if within <= 0 {
+		return
+	}
+	start := time.Now()
+	last := -1
+	for {
+		n := ss.still(context.Background(), me)
+		if n != last {
+			b.Logf("%v after the convergence bound: %d of %d missing entries still missing", time.Since(start).Round(time.Second), n, len(me.keys))
+			last = n
+		}
+		if n == 0 || time.Since(start) > within {
+			if n > 0 {
+				b.Logf("%s", ss.describe(context.Background(), me, 6))
+				b.Logf("crdt counters, every site: %s", crdtCounters(ss))
+			}
+			return
+		}
+		time.Sleep(5 * time.Second)
+	}
 }

@@ -3,14 +3,18 @@ package bench
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"runtime"
 	"runtime/metrics"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"cheops/crdt"
 )
 
 // workload writes every resource: two catalog-sized entries as one batch
@@ -18,8 +22,10 @@ import (
 // by the first site of its scope. Every site writes its resources at
 // once, one after the other, until opt.WriteBudget is spent; then the
 // workload waits up to opt.ConvergeWithin until every site holds every
-// entry it must.
-func (ss *scaleSites) workload(ctx context.Context, scopes [][]string, space int, opt ScaleOptions) Workload {
+// entry it must. While it waits, it logs on log every 5 s how many
+// entries the sites' watchers have not seen yet, and the scans that
+// found entries missing.
+func (ss *scaleSites) workload(ctx context.Context, log *slog.Logger, scopes [][]string, space int, opt ScaleOptions) Workload {
 	var w Workload
 	bySite := map[string][]int{}
 	for i, sc := range scopes {
@@ -36,6 +42,7 @@ func (ss *scaleSites) workload(ctx context.Context, scopes [][]string, space int
 	wctx, cancel := context.WithTimeout(ctx, opt.WriteBudget)
 	defer cancel()
 	var written atomic.Int64
+	w.done = make([]bool, len(scopes))
 	var mu sync.Mutex
 	var firstErr error
 	start := time.Now()
@@ -65,6 +72,7 @@ func (ss *scaleSites) workload(ctx context.Context, scopes [][]string, space int
 					return
 				}
 				written.Add(1)
+				w.done[i] = true // each index is written by one site only
 				for _, m := range group {
 					want[index[m]].Add(int64(len(keys)))
 				}
@@ -94,15 +102,38 @@ func (ss *scaleSites) workload(ctx context.Context, scopes [][]string, space int
 	var cpu1 time.Duration
 	// The watchers' counts say when to look; a scan of every site's
 	// groups confirms it (a change delivered twice would count twice).
+	var logged time.Time
+	diagnosed := false
 	err := waitFor(ctx, opt.ConvergeWithin, "every site holds every entry of its groups", func() error {
+		var unseen int64
+		var example error
 		for i, s := range ss.sites {
 			if got := s.held[space].Load() - base[i]; got < want[i].Load() {
-				return fmt.Errorf("%s has seen %d of %d entries", s.name, got, want[i].Load())
+				unseen += want[i].Load() - got
+				if example == nil {
+					example = fmt.Errorf("%s has seen %d of %d entries", s.name, got, want[i].Load())
+				}
 			}
+		}
+		if example != nil {
+			if opt.diagnoseAfter > 0 && !diagnosed && time.Since(end) > opt.diagnoseAfter {
+				diagnosed = true
+				log.Info("scale: entries still missing", "after_last_write", time.Since(end).Round(time.Millisecond),
+					"missing", ss.describe(ctx, ss.missing(ctx, scopes, w.done, space), 6))
+			}
+			if time.Since(logged) >= 5*time.Second {
+				logged = time.Now()
+				peers, conns, fewest, most := ss.connections()
+				log.Info("scale: waiting for convergence", "after_last_write", time.Since(end).Round(time.Millisecond), "entries_unseen", unseen, "e.g.", example,
+					"connected_pairs", peers, "connections", conns, "fewest_peers", fewest, "most_connections", most)
+			}
+			return example
 		}
 		at, cpuAt := time.Now(), SelfCPU()
 		for i, s := range ss.sites {
 			if got := countPrefix(ctx, s, entryPrefixes[space]); int64(got) < want[i].Load() {
+				log.Info("scale: a scan found entries missing", "after_last_write", time.Since(end).Round(time.Millisecond), "scan_took", time.Since(at).Round(time.Millisecond),
+					"site", s.name, "holds", got, "of", want[i].Load())
 				return fmt.Errorf("%s holds %d of %d entries", s.name, got, want[i].Load())
 			}
 		}
@@ -111,6 +142,7 @@ func (ss *scaleSites) workload(ctx context.Context, scopes [][]string, space int
 	})
 	if err != nil {
 		w.Error = err.Error()
+		w.missing = ss.missing(ctx, scopes, w.done, space)
 		return w
 	}
 	w.BytesSent = ss.traffic().minus(before).all
@@ -362,4 +394,126 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	case <-time.After(d):
 		return true
 	}
+}
+
+// missingEntries is what a workload that did not converge left out:
+// which site lacks which resource's entries, and what the crdt package
+// says of those resources' groups at each member.
+type missingEntries struct {
+	// bySite counts the entries each site lacks.
+	bySite map[string]int
+	// keys lists the missing (site, key) pairs, sorted.
+	keys []missingKey
+}
+
+// missingKey is one entry a site lacks.
+type missingKey struct {
+	site, key string
+	resource  int
+	group     []string // the resource's group, writer first
+}
+
+// missing scans every site and lists the entries of written resources
+// (done) it does not hold.
+func (ss *scaleSites) missing(ctx context.Context, scopes [][]string, done []bool, space int) *missingEntries {
+	me := &missingEntries{bySite: map[string]int{}}
+	p := entryPrefixes[space]
+	for _, s := range ss.sites {
+		held := map[string]bool{}
+		_ = s.m.Scan(ctx, p, func(_ []string, key string, _ []byte) error { held[key] = true; return nil })
+		for i, sc := range scopes {
+			group := sc
+			if space == fullSpace {
+				group = ss.names
+			}
+			if !done[i] || !slices.Contains(group, s.name) {
+				continue
+			}
+			for _, k := range []string{fmt.Sprintf("%s%06d/meta", p, i), fmt.Sprintf("%s%06d/op/0", p, i)} {
+				if !held[k] {
+					me.bySite[s.name]++
+					me.keys = append(me.keys, missingKey{site: s.name, key: k, resource: i, group: sc})
+				}
+			}
+		}
+	}
+	return me
+}
+
+// still reports how many of the missing entries are still missing.
+func (ss *scaleSites) still(ctx context.Context, me *missingEntries) int {
+	n := 0
+	for _, mk := range me.keys {
+		if _, found, _ := ss.site(mk.site).m.Get(ctx, mk.group, mk.key); !found {
+			n++
+		}
+	}
+	return n
+}
+
+// describe tells, for up to max missing entries, the state of their
+// group at every member (joined or not, heads, merged nodes, last
+// exchange with the others), one line per member.
+func (ss *scaleSites) describe(ctx context.Context, me *missingEntries, max int) string {
+	var b strings.Builder
+	sites := make([]string, 0, len(me.bySite))
+	for s := range me.bySite {
+		sites = append(sites, s)
+	}
+	slices.Sort(sites)
+	fmt.Fprintf(&b, "%d entries missing:", len(me.keys))
+	for _, s := range sites {
+		fmt.Fprintf(&b, " %s %d", s, me.bySite[s])
+	}
+	b.WriteString("\n")
+	seen := map[int]bool{}
+	for _, mk := range me.keys {
+		if seen[mk.resource] || len(seen) >= max {
+			continue
+		}
+		seen[mk.resource] = true
+		name := groupKey(mk.group)
+		fmt.Fprintf(&b, "resource %d, group {%s}, writer %s, missing at %s:\n", mk.resource, name, mk.group[0], mk.site)
+		for _, member := range mk.group {
+			s := ss.site(member)
+			var st *crdt.GroupStatus
+			for _, gs := range s.m.Status(ctx) {
+				if gs.Group == name {
+					st = &gs
+					break
+				}
+			}
+			if st == nil {
+				fmt.Fprintf(&b, "  %s (id %s): not joined\n", member, s.node.Host().ID())
+				continue
+			}
+			fmt.Fprintf(&b, "  %s (id %s): heads %v merged %d height %d queued %d fetching %d dirty %v asleep %v heard %v;",
+				member, s.node.Host().ID(), st.Heads, st.Merged, st.Height, st.Queued, st.Fetching, st.Dirty, st.Asleep, st.LastHeard.Format(time.TimeOnly))
+			for _, ms := range st.Members {
+				match := "?"
+				if ms.DigestMatch != nil {
+					match = fmt.Sprint(*ms.DigestMatch)
+				}
+				fmt.Fprintf(&b, " %s connected %v exchanged %v match %s;", ms.Site, ms.Connected, ms.LastExchange.Format(time.TimeOnly), match)
+			}
+			b.WriteString("\n")
+		}
+	}
+	return b.String()
+}
+
+// connections counts the (site, peer) pairs connected and the
+// connections, and gives the fewest peers any site is connected to and
+// the most connections any site has (libp2p's connection manager closes
+// some past 192).
+func (ss *scaleSites) connections() (peers, conns, fewest, most int) {
+	fewest = len(ss.sites)
+	for _, s := range ss.sites {
+		nw := s.node.Host().Network()
+		n, c := len(nw.Peers()), len(nw.Conns())
+		peers += n
+		conns += c
+		fewest, most = min(fewest, n), max(most, c)
+	}
+	return peers, conns, fewest, most
 }
