@@ -43,10 +43,14 @@
 //
 // When a member connects, this site pushes the heads of every group they
 // share straight to it over a stream, at the configured delays, and runs
-// an anti-entropy round with it; rounds repeat every DigestInterval with
-// each connected member (one stream per peer, whatever the number of
-// groups), so a lost announcement is repaired within that interval. The receiver fetches what it
-// lacks; the block server sends, with each wanted block, its ancestors down
+// an anti-entropy round with it. Of each pair of members the lower peer
+// id repeats rounds every DigestInterval (one stream per peer, whatever
+// the number of groups); the answering side also pushes the heads of the
+// groups they share that the request did not name (groups the asker never
+// heard of). A member this site is not connected to gets a round, which
+// dials it, when a group they share was used or changed since their last
+// round (failed dials back off). So a lost announcement is repaired
+// within about one interval. The receiver fetches what it lacks; the block server sends, with each wanted block, its ancestors down
 // to what the asker already holds, so a long chain comes in a few round
 // trips instead of one per block.
 //
