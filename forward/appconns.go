@@ -235,15 +235,17 @@ func (b *appBody) Close() error {
 // never (as http.Request.Write).
 var headNotWritten = map[string]bool{"Host": true, "User-Agent": true, "Content-Length": true, "Transfer-Encoding": true, "Trailer": true}
 
-// writeReadHead writes the head of a read with no body (GET, HEAD) as
+// writeReadHead writes the head of a GET or HEAD with no body (a read
+// sent to the application, or to another site's agent on a stream) as
 // http.Request.Write would — request line, Host, User-Agent (Go's when
 // the request has none), the other headers — but without sorting the
 // headers or copying their values, which cost the local hop a few µs a
-// read. A request it cannot write that simply (a body, a header name or
+// read. A request it cannot write that simply (another method, which
+// Request.Write gives a "Content-Length: 0", a body, a header name or
 // value with a byte Request.Write would drop or replace, a Host other
 // than its URL's) goes through Request.Write.
 func writeReadHead(bw *bufio.Writer, req *http.Request) error {
-	if (req.Body != nil && req.Body != http.NoBody) || req.ContentLength != 0 || (req.Host != "" && req.Host != req.URL.Host) || req.Close || len(req.TransferEncoding) > 0 || req.URL.Host == "" || req.Method == "" {
+	if (req.Body != nil && req.Body != http.NoBody) || req.ContentLength != 0 || (req.Host != "" && req.Host != req.URL.Host) || req.Close || len(req.TransferEncoding) > 0 || req.URL.Host == "" || (req.Method != http.MethodGet && req.Method != http.MethodHead) {
 		return req.Write(bw)
 	}
 	for k, vs := range req.Header {

@@ -157,6 +157,8 @@ func TestWriteReadHead(t *testing.T) {
 			return mk(http.MethodGet, "http://app/", http.Header{"X-Bad": {"a\r\nInjected: 1"}})
 		},
 		func() *http.Request { return mk(http.MethodGet, "http://app/", http.Header{"Bad Name": {"v"}}) },
+		func() *http.Request { return mk(http.MethodDelete, "http://app/x", nil) },
+		func() *http.Request { return mk(http.MethodPost, "http://app/x", nil) },
 		func() *http.Request { r := mk(http.MethodGet, "http://app/", nil); r.Host = "front.example"; return r },
 	}
 	for _, r := range odd {
