@@ -387,7 +387,11 @@ func runForwarding(ctx context.Context, env Env, p forwardingProfile) (*Forwardi
 	}
 	res := &ForwardingResult{Mode: "cluster", Sites: n, AppSite: app.Name, Remote: remote.Name, Proxy: version, Item: "/posts/1",
 		Gets: p.gets, Creates: p.creates, Workers: p.workers, ThroughputSeconds: p.throughput.Seconds(), RatioTarget: 1.2}
-	for _, rtt := range p.rtts {
+	rtts, err := forwardingRTTs(p.rtts)
+	if err != nil {
+		return nil, err
+	}
+	for _, rtt := range rtts {
 		if !phases["latency"] && rtt > 0 {
 			continue
 		}
@@ -436,6 +440,27 @@ func runForwarding(ctx context.Context, env Env, p forwardingProfile) (*Forwardi
 // the latencies and req/s at every RTT, the replicated creates, the
 // large bodies. Unset, it measures them all.
 const PhasesEnv = "CHEOPS_BENCH_PHASES"
+
+// RTTsEnv names the environment variable that, set to a list of round
+// trip times in ms ("0" or "0,80"), has the forwarding scenario measure
+// its latencies at those only. Unset, at the profile's (0, 20, 80 ms).
+const RTTsEnv = "CHEOPS_BENCH_RTTS"
+
+func forwardingRTTs(def []time.Duration) ([]time.Duration, error) {
+	v := strings.TrimSpace(os.Getenv(RTTsEnv))
+	if v == "" {
+		return def, nil
+	}
+	var out []time.Duration
+	for _, w := range strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' }) {
+		ms, err := strconv.Atoi(w)
+		if err != nil || ms < 0 {
+			return nil, fmt.Errorf("bench: %s: %q is not a round trip in ms", RTTsEnv, w)
+		}
+		out = append(out, time.Duration(ms)*time.Millisecond)
+	}
+	return out, nil
+}
 
 func forwardingPhases() (map[string]bool, error) {
 	all := map[string]bool{"latency": true, "creates": true, "bodies": true}
@@ -492,7 +517,14 @@ func (res *ForwardingResult) measureLatency(ctx context.Context, c *Cluster, p f
 	}
 	res.Runs = append(res.Runs, run)
 	if rtt == 0 {
-		// Profiles last: GETs through the remote agent, 4 clients.
+		// Profiles last: GETs through the local agent, then the remote
+		// one, 4 clients.
+		if err := profileWhile(ctx, c, "gets-local-agent", log, func() error {
+			_, _ = throughput(ctx, targets[2], res.Item, p.workers, 500*time.Millisecond)
+			return ctx.Err()
+		}); err != nil {
+			return err
+		}
 		return profileWhile(ctx, c, "gets-remote-agent", log, func() error {
 			_, _ = throughput(ctx, far, res.Item, p.workers, 500*time.Millisecond)
 			return ctx.Err()

@@ -1,12 +1,15 @@
 package forward
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -91,5 +94,76 @@ func TestAppConns(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("a cancelled read still waits for the application")
+	}
+}
+
+// TestWriteReadHead: the head written by hand says what Request.Write's
+// says (method, target, Host, User-Agent, every header and value, read
+// back by Go's own parser), and a request it does not write itself is
+// written by Request.Write byte for byte.
+func TestWriteReadHead(t *testing.T) {
+	mk := func(method, target string, h http.Header) *http.Request {
+		r, err := http.NewRequest(method, target, http.NoBody)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, v := range h {
+			r.Header[k] = v
+		}
+		return r
+	}
+	write := func(r *http.Request, own bool) []byte {
+		var b bytes.Buffer
+		bw := bufio.NewWriter(&b)
+		var err error
+		if own {
+			err = writeReadHead(bw, r)
+		} else {
+			err = r.Write(bw)
+		}
+		if err != nil || bw.Flush() != nil {
+			t.Fatal(err)
+		}
+		return b.Bytes()
+	}
+	same := []*http.Request{
+		mk(http.MethodGet, "http://127.0.0.1:3000/posts/1", nil),
+		mk(http.MethodHead, "http://app:80/a%20b/c?x=1&y=%2F", http.Header{"Accept": {"*/*"}, "X-Cheops-Scope": {"{posts: paris}"}}),
+		mk(http.MethodGet, "http://app/", http.Header{"User-Agent": {" curl/8 "}, "X-Many": {"a", " b "}, "Cookie": {"k=v"}}),
+		mk(http.MethodGet, "http://app/", http.Header{"User-Agent": {""}}),
+		mk(http.MethodGet, "http://app/", http.Header{"Content-Length": {"5"}, "Host": {"other"}, "Trailer": {"X"}}),
+	}
+	for _, r := range same {
+		own, std := write(r, true), write(r, false)
+		a, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(own)))
+		if err != nil {
+			t.Fatalf("%q: %v", own, err)
+		}
+		b, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(std)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a.Method != b.Method || a.RequestURI != b.RequestURI || a.Host != b.Host || a.ContentLength != b.ContentLength || !reflect.DeepEqual(a.Header, b.Header) {
+			t.Errorf("by hand:\n%s\nRequest.Write:\n%s", own, std)
+		}
+	}
+	odd := []func() *http.Request{
+		func() *http.Request {
+			r := mk(http.MethodPut, "http://app/x", nil)
+			r.Body, r.ContentLength = io.NopCloser(strings.NewReader("abc")), 3
+			return r
+		},
+		func() *http.Request {
+			return mk(http.MethodGet, "http://app/", http.Header{"X-Bad": {"a\r\nInjected: 1"}})
+		},
+		func() *http.Request { return mk(http.MethodGet, "http://app/", http.Header{"Bad Name": {"v"}}) },
+		func() *http.Request { return mk(http.MethodDelete, "http://app/x", nil) },
+		func() *http.Request { return mk(http.MethodPost, "http://app/x", nil) },
+		func() *http.Request { r := mk(http.MethodGet, "http://app/", nil); r.Host = "front.example"; return r },
+	}
+	for _, r := range odd {
+		if own, std := write(r(), true), write(r(), false); !bytes.Equal(own, std) {
+			t.Errorf("by hand:\n%q\nRequest.Write:\n%q", own, std)
+		}
 	}
 }

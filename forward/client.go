@@ -173,8 +173,21 @@ func (c *errorConn) ReadFrom(r io.Reader) (int64, error) {
 // serverError matches Go's own error answers (net/http server.go).
 var serverError = regexp.MustCompile(`\AHTTP/1\.1 ([0-9]{3}) ([^\r\n]*)\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n([^\r\n]*)\z`)
 
+// isServerError tells at a glance whether p may be one of Go's own error
+// answers (serverError), by its status line and the line after: every
+// answer's head goes through Write, and the expression is only for those
+// few that may match.
+func isServerError(p []byte) bool {
+	rest, ok := bytes.CutPrefix(p, []byte("HTTP/1.1 "))
+	if !ok {
+		return false
+	}
+	i := bytes.IndexByte(rest, '\n')
+	return i >= 0 && bytes.HasPrefix(rest[i+1:], []byte("Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"))
+}
+
 func (c *errorConn) Write(p []byte) (int, error) {
-	if !bytes.HasPrefix(p, []byte("HTTP/1.1 ")) {
+	if !isServerError(p) {
 		return c.Conn.Write(p)
 	}
 	m := serverError.FindSubmatch(p)

@@ -129,3 +129,22 @@ func TestErrorListener(t *testing.T) {
 		}
 	}
 }
+
+// TestIsServerError: the quick look lets Go's own error answers through
+// to the expression and no handler's answer.
+func TestIsServerError(t *testing.T) {
+	for _, tc := range []struct {
+		head string
+		want bool
+	}{
+		{"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n400 Bad Request", true},
+		{"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n431 Request Header Fields Too Large", true},
+		{"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}", false},
+		{"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\n\r\nbad", false},
+		{"some body bytes", false},
+	} {
+		if got := isServerError([]byte(tc.head)); got != tc.want {
+			t.Errorf("isServerError(%q) = %v, want %v", tc.head, got, tc.want)
+		}
+	}
+}

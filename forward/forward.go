@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
@@ -87,6 +88,8 @@ type Forwarder struct {
 	stopCtx context.Context
 	stop    context.CancelFunc
 	bg      sync.WaitGroup
+	// scopes holds the scopes requests carried, parsed.
+	scopes scopeCache
 	// hops keeps the streams to other sites between two hops.
 	hops hopPool
 	// waiters are the streams other sites keep open to this one, between
@@ -324,7 +327,7 @@ func (f *Forwarder) parse(w http.ResponseWriter, r *http.Request, hop string) (*
 	if scopeText == "" {
 		scopeText = f.cfg.Membership.Site()
 	}
-	if req.scope, err = scope.Parse(scopeText); err != nil {
+	if req.scope, req.canon, err = f.scopes.parse(scopeText); err != nil {
 		return nil, http.StatusBadRequest, "bad_scope", err
 	}
 	if n := len(req.scopeText()); n > MaxScopeBytes {
@@ -351,6 +354,47 @@ func (f *Forwarder) parse(w http.ResponseWriter, r *http.Request, hop string) (*
 		return nil, http.StatusBadRequest, "bad_json", err
 	}
 	return req, 0, "", nil
+}
+
+// scopeCache keeps the scopes requests carried, parsed, by their text:
+// a client sends the same few scopes again and again, and parsing one
+// and printing it in canonical form cost the local hop more than
+// planning it. The cached *scope.Scope is shared by every request that
+// carried the text, so nothing may change it (nothing does: planning is
+// a pure function of it). Only texts up to scopeCacheText bytes are kept,
+// up to scopeCacheMax of them; past that, scopes are parsed each time.
+type scopeCache struct {
+	m sync.Map // text → parsedScope
+	n atomic.Int64
+}
+
+type parsedScope struct {
+	s     *scope.Scope
+	canon string
+}
+
+const (
+	scopeCacheMax  = 1024
+	scopeCacheText = 1 << 10
+)
+
+// parse returns the scope of text and its canonical form.
+func (c *scopeCache) parse(text string) (*scope.Scope, string, error) {
+	if v, ok := c.m.Load(text); ok {
+		p := v.(parsedScope)
+		return p.s, p.canon, nil
+	}
+	s, err := scope.Parse(text)
+	if err != nil {
+		return nil, "", err
+	}
+	p := parsedScope{s: s, canon: s.String()}
+	if len(text) <= scopeCacheText && c.n.Load() < scopeCacheMax {
+		if _, loaded := c.m.LoadOrStore(text, p); !loaded {
+			c.n.Add(1)
+		}
+	}
+	return p.s, p.canon, nil
 }
 
 // streamsBody reports a request whose body is passed on as it arrives,

@@ -337,7 +337,7 @@ func (f *Forwarder) exchangeOn(ctx context.Context, site string, p peer.ID, s ne
 	}
 	bw := hopBuffers.Get().(*bufio.Writer) // a large body in frames of 64 KiB
 	bw.Reset(s)
-	err := req.Write(bw)
+	err := writeReadHead(bw, req) // Request.Write for any request with a body
 	if err == nil {
 		err = bw.Flush()
 	}
