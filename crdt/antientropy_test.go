@@ -480,3 +480,46 @@ func TestDisconnectedMemberIsDialledForNews(t *testing.T) {
 	}
 	eventually(t, 5*time.Second, "b has the write made while disconnected", func() error { return hasValue(b, ab, "/after", "v") })
 }
+
+// TestRestartedSiteAsksForGroupsMadeWhileItWasDown: a restarting site's
+// host connects before its manager serves its protocols, so the member's
+// round on that connection fails; the site shares no group with it yet
+// (the group was made while it was down). On start it still runs a round
+// with the member, naming no group, and the member pushes the group's
+// heads at once: not at its next push (an hour away here) nor at a
+// periodic round (an hour too). BenchmarkCatchUp waited 250 ms for that
+// push in about half its runs.
+func TestRestartedSiteAsksForGroupsMadeWhileItWasDown(t *testing.T) {
+	n := newNet(t, "a", "b")
+	n.tune = func(c *Config) {
+		c.RebroadcastInterval = time.Hour
+		c.PushDelays = []time.Duration{time.Hour}
+		c.DigestInterval = time.Hour
+	}
+	n.startAll("a", "b")
+	n.stop("b", true)
+	ctx := context.Background()
+	ab := []string{"a", "b"}
+	if err := n.sites["a"].m.Put(ctx, ab, "/made-while-down", []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	refused := make(chan struct{})
+	var once sync.Once
+	n.beforeManager = func(s *site) {
+		// The member's round on connect reaches the host before the
+		// manager does (replaced by the manager's handler).
+		s.host.SetStreamHandler(DigestProtocol, func(st network.Stream) {
+			_ = st.Reset()
+			once.Do(func() { close(refused) })
+		})
+		select {
+		case <-refused:
+		case <-time.After(10 * time.Second):
+			t.Fatal("a ran no round on b's connection")
+		}
+	}
+	n.start("b")
+	eventually(t, 10*time.Second, "b has the group made while it was down", func() error {
+		return hasValue(n.sites["b"], ab, "/made-while-down", "1")
+	})
+}

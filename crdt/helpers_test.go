@@ -89,6 +89,10 @@ type testNet struct {
 	sites map[string]*site
 	// tune adjusts every manager's configuration before it starts.
 	tune func(*Config)
+	// beforeManager, when set, connects a starting site's host to the
+	// running sites before its manager serves its protocols (as a
+	// restarting agent's host does) and is called in between.
+	beforeManager func(*site)
 }
 
 func newNet(t testing.TB, names ...string) *testNet {
@@ -150,12 +154,25 @@ func (n *testNet) start(name string) *site {
 	if n.tune != nil {
 		n.tune(&cfg)
 	}
-	if s.m, err = NewManager(context.Background(), cfg); err != nil {
-		n.t.Fatal(err)
+	others := make([]string, 0, len(n.sites))
+	for other := range n.sites {
+		others = append(others, other)
 	}
 	n.sites[name] = s
-	for other := range n.sites {
-		if other != name {
+	if n.beforeManager != nil {
+		for _, other := range others {
+			n.connect(name, other)
+		}
+		n.beforeManager(s)
+	}
+	if s.m, err = NewManager(context.Background(), cfg); err != nil {
+		delete(n.sites, name)
+		h.Close()
+		s.store.Close()
+		n.t.Fatal(err)
+	}
+	if n.beforeManager == nil {
+		for _, other := range others {
 			n.connect(name, other)
 		}
 	}

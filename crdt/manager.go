@@ -630,7 +630,7 @@ func (m *Manager) catchUpLoop(connected <-chan peer.ID) {
 		m.wg.Add(1)
 		go func() {
 			defer m.wg.Done()
-			if _, err := m.digestRound(m.ctx, p); err != nil && m.ctx.Err() == nil {
+			if _, err := m.roundOnConnect(m.ctx, p); err != nil && m.ctx.Err() == nil {
 				m.log.Debug("anti-entropy round on connect", "peer", p, "err", err)
 			}
 			select {
@@ -653,12 +653,10 @@ func (m *Manager) catchUpLoop(connected <-chan peer.ID) {
 			if p == m.cfg.Host.ID() {
 				continue
 			}
-			if len(m.shared(p)) > 0 {
-				if running[p] {
-					again[p] = true
-				} else {
-					round(p)
-				}
+			if running[p] {
+				again[p] = true
+			} else {
+				round(p)
 			}
 			m.schedulePushes(p)
 			for _, g := range m.shared(p) {
