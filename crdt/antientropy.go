@@ -564,38 +564,6 @@ const digestReadBuffer = 512
 // 12 intervals, a minute with the default DigestInterval.
 const maxQuietRounds = 12
 
-// roundOnConnect is the round run with a member that just connected (or
-// was connected before this manager served its protocols). With no group
-// shared with it yet, it still asks, naming none: the member pushes the
-// heads of every group it shares with this site (serveDigests' groups
-// the asker did not name), which joins them here. A site that restarts
-// after groups naming it were made meanwhile learns of them one round
-// trip after connecting: the member's own round on connect may have
-// reached it before its protocols were served, and its next push comes
-// 250 ms later (BenchmarkCatchUp: the catalog whole 400-510 ms after
-// the restart in about half the runs, 140-210 ms in the others).
-func (m *Manager) roundOnConnect(ctx context.Context, p peer.ID) (same bool, err error) {
-	if len(m.shared(p)) > 0 {
-		return m.digestRound(ctx, p)
-	}
-	ctx, cancel := context.WithTimeout(ctx, m.cfg.FetchTimeout)
-	defer cancel()
-	s, err := m.cfg.Host.NewStream(ctx, p, DigestProtocol)
-	if err != nil {
-		return false, fmt.Errorf("open digest stream: %w", err)
-	}
-	defer s.Close()
-	stop := context.AfterFunc(ctx, func() { _ = s.Reset() })
-	defer stop()
-	if dl, ok := ctx.Deadline(); ok {
-		_ = s.SetDeadline(dl)
-	}
-	if _, err := m.askDigests(s, bufio.NewReaderSize(s, digestReadBuffer), digestRequest{}); err != nil {
-		return false, err
-	}
-	return true, nil
-}
-
 // digestRound compares the heads of every group shared with p and pushes
 // this site's heads of the groups that differ. same reports that the
 // summaries were equal.

@@ -481,15 +481,15 @@ func TestDisconnectedMemberIsDialledForNews(t *testing.T) {
 	eventually(t, 5*time.Second, "b has the write made while disconnected", func() error { return hasValue(b, ab, "/after", "v") })
 }
 
-// TestRestartedSiteAsksForGroupsMadeWhileItWasDown: a restarting site's
+// TestRestartedSiteGetsGroupsMadeWhileItWasDown: a restarting site's
 // host connects before its manager serves its protocols, so the member's
 // round on that connection fails; the site shares no group with it yet
-// (the group was made while it was down). On start it still runs a round
-// with the member, naming no group, and the member pushes the group's
-// heads at once: not at its next push (an hour away here) nor at a
-// periodic round (an hour too). BenchmarkCatchUp waited 250 ms for that
-// push in about half its runs.
-func TestRestartedSiteAsksForGroupsMadeWhileItWasDown(t *testing.T) {
+// (the group was made while it was down), so it starts no round of its
+// own. The member tries its round again shortly (roundOnConnect) and the
+// site gets the group's heads then: not at the member's next push (an
+// hour away here) nor at a periodic round (an hour too).
+// BenchmarkCatchUp waited 250 ms for that push in about half its runs.
+func TestRestartedSiteGetsGroupsMadeWhileItWasDown(t *testing.T) {
 	n := newNet(t, "a", "b")
 	n.tune = func(c *Config) {
 		c.RebroadcastInterval = time.Hour
