@@ -472,6 +472,12 @@ func (m *Manager) receive(remote peer.ID, name string, peers []peer.ID, body []b
 	g.heard.Store(time.Now().UnixNano())
 	// A replica whose queue is full does not get the heads (see above).
 	ok, err := g.deliver(m.ctx, heads, 0)
+	if g.awake() == nil {
+		// Heads a sleeping group already holds do not wake it, and a
+		// sleeping group keeps no sources (sleep forgot them): the one
+		// just noted would stay there for good.
+		g.sources.forget()
+	}
 	if err != nil {
 		return fmt.Errorf("deliver heads of {%s}: %w", name, err)
 	}
