@@ -97,15 +97,6 @@ func publishKey(op string) ds.Key {
 	return journalRoot.ChildString("publish").ChildString(op)
 }
 
-// encode returns the JSON of a journal value: an entry by hand
-// (encodeEntry), anything else by json.Marshal.
-func encode(v any) ([]byte, error) {
-	if e, ok := v.(*entry); ok {
-		return encodeEntry(e)
-	}
-	return json.Marshal(v)
-}
-
 // journal reads and writes entries.
 type journal struct {
 	store ds.Datastore
@@ -133,9 +124,9 @@ const maxLater = 256
 // outcomes whose loss in a crash is harmless (see Executor.finish); reads
 // through the journal see them at once.
 func (j journal) putLater(ctx context.Context, key ds.Key, e *entry, rawKey ds.Key, raw []byte) error {
-	data, err := encodeEntry(e)
+	data, err := json.Marshal(e)
 	if err != nil {
-		return err
+		return fmt.Errorf("replica: journal %s: %w", key, err)
 	}
 	o := j.later
 	o.mu.Lock()
@@ -218,7 +209,7 @@ func (j journal) supersede(keys ...ds.Key) {
 
 func (j journal) put(ctx context.Context, key ds.Key, v any, sync bool) error {
 	j.supersede(key)
-	data, err := encode(v)
+	data, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("replica: journal %s: %w", key, err)
 	}
@@ -246,7 +237,7 @@ func (j journal) putWith(ctx context.Context, key ds.Key, v any, rawKey ds.Key, 
 		}
 		return j.put(ctx, key, v, false)
 	}
-	data, err := encode(v)
+	data, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("replica: journal %s: %w", key, err)
 	}
@@ -283,7 +274,7 @@ func (j journal) putAll(ctx context.Context, keys []ds.Key, vs []any) error {
 		return fmt.Errorf("replica: journal: %w", err)
 	}
 	for i, k := range keys {
-		data, err := encode(vs[i])
+		data, err := json.Marshal(vs[i])
 		if err != nil {
 			return fmt.Errorf("replica: journal %s: %w", k, err)
 		}
