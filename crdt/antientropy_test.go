@@ -24,11 +24,7 @@ import (
 // of them answers the periodic rounds the other starts).
 func TestAntiEntropyRepairsALostHeadsMessage(t *testing.T) {
 	n := newNet(t, "a", "b")
-	n.tune = func(c *Config) {
-		c.RebroadcastInterval = time.Hour
-		c.PushDelays = []time.Duration{time.Hour}
-		c.DigestInterval = 200 * time.Millisecond
-	}
+	n.tune = onlyRounds(200 * time.Millisecond)
 	n.startAll("a", "b")
 	ctx := context.Background()
 	ab := []string{"a", "b"}
@@ -253,11 +249,7 @@ func TestSharedFollowsJoinsAndLeaves(t *testing.T) {
 // answering site starts, within a few intervals.
 func TestOneSiteOfAPairStartsThePeriodicRounds(t *testing.T) {
 	n := newNet(t, "a", "b")
-	n.tune = func(c *Config) {
-		c.RebroadcastInterval = time.Hour
-		c.PushDelays = []time.Duration{time.Hour}
-		c.DigestInterval = 100 * time.Millisecond
-	}
+	n.tune = onlyRounds(100 * time.Millisecond)
 	n.startAll("a", "b")
 	lo, hi := n.sites["a"], n.sites["b"]
 	if hi.id < lo.id {
@@ -491,11 +483,7 @@ func TestDisconnectedMemberIsDialledForNews(t *testing.T) {
 // BenchmarkCatchUp waited 250 ms for that push in about half its runs.
 func TestRestartedSiteGetsGroupsMadeWhileItWasDown(t *testing.T) {
 	n := newNet(t, "a", "b")
-	n.tune = func(c *Config) {
-		c.RebroadcastInterval = time.Hour
-		c.PushDelays = []time.Duration{time.Hour}
-		c.DigestInterval = time.Hour
-	}
+	n.tune = onlyRounds(time.Hour)
 	n.startAll("a", "b")
 	n.stop("b", true)
 	ctx := context.Background()
@@ -522,4 +510,15 @@ func TestRestartedSiteGetsGroupsMadeWhileItWasDown(t *testing.T) {
 	eventually(t, 10*time.Second, "b has the group made while it was down", func() error {
 		return hasValue(n.sites["b"], ab, "/made-while-down", "1")
 	})
+}
+
+// onlyRounds tunes a test's managers so that only the periodic digest
+// rounds, every interval, carry what announcements miss: no rebroadcast
+// and no heads push on connect within a test's time.
+func onlyRounds(interval time.Duration) func(*Config) {
+	return func(c *Config) {
+		c.RebroadcastInterval = time.Hour
+		c.PushDelays = []time.Duration{time.Hour}
+		c.DigestInterval = interval
+	}
 }
