@@ -443,10 +443,12 @@ func (x *Executor) BeginOwed(ctx context.Context, jobs []Job) {
 	if len(keys) == 0 {
 		return
 	}
+	start := time.Now()
 	if err := x.journal.putAll(ctx, keys, vals); err != nil {
 		x.log.Warn("journal owed creates ahead", "creates", len(keys), "err", err)
 		return
 	}
+	x.log.Debug("owed creates journaled ahead", "creates", len(keys), "took", time.Since(start))
 	for i, b := range begun {
 		e := vals[i].(*entry)
 		e.early = true
@@ -588,6 +590,9 @@ func (x *Executor) call(ctx context.Context, j Job, rs *resourceState, method, p
 		}
 	}
 	rs.entries[j.Op.ID] = e
+	if j.Owed && x.log.Enabled(ctx, slog.LevelDebug) {
+		x.log.Debug("owed operation called", "resource", j.Op.Resource, "op", j.Op.ID)
+	}
 	ans, err := x.cfg.App.Call(ctx, j.Service, method, path, j.Header, body)
 	if err != nil {
 		return Answer{}, fmt.Errorf("%w: %v", errApp, err)

@@ -225,6 +225,7 @@ func (r *Runner) loop(ctx context.Context) {
 	retry.Stop()
 	defer retry.Stop()
 	r.scanAll(ctx)
+	r.log.Debug("runner started: first scan done")
 	for {
 		select {
 		case <-ctx.Done():
@@ -443,6 +444,7 @@ func (r *Runner) take() ([]*task, bool) {
 		ts = append(ts, t)
 	}
 	r.cfg.Executor.queued.Set(float64(r.queuedOps))
+	r.log.Debug("took resources", "n", len(ts), "left", len(r.ready))
 	return ts, true
 }
 
@@ -524,6 +526,7 @@ func (r *Runner) waitMerge(ctx context.Context) {
 		}
 		if g.since.IsZero() {
 			g.since = now
+			r.log.Debug("holding the owed operations while the catalog merges")
 		}
 		left := r.cfg.MaxHold - now.Sub(g.since)
 		if left <= 0 {

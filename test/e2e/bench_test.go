@@ -2,21 +2,27 @@ package e2e
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
+	"maps"
 	"net/http"
 	"os"
 	"runtime"
 	"runtime/pprof"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"cheops/agent"
 	"cheops/bench"
 	"cheops/forward"
 	"cheops/internal/testkit"
@@ -92,15 +98,18 @@ func BenchmarkForwarding(b *testing.B) {
 // creates sent straight to it from 16 clients, the runner's workers. The
 // timeline of the catch-up, from the return: the agent started
 // (started-ms), its catalog held every resource (catalog-synced-ms), the
-// first and the last owed create ran (first-exec-ms, executed-ms, read
-// from the executor's metrics every 250 ms), the outcomes were recorded
-// (catchup-ms); max-running is the most operations seen running at once.
+// first owed create ran (first-exec-ms, from the runner's log), the last
+// ran (executed-ms, read from the executor's metrics every 250 ms), the
+// outcomes were recorded (catchup-ms); max-running is the most
+// operations seen running at once. CHEOPS_CATCHUP_TIMELINE=1 prints the
+// restart's whole timeline (timelineEnv).
 func BenchmarkCatchUp(b *testing.B) {
 	for _, n := range []int{100, 1000} {
 		b.Run(fmt.Sprintf("pending=%d", n), func(b *testing.B) {
 			for b.Loop() {
 				b.StopTimer()
-				c := newCluster(b, "paris", "rome")
+				tl := newTimeline("rome")
+				c := newClusterTuned(b, nil, tl.tune, "paris", "rome")
 				c.stop("rome")
 				c.waitState(scope.Down, []string{"paris"}, []string{"rome"})
 				for i := range n {
@@ -117,6 +126,7 @@ func BenchmarkCatchUp(b *testing.B) {
 				stopProfile := profileCatchUp(b)
 				b.StartTimer()
 				back := time.Now()
+				tl.begin(back)
 				// rome's goroutines carry the label site=rome in the
 				// profile (those of paris and of this loop none).
 				pprof.Do(context.Background(), pprof.Labels("site", "rome"), func(context.Context) { c.start("rome") })
@@ -154,9 +164,6 @@ func BenchmarkCatchUp(b *testing.B) {
 					if held == n && synced == 0 {
 						synced = time.Since(back)
 					}
-					if applied > 0 && first == 0 {
-						first = time.Since(back)
-					}
 					if applied >= float64(n) && executed == 0 {
 						executed = time.Since(back)
 					}
@@ -170,6 +177,8 @@ func BenchmarkCatchUp(b *testing.B) {
 				}
 				catchUp := time.Since(back)
 				stopProfile()
+				first = tl.firstExec()
+				tl.end()
 				// CPU per owed create, steadier than wall time on a
 				// shared machine: rome's json-server against the same
 				// creates sent straight to a fresh one, and this process
@@ -202,6 +211,148 @@ func BenchmarkCatchUp(b *testing.B) {
 			}
 		})
 	}
+}
+
+// timelineEnv, set (to anything), makes BenchmarkCatchUp print the
+// timeline of the returning site's restart: when each message its
+// loggers emit (debug included) came first and last, from the restart,
+// and how many times. Off by default: debug records cost CPU.
+const timelineEnv = "CHEOPS_CATCHUP_TIMELINE"
+
+// timeline records when one site's log messages came, from a start, and
+// always when its first owed operation was executed (the runner's debug
+// message: its loggers are asked for debug records until it came, and
+// no longer); the executor's metrics, read every 250 ms, placed it
+// within 250 ms.
+type timeline struct {
+	site  string
+	full  bool
+	first atomic.Int64 // ns from the start to the first owed operation executed (0: none yet)
+	mu    sync.Mutex
+	from  time.Time // zero: not recording
+	seen  map[string]*timelineStep
+}
+
+// timelineStep is one message (its first words) in a timeline.
+type timelineStep struct {
+	msg         string
+	first, last time.Duration
+	n           int
+}
+
+// firstExecuted is the message the runner logs (debug) for each owed
+// operation it ran.
+const firstExecuted = "owed operation executed"
+
+func newTimeline(site string) *timeline {
+	return &timeline{site: site, full: os.Getenv(timelineEnv) != "", seen: map[string]*timelineStep{}}
+}
+
+// tune gives the site's agent a logger that feeds the timeline.
+func (tl *timeline) tune(cfg *agent.Config) {
+	if cfg.Node.Site == tl.site {
+		cfg.Logger = slog.New(&timelineHandler{next: cfg.Logger.Handler(), tl: tl})
+	}
+}
+
+// begin starts recording from t.
+func (tl *timeline) begin(t time.Time) {
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	tl.from = t
+	tl.first.Store(0)
+	clear(tl.seen)
+}
+
+// firstExec is when the first owed operation was executed, from the
+// start (0: none was).
+func (tl *timeline) firstExec() time.Duration { return time.Duration(tl.first.Load()) }
+
+// end stops recording and prints the timeline when asked for.
+func (tl *timeline) end() {
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	tl.from = time.Time{}
+	if !tl.full {
+		return
+	}
+	steps := slices.SortedFunc(maps.Values(tl.seen), func(a, b *timelineStep) int { return cmp.Compare(a.first, b.first) })
+	var out strings.Builder
+	fmt.Fprintf(&out, "timeline of %s's restart (ms from it: first, last, count):\n", tl.site)
+	for _, s := range steps {
+		fmt.Fprintf(&out, "%8.1f %8.1f %6d  %s\n", ms(s.first), ms(s.last), s.n, s.msg)
+	}
+	// Printed, not logged: a benchmark's log is cut to a few lines.
+	fmt.Fprint(os.Stderr, out.String())
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func (tl *timeline) record(at time.Time, msg string) {
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	if tl.from.IsZero() {
+		return
+	}
+	d := at.Sub(tl.from)
+	if msg == firstExecuted && tl.first.Load() == 0 {
+		tl.first.Store(int64(d))
+	}
+	if !tl.full {
+		return
+	}
+	// The message's first words, up to a value (a CID, a number, a
+	// list): go-ds-crdt's messages carry theirs in the text.
+	var words []string
+	for _, w := range strings.Fields(msg) {
+		if len(words) == 5 || strings.HasPrefix(w, "bafy") || strings.ContainsAny(w, "0123456789[(") {
+			break
+		}
+		words = append(words, strings.TrimSuffix(w, ":"))
+		if strings.HasSuffix(w, ":") {
+			break
+		}
+	}
+	msg = strings.Join(words, " ")
+	s := tl.seen[msg]
+	if s == nil {
+		s = &timelineStep{msg: msg, first: d}
+		tl.seen[msg] = s
+	}
+	s.last, s.n = d, s.n+1
+}
+
+// timelineHandler passes records on to next and feeds the timeline: with
+// every record of the site's loggers for a full timeline, else with the
+// runner's debug records until the first owed operation was executed.
+type timelineHandler struct {
+	next   slog.Handler
+	tl     *timeline
+	runner bool // a logger of the runner (component catchup)
+}
+
+func (h *timelineHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	return h.tl.full || h.runner && h.tl.first.Load() == 0 || h.next.Enabled(ctx, l)
+}
+
+func (h *timelineHandler) Handle(ctx context.Context, r slog.Record) error {
+	h.tl.record(r.Time, r.Message)
+	if h.next.Enabled(ctx, r.Level) {
+		return h.next.Handle(ctx, r)
+	}
+	return nil
+}
+
+func (h *timelineHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	runner := h.runner
+	for _, a := range attrs {
+		runner = runner || a.Key == "component" && a.Value.String() == "catchup"
+	}
+	return &timelineHandler{next: h.next.WithAttrs(attrs), tl: h.tl, runner: runner}
+}
+
+func (h *timelineHandler) WithGroup(name string) slog.Handler {
+	return &timelineHandler{next: h.next.WithGroup(name), tl: h.tl, runner: h.runner}
 }
 
 // executorState reads, from an agent's metrics, how many operations its
