@@ -58,8 +58,10 @@ type RunnerConfig struct {
 // most owed operations first: one resource's operations run one after
 // the other, so the longest chains bound how long a catch-up takes and
 // start first, and single operations (creates) fill the other workers. A
-// resource is run by one worker at a time; when it changed while it ran,
-// that worker goes on with it at once. Outcomes go into the next batch
+// resource is run by one worker at a time; when a change while it ran
+// brought an operation owed here that the worker did not run, that
+// worker goes on with it at once (any other change, such as another
+// site's outcome or a write already applied here, leaves it done). Outcomes go into the next batch
 // without waiting for it to be written: until it is, the operations they
 // cover are left out of what is owed (recording), so none runs again.
 type Runner struct {
@@ -111,6 +113,10 @@ type task struct {
 	queued  bool // in ready
 	running bool // a worker runs it
 	again   bool // it changed while running: the worker goes on with it
+	// ops are the owed operations its worker runs (or, taken and not
+	// started yet, will run): while it runs, a change that owes nothing
+	// else here adds no work, and does not make it run again.
+	ops map[string]bool
 }
 
 // readyQueue is a heap of tasks, the most owed operations first, then the
@@ -345,7 +351,9 @@ func (r *Runner) offer(res catalog.Resource) {
 	t := r.tasks[res.ID]
 	switch {
 	case t != nil && t.running:
-		t.again = true
+		if !t.again && r.addsWork(t, res) {
+			t.again = true
+		}
 	case t != nil && t.queued:
 		// The latest view, at its new priority.
 		r.queuedOps += owed - t.owed
@@ -362,6 +370,30 @@ func (r *Runner) offer(res catalog.Resource) {
 		r.work.Signal()
 	}
 	r.cfg.Executor.queued.Set(float64(r.queuedOps))
+}
+
+// addsWork reports whether a view of a running resource owes here an
+// operation its worker does not run (r.mu held).
+func (r *Runner) addsWork(t *task, res catalog.Resource) bool {
+	for _, op := range res.PerSite[r.self].Pending {
+		if !r.recording[op] && !t.ops[op] {
+			return true
+		}
+	}
+	return false
+}
+
+// owedOps is the set of operations a view owes here, but those whose
+// outcomes are being recorded (r.mu held).
+func (r *Runner) owedOps(res catalog.Resource) map[string]bool {
+	pending := res.PerSite[r.self].Pending
+	ops := make(map[string]bool, len(pending))
+	for _, op := range pending {
+		if !r.recording[op] {
+			ops[op] = true
+		}
+	}
+	return ops
 }
 
 // worker runs queued resources until the runner closes.
@@ -438,7 +470,7 @@ func (r *Runner) take() ([]*task, bool) {
 	ts := make([]*task, 0, max(n, 1))
 	for len(ts) == 0 || len(ts) < n && len(r.ready) > 0 {
 		t := heap.Pop(&r.ready).(*task)
-		t.queued, t.running = false, true
+		t.queued, t.running, t.ops = false, true, r.owedOps(t.res)
 		r.busy++
 		r.queuedOps -= t.owed
 		ts = append(ts, t)
@@ -470,7 +502,7 @@ func (r *Runner) run(t *task) {
 	res := t.res
 	for {
 		start := time.Now()
-		outs, failed := r.catchUp(r.ctx, res)
+		outs, failed := r.catchUp(r.ctx, t, res)
 		r.log.Debug("resource caught up", "resource", t.id, "owed", len(res.PerSite[r.self].Pending), "outcomes", len(outs), "took", time.Since(start))
 		r.add(outs)
 		r.mu.Lock()
@@ -614,10 +646,15 @@ func owedJobs(res catalog.Resource, self string, skip func(op string) bool) ([]J
 
 // catchUp runs one resource's owed operations in order and returns their
 // outcomes, to be recorded; failed reports a transient failure (the rest
-// waits for a retry, with backoff).
-func (r *Runner) catchUp(ctx context.Context, res catalog.Resource) (outs []catalog.Outcome, failed bool) {
+// waits for a retry, with backoff). The operations it runs are t's
+// (addsWork).
+func (r *Runner) catchUp(ctx context.Context, t *task, res catalog.Resource) (outs []catalog.Outcome, failed bool) {
 	r.mu.Lock()
 	jobs, ok := owedJobs(res, r.self, func(op string) bool { return r.recording[op] })
+	t.ops = make(map[string]bool, len(jobs))
+	for _, j := range jobs {
+		t.ops[j.Op.ID] = true
+	}
 	r.mu.Unlock()
 	if !ok {
 		// Later operations arrived before the creation: the change that
@@ -723,10 +760,15 @@ func (r *Runner) flushLoop(ctx context.Context) {
 			err = r.cfg.Catalog.RecordOutcomes(ctx, b.outs)
 		}
 		// Written, the catalog says so; not written, the operations are
-		// owed again (they ran: the journal gives their outcomes).
+		// owed again (they ran: the journal gives their outcomes), and
+		// a resource running now goes on with them (its worker may
+		// count them as its own: addsWork).
 		r.mu.Lock()
 		for _, o := range b.outs {
 			delete(r.recording, o.Op)
+			if t := r.tasks[o.Resource]; err != nil && t != nil && t.running {
+				t.again = true
+			}
 		}
 		r.mu.Unlock()
 		if err != nil {

@@ -169,9 +169,15 @@ type callLog struct {
 	bodies []string
 	fail   int           // calls left to fail
 	gate   chan struct{} // when not nil, calls wait for it to close
+	// entered, when not nil, receives each call's body as it comes
+	// (before the gate).
+	entered chan string
 }
 
 func (a *callLog) Call(ctx context.Context, svc, method, path string, h http.Header, body []byte) (Answer, error) {
+	if a.entered != nil {
+		a.entered <- string(body)
+	}
 	if a.gate != nil {
 		<-a.gate
 	}
@@ -279,6 +285,58 @@ func TestLongestChainFirst(t *testing.T) {
 	// first resources are found); the chain comes next.
 	if first > 1 {
 		t.Fatalf("the chain of 6 ran after %d single creates: %v", first, calls)
+	}
+}
+
+// TestRunsAgainOnlyForNewWork: a change to a resource while its worker
+// runs it makes the worker go on with it only when it brings an
+// operation owed here that the worker does not run: a write already
+// applied here does not (a catalog Get and a pass for nothing), an owed
+// update does, and runs without waiting for a rescan.
+func TestRunsAgainOnlyForNewWork(t *testing.T) {
+	app := &callLog{memApp: newMemApp(), gate: make(chan struct{}), entered: make(chan string, 4)}
+	cat, x := owedHere(t, app)
+	id := catalog.NewID(time.Unix(1000, 0))
+	owe(t, cat, id, "one", 0)
+	r, err := StartRunner(RunnerConfig{Catalog: cat, Executor: x, Workers: 1, Rescan: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	release := sync.OnceFunc(func() { close(app.gate) })
+	defer release() // before Close, which waits for the worker
+	if body := <-app.entered; !strings.Contains(body, "one") {
+		t.Fatalf("the first call sent %s, want the create", body)
+	}
+	// The create is at the application. offer is called here as the
+	// runner's watcher calls it for each change (the watcher may call
+	// it too: the same answer).
+	again := func() bool {
+		res, err := cat.Get(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.offer(res)
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return r.tasks[id].again
+	}
+	done := owedOp(id, id+"L", `{"name":"live"}`, http.MethodPatch, "/posts/"+id)
+	done.Outcomes["rome"] = "200" // a live write, applied here already
+	if err := cat.AppendOp(context.Background(), done); err != nil {
+		t.Fatal(err)
+	}
+	if again() {
+		t.Fatal("a write applied here already marks the running resource to run again")
+	}
+	oweUpdate(t, cat, id, "one", 0)
+	if !again() {
+		t.Fatal("an owed update does not mark the running resource to run again")
+	}
+	release()
+	waitNothingOwed(t, cat, app)
+	if calls := app.calls(); len(calls) != 2 || !strings.Contains(calls[1], `"n":0`) {
+		t.Fatalf("calls %v, want the create then the update", calls)
 	}
 }
 
