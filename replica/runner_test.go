@@ -340,6 +340,115 @@ func TestRunsAgainOnlyForNewWork(t *testing.T) {
 	}
 }
 
+// stepApp is a memApp whose calls the test lets through one by one: each
+// call sends its body on entered and waits for proceed (or the end of its
+// context).
+type stepApp struct {
+	*memApp
+	entered chan string
+	proceed chan struct{}
+}
+
+func (a *stepApp) Call(ctx context.Context, svc, method, path string, h http.Header, body []byte) (Answer, error) {
+	select {
+	case a.entered <- string(body):
+	case <-ctx.Done():
+		return Answer{}, ctx.Err()
+	}
+	select {
+	case <-a.proceed:
+	case <-ctx.Done():
+		return Answer{}, ctx.Err()
+	}
+	return a.memApp.Call(ctx, svc, method, path, h, body)
+}
+
+// next waits for the application's next call and returns its body.
+func (a *stepApp) next(t *testing.T) string {
+	t.Helper()
+	select {
+	case b := <-a.entered:
+		return b
+	case <-time.After(10 * time.Second):
+		t.Fatal("no call to the application within 10 s")
+		return ""
+	}
+}
+
+// TestGiveBackLetsALongerChainFirst: a worker that took several single
+// creates together (their creates begun in one write) and runs the first
+// of them gives the rest back when a resource with more owed operations
+// was queued meanwhile, so that the chain runs next and not after them.
+// Deterministic: the application lets each call through when the test
+// says, and the chain is queued (with its six owed operations) while the
+// worker is held in a call with singles left in its share.
+func TestGiveBackLetsALongerChainFirst(t *testing.T) {
+	app := &stepApp{memApp: newMemApp(), entered: make(chan string), proceed: make(chan struct{})}
+	cat, x := owedHere(t, app)
+	const singles = 10
+	for i := range singles {
+		owe(t, cat, catalog.NewID(time.Unix(1000+int64(i), 0)), fmt.Sprintf("single%d", i), 0)
+	}
+	r, err := StartRunner(RunnerConfig{Catalog: cat, Executor: x, Workers: 1, Rescan: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	state := func() (busy, queued int) {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return r.busy, len(r.ready)
+	}
+	calls := 0
+	// Until the worker holds, beside the create it runs, singles it took
+	// with it (its first take may have found only the first resource
+	// queued: that one is let through once every single is queued).
+	for {
+		if b := app.next(t); !strings.Contains(b, "single") {
+			t.Fatalf("call %s, want a single create", b)
+		}
+		calls++
+		testkit.Eventually(t, 10*time.Second, "every single queued or taken", func() error {
+			if busy, queued := state(); busy+queued+calls-1 != singles {
+				return fmt.Errorf("%d taken, %d queued, %d run of %d", busy, queued, calls-1, singles)
+			}
+			return nil
+		})
+		if busy, _ := state(); busy >= 2 {
+			break
+		}
+		app.proceed <- struct{}{}
+	}
+	chain := catalog.NewID(time.Unix(2000, 0))
+	owe(t, cat, chain, "chain", 5)
+	testkit.Eventually(t, 10*time.Second, "the chain queued with its 6 owed operations", func() error {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if c := r.tasks[chain]; c == nil || !c.queued || c.owed != 6 {
+			return fmt.Errorf("the chain is not queued with 6 owed operations: %+v", c)
+		}
+		return nil
+	})
+	app.proceed <- struct{}{}
+	if b := app.next(t); !strings.Contains(b, "chain") {
+		t.Fatalf("after the single the worker was running came %s, want the chain's create (singles were left in the worker's share)", b)
+	}
+	app.proceed <- struct{}{}
+	for calls += 1; calls < singles+6; calls++ {
+		app.next(t)
+		app.proceed <- struct{}{}
+	}
+	testkit.Eventually(t, 10*time.Second, "every owed operation recorded", func() error {
+		if owing := cat.Owing(); len(owing) > 0 {
+			return fmt.Errorf("rome still owes on %v", owing)
+		}
+		return nil
+	})
+	if got := len(app.items); got != singles+1 {
+		t.Fatalf("the application holds %d items, want %d", got, singles+1)
+	}
+}
+
 // TestTransientFailureRetriedWithoutARescan: an operation that failed for
 // want of an answer (a connection the application closed) runs again at
 // once, not at the next rescan.
