@@ -13,6 +13,7 @@ import (
 
 	pebbleds "github.com/ipfs/go-ds-pebble"
 	"github.com/libp2p/go-libp2p/core/metrics"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/prometheus/client_golang/prometheus"
@@ -37,6 +38,8 @@ type scaleSite struct {
 	// held counts the changes under each key prefix of entryPrefixes
 	// that this site's replicas applied (local writes included).
 	held [len(entryPrefixes)]atomic.Int64
+	// closed counts the connections of its host that closed.
+	closed atomic.Int64
 }
 
 // entryPrefixes are the key spaces of the scenario: the scoped workload,
@@ -153,6 +156,9 @@ func startScaleSites(ctx context.Context, dir string, names []string, formWithin
 			return ss, fmt.Errorf("bench: site %s: %w", n, err)
 		}
 		s := &scaleSite{name: n, node: nd, store: store, m: m, reg: reg, bw: bw}
+		nd.Host().Network().Notify(&network.NotifyBundle{
+			DisconnectedF: func(network.Network, network.Conn) { s.closed.Add(1) },
+		})
 		s.stop = m.Watch(func(_ []string, key string, _ []byte, deleted bool) {
 			if deleted {
 				return

@@ -165,7 +165,9 @@ func TestScaleVerdicts(t *testing.T) {
 // CHEOPS_SCALE_LATE (a Go duration) it then waits that long more and
 // logs when the missing entries arrive, if they do;
 // CHEOPS_SCALE_DIAGNOSE_AFTER (a Go duration) logs them once while the
-// wait goes on, that long after the last write;
+// wait goes on, that long after the last write. Every 5 s from the first
+// write, a "scale: load" line gives the pairs of sites connected, the
+// connections closed, the goroutines and the scheduler's latency;
 // CHEOPS_SCALE_CPUPROFILE=FILE profiles the write phase alone (then leave
 // out -cpuprofile); CHEOPS_SCALE_MEMPROFILE=FILE writes heap profiles
 // before (FILE.before) and after it: `go tool pprof -sample_index
@@ -210,7 +212,9 @@ func BenchmarkScaleWrites(b *testing.B) {
 		stopProfile := startCPUProfile(b, os.Getenv("CHEOPS_SCALE_CPUPROFILE"))
 		alloc0 := allocatedBytes()
 		b.StartTimer()
+		stopWatch := ss.watchLoad(progress, "writes and convergence", 5*time.Second)
 		w := ss.workload(context.Background(), progress, scopes, space, opt)
+		stopWatch()
 		b.StopTimer()
 		allocated := allocatedBytes() - alloc0
 		// The live heap once converged (or given up), as the scale

@@ -433,7 +433,13 @@ func (m *Manager) latestShared() map[peer.ID]sharedActivity {
 // lost while the asker, quiet, waits up to maxQuietRounds intervals
 // still has them compared within about answerAfter intervals; and while
 // the asker runs a round every interval (the pair is active), the other
-// side starts none.
+// side starts none. The answering side also rounds again, at the same
+// pace, after a round of its own that did not end on equal summaries:
+// the heads it pushed after a mismatch go on a link and may be lost (a
+// full queue drops them), and when the asker knows no group shared with
+// it (it never heard of the one the answering side wrote into), no
+// round of the asker's would ever compare that group
+// (TestAnswererRoundsAgainAfterALostPush).
 //
 // A member this site is not connected to gets a round, which dials it,
 // only when this site has news for it: a shared group used or changed
@@ -462,6 +468,10 @@ func (m *Manager) antiEntropyLoop() {
 		wait, skip int   // intervals between rounds; intervals left to skip
 		last       int64 // when the last round started (unix ns)
 		busy       bool  // a round is in progress
+		// unsettled: this site's last round did not end on equal
+		// summaries (it compared, or failed): the answering side of the
+		// pair rounds again (see antiEntropyLoop).
+		unsettled bool
 	}
 	type roundEnd struct {
 		p            peer.ID
@@ -476,7 +486,7 @@ func (m *Manager) antiEntropyLoop() {
 			return
 		case e := <-ends:
 			if c := cadences[e.p]; c != nil {
-				c.busy = false
+				c.busy, c.unsettled = false, !e.same
 				if e.same || (e.failed && m.cfg.Host.Network().Connectedness(e.p) != network.Connected) {
 					c.wait = min(2*c.wait, maxQuietRounds)
 				} else {
@@ -522,7 +532,7 @@ func (m *Manager) antiEntropyLoop() {
 					c.skip--
 					continue
 				}
-			} else if last := m.exchanges.lastRound(p); active <= last || now-last < answerAfter*int64(m.cfg.DigestInterval) {
+			} else if last := m.exchanges.lastRound(p); (active <= last && !c.unsettled) || now-last < answerAfter*int64(m.cfg.DigestInterval) {
 				continue
 			}
 

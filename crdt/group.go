@@ -82,6 +82,9 @@ type replica struct {
 	g     *Group
 	store *crdt.Datastore
 	bcast *broadcaster
+	// inHand is the broadcaster as go-ds-crdt sees it: it tells whether
+	// an announcement is queued or being merged (see handOff).
+	inHand *handOff
 	// ctx ends with the replica; repairs holds the repair in progress.
 	ctx     context.Context
 	cancel  context.CancelFunc
@@ -197,7 +200,8 @@ func (g *Group) open(unclean bool) (*replica, error) {
 		g.mergedNodes.set(0)
 	}
 	var err error
-	r.store, err = crdt.New(newCountingStore(g), g.crdtPrefix(), dags, r.bcast, opts)
+	r.inHand = &handOff{broadcaster: r.bcast}
+	r.store, err = crdt.New(newCountingStore(g), g.crdtPrefix(), dags, r.inHand, opts)
 	if err != nil {
 		r.bcast.close()
 		return nil, fmt.Errorf("crdt: group %s: %w", g.name, err)
@@ -233,7 +237,7 @@ func (g *Group) sleep(ctx context.Context, idleSince time.Time) bool {
 	if r == nil {
 		return true
 	}
-	if g.users > 0 || time.Unix(0, g.active.Load()).After(idleSince) || r.bcast.pending() > 0 {
+	if g.users > 0 || time.Unix(0, g.active.Load()).After(idleSince) || r.inHand.unfinished() {
 		return false
 	}
 	g.arrivals.mu.Lock()
@@ -251,6 +255,48 @@ func (g *Group) sleep(ctx context.Context, idleSince time.Time) bool {
 	g.m.metrics.sleeps.Inc()
 	return true
 }
+
+// handOff is the broadcaster go-ds-crdt reads announcements from. It
+// counts an announcement delivered until go-ds-crdt, having taken it
+// with Next, asks for the next one: go-ds-crdt handles one at a time
+// (MultiHeadProcessing is off), walking each head's branch down to what
+// it merged before. A replica closed in the middle of that walk (put to
+// sleep while no announcement was queued, its job queue was momentarily
+// empty and no block was being fetched) dropped the walk's remaining
+// jobs without marking itself dirty, leaving the branch's top marked
+// processed and never recorded as a head: every later push of it was
+// then taken for merged (Group.merged) and ignored.
+type handOff struct {
+	*broadcaster
+	// given counts the announcements queued (Group.deliver), done those
+	// go-ds-crdt finished with.
+	given, done atomic.Int64
+	took        bool // Next returned one (only go-ds-crdt's handleNext calls Next)
+}
+
+// Next ends the merge of the previous announcement and returns the next.
+func (h *handOff) Next(ctx context.Context) ([]byte, error) {
+	if h.took {
+		h.took = false
+		h.done.Add(1)
+	}
+	data, err := h.broadcaster.Next(ctx)
+	h.took = err == nil
+	return data, err
+}
+
+// deliver queues an announcement (see broadcaster.deliver).
+func (h *handOff) deliver(ctx context.Context, data []byte, wait time.Duration) bool {
+	h.given.Add(1)
+	if !h.broadcaster.deliver(ctx, data, wait) {
+		h.given.Add(-1)
+		return false
+	}
+	return true
+}
+
+// unfinished reports whether an announcement is queued or being merged.
+func (h *handOff) unfinished() bool { return h.given.Load() != h.done.Load() }
 
 // shut closes the group for good (the manager closes or leaves it).
 func (g *Group) shut() error {
@@ -464,7 +510,7 @@ func (g *Group) deliver(ctx context.Context, heads []byte, wait time.Duration) (
 		return false, err
 	}
 	defer done()
-	return r.bcast.deliver(ctx, heads, wait), nil
+	return r.inHand.deliver(ctx, heads, wait), nil
 }
 
 // merged reports whether every head of an announcement is a block this

@@ -330,6 +330,14 @@ type crashable struct {
 	ds      ds.Batching
 	// queries counts the queries made (scans of a prefix).
 	queries atomic.Int64
+	// beforeWrite, when set, runs before every Put (batched or not).
+	beforeWrite atomic.Pointer[func(ds.Key)]
+}
+
+func (c *crashable) writing(k ds.Key) {
+	if f := c.beforeWrite.Load(); f != nil {
+		(*f)(k)
+	}
 }
 
 func (c *crashable) crash() {
@@ -380,6 +388,7 @@ func (c *crashable) Query(ctx context.Context, q query.Query) (query.Results, er
 }
 
 func (c *crashable) Put(ctx context.Context, k ds.Key, v []byte) error {
+	c.writing(k)
 	return c.do(func() error { return c.ds.Put(ctx, k, v) })
 }
 
@@ -408,6 +417,7 @@ type crashableBatch struct {
 }
 
 func (b *crashableBatch) Put(ctx context.Context, k ds.Key, v []byte) error {
+	b.c.writing(k)
 	return b.c.do(func() error { return b.b.Put(ctx, k, v) })
 }
 

@@ -174,13 +174,11 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 	} else {
 		opts = append(opts, libp2p.Transport(quic.NewTransport))
 	}
-	// TCP keeps SO_REUSEPORT, with which a node dials from its listen
-	// address (siteDialer): a peer sees a site's connections come from the site's own
-	// address (a firewall rule or the WAN emulation of the benchmarks
-	// relies on it). With it alone, a second agent on the host would bind
-	// the same port silently, the kernel sharing connections between the
-	// two: each TCP address is therefore bound once without the option
-	// first, which fails while any other socket holds it.
+	// libp2p's TCP listener sets SO_REUSEPORT. With it alone, a second
+	// agent on the host would bind the same port silently, the kernel
+	// sharing connections between the two: each TCP address is therefore
+	// bound once without the option first, which fails while any other
+	// socket holds it.
 	for _, a := range listen {
 		if addr, err := multiaddr.NewMultiaddr(a); err == nil && len(addr) >= 2 && addr[1].Code() == multiaddr.P_TCP {
 			if err := listenError(addr); err != nil {
@@ -188,8 +186,10 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 			}
 		}
 	}
-	// Dials come from the listen address even when the listen port
-	// cannot be reused for one (siteDialer).
+	// Dials come from the listen IP address, never from the listen port
+	// (siteDialer): a peer sees a site's connections come from the
+	// site's own address (a firewall rule or the WAN emulation of the
+	// benchmarks relies on it).
 	dialer := &siteDialer{}
 	opts = append(opts, libp2p.Transport(tcp.NewTCPTransport, tcp.WithDialerForAddr(dialer.forAddr)))
 	opts = append(opts, libp2p.ListenAddrStrings(listen...))
