@@ -190,6 +190,18 @@ type ForwardingResult struct {
 	// creates keep every core busy, the cores' µs per second over their
 	// sum is the rate: where the creates' time goes.
 	CreateCPU map[string]float64 `json:"create_cpu_us,omitempty"`
+	// Rounds are GET req/s with Workers clients directly and through the
+	// remote agent at 0 ms RTT, alternated round by round (phase rps),
+	// with the CPU per GET of every process, the applications' included.
+	Rounds []RPSRound `json:"rps_rounds,omitempty"`
+}
+
+// RPSRound is one round of the rps phase: Workers clients for
+// ThroughputSeconds on each path, one path after the other.
+type RPSRound struct {
+	Path   string             `json:"path"`
+	GetRPS float64            `json:"get_rps"`
+	GetCPU map[string]float64 `json:"get_cpu_us"`
 }
 
 // Missed lists the targets the run missed (cheops bench --strict).
@@ -341,7 +353,11 @@ func runForwarding(ctx context.Context, env Env, p forwardingProfile) (*Forwardi
 		// through, and shows in the agents' memory.
 		agentArgs = append(agentArgs, "--max-body", strconv.Itoa(2*p.bodyMiB<<20))
 	}
-	c, err := StartCluster(ctx, ClusterOptions{Binary: env.Binary, Sites: names, Dir: filepath.Join(env.Dir, "forwarding"), SiteArgs: siteArgs,
+	bin := env.Binary
+	if b := os.Getenv(AgentBinaryEnv); b != "" {
+		bin = b // another build's agents, measured by this one's driver (A/B)
+	}
+	c, err := StartCluster(ctx, ClusterOptions{Binary: bin, Sites: names, Dir: filepath.Join(env.Dir, "forwarding"), SiteArgs: siteArgs,
 		AgentArgs: agentArgs, Log: log})
 	if err != nil {
 		return nil, err
@@ -391,6 +407,12 @@ func runForwarding(ctx context.Context, env Env, p forwardingProfile) (*Forwardi
 	if err != nil {
 		return nil, err
 	}
+	if phases["rps"] {
+		c.Net.SetRTT(0)
+		if err := res.rpsRounds(ctx, c, p, direct, far, log); err != nil {
+			return nil, err
+		}
+	}
 	for _, rtt := range rtts {
 		if !phases["latency"] && rtt > 0 {
 			continue
@@ -435,11 +457,18 @@ func runForwarding(ctx context.Context, env Env, p forwardingProfile) (*Forwardi
 }
 
 // PhasesEnv names the environment variable that, set to a list of
-// phases among latency, creates and bodies ("bodies" or
+// phases among latency, creates, bodies and rps ("bodies" or
 // "latency,bodies"), has the forwarding scenario measure only those:
 // the latencies and req/s at every RTT, the replicated creates, the
-// large bodies. Unset, it measures them all.
+// large bodies, GET req/s directly and through the remote agent in
+// alternate rounds (rpsRounds). Unset, it measures all but rps.
 const PhasesEnv = "CHEOPS_BENCH_PHASES"
+
+// AgentBinaryEnv names the environment variable that, set to the path
+// of a cheops binary, has the forwarding scenario start its agents from
+// that binary rather than from the one running the benchmark: two
+// builds compared by the same driver.
+const AgentBinaryEnv = "CHEOPS_BENCH_AGENT_BINARY"
 
 // RTTsEnv names the environment variable that, set to a list of round
 // trip times in ms ("0" or "0,80"), has the forwarding scenario measure
@@ -464,19 +493,74 @@ func forwardingRTTs(def []time.Duration) ([]time.Duration, error) {
 
 func forwardingPhases() (map[string]bool, error) {
 	all := map[string]bool{"latency": true, "creates": true, "bodies": true}
+	// rps is only run when asked for.
+	known := map[string]bool{"latency": true, "creates": true, "bodies": true, "rps": true}
 	v := strings.TrimSpace(os.Getenv(PhasesEnv))
 	if v == "" {
 		return all, nil
 	}
 	out := map[string]bool{}
 	for _, w := range strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' }) {
-		if !all[w] {
-			return nil, fmt.Errorf("bench: %s: unknown phase %q (want latency, creates or bodies)", PhasesEnv, w)
+		if !known[w] {
+			return nil, fmt.Errorf("bench: %s: unknown phase %q (want latency, creates, bodies or rps)", PhasesEnv, w)
 		}
 		out[w] = true
 	}
 	return out, nil
 }
+
+// rpsRounds measures GET req/s with p.workers clients, directly and
+// through the remote agent at 0 ms RTT, alternately for rpsRoundCount
+// rounds, with every process's CPU per GET (the applications' as "app
+// SITE"); with ProfileEnv and LogsEnv set, the agents are then profiled
+// during the remote path ("rps-remote-agent-SITE.pprof"), and traced
+// while one client reads through it ("rps-remote-agent-SITE.trace").
+func (res *ForwardingResult) rpsRounds(ctx context.Context, c *Cluster, p forwardingProfile, direct, far *fwTarget, log *slog.Logger) error {
+	for _, t := range []*fwTarget{direct, far} {
+		for range 20 {
+			if _, _, err := t.do(ctx, http.MethodGet, res.Item, nil, http.StatusOK); err != nil {
+				return fmt.Errorf("bench: warm-up: %w", err)
+			}
+		}
+	}
+	cpu := func() map[string]time.Duration {
+		out := cpuTimes(c)
+		for _, s := range c.Sites {
+			if s.app != nil && s.app.Process != nil {
+				if d, ok := ProcessCPU(s.app.Process.Pid); ok {
+					out["app "+s.Name] = d
+				}
+			}
+		}
+		return out
+	}
+	for round := range rpsRoundCount {
+		for _, t := range []*fwTarget{direct, far} {
+			log.Info("forwarding: GET req/s", "round", round+1, "path", t.name, "clients", p.workers)
+			cpu0 := cpu()
+			rps, _ := throughput(ctx, t, res.Item, p.workers, p.throughput)
+			res.Rounds = append(res.Rounds, RPSRound{Path: t.name, GetRPS: math.Round(rps), GetCPU: cpuPer(cpu0, cpu(), rps*p.throughput.Seconds())})
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := profileWhile(ctx, c, "rps-remote-agent", log, func() error {
+		_, _ = throughput(ctx, far, res.Item, p.workers, 500*time.Millisecond)
+		return ctx.Err()
+	}); err != nil {
+		return err
+	}
+	// An execution trace of both agents while one client reads through
+	// the remote agent, one GET after another: one GET's stages.
+	return pprofWhile(ctx, c, "trace", "rps-remote-agent-%s.trace", log, func() error {
+		_, _ = throughput(ctx, far, res.Item, 1, 200*time.Millisecond)
+		return ctx.Err()
+	})
+}
+
+// rpsRoundCount is the rounds of the rps phase.
+const rpsRoundCount = 3
 
 // measureLatency measures, when phases has latency, the GET and create
 // latencies and GET req/s of the paths at rtt (only direct and the
@@ -627,6 +711,13 @@ func profileBodies(ctx context.Context, c *Cluster, t *fwTarget, method string, 
 // agent for ProfileEnv's duration while it runs work again and again,
 // and writes the profiles where LogsEnv says (<prefix>-<site>.pprof).
 func profileWhile(ctx context.Context, c *Cluster, prefix string, log *slog.Logger, work func() error) error {
+	return pprofWhile(ctx, c, "profile", prefix+"-%s.pprof", log, work)
+}
+
+// pprofWhile is profileWhile for one of the agents' pprof endpoints
+// that take seconds (profile, trace); name is the file's, with %s for
+// the site.
+func pprofWhile(ctx context.Context, c *Cluster, kind, name string, log *slog.Logger, work func() error) error {
 	d, err := time.ParseDuration(os.Getenv(ProfileEnv))
 	dir := os.Getenv(LogsEnv)
 	if err != nil || d <= 0 || dir == "" {
@@ -636,11 +727,11 @@ func profileWhile(ctx context.Context, c *Cluster, prefix string, log *slog.Logg
 	var busy atomic.Bool
 	busy.Store(true)
 	for _, s := range c.Sites {
-		path := filepath.Join(dir, fmt.Sprintf("%s-%s.pprof", prefix, s.Name))
+		path := filepath.Join(dir, fmt.Sprintf(name, s.Name))
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			body, err := c.get(ctx, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", s.API, int(max(1, d.Seconds()))))
+			body, err := c.get(ctx, fmt.Sprintf("%s/debug/pprof/%s?seconds=%d", s.API, kind, int(max(1, d.Seconds()))))
 			if err == nil {
 				err = os.WriteFile(path, body, 0o644)
 			}
@@ -1221,6 +1312,16 @@ func (r *ForwardingResult) latencyTable(w io.Writer) {
 // restTable writes the large bodies, the replicated creates and every
 // target.
 func (r *ForwardingResult) restTable(w io.Writer) {
+	if len(r.Rounds) > 0 {
+		fmt.Fprintf(w, "\nGET req/s with %d clients at 0 ms, rounds alternated (%.1f s each), CPU µs per GET\n", r.Workers, r.ThroughputSeconds)
+		for _, rd := range r.Rounds {
+			var parts []string
+			for _, k := range slices.Sorted(maps.Keys(rd.GetCPU)) {
+				parts = append(parts, fmt.Sprintf("%s %.0f", k, rd.GetCPU[k]))
+			}
+			fmt.Fprintf(w, "  %-12s %5.0f req/s  %s\n", rd.Path, rd.GetRPS, strings.Join(parts, ", "))
+		}
+	}
 	if len(r.Bodies) > 0 {
 		fmt.Fprintf(w, "\n%d MiB bodies at 0 ms (the Go application's /blob, --max-body %d MiB)\n", r.BodyMiB, 2*r.BodyMiB)
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)

@@ -130,6 +130,7 @@ func runAgent(c *cli.Context) error {
 	if c.Bool("pprof") {
 		a.Handle("/debug/pprof/", http.HandlerFunc(pprof.Index))
 		a.Handle("/debug/pprof/profile", http.HandlerFunc(pprof.Profile))
+		a.Handle("/debug/pprof/trace", http.HandlerFunc(pprof.Trace))
 		log.Warn("serving Go's profiles on the API (--pprof)", "url", a.URL()+"/debug/pprof/")
 	}
 	fmt.Fprintf(c.App.ErrWriter, "cheops agent %s: peer %s, API %s\n", cfg.Node.Site, a.Node().ID(), a.URL())
