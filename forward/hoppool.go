@@ -211,8 +211,11 @@ type exchange struct {
 	pool *hopPool
 	body *trackedBody
 	keep bool // the stream may carry another exchange
-	stop func() bool
-	once sync.Once
+	// deadline: the stream still has the deadlines exchangeOn set (a
+	// request whose context had one), to clear before it is kept.
+	deadline bool
+	stop     func() bool
+	once     sync.Once
 }
 
 // Close ends the exchange: its stream is kept for the next one when its
@@ -222,7 +225,9 @@ func (e *exchange) Close() error {
 	e.once.Do(func() {
 		stopped := e.stop()
 		if e.keep && stopped && e.body.done() && e.pool != nil {
-			_ = e.s.SetDeadline(time.Time{})
+			if e.deadline {
+				_ = e.s.SetDeadline(time.Time{})
+			}
 			e.pool.put(e.peer, idleStream{s: e.s, br: e.br})
 			return
 		}
