@@ -289,7 +289,15 @@ func (f *Forwarder) readThere(w http.ResponseWriter, req *request, site, path st
 		if err := copyBody(w, resp.Body); err != nil {
 			s.Reset()
 			f.log.Debug("read from another site cut short", "site", site, "err", err)
+			return nil
 		}
+	}
+	if fl, ok := w.(http.Flusher); ok && resp.ContentLength >= 0 {
+		// The whole answer, of a length its head says: sent to the
+		// client now, before the exchange is closed and its stream
+		// kept (a flush of a chunked answer would cost a second write
+		// for its end).
+		fl.Flush()
 	}
 	return nil
 }
