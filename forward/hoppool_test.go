@@ -1,6 +1,7 @@
 package forward
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net/http"
@@ -15,7 +16,9 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"cheops/catalog"
 	"cheops/internal/testkit"
+	"cheops/scope"
 )
 
 // keptHops is two sites a and b on real libp2p hosts, b serving its
@@ -265,4 +268,47 @@ func processCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// A plain hop may answer for longer than SiteTimeout (a download the
+// requester reads at its pace), also on a stream whose previous request
+// was not plain: that one's answer is bounded by a write deadline, which
+// must not outlive it. Here b's SiteTimeout is 300 ms, a refused
+// operation sets the deadline, and the file read through the same
+// stream right after takes ~1 s to come from b's application.
+func TestAPlainHopAfterAnOperationIsNotCutByItsDeadline(t *testing.T) {
+	data := make([]byte, 4<<20) // 64 times the body limit: streamed
+	for i := range data {
+		data[i] = byte(i * 3)
+	}
+	ha, hb := newHost(t), newHost(t)
+	if err := ha.Connect(context.Background(), peer.AddrInfo{ID: hb.ID(), Addrs: hb.Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	peers := map[string]peer.ID{"a": ha.ID(), "b": hb.ID()}
+	k := &keptHops{a: hopForwarder(t, ha, "a", deadURL(t), peers), hb: hb}
+	k.serveWith(hopForwarder(t, hb, "b", pacedFile(t, data, 16, 60*time.Millisecond), peers))
+	t.Cleanup(k.a.hops.close)
+
+	op, _ := http.NewRequest(http.MethodPut, "http://cheops/svc/files/files/big", http.NoBody)
+	op.Header.Set(HeaderScope, "{files: b}")
+	op.Header.Set(HeaderOp, "not an operation")
+	resp, _, err := k.a.sendRemote(context.Background(), "b", op, 1<<20)
+	if err != nil || resp.StatusCode != http.StatusBadRequest || resp.Close {
+		t.Fatalf("a malformed operation: %v, %+v (want 400, the stream kept)", err, resp)
+	}
+
+	res := catalog.Resource{ID: "01HZZZZZZZZZZZZZZZZZZZZZZ2", Service: "files", Sites: []string{"b"},
+		PerSite: map[string]catalog.SiteView{"b": {LocalID: "/files/big", Status: catalog.StatusOK}}}
+	sc, _ := scope.Parse("b")
+	r := httptest.NewRequest(http.MethodGet, "/svc/files/files/big", nil)
+	req := &request{r: r, svc: k.a.services["files"], route: k.a.services["files"].routeOf("/files/big"), rawPath: "/files/big", scope: sc}
+	w := httptest.NewRecorder()
+	k.a.onResource(w, req, res)
+	if w.Code != http.StatusOK || w.Header().Get(HeaderSite) != "b" || !bytes.Equal(w.Body.Bytes(), data) {
+		t.Fatalf("the file after the operation: %d from %q, %d of %d bytes (fell back: %q)", w.Code, w.Header().Get(HeaderSite), w.Body.Len(), len(data), w.Header().Get(HeaderFallback))
+	}
+	if n := k.opened.Load(); n != 1 {
+		t.Fatalf("the operation and the file went on %d streams, want 1 (the case tested is one stream)", n)
+	}
 }
