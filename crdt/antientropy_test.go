@@ -251,32 +251,10 @@ func TestOneSiteOfAPairStartsThePeriodicRounds(t *testing.T) {
 	n := newNet(t, "a", "b")
 	n.tune = onlyRounds(100 * time.Millisecond)
 	n.startAll("a", "b")
-	lo, hi := n.sites["a"], n.sites["b"]
-	if hi.id < lo.id {
-		lo, hi = hi, lo
-	}
-	// lo reads its links through this handler, which loses the next
-	// message after lose is set.
+	lo, hi, _ := orderedPair(n, "a", "b")
+	// lo loses the next message after lose is set.
 	var lose atomic.Bool
-	lo.host.SetStreamHandler(LinkProtocol, func(s network.Stream) {
-		if !lo.m.enter() {
-			_ = s.Reset()
-			return
-		}
-		defer lo.m.wg.Done()
-		defer s.Close()
-		r := bufio.NewReader(s)
-		peers := map[string][]peer.ID{}
-		for {
-			h, body, _, err := readLinkMessage(r, peers)
-			if err != nil {
-				return
-			}
-			if !lose.CompareAndSwap(true, false) {
-				_ = lo.m.receive(s.Conn().RemotePeer(), h.Group, peers[h.Group], body)
-			}
-		}
-	})
+	loseLinks(lo, func(string) bool { return lose.CompareAndSwap(true, false) })
 	ctx := context.Background()
 	ab := []string{"a", "b"}
 	started := func(s *site) float64 { return vecTotal(s.m.metrics.digestRounds) }
@@ -355,38 +333,11 @@ func TestAskerGetsAGroupItNeverHeardOf(t *testing.T) {
 		c.DigestInterval = 250 * time.Millisecond
 	}
 	n.startAll("a", "b", "c")
-	lo, hi := n.sites["a"], n.sites["b"]
-	if hi.id < lo.id {
-		lo, hi = hi, lo
-	}
+	lo, hi, pairName := orderedPair(n, "a", "b")
 	pair := []string{"a", "b"}
-	slices.Sort(pair)
-	pairName := strings.Join(pair, ",")
-	// lo reads its links through this handler, which loses the first
-	// message of the pair's group.
+	// lo loses the first message of the pair's group.
 	var lost atomic.Bool
-	lo.host.SetStreamHandler(LinkProtocol, func(s network.Stream) {
-		if !lo.m.enter() {
-			_ = s.Reset()
-			return
-		}
-		defer lo.m.wg.Done()
-		stop := context.AfterFunc(lo.m.ctx, func() { _ = s.Reset() })
-		defer stop()
-		defer s.Close()
-		r := bufio.NewReader(s)
-		peers := map[string][]peer.ID{}
-		for {
-			h, body, _, err := readLinkMessage(r, peers)
-			if err != nil {
-				return
-			}
-			if h.Group == pairName && lost.CompareAndSwap(false, true) {
-				continue
-			}
-			_ = lo.m.receive(s.Conn().RemotePeer(), h.Group, peers[h.Group], body)
-		}
-	})
+	loseLinks(lo, func(group string) bool { return group == pairName && lost.CompareAndSwap(false, true) })
 	ctx := context.Background()
 	all := []string{"a", "b", "c"}
 	if err := lo.m.Put(ctx, all, "/shared", []byte("v")); err != nil {
@@ -535,45 +486,19 @@ func onlyRounds(interval time.Duration) func(*Config) {
 // summaries leaves the pair unsettled: the answering side starts another.
 func TestAnswererRoundsAgainAfterALostPush(t *testing.T) {
 	n := newNet(t, "a", "b")
-	n.tune = func(c *Config) {
-		c.RebroadcastInterval = time.Hour
-		c.PushDelays = []time.Duration{time.Hour}
-		c.DigestInterval = 100 * time.Millisecond
-	}
+	n.tune = onlyRounds(100 * time.Millisecond)
 	n.startAll("a", "b")
-	lo, hi := n.sites["a"], n.sites["b"]
-	if hi.id < lo.id {
-		lo, hi = hi, lo
-	}
+	lo, hi, pairName := orderedPair(n, "a", "b")
 	pair := []string{"a", "b"}
-	slices.Sort(pair)
-	pairName := strings.Join(pair, ",")
-	// lo reads its links through this handler, which loses every message
-	// of the pair's group until hi's rounds found it differing twice:
-	// the announcement and the first round's push.
+	// lo loses every message of the pair's group until hi's rounds found
+	// it differing twice: the announcement and the first round's push.
 	var lost atomic.Int64
-	lo.host.SetStreamHandler(LinkProtocol, func(s network.Stream) {
-		if !lo.m.enter() {
-			_ = s.Reset()
-			return
+	loseLinks(lo, func(group string) bool {
+		if group == pairName && counterValue(hi.m.metrics.digestMismatches) < 2 {
+			lost.Add(1)
+			return true
 		}
-		defer lo.m.wg.Done()
-		stop := context.AfterFunc(lo.m.ctx, func() { _ = s.Reset() })
-		defer stop()
-		defer s.Close()
-		r := bufio.NewReader(s)
-		peers := map[string][]peer.ID{}
-		for {
-			h, body, _, err := readLinkMessage(r, peers)
-			if err != nil {
-				return
-			}
-			if h.Group == pairName && counterValue(hi.m.metrics.digestMismatches) < 2 {
-				lost.Add(1)
-				continue
-			}
-			_ = lo.m.receive(s.Conn().RemotePeer(), h.Group, peers[h.Group], body)
-		}
+		return false
 	})
 	ctx := context.Background()
 	if err := hi.m.Put(ctx, pair, "/new", []byte("v")); err != nil {
@@ -587,5 +512,45 @@ func TestAnswererRoundsAgainAfterALostPush(t *testing.T) {
 	})
 	eventually(t, 5*time.Second, lo.name+" has the write of the group whose push was lost", func() error {
 		return hasValue(lo, pair, "/new", "v")
+	})
+}
+
+// orderedPair returns the sites a and b of n, the one whose peer id sorts
+// first (it starts the pair's periodic rounds) first, and the name of
+// their group.
+func orderedPair(n *testNet, a, b string) (lo, hi *site, group string) {
+	lo, hi = n.sites[a], n.sites[b]
+	if hi.id < lo.id {
+		lo, hi = hi, lo
+	}
+	pair := []string{a, b}
+	slices.Sort(pair)
+	return lo, hi, strings.Join(pair, ",")
+}
+
+// loseLinks makes s read its links through a handler that drops every
+// message for whose group lose reports true, and hands the others to s's
+// manager as the link protocol's own handler does.
+func loseLinks(s *site, lose func(group string) bool) {
+	s.host.SetStreamHandler(LinkProtocol, func(st network.Stream) {
+		if !s.m.enter() {
+			_ = st.Reset()
+			return
+		}
+		defer s.m.wg.Done()
+		stop := context.AfterFunc(s.m.ctx, func() { _ = st.Reset() })
+		defer stop()
+		defer st.Close()
+		r := bufio.NewReader(st)
+		peers := map[string][]peer.ID{}
+		for {
+			h, body, _, err := readLinkMessage(r, peers)
+			if err != nil {
+				return
+			}
+			if !lose(h.Group) {
+				_ = s.m.receive(st.Conn().RemotePeer(), h.Group, peers[h.Group], body)
+			}
+		}
 	})
 }
