@@ -214,6 +214,15 @@ func owedHere(t testing.TB, app App) (*catalog.Catalog, *Executor) {
 	return cat, x
 }
 
+// oweSingles makes n resources owed here, each its creation alone,
+// created at seconds 1000, 1001... (the catalog's order).
+func oweSingles(t testing.TB, cat *catalog.Catalog, n int) {
+	t.Helper()
+	for i := range n {
+		owe(t, cat, catalog.NewID(time.Unix(1000+int64(i), 0)), fmt.Sprintf("single%d", i), 0)
+	}
+}
+
 // owe records at rome a resource created at paris with n updates after
 // its creation, every operation pending at rome.
 func owe(t testing.TB, cat *catalog.Catalog, id, name string, updates int) {
@@ -249,9 +258,7 @@ func owedOp(res, id, body, method, path string) catalog.Operation {
 func TestLongestChainFirst(t *testing.T) {
 	app := &callLog{memApp: newMemApp(), gate: make(chan struct{})}
 	cat, x := owedHere(t, app)
-	for i := range 10 {
-		owe(t, cat, catalog.NewID(time.Unix(1000+int64(i), 0)), fmt.Sprintf("single%d", i), 0)
-	}
+	oweSingles(t, cat, 10)
 	chain := catalog.NewID(time.Unix(2000, 0))
 	owe(t, cat, chain, "chain", 5) // last in the catalog's order
 	r, err := StartRunner(RunnerConfig{Catalog: cat, Executor: x, Workers: 1, Rescan: time.Hour})
@@ -386,9 +393,7 @@ func TestGiveBackLetsALongerChainFirst(t *testing.T) {
 	app := &stepApp{memApp: newMemApp(), entered: make(chan string), proceed: make(chan struct{})}
 	cat, x := owedHere(t, app)
 	const singles = 10
-	for i := range singles {
-		owe(t, cat, catalog.NewID(time.Unix(1000+int64(i), 0)), fmt.Sprintf("single%d", i), 0)
-	}
+	oweSingles(t, cat, singles)
 	r, err := StartRunner(RunnerConfig{Catalog: cat, Executor: x, Workers: 1, Rescan: time.Hour})
 	if err != nil {
 		t.Fatal(err)
@@ -562,9 +567,7 @@ func TestLoneCreatesBegunTogether(t *testing.T) {
 		t.Fatal(err)
 	}
 	const n = 64
-	for i := range n {
-		owe(t, cat, catalog.NewID(time.Unix(1000+int64(i), 0)), fmt.Sprintf("single%d", i), 0)
-	}
+	oweSingles(t, cat, n)
 	r, err := StartRunner(RunnerConfig{Catalog: cat, Executor: x, Workers: 2, Rescan: time.Hour})
 	if err != nil {
 		t.Fatal(err)
