@@ -107,31 +107,8 @@ func (w *hopWriter) WriteHeader(status int) {
 	w.bw.WriteByte(' ')
 	w.bw.WriteString(http.StatusText(status))
 	w.bw.WriteString("\r\n")
-	writeHeaderLines(w.bw, w.header)
+	_ = w.header.Write(w.bw)
 	_, w.err = w.bw.WriteString("\r\n")
-}
-
-// headerNewlines replaces the line breaks of a header value, as
-// http.Header.Write does.
-var headerNewlines = strings.NewReplacer("\n", " ", "\r", " ")
-
-// writeHeaderLines writes h as http.Header.Write does (each value
-// trimmed, its line breaks made spaces), in the map's order: the other
-// side reads the lines into a map, so sorting them (which Header.Write
-// does, in a slice it allocates per call) bought nothing but a few µs
-// of the hop's critical path.
-func writeHeaderLines(bw *bufio.Writer, h http.Header) {
-	for k, vs := range h {
-		for _, v := range vs {
-			if strings.ContainsAny(v, "\r\n") {
-				v = headerNewlines.Replace(v)
-			}
-			bw.WriteString(k)
-			bw.WriteString(": ")
-			bw.WriteString(strings.Trim(v, " \t"))
-			bw.WriteString("\r\n")
-		}
-	}
 }
 
 func (w *hopWriter) Write(p []byte) (int, error) {
