@@ -59,7 +59,6 @@ fuzz:
 	$(GO) test ./crdt -run='^$$' -fuzz='^FuzzReadFrame$$' -fuzztime=$(FUZZSHORT)
 	$(GO) test ./crdt -run='^$$' -fuzz='^FuzzParseBlock$$' -fuzztime=$(FUZZSHORT)
 	$(GO) test ./catalog -run='^$$' -fuzz='^FuzzApply$$' -fuzztime=$(FUZZSHORT)
-	$(GO) test ./forward -run='^$$' -fuzz='^FuzzAnswerID$$' -fuzztime=$(FUZZSHORT)
 
 test: check-deps vet unit
 

@@ -940,54 +940,11 @@ func (f *Forwarder) Call(ctx context.Context, service, method, path string, head
 func ownScope(site string) string { return site }
 
 // LocalID reads the id a service's application gave a resource it
-// created in collection (replica.App). For a default service only the
-// answer's top-level id field is read (answerID): an owed create's
-// answer was decoded whole into a map, for one field.
+// created in collection (replica.App).
 func (f *Forwarder) LocalID(service, collection string, body []byte) (string, bool) {
 	svc, ok := f.services[service]
 	if !ok {
 		return "", false
 	}
-	if svc.Routes == nil {
-		return answerID(body, svc.IDField)
-	}
 	return svc.createdID(svc.routeOf(collection), body)
-}
-
-// answerID is localID for a default service's create answer, without
-// building it: for the usual id field "id", the answer is decoded into a
-// struct with that one field (2 µs against 6 for the map, which a token
-// walk did not beat), other values skipped. encoding/json matches a
-// struct's field names without regard to case ("ID" would fill it) and
-// after unescaping, where the map's key must be "id" exactly: an answer
-// holding a key that could be read so (another case of "id", or a \u
-// escape anywhere) is decoded into the map as before, as is every other
-// id field.
-func answerID(body []byte, field string) (string, bool) {
-	if field != "id" || bytes.Contains(body, []byte(`\u`)) || bytes.Contains(body, []byte(`"ID"`)) ||
-		bytes.Contains(body, []byte(`"Id"`)) || bytes.Contains(body, []byte(`"iD"`)) {
-		return localID(body, field)
-	}
-	var v struct {
-		ID json.RawMessage `json:"id"`
-	}
-	if err := json.Unmarshal(body, &v); err != nil {
-		// Not one JSON value: localID's decoder may still read an
-		// object followed by something else.
-		return localID(body, field)
-	}
-	if len(v.ID) == 0 {
-		return "", false
-	}
-	switch c := v.ID[0]; {
-	case c == '"':
-		var id string
-		if json.Unmarshal(v.ID, &id) != nil {
-			return "", false
-		}
-		return id, id != ""
-	case c == '-' || c >= '0' && c <= '9':
-		return string(v.ID), true
-	}
-	return "", false
 }
