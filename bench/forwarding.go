@@ -148,12 +148,15 @@ type ForwardingResult struct {
 	// GoProxyAdded is what a bare Go reverse proxy (httputil, a process
 	// of its own) adds in the same run: the floor of net/http; GoRawAdded
 	// what Go adds without net/http's server (ServeGoProxy's raw proxy).
-	GoProxyAdded float64 `json:"go_proxy_added_ms,omitempty"`
-	GoRawAdded   float64 `json:"go_raw_proxy_added_ms,omitempty"`
-	Ratio        float64 `json:"local_to_proxy_ratio"`
-	RatioTarget  float64 `json:"local_to_proxy_ratio_target"`
-	Met          bool    `json:"target_met"`
-	Note         string  `json:"note,omitempty"`
+	// GoServerAdded is net/http's server with the agent's way of reaching
+	// the application (ServeGoProxy's "server" mode).
+	GoProxyAdded  float64 `json:"go_proxy_added_ms,omitempty"`
+	GoServerAdded float64 `json:"go_server_proxy_added_ms,omitempty"`
+	GoRawAdded    float64 `json:"go_raw_proxy_added_ms,omitempty"`
+	Ratio         float64 `json:"local_to_proxy_ratio"`
+	RatioTarget   float64 `json:"local_to_proxy_ratio_target"`
+	Met           bool    `json:"target_met"`
+	Note          string  `json:"note,omitempty"`
 	// Targets are every target of the run, met or missed.
 	Targets []Target `json:"targets,omitempty"`
 	// ReplicatedCreates is creates/s on 2 sites (scope {items: A & B})
@@ -265,6 +268,9 @@ const (
 	// goroutine per connection reading and writing HTTP/1.1 with the
 	// standard library's parsers (ServeGoProxy's raw proxy).
 	pathGoRaw = "go raw proxy"
+	// pathGoServer is net/http's server with the backend connections of
+	// its own that the agent keeps too (ServeGoProxy's "server" mode).
+	pathGoServer = "go server proxy"
 )
 
 // RunForwarding measures the forwarding overhead: GET of one item and
@@ -413,16 +419,12 @@ func runForwarding(ctx context.Context, env Env, p forwardingProfile) (*Forwardi
 		}
 		defer stopChain()
 		targets = append(targets, newTarget(pathChain, "http://"+chainAddr, ""))
-		for _, raw := range []bool{false, true} {
-			goAddr, goPid, stopGo, err := startGoProxy(ctx, env.Binary, app.ip, hostPortOf(app.App), raw)
+		for _, name := range []string{pathGoProxy, pathGoServer, pathGoRaw} {
+			goAddr, goPid, stopGo, err := startGoProxy(ctx, env.Binary, app.ip, hostPortOf(app.App), name)
 			if err != nil {
 				return nil, err
 			}
 			defer stopGo()
-			name := pathGoProxy
-			if raw {
-				name = pathGoRaw
-			}
 			proxyPids[name] = goPid
 			targets = append(targets, newTarget(name, "http://"+goAddr, ""))
 		}
@@ -1142,6 +1144,9 @@ func (r *ForwardingResult) judgeLocal() {
 	if gp := run.Path(pathGoProxy); gp != nil {
 		r.GoProxyAdded = round3(gp.GetAdded)
 	}
+	if gp := run.Path(pathGoServer); gp != nil {
+		r.GoServerAdded = round3(gp.GetAdded)
+	}
 	if gp := run.Path(pathGoRaw); gp != nil {
 		r.GoRawAdded = round3(gp.GetAdded)
 	}
@@ -1216,22 +1221,19 @@ backend app
 	return addr, version, cmd.Process.Pid, stop, nil
 }
 
-// startGoProxy runs a bare Go reverse proxy (`cheops bench-goproxy`,
-// ServeGoProxy; raw: without net/http's server) of bin on ip (a free
-// port) in front of backend and returns its address, its process id and
-// a function that stops it.
-func startGoProxy(ctx context.Context, bin, ip, backend string, raw bool) (string, int, func(), error) {
+// startGoProxy runs the bare Go reverse proxy of a path (pathGoProxy,
+// pathGoServer, pathGoRaw: `cheops bench-goproxy`, ServeGoProxy) of bin
+// on ip (a free port) in front of backend and returns its address, its
+// process id and a function that stops it.
+func startGoProxy(ctx context.Context, bin, ip, backend, path string) (string, int, func(), error) {
 	ports, err := freePorts(ip, 1)
 	if err != nil {
 		return "", 0, nil, err
 	}
 	addr := net.JoinHostPort(ip, ports[0])
-	cmd := exec.Command(bin, GoProxyCommand, "--listen", addr, "--backend", backend, "--raw="+strconv.FormatBool(raw))
-	what := pathGoProxy
-	if raw {
-		what = pathGoRaw
-	}
-	stop, err := startProxyProcess(ctx, what, cmd, addr)
+	mode := map[string]string{pathGoProxy: "net/http", pathGoServer: "server", pathGoRaw: "raw"}[path]
+	cmd := exec.Command(bin, GoProxyCommand, "--listen", addr, "--backend", backend, "--mode", mode)
+	stop, err := startProxyProcess(ctx, path, cmd, addr)
 	if err != nil {
 		return "", 0, nil, err
 	}
@@ -1361,6 +1363,10 @@ func (r *ForwardingResult) latencyTable(w io.Writer) {
 	if r.GoProxyAdded != 0 && r.ProxyAdded > 0.001 {
 		fmt.Fprintf(w, "floor of net/http: a bare Go reverse proxy (httputil.ReverseProxy, a process of its own) adds %.3f ms: %.2fx %s's; the local agent %.2fx the Go proxy's\n",
 			r.GoProxyAdded, r.GoProxyAdded/r.ProxyAdded, r.Proxy, r.LocalAdded/r.GoProxyAdded)
+	}
+	if r.GoServerAdded != 0 && r.ProxyAdded > 0.001 {
+		fmt.Fprintf(w, "net/http's server with the agent's own connections to the application: adds %.3f ms: %.2fx %s's; the local agent %.2fx it\n",
+			r.GoServerAdded, r.GoServerAdded/r.ProxyAdded, r.Proxy, r.LocalAdded/r.GoServerAdded)
 	}
 	if r.GoRawAdded != 0 && r.ProxyAdded > 0.001 {
 		fmt.Fprintf(w, "floor of Go without net/http's server: a goroutine per connection, the standard library's parsers, adds %.3f ms: %.2fx %s's\n",

@@ -95,10 +95,10 @@ func init() {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "listen", Required: true},
 			&cli.StringFlag{Name: "backend", Required: true},
-			&cli.BoolFlag{Name: "raw"},
+			&cli.StringFlag{Name: "mode", Value: "net/http"},
 		},
 		Action: func(c *cli.Context) error {
-			return bench.ServeGoProxy(c.Context, c.String("listen"), c.String("backend"), c.Bool("raw"))
+			return bench.ServeGoProxy(c.Context, c.String("listen"), c.String("backend"), c.String("mode"))
 		},
 	})
 }
