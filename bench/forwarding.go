@@ -60,9 +60,10 @@ type PathFigures struct {
 	GetRPS float64 `json:"get_rps"`
 	// Errors counts requests that failed or had an unexpected status.
 	Errors int `json:"errors"`
-	// GetCPU is the CPU time (user and system, µs) per GET of each agent
-	// and of the benchmark process ("bench": the clients and the relays)
-	// while GetRPS was measured (json-server's not counted).
+	// GetCPU is the CPU time (user and system, µs) per GET of each agent,
+	// of the reverse proxies ("haproxy", "go proxy") and of the benchmark
+	// process ("bench": the clients and the relays) while GetRPS was
+	// measured (json-server's not counted).
 	GetCPU map[string]float64 `json:"get_cpu_us,omitempty"`
 }
 
@@ -142,12 +143,20 @@ type ForwardingResult struct {
 	// and the reverse proxy add to the direct call at 0 ms RTT; Ratio is
 	// LocalAdded / ProxyAdded (0 when the proxy added nothing
 	// measurable), held to RatioTarget.
-	LocalAdded  float64 `json:"local_added_ms"`
-	ProxyAdded  float64 `json:"proxy_added_ms"`
-	Ratio       float64 `json:"local_to_proxy_ratio"`
-	RatioTarget float64 `json:"local_to_proxy_ratio_target"`
-	Met         bool    `json:"target_met"`
-	Note        string  `json:"note,omitempty"`
+	LocalAdded float64 `json:"local_added_ms"`
+	ProxyAdded float64 `json:"proxy_added_ms"`
+	// GoProxyAdded is what a bare Go reverse proxy (httputil, a process
+	// of its own) adds in the same run: the floor of net/http; GoRawAdded
+	// what Go adds without net/http's server (ServeGoProxy's raw proxy).
+	// GoServerAdded is net/http's server with the agent's way of reaching
+	// the application (ServeGoProxy's "server" mode).
+	GoProxyAdded  float64 `json:"go_proxy_added_ms,omitempty"`
+	GoServerAdded float64 `json:"go_server_proxy_added_ms,omitempty"`
+	GoRawAdded    float64 `json:"go_raw_proxy_added_ms,omitempty"`
+	Ratio         float64 `json:"local_to_proxy_ratio"`
+	RatioTarget   float64 `json:"local_to_proxy_ratio_target"`
+	Met           bool    `json:"target_met"`
+	Note          string  `json:"note,omitempty"`
 	// Targets are every target of the run, met or missed.
 	Targets []Target `json:"targets,omitempty"`
 	// ReplicatedCreates is creates/s on 2 sites (scope {items: A & B})
@@ -251,6 +260,17 @@ const (
 	// HAProxy on the application's → application): what any path through
 	// two proxies costs on the machine, beside the remote agent's.
 	pathChain = "haproxy chain"
+	// pathGoProxy is a bare net/http/httputil.ReverseProxy in a process
+	// of its own (ServeGoProxy): the floor of a Go proxy on the machine,
+	// beside HAProxy's and the local agent's.
+	pathGoProxy = "go proxy"
+	// pathGoRaw is Go without net/http's server and Transport: one
+	// goroutine per connection reading and writing HTTP/1.1 with the
+	// standard library's parsers (ServeGoProxy's raw proxy).
+	pathGoRaw = "go raw proxy"
+	// pathGoServer is net/http's server with the backend connections of
+	// its own that the agent keeps too (ServeGoProxy's "server" mode).
+	pathGoServer = "go server proxy"
 )
 
 // RunForwarding measures the forwarding overhead: GET of one item and
@@ -370,10 +390,12 @@ func runForwarding(ctx context.Context, env Env, p forwardingProfile) (*Forwardi
 	if _, _, err := direct.do(ctx, http.MethodPost, "/posts", []byte(`{"id": 1, "title": "read me", "body": "the item every path reads"}`), http.StatusCreated); err != nil {
 		return nil, err
 	}
-	proxyAddr, version, stop, err := startHAProxy(ctx, haproxy, filepath.Join(env.Dir, "forwarding", "haproxy"), app.ip, hostPortOf(app.App), "")
+	proxyAddr, version, proxyPid, stop, err := startHAProxy(ctx, haproxy, filepath.Join(env.Dir, "forwarding", "haproxy"), app.ip, hostPortOf(app.App), "")
 	if err != nil {
 		return nil, err
 	}
+	// The proxies' CPU per GET is read beside the agents'.
+	proxyPids := map[string]int{pathProxy: proxyPid}
 	defer stop()
 	phases, err := forwardingPhases()
 	if err != nil {
@@ -391,12 +413,21 @@ func runForwarding(ctx context.Context, env Env, p forwardingProfile) (*Forwardi
 		if err != nil {
 			return nil, err
 		}
-		chainAddr, _, stopChain, err := startHAProxy(ctx, haproxy, filepath.Join(env.Dir, "forwarding", "haproxy-chain"), remote.ip, relay, remote.ip)
+		chainAddr, _, _, stopChain, err := startHAProxy(ctx, haproxy, filepath.Join(env.Dir, "forwarding", "haproxy-chain"), remote.ip, relay, remote.ip)
 		if err != nil {
 			return nil, err
 		}
 		defer stopChain()
 		targets = append(targets, newTarget(pathChain, "http://"+chainAddr, ""))
+		for _, name := range []string{pathGoProxy, pathGoServer, pathGoRaw} {
+			goAddr, goPid, stopGo, err := startGoProxy(ctx, env.Binary, app.ip, hostPortOf(app.App), name)
+			if err != nil {
+				return nil, err
+			}
+			defer stopGo()
+			proxyPids[name] = goPid
+			targets = append(targets, newTarget(name, "http://"+goAddr, ""))
+		}
 	}
 	for _, t := range targets[1:] {
 		defer t.close()
@@ -418,7 +449,7 @@ func runForwarding(ctx context.Context, env Env, p forwardingProfile) (*Forwardi
 			continue
 		}
 		c.Net.SetRTT(rtt)
-		if err := res.measureLatency(ctx, c, p, phases, rtt, targets, log); err != nil {
+		if err := res.measureLatency(ctx, c, p, phases, rtt, targets, proxyPids, log); err != nil {
 			return nil, err
 		}
 		if rtt == 0 && p.createClients > 0 && phases["creates"] {
@@ -569,7 +600,10 @@ const rpsRoundCount = 3
 // latencies and GET req/s of the paths at rtt (only direct and the
 // remote agent's at an RTT above 0), the emulation's own round trip and,
 // at the last RTT, GET req/s by number of clients.
-func (res *ForwardingResult) measureLatency(ctx context.Context, c *Cluster, p forwardingProfile, phases map[string]bool, rtt time.Duration, targets []*fwTarget, log *slog.Logger) error {
+//
+// proxies are the process ids of the reverse proxies by path, whose CPU
+// per GET is read beside the agents'.
+func (res *ForwardingResult) measureLatency(ctx context.Context, c *Cluster, p forwardingProfile, phases map[string]bool, rtt time.Duration, targets []*fwTarget, proxies map[string]int, log *slog.Logger) error {
 	if !phases["latency"] {
 		return nil
 	}
@@ -583,7 +617,15 @@ func (res *ForwardingResult) measureLatency(ctx context.Context, c *Cluster, p f
 		gets, creates = p.rttGets, p.rttCreates
 	}
 	log.Info("forwarding: measuring", "rtt", rtt, "paths", len(targets), "gets", gets, "creates", creates)
-	run, err := measureRun(ctx, targets, res.Item, gets, creates, p, func() map[string]time.Duration { return cpuTimes(c) })
+	run, err := measureRun(ctx, targets, res.Item, gets, creates, p, func() map[string]time.Duration {
+		out := cpuTimes(c)
+		for path, pid := range proxies {
+			if d, ok := ProcessCPU(pid); ok {
+				out[path] = d
+			}
+		}
+		return out
+	})
 	if err != nil {
 		return err
 	}
@@ -1099,6 +1141,15 @@ func (r *ForwardingResult) judgeLocal() {
 		return
 	}
 	r.LocalAdded, r.ProxyAdded = round3(local.GetAdded), round3(proxy.GetAdded)
+	if gp := run.Path(pathGoProxy); gp != nil {
+		r.GoProxyAdded = round3(gp.GetAdded)
+	}
+	if gp := run.Path(pathGoServer); gp != nil {
+		r.GoServerAdded = round3(gp.GetAdded)
+	}
+	if gp := run.Path(pathGoRaw); gp != nil {
+		r.GoRawAdded = round3(gp.GetAdded)
+	}
 	limit := r.RatioTarget * math.Max(r.ProxyAdded, 0)
 	r.Met = r.LocalAdded <= limit
 	if r.ProxyAdded > 0.001 {
@@ -1119,14 +1170,14 @@ func (r *ForwardingResult) judgeLocal() {
 // startHAProxy runs HAProxy on ip (a free port) in front of backend
 // (host:port) with keep-alive on both sides, its connections to the
 // backend from source when set, and returns its address, its version and
-// a function that stops it.
-func startHAProxy(ctx context.Context, bin, dir, ip, backend, source string) (string, string, func(), error) {
+// its process id and a function that stops it.
+func startHAProxy(ctx context.Context, bin, dir, ip, backend, source string) (string, string, int, func(), error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", "", nil, fmt.Errorf("bench: %w", err)
+		return "", "", 0, nil, fmt.Errorf("bench: %w", err)
 	}
 	ports, err := freePorts(ip, 1)
 	if err != nil {
-		return "", "", nil, err
+		return "", "", 0, nil, err
 	}
 	addr := net.JoinHostPort(ip, ports[0])
 	cfg := fmt.Sprintf(`# Generated by cheops bench forwarding: a plain reverse proxy on loopback.
@@ -1153,7 +1204,7 @@ backend app
 	}
 	path := filepath.Join(dir, "haproxy.cfg")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-		return "", "", nil, fmt.Errorf("bench: %w", err)
+		return "", "", 0, nil, fmt.Errorf("bench: %w", err)
 	}
 	version := "haproxy"
 	if out, err := exec.CommandContext(ctx, bin, "-v").Output(); err == nil {
@@ -1161,13 +1212,43 @@ backend app
 			version = "HAProxy " + strings.SplitN(f[2], "-", 2)[0]
 		}
 	}
-	logs := &lockedBuffer{}
 	cmd := exec.Command(bin, "-db", "-f", path)
 	cmd.Dir = dir
+	stop, err := startProxyProcess(ctx, "haproxy", cmd, addr)
+	if err != nil {
+		return "", "", 0, nil, err
+	}
+	return addr, version, cmd.Process.Pid, stop, nil
+}
+
+// startGoProxy runs the bare Go reverse proxy of a path (pathGoProxy,
+// pathGoServer, pathGoRaw: `cheops bench-goproxy`, ServeGoProxy) of bin
+// on ip (a free port) in front of backend and returns its address, its
+// process id and a function that stops it.
+func startGoProxy(ctx context.Context, bin, ip, backend, path string) (string, int, func(), error) {
+	ports, err := freePorts(ip, 1)
+	if err != nil {
+		return "", 0, nil, err
+	}
+	addr := net.JoinHostPort(ip, ports[0])
+	mode := map[string]string{pathGoProxy: "net/http", pathGoServer: "server", pathGoRaw: "raw"}[path]
+	cmd := exec.Command(bin, GoProxyCommand, "--listen", addr, "--backend", backend, "--mode", mode)
+	stop, err := startProxyProcess(ctx, path, cmd, addr)
+	if err != nil {
+		return "", 0, nil, err
+	}
+	return addr, cmd.Process.Pid, stop, nil
+}
+
+// startProxyProcess starts cmd, a reverse proxy listening on addr in
+// front of the json-server holding /posts/1, waits until it answers and
+// returns a function that stops it.
+func startProxyProcess(ctx context.Context, what string, cmd *exec.Cmd, addr string) (func(), error) {
+	logs := &lockedBuffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		return "", "", nil, fmt.Errorf("bench: start haproxy: %w", err)
+		return nil, fmt.Errorf("bench: start %s: %w", what, err)
 	}
 	exited := make(chan struct{})
 	go func() {
@@ -1178,21 +1259,21 @@ backend app
 		_ = cmd.Process.Kill()
 		<-exited
 	}
-	probe := newTarget(pathProxy, "http://"+addr, "")
+	probe := newTarget(what, "http://"+addr, "")
 	defer probe.close()
-	if err := waitFor(ctx, 30*time.Second, "haproxy answers", func() error {
+	if err := waitFor(ctx, 30*time.Second, what+" answers", func() error {
 		select {
 		case <-exited:
-			return fmt.Errorf("haproxy exited: %s", tail(logs.String(), 1000))
+			return fmt.Errorf("%s exited: %s", what, tail(logs.String(), 1000))
 		default:
 		}
 		_, _, err := probe.do(ctx, http.MethodGet, "/posts/1", nil, http.StatusOK)
 		return err
 	}); err != nil {
 		stop()
-		return "", "", nil, err
+		return nil, err
 	}
-	return addr, version, stop, nil
+	return stop, nil
 }
 
 func hostPortOf(u string) string {
@@ -1279,6 +1360,18 @@ func (r *ForwardingResult) latencyTable(w io.Writer) {
 	}
 	fmt.Fprintf(w, "added GET p50 at 0 ms: local agent %.3f ms, %s %.3f ms: %s (target <= %.1fx): %s\n",
 		r.LocalAdded, r.Proxy, r.ProxyAdded, ratio, r.RatioTarget, verdict)
+	if r.GoProxyAdded != 0 && r.ProxyAdded > 0.001 {
+		fmt.Fprintf(w, "floor of net/http: a bare Go reverse proxy (httputil.ReverseProxy, a process of its own) adds %.3f ms: %.2fx %s's; the local agent %.2fx the Go proxy's\n",
+			r.GoProxyAdded, r.GoProxyAdded/r.ProxyAdded, r.Proxy, r.LocalAdded/r.GoProxyAdded)
+	}
+	if r.GoServerAdded != 0 && r.ProxyAdded > 0.001 {
+		fmt.Fprintf(w, "net/http's server with the agent's own connections to the application: adds %.3f ms: %.2fx %s's; the local agent %.2fx it\n",
+			r.GoServerAdded, r.GoServerAdded/r.ProxyAdded, r.Proxy, r.LocalAdded/r.GoServerAdded)
+	}
+	if r.GoRawAdded != 0 && r.ProxyAdded > 0.001 {
+		fmt.Fprintf(w, "floor of Go without net/http's server: a goroutine per connection, the standard library's parsers, adds %.3f ms: %.2fx %s's\n",
+			r.GoRawAdded, r.GoRawAdded/r.ProxyAdded, r.Proxy)
+	}
 	if r.Note != "" {
 		fmt.Fprintln(w, "note:", r.Note)
 	}

@@ -33,7 +33,7 @@ func TestForwardingTinyProfile(t *testing.T) {
 	if len(res.Runs) != 2 {
 		t.Fatalf("%d runs, want one per RTT (2)", len(res.Runs))
 	}
-	want := [][]string{{pathDirect, pathProxy, pathLocal, pathRemote, pathChain}, {pathDirect, pathRemote}}
+	want := [][]string{{pathDirect, pathProxy, pathLocal, pathRemote, pathChain, pathGoProxy, pathGoServer, pathGoRaw}, {pathDirect, pathRemote}}
 	for i, run := range res.Runs {
 		var got []string
 		for _, p := range run.Paths {

@@ -302,6 +302,7 @@ func (n *Node) Forget(site string) (Binding, error) {
 		delete(n.bySite, site)
 		if ps, ok := n.byPeer[p]; ok && ps.site == site {
 			ps.site = ""
+			n.viewChangedLocked()
 		}
 	}
 	n.conflicts = slices.DeleteFunc(n.conflicts, func(c Conflict) bool { return c.Site == site })
@@ -350,6 +351,7 @@ func (n *Node) learn(r Record) {
 	}
 	ps.site = r.Site
 	ps.started = r.Started
+	n.viewChangedLocked()
 	ps.reported = map[string]time.Duration{}
 	for site, ms := range r.RTTms {
 		ps.reported[site] = time.Duration(ms * float64(time.Millisecond))

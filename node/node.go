@@ -28,6 +28,8 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	"github.com/multiformats/go-multiaddr"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"cheops/scope"
 )
 
 // MembershipTopic carries the sites' membership records.
@@ -61,8 +63,11 @@ type Node struct {
 	rot    *rotation // every peer of byPeer, in the order healthy ones are probed
 	// coord is this site's network coordinate (see coord.go); samples
 	// counts the RTTs it took, under mu.
-	coord     *coordinate.Client
-	samples   int
+	coord   *coordinate.Client
+	samples int
+	// view is the last View built, nil once what it is built from has
+	// changed (viewChangedLocked); stored under mu, read without it.
+	view      atomic.Pointer[scope.View]
 	dials     int       // probes that dial, at most dialLimit
 	dialLimit int       // 1 to ProbeFanout (see dialDone)
 	starvedAt time.Time // when the probe loop last ran late (see observe)

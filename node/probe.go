@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"slices"
@@ -330,6 +331,7 @@ func (n *Node) connectedFrom(p peer.ID) {
 	ps.backoff, ps.nextDial = 0, time.Time{}
 	ps.misses, ps.lastSeen = 0, time.Now().UTC()
 	ps.changed = ps.lastSeen
+	n.viewChangedLocked()
 	ps.flagged = true // probed at once, for its RTT
 	if ps.site != "" {
 		n.log.Info("site state changed", "site", ps.site, "from", before, "to", scope.Up, "rtt", ps.rtt, "by", "connection")
@@ -528,6 +530,8 @@ func (n *Node) observe(p peer.ID, start time.Time, rtt time.Duration, ans *probe
 	defer n.mu.Unlock()
 	ps := n.peerLocked(p)
 	n.probeDoneLocked(ps)
+	// Its state, its RTT or this site's coordinate may change.
+	n.viewChangedLocked()
 	before := ps.state()
 	starved := n.starvedAt.After(start)
 	ps.refused = !ok && !timedOut
@@ -665,9 +669,39 @@ func (n *Node) Sites() []SiteStatus {
 // the distance between their coordinates; another site's are the
 // distances from its coordinate to the others' (or, from a site of an
 // earlier version, the RTTs its record reported).
+//
+// Design note — a view per request costs O(sites) map copies, not
+// O(sites²) map writes. Every request the forwarder plans reads a view;
+// building one writes every site's RTT to every other (and a coordinate
+// distance each), 6 % of a remote GET's CPU on the sending agent with
+// two sites. The view is built when it is asked for after what it is
+// built from changed (a probe's outcome, a record, a binding forgotten:
+// viewChangedLocked) and kept. Each caller gets a Sites map of its own,
+// so marking a site down in it (the forwarder's withDown) or dropping
+// one shows in no other caller's view; the SiteInfo.RTT maps inside are
+// shared by every caller since the last change and must not be written
+// (nothing does: the planner only reads them).
 func (n *Node) View() scope.View {
-	n.mu.Lock()
-	defer n.mu.Unlock()
+	v := n.view.Load()
+	if v == nil {
+		n.mu.Lock()
+		if v = n.view.Load(); v == nil {
+			built := n.buildViewLocked()
+			v = &built
+			n.view.Store(v)
+		}
+		n.mu.Unlock()
+	}
+	return scope.View{Local: v.Local, Sites: maps.Clone(v.Sites)}
+}
+
+// viewChangedLocked drops the kept view: a site's state, RTT, record or
+// binding changed, or this site's coordinate moved. Called with n.mu
+// held.
+func (n *Node) viewChangedLocked() { n.view.Store(nil) }
+
+// buildViewLocked builds the view (View). Called with n.mu held.
+func (n *Node) buildViewLocked() scope.View {
 	self := scope.SiteInfo{Name: n.cfg.Site, State: scope.Up, RTT: map[string]time.Duration{}}
 	v := scope.View{Local: n.cfg.Site, Sites: map[string]scope.SiteInfo{}}
 	var mine *coordinate.Coordinate

@@ -87,6 +87,20 @@ func init() {
 		},
 		Action: runBench,
 	})
+	// The bare Go reverse proxy the forwarding scenario measures beside
+	// HAProxy and the agents (bench.ServeGoProxy), as a process of its own.
+	register(&cli.Command{
+		Name:   bench.GoProxyCommand,
+		Hidden: true,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "listen", Required: true},
+			&cli.StringFlag{Name: "backend", Required: true},
+			&cli.StringFlag{Name: "mode", Value: "net/http"},
+		},
+		Action: func(c *cli.Context) error {
+			return bench.ServeGoProxy(c.Context, c.String("listen"), c.String("backend"), c.String("mode"))
+		},
+	})
 }
 
 func runBench(c *cli.Context) error {
