@@ -16,18 +16,21 @@ import (
 
 // appConns is a pool of keep-alive HTTP/1.1 connections to one
 // application instance over plain HTTP, for reads on the hot path
-// (readHere). A read is written and its answer's head read on the
-// calling goroutine: net/http's Transport hands every request to a
-// writing and a reading goroutine of the connection and waits for them,
-// and the profile of the local hop showed those wake-ups, not the work,
-// as most of what the agent added to a read. Writes and everything over
-// TLS keep the Transport (which knows when a request may be sent again).
+// (readHere) and the executor's calls (Forwarder.Call: every write the
+// site's executor runs, live or owed). A request is written and its
+// answer's head read on the calling goroutine: net/http's Transport
+// hands every request to a writing and a reading goroutine of the
+// connection and waits for them, and the profile of the local hop
+// showed those wake-ups, not the work, as most of what the agent added
+// to a read. The other writes (a client's request run on one site
+// without the executor) and everything over TLS keep the Transport.
 //
 // A connection the application closed while it was idle fails its next
 // request before any answer: a read (GET, HEAD) is then sent again once,
-// on a new connection. Idle connections are dropped after IdleTimeout,
-// below Node.js' keep-alive timeout (5 s) so that such failures stay
-// rare.
+// on a new connection; an executor's call checks the connection first
+// and sends again only what cannot have left (do). Idle connections are
+// dropped after IdleTimeout, below Node.js' keep-alive timeout (5 s) so
+// that such failures stay rare.
 type appConns struct {
 	addr string // host:port
 	// MaxIdle bounds the idle connections kept; IdleTimeout their age.

@@ -78,7 +78,7 @@ type Forwarder struct {
 	// client for buffered calls and the one for streams (no timeout).
 	upstreams map[string][2]*http.Client
 	// reads holds, per service over plain HTTP, the connections reads
-	// are sent on (appconns.go).
+	// and the executor's calls are sent on (appconns.go).
 	reads map[string]*appConns
 	// exec executes every write at this site, in the catalog's order.
 	exec *replica.Executor
