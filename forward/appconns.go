@@ -10,23 +10,27 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
 // appConns is a pool of keep-alive HTTP/1.1 connections to one
 // application instance over plain HTTP, for reads on the hot path
-// (readHere). A read is written and its answer's head read on the
-// calling goroutine: net/http's Transport hands every request to a
-// writing and a reading goroutine of the connection and waits for them,
-// and the profile of the local hop showed those wake-ups, not the work,
-// as most of what the agent added to a read. Writes and everything over
-// TLS keep the Transport (which knows when a request may be sent again).
+// (readHere) and the executor's calls (Forwarder.Call: every write the
+// site's executor runs, live or owed). A request is written and its
+// answer's head read on the calling goroutine: net/http's Transport
+// hands every request to a writing and a reading goroutine of the
+// connection and waits for them, and the profile of the local hop
+// showed those wake-ups, not the work, as most of what the agent added
+// to a read. The other writes (a client's request run on one site
+// without the executor) and everything over TLS keep the Transport.
 //
 // A connection the application closed while it was idle fails its next
 // request before any answer: a read (GET, HEAD) is then sent again once,
-// on a new connection. Idle connections are dropped after IdleTimeout,
-// below Node.js' keep-alive timeout (5 s) so that such failures stay
-// rare.
+// on a new connection; an executor's call checks the connection first
+// and sends again only what cannot have left (do). Idle connections are
+// dropped after IdleTimeout, below Node.js' keep-alive timeout (5 s) so
+// that such failures stay rare.
 type appConns struct {
 	addr string // host:port
 	// MaxIdle bounds the idle connections kept; IdleTimeout their age.
@@ -42,8 +46,48 @@ type appConns struct {
 type appConn struct {
 	c    net.Conn
 	br   *bufio.Reader
-	bw   *bufio.Writer
+	bw   *bufio.Writer // writes through the appConn (Write)
 	used time.Time
+	// written counts the bytes written on c since it was last reset:
+	// whether a failed request reached the application at all (do).
+	written int64
+}
+
+// Write writes on the connection, counting what it wrote.
+func (ac *appConn) Write(p []byte) (int, error) {
+	n, err := ac.c.Write(p)
+	ac.written += int64(n)
+	return n, err
+}
+
+// alive reports whether an idle connection can carry a request that
+// must not be sent twice: the application did not close it, nor send
+// anything unasked, while it idled. The kernel is asked without waiting
+// (a peek of one byte that would block): net/http's Transport knows the
+// same from the read it keeps pending on each idle connection. A
+// connection that is not a socket is taken as alive.
+func (ac *appConn) alive() bool {
+	if ac.br.Buffered() > 0 {
+		return false
+	}
+	sc, ok := ac.c.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var b [1]byte
+	var peekErr error
+	err = rc.Read(func(fd uintptr) bool {
+		_, _, peekErr = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		return true // one look, never a wait
+	})
+	// Nothing to read (EAGAIN) is the one answer of a live idle
+	// connection: 0 bytes is the application's close, a byte an answer
+	// nobody asked for, any other error a reset.
+	return err == nil && (errors.Is(peekErr, syscall.EAGAIN) || errors.Is(peekErr, syscall.EWOULDBLOCK))
 }
 
 func newAppConns(addr string, timeout time.Duration) *appConns {
@@ -93,7 +137,9 @@ func (p *appConns) dial(ctx context.Context) (*appConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &appConn{c: c, br: bufio.NewReaderSize(c, 16<<10), bw: bufio.NewWriterSize(c, 4<<10)}, nil
+	ac := &appConn{c: c, br: bufio.NewReaderSize(c, 16<<10)}
+	ac.bw = bufio.NewWriterSize(ac, 4<<10)
+	return ac, nil
 }
 
 // errAborted: the request's context ended while it waited for the
@@ -143,6 +189,94 @@ func (p *appConns) roundTrip(ctx context.Context, req *http.Request) (*http.Resp
 		resp.Body = &appBody{p: p, ac: ac, rc: resp.Body, resp: resp, stop: stop}
 		return resp, nil
 	}
+}
+
+// do sends a request of any method, with its body, on a pooled
+// connection and reads the answer whole (up to limit bytes), all on the
+// calling goroutine: the executor's calls (Forwarder.Call), which
+// through net/http's Transport cost an owed create about 150 µs of the
+// agent's CPU in its hand-offs to the connection's goroutines. The
+// exchange, body included, is bounded by the pool's timeout, as the
+// client's (clientOf) is, and ends with ctx.
+//
+// A request is sent again only when it cannot have reached the
+// application: an idle connection is checked first (alive: one closed
+// while it idled is dropped before anything is written on it), and a
+// request whose write failed before its first byte left (a reset) goes
+// once on a new connection. A write that failed after its first byte,
+// or an answer that did not come, is an error whatever the method: a
+// create is not sent twice (the executor treats it as maybe executed,
+// as it did a Transport's error; a read can be asked again by its
+// caller).
+func (p *appConns) do(ctx context.Context, req *http.Request, limit int64) (*http.Response, []byte, error) {
+	for attempt := 0; ; attempt++ {
+		ac := p.get()
+		for ac != nil && !ac.alive() {
+			ac.c.Close()
+			ac = p.get()
+		}
+		if ac == nil {
+			var err error
+			if ac, err = p.dial(ctx); err != nil {
+				if ctx.Err() != nil {
+					return nil, nil, fmt.Errorf("%w: %w", errAborted, ctx.Err())
+				}
+				return nil, nil, err
+			}
+		}
+		resp, body, err := p.exchange(ctx, ac, req, limit)
+		if err == nil {
+			return resp, body, nil
+		}
+		ac.c.Close()
+		if ctx.Err() != nil {
+			return nil, nil, fmt.Errorf("%w: %w", errAborted, ctx.Err())
+		}
+		if ac.written > 0 || attempt > 0 {
+			return nil, nil, err
+		}
+		// Nothing of it left: it goes again, with its body from the start.
+		if req.Body != nil && req.Body != http.NoBody {
+			if req.GetBody == nil {
+				return nil, nil, err
+			}
+			if req.Body, err = req.GetBody(); err != nil {
+				return nil, nil, err
+			}
+		}
+	}
+}
+
+// exchange writes req on ac and reads its answer whole; on success ac
+// is back in the pool (or closed, when the application said so).
+func (p *appConns) exchange(ctx context.Context, ac *appConn, req *http.Request, limit int64) (*http.Response, []byte, error) {
+	ac.written = 0
+	_ = ac.c.SetDeadline(time.Now().Add(p.timeout))
+	stop := context.AfterFunc(ctx, func() { _ = ac.c.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	err := req.Write(ac.bw)
+	if err == nil {
+		err = ac.bw.Flush()
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	resp, err := readFinal(ac.br, req)
+	if err != nil {
+		return nil, nil, err
+	}
+	body, err := readBody(resp, limit)
+	resp.Body.Close()
+	if err != nil {
+		return nil, nil, err
+	}
+	if !stop() || resp.Close || ac.br.Buffered() > 0 {
+		ac.c.Close()
+	} else {
+		_ = ac.c.SetDeadline(time.Time{})
+		p.put(ac)
+	}
+	return resp, body, nil
 }
 
 // appBody is an answer's body read from a pooled connection.
@@ -289,4 +423,19 @@ func writeReadHead(bw *bufio.Writer, req *http.Request) error {
 	}
 	_, err := bw.WriteString("\r\n")
 	return err
+}
+
+// callPooled runs a request on this site's application on a pooled
+// connection (appConns.do), as callApp does through the Transport.
+func (f *Forwarder) callPooled(ctx context.Context, pool *appConns, req *request, method, path string) result {
+	self := f.cfg.Membership.Site()
+	out, err := f.appRequest(ctx, req, method, path, nil)
+	if err != nil {
+		return result{site: self, err: err}
+	}
+	resp, body, err := pool.do(ctx, out, f.cfg.MaxBody)
+	if err != nil {
+		return result{site: self, err: fmt.Errorf("application of %s: %w", self, err)}
+	}
+	return result{site: self, status: resp.StatusCode, header: resp.Header, body: body}
 }

@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"cheops/internal/testkit"
 )
 
 func TestAppConns(t *testing.T) {
@@ -166,4 +168,108 @@ func TestWriteReadHead(t *testing.T) {
 			t.Errorf("by hand:\n%q\nRequest.Write:\n%q", own, std)
 		}
 	}
+}
+
+// TestAppConnsDoSendsACreateOnce: a write sent on a pooled connection
+// (appConns.do, the executor's calls) reaches the application exactly
+// once. A connection the application closed while it idled is dropped
+// before anything is written on it (alive), and one whose write fails
+// before its first byte left goes again on a new connection; a request
+// the application read and then dropped without an answer is an error,
+// never sent a second time.
+func TestAppConnsDoSendsACreateOnce(t *testing.T) {
+	var creates, conns atomic.Int32
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		creates.Add(1)
+		if r.URL.Path == "/vanish" {
+			// Read, then gone without a word (a crash, a reset).
+			c, _, err := w.(http.Hijacker).Hijack()
+			if err == nil {
+				c.Close()
+			}
+			return
+		}
+		w.WriteHeader(http.StatusCreated)
+		_, _ = w.Write(b)
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	p := newAppConns(strings.TrimPrefix(srv.URL, "http://"), 5*time.Second)
+	defer p.close()
+	ctx := context.Background()
+	create := func(path string) error {
+		t.Helper()
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+path, bytes.NewReader([]byte(`{"n":1}`)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, body, err := p.do(ctx, req, 1<<20)
+		if err != nil {
+			return err
+		}
+		if resp.StatusCode != http.StatusCreated || string(body) != `{"n":1}` {
+			t.Errorf("answer %d %q, want 201 with the body sent", resp.StatusCode, body)
+		}
+		return nil
+	}
+	check := func(what string, wantCreates, wantConns int32) {
+		t.Helper()
+		if n := creates.Load(); n != wantCreates {
+			t.Errorf("%s: the application got %d creates, want %d", what, n, wantCreates)
+		}
+		if n := conns.Load(); n != wantConns {
+			t.Errorf("%s: %d connections opened, want %d", what, n, wantConns)
+		}
+	}
+	for range 3 {
+		if err := create("/posts"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check("3 creates", 3, 1)
+
+	// The application closes the idle connection: the create goes on a
+	// new one, once.
+	srv.CloseClientConnections()
+	testkit.Eventually(t, 5*time.Second, "the pool's idle connection is seen closed", func() error {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if len(p.idle) == 1 && p.idle[0].alive() {
+			return errors.New("still alive")
+		}
+		return nil
+	})
+	if err := create("/posts"); err != nil {
+		t.Fatalf("after the application closed the idle connection: %v", err)
+	}
+	check("a create after the close", 4, 2)
+
+	// A connection whose write fails before any byte is written (here a
+	// pipe closed at its other end): the create goes on a new one, once.
+	local, remote := net.Pipe()
+	remote.Close()
+	ac := &appConn{c: local, br: bufio.NewReader(local), used: time.Now()}
+	ac.bw = bufio.NewWriter(ac)
+	p.put(ac)
+	if err := create("/posts"); err != nil {
+		t.Fatalf("after a write that failed at its first byte: %v", err)
+	}
+	check("a create after a write that failed at its first byte", 5, 2)
+
+	// The application read the create and dropped the connection: the
+	// outcome is unknown, and the create is not sent again.
+	if err := create("/vanish"); err == nil {
+		t.Error("a create the application read and never answered succeeded")
+	}
+	check("a create read and never answered", 6, 2)
+	if err := create("/posts"); err != nil {
+		t.Fatal(err)
+	}
+	check("the next create", 7, 3)
 }

@@ -78,7 +78,7 @@ type Forwarder struct {
 	// client for buffered calls and the one for streams (no timeout).
 	upstreams map[string][2]*http.Client
 	// reads holds, per service over plain HTTP, the connections reads
-	// are sent on (appconns.go).
+	// and the executor's calls are sent on (appconns.go).
 	reads map[string]*appConns
 	// exec executes every write at this site, in the catalog's order.
 	exec *replica.Executor
@@ -563,11 +563,32 @@ func (f *Forwarder) execute(ctx context.Context, site string, req *request, meth
 // callApp runs a request on this site's application instance.
 func (f *Forwarder) callApp(ctx context.Context, req *request, method, path string, extra http.Header) result {
 	self := f.cfg.Membership.Site()
+	out, err := f.appRequest(ctx, req, method, path, extra)
+	if err != nil {
+		return result{site: self, err: err}
+	}
+	resp, err := f.clientOf(req.svc, false).Do(out)
+	if err != nil {
+		return result{site: self, err: fmt.Errorf("application of %s: %w", self, err)}
+	}
+	defer resp.Body.Close()
+	body, err := readLimited(resp.Body, f.cfg.MaxBody)
+	if err != nil {
+		return result{site: self, err: fmt.Errorf("application of %s: %w", self, err)}
+	}
+	return result{site: self, status: resp.StatusCode, header: resp.Header, body: body}
+}
+
+// appRequest is the request callApp sends to this site's application:
+// method path with the request's body, the client's headers but
+// hop-by-hop and cheops' own ones, extra's, the canonical scope and the
+// application's credentials.
+func (f *Forwarder) appRequest(ctx context.Context, req *request, method, path string, extra http.Header) (*http.Request, error) {
 	target := strings.TrimRight(req.svc.URL.String(), "/") + path
 	in, n := req.bodyReader()
 	out, err := http.NewRequestWithContext(ctx, method, target, in)
 	if err != nil {
-		return result{site: self, err: err}
+		return nil, err
 	}
 	if n > 0 {
 		out.Body, out.ContentLength = io.NopCloser(in), n
@@ -583,16 +604,7 @@ func (f *Forwarder) callApp(ctx context.Context, req *request, method, path stri
 		out.Body, out.ContentLength = http.NoBody, 0
 	}
 	f.prepareUpstream(req.svc, out)
-	resp, err := f.clientOf(req.svc, false).Do(out)
-	if err != nil {
-		return result{site: self, err: fmt.Errorf("application of %s: %w", self, err)}
-	}
-	defer resp.Body.Close()
-	body, err := readLimited(resp.Body, f.cfg.MaxBody)
-	if err != nil {
-		return result{site: self, err: fmt.Errorf("application of %s: %w", self, err)}
-	}
-	return result{site: self, status: resp.StatusCode, header: resp.Header, body: body}
+	return out, nil
 }
 
 // executeLocal runs a request another agent sent on this site's
@@ -931,7 +943,12 @@ func (f *Forwarder) Call(ctx context.Context, service, method, path string, head
 		h.Set("Content-Type", contentType)
 	}
 	req := &request{r: &http.Request{Method: method, Header: h}, svc: svc, body: body, canon: ownScope(f.cfg.Membership.Site())}
-	res := f.callApp(ctx, req, method, path, nil)
+	var res result
+	if pool := f.reads[service]; pool != nil {
+		res = f.callPooled(ctx, pool, req, method, path)
+	} else {
+		res = f.callApp(ctx, req, method, path, nil)
+	}
 	return replica.Answer{Status: res.status, Header: res.header, Body: res.body}, res.err
 }
 
