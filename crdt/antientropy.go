@@ -338,7 +338,7 @@ func (m *Manager) compareProcessed(ctx context.Context, g *Group, theirs int) {
 	if m.exchanges.lag(g.name, mine < theirs) {
 		m.log.Warn("same heads as a member but fewer merged nodes: repairing", "group", g.name, "merged", mine, "member", theirs)
 		m.metrics.lagRepairs.Inc()
-		g.forceRepair()
+		g.forceRepair(ctx)
 	}
 }
 
