@@ -111,10 +111,10 @@ type Config struct {
 	// commits and merges a few groups at a time on a few cores; at 100
 	// sites × 20,000 writes (one process, 2 cores) bounds of 128, 32 and
 	// 8 (two slots a few minutes apart) gave 1,877, 2,026 and 2,103
-	// writes/s and 1,070, 1,060 and 1,121
-	// CPU µs per write (noise), with ~11,000, ~3,000 and 800 replicas
-	// awake in the process and 190,000, 125,000 and 127,000 goroutines at
-	// most (the rest are the connections').
+	// writes/s and 1,070, 1,060 and 1,121 CPU µs per write (noise), with
+	// ~11,000, ~3,000 and 800 replicas awake in the process and 190,000,
+	// 125,000 and 127,000 goroutines at most (the rest are the
+	// connections').
 	MaxAwake int
 
 	// Registerer receives the package's metrics; nil keeps them private.

@@ -334,6 +334,10 @@ func (g *Group) idleLocked(ctx context.Context, dirty bool) bool {
 // closeLocked closes the open replica and frees its slot. Called with
 // g.mu held.
 func (g *Group) closeLocked() {
+	// The replica is idle: its heads in memory are those it stored. They
+	// are kept as the sleeping group's digest (digest).
+	ctx := g.m.ctx
+	heads := g.rep.store.InternalStats(ctx).Heads
 	if err := g.rep.close(); err != nil {
 		g.m.log.Warn("close an idle group", "group", g.name, "err", err)
 	}
@@ -342,6 +346,9 @@ func (g *Group) closeLocked() {
 	g.sources.forget()
 	g.m.awake.release(g)
 	g.m.metrics.sleeps.Inc()
+	if n := g.processedCount(ctx); n >= 0 {
+		g.lastDigest.Store(&groupDigest{active: g.active.Load(), heads: headsDigestOf(heads), processed: n, asleep: true, cids: heads})
+	}
 }
 
 // handOff is the broadcaster go-ds-crdt reads announcements from. It
@@ -542,10 +549,13 @@ func (g *Group) connectedMembers() []peer.ID {
 }
 
 // knownHeads are the group's heads: the replica's while it is open, the
-// ones it stored while it sleeps.
+// ones it stored while it sleeps (as its digest keeps them, if it does).
 func (g *Group) knownHeads(ctx context.Context) []cid.Cid {
 	if r := g.awake(); r != nil {
 		return r.store.InternalStats(ctx).Heads
+	}
+	if heads, ok := g.sleepingHeads(); ok {
+		return slices.Clone(heads)
 	}
 	heads, _ := g.storedHeads(ctx)
 	return heads
@@ -631,10 +641,16 @@ func (g *Group) merged(ctx context.Context, heads []byte) bool {
 	if err := proto.Unmarshal(heads, &msg); err != nil || len(msg.GetHeads()) == 0 {
 		return false
 	}
+	// A sleeping group's own heads are merged blocks: a repeated push of
+	// them needs no datastore read.
+	known, _ := g.sleepingHeads()
 	for _, h := range msg.GetHeads() {
 		c, err := cid.Cast(h.GetCid())
 		if err != nil {
 			return false
+		}
+		if slices.Contains(known, c) {
+			continue
 		}
 		key := g.crdtPrefix().ChildString(processedNamespace).ChildString(dshelp.MultihashToDsKey(c.Hash()).String())
 		if ok, err := g.m.cfg.Datastore.Has(ctx, key); err != nil || !ok {
