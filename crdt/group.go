@@ -78,6 +78,9 @@ type Group struct {
 	// sleptDirty: put to sleep marked dirty to free a slot; repaired when
 	// it wakes.
 	sleptDirty atomic.Bool
+	// orphans watches for a branch top marked merged that no head
+	// reaches (orphan.go).
+	orphans orphanWatch
 
 	mu     sync.Mutex
 	rep    *replica // nil while the group sleeps
@@ -614,6 +617,9 @@ func (g *Group) stats(ctx context.Context) groupStats {
 // the manager's waker unless wait is set (the waker itself), which then
 // waits for a slot with ctx: a link's reader never waits for one.
 func (g *Group) deliver(ctx context.Context, heads []byte, wait time.Duration, waitSlot bool) (bool, error) {
+	if g.orphaned(ctx, heads) {
+		g.rewalk(ctx)
+	}
 	if g.awake() == nil && g.merged(ctx, heads) {
 		// Nothing new for a sleeping group (a repeated push, a member's
 		// late announcement): it stays asleep.
