@@ -84,7 +84,7 @@ func (ss *scaleSites) watchLoad(log *slog.Logger, what string, period time.Durat
 			log.Info("scale: load", "during", what, "elapsed", time.Since(start).Round(time.Second),
 				"connected_pairs", peers, "connections", conns, "fewest_peers", fewest,
 				"connections_closed", ss.closedConns()-closed0,
-				"goroutines", runtime.NumGoroutine(), "runnable", runnable,
+				"goroutines", runtime.NumGoroutine(), "runnable", runnable, "awake_replicas", ss.awake(), "awake_peak_max", ss.awakePeak(),
 				"sched_latency_p99", p99.Round(time.Millisecond), "sched_latency_max", most.Round(time.Millisecond))
 		}
 	}()
@@ -92,6 +92,15 @@ func (ss *scaleSites) watchLoad(log *slog.Logger, what string, period time.Durat
 		close(done)
 		<-finished
 	}
+}
+
+// awakePeak is the most replicas one site has had open at once.
+func (ss *scaleSites) awakePeak() int {
+	n := 0
+	for _, s := range ss.sites {
+		n = max(n, s.m.AwakePeak())
+	}
+	return n
 }
 
 // closedConns counts the connections every site's host saw close.

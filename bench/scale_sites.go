@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -149,6 +151,11 @@ func startScaleSites(ctx context.Context, dir string, names []string, formWithin
 		cc.Host, cc.Datastore, cc.Self, cc.Resolve, cc.Logger = nd.Host(), store, n, nd.PeerOf, quiet
 		cc.Registerer = reg
 		cc.IdleAfter = scaleIdleAfter
+		// CHEOPS_SCALE_MAX_AWAKE replaces the default bound on replicas
+		// awake at once per site, for measuring it.
+		if v, err := strconv.Atoi(os.Getenv("CHEOPS_SCALE_MAX_AWAKE")); err == nil && v > 0 {
+			cc.MaxAwake = v
+		}
 		m, err := crdt.NewManager(ctx, cc)
 		if err != nil {
 			nd.Close()

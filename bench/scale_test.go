@@ -168,6 +168,7 @@ func TestScaleVerdicts(t *testing.T) {
 // wait goes on, that long after the last write. Every 5 s from the first
 // write, a "scale: load" line gives the pairs of sites connected, the
 // connections closed, the goroutines and the scheduler's latency;
+// CHEOPS_SCALE_MAX_AWAKE replaces crdt.Config.MaxAwake at every site;
 // CHEOPS_SCALE_CPUPROFILE=FILE profiles the write phase alone (then leave
 // out -cpuprofile); CHEOPS_SCALE_MEMPROFILE=FILE writes heap profiles
 // before (FILE.before) and after it: `go tool pprof -sample_index

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ipfs/go-cid"
 	ds "github.com/ipfs/go-datastore"
 	"github.com/ipfs/go-datastore/query"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -155,7 +156,11 @@ func (x *exchanges) get(group string, p peer.ID) (digestResult, bool) {
 // headsDigest is a short hash of a group's sorted heads: equal on two
 // members whose replicas merged the same DAG.
 func (g *Group) headsDigest(ctx context.Context) string {
-	heads := g.knownHeads(ctx)
+	return headsDigestOf(g.knownHeads(ctx))
+}
+
+// headsDigestOf is the digest of a set of heads, in any order.
+func headsDigestOf(heads []cid.Cid) string {
 	names := make([]string, len(heads))
 	for i, h := range heads {
 		names[i] = h.String()
@@ -176,14 +181,29 @@ type groupDigest struct {
 	heads     string
 	processed int
 	// asleep: computed while the group slept (its heads read from the
-	// datastore, after every merge had committed).
+	// datastore, after every merge had committed), or as it was put to
+	// sleep; cids are then its heads.
 	asleep bool
+	cids   []cid.Cid
+}
+
+// sleepingHeads returns the heads of a sleeping group as its digest
+// cached them; ok is false when none is cached as of its last activity.
+func (g *Group) sleepingHeads() (heads []cid.Cid, ok bool) {
+	last := g.lastDigest.Load()
+	if last == nil || !last.asleep || last.active != g.active.Load() {
+		return nil, false
+	}
+	return last.cids, true
 }
 
 // digest returns the group's heads digest and merged count. A sleeping
 // group cannot change without waking (which marks it active), so its
-// digest is computed once per sleep: an idle group costs anti-entropy
-// rounds no datastore read. An awake one has its heads read each time (a
+// digest is computed once per sleep, as it is put to sleep (from the
+// replica's heads in memory: reading them back from the datastore at the
+// next round was 6 % of the CPU of 100 sites × 20,000 writes) or, after
+// a restart, from the datastore: an idle group costs anti-entropy rounds
+// no datastore read. An awake one has its heads read each time (a
 // merge reports its changes before it commits its heads); its merged
 // count is kept as nodes are merged (mergedCount), never scanned again.
 func (g *Group) digest(ctx context.Context) groupDigest {
@@ -193,7 +213,11 @@ func (g *Group) digest(ctx context.Context) groupDigest {
 		return *last
 	}
 	asleep := g.awake() == nil
-	d := groupDigest{active: active, heads: g.headsDigest(ctx), processed: g.processedCount(ctx), asleep: asleep}
+	heads := g.knownHeads(ctx)
+	d := groupDigest{active: active, heads: headsDigestOf(heads), processed: g.processedCount(ctx), asleep: asleep}
+	if asleep {
+		d.cids = heads
+	}
 	if d.processed >= 0 && g.active.Load() == active && (!asleep || g.awake() == nil) {
 		g.lastDigest.Store(&d)
 	}
@@ -338,7 +362,7 @@ func (m *Manager) compareProcessed(ctx context.Context, g *Group, theirs int) {
 	if m.exchanges.lag(g.name, mine < theirs) {
 		m.log.Warn("same heads as a member but fewer merged nodes: repairing", "group", g.name, "merged", mine, "member", theirs)
 		m.metrics.lagRepairs.Inc()
-		g.forceRepair()
+		g.forceRepair(ctx)
 	}
 }
 
@@ -727,7 +751,7 @@ func (m *Manager) serveDigests(s network.Stream) {
 			// of it (a non-member learns nothing).
 			continue
 		}
-		match := g.headsDigest(ctx) == digest
+		match := g.digest(ctx).heads == digest
 		m.exchanges.set(name, remote, match)
 		if !match {
 			ans.Differ = append(ans.Differ, name)

@@ -342,6 +342,8 @@ func BenchmarkIdleGroupCost(b *testing.B) {
 	names := []string{"a", "b", "c", "d", "e", "f", "g", "h", "i", "j"}
 	for b.Loop() {
 		n := newNet(b, names...)
+		// Every group is held awake at once below: no slot bound.
+		n.tune = func(c *Config) { c.MaxAwake = 1 << 10 }
 		a := n.start("a")
 		ctx := context.Background()
 		var groups [][]string
@@ -371,7 +373,7 @@ func BenchmarkIdleGroupCost(b *testing.B) {
 		asleepHeap, asleepG := heapNow(), runtime.NumGoroutine()
 		var dones []func()
 		for _, g := range a.m.Groups() {
-			_, done, _, err := g.use()
+			_, done, _, err := g.use(ctx)
 			if err != nil {
 				b.Fatal(err)
 			}

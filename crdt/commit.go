@@ -227,7 +227,7 @@ func (g *Group) nextBatch() []*pendingWrite {
 // been committed one after the other.
 func (g *Group) commit(batch []*pendingWrite) error {
 	ctx := g.m.ctx
-	r, done, _, err := g.use()
+	r, done, _, err := g.use(ctx)
 	if err != nil {
 		return err
 	}

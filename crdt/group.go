@@ -3,6 +3,7 @@ package crdt
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -69,6 +70,18 @@ type Group struct {
 	// mergedNodes counts the DAG nodes merged (antientropy.go).
 	mergedNodes mergedCount
 
+	// deferred holds heads announced while the group slept and no slot
+	// was free (awake.go); waiting: it is in the manager's waker queue
+	// (guarded by Manager.waitMu).
+	deferred deferredHeads
+	waiting  bool
+	// sleptDirty: put to sleep marked dirty to free a slot; repaired when
+	// it wakes.
+	sleptDirty atomic.Bool
+	// orphans watches for a branch top marked merged that no head
+	// reaches (orphan.go).
+	orphans orphanWatch
+
 	mu     sync.Mutex
 	rep    *replica // nil while the group sleeps
 	users  int      // calls holding rep
@@ -126,33 +139,75 @@ func (g *Group) member(p peer.ID) bool { return slices.Contains(g.peers, p) }
 
 func (g *Group) touch() { g.active.Store(time.Now().UnixNano()) }
 
-// use returns the group's replica, waking the group if it sleeps; done
-// must be called when the caller no longer needs it. woke reports whether
-// this call woke the group.
-func (g *Group) use() (r *replica, done func(), woke bool, err error) {
+// use returns the group's replica, waking the group if it sleeps (which
+// takes one of the site's MaxAwake slots, waiting with ctx while none is
+// free); done must be called when the caller no longer needs it. woke
+// reports whether this call woke the group.
+func (g *Group) use(ctx context.Context) (r *replica, done func(), woke bool, err error) {
+	return g.wake(ctx, true)
+}
+
+// wake is use; without wait, a group that would need a slot while none
+// can be freed is left asleep and wake returns errNoSlot.
+func (g *Group) wake(ctx context.Context, wait bool) (r *replica, done func(), woke bool, err error) {
 	g.mu.Lock()
-	defer g.mu.Unlock()
 	if g.closed {
+		g.mu.Unlock()
 		return nil, nil, false, ErrClosed
 	}
-	if g.rep == nil {
-		if g.rep, err = g.open(false); err != nil {
-			return nil, nil, false, err
-		}
-		woke = true
-		g.m.metrics.wakes.Inc()
+	if g.rep != nil {
+		r = g.hold()
+		g.mu.Unlock()
+		return r, g.release, false, nil
 	}
+	g.mu.Unlock()
+	// The slot is taken holding no group's mutex: taking it may put
+	// another group to sleep, under that group's mutex.
+	if err := g.m.acquire(ctx, wait); err != nil {
+		return nil, nil, false, err
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed || g.rep != nil {
+		// Closed meanwhile, or woken by another caller: the slot is not
+		// needed.
+		g.m.awake.release(nil)
+		if g.closed {
+			return nil, nil, false, ErrClosed
+		}
+		return g.hold(), g.release, false, nil
+	}
+	if g.rep, err = g.open(false); err != nil {
+		g.m.awake.release(nil)
+		return nil, nil, false, err
+	}
+	g.m.awake.opened(g)
+	g.m.metrics.wakes.Inc()
+	if g.sleptDirty.Swap(false) {
+		// Put to sleep dirty to free its slot (acquire): repair it now.
+		g.rep.kickNow()
+	}
+	return g.hold(), g.release, true, nil
+}
+
+// hold counts one more user of the open replica. Called with g.mu held.
+func (g *Group) hold() *replica {
 	g.users++
 	g.touch()
-	var once sync.Once
-	return g.rep, func() {
-		once.Do(func() {
-			g.mu.Lock()
-			g.users--
-			g.mu.Unlock()
-			g.touch()
-		})
-	}, woke, nil
+	return g.rep
+}
+
+// release ends a use of the replica (the done of use): once the last
+// user leaves, a caller waiting for a slot may put the group to sleep.
+func (g *Group) release() {
+	g.mu.Lock()
+	g.users--
+	last := g.users == 0
+	g.mu.Unlock()
+	g.touch()
+	if last {
+		g.m.awake.signal()
+	}
 }
 
 // awake returns the open replica, or nil while the group sleeps. The
@@ -233,27 +288,70 @@ func (r *replica) close() error {
 func (g *Group) sleep(ctx context.Context, idleSince time.Time) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	r := g.rep
-	if r == nil {
+	if g.rep == nil {
 		return true
 	}
-	if g.users > 0 || time.Unix(0, g.active.Load()).After(idleSince) || r.inHand.unfinished() {
+	if time.Unix(0, g.active.Load()).After(idleSince) || !g.idleLocked(ctx, false) {
+		return false
+	}
+	g.closeLocked()
+	return true
+}
+
+// evict puts the group to sleep to free its slot for another (acquire):
+// only when nothing uses its replica and nothing is queued, merged or
+// fetched, however recently it was used; a replica marked dirty only if
+// dirty is set (it is then repaired when it wakes). It reports whether
+// it closed the replica.
+func (g *Group) evict(ctx context.Context, dirty bool) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.rep == nil || !g.idleLocked(ctx, dirty) {
+		return false
+	}
+	if dirty && g.rep.store.IsDirty(ctx) {
+		g.sleptDirty.Store(true)
+	}
+	g.closeLocked()
+	return true
+}
+
+// idleLocked reports whether the open replica has no user and no work
+// (an announcement queued or being merged, a job queued, a block being
+// fetched, a repair running), and, unless dirty is set, is not marked
+// dirty. Called with g.mu held.
+func (g *Group) idleLocked(ctx context.Context, dirty bool) bool {
+	r := g.rep
+	if g.users > 0 || r.inHand.unfinished() || r.repairing.Load() && !dirty {
 		return false
 	}
 	g.arrivals.mu.Lock()
 	fetching := g.arrivals.active
 	g.arrivals.mu.Unlock()
-	if fetching > 0 || r.store.InternalStats(ctx).QueuedJobs > 0 || r.store.IsDirty(ctx) {
+	if fetching > 0 || r.store.InternalStats(ctx).QueuedJobs > 0 {
 		return false
 	}
-	if err := r.close(); err != nil {
+	return dirty || !r.store.IsDirty(ctx)
+}
+
+// closeLocked closes the open replica and frees its slot. Called with
+// g.mu held.
+func (g *Group) closeLocked() {
+	// The replica is idle: its heads in memory are those it stored. They
+	// are kept as the sleeping group's digest (digest).
+	ctx := g.m.ctx
+	heads := g.rep.store.InternalStats(ctx).Heads
+	if err := g.rep.close(); err != nil {
 		g.m.log.Warn("close an idle group", "group", g.name, "err", err)
 	}
 	g.rep = nil
 	g.metas.disable()
 	g.sources.forget()
+	g.m.awake.release(g)
 	g.m.metrics.sleeps.Inc()
-	return true
+	if n := g.processedCount(ctx); n >= 0 {
+		g.lastDigest.Store(&groupDigest{active: g.active.Load(), heads: headsDigestOf(heads), processed: n, asleep: true, cids: heads})
+	}
 }
 
 // handOff is the broadcaster go-ds-crdt reads announcements from. It
@@ -310,6 +408,7 @@ func (g *Group) shut() error {
 	g.rep = nil
 	g.metas.disable()
 	g.sources.forget()
+	g.m.awake.release(g)
 	return err
 }
 
@@ -387,8 +486,8 @@ func (g *Group) repairSoon() {
 // forceRepair asks for a repair now, dirty mark or not: go-ds-crdt's
 // repair walks the whole DAG and merges every node not merged yet. It
 // wakes a sleeping group.
-func (g *Group) forceRepair() {
-	r, done, _, err := g.use()
+func (g *Group) forceRepair(ctx context.Context) {
+	r, done, _, err := g.use(ctx)
 	if err != nil {
 		return
 	}
@@ -406,6 +505,18 @@ func (g *Group) kickRepair() {
 	defer g.mu.Unlock()
 	if g.rep != nil {
 		g.rep.kickNow()
+	}
+}
+
+// wakeDirty wakes a group put to sleep dirty to free a slot (evict), so
+// that it is repaired (wake kicks the repair), if a slot can be had
+// without waiting; the next periodic check or connection tries again.
+func (g *Group) wakeDirty() {
+	if !g.sleptDirty.Load() {
+		return
+	}
+	if _, done, _, err := g.wake(g.m.ctx, false); err == nil {
+		done()
 	}
 }
 
@@ -441,10 +552,13 @@ func (g *Group) connectedMembers() []peer.ID {
 }
 
 // knownHeads are the group's heads: the replica's while it is open, the
-// ones it stored while it sleeps.
+// ones it stored while it sleeps (as its digest keeps them, if it does).
 func (g *Group) knownHeads(ctx context.Context) []cid.Cid {
 	if r := g.awake(); r != nil {
 		return r.store.InternalStats(ctx).Heads
+	}
+	if heads, ok := g.sleepingHeads(); ok {
+		return slices.Clone(heads)
 	}
 	heads, _ := g.storedHeads(ctx)
 	return heads
@@ -498,18 +612,31 @@ func (g *Group) stats(ctx context.Context) groupStats {
 }
 
 // deliver hands heads a member sent to the replica, waking the group;
-// false when they were dropped (the queue stayed full for wait).
-func (g *Group) deliver(ctx context.Context, heads []byte, wait time.Duration) (bool, error) {
+// false when they were dropped (the queue stayed full for wait). A
+// sleeping group that finds no free slot (MaxAwake) keeps the heads for
+// the manager's waker unless wait is set (the waker itself), which then
+// waits for a slot with ctx: a link's reader never waits for one.
+func (g *Group) deliver(ctx context.Context, heads []byte, wait time.Duration, waitSlot bool) (bool, error) {
+	if g.orphaned(ctx, heads) {
+		g.rewalk(ctx)
+	}
 	if g.awake() == nil && g.merged(ctx, heads) {
 		// Nothing new for a sleeping group (a repeated push, a member's
 		// late announcement): it stays asleep.
 		return true, nil
 	}
-	r, done, _, err := g.use()
+	r, done, _, err := g.wake(ctx, waitSlot)
+	if errors.Is(err, errNoSlot) {
+		g.m.deferHeads(g, heads)
+		return true, nil
+	}
 	if err != nil {
 		return false, err
 	}
 	defer done()
+	if earlier := g.deferred.take(); earlier != nil {
+		r.inHand.deliver(ctx, earlier, 0)
+	}
 	return r.inHand.deliver(ctx, heads, wait), nil
 }
 
@@ -520,10 +647,16 @@ func (g *Group) merged(ctx context.Context, heads []byte) bool {
 	if err := proto.Unmarshal(heads, &msg); err != nil || len(msg.GetHeads()) == 0 {
 		return false
 	}
+	// A sleeping group's own heads are merged blocks: a repeated push of
+	// them needs no datastore read.
+	known, _ := g.sleepingHeads()
 	for _, h := range msg.GetHeads() {
 		c, err := cid.Cast(h.GetCid())
 		if err != nil {
 			return false
+		}
+		if slices.Contains(known, c) {
+			continue
 		}
 		key := g.crdtPrefix().ChildString(processedNamespace).ChildString(dshelp.MultihashToDsKey(c.Hash()).String())
 		if ok, err := g.m.cfg.Datastore.Has(ctx, key); err != nil || !ok {

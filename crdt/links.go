@@ -471,7 +471,7 @@ func (m *Manager) receive(remote peer.ID, name string, peers []peer.ID, body []b
 	m.metrics.lastSync.WithLabelValues(m.siteOf(remote)).SetToCurrentTime()
 	g.heard.Store(time.Now().UnixNano())
 	// A replica whose queue is full does not get the heads (see above).
-	ok, err := g.deliver(m.ctx, heads, 0)
+	ok, err := g.deliver(m.ctx, heads, 0, false)
 	if g.awake() == nil {
 		// Heads a sleeping group already holds do not wake it, and a
 		// sleeping group keeps no sources (sleep forgot them): the one

@@ -52,6 +52,14 @@ type Manager struct {
 	// links carry head announcements to members, one per peer.
 	links links
 
+	// awake bounds the replicas open at once (Config.MaxAwake); waiting
+	// lists the sleeping groups with deferred heads for wakerLoop, which
+	// wakeup wakes (awake.go).
+	awake   *awakeSet
+	waitMu  sync.Mutex
+	waiting []*Group
+	wakeup  chan struct{}
+
 	// expected counts, per group name, the writes announced (Expect)
 	// and not arrived yet: *atomic.Int64.
 	expected sync.Map
@@ -101,6 +109,7 @@ func NewManager(ctx context.Context, cfg Config) (*Manager, error) {
 		groups: map[string]*Group{}, peers: map[peer.ID]string{}, byPeer: peerGroups{}, pushing: map[peer.ID]chan struct{}{},
 	}
 	m.changes = newChangeQueue()
+	m.awake, m.wakeup = newAwakeSet(), make(chan struct{}, 1)
 	m.links = links{m: m, by: map[peer.ID]*link{}}
 	m.metrics = newMetrics(reg, m)
 
@@ -138,6 +147,10 @@ func NewManager(ctx context.Context, cfg Config) (*Manager, error) {
 				cancel()
 				return nil, err
 			}
+			// Past MaxAwake if need be: these must be repaired.
+			m.awake.n++
+			m.awake.peak = max(m.awake.peak, m.awake.n)
+			m.awake.opened(g)
 			g.kickRepair()
 		}
 		m.addGroupLocked(g)
@@ -177,7 +190,8 @@ func NewManager(ctx context.Context, cfg Config) (*Manager, error) {
 		default:
 		}
 	}
-	m.wg.Add(4)
+	m.wg.Add(5)
+	go m.wakerLoop()
 	go m.deliverChanges()
 	go m.catchUpLoop(connected)
 	go m.antiEntropyLoop()
@@ -427,7 +441,7 @@ func (m *Manager) Get(ctx context.Context, sites []string, key string) ([]byte, 
 	if err != nil || g == nil {
 		return nil, false, err
 	}
-	r, done, _, err := g.use()
+	r, done, _, err := g.use(ctx)
 	if err != nil {
 		return nil, false, fmt.Errorf("crdt: get %s: %w", key, err)
 	}
@@ -451,7 +465,7 @@ func (m *Manager) Delete(ctx context.Context, sites []string, key string) error 
 	if err != nil || g == nil {
 		return err
 	}
-	r, done, _, err := g.use()
+	r, done, _, err := g.use(ctx)
 	if err != nil {
 		return fmt.Errorf("crdt: delete %s: %w", key, err)
 	}
@@ -484,7 +498,7 @@ func (m *Manager) Scan(ctx context.Context, prefix string, fn func(sites []strin
 }
 
 func (g *Group) scan(ctx context.Context, prefix string, fn func(sites []string, key string, value []byte) error) error {
-	r, done, woke, err := g.use()
+	r, done, woke, err := g.use(ctx)
 	if err != nil {
 		return fmt.Errorf("crdt: scan {%s}: %w", g.name, err)
 	}
@@ -543,15 +557,12 @@ func (m *Manager) Groups() []*Group {
 	return slices.Clone(m.sorted)
 }
 
-// Awake counts the groups whose replica is open (the others sleep).
+// Awake counts the groups whose replica is open or being opened (the
+// others sleep).
 func (m *Manager) Awake() int {
-	n := 0
-	for _, g := range m.Groups() {
-		if g.awake() != nil {
-			n++
-		}
-	}
-	return n
+	m.awake.mu.Lock()
+	defer m.awake.mu.Unlock()
+	return m.awake.n
 }
 
 // Leave closes the group of sites and drops its data from this site.
@@ -663,6 +674,7 @@ func (m *Manager) catchUpLoop(connected <-chan peer.ID) {
 			m.schedulePushes(p)
 			for _, g := range m.shared(p) {
 				g.kickRepair()
+				g.wakeDirty()
 			}
 		}
 	}
@@ -809,6 +821,7 @@ func (m *Manager) repairCheckLoop() {
 				return
 			}
 			g.kickRepair()
+			g.wakeDirty()
 		}
 	}
 }

@@ -24,7 +24,7 @@ func BenchmarkWake(b *testing.B) {
 			}
 			b.ReportAllocs()
 			for b.Loop() {
-				_, done, _, err := g.use()
+				_, done, _, err := g.use(ctx)
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -87,7 +87,7 @@ func TestIdleGroupsSleepAndWakeOnUse(t *testing.T) {
 	})
 	var dones []func()
 	for _, name := range names {
-		_, done, woke, err := a.m.group(name).use()
+		_, done, woke, err := a.m.group(name).use(ctx)
 		if err != nil || !woke {
 			t.Fatalf("wake %s: woke %v, %v", name, woke, err)
 		}
