@@ -61,7 +61,8 @@ type PathFigures struct {
 	// Errors counts requests that failed or had an unexpected status.
 	Errors int `json:"errors"`
 	// GetCPU is the CPU time (user and system, µs) per GET of each agent,
-	// of the reverse proxies ("haproxy", "go proxy") and of the benchmark
+	// of the reverse proxies ("haproxy", "go proxy", "go server proxy",
+	// "go raw proxy") and of the benchmark
 	// process ("bench": the clients and the relays) while GetRPS was
 	// measured (json-server's not counted).
 	GetCPU map[string]float64 `json:"get_cpu_us,omitempty"`

@@ -203,7 +203,8 @@ func (p *appConns) roundTrip(ctx context.Context, req *http.Request) (*http.Resp
 // application: an idle connection is checked first (alive: one closed
 // while it idled is dropped before anything is written on it), and a
 // request whose write failed before its first byte left (a reset) goes
-// once on a new connection. A write that failed after its first byte,
+// once more, on another connection (an idle one that passes alive, or a
+// new one). A write that failed after its first byte,
 // or an answer that did not come, is an error whatever the method: a
 // create is not sent twice (the executor treats it as maybe executed,
 // as it did a Transport's error; a read can be asked again by its

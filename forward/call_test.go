@@ -51,7 +51,7 @@ func BenchmarkCall(b *testing.B) {
 				log: slog.New(slog.DiscardHandler), services: map[string]Service{"posts": svc}, client: &http.Client{}}
 			f.addUpstream(svc)
 			defer f.reads["posts"].close()
-			b.SetParallelism(16 / runtime.GOMAXPROCS(0))
+			b.SetParallelism(max(1, 16/runtime.GOMAXPROCS(0)))
 			cpu0 := processCPU()
 			b.RunParallel(func(pb *testing.PB) {
 				ctx := context.Background()

@@ -676,11 +676,13 @@ func (n *Node) Sites() []SiteStatus {
 // distance each), 6 % of a remote GET's CPU on the sending agent with
 // two sites. The view is built when it is asked for after what it is
 // built from changed (a probe's outcome, a record, a binding forgotten:
-// viewChangedLocked) and kept. Each caller gets a Sites map of its own,
-// so marking a site down in it (the forwarder's withDown) or dropping
-// one shows in no other caller's view; the SiteInfo.RTT maps inside are
-// shared by every caller since the last change and must not be written
-// (nothing does: the planner only reads them).
+// viewChangedLocked) and kept. Each caller gets a Sites map of its own
+// (an O(sites) copy), so that a caller may mark a site down in it or
+// drop one without it showing in another caller's view (none does
+// today: the forwarder's withDown clones the map itself); the
+// SiteInfo.RTT maps inside are shared by every caller since the last
+// change and must not be written (nothing does: the planner only reads
+// them).
 func (n *Node) View() scope.View {
 	v := n.view.Load()
 	if v == nil {
