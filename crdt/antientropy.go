@@ -465,13 +465,6 @@ func (m *Manager) latestShared() map[peer.ID]sharedActivity {
 // round of the asker's would ever compare that group
 // (TestAnswererRoundsAgainAfterALostPush).
 //
-// Neither side starts a round with a connected member while the pair is
-// busy (busyRound): its announcements are still arriving, and a round
-// would find their heads on the way and push them again. The asker's
-// round comes at the first tick after the pair went quiet, or after
-// maxBusyRounds intervals put off; the answering side, while busy, waits
-// answerAfter intervals past that.
-//
 // A member this site is not connected to gets a round, which dials it,
 // only when this site has news for it: a shared group used or changed
 // since their last round. Announcements go only to connected members
@@ -503,9 +496,6 @@ func (m *Manager) antiEntropyLoop() {
 		// summaries (it compared, or failed): the answering side of the
 		// pair rounds again (see antiEntropyLoop).
 		unsettled bool
-		// postponed counts the intervals in a row whose round the
-		// asking side put off because the pair was busy (see busyRound).
-		postponed int
 	}
 	type roundEnd struct {
 		p            peer.ID
@@ -549,18 +539,6 @@ func (m *Manager) antiEntropyLoop() {
 			if c.busy {
 				continue
 			}
-			if sa.connected && busyRound(now, active, m.cfg.DigestInterval) {
-				if asks(self, p) {
-					if c.postponed < maxBusyRounds {
-						c.postponed++
-						continue
-					}
-				} else if now-m.exchanges.lastRound(p) < (maxBusyRounds+answerAfter)*int64(m.cfg.DigestInterval) {
-					// The asker's rounds, put off too, come every
-					// maxBusyRounds+1 intervals.
-					continue
-				}
-			}
 			if !sa.connected {
 				// Dialled for news only, backing off while dials fail.
 				if active <= m.exchanges.lastRound(p) {
@@ -582,7 +560,7 @@ func (m *Manager) antiEntropyLoop() {
 				continue
 			}
 
-			c.last, c.busy, c.postponed = now, true, 0
+			c.last, c.busy = now, true
 			m.wg.Add(1)
 			go func() {
 				defer m.wg.Done()
@@ -598,26 +576,6 @@ func (m *Manager) antiEntropyLoop() {
 		}
 	}
 }
-
-// busyRound reports whether a round with a connected member is put off
-// because the pair is busy: a group the two share was used or changed
-// (here, or by an announcement from it) within the last half interval.
-// A round then compares heads still on their way (at 100 sites × 20,000
-// resources, 23,000 rounds in the write phase found 35,000 groups
-// differing and pushed their heads both ways again, a tenth of the
-// phase's CPU), and the announcements that follow say more than it
-// would. A pair busy for longer still has a round every maxBusyRounds+1
-// intervals, so that a lost announcement is not left for its whole
-// activity; once the pair is quiet for half an interval, the next tick
-// runs the round.
-func busyRound(now, active int64, interval time.Duration) bool {
-	return now-active < int64(interval/2)
-}
-
-// maxBusyRounds bounds how many intervals in a row a busy pair's round is
-// put off (busyRound): 3, a round every 20 s with the default
-// DigestInterval while the pair stays busy.
-const maxBusyRounds = 3
 
 // asks reports whether self starts the periodic anti-entropy rounds of
 // the pair it makes with p: the peer id that sorts first does.

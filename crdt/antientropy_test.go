@@ -269,9 +269,8 @@ func TestOneSiteOfAPairStartsThePeriodicRounds(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	loRounds, hiRounds := started(lo)-loBefore, started(hi)-hiBefore
-	// A busy pair's rounds come every maxBusyRounds+1 intervals.
-	if loRounds < 5 || hiRounds > loRounds/4 {
-		t.Fatalf("rounds started in 30 active intervals: %v by the asker %s, %v by %s (want ≥ 5, and at most a quarter of them)",
+	if loRounds < 10 || hiRounds > loRounds/4 {
+		t.Fatalf("rounds started in 30 active intervals: %v by the asker %s, %v by %s (want ≥ 10, and at most a quarter of them)",
 			loRounds, lo.name, hiRounds, hi.name)
 	}
 
@@ -313,45 +312,6 @@ func TestOneSiteOfAPairStartsThePeriodicRounds(t *testing.T) {
 		t.Fatalf("%s got the lost write without a round started by %s (rounds started by %s: %v, answered %v; by %s: %v, answered %v)", lo.name, hi.name,
 			lo.name, started(lo), counterValue(lo.m.metrics.digestRoundsAnswered), hi.name, started(hi), counterValue(hi.m.metrics.digestRoundsAnswered))
 	}
-}
-
-// TestBusyPairPutsOffItsRounds: while two sites write into the group
-// they share, neither starts a round every interval (each would compare
-// heads still on their way and push them again): the asker's come every
-// maxBusyRounds+1 intervals, the answering side's none. Once the pair is
-// quiet, the next round comes within two intervals and finds the two
-// the same.
-func TestBusyPairPutsOffItsRounds(t *testing.T) {
-	const interval = 100 * time.Millisecond
-	n := newNet(t, "a", "b")
-	n.tune = onlyRounds(interval)
-	n.startAll("a", "b")
-	lo, hi, _ := orderedPair(n, "a", "b")
-	ctx := context.Background()
-	ab := []string{"a", "b"}
-	started := func(s *site) float64 { return vecTotal(s.m.metrics.digestRounds) }
-	loBefore, hiBefore := started(lo), started(hi)
-	// Both write for 30 intervals.
-	for i, end := 0, time.Now().Add(30*interval); time.Now().Before(end); i++ {
-		for _, s := range []*site{lo, hi} {
-			if err := s.m.Put(ctx, ab, fmt.Sprintf("/%s/%d", s.name, i), []byte("v")); err != nil {
-				t.Fatal(err)
-			}
-		}
-		time.Sleep(interval / 5)
-	}
-	loRounds, hiRounds := started(lo)-loBefore, started(hi)-hiBefore
-	if want := 30/(maxBusyRounds+1) + 2; loRounds+hiRounds > float64(want) || loRounds < 3 {
-		t.Fatalf("rounds started in 30 busy intervals: %v by the asker %s, %v by %s (want 3 to %d in all)",
-			loRounds, lo.name, hiRounds, hi.name, want)
-	}
-	same := counterValue(lo.m.metrics.digestRounds.WithLabelValues("same"))
-	eventually(t, 2*interval+interval/2+time.Second, "a round once the pair is quiet", func() error {
-		if counterValue(lo.m.metrics.digestRounds.WithLabelValues("same")) == same {
-			return fmt.Errorf("no round of %s ended on equal summaries", lo.name)
-		}
-		return nil
-	})
 }
 
 // TestAskerGetsAGroupItNeverHeardOf: the only announcement of a new
