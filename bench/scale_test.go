@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -334,16 +335,25 @@ func profileMidWrite(b *testing.B, at time.Duration, goroutines, trace string) (
 			return
 		case <-time.After(at):
 		}
+		// Side by side: at 100 sites the goroutine profile of 115,000
+		// goroutines, its goroutine waiting 20 s for a processor, put a
+		// trace taken after it at the end of the writes.
+		var wg sync.WaitGroup
 		if goroutines != "" {
-			if err := writeProfile("goroutine", goroutines); err != nil {
-				b.Log(err)
-			}
+			wg.Go(func() {
+				if err := writeProfile("goroutine", goroutines); err != nil {
+					b.Log(err)
+				}
+			})
 		}
 		if trace != "" {
-			if err := writeTrace(ctx, trace, 2*time.Second); err != nil {
-				b.Log(err)
-			}
+			wg.Go(func() {
+				if err := writeTrace(ctx, trace, 2*time.Second); err != nil {
+					b.Log(err)
+				}
+			})
 		}
+		wg.Wait()
 	}()
 	return func() {
 		cancel()
