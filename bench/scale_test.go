@@ -11,9 +11,11 @@ import (
 	"runtime"
 	"runtime/metrics"
 	"runtime/pprof"
+	rtrace "runtime/trace"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -170,7 +172,10 @@ func TestScaleVerdicts(t *testing.T) {
 // connections closed, the goroutines and the scheduler's latency;
 // CHEOPS_SCALE_MAX_AWAKE replaces crdt.Config.MaxAwake at every site;
 // CHEOPS_SCALE_CPUPROFILE=FILE profiles the write phase alone (then leave
-// out -cpuprofile); CHEOPS_SCALE_MEMPROFILE=FILE writes heap profiles
+// out -cpuprofile); CHEOPS_SCALE_GOROUTINEPROFILE=FILE writes the
+// goroutines counted by stack (debug=1) and CHEOPS_SCALE_TRACE=FILE an
+// execution trace of 2 s, both CHEOPS_SCALE_PROFILE_AT (a Go duration,
+// 5 s by default) after the writes start; CHEOPS_SCALE_MEMPROFILE=FILE writes heap profiles
 // before (FILE.before) and after it: `go tool pprof -sample_index
 // alloc_space -diff_base FILE.before FILE` shows what it allocated.
 func BenchmarkScaleWrites(b *testing.B) {
@@ -211,11 +216,14 @@ func BenchmarkScaleWrites(b *testing.B) {
 		memProfile := os.Getenv("CHEOPS_SCALE_MEMPROFILE")
 		writeHeapProfile(b, memProfile, ".before")
 		stopProfile := startCPUProfile(b, os.Getenv("CHEOPS_SCALE_CPUPROFILE"))
+		stopMidWrite := profileMidWrite(b, envDuration("CHEOPS_SCALE_PROFILE_AT", 5*time.Second),
+			os.Getenv("CHEOPS_SCALE_GOROUTINEPROFILE"), os.Getenv("CHEOPS_SCALE_TRACE"))
 		alloc0 := allocatedBytes()
 		b.StartTimer()
 		stopWatch := ss.watchLoad(progress, "writes and convergence", 5*time.Second)
 		w := ss.workload(context.Background(), progress, scopes, space, opt)
 		stopWatch()
+		stopMidWrite()
 		b.StopTimer()
 		allocated := allocatedBytes() - alloc0
 		// The live heap once converged (or given up), as the scale
@@ -308,6 +316,82 @@ func startCPUProfile(b *testing.B, file string) (stop func()) {
 		pprof.StopCPUProfile()
 		f.Close()
 	}
+}
+
+// profileMidWrite writes, after the delay at, the goroutine profile
+// (debug=1) into goroutines and an execution trace of 2 s into trace;
+// an empty name skips that one. The returned function cancels what has
+// not started and waits for what has.
+func profileMidWrite(b *testing.B, at time.Duration, goroutines, trace string) (stop func()) {
+	if goroutines == "" && trace == "" {
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(at):
+		}
+		// Side by side: at 100 sites the goroutine profile of 115,000
+		// goroutines, its goroutine waiting 20 s for a processor, put a
+		// trace taken after it at the end of the writes.
+		var wg sync.WaitGroup
+		if goroutines != "" {
+			wg.Go(func() {
+				if err := writeProfile("goroutine", goroutines); err != nil {
+					b.Log(err)
+				}
+			})
+		}
+		if trace != "" {
+			wg.Go(func() {
+				if err := writeTrace(ctx, trace, 2*time.Second); err != nil {
+					b.Log(err)
+				}
+			})
+		}
+		wg.Wait()
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
+}
+
+// writeProfile writes the named runtime profile into file, counted by
+// stack (debug=1).
+func writeProfile(name, file string) error {
+	f, err := os.Create(file)
+	if err != nil {
+		return fmt.Errorf("profile %s: %w", name, err)
+	}
+	defer f.Close()
+	if err := pprof.Lookup(name).WriteTo(f, 1); err != nil {
+		return fmt.Errorf("profile %s: %w", name, err)
+	}
+	return nil
+}
+
+// writeTrace writes an execution trace of d (less if ctx ends first)
+// into file.
+func writeTrace(ctx context.Context, file string, d time.Duration) error {
+	f, err := os.Create(file)
+	if err != nil {
+		return fmt.Errorf("trace: %w", err)
+	}
+	defer f.Close()
+	if err := rtrace.Start(f); err != nil {
+		return fmt.Errorf("trace: %w", err)
+	}
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+	rtrace.Stop()
+	return nil
 }
 
 // writeHeapProfile writes the heap profile into file+suffix after a
