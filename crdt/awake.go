@@ -28,10 +28,11 @@ import (
 // No deadlock: a caller waits for a slot holding no group's mutex and no
 // slot, and what an open replica needs to become idle never needs a
 // slot: its merges need blocks (the block server reads the blockstore,
-// awake or not) and its announcements a link, whose reader never waits
-// for a slot (an announcement for a sleeping group that finds no slot is
-// deferred: its heads are kept and handed over by the manager's waker
-// once a slot frees, see deferHeads).
+// awake or not) and its announcements a link, whose reader only takes a
+// free slot, never waiting nor putting a replica to sleep (an
+// announcement for a sleeping group that finds no free slot is deferred:
+// its heads are kept and handed over by the manager's waker, which may
+// evict, see deferHeads).
 
 // awakeSet counts the slots taken and lists the groups holding them.
 type awakeSet struct {
