@@ -171,11 +171,16 @@ func (g *Group) rewalkLater(heads []byte) bool {
 
 // rewalk forgets the group's merged marks and has it repaired (see
 // above). A replica at work is left alone: the member's next
-// announcement tries again.
+// announcement found due tries again (the rewalk runs off the link's
+// reader, which may hand the replica another announcement meanwhile).
 func (g *Group) rewalk(ctx context.Context) {
 	g.mu.Lock()
 	if g.closed || g.rep != nil && !g.idleLocked(ctx, true) {
 		g.mu.Unlock()
+		// Not done: the next announcement found due may try at once.
+		g.orphans.mu.Lock()
+		g.orphans.rewalk = time.Time{}
+		g.orphans.mu.Unlock()
 		return
 	}
 	if g.rep != nil {
