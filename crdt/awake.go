@@ -1,6 +1,7 @@
 package crdt
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"slices"
@@ -8,8 +9,6 @@ import (
 	"time"
 
 	"github.com/ipfs/go-cid"
-	"github.com/ipfs/go-ds-crdt/pb"
-	"google.golang.org/protobuf/proto"
 )
 
 // A site keeps at most Config.MaxAwake replicas open at once. Every
@@ -29,10 +28,11 @@ import (
 // No deadlock: a caller waits for a slot holding no group's mutex and no
 // slot, and what an open replica needs to become idle never needs a
 // slot: its merges need blocks (the block server reads the blockstore,
-// awake or not) and its announcements a link, whose reader never waits
-// for a slot (an announcement for a sleeping group that finds no slot is
-// deferred: its heads are kept and handed over by the manager's waker
-// once a slot frees, see deferHeads).
+// awake or not) and its announcements a link, whose reader only takes a
+// free slot, never waiting nor putting a replica to sleep (an
+// announcement for a sleeping group that finds no free slot is deferred:
+// its heads are kept and handed over by the manager's waker, which may
+// evict, see deferHeads).
 
 // awakeSet counts the slots taken and lists the groups holding them.
 type awakeSet struct {
@@ -94,49 +94,85 @@ func (s *awakeSet) signal() {
 }
 
 // candidates lists the open groups, least recently used first, and the
-// channel closed at the next change.
+// channel closed at the next change. The groups' last use is read once,
+// before sorting: it changes while they work.
 func (s *awakeSet) candidates() ([]*Group, <-chan struct{}) {
+	type entry struct {
+		g      *Group
+		active int64
+	}
 	s.mu.Lock()
-	out := make([]*Group, 0, len(s.open))
+	entries := make([]entry, 0, len(s.open))
 	for g := range s.open {
-		out = append(out, g)
+		entries = append(entries, entry{g, g.active.Load()})
 	}
 	freed := s.freed
 	s.mu.Unlock()
-	slices.SortFunc(out, func(a, b *Group) int {
-		x, y := a.active.Load(), b.active.Load()
-		switch {
-		case x < y:
-			return -1
-		case x > y:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(entries, func(a, b entry) int { return cmp.Compare(a.active, b.active) })
+	out := make([]*Group, len(entries))
+	for i, e := range entries {
+		out[i] = e.g
+	}
 	return out, freed
 }
 
-// acquire takes a slot for a group about to wake, putting the least
-// recently used idle replica to sleep when none is free, and, when none
-// is idle, waiting (until ctx or the manager ends) if wait is set, or
-// returning errNoSlot. The caller holds no group's mutex.
+// slotMode says what acquire may do to get a slot besides taking a free
+// one.
+type slotMode uint8
+
+const (
+	// evictClean: put an idle replica that is not marked dirty to sleep.
+	evictClean slotMode = 1 << iota
+	// evictDirty: put an idle replica marked dirty (or being repaired)
+	// to sleep; it is repaired when it wakes.
+	evictDirty
+	// waitSlot: wait, with the caller's context, while no slot can be
+	// had.
+	waitSlot
+
+	// slotFree only takes a free slot: a link's reader, which must not
+	// block on, or close, another group's replica (its announcement is
+	// deferred to the waker instead).
+	slotFree slotMode = 0
+	// slotRepair frees a slot only from a clean replica, without
+	// waiting: waking a dirty group for its repair must not put another
+	// group's repair to sleep (wakeDirty).
+	slotRepair = evictClean
+	// slotAny is a caller that needs the replica (a write, a read, the
+	// waker): any idle replica may go, and it waits.
+	slotAny = evictClean | evictDirty | waitSlot
+)
+
+// acquire takes a slot for a group about to wake. When none is free it
+// puts the least recently used idle replica to sleep, as mode allows,
+// and, when none can go, waits (until ctx or the manager ends) if mode
+// has waitSlot, or returns errNoSlot. The caller holds no group's mutex.
 //
 // A clean idle replica is put to sleep before a dirty one (waiting for
 // a repair that fails while a member is away): dirty replicas holding
 // every slot would otherwise stop the site's writes for as long as a
 // partition lasts. A dirty group put to sleep is repaired when it wakes
 // (sleptDirty).
-func (m *Manager) acquire(ctx context.Context, wait bool) error {
+func (m *Manager) acquire(ctx context.Context, mode slotMode) error {
 	s := m.awake
 	for {
 		if s.take(m.cfg.MaxAwake) {
 			return nil
 		}
-		groups, freed := s.candidates()
-		if m.evictOne(ctx, groups, false) || m.evictOne(ctx, groups, true) {
-			continue
+		var freed <-chan struct{}
+		if mode&(evictClean|evictDirty) != 0 {
+			var groups []*Group
+			groups, freed = s.candidates()
+			if mode&evictClean != 0 && m.evictOne(ctx, groups, false) ||
+				mode&evictDirty != 0 && m.evictOne(ctx, groups, true) {
+				continue
+			}
+		} else {
+			s.mu.Lock()
+			freed = s.freed
+			s.mu.Unlock()
 		}
-		if !wait {
+		if mode&waitSlot == 0 {
 			return errNoSlot
 		}
 		t := time.NewTimer(slotPoll)
@@ -189,20 +225,17 @@ type deferredHeads struct {
 
 const maxDeferredHeads = 64
 
-// add keeps the heads of an encoded announcement; false if it holds none.
-func (d *deferredHeads) add(data []byte) bool {
-	var msg pb.CRDTBroadcast
-	if err := proto.Unmarshal(data, &msg); err != nil || len(msg.GetHeads()) == 0 {
+// add keeps heads; false if there are none.
+func (d *deferredHeads) add(heads []cid.Cid) bool {
+	if len(heads) == 0 {
 		return false
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for _, h := range msg.GetHeads() {
-		c, err := cid.Cast(h.GetCid())
-		if err != nil || slices.Contains(d.heads, c) {
-			continue
+	for _, c := range heads {
+		if !slices.Contains(d.heads, c) {
+			d.heads = append(d.heads, c)
 		}
-		d.heads = append(d.heads, c)
 	}
 	if over := len(d.heads) - maxDeferredHeads; over > 0 {
 		d.heads = slices.Delete(d.heads, 0, over)
@@ -220,20 +253,16 @@ func (d *deferredHeads) take() []byte {
 	if len(heads) == 0 {
 		return nil
 	}
-	msg := &pb.CRDTBroadcast{}
-	for _, h := range heads {
-		msg.Heads = append(msg.Heads, &pb.Head{Cid: h.Bytes()})
-	}
-	data, err := proto.Marshal(msg)
+	data, err := encodeHeads(heads)
 	if err != nil {
 		return nil
 	}
 	return data
 }
 
-// deferHeads keeps an announcement for a sleeping group that found no
-// free slot, and queues the group for the waker.
-func (m *Manager) deferHeads(g *Group, heads []byte) {
+// deferHeads keeps the heads of an announcement for a sleeping group
+// that found no free slot, and queues the group for the waker.
+func (m *Manager) deferHeads(g *Group, heads []cid.Cid) {
 	if !g.deferred.add(heads) {
 		return
 	}
@@ -279,5 +308,29 @@ func (m *Manager) wakerLoop() {
 		if _, err := g.deliver(m.ctx, heads, 0, true); err != nil && m.ctx.Err() != nil {
 			return
 		}
+	}
+}
+
+// repairDue wakes, one after the other, the groups left asleep at
+// startup with a repair due (sleptDirty), each as soon as a slot is
+// free or a clean idle replica can give up its own: never another
+// repair's, which would then have to start over. A repair that cannot
+// finish (a member unreachable) holds its slot; a repair put to sleep
+// for a write's or a merge's slot (evict) is woken again by the periodic
+// check or a member's connection (wakeDirty).
+func (m *Manager) repairDue() {
+	defer m.wg.Done()
+	for _, g := range m.Groups() {
+		if !g.sleptDirty.Load() {
+			continue
+		}
+		_, done, _, err := g.wake(m.ctx, slotRepair|waitSlot)
+		if err != nil {
+			if m.ctx.Err() != nil {
+				return
+			}
+			continue
+		}
+		done()
 	}
 }

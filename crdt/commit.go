@@ -3,6 +3,7 @@ package crdt
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -68,9 +69,11 @@ func (w *pendingWrite) size() int {
 
 // write applies keys in the group with the writes queued at the same
 // time, and returns once they are committed (applied locally and
-// announced to the connected members). Cancelling ctx returns at once;
-// the write is then left out of a commit that has not started, and may
-// be applied by one that has.
+// announced to the connected members). An error means the write was
+// not applied: cancelling ctx while the write is queued (the commit
+// before it runs, or the group waits for a replica slot) takes it off
+// the queue and returns ctx.Err() at once; once a commit holding the
+// group's replica has taken it, write returns that commit's result.
 func (g *Group) write(ctx context.Context, keys []string, values [][]byte) error {
 	w := &pendingWrite{ctx: ctx, keys: keys, values: values, done: make(chan error, 1)}
 	c := &g.commits
@@ -87,15 +90,31 @@ func (g *Group) write(ctx context.Context, keys []string, values [][]byte) error
 			g.fail(ErrClosed)
 		} else {
 			g.linger(ctx)
-			g.commitLoop(true)
+			g.commitLoop(ctx, true)
 		}
 	}
 	select {
 	case err := <-w.done:
 		return err
 	case <-ctx.Done():
-		return ctx.Err()
+		if c.remove(w) {
+			return ctx.Err()
+		}
+		// Taken by a commit: it reports whether it applied the write.
+		return <-w.done
 	}
+}
+
+// remove takes w off the queue; false if a commit took it already.
+func (c *commits) remove(w *pendingWrite) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	i := slices.Index(c.queue, w)
+	if i < 0 {
+		return false
+	}
+	c.queue = slices.Delete(c.queue, i, i+1)
+	return true
 }
 
 // Expect announces a write into the group of sites that its caller will
@@ -164,14 +183,35 @@ func (g *Group) fail(err error) {
 // The first write of a burst runs it with once set: it commits one batch
 // and hands what was queued meanwhile to a goroutine, so that no caller
 // waits for more than one commit besides its own.
-func (g *Group) commitLoop(once bool) {
+//
+// The replica is taken before the batch: a write whose caller gives up
+// while the group waits for a slot is still queued, and leaves it. The
+// first write waits for the slot with its own ctx (ctx; the manager's
+// otherwise): if it gives up, a goroutine waits on for the rest.
+func (g *Group) commitLoop(ctx context.Context, once bool) {
 	for {
-		batch := g.nextBatch()
-		if len(batch) == 0 {
+		if g.commits.drained() {
+			// Every queued caller gave up: no replica to wake.
 			g.m.wg.Done()
 			return
 		}
-		err := g.commit(batch)
+		r, done, _, err := g.use(ctx)
+		if err != nil && once && ctx.Err() != nil && g.m.ctx.Err() == nil {
+			go g.commitLoop(g.m.ctx, false)
+			return
+		}
+		batch := g.nextBatch()
+		if len(batch) == 0 {
+			if err == nil {
+				done()
+			}
+			g.m.wg.Done()
+			return
+		}
+		if err == nil {
+			err = g.commit(r, batch)
+			done()
+		}
 		for _, w := range batch {
 			w.done <- err
 		}
@@ -182,13 +222,24 @@ func (g *Group) commitLoop(once bool) {
 			c.running = more
 			c.mu.Unlock()
 			if more {
-				go g.commitLoop(false)
+				go g.commitLoop(g.m.ctx, false)
 			} else {
 				g.m.wg.Done()
 			}
 			return
 		}
 	}
+}
+
+// drained ends the loop if the queue is empty (see nextBatch).
+func (c *commits) drained() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.queue) > 0 {
+		return false
+	}
+	c.queue, c.running = nil, false
+	return true
 }
 
 // nextBatch takes the writes of the next commit off the queue, leaving
@@ -225,13 +276,8 @@ func (g *Group) nextBatch() []*pendingWrite {
 // commit applies the writes as one go-ds-crdt batch. A key written by
 // several of them takes the value of the last queued, as if they had
 // been committed one after the other.
-func (g *Group) commit(batch []*pendingWrite) error {
+func (g *Group) commit(r *replica, batch []*pendingWrite) error {
 	ctx := g.m.ctx
-	r, done, _, err := g.use(ctx)
-	if err != nil {
-		return err
-	}
-	defer done()
 	last := map[string]int{} // key → its index in order
 	var order []string
 	var values [][]byte

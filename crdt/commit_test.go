@@ -116,7 +116,7 @@ func TestGroupCommitLastQueuedWins(t *testing.T) {
 		})
 	}
 	a.m.wg.Add(1)
-	go g.commitLoop(false)
+	go g.commitLoop(a.m.ctx, false)
 	wg.Wait()
 	if got := counterValue(a.m.metrics.commits); got != 1 {
 		t.Fatalf("%.0f deltas for three queued writes, want 1", got)

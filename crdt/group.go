@@ -75,8 +75,9 @@ type Group struct {
 	// (guarded by Manager.waitMu).
 	deferred deferredHeads
 	waiting  bool
-	// sleptDirty: put to sleep marked dirty to free a slot; repaired when
-	// it wakes.
+	// sleptDirty: asleep with a repair due (put to sleep dirty or in the
+	// middle of a repair to free a slot, left asleep dirty at startup,
+	// its merged marks forgotten); repaired when it wakes.
 	sleptDirty atomic.Bool
 	// orphans watches for a branch top marked merged that no head
 	// reaches (orphan.go).
@@ -144,12 +145,13 @@ func (g *Group) touch() { g.active.Store(time.Now().UnixNano()) }
 // free); done must be called when the caller no longer needs it. woke
 // reports whether this call woke the group.
 func (g *Group) use(ctx context.Context) (r *replica, done func(), woke bool, err error) {
-	return g.wake(ctx, true)
+	return g.wake(ctx, slotAny)
 }
 
-// wake is use; without wait, a group that would need a slot while none
-// can be freed is left asleep and wake returns errNoSlot.
-func (g *Group) wake(ctx context.Context, wait bool) (r *replica, done func(), woke bool, err error) {
+// wake is use, getting a slot as mode allows (acquire): a group that
+// would need a slot while none can be had is left asleep and wake
+// returns errNoSlot.
+func (g *Group) wake(ctx context.Context, mode slotMode) (r *replica, done func(), woke bool, err error) {
 	g.mu.Lock()
 	if g.closed {
 		g.mu.Unlock()
@@ -163,7 +165,7 @@ func (g *Group) wake(ctx context.Context, wait bool) (r *replica, done func(), w
 	g.mu.Unlock()
 	// The slot is taken holding no group's mutex: taking it may put
 	// another group to sleep, under that group's mutex.
-	if err := g.m.acquire(ctx, wait); err != nil {
+	if err := g.m.acquire(ctx, mode); err != nil {
 		return nil, nil, false, err
 	}
 	g.mu.Lock()
@@ -177,14 +179,17 @@ func (g *Group) wake(ctx context.Context, wait bool) (r *replica, done func(), w
 		}
 		return g.hold(), g.release, false, nil
 	}
-	if g.rep, err = g.open(false); err != nil {
+	if g.rep, err = g.open(); err != nil {
 		g.m.awake.release(nil)
 		return nil, nil, false, err
 	}
 	g.m.awake.opened(g)
 	g.m.metrics.wakes.Inc()
 	if g.sleptDirty.Swap(false) {
-		// Put to sleep dirty to free its slot (acquire): repair it now.
+		// A repair is due (sleptDirty): run it now, dirty mark or not
+		// (put to sleep in the middle of a forced repair, the replica
+		// may be clean).
+		g.rep.forced.Store(true)
 		g.rep.kickNow()
 	}
 	return g.hold(), g.release, true, nil
@@ -219,7 +224,7 @@ func (g *Group) awake() *replica {
 }
 
 // open starts the group's go-ds-crdt replica. Called with g.mu held.
-func (g *Group) open(unclean bool) (*replica, error) {
+func (g *Group) open() (*replica, error) {
 	m := g.m
 	r := &replica{g: g, kick: make(chan struct{}, 1)}
 	r.bcast = newBroadcaster(g)
@@ -241,19 +246,6 @@ func (g *Group) open(unclean bool) (*replica, error) {
 		g.touch()
 		m.changes.add(change{sites: g.sites, key: k.String(), deleted: true})
 	}
-	if unclean {
-		// A crash in the middle of a branch walk leaves its upper part
-		// marked processed and its head unrecorded; go-ds-crdt then skips
-		// that branch when its head comes again, and Repair, which walks
-		// from the recorded heads, never reaches it (upstream #279).
-		// Forgetting every processed mark makes the repair re-merge what
-		// the heads reach (merging is idempotent) and lets the branch be
-		// walked again when its head arrives.
-		if err := forgetProcessed(m.ctx, m.cfg.Datastore, g.crdtPrefix().ChildString(processedNamespace)); err != nil {
-			return nil, fmt.Errorf("crdt: group %s: %w", g.name, err)
-		}
-		g.mergedNodes.set(0)
-	}
 	var err error
 	r.inHand = &handOff{broadcaster: r.bcast}
 	r.store, err = crdt.New(newCountingStore(g), g.crdtPrefix(), dags, r.inHand, opts)
@@ -263,14 +255,46 @@ func (g *Group) open(unclean bool) (*replica, error) {
 	}
 	r.ctx, r.cancel = context.WithCancel(m.ctx)
 	g.metas.enable()
-	if unclean {
-		// Upstream issue #279: a crash in the middle of a branch walk can
-		// leave it half-processed. The dirty mark survives another crash
-		// until a repair completes.
-		m.log.Warn("unclean stop detected: the group will be repaired", "group", g.name)
-		r.store.MarkDirty(r.ctx)
-	}
 	return r, nil
+}
+
+// forgetMerged forgets the group's merged marks and marks it dirty,
+// while it sleeps (under g.mu, or before anything can wake it): its next
+// wake repairs it (sleptDirty), re-merging what its heads reach (merging
+// is idempotent), and a branch top whose marks were left without its
+// branch is walked again when it is next announced. Used after an
+// unclean stop (a crash in the middle of a branch walk leaves its upper
+// part marked processed and its head unrecorded; go-ds-crdt then skips
+// that branch when its head comes again, and Repair, which walks from
+// the recorded heads, never reaches it: upstream #279) and for an
+// orphaned branch top (orphan.go). The dirty mark survives another
+// crash until a repair completes.
+func (g *Group) forgetMerged(ctx context.Context) error {
+	err := forgetProcessed(ctx, g.m.cfg.Datastore, g.crdtPrefix().ChildString(processedNamespace))
+	if err == nil {
+		if err = g.m.cfg.Datastore.Put(ctx, g.crdtPrefix().ChildString(dirtyKey), nil); err != nil {
+			err = fmt.Errorf("mark dirty: %w", err)
+		}
+	}
+	if err != nil {
+		// Some marks may be gone: counted again when next needed.
+		g.mergedNodes.forget()
+	} else {
+		g.mergedNodes.set(0)
+	}
+	g.lastDigest.Store(nil)
+	g.sleptDirty.Store(true)
+	if err != nil {
+		return fmt.Errorf("crdt: group %s: %w", g.name, err)
+	}
+	return nil
+}
+
+// forget drops the count: it is counted from the store at the next need.
+func (c *mergedCount) forget() {
+	c.mu.Lock()
+	c.known = false
+	c.mu.Unlock()
 }
 
 // close stops the replica: its repair, then go-ds-crdt.
@@ -300,16 +324,18 @@ func (g *Group) sleep(ctx context.Context, idleSince time.Time) bool {
 
 // evict puts the group to sleep to free its slot for another (acquire):
 // only when nothing uses its replica and nothing is queued, merged or
-// fetched, however recently it was used; a replica marked dirty only if
-// dirty is set (it is then repaired when it wakes). It reports whether
-// it closed the replica.
+// fetched, however recently it was used; a replica marked dirty or being
+// repaired only if dirty is set (it is then repaired when it wakes). It
+// reports whether it closed the replica.
 func (g *Group) evict(ctx context.Context, dirty bool) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.rep == nil || !g.idleLocked(ctx, dirty) {
 		return false
 	}
-	if dirty && g.rep.store.IsDirty(ctx) {
+	if dirty && (g.rep.repairing.Load() || g.rep.store.IsDirty(ctx)) {
+		// A repair cut short, forced ones included (the replica is then
+		// clean): it runs again when the group wakes.
 		g.sleptDirty.Store(true)
 	}
 	g.closeLocked()
@@ -318,8 +344,10 @@ func (g *Group) evict(ctx context.Context, dirty bool) bool {
 
 // idleLocked reports whether the open replica has no user and no work
 // (an announcement queued or being merged, a job queued, a block being
-// fetched, a repair running), and, unless dirty is set, is not marked
-// dirty. Called with g.mu held.
+// fetched), and, unless dirty is set, is neither marked dirty nor being
+// repaired. With dirty set, a replica marked dirty or in the middle of a
+// repair counts as idle: the caller puts it to sleep with sleptDirty
+// set. Called with g.mu held.
 func (g *Group) idleLocked(ctx context.Context, dirty bool) bool {
 	r := g.rep
 	if g.users > 0 || r.inHand.unfinished() || r.repairing.Load() && !dirty {
@@ -508,14 +536,16 @@ func (g *Group) kickRepair() {
 	}
 }
 
-// wakeDirty wakes a group put to sleep dirty to free a slot (evict), so
-// that it is repaired (wake kicks the repair), if a slot can be had
-// without waiting; the next periodic check or connection tries again.
+// wakeDirty wakes a group left asleep with a repair due (sleptDirty), so
+// that it is repaired (wake kicks the repair), if a slot is free or a
+// clean idle replica can give up its own: never another repair's (dirty
+// groups would put each other to sleep in turn, none finishing). The
+// next periodic check or connection tries again.
 func (g *Group) wakeDirty() {
 	if !g.sleptDirty.Load() {
 		return
 	}
-	if _, done, _, err := g.wake(g.m.ctx, false); err == nil {
+	if _, done, _, err := g.wake(g.m.ctx, slotRepair); err == nil {
 		done()
 	}
 }
@@ -612,22 +642,30 @@ func (g *Group) stats(ctx context.Context) groupStats {
 }
 
 // deliver hands heads a member sent to the replica, waking the group;
-// false when they were dropped (the queue stayed full for wait). A
-// sleeping group that finds no free slot (MaxAwake) keeps the heads for
-// the manager's waker unless wait is set (the waker itself), which then
-// waits for a slot with ctx: a link's reader never waits for one.
-func (g *Group) deliver(ctx context.Context, heads []byte, wait time.Duration, waitSlot bool) (bool, error) {
-	if g.orphaned(ctx, heads) {
-		g.rewalk(ctx)
+// false when they were dropped (the queue stayed full for wait). A link's
+// reader (waiter false) only takes a free slot: a sleeping group that
+// finds none keeps the heads for the manager's waker, which calls with
+// waiter set and may put an idle replica to sleep or wait for a slot
+// with ctx. The reader thus never waits for a slot, nor reads or closes
+// another group's replica.
+func (g *Group) deliver(ctx context.Context, heads []byte, wait time.Duration, waiter bool) (bool, error) {
+	cids, ok := decodeHeads(heads)
+	if ok && g.orphaned(ctx, cids) && g.rewalkLater(heads) {
+		// The rewalk delivers the heads once the marks are forgotten.
+		return true, nil
 	}
-	if g.awake() == nil && g.merged(ctx, heads) {
+	if ok && g.awake() == nil && g.merged(ctx, cids) {
 		// Nothing new for a sleeping group (a repeated push, a member's
 		// late announcement): it stays asleep.
 		return true, nil
 	}
-	r, done, _, err := g.wake(ctx, waitSlot)
+	mode := slotFree
+	if waiter {
+		mode = slotAny
+	}
+	r, done, _, err := g.wake(ctx, mode)
 	if errors.Is(err, errNoSlot) {
-		g.m.deferHeads(g, heads)
+		g.m.deferHeads(g, cids)
 		return true, nil
 	}
 	if err != nil {
@@ -640,26 +678,53 @@ func (g *Group) deliver(ctx context.Context, heads []byte, wait time.Duration, w
 	return r.inHand.deliver(ctx, heads, wait), nil
 }
 
-// merged reports whether every head of an announcement is a block this
-// replica has merged already (go-ds-crdt marks each merged block).
-func (g *Group) merged(ctx context.Context, heads []byte) bool {
+// decodeHeads decodes an announcement's heads; false when it cannot be
+// decoded or names none (it is then handed to go-ds-crdt as it came).
+func decodeHeads(data []byte) ([]cid.Cid, bool) {
 	var msg pb.CRDTBroadcast
-	if err := proto.Unmarshal(heads, &msg); err != nil || len(msg.GetHeads()) == 0 {
-		return false
+	if err := proto.Unmarshal(data, &msg); err != nil || len(msg.GetHeads()) == 0 {
+		return nil, false
 	}
-	// A sleeping group's own heads are merged blocks: a repeated push of
-	// them needs no datastore read.
-	known, _ := g.sleepingHeads()
+	out := make([]cid.Cid, 0, len(msg.GetHeads()))
 	for _, h := range msg.GetHeads() {
 		c, err := cid.Cast(h.GetCid())
 		if err != nil {
-			return false
+			return nil, false
 		}
+		out = append(out, c)
+	}
+	return out, true
+}
+
+// encodeHeads encodes heads as go-ds-crdt broadcasts them.
+func encodeHeads(heads []cid.Cid) ([]byte, error) {
+	msg := &pb.CRDTBroadcast{}
+	for _, h := range heads {
+		msg.Heads = append(msg.Heads, &pb.Head{Cid: h.Bytes()})
+	}
+	data, err := proto.Marshal(msg)
+	if err != nil {
+		return nil, fmt.Errorf("encode heads: %w", err)
+	}
+	return data, nil
+}
+
+// processedKey is where go-ds-crdt marks block c merged in this group.
+func (g *Group) processedKey(c cid.Cid) ds.Key {
+	return g.crdtPrefix().ChildString(processedNamespace).ChildString(dshelp.MultihashToDsKey(c.Hash()).String())
+}
+
+// merged reports whether every head of an announcement is a block this
+// replica has merged already (go-ds-crdt marks each merged block).
+func (g *Group) merged(ctx context.Context, heads []cid.Cid) bool {
+	// A sleeping group's own heads are merged blocks: a repeated push of
+	// them needs no datastore read.
+	known, _ := g.sleepingHeads()
+	for _, c := range heads {
 		if slices.Contains(known, c) {
 			continue
 		}
-		key := g.crdtPrefix().ChildString(processedNamespace).ChildString(dshelp.MultihashToDsKey(c.Hash()).String())
-		if ok, err := g.m.cfg.Datastore.Has(ctx, key); err != nil || !ok {
+		if ok, err := g.m.cfg.Datastore.Has(ctx, g.processedKey(c)); err != nil || !ok {
 			return false
 		}
 	}
@@ -680,11 +745,7 @@ func (g *Group) encodedHeads(ctx context.Context) ([]byte, error) {
 	if len(heads) == 0 {
 		return nil, nil
 	}
-	msg := &pb.CRDTBroadcast{}
-	for _, h := range heads {
-		msg.Heads = append(msg.Heads, &pb.Head{Cid: h.Bytes()})
-	}
-	return proto.Marshal(msg)
+	return encodeHeads(heads)
 }
 
 // Namespaces and keys of go-ds-crdt v0.6 under a replica's namespace:

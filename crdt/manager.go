@@ -137,21 +137,21 @@ func NewManager(ctx context.Context, cfg Config) (*Manager, error) {
 		if err != nil {
 			continue
 		}
-		// A group sleeps from the start unless its replica has work: a
-		// repair after an unclean stop, or a dirty mark left by a walk
-		// that failed before the stop.
+		// Every group sleeps from the start, those with a repair due
+		// too: after an unclean stop (their merged marks forgotten, see
+		// forgetMerged), or marked dirty by a walk that failed before the
+		// stop. Opening them all here put thousands of replicas past
+		// MaxAwake; repairDue wakes them through acquire instead.
 		g := m.newGroup(name, sites, e.Peers)
-		if m.unclean || g.dirty(ctx) {
-			if g.rep, err = g.open(m.unclean); err != nil {
-				m.closeGroups()
+		switch {
+		case m.unclean:
+			if err := g.forgetMerged(ctx); err != nil {
 				cancel()
 				return nil, err
 			}
-			// Past MaxAwake if need be: these must be repaired.
-			m.awake.n++
-			m.awake.peak = max(m.awake.peak, m.awake.n)
-			m.awake.opened(g)
-			g.kickRepair()
+			m.log.Warn("unclean stop detected: the group will be repaired", "group", g.name)
+		case g.dirty(ctx):
+			g.sleptDirty.Store(true)
 		}
 		m.addGroupLocked(g)
 	}
@@ -190,7 +190,8 @@ func NewManager(ctx context.Context, cfg Config) (*Manager, error) {
 		default:
 		}
 	}
-	m.wg.Add(5)
+	m.wg.Add(6)
+	go m.repairDue()
 	go m.wakerLoop()
 	go m.deliverChanges()
 	go m.catchUpLoop(connected)

@@ -4,12 +4,10 @@ import (
 	"context"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	dshelp "github.com/ipfs/boxo/datastore/dshelp"
 	"github.com/ipfs/go-cid"
-	"github.com/ipfs/go-ds-crdt/pb"
-	"google.golang.org/protobuf/proto"
 )
 
 // An orphaned branch top: a block go-ds-crdt marked merged that is not
@@ -35,14 +33,19 @@ import (
 // down to known history at its next announcement. Merging is
 // idempotent, so a false alarm costs one walk of the group's DAG.
 
-// orphanWatch remembers the first head announced that was marked merged
-// here without being a head, and since when.
+// orphanWatch remembers, for a few heads announced that were marked
+// merged here without being heads, since when; and the last rewalk.
 type orphanWatch struct {
 	mu     sync.Mutex
-	head   cid.Cid
-	since  time.Time
-	rewalk time.Time // the last rewalk
+	seen   map[cid.Cid]time.Time // head → first seen, at most maxOrphanWatch
+	rewalk time.Time             // the last rewalk
+	// running: a rewalk goroutine runs (rewalkLater).
+	running atomic.Bool
 }
+
+// maxOrphanWatch bounds the heads watched per group: a group has a few
+// members, each announcing a few heads; past it the oldest entry goes.
+const maxOrphanWatch = 8
 
 // orphanRewalkEvery bounds how often one group's marks are forgotten.
 const orphanRewalkEvery = time.Minute
@@ -50,48 +53,58 @@ const orphanRewalkEvery = time.Minute
 // orphaned reports whether an announcement names, for longer than a
 // DigestInterval, a head marked merged that is not one of this site's
 // heads (see above).
-func (g *Group) orphaned(ctx context.Context, data []byte) bool {
-	var msg pb.CRDTBroadcast
-	if err := proto.Unmarshal(data, &msg); err != nil || len(msg.GetHeads()) == 0 {
-		return false
-	}
+func (g *Group) orphaned(ctx context.Context, heads []cid.Cid) bool {
 	var ours []cid.Cid
-	for i, h := range msg.GetHeads() {
-		c, err := cid.Cast(h.GetCid())
-		if err != nil {
-			return false
-		}
+	for i, c := range heads {
 		if i == 0 {
 			ours = g.knownHeads(ctx)
 		}
 		if slices.Contains(ours, c) {
 			continue
 		}
-		key := g.crdtPrefix().ChildString(processedNamespace).ChildString(dshelp.MultihashToDsKey(c.Hash()).String())
-		if ok, err := g.m.cfg.Datastore.Has(ctx, key); err != nil || !ok {
+		if ok, err := g.m.cfg.Datastore.Has(ctx, g.processedKey(c)); err != nil || !ok {
 			continue
 		}
-		w := &g.orphans
-		w.mu.Lock()
 		now := time.Now()
-		if !w.head.Equals(c) {
-			w.head, w.since = c, now
-			w.mu.Unlock()
-			continue
-		}
-		due := now.Sub(w.since) >= g.m.cfg.DigestInterval && now.Sub(w.rewalk) >= orphanRewalkEvery
-		if due {
-			w.head = cid.Undef
-		}
-		w.mu.Unlock()
-		if due && !g.reaches(ctx, ours, c) {
-			w.mu.Lock()
-			w.rewalk = now
-			w.mu.Unlock()
+		if g.orphans.due(c, now, g.m.cfg.DigestInterval) && !g.reaches(ctx, ours, c) {
+			g.orphans.mu.Lock()
+			g.orphans.rewalk = now
+			g.orphans.mu.Unlock()
 			return true
 		}
 	}
 	return false
+}
+
+// due records that head c, marked merged and not a head here, was
+// announced at now, and reports whether it has been for longer than
+// after and no rewalk ran within orphanRewalkEvery; a head found due is
+// forgotten (watched again from its next announcement).
+func (w *orphanWatch) due(c cid.Cid, now time.Time, after time.Duration) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	since, ok := w.seen[c]
+	if !ok {
+		if w.seen == nil {
+			w.seen = map[cid.Cid]time.Time{}
+		}
+		if len(w.seen) >= maxOrphanWatch {
+			var oldest cid.Cid
+			for h, t := range w.seen {
+				if !oldest.Defined() || t.Before(w.seen[oldest]) {
+					oldest = h
+				}
+			}
+			delete(w.seen, oldest)
+		}
+		w.seen[c] = now
+		return false
+	}
+	if now.Sub(since) < after || now.Sub(w.rewalk) < orphanRewalkEvery {
+		return false
+	}
+	delete(w.seen, c)
+	return true
 }
 
 // maxReachWalk bounds the blocks reaches reads.
@@ -131,32 +144,50 @@ func (g *Group) reaches(ctx context.Context, heads []cid.Cid, target cid.Cid) bo
 	return false
 }
 
+// rewalkLater runs rewalk, then hands heads (the announcement that
+// found the orphaned top) to the replica, on a goroutine of its own: a
+// link's reader must not forget a group's marks (a scan and a batch of
+// deletes under the group's mutex, which every acquire's evict takes).
+// One runs per group; false when one already runs or the manager closes
+// (the announcement is then delivered as usual).
+func (g *Group) rewalkLater(heads []byte) bool {
+	if !g.orphans.running.CompareAndSwap(false, true) {
+		return false
+	}
+	if !g.m.enter() {
+		g.orphans.running.Store(false)
+		return false
+	}
+	go func() {
+		defer g.m.wg.Done()
+		defer g.orphans.running.Store(false)
+		g.rewalk(g.m.ctx)
+		if _, err := g.deliver(g.m.ctx, heads, 0, true); err != nil && g.m.ctx.Err() == nil {
+			g.m.log.Debug("deliver heads after a rewalk", "group", g.name, "err", err)
+		}
+	}()
+	return true
+}
+
 // rewalk forgets the group's merged marks and has it repaired (see
 // above). A replica at work is left alone: the member's next
-// announcement tries again.
+// announcement found due tries again (the rewalk runs off the link's
+// reader, which may hand the replica another announcement meanwhile).
 func (g *Group) rewalk(ctx context.Context) {
 	g.mu.Lock()
 	if g.closed || g.rep != nil && !g.idleLocked(ctx, true) {
 		g.mu.Unlock()
+		// Not done: the next announcement found due may try at once.
+		g.orphans.mu.Lock()
+		g.orphans.rewalk = time.Time{}
+		g.orphans.mu.Unlock()
 		return
 	}
 	if g.rep != nil {
 		g.closeLocked()
 	}
 	// Asleep, under g.mu: nothing opens the replica meanwhile.
-	err := forgetProcessed(ctx, g.m.cfg.Datastore, g.crdtPrefix().ChildString(processedNamespace))
-	if err == nil {
-		err = g.m.cfg.Datastore.Put(ctx, g.crdtPrefix().ChildString(dirtyKey), nil)
-	}
-	g.mergedNodes.set(0)
-	if err != nil {
-		// Some marks may be gone: counted again when next needed.
-		g.mergedNodes.mu.Lock()
-		g.mergedNodes.known = false
-		g.mergedNodes.mu.Unlock()
-	}
-	g.lastDigest.Store(nil)
-	g.sleptDirty.Store(true)
+	err := g.forgetMerged(ctx)
 	g.mu.Unlock()
 	if err != nil {
 		g.m.log.Warn("forget the merged marks of a group with an orphaned branch", "group", g.name, "err", err)

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/ipfs/boxo/blockstore"
-	dshelp "github.com/ipfs/boxo/datastore/dshelp"
 	"github.com/ipfs/go-datastore/namespace"
 )
 
@@ -61,7 +60,7 @@ func TestOrphanedBranchTopIsWalkedAgain(t *testing.T) {
 	if err := bs.Put(ctx, top); err != nil {
 		t.Fatal(err)
 	}
-	mark := g.crdtPrefix().ChildString(processedNamespace).ChildString(dshelp.MultihashToDsKey(heads[0].Hash()).String())
+	mark := g.processedKey(heads[0])
 	if err := store.Put(ctx, mark, nil); err != nil {
 		t.Fatal(err)
 	}
