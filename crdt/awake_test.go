@@ -25,18 +25,7 @@ func TestMoreGroupsThanAwakeSlots(t *testing.T) {
 	n.startAll(names...)
 
 	// Every group of two or three sites: 20, 6 to 10 per site.
-	var groups [][]string
-	for mask := range 1 << len(names) {
-		var sites []string
-		for i, s := range names {
-			if mask&(1<<i) != 0 {
-				sites = append(sites, s)
-			}
-		}
-		if len(sites) == 2 || len(sites) == 3 {
-			groups = append(groups, sites)
-		}
-	}
+	groups := siteSets(names, func(sites []string) bool { return len(sites) == 2 || len(sites) == 3 })
 	// Each member of each group writes its own keys into it, all at once.
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

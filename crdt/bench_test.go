@@ -346,18 +346,9 @@ func BenchmarkIdleGroupCost(b *testing.B) {
 		n.tune = func(c *Config) { c.MaxAwake = 1 << 10 }
 		a := n.start("a")
 		ctx := context.Background()
-		var groups [][]string
-		for mask := range 1 << len(names) {
-			var sites []string
-			for i, s := range names {
-				if mask&(1<<i) != 0 {
-					sites = append(sites, s)
-				}
-			}
-			if len(sites) >= 2 && len(sites) <= 5 && sites[0] == "a" {
-				groups = append(groups, sites)
-			}
-		}
+		groups := siteSets(names, func(sites []string) bool {
+			return len(sites) >= 2 && len(sites) <= 5 && sites[0] == "a"
+		})
 		heapNow := func() uint64 {
 			runtime.GC()
 			var ms runtime.MemStats

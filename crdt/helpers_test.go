@@ -493,3 +493,21 @@ func writeSeen(t *testing.T, a, b *site) {
 	}
 	eventually(t, 10*time.Second, "b has /k", func() error { return hasValue(b, ab, "/k", "v") })
 }
+
+// siteSets lists the subsets of names (in names' order) that keep
+// accepts.
+func siteSets(names []string, keep func(sites []string) bool) [][]string {
+	var sets [][]string
+	for mask := range 1 << len(names) {
+		var sites []string
+		for i, s := range names {
+			if mask&(1<<i) != 0 {
+				sites = append(sites, s)
+			}
+		}
+		if keep(sites) {
+			sets = append(sets, sites)
+		}
+	}
+	return sets
+}

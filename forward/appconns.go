@@ -146,25 +146,40 @@ func (p *appConns) dial(ctx context.Context) (*appConn, error) {
 // application.
 var errAborted = errors.New("request aborted")
 
+// conn returns an idle connection, reused reporting so, or a new one.
+// With checkAlive, idle connections the application closed (or wrote
+// on) while they idled are dropped first (alive): what the executor
+// sends must not reach the application twice.
+func (p *appConns) conn(ctx context.Context, checkAlive bool) (ac *appConn, reused bool, err error) {
+	ac = p.get()
+	for checkAlive && ac != nil && !ac.alive() {
+		ac.c.Close()
+		ac = p.get()
+	}
+	if ac != nil {
+		return ac, true, nil
+	}
+	if ac, err = p.dial(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil, false, fmt.Errorf("%w: %w", errAborted, ctx.Err())
+		}
+		return nil, false, err
+	}
+	return ac, false, nil
+}
+
 // roundTrip sends a read (GET or HEAD, no body) and returns the answer
 // with its head read; the caller must close its body, which returns the
 // connection to the pool when the body was read whole.
 func (p *appConns) roundTrip(ctx context.Context, req *http.Request) (*http.Response, error) {
 	for attempt := 0; ; attempt++ {
-		ac := p.get()
-		reused := ac != nil
-		if ac == nil {
-			var err error
-			if ac, err = p.dial(ctx); err != nil {
-				if ctx.Err() != nil {
-					return nil, fmt.Errorf("%w: %w", errAborted, ctx.Err())
-				}
-				return nil, err
-			}
+		ac, reused, err := p.conn(ctx, false)
+		if err != nil {
+			return nil, err
 		}
 		_ = ac.c.SetDeadline(time.Now().Add(p.timeout))
 		stop := context.AfterFunc(ctx, func() { _ = ac.c.SetDeadline(time.Unix(1, 0)) })
-		err := writeReadHead(ac.bw, req)
+		err = writeReadHead(ac.bw, req)
 		if err == nil {
 			err = ac.bw.Flush()
 		}
@@ -211,19 +226,9 @@ func (p *appConns) roundTrip(ctx context.Context, req *http.Request) (*http.Resp
 // caller).
 func (p *appConns) do(ctx context.Context, req *http.Request, limit int64) (*http.Response, []byte, error) {
 	for attempt := 0; ; attempt++ {
-		ac := p.get()
-		for ac != nil && !ac.alive() {
-			ac.c.Close()
-			ac = p.get()
-		}
-		if ac == nil {
-			var err error
-			if ac, err = p.dial(ctx); err != nil {
-				if ctx.Err() != nil {
-					return nil, nil, fmt.Errorf("%w: %w", errAborted, ctx.Err())
-				}
-				return nil, nil, err
-			}
+		ac, _, err := p.conn(ctx, true)
+		if err != nil {
+			return nil, nil, err
 		}
 		resp, body, err := p.exchange(ctx, ac, req, limit)
 		if err == nil {
