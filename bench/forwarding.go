@@ -1040,6 +1040,11 @@ func measureRun(ctx context.Context, targets []*fwTarget, item string, gets, cre
 		if cpu != nil {
 			cpu0 = cpu()
 		}
+		// New connections for every path: a connection that carried the
+		// creates is one an agent serves with net/http's server for the
+		// rest of its life (forward/fastpath.go), where a client's first
+		// requests would be reads.
+		t.close()
 		rps, n := throughput(ctx, t, item, p.workers, p.throughput)
 		errs[j] += n
 		pf := PathFigures{Path: t.name, Get: summarise(getLat[j]), Create: summarise(createLat[j]), GetRPS: rps, Errors: errs[j]}
