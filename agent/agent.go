@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -111,6 +112,15 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+// apiReadHeaderTimeout bounds the reading of a request's head on the
+// API (net/http's server and the fast path): 10 s, for a slow client on
+// a WAN; tests lower it.
+var apiReadHeaderTimeout = 10 * time.Second
+
+// FastReads is the number of reads the API served on its fast path
+// (forward.FastPath).
+func (a *Agent) FastReads() int64 { return a.fast.Served() }
+
 // Agent is a running site agent.
 type Agent struct {
 	cfg     Config
@@ -128,6 +138,7 @@ type Agent struct {
 	scopes  *namedScopes
 	mux     *http.ServeMux
 	srv     *http.Server
+	fast    *forward.FastPath
 	ln      net.Listener
 	done    chan error
 	once    sync.Once
@@ -178,12 +189,21 @@ func Start(ctx context.Context, cfg Config) (*Agent, error) {
 	}
 	a.srv = &http.Server{
 		Handler:           requireToken(cfg.APIToken, a.mux),
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: apiReadHeaderTimeout,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
 	}
-	// Go's own answers to malformed requests become cheops JSON.
-	go func() { a.done <- a.srv.Serve(forward.ErrorListener(ln)) }()
+	// Plain local reads are served on the fast path's own connection
+	// loop; every other request, on a connection handed over, by
+	// a.srv, whose own answers to malformed requests become cheops JSON
+	// (the fast path wraps them as forward.ErrorListener does).
+	a.fast = forward.ServeFast(ln, forward.FastConfig{Forwarder: a.forward, Take: a.takesFast,
+		ReadHeaderTimeout: a.srv.ReadHeaderTimeout, IdleTimeout: a.srv.IdleTimeout, Logger: a.log})
+	go func() { a.done <- a.srv.Serve(a.fast) }()
+	fast := a.fast
+	_ = reg.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "cheops_api_fast_reads_total",
+		Help: "Reads the API served on its fast path (plain reads of this site's application, in front of net/http's server)."},
+		func() float64 { return float64(fast.Served()) }))
 	if err := a.writeInfo(); err != nil {
 		a.Close()
 		return nil, err
@@ -391,6 +411,9 @@ func (a *Agent) Close() error {
 			a.log.Warn("API shutdown", "err", err)
 			a.srv.Close()
 		}
+		if err := a.fast.Shutdown(ctx); err != nil {
+			a.log.Warn("API fast path shutdown", "err", err)
+		}
 		<-a.done
 		a.err = a.closeParts()
 		for _, f := range []string{AddrsFile, APIFile} {
@@ -428,18 +451,55 @@ func (a *Agent) routes() {
 	})
 }
 
+// takesFast reports a request the fast path may serve: one the API's
+// router hands to the forwarder itself (no Glance image-data path in
+// front of it) and that carries the API's token.
+func (a *Agent) takesFast(r *http.Request) bool {
+	if len(a.data) > 0 || !hasToken(a.cfg.APIToken, r) {
+		return false
+	}
+	// The router redirects a path that is not clean (cleanPath, as
+	// http.ServeMux's): only clean ones are taken.
+	if p := r.URL.Path; cleanPath(p) != p || cleanPath(r.URL.EscapedPath()) != r.URL.EscapedPath() {
+		return false
+	}
+	_, pattern := a.mux.Handler(r)
+	return pattern == "/svc/" || pattern == "/scope/"
+}
+
+// cleanPath is p as http.ServeMux would redirect it: rooted, with no
+// "." or ".." element or double slash, its trailing slash kept.
+func cleanPath(p string) string {
+	if p == "" || p[0] != '/' {
+		return ""
+	}
+	np := path.Clean(p)
+	if p[len(p)-1] == '/' && np != "/" {
+		np += "/"
+	}
+	return np
+}
+
+// hasToken reports whether r carries the API's bearer token (any
+// request does when there is none).
+func hasToken(token string, r *http.Request) bool {
+	if token == "" {
+		return true
+	}
+	got := []byte(r.Header.Get("Authorization"))
+	if q := r.URL.Query().Get("token"); q != "" && len(got) == 0 {
+		got = []byte("Bearer " + q)
+	}
+	return subtle.ConstantTimeCompare(got, []byte("Bearer "+token)) == 1
+}
+
 // requireToken guards the API with a bearer token when one is set.
 func requireToken(token string, next http.Handler) http.Handler {
 	if token == "" {
 		return next
 	}
-	want := []byte("Bearer " + token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got := []byte(r.Header.Get("Authorization"))
-		if q := r.URL.Query().Get("token"); q != "" && len(got) == 0 {
-			got = []byte("Bearer " + q)
-		}
-		if r.URL.Path == "/v1/health" || subtle.ConstantTimeCompare(got, want) == 1 {
+		if r.URL.Path == "/v1/health" || hasToken(token, r) {
 			next.ServeHTTP(w, r)
 			return
 		}

@@ -35,7 +35,7 @@ func testConfig(site, dir string, trust []peer.ID, peers ...string) Config {
 	return c
 }
 
-func identities(t *testing.T, sites ...string) (map[string]string, []peer.ID) {
+func identities(t testing.TB, sites ...string) (map[string]string, []peer.ID) {
 	dirs := map[string]string{}
 	var ids []peer.ID
 	for _, s := range sites {

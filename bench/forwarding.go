@@ -420,8 +420,12 @@ func runForwarding(ctx context.Context, env Env, p forwardingProfile) (*Forwardi
 		}
 		defer stopChain()
 		targets = append(targets, newTarget(pathChain, "http://"+chainAddr, ""))
+		goBin := env.Binary
+		if b := os.Getenv(GoProxyBinaryEnv); b != "" {
+			goBin = b // e.g. a wrapper that sets the Go runtime's environment
+		}
 		for _, name := range []string{pathGoProxy, pathGoServer, pathGoRaw} {
-			goAddr, goPid, stopGo, err := startGoProxy(ctx, env.Binary, app.ip, hostPortOf(app.App), name)
+			goAddr, goPid, stopGo, err := startGoProxy(ctx, goBin, app.ip, hostPortOf(app.App), name)
 			if err != nil {
 				return nil, err
 			}
@@ -501,6 +505,13 @@ const PhasesEnv = "CHEOPS_BENCH_PHASES"
 // that binary rather than from the one running the benchmark: two
 // builds compared by the same driver.
 const AgentBinaryEnv = "CHEOPS_BENCH_AGENT_BINARY"
+
+// GoProxyBinaryEnv names the environment variable that, set to the path
+// of a cheops binary (or a script that runs one), has the latency phase
+// start its bare Go proxies (`cheops bench-goproxy`) from it rather than
+// from the driver's binary: e.g. a wrapper that sets GOMAXPROCS for the
+// proxies alone, beside the same one given as AgentBinaryEnv.
+const GoProxyBinaryEnv = "CHEOPS_BENCH_GOPROXY_BINARY"
 
 // RTTsEnv names the environment variable that, set to a list of round
 // trip times in ms ("0" or "0,80"), has the forwarding scenario measure
@@ -1029,6 +1040,11 @@ func measureRun(ctx context.Context, targets []*fwTarget, item string, gets, cre
 		if cpu != nil {
 			cpu0 = cpu()
 		}
+		// New connections for every path: a connection that carried the
+		// creates is one an agent serves with net/http's server for the
+		// rest of its life (forward/fastpath.go), where a client's first
+		// requests would be reads.
+		t.close()
 		rps, n := throughput(ctx, t, item, p.workers, p.throughput)
 		errs[j] += n
 		pf := PathFigures{Path: t.name, Get: summarise(getLat[j]), Create: summarise(createLat[j]), GetRPS: rps, Errors: errs[j]}
