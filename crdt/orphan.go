@@ -53,16 +53,23 @@ const orphanRewalkEvery = time.Minute
 // orphaned reports whether an announcement names, for longer than a
 // DigestInterval, a head marked merged that is not one of this site's
 // heads (see above).
+//
+// The merged mark is read first, and this site's heads only for a head
+// that has one: most announcements carry a new delta, which no mark
+// names yet, and reading the heads of a sleeping group whose digest is
+// not cached is a datastore scan (the heads first, at every
+// announcement, were 1.5 % of the CPU of 100 sites × 20,000 writes).
 func (g *Group) orphaned(ctx context.Context, heads []cid.Cid) bool {
 	var ours []cid.Cid
-	for i, c := range heads {
-		if i == 0 {
-			ours = g.knownHeads(ctx)
-		}
-		if slices.Contains(ours, c) {
+	read := false
+	for _, c := range heads {
+		if ok, err := g.m.cfg.Datastore.Has(ctx, g.processedKey(c)); err != nil || !ok {
 			continue
 		}
-		if ok, err := g.m.cfg.Datastore.Has(ctx, g.processedKey(c)); err != nil || !ok {
+		if !read {
+			ours, read = g.knownHeads(ctx), true
+		}
+		if slices.Contains(ours, c) {
 			continue
 		}
 		now := time.Now()
