@@ -38,7 +38,40 @@ func FuzzReadFrame(f *testing.F) {
 			var br blockRequest
 			_ = json.Unmarshal(frame, &br)
 			var lh linkHeader
-			_ = json.Unmarshal(frame, &lh)
+			_ = lh.decode(frame)
+		}
+	})
+}
+
+// FuzzLinkHeader checks the link header's direct path against
+// encoding/json: a header decodes to what json.Unmarshal gives (or both
+// fail), and encode ∘ decode is the identity.
+func FuzzLinkHeader(f *testing.F) {
+	f.Add([]byte(`{"g":"a,b"}`))
+	f.Add([]byte(`{"g":"a\"b"}`))
+	f.Add([]byte(`{"g":"a","p":[]}`))
+	f.Add([]byte(`{"g":"é"}`))
+	f.Add([]byte(`{"g":""}`))
+	f.Add([]byte(`{"g":"x"} `))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var got, want linkHeader
+		errGot, errWant := got.decode(data), json.Unmarshal(data, &want)
+		if (errGot == nil) != (errWant == nil) {
+			t.Fatalf("%q: decode error %v, json error %v", data, errGot, errWant)
+		}
+		if errGot != nil {
+			return
+		}
+		if got.Group != want.Group || len(got.Peers) != len(want.Peers) {
+			t.Fatalf("%q: decoded %+v, json %+v", data, got, want)
+		}
+		enc, err := got.encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var again linkHeader
+		if err := again.decode(enc); err != nil || again.Group != got.Group || len(again.Peers) != len(got.Peers) {
+			t.Fatalf("%q: encode then decode gave %+v, %v", data, again, err)
 		}
 	})
 }

@@ -40,12 +40,72 @@ const (
 	linkBuffer = 8 << 10
 )
 
+// The buffers of link streams are kept for the next stream. A link
+// opens a stream after each idle period or failure, at both ends, and at
+// 100 sites × 20,000 writes the two 8 KiB buffers of each were 6.5 % of
+// all the bytes the process allocated (16,000 streams opened). A buffer
+// goes back to its pool once its stream is done with (closed or reset)
+// and its goroutine no longer reads or writes it; frames read from one
+// are copies (readFrame), so nothing refers to it after.
+var (
+	linkWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, linkBuffer) }}
+	linkReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, linkBuffer) }}
+)
+
 // linkHeader opens each message on a link: the group, and the first time
 // the group appears on the stream its peer ids, so that a member that has
 // not joined it yet can check and join it.
 type linkHeader struct {
 	Group string    `json:"g"`
 	Peers []peer.ID `json:"p,omitempty"`
+}
+
+// The header of almost every message names only its group: {"g":"…"}.
+// encoding/json's reflection for it was 4 % of the bytes allocated at
+// 100 sites × 20,000 writes (both ends), so a header without peers whose
+// group name needs no escaping is written and read directly; the bytes
+// on the wire are the same JSON, and any other header goes through
+// encoding/json.
+const (
+	groupHeaderOpen  = `{"g":"`
+	groupHeaderClose = `"}`
+)
+
+// encode returns the header's JSON.
+func (h linkHeader) encode() ([]byte, error) {
+	if len(h.Peers) > 0 || !plainJSONString(h.Group) {
+		return json.Marshal(h)
+	}
+	b := make([]byte, 0, len(groupHeaderOpen)+len(h.Group)+len(groupHeaderClose))
+	b = append(b, groupHeaderOpen...)
+	b = append(b, h.Group...)
+	return append(b, groupHeaderClose...), nil
+}
+
+// decode reads a header's JSON.
+func (h *linkHeader) decode(data []byte) error {
+	if len(data) >= len(groupHeaderOpen)+len(groupHeaderClose) &&
+		string(data[:len(groupHeaderOpen)]) == groupHeaderOpen && string(data[len(data)-len(groupHeaderClose):]) == groupHeaderClose {
+		if name := string(data[len(groupHeaderOpen) : len(data)-len(groupHeaderClose)]); plainJSONString(name) {
+			*h = linkHeader{Group: name}
+			return nil
+		}
+	}
+	var v linkHeader // only this path's header escapes to the heap
+	err := json.Unmarshal(data, &v)
+	*h = v
+	return err
+}
+
+// plainJSONString reports whether s is printable ASCII without a quote or
+// a backslash: the same between JSON's quotes as in Go.
+func plainJSONString(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+			return false
+		}
+	}
+	return true
 }
 
 // links holds the outgoing link of every peer this site announces to.
@@ -277,7 +337,9 @@ func (o *linkStream) open(ls *links, p peer.ID) error {
 	if err != nil {
 		return err
 	}
-	o.s, o.w, o.announced, o.unflushed = s, bufio.NewWriterSize(s, linkBuffer), map[string]bool{}, nil
+	w := linkWriters.Get().(*bufio.Writer)
+	w.Reset(s)
+	o.s, o.w, o.announced, o.unflushed = s, w, map[string]bool{}, nil
 	return nil
 }
 
@@ -299,12 +361,23 @@ func (o *linkStream) reset() {
 	if o.s != nil {
 		_ = o.s.Reset()
 	}
+	o.release()
 	*o = linkStream{}
 }
 
 func (o *linkStream) close() {
 	if o.s != nil {
 		_ = o.s.Close()
+	}
+	o.release()
+}
+
+// release gives the stream's write buffer back to its pool.
+func (o *linkStream) release() {
+	if o.w != nil {
+		o.w.Reset(nil)
+		linkWriters.Put(o.w)
+		o.w = nil
 	}
 }
 
@@ -341,7 +414,7 @@ func (ls *links) write(w *bufio.Writer, msg linkMessage, announced map[string]bo
 	if !announced[msg.g.name] {
 		h.Peers = msg.g.peers
 	}
-	head, err := json.Marshal(h)
+	head, err := h.encode()
 	if err != nil {
 		return err
 	}
@@ -370,7 +443,12 @@ func (m *Manager) serveLink(s network.Stream) {
 	defer s.Close()
 	remote := s.Conn().RemotePeer()
 	from := m.siteOf(remote)
-	r := bufio.NewReaderSize(s, linkBuffer)
+	r := linkReaders.Get().(*bufio.Reader)
+	r.Reset(s)
+	defer func() {
+		r.Reset(nil)
+		linkReaders.Put(r)
+	}()
 	peers := map[string][]peer.ID{} // group → peers the stream announced
 	for {
 		h, body, size, err := readLinkMessage(r, peers)
@@ -414,7 +492,7 @@ func readLinkMessage(r *bufio.Reader, peers map[string][]peer.ID) (h linkHeader,
 	if err != nil {
 		return h, nil, 0, err
 	}
-	if err := json.Unmarshal(head, &h); err != nil {
+	if err := h.decode(head); err != nil {
 		return h, nil, 0, fmt.Errorf("%w: link header: %v", errBadMessage, err)
 	}
 	if len(h.Peers) > 0 {

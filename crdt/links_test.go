@@ -2,7 +2,9 @@ package crdt
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -10,6 +12,7 @@ import (
 	blocks "github.com/ipfs/go-block-format"
 	"github.com/ipfs/go-ds-crdt/pb"
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -259,4 +262,46 @@ func TestASleepingGroupKeepsNoSources(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// A link header that names only its group is written and read without
+// encoding/json (4 % of the bytes allocated at 100 sites), in the same
+// JSON; other headers still go through encoding/json.
+func TestLinkHeaderDirectPath(t *testing.T) {
+	id, err := peer.Decode("12D3KooWASPCivYQMW4xxJc36bZ3PUAqzwaKsSnk365bseo25W86")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []linkHeader{
+		{Group: "s01,s02"},
+		{Group: `a"b,c\d`},
+		{Group: "é,ü"},
+		{Group: "a,b", Peers: []peer.ID{id}},
+	} {
+		enc, err := h.encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _ := json.Marshal(h)
+		var a, b linkHeader
+		if err := json.Unmarshal(enc, &a); err != nil || a.Group != h.Group || !slices.Equal(a.Peers, h.Peers) {
+			t.Errorf("%+v encoded as %s, which encoding/json reads as %+v, %v", h, enc, a, err)
+		}
+		if err := b.decode(want); err != nil || b.Group != h.Group || !slices.Equal(b.Peers, h.Peers) {
+			t.Errorf("%s decoded as %+v, %v", want, b, err)
+		}
+	}
+	plain := []byte(`{"g":"s01,s02,s03"}`)
+	allocs := testing.AllocsPerRun(100, func() {
+		var h linkHeader
+		if err := h.decode(plain); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := h.encode(); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs > 2 {
+		t.Errorf("%.0f allocations to read and write a plain header, want at most 2 (its name and its bytes)", allocs)
+	}
 }
