@@ -665,7 +665,7 @@ func (m *Manager) digestRound(ctx context.Context, p peer.ID) (same bool, err er
 // askDigests sends one request of a round and reads its answer.
 func (m *Manager) askDigests(s network.Stream, r *bufio.Reader, req digestRequest) (digestAnswer, error) {
 	data, _ := json.Marshal(req)
-	if err := writeFrame(s, data); err != nil {
+	if err := writeFrameOnce(s, data); err != nil {
 		_ = s.Reset()
 		return digestAnswer{}, fmt.Errorf("send digests: %w", err)
 	}
@@ -706,7 +706,7 @@ func (m *Manager) serveDigests(s network.Stream) {
 		groups := m.shared(remote)
 		same := summary(ctx, groups) == req.Summary
 		data, _ := json.Marshal(digestAnswer{Same: same})
-		if err := writeFrame(s, data); err != nil {
+		if err := writeFrameOnce(s, data); err != nil {
 			return
 		}
 		if same {
@@ -764,7 +764,7 @@ func (m *Manager) serveDigests(s network.Stream) {
 		}
 	}
 	data, _ := json.Marshal(ans)
-	if err := writeFrame(s, data); err != nil {
+	if err := writeFrameOnce(s, data); err != nil {
 		_ = s.Reset()
 		return
 	}
