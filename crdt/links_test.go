@@ -13,6 +13,7 @@ import (
 	"github.com/ipfs/go-ds-crdt/pb"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -120,11 +121,17 @@ func TestConnectionEventsShareOneDigestRound(t *testing.T) {
 	// b answers rounds only once released: the first round holds.
 	release := make(chan struct{})
 	served := make(chan struct{}, 16)
-	b.host.SetStreamHandler(DigestProtocol, func(s network.Stream) {
-		served <- struct{}{}
-		<-release
-		b.m.serveDigests(s)
-	})
+	for _, proto := range []protocol.ID{DigestProtocol, DigestKeptProtocol} {
+		b.host.SetStreamHandler(proto, func(s network.Stream) {
+			served <- struct{}{}
+			<-release
+			if proto == DigestKeptProtocol {
+				b.m.serveKeptDigests(s)
+			} else {
+				b.m.serveDigests(s)
+			}
+		})
+	}
 	before := vecTotal(a.m.metrics.digestRounds)
 	const events = 3
 	for range events {
