@@ -475,8 +475,9 @@ func (m *Manager) compareProcessed(ctx context.Context, g *Group, theirs int) {
 // sort it).
 func (m *Manager) shared(p peer.ID) []*Group {
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	return slices.Clone(m.byPeer[p])
+	gs := m.byPeer[p] // add only appends past its length; remove makes a new array
+	m.mu.Unlock()
+	return slices.Clone(gs)
 }
 
 // peerGroups indexes a site's groups by member: every anti-entropy round,
