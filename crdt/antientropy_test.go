@@ -13,7 +13,6 @@ import (
 
 	ds "github.com/ipfs/go-datastore"
 	"github.com/libp2p/go-libp2p/core/network"
-	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 )
 
@@ -545,7 +544,7 @@ func loseLinks(s *site, lose func(group string) bool) {
 		defer stop()
 		defer st.Close()
 		r := bufio.NewReader(st)
-		peers := map[string][]peer.ID{}
+		peers := streamPeers{}
 		for {
 			h, body, _, err := readLinkMessage(r, peers)
 			if err != nil {
