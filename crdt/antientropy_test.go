@@ -613,3 +613,42 @@ func TestDigestRoundsKeepTheirStream(t *testing.T) {
 		t.Fatalf("%d digest streams after b ended the first, want 2", got)
 	}
 }
+
+// TestDigestRoundsWithASiteWithoutKeptStreams: a member that serves only
+// DigestProtocol (an older agent) gets its rounds, one stream each.
+func TestDigestRoundsWithASiteWithoutKeptStreams(t *testing.T) {
+	n := newNet(t, "a", "b")
+	n.tune = func(c *Config) {
+		c.DigestInterval = time.Hour // the test runs the rounds
+		c.RebroadcastInterval = time.Hour
+	}
+	n.start("b")
+	b := n.sites["b"]
+	b.host.RemoveStreamHandler(DigestKeptProtocol)
+	var served atomic.Int64
+	b.host.SetStreamHandler(DigestProtocol, func(s network.Stream) {
+		served.Add(1)
+		b.m.serveDigests(s)
+	})
+	// a connects after b's protocols changed: its peerstore lists only
+	// 1.0.0 for b.
+	a := n.start("a")
+	ctx := context.Background()
+	if err := a.m.Put(ctx, []string{"a", "b"}, "/k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "b holds a's write", func() error { return hasValue(b, []string{"a", "b"}, "/k", "v") })
+	before := served.Load()
+	for i := range 2 {
+		if same, err := a.m.digestRound(ctx, b.id); err != nil || !same {
+			t.Fatalf("round %d: same %v, %v", i, same, err)
+		}
+	}
+	// (Rounds on connection may add theirs.)
+	if got := served.Load() - before; got < 2 {
+		t.Fatalf("b served %d rounds on DigestProtocol, want 2", got)
+	}
+	if _, kept := a.m.digests.take(b.id, time.Hour); kept {
+		t.Fatal("a kept a stream that carries one round only")
+	}
+}
