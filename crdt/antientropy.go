@@ -120,6 +120,17 @@ func (d *digestStreams) prune(fresh time.Duration) {
 	}
 }
 
+// drop closes p's kept stream, if any.
+func (d *digestStreams) drop(p peer.ID) {
+	d.mu.Lock()
+	k, ok := d.by[p]
+	delete(d.by, p)
+	d.mu.Unlock()
+	if ok {
+		_ = k.s.Close()
+	}
+}
+
 // close closes every kept stream, and any put later.
 func (d *digestStreams) close() {
 	d.mu.Lock()
@@ -541,6 +552,17 @@ func (m *Manager) latestShared() map[peer.ID]sharedActivity {
 	return latest
 }
 
+// sharedActiveSince reports whether a group this site shares with p was
+// used or changed after since (unix ns).
+func (m *Manager) sharedActiveSince(p peer.ID, since int64) bool {
+	for _, g := range m.shared(p) {
+		if g.active.Load() > since {
+			return true
+		}
+	}
+	return false
+}
+
 // antiEntropyLoop runs rounds with every connected member, one stream per
 // peer whatever the number of groups: each DigestInterval while either
 // side is active, and further apart while the two stay quiet. A round
@@ -616,7 +638,8 @@ func (m *Manager) antiEntropyLoop() {
 		case <-m.ctx.Done():
 			return
 		case e := <-ends:
-			if c := cadences[e.p]; c != nil {
+			c := cadences[e.p]
+			if c != nil {
 				c.busy, c.unsettled = false, !e.same
 				if e.same || (e.failed && m.cfg.Host.Network().Connectedness(e.p) != network.Connected) {
 					c.wait = min(2*c.wait, maxQuietRounds)
@@ -624,6 +647,13 @@ func (m *Manager) antiEntropyLoop() {
 					c.wait = 1
 				}
 				c.skip = c.wait - 1
+			}
+			if c == nil || e.same && !m.sharedActiveSince(e.p, c.last) {
+				// Nothing shared moved since the round started: the next
+				// round is two intervals away or more, and the kept
+				// stream (with the answering side's goroutine) ends now.
+				// A quiet pair keeps none between its rounds.
+				m.digests.drop(e.p)
 			}
 			continue
 		case <-t.C:

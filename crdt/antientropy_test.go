@@ -652,3 +652,43 @@ func TestDigestRoundsWithASiteWithoutKeptStreams(t *testing.T) {
 		t.Fatal("a kept a stream that carries one round only")
 	}
 }
+
+// TestQuietPairKeepsNoDigestStream: once nothing shared moves, a pair's
+// rounds (further and further apart) keep no stream between them, so an
+// idle pair keeps no goroutine at the answering side.
+func TestQuietPairKeepsNoDigestStream(t *testing.T) {
+	n := newNet(t, "a", "b")
+	n.orderIDs("a", "b") // a asks
+	n.tune = func(c *Config) {
+		c.DigestInterval = 100 * time.Millisecond
+		c.IdleAfter = 200 * time.Millisecond
+	}
+	n.startAll("a", "b")
+	a, b := n.sites["a"], n.sites["b"]
+	writeSeen(t, a, b)
+	kept := func() bool {
+		a.m.digests.mu.Lock()
+		defer a.m.digests.mu.Unlock()
+		return len(a.m.digests.by) > 0
+	}
+	rounds := func() float64 { return vecTotal(a.m.metrics.digestRounds) }
+	eventually(t, 10*time.Second, "a's rounds with b are quiet", func() error {
+		if !asleep(a, "a,b") || !asleep(b, "a,b") {
+			return fmt.Errorf("awake")
+		}
+		return nil
+	})
+	start, samples, seen := rounds(), 0, 0
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		samples++
+		if kept() {
+			seen++
+		}
+	}
+	if rounds() == start {
+		t.Fatal("no round in 3 s: nothing measured")
+	}
+	if seen > samples/10 {
+		t.Fatalf("a kept a digest stream to b in %d of %d samples of a quiet pair", seen, samples)
+	}
+}
