@@ -58,7 +58,7 @@ const (
 
 // scaleCounter counts, exactly and at once, the stream bytes a host sends
 // and receives, and those sent on the crdt package's protocols: on its
-// anti-entropy protocol (crdt.DigestProtocol: rounds per pair of sites,
+// anti-entropy protocols (crdt.DigestProtocol and DigestKeptProtocol: rounds per pair of sites,
 // whose frames name no group while the two agree) and on the others
 // (links, blocks: every message names its group). libp2p's
 // BandwidthCounter updates its totals from a once-a-second sweeper; it
@@ -77,7 +77,7 @@ func (c *scaleCounter) LogRecvMessage(n int64) { c.recv.Add(n); c.BandwidthCount
 
 func (c *scaleCounter) LogSentMessageStream(n int64, p protocol.ID, id peer.ID) {
 	switch {
-	case p == crdt.DigestProtocol:
+	case p == crdt.DigestProtocol || p == crdt.DigestKeptProtocol:
 		c.digestSent.Add(n)
 	case strings.HasPrefix(string(p), "/cheops/crdt/"):
 		c.crdtSent.Add(n)

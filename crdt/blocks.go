@@ -76,6 +76,18 @@ type groupClaim struct {
 	Peers []peer.ID
 }
 
+// writeFrameOnce writes one frame with a single Write, for a stream
+// written without a buffer: each Write on a stream is a frame of its own
+// on the connection (a yamux header, a TLS record, a system call), and
+// writeFrame's two made an anti-entropy round's 4 frames 8.
+func writeFrameOnce(w io.Writer, b []byte) error {
+	buf := binary.AppendUvarint(make([]byte, 0, binary.MaxVarintLen64+len(b)), uint64(len(b)))
+	_, err := w.Write(append(buf, b...))
+	return err
+}
+
+// writeFrame writes one frame: its length, then its bytes (two writes:
+// for a buffered writer).
 func writeFrame(w io.Writer, b []byte) error {
 	var n [binary.MaxVarintLen64]byte
 	if _, err := w.Write(n[:binary.PutUvarint(n[:], uint64(len(b)))]); err != nil {

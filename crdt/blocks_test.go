@@ -1,6 +1,8 @@
 package crdt
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"slices"
 	"sync"
@@ -74,5 +76,39 @@ func TestConcurrentWalksFetchABlockOnce(t *testing.T) {
 	}
 	if got := counterValue(b.m.metrics.fetches) - before; got != 1 {
 		t.Fatalf("%v block requests for one block wanted by two walks at once, want 1", got)
+	}
+}
+
+// countingWriter counts the Write calls made on it.
+type countingWriter struct {
+	bytes.Buffer
+	writes int
+}
+
+func (w *countingWriter) Write(b []byte) (int, error) {
+	w.writes++
+	return w.Buffer.Write(b)
+}
+
+// A frame written on an unbuffered stream goes in one Write (one yamux
+// frame, one TLS record), and reads back as writeFrame's.
+func TestWriteFrameOnceIsOneWrite(t *testing.T) {
+	for _, body := range [][]byte{nil, []byte("x"), bytes.Repeat([]byte("d"), 300)} {
+		var once countingWriter
+		if err := writeFrameOnce(&once, body); err != nil {
+			t.Fatal(err)
+		}
+		if once.writes != 1 {
+			t.Errorf("%d writes for a frame of %d bytes, want 1", once.writes, len(body))
+		}
+		var two bytes.Buffer
+		_ = writeFrame(&two, body)
+		if !bytes.Equal(once.Bytes(), two.Bytes()) {
+			t.Errorf("frame of %d bytes: %x, writeFrame gives %x", len(body), once.Bytes(), two.Bytes())
+		}
+		got, err := readFrame(bufio.NewReader(&once.Buffer), 1024)
+		if err != nil || !bytes.Equal(got, body) {
+			t.Errorf("read back %q, %v", got, err)
+		}
 	}
 }

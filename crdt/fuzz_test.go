@@ -4,7 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"slices"
 	"testing"
+
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // FuzzReadFrame feeds arbitrary bytes from a peer to the frame reader, the
@@ -37,8 +40,57 @@ func FuzzReadFrame(f *testing.F) {
 			}
 			var br blockRequest
 			_ = json.Unmarshal(frame, &br)
-			var lh linkHeader
-			_ = json.Unmarshal(frame, &lh)
+			var lh linkHeaderIn
+			_ = lh.decode(frame)
+		}
+	})
+}
+
+// FuzzLinkHeader checks the link header's direct path against
+// encoding/json: a header decodes to what json.Unmarshal gives (or both
+// fail), and decode ∘ encode is the identity.
+func FuzzLinkHeader(f *testing.F) {
+	f.Add([]byte(`{"g":"a,b"}`))
+	f.Add([]byte(`{"g":"a\\"b"}`))
+	f.Add([]byte(`{"g":"a","p":[]}`))
+	f.Add([]byte(`{"g":"a","p":["12D3KooWASPCivYQMW4xxJc36bZ3PUAqzwaKsSnk365bseo25W86"]}`))
+	f.Add([]byte(`{"g":"a","p":[],"g":"b"}`))
+	f.Add([]byte(`{"g":"a","p":[1],"x":[2]}`))
+	f.Add([]byte(`{"g":"é"}`))
+	f.Add([]byte(`{"g":""}`))
+	f.Add([]byte(`{"g":"x"} `))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var got, want linkHeaderIn
+		errGot, errWant := got.decode(data), json.Unmarshal(data, &want)
+		if (errGot == nil) != (errWant == nil) {
+			t.Fatalf("%q: decode error %v, json error %v", data, errGot, errWant)
+		}
+		if errGot != nil {
+			return
+		}
+		if got.Group != want.Group || !bytes.Equal(got.Peers, want.Peers) {
+			t.Fatalf("%q: decoded %+v, json %+v", data, got, want)
+		}
+		var ids []peer.ID
+		if len(got.Peers) > 0 && json.Unmarshal(got.Peers, &ids) != nil {
+			return
+		}
+		enc, err := linkHeader{Group: got.Group, Peers: ids}.encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var again linkHeaderIn
+		var idsAgain []peer.ID
+		if err := again.decode(enc); err != nil || again.Group != got.Group {
+			t.Fatalf("%q: encoded as %q, decoded as %+v, %v", data, enc, again, err)
+		}
+		if len(again.Peers) > 0 {
+			if err := json.Unmarshal(again.Peers, &idsAgain); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if !slices.Equal(ids, idsAgain) {
+			t.Fatalf("%q: peers %v, after encode and decode %v", data, ids, idsAgain)
 		}
 	})
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 )
 
@@ -213,13 +214,15 @@ func TestAnAnswerlessMemberHoldsUpOnlyItsOwnRounds(t *testing.T) {
 	}
 	// b reads rounds and never answers.
 	asked := make(chan struct{}, 1)
-	b.host.SetStreamHandler(DigestProtocol, func(s network.Stream) {
-		select {
-		case asked <- struct{}{}:
-		default:
-		}
-		_, _ = io.Copy(io.Discard, s)
-	})
+	for _, proto := range []protocol.ID{DigestProtocol, DigestKeptProtocol} {
+		b.host.SetStreamHandler(proto, func(s network.Stream) {
+			select {
+			case asked <- struct{}{}:
+			default:
+			}
+			_, _ = io.Copy(io.Discard, s)
+		})
+	}
 	select {
 	case <-asked:
 	case <-time.After(10 * time.Second):

@@ -328,8 +328,9 @@ type crashable struct {
 	mu      sync.RWMutex
 	crashed bool
 	ds      ds.Batching
-	// queries counts the queries made (scans of a prefix).
-	queries atomic.Int64
+	// queries counts the queries made (scans of a prefix); has, the
+	// Has calls.
+	queries, has atomic.Int64
 	// beforeWrite, when set, runs before every Put (batched or not).
 	beforeWrite atomic.Pointer[func(ds.Key)]
 }
@@ -361,6 +362,7 @@ func (c *crashable) Get(ctx context.Context, k ds.Key) (v []byte, err error) {
 }
 
 func (c *crashable) Has(ctx context.Context, k ds.Key) (ok bool, err error) {
+	c.has.Add(1)
 	err = c.do(func() error { ok, err = c.ds.Has(ctx, k); return err })
 	return ok, err
 }

@@ -49,6 +49,9 @@ type Manager struct {
 
 	// exchanges holds the last anti-entropy result per group and member.
 	exchanges exchanges
+	// digests keeps the digest stream of the last round with each
+	// member for the next (antientropy.go).
+	digests digestStreams
 	// links carry head announcements to members, one per peer.
 	links links
 
@@ -157,6 +160,7 @@ func NewManager(ctx context.Context, cfg Config) (*Manager, error) {
 	}
 	cfg.Host.SetStreamHandler(BlockProtocol, m.serveBlocks)
 	cfg.Host.SetStreamHandler(DigestProtocol, m.serveDigests)
+	cfg.Host.SetStreamHandler(DigestKeptProtocol, m.serveKeptDigests)
 	cfg.Host.SetStreamHandler(LinkProtocol, m.serveLink)
 	connected := make(chan peer.ID, 256)
 	m.connected = connected
@@ -839,6 +843,7 @@ func (m *Manager) Close() error {
 	m.cfg.Host.Network().StopNotify(m.notifiee)
 	m.cfg.Host.RemoveStreamHandler(BlockProtocol)
 	m.cfg.Host.RemoveStreamHandler(DigestProtocol)
+	m.cfg.Host.RemoveStreamHandler(DigestKeptProtocol)
 	m.cfg.Host.RemoveStreamHandler(LinkProtocol)
 	m.cancel()
 	m.wg.Wait()

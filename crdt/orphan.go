@@ -18,7 +18,7 @@ import (
 // replica dirty, and the repair then walks only from the heads, finds
 // nothing to do and marks it clean) leaves the top marked and the
 // blocks below it unmerged. Every later announcement of the top is then
-// skipped as merged, here (Group.merged) and in go-ds-crdt: a member
+// skipped as merged, here (Group.deliver) and in go-ds-crdt: a member
 // whose heads were [X, Y] against [Y] here stayed so for minutes with
 // every pair connected (96 entries missing at 100 sites × 100,000
 // writes).
@@ -52,17 +52,33 @@ const orphanRewalkEvery = time.Minute
 
 // orphaned reports whether an announcement names, for longer than a
 // DigestInterval, a head marked merged that is not one of this site's
-// heads (see above).
-func (g *Group) orphaned(ctx context.Context, heads []cid.Cid) bool {
+// heads (see above); marked, whether every head it names is merged here
+// (one of a sleeping group's cached heads, or marked merged).
+//
+// The merged mark is read first, and this site's heads only for a head
+// that has one: most announcements carry a new delta, which no mark
+// names yet, and reading the heads of a sleeping group whose digest is
+// not cached is a datastore scan (the heads first, at every
+// announcement, were 1.5 % of the CPU of 100 sites × 20,000 writes).
+func (g *Group) orphaned(ctx context.Context, heads []cid.Cid) (orphan, marked bool) {
 	var ours []cid.Cid
-	for i, c := range heads {
-		if i == 0 {
-			ours = g.knownHeads(ctx)
-		}
-		if slices.Contains(ours, c) {
+	read := false
+	marked = true
+	// A sleeping group's own heads, as its digest cached them, are merged
+	// blocks and heads here: neither orphans nor a datastore read.
+	known, _ := g.sleepingHeads()
+	for _, c := range heads {
+		if slices.Contains(known, c) {
 			continue
 		}
 		if ok, err := g.m.cfg.Datastore.Has(ctx, g.processedKey(c)); err != nil || !ok {
+			marked = false
+			continue
+		}
+		if !read {
+			ours, read = g.knownHeads(ctx), true
+		}
+		if slices.Contains(ours, c) {
 			continue
 		}
 		now := time.Now()
@@ -70,10 +86,10 @@ func (g *Group) orphaned(ctx context.Context, heads []cid.Cid) bool {
 			g.orphans.mu.Lock()
 			g.orphans.rewalk = now
 			g.orphans.mu.Unlock()
-			return true
+			return true, false
 		}
 	}
-	return false
+	return false, marked
 }
 
 // due records that head c, marked merged and not a head here, was

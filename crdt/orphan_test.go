@@ -2,6 +2,7 @@ package crdt
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
@@ -75,4 +76,55 @@ func TestOrphanedBranchTopIsWalkedAgain(t *testing.T) {
 		}
 		return hasValue(n.sites["b"], ab, "/k2", "/k2")
 	})
+}
+
+// TestDeliverReadsEachMarkOnce: an announcement of a head merged below
+// b's heads (a member behind) leaves b's sleeping group asleep, and the
+// head's merged mark is read once (orphaned and the "already merged"
+// check read it one after the other: ~1 % of the CPU of 100 sites).
+func TestDeliverReadsEachMarkOnce(t *testing.T) {
+	n := newNet(t, "a", "b")
+	n.tune = func(c *Config) {
+		c.IdleAfter = 200 * time.Millisecond
+		c.DigestInterval = time.Hour
+		c.RebroadcastInterval = time.Hour
+	}
+	n.startAll("a", "b")
+	a, b := n.sites["a"], n.sites["b"]
+	ctx := context.Background()
+	ab := []string{"a", "b"}
+	if err := a.m.Put(ctx, ab, "/k", []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	first := a.m.group("a,b").knownHeads(ctx)
+	if len(first) != 1 {
+		t.Fatalf("a's heads after one write: %v", first)
+	}
+	if err := a.m.Put(ctx, ab, "/k", []byte("2")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "b has the second write", func() error { return hasValue(b, ab, "/k", "2") })
+	// (A read wakes the group: no more until it sleeps.)
+	eventually(t, 10*time.Second, "b's group sleeps", func() error {
+		if !asleep(b, "a,b") {
+			return fmt.Errorf("b's group is awake")
+		}
+		return nil
+	})
+	g := b.m.group("a,b")
+	g.digest(ctx) // cached as it sleeps: its own heads need no read
+	old, err := encodeHeads(first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := b.disk.has.Load()
+	if ok, err := g.deliver(ctx, old, 0, false); err != nil || !ok {
+		t.Fatalf("deliver: %v, %v", ok, err)
+	}
+	if got := b.disk.has.Load() - before; got != 1 {
+		t.Errorf("%d Has calls to deliver one merged head, want 1", got)
+	}
+	if !asleep(b, "a,b") {
+		t.Error("a merged head woke b's sleeping group")
+	}
 }
