@@ -555,3 +555,27 @@ func (ss *scaleSites) lateArrivals(b *testing.B, me *missingEntries, within time
 		time.Sleep(5 * time.Second)
 	}
 }
+
+// The idle figures are a slope: the second batch's smallest heap reading
+// less the first batch's smallest, per replica of the second batch, and
+// its goroutines and bytes less the first's; the spread pairs the
+// readings taken at the same point of each window. The first batch is
+// measured from the heap before any group.
+func TestIdleBatchFigures(t *testing.T) {
+	first := &idleBatch{groups: 10, members: 25, heap: []uint64{100_000, 140_000, 110_000}, goroutines: 50,
+		sent: traffic{groups: 600}}
+	second := &idleBatch{groups: 10, members: 20, heap: []uint64{130_000, 150_000, 125_000}, goroutines: 51,
+		sent: traffic{groups: 600}}
+	f1 := first.figures(50_000, 50, nil, 10*time.Second)
+	if f1.HeapPerGroupMember != 2000 || f1.HeapPerGroupMemberMin != 2000 || f1.HeapPerGroupMemberMax != 3600 ||
+		f1.GoroutinesPerGroup != 0 || f1.GroupBytesPerGroupMinute != 360 {
+		t.Errorf("first batch: %+v", f1)
+	}
+	f2 := second.figures(0, 0, first, 10*time.Second)
+	// Smallest readings 125,000 - 100,000 over 20 replicas; same-point
+	// growths 1,500, 500 and 750 per replica.
+	if f2.HeapPerGroupMember != 1250 || f2.HeapPerGroupMemberMin != 500 || f2.HeapPerGroupMemberMax != 1500 ||
+		f2.GoroutinesPerGroup != 0.1 || f2.GroupBytesPerGroupMinute != 0 || f2.Groups != 10 || f2.Members != 20 {
+		t.Errorf("second batch: %+v", f2)
+	}
+}
