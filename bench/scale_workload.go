@@ -249,9 +249,9 @@ type idleBatch struct {
 
 // idleBatch writes one key into each of groups (keys numbered from
 // offset), waits until every replica sleeps and the links are closed,
-// then reads heap and goroutines idleReadings times over a window, counting
-// the bytes sent during it (less base, sent in before before any
-// group existed, pro rata). It returns the batch, with an error when a
+// then reads heap and goroutines idleReadings times over a window,
+// counting the bytes sent during it (less base, what was sent over the
+// span before before any group existed, pro rata). It returns the batch, with an error when a
 // group's write was not seen or its replicas did not fall asleep (the
 // figures are then taken anyway); nil when ctx ended.
 func (ss *scaleSites) idleBatch(ctx context.Context, groups [][]string, offset int, window time.Duration, base traffic, before time.Duration) (*idleBatch, error) {
