@@ -17,7 +17,8 @@ type ScaleCase struct {
 	Sites     int `json:"sites"`
 	Resources int `json:"resources"`
 	// IdleGroups new groups with one write each are left idle, before
-	// the workload, for the idle-group figures; Probes first writes into
+	// the workload, then as many again: the idle-group figures are what
+	// the second batch added (IdleFigures); Probes first writes into
 	// brand-new groups are timed once the scoped workload has converged.
 	// 0: not measured.
 	IdleGroups int `json:"idle_groups,omitempty"`
@@ -98,7 +99,7 @@ type ScaleOptions struct {
 func ScaleProfile(env Env) ScaleOptions {
 	opt := ScaleOptions{
 		Cases: []ScaleCase{{Sites: 3, Resources: 1000}, {Sites: 10, Resources: 1000},
-			{Sites: 20, Resources: 1000, IdleGroups: 100, Probes: 50}},
+			{Sites: 20, Resources: 1000, IdleGroups: 200, Probes: 50}},
 		Process:    &ScaleProcessCase{Agents: 6, Resources: 300, CreateBudget: 20 * time.Second},
 		Targets:    DefaultScaleTargets(),
 		FormWithin: time.Minute, WriteBudget: 20 * time.Second, ConvergeWithin: 20 * time.Second,
@@ -189,32 +190,65 @@ type FirstWriteFigures struct {
 	Error    string        `json:"error,omitempty"`
 }
 
-// IdleFigures are what new groups with one write each cost once idle, on
-// sites with no other group.
+// IdleFigures are what an idle group costs, measured as a slope on sites
+// with no other group: a first batch of new groups with one write each is
+// left idle, then a second batch of as many; the figures are what the
+// second batch added, per group or replica (the first batch absorbs the
+// process's one-time growth, and its own figures, since before any group,
+// are kept in First).
 type IdleFigures struct {
+	// Groups and Members are the second batch's groups and their
+	// replicas (the sum of their sizes).
 	Groups  int `json:"groups"`
-	Members int `json:"members"` // replicas of those groups (sum of their sizes)
-	// HeapPerGroupMember is the heap growth divided by the replicas.
-	HeapPerGroupMember float64 `json:"heap_per_group_member_bytes"`
+	Members int `json:"members"`
+	// HeapPerGroupMember is the live heap the second batch added per
+	// replica: the smallest of its idleReadings readings less the
+	// smallest of the first batch's (a reading is the live heap after a
+	// collection, the smaller of two). Min and Max are the smallest and
+	// largest growth of a reading over the first batch's reading at the
+	// same point of its window: the noise.
+	HeapPerGroupMember    float64 `json:"heap_per_group_member_bytes"`
+	HeapPerGroupMemberMin float64 `json:"heap_per_group_member_min_bytes"`
+	HeapPerGroupMemberMax float64 `json:"heap_per_group_member_max_bytes"`
+	// GoroutinesPerGroup is the goroutines the second batch added per
+	// group (the fewest of each window's readings).
 	GoroutinesPerGroup float64 `json:"goroutines_per_group"`
 	// GroupBytesPerGroupMinute is what the crdt package sent during the
-	// window on the protocols whose every message names a group (links,
-	// blocks), per group and minute: what the groups' own periodic work
-	// costs.
+	// second batch's window on the protocols whose every message names a
+	// group (links, blocks), less what it sent during the first's, per
+	// group of the second batch and minute: what the groups' own periodic
+	// work costs.
 	GroupBytesPerGroupMinute float64 `json:"group_bytes_per_group_minute"`
+	// First is the first batch's figures, each since before any group
+	// existed: they hold the process's one-time growth.
+	First *IdleBatchFigures `json:"first,omitempty"`
 	// Pairs counts the pairs of sites that share at least one of the
-	// groups; DigestBytesPerPairMinute is what anti-entropy sent per
-	// pair and minute during the window (its rounds compare every group
-	// two sites share in one summary, whatever their number: a cost per
-	// pair, not per group).
+	// groups (both batches); DigestBytesPerPairMinute is what
+	// anti-entropy sent per pair and minute during the second window (its
+	// rounds compare every group two sites share in one summary, whatever
+	// their number: a cost per pair, not per group).
 	Pairs                    int     `json:"pairs"`
 	DigestBytesPerPairMinute float64 `json:"digest_bytes_per_pair_minute"`
 	// Membership's probes and every other byte are left out: its jitter
 	// (MiB per window at 20 sites) exceeds what the groups add.
 	Window time.Duration `json:"window_ns"`
 	Error  string        `json:"error,omitempty"`
-	// heapGrowth is the live heap the groups added, all replicas.
+	// heapGrowth is the live heap both batches added, all replicas.
 	heapGrowth int64
+}
+
+// IdleBatchFigures are one batch of idle groups' figures, per group or
+// replica of the batch; for the first batch, growth since before any
+// group (the smallest reading's; Min and Max: the smallest and largest
+// reading's).
+type IdleBatchFigures struct {
+	Groups                   int     `json:"groups"`
+	Members                  int     `json:"members"`
+	HeapPerGroupMember       float64 `json:"heap_per_group_member_bytes"`
+	HeapPerGroupMemberMin    float64 `json:"heap_per_group_member_min_bytes"`
+	HeapPerGroupMemberMax    float64 `json:"heap_per_group_member_max_bytes"`
+	GoroutinesPerGroup       float64 `json:"goroutines_per_group"`
+	GroupBytesPerGroupMinute float64 `json:"group_bytes_per_group_minute"`
 }
 
 // ScaleResult is the report of `cheops bench scale`.

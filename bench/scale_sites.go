@@ -92,6 +92,11 @@ type scaleSites struct {
 	// Formed is how long it took every site to see every other up.
 	Formed time.Duration
 
+	// afterIdleBatch, when set, is called after each batch of idle
+	// groups was read (0, then 1), before the next step: a benchmark
+	// writes heap profiles there.
+	afterIdleBatch func(batch int)
+
 	mu      sync.Mutex
 	waiting map[string]*probeWait // probe key → its wait
 }
@@ -216,12 +221,12 @@ func startScaleSites(ctx context.Context, dir string, names []string, formWithin
 	return ss, err
 }
 
-// seen records that site applied the probe key.
 // scaleIdleAfter is how long a group stays awake after its last use in
 // these runs (30 s by default): short, so that the idle figures are taken
 // within the profile's time.
 const scaleIdleAfter = 5 * time.Second
 
+// seen records that site applied the probe key.
 func (ss *scaleSites) seen(site, key string) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
@@ -236,7 +241,8 @@ func (ss *scaleSites) seen(site, key string) {
 	}
 }
 
-// expect registers a probe key before it is written.
+// expect registers a probe key before it is written; unexpect forgets
+// it (the bench's own state must not count in the idle groups' heap).
 func (ss *scaleSites) expect(key string, group []string) *probeWait {
 	w := &probeWait{writer: group[0], remaining: map[string]bool{}, done: make(chan struct{})}
 	for _, s := range group[1:] {
@@ -246,6 +252,12 @@ func (ss *scaleSites) expect(key string, group []string) *probeWait {
 	ss.waiting[key] = w
 	ss.mu.Unlock()
 	return w
+}
+
+func (ss *scaleSites) unexpect(key string) {
+	ss.mu.Lock()
+	delete(ss.waiting, key)
+	ss.mu.Unlock()
 }
 
 func (ss *scaleSites) site(name string) *scaleSite {

@@ -100,7 +100,14 @@ func TestScaleVerdicts(t *testing.T) {
 		Full:        &Workload{Written: 1000, WritesPerSecond: 3000, WriteTime: 2 * time.Second, Converged: 2 * time.Second, BytesSent: 8 << 20},
 		HeapPerSite: 2 << 20,
 		FirstWrite:  &FirstWriteFigures{Samples: 10, P50: 5 * time.Millisecond, P99: 80 * time.Millisecond},
-		Idle:        &IdleFigures{Groups: 20, Members: 50, HeapPerGroupMember: 900, GoroutinesPerGroup: 4, GroupBytesPerGroupMinute: 0, Window: time.Minute}}
+		Idle: &IdleFigures{Groups: 20, Members: 50, HeapPerGroupMember: 900, HeapPerGroupMemberMin: 850, HeapPerGroupMemberMax: 1010,
+			GoroutinesPerGroup: 4, GroupBytesPerGroupMinute: 0, Window: time.Minute,
+			First: &IdleBatchFigures{Groups: 20, Members: 48, HeapPerGroupMember: 6321, HeapPerGroupMemberMin: 6300, HeapPerGroupMemberMax: 6400, GoroutinesPerGroup: 0.5}}}
+	// The verdict is the second batch's slope: the first batch's figure,
+	// which holds the process's one-time growth, is printed without one.
+	idleMissed := ok
+	idleMissed.FirstWrite, idleMissed.Idle = nil, &IdleFigures{Groups: 20, Members: 50, HeapPerGroupMember: 2100, HeapPerGroupMemberMin: 2000,
+		HeapPerGroupMemberMax: 2300, Window: time.Minute, First: &IdleBatchFigures{Groups: 20, Members: 50, HeapPerGroupMember: 1000}}
 	failed := ScaleFigures{ScaleCase: ScaleCase{Sites: 100, Resources: 100000}, Error: "bench: 100 sites see each other up: not within 2m0s"}
 	for _, tc := range []struct {
 		name    string
@@ -111,8 +118,12 @@ func TestScaleVerdicts(t *testing.T) {
 	}{
 		{"met and missed", ScaleResult{Cases: []ScaleFigures{ok}},
 			[]string{"800 ≤ 5000: met", "6000 ≥ 5000: met", "2.0 ≤ 16.0: met", "1000 of 1000: met", "80.0 ≤ 50.0: MISSED",
-				"900 ≤ 2048: met", "4.00 ≤ 0.05: MISSED", "0 ≤ 0: met", "0.12", "0.45"},
+				"2nd, slope", "900 ≤ 2048: met", "850–1010", "4.00 ≤ 0.05: MISSED", "0 ≤ 0: met", "0.12", "0.45",
+				"1st, no verdict", "6321", "6300–6400", "0.50"},
 			[]string{"p99 > 50 ms", "4.00 goroutines per idle group"}, 2},
+		{"idle slope missed", ScaleResult{Cases: []ScaleFigures{idleMissed}},
+			[]string{"2100 ≤ 2048: MISSED", "2000–2300", "1st, no verdict"},
+			[]string{"an idle group costs 2100 B of heap per member (a second batch's slope) > 2048 B"}, 1},
 		{"failed size", ScaleResult{Cases: []ScaleFigures{ok, failed}},
 			[]string{"failed: MISSED", "100 sites × 100000 resources failed: bench: 100 sites see each other up"},
 			[]string{"100 sites × 100000 resources: failed, every target missed: bench: 100 sites"}, 3},
@@ -420,14 +431,18 @@ func allocatedBytes() uint64 {
 }
 
 // BenchmarkScaleIdle runs the scale scenario's idle-groups phase alone
-// (20 in-process sites, 200 new groups of 2–3 sites with one write each,
-// left idle for 10 s) and reports its figures; with
-// CHEOPS_SCALE_MEMPROFILE=FILE it writes heap profiles before the groups
-// (FILE.before) and after the window: `go tool pprof -sample_index
-// inuse_space -diff_base FILE.before FILE` shows what the idle groups
-// hold (CHEOPS_SCALE_MEMPROFILERATE=N samples every N bytes instead of
-// every 512 KiB: the idle groups' few MiB need about 4096).
-// CHEOPS_SCALE_SITES and CHEOPS_SCALE_GROUPS change the sizes.
+// (20 in-process sites, two batches of 200 new groups of 2–3 sites with
+// one write each, each batch left idle and watched for 10 s) and reports
+// its figures: the second batch's slope (heap-B/group-member, its
+// readings' spread, goroutines/group, group-B/group-min) and the first
+// batch's figures since before any group (first-…). With
+// CHEOPS_SCALE_MEMPROFILE=FILE it writes heap profiles after the first
+// batch (FILE.before) and after the second: `go tool pprof -sample_index
+// inuse_space -diff_base FILE.before FILE` shows what the second batch's
+// idle groups hold, the one-time growth left out
+// (CHEOPS_SCALE_MEMPROFILERATE=N samples every N bytes instead of every
+// 512 KiB: the idle groups' few MiB need about 4096).
+// CHEOPS_SCALE_SITES and CHEOPS_SCALE_GROUPS (per batch) change the sizes.
 func BenchmarkScaleIdle(b *testing.B) {
 	if rate := envInt("CHEOPS_SCALE_MEMPROFILERATE", 0); rate > 0 {
 		runtime.MemProfileRate = rate
@@ -447,18 +462,25 @@ func BenchmarkScaleIdle(b *testing.B) {
 			b.Fatal(err)
 		}
 		memProfile := os.Getenv("CHEOPS_SCALE_MEMPROFILE")
-		writeHeapProfile(b, memProfile, ".before")
+		ss.afterIdleBatch = func(batch int) {
+			writeHeapProfile(b, memProfile, map[int]string{0: ".before", 1: ""}[batch])
+		}
 		b.StartTimer()
 		idle := ss.idleGroups(context.Background(), rand.New(rand.NewPCG(opt.Seed, uint64(sites))), map[string]bool{}, groups, 10*time.Second)
 		b.StopTimer()
-		writeHeapProfile(b, memProfile, "")
 		ss.close(log)
 		if idle.Error != "" {
 			b.Fatal(idle.Error)
 		}
 		b.ReportMetric(idle.HeapPerGroupMember, "heap-B/group-member")
+		b.ReportMetric(idle.HeapPerGroupMemberMin, "heap-min-B/group-member")
+		b.ReportMetric(idle.HeapPerGroupMemberMax, "heap-max-B/group-member")
 		b.ReportMetric(idle.GoroutinesPerGroup, "goroutines/group")
 		b.ReportMetric(idle.GroupBytesPerGroupMinute, "group-B/group-min")
+		if f := idle.First; f != nil {
+			b.ReportMetric(f.HeapPerGroupMember, "first-heap-B/group-member")
+			b.ReportMetric(f.GoroutinesPerGroup, "first-goroutines/group")
+		}
 	}
 }
 
@@ -531,5 +553,29 @@ func (ss *scaleSites) lateArrivals(b *testing.B, me *missingEntries, within time
 			return
 		}
 		time.Sleep(5 * time.Second)
+	}
+}
+
+// The idle figures are a slope: the second batch's smallest heap reading
+// less the first batch's smallest, per replica of the second batch, and
+// its goroutines and bytes less the first's; the spread pairs the
+// readings taken at the same point of each window. The first batch is
+// measured from the heap before any group.
+func TestIdleBatchFigures(t *testing.T) {
+	first := &idleBatch{groups: 10, members: 25, heap: []uint64{100_000, 140_000, 110_000}, goroutines: 50,
+		sent: traffic{groups: 600}}
+	second := &idleBatch{groups: 10, members: 20, heap: []uint64{130_000, 150_000, 125_000}, goroutines: 51,
+		sent: traffic{groups: 600}}
+	f1 := first.figures(50_000, 50, nil, 10*time.Second)
+	if f1.HeapPerGroupMember != 2000 || f1.HeapPerGroupMemberMin != 2000 || f1.HeapPerGroupMemberMax != 3600 ||
+		f1.GoroutinesPerGroup != 0 || f1.GroupBytesPerGroupMinute != 360 {
+		t.Errorf("first batch: %+v", f1)
+	}
+	f2 := second.figures(0, 0, first, 10*time.Second)
+	// Smallest readings 125,000 - 100,000 over 20 replicas; same-point
+	// growths 1,500, 500 and 750 per replica.
+	if f2.HeapPerGroupMember != 1250 || f2.HeapPerGroupMemberMin != 500 || f2.HeapPerGroupMemberMax != 1500 ||
+		f2.GoroutinesPerGroup != 0.1 || f2.GroupBytesPerGroupMinute != 0 || f2.Groups != 10 || f2.Members != 20 {
+		t.Errorf("second batch: %+v", f2)
 	}
 }

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -159,24 +160,37 @@ func countPrefix(ctx context.Context, s *scaleSite, prefix string) int {
 	return n
 }
 
-// idleGroups measures what idle groups cost: new groups (site sets of
-// 2–3, one write each, seen at every member) are left idle for a window;
-// the growth of live heap and goroutines since before they existed, and
-// the bytes sent during the window on the crdt protocols whose messages
-// name a group, are divided among them; anti-entropy's bytes are divided
-// among the pairs of sites that share a group. It runs on sites that
-// have no other group yet, so all the crdt traffic is theirs (what the
-// crdt protocols sent in the 2 s before they existed, none when nothing
-// else is there, is taken off pro rata). The groups' site sets are added
-// to used.
+// idleGroups measures what an idle group costs, as a slope: a first
+// batch of n new groups (site sets of 2–3, one write each, seen at every
+// member) is created and left idle, then a second batch of n more. Each
+// batch is settled (every replica asleep, the links closed) and watched
+// for a window, with the live heap and goroutines read idleReadings times
+// evenly over it and the bytes sent counted over it. The first
+// batch absorbs what the process grows once, whatever the number of
+// groups (the goroutine descriptors the runtime keeps after the burst of
+// replicas that the writes woke, pebble's WAL buffers, maps growing);
+// the figures of the second batch's groups are what the second batch
+// added: heap per replica (the smallest reading's, the spread of the
+// readings' differences kept), goroutines per group, and the bytes of the
+// crdt protocols whose messages name a group per group and minute. The
+// first batch's growth since before any group is kept beside them.
+// Anti-entropy's bytes during the second window are divided among the
+// pairs of sites that share a group of either batch. It runs on sites
+// that have no other group yet, so all the crdt traffic is theirs (what
+// the crdt protocols sent in the 2 s before they existed, none when
+// nothing else is there, is taken off pro rata). The groups' site sets
+// are added to used.
 func (ss *scaleSites) idleGroups(ctx context.Context, rng *rand.Rand, used map[string]bool, n int, window time.Duration) *IdleFigures {
 	idle := &IdleFigures{Window: window}
-	groups := newGroups(rng, ss.names, used, n)
-	if len(groups) < n {
-		idle.Error = fmt.Sprintf("only %d unused site sets of 2–4 among %d sites, %d wanted", len(groups), len(ss.names), n)
-		if len(groups) == 0 {
+	groups := newGroups(rng, ss.names, used, 2*n)
+	if len(groups) < 2*n {
+		idle.Error = fmt.Sprintf("only %d unused site sets of 2–4 among %d sites, %d wanted (two batches of %d)", len(groups), len(ss.names), 2*n, n)
+		if len(groups) < 2 {
 			return idle
 		}
+	}
+	for _, g := range groups {
+		used[groupKey(g)] = true
 	}
 	const before = 2 * time.Second
 	t0 := ss.traffic()
@@ -185,59 +199,143 @@ func (ss *scaleSites) idleGroups(ctx context.Context, rng *rand.Rand, used map[s
 	}
 	base := ss.traffic().minus(t0)
 	heap0, gor0 := liveHeapAndGoroutines()
+	half := len(groups) / 2
+	first, err1 := ss.idleBatch(ctx, groups[:half], 0, window, base, before)
+	if first == nil {
+		return idle
+	}
+	idle.First = first.figures(heap0, gor0, nil, window)
+	if ss.afterIdleBatch != nil {
+		ss.afterIdleBatch(0)
+	}
+	second, err2 := ss.idleBatch(ctx, groups[half:], half, window, base, before)
+	if second == nil {
+		return idle
+	}
+	if ss.afterIdleBatch != nil {
+		ss.afterIdleBatch(1)
+	}
+	if err := errors.Join(err1, err2); err != nil {
+		idle.Error = strings.TrimPrefix(idle.Error+"; "+strings.ReplaceAll(err.Error(), "\n", "; "), "; ")
+	}
+	f := second.figures(0, 0, first, window)
+	idle.Groups, idle.Members = f.Groups, f.Members
+	idle.HeapPerGroupMember, idle.HeapPerGroupMemberMin, idle.HeapPerGroupMemberMax = f.HeapPerGroupMember, f.HeapPerGroupMemberMin, f.HeapPerGroupMemberMax
+	idle.GoroutinesPerGroup, idle.GroupBytesPerGroupMinute = f.GoroutinesPerGroup, f.GroupBytesPerGroupMinute
+	idle.Pairs = sharedPairs(groups)
+	if idle.Pairs > 0 {
+		idle.DigestBytesPerPairMinute = float64(second.sent.digests) * float64(time.Minute) / float64(window) / float64(idle.Pairs)
+	}
+	idle.heapGrowth = int64(second.heap[len(second.heap)-1]) - int64(heap0)
+	return idle
+}
+
+// idleReadings is how many times the heap is read over an idle window.
+// Between two readings of the same idle sites the live heap moves by up
+// to ±0.4 MiB at 20 sites (streams and buffers of membership's probes in
+// flight at the collection): the smallest reading leaves most of that
+// out, and the readings' spread shows it.
+const idleReadings = 5
+
+// idleBatch is one batch of idle groups once settled: the live heap and
+// goroutines read idleReadings times over its window, and what the crdt
+// protocols sent during the window.
+type idleBatch struct {
+	groups, members int
+	heap            []uint64
+	goroutines      int // the fewest of the readings
+	sent            traffic
+}
+
+// idleBatch writes one key into each of groups (keys numbered from
+// offset), waits until every replica sleeps and the links are closed,
+// then reads heap and goroutines idleReadings times over a window,
+// counting the bytes sent during it (less base, what was sent over the
+// span before before any group existed, pro rata). It returns the batch, with an error when a
+// group's write was not seen or its replicas did not fall asleep (the
+// figures are then taken anyway); nil when ctx ended.
+func (ss *scaleSites) idleBatch(ctx context.Context, groups [][]string, offset int, window time.Duration, base traffic, before time.Duration) (*idleBatch, error) {
 	var wg sync.WaitGroup
 	var lost atomic.Int64
 	sem := make(chan struct{}, 8)
 	for i, g := range groups {
-		used[groupKey(g)] = true
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			if _, ok := ss.probe(ctx, idleSpace, i, g, 30*time.Second); !ok {
+			if _, ok := ss.probe(ctx, idleSpace, offset+i, g, 30*time.Second); !ok {
 				lost.Add(1)
 			}
 		}()
 	}
 	wg.Wait()
+	var errs []error
 	if lost.Load() > 0 {
-		idle.Error = fmt.Sprintf("%d of %d groups' first write not seen by every member within 30 s", lost.Load(), len(groups))
+		errs = append(errs, fmt.Errorf("%d of %d groups' first write not seen by every member within 30 s", lost.Load(), len(groups)))
 	}
-	idle.Groups = len(groups)
+	b := &idleBatch{groups: len(groups)}
 	for _, g := range groups {
-		idle.Members += len(g)
+		b.members += len(g)
 	}
 	// Settle: every group asleep at every member (IdleAfter after its
 	// last use) and the links idle.
 	asleepBy := time.Now().Add(2*scaleIdleAfter + 30*time.Second)
 	for ss.awake() > 0 {
-		if time.Now().After(asleepBy) || !sleepCtx(ctx, 200*time.Millisecond) {
-			idle.Error = fmt.Sprintf("%d groups still awake %v after the writes", ss.awake(), 2*scaleIdleAfter+30*time.Second)
+		if time.Now().After(asleepBy) {
+			errs = append(errs, fmt.Errorf("%d groups still awake %v after the writes", ss.awake(), 2*scaleIdleAfter+30*time.Second))
 			break
+		}
+		if !sleepCtx(ctx, 200*time.Millisecond) {
+			return nil, ctx.Err()
 		}
 	}
 	if !sleepCtx(ctx, 11*time.Second) { // links close after 10 s idle
-		return idle
+		return nil, ctx.Err()
 	}
 	t1 := ss.traffic()
-	if !sleepCtx(ctx, window) {
-		return idle
+	for i := range idleReadings {
+		if i > 0 && !sleepCtx(ctx, window/(idleReadings-1)) {
+			return nil, ctx.Err()
+		}
+		h, g := liveHeapAndGoroutines()
+		b.heap = append(b.heap, h)
+		if i == 0 || g < b.goroutines {
+			b.goroutines = g
+		}
 	}
-	sent := ss.traffic().minus(t1)
-	sent.groups -= base.groups * int64(window) / int64(before)
-	sent.digests -= base.digests * int64(window) / int64(before)
-	heap1, gor1 := liveHeapAndGoroutines()
-	idle.HeapPerGroupMember = (float64(heap1) - float64(heap0)) / float64(idle.Members)
-	idle.GoroutinesPerGroup = float64(gor1-gor0) / float64(idle.Groups)
-	perMinute := float64(time.Minute) / float64(window)
-	idle.GroupBytesPerGroupMinute = float64(sent.groups) * perMinute / float64(idle.Groups)
-	idle.Pairs = sharedPairs(groups)
-	if idle.Pairs > 0 {
-		idle.DigestBytesPerPairMinute = float64(sent.digests) * perMinute / float64(idle.Pairs)
+	b.sent = ss.traffic().minus(t1)
+	b.sent.groups -= base.groups * int64(window) / int64(before)
+	b.sent.digests -= base.digests * int64(window) / int64(before)
+	return b, errors.Join(errs...)
+}
+
+// figures are the batch's per-group figures: what it added to prev, the
+// batch before it, or with no batch before, to the heap and goroutines
+// read before any group existed (heap0, gor0) and to no bytes. The heap
+// figure is the growth of the smallest reading; its spread, the growth
+// of each reading over the reading at the same point of prev's window.
+func (b *idleBatch) figures(heap0 uint64, gor0 int, prev *idleBatch, window time.Duration) *IdleBatchFigures {
+	f := &IdleBatchFigures{Groups: b.groups, Members: b.members}
+	perMember := func(to, from uint64) float64 { return (float64(to) - float64(from)) / float64(b.members) }
+	if prev == nil {
+		f.HeapPerGroupMember = perMember(slices.Min(b.heap), heap0)
+		f.HeapPerGroupMemberMin, f.HeapPerGroupMemberMax = f.HeapPerGroupMember, perMember(slices.Max(b.heap), heap0)
+	} else {
+		f.HeapPerGroupMember = perMember(slices.Min(b.heap), slices.Min(prev.heap))
+		var growth []float64
+		for i, h := range b.heap {
+			growth = append(growth, perMember(h, prev.heap[i]))
+		}
+		f.HeapPerGroupMemberMin, f.HeapPerGroupMemberMax = slices.Min(growth), slices.Max(growth)
 	}
-	idle.heapGrowth = int64(heap1) - int64(heap0)
-	return idle
+	sent, gor := b.sent.groups, b.goroutines-gor0
+	if prev != nil {
+		sent, gor = b.sent.groups-prev.sent.groups, b.goroutines-prev.goroutines
+	}
+	f.GoroutinesPerGroup = float64(gor) / float64(b.groups)
+	f.GroupBytesPerGroupMinute = float64(sent) * float64(time.Minute) / float64(window) / float64(b.groups)
+	return f
 }
 
 // sharedPairs counts the pairs of sites that share at least one group.
@@ -302,6 +400,7 @@ func (ss *scaleSites) firstWrites(ctx context.Context, rng *rand.Rand, used map[
 func (ss *scaleSites) probe(ctx context.Context, space, i int, group []string, within time.Duration) (time.Duration, bool) {
 	key := fmt.Sprintf("%s%06d", entryPrefixes[space], i)
 	w := ss.expect(key, group)
+	defer ss.unexpect(key)
 	start := time.Now()
 	if err := ss.site(group[0]).m.Put(ctx, group, key, entry); err != nil {
 		return 0, false
