@@ -113,6 +113,7 @@ func ServeFast(ln net.Listener, cfg FastConfig) *FastPath {
 
 func (p *FastPath) acceptLoop() {
 	defer p.wg.Done()
+	var delay time.Duration
 	for {
 		c, err := p.ln.Accept()
 		if err != nil {
@@ -121,19 +122,27 @@ func (p *FastPath) acceptLoop() {
 				return
 			default:
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				// As http.Server does with a temporary error: wait a little.
+			if temporary(err) {
+				// As http.Server does: wait, longer each time, up to 1 s.
+				// (Running out of file descriptors is temporary; it must
+				// not stop the API.)
+				if delay == 0 {
+					delay = 5 * time.Millisecond
+				} else if delay *= 2; delay > time.Second {
+					delay = time.Second
+				}
+				p.log.Warn("accept failed; retrying", "err", err, "in", delay)
 				select {
 				case <-p.done:
 					return
-				case <-time.After(5 * time.Millisecond):
+				case <-time.After(delay):
 				}
 				continue
 			}
 			p.failed <- err
 			return
 		}
+		delay = 0
 		fc := &fastConn{p: p, c: c}
 		p.mu.Lock()
 		if p.closed() {
@@ -146,6 +155,18 @@ func (p *FastPath) acceptLoop() {
 		p.mu.Unlock()
 		go fc.serve()
 	}
+}
+
+// temporary reports an accept error worth retrying: a timeout, or one
+// the system reports as temporary (EMFILE, ENFILE, ECONNABORTED...), as
+// net/http's server judges them.
+func temporary(err error) bool {
+	var t interface{ Temporary() bool }
+	if errors.As(err, &t) && t.Temporary() {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 func (p *FastPath) closed() bool {
