@@ -1,12 +1,14 @@
 package forward
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -66,5 +68,31 @@ func TestFastPathKeepsAcceptingAfterTemporaryErrors(t *testing.T) {
 	case err := <-served:
 		t.Fatalf("the server stopped: %v", err)
 	default:
+	}
+}
+
+// TestRecorderDropsALargeHeadsBuffer: after a request with a large head,
+// the next request starts on a small record buffer.
+func TestRecorderDropsALargeHeadsBuffer(t *testing.T) {
+	head := "GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + strings.Repeat("x", 200<<10) + "\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"
+	client, server := net.Pipe()
+	defer client.Close()
+	defer server.Close()
+	go func() { _, _ = io.WriteString(client, head) }()
+	rec := &recorder{c: server, limit: 1 << 20}
+	br := bufio.NewReaderSize(rec, 4<<10)
+	rec.start(br)
+	if _, err := http.ReadRequest(br); err != nil {
+		t.Fatal(err)
+	}
+	if cap(rec.rec) < 200<<10 {
+		t.Fatalf("record of the large head: %d bytes", cap(rec.rec))
+	}
+	rec.start(br)
+	if _, err := http.ReadRequest(br); err != nil {
+		t.Fatal(err)
+	}
+	if cap(rec.rec) > maxKeptRecord {
+		t.Errorf("record buffer kept at %d bytes after a large head (limit %d)", cap(rec.rec), maxKeptRecord)
 	}
 }
