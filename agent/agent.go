@@ -199,6 +199,7 @@ func Start(ctx context.Context, cfg Config) (*Agent, error) {
 	// (the fast path wraps them as forward.ErrorListener does).
 	a.fast = forward.ServeFast(ln, forward.FastConfig{Forwarder: a.forward, Take: a.takesFast,
 		ReadHeaderTimeout: a.srv.ReadHeaderTimeout, IdleTimeout: a.srv.IdleTimeout, Logger: a.log})
+	a.srv.ConnContext = a.fast.ConnContext
 	go func() { a.done <- a.srv.Serve(a.fast) }()
 	fast := a.fast
 	_ = reg.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "cheops_api_fast_reads_total",

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -436,5 +437,62 @@ func BenchmarkLocalRead(b *testing.B) {
 				b.Fatalf("%d fast reads on the %s path", fast, path)
 			}
 		})
+	}
+}
+
+// TestFastPathFailedReadNotAskedTwice: when this site's application
+// fails a read the fast path took, the connection goes to net/http's
+// server with the failure noted, and the handler starts from its
+// fallback: the application is asked as often as for the same read sent
+// past the fast path (Connection: close), not once more — a hung
+// application would otherwise cost the client SiteTimeout twice.
+func TestFastPathFailedReadNotAskedTwice(t *testing.T) {
+	var asked atomic.Int32
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		asked.Add(1)
+		c, _, err := http.NewResponseController(w).Hijack()
+		if err == nil {
+			c.Close() // no answer at all
+		}
+	}))
+	t.Cleanup(app.Close)
+	dirs, trust := identities(t, "paris")
+	cfg := testConfig("paris", dirs["paris"], trust)
+	posts, err := forward.NewService("posts", app.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Services = []forward.Service{posts}
+	a, err := Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+
+	askedFor := func(extra string) (int32, *http.Response) {
+		t.Helper()
+		before := asked.Load()
+		rc := dialRaw(t, a)
+		rc.send("GET /svc/posts/posts/1 HTTP/1.1\r\nHost: agent\r\n" + extra + "\r\n")
+		resp, _ := rc.answer("GET")
+		return asked.Load() - before, resp
+	}
+	past, pastResp := askedFor("Connection: close\r\n")
+	fastBefore := a.FastReads()
+	fast, fastResp := askedFor("")
+	if a.FastReads() != fastBefore {
+		t.Fatalf("the fast path served a read its application failed")
+	}
+	if past == 0 {
+		t.Fatalf("the application was not asked")
+	}
+	if fast != past {
+		t.Errorf("application asked %d times for a read the fast path took, %d for the same read past it", fast, past)
+	}
+	if fastResp.StatusCode != pastResp.StatusCode || fastResp.StatusCode < 500 {
+		t.Errorf("status %d on the fast path's connection, %d past it (want the same 5xx)", fastResp.StatusCode, pastResp.StatusCode)
+	}
+	if got := fastResp.Header.Get(forward.HeaderFallback); got == "" || got != pastResp.Header.Get(forward.HeaderFallback) {
+		t.Errorf("fallback header %q on the fast path's connection, %q past it", got, pastResp.Header.Get(forward.HeaderFallback))
 	}
 }

@@ -116,7 +116,7 @@ func (d *digestStreams) prune(fresh time.Duration) {
 	}
 	d.mu.Unlock()
 	for _, s := range stale {
-		_ = s.Close()
+		closeAside(s)
 	}
 }
 
@@ -127,8 +127,18 @@ func (d *digestStreams) drop(p peer.ID) {
 	delete(d.by, p)
 	d.mu.Unlock()
 	if ok {
-		_ = k.s.Close()
+		closeAside(k.s)
 	}
+}
+
+// closeAside closes s on a goroutine of its own. prune and drop run on
+// the anti-entropy loop, and a yamux stream's Close queues its FIN on the
+// connection with no deadline: behind a full send queue (a member cut off
+// while links filled it) it waits until the connection dies, and the
+// loop with it would stall every round with every member. The goroutine
+// ends when the FIN is queued or the connection closes.
+func closeAside(s network.Stream) {
+	go func() { _ = s.Close() }()
 }
 
 // close closes every kept stream, and any put later.

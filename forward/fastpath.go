@@ -113,6 +113,7 @@ func ServeFast(ln net.Listener, cfg FastConfig) *FastPath {
 
 func (p *FastPath) acceptLoop() {
 	defer p.wg.Done()
+	var delay time.Duration
 	for {
 		c, err := p.ln.Accept()
 		if err != nil {
@@ -121,19 +122,27 @@ func (p *FastPath) acceptLoop() {
 				return
 			default:
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				// As http.Server does with a temporary error: wait a little.
+			if temporary(err) {
+				// As http.Server does: wait, longer each time, up to 1 s.
+				// (Running out of file descriptors is temporary; it must
+				// not stop the API.)
+				if delay == 0 {
+					delay = 5 * time.Millisecond
+				} else if delay *= 2; delay > time.Second {
+					delay = time.Second
+				}
+				p.log.Warn("accept failed; retrying", "err", err, "in", delay)
 				select {
 				case <-p.done:
 					return
-				case <-time.After(5 * time.Millisecond):
+				case <-time.After(delay):
 				}
 				continue
 			}
 			p.failed <- err
 			return
 		}
+		delay = 0
 		fc := &fastConn{p: p, c: c}
 		p.mu.Lock()
 		if p.closed() {
@@ -146,6 +155,18 @@ func (p *FastPath) acceptLoop() {
 		p.mu.Unlock()
 		go fc.serve()
 	}
+}
+
+// temporary reports an accept error worth retrying: a timeout, or one
+// the system reports as temporary (EMFILE, ENFILE, ECONNABORTED...), as
+// net/http's server judges them.
+func temporary(err error) bool {
+	var t interface{ Temporary() bool }
+	if errors.As(err, &t) && t.Temporary() {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 func (p *FastPath) closed() bool {
@@ -287,9 +308,17 @@ func (r *recorder) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// maxKeptRecord is the largest record buffer a connection keeps between
+// requests: one request with a 1 MiB head must not leave 1 MiB held by
+// an idle keep-alive connection for its 2 minutes.
+const maxKeptRecord = 16 << 10
+
 // start begins a request whose first bytes the buffer holds already.
 func (r *recorder) start(br *bufio.Reader) {
 	held, _ := br.Peek(br.Buffered())
+	if cap(r.rec) > maxKeptRecord {
+		r.rec = nil // a large head's buffer is not kept for the connection's life
+	}
 	r.rec = append(r.rec[:0], held...)
 	r.n = 0
 }
@@ -341,27 +370,28 @@ func (fc *fastConn) serve() {
 			}
 			// Malformed or too large: net/http's server reads it again
 			// and answers as it does.
-			handed = fc.handOver()
+			handed = fc.handOver(nil)
 			return
 		}
 		head := fc.rec.rec[:len(fc.rec.rec)-fc.br.Buffered()] // this request's bytes
 		if !fastCandidate(r, head) || !p.setIdle(fc, false) {
-			handed = fc.handOver()
+			handed = fc.handOver(nil)
 			return
 		}
 		delete(r.Header, "Host") // as net/http's server
 		r.RemoteAddr = remote
 		r = r.WithContext(p.ctx)
 		if p.cfg.Take != nil && !p.cfg.Take(r) {
-			handed = fc.handOver()
+			handed = fc.handOver(nil)
 			return
 		}
 		fc.w.reset(fc.bw, fc.c, r)
-		if !p.cfg.Forwarder.fastRead(&fc.w, r) {
+		served, hereErr := p.cfg.Forwarder.fastRead(&fc.w, r)
+		if !served {
 			if fc.w.headSent || fc.w.bodyBuf.Buffered() > 0 {
 				return // cannot happen: fastRead writes nothing when it declines
 			}
-			handed = fc.handOver()
+			handed = fc.handOver(hereErr)
 			return
 		}
 		p.served.Add(1)
@@ -373,11 +403,50 @@ func (fc *fastConn) serve() {
 }
 
 // handOver gives the connection to net/http's server with what was
-// read of the current request replayed first.
-func (fc *fastConn) handOver() bool {
+// read of the current request replayed first. hereErr, when set, is how
+// this site's application failed that request (see ConnContext).
+func (fc *fastConn) handOver(hereErr error) bool {
 	_ = fc.c.SetDeadline(time.Time{})
 	replay := append([]byte(nil), fc.rec.rec...)
-	return fc.p.hand(&handoffConn{Conn: fc.c, replay: replay})
+	return fc.p.hand(&handoffConn{Conn: fc.c, replay: replay, hereErr: hereErr})
+}
+
+// ConnContext is for http.Server.ConnContext: a connection the fast path
+// handed over after this site's application failed the read it carries
+// tells the handler so (takeHereFailure), which then starts from its
+// fallback instead of asking the application again — a hung application
+// would otherwise cost the client SiteTimeout twice.
+func (p *FastPath) ConnContext(ctx context.Context, c net.Conn) context.Context {
+	if ec, ok := c.(*errorConn); ok {
+		if hc, ok := ec.Conn.(*handoffConn); ok && hc.hereErr != nil {
+			return context.WithValue(ctx, hereFailureKey{}, &hereFailure{err: hc.hereErr})
+		}
+	}
+	return ctx
+}
+
+// hereFailure is how this site's application failed the read a handed
+// connection replays; the first request served on the connection takes it.
+type hereFailure struct {
+	mu  sync.Mutex
+	err error
+}
+
+type hereFailureKey struct{}
+
+// takeHereFailure returns, once per connection, the failure ConnContext
+// noted: the first request the handler serves on a handed connection is
+// the one the fast path failed to serve (replayed).
+func takeHereFailure(ctx context.Context) error {
+	h, _ := ctx.Value(hereFailureKey{}).(*hereFailure)
+	if h == nil {
+		return nil
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	err := h.err
+	h.err = nil
+	return err
 }
 
 // fastCandidate reports a request the fast path may serve, by its head
@@ -442,34 +511,39 @@ func hostLines(head []byte) int {
 // (one site to read, this one). It is served as plain serves such a
 // read (readHere). It reports false, having written nothing, for any
 // other request, or when the application could not be reached (the
-// caller hands it to the handler, which falls back as it does).
-func (f *Forwarder) fastRead(w http.ResponseWriter, r *http.Request) bool {
+// caller hands it to the handler, which falls back as it does; hereErr
+// is then the application's failure, for the handler not to try it
+// again).
+func (f *Forwarder) fastRead(w http.ResponseWriter, r *http.Request) (served bool, hereErr error) {
 	if status, _, _ := checkClient(r); status != 0 {
-		return false
+		return false, nil
 	}
 	req, _, _, err := f.parse(w, r, "")
 	if err != nil || req.svc.Routes != nil || req.body != nil || req.stream != nil {
-		return false
+		return false, nil
 	}
 	if req.route.id != "" && !req.route.named && catalog.ValidID(req.route.id) {
-		return false // a resource: read from its holders (serve, onResource)
+		return false, nil // a resource: read from its holders (serve, onResource)
 	}
 	plan, err := f.plan(req)
 	if err != nil {
-		return false
+		return false, nil
 	}
 	self := f.cfg.Membership.Site()
 	order := plan.ReadOrder()
 	if len(order) != 1 || order[0] != self {
-		return false
+		return false, nil
 	}
 	if r.Method == http.MethodGet && req.route.id == "" && len(plan.Required()) > 1 && !req.route.other {
-		return false // crossRead
+		return false, nil // crossRead
 	}
 	if _, refused := localIDRefusal(req, plan.Required()); refused {
-		return false
+		return false, nil
 	}
-	return f.readHere(w, req, req.rawPath) == nil
+	if err := f.readHere(w, req, req.rawPath); err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 // handoffConn is a connection handed over to net/http's server: it
@@ -477,7 +551,8 @@ func (f *Forwarder) fastRead(w http.ResponseWriter, r *http.Request) bool {
 // connection.
 type handoffConn struct {
 	net.Conn
-	replay []byte
+	replay  []byte
+	hereErr error // this site's application failed the replayed read
 }
 
 func (c *handoffConn) Read(p []byte) (int, error) {

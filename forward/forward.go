@@ -179,6 +179,10 @@ type request struct {
 	// fellBack lists the sites the request could not run on although a
 	// plan chose them (see fallback.go).
 	fellBack []fallback
+	// hereFailed is how this site's application failed this very read
+	// on the API's fast path, which handed it over (takeHereFailure):
+	// plain starts from the fallback.
+	hereFailed error
 }
 
 // ServeHTTP serves the client API: the request is checked against the
@@ -201,6 +205,9 @@ func (f *Forwarder) serve(w http.ResponseWriter, r *http.Request, hop string) {
 	if err != nil {
 		errcode.Write(w, status, code, err.Error())
 		return
+	}
+	if hop == "" {
+		req.hereFailed = takeHereFailure(r.Context())
 	}
 	if req.hop != "" && r.Header.Get(HeaderOp) != "" {
 		f.serveOp(w, req, r.Header.Get(HeaderOp))

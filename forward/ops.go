@@ -339,10 +339,14 @@ func (f *Forwarder) plain(w http.ResponseWriter, req *request, plan *scope.Plan)
 			var last result
 			for _, s := range plan.ReadOrder() {
 				if s == f.cfg.Membership.Site() && (req.r.Method == http.MethodGet || req.r.Method == http.MethodHead) {
-					// Passed on as it arrives (readHere).
-					err := f.readHere(w, req, req.rawPath)
+					// Passed on as it arrives (readHere), unless the
+					// fast path found the application failing it already.
+					err := req.hereFailed
+					req.hereFailed = nil
 					if err == nil {
-						return
+						if err = f.readHere(w, req, req.rawPath); err == nil {
+							return
+						}
 					}
 					last = result{site: s, err: err}
 					f.fallBack(w, req, s, err)
