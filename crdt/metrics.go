@@ -78,7 +78,7 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 		linkResends:     counter("link_resends_total", "Announcements written again on a new stream after their link's stream failed (its connection closed under it)."),
 		digestRounds: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cheops_crdt_digest_rounds_total",
 			Help: "Anti-entropy rounds this site started, by outcome: same (the summaries matched: two small frames) or compared (every shared group's digest sent)."}, []string{"outcome"}),
-		digestDeferred: counter("digest_deferred_total", "Groups left out of an anti-entropy round, asked or answered, because they changed within SettleAfter at this site (their announcements may be in flight): a later round compares them."),
+		digestDeferred:       counter("digest_deferred_total", "Groups left out of an anti-entropy round, asked or answered, because they changed within SettleAfter at this site (their announcements may be in flight): a later round compares them."),
 		digestRoundsDeferred: counter("digest_rounds_deferred_total", "Anti-entropy rounds this site did not start because every group it shares with the member changed within SettleAfter (nothing sent; the next round compares them)."),
 		digestRoundsAnswered: counter("digest_rounds_answered_total", "Anti-entropy rounds members started with this site (of each pair of sites, the one whose peer id sorts first starts the periodic rounds)."),
 		wakes:                counter("group_wakes_total", "Sleeping groups whose replica was opened again (a read, a write or an announcement)."),
