@@ -600,7 +600,11 @@ func (m *Manager) receive(remote peer.ID, name string, peers []byte, body []byte
 	m.metrics.lastSync.WithLabelValues(m.siteOf(remote)).SetToCurrentTime()
 	g.heard.Store(time.Now().UnixNano())
 	// A replica whose queue is full does not get the heads (see above).
-	ok, err := g.deliver(m.ctx, heads, 0, false)
+	cause := wakeAnnouncement
+	if len(blks) == 0 {
+		cause = wakePush
+	}
+	ok, err := g.deliver(m.ctx, heads, 0, false, cause)
 	if g.awake() == nil {
 		// Heads a sleeping group already holds do not wake it, and a
 		// sleeping group keeps no sources (sleep forgot them): the one

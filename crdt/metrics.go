@@ -29,7 +29,8 @@ type metrics struct {
 	queueDrops             prometheus.Counter
 	linkResends            prometheus.Counter
 	pushesCoalesced        prometheus.Counter
-	wakes, sleeps          prometheus.Counter
+	wakes                  *prometheus.CounterVec
+	sleeps                 prometheus.Counter
 	evictions, deferred    prometheus.Counter
 	rewalks                prometheus.Counter
 	commits                prometheus.Counter
@@ -81,7 +82,8 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 		digestDeferred:       counter("digest_deferred_total", "Groups left out of an anti-entropy round, asked or answered, because they changed within SettleAfter at this site (their announcements may be in flight): a later round compares them."),
 		digestRoundsDeferred: counter("digest_rounds_deferred_total", "Anti-entropy rounds this site did not start because every group it shares with the member changed within SettleAfter (nothing sent; the next round compares them)."),
 		digestRoundsAnswered: counter("digest_rounds_answered_total", "Anti-entropy rounds members started with this site (of each pair of sites, the one whose peer id sorts first starts the periodic rounds)."),
-		wakes:                counter("group_wakes_total", "Sleeping groups whose replica was opened again (a read, a write or an announcement)."),
+		wakes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cheops_crdt_group_wakes_total",
+			Help: "Sleeping groups whose replica was opened again, by what woke it: write (a local write's commit), use (a local read, delete or scan, or a forced repair), announcement (a member's heads with their blocks), push (a member's heads alone: a heads push, or an announcement of a large delta), deferred (an announcement kept while no slot was free), repair, orphan (heads delivered after a rewalk)."}, []string{"for"}),
 		sleeps:               counter("group_sleeps_total", "Idle groups whose replica was closed (IdleAfter without use)."),
 		evictions:            counter("group_evictions_total", "Idle replicas put to sleep before IdleAfter to free a slot for a group waking (Config.MaxAwake)."),
 		deferred:             counter("deferred_announcements_total", "Announcements for a sleeping group received while no replica slot was free (Config.MaxAwake): their heads wait for a slot instead of the link's reader."),
