@@ -279,6 +279,10 @@ func crdtCounters(ss *scaleSites) string {
 			for _, m := range f.GetMetric() {
 				if c := m.GetCounter(); c != nil {
 					sums[strings.TrimSuffix(name, "_total")] += c.GetValue()
+					// A counter by cause or outcome: each label's sum too.
+					if l := m.GetLabel(); len(l) == 1 && l[0].GetName() != "site" {
+						sums[strings.TrimSuffix(name, "_total")+"{"+l[0].GetValue()+"}"] += c.GetValue()
+					}
 				}
 			}
 		}

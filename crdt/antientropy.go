@@ -168,6 +168,17 @@ type digestRequest struct {
 	// the same count. Fewer on one side with equal heads means a node
 	// below the heads was never merged there (see lagging).
 	Processed map[string]int `json:"processed,omitempty"`
+	// Deferred names the shared groups the asker leaves out of this
+	// round (not settled here: see Config.SettleAfter); the answerer
+	// leaves them out of its summary and does not push their heads as
+	// groups the asker never heard of. Sites that do not know the field
+	// ignore it: the summaries then differ and the groups named in
+	// Digests are compared, as before.
+	Deferred []string `json:"deferred,omitempty"`
+	// All asks for every shared group to be compared, settled or not: a
+	// round after a connection event (catch-up), where what was in
+	// flight may have been lost with the connection.
+	All bool `json:"all,omitempty"`
 }
 
 // digestAnswer names the groups whose digests differed, and gives the
@@ -178,6 +189,9 @@ type digestAnswer struct {
 	Same      bool           `json:"same,omitempty"`
 	Differ    []string       `json:"differ"`
 	Processed map[string]int `json:"processed,omitempty"`
+	// Deferred names the groups of the request that the answerer left
+	// out, not settled at its end: neither equal nor different yet.
+	Deferred []string `json:"deferred,omitempty"`
 }
 
 // digestResult is what this site last learnt of a group from one member.
@@ -198,6 +212,66 @@ type exchanges struct {
 	// rounds is when this site last took part in a round with each
 	// member, asking or answering (unix ns).
 	rounds map[peer.ID]int64
+	// deferred is when a group was first left out of a round with a
+	// member, not settled, or that a message of it to or from that
+	// member was lost; cleared once they compare it.
+	deferred map[exchangeKey]deferral
+}
+
+// deferral is a group's state of deferral with one member.
+type deferral struct {
+	since int64 // first left out, or lost (unix ns)
+	// lost: a message of the group between this site and the member was
+	// dropped: not settling, whatever its activity, until compared.
+	lost bool
+}
+
+// settleLimit bounds, in SettleAfter periods, how long a group can be
+// left out of the rounds with one member because it keeps changing: a
+// group written without pause is compared at least that often.
+const settleLimit = 4
+
+// mayDefer reports whether group may be left out of a round with p now
+// (unix ns), and records its first deferral: false once it has been
+// deferred with p for limit (ns), or a message of it was lost, and then
+// until it is compared.
+func (x *exchanges) mayDefer(group string, p peer.ID, now, limit int64) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	k := exchangeKey{group, p}
+	d, ok := x.deferred[k]
+	if !ok {
+		if x.deferred == nil {
+			x.deferred = map[exchangeKey]deferral{}
+		}
+		x.deferred[k] = deferral{since: now}
+		return true
+	}
+	return !d.lost && now-d.since < limit
+}
+
+// lost records that a message of group between this site and p was
+// dropped: the group is compared at their next round, settled or not.
+func (x *exchanges) lost(group string, p peer.ID) {
+	now := time.Now().UnixNano()
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.deferred == nil {
+		x.deferred = map[exchangeKey]deferral{}
+	}
+	x.deferred[exchangeKey{group, p}] = deferral{since: now, lost: true}
+}
+
+// forgetDeferrals drops deferrals older than before (unix ns): groups
+// left or members gone since (a group compared has its entry removed).
+func (x *exchanges) forgetDeferrals(before int64) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for k, d := range x.deferred {
+		if d.since < before {
+			delete(x.deferred, k)
+		}
+	}
 }
 
 // roundWith records a round with p, asked or answered, starting now.
@@ -267,6 +341,7 @@ func (x *exchanges) set(group string, p peer.ID, match bool) {
 		x.last = map[exchangeKey]exchangeResult{}
 	}
 	x.last[exchangeKey{group, p}] = exchangeResult{at: now, match: match}
+	delete(x.deferred, exchangeKey{group, p})
 }
 
 func (x *exchanges) get(group string, p peer.ID) (digestResult, bool) {
@@ -638,6 +713,7 @@ func (m *Manager) antiEntropyLoop() {
 	type roundEnd struct {
 		p            peer.ID
 		same, failed bool
+		deferred     bool // groups were left out, not settled
 	}
 	self := m.cfg.Host.ID()
 	cadences := map[peer.ID]*cadence{}
@@ -650,15 +726,18 @@ func (m *Manager) antiEntropyLoop() {
 		case e := <-ends:
 			c := cadences[e.p]
 			if c != nil {
-				c.busy, c.unsettled = false, !e.same
-				if e.same || (e.failed && m.cfg.Host.Network().Connectedness(e.p) != network.Connected) {
+				// A round that deferred groups is followed by another
+				// at the next interval, from either side, to compare
+				// them once settled.
+				c.busy, c.unsettled = false, !e.same || e.deferred
+				if e.same && !e.deferred || (e.failed && m.cfg.Host.Network().Connectedness(e.p) != network.Connected) {
 					c.wait = min(2*c.wait, maxQuietRounds)
 				} else {
 					c.wait = 1
 				}
 				c.skip = c.wait - 1
 			}
-			if c == nil || e.same && !m.sharedActiveSince(e.p, c.last) {
+			if c == nil || e.same && !e.deferred && !m.sharedActiveSince(e.p, c.last) {
 				// Nothing shared moved since the round started: the next
 				// round is two intervals away or more, and the kept
 				// stream (with the answering side's goroutine) ends now.
@@ -677,6 +756,7 @@ func (m *Manager) antiEntropyLoop() {
 		}
 		m.exchanges.forgetRounds(func(p peer.ID) bool { _, ok := latest[p]; return ok })
 		now := time.Now().UnixNano()
+		m.exchanges.forgetDeferrals(now - 2*settleLimit*int64(m.cfg.SettleAfter) - int64(m.cfg.DigestInterval))
 		for p, sa := range latest {
 			active := sa.active
 			c := cadences[p]
@@ -712,12 +792,12 @@ func (m *Manager) antiEntropyLoop() {
 			m.wg.Add(1)
 			go func() {
 				defer m.wg.Done()
-				same, err := m.digestRound(m.ctx, p)
+				res, err := m.digestRound(m.ctx, p, false)
 				if err != nil && m.ctx.Err() == nil {
 					m.log.Debug("anti-entropy round", "peer", p, "err", err)
 				}
 				select {
-				case ends <- roundEnd{p: p, same: same, failed: err != nil}:
+				case ends <- roundEnd{p: p, same: res.same, failed: err != nil, deferred: res.deferred > 0}:
 				case <-m.ctx.Done():
 				}
 			}()
@@ -746,20 +826,80 @@ const digestReadBuffer = 512
 // 12 intervals, a minute with the default DigestInterval.
 const maxQuietRounds = 12
 
-// digestRound compares the heads of every group shared with p and pushes
-// this site's heads of the groups that differ. same reports that the
-// summaries were equal.
-func (m *Manager) digestRound(ctx context.Context, p peer.ID) (same bool, err error) {
-	groups := m.shared(p)
+// roundResult is what a round with a member found.
+type roundResult struct {
+	// same: the summaries of the groups compared were equal.
+	same bool
+	// deferred counts the shared groups left out, not settled at one
+	// end or the other (Config.SettleAfter): a round is due again soon.
+	deferred int
+}
+
+// settle is how long a group must stay unused and unchanged before a
+// round compares it: SettleAfter, at most one DigestInterval.
+func (m *Manager) settle() int64 {
+	return int64(min(m.cfg.SettleAfter, m.cfg.DigestInterval))
+}
+
+// linkedSince is when the newest connection to p opened (unix ns; 0: not
+// connected). Announcements made before it went on a connection that
+// closed since, or on none (links do not dial): they may be lost.
+func (m *Manager) linkedSince(p peer.ID) int64 {
+	var since int64
+	for _, c := range m.cfg.Host.Network().ConnsToPeer(p) {
+		since = max(since, c.Stat().Opened.UnixNano())
+	}
+	return since
+}
+
+// settling reports whether g may be left out of a round with p now (unix
+// ns): it was used or changed here within settle, on a connection to p
+// open since linked (linkedSince), so that its announcements may still
+// be on their way; no message of it was lost with p; and it has not
+// been deferred with p for settleLimit × settle already. A group that
+// changed before the connection opened (a heal, a restart) is compared
+// at once: what was announced then never arrived.
+func (m *Manager) settling(g *Group, p peer.ID, now, linked int64) bool {
+	settle, active := m.settle(), g.active.Load()
+	if settle <= 0 || now-active >= settle || linked == 0 || active <= linked {
+		return false
+	}
+	return m.exchanges.mayDefer(g.name, p, now, settleLimit*settle)
+}
+
+// digestRound compares the heads of every settled group shared with p
+// (every group, all set) and pushes this site's heads of the groups
+// that differ; the groups not settled are deferred to a later round. A
+// round with nothing settled to compare sends nothing.
+func (m *Manager) digestRound(ctx context.Context, p peer.ID, all bool) (roundResult, error) {
+	shared := m.shared(p)
+	if len(shared) == 0 {
+		return roundResult{same: true}, nil
+	}
+	now, linked := time.Now().UnixNano(), m.linkedSince(p)
+	groups := shared[:0]
+	var deferred []string
+	for _, g := range shared {
+		if !all && m.settling(g, p, now, linked) {
+			deferred = append(deferred, g.name)
+		} else {
+			groups = append(groups, g)
+		}
+	}
+	m.metrics.digestDeferred.Add(float64(len(deferred)))
 	if len(groups) == 0 {
-		return true, nil
+		// Every shared group has announcements in flight: the links are
+		// at work, and the next round compares what they left. Nothing
+		// differs yet.
+		m.metrics.digestRoundsDeferred.Inc()
+		return roundResult{same: true, deferred: len(deferred)}, nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.FetchTimeout)
 	defer cancel()
 	if k, ok := m.digests.take(p, m.digestReuse()); ok {
-		same, first, err := m.roundOn(ctx, p, k, groups)
+		res, first, err := m.roundOn(ctx, p, k, groups, deferred, all)
 		if err == nil || !first || ctx.Err() != nil {
-			return same, err
+			return res, err
 		}
 		// The kept stream failed before its first answer: the other
 		// side may have ended it (its wait ran out, it restarted). A
@@ -768,17 +908,19 @@ func (m *Manager) digestRound(ctx context.Context, p peer.ID) (same bool, err er
 	}
 	s, err := m.cfg.Host.NewStream(ctx, p, DigestKeptProtocol, DigestProtocol)
 	if err != nil {
-		return false, fmt.Errorf("open digest stream: %w", err)
+		return roundResult{deferred: len(deferred)}, fmt.Errorf("open digest stream: %w", err)
 	}
-	same, _, err = m.roundOn(ctx, p, keptDigest{s: s, r: bufio.NewReaderSize(s, digestReadBuffer)}, groups)
-	return same, err
+	res, _, err := m.roundOn(ctx, p, keptDigest{s: s, r: bufio.NewReaderSize(s, digestReadBuffer)}, groups, deferred, all)
+	return res, err
 }
 
-// roundOn runs one round on stream k and then keeps the stream for the
-// next round with p, when its protocol allows and the round ended
-// cleanly; it is closed otherwise. first reports a failure before the
-// round's first answer was read.
-func (m *Manager) roundOn(ctx context.Context, p peer.ID, k keptDigest, groups []*Group) (same, first bool, err error) {
+// roundOn runs one round on stream k, comparing groups (deferred names
+// the shared groups left out; all asks the answerer to leave out none),
+// and then keeps the stream for the next round with p, when its
+// protocol allows and the round ended cleanly; it is closed otherwise.
+// first reports a failure before the round's first answer was read.
+func (m *Manager) roundOn(ctx context.Context, p peer.ID, k keptDigest, groups []*Group, deferred []string, all bool) (res roundResult, first bool, err error) {
+	res.deferred = len(deferred)
 	s := k.s
 	keep := false
 	// Closing the manager must not wait for a member that does not answer.
@@ -803,9 +945,9 @@ func (m *Manager) roundOn(ctx context.Context, p peer.ID, k keptDigest, groups [
 		_ = s.SetDeadline(dl)
 	}
 	r := k.r
-	ans, err := m.askDigests(s, r, digestRequest{Summary: summary(ctx, groups)})
+	ans, err := m.askDigests(s, r, digestRequest{Summary: summary(ctx, groups), Deferred: deferred, All: all})
 	if err != nil {
-		return false, true, err
+		return res, true, err
 	}
 	if ans.Same {
 		m.metrics.digestRounds.WithLabelValues("same").Inc()
@@ -813,9 +955,10 @@ func (m *Manager) roundOn(ctx context.Context, p peer.ID, k keptDigest, groups [
 			m.exchanges.set(g.name, p, true)
 		}
 		keep = true
-		return true, false, nil
+		res.same = true
+		return res, false, nil
 	}
-	req := digestRequest{Digests: map[string]string{}, Processed: map[string]int{}}
+	req := digestRequest{Digests: map[string]string{}, Processed: map[string]int{}, Deferred: deferred, All: all}
 	byName := map[string]*Group{}
 	for _, g := range groups {
 		d := g.digest(ctx)
@@ -823,10 +966,17 @@ func (m *Manager) roundOn(ctx context.Context, p peer.ID, k keptDigest, groups [
 		byName[g.name] = g
 	}
 	if ans, err = m.askDigests(s, r, req); err != nil {
-		return false, false, err
+		return res, false, err
 	}
 	keep = true
 	m.metrics.digestRounds.WithLabelValues("compared").Inc()
+	// The groups the answerer left out, not settled at its end.
+	for _, name := range ans.Deferred {
+		if _, ok := byName[name]; ok {
+			delete(byName, name)
+			res.deferred++
+		}
+	}
 	differ := map[string]bool{}
 	for _, name := range ans.Differ {
 		if g, ok := byName[name]; ok {
@@ -843,7 +993,7 @@ func (m *Manager) roundOn(ctx context.Context, p peer.ID, k keptDigest, groups [
 			m.compareProcessed(ctx, g, n)
 		}
 	}
-	return false, false, nil
+	return res, false, nil
 }
 
 // askDigests sends one request of a round and reads its answer.
@@ -909,6 +1059,9 @@ func (m *Manager) answerRound(s network.Stream, r *bufio.Reader, remote peer.ID)
 	defer cancel()
 	if req.Summary != "" && len(req.Digests) == 0 {
 		groups := m.shared(remote)
+		if len(req.Deferred) > 0 {
+			groups = slices.DeleteFunc(groups, func(g *Group) bool { return slices.Contains(req.Deferred, g.name) })
+		}
 		same := summary(ctx, groups) == req.Summary
 		data, _ := json.Marshal(digestAnswer{Same: same})
 		if err := writeFrameOnce(s, data); err != nil {
@@ -934,9 +1087,12 @@ func (m *Manager) answerRound(s network.Stream, r *bufio.Reader, remote peer.ID)
 	// joined, and of a pair only one side starts the periodic rounds:
 	// unless the answering side pushes their heads, which joins them
 	// there, nothing ever does while the asker's rounds keep coming.
+	// A group the asker deferred, or one not settled here, is not
+	// unnamed: its announcement may be on its way.
 	var unnamed []*Group
+	now, linked := time.Now().UnixNano(), m.linkedSince(remote)
 	for _, g := range m.shared(remote) {
-		if _, ok := req.Digests[g.name]; !ok {
+		if _, ok := req.Digests[g.name]; !ok && !slices.Contains(req.Deferred, g.name) && (req.All || !m.settling(g, remote, now, linked)) {
 			unnamed = append(unnamed, g)
 		}
 	}
@@ -954,6 +1110,13 @@ func (m *Manager) answerRound(s network.Stream, r *bufio.Reader, remote peer.ID)
 		if !g.member(remote) {
 			// Not a group this site shares with the asker: say nothing
 			// of it (a non-member learns nothing).
+			continue
+		}
+		if !req.All && m.settling(g, remote, now, linked) {
+			// Changed here within SettleAfter: its announcements may be
+			// in flight, either way. A later round compares it.
+			ans.Deferred = append(ans.Deferred, name)
+			m.metrics.digestDeferred.Inc()
 			continue
 		}
 		match := g.digest(ctx).heads == digest

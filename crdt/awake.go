@@ -305,7 +305,7 @@ func (m *Manager) wakerLoop() {
 		if heads == nil {
 			continue
 		}
-		if _, err := g.deliver(m.ctx, heads, 0, true); err != nil && m.ctx.Err() != nil {
+		if _, err := g.deliver(m.ctx, heads, 0, true, wakeDeferred); err != nil && m.ctx.Err() != nil {
 			return
 		}
 	}
@@ -324,7 +324,7 @@ func (m *Manager) repairDue() {
 		if !g.sleptDirty.Load() {
 			continue
 		}
-		_, done, _, err := g.wake(m.ctx, slotRepair|waitSlot)
+		_, done, _, err := g.wake(m.ctx, slotRepair|waitSlot, wakeRepair)
 		if err != nil {
 			if m.ctx.Err() != nil {
 				return

@@ -288,7 +288,7 @@ func TestLinkReaderOnlyTakesFreeSlots(t *testing.T) {
 	if err != nil || heads == nil {
 		t.Fatalf("a,b's heads: %v %v", heads, err)
 	}
-	if ok, err := ac.deliver(ctx, heads, 0, false); !ok || err != nil {
+	if ok, err := ac.deliver(ctx, heads, 0, false, wakeAnnouncement); !ok || err != nil {
 		t.Fatalf("deliver: %v %v", ok, err)
 	}
 	if got := counterValue(a.m.metrics.deferred); got != 1 {

@@ -195,7 +195,7 @@ func (g *Group) commitLoop(ctx context.Context, once bool) {
 			g.m.wg.Done()
 			return
 		}
-		r, done, _, err := g.use(ctx)
+		r, done, _, err := g.wake(ctx, slotAny, wakeWrite)
 		if err != nil && once && ctx.Err() != nil && g.m.ctx.Err() == nil {
 			go g.commitLoop(g.m.ctx, false)
 			return

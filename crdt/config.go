@@ -95,6 +95,25 @@ type Config struct {
 	// pushed both ways. 5 s bounds how long a lost heads message can leave
 	// a group diverged, for a few hundred bytes per peer per round.
 	DigestInterval time.Duration
+	// SettleAfter is how long a group must go unused and unchanged at a
+	// site before an anti-entropy round compares it there: a group
+	// written (or announced to) more recently has heads in flight on the
+	// links, and comparing it then finds a difference that the links
+	// are about to remove, pushes heads both ways and may wake the group
+	// at both ends. Such a group is left out of the round (deferred) and
+	// compared at a later one, once settled, or once it has been
+	// deferred with that member for settleLimit × SettleAfter whatever
+	// its activity, so that a group written without pause is still
+	// compared (a lost message of a busy group is repaired too). A group
+	// changed before the connection to the member opened, or one whose
+	// message to or from it was dropped, is compared at once, as in the
+	// round of a connection event. Never more than DigestInterval is
+	// used. 5 s, one DigestInterval: at 100 sites × 20,000 resources in
+	// one process, 30,000–35,000 mismatches and heads pushes for 20,000
+	// broadcasts were writes in flight; deferred, 6,500 and 7,900 (and
+	// 13,000 rounds sent instead of 18,700). 0 compares every group at
+	// every round.
+	SettleAfter time.Duration
 	// IdleAfter puts a group to sleep once it has been idle that long: its
 	// go-ds-crdt replica (workers, timers, caches) is closed, and opened
 	// again by the next read, write, announcement or repair. A site in
@@ -137,6 +156,7 @@ func DefaultConfig() Config {
 		Workers:             2,
 		RepairInterval:      30 * time.Second,
 		DigestInterval:      5 * time.Second,
+		SettleAfter:         5 * time.Second,
 		IdleAfter:           30 * time.Second,
 		MaxAwake:            32,
 	}
@@ -173,8 +193,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: rebroadcast interval, fetch timeout, repair and digest intervals must be positive", ErrBadConfig)
 	case c.MaxPushBlocks < 1 || c.MaxPushBytes < maxBlock || c.Workers < 1 || c.MaxAwake < 1:
 		return fmt.Errorf("%w: max push blocks, workers and max awake must be at least 1, max push bytes at least %d", ErrBadConfig, maxBlock)
-	case c.MaxInlineBytes < 0 || c.IdleAfter < 0 || c.CommitLinger < 0:
-		return fmt.Errorf("%w: max inline bytes, idle time and commit linger must not be negative", ErrBadConfig)
+	case c.MaxInlineBytes < 0 || c.IdleAfter < 0 || c.CommitLinger < 0 || c.SettleAfter < 0:
+		return fmt.Errorf("%w: max inline bytes, idle time, commit linger and settle time must not be negative", ErrBadConfig)
 	}
 	for _, d := range c.PushDelays {
 		if d < 0 {

@@ -49,8 +49,14 @@
 // groups they share that the request did not name (groups the asker never
 // heard of). A member this site is not connected to gets a round, which
 // dials it, when a group they share was used or changed since their last
-// round (failed dials back off). So a lost announcement is repaired
-// within about one interval. The receiver fetches what it lacks; the block server sends, with each wanted block, its ancestors down
+// round (failed dials back off). A periodic round leaves out the groups
+// used or changed within SettleAfter on a connection open since (their
+// announcements may still be on the link: comparing them found only
+// writes in flight) and compares them once settled, or after
+// settleLimit settle periods whatever their activity, or at once when a
+// message of theirs was dropped; a round after a connection event
+// compares every group. So a lost announcement is repaired within about
+// one or two intervals. The receiver fetches what it lacks; the block server sends, with each wanted block, its ancestors down
 // to what the asker already holds, so a long chain comes in a few round
 // trips instead of one per block.
 //

@@ -145,13 +145,24 @@ func (g *Group) touch() { g.active.Store(time.Now().UnixNano()) }
 // free); done must be called when the caller no longer needs it. woke
 // reports whether this call woke the group.
 func (g *Group) use(ctx context.Context) (r *replica, done func(), woke bool, err error) {
-	return g.wake(ctx, slotAny)
+	return g.wake(ctx, slotAny, wakeUse)
 }
+
+// What woke a group (the label of the wakes counter).
+const (
+	wakeUse          = "use"
+	wakeWrite        = "write"
+	wakeAnnouncement = "announcement"
+	wakePush         = "push"
+	wakeDeferred     = "deferred"
+	wakeRepair       = "repair"
+	wakeOrphan       = "orphan"
+)
 
 // wake is use, getting a slot as mode allows (acquire): a group that
 // would need a slot while none can be had is left asleep and wake
-// returns errNoSlot.
-func (g *Group) wake(ctx context.Context, mode slotMode) (r *replica, done func(), woke bool, err error) {
+// returns errNoSlot. cause says what wakes it, for the metrics.
+func (g *Group) wake(ctx context.Context, mode slotMode, cause string) (r *replica, done func(), woke bool, err error) {
 	g.mu.Lock()
 	if g.closed {
 		g.mu.Unlock()
@@ -184,7 +195,7 @@ func (g *Group) wake(ctx context.Context, mode slotMode) (r *replica, done func(
 		return nil, nil, false, err
 	}
 	g.m.awake.opened(g)
-	g.m.metrics.wakes.Inc()
+	g.m.metrics.wakes.WithLabelValues(cause).Inc()
 	if g.sleptDirty.Swap(false) {
 		// A repair is due (sleptDirty): run it now, dirty mark or not
 		// (put to sleep in the middle of a forced repair, the replica
@@ -545,7 +556,7 @@ func (g *Group) wakeDirty() {
 	if !g.sleptDirty.Load() {
 		return
 	}
-	if _, done, _, err := g.wake(g.m.ctx, slotRepair); err == nil {
+	if _, done, _, err := g.wake(g.m.ctx, slotRepair, wakeRepair); err == nil {
 		done()
 	}
 }
@@ -648,7 +659,9 @@ func (g *Group) stats(ctx context.Context) groupStats {
 // waiter set and may put an idle replica to sleep or wait for a slot
 // with ctx. The reader thus never waits for a slot, nor reads or closes
 // another group's replica.
-func (g *Group) deliver(ctx context.Context, heads []byte, wait time.Duration, waiter bool) (bool, error) {
+//
+// cause says what brings the heads, for the wakes counter.
+func (g *Group) deliver(ctx context.Context, heads []byte, wait time.Duration, waiter bool, cause string) (bool, error) {
 	cids, ok := decodeHeads(heads)
 	var orphan, marked bool
 	if ok {
@@ -669,7 +682,7 @@ func (g *Group) deliver(ctx context.Context, heads []byte, wait time.Duration, w
 	if waiter {
 		mode = slotAny
 	}
-	r, done, _, err := g.wake(ctx, mode)
+	r, done, _, err := g.wake(ctx, mode, cause)
 	if errors.Is(err, errNoSlot) {
 		g.m.deferHeads(g, cids)
 		return true, nil

@@ -216,6 +216,7 @@ func (ls *links) send(ctx context.Context, p peer.ID, g *Group, body []byte, pus
 	case <-l.done:
 		return ErrClosed
 	case <-ctx.Done():
+		ls.m.exchanges.lost(g.name, p)
 		return ctx.Err()
 	}
 }
@@ -308,6 +309,7 @@ func (ls *links) run(l *link) {
 		if out.s == nil {
 			if err := out.open(ls, l.peer); err != nil {
 				m.metrics.linkDrops.Inc()
+				m.exchanges.lost(msg.g.name, l.peer)
 				m.log.Debug("open link", "peer", l.peer, "err", err)
 				ls.flushOut(l) // the queue's messages would fail the same way
 				continue
@@ -352,6 +354,9 @@ func (ls *links) resend(l *link, out *linkStream, cause error) {
 	}
 	if err != nil {
 		m.metrics.linkDrops.Add(float64(len(msgs)))
+		for _, msg := range msgs {
+			m.exchanges.lost(msg.g.name, l.peer)
+		}
 		m.log.Debug("resend on link", "peer", l.peer, "messages", len(msgs), "err", err)
 		out.reset()
 		return
@@ -424,6 +429,7 @@ func (ls *links) flushOut(l *link) {
 		case msg := <-l.queue:
 			if ls.take(l, msg) {
 				ls.m.metrics.linkDrops.Inc()
+				ls.m.exchanges.lost(msg.g.name, l.peer)
 			}
 		default:
 			return
@@ -594,7 +600,11 @@ func (m *Manager) receive(remote peer.ID, name string, peers []byte, body []byte
 	m.metrics.lastSync.WithLabelValues(m.siteOf(remote)).SetToCurrentTime()
 	g.heard.Store(time.Now().UnixNano())
 	// A replica whose queue is full does not get the heads (see above).
-	ok, err := g.deliver(m.ctx, heads, 0, false)
+	cause := wakeAnnouncement
+	if len(blks) == 0 {
+		cause = wakePush
+	}
+	ok, err := g.deliver(m.ctx, heads, 0, false, cause)
 	if g.awake() == nil {
 		// Heads a sleeping group already holds do not wake it, and a
 		// sleeping group keeps no sources (sleep forgot them): the one
@@ -606,6 +616,7 @@ func (m *Manager) receive(remote peer.ID, name string, peers []byte, body []byte
 	}
 	if !ok {
 		m.metrics.queueDrops.Inc()
+		m.exchanges.lost(g.name, remote)
 	}
 	return nil
 }

@@ -227,7 +227,7 @@ func TestBehindReplicaDoesNotHoldTheLink(t *testing.T) {
 	}
 	unstick()
 	eventually(t, 30*time.Second, "b holds every write into {a,b}", func() error {
-		if _, err := a.m.digestRound(ctx, b.id); err != nil {
+		if _, err := a.m.digestRound(ctx, b.id, false); err != nil {
 			return err
 		}
 		for i := range writes {

@@ -760,7 +760,9 @@ func (m *Manager) roundOnConnect(p peer.ID) error {
 	wait := connectRetryFirst
 	for {
 		start := time.Now()
-		_, err := m.digestRound(m.ctx, p)
+		// Every group: what was in flight may have gone with a
+		// connection that closed.
+		_, err := m.digestRound(m.ctx, p, true)
 		if err == nil || time.Since(start) > connectRetryFast || wait > connectRetryLast {
 			return err
 		}

@@ -29,12 +29,15 @@ type metrics struct {
 	queueDrops             prometheus.Counter
 	linkResends            prometheus.Counter
 	pushesCoalesced        prometheus.Counter
-	wakes, sleeps          prometheus.Counter
+	wakes                  *prometheus.CounterVec
+	sleeps                 prometheus.Counter
 	evictions, deferred    prometheus.Counter
 	rewalks                prometheus.Counter
 	commits                prometheus.Counter
 	committedWrites        prometheus.Counter
 	digestRounds           *prometheus.CounterVec
+	digestDeferred         prometheus.Counter
+	digestRoundsDeferred   prometheus.Counter
 	digestRoundsAnswered   prometheus.Counter
 	broadcastBytesSent     prometheus.Counter
 	inlineBlocksSent       prometheus.Counter
@@ -76,8 +79,11 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 		linkResends:     counter("link_resends_total", "Announcements written again on a new stream after their link's stream failed (its connection closed under it)."),
 		digestRounds: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cheops_crdt_digest_rounds_total",
 			Help: "Anti-entropy rounds this site started, by outcome: same (the summaries matched: two small frames) or compared (every shared group's digest sent)."}, []string{"outcome"}),
+		digestDeferred:       counter("digest_deferred_total", "Groups left out of an anti-entropy round, asked or answered, because they changed within SettleAfter at this site (their announcements may be in flight): a later round compares them."),
+		digestRoundsDeferred: counter("digest_rounds_deferred_total", "Anti-entropy rounds this site did not start because every group it shares with the member changed within SettleAfter (nothing sent; the next round compares them)."),
 		digestRoundsAnswered: counter("digest_rounds_answered_total", "Anti-entropy rounds members started with this site (of each pair of sites, the one whose peer id sorts first starts the periodic rounds)."),
-		wakes:                counter("group_wakes_total", "Sleeping groups whose replica was opened again (a read, a write or an announcement)."),
+		wakes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cheops_crdt_group_wakes_total",
+			Help: "Sleeping groups whose replica was opened again, by what woke it: write (a local write's commit), use (a local read, delete or scan, or a forced repair), announcement (a member's heads with their blocks), push (a member's heads alone: a heads push, or an announcement of a large delta), deferred (an announcement kept while no slot was free), repair, orphan (heads delivered after a rewalk)."}, []string{"for"}),
 		sleeps:               counter("group_sleeps_total", "Idle groups whose replica was closed (IdleAfter without use)."),
 		evictions:            counter("group_evictions_total", "Idle replicas put to sleep before IdleAfter to free a slot for a group waking (Config.MaxAwake)."),
 		deferred:             counter("deferred_announcements_total", "Announcements for a sleeping group received while no replica slot was free (Config.MaxAwake): their heads wait for a slot instead of the link's reader."),
@@ -98,7 +104,7 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 			Buckets: []float64{0.001, 0.005, 0.02, 0.1, 0.5, 1, 2, 5, 10}}),
 	}
 	reg.MustRegister(x.digestMismatches, x.lagRepairs, x.refused, x.malformed, x.repairs, x.repairFailures, x.fetches, x.fetchRetries, x.fetching,
-		x.blocksFetched, x.duplicateBlocks, x.blocksSent, x.headsPushed, x.broadcasts, x.linkDrops, x.queueDrops, x.linkResends, x.pushesCoalesced, x.wakes, x.sleeps, x.evictions, x.deferred, x.rewalks, x.commits, x.committedWrites, x.digestRounds, x.digestRoundsAnswered,
+		x.blocksFetched, x.duplicateBlocks, x.blocksSent, x.headsPushed, x.broadcasts, x.linkDrops, x.queueDrops, x.linkResends, x.pushesCoalesced, x.wakes, x.sleeps, x.evictions, x.deferred, x.rewalks, x.commits, x.committedWrites, x.digestRounds, x.digestDeferred, x.digestRoundsDeferred, x.digestRoundsAnswered,
 		x.broadcastBytesSent, x.inlineBlocksSent, x.inlineBlocksReceived, x.broadcastBytesReceived,
 		x.blockBytesSent, x.blockBytesReceived, x.lastSync, x.changeDelay, groupCollector{m})
 	return x

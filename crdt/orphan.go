@@ -178,7 +178,7 @@ func (g *Group) rewalkLater(heads []byte) bool {
 		defer g.m.wg.Done()
 		defer g.orphans.running.Store(false)
 		g.rewalk(g.m.ctx)
-		if _, err := g.deliver(g.m.ctx, heads, 0, true); err != nil && g.m.ctx.Err() == nil {
+		if _, err := g.deliver(g.m.ctx, heads, 0, true, wakeOrphan); err != nil && g.m.ctx.Err() == nil {
 			g.m.log.Debug("deliver heads after a rewalk", "group", g.name, "err", err)
 		}
 	}()

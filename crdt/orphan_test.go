@@ -118,7 +118,7 @@ func TestDeliverReadsEachMarkOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := b.disk.has.Load()
-	if ok, err := g.deliver(ctx, old, 0, false); err != nil || !ok {
+	if ok, err := g.deliver(ctx, old, 0, false, wakeAnnouncement); err != nil || !ok {
 		t.Fatalf("deliver: %v, %v", ok, err)
 	}
 	if got := b.disk.has.Load() - before; got != 1 {

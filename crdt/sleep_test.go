@@ -116,7 +116,7 @@ func TestIdleGroupsSleepAndWakeOnUse(t *testing.T) {
 	// Anti-entropy rounds compare sleeping groups without waking them and
 	// find them equal.
 	mismatches := counterValue(a.m.metrics.digestMismatches)
-	wakes := counterValue(b.m.metrics.wakes)
+	wakes := vecTotal(b.m.metrics.wakes)
 	// a's rounds: those it started that ended on the summary, and those
 	// its members started (of each pair, one site starts them).
 	rounds := func() float64 {
@@ -144,7 +144,7 @@ func TestIdleGroupsSleepAndWakeOnUse(t *testing.T) {
 	if got := counterValue(a.m.metrics.digestMismatches); got != mismatches {
 		t.Errorf("digest mismatches between sleeping equal groups: %v → %v", mismatches, got)
 	}
-	if got := counterValue(b.m.metrics.wakes); got != wakes {
+	if got := vecTotal(b.m.metrics.wakes); got != wakes {
 		t.Errorf("b's groups woke %v times while nothing happened (b: mismatches %v, lag repairs %v, pushes %v)", got-wakes, counterValue(b.m.metrics.digestMismatches), counterValue(b.m.metrics.lagRepairs), counterValue(b.m.metrics.headsPushed))
 	}
 	st := b.m.Status(ctx)
@@ -168,7 +168,7 @@ func TestIdleGroupsSleepAndWakeOnUse(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("b never saw the write into its sleeping group")
 	}
-	if counterValue(b.m.metrics.wakes) <= wakes {
+	if vecTotal(b.m.metrics.wakes) <= wakes {
 		t.Fatal("b's group did not wake for the announcement")
 	}
 	// A read wakes a sleeping group too, and finds its data.
