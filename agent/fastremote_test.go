@@ -1,0 +1,108 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"cheops/forward"
+	"cheops/internal/testkit"
+)
+
+// startRemotePair starts paris and berlin, each an agent in front of an
+// application of its own (startLoggedApp's), and waits until berlin
+// sees paris up.
+func startRemotePair(t *testing.T) (paris, berlin *Agent, parisApp, berlinApp *appLog) {
+	t.Helper()
+	dirs, trust := identities(t, "paris", "berlin")
+	start := func(site string, peers ...string) (*Agent, *appLog) {
+		app, log := startLoggedApp(t)
+		cfg := testConfig(site, dirs[site], trust, peers...)
+		posts, err := forward.NewService("posts", app.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Services = []forward.Service{posts}
+		a, err := Start(context.Background(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { a.Close() })
+		return a, log
+	}
+	paris, parisApp = start("paris")
+	berlin, berlinApp = start("berlin", paris.Node().Addrs()[0])
+	testkit.Eventually(t, 10*time.Second, "berlin sees paris up", func() error {
+		var sites []SiteJSON
+		get(t, berlin.URL()+"/v1/sites", &sites)
+		for _, s := range sites {
+			if s.Site == "paris" && s.State == "up" {
+				return nil
+			}
+		}
+		return fmt.Errorf("sites %+v", sites)
+	})
+	return paris, berlin, parisApp, berlinApp
+}
+
+// TestFastPathRemoteRead: a plain read that the scope places on another
+// site is served on the entry agent's fast path (not net/http's server)
+// with the answer net/http's server gives it on a connection handed over
+// (status line, headers in order, body: byte for byte but the date),
+// and it runs on that site's application only.
+func TestFastPathRemoteRead(t *testing.T) {
+	_, berlin, parisApp, berlinApp := startRemotePair(t)
+	const there = "X-Cheops-Scope: {posts: paris}\r\n"
+	var wantParis []string
+	for _, tc := range []struct{ name, method, target, headers string }{
+		{"item", "GET", "/svc/posts/posts/1", there},
+		{"item HEAD", "HEAD", "/svc/posts/posts/1", there},
+		{"collection", "GET", "/svc/posts/posts", there},
+		{"scope in the path", "GET", "/scope/%7Bposts%3A%20paris%7D/svc/posts/posts/1", ""},
+		{"text", "GET", "/svc/posts/text", there},
+		{"chunked answer", "GET", "/svc/posts/chunked", there},
+		{"small chunked answer", "GET", "/svc/posts/small-chunked", there},
+		{"no content", "GET", "/svc/posts/empty", there},
+		{"large body", "GET", "/svc/posts/big", there},
+		{"large body HEAD", "HEAD", "/svc/posts/big", there},
+		{"unknown item", "GET", "/svc/posts/posts/99", there},
+		{"client headers", "GET", "/svc/posts/posts/1", there + "Accept: application/json\r\nX-Trace: a\r\nX-Trace: b\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req := tc.method + " " + tc.target + " HTTP/1.1\r\nHost: agent\r\n" + tc.headers + "\r\n"
+			slow := dialRaw(t, berlin)
+			slow.send("GET /v1/health HTTP/1.1\r\nHost: agent\r\n\r\n")
+			slow.answer("GET")
+			before := berlin.FastReads()
+			slow.send(req)
+			_, want := slow.answer(tc.method)
+			if n := berlin.FastReads() - before; n != 0 {
+				t.Fatalf("a handed-over connection served %d reads on the fast path", n)
+			}
+			fast := dialRaw(t, berlin)
+			fast.send(req)
+			_, got := fast.answer(tc.method)
+			if served := berlin.FastReads() - before; served != 1 {
+				t.Errorf("served %d on the fast path, want 1", served)
+			}
+			if got != want {
+				t.Errorf("fast path answer:\n%q\nnet/http's:\n%q", got, want)
+			}
+			path := tc.target
+			if p, ok := strings.CutPrefix(path, "/scope/%7Bposts%3A%20paris%7D"); ok {
+				path = p
+			}
+			path = strings.TrimPrefix(path, "/svc/posts")
+			wantParis = append(wantParis, tc.method+" "+path, tc.method+" "+path)
+		})
+	}
+	if got := parisApp.requests(); !slices.Equal(got, wantParis) {
+		t.Errorf("paris's application saw %q, want %q", got, wantParis)
+	}
+	if got := berlinApp.requests(); len(got) != 0 {
+		t.Errorf("berlin's application saw %q, want nothing", got)
+	}
+}
