@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/protocol"
+
 	"cheops/forward"
 	"cheops/internal/testkit"
 )
@@ -104,5 +106,39 @@ func TestFastPathRemoteRead(t *testing.T) {
 	}
 	if got := berlinApp.requests(); len(got) != 0 {
 		t.Errorf("berlin's application saw %q, want nothing", got)
+	}
+}
+
+// TestFastPathRemoteReadFallsBack: when the one site a read is placed on
+// is up but cannot take it (here paris stops serving the hop
+// protocols), the fast path answers as net/http's path does — the same
+// status, headers and error body, the site named in X-Cheops-Fallback —
+// having asked paris once, not handed the read over to ask it again.
+func TestFastPathRemoteReadFallsBack(t *testing.T) {
+	paris, berlin, parisApp, _ := startRemotePair(t)
+	for _, p := range []protocol.ID{forward.ProtocolKeepAlive, forward.Protocol} {
+		paris.Node().Host().RemoveStreamHandler(p)
+	}
+	req := "GET /svc/posts/posts/1 HTTP/1.1\r\nHost: agent\r\nX-Cheops-Scope: {posts: paris}\r\n\r\n"
+	slow := dialRaw(t, berlin)
+	slow.send("GET /v1/health HTTP/1.1\r\nHost: agent\r\n\r\n")
+	slow.answer("GET")
+	slow.send(req)
+	_, want := slow.answer("GET")
+	before := berlin.FastReads()
+	fast := dialRaw(t, berlin)
+	fast.send(req)
+	resp, got := fast.answer("GET")
+	if served := berlin.FastReads() - before; served != 1 {
+		t.Errorf("served %d on the fast path, want 1", served)
+	}
+	if resp.StatusCode < 500 || !strings.HasPrefix(resp.Header.Get(forward.HeaderFallback), "paris: ") {
+		t.Errorf("answer: %s", got)
+	}
+	if got != want {
+		t.Errorf("fast path answer:\n%q\nnet/http's:\n%q", got, want)
+	}
+	if seen := parisApp.requests(); len(seen) != 0 {
+		t.Errorf("paris's application saw %q", seen)
 	}
 }
