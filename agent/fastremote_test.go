@@ -1,10 +1,16 @@
 package agent
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -17,7 +23,7 @@ import (
 // startRemotePair starts paris and berlin, each an agent in front of an
 // application of its own (startLoggedApp's), and waits until berlin
 // sees paris up.
-func startRemotePair(t *testing.T) (paris, berlin *Agent, parisApp, berlinApp *appLog) {
+func startRemotePair(t testing.TB) (paris, berlin *Agent, parisApp, berlinApp *appLog) {
 	t.Helper()
 	dirs, trust := identities(t, "paris", "berlin")
 	start := func(site string, peers ...string) (*Agent, *appLog) {
@@ -39,7 +45,14 @@ func startRemotePair(t *testing.T) (paris, berlin *Agent, parisApp, berlinApp *a
 	berlin, berlinApp = start("berlin", paris.Node().Addrs()[0])
 	testkit.Eventually(t, 10*time.Second, "berlin sees paris up", func() error {
 		var sites []SiteJSON
-		get(t, berlin.URL()+"/v1/sites", &sites)
+		resp, err := http.Get(berlin.URL() + "/v1/sites")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if err := json.NewDecoder(resp.Body).Decode(&sites); err != nil {
+			return err
+		}
 		for _, s := range sites {
 			if s.Site == "paris" && s.State == "up" {
 				return nil
@@ -141,4 +154,62 @@ func TestFastPathRemoteReadFallsBack(t *testing.T) {
 	if seen := parisApp.requests(); len(seen) != 0 {
 		t.Errorf("paris's application saw %q", seen)
 	}
+}
+
+// BenchmarkRemoteRead: a GET of one item through berlin's API, placed on
+// paris (one hop over libp2p on loopback), on one keep-alive connection:
+// on berlin's fast path and on a connection handed over to net/http's
+// server (what a remote read took before); both agents and both
+// applications in this process.
+func BenchmarkRemoteRead(b *testing.B) {
+	for _, path := range []string{"fast", "net/http"} {
+		b.Run(path, func(b *testing.B) {
+			_, berlin, _, _ := startRemotePair(b)
+			c, err := net.Dial("tcp", strings.TrimPrefix(berlin.URL(), "http://"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			br := bufio.NewReader(c)
+			do := func(req string) {
+				if _, err := io.WriteString(c, req); err != nil {
+					b.Fatal(err)
+				}
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					b.Fatalf("status %d", resp.StatusCode)
+				}
+			}
+			if path == "net/http" {
+				do("GET /v1/health HTTP/1.1\r\nHost: agent\r\n\r\n")
+			}
+			req := "GET /svc/posts/posts/1 HTTP/1.1\r\nHost: agent\r\nX-Cheops-Scope: {posts: paris}\r\nUser-Agent: bench\r\n\r\n"
+			do(req)
+			before := berlin.FastReads()
+			cpu0 := processCPU()
+			b.ResetTimer()
+			for range b.N {
+				do(req)
+			}
+			b.StopTimer()
+			b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(b.N), "cpu-µs/op")
+			if fast := berlin.FastReads() - before; (fast > 0) != (path == "fast") {
+				b.Fatalf("%d fast reads on the %s path", fast, path)
+			}
+		})
+	}
+}
+
+// processCPU is this process's CPU time (user and system).
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
