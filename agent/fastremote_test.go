@@ -160,7 +160,12 @@ func TestFastPathRemoteReadFallsBack(t *testing.T) {
 // paris (one hop over libp2p on loopback), on one keep-alive connection:
 // on berlin's fast path and on a connection handed over to net/http's
 // server (what a remote read took before); both agents and both
-// applications in this process.
+// applications in this process. With two Ps the two paths trade places
+// from run to run (the fast path often the slower: goroutines of both
+// agents, the client and the applications share the Ps); with
+// GOMAXPROCS=1 the fast path was 0.95x net/http's (120-126 against
+// 125-133 us/op, 08:32 under the CPU lock), and both 25-40 % faster
+// than with two Ps.
 func BenchmarkRemoteRead(b *testing.B) {
 	for _, path := range []string{"fast", "net/http"} {
 		b.Run(path, func(b *testing.B) {
