@@ -203,7 +203,7 @@ func Start(ctx context.Context, cfg Config) (*Agent, error) {
 	go func() { a.done <- a.srv.Serve(a.fast) }()
 	fast := a.fast
 	_ = reg.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "cheops_api_fast_reads_total",
-		Help: "Reads the API served on its fast path (plain reads of this site's application, in front of net/http's server)."},
+		Help: "Reads the API served on its fast path (plain reads placed on one site, this one or another, in front of net/http's server)."},
 		func() float64 { return float64(fast.Served()) }))
 	if err := a.writeInfo(); err != nil {
 		a.Close()

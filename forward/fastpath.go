@@ -33,10 +33,13 @@ import (
 // So the agent's listener is served here first: one goroutine per
 // connection reads each request with http.ReadRequest (no parsing of our
 // own) and serves on that goroutine the one kind of request the hop is
-// about — a plain read of this site's application (fastRead: GET or
+// about — a plain read of one site's application (fastRead: GET or
 // HEAD, HTTP/1.1, no body framing, no Upgrade, Expect or Connection
 // other than keep-alive, a valid Host, the API's token, a scope and a
-// catalog that place it on this site's application only). Everything
+// catalog that place it on one site only: this one, or another read
+// over the hop, where the entry site paid net/http's server the same
+// way; a remote read that fails falls back and answers as the handler
+// does, on this path). Everything
 // else — the first request that is not such a read, a request the
 // parser refuses, a head over the size limit — hands the connection
 // over to net/http's server for the rest of its life, with the bytes
@@ -505,12 +508,13 @@ func hostLines(head []byte) int {
 }
 
 // fastRead serves r, a fastCandidate the API routes to the forwarder,
-// when it is a plain read of this site's application: a default
-// service's path (no client-named routes, no stream) that names no
-// resource by its global id, whose scope places it on this site alone
-// (one site to read, this one). It is served as plain serves such a
-// read (readHere). It reports false, having written nothing, for any
-// other request, or when the application could not be reached (the
+// when it is a plain read of one site: a default service's path (no
+// client-named routes, no stream) that names no resource by its global
+// id, whose scope places it on one site (one site to read). It is
+// served as plain serves such a read: on this site by readHere, on
+// another by plain itself (readThere, and the fallback when that site
+// fails). It reports false, having written nothing, for any other
+// request, or when this site's application could not be reached (the
 // caller hands it to the handler, which falls back as it does; hereErr
 // is then the application's failure, for the handler not to try it
 // again).
@@ -529,9 +533,8 @@ func (f *Forwarder) fastRead(w http.ResponseWriter, r *http.Request) (served boo
 	if err != nil {
 		return false, nil
 	}
-	self := f.cfg.Membership.Site()
 	order := plan.ReadOrder()
-	if len(order) != 1 || order[0] != self {
+	if len(order) != 1 {
 		return false, nil
 	}
 	if r.Method == http.MethodGet && req.route.id == "" && len(plan.Required()) > 1 && !req.route.other {
@@ -539,6 +542,14 @@ func (f *Forwarder) fastRead(w http.ResponseWriter, r *http.Request) (served boo
 	}
 	if _, refused := localIDRefusal(req, plan.Required()); refused {
 		return false, nil
+	}
+	if order[0] != f.cfg.Membership.Site() {
+		// One other site to read: run as the handler runs it (serve,
+		// dispatch, plain — which it would reach with this plan), its
+		// falling back and error answers included, so that a site that
+		// fails is not asked twice.
+		f.plain(w, req, plan)
+		return true, nil
 	}
 	if err := f.readHere(w, req, req.rawPath); err != nil {
 		return false, err

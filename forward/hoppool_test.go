@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 
 	"cheops/catalog"
 	"cheops/internal/testkit"
@@ -310,5 +312,45 @@ func TestAPlainHopAfterAnOperationIsNotCutByItsDeadline(t *testing.T) {
 	}
 	if n := k.opened.Load(); n != 1 {
 		t.Fatalf("the operation and the file went on %d streams, want 1 (the case tested is one stream)", n)
+	}
+}
+
+// A peer that is not a member site gets no answer on either hop
+// protocol: its stream is reset before its request is read, and b's
+// application never sees it, even on a stream a member keeps open beside.
+func TestAHopFromANonMemberIsRefused(t *testing.T) {
+	var seen atomic.Int64
+	app := filesApp(t, func(w http.ResponseWriter, r *http.Request) {
+		seen.Add(1)
+		fmt.Fprintf(w, "file %s", r.URL.Path)
+	})
+	k := newKeptHops(t, app)
+	k.get(t, "/files/member") // a member's stream, kept
+	stranger := newHost(t)
+	if err := stranger.Connect(context.Background(), peer.AddrInfo{ID: k.hb.ID(), Addrs: k.hb.Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	for _, proto := range []protocol.ID{ProtocolKeepAlive, Protocol} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		s, err := stranger.NewStream(ctx, k.hb.ID(), proto)
+		cancel()
+		if err != nil {
+			t.Fatalf("%s: open: %v", proto, err)
+		}
+		_ = s.SetDeadline(time.Now().Add(10 * time.Second))
+		req := "GET /svc/files/files/stranger HTTP/1.1\r\nHost: cheops\r\nX-Cheops-Scope: b\r\nX-Cheops-Hop: a\r\n\r\n"
+		if _, err := s.Write([]byte(req)); err != nil {
+			t.Fatalf("%s: write: %v", proto, err)
+		}
+		if answer, err := io.ReadAll(s); err == nil || len(answer) > 0 {
+			t.Errorf("%s: a non-member got %q, %v (want the stream reset, nothing read)", proto, answer, err)
+		}
+		s.Reset()
+	}
+	if n := seen.Load(); n != 1 {
+		t.Errorf("the application saw %d requests, want 1 (the member's)", n)
+	}
+	if status, body := k.get(t, "/files/again"); status != http.StatusOK || body != "file /files/again" {
+		t.Errorf("the member after the stranger: %d %q", status, body)
 	}
 }
