@@ -49,7 +49,8 @@
 // groups they share that the request did not name (groups the asker never
 // heard of). A member this site is not connected to gets a round, which
 // dials it, when a group they share was used or changed since their last
-// round (failed dials back off). A periodic round leaves out the groups
+// round (failed dials back off). With Config.SettleAfter set (it is 0,
+// off, by default), a periodic round leaves out the groups
 // used or changed within SettleAfter on a connection open since (their
 // announcements may still be on the link: comparing them found only
 // writes in flight) and compares them once settled, or after
