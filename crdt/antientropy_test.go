@@ -786,9 +786,12 @@ func TestBusyGroupsAreComparedOnceSettled(t *testing.T) {
 	if got := counterValue(a.m.metrics.headsPushed) + counterValue(b.m.metrics.headsPushed); got != pushed {
 		t.Fatalf("%v heads pushed by a round that deferred its only group", got-pushed)
 	}
-	// The catch-up round of a connection event compares it.
+	// The catch-up round of a connection event compares it (none
+	// deferred). Its summaries may be equal already: once announcements
+	// pass again, a's later push of the write (PushDelays) can reach b
+	// before the round.
 	lose.Store(false)
-	if res, err = a.m.digestRound(ctx, b.id, true); err != nil || res.same || res.deferred != 0 {
+	if res, err = a.m.digestRound(ctx, b.id, true); err != nil || res.deferred != 0 {
 		t.Fatalf("round comparing every group: %+v, %v", res, err)
 	}
 	eventually(t, 10*time.Second, "b has /k", func() error { return hasValue(b, ab, "/k", "v") })
