@@ -104,3 +104,32 @@ func testHeldHeads(t *testing.T, marked bool) {
 		return nil
 	})
 }
+
+// TestHeldDue: a rewalk is due once pushes showing heads held here have
+// come for longer than the interval, each within three intervals of the
+// previous one, and not again within orphanRewalkEvery.
+func TestHeldDue(t *testing.T) {
+	const every = 100 * time.Millisecond
+	var w orphanWatch
+	t0 := time.Unix(1_000_000, 0)
+	steps := []struct {
+		at   time.Duration
+		want bool
+	}{
+		{0, false},                     // first seen
+		{every / 2, false},             // within the interval
+		{5 * every, false},             // a gap of more than 3 intervals: seen anew
+		{6 * every, true},              // an interval later: due
+		{7 * every, false},             // watched anew
+		{9 * every, false},             // an interval on, but a rewalk ran within orphanRewalkEvery
+		{time.Minute, false},           // a gap: seen anew
+		{time.Minute + 2*every, false}, // still within orphanRewalkEvery of the rewalk at 6 intervals
+		{time.Minute + 5*every, false}, // likewise
+		{time.Minute + 7*every, true},
+	}
+	for i, s := range steps {
+		if got := w.heldDue(t0.Add(s.at), every); got != s.want {
+			t.Fatalf("step %d (at %v): due %v, want %v", i, s.at, got, s.want)
+		}
+	}
+}
