@@ -1,12 +1,10 @@
 package agent
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -195,42 +193,7 @@ func BenchmarkRemoteRead(b *testing.B) {
 	for _, path := range []string{"fast", "net/http"} {
 		b.Run(path, func(b *testing.B) {
 			_, berlin, _, _ := startRemotePair(b)
-			c, err := net.Dial("tcp", strings.TrimPrefix(berlin.URL(), "http://"))
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer c.Close()
-			br := bufio.NewReader(c)
-			do := func(req string) {
-				if _, err := io.WriteString(c, req); err != nil {
-					b.Fatal(err)
-				}
-				resp, err := http.ReadResponse(br, nil)
-				if err != nil {
-					b.Fatal(err)
-				}
-				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusOK {
-					b.Fatalf("status %d", resp.StatusCode)
-				}
-			}
-			if path == "net/http" {
-				do("GET /v1/health HTTP/1.1\r\nHost: agent\r\n\r\n")
-			}
-			req := "GET /svc/posts/posts/1 HTTP/1.1\r\nHost: agent\r\nX-Cheops-Scope: {posts: paris}\r\nUser-Agent: bench\r\n\r\n"
-			do(req)
-			before := berlin.FastReads()
-			cpu0 := processCPU()
-			b.ResetTimer()
-			for range b.N {
-				do(req)
-			}
-			b.StopTimer()
-			b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(b.N), "cpu-µs/op")
-			if fast := berlin.FastReads() - before; (fast > 0) != (path == "fast") {
-				b.Fatalf("%d fast reads on the %s path", fast, path)
-			}
+			benchReads(b, berlin, path)
 		})
 	}
 }
