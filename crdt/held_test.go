@@ -37,19 +37,10 @@ func TestHeldHeadsWithMissingDeltaAreWalkedAgain(t *testing.T) {
 }
 
 func testHeldHeads(t *testing.T, marked bool) {
-	n := newNet(t, "a", "b")
-	n.tune = func(c *Config) {
-		c.DigestInterval = 100 * time.Millisecond
-		c.IdleAfter = 200 * time.Millisecond
-	}
-	n.startAll("a", "b")
+	n := pairWithAFirstWrite(t)
 	a := n.sites["a"]
 	ctx := context.Background()
 	ab := []string{"a", "b"}
-	if err := a.m.Put(ctx, ab, "/k0", []byte("v0")); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, 10*time.Second, "b has k0", func() error { return hasValue(n.sites["b"], ab, "/k0", "v0") })
 
 	// b stops; a writes X (k1) above Y (k0's node).
 	n.stop("b", true)

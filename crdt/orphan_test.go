@@ -21,19 +21,10 @@ import (
 // every round, 96 entries missing at 100 sites × 100,000 writes). The
 // member must walk the branch again and end with the writer's writes.
 func TestOrphanedBranchTopIsWalkedAgain(t *testing.T) {
-	n := newNet(t, "a", "b")
-	n.tune = func(c *Config) {
-		c.DigestInterval = 100 * time.Millisecond
-		c.IdleAfter = 200 * time.Millisecond
-	}
-	n.startAll("a", "b")
+	n := pairWithAFirstWrite(t)
 	a := n.sites["a"]
 	ctx := context.Background()
 	ab := []string{"a", "b"}
-	if err := a.m.Put(ctx, ab, "/k0", []byte("v0")); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, 10*time.Second, "b has k0", func() error { return hasValue(n.sites["b"], ab, "/k0", "v0") })
 
 	// b stops; a writes two more nodes (k1, then k2 above it).
 	n.stop("b", true)
@@ -127,4 +118,24 @@ func TestDeliverReadsEachMarkOnce(t *testing.T) {
 	if !asleep(b, "a,b") {
 		t.Error("a merged head woke b's sleeping group")
 	}
+}
+
+// pairWithAFirstWrite starts sites a and b (quick rounds, groups asleep
+// after 200 ms) and returns once b holds a's first write, /k0, in their
+// group: the start of the repair tests, which then stop b and plant a
+// state in its store.
+func pairWithAFirstWrite(t *testing.T) *testNet {
+	t.Helper()
+	n := newNet(t, "a", "b")
+	n.tune = func(c *Config) {
+		c.DigestInterval = 100 * time.Millisecond
+		c.IdleAfter = 200 * time.Millisecond
+	}
+	n.startAll("a", "b")
+	ab := []string{"a", "b"}
+	if err := n.sites["a"].m.Put(context.Background(), ab, "/k0", []byte("v0")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "b has k0", func() error { return hasValue(n.sites["b"], ab, "/k0", "v0") })
+	return n
 }
