@@ -197,28 +197,18 @@ type FirstWriteFigures struct {
 // process's one-time growth, and its own figures, since before any group,
 // are kept in First).
 type IdleFigures struct {
-	// Groups and Members are the second batch's groups and their
-	// replicas (the sum of their sizes).
-	Groups  int `json:"groups"`
-	Members int `json:"members"`
-	// HeapPerGroupMember is the live heap the second batch added per
-	// replica: the smallest of its idleReadings readings less the
+	// IdleBatchFigures are the second batch's: its groups and their
+	// replicas (the sum of their sizes); the live heap it added per
+	// replica, the smallest of its idleReadings readings less the
 	// smallest of the first batch's (a reading is the live heap after a
-	// collection, the smaller of two). Min and Max are the smallest and
+	// collection, the smaller of two), with Min and Max the smallest and
 	// largest growth of a reading over the first batch's reading at the
-	// same point of its window: the noise.
-	HeapPerGroupMember    float64 `json:"heap_per_group_member_bytes"`
-	HeapPerGroupMemberMin float64 `json:"heap_per_group_member_min_bytes"`
-	HeapPerGroupMemberMax float64 `json:"heap_per_group_member_max_bytes"`
-	// GoroutinesPerGroup is the goroutines the second batch added per
-	// group (the fewest of each window's readings).
-	GoroutinesPerGroup float64 `json:"goroutines_per_group"`
-	// GroupBytesPerGroupMinute is what the crdt package sent during the
-	// second batch's window on the protocols whose every message names a
-	// group (links, blocks), less what it sent during the first's, per
-	// group of the second batch and minute: what the groups' own periodic
-	// work costs.
-	GroupBytesPerGroupMinute float64 `json:"group_bytes_per_group_minute"`
+	// same point of its window (the noise); the goroutines it added per
+	// group (the fewest of each window's readings); and what the crdt
+	// package sent during its window on the protocols whose every
+	// message names a group (links, blocks), less what it sent during
+	// the first's, per group and minute: the groups' own periodic work.
+	IdleBatchFigures
 	// First is the first batch's figures, each since before any group
 	// existed: they hold the process's one-time growth.
 	First *IdleBatchFigures `json:"first,omitempty"`

@@ -100,14 +100,14 @@ func TestScaleVerdicts(t *testing.T) {
 		Full:        &Workload{Written: 1000, WritesPerSecond: 3000, WriteTime: 2 * time.Second, Converged: 2 * time.Second, BytesSent: 8 << 20},
 		HeapPerSite: 2 << 20,
 		FirstWrite:  &FirstWriteFigures{Samples: 10, P50: 5 * time.Millisecond, P99: 80 * time.Millisecond},
-		Idle: &IdleFigures{Groups: 20, Members: 50, HeapPerGroupMember: 900, HeapPerGroupMemberMin: 850, HeapPerGroupMemberMax: 1010,
-			GoroutinesPerGroup: 4, GroupBytesPerGroupMinute: 0, Window: time.Minute,
+		Idle: &IdleFigures{IdleBatchFigures: IdleBatchFigures{Groups: 20, Members: 50, HeapPerGroupMember: 900, HeapPerGroupMemberMin: 850, HeapPerGroupMemberMax: 1010,
+			GoroutinesPerGroup: 4, GroupBytesPerGroupMinute: 0}, Window: time.Minute,
 			First: &IdleBatchFigures{Groups: 20, Members: 48, HeapPerGroupMember: 6321, HeapPerGroupMemberMin: 6300, HeapPerGroupMemberMax: 6400, GoroutinesPerGroup: 0.5}}}
 	// The verdict is the second batch's slope: the first batch's figure,
 	// which holds the process's one-time growth, is printed without one.
 	idleMissed := ok
-	idleMissed.FirstWrite, idleMissed.Idle = nil, &IdleFigures{Groups: 20, Members: 50, HeapPerGroupMember: 2100, HeapPerGroupMemberMin: 2000,
-		HeapPerGroupMemberMax: 2300, Window: time.Minute, First: &IdleBatchFigures{Groups: 20, Members: 50, HeapPerGroupMember: 1000}}
+	idleMissed.FirstWrite, idleMissed.Idle = nil, &IdleFigures{IdleBatchFigures: IdleBatchFigures{Groups: 20, Members: 50, HeapPerGroupMember: 2100, HeapPerGroupMemberMin: 2000,
+		HeapPerGroupMemberMax: 2300}, Window: time.Minute, First: &IdleBatchFigures{Groups: 20, Members: 50, HeapPerGroupMember: 1000}}
 	failed := ScaleFigures{ScaleCase: ScaleCase{Sites: 100, Resources: 100000}, Error: "bench: 100 sites see each other up: not within 2m0s"}
 	for _, tc := range []struct {
 		name    string
