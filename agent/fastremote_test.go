@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -205,4 +206,67 @@ func processCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// TestFastPathParallelClientsThroughTwoSites: clients on connections of
+// their own read at the same moments through paris and berlin, reads
+// placed on paris (local at paris, a hop from berlin) and on berlin.
+// Every answer is the item from the site it was placed on, every read
+// reached that site's application once, and all of them took the fast
+// path.
+func TestFastPathParallelClientsThroughTwoSites(t *testing.T) {
+	paris, berlin, parisApp, berlinApp := startRemotePair(t)
+	parisBefore, berlinBefore := len(parisApp.requests()), len(berlinApp.requests())
+	fastBefore := paris.FastReads() + berlin.FastReads()
+	type route struct {
+		via  *Agent
+		site string // where the scope places the read
+	}
+	routes := []route{{paris, "paris"}, {berlin, "paris"}, {berlin, "berlin"}}
+	const clients, reads = 6, 40
+	var wg sync.WaitGroup
+	errs := make(chan error, clients)
+	for c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := routes[c%len(routes)]
+			client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{}}
+			defer client.CloseIdleConnections()
+			for i := range reads {
+				req, _ := http.NewRequest(http.MethodGet, r.via.URL()+"/svc/posts/posts/1", http.NoBody)
+				req.Header.Set(forward.HeaderScope, "{posts: "+r.site+"}")
+				resp, err := client.Do(req)
+				if err != nil {
+					errs <- fmt.Errorf("client %d read %d: %w", c, i, err)
+					return
+				}
+				body, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err != nil || resp.StatusCode != http.StatusOK || resp.Header.Get(forward.HeaderSite) != r.site ||
+					!strings.Contains(string(body), `"title": "read me"`) {
+					errs <- fmt.Errorf("client %d read %d placed on %s: status %d, site %q, body %q, %v",
+						c, i, r.site, resp.StatusCode, resp.Header.Get(forward.HeaderSite), body, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	// Clients 0 and 3 read paris through paris, 1 and 4 paris through
+	// berlin, 2 and 5 berlin through berlin.
+	wantParis, wantBerlin := 4*reads, 2*reads
+	if got := len(parisApp.requests()) - parisBefore; got != wantParis {
+		t.Errorf("paris's application got %d reads, want %d", got, wantParis)
+	}
+	if got := len(berlinApp.requests()) - berlinBefore; got != wantBerlin {
+		t.Errorf("berlin's application got %d reads, want %d", got, wantBerlin)
+	}
+	if got := paris.FastReads() + berlin.FastReads() - fastBefore; got != clients*reads {
+		t.Errorf("%d reads on the fast paths, want %d", got, clients*reads)
+	}
 }
