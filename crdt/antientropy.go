@@ -182,8 +182,7 @@ type digestRequest struct {
 }
 
 // digestAnswer names the groups whose digests differed, and gives the
-// answering side's processed counts of the groups it compared (before
-// held.go, only of those whose heads matched).
+// answering side's processed counts of the groups whose heads matched.
 type digestAnswer struct {
 	// Same answers a summary: the answerer's summary of the groups it
 	// shares with the asker is equal.
@@ -217,17 +216,6 @@ type exchanges struct {
 	// member, not settled, or that a message of it to or from that
 	// member was lost; cleared once they compare it.
 	deferred map[exchangeKey]deferral
-	// differing is a member's merged-node count for a group, as of the
-	// last round that found their heads different; cleared once they
-	// match (held.go).
-	differing map[exchangeKey]memberCount
-}
-
-// memberCount is a member's merged-node count for a group, and when it
-// was learnt (unix ns).
-type memberCount struct {
-	n  int
-	at int64
 }
 
 // deferral is a group's state of deferral with one member.
@@ -282,11 +270,6 @@ func (x *exchanges) forgetDeferrals(before int64) {
 	for k, d := range x.deferred {
 		if d.since < before {
 			delete(x.deferred, k)
-		}
-	}
-	for k, c := range x.differing {
-		if c.at < before {
-			delete(x.differing, k)
 		}
 	}
 }
@@ -359,37 +342,6 @@ func (x *exchanges) set(group string, p peer.ID, match bool) {
 	}
 	x.last[exchangeKey{group, p}] = exchangeResult{at: now, match: match}
 	delete(x.deferred, exchangeKey{group, p})
-	if match {
-		delete(x.differing, exchangeKey{group, p})
-	}
-}
-
-// differ records, for a group whose heads differ from member p's, p's
-// merged-node count (n < 0: unknown, nothing recorded).
-func (x *exchanges) differ(group string, p peer.ID, n int) {
-	if n < 0 {
-		return
-	}
-	now := time.Now().UnixNano()
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	if x.differing == nil {
-		x.differing = map[exchangeKey]memberCount{}
-	}
-	x.differing[exchangeKey{group, p}] = memberCount{n: n, at: now}
-}
-
-// memberMerged is member p's merged-node count for group as of the last
-// round that found their heads different; false when none is recorded
-// since that round (unix ns) or later, or they matched since.
-func (x *exchanges) memberMerged(group string, p peer.ID, since int64) (int, bool) {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	c, ok := x.differing[exchangeKey{group, p}]
-	if !ok || c.at < since {
-		return 0, false
-	}
-	return c.n, true
 }
 
 func (x *exchanges) get(group string, p peer.ID) (digestResult, bool) {
@@ -1030,9 +982,6 @@ func (m *Manager) roundOn(ctx context.Context, p peer.ID, k keptDigest, groups [
 		if g, ok := byName[name]; ok {
 			differ[name] = true
 			m.metrics.digestMismatches.Inc()
-			if n, ok := ans.Processed[name]; ok {
-				m.exchanges.differ(name, p, n)
-			}
 			if err := g.pushHeads(ctx, p); err != nil {
 				m.log.Debug("push heads after a digest mismatch", "group", name, "err", err)
 			}
@@ -1170,24 +1119,15 @@ func (m *Manager) answerRound(s network.Stream, r *bufio.Reader, remote peer.ID)
 			m.metrics.digestDeferred.Inc()
 			continue
 		}
-		d := g.digest(ctx)
-		match := d.heads == digest
+		match := g.digest(ctx).heads == digest
 		m.exchanges.set(name, remote, match)
-		// The merged counts go both ways, heads equal or not (an older
-		// asker reads them only for equal heads): with different heads
-		// they tell whether a member whose heads are all heads here
-		// merged as much as this site (held.go).
-		ans.Processed[name] = d.processed
-		n, ok := req.Processed[name]
 		if !match {
 			ans.Differ = append(ans.Differ, name)
 			differ = append(differ, g)
-			if ok {
-				m.exchanges.differ(name, remote, n)
-			}
 			continue
 		}
-		if ok {
+		ans.Processed[name] = g.processedCount(ctx)
+		if n, ok := req.Processed[name]; ok {
 			m.compareProcessed(ctx, g, n)
 		}
 	}

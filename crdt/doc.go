@@ -61,14 +61,6 @@
 // to what the asker already holds, so a long chain comes in a few round
 // trips instead of one per block.
 //
-// Of a group whose heads differ, the two sides of a round learn each
-// other's merged-node count. A member whose heads are all heads here,
-// fewer than this site's, having merged as many nodes or more, points at
-// a head here whose walk never finished (its push would otherwise be
-// taken for merged, for good): pushed so for over a DigestInterval, the
-// group's merged marks are forgotten and its DAG walked again from its
-// heads (held.go).
-//
 // # Crash safety
 //
 // A clean-shutdown marker is written by Close and removed at start; after

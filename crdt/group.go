@@ -667,7 +667,7 @@ func (g *Group) deliver(ctx context.Context, heads []byte, wait time.Duration, w
 	if ok {
 		orphan, marked = g.orphaned(ctx, cids)
 	}
-	if orphan && g.rewalkLater(heads, "a member keeps announcing a head merged here that no head reaches") {
+	if orphan && g.rewalkLater(heads) {
 		// The rewalk delivers the heads once the marks are forgotten.
 		return true, nil
 	}

@@ -604,12 +604,7 @@ func (m *Manager) receive(remote peer.ID, name string, peers []byte, body []byte
 	if len(blks) == 0 {
 		cause = wakePush
 	}
-	ok := true
-	// A heads push may show a head here whose walk was not finished
-	// (held.go): a rewalk then delivers the heads.
-	if cause != wakePush || !m.heldBehind(g, remote, heads) {
-		ok, err = g.deliver(m.ctx, heads, 0, false, cause)
-	}
+	ok, err := g.deliver(m.ctx, heads, 0, false, cause)
 	if g.awake() == nil {
 		// Heads a sleeping group already holds do not wake it, and a
 		// sleeping group keeps no sources (sleep forgot them): the one

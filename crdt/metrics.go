@@ -33,7 +33,6 @@ type metrics struct {
 	sleeps                 prometheus.Counter
 	evictions, deferred    prometheus.Counter
 	rewalks                prometheus.Counter
-	heldRewalks            prometheus.Counter
 	commits                prometheus.Counter
 	committedWrites        prometheus.Counter
 	digestRounds           *prometheus.CounterVec
@@ -88,8 +87,7 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 		sleeps:               counter("group_sleeps_total", "Idle groups whose replica was closed (IdleAfter without use)."),
 		evictions:            counter("group_evictions_total", "Idle replicas put to sleep before IdleAfter to free a slot for a group waking (Config.MaxAwake)."),
 		deferred:             counter("deferred_announcements_total", "Announcements for a sleeping group received while no replica slot was free (Config.MaxAwake): their heads wait for a slot instead of the link's reader."),
-		rewalks:              counter("orphan_rewalks_total", "Groups whose merged marks were forgotten and DAG walked again because a member kept announcing a head marked merged here that no head here reaches (a walk that ended early), or kept pushing heads all held here while it merged as many nodes or more (held_heads_rewalks_total)."),
-		heldRewalks:          counter("held_heads_rewalks_total", "Rewalks started because a member whose heads differ kept pushing heads all held here, having merged as many DAG nodes as this site or more (a head here whose walk was not finished)."),
+		rewalks:              counter("orphan_rewalks_total", "Groups whose merged marks were forgotten and DAG walked again because a member kept announcing a head marked merged here that no head here reaches (a walk that ended early)."),
 		commits:              counter("commits_total", "Deltas committed by local writes (concurrent writes into one group share one)."),
 		committedWrites:      counter("committed_writes_total", "Put and PutBatch calls committed (over commits_total: writes per delta)."),
 		broadcastBytesSent:   counter("broadcast_bytes_sent_total", "Bytes of head announcements sent on links (to members only)."),
@@ -106,7 +104,7 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 			Buckets: []float64{0.001, 0.005, 0.02, 0.1, 0.5, 1, 2, 5, 10}}),
 	}
 	reg.MustRegister(x.digestMismatches, x.lagRepairs, x.refused, x.malformed, x.repairs, x.repairFailures, x.fetches, x.fetchRetries, x.fetching,
-		x.blocksFetched, x.duplicateBlocks, x.blocksSent, x.headsPushed, x.broadcasts, x.linkDrops, x.queueDrops, x.linkResends, x.pushesCoalesced, x.wakes, x.sleeps, x.evictions, x.deferred, x.rewalks, x.heldRewalks, x.commits, x.committedWrites, x.digestRounds, x.digestDeferred, x.digestRoundsDeferred, x.digestRoundsAnswered,
+		x.blocksFetched, x.duplicateBlocks, x.blocksSent, x.headsPushed, x.broadcasts, x.linkDrops, x.queueDrops, x.linkResends, x.pushesCoalesced, x.wakes, x.sleeps, x.evictions, x.deferred, x.rewalks, x.commits, x.committedWrites, x.digestRounds, x.digestDeferred, x.digestRoundsDeferred, x.digestRoundsAnswered,
 		x.broadcastBytesSent, x.inlineBlocksSent, x.inlineBlocksReceived, x.broadcastBytesReceived,
 		x.blockBytesSent, x.blockBytesReceived, x.lastSync, x.changeDelay, groupCollector{m})
 	return x

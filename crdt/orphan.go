@@ -39,10 +39,6 @@ type orphanWatch struct {
 	mu     sync.Mutex
 	seen   map[cid.Cid]time.Time // head → first seen, at most maxOrphanWatch
 	rewalk time.Time             // the last rewalk
-	// heldSince and heldLast: the first and the latest of consecutive
-	// pushes of heads all held here from a member that merged as much
-	// as this site or more (held.go).
-	heldSince, heldLast time.Time
 	// running: a rewalk goroutine runs (rewalkLater).
 	running atomic.Bool
 }
@@ -170,7 +166,7 @@ func (g *Group) reaches(ctx context.Context, heads []cid.Cid, target cid.Cid) bo
 // deletes under the group's mutex, which every acquire's evict takes).
 // One runs per group; false when one already runs or the manager closes
 // (the announcement is then delivered as usual).
-func (g *Group) rewalkLater(heads []byte, reason string) bool {
+func (g *Group) rewalkLater(heads []byte) bool {
 	if !g.orphans.running.CompareAndSwap(false, true) {
 		return false
 	}
@@ -181,7 +177,7 @@ func (g *Group) rewalkLater(heads []byte, reason string) bool {
 	go func() {
 		defer g.m.wg.Done()
 		defer g.orphans.running.Store(false)
-		g.rewalk(g.m.ctx, reason)
+		g.rewalk(g.m.ctx)
 		if _, err := g.deliver(g.m.ctx, heads, 0, true, wakeOrphan); err != nil && g.m.ctx.Err() == nil {
 			g.m.log.Debug("deliver heads after a rewalk", "group", g.name, "err", err)
 		}
@@ -190,10 +186,10 @@ func (g *Group) rewalkLater(heads []byte, reason string) bool {
 }
 
 // rewalk forgets the group's merged marks and has it repaired (see
-// above, and held.go); reason is logged. A replica at work is left alone: the member's next
+// above). A replica at work is left alone: the member's next
 // announcement found due tries again (the rewalk runs off the link's
 // reader, which may hand the replica another announcement meanwhile).
-func (g *Group) rewalk(ctx context.Context, reason string) {
+func (g *Group) rewalk(ctx context.Context) {
 	g.mu.Lock()
 	if g.closed || g.rep != nil && !g.idleLocked(ctx, true) {
 		g.mu.Unlock()
@@ -214,6 +210,6 @@ func (g *Group) rewalk(ctx context.Context, reason string) {
 		return
 	}
 	g.m.metrics.rewalks.Inc()
-	g.m.log.Warn(reason+": walking the group again", "group", g.name)
+	g.m.log.Warn("a member keeps announcing a head merged here that no head reaches: walking the group again", "group", g.name)
 	g.wakeDirty()
 }
