@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -391,7 +392,7 @@ func runForwarding(ctx context.Context, env Env, p forwardingProfile) (*Forwardi
 	if _, _, err := direct.do(ctx, http.MethodPost, "/posts", []byte(`{"id": 1, "title": "read me", "body": "the item every path reads"}`), http.StatusCreated); err != nil {
 		return nil, err
 	}
-	proxyAddr, version, proxyPid, stop, err := startHAProxy(ctx, haproxy, filepath.Join(env.Dir, "forwarding", "haproxy"), app.ip, hostPortOf(app.App), "")
+	proxyAddr, version, proxyPid, stop, err := startHAProxy(ctx, haproxy, filepath.Join(env.Dir, "forwarding", "haproxy"), app.ip, hostPortOf(app.App), haproxyExtra{})
 	if err != nil {
 		return nil, err
 	}
@@ -414,7 +415,7 @@ func runForwarding(ctx context.Context, env Env, p forwardingProfile) (*Forwardi
 		if err != nil {
 			return nil, err
 		}
-		chainAddr, _, _, stopChain, err := startHAProxy(ctx, haproxy, filepath.Join(env.Dir, "forwarding", "haproxy-chain"), remote.ip, relay, remote.ip)
+		chainAddr, _, _, stopChain, err := startHAProxy(ctx, haproxy, filepath.Join(env.Dir, "forwarding", "haproxy-chain"), remote.ip, relay, haproxyExtra{source: remote.ip})
 		if err != nil {
 			return nil, err
 		}
@@ -472,7 +473,16 @@ func runForwarding(ctx context.Context, env Env, p forwardingProfile) (*Forwardi
 			res.ReplicatedCreates = math.Round(res.ReplicatedCreates)
 		}
 		if rtt == 0 && p.bodyMiB > 0 && phases["bodies"] {
-			if err := res.largeBodies(ctx, c, tinies[0].URL, p.bodyMiB, log); err != nil {
+			// A good proxy's figure beside the agents': HAProxy in front
+			// of the same application, splicing as it judges best.
+			bodyProxy, _, bodyProxyPid, stopBodyProxy, err := startHAProxy(ctx, haproxy, filepath.Join(env.Dir, "forwarding", "haproxy-bodies"),
+				app.ip, hostPortOf(tinies[0].URL), haproxyExtra{option: "option splice-auto", probe: "/blob?size=1"})
+			if err != nil {
+				return nil, err
+			}
+			err = res.largeBodies(ctx, c, tinies[0].URL, "http://"+bodyProxy, bodyProxyPid, p.bodyMiB, log)
+			stopBodyProxy()
+			if err != nil {
 				return nil, err
 			}
 			cpu0 := SelfCPU()
@@ -675,42 +685,73 @@ func (res *ForwardingResult) measureLatency(ctx context.Context, c *Cluster, p f
 }
 
 // largeBodies measures a GET and a PUT of mib MiB directly (the Go
-// application at appURL), through the app site's agent and through the
-// other's — the median of bodyMoves of each — with the CPU time each
-// process spent per MiB moved, and each agent's peak memory before and
-// after. With ProfileEnv and LogsEnv set (and the agents started with
-// --pprof, AgentArgsEnv), each agent path's GET and PUT are then
-// repeated while both agents are profiled, after the figures.
-func (r *ForwardingResult) largeBodies(ctx context.Context, c *Cluster, appURL string, mib int, log *slog.Logger) error {
+// application at appURL), through HAProxy in front of it (proxyURL, its
+// process proxyPid), through the app site's agent and through the
+// other's — the median of bodyMoves of each, the paths taken in turn
+// move after move so that the machine's changes of speed fall on all of
+// them alike — with the CPU time each process spent per MiB moved, and
+// each agent's peak memory before and after. With ProfileEnv and
+// LogsEnv set (and the agents started with --pprof, AgentArgsEnv), each
+// agent path's GET and PUT are then repeated while both agents are
+// profiled, after the figures.
+func (r *ForwardingResult) largeBodies(ctx context.Context, c *Cluster, appURL, proxyURL string, proxyPid, mib int, log *slog.Logger) error {
 	app, remote := c.Sites[0], c.Sites[1]
 	scope := "{items: " + app.Name + "}"
-	targets := []*fwTarget{newTarget(pathDirect, appURL, ""), newTarget(pathLocal, app.API+"/svc/items", scope), newTarget(pathRemote, remote.API+"/svc/items", scope)}
+	targets := []*fwTarget{newTarget(pathDirect, appURL, ""), newTarget(pathProxy, proxyURL, ""),
+		newTarget(pathLocal, app.API+"/svc/items", scope), newTarget(pathRemote, remote.API+"/svc/items", scope)}
+	for _, t := range targets {
+		defer t.close()
+	}
 	r.BodyMiB, r.RSSBefore, r.RSSAfter = mib, map[string]float64{}, map[string]float64{}
 	r.BodyCPU = map[string]map[string]float64{}
 	for _, s := range []*Site{app, remote} {
 		r.RSSBefore[s.Name] = peakRSS(s.agent.Process.Pid)
 	}
+	times := func() map[string]time.Duration {
+		m := cpuTimes(c)
+		if d, ok := ProcessCPU(proxyPid); ok {
+			m[pathProxy] = d
+		}
+		return m
+	}
 	size := int64(mib) << 20
-	for _, t := range targets {
-		defer t.close()
-		log.Info("forwarding: large bodies", "path", t.name, "MiB", mib)
-		f := BodyFigures{Path: t.name}
-		for _, m := range []struct {
-			method string
-			mbps   *float64
-		}{{http.MethodGet, &f.GetMBps}, {http.MethodPut, &f.PutMBps}} {
-			var rates []float64
-			cpu0 := cpuTimes(c)
-			for range bodyMoves {
-				mbps, err := moveBody(ctx, t, m.method, size)
+	methods := []string{http.MethodGet, http.MethodPut}
+	rates := map[string][]float64{}
+	spent := map[string]map[string]time.Duration{}
+	for move := range bodyMoves {
+		for _, t := range targets {
+			for _, method := range methods {
+				if move == 0 {
+					log.Info("forwarding: large bodies", "path", t.name, "method", method, "MiB", mib)
+				}
+				key := t.name + " " + method
+				cpu0 := times()
+				mbps, err := moveBody(ctx, t, method, size)
 				if err != nil {
 					return err
 				}
-				rates = append(rates, mbps)
+				rates[key] = append(rates[key], mbps)
+				if spent[key] == nil {
+					spent[key] = map[string]time.Duration{}
+				}
+				for k, v := range times() {
+					if v0, ok := cpu0[k]; ok {
+						spent[key][k] += v - v0
+					}
+				}
 			}
-			r.BodyCPU[t.name+" "+m.method] = cpuPer(cpu0, cpuTimes(c), float64(bodyMoves*mib))
-			slices.Sort(rates)
-			*m.mbps = math.Round(rates[len(rates)/2])
+		}
+	}
+	for _, t := range targets {
+		f := BodyFigures{Path: t.name}
+		for i, method := range methods {
+			key := t.name + " " + method
+			if t.name != pathProxy {
+				delete(spent[key], pathProxy) // idle then: noise
+			}
+			r.BodyCPU[key] = cpuPerOp(spent[key], float64(bodyMoves*mib))
+			rs := slices.Sorted(slices.Values(rates[key]))
+			*[]*float64{&f.GetMBps, &f.PutMBps}[i] = math.Round(rs[len(rs)/2])
 		}
 		r.Bodies = append(r.Bodies, f)
 	}
@@ -718,8 +759,8 @@ func (r *ForwardingResult) largeBodies(ctx context.Context, c *Cluster, appURL s
 		r.RSSAfter[s.Name] = peakRSS(s.agent.Process.Pid)
 	}
 	// Profiles last: taking one raises an agent's memory.
-	for _, t := range targets[1:] {
-		for _, method := range []string{http.MethodGet, http.MethodPut} {
+	for _, t := range targets[2:] {
+		for _, method := range methods {
 			if err := profileBodies(ctx, c, t, method, size, log); err != nil {
 				return err
 			}
@@ -1112,12 +1153,23 @@ func summarise(ms []float64) Latency {
 
 func round3(v float64) float64 { return math.Round(v*1000) / 1000 }
 
+// body is the large bodies' figures of path.
+func (r *ForwardingResult) body(path string) (BodyFigures, bool) {
+	i := slices.IndexFunc(r.Bodies, func(b BodyFigures) bool { return b.Path == path })
+	if i < 0 {
+		return BodyFigures{}, false
+	}
+	return r.Bodies[i], true
+}
+
 // judge computes the target figures from the 0 ms run.
 func (r *ForwardingResult) judge() {
 	r.judgeLocal()
-	if len(r.Bodies) == 3 {
-		d := r.Bodies[0]
-		for _, b := range r.Bodies[1:] {
+	if d, ok := r.body(pathDirect); ok {
+		for _, b := range r.Bodies {
+			if b.Path != pathLocal && b.Path != pathRemote {
+				continue
+			}
 			r.Targets = append(r.Targets,
 				newTarget2(fmt.Sprintf("%s: %d MiB GET >= 0.8x direct MiB/s (0 ms)", b.Path, r.BodyMiB), b.GetMBps, 0.8*d.GetMBps, true, "MiB/s"),
 				newTarget2(fmt.Sprintf("%s: %d MiB PUT >= 0.8x direct MiB/s (0 ms)", b.Path, r.BodyMiB), b.PutMBps, 0.8*d.PutMBps, true, "MiB/s"))
@@ -1184,11 +1236,17 @@ func (r *ForwardingResult) judgeLocal() {
 	}
 }
 
+// haproxyExtra is what startHAProxy may be given beyond the defaults.
+type haproxyExtra struct {
+	source string // the address its connections to the backend come from
+	option string // a line of its defaults section, e.g. "option splice-auto"
+	probe  string // the path a GET of which answers 200 once it is up (/posts/1)
+}
+
 // startHAProxy runs HAProxy on ip (a free port) in front of backend
-// (host:port) with keep-alive on both sides, its connections to the
-// backend from source when set, and returns its address, its version and
-// its process id and a function that stops it.
-func startHAProxy(ctx context.Context, bin, dir, ip, backend, source string) (string, string, int, func(), error) {
+// (host:port) with keep-alive on both sides and extra, and returns its
+// address, its version and its process id and a function that stops it.
+func startHAProxy(ctx context.Context, bin, dir, ip, backend string, extra haproxyExtra) (string, string, int, func(), error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", "", 0, nil, fmt.Errorf("bench: %w", err)
 	}
@@ -1208,6 +1266,7 @@ defaults
     timeout server 60s
     option http-keep-alive
     http-reuse always
+%s
 
 frontend bench
     bind %s
@@ -1215,9 +1274,9 @@ frontend bench
 
 backend app
     server app %s
-`, addr, backend)
-	if source != "" {
-		cfg = strings.TrimSuffix(cfg, "\n") + " source " + source + "\n"
+`, extra.option, addr, backend)
+	if extra.source != "" {
+		cfg = strings.TrimSuffix(cfg, "\n") + " source " + extra.source + "\n"
 	}
 	path := filepath.Join(dir, "haproxy.cfg")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
@@ -1231,7 +1290,7 @@ backend app
 	}
 	cmd := exec.Command(bin, "-db", "-f", path)
 	cmd.Dir = dir
-	stop, err := startProxyProcess(ctx, "haproxy", cmd, addr)
+	stop, err := startProxyProcess(ctx, "haproxy", cmd, addr, cmp.Or(extra.probe, "/posts/1"))
 	if err != nil {
 		return "", "", 0, nil, err
 	}
@@ -1250,7 +1309,7 @@ func startGoProxy(ctx context.Context, bin, ip, backend, path string) (string, i
 	addr := net.JoinHostPort(ip, ports[0])
 	mode := map[string]string{pathGoProxy: "net/http", pathGoServer: "server", pathGoRaw: "raw"}[path]
 	cmd := exec.Command(bin, GoProxyCommand, "--listen", addr, "--backend", backend, "--mode", mode)
-	stop, err := startProxyProcess(ctx, path, cmd, addr)
+	stop, err := startProxyProcess(ctx, path, cmd, addr, "/posts/1")
 	if err != nil {
 		return "", 0, nil, err
 	}
@@ -1258,9 +1317,9 @@ func startGoProxy(ctx context.Context, bin, ip, backend, path string) (string, i
 }
 
 // startProxyProcess starts cmd, a reverse proxy listening on addr in
-// front of the json-server holding /posts/1, waits until it answers and
-// returns a function that stops it.
-func startProxyProcess(ctx context.Context, what string, cmd *exec.Cmd, addr string) (func(), error) {
+// front of an application, waits until a GET of probePath through it
+// answers 200 and returns a function that stops it.
+func startProxyProcess(ctx context.Context, what string, cmd *exec.Cmd, addr, probePath string) (func(), error) {
 	logs := &lockedBuffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -1284,7 +1343,7 @@ func startProxyProcess(ctx context.Context, what string, cmd *exec.Cmd, addr str
 			return fmt.Errorf("%s exited: %s", what, tail(logs.String(), 1000))
 		default:
 		}
-		_, _, err := probe.do(ctx, http.MethodGet, "/posts/1", nil, http.StatusOK)
+		_, _, err := probe.do(ctx, http.MethodGet, probePath, nil, http.StatusOK)
 		return err
 	}); err != nil {
 		stop()
@@ -1443,6 +1502,13 @@ func (r *ForwardingResult) restTable(w io.Writer) {
 			fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t\n", b.Path, b.GetMBps, b.PutMBps)
 		}
 		tw.Flush()
+		if d, ok := r.body(pathDirect); ok && d.GetMBps > 0 && d.PutMBps > 0 {
+			var parts []string
+			for _, b := range r.Bodies[1:] {
+				parts = append(parts, fmt.Sprintf("%s %.2f / %.2f", b.Path, b.GetMBps/d.GetMBps, b.PutMBps/d.PutMBps))
+			}
+			fmt.Fprintf(w, "against direct (GET / PUT; HAProxy with option splice-auto): %s\n", strings.Join(parts, ", "))
+		}
 		if len(r.BodyCPU) > 0 {
 			fmt.Fprintln(w, "CPU µs per MiB moved (over every move; bench: the client, the application and the relays):")
 			for _, k := range slices.Sorted(maps.Keys(r.BodyCPU)) {
@@ -1563,14 +1629,24 @@ func cpuTimes(c *Cluster) map[string]time.Duration {
 // cpuPer is the CPU time between two readings of cpuTimes, in µs per
 // one of n operations.
 func cpuPer(before, after map[string]time.Duration, n float64) map[string]float64 {
+	spent := map[string]time.Duration{}
+	for k, t := range after {
+		if t0, ok := before[k]; ok {
+			spent[k] = t - t0
+		}
+	}
+	return cpuPerOp(spent, n)
+}
+
+// cpuPerOp is the CPU time each process spent, in µs per one of n
+// operations.
+func cpuPerOp(spent map[string]time.Duration, n float64) map[string]float64 {
 	if n <= 0 {
 		return nil
 	}
 	out := map[string]float64{}
-	for k, t := range after {
-		if t0, ok := before[k]; ok {
-			out[k] = math.Round(float64(t-t0) / float64(time.Microsecond) / n)
-		}
+	for k, t := range spent {
+		out[k] = math.Round(float64(t) / float64(time.Microsecond) / n)
 	}
 	return out
 }

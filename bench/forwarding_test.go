@@ -80,7 +80,7 @@ func TestForwardingTinyProfile(t *testing.T) {
 	if res.ReplicatedCreates <= 0 || res.CreateErrors != 0 || len(res.CreateCPU) != 3 || res.CreateCPU["bench"] <= 0 || res.CreateCPU[res.AppSite] <= 0 || res.CreateCPU[res.Remote] <= 0 {
 		t.Errorf("replicated creates: %v/s, %d errors, CPU µs per create %v", res.ReplicatedCreates, res.CreateErrors, res.CreateCPU)
 	}
-	if len(res.Bodies) != 3 || len(res.RSSAfter) != 2 || len(res.RSSBefore) != 2 {
+	if len(res.Bodies) != 4 || len(res.RSSAfter) != 2 || len(res.RSSBefore) != 2 {
 		t.Errorf("large bodies: %+v, peak RSS %v -> %v", res.Bodies, res.RSSBefore, res.RSSAfter)
 	}
 	for _, b := range res.Bodies {
