@@ -258,12 +258,13 @@ func (g *Group) open() (*replica, error) {
 		m.changes.add(change{sites: g.sites, key: k.String(), deleted: true})
 	}
 	var err error
-	r.inHand = &handOff{broadcaster: r.bcast}
+	r.inHand = &handOff{broadcaster: r.bcast, seed: newSeedGate()}
 	r.store, err = crdt.New(newCountingStore(g), g.crdtPrefix(), dags, r.inHand, opts)
 	if err != nil {
 		r.bcast.close()
 		return nil, fmt.Errorf("crdt: group %s: %w", g.name, err)
 	}
+	r.inHand.seed.store.Store(r.store)
 	r.ctx, r.cancel = context.WithCancel(m.ctx)
 	g.metas.enable()
 	return r, nil
@@ -409,15 +410,24 @@ type handOff struct {
 	// go-ds-crdt finished with.
 	given, done atomic.Int64
 	took        bool // Next returned one (only go-ds-crdt's handleNext calls Next)
+	// seed keeps local commits off the merge of a replica's first heads
+	// (seed.go).
+	seed *seedGate
 }
 
 // Next ends the merge of the previous announcement and returns the next.
 func (h *handOff) Next(ctx context.Context) ([]byte, error) {
 	if h.took {
 		h.took = false
+		h.seed.merged()
 		h.done.Add(1)
 	}
 	data, err := h.broadcaster.Next(ctx)
+	if err == nil {
+		// Taken, and counted given: the replica stays at work while this
+		// waits for a commit into an empty replica.
+		err = h.seed.merging(ctx)
+	}
 	h.took = err == nil
 	return data, err
 }
