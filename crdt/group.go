@@ -385,10 +385,24 @@ func (g *Group) closeLocked() {
 		g.m.log.Warn("close an idle group", "group", g.name, "err", err)
 	}
 	g.rep = nil
+	// A head below another dropped, a head not merged repaired
+	// (frontier.go).
+	heads, repair := g.frontierCheck(ctx, heads)
 	g.metas.disable()
 	g.sources.forget()
 	g.m.awake.release(g)
 	g.m.metrics.sleeps.Inc()
+	if repair {
+		// Due when it wakes: at the next announcement (no head is marked
+		// merged now), or as soon as a slot can be had.
+		if g.m.enter() {
+			go func() {
+				defer g.m.wg.Done()
+				g.wakeDirty()
+			}()
+		}
+		return
+	}
 	if n := g.processedCount(ctx); n >= 0 {
 		g.lastDigest.Store(&groupDigest{active: g.active.Load(), heads: headsDigestOf(heads), processed: n, asleep: true, cids: heads})
 	}
@@ -680,6 +694,11 @@ func (g *Group) deliver(ctx context.Context, heads []byte, wait time.Duration, w
 	if orphan && g.rewalkLater(heads) {
 		// The rewalk delivers the heads once the marks are forgotten.
 		return true, nil
+	}
+	if ok && marked && g.heldBelow(ctx, cids) {
+		// One of this site's heads is below the member's (frontier.go):
+		// the heads are checked once the replica is idle.
+		g.checkFrontierLater()
 	}
 	// Every head merged already (orphaned read the marks; reading them
 	// again was ~1 % of the CPU of 100 sites × 20,000 writes).

@@ -2,14 +2,19 @@ package crdt
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/ipfs/boxo/blockstore"
+	dshelp "github.com/ipfs/boxo/datastore/dshelp"
 	blocks "github.com/ipfs/go-block-format"
 	"github.com/ipfs/go-cid"
+	"github.com/ipfs/go-datastore/namespace"
 )
 
 // A local write while go-ds-crdt merges the first announcement of a
@@ -122,5 +127,92 @@ func TestWriteDuringFirstMergeLinksMergedHeads(t *testing.T) {
 	heads := gb.knownHeads(ctx)
 	if len(heads) != 1 || slices.Contains(heads, y) {
 		t.Fatalf("b's heads after its write: %v (Y is %s): want the write's node alone", heads, y)
+	}
+}
+
+// A member holds heads [Y, X], Y below X, X marked merged and neither
+// delta merged: the state of the group of 100 sites × 100,000 writes
+// whose 2 entries never arrived (heads [Y, X] against [X] at the other
+// members, one node merged of two, asleep, clean). The test plants it in
+// the member's store while it is stopped. Every push of X was taken for
+// merged (X is a head there and marked), and the member stayed behind
+// for good. The writer's pushes of X must bring the member's heads to
+// the writer's and every write merged (frontier.go).
+func TestHeadBelowAnotherIsDroppedAndTheGroupMerged(t *testing.T) {
+	n := pairWithAFirstWrite(t)
+	a := n.sites["a"]
+	ctx := context.Background()
+	ab := []string{"a", "b"}
+	g := a.m.group("a,b")
+	n0 := g.knownHeads(ctx)
+
+	// b stops; a writes Y (k1), then X (k2) above it.
+	n.stop("b", true)
+	var chain []cid.Cid
+	for _, k := range []string{"/k1", "/k2"} {
+		if err := a.m.Put(ctx, ab, k, []byte(k)); err != nil {
+			t.Fatal(err)
+		}
+		heads := g.knownHeads(ctx)
+		if len(heads) != 1 {
+			t.Fatalf("a's heads: %v", heads)
+		}
+		chain = append(chain, heads[0])
+	}
+	y, x := chain[0], chain[1]
+
+	// b's store: Y's and X's blocks, heads [Y, X] instead of k0's node,
+	// X marked merged; no delta merged.
+	store, err := OpenStore(filepath.Join(n.dirs["b"], "store"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bs := blockstore.NewBlockstore(namespace.Wrap(store, groupPrefix(g.name).ChildString("blocks")), blockstore.NoPrefix())
+	headsNs := g.crdtPrefix().ChildString(headsNamespace)
+	for i, c := range []cid.Cid{y, x} {
+		blk, err := g.blocks.Get(ctx, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := bs.Put(ctx, blk); err != nil {
+			t.Fatal(err)
+		}
+		height := binary.AppendUvarint(nil, uint64(i+2))
+		if err := store.Put(ctx, headsNs.Child(dshelp.MultihashToDsKey(c.Hash())), height); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := store.Delete(ctx, headsNs.Child(dshelp.MultihashToDsKey(n0[0].Hash()))); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Put(ctx, g.processedKey(x), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	n.start("b")
+	b := n.sites["b"]
+	gb := b.m.group("a,b")
+	// Watched without waking the group (a's pushes of X do).
+	eventually(t, 15*time.Second, "b's heads are a's and every node merged", func() error {
+		heads := gb.knownHeads(ctx)
+		if !slices.Equal(heads, []cid.Cid{x}) {
+			return fmt.Errorf("b's heads %v, a's [%s]", heads, x)
+		}
+		if n := gb.processedCount(ctx); n != 3 {
+			return fmt.Errorf("b merged %d nodes of 3", n)
+		}
+		return nil
+	})
+	for _, k := range []string{"/k0", "/k1", "/k2"} {
+		want := k
+		if k == "/k0" {
+			want = "v0"
+		}
+		if err := hasValue(b, ab, k, want); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
