@@ -292,6 +292,13 @@ func (g *Group) commit(r *replica, batch []*pendingWrite) error {
 			values = append(values, w.values[i])
 		}
 	}
+	// A replica with no heads yet may be merging its first: the commit
+	// waits for that walk to end (seed.go), or for the replica to close.
+	seeded, err := r.inHand.seed.committing(r.ctx, g.m.metrics.seedWaits)
+	if err != nil {
+		return fmt.Errorf("wait for the first heads' merge: %w", err)
+	}
+	defer seeded()
 	b, err := r.store.Batch(ctx)
 	if err != nil {
 		return fmt.Errorf("start a batch: %w", err)

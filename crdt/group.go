@@ -258,12 +258,13 @@ func (g *Group) open() (*replica, error) {
 		m.changes.add(change{sites: g.sites, key: k.String(), deleted: true})
 	}
 	var err error
-	r.inHand = &handOff{broadcaster: r.bcast}
+	r.inHand = &handOff{broadcaster: r.bcast, seed: newSeedGate()}
 	r.store, err = crdt.New(newCountingStore(g), g.crdtPrefix(), dags, r.inHand, opts)
 	if err != nil {
 		r.bcast.close()
 		return nil, fmt.Errorf("crdt: group %s: %w", g.name, err)
 	}
+	r.inHand.seed.store.Store(r.store)
 	r.ctx, r.cancel = context.WithCancel(m.ctx)
 	g.metas.enable()
 	return r, nil
@@ -384,10 +385,24 @@ func (g *Group) closeLocked() {
 		g.m.log.Warn("close an idle group", "group", g.name, "err", err)
 	}
 	g.rep = nil
+	// A head below another dropped, a head not merged repaired
+	// (frontier.go).
+	heads, repair := g.frontierCheck(ctx, heads)
 	g.metas.disable()
 	g.sources.forget()
 	g.m.awake.release(g)
 	g.m.metrics.sleeps.Inc()
+	if repair {
+		// Due when it wakes: at the next announcement (no head is marked
+		// merged now), or as soon as a slot can be had.
+		if g.m.enter() {
+			go func() {
+				defer g.m.wg.Done()
+				g.wakeDirty()
+			}()
+		}
+		return
+	}
 	if n := g.processedCount(ctx); n >= 0 {
 		g.lastDigest.Store(&groupDigest{active: g.active.Load(), heads: headsDigestOf(heads), processed: n, asleep: true, cids: heads})
 	}
@@ -409,15 +424,24 @@ type handOff struct {
 	// go-ds-crdt finished with.
 	given, done atomic.Int64
 	took        bool // Next returned one (only go-ds-crdt's handleNext calls Next)
+	// seed keeps local commits off the merge of a replica's first heads
+	// (seed.go).
+	seed *seedGate
 }
 
 // Next ends the merge of the previous announcement and returns the next.
 func (h *handOff) Next(ctx context.Context) ([]byte, error) {
 	if h.took {
 		h.took = false
+		h.seed.merged()
 		h.done.Add(1)
 	}
 	data, err := h.broadcaster.Next(ctx)
+	if err == nil {
+		// Taken, and counted given: the replica stays at work while this
+		// waits for a commit into an empty replica.
+		err = h.seed.merging(ctx)
+	}
 	h.took = err == nil
 	return data, err
 }
@@ -670,6 +694,11 @@ func (g *Group) deliver(ctx context.Context, heads []byte, wait time.Duration, w
 	if orphan && g.rewalkLater(heads) {
 		// The rewalk delivers the heads once the marks are forgotten.
 		return true, nil
+	}
+	if ok && marked && g.heldBelow(ctx, cids) {
+		// One of this site's heads is below the member's (frontier.go):
+		// the heads are checked once the replica is idle.
+		g.checkFrontierLater()
 	}
 	// Every head merged already (orphaned read the marks; reading them
 	// again was ~1 % of the CPU of 100 sites × 20,000 writes).

@@ -33,6 +33,9 @@ type metrics struct {
 	sleeps                 prometheus.Counter
 	evictions, deferred    prometheus.Counter
 	rewalks                prometheus.Counter
+	seedWaits              prometheus.Counter
+	redundantHeads         prometheus.Counter
+	unmergedHeads          prometheus.Counter
 	commits                prometheus.Counter
 	committedWrites        prometheus.Counter
 	digestRounds           *prometheus.CounterVec
@@ -88,6 +91,9 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 		evictions:            counter("group_evictions_total", "Idle replicas put to sleep before IdleAfter to free a slot for a group waking (Config.MaxAwake)."),
 		deferred:             counter("deferred_announcements_total", "Announcements for a sleeping group received while no replica slot was free (Config.MaxAwake): their heads wait for a slot instead of the link's reader."),
 		rewalks:              counter("orphan_rewalks_total", "Groups whose merged marks were forgotten and DAG walked again because a member kept announcing a head marked merged here that no head here reaches (a walk that ended early)."),
+		seedWaits:            counter("seed_waits_total", "Local commits into a replica with no heads that waited for the merge of its first announcement (seed.go)."),
+		redundantHeads:       counter("redundant_heads_total", "Heads dropped because another head of their group is above them, found as the group went to sleep or when a member's push showed it (frontier.go)."),
+		unmergedHeads:        counter("unmerged_heads_total", "Groups merged again from their heads because one of them, or one dropped below another, was not marked merged (frontier.go)."),
 		commits:              counter("commits_total", "Deltas committed by local writes (concurrent writes into one group share one)."),
 		committedWrites:      counter("committed_writes_total", "Put and PutBatch calls committed (over commits_total: writes per delta)."),
 		broadcastBytesSent:   counter("broadcast_bytes_sent_total", "Bytes of head announcements sent on links (to members only)."),
@@ -104,7 +110,7 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 			Buckets: []float64{0.001, 0.005, 0.02, 0.1, 0.5, 1, 2, 5, 10}}),
 	}
 	reg.MustRegister(x.digestMismatches, x.lagRepairs, x.refused, x.malformed, x.repairs, x.repairFailures, x.fetches, x.fetchRetries, x.fetching,
-		x.blocksFetched, x.duplicateBlocks, x.blocksSent, x.headsPushed, x.broadcasts, x.linkDrops, x.queueDrops, x.linkResends, x.pushesCoalesced, x.wakes, x.sleeps, x.evictions, x.deferred, x.rewalks, x.commits, x.committedWrites, x.digestRounds, x.digestDeferred, x.digestRoundsDeferred, x.digestRoundsAnswered,
+		x.blocksFetched, x.duplicateBlocks, x.blocksSent, x.headsPushed, x.broadcasts, x.linkDrops, x.queueDrops, x.linkResends, x.pushesCoalesced, x.wakes, x.sleeps, x.evictions, x.deferred, x.rewalks, x.seedWaits, x.redundantHeads, x.unmergedHeads, x.commits, x.committedWrites, x.digestRounds, x.digestDeferred, x.digestRoundsDeferred, x.digestRoundsAnswered,
 		x.broadcastBytesSent, x.inlineBlocksSent, x.inlineBlocksReceived, x.broadcastBytesReceived,
 		x.blockBytesSent, x.blockBytesReceived, x.lastSync, x.changeDelay, groupCollector{m})
 	return x
