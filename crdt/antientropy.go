@@ -234,11 +234,15 @@ const settleLimit = 4
 // mayDefer reports whether group may be left out of a round with p now
 // (unix ns), and records its first deferral: false once it has been
 // deferred with p for limit (ns), or a message of it was lost, and then
-// until it is compared.
+// until it is compared; false too while the last comparison with p found
+// it different (see Manager.settling).
 func (x *exchanges) mayDefer(group string, p peer.ID, now, limit int64) bool {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	k := exchangeKey{group, p}
+	if e, ok := x.last[k]; ok && !e.match {
+		return false
+	}
 	d, ok := x.deferred[k]
 	if !ok {
 		if x.deferred == nil {
@@ -852,16 +856,35 @@ func (m *Manager) linkedSince(p peer.ID) int64 {
 	return since
 }
 
+// announcedNow starts the group's settle time again (Group.announced):
+// this site just wrote into it, and its announcement is on the links, or
+// read a member's announcement of a new delta, whose copies to the other
+// members may still be on theirs. Nothing else does. A change a repair
+// brought (heads pushed by a round or a connection's catch-up, the
+// blocks fetched for them, a walk) is the repair's result, not a write
+// in flight: when it restarted the settle time (the rule's first
+// version took any use or change of the group), each repair of a group
+// held its next comparisons back by another settle period, at every
+// member it touched, and one group of all 10 or 20 sites converged
+// 10–17 s after its last write instead of 0.7–3 s (`cheops bench
+// scale`, 2026-12-04). Reads did the same for a group read often.
+func (g *Group) announcedNow() { g.announced.Store(time.Now().UnixNano()) }
+
 // settling reports whether g may be left out of a round with p now (unix
-// ns): it was used or changed here within settle, on a connection to p
-// open since linked (linkedSince), so that its announcements may still
-// be on their way; no message of it was lost with p; and it has not
-// been deferred with p for settleLimit × settle already. A group that
-// changed before the connection opened (a heal, a restart) is compared
-// at once: what was announced then never arrived.
+// ns): this site wrote into it or read a member's announcement of it
+// within settle (announcedNow), on a connection to p open since linked
+// (linkedSince), so that announcements may still be on their way; no
+// message of it was lost with p; it has not been deferred with p for
+// settleLimit × settle already; and the last comparison with p did not
+// find it different. A group that changed before the connection opened
+// (a heal, a restart) is compared at once: what was announced then never
+// arrived. A group found different has its heads pushed both ways, and
+// the next round (one interval later: a round that compared keeps the
+// pair's pace) compares it again whatever its writes meanwhile, until
+// it matches: the settle rule never holds a repair back.
 func (m *Manager) settling(g *Group, p peer.ID, now, linked int64) bool {
-	settle, active := m.settle(), g.active.Load()
-	if settle <= 0 || now-active >= settle || linked == 0 || active <= linked {
+	settle, at := m.settle(), g.announced.Load()
+	if settle <= 0 || now-at >= settle || linked == 0 || at <= linked {
 		return false
 	}
 	return m.exchanges.mayDefer(g.name, p, now, settleLimit*settle)
