@@ -79,7 +79,7 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 		linkResends:     counter("link_resends_total", "Announcements written again on a new stream after their link's stream failed (its connection closed under it)."),
 		digestRounds: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cheops_crdt_digest_rounds_total",
 			Help: "Anti-entropy rounds this site started, by outcome: same (the summaries matched: two small frames) or compared (every shared group's digest sent)."}, []string{"outcome"}),
-		digestDeferred:       counter("digest_deferred_total", "Groups left out of an anti-entropy round, asked or answered, because they changed within SettleAfter at this site (their announcements may be in flight): a later round compares them."),
+		digestDeferred:       counter("digest_deferred_total", "Groups left out of an anti-entropy round, asked or answered, because this site wrote into them or read an announcement of them within SettleAfter (announcements may be in flight): a later round compares them."),
 		digestRoundsDeferred: counter("digest_rounds_deferred_total", "Anti-entropy rounds this site started with every group it shares with the member deferred (written or announced within SettleAfter): a summary of none is sent, for the member to name a group of which it dropped a message."),
 		digestRoundsAnswered: counter("digest_rounds_answered_total", "Anti-entropy rounds members started with this site (of each pair of sites, the one whose peer id sorts first starts the periodic rounds)."),
 		wakes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cheops_crdt_group_wakes_total",
