@@ -1018,7 +1018,8 @@ func (m *Manager) roundOn(ctx context.Context, p peer.ID, k keptDigest, groups [
 		byName[g.name] = g
 		names = append(names, g.name)
 	}
-	if !all {
+	if !all && m.settle() > 0 {
+		// Only an answerer that defers groups needs them.
 		req.Lost = m.exchanges.lostOf(p, names)
 	}
 	if ans, err = m.askDigests(s, r, req); err != nil {
