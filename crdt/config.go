@@ -116,10 +116,10 @@ type Config struct {
 	// round.
 	//
 	// 0 (off) by default: measured on 2026-12-04 (docs/scaling.md, "The
-	// settle rule made safe"), 0.5 s saved nothing at 100 sites × 20,000
-	// resources, and 1–2 s, which cut CPU per write and mismatches, left
-	// one group of all 20 sites converged 4–6 s after its last write in
-	// about a third of the runs instead of 1–1.6 s.
+	// settle rule made safe"), 2 s took 2–30 % less CPU per write, but
+	// one group of all 10 or 20 sites converged 4–5.3 s after its last
+	// write in 4 of 16 runs (off: at most 2.3 s in 15), and 0.5 s saved
+	// nothing at 100 sites × 20,000 resources.
 	SettleAfter time.Duration
 	// IdleAfter puts a group to sleep once it has been idle that long: its
 	// go-ds-crdt replica (workers, timers, caches) is closed, and opened
