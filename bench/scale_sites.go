@@ -161,6 +161,11 @@ func startScaleSites(ctx context.Context, dir string, names []string, formWithin
 		if v, err := strconv.Atoi(os.Getenv("CHEOPS_SCALE_MAX_AWAKE")); err == nil && v > 0 {
 			cc.MaxAwake = v
 		}
+		// CHEOPS_SCALE_SETTLE_AFTER (a duration, 0: off) replaces the
+		// default settle time of anti-entropy, for measuring it.
+		if v, err := time.ParseDuration(os.Getenv("CHEOPS_SCALE_SETTLE_AFTER")); err == nil && v >= 0 {
+			cc.SettleAfter = v
+		}
 		m, err := crdt.NewManager(ctx, cc)
 		if err != nil {
 			nd.Close()

@@ -311,6 +311,7 @@ func (g *Group) commit(r *replica, batch []*pendingWrite) error {
 	if err := b.Commit(ctx); err != nil {
 		return fmt.Errorf("commit: %w", err)
 	}
+	g.announcedNow()
 	g.m.metrics.commits.Inc()
 	g.m.metrics.committedWrites.Add(float64(len(batch)))
 	return nil

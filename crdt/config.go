@@ -95,27 +95,31 @@ type Config struct {
 	// pushed both ways. 5 s bounds how long a lost heads message can leave
 	// a group diverged, for a few hundred bytes per peer per round.
 	DigestInterval time.Duration
-	// SettleAfter is how long a group must go unused and unchanged at a
-	// site before an anti-entropy round compares it there: a group
-	// written (or announced to) more recently has heads in flight on the
-	// links, and comparing it then finds a difference that the links
-	// are about to remove, pushes heads both ways and may wake the group
-	// at both ends. Such a group is left out of the round (deferred) and
-	// compared at a later one, once settled, or once it has been
-	// deferred with that member for settleLimit × SettleAfter whatever
-	// its activity, so that a group written without pause is still
-	// compared (a lost message of a busy group is repaired too). A group
-	// changed before the connection to the member opened, or one whose
-	// message to or from it was dropped, is compared at once, as in the
-	// round of a connection event. Never more than DigestInterval is
-	// used. 0, the default, compares every group at every round. At 5 s
-	// (one DigestInterval), 100 sites × 20,000 resources in one process
-	// had 6,500–7,900 mismatches and heads pushes instead of
-	// 30,000–35,000 for 20,000 broadcasts (writes in flight), but one
-	// group of all 10 or 20 sites converged 10–17 s after its last write
-	// instead of 0.7–3.0 s (`cheops bench scale`, full replication, two
-	// runs on 2026-12-04): each repair changes the group, and its settle
-	// time starts again. Off until that is solved.
+	// SettleAfter is how long after this site's last write into a group,
+	// or its last reading of a member's announcement of one, a periodic
+	// anti-entropy round waits before it compares the group: within it,
+	// announcements may still be on the links, and comparing finds a
+	// difference they are about to remove, pushes heads both ways and
+	// may wake the group at both ends. Such a group is left out of the
+	// round (deferred) and compared at a later one. Only writes and
+	// announcements start the settle time again: a repair's changes
+	// (heads pushed, blocks fetched) and reads do not. A deferral never
+	// holds back a known repair: a group the last round with that member
+	// found different, one of which a message to or from it was dropped
+	// (at either end), one changed before the connection to it opened,
+	// and every group in the round of a connection event are compared at
+	// once; a group written without pause is compared at least every
+	// settleLimit × SettleAfter. What it can delay is the repair of a
+	// loss no site noticed, by at most one DigestInterval (the round
+	// that fell within the settle time is followed by the next). Never
+	// more than DigestInterval is used; 0 compares every group at every
+	// round.
+	//
+	// 0 (off) by default: measured on 2026-12-04 (docs/scaling.md, "The
+	// settle rule made safe"), 2 s took 2–30 % less CPU per write, but
+	// one group of all 10 or 20 sites converged 4–5.3 s after its last
+	// write in 4 of 16 runs (off: at most 2.3 s in 15), and 0.5 s saved
+	// nothing at 100 sites × 20,000 resources.
 	SettleAfter time.Duration
 	// IdleAfter puts a group to sleep once it has been idle that long: its
 	// go-ds-crdt replica (workers, timers, caches) is closed, and opened
@@ -159,7 +163,7 @@ func DefaultConfig() Config {
 		Workers:             2,
 		RepairInterval:      30 * time.Second,
 		DigestInterval:      5 * time.Second,
-		SettleAfter:         0, // see the field: deferral delays repairs in a busy group
+		SettleAfter:         0, // see the field: it delays repairs of losses nobody noticed
 		IdleAfter:           30 * time.Second,
 		MaxAwake:            32,
 	}

@@ -50,16 +50,21 @@
 // heard of). A member this site is not connected to gets a round, which
 // dials it, when a group they share was used or changed since their last
 // round (failed dials back off). With Config.SettleAfter set (it is 0,
-// off, by default), a periodic round leaves out the groups
-// used or changed within SettleAfter on a connection open since (their
-// announcements may still be on the link: comparing them found only
-// writes in flight) and compares them once settled, or after
-// settleLimit settle periods whatever their activity, or at once when a
-// message of theirs was dropped; a round after a connection event
-// compares every group. So a lost announcement is repaired within about
-// one or two intervals. The receiver fetches what it lacks; the block server sends, with each wanted block, its ancestors down
-// to what the asker already holds, so a long chain comes in a few round
-// trips instead of one per block.
+// off, by default), a periodic round leaves out the groups this site
+// wrote into, or read a member's announcement of, within SettleAfter on
+// a connection open since (their announcements may still be on the
+// link: comparing them found only writes in flight), and compares them
+// once settled, or after settleLimit settle periods whatever their
+// writes. A repair's changes and reads do not restart the settle time;
+// a group the last round found different, or one of which a message was
+// dropped at either end, is compared at the next round whatever its
+// writes (a round with every group deferred still sends a summary of
+// none, for the other side to name such a group); a round after a
+// connection event compares every group. So a lost announcement is
+// repaired within about one or two intervals. The receiver fetches what
+// it lacks; the block server sends, with each wanted block, its
+// ancestors down to what the asker already holds, so a long chain comes
+// in a few round trips instead of one per block.
 //
 // # Crash safety
 //

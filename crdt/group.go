@@ -57,6 +57,10 @@ type Group struct {
 	// heard is when a member last sent heads or blocks of the group (unix
 	// ns, 0: never).
 	heard atomic.Int64
+	// announced is when this site last wrote into the group or read a
+	// member's announcement of a new delta (unix ns, 0: not since it
+	// started): the clock of anti-entropy's settle rule (announcedNow).
+	announced atomic.Int64
 	// lastDigest caches the anti-entropy digest as of active.
 	lastDigest atomic.Pointer[groupDigest]
 	// lastSample caches the known sample of block requests (knownSample)

@@ -596,6 +596,7 @@ func (m *Manager) receive(remote peer.ID, name string, peers []byte, body []byte
 			return fmt.Errorf("store inlined blocks of {%s}: %w", name, err)
 		}
 		m.metrics.inlineBlocksReceived.Add(float64(len(blks)))
+		g.announcedNow() // a new delta: not a heads push
 	}
 	m.metrics.lastSync.WithLabelValues(m.siteOf(remote)).SetToCurrentTime()
 	g.heard.Store(time.Now().UnixNano())

@@ -478,6 +478,7 @@ func (m *Manager) Delete(ctx context.Context, sites []string, key string) error 
 	if err := r.store.Delete(ctx, ds.NewKey(key)); err != nil && !errors.Is(err, ds.ErrNotFound) {
 		return fmt.Errorf("crdt: delete %s: %w", key, err)
 	}
+	g.announcedNow()
 	return nil
 }
 
