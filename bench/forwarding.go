@@ -734,26 +734,25 @@ func (r *ForwardingResult) largeBodies(ctx context.Context, c *Cluster, appURL, 
 				if spent[key] == nil {
 					spent[key] = map[string]time.Duration{}
 				}
-				for k, v := range times() {
-					if v0, ok := cpu0[k]; ok {
-						spent[key][k] += v - v0
-					}
+				for k, d := range cpuSpent(cpu0, times()) {
+					spent[key][k] += d
 				}
 			}
 		}
 	}
+	median := func(key string) float64 {
+		rs := slices.Sorted(slices.Values(rates[key]))
+		return math.Round(rs[len(rs)/2])
+	}
 	for _, t := range targets {
-		f := BodyFigures{Path: t.name}
-		for i, method := range methods {
+		for _, method := range methods {
 			key := t.name + " " + method
 			if t.name != pathProxy {
 				delete(spent[key], pathProxy) // idle then: noise
 			}
 			r.BodyCPU[key] = cpuPerOp(spent[key], float64(bodyMoves*mib))
-			rs := slices.Sorted(slices.Values(rates[key]))
-			*[]*float64{&f.GetMBps, &f.PutMBps}[i] = math.Round(rs[len(rs)/2])
 		}
-		r.Bodies = append(r.Bodies, f)
+		r.Bodies = append(r.Bodies, BodyFigures{Path: t.name, GetMBps: median(t.name + " " + http.MethodGet), PutMBps: median(t.name + " " + http.MethodPut)})
 	}
 	for _, s := range []*Site{app, remote} {
 		r.RSSAfter[s.Name] = peakRSS(s.agent.Process.Pid)
@@ -1629,13 +1628,19 @@ func cpuTimes(c *Cluster) map[string]time.Duration {
 // cpuPer is the CPU time between two readings of cpuTimes, in µs per
 // one of n operations.
 func cpuPer(before, after map[string]time.Duration, n float64) map[string]float64 {
+	return cpuPerOp(cpuSpent(before, after), n)
+}
+
+// cpuSpent is the CPU time each process spent between two readings of
+// cpuTimes (the processes in both).
+func cpuSpent(before, after map[string]time.Duration) map[string]time.Duration {
 	spent := map[string]time.Duration{}
 	for k, t := range after {
 		if t0, ok := before[k]; ok {
 			spent[k] = t - t0
 		}
 	}
-	return cpuPerOp(spent, n)
+	return spent
 }
 
 // cpuPerOp is the CPU time each process spent, in µs per one of n

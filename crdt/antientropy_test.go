@@ -938,7 +938,13 @@ func TestGroupFoundDifferentIsNotHeldBack(t *testing.T) {
 	a, b := n.sites["a"], n.sites["b"]
 	var lose atomic.Bool
 	var lost atomic.Int64
-	loseLinks(b, func(string) bool { return lose.Load() && lost.Add(1) > 0 })
+	loseLinks(b, func(string) bool {
+		if !lose.Load() {
+			return false
+		}
+		lost.Add(1)
+		return true
+	})
 	ctx := context.Background()
 	ab := []string{"a", "b"}
 	if err := a.m.Put(ctx, ab, "/0", []byte("v")); err != nil {

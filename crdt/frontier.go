@@ -78,35 +78,11 @@ func (g *Group) frontierCheck(ctx context.Context, heads []cid.Cid) (kept []cid.
 	return kept, true
 }
 
-// above reports whether target is below top, walking down from top
-// through the block metas no lower than target's height; false when it
-// cannot tell (a block not here, a walk over maxReachWalk blocks).
+// above reports whether target, another block than top, is below top;
+// false when it cannot tell (descends).
 func (g *Group) above(ctx context.Context, top, target cid.Cid) bool {
-	tm, ok := g.blockMeta(ctx, target)
-	if !ok {
-		return false
-	}
-	seen := map[cid.Cid]bool{}
-	queue := []cid.Cid{top}
-	for len(queue) > 0 && len(seen) <= maxReachWalk {
-		c := queue[len(queue)-1]
-		queue = queue[:len(queue)-1]
-		if seen[c] {
-			continue
-		}
-		seen[c] = true
-		m, ok := g.blockMeta(ctx, c)
-		if !ok || m.height <= tm.height {
-			continue
-		}
-		for _, l := range m.links {
-			if l.Equals(target) {
-				return true
-			}
-			queue = append(queue, l)
-		}
-	}
-	return false
+	found, known := g.descends(ctx, []cid.Cid{top}, target)
+	return found && known && !top.Equals(target)
 }
 
 // dropHeads deletes heads from the replica's stored heads (while it is

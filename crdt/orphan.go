@@ -123,18 +123,25 @@ func (w *orphanWatch) due(c cid.Cid, now time.Time, after time.Duration) bool {
 	return true
 }
 
-// maxReachWalk bounds the blocks reaches reads.
+// maxReachWalk bounds the blocks descends reads.
 const maxReachWalk = 4096
 
-// reaches reports whether target is one of heads or below one of them,
-// walking down from them to target's height; true too when it cannot
-// tell (target's block is not here, or the walk would be too long): a
-// head only below this site's comes from a member behind, not from an
-// orphaned branch.
+// reaches reports whether target is one of heads or below one of them;
+// true too when it cannot tell (descends): a head only below this
+// site's comes from a member behind, not from an orphaned branch.
 func (g *Group) reaches(ctx context.Context, heads []cid.Cid, target cid.Cid) bool {
+	found, known := g.descends(ctx, heads, target)
+	return found || !known
+}
+
+// descends walks down from heads, through the block metas, to target's
+// height and reports whether target is one of heads or below one of
+// them; known is false when it cannot tell (target's block is not here,
+// or the walk would read more than maxReachWalk blocks).
+func (g *Group) descends(ctx context.Context, heads []cid.Cid, target cid.Cid) (found, known bool) {
 	tm, ok := g.blockMeta(ctx, target)
 	if !ok {
-		return true
+		return false, false
 	}
 	seen := map[cid.Cid]bool{}
 	queue := slices.Clone(heads)
@@ -142,14 +149,14 @@ func (g *Group) reaches(ctx context.Context, heads []cid.Cid, target cid.Cid) bo
 		c := queue[len(queue)-1]
 		queue = queue[:len(queue)-1]
 		if c.Equals(target) {
-			return true
+			return true, true
 		}
 		if seen[c] {
 			continue
 		}
 		seen[c] = true
 		if len(seen) > maxReachWalk {
-			return true
+			return false, false
 		}
 		m, ok := g.blockMeta(ctx, c)
 		if !ok || m.height <= tm.height {
@@ -157,7 +164,7 @@ func (g *Group) reaches(ctx context.Context, heads []cid.Cid, target cid.Cid) bo
 		}
 		queue = append(queue, m.links...)
 	}
-	return false
+	return false, true
 }
 
 // rewalkLater runs rewalk, then hands heads (the announcement that
