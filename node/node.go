@@ -24,6 +24,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-libp2p/core/pnet"
+	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
 	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	"github.com/multiformats/go-multiaddr"
@@ -159,6 +160,7 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		// metrics on reg (rcmgr's obs collectors included).
 		libp2p.PrometheusRegisterer(reg),
 		libp2p.DisableRelay(),
+		libp2p.Muxer(yamux.ID, muxer()),
 	}
 	if cfg.Bandwidth != nil {
 		opts = append(opts, libp2p.BandwidthReporter(cfg.Bandwidth))
