@@ -18,6 +18,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 )
 
 // DigestProtocol carries anti-entropy rounds: a member sends another the
@@ -718,7 +719,9 @@ func (m *Manager) sharedActiveSince(p peer.ID, since int64) bool {
 // The dial's connection brings the catch-up of a connection (heads
 // pushes, a round from both sides). A dial that fails (the member is
 // down, or cut off) doubles the wait before the next, up to
-// maxQuietRounds intervals.
+// maxQuietRounds intervals, unless the pair was connected less than
+// lostRecently intervals ago: then the next interval tries again
+// (TestLostConnectionIsRetriedEachInterval).
 //
 // Rounds with different members run concurrently, one at a time per
 // member: a member that does not answer (its connection stalled by a
@@ -737,6 +740,9 @@ func (m *Manager) antiEntropyLoop() {
 		// summaries (it compared, or failed): the answering side of the
 		// pair rounds again (see antiEntropyLoop).
 		unsettled bool
+		// seen is when the pair was last seen connected (unix ns), at
+		// an interval's tick.
+		seen int64
 	}
 	type roundEnd struct {
 		p            peer.ID
@@ -758,9 +764,16 @@ func (m *Manager) antiEntropyLoop() {
 				// at the next interval, from either side, to compare
 				// them once settled.
 				c.busy, c.unsettled = false, !e.same || e.deferred
-				if e.same && !e.deferred || (e.failed && m.cfg.Host.Network().Connectedness(e.p) != network.Connected) {
+				lost := e.failed && m.cfg.Host.Network().Connectedness(e.p) != network.Connected
+				switch {
+				case lost && time.Now().UnixNano()-c.seen < int64(lostRecently)*int64(m.cfg.DigestInterval):
+					// Connected a moment ago: the dial failed on a
+					// starved host or a backoff, not on a member
+					// that is down; try again at the next interval.
+					c.wait = 1
+				case e.same && !e.deferred || lost:
 					c.wait = min(2*c.wait, maxQuietRounds)
-				} else {
+				default:
 					c.wait = 1
 				}
 				c.skip = c.wait - 1
@@ -791,6 +804,9 @@ func (m *Manager) antiEntropyLoop() {
 			if c == nil {
 				c = &cadence{wait: 1}
 				cadences[p] = c
+			}
+			if sa.connected {
+				c.seen = now
 			}
 			if c.busy {
 				continue
@@ -849,6 +865,16 @@ const answerAfter = 2
 // with every member, was 6 % of the bytes a 100-site write phase
 // allocated.
 const digestReadBuffer = 512
+
+// lostRecently is how many intervals after a pair was last seen
+// connected a failed dial for news is tried again at the next interval
+// rather than after a doubled wait: a connection lost a moment ago is
+// more likely cut by a starved host (yamux's keepalive answered late)
+// than by a member gone down, and the writes made since wait for the
+// next dial. At 100 in-process sites the doubled waits left entries
+// unseen for 20 s after the last write (docs/scaling.md, tail27). A
+// member still unreachable after that backs off as before.
+const lostRecently = maxQuietRounds
 
 // maxQuietRounds bounds the wait between two rounds with a quiet member:
 // 12 intervals, a minute with the default DigestInterval.
@@ -956,6 +982,15 @@ func (m *Manager) digestRound(ctx context.Context, p peer.ID, all bool) (roundRe
 		// side may have ended it (its wait ran out, it restarted). A
 		// round is idempotent: run it on a new stream.
 		m.log.Debug("kept digest stream failed; opening another", "peer", p, "err", err)
+	}
+	if m.cfg.Host.Network().Connectedness(p) != network.Connected {
+		// A dial for news: this loop paces it (one per interval at
+		// most), and libp2p's own backoff for the member's addresses,
+		// set by a dial that failed on a starved host, would fail it
+		// at once for up to a minute.
+		if sw, ok := m.cfg.Host.Network().(*swarm.Swarm); ok {
+			sw.Backoff().Clear(p)
+		}
 	}
 	s, err := m.cfg.Host.NewStream(ctx, p, DigestKeptProtocol, DigestProtocol)
 	if err != nil {

@@ -428,6 +428,55 @@ func TestDisconnectedMemberIsDialledForNews(t *testing.T) {
 	eventually(t, 5*time.Second, "b has the write made while disconnected", func() error { return hasValue(b, ab, "/after", "v") })
 }
 
+// TestLostConnectionIsRetriedEachInterval: a member whose connection was
+// lost a moment ago, and whose dials for news fail, is dialled again at
+// every interval, not after waits that double: at 100 in-process sites
+// the connections a starved host lost (yamux's keepalive answered late)
+// were dialled again 20 s later, and the writes made meanwhile waited
+// that long (docs/scaling.md, tail27). Doubling, the 20 intervals below
+// hold 4 dials (after 1, 2, 4 and 8 intervals).
+func TestLostConnectionIsRetriedEachInterval(t *testing.T) {
+	n := newNet(t, "a", "b")
+	const interval = 100 * time.Millisecond
+	n.tune = func(c *Config) {
+		c.RebroadcastInterval = time.Hour
+		c.DigestInterval = interval
+	}
+	n.startAll("a", "b")
+	a, b := n.sites["a"], n.sites["b"]
+	ctx := context.Background()
+	ab := []string{"a", "b"}
+	if err := a.m.Put(ctx, ab, "/before", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "b has /before", func() error { return hasValue(b, ab, "/before", "v") })
+	eventually(t, 5*time.Second, "a round of a's with b", func() error {
+		if a.m.exchanges.lastRound(b.id) == 0 {
+			return fmt.Errorf("none yet")
+		}
+		return nil
+	})
+	n.partition([]string{"a"}, []string{"b"})
+	eventually(t, 5*time.Second, "a and b disconnected", func() error {
+		if a.host.Network().Connectedness(b.id) == network.Connected || b.host.Network().Connectedness(a.id) == network.Connected {
+			return fmt.Errorf("still connected")
+		}
+		return nil
+	})
+	if err := a.m.Put(ctx, ab, "/during", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	// News for b: a dials it each interval while the loss is recent.
+	eventually(t, 20*interval, "a dials b for news 8 times", func() error {
+		if got := a.gater.refusedDials(b.id); got < 8 {
+			return fmt.Errorf("%d dials", got)
+		}
+		return nil
+	})
+	n.heal([]string{"a"}, []string{"b"})
+	eventually(t, 5*time.Second, "b has the write made while cut off", func() error { return hasValue(b, ab, "/during", "v") })
+}
+
 // TestRestartedSiteGetsGroupsMadeWhileItWasDown: a restarting site's
 // host connects before its manager serves its protocols, so the member's
 // round on that connection fails; the site shares no group with it yet

@@ -39,10 +39,12 @@ import (
 // quiet logs warnings and errors only: tests read state, not logs.
 var quiet = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 
-// gater refuses connections to and from blocked peers.
+// gater refuses connections to and from blocked peers, and counts the
+// dials it refused.
 type gater struct {
 	mu      sync.Mutex
 	blocked map[peer.ID]bool
+	refused map[peer.ID]int // dials to a blocked peer
 }
 
 func (g *gater) set(p peer.ID, blocked bool) {
@@ -57,7 +59,26 @@ func (g *gater) allowed(p peer.ID) bool {
 	return !g.blocked[p]
 }
 
-func (g *gater) InterceptPeerDial(p peer.ID) bool                    { return g.allowed(p) }
+// refusedDials is how many dials to p the gater refused.
+func (g *gater) refusedDials(p peer.ID) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.refused[p]
+}
+
+func (g *gater) InterceptPeerDial(p peer.ID) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.blocked[p] {
+		return true
+	}
+	if g.refused == nil {
+		g.refused = map[peer.ID]int{}
+	}
+	g.refused[p]++
+	return false
+}
+
 func (g *gater) InterceptAddrDial(peer.ID, multiaddr.Multiaddr) bool { return true }
 func (g *gater) InterceptAccept(network.ConnMultiaddrs) bool         { return true }
 func (g *gater) InterceptSecured(_ network.Direction, p peer.ID, _ network.ConnMultiaddrs) bool {
