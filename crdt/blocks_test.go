@@ -112,3 +112,80 @@ func TestWriteFrameOnceIsOneWrite(t *testing.T) {
 		}
 	}
 }
+
+// stalledBlockStreams is a host whose block streams do not open until
+// release is closed, whatever their context says: a fetch stuck in a
+// dial, as on a starved host. entered is closed when one first waits.
+type stalledBlockStreams struct {
+	host.Host
+	entered, release chan struct{}
+	once             *sync.Once
+}
+
+func (h stalledBlockStreams) NewStream(ctx context.Context, p peer.ID, pids ...protocol.ID) (network.Stream, error) {
+	if slices.Contains(pids, BlockProtocol) {
+		h.once.Do(func() { close(h.entered) })
+		<-h.release
+	}
+	return h.Host.NewStream(ctx, p, pids...)
+}
+
+// TestCloseWaitsForBlockFetches: the manager's Close returns only once
+// the goroutines of GetBlocks have ended, since they read the datastore
+// the caller closes next. One that outlived its manager panicked in
+// pebble ("pebble: closed") when 100 in-process sites stopped in the
+// middle of merges.
+func TestCloseWaitsForBlockFetches(t *testing.T) {
+	n := newNet(t, "a", "b")
+	stall := stalledBlockStreams{entered: make(chan struct{}), release: make(chan struct{}), once: &sync.Once{}}
+	n.tune = func(c *Config) {
+		if c.Host.ID() == n.ids["a"] {
+			stall.Host = c.Host
+			c.Host = stall
+		}
+	}
+	n.startAll("a", "b")
+	a, b := n.sites["a"], n.sites["b"]
+	ctx := context.Background()
+	ab := []string{"a", "b"}
+	ga, err := a.m.join(ctx, ab)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gb, err := b.m.join(ctx, ab)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk := blocks.NewBlock([]byte("a block only b holds"))
+	if err := gb.blocks.Put(ctx, blk); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exchange{ga}.GetBlocks(ctx, []cid.Cid{blk.Cid()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-stall.entered
+	closed := make(chan struct{})
+	go func() {
+		_ = a.m.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+		close(stall.release)
+		t.Fatal("Close returned while a block fetch was still running")
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(stall.release)
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not return within 10 s of the fetch going on")
+	}
+	for range out {
+	}
+	if _, err := (exchange{ga}).GetBlocks(ctx, []cid.Cid{blk.Cid()}); err == nil {
+		t.Fatal("GetBlocks after Close: no error")
+	}
+	n.stop("a", true)
+}

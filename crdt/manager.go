@@ -71,6 +71,11 @@ type Manager struct {
 	// (unix ns): see Merging.
 	fetchActivity atomic.Int64
 
+	// fetches counts the goroutines of GetBlocks (blocks.go), which
+	// read and write the datastore: Close waits for them, once no
+	// replica is left to start one, before the caller closes the store.
+	fetches fetchGoroutines
+
 	// connected carries the members that connected (or lost one of
 	// their connections) to catchUpLoop.
 	connected chan peer.ID
@@ -851,6 +856,7 @@ func (m *Manager) Close() error {
 	m.cancel()
 	m.wg.Wait()
 	err := m.closeGroups()
+	m.fetches.closeAndWait()
 	m.changes.close()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
