@@ -149,7 +149,7 @@ func (ss *scaleSites) workload(ctx context.Context, log *slog.Logger, scopes [][
 		// diagnosis: a scan of every site, worth it for a tail of a few
 		// entries only. Full replication of 100 sites left over a million
 		// unseen, and the scans, competing with the merges still queued,
-		// held the full profile for more than ten minutes.
+		// held the full profile for more than five minutes.
 		if unseenLast <= maxListedMissing {
 			mctx, cancel := context.WithTimeout(ctx, time.Minute)
 			if me := ss.missing(mctx, scopes, w.done, space); mctx.Err() == nil {

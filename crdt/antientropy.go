@@ -259,20 +259,14 @@ func (x *exchanges) mayDefer(group string, p peer.ID, now, limit int64) bool {
 	return !d.lost && now-d.since < limit
 }
 
-// isLost reports whether a message of group between this site and p was
-// dropped since they last compared it (lost).
-func (x *exchanges) isLost(group string, p peer.ID) bool {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	return x.deferred[exchangeKey{group, p}].lost
-}
-
 // lostOf returns the names of the groups of which a message between this
 // site and p was dropped since they last compared it.
 func (x *exchanges) lostOf(p peer.ID, names []string) []string {
+	x.mu.Lock()
+	defer x.mu.Unlock()
 	var lost []string
 	for _, name := range names {
-		if x.isLost(name, p) {
+		if x.deferred[exchangeKey{name, p}].lost {
 			lost = append(lost, name)
 		}
 	}

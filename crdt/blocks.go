@@ -715,18 +715,18 @@ func (s *sources) first(want []cid.Cid, members []peer.ID) []peer.ID {
 
 // GetBlocks fetches every block of cids that the members have, in one
 // request, and sends the blocks on the channel. Its goroutine ends when
-// ctx or the manager is done, and the manager's Close waits for it: it
-// reads the datastore, which the caller closes after Close (a fetch
-// that outlived its manager panicked in pebble, "pebble: closed", when
-// 100 in-process sites stopped in the middle of merges).
+// ctx or the manager is done, and the manager's Close waits for it
+// (enter): it reads the datastore, which the caller closes after Close
+// (a fetch that outlived its manager panicked in pebble, "pebble:
+// closed", when 100 in-process sites stopped in the middle of merges).
 func (e exchange) GetBlocks(ctx context.Context, cids []cid.Cid) (<-chan blocks.Block, error) {
 	m := e.g.m
-	if !m.fetches.add() {
+	if !m.enter() {
 		return nil, ErrClosed
 	}
 	out := make(chan blocks.Block, len(cids))
 	go func() {
-		defer m.fetches.done()
+		defer m.wg.Done()
 		defer close(out)
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()
@@ -750,35 +750,6 @@ func (e exchange) GetBlocks(ctx context.Context, cids []cid.Cid) (<-chan blocks.
 		}
 	}()
 	return out, nil
-}
-
-// fetchGoroutines counts GetBlocks's goroutines until closeAndWait,
-// after which none starts.
-type fetchGoroutines struct {
-	mu     sync.Mutex
-	closed bool
-	wg     sync.WaitGroup
-}
-
-// add counts one more goroutine, unless closed.
-func (f *fetchGoroutines) add() bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.closed {
-		return false
-	}
-	f.wg.Add(1)
-	return true
-}
-
-func (f *fetchGoroutines) done() { f.wg.Done() }
-
-// closeAndWait lets no goroutine start and waits for those running.
-func (f *fetchGoroutines) closeAndWait() {
-	f.mu.Lock()
-	f.closed = true
-	f.mu.Unlock()
-	f.wg.Wait()
 }
 
 func (exchange) NotifyNewBlocks(context.Context, ...blocks.Block) error { return nil }

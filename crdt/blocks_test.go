@@ -46,15 +46,7 @@ func TestConcurrentWalksFetchABlockOnce(t *testing.T) {
 	n.startAll("a", "b")
 	a, b := n.sites["a"], n.sites["b"]
 	ctx := context.Background()
-	ab := []string{"a", "b"}
-	ga, err := a.m.join(ctx, ab)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gb, err := b.m.join(ctx, ab)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ga, gb := joinPair(t, a, b)
 	blk := blocks.NewBlock([]byte("a block only a holds"))
 	if err := ga.blocks.Put(ctx, blk); err != nil {
 		t.Fatal(err)
@@ -147,15 +139,7 @@ func TestCloseWaitsForBlockFetches(t *testing.T) {
 	n.startAll("a", "b")
 	a, b := n.sites["a"], n.sites["b"]
 	ctx := context.Background()
-	ab := []string{"a", "b"}
-	ga, err := a.m.join(ctx, ab)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gb, err := b.m.join(ctx, ab)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ga, gb := joinPair(t, a, b)
 	blk := blocks.NewBlock([]byte("a block only b holds"))
 	if err := gb.blocks.Put(ctx, blk); err != nil {
 		t.Fatal(err)
@@ -188,4 +172,19 @@ func TestCloseWaitsForBlockFetches(t *testing.T) {
 		t.Fatal("GetBlocks after Close: no error")
 	}
 	n.stop("a", true)
+}
+
+// joinPair joins a and b to the group of the two and returns a's and
+// b's.
+func joinPair(t *testing.T, a, b *site) (ga, gb *Group) {
+	t.Helper()
+	ab := []string{a.name, b.name}
+	ga, err := a.m.join(context.Background(), ab)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gb, err = b.m.join(context.Background(), ab); err != nil {
+		t.Fatal(err)
+	}
+	return ga, gb
 }

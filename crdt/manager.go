@@ -71,11 +71,6 @@ type Manager struct {
 	// (unix ns): see Merging.
 	fetchActivity atomic.Int64
 
-	// fetches counts the goroutines of GetBlocks (blocks.go), which
-	// read and write the datastore: Close waits for them, once no
-	// replica is left to start one, before the caller closes the store.
-	fetches fetchGoroutines
-
 	// connected carries the members that connected (or lost one of
 	// their connections) to catchUpLoop.
 	connected chan peer.ID
@@ -213,8 +208,9 @@ func NewManager(ctx context.Context, cfg Config) (*Manager, error) {
 	return m, nil
 }
 
-// enter registers a stream handler at work, so that Close waits for it
-// before the datastore goes away; false once closing.
+// enter registers a goroutine at work (a stream handler, a block
+// fetch), so that Close waits for it before the datastore goes away;
+// false once closing. The goroutine calls m.wg.Done when it ends.
 func (m *Manager) enter() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -856,7 +852,6 @@ func (m *Manager) Close() error {
 	m.cancel()
 	m.wg.Wait()
 	err := m.closeGroups()
-	m.fetches.closeAndWait()
 	m.changes.close()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
