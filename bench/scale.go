@@ -106,8 +106,12 @@ func ScaleProfile(env Env) ScaleOptions {
 		IdleWindow: 10 * time.Second, Seed: 1,
 	}
 	if env.Full {
+		// 2,000 idle groups per batch at 100 sites: the process's heap
+		// moves by MiBs between readings there, and 500 groups' ~1,250
+		// replicas gave slopes of 3.7–7.6 KB (readings −7.5 to +11.6 KB),
+		// 2,000 groups' 1.9–3.6 KB.
 		opt.Cases = []ScaleCase{{Sites: 30, Resources: 10000, IdleGroups: 300, Probes: 100},
-			{Sites: 100, Resources: 100000, IdleGroups: 500, Probes: 200}}
+			{Sites: 100, Resources: 100000, IdleGroups: 2000, Probes: 200}}
 		opt.Process = &ScaleProcessCase{Agents: 20, Resources: 10000, CreateBudget: time.Minute}
 		// The idle window is 30 s: long enough for anti-entropy's backed-off
 		// rounds to show, and it keeps the profile within 15 minutes.
@@ -219,6 +223,11 @@ type IdleFigures struct {
 	// their number: a cost per pair, not per group).
 	Pairs                    int     `json:"pairs"`
 	DigestBytesPerPairMinute float64 `json:"digest_bytes_per_pair_minute"`
+	// SecondNewPairs counts the pairs of sites that share a group of the
+	// second batch and none of the first: 0 unless too few site sets
+	// within the first batch's pairs were left (a new pair's per-peer
+	// state is then charged to the second batch's groups).
+	SecondNewPairs int `json:"second_batch_new_pairs"`
 	// Membership's probes and every other byte are left out: its jitter
 	// (MiB per window at 20 sites) exceeds what the groups add.
 	Window time.Duration `json:"window_ns"`

@@ -220,10 +220,10 @@ func (r *ScaleResult) Table(out io.Writer) {
 				fmt.Fprintf(tw, "%d\t\t0\t\t\tnot measured: MISSED\t\tnot measured: MISSED\tnot measured: MISSED\t\t\t\n", c.Sites)
 				continue
 			}
-			fmt.Fprintf(tw, "%d\t2nd, slope\t%d\t%d\t%.0f\t%s\t%.0f–%.0f\t%s\t%s\t%d\t%.0f\t\n", c.Sites, id.Groups, id.Members, id.Window.Seconds(),
+			fmt.Fprintf(tw, "%d\t2nd, slope\t%d\t%d\t%.0f\t%s\t%.0f–%.0f\t%s\t%s\t%d (2nd new: %d)\t%.0f\t\n", c.Sites, id.Groups, id.Members, id.Window.Seconds(),
 				atMost(id.HeapPerGroupMember, t.IdleHeapPerGroup, "%.0f"), id.HeapPerGroupMemberMin, id.HeapPerGroupMemberMax,
 				atMost(id.GoroutinesPerGroup, t.IdleGoroutinesPerGroup, "%.2f"),
-				atMost(id.GroupBytesPerGroupMinute, t.IdleBytesPerGroupMinute, "%.0f"), id.Pairs, id.DigestBytesPerPairMinute)
+				atMost(id.GroupBytesPerGroupMinute, t.IdleBytesPerGroupMinute, "%.0f"), id.Pairs, id.SecondNewPairs, id.DigestBytesPerPairMinute)
 			if f := id.First; f != nil {
 				fmt.Fprintf(tw, "%d\t1st, no verdict\t%d\t%d\t%.0f\t%.0f\t%.0f–%.0f\t%.2f\t%.0f\t\t\t\n", c.Sites, f.Groups, f.Members, id.Window.Seconds(),
 					f.HeapPerGroupMember, f.HeapPerGroupMemberMin, f.HeapPerGroupMemberMax, f.GoroutinesPerGroup, f.GroupBytesPerGroupMinute)
@@ -231,6 +231,7 @@ func (r *ScaleResult) Table(out io.Writer) {
 		}
 		tw.Flush()
 		fmt.Fprintln(out, "2nd, slope: what the second batch added to the first, per group or replica of the second (the verdicts); "+
+			"its groups are drawn among the pairs of sites the first batch already shares, so that what a site keeps per peer it shares groups with is not charged to them (2nd new: pairs it added all the same, when too few such site sets were left); "+
 			"1st: the first batch since before any group, which holds the process's one-time growth (goroutine descriptors kept after the writes' burst, pebble's WAL buffers, maps growing).\n"+
 			"heap: live heap after a collection (the smaller of two), the smallest reading less the first batch's smallest; readings: the smallest and largest growth of a reading over the first batch's at the same point (1st: over the heap before any group).")
 		fmt.Fprintln(out, "group messages: stream bytes of the crdt protocols whose every message names a group (links, blocks): the groups' own periodic work.\n"+

@@ -481,6 +481,7 @@ func BenchmarkScaleIdle(b *testing.B) {
 		b.ReportMetric(idle.HeapPerGroupMemberMax, "heap-max-B/group-member")
 		b.ReportMetric(idle.GoroutinesPerGroup, "goroutines/group")
 		b.ReportMetric(idle.GroupBytesPerGroupMinute, "group-B/group-min")
+		b.ReportMetric(float64(idle.SecondNewPairs), "second-new-pairs")
 		if f := idle.First; f != nil {
 			b.ReportMetric(f.HeapPerGroupMember, "first-heap-B/group-member")
 			b.ReportMetric(f.GoroutinesPerGroup, "first-goroutines/group")
@@ -581,5 +582,43 @@ func TestIdleBatchFigures(t *testing.T) {
 	if f2.HeapPerGroupMember != 1250 || f2.HeapPerGroupMemberMin != 500 || f2.HeapPerGroupMemberMax != 1500 ||
 		f2.GoroutinesPerGroup != 0.1 || f2.GroupBytesPerGroupMinute != 0 || f2.Groups != 10 || f2.Members != 20 {
 		t.Errorf("second batch: %+v", f2)
+	}
+}
+
+// The second batch of idle groups is drawn among the pairs of sites the
+// first already shares, and newGroups keeps to what within accepts:
+// every set it returns is new, of 2–3 sites, and within the pairs.
+func TestNewGroupsWithinPairs(t *testing.T) {
+	names := make([]string, 100)
+	for i := range names {
+		names[i] = fmt.Sprintf("s%02d", i)
+	}
+	rng := rand.New(rand.NewPCG(1, 100))
+	used := map[string]bool{}
+	first := newGroups(rng, names, used, 500, nil)
+	if len(first) != 500 {
+		t.Fatalf("%d groups in the first batch, want 500", len(first))
+	}
+	for _, g := range first {
+		used[groupKey(g)] = true
+	}
+	covered := pairsOf(first)
+	if len(covered) >= 4950 {
+		t.Fatalf("the first batch covers %d pairs: the test needs pairs left out", len(covered))
+	}
+	second := newGroups(rng, names, used, 500, covered.hold)
+	if len(second) != 500 {
+		t.Fatalf("%d groups within the first batch's pairs, want 500", len(second))
+	}
+	for _, g := range second {
+		if used[groupKey(g)] || len(g) < 2 || len(g) > 3 || !covered.hold(g) {
+			t.Fatalf("group %v: used before, of %d sites, or outside the first batch's pairs", g, len(g))
+		}
+	}
+	if n := len(pairsOf(second).minus(covered)); n != 0 {
+		t.Fatalf("the second batch adds %d pairs", n)
+	}
+	if !(sitePairs{{"a", "b"}: true}).hold([]string{"b", "a"}) || (sitePairs{{"a", "b"}: true}).hold([]string{"a", "b", "c"}) {
+		t.Fatal("hold: pairs are compared in name order, and every pair of the set is needed")
 	}
 }

@@ -180,7 +180,8 @@ func countPrefix(ctx context.Context, s *scaleSite, prefix string) int {
 
 // idleGroups measures what an idle group costs, as a slope: a first
 // batch of n new groups (site sets of 2–3, one write each, seen at every
-// member) is created and left idle, then a second batch of n more. Each
+// member) is created and left idle, then a second batch of n more, on
+// pairs of sites the first batch already shares (see below). Each
 // batch is settled (every replica asleep, the links closed) and watched
 // for a window, with the live heap and goroutines read idleReadings times
 // evenly over it and the bytes sent counted over it. The first
@@ -200,15 +201,35 @@ func countPrefix(ctx context.Context, s *scaleSite, prefix string) int {
 // are added to used.
 func (ss *scaleSites) idleGroups(ctx context.Context, rng *rand.Rand, used map[string]bool, n int, window time.Duration) *IdleFigures {
 	idle := &IdleFigures{Window: window}
-	groups := newGroups(rng, ss.names, used, 2*n)
+	// The second batch's groups are drawn among the pairs of sites the
+	// first already shares, so that its slope is the groups' own cost:
+	// a group that makes two sites share something for the first time
+	// also adds what a site keeps per peer it shares groups with
+	// (anti-entropy's cadence and exchanges, the last-sync gauge, the
+	// resource manager's scopes for its streams), a cost of the peers, not
+	// of the groups. At 30 sites the first batch covers every pair; at
+	// 100 it covers a part of the 4,950, and the second batch's new pairs
+	// were charged to its groups. Sets are drawn at random otherwise when
+	// too few such sets are left (SecondNewPairs counts those pairs).
+	first := newGroups(rng, ss.names, used, n, nil)
+	for _, g := range first {
+		used[groupKey(g)] = true
+	}
+	covered := pairsOf(first)
+	second := newGroups(rng, ss.names, used, n, covered.hold)
+	for _, g := range second {
+		used[groupKey(g)] = true
+	}
+	if len(second) < n {
+		second = append(second, newGroups(rng, ss.names, used, n-len(second), nil)...)
+	}
+	idle.SecondNewPairs = len(pairsOf(second).minus(covered))
+	groups := slices.Concat(first, second)
 	if len(groups) < 2*n {
 		idle.Error = fmt.Sprintf("only %d unused site sets of 2–4 among %d sites, %d wanted (two batches of %d)", len(groups), len(ss.names), 2*n, n)
-		if len(groups) < 2 {
+		if len(first) == 0 || len(second) == 0 {
 			return idle
 		}
-	}
-	for _, g := range groups {
-		used[groupKey(g)] = true
 	}
 	const before = 2 * time.Second
 	t0 := ss.traffic()
@@ -217,17 +238,17 @@ func (ss *scaleSites) idleGroups(ctx context.Context, rng *rand.Rand, used map[s
 	}
 	base := ss.traffic().minus(t0)
 	heap0, gor0 := liveHeapAndGoroutines()
-	half := len(groups) / 2
-	first, err1 := ss.idleBatch(ctx, groups[:half], 0, window, base, before)
-	if first == nil {
+	half := len(first)
+	firstBatch, err1 := ss.idleBatch(ctx, groups[:half], 0, window, base, before)
+	if firstBatch == nil {
 		return idle
 	}
-	idle.First = first.figures(heap0, gor0, nil, window)
+	idle.First = firstBatch.figures(heap0, gor0, nil, window)
 	if ss.afterIdleBatch != nil {
 		ss.afterIdleBatch(0)
 	}
-	second, err2 := ss.idleBatch(ctx, groups[half:], half, window, base, before)
-	if second == nil {
+	secondBatch, err2 := ss.idleBatch(ctx, groups[half:], half, window, base, before)
+	if secondBatch == nil {
 		return idle
 	}
 	if ss.afterIdleBatch != nil {
@@ -236,24 +257,27 @@ func (ss *scaleSites) idleGroups(ctx context.Context, rng *rand.Rand, used map[s
 	if err := errors.Join(err1, err2); err != nil {
 		idle.Error = strings.TrimPrefix(idle.Error+"; "+strings.ReplaceAll(err.Error(), "\n", "; "), "; ")
 	}
-	f := second.figures(0, 0, first, window)
+	f := secondBatch.figures(0, 0, firstBatch, window)
 	idle.Groups, idle.Members = f.Groups, f.Members
 	idle.HeapPerGroupMember, idle.HeapPerGroupMemberMin, idle.HeapPerGroupMemberMax = f.HeapPerGroupMember, f.HeapPerGroupMemberMin, f.HeapPerGroupMemberMax
 	idle.GoroutinesPerGroup, idle.GroupBytesPerGroupMinute = f.GoroutinesPerGroup, f.GroupBytesPerGroupMinute
-	idle.Pairs = sharedPairs(groups)
+	idle.Pairs = len(pairsOf(groups))
 	if idle.Pairs > 0 {
-		idle.DigestBytesPerPairMinute = float64(second.sent.digests) * float64(time.Minute) / float64(window) / float64(idle.Pairs)
+		idle.DigestBytesPerPairMinute = float64(secondBatch.sent.digests) * float64(time.Minute) / float64(window) / float64(idle.Pairs)
 	}
-	idle.heapGrowth = int64(second.heap[len(second.heap)-1]) - int64(heap0)
+	idle.heapGrowth = int64(secondBatch.heap[len(secondBatch.heap)-1]) - int64(heap0)
 	return idle
 }
 
 // idleReadings is how many times the heap is read over an idle window.
 // Between two readings of the same idle sites the live heap moves by up
 // to ±0.4 MiB at 20 sites (streams and buffers of membership's probes in
-// flight at the collection): the smallest reading leaves most of that
-// out, and the readings' spread shows it.
-const idleReadings = 5
+// flight at the collection), and by up to 8.5 MiB at 100 sites over a
+// floor it keeps returning to (425 MiB with no group, read every 5 s
+// for 100 s): the smallest reading leaves most of that out, more
+// readings find the floor more often, and the readings' spread shows
+// it.
+const idleReadings = 9
 
 // idleBatch is one batch of idle groups once settled: the live heap and
 // goroutines read idleReadings times over its window, and what the crdt
@@ -356,9 +380,12 @@ func (b *idleBatch) figures(heap0 uint64, gor0 int, prev *idleBatch, window time
 	return f
 }
 
-// sharedPairs counts the pairs of sites that share at least one group.
-func sharedPairs(groups [][]string) int {
-	pairs := map[[2]string]bool{}
+// sitePairs is a set of pairs of sites, each pair in name order.
+type sitePairs map[[2]string]bool
+
+// pairsOf is the pairs of sites that share at least one of groups.
+func pairsOf(groups [][]string) sitePairs {
+	pairs := sitePairs{}
 	for _, g := range groups {
 		for i, a := range g {
 			for _, b := range g[i+1:] {
@@ -366,7 +393,30 @@ func sharedPairs(groups [][]string) int {
 			}
 		}
 	}
-	return len(pairs)
+	return pairs
+}
+
+// hold reports whether every pair of g's sites is in ps.
+func (ps sitePairs) hold(g []string) bool {
+	for i, a := range g {
+		for _, b := range g[i+1:] {
+			if !ps[[2]string{min(a, b), max(a, b)}] {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// minus is the pairs of ps not in other.
+func (ps sitePairs) minus(other sitePairs) sitePairs {
+	out := sitePairs{}
+	for p := range ps {
+		if !other[p] {
+			out[p] = true
+		}
+	}
+	return out
 }
 
 // SelfCPU is the CPU time this process has used, user and system.
@@ -393,7 +443,7 @@ func (ss *scaleSites) awake() int {
 // the key. A write not seen within 5 s counts as 5 s.
 func (ss *scaleSites) firstWrites(ctx context.Context, rng *rand.Rand, used map[string]bool, n int) *FirstWriteFigures {
 	fw := &FirstWriteFigures{}
-	groups := newGroups(rng, ss.names, used, n)
+	groups := newGroups(rng, ss.names, used, n, nil)
 	if len(groups) < n {
 		fw.Error = fmt.Sprintf("only %d unused site sets of 2–4 among %d sites, %d wanted", len(groups), len(ss.names), n)
 	}
@@ -433,15 +483,16 @@ func (ss *scaleSites) probe(ctx context.Context, space, i int, group []string, w
 	}
 }
 
-// newGroups draws n site sets that are not in used: random sets of 2
-// and 3 sites, then, when those run out (up to 40 sites), every unused
-// set of 2, 3 and 4 in random order. The writer (first site) is any
-// member.
-func newGroups(rng *rand.Rand, names []string, used map[string]bool, n int) [][]string {
+// newGroups draws n site sets that are not in used and that within
+// accepts (nil: any): random sets of 2 and 3 sites, then, when those run
+// out (up to 40 sites), every unused set of 2, 3 and 4 in random order.
+// The writer (first site) is any member. It returns fewer when it finds
+// fewer.
+func newGroups(rng *rand.Rand, names []string, used map[string]bool, n int, within func([]string) bool) [][]string {
 	var out [][]string
 	taken := map[string]bool{}
 	take := func(g []string) {
-		if key := groupKey(g); len(out) < n && !used[key] && !taken[key] {
+		if key := groupKey(g); len(out) < n && !used[key] && !taken[key] && (within == nil || within(g)) {
 			taken[key] = true
 			out = append(out, g)
 		}
