@@ -129,10 +129,10 @@ func (g *Group) crdtPrefix() ds.Key { return groupPrefix(g.name).ChildString("cr
 // newGroup makes a sleeping group.
 func (m *Manager) newGroup(name string, sites []string, peers []peer.ID) *Group {
 	g := &Group{m: m, name: name, sites: sites, peers: peers}
-	g.blocks = metaBlockstore{Blockstore: blockstore.NewBlockstore(namespace.Wrap(m.cfg.Datastore, groupPrefix(name).ChildString("blocks")),
+	g.blocks = gatedBlockstore{gate: &m.storeGate, Blockstore: metaBlockstore{Blockstore: blockstore.NewBlockstore(namespace.Wrap(m.cfg.Datastore, groupPrefix(name).ChildString("blocks")),
 		// Callers check for the block first where it matters; rewriting a
 		// block under its own hash is harmless.
-		blockstore.NoPrefix(), blockstore.WriteThrough(true)), metas: &g.metas}
+		blockstore.NoPrefix(), blockstore.WriteThrough(true)), metas: &g.metas}}
 	g.touch()
 	return g
 }

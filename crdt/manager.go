@@ -58,6 +58,10 @@ type Manager struct {
 	// awake bounds the replicas open at once (Config.MaxAwake); waiting
 	// lists the sleeping groups with deferred heads for wakerLoop, which
 	// wakeup wakes (awake.go).
+	// storeGate closes the groups' blockstores once the groups are
+	// closed (storegate.go).
+	storeGate storeGate
+
 	awake   *awakeSet
 	waitMu  sync.Mutex
 	waiting []*Group
@@ -852,6 +856,7 @@ func (m *Manager) Close() error {
 	m.cancel()
 	m.wg.Wait()
 	err := m.closeGroups()
+	m.storeGate.close()
 	m.changes.close()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
