@@ -272,7 +272,7 @@ func (ss *scaleSites) idleGroups(ctx context.Context, rng *rand.Rand, used map[s
 // idleReadings is how many times the heap is read over an idle window.
 // Between two readings of the same idle sites the live heap moves by up
 // to ±0.4 MiB at 20 sites (streams and buffers of membership's probes in
-// flight at the collection), and by up to 8.5 MiB at 100 sites over a
+// flight at the collection), and by up to 8.6 MiB at 100 sites over a
 // floor it keeps returning to (425 MiB with no group, read every 5 s
 // for 100 s): the smallest reading leaves most of that out, more
 // readings find the floor more often, and the readings' spread shows
