@@ -345,6 +345,11 @@ func runScaleCase(ctx context.Context, env Env, cs ScaleCase, opt ScaleOptions) 
 	f.Scoped = ss.workload(ctx, env.Log, scopes, scopedSpace, opt)
 	if f.Scoped.Error != "" {
 		f.Error = "scoped workload: " + f.Scoped.Error
+		if f.Scoped.missing != nil {
+			// Which entries, and the state of their groups and pairs at
+			// each member: what a tail that did not converge was waiting for.
+			env.Log.Warn("scale: entries missing", "sites", cs.Sites, "missing", ss.describe(ctx, f.Scoped.missing, 6))
+		}
 		return f
 	}
 	heap, _ := liveHeapAndGoroutines()
