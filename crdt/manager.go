@@ -55,13 +55,13 @@ type Manager struct {
 	// links carry head announcements to members, one per peer.
 	links links
 
-	// awake bounds the replicas open at once (Config.MaxAwake); waiting
-	// lists the sleeping groups with deferred heads for wakerLoop, which
-	// wakeup wakes (awake.go).
 	// storeGate closes the groups' blockstores once the groups are
 	// closed (storegate.go).
 	storeGate storeGate
 
+	// awake bounds the replicas open at once (Config.MaxAwake); waiting
+	// lists the sleeping groups with deferred heads for wakerLoop, which
+	// wakeup wakes (awake.go).
 	awake   *awakeSet
 	waitMu  sync.Mutex
 	waiting []*Group

@@ -29,15 +29,18 @@ type storeGate struct {
 // errClosedStore is what a blockstore call gets once the manager closed.
 var errClosedStore = fmt.Errorf("%w: the group's blockstore is closed", ErrClosed)
 
-// enter registers a call; false once the gate is closed.
-func (s *storeGate) enter() bool {
+// run runs one call into a blockstore unless the gate is closed
+// (errClosedStore).
+func (s *storeGate) run(call func() error) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.closed {
-		return false
+		s.mu.Unlock()
+		return errClosedStore
 	}
 	s.calls.Add(1)
-	return true
+	s.mu.Unlock()
+	defer s.calls.Done()
+	return call()
 }
 
 // close refuses new calls and waits for those in flight (each one
@@ -55,50 +58,29 @@ type gatedBlockstore struct {
 	gate *storeGate
 }
 
-func (b gatedBlockstore) Get(ctx context.Context, c cid.Cid) (blocks.Block, error) {
-	if !b.gate.enter() {
-		return nil, errClosedStore
-	}
-	defer b.gate.calls.Done()
-	return b.Blockstore.Get(ctx, c)
+func (b gatedBlockstore) Get(ctx context.Context, c cid.Cid) (blk blocks.Block, err error) {
+	err = b.gate.run(func() error { blk, err = b.Blockstore.Get(ctx, c); return err })
+	return blk, err
 }
 
-func (b gatedBlockstore) Has(ctx context.Context, c cid.Cid) (bool, error) {
-	if !b.gate.enter() {
-		return false, errClosedStore
-	}
-	defer b.gate.calls.Done()
-	return b.Blockstore.Has(ctx, c)
+func (b gatedBlockstore) Has(ctx context.Context, c cid.Cid) (ok bool, err error) {
+	err = b.gate.run(func() error { ok, err = b.Blockstore.Has(ctx, c); return err })
+	return ok, err
 }
 
-func (b gatedBlockstore) GetSize(ctx context.Context, c cid.Cid) (int, error) {
-	if !b.gate.enter() {
-		return 0, errClosedStore
-	}
-	defer b.gate.calls.Done()
-	return b.Blockstore.GetSize(ctx, c)
+func (b gatedBlockstore) GetSize(ctx context.Context, c cid.Cid) (size int, err error) {
+	err = b.gate.run(func() error { size, err = b.Blockstore.GetSize(ctx, c); return err })
+	return size, err
 }
 
 func (b gatedBlockstore) Put(ctx context.Context, blk blocks.Block) error {
-	if !b.gate.enter() {
-		return errClosedStore
-	}
-	defer b.gate.calls.Done()
-	return b.Blockstore.Put(ctx, blk)
+	return b.gate.run(func() error { return b.Blockstore.Put(ctx, blk) })
 }
 
 func (b gatedBlockstore) PutMany(ctx context.Context, blks []blocks.Block) error {
-	if !b.gate.enter() {
-		return errClosedStore
-	}
-	defer b.gate.calls.Done()
-	return b.Blockstore.PutMany(ctx, blks)
+	return b.gate.run(func() error { return b.Blockstore.PutMany(ctx, blks) })
 }
 
 func (b gatedBlockstore) DeleteBlock(ctx context.Context, c cid.Cid) error {
-	if !b.gate.enter() {
-		return errClosedStore
-	}
-	defer b.gate.calls.Done()
-	return b.Blockstore.DeleteBlock(ctx, c)
+	return b.gate.run(func() error { return b.Blockstore.DeleteBlock(ctx, c) })
 }
