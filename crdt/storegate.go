@@ -20,10 +20,15 @@ import (
 // its context. One such read after the caller closed pebble panicked
 // ("pebble: closed") as 100 in-process sites stopped in the middle of
 // merges.
+//
+// The manager's own fetches (GetBlocks) are waited for by Close (enter);
+// the gate is for the readers it does not own.
 type storeGate struct {
-	mu     sync.Mutex
+	// mu is held shared by each call for its length, and exclusively
+	// by close: close waits for the calls in flight, and a call that
+	// comes after it finds closed.
+	mu     sync.RWMutex
 	closed bool
-	calls  sync.WaitGroup
 }
 
 // errClosedStore is what a blockstore call gets once the manager closed.
@@ -32,24 +37,20 @@ var errClosedStore = fmt.Errorf("%w: the group's blockstore is closed", ErrClose
 // run runs one call into a blockstore unless the gate is closed
 // (errClosedStore).
 func (s *storeGate) run(call func() error) error {
-	s.mu.Lock()
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	if s.closed {
-		s.mu.Unlock()
 		return errClosedStore
 	}
-	s.calls.Add(1)
-	s.mu.Unlock()
-	defer s.calls.Done()
 	return call()
 }
 
-// close refuses new calls and waits for those in flight (each one
-// datastore operation).
+// close refuses new calls, once those in flight (each one datastore
+// operation) have ended.
 func (s *storeGate) close() {
 	s.mu.Lock()
 	s.closed = true
 	s.mu.Unlock()
-	s.calls.Wait()
 }
 
 // gatedBlockstore is a group's blockstore behind the manager's gate.
