@@ -74,6 +74,9 @@ var (
 	ErrBoundByConfig = errors.New("node: site name bound by the trust configuration")
 	// ErrSelfBinding: a site cannot forget its own name.
 	ErrSelfBinding = errors.New("node: a site cannot forget its own name")
+	// ErrClosed: the node is closed; its data directory is no longer
+	// written.
+	ErrClosed = errors.New("node: closed")
 )
 
 // claimVerdict is what the table says of a claim.

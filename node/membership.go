@@ -204,10 +204,14 @@ func (n *Node) claim(site string, p peer.ID) bool {
 // writeClaims writes every pending claim to BindingsFile, unless a write
 // since the claim of site by p was proposed did, and reports whether the
 // claim is bound. Writes are serialized by persistMu; bindMu is not held
-// while the file is written, so lookups and other claims go on.
+// while the file is written, so lookups and other claims go on. A closed
+// node writes nothing and binds nothing.
 func (n *Node) writeClaims(site string, p peer.ID) bool {
 	n.persistMu.Lock()
 	defer n.persistMu.Unlock()
+	if n.persistClosed {
+		return false
+	}
 	n.bindMu.Lock()
 	switch v, _ := n.bindings.check(site, p); v {
 	case claimBound:
@@ -283,10 +287,14 @@ func (n *Node) Bindings() []Binding {
 // command (`cheops sites forget NAME`) for a site that was reinstalled
 // with a new key; bindings of the trust configuration and this site's own
 // name cannot be forgotten (ErrBoundByConfig, ErrSelfBinding), an unbound
-// name is ErrNotBound. The refused claims on the name are cleared.
+// name is ErrNotBound, a closed node ErrClosed. The refused claims on the
+// name are cleared.
 func (n *Node) Forget(site string) (Binding, error) {
 	n.persistMu.Lock()
 	defer n.persistMu.Unlock()
+	if n.persistClosed {
+		return Binding{}, fmt.Errorf("forget %s: %w", site, ErrClosed)
+	}
 	n.bindMu.Lock()
 	defer n.bindMu.Unlock()
 	b, err := n.bindings.remove(site)

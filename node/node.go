@@ -52,8 +52,12 @@ type Node struct {
 
 	// persistMu serializes the writes of BindingsFile; bindMu guards
 	// bindings (it is not held while claims are written: see
-	// writeClaims). Lock order: persistMu, bindMu, mu.
+	// writeClaims). Lock order: persistMu, bindMu, mu. persistClosed,
+	// under persistMu, is set by Close: a record handler libp2p still
+	// runs then (host.Close does not wait for stream handlers) writes
+	// nothing into a data directory its owner may be removing.
 	persistMu     sync.Mutex
+	persistClosed bool
 	bindingWrites int // BindingsFile writes for claims, under persistMu (tests read it)
 	bindMu        sync.Mutex
 	bindings      *bindingTable
@@ -417,6 +421,9 @@ func (n *Node) Close() error {
 		}
 		n.stopPubSub()
 		err = n.host.Close()
+		n.persistMu.Lock()
+		n.persistClosed = true
+		n.persistMu.Unlock()
 		n.unlock()
 		n.mu.Lock()
 		for w := range n.watchers {
