@@ -151,14 +151,14 @@ func (r *ScaleResult) Table(out io.Writer) {
 		fmt.Fprintf(out, "%s failed: %s\n", c.size(), c.Error)
 	}
 
-	fmt.Fprintf(out, "\nfull replication (one group of all sites; the same sizes on the same sites, fresh keys, after the scoped figures; %s)\n", machine)
+	fmt.Fprintf(out, "\nfull replication (one group of all sites; on the same sites, fresh keys, after the scoped figures, the first of their resources; %s)\n", machine)
 	tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "sites\tresources\twritten\twrite s\twrites/s\tconverged ms\tMiB sent\tbytes/resource scoped:full\ttime scoped:full\t")
+	fmt.Fprintln(tw, "sites\tresources\twritten\twrite s\twrites/s\tconverged ms\tMiB sent\tbytes/resource scoped:full\ttime/resource scoped:full\t")
 	var fullErrs []string
 	for _, c := range r.Cases {
 		f := c.Full
 		if f == nil {
-			fmt.Fprintf(tw, "%d\t%d\tnot run\t\t\t\t\t\t\t\n", c.Sites, c.Resources)
+			fmt.Fprintf(tw, "%d\t%d\tnot run\t\t\t\t\t\t\t\n", c.Sites, c.fullResources())
 			continue
 		}
 		if f.Error != "" {
@@ -168,21 +168,22 @@ func (r *ScaleResult) Table(out io.Writer) {
 		if f.Error == "" && f.Written > 0 && f.BytesSent > 0 && c.Scoped.Written > 0 {
 			bytesRatio = fmt.Sprintf("%.2f", float64(c.Scoped.BytesSent)/float64(c.Scoped.Written)/(float64(f.BytesSent)/float64(f.Written)))
 		}
-		if f.Error == "" && f.Written == c.Scoped.Written {
-			timeRatio = fmt.Sprintf("%.2f", float64(c.Scoped.WriteTime+c.Scoped.Converged)/float64(f.WriteTime+f.Converged))
+		if f.Error == "" && c.Scoped.Error == "" && f.Written > 0 && c.Scoped.Written > 0 {
+			scoped := float64(c.Scoped.WriteTime+c.Scoped.Converged) / float64(c.Scoped.Written)
+			timeRatio = fmt.Sprintf("%.2f", scoped/(float64(f.WriteTime+f.Converged)/float64(f.Written)))
 		}
 		conv := fmt.Sprintf("%.0f", ms(f.Converged))
 		if f.Error != "" {
 			conv = "no"
 		}
-		fmt.Fprintf(tw, "%d\t%d\t%d\t%.1f\t%.0f\t%s\t%.1f\t%s\t%s\t\n", c.Sites, c.Resources, f.Written, f.WriteTime.Seconds(), f.WritesPerSecond,
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%.1f\t%.0f\t%s\t%.1f\t%s\t%s\t\n", c.Sites, c.fullResources(), f.Written, f.WriteTime.Seconds(), f.WritesPerSecond,
 			conv, float64(f.BytesSent)/mib, bytesRatio, timeRatio)
 	}
 	tw.Flush()
 	for _, e := range fullErrs {
 		fmt.Fprintln(out, e)
 	}
-	fmt.Fprintln(out, "time: write phase plus convergence; the ratios are the issue's comparison, with no target.")
+	fmt.Fprintln(out, "time: write phase plus convergence; the ratios, per resource written, are the issue's comparison, with no target.")
 
 	var probed []ScaleFigures
 	for _, c := range r.Cases {

@@ -109,6 +109,12 @@ func TestScaleVerdicts(t *testing.T) {
 	idleMissed.FirstWrite, idleMissed.Idle = nil, &IdleFigures{IdleBatchFigures: IdleBatchFigures{Groups: 20, Members: 50, HeapPerGroupMember: 2100, HeapPerGroupMemberMin: 2000,
 		HeapPerGroupMemberMax: 2300}, Window: time.Minute, First: &IdleBatchFigures{Groups: 20, Members: 50, HeapPerGroupMember: 1000}}
 	failed := ScaleFigures{ScaleCase: ScaleCase{Sites: 100, Resources: 100000}, Error: "bench: 100 sites see each other up: not within 2m0s"}
+	// The full-replication comparison on a tenth of the resources: the
+	// ratios are per resource written, as with all of them.
+	fewer := ok
+	fewer.FirstWrite, fewer.Idle = nil, nil
+	fewer.FullResources = 100
+	fewer.Full = &Workload{Written: 100, WriteTime: 200 * time.Millisecond, Converged: 200 * time.Millisecond, BytesSent: 8 << 20 / 10}
 	for _, tc := range []struct {
 		name    string
 		res     ScaleResult
@@ -121,6 +127,8 @@ func TestScaleVerdicts(t *testing.T) {
 				"2nd, slope", "900 ≤ 2048: met", "850–1010", "4.00 ≤ 0.05: MISSED", "0 ≤ 0: met", "0.12", "0.45",
 				"1st, no verdict", "6321", "6300–6400", "0.50"},
 			[]string{"p99 > 50 ms", "4.00 goroutines per idle group"}, 2},
+		{"full replication on fewer resources", ScaleResult{Cases: []ScaleFigures{fewer}},
+			[]string{"time/resource scoped:full", "0.13", "0.45"}, nil, 0},
 		{"idle slope missed", ScaleResult{Cases: []ScaleFigures{idleMissed}},
 			[]string{"2100 ≤ 2048: MISSED", "2000–2300", "1st, no verdict"},
 			[]string{"an idle group costs 2100 B of heap per member (a second batch's slope) > 2048 B"}, 1},
