@@ -166,11 +166,11 @@ func (r *ScaleResult) Table(out io.Writer) {
 		}
 		bytesRatio, timeRatio := "—", "—"
 		if f.Error == "" && f.Written > 0 && f.BytesSent > 0 && c.Scoped.Written > 0 {
-			bytesRatio = fmt.Sprintf("%.2f", float64(c.Scoped.BytesSent)/float64(c.Scoped.Written)/(float64(f.BytesSent)/float64(f.Written)))
+			bytesRatio = fmt.Sprintf("%.2g", float64(c.Scoped.BytesSent)/float64(c.Scoped.Written)/(float64(f.BytesSent)/float64(f.Written)))
 		}
 		if f.Error == "" && c.Scoped.Error == "" && f.Written > 0 && c.Scoped.Written > 0 {
 			scoped := float64(c.Scoped.WriteTime+c.Scoped.Converged) / float64(c.Scoped.Written)
-			timeRatio = fmt.Sprintf("%.2f", scoped/(float64(f.WriteTime+f.Converged)/float64(f.Written)))
+			timeRatio = fmt.Sprintf("%.2g", scoped/(float64(f.WriteTime+f.Converged)/float64(f.Written)))
 		}
 		conv := fmt.Sprintf("%.0f", ms(f.Converged))
 		if f.Error != "" {

@@ -115,6 +115,10 @@ func TestScaleVerdicts(t *testing.T) {
 	fewer.FirstWrite, fewer.Idle = nil, nil
 	fewer.FullResources = 100
 	fewer.Full = &Workload{Written: 100, WriteTime: 200 * time.Millisecond, Converged: 200 * time.Millisecond, BytesSent: 8 << 20 / 10}
+	// Ratios far below 0.01 keep two significant digits (100 sites: a
+	// fully replicated resource cost ~500 times the bytes of a scoped one).
+	dearer := fewer
+	dearer.Full = &Workload{Written: 100, WriteTime: 200 * time.Millisecond, Converged: 200 * time.Millisecond, BytesSent: 55188210}
 	for _, tc := range []struct {
 		name    string
 		res     ScaleResult
@@ -129,6 +133,8 @@ func TestScaleVerdicts(t *testing.T) {
 			[]string{"p99 > 50 ms", "4.00 goroutines per idle group"}, 2},
 		{"full replication on fewer resources", ScaleResult{Cases: []ScaleFigures{fewer}},
 			[]string{"time/resource scoped:full", "0.13", "0.45"}, nil, 0},
+		{"full replication far dearer", ScaleResult{Cases: []ScaleFigures{dearer}},
+			[]string{"0.0019"}, nil, 0},
 		{"idle slope missed", ScaleResult{Cases: []ScaleFigures{idleMissed}},
 			[]string{"2100 ≤ 2048: MISSED", "2000–2300", "1st, no verdict"},
 			[]string{"an idle group costs 2100 B of heap per member (a second batch's slope) > 2048 B"}, 1},
