@@ -287,7 +287,7 @@ func TestFirstClaimSurvivesRestart(t *testing.T) {
 	}
 	// The real paris comes back: berlin takes it, the impostor stays out.
 	paris = c.startNode("paris", c.dirs["paris"], nil, berlin.Addrs()[0])
-	eventually(t, 10*time.Second, "berlin and the real paris see each other", func() error {
+	eventually(t, 10*time.Second, "berlin sees the real paris", func() error {
 		if err := boundTo(berlin, "paris", parisID, impostorID); err != nil {
 			return err
 		}
