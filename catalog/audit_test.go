@@ -1,13 +1,15 @@
 package catalog
 
 import (
-	"cheops/internal/testkit"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
 	"time"
+
+	"cheops/internal/testkit"
 )
 
 // TestAuditFoldsInAChangeTheViewMissed: berlin's record saying it ran an
@@ -190,6 +192,10 @@ func auditCorrectsAMissedOutcome(t *testing.T, paris *Catalog, store *memStore, 
 		r, _ := paris.Get(context.Background(), id)
 		if v := r.PerSite["berlin"]; len(v.Pending) != 0 || v.LocalID != "9" {
 			return fmt.Errorf("berlin: %+v", v)
+		}
+		// The audit changes the view before it counts its repair.
+		if paris.AuditRepairs() == 0 {
+			return errors.New("the view is corrected, the repair not counted yet")
 		}
 		return nil
 	})

@@ -109,7 +109,10 @@ func (mc *metaCache) len() int {
 // blocks asleep.
 func TestGroupMetasWhileAwakeOnly(t *testing.T) {
 	n := newNet(t, "a", "b")
-	n.tune = func(c *Config) { c.IdleAfter = 200 * time.Millisecond }
+	// Long enough that a's group, untouched after its writes, is still
+	// awake when b has them on a loaded machine (with 200 ms it could
+	// sleep first, and forget its metas, before the check).
+	n.tune = func(c *Config) { c.IdleAfter = 2 * time.Second }
 	n.startAll("a", "b")
 	a, b := n.sites["a"], n.sites["b"]
 	ctx := context.Background()

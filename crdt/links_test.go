@@ -245,7 +245,9 @@ func TestBehindReplicaDoesNotHoldTheLink(t *testing.T) {
 // heads.
 func TestASleepingGroupKeepsNoSources(t *testing.T) {
 	n := newNet(t, "a", "b")
-	n.tune = func(c *Config) { c.IdleAfter = 200 * time.Millisecond }
+	// Long enough that b's group is still awake at the first look on a
+	// loaded machine (with 200 ms, a late poll could find it asleep).
+	n.tune = func(c *Config) { c.IdleAfter = 2 * time.Second }
 	n.startAll("a", "b")
 	a, b := n.sites["a"], n.sites["b"]
 	writeSeen(t, a, b)

@@ -16,6 +16,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/multiformats/go-multiaddr"
 
+	"cheops/internal/testkit"
 	"cheops/scope"
 )
 
@@ -99,8 +100,16 @@ func TestQUICOnly(t *testing.T) {
 // swarm's own dial backoff says.
 func TestRedialRestartedSite(t *testing.T) {
 	c := newCluster(t, "paris", "berlin")
-	paris := c.start("paris")
-	addr := paris.Addrs()[0] // TCP (listed first)
+	// A port below the kernel's ephemeral range: one it handed out for
+	// tcp/0 could be taken by another test's socket while paris is down.
+	first := fastConfig("paris", c.dirs["paris"], c.trust())
+	first.Listen = []string{"/ip4/127.0.0.1/tcp/" + testkit.FreePort(t)}
+	paris, err := New(context.Background(), first)
+	if err != nil {
+		t.Fatalf("start paris: %v", err)
+	}
+	c.nodes["paris"] = paris
+	addr := paris.Addrs()[0]
 	berlin := c.start("berlin", addr)
 	eventually(t, 10*time.Second, "paris up at berlin", func() error { return sees(berlin, "paris", scope.Up) })
 
