@@ -155,7 +155,19 @@ func TestFastPathRemoteReadFallsBack(t *testing.T) {
 	}
 	// The streams berlin keeps from the first reads end with their
 	// connection; the next hop needs a new one, which paris refuses.
+	// Both reads below must come after berlin has seen the connection
+	// close: one that raced it failed on the kept stream instead
+	// ("connection reset by peer"), an answer other than the next read's.
+	kept := berlin.Node().Host().Network().ConnsToPeer(paris.Node().ID())
 	_ = paris.Node().Host().Network().ClosePeer(berlin.Node().ID())
+	testkit.Eventually(t, 10*time.Second, "berlin sees its connections to paris closed", func() error {
+		for _, c := range kept {
+			if !c.IsClosed() {
+				return fmt.Errorf("connection %s still open at berlin", c.ID())
+			}
+		}
+		return nil
+	})
 	req := "GET /svc/posts/posts/1 HTTP/1.1\r\nHost: agent\r\nX-Cheops-Scope: {posts: paris}\r\n\r\n"
 	slow := dialRaw(t, berlin)
 	slow.send("GET /v1/health HTTP/1.1\r\nHost: agent\r\n\r\n")
