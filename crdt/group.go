@@ -121,10 +121,25 @@ func (g *Group) Sites() []string { return slices.Clone(g.sites) }
 // Name is the group's canonical name: its sorted sites, comma-separated.
 func (g *Group) Name() string { return g.name }
 
-func groupPrefix(name string) ds.Key { return ds.NewKey("/g").ChildString(name) }
+// groupPrefix is where group name keeps its state. A group's name is
+// its site names, none empty nor holding a "/" (groupName), so "/g/" and
+// the name is already a clean key, built without the path cleaning of
+// ds.NewKey and ChildString; a name that cleaning would change (one
+// site named "." or "..") takes that way.
+func groupPrefix(name string) ds.Key {
+	if name == "." || name == ".." {
+		return ds.NewKey("/g").ChildString(name)
+	}
+	return ds.RawKey("/g/" + name)
+}
 
 // crdtPrefix is where the group's go-ds-crdt replica keeps its state.
-func (g *Group) crdtPrefix() ds.Key { return groupPrefix(g.name).ChildString("crdt") }
+func (g *Group) crdtPrefix() ds.Key {
+	if g.name == "." || g.name == ".." {
+		return groupPrefix(g.name).ChildString("crdt")
+	}
+	return ds.RawKey("/g/" + g.name + "/crdt")
+}
 
 // newGroup makes a sleeping group.
 func (m *Manager) newGroup(name string, sites []string, peers []peer.ID) *Group {
@@ -762,8 +777,12 @@ func encodeHeads(heads []cid.Cid) ([]byte, error) {
 }
 
 // processedKey is where go-ds-crdt marks block c merged in this group.
+// Read at every announced head (orphaned, frontierCheck): built as one
+// string (a clean key, like the multihash's), where ChildString cleaned
+// the path at each of its three steps (1.9 % of the bytes allocated at
+// 100 sites × 40,000 resources).
 func (g *Group) processedKey(c cid.Cid) ds.Key {
-	return g.crdtPrefix().ChildString(processedNamespace).ChildString(dshelp.MultihashToDsKey(c.Hash()).String())
+	return ds.RawKey(g.crdtPrefix().String() + "/" + processedNamespace + dshelp.MultihashToDsKey(c.Hash()).String())
 }
 
 // dirty reports whether go-ds-crdt marked the replica dirty (read from
