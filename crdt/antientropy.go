@@ -19,6 +19,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/net/swarm"
+
+	"cheops/internal/keptstream"
 )
 
 // DigestProtocol carries anti-entropy rounds: a member sends another the
@@ -51,108 +53,6 @@ func (m *Manager) digestKeep() time.Duration { return 3 * m.cfg.DigestInterval }
 // other side is closing (a round that fails on a kept stream before its
 // first answer is run again on a new one, in case).
 func (m *Manager) digestReuse() time.Duration { return 2 * m.cfg.DigestInterval }
-
-// keptDigest is a digest stream kept between the rounds of a pair.
-type keptDigest struct {
-	s    network.Stream
-	r    *bufio.Reader
-	used time.Time // the end of its last round
-}
-
-// digestStreams holds, per member, the stream of this site's last round
-// with it when it can carry the next (DigestKeptProtocol). A round takes
-// the stream out while it runs: rounds with a member run one at a time
-// (a second, on a connection event, opens its own stream).
-type digestStreams struct {
-	mu     sync.Mutex
-	by     map[peer.ID]keptDigest
-	closed bool
-}
-
-// take returns p's kept stream if it was used within fresh, and closes
-// it otherwise.
-func (d *digestStreams) take(p peer.ID, fresh time.Duration) (keptDigest, bool) {
-	d.mu.Lock()
-	k, ok := d.by[p]
-	delete(d.by, p)
-	d.mu.Unlock()
-	if ok && time.Since(k.used) > fresh {
-		_ = k.s.Close()
-		return keptDigest{}, false
-	}
-	return k, ok
-}
-
-// put keeps k as p's stream for the next round (closed at once once the
-// streams are closed).
-func (d *digestStreams) put(p peer.ID, k keptDigest) {
-	d.mu.Lock()
-	if d.closed {
-		d.mu.Unlock()
-		_ = k.s.Close()
-		return
-	}
-	if d.by == nil {
-		d.by = map[peer.ID]keptDigest{}
-	}
-	old, had := d.by[p]
-	d.by[p] = k
-	d.mu.Unlock()
-	if had {
-		_ = old.s.Close()
-	}
-}
-
-// prune closes the streams not used within fresh: a member no round goes
-// to any more (disconnected, or no longer sharing a group) does not keep
-// its stream.
-func (d *digestStreams) prune(fresh time.Duration) {
-	var stale []network.Stream
-	d.mu.Lock()
-	for p, k := range d.by {
-		if time.Since(k.used) > fresh {
-			stale = append(stale, k.s)
-			delete(d.by, p)
-		}
-	}
-	d.mu.Unlock()
-	for _, s := range stale {
-		closeAside(s)
-	}
-}
-
-// drop closes p's kept stream, if any.
-func (d *digestStreams) drop(p peer.ID) {
-	d.mu.Lock()
-	k, ok := d.by[p]
-	delete(d.by, p)
-	d.mu.Unlock()
-	if ok {
-		closeAside(k.s)
-	}
-}
-
-// closeAside closes s on a goroutine of its own. prune and drop run on
-// the anti-entropy loop, and a yamux stream's Close queues its FIN on the
-// connection with no deadline: behind a full send queue (a member cut off
-// while links filled it) it waits until the connection dies, and the
-// loop with it would stall every round with every member. The goroutine
-// ends when the FIN is queued or the connection closes.
-func closeAside(s network.Stream) {
-	go func() { _ = s.Close() }()
-}
-
-// close closes every kept stream, and any put later.
-func (d *digestStreams) close() {
-	d.mu.Lock()
-	d.closed = true
-	by := d.by
-	d.by = nil
-	d.mu.Unlock()
-	for _, k := range by {
-		_ = k.s.Close()
-	}
-}
 
 // digestRequest is one round, from the side that starts it. A round
 // opens with a request that carries only Summary: when the answer says
@@ -746,7 +646,7 @@ func (m *Manager) antiEntropyLoop() {
 	self := m.cfg.Host.ID()
 	cadences := map[peer.ID]*cadence{}
 	ends := make(chan roundEnd)
-	defer m.digests.close()
+	defer m.digests.Close()
 	for {
 		select {
 		case <-m.ctx.Done():
@@ -777,12 +677,12 @@ func (m *Manager) antiEntropyLoop() {
 				// round is two intervals away or more, and the kept
 				// stream (with the answering side's goroutine) ends now.
 				// A quiet pair keeps none between its rounds.
-				m.digests.drop(e.p)
+				m.digests.Drop(e.p)
 			}
 			continue
 		case <-t.C:
 		}
-		m.digests.prune(m.digestReuse())
+		m.digests.Prune(m.digestReuse())
 		latest := m.latestShared() // the latest activity shared with each member
 		for p, c := range cadences {
 			if _, ok := latest[p]; !ok && !c.busy {
@@ -967,7 +867,7 @@ func (m *Manager) digestRound(ctx context.Context, p peer.ID, all bool) (roundRe
 	}
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.FetchTimeout)
 	defer cancel()
-	if k, ok := m.digests.take(p, m.digestReuse()); ok {
+	if k, ok := m.digests.Take(p, m.digestReuse()); ok {
 		res, first, err := m.roundOn(ctx, p, k, groups, deferred, all)
 		if err == nil || !first || ctx.Err() != nil {
 			return res, err
@@ -990,7 +890,7 @@ func (m *Manager) digestRound(ctx context.Context, p peer.ID, all bool) (roundRe
 	if err != nil {
 		return roundResult{deferred: len(deferred)}, fmt.Errorf("open digest stream: %w", err)
 	}
-	res, _, err := m.roundOn(ctx, p, keptDigest{s: s, r: bufio.NewReaderSize(s, digestReadBuffer)}, groups, deferred, all)
+	res, _, err := m.roundOn(ctx, p, keptstream.Stream{S: s, R: bufio.NewReaderSize(s, digestReadBuffer)}, groups, deferred, all)
 	return res, err
 }
 
@@ -999,9 +899,9 @@ func (m *Manager) digestRound(ctx context.Context, p peer.ID, all bool) (roundRe
 // and then keeps the stream for the next round with p, when its
 // protocol allows and the round ended cleanly; it is closed otherwise.
 // first reports a failure before the round's first answer was read.
-func (m *Manager) roundOn(ctx context.Context, p peer.ID, k keptDigest, groups []*Group, deferred []string, all bool) (res roundResult, first bool, err error) {
+func (m *Manager) roundOn(ctx context.Context, p peer.ID, k keptstream.Stream, groups []*Group, deferred []string, all bool) (res roundResult, first bool, err error) {
 	res.deferred = len(deferred)
-	s := k.s
+	s := k.S
 	keep := false
 	// Closing the manager must not wait for a member that does not answer.
 	stop := context.AfterFunc(ctx, func() { _ = s.Reset() })
@@ -1012,8 +912,8 @@ func (m *Manager) roundOn(ctx context.Context, p peer.ID, k keptDigest, groups [
 		switch {
 		case keep && err == nil && s.Protocol() == DigestKeptProtocol:
 			_ = s.SetDeadline(time.Time{})
-			k.used = time.Now()
-			m.digests.put(p, k)
+			k.Used = time.Now()
+			m.digests.Put(p, k)
 		case err != nil:
 			_ = s.Reset()
 		default:
@@ -1024,7 +924,7 @@ func (m *Manager) roundOn(ctx context.Context, p peer.ID, k keptDigest, groups [
 	if dl, ok := ctx.Deadline(); ok {
 		_ = s.SetDeadline(dl)
 	}
-	r := k.r
+	r := k.R
 	ans, err := m.askDigests(s, r, digestRequest{Summary: summary(ctx, groups), Deferred: deferred, All: all})
 	if err != nil {
 		return res, true, err

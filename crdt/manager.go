@@ -18,6 +18,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"cheops/internal/keptstream"
 )
 
 // Keys of the manager's own records in the datastore.
@@ -51,7 +53,7 @@ type Manager struct {
 	exchanges exchanges
 	// digests keeps the digest stream of the last round with each
 	// member for the next (antientropy.go).
-	digests digestStreams
+	digests keptstream.Pool
 	// links carry head announcements to members, one per peer.
 	links links
 
