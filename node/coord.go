@@ -16,6 +16,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/protocol/ping"
+
+	"cheops/internal/keptstream"
 )
 
 // Design note — RTTs between other sites come from network coordinates.
@@ -44,6 +46,30 @@ import (
 // trip. Sites of earlier versions do not speak it: the probe then
 // negotiates libp2p's ping and learns nothing more.
 const ProbeProtocol = "/cheops/probe/1.0.0"
+
+// ProbeKeptProtocol carries a pair's probes one after the other on a
+// stream the prober keeps (internal/keptstream): the peer answers every
+// byte with a full frame (its coordinate and its current suspicions), and
+// waits for the next probe up to probeKeep before it closes the stream.
+// A stream opened and closed for every probe (multistream negotiation,
+// the resource manager's scopes, yamux's opening and closing frames, a
+// handler goroutine at the peer), about 4 probes a second per site, was
+// most of what 100 idle in-process sites spent: 0.30 of a core
+// (BenchmarkScaleForm with CHEOPS_SCALE_IDLE_WINDOW). A site that speaks
+// only ProbeProtocol or ping gets a stream per probe, as before.
+const ProbeKeptProtocol = "/cheops/probe/1.1.0"
+
+// probeKeep is how long the answering side of a kept probe stream waits
+// for the next probe: 60 probe intervals. With ProbeFanout healthy peers
+// probed per round, a prober comes back to a peer every N/ProbeFanout
+// rounds (13 at 100 sites), further apart on a starved site.
+func (n *Node) probeKeep() time.Duration { return 60 * n.cfg.ProbeInterval }
+
+// probeReuse is how long after its last probe the prober still uses a
+// kept stream: less than probeKeep, so that it does not pick a stream
+// the peer is closing (a probe that fails on a kept stream is made again
+// on a new one, in case).
+func (n *Node) probeReuse() time.Duration { return 45 * n.cfg.ProbeInterval }
 
 // coordSettle is how many RTT samples a site's coordinate takes before
 // the site publishes it: a fresh coordinate sits at the origin and would
@@ -84,6 +110,11 @@ func (f *rttFilter) add(rtt time.Duration) time.Duration {
 // maxProbeFrame bounds a probe answer's encoding on the wire.
 const maxProbeFrame = 4 << 10
 
+// probeReadBuffer sizes the reader of a probe stream, kept with it for
+// every peer: an answer is a coordinate and a few site names (~150 B),
+// and a longer one is read past the buffer.
+const probeReadBuffer = 512
+
 // maxSuspects bounds the suspicions one probe answer carries.
 const maxSuspects = 16
 
@@ -115,19 +146,33 @@ func validCoord(c *coordinate.Coordinate, dims int) bool {
 	return c.Height <= limit && math.Abs(c.Adjustment) <= limit
 }
 
-// handleProbe answers a probe: a frame for every byte received, the
-// first with this site's coordinate and suspicions, until the prober
-// closes the stream.
-func (n *Node) handleProbe(s network.Stream) {
+// handleProbe answers a probe of ProbeProtocol: a frame for every byte
+// received, the first with this site's coordinate and suspicions, until
+// the prober closes the stream.
+func (n *Node) handleProbe(s network.Stream) { n.answerProbes(s, false) }
+
+// handleKeptProbe answers the probes of ProbeKeptProtocol: every frame
+// with this site's coordinate and suspicions, the next probe awaited up
+// to probeKeep.
+func (n *Node) handleKeptProbe(s network.Stream) { n.answerProbes(s, true) }
+
+// answerProbes answers the probes that arrive on s, a frame for each
+// byte, until the prober closes it or no probe comes in time; kept says
+// every frame carries the answer (ProbeKeptProtocol), not the first only.
+func (n *Node) answerProbes(s network.Stream, kept bool) {
 	defer s.Close()
 	var b [1]byte
 	for first := true; ; first = false {
-		_ = s.SetReadDeadline(time.Now().Add(n.probeTimeout(false)))
+		wait := n.probeTimeout(false)
+		if kept && !first {
+			wait = n.probeKeep()
+		}
+		_ = s.SetReadDeadline(time.Now().Add(wait))
 		if _, err := io.ReadFull(s, b[:]); err != nil {
 			return
 		}
 		var data []byte
-		if first {
+		if first || kept {
 			var err error
 			n.mu.Lock()
 			ans := probeAnswer{Coord: n.coord.GetCoordinate(), Suspects: n.suspicionsLocked()}
@@ -147,33 +192,57 @@ func (n *Node) handleProbe(s network.Stream) {
 }
 
 // exchange makes the round trip of one probe on a connection that is
-// open: on ProbeProtocol, or on libp2p's ping for a site that does not
-// speak it. It returns the RTT and the peer's answer (nil from ping), or
-// why it failed.
+// open: on the stream kept from the last probe of p if there is one, or
+// on a new one of ProbeKeptProtocol, ProbeProtocol or, for a site that
+// speaks neither, libp2p's ping. It returns the RTT and the peer's answer
+// (nil from ping), or why it failed.
 func (n *Node) exchange(ctx context.Context, p peer.ID) (rtt time.Duration, ans *probeAnswer, err error) {
-	s, err := n.host.NewStream(network.WithNoDial(ctx, "probe"), p, ProbeProtocol, ping.ID)
+	if k, ok := n.keptProbes.Take(p, n.probeReuse()); ok {
+		rtt, ans, err = n.exchangeOn(ctx, p, k)
+		if err == nil || ctx.Err() != nil {
+			return rtt, ans, err
+		}
+		// The peer may have ended the stream (its wait ran out, it
+		// restarted) as this probe began: made again on a new stream.
+		n.log.Debug("probe: kept stream failed; opening another", "peer", p, "err", err)
+	}
+	s, err := n.host.NewStream(network.WithNoDial(ctx, "probe"), p, ProbeKeptProtocol, ProbeProtocol, ping.ID)
 	if err != nil {
 		n.stats.openFails.Add(1)
 		n.log.Debug("probe: open stream", "peer", p, "err", err)
 		return 0, nil, fmt.Errorf("open a probe stream: %w", err)
 	}
+	n.stats.probeStreams.Add(1)
+	return n.exchangeOn(ctx, p, keptstream.Stream{S: s, R: bufio.NewReaderSize(s, probeReadBuffer)})
+}
+
+// exchangeOn makes one probe's round trip on k, and then keeps k for the
+// next probe of p when its protocol allows and the probe was answered; it
+// is closed otherwise (reset on a failure).
+func (n *Node) exchangeOn(ctx context.Context, p peer.ID, k keptstream.Stream) (rtt time.Duration, ans *probeAnswer, err error) {
+	s := k.S
 	if deadline, has := ctx.Deadline(); has {
 		_ = s.SetDeadline(deadline)
 	}
-	r := bufio.NewReader(s)
 	start := time.Now()
-	if s.Protocol() == ProbeProtocol {
-		ans, err = ask(s, r)
+	if s.Protocol() == ping.ID {
+		err = pingOnce(s, k.R)
 	} else {
-		err = pingOnce(s, r)
+		ans, err = ask(s, k.R)
 	}
 	rtt = time.Since(start)
-	if err != nil {
+	switch {
+	case err != nil:
 		n.log.Debug("probe: exchange", "peer", p, "protocol", s.Protocol(), "err", err)
 		_ = s.Reset()
 		return 0, nil, fmt.Errorf("probe exchange: %w", err)
+	case s.Protocol() == ProbeKeptProtocol:
+		_ = s.SetDeadline(time.Time{})
+		k.Used = time.Now()
+		n.keptProbes.Put(p, k)
+	default:
+		_ = s.Close()
 	}
-	_ = s.Close()
 	return rtt, ans, nil
 }
 

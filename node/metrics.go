@@ -103,8 +103,12 @@ type probeStats struct {
 	firstFails atomic.Int64
 	skipped    atomic.Int64 // of the failures, probes not tried (redial backoff)
 	openFails  atomic.Int64 // of the failures, streams that did not open
-	slowest    atomic.Int64 // the longest RTT of an answered probe, in nanoseconds
-	lateTicks  atomic.Int64 // probe loop ticks later than starvedAfter
+	// probeStreams counts the streams opened for probes (a probe on a
+	// kept stream opens none).
+	probeStreams atomic.Int64
+	slowest      atomic.Int64 // the longest RTT of an answered probe, in nanoseconds
+	lateTicks    atomic.Int64 // probe loop ticks later than starvedAfter
+	loopWakes    atomic.Int64 // times the probe loop ran (see probeLoop)
 	// queuedTicks counts the ticks that found the scheduler's latency
 	// above starvedAfter (see queued).
 	queuedTicks atomic.Int64
@@ -115,6 +119,6 @@ type probeStats struct {
 
 // String lists the counts, for test logs.
 func (s *probeStats) String() string {
-	return fmt.Sprintf("failed %d (timed out %d; dials %d, first %d; skipped %d; streams %d), slowest answer %v, forgiven %d, misses %d, redials %d, downs %d, suspected by others %d, records asked %d, late ticks %d (max %v), queued ticks %d, health multiplier %d (peak %d)",
-		s.failed.Load(), s.timedOut.Load(), s.dialFails.Load(), s.firstFails.Load(), s.skipped.Load(), s.openFails.Load(), time.Duration(s.slowest.Load()), s.forgiven.Load(), s.misses.Load(), s.redials.Load(), s.downs.Load(), s.heardSelf.Load(), s.recordAsks.Load(), s.lateTicks.Load(), time.Duration(s.lateMax.Load()), s.queuedTicks.Load(), max(s.multiplier.Load(), 1), max(s.peak.Load(), 1))
+	return fmt.Sprintf("failed %d (timed out %d; dials %d, first %d; skipped %d; streams %d), probe streams opened %d, slowest answer %v, forgiven %d, misses %d, redials %d, downs %d, suspected by others %d, records asked %d, late ticks %d (max %v), queued ticks %d, health multiplier %d (peak %d)",
+		s.failed.Load(), s.timedOut.Load(), s.dialFails.Load(), s.firstFails.Load(), s.skipped.Load(), s.openFails.Load(), s.probeStreams.Load(), time.Duration(s.slowest.Load()), s.forgiven.Load(), s.misses.Load(), s.redials.Load(), s.downs.Load(), s.heardSelf.Load(), s.recordAsks.Load(), s.lateTicks.Load(), time.Duration(s.lateMax.Load()), s.queuedTicks.Load(), max(s.multiplier.Load(), 1), max(s.peak.Load(), 1))
 }

@@ -30,6 +30,7 @@ import (
 	"github.com/multiformats/go-multiaddr"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"cheops/internal/keptstream"
 	"cheops/scope"
 )
 
@@ -89,9 +90,13 @@ type Node struct {
 	probes atomic.Int64
 	// stats counts what the probes found (see probeStats).
 	stats probeStats
+	// keptProbes holds the stream of the last probe of each peer, for
+	// the next (ProbeKeptProtocol).
+	keptProbes keptstream.Pool
 
 	stopLoops  context.CancelFunc // probe, announce, receive
 	probeNow   chan struct{}      // starts a probe round before the next tick
+	recheck    chan struct{}      // wakes the probe loop: a peer got into trouble
 	stopPubSub context.CancelFunc // the pubsub router
 	wg         sync.WaitGroup
 	closed     sync.Once
@@ -150,6 +155,7 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		watchers:      map[chan SiteEvent]struct{}{},
 		gater:         newTrustGater(self, append(slices.Collect(maps.Values(cfg.Sites)), cfg.Trust...), cfg.TrustAll, log),
 		probeNow:      make(chan struct{}, 1),
+		recheck:       make(chan struct{}, 1),
 	}
 	if n.coord, err = coordinate.NewClient(coordConfig()); err != nil {
 		return nil, fmt.Errorf("node: network coordinate: %w", err)
@@ -276,6 +282,7 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 	runCtx, stopLoops := context.WithCancel(context.Background())
 	n.stopLoops = stopLoops
 	h.SetStreamHandler(ProbeProtocol, n.handleProbe)
+	h.SetStreamHandler(ProbeKeptProtocol, n.handleKeptProbe)
 	h.SetStreamHandler(RecordProtocol, n.handleRecord)
 	h.SetStreamHandler(SitesProtocol, n.handleSites)
 	// A connection dropped here (256 opened faster than they are handled)
@@ -416,6 +423,7 @@ func (n *Node) Close() error {
 		n.stopLoops()
 		n.sub.Cancel()
 		n.wg.Wait()
+		n.keptProbes.Close()
 		if e := n.topic.Close(); e != nil && !errors.Is(e, context.Canceled) {
 			n.log.Debug("close membership topic", "err", e)
 		}
