@@ -507,7 +507,11 @@ func BenchmarkScaleIdle(b *testing.B) {
 // by default: CHEOPS_SCALE_SITES) and reports how long they took to all
 // see each other up, and how many records the sites had to ask for after
 // a probe because the peer's push was lost (node's
-// cheops_membership_record_asks_total, summed).
+// cheops_membership_record_asks_total, summed). With
+// CHEOPS_SCALE_IDLE_WINDOW (a Go duration) it then lets the formed sites
+// settle for that long and reports the process's CPU over as long again,
+// nothing written, in cores (idle-cores: membership, pubsub and libp2p's
+// own work); CHEOPS_SCALE_CPUPROFILE=FILE profiles that window.
 func BenchmarkScaleForm(b *testing.B) {
 	sites := envInt("CHEOPS_SCALE_SITES", 100)
 	names := make([]string, sites)
@@ -518,6 +522,15 @@ func BenchmarkScaleForm(b *testing.B) {
 	for range b.N {
 		ss, err := startScaleSites(context.Background(), b.TempDir(), names, 3*time.Minute)
 		b.StopTimer()
+		var idle float64 // cores
+		if window := envDuration("CHEOPS_SCALE_IDLE_WINDOW", 0); err == nil && window > 0 {
+			time.Sleep(window)
+			stopProfile := startCPUProfile(b, os.Getenv("CHEOPS_SCALE_CPUPROFILE"))
+			cpu0, at := SelfCPU(), time.Now()
+			time.Sleep(window)
+			stopProfile()
+			idle = (SelfCPU() - cpu0).Seconds() / time.Since(at).Seconds()
+		}
 		asks := 0.0
 		for _, s := range ss.sites {
 			asks += counterSum(b, s.node.Registry(), "cheops_membership_record_asks_total")
@@ -528,6 +541,9 @@ func BenchmarkScaleForm(b *testing.B) {
 		}
 		b.ReportMetric(ss.Formed.Seconds(), "formed-s")
 		b.ReportMetric(asks, "record-asks")
+		if idle > 0 {
+			b.ReportMetric(idle, "idle-cores")
+		}
 		b.StartTimer()
 	}
 }
