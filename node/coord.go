@@ -246,8 +246,8 @@ func (n *Node) exchangeOn(ctx context.Context, p peer.ID, k keptstream.Stream) (
 	return rtt, ans, nil
 }
 
-// ask sends one request of ProbeProtocol and reads the answer (nil for
-// an empty frame).
+// ask sends one probe request (ProbeProtocol or ProbeKeptProtocol) and
+// reads the answer (nil for an empty frame).
 func ask(s network.Stream, r *bufio.Reader) (*probeAnswer, error) {
 	if _, err := s.Write([]byte{1}); err != nil {
 		return nil, err
