@@ -1,7 +1,6 @@
 package node
 
 import (
-	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -102,20 +101,13 @@ func TestKeptProbeStreamEndedByPeer(t *testing.T) {
 // every RedialInterval (50 ms), and its rounds keep their pace.
 func TestCalmProbeLoopWakesSeldom(t *testing.T) {
 	c := newCluster(t, "paris", "berlin")
-	start := func(site string, peers ...string) *Node {
-		cfg := fastConfig(site, c.dirs[site], c.trust(), peers...)
+	defaults := func(cfg *Config) {
 		d := DefaultConfig()
 		cfg.ProbeInterval, cfg.ProbeTimeout = d.ProbeInterval, d.ProbeTimeout
 		cfg.RedialInterval, cfg.MaxRedialBackoff = d.RedialInterval, d.MaxRedialBackoff
-		n, err := New(context.Background(), cfg)
-		if err != nil {
-			t.Fatalf("start %s: %v", site, err)
-		}
-		c.nodes[site] = n
-		return n
 	}
-	paris := start("paris")
-	start("berlin", paris.Addrs()[0])
+	paris := c.startNode("paris", c.dirs["paris"], defaults)
+	c.startNode("berlin", c.dirs["berlin"], defaults, paris.Addrs()[0])
 	eventually(t, 20*time.Second, "paris sees berlin up", func() error { return sees(paris, "berlin", scope.Up) })
 
 	calm := paris.calmTick(paris.cfg.RedialInterval)
