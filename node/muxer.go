@@ -30,9 +30,9 @@ const keepaliveAnswerTimeout = 30 * time.Second
 // figure only to decide when to grow a stream's receive window (a window
 // consumed within four RTTs doubles); libp2p reads it nowhere else, and
 // membership measures RTTs with its own probes. yamux's default, every
-// 30 s on every connection whatever its traffic, made 370 pings a second
-// among 100 in-process sites (11,200 connection ends), as many frames as
-// all their membership probes; every 5 minutes keeps the window's figure
+// 30 s on every connection whatever its traffic, comes to ~370 pings a
+// second among 100 in-process sites (11,200 connection ends; by the
+// interval, not counted); every 5 minutes keeps the window's figure
 // current for a path whose RTT drifts.
 const measureRTTEvery = 5 * time.Minute
 
