@@ -105,12 +105,13 @@ type digestResult struct {
 	Match bool
 }
 
-// exchanges records the last anti-entropy result per group and member.
+// exchanges records anti-entropy's state per member and per group and
+// member. The last result with each member is kept in the group itself
+// (Group.exchanged, guarded by mu): a map entry per group and member,
+// as before, cost an idle group ~0.2 KiB at each of its members, a map
+// per group ~0.5 KiB.
 type exchanges struct {
 	mu sync.Mutex
-	// last is flat, one entry per group and member: a map per group cost
-	// an idle group about 0.5 KiB at each of its members.
-	last map[exchangeKey]exchangeResult
 	// lagging counts, per group, the consecutive rounds in which this
 	// site had the same heads as a member but fewer merged nodes.
 	lagging map[string]int
@@ -141,13 +142,13 @@ const settleLimit = 4
 // deferred with p for limit (ns), or a message of it was lost, and then
 // until it is compared; false too while the last comparison with p found
 // it different (see Manager.settling).
-func (x *exchanges) mayDefer(group string, p peer.ID, now, limit int64) bool {
+func (x *exchanges) mayDefer(g *Group, p peer.ID, now, limit int64) bool {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	k := exchangeKey{group, p}
-	if e, ok := x.last[k]; ok && !e.match {
+	if e, ok := g.exchangedWith(p); ok && !e.match {
 		return false
 	}
+	k := exchangeKey{g.name, p}
 	d, ok := x.deferred[k]
 	if !ok {
 		if x.deferred == nil {
@@ -232,10 +233,20 @@ type exchangeKey struct {
 	p     peer.ID
 }
 
-// exchangeResult is a digestResult as kept: its time in unix ns.
+// exchangeResult is a digestResult as kept: its time in unix ns (0: no
+// exchange yet).
 type exchangeResult struct {
 	at    int64
 	match bool
+}
+
+// exchangedWith is the last result with member p (x.mu held).
+func (g *Group) exchangedWith(p peer.ID) (exchangeResult, bool) {
+	i := slices.Index(g.peers, p)
+	if i < 0 || i >= len(g.exchanged) || g.exchanged[i].at == 0 {
+		return exchangeResult{}, false
+	}
+	return g.exchanged[i], true
 }
 
 // lag records one round's comparison of merged nodes for a group with
@@ -256,21 +267,27 @@ func (x *exchanges) lag(group string, behind bool) bool {
 	return x.lagging[group] >= 2
 }
 
-func (x *exchanges) set(group string, p peer.ID, match bool) {
+// set records a round's result for g with member p (not a member:
+// nothing).
+func (x *exchanges) set(g *Group, p peer.ID, match bool) {
 	now := time.Now().UnixNano()
+	i := slices.Index(g.peers, p)
+	if i < 0 {
+		return
+	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	if x.last == nil {
-		x.last = map[exchangeKey]exchangeResult{}
+	if g.exchanged == nil {
+		g.exchanged = make([]exchangeResult, len(g.peers))
 	}
-	x.last[exchangeKey{group, p}] = exchangeResult{at: now, match: match}
-	delete(x.deferred, exchangeKey{group, p})
+	g.exchanged[i] = exchangeResult{at: now, match: match}
+	delete(x.deferred, exchangeKey{g.name, p})
 }
 
-func (x *exchanges) get(group string, p peer.ID) (digestResult, bool) {
+func (x *exchanges) get(g *Group, p peer.ID) (digestResult, bool) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	e, ok := x.last[exchangeKey{group, p}]
+	e, ok := g.exchangedWith(p)
 	if !ok {
 		return digestResult{}, false
 	}
@@ -831,7 +848,7 @@ func (m *Manager) settling(g *Group, p peer.ID, now, linked int64) bool {
 	if settle <= 0 || now-at >= settle || linked == 0 || at <= linked {
 		return false
 	}
-	return m.exchanges.mayDefer(g.name, p, now, settleLimit*settle)
+	return m.exchanges.mayDefer(g, p, now, settleLimit*settle)
 }
 
 // digestRound compares the heads of every settled group shared with p
@@ -932,7 +949,7 @@ func (m *Manager) roundOn(ctx context.Context, p peer.ID, k keptstream.Stream, g
 	if ans.Same {
 		m.metrics.digestRounds.WithLabelValues("same").Inc()
 		for _, g := range groups {
-			m.exchanges.set(g.name, p, true)
+			m.exchanges.set(g, p, true)
 		}
 		keep = true
 		res.same = true
@@ -977,7 +994,7 @@ func (m *Manager) roundOn(ctx context.Context, p peer.ID, k keptstream.Stream, g
 			// mismatch's (the next round compares it, settled or not).
 			if g := m.group(name); g != nil && g.member(p) {
 				m.metrics.digestMismatches.Inc()
-				m.exchanges.set(name, p, false)
+				m.exchanges.set(g, p, false)
 				if err := g.pushHeads(ctx, p); err != nil {
 					m.log.Debug("push heads of a deferred group lost at the answerer", "group", name, "err", err)
 				}
@@ -985,7 +1002,7 @@ func (m *Manager) roundOn(ctx context.Context, p peer.ID, k keptstream.Stream, g
 		}
 	}
 	for name, g := range byName {
-		m.exchanges.set(name, p, !differ[name])
+		m.exchanges.set(g, p, !differ[name])
 		if n, ok := ans.Processed[name]; ok && !differ[name] {
 			m.compareProcessed(ctx, g, n)
 		}
@@ -1070,7 +1087,7 @@ func (m *Manager) answerRound(s network.Stream, r *bufio.Reader, remote peer.ID)
 			// The asker's rounds are this site's too: its status shows
 			// the exchange (of each pair, one site starts the rounds).
 			for _, g := range groups {
-				m.exchanges.set(g.name, remote, true)
+				m.exchanges.set(g, remote, true)
 			}
 			return true
 		}
@@ -1120,7 +1137,7 @@ func (m *Manager) answerRound(s network.Stream, r *bufio.Reader, remote peer.ID)
 			continue
 		}
 		match := g.digest(ctx).heads == digest
-		m.exchanges.set(name, remote, match)
+		m.exchanges.set(g, remote, match)
 		if !match {
 			ans.Differ = append(ans.Differ, name)
 			differ = append(differ, g)
@@ -1136,7 +1153,7 @@ func (m *Manager) answerRound(s network.Stream, r *bufio.Reader, remote peer.ID)
 	// loss. Named as different, their heads are pushed both ways.
 	for _, name := range m.exchanges.lostOf(remote, req.Deferred) {
 		if g := m.group(name); g != nil && g.member(remote) {
-			m.exchanges.set(name, remote, false)
+			m.exchanges.set(g, remote, false)
 			m.metrics.digestMismatches.Inc()
 			ans.Differ = append(ans.Differ, name)
 			differ = append(differ, g)
@@ -1154,7 +1171,7 @@ func (m *Manager) answerRound(s network.Stream, r *bufio.Reader, remote peer.ID)
 		}
 	}
 	for _, g := range unnamed {
-		m.exchanges.set(g.name, remote, false)
+		m.exchanges.set(g, remote, false)
 		m.metrics.digestMismatches.Inc()
 		if err := g.pushHeads(ctx, remote); err != nil {
 			m.log.Debug("push heads of a group the asker did not name", "group", g.name, "err", err)
@@ -1220,7 +1237,7 @@ func (m *Manager) Status(ctx context.Context) []GroupStatus {
 				continue
 			}
 			ms := MemberStatus{Site: m.siteOf(p), Connected: m.cfg.Host.Network().Connectedness(p) == network.Connected}
-			if e, ok := m.exchanges.get(g.name, p); ok {
+			if e, ok := m.exchanges.get(g, p); ok {
 				match := e.Match
 				ms.LastExchange, ms.DigestMatch = e.At, &match
 			}

@@ -169,7 +169,7 @@ func (g *Group) blockMeta(ctx context.Context, c cid.Cid) (blockMeta, bool) {
 	if m, ok := g.metas.get(c); ok {
 		return m, true
 	}
-	b, err := g.blocks.Get(ctx, c)
+	b, err := g.blocks().Get(ctx, c)
 	if err != nil {
 		return blockMeta{}, false
 	}

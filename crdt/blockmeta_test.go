@@ -134,7 +134,7 @@ func TestGroupMetasWhileAwakeOnly(t *testing.T) {
 		noted := maps.Clone(g.metas.m)
 		g.metas.mu.Unlock()
 		for c, m := range noted {
-			blk, err := g.blocks.Get(ctx, c)
+			blk, err := g.blocks().Get(ctx, c)
 			if err != nil {
 				t.Fatalf("%s noted %s, which it does not hold: %v", s.name, c, err)
 			}

@@ -281,7 +281,7 @@ func (g *Group) fetch(ctx context.Context, p peer.ID, want []cid.Cid) (int, erro
 		if len(pending) == 0 {
 			return nil
 		}
-		if err := g.blocks.PutMany(ctx, pending); err != nil {
+		if err := g.blocks().PutMany(ctx, pending); err != nil {
 			return fmt.Errorf("store blocks: %w", err)
 		}
 		m.fetchActive()
@@ -324,7 +324,7 @@ func (g *Group) fetch(ctx context.Context, p peer.ID, want []cid.Cid) (int, erro
 			return fail(err)
 		}
 		m.metrics.blockBytesReceived.WithLabelValues(site).Add(float64(len(raw)))
-		if had, _ := g.blocks.Has(ctx, c); had {
+		if had, _ := g.blocks().Has(ctx, c); had {
 			m.metrics.duplicateBlocks.Inc()
 			// Tell the server, so that it stops descending here. The
 			// server may have finished already: a failed write is fine.
@@ -563,7 +563,7 @@ func (g *Group) logFetch(ctx context.Context, p peer.ID, want, stored int, start
 func (g *Group) missing(ctx context.Context, cids []cid.Cid) []cid.Cid {
 	var out []cid.Cid
 	for _, c := range cids {
-		if ok, _ := g.blocks.Has(ctx, c); !ok {
+		if ok, _ := g.blocks().Has(ctx, c); !ok {
 			out = append(out, c)
 		}
 	}
@@ -580,7 +580,7 @@ func (e exchange) GetBlock(ctx context.Context, c cid.Cid) (blocks.Block, error)
 	if err := e.getMissing(ctx, []cid.Cid{c}); err != nil {
 		return nil, err
 	}
-	return e.g.blocks.Get(ctx, c)
+	return e.g.blocks().Get(ctx, c)
 }
 
 // getMissing fetches the wanted blocks, all in one request per member,
@@ -738,7 +738,7 @@ func (e exchange) GetBlocks(ctx context.Context, cids []cid.Cid) (<-chan blocks.
 			if ctx.Err() != nil {
 				return
 			}
-			b, err := e.g.blocks.Get(ctx, c)
+			b, err := e.g.blocks().Get(ctx, c)
 			if err != nil {
 				continue
 			}
@@ -868,7 +868,7 @@ func (w *serveWalk) enqueue(c, parent cid.Cid, known bool) {
 		}
 		it.links, it.height = meta.links, meta.height
 	} else {
-		b, err := w.g.blocks.Get(w.ctx, c)
+		b, err := w.g.blocks().Get(w.ctx, c)
 		if err != nil {
 			return
 		}

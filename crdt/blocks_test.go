@@ -48,7 +48,7 @@ func TestConcurrentWalksFetchABlockOnce(t *testing.T) {
 	ctx := context.Background()
 	ga, gb := joinPair(t, a, b)
 	blk := blocks.NewBlock([]byte("a block only a holds"))
-	if err := ga.blocks.Put(ctx, blk); err != nil {
+	if err := ga.blocks().Put(ctx, blk); err != nil {
 		t.Fatal(err)
 	}
 	before := counterValue(b.m.metrics.fetches)
@@ -63,7 +63,7 @@ func TestConcurrentWalksFetchABlockOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if has, _ := gb.blocks.Has(ctx, blk.Cid()); !has {
+	if has, _ := gb.blocks().Has(ctx, blk.Cid()); !has {
 		t.Fatal("b does not hold the block")
 	}
 	if got := counterValue(b.m.metrics.fetches) - before; got != 1 {
@@ -141,7 +141,7 @@ func TestCloseWaitsForBlockFetches(t *testing.T) {
 	ctx := context.Background()
 	ga, gb := joinPair(t, a, b)
 	blk := blocks.NewBlock([]byte("a block only b holds"))
-	if err := gb.blocks.Put(ctx, blk); err != nil {
+	if err := gb.blocks().Put(ctx, blk); err != nil {
 		t.Fatal(err)
 	}
 	out, err := exchange{ga}.GetBlocks(ctx, []cid.Cid{blk.Cid()})

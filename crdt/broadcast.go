@@ -132,7 +132,7 @@ func (b *broadcaster) Broadcast(ctx context.Context, data []byte) error {
 		if err != nil || !b.firstTime(c) {
 			continue
 		}
-		blk, err := b.g.blocks.Get(ctx, c)
+		blk, err := b.g.blocks().Get(ctx, c)
 		if err != nil || len(blk.RawData()) > budget {
 			continue
 		}

@@ -162,7 +162,7 @@ func TestNonMemberIsRefused(t *testing.T) {
 		}
 		return nil
 	})
-	if has, _ := a.m.group("a,b").blocks.Has(ctx, blk.Cid()); has {
+	if has, _ := a.m.group("a,b").blocks().Has(ctx, blk.Cid()); has {
 		t.Fatal("a stored a block a non-member announced")
 	}
 	if after := a.m.group("a,b").headsDigest(ctx); after != before {

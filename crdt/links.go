@@ -592,7 +592,7 @@ func (m *Manager) receive(remote peer.ID, name string, peers []byte, body []byte
 	}
 	g.sources.announced(heads, remote)
 	if len(blks) > 0 {
-		if err := g.blocks.PutMany(m.ctx, blks); err != nil {
+		if err := g.blocks().PutMany(m.ctx, blks); err != nil {
 			return fmt.Errorf("store inlined blocks of {%s}: %w", name, err)
 		}
 		m.metrics.inlineBlocksReceived.Add(float64(len(blks)))

@@ -156,7 +156,7 @@ func (c groupCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(descDirty, prometheus.GaugeValue, dirty, g.name)
 		for _, p := range g.peers {
-			if e, ok := c.m.exchanges.get(g.name, p); ok {
+			if e, ok := c.m.exchanges.get(g, p); ok {
 				match := 0.0
 				if e.Match {
 					match = 1

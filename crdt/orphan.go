@@ -38,7 +38,7 @@ import (
 type orphanWatch struct {
 	mu     sync.Mutex
 	seen   map[cid.Cid]time.Time // head → first seen, at most maxOrphanWatch
-	rewalk time.Time             // the last rewalk
+	rewalk int64                 // the last rewalk (unix ns; 0: none)
 	// running: a rewalk goroutine runs (rewalkLater).
 	running atomic.Bool
 }
@@ -84,7 +84,7 @@ func (g *Group) orphaned(ctx context.Context, heads []cid.Cid) (orphan, marked b
 		now := time.Now()
 		if g.orphans.due(c, now, g.m.cfg.DigestInterval) && !g.reaches(ctx, ours, c) {
 			g.orphans.mu.Lock()
-			g.orphans.rewalk = now
+			g.orphans.rewalk = now.UnixNano()
 			g.orphans.mu.Unlock()
 			return true, false
 		}
@@ -116,7 +116,7 @@ func (w *orphanWatch) due(c cid.Cid, now time.Time, after time.Duration) bool {
 		w.seen[c] = now
 		return false
 	}
-	if now.Sub(since) < after || now.Sub(w.rewalk) < orphanRewalkEvery {
+	if now.Sub(since) < after || now.UnixNano()-w.rewalk < int64(orphanRewalkEvery) {
 		return false
 	}
 	delete(w.seen, c)
@@ -202,7 +202,7 @@ func (g *Group) rewalk(ctx context.Context) {
 		g.mu.Unlock()
 		// Not done: the next announcement found due may try at once.
 		g.orphans.mu.Lock()
-		g.orphans.rewalk = time.Time{}
+		g.orphans.rewalk = 0
 		g.orphans.mu.Unlock()
 		return
 	}

@@ -44,7 +44,7 @@ func TestOrphanedBranchTopIsWalkedAgain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	top, err := g.blocks.Get(ctx, heads[0])
+	top, err := g.blocks().Get(ctx, heads[0])
 	if err != nil {
 		t.Fatal(err)
 	}

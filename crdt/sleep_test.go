@@ -66,11 +66,14 @@ func TestIdleGroupsSleepAndWakeOnUse(t *testing.T) {
 	for _, name := range names {
 		headsAwake[name] = a.m.group(name).headsDigest(ctx)
 	}
-	eventually(t, 10*time.Second, "every group asleep at a and b", func() error {
+	eventually(t, 10*time.Second, "every group asleep at a and b, with no blockstore view", func() error {
 		for _, s := range []*site{a, b} {
 			for _, name := range names {
 				if !asleep(s, name) {
 					return fmt.Errorf("%s: %s awake", s.name, name)
+				}
+				if s.m.group(name).view.Load() != nil {
+					return fmt.Errorf("%s: %s asleep with its blockstore view kept", s.name, name)
 				}
 			}
 		}

@@ -65,16 +65,16 @@ func TestGroupBlockstoreClosedWithManager(t *testing.T) {
 	ga, _ := joinPair(t, a, b)
 	ctx := context.Background()
 	blk := blocks.NewBlock([]byte("a block a holds"))
-	if err := ga.blocks.Put(ctx, blk); err != nil {
+	if err := ga.blocks().Put(ctx, blk); err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := ga.blocks.Has(ctx, blk.Cid()); err != nil || !ok {
+	if ok, err := ga.blocks().Has(ctx, blk.Cid()); err != nil || !ok {
 		t.Fatalf("Has before Close: %v %v", ok, err)
 	}
 	if err := a.m.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ga.blocks.Get(ctx, blk.Cid()); !errors.Is(err, ErrClosed) {
+	if _, err := ga.blocks().Get(ctx, blk.Cid()); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Get after Close: %v, want ErrClosed", err)
 	}
 	n.stop("a", true)

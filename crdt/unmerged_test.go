@@ -53,11 +53,11 @@ func TestWriteDuringFirstMergeLinksMergedHeads(t *testing.T) {
 	}
 	w, y := chain[0], chain[1]
 	ga := a.m.group("a,b")
-	wBlock, err := ga.blocks.Get(ctx, w)
+	wBlock, err := ga.blocks().Get(ctx, w)
 	if err != nil {
 		t.Fatal(err)
 	}
-	yBlock, err := ga.blocks.Get(ctx, y)
+	yBlock, err := ga.blocks().Get(ctx, y)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +105,7 @@ func TestWriteDuringFirstMergeLinksMergedHeads(t *testing.T) {
 	case <-time.After(500 * time.Millisecond):
 		// Waiting for the walk of Y.
 	}
-	if err := gb.blocks.Put(ctx, wBlock); err != nil {
+	if err := gb.blocks().Put(ctx, wBlock); err != nil {
 		t.Fatal(err)
 	}
 	fetching = false
@@ -170,7 +170,7 @@ func TestHeadBelowAnotherIsDroppedAndTheGroupMerged(t *testing.T) {
 	bs := blockstore.NewBlockstore(namespace.Wrap(store, groupPrefix(g.name).ChildString("blocks")), blockstore.NoPrefix())
 	headsNs := g.crdtPrefix().ChildString(headsNamespace)
 	for i, c := range []cid.Cid{y, x} {
-		blk, err := g.blocks.Get(ctx, c)
+		blk, err := g.blocks().Get(ctx, c)
 		if err != nil {
 			t.Fatal(err)
 		}
