@@ -42,10 +42,10 @@ import (
 // wakes it; what anti-entropy and heads pushes need of a sleeping group,
 // its heads, is read from the datastore.
 type Group struct {
-	m      *Manager
-	name   string
-	sites  []string
-	peers  []peer.ID // the members' peer ids, in the order of sites
+	m     *Manager
+	name  string
+	sites []string
+	peers []peer.ID // the members' peer ids, in the order of sites
 	// view is the group's blockstore, a stateless view of the site's
 	// datastore under the group's prefix: built when first needed and
 	// dropped when the group sleeps, so that a sleeping group keeps none
