@@ -123,10 +123,12 @@ func ScaleProfile(env Env) ScaleOptions {
 		IdleWindow: 10 * time.Second, Seed: 1,
 	}
 	if env.Full {
-		// 2,000 idle groups per batch at 100 sites: the process's heap
+		// 5,000 idle groups per batch at 100 sites: the process's heap
 		// moves by MiBs between readings there, and 500 groups' ~1,250
 		// replicas gave slopes of 3.7–7.6 KB (readings −7.5 to +11.6 KB),
-		// 2,000 groups' 1.9–3.6 KB.
+		// 2,000 groups' 1.4–3.6 KB; the readings of one run spread over
+		// 2.0–4.8 KB with 2,000 groups, 1.4–2.3 KB with 5,000 (docs/
+		// scaling.md, idle31). The larger batches add ~15 s.
 		// Full replication on 2,000 and 200 of the resources: at 100
 		// sites a write into the group of all sites cost 108 ms of CPU
 		// (24 writes/s; 200 resources converged 5.4 s after the last
@@ -134,7 +136,7 @@ func ScaleProfile(env Env) ScaleOptions {
 		// 45 s (the scheduler up to 34 s and 2 min behind), and the
 		// 100,000 took 4 min 20 s of a 14 min 19 s profile.
 		opt.Cases = []ScaleCase{{Sites: 30, Resources: 10000, IdleGroups: 300, Probes: 100, FullResources: 2000},
-			{Sites: 100, Resources: 100000, IdleGroups: 2000, Probes: 200, FullResources: 200}}
+			{Sites: 100, Resources: 100000, IdleGroups: 5000, Probes: 200, FullResources: 200}}
 		opt.Process = &ScaleProcessCase{Agents: 20, Resources: 10000, CreateBudget: time.Minute}
 		// The idle window is 30 s: long enough for anti-entropy's backed-off
 		// rounds to show, and it keeps the profile within 15 minutes.

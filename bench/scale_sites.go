@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -280,18 +282,23 @@ func (ss *scaleSites) site(name string) *scaleSite {
 // goes on, leaving the stuck sites' goroutines behind.
 const closeWithin = time.Minute
 
-// close stops every site, giving up after closeWithin (reported on log).
+// close stops every site, giving up after closeWithin (reported on log,
+// with the step each stuck site was in and, in a file, the process's
+// goroutines by stack).
 func (ss *scaleSites) close(log *slog.Logger) {
 	var wg sync.WaitGroup
-	var stuck sync.Map
+	var stuck sync.Map // site → the step it is in
 	for _, s := range ss.sites {
 		wg.Add(1)
-		stuck.Store(s.name, true)
+		stuck.Store(s.name, "stop")
 		go func() {
 			defer wg.Done()
 			s.stop()
+			stuck.Store(s.name, "crdt")
 			s.m.Close()
+			stuck.Store(s.name, "node")
 			s.node.Close()
+			stuck.Store(s.name, "store")
 			s.store.Close()
 			stuck.Delete(s.name)
 		}()
@@ -305,9 +312,25 @@ func (ss *scaleSites) close(log *slog.Logger) {
 	case <-done:
 	case <-time.After(closeWithin):
 		var names []string
-		stuck.Range(func(k, _ any) bool { names = append(names, k.(string)); return true })
-		log.Warn("scale: sites did not stop; going on without them", "within", closeWithin, "sites", names)
+		stuck.Range(func(k, v any) bool { names = append(names, fmt.Sprintf("%s (in %s's Close)", k, v)); return true })
+		slices.Sort(names)
+		log.Warn("scale: sites did not stop; going on without them", "within", closeWithin, "sites", names, "goroutines", dumpGoroutines())
 	}
+}
+
+// dumpGoroutines writes the process's goroutines, counted by stack, to a
+// new file in the temporary directory and returns its path (or why it
+// could not).
+func dumpGoroutines() string {
+	f, err := os.CreateTemp("", "cheops-scale-goroutines-*.txt")
+	if err != nil {
+		return err.Error()
+	}
+	defer f.Close()
+	if err := pprof.Lookup("goroutine").WriteTo(f, 1); err != nil {
+		return err.Error()
+	}
+	return f.Name()
 }
 
 // traffic is what every site's host sent, in bytes: in all, on the crdt

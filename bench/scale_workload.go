@@ -578,7 +578,8 @@ type missingEntries struct {
 type missingKey struct {
 	site, key string
 	resource  int
-	group     []string // the resource's group, writer first
+	group     []string // the group the resource was written into
+	writer    string   // the site that wrote it
 }
 
 // missing scans every site and lists the entries of written resources
@@ -600,7 +601,7 @@ func (ss *scaleSites) missing(ctx context.Context, scopes [][]string, done []boo
 			for _, k := range []string{fmt.Sprintf("%s%06d/meta", p, i), fmt.Sprintf("%s%06d/op/0", p, i)} {
 				if !held[k] {
 					me.bySite[s.name]++
-					me.keys = append(me.keys, missingKey{site: s.name, key: k, resource: i, group: sc})
+					me.keys = append(me.keys, missingKey{site: s.name, key: k, resource: i, group: group, writer: sc[0]})
 				}
 			}
 		}
@@ -634,14 +635,21 @@ func (ss *scaleSites) describe(ctx context.Context, me *missingEntries, max int)
 		fmt.Fprintf(&b, " %s %d", s, me.bySite[s])
 	}
 	b.WriteString("\n")
-	seen := map[int]bool{}
+	seen, described := map[int]bool{}, map[string]bool{}
 	for _, mk := range me.keys {
 		if seen[mk.resource] || len(seen) >= max {
 			continue
 		}
 		seen[mk.resource] = true
 		name := groupKey(mk.group)
-		fmt.Fprintf(&b, "resource %d, group {%s}, writer %s, missing at %s:\n", mk.resource, name, mk.group[0], mk.site)
+		fmt.Fprintf(&b, "resource %d, group {%s}, writer %s, missing at %s", mk.resource, name, mk.writer, mk.site)
+		if described[name] {
+			// One group of all sites (full replication) holds them all.
+			b.WriteString(" (the group as above)\n")
+			continue
+		}
+		described[name] = true
+		b.WriteString(":\n")
 		for _, member := range mk.group {
 			s := ss.site(member)
 			var st *crdt.GroupStatus
