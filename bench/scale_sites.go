@@ -276,10 +276,11 @@ func (ss *scaleSites) site(name string) *scaleSite {
 	return nil
 }
 
-// closeWithin bounds stopping a size's sites. libp2p's host can hang in
-// Close (seen once in a quick run: autonat's subscription closing while
-// identify emitted into it, 12 minutes without progress): the run then
-// goes on, leaving the stuck sites' goroutines behind.
+// closeWithin bounds stopping a size's sites. libp2p's host could hang in
+// Close (AutoNAT's prober closing its subscription while identify emitted
+// into it: once 12 minutes in a quick run, 2 and 3 sites in two full
+// profiles; node.go now runs no prober): a run then goes on, leaving
+// the stuck sites' goroutines behind.
 const closeWithin = time.Minute
 
 // close stops every site, giving up after closeWithin (reported on log,

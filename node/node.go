@@ -170,6 +170,17 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		// metrics on reg (rcmgr's obs collectors included).
 		libp2p.PrometheusRegisterer(reg),
 		libp2p.DisableRelay(),
+		// A site's addresses are the operator's (listen, announce); no
+		// relay or hole punching uses a reachability verdict. Stated,
+		// it replaces AutoNAT's ambient prober with a fixed answer, and
+		// with the prober goes a hang of go-libp2p v0.51.0's Close: the
+		// observed-address manager stops first and stops reading
+		// identify's events without unsubscribing, an identify handler's
+		// emit then blocks on its full queue holding the event's lock,
+		// and the prober's Close waits for that lock (2 and then 3 of
+		// 100 sites did not stop within a minute in two full scale
+		// profiles, docs/scaling.md idle31; TestHostRunsNoAutoNATProber).
+		libp2p.ForceReachabilityPublic(),
 		libp2p.Muxer(yamux.ID, muxer()),
 	}
 	if cfg.Bandwidth != nil {
