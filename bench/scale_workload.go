@@ -14,8 +14,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-
-	"cheops/crdt"
 )
 
 // workload writes every resource: two catalog-sized entries as one batch
@@ -652,14 +650,8 @@ func (ss *scaleSites) describe(ctx context.Context, me *missingEntries, max int)
 		b.WriteString(":\n")
 		for _, member := range mk.group {
 			s := ss.site(member)
-			var st *crdt.GroupStatus
-			for _, gs := range s.m.Status(ctx) {
-				if gs.Group == name {
-					st = &gs
-					break
-				}
-			}
-			if st == nil {
+			st, joined := s.m.StatusOf(ctx, mk.group)
+			if !joined {
 				fmt.Fprintf(&b, "  %s (id %s): not joined\n", member, s.node.Host().ID())
 				continue
 			}

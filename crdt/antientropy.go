@@ -1219,31 +1219,7 @@ type MemberStatus struct {
 func (m *Manager) Status(ctx context.Context) []GroupStatus {
 	var out []GroupStatus
 	for _, g := range m.Groups() {
-		st := g.stats(ctx)
-		gs := GroupStatus{Group: g.name, Sites: slices.Clone(g.sites), Height: st.height, Queued: st.queued, Dirty: st.dirty,
-			Asleep: st.asleep, Merged: g.processedCount(ctx), Heads: []string{}}
-		if at := g.heard.Load(); at != 0 {
-			gs.LastHeard = time.Unix(0, at).UTC()
-		}
-		for _, h := range st.heads {
-			gs.Heads = append(gs.Heads, h.String())
-		}
-		slices.Sort(gs.Heads)
-		g.arrivals.mu.Lock()
-		gs.Fetching = g.arrivals.active
-		g.arrivals.mu.Unlock()
-		for _, p := range g.peers {
-			if p == m.cfg.Host.ID() {
-				continue
-			}
-			ms := MemberStatus{Site: m.siteOf(p), Connected: m.cfg.Host.Network().Connectedness(p) == network.Connected}
-			if e, ok := m.exchanges.get(g, p); ok {
-				match := e.Match
-				ms.LastExchange, ms.DigestMatch = e.At, &match
-			}
-			gs.Members = append(gs.Members, ms)
-		}
-		out = append(out, gs)
+		out = append(out, m.statusOf(ctx, g))
 	}
 	slices.SortFunc(out, func(a, b GroupStatus) int {
 		if a.Group < b.Group {
@@ -1255,4 +1231,42 @@ func (m *Manager) Status(ctx context.Context) []GroupStatus {
 		return 0
 	})
 	return out
+}
+
+// StatusOf is Status for the group of one site set, if this site has
+// joined it: one group's state without reading every other's.
+func (m *Manager) StatusOf(ctx context.Context, sites []string) (GroupStatus, bool) {
+	g, err := m.existing(sites)
+	if err != nil || g == nil {
+		return GroupStatus{}, false
+	}
+	return m.statusOf(ctx, g), true
+}
+
+func (m *Manager) statusOf(ctx context.Context, g *Group) GroupStatus {
+	st := g.stats(ctx)
+	gs := GroupStatus{Group: g.name, Sites: slices.Clone(g.sites), Height: st.height, Queued: st.queued, Dirty: st.dirty,
+		Asleep: st.asleep, Merged: g.processedCount(ctx), Heads: []string{}}
+	if at := g.heard.Load(); at != 0 {
+		gs.LastHeard = time.Unix(0, at).UTC()
+	}
+	for _, h := range st.heads {
+		gs.Heads = append(gs.Heads, h.String())
+	}
+	slices.Sort(gs.Heads)
+	g.arrivals.mu.Lock()
+	gs.Fetching = g.arrivals.active
+	g.arrivals.mu.Unlock()
+	for _, p := range g.peers {
+		if p == m.cfg.Host.ID() {
+			continue
+		}
+		ms := MemberStatus{Site: m.siteOf(p), Connected: m.cfg.Host.Network().Connectedness(p) == network.Connected}
+		if e, ok := m.exchanges.get(g, p); ok {
+			match := e.Match
+			ms.LastExchange, ms.DigestMatch = e.At, &match
+		}
+		gs.Members = append(gs.Members, ms)
+	}
+	return gs
 }

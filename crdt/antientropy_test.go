@@ -58,8 +58,16 @@ func TestAntiEntropyRepairsALostHeadsMessage(t *testing.T) {
 			if m.Site != other || !m.Connected || m.DigestMatch == nil || !*m.DigestMatch || m.LastExchange.IsZero() {
 				return fmt.Errorf("member %+v", m)
 			}
+			// StatusOf reads the one group: the same members and heads.
+			one, ok := n.sites[self].m.StatusOf(ctx, []string{"b", "a"})
+			if !ok || one.Group != "a,b" || !slices.Equal(one.Heads, st[0].Heads) || len(one.Members) != 1 || one.Members[0].Site != other {
+				return fmt.Errorf("StatusOf {a,b}: %+v, %v", one, ok)
+			}
 			return nil
 		})
+		if _, ok := n.sites[self].m.StatusOf(ctx, []string{"a", "c"}); ok {
+			t.Errorf("%s: StatusOf a group it has not joined", self)
+		}
 	}
 }
 

@@ -48,8 +48,9 @@ type Group struct {
 	peers []peer.ID // the members' peer ids, in the order of sites
 	// view is the group's blockstore, a stateless view of the site's
 	// datastore under the group's prefix: built when first needed and
-	// dropped when the group sleeps, so that a sleeping group keeps none
-	// (its four wrappers were ~0.2 KiB at each member). See blocks.
+	// dropped when the group sleeps (and when an announcement's blocks
+	// were stored without waking it), so that a sleeping group keeps
+	// none (its four wrappers were ~0.2 KiB at each member). See blocks.
 	view atomic.Pointer[blockView]
 	// arrivals tracks fetches in progress and the walks waiting for them.
 	arrivals arrivals

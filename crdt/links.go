@@ -608,9 +608,11 @@ func (m *Manager) receive(remote peer.ID, name string, peers []byte, body []byte
 	ok, err := g.deliver(m.ctx, heads, 0, false, cause)
 	if g.awake() == nil {
 		// Heads a sleeping group already holds do not wake it, and a
-		// sleeping group keeps no sources (sleep forgot them): the one
-		// just noted would stay there for good.
+		// sleeping group keeps no sources (sleep forgot them) nor
+		// blockstore view: the source just noted, and the view that
+		// stored the blocks, would stay there for good.
 		g.sources.forget()
+		g.view.Store(nil)
 	}
 	if err != nil {
 		return fmt.Errorf("deliver heads of {%s}: %w", name, err)
