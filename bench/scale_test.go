@@ -652,3 +652,34 @@ func TestNewGroupsWithinPairs(t *testing.T) {
 		t.Fatal("hold: pairs are compared in name order, and every pair of the set is needed")
 	}
 }
+
+// A full-replication run that missed lists its entries against the group
+// of all sites, where they were written: a resource written is held
+// everywhere, one never written is missing at every site, in that group.
+func TestMissingFullReplicationEntries(t *testing.T) {
+	ctx := context.Background()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	names := []string{"s0", "s1", "s2"}
+	ss, err := startScaleSites(ctx, t.TempDir(), names, time.Minute)
+	t.Cleanup(func() { ss.close(log) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	scopes := [][]string{{"s0", "s1"}, {"s1", "s2"}}
+	opt := ScaleOptions{WriteBudget: time.Minute, ConvergeWithin: time.Minute}
+	if w := ss.workload(ctx, log, scopes[:1], fullSpace, opt); w.Error != "" || w.Written != 1 {
+		t.Fatalf("full replication of one resource: %+v", w)
+	}
+	me := ss.missing(ctx, scopes, []bool{true, true}, fullSpace)
+	if len(me.keys) != 2*len(names) {
+		t.Fatalf("%d entries missing, want resource 1's two at each of %d sites: %+v", len(me.keys), len(names), me.keys)
+	}
+	for _, mk := range me.keys {
+		if mk.resource != 1 || !slices.Equal(mk.group, names) || mk.writer != "s1" {
+			t.Errorf("missing %+v: want resource 1 in the group of all sites, written by s1", mk)
+		}
+	}
+	if d := ss.describe(ctx, me, 6); !strings.Contains(d, "group {s0,s1,s2}") || strings.Contains(d, "not joined") {
+		t.Errorf("description:\n%s", d)
+	}
+}
