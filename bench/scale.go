@@ -103,6 +103,10 @@ type ScaleOptions struct {
 	// that long after its last write log which entries are missing
 	// where, once (a scan of every site's groups).
 	diagnoseAfter time.Duration
+	// listMissing has a full-replication workload that did not converge
+	// list the entries it lacks (BenchmarkScaleWrites logs them); a
+	// profile describes only the scoped workload's.
+	listMissing bool
 }
 
 // ScaleProfile is the quick profile (`make bench`, under 2 minutes) or
@@ -389,7 +393,9 @@ func runScaleCase(ctx context.Context, env Env, cs ScaleCase, opt ScaleOptions) 
 	}
 
 	env.Log.Info("scale: full replication", "sites", cs.Sites, "resources", cs.fullResources())
+	fullStart := time.Now()
 	full := ss.workload(ctx, env.Log, scopes[:cs.fullResources()], fullSpace, opt)
+	env.Log.Info("scale: full replication done", "sites", cs.Sites, "took", time.Since(fullStart).Round(time.Millisecond), "error", full.Error)
 	f.Full = &full
 	return f
 }

@@ -309,8 +309,10 @@ func (ss *scaleSites) close(log *slog.Logger) {
 		wg.Wait()
 		close(done)
 	}()
+	closing := time.Now()
 	select {
 	case <-done:
+		log.Info("scale: sites stopped", "sites", len(ss.sites), "took", time.Since(closing).Round(time.Millisecond))
 	case <-time.After(closeWithin):
 		var names []string
 		stuck.Range(func(k, v any) bool { names = append(names, fmt.Sprintf("%s (in %s's Close)", k, v)); return true })

@@ -212,6 +212,7 @@ func BenchmarkScaleWrites(b *testing.B) {
 	opt.WriteBudget = envDuration("CHEOPS_SCALE_WRITE_BUDGET", opt.WriteBudget)
 	opt.ConvergeWithin = envDuration("CHEOPS_SCALE_CONVERGE_WITHIN", opt.ConvergeWithin)
 	opt.diagnoseAfter = envDuration("CHEOPS_SCALE_DIAGNOSE_AFTER", 0)
+	opt.listMissing = true
 	names := make([]string, sites)
 	for i := range names {
 		names[i] = fmt.Sprintf("s%02d", i)

@@ -148,12 +148,14 @@ func (ss *scaleSites) workload(ctx context.Context, log *slog.Logger, scopes [][
 		// entries only. Full replication of 100 sites left over a million
 		// unseen, and the scans, competing with the merges still queued,
 		// held the full profile for more than five minutes.
-		if unseenLast <= maxListedMissing {
+		if unseenLast <= maxListedMissing && (space == scopedSpace || opt.listMissing) {
 			mctx, cancel := context.WithTimeout(ctx, time.Minute)
+			listing := time.Now()
 			if me := ss.missing(mctx, scopes, w.done, space); mctx.Err() == nil {
 				w.missing = me
 			}
 			cancel()
+			log.Info("scale: missing entries listed", "took", time.Since(listing).Round(time.Millisecond))
 		}
 		return w
 	}
