@@ -431,10 +431,7 @@ func (g *Group) closeLocked() {
 	// A head below another dropped, a head not merged repaired
 	// (frontier.go).
 	heads, repair := g.frontierCheck(ctx, heads)
-	g.metas.disable()
-	g.sources.forget()
-	g.view.Store(nil)
-	g.m.awake.release(g)
+	g.dropAwakeState()
 	g.m.metrics.sleeps.Inc()
 	if repair {
 		// Due when it wakes: at the next announcement (no head is marked
@@ -513,11 +510,18 @@ func (g *Group) shut() error {
 	}
 	err := g.rep.close()
 	g.rep = nil
+	g.dropAwakeState()
+	return err
+}
+
+// dropAwakeState forgets what only an open replica needs (the block
+// metadata cache, the heads' sources, the blockstore view) and frees the
+// replica's slot. Called with g.mu held, the replica closed.
+func (g *Group) dropAwakeState() {
 	g.metas.disable()
 	g.sources.forget()
 	g.view.Store(nil)
 	g.m.awake.release(g)
-	return err
 }
 
 // repairRun repairs the replica while it is marked dirty (or a repair
