@@ -27,6 +27,11 @@ func TestLinkSendsOnlyTheNewestPushOfAGroup(t *testing.T) {
 	_, a, b := healPair(t)
 	ctx := context.Background()
 	ab := []string{"a", "b"}
+	// The connection's events are handled before the group exists: one
+	// handled later would start a round on connect that pushes the new
+	// group's heads into the queue counted below.
+	connectionHandled(t, a, b)
+	connectionHandled(t, b, a)
 	g, err := a.m.join(ctx, ab)
 	if err != nil {
 		t.Fatal(err)
@@ -338,4 +343,23 @@ func TestLinkHeaderDirectPath(t *testing.T) {
 			t.Errorf("%s: %.0f allocations, want at most %.0f", enc, allocs, c.most)
 		}
 	}
+}
+
+// connectionHandled waits until s has handled every connection event it
+// was sent for other: none is left in its channel, and the push schedule
+// the event starts runs.
+func connectionHandled(t *testing.T, s, other *site) {
+	t.Helper()
+	eventually(t, 10*time.Second, "the connection's events are handled", func() error {
+		if n := len(s.m.connected); n > 0 {
+			return fmt.Errorf("%d connection events queued", n)
+		}
+		s.m.pushMu.Lock()
+		_, scheduled := s.m.pushing[other.id]
+		s.m.pushMu.Unlock()
+		if !scheduled {
+			return fmt.Errorf("no push schedule for %s yet", other.name)
+		}
+		return nil
+	})
 }
