@@ -786,7 +786,7 @@ func (g *Group) pushHeads(ctx context.Context, p peer.ID) error {
 	if err != nil || heads == nil {
 		return err
 	}
-	if err := g.m.links.send(ctx, p, g, encodeMessage(heads, nil), true); err != nil {
+	if err := g.m.links.send(ctx, p, g, encodeMessage(heads, nil), linkPush); err != nil {
 		return fmt.Errorf("push heads of {%s}: %w", g.name, err)
 	}
 	g.m.metrics.headsPushed.Inc()

@@ -127,11 +127,13 @@ func (b *broadcaster) Broadcast(ctx context.Context, data []byte) error {
 	}
 	var inline []blocks.Block
 	budget := b.g.m.cfg.MaxInlineBytes
+	kind := linkRepeat
 	for _, h := range hs.GetHeads() {
 		c, err := cid.Cast(h.GetCid())
 		if err != nil || !b.firstTime(c) {
 			continue
 		}
+		kind = linkFresh
 		blk, err := b.g.blocks().Get(ctx, c)
 		if err != nil || len(blk.RawData()) > budget {
 			continue
@@ -142,7 +144,7 @@ func (b *broadcaster) Broadcast(ctx context.Context, data []byte) error {
 	msg := encodeMessage(data, inline)
 	m := b.g.m
 	for _, p := range b.g.connectedMembers() {
-		if err := m.links.send(ctx, p, b.g, msg, false); err != nil {
+		if err := m.links.send(ctx, p, b.g, msg, kind); err != nil {
 			return fmt.Errorf("crdt: announce to %s: %w", m.siteOf(p), err)
 		}
 	}

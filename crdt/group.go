@@ -417,6 +417,26 @@ func (g *Group) idleLocked(ctx context.Context, dirty bool) bool {
 	return dirty || !r.store.IsDirty(ctx)
 }
 
+// merging reports whether the group holds heads it has not merged yet:
+// announced while it slept and waiting for a slot (deferred), handed to
+// its replica and not finished, or waiting for blocks being fetched.
+func (g *Group) merging() bool {
+	g.deferred.mu.Lock()
+	deferred := len(g.deferred.heads) > 0
+	g.deferred.mu.Unlock()
+	if deferred {
+		return true
+	}
+	g.arrivals.mu.Lock()
+	fetching := g.arrivals.active
+	g.arrivals.mu.Unlock()
+	if fetching > 0 {
+		return true
+	}
+	r := g.awake()
+	return r != nil && r.inHand.unfinished()
+}
+
 // closeLocked closes the open replica and frees its slot. Called with
 // g.mu held.
 func (g *Group) closeLocked() {

@@ -161,6 +161,17 @@ type link struct {
 	// links.mu): a push with a newer one of its group behind it is not
 	// sent (see take).
 	pushes map[string]int
+	// queued counts, per group, the announcements of new deltas
+	// (linkFresh) queued or about to be, until taken off the queue; sent
+	// is when the last one was taken to be written (unix ns). Both
+	// guarded by links.mu: anti-entropy leaves a group in flight to the
+	// peer out of its rounds with it (inFlight). Repeated heads (go-ds-
+	// crdt's rebroadcasts, pushes) do not count: an idle group
+	// rebroadcasts its heads while it stays awake, and would never
+	// settle.
+	queued map[string]int
+	sent   map[string]int64
+	swept  int // len(sent) after its last sweep
 	done   chan struct{}
 }
 
@@ -172,15 +183,30 @@ type link struct {
 type linkMessage struct {
 	g    *Group
 	body []byte
-	push bool
+	kind linkKind
 }
+
+// linkKind is what a link message carries.
+type linkKind uint8
+
+const (
+	// linkFresh announces a new delta (a head announced for the first
+	// time), with its block when small enough.
+	linkFresh linkKind = iota
+	// linkRepeat repeats heads announced before (go-ds-crdt's
+	// rebroadcast).
+	linkRepeat
+	// linkPush pushes all of a group's heads (pushHeads).
+	linkPush
+)
 
 // send queues a message of group g for peer p, starting the peer's link
 // if needed. It waits while the link's queue is full.
 //
-// push marks a heads push (pushHeads): one still queued when a newer
-// push of its group is queued behind it is dropped (take).
-func (ls *links) send(ctx context.Context, p peer.ID, g *Group, body []byte, push bool) error {
+// A heads push (linkPush) still queued when a newer push of its group is
+// queued behind it is dropped (take).
+func (ls *links) send(ctx context.Context, p peer.ID, g *Group, body []byte, kind linkKind) error {
+	push, fresh := kind == linkPush, kind == linkFresh
 	ls.mu.Lock()
 	l, ok := ls.by[p]
 	if !ok {
@@ -188,12 +214,15 @@ func (ls *links) send(ctx context.Context, p peer.ID, g *Group, body []byte, pus
 			ls.mu.Unlock()
 			return ErrClosed
 		}
-		l = &link{peer: p, queue: make(chan linkMessage, linkQueue), pushes: map[string]int{}, done: make(chan struct{})}
+		l = newLink(p)
 		ls.by[p] = l
 		ls.m.wg.Add(1)
 		go ls.run(l)
 	}
 	l.pending++
+	if fresh {
+		l.queued[g.name]++
+	}
 	if push {
 		// Counted before it is queued, so that take never sees a push
 		// it has not counted.
@@ -204,19 +233,24 @@ func (ls *links) send(ctx context.Context, p peer.ID, g *Group, body []byte, pus
 	defer func() {
 		ls.mu.Lock()
 		l.pending--
-		if push && !queued {
-			l.pushes[g.name]--
+		if !queued {
+			if fresh {
+				l.dequeued(g.name)
+			}
+			if push {
+				l.pushes[g.name]--
+			}
 		}
 		ls.mu.Unlock()
 	}()
 	select {
-	case l.queue <- linkMessage{g: g, body: body, push: push}:
+	case l.queue <- linkMessage{g: g, body: body, kind: kind}:
 		queued = true
 		return nil
 	case <-l.done:
 		return ErrClosed
 	case <-ctx.Done():
-		ls.m.exchanges.lost(g.name, p)
+		ls.m.lost(g.name, p)
 		return ctx.Err()
 	}
 }
@@ -233,11 +267,15 @@ func (ls *links) send(ctx context.Context, p peer.ID, g *Group, body []byte, pus
 // whole timeout, leaves the group to the next push or anti-entropy
 // round.)
 func (ls *links) take(l *link, msg linkMessage) bool {
-	if !msg.push {
-		return true
-	}
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
+	if msg.kind == linkFresh {
+		l.dequeued(msg.g.name)
+		l.sending(msg.g.name, ls.m.inFlightFor())
+	}
+	if msg.kind != linkPush {
+		return true
+	}
 	n := l.pushes[msg.g.name]
 	if n <= 1 {
 		delete(l.pushes, msg.g.name)
@@ -246,6 +284,50 @@ func (ls *links) take(l *link, msg linkMessage) bool {
 	l.pushes[msg.g.name] = n - 1
 	ls.m.metrics.pushesCoalesced.Inc()
 	return false
+}
+
+func newLink(p peer.ID) *link {
+	return &link{peer: p, queue: make(chan linkMessage, linkQueue), pushes: map[string]int{}, queued: map[string]int{}, sent: map[string]int64{}, swept: minSweep, done: make(chan struct{})}
+}
+
+// sending records that an announcement of group is about to be written
+// (links.mu held). The record of a group is dropped once older than keep
+// (ns; the link's map is swept when it has doubled since the last
+// sweep): a busy link carries hundreds of groups.
+func (l *link) sending(group string, keep int64) {
+	now := time.Now().UnixNano()
+	l.sent[group] = now
+	if len(l.sent) < 2*l.swept {
+		return
+	}
+	for g, at := range l.sent {
+		if now-at > keep {
+			delete(l.sent, g)
+		}
+	}
+	l.swept = max(len(l.sent), minSweep)
+}
+
+// minSweep is the fewest groups a link's sent map holds before a sweep.
+const minSweep = 64
+
+// dequeued counts one message of group off the queue (links.mu held).
+func (l *link) dequeued(group string) {
+	if n := l.queued[group]; n > 1 {
+		l.queued[group] = n - 1
+	} else {
+		delete(l.queued, group)
+	}
+}
+
+// inFlight reports whether an announcement of a new delta of g to p
+// waits on p's link (queued, or about to be), or was written after since
+// (unix ns).
+func (ls *links) inFlight(p peer.ID, g *Group, since int64) bool {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	l := ls.by[p]
+	return l != nil && (l.queued[g.name] > 0 || l.sent[g.name] > since)
 }
 
 // count is the number of open links.
@@ -309,7 +391,7 @@ func (ls *links) run(l *link) {
 		if out.s == nil {
 			if err := out.open(ls, l.peer); err != nil {
 				m.metrics.linkDrops.Inc()
-				m.exchanges.lost(msg.g.name, l.peer)
+				m.lost(msg.g.name, l.peer)
 				m.log.Debug("open link", "peer", l.peer, "err", err)
 				ls.flushOut(l) // the queue's messages would fail the same way
 				continue
@@ -355,7 +437,7 @@ func (ls *links) resend(l *link, out *linkStream, cause error) {
 	if err != nil {
 		m.metrics.linkDrops.Add(float64(len(msgs)))
 		for _, msg := range msgs {
-			m.exchanges.lost(msg.g.name, l.peer)
+			m.lost(msg.g.name, l.peer)
 		}
 		m.log.Debug("resend on link", "peer", l.peer, "messages", len(msgs), "err", err)
 		out.reset()
@@ -429,7 +511,7 @@ func (ls *links) flushOut(l *link) {
 		case msg := <-l.queue:
 			if ls.take(l, msg) {
 				ls.m.metrics.linkDrops.Inc()
-				ls.m.exchanges.lost(msg.g.name, l.peer)
+				ls.m.lost(msg.g.name, l.peer)
 			}
 		default:
 			return
@@ -515,6 +597,10 @@ func (m *Manager) serveLink(s network.Stream) {
 				m.log.Warn("dropped a malformed link message", "peer", remote, "group", h.Group, "err", err)
 				continue
 			}
+			// Not merged (the store or the replica failed): the group
+			// is compared at the next round with the sender, which may
+			// otherwise take it for in flight (settling).
+			m.lost(h.Group, remote)
 			m.log.Debug("link message", "peer", remote, "group", h.Group, "err", err)
 		}
 	}
@@ -619,7 +705,7 @@ func (m *Manager) receive(remote peer.ID, name string, peers []byte, body []byte
 	}
 	if !ok {
 		m.metrics.queueDrops.Inc()
-		m.exchanges.lost(g.name, remote)
+		m.lost(g.name, remote)
 	}
 	return nil
 }

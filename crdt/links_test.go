@@ -38,7 +38,7 @@ func TestLinkSendsOnlyTheNewestPushOfAGroup(t *testing.T) {
 	}
 	// A link that queues and does not write yet.
 	ls := &a.m.links
-	l := &link{peer: b.id, queue: make(chan linkMessage, linkQueue), pushes: map[string]int{}, done: make(chan struct{})}
+	l := newLink(b.id)
 	ls.mu.Lock()
 	if ls.by[b.id] != nil {
 		ls.mu.Unlock()
@@ -205,7 +205,7 @@ func TestBehindReplicaDoesNotHoldTheLink(t *testing.T) {
 	// A head nobody holds: b's replica asks a for its block and waits.
 	ghost := blocks.NewBlock([]byte("a delta nobody holds"))
 	heads, _ := proto.Marshal(&pb.CRDTBroadcast{Heads: []*pb.Head{{Cid: ghost.Cid().Bytes()}}})
-	if err := a.m.links.send(ctx, b.id, g, encodeMessage(heads, nil), false); err != nil {
+	if err := a.m.links.send(ctx, b.id, g, encodeMessage(heads, nil), linkFresh); err != nil {
 		t.Fatal(err)
 	}
 	select {

@@ -81,6 +81,10 @@ type Manager struct {
 	// their connections) to catchUpLoop.
 	connected chan peer.ID
 
+	// losses carries the members with which a message was dropped here
+	// to antiEntropyLoop (Manager.lost).
+	losses chan peer.ID
+
 	// pushing holds, per member, the restart signal of its running
 	// schedule of heads pushes (schedulePushes).
 	pushMu  sync.Mutex
@@ -115,7 +119,7 @@ func NewManager(ctx context.Context, cfg Config) (*Manager, error) {
 	m := &Manager{
 		cfg: cfg, log: log.With("component", "crdt", "site", cfg.Self),
 		ctx: runCtx, cancel: cancel,
-		groups: map[string]*Group{}, peers: map[peer.ID]string{}, byPeer: peerGroups{}, pushing: map[peer.ID]chan struct{}{},
+		groups: map[string]*Group{}, peers: map[peer.ID]string{}, byPeer: peerGroups{}, pushing: map[peer.ID]chan struct{}{}, losses: make(chan peer.ID, 64),
 	}
 	m.changes = newChangeQueue()
 	m.awake, m.wakeup = newAwakeSet(), make(chan struct{}, 1)
