@@ -474,18 +474,37 @@ func (c *mergedCount) set(n int) {
 // node's delta is merged (markProcessed), never in a batch, and never
 // deletes one; a delete under the prefix makes the count unknown (it is
 // counted again from the store when next needed).
+//
+// It also keeps the group's dirty mark (dirtyMark): go-ds-crdt reads,
+// sets and removes it through this store.
 type countingStore struct {
 	ds.Batching
-	prefix string // the processed namespace, with a trailing "/"
-	count  *mergedCount
+	prefix  string // the processed namespace, with a trailing "/"
+	count   *mergedCount
+	dirty   *dirtyMark
+	dirtyMu *sync.Mutex // Manager.dirtyMu
+	mark    ds.Key      // the dirty mark's key
 }
 
 func newCountingStore(g *Group) countingStore {
-	return countingStore{Batching: g.m.cfg.Datastore, prefix: g.crdtPrefix().ChildString(processedNamespace).String() + "/", count: &g.mergedNodes}
+	return countingStore{Batching: g.m.cfg.Datastore, prefix: g.crdtPrefix().ChildString(processedNamespace).String() + "/", count: &g.mergedNodes,
+		dirty: &g.dirtyMark, dirtyMu: &g.m.dirtyMu, mark: g.dirtyKey()}
 }
 
-// Put counts a processed mark the store did not hold.
+// Has answers for the dirty mark from dirtyMark.
+func (s countingStore) Has(ctx context.Context, key ds.Key) (bool, error) {
+	if key == s.mark {
+		return s.dirty.has(ctx, s.Batching, key)
+	}
+	return s.Batching.Has(ctx, key)
+}
+
+// Put counts a processed mark the store did not hold, and records the
+// dirty mark set.
 func (s countingStore) Put(ctx context.Context, key ds.Key, value []byte) error {
+	if key == s.mark {
+		return s.dirty.change(s.dirtyMu, true, func() error { return s.Batching.Put(ctx, key, value) })
+	}
 	if !strings.HasPrefix(key.String(), s.prefix) {
 		return s.Batching.Put(ctx, key, value)
 	}
@@ -510,8 +529,12 @@ func (s countingStore) Put(ctx context.Context, key ds.Key, value []byte) error 
 	return nil
 }
 
-// Delete makes the count unknown when it deletes a processed mark.
+// Delete makes the count unknown when it deletes a processed mark, and
+// records the dirty mark removed.
 func (s countingStore) Delete(ctx context.Context, key ds.Key) error {
+	if key == s.mark {
+		return s.dirty.change(s.dirtyMu, false, func() error { return s.Batching.Delete(ctx, key) })
+	}
 	if !strings.HasPrefix(key.String(), s.prefix) {
 		return s.Batching.Delete(ctx, key)
 	}

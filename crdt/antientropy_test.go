@@ -961,10 +961,12 @@ func TestGroupFoundDifferentIsNotHeldBack(t *testing.T) {
 	if err := a.m.Put(ctx, ab, "/a", []byte("v")); err != nil {
 		t.Fatal(err)
 	}
-	// The first round once a's write settled finds the group different;
-	// the heads it pushes to b are lost.
+	// A round that compares every group (a connection's: a's write is in
+	// flight, written to b, for inFlightLimit intervals, an hour each
+	// here) finds the group different; the heads it pushes to b are
+	// lost.
 	eventually(t, 10*time.Second, "a's round with b compares", func() error {
-		res, err := a.m.digestRound(ctx, b.id, false)
+		res, err := a.m.digestRound(ctx, b.id, true)
 		if err != nil || res.deferred > 0 {
 			return fmt.Errorf("round %+v, %v", res, err)
 		}

@@ -100,6 +100,9 @@ type Group struct {
 	rep    *replica // nil while the group sleeps
 	users  int      // calls holding rep
 	closed bool
+	// dirtyMark keeps whether go-ds-crdt's dirty mark is set
+	// (dirtymark.go); beside closed, in what was padding.
+	dirtyMark dirtyMark
 }
 
 // replica is a group's open go-ds-crdt replica. Its repairs run on
@@ -327,7 +330,7 @@ func (g *Group) open() (*replica, error) {
 func (g *Group) forgetMerged(ctx context.Context) error {
 	err := forgetProcessed(ctx, g.m.cfg.Datastore, g.crdtPrefix().ChildString(processedNamespace))
 	if err == nil {
-		if err = g.m.cfg.Datastore.Put(ctx, g.crdtPrefix().ChildString(dirtyKey), nil); err != nil {
+		if err = g.dirtyMark.change(&g.m.dirtyMu, true, func() error { return g.m.cfg.Datastore.Put(ctx, g.dirtyKey(), nil) }); err != nil {
 			err = fmt.Errorf("mark dirty: %w", err)
 		}
 	}
@@ -838,9 +841,12 @@ func (g *Group) processedKey(c cid.Cid) ds.Key {
 // dirty reports whether go-ds-crdt marked the replica dirty (read from
 // the datastore: it works while the group sleeps).
 func (g *Group) dirty(ctx context.Context) bool {
-	ok, err := g.m.cfg.Datastore.Has(ctx, g.crdtPrefix().ChildString(dirtyKey))
+	ok, err := g.dirtyMark.has(ctx, g.m.cfg.Datastore, g.dirtyKey())
 	return err == nil && ok
 }
+
+// dirtyKey is the key of go-ds-crdt's dirty mark for the group.
+func (g *Group) dirtyKey() ds.Key { return g.crdtPrefix().ChildString(dirtyKey) }
 
 // encodedHeads encodes the group's heads as go-ds-crdt broadcasts them;
 // nil when the group has none.

@@ -81,6 +81,10 @@ type Manager struct {
 	// their connections) to catchUpLoop.
 	connected chan peer.ID
 
+	// dirtyMu orders the changes of the groups' dirty marks
+	// (dirtymark.go).
+	dirtyMu sync.Mutex
+
 	// losses carries the members with which a message was dropped here
 	// to antiEntropyLoop (Manager.lost).
 	losses chan peer.ID
