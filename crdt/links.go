@@ -265,7 +265,8 @@ func (ls *links) send(ctx context.Context, p peer.ID, g *Group, body []byte, kin
 // push counted while its sender waits for room, and whose send then
 // fails, the manager closing or the queue staying full for the caller's
 // whole timeout, leaves the group to the next push or anti-entropy
-// round.)
+// round.) An announcement of a new delta taken is recorded as sent
+// (inFlight).
 func (ls *links) take(l *link, msg linkMessage) bool {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
@@ -286,6 +287,7 @@ func (ls *links) take(l *link, msg linkMessage) bool {
 	return false
 }
 
+// newLink makes p's link, not started.
 func newLink(p peer.ID) *link {
 	return &link{peer: p, queue: make(chan linkMessage, linkQueue), pushes: map[string]int{}, queued: map[string]int{}, sent: map[string]int64{}, swept: minSweep, done: make(chan struct{})}
 }
