@@ -66,16 +66,11 @@ func TestFirstAnnouncementInFlightIsNotPushedByAnotherMember(t *testing.T) {
 	}
 	eventually(t, 10*time.Second, "a has /k", func() error { return hasValue(a, abc, "/k", "v") })
 	lose.waitLost(t, 1)
-	mismatches, pushed := counterValue(a.m.metrics.digestMismatches), counterValue(a.m.metrics.headsPushed)
+	before := repairsOf(a)
 	if _, err := b.m.digestRound(ctx, a.id, false); err != nil {
 		t.Fatal(err)
 	}
-	if got := counterValue(a.m.metrics.digestMismatches); got != mismatches {
-		t.Errorf("a found %v groups different in b's round, want none: the group's first announcement is on its way to b", got-mismatches)
-	}
-	if got := counterValue(a.m.metrics.headsPushed); got != pushed {
-		t.Errorf("a pushed heads %v times in b's round, want none", got-pushed)
-	}
+	before.none(t, "in b's round: the group's first announcement is on its way to b")
 	g := a.m.group(name)
 	now := time.Now().UnixNano()
 	if !a.m.firstAnnouncementDue(g, b.id, now) {
@@ -94,20 +89,20 @@ func TestFirstAnnouncementInFlightIsNotPushedByAnotherMember(t *testing.T) {
 	eventually(t, 10*time.Second, "b has /k", func() error { return hasValue(b, abc, "/k", "v") })
 }
 
-// TestAnnouncementInFlightIsNotCompared: a's announcement of a new delta
-// to b is written but not read (b loses it here). Rounds between them,
-// asked by either, leave the group out (settling) rather than find it
-// different and push its heads: b reads the announcement in a moment.
-// Once the last comparison found it different, it is compared whatever
-// is in flight.
-func TestAnnouncementInFlightIsNotCompared(t *testing.T) {
+// unreadWrite starts a and b, which share the group {a,b} (rounds run
+// by the test only): b has a's first write, and has lost the
+// announcement of a's second, /1, which a wrote on its link (under load,
+// b would read it late). b keeps losing every link message while lose
+// is on.
+func unreadWrite(t *testing.T) (a, b *site, lose *losing) {
+	t.Helper()
 	n := newNet(t, "a", "b")
 	n.tune = onlyRounds(time.Hour)
 	n.startAll("a", "b")
-	a, b := n.sites["a"], n.sites["b"]
+	a, b = n.sites["a"], n.sites["b"]
 	ctx := context.Background()
 	ab := []string{"a", "b"}
-	lose := loseWhileOn(b, func(string) bool { return true })
+	lose = loseWhileOn(b, func(string) bool { return true })
 	if err := a.m.Put(ctx, ab, "/0", []byte("v")); err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +119,21 @@ func TestAnnouncementInFlightIsNotCompared(t *testing.T) {
 		return nil
 	})
 	lose.waitLost(t, 1)
-	mismatches, pushed := counterValue(a.m.metrics.digestMismatches), counterValue(a.m.metrics.headsPushed)
+	return a, b, lose
+}
+
+// TestAnnouncementInFlightIsNotCompared: a's announcement of a new delta
+// to b is written but not read (b loses it here). Rounds between them,
+// asked by either, leave the group out (settling) rather than find it
+// different and push its heads: b reads the announcement in a moment.
+// Once the last comparison found it different, it is compared whatever
+// is in flight.
+func TestAnnouncementInFlightIsNotCompared(t *testing.T) {
+	a, b, lose := unreadWrite(t)
+	ctx := context.Background()
+	ab := []string{"a", "b"}
+	name, _, _ := groupName(ab)
+	before := repairsOf(a)
 	res, err := a.m.digestRound(ctx, b.id, false)
 	if err != nil || res.deferred != 1 {
 		t.Fatalf("a's round with b: %+v, %v; want the group deferred", res, err)
@@ -132,12 +141,7 @@ func TestAnnouncementInFlightIsNotCompared(t *testing.T) {
 	if _, err := b.m.digestRound(ctx, a.id, false); err != nil {
 		t.Fatal(err)
 	}
-	if got := counterValue(a.m.metrics.digestMismatches); got != mismatches {
-		t.Errorf("a found the group different %v times, want none while its announcement is in flight", got-mismatches)
-	}
-	if got := counterValue(a.m.metrics.headsPushed); got != pushed {
-		t.Errorf("a pushed its heads %v times, want none", got-pushed)
-	}
+	before.none(t, "while its announcement is in flight")
 	// Found different once (a round of connection compares every group),
 	// the group is compared by a at its next rounds, in flight or not
 	// (b may still leave it out while it merges the heads a pushed).
@@ -173,34 +177,36 @@ func TestAnnouncementInFlightIsNotCompared(t *testing.T) {
 // the pair's next interval (an hour away here), and the member gets the
 // write.
 func TestLossStartsARound(t *testing.T) {
-	n := newNet(t, "a", "b")
-	n.tune = onlyRounds(time.Hour)
-	n.startAll("a", "b")
-	a, b := n.sites["a"], n.sites["b"]
-	ctx := context.Background()
+	a, b, lose := unreadWrite(t)
 	ab := []string{"a", "b"}
-	lose := loseWhileOn(b, func(string) bool { return true })
-	if err := a.m.Put(ctx, ab, "/0", []byte("v")); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, 10*time.Second, "b has /0", func() error { return hasValue(b, ab, "/0", "v") })
-	lose.on.Store(true)
-	if err := a.m.Put(ctx, ab, "/1", []byte("v")); err != nil {
-		t.Fatal(err)
-	}
 	name, _, _ := groupName(ab)
-	eventually(t, 10*time.Second, "a's announcement of /1 written to b", func() error {
-		if !a.m.links.inFlight(b.id, a.m.group(name), 0) {
-			return fmt.Errorf("not yet")
-		}
-		return nil
-	})
-	lose.waitLost(t, 1)
 	lose.on.Store(false)
 	answered := counterValue(b.m.metrics.digestRoundsAnswered)
 	a.m.lost(name, b.id)
 	eventually(t, 10*time.Second, "b has /1", func() error { return hasValue(b, ab, "/1", "v") })
 	if got := counterValue(b.m.metrics.digestRoundsAnswered); got <= answered {
 		t.Errorf("b answered %v rounds after a's loss, want one", got-answered)
+	}
+}
+
+// repairs are a site's anti-entropy repair counters at one moment.
+type repairs struct {
+	s                  *site
+	mismatches, pushed float64
+}
+
+func repairsOf(s *site) repairs {
+	return repairs{s, counterValue(s.m.metrics.digestMismatches), counterValue(s.m.metrics.headsPushed)}
+}
+
+// none fails t if the site found a group different or pushed heads
+// since r was read.
+func (r repairs) none(t *testing.T, when string) {
+	t.Helper()
+	if got := counterValue(r.s.m.metrics.digestMismatches); got != r.mismatches {
+		t.Errorf("%s found %v groups different %s, want none", r.s.name, got-r.mismatches, when)
+	}
+	if got := counterValue(r.s.m.metrics.headsPushed); got != r.pushed {
+		t.Errorf("%s pushed heads %v times %s, want none", r.s.name, got-r.pushed, when)
 	}
 }
