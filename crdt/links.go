@@ -250,10 +250,18 @@ func (ls *links) send(ctx context.Context, p peer.ID, g *Group, body []byte, kin
 	case <-l.done:
 		return ErrClosed
 	case <-ctx.Done():
+		ls.m.metrics.linkDrops.WithLabelValues(dropQueue).Inc()
 		ls.m.lost(g.name, p)
 		return ctx.Err()
 	}
 }
+
+// Why a link dropped a message (the link drops counter's label).
+const (
+	dropOpen  = "open"  // no stream could be opened (or negotiated) to the peer
+	dropWrite = "write" // the write failed, and again on a new stream
+	dropQueue = "queue" // the queue stayed full for the sender's whole wait
+)
 
 // take reports whether a message just taken off l's queue is to be sent:
 // not a push with a newer push of its group queued (or about to be)
@@ -392,7 +400,7 @@ func (ls *links) run(l *link) {
 		}
 		if out.s == nil {
 			if err := out.open(ls, l.peer); err != nil {
-				m.metrics.linkDrops.Inc()
+				m.metrics.linkDrops.WithLabelValues(dropOpen).Inc()
 				m.lost(msg.g.name, l.peer)
 				m.log.Debug("open link", "peer", l.peer, "err", err)
 				ls.flushOut(l) // the queue's messages would fail the same way
@@ -437,7 +445,7 @@ func (ls *links) resend(l *link, out *linkStream, cause error) {
 		err = out.flush()
 	}
 	if err != nil {
-		m.metrics.linkDrops.Add(float64(len(msgs)))
+		m.metrics.linkDrops.WithLabelValues(dropWrite).Add(float64(len(msgs)))
 		for _, msg := range msgs {
 			m.lost(msg.g.name, l.peer)
 		}
@@ -512,7 +520,7 @@ func (ls *links) flushOut(l *link) {
 		select {
 		case msg := <-l.queue:
 			if ls.take(l, msg) {
-				ls.m.metrics.linkDrops.Inc()
+				ls.m.metrics.linkDrops.WithLabelValues(dropOpen).Inc()
 				ls.m.lost(msg.g.name, l.peer)
 			}
 		default:

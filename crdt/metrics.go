@@ -25,7 +25,7 @@ type metrics struct {
 	blocksSent             prometheus.Counter
 	headsPushed            prometheus.Counter
 	broadcasts             prometheus.Counter
-	linkDrops              prometheus.Counter
+	linkDrops              *prometheus.CounterVec
 	queueDrops             prometheus.Counter
 	linkResends            prometheus.Counter
 	pushesCoalesced        prometheus.Counter
@@ -76,14 +76,15 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 		blocksSent:      counter("blocks_sent_total", "Blocks sent over the block protocol."),
 		headsPushed:     counter("heads_pushed_total", "Heads pushed to members that connected."),
 		broadcasts:      counter("broadcasts_total", "Head announcements made (each sent to the group's connected members only)."),
-		linkDrops:       counter("link_drops_total", "Announcements dropped on a link (peer gone or not reading); pushes and anti-entropy repeat them."),
+		linkDrops: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cheops_crdt_link_drops_total",
+			Help: "Messages dropped on a link, by where: open (no stream could be opened or negotiated to the peer: gone, or too slow to answer within FetchTimeout), write (the write failed, and again on a new stream), queue (the link's queue stayed full for the sender's whole wait). Each starts an anti-entropy round with the peer, which repeats the heads."}, []string{"at"}),
 		queueDrops:      counter("replica_queue_drops_total", "Announcements received whose heads were not handed to the group's replica because its queue was full (the replica is behind); their blocks are kept, and later announcements and anti-entropy bring the heads again."),
 		pushesCoalesced: counter("pushes_coalesced_total", "Heads pushes not sent because a newer push of their group was queued behind them on the same link."),
 		linkResends:     counter("link_resends_total", "Announcements written again on a new stream after their link's stream failed (its connection closed under it)."),
 		digestRounds: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cheops_crdt_digest_rounds_total",
 			Help: "Anti-entropy rounds this site started, by outcome: same (the summaries matched: two small frames) or compared (every shared group's digest sent)."}, []string{"outcome"}),
-		digestDeferred:       counter("digest_deferred_total", "Groups left out of an anti-entropy round, asked or answered, because this site wrote into them or read an announcement of them within SettleAfter (announcements may be in flight): a later round compares them."),
-		digestRoundsDeferred: counter("digest_rounds_deferred_total", "Anti-entropy rounds this site started with every group it shares with the member deferred (written or announced within SettleAfter): a summary of none is sent, for the member to name a group of which it dropped a message."),
+		digestDeferred:       counter("digest_deferred_total", "Groups left out of an anti-entropy round, asked or answered, because announcements of them may be in flight: an announcement of a new delta queued on or written to the member's link within 3 digest intervals, heads held here not merged yet, or a write or announcement here within SettleAfter. A later round compares them."),
+		digestRoundsDeferred: counter("digest_rounds_deferred_total", "Anti-entropy rounds this site started with every group it shares with the member deferred (in flight, see digest_deferred_total): a summary of none is sent, for the member to name a group of which it dropped a message."),
 		digestRoundsAnswered: counter("digest_rounds_answered_total", "Anti-entropy rounds members started with this site (of each pair of sites, the one whose peer id sorts first starts the periodic rounds)."),
 		wakes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cheops_crdt_group_wakes_total",
 			Help: "Sleeping groups whose replica was opened again, by what woke it: write (a local write's commit), use (a local read, delete or scan, or a forced repair), announcement (a member's heads with their blocks), push (a member's heads alone: a heads push, or an announcement of a large delta), deferred (an announcement kept while no slot was free), repair, orphan (heads delivered after a rewalk)."}, []string{"for"}),
