@@ -1402,9 +1402,7 @@ func (m *Manager) statusOf(ctx context.Context, g *Group) GroupStatus {
 		gs.Heads = append(gs.Heads, h.String())
 	}
 	slices.Sort(gs.Heads)
-	g.arrivals.mu.Lock()
-	gs.Fetching = g.arrivals.active
-	g.arrivals.mu.Unlock()
+	gs.Fetching = g.arrivals.fetching()
 	for _, p := range g.peers {
 		if p == m.cfg.Host.ID() {
 			continue

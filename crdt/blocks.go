@@ -464,6 +464,13 @@ type waiter struct {
 
 func (w *waiter) wake() { w.once.Do(func() { close(w.ch) }) }
 
+// fetching is the number of fetches in progress.
+func (a *arrivals) fetching() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.active
+}
+
 func (a *arrivals) end() {
 	a.mu.Lock()
 	defer a.mu.Unlock()

@@ -411,10 +411,7 @@ func (g *Group) idleLocked(ctx context.Context, dirty bool) bool {
 	if g.users > 0 || r.inHand.unfinished() || r.repairing.Load() && !dirty {
 		return false
 	}
-	g.arrivals.mu.Lock()
-	fetching := g.arrivals.active
-	g.arrivals.mu.Unlock()
-	if fetching > 0 || r.store.InternalStats(ctx).QueuedJobs > 0 {
+	if g.arrivals.fetching() > 0 || r.store.InternalStats(ctx).QueuedJobs > 0 {
 		return false
 	}
 	return dirty || !r.store.IsDirty(ctx)
@@ -430,10 +427,7 @@ func (g *Group) merging() bool {
 	if deferred {
 		return true
 	}
-	g.arrivals.mu.Lock()
-	fetching := g.arrivals.active
-	g.arrivals.mu.Unlock()
-	if fetching > 0 {
+	if g.arrivals.fetching() > 0 {
 		return true
 	}
 	r := g.awake()
