@@ -740,7 +740,10 @@ func (m *Manager) antiEntropyLoop() {
 	}
 	// lossRound starts a round with p now, or once its running round
 	// ends, if p is connected (a member cut off is caught up with when
-	// it connects).
+	// it connects), and no round with p started within lossRoundGap: a
+	// loss that repeats (a store that fails every receive) must not
+	// chain rounds back to back; its mark has the group compared at the
+	// pair's next round.
 	lossRound := func(p peer.ID) {
 		if m.cfg.Host.Network().Connectedness(p) != network.Connected {
 			return
@@ -752,6 +755,9 @@ func (m *Manager) antiEntropyLoop() {
 			cadences[p] = c
 		}
 		c.seen = now
+		if c.last > 0 && now-c.last < int64(m.cfg.DigestInterval)/lossRoundsPerInterval {
+			return
+		}
 		if c.busy {
 			c.again = true
 			return
@@ -863,6 +869,10 @@ func (m *Manager) lost(group string, p peer.ID) {
 	default: // a burst of losses: the rounds under way cover them
 	}
 }
+
+// lossRoundsPerInterval bounds the rounds losses start with one member:
+// at most that many per DigestInterval (lossRound).
+const lossRoundsPerInterval = 5
 
 // asks reports whether self starts the periodic anti-entropy rounds of
 // the pair it makes with p: the peer id that sorts first does.
