@@ -213,21 +213,21 @@ func (r *ScaleResult) Table(out io.Writer) {
 		fmt.Fprintf(out, "\nidle groups (on sites with no other group: a first batch of new groups of 2–3 sites with one write each, then as many again; "+
 			"each batch left asleep, its links closed, then its heap read %d times over a window; %s)\n", idleReadings, machine)
 		tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintf(tw, "sites\tbatch\tgroups\treplicas\twindow s\theap B per group and member ≤ %.0f\treadings B\tgoroutines per group ≤ %.2f\tgroup messages B per group-minute ≤ %.0f\tpairs\tanti-entropy B per pair-minute\t\n",
+		fmt.Fprintf(tw, "sites\tbatch\tgroups\treplicas\twindow s\theap B per group and member ≤ %.0f\treadings B\tgoroutines per group ≤ %.2f\tprocess goroutines per group\tgroup messages B per group-minute ≤ %.0f\tpairs\tanti-entropy B per pair-minute\t\n",
 			t.IdleHeapPerGroup, t.IdleGoroutinesPerGroup, t.IdleBytesPerGroupMinute)
 		for _, c := range probed {
 			id := c.Idle
 			if id == nil || id.Members == 0 {
-				fmt.Fprintf(tw, "%d\t\t0\t\t\tnot measured: MISSED\t\tnot measured: MISSED\tnot measured: MISSED\t\t\t\n", c.Sites)
+				fmt.Fprintf(tw, "%d\t\t0\t\t\tnot measured: MISSED\t\tnot measured: MISSED\t\tnot measured: MISSED\t\t\t\n", c.Sites)
 				continue
 			}
-			fmt.Fprintf(tw, "%d\t2nd, slope\t%d\t%d\t%.0f\t%s\t%.0f–%.0f\t%s\t%s\t%d (2nd new: %d)\t%.0f\t\n", c.Sites, id.Groups, id.Members, id.Window.Seconds(),
+			fmt.Fprintf(tw, "%d\t2nd, slope\t%d\t%d\t%.0f\t%s\t%.0f–%.0f\t%s\t%.2f\t%s\t%d (2nd new: %d)\t%.0f\t\n", c.Sites, id.Groups, id.Members, id.Window.Seconds(),
 				atMost(id.HeapPerGroupMember, t.IdleHeapPerGroup, "%.0f"), id.HeapPerGroupMemberMin, id.HeapPerGroupMemberMax,
-				atMost(id.GoroutinesPerGroup, t.IdleGoroutinesPerGroup, "%.2f"),
+				atMost(id.GoroutinesPerGroup, t.IdleGoroutinesPerGroup, "%.2f"), id.ProcessGoroutinesPerGroup,
 				atMost(id.GroupBytesPerGroupMinute, t.IdleBytesPerGroupMinute, "%.0f"), id.Pairs, id.SecondNewPairs, id.DigestBytesPerPairMinute)
 			if f := id.First; f != nil {
-				fmt.Fprintf(tw, "%d\t1st, no verdict\t%d\t%d\t%.0f\t%.0f\t%.0f–%.0f\t%.2f\t%.0f\t\t\t\n", c.Sites, f.Groups, f.Members, id.Window.Seconds(),
-					f.HeapPerGroupMember, f.HeapPerGroupMemberMin, f.HeapPerGroupMemberMax, f.GoroutinesPerGroup, f.GroupBytesPerGroupMinute)
+				fmt.Fprintf(tw, "%d\t1st, no verdict\t%d\t%d\t%.0f\t%.0f\t%.0f–%.0f\t%.2f\t%.2f\t%.0f\t\t\t\n", c.Sites, f.Groups, f.Members, id.Window.Seconds(),
+					f.HeapPerGroupMember, f.HeapPerGroupMemberMin, f.HeapPerGroupMemberMax, f.GoroutinesPerGroup, f.ProcessGoroutinesPerGroup, f.GroupBytesPerGroupMinute)
 			}
 		}
 		tw.Flush()
@@ -235,6 +235,7 @@ func (r *ScaleResult) Table(out io.Writer) {
 			"its groups are drawn among the pairs of sites the first batch already shares, so that what a site keeps per peer it shares groups with is not charged to them (2nd new: pairs it added all the same, when too few such site sets were left); "+
 			"1st: the first batch since before any group, which holds the process's one-time growth (goroutine descriptors kept after the writes' burst, pebble's WAL buffers, maps growing).\n"+
 			"heap: live heap after a collection (the smaller of two), the smallest reading less the first batch's smallest; readings: the smallest and largest growth of a reading over the first batch's at the same point (1st: over the heap before any group).")
+		fmt.Fprintln(out, "goroutines: the fewest of the readings, of those running a group's code (go-ds-crdt's, the crdt package's Group and replica, read from the goroutine profile; the verdict), and of the process (the connections' included: they come and go with the peers, not the groups).")
 		fmt.Fprintln(out, "group messages: stream bytes of the crdt protocols whose every message names a group (links, blocks): the groups' own periodic work.\n"+
 			"anti-entropy: stream bytes of its rounds, one summary of every group two sites share, per pair of sites sharing an idle group (no target: a cost per peer, not per group).\n"+
 			"Membership's probes are left out (their jitter on the same hosts exceeds the groups' share).")

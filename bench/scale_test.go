@@ -495,6 +495,7 @@ func BenchmarkScaleIdle(b *testing.B) {
 		b.ReportMetric(idle.HeapPerGroupMemberMin, "heap-min-B/group-member")
 		b.ReportMetric(idle.HeapPerGroupMemberMax, "heap-max-B/group-member")
 		b.ReportMetric(idle.GoroutinesPerGroup, "goroutines/group")
+		b.ReportMetric(idle.ProcessGoroutinesPerGroup, "process-goroutines/group")
 		b.ReportMetric(idle.GroupBytesPerGroupMinute, "group-B/group-min")
 		b.ReportMetric(float64(idle.SecondNewPairs), "second-new-pairs")
 		if f := idle.First; f != nil {
@@ -594,24 +595,25 @@ func (ss *scaleSites) lateArrivals(b *testing.B, me *missingEntries, within time
 
 // The idle figures are a slope: the second batch's smallest heap reading
 // less the first batch's smallest, per replica of the second batch, and
-// its goroutines and bytes less the first's; the spread pairs the
-// readings taken at the same point of each window. The first batch is
-// measured from the heap before any group.
+// its goroutines (a group's own, and the process's) and bytes less the
+// first's; the spread pairs the readings taken at the same point of each
+// window. The first batch is measured from the heap before any group.
 func TestIdleBatchFigures(t *testing.T) {
-	first := &idleBatch{groups: 10, members: 25, heap: []uint64{100_000, 140_000, 110_000}, goroutines: 50,
+	first := &idleBatch{groups: 10, members: 25, heap: []uint64{100_000, 140_000, 110_000}, goroutines: 50, groupGoroutines: 4,
 		sent: traffic{groups: 600}}
-	second := &idleBatch{groups: 10, members: 20, heap: []uint64{130_000, 150_000, 125_000}, goroutines: 51,
+	second := &idleBatch{groups: 10, members: 20, heap: []uint64{130_000, 150_000, 125_000}, goroutines: 53, groupGoroutines: 5,
 		sent: traffic{groups: 600}}
-	f1 := first.figures(50_000, 50, nil, 10*time.Second)
+	f1 := first.figures(50_000, 50, 2, nil, 10*time.Second)
 	if f1.HeapPerGroupMember != 2000 || f1.HeapPerGroupMemberMin != 2000 || f1.HeapPerGroupMemberMax != 3600 ||
-		f1.GoroutinesPerGroup != 0 || f1.GroupBytesPerGroupMinute != 360 {
+		f1.GoroutinesPerGroup != 0.2 || f1.ProcessGoroutinesPerGroup != 0 || f1.GroupBytesPerGroupMinute != 360 {
 		t.Errorf("first batch: %+v", f1)
 	}
-	f2 := second.figures(0, 0, first, 10*time.Second)
+	f2 := second.figures(0, 0, 0, first, 10*time.Second)
 	// Smallest readings 125,000 - 100,000 over 20 replicas; same-point
-	// growths 1,500, 500 and 750 per replica.
+	// growths 1,500, 500 and 750 per replica; one goroutine of a group
+	// more, three of the process.
 	if f2.HeapPerGroupMember != 1250 || f2.HeapPerGroupMemberMin != 500 || f2.HeapPerGroupMemberMax != 1500 ||
-		f2.GoroutinesPerGroup != 0.1 || f2.GroupBytesPerGroupMinute != 0 || f2.Groups != 10 || f2.Members != 20 {
+		f2.GoroutinesPerGroup != 0.1 || f2.ProcessGoroutinesPerGroup != 0.3 || f2.GroupBytesPerGroupMinute != 0 || f2.Groups != 10 || f2.Members != 20 {
 		t.Errorf("second batch: %+v", f2)
 	}
 }

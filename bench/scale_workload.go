@@ -238,12 +238,17 @@ func (ss *scaleSites) idleGroups(ctx context.Context, rng *rand.Rand, used map[s
 	}
 	base := ss.traffic().minus(t0)
 	heap0, gor0 := liveHeapAndGoroutines()
+	own0, err := groupGoroutines()
+	if err != nil {
+		idle.Error = err.Error()
+		return idle
+	}
 	half := len(first)
 	firstBatch, err1 := ss.idleBatch(ctx, groups[:half], 0, window, base, before)
 	if firstBatch == nil {
 		return idle
 	}
-	idle.First = firstBatch.figures(heap0, gor0, nil, window)
+	idle.First = firstBatch.figures(heap0, gor0, own0, nil, window)
 	if ss.afterIdleBatch != nil {
 		ss.afterIdleBatch(0)
 	}
@@ -257,10 +262,10 @@ func (ss *scaleSites) idleGroups(ctx context.Context, rng *rand.Rand, used map[s
 	if err := errors.Join(err1, err2); err != nil {
 		idle.Error = strings.TrimPrefix(idle.Error+"; "+strings.ReplaceAll(err.Error(), "\n", "; "), "; ")
 	}
-	f := secondBatch.figures(0, 0, firstBatch, window)
+	f := secondBatch.figures(0, 0, 0, firstBatch, window)
 	idle.Groups, idle.Members = f.Groups, f.Members
 	idle.HeapPerGroupMember, idle.HeapPerGroupMemberMin, idle.HeapPerGroupMemberMax = f.HeapPerGroupMember, f.HeapPerGroupMemberMin, f.HeapPerGroupMemberMax
-	idle.GoroutinesPerGroup, idle.GroupBytesPerGroupMinute = f.GoroutinesPerGroup, f.GroupBytesPerGroupMinute
+	idle.GoroutinesPerGroup, idle.ProcessGoroutinesPerGroup, idle.GroupBytesPerGroupMinute = f.GoroutinesPerGroup, f.ProcessGoroutinesPerGroup, f.GroupBytesPerGroupMinute
 	idle.Pairs = len(pairsOf(groups))
 	if idle.Pairs > 0 {
 		idle.DigestBytesPerPairMinute = float64(secondBatch.sent.digests) * float64(time.Minute) / float64(window) / float64(idle.Pairs)
@@ -285,8 +290,10 @@ const idleReadings = 9
 type idleBatch struct {
 	groups, members int
 	heap            []uint64
-	goroutines      int // the fewest of the readings
-	sent            traffic
+	// goroutines is the fewest goroutines of the readings, the process's;
+	// groupGoroutines the fewest running a group's code (groupGoroutines).
+	goroutines, groupGoroutines int
+	sent                        traffic
 }
 
 // idleBatch writes one key into each of groups (keys numbered from
@@ -345,6 +352,13 @@ func (ss *scaleSites) idleBatch(ctx context.Context, groups [][]string, offset i
 		if i == 0 || g < b.goroutines {
 			b.goroutines = g
 		}
+		own, err := groupGoroutines()
+		if err != nil {
+			errs = append(errs, err)
+		}
+		if i == 0 || own < b.groupGoroutines {
+			b.groupGoroutines = own
+		}
 	}
 	b.sent = ss.traffic().minus(t1)
 	b.sent.groups -= base.groups * int64(window) / int64(before)
@@ -354,10 +368,11 @@ func (ss *scaleSites) idleBatch(ctx context.Context, groups [][]string, offset i
 
 // figures are the batch's per-group figures: what it added to prev, the
 // batch before it, or with no batch before, to the heap and goroutines
-// read before any group existed (heap0, gor0) and to no bytes. The heap
+// read before any group existed (heap0; gor0 the process's, own0 those
+// running a group's code) and to no bytes. The heap
 // figure is the growth of the smallest reading; its spread, the growth
 // of each reading over the reading at the same point of prev's window.
-func (b *idleBatch) figures(heap0 uint64, gor0 int, prev *idleBatch, window time.Duration) *IdleBatchFigures {
+func (b *idleBatch) figures(heap0 uint64, gor0, own0 int, prev *idleBatch, window time.Duration) *IdleBatchFigures {
 	f := &IdleBatchFigures{Groups: b.groups, Members: b.members}
 	perMember := func(to, from uint64) float64 { return (float64(to) - float64(from)) / float64(b.members) }
 	if prev == nil {
@@ -371,11 +386,12 @@ func (b *idleBatch) figures(heap0 uint64, gor0 int, prev *idleBatch, window time
 		}
 		f.HeapPerGroupMemberMin, f.HeapPerGroupMemberMax = slices.Min(growth), slices.Max(growth)
 	}
-	sent, gor := b.sent.groups, b.goroutines-gor0
+	sent, gor, own := b.sent.groups, b.goroutines-gor0, b.groupGoroutines-own0
 	if prev != nil {
-		sent, gor = b.sent.groups-prev.sent.groups, b.goroutines-prev.goroutines
+		sent, gor, own = b.sent.groups-prev.sent.groups, b.goroutines-prev.goroutines, b.groupGoroutines-prev.groupGoroutines
 	}
-	f.GoroutinesPerGroup = float64(gor) / float64(b.groups)
+	f.GoroutinesPerGroup = float64(own) / float64(b.groups)
+	f.ProcessGoroutinesPerGroup = float64(gor) / float64(b.groups)
 	f.GroupBytesPerGroupMinute = float64(sent) * float64(time.Minute) / float64(window) / float64(b.groups)
 	return f
 }
