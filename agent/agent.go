@@ -240,7 +240,9 @@ func (a *Agent) open(ctx context.Context) error {
 		store, err := crdt.OpenStore(filepath.Join(a.cfg.Node.DataDir, StoreDir))
 		storeDone <- opened{store, err}
 	}()
-	n, err := node.New(ctx, a.cfg.Node)
+	nodeCfg := a.cfg.Node
+	nodeCfg.Protocols = crdt.Protocols // served once the crdt manager starts, below
+	n, err := node.New(ctx, nodeCfg)
 	o := <-storeDone
 	if err != nil {
 		if o.err == nil {

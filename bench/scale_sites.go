@@ -144,6 +144,7 @@ func startScaleSites(ctx context.Context, dir string, names []string, formWithin
 		nc.Logger = quiet
 		bw := newScaleCounter()
 		nc.Bandwidth = bw
+		nc.Protocols = crdt.Protocols
 		nd, err := node.New(ctx, nc)
 		if err != nil {
 			return ss, fmt.Errorf("bench: site %s: %w", n, err)

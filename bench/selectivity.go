@@ -259,6 +259,7 @@ func startSites(ctx context.Context, dir string, names []string) ([]*benchSite, 
 		nc.Logger = quiet
 		bw := newByteCounter()
 		nc.Bandwidth = bw
+		nc.Protocols = crdt.Protocols
 		nd, err := node.New(ctx, nc)
 		if err != nil {
 			return sites, err

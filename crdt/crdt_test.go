@@ -18,6 +18,7 @@ import (
 	blocks "github.com/ipfs/go-block-format"
 	"github.com/ipfs/go-ds-crdt/pb"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -585,4 +586,24 @@ func TestCrashDuringCatchUpIsRepaired(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// Protocols lists exactly what a Manager serves: a node reserves them
+// before its host listens (node.Config.Protocols), and one left out
+// would be announced to peers only by identify's push, which a starved
+// host loses.
+func TestProtocolsAreWhatAManagerServes(t *testing.T) {
+	n := newNet(t, "a")
+	a := n.start("a")
+	var served []protocol.ID
+	for _, id := range a.host.Mux().Protocols() {
+		if strings.HasPrefix(string(id), "/cheops/crdt/") {
+			served = append(served, id)
+		}
+	}
+	slices.Sort(served)
+	want := slices.Sorted(slices.Values(Protocols))
+	if !slices.Equal(served, want) {
+		t.Fatalf("the manager serves %v; Protocols lists %v", served, want)
+	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/ipfs/go-datastore/query"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"cheops/internal/keptstream"
@@ -105,6 +106,12 @@ type Manager struct {
 	closed bool
 }
 
+// Protocols are the protocols a Manager serves on its host. A node
+// reserves them before its host listens (node.Config.Protocols), so that
+// identify announces them from a connection's start: a stream to a peer
+// whose identify did not list its protocol pays a negotiation round trip.
+var Protocols = []protocol.ID{BlockProtocol, DigestProtocol, DigestKeptProtocol, LinkProtocol}
+
 // NewManager opens the groups this site had joined, registers the block
 // and heads protocols and starts watching connections for catch-up.
 func NewManager(ctx context.Context, cfg Config) (*Manager, error) {
@@ -172,10 +179,10 @@ func NewManager(ctx context.Context, cfg Config) (*Manager, error) {
 		}
 		m.addGroupLocked(g)
 	}
-	cfg.Host.SetStreamHandler(BlockProtocol, m.serveBlocks)
-	cfg.Host.SetStreamHandler(DigestProtocol, m.serveDigests)
-	cfg.Host.SetStreamHandler(DigestKeptProtocol, m.serveKeptDigests)
-	cfg.Host.SetStreamHandler(LinkProtocol, m.serveLink)
+	for id, serve := range map[protocol.ID]network.StreamHandler{BlockProtocol: m.serveBlocks, DigestProtocol: m.serveDigests,
+		DigestKeptProtocol: m.serveKeptDigests, LinkProtocol: m.serveLink} {
+		cfg.Host.SetStreamHandler(id, serve)
+	}
 	connected := make(chan peer.ID, 256)
 	m.connected = connected
 	m.notifiee = &network.NotifyBundle{ConnectedF: func(_ network.Network, c network.Conn) {

@@ -220,7 +220,9 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 	// benchmarks relies on it).
 	dialer := &siteDialer{}
 	opts = append(opts, libp2p.Transport(tcp.NewTCPTransport, tcp.WithDialerForAddr(dialer.forAddr)))
-	opts = append(opts, libp2p.ListenAddrStrings(listen...))
+	// The host listens once every handler is set, the protocols reserved
+	// for the site's other parts included (Config.Protocols).
+	opts = append(opts, libp2p.NoListenAddrs)
 	if len(announce) > 0 {
 		var addrs []multiaddr.Multiaddr
 		for _, a := range announce {
@@ -230,29 +232,22 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	var requested []multiaddr.Multiaddr
 	for _, a := range listen {
-		requested = append(requested, multiaddr.StringCast(a))
+		addr, err := multiaddr.NewMultiaddr(a)
+		if err != nil {
+			return nil, fmt.Errorf("%w: listen address %q: %v", ErrBadConfig, a, err)
+		}
+		requested = append(requested, addr)
 	}
 	h, err := libp2p.New(opts...)
 	if err != nil {
-		// No address at all could listen: say which one and why.
-		for _, a := range requested {
-			if lerr := listenError(a); lerr != nil {
-				return nil, lerr
-			}
-		}
 		return nil, fmt.Errorf("node: start libp2p host: %w", err)
 	}
 	n.host = h
-	listening := h.Network().ListenAddresses
-	dialer.listening.Store(&listening)
 	undo = append(undo, func() { h.Close() })
-	if missing := missingListeners(requested, h.Network().ListenAddresses()); len(missing) > 0 {
-		if err := listenError(missing[0]); err != nil {
-			return nil, err
-		}
-		return nil, fmt.Errorf("%w on %s failed (is another agent running on this host? give this one another --listen)", ErrListen, missing[0])
-	}
 	reg.MustRegister(&collector{n: n})
+	for _, id := range cfg.Protocols {
+		h.SetStreamHandler(id, func(s network.Stream) { _ = s.Reset() })
+	}
 
 	// The router lives until Close, not until ctx ends: Close stops it
 	// after the topics that use it.
@@ -311,6 +306,9 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 			n.disconnectedFrom(c.RemotePeer())
 		},
 	})
+	if err := n.listen(requested, dialer); err != nil {
+		return nil, err
+	}
 	for _, a := range cfg.Peers {
 		info, _ := peer.AddrInfoFromString(a)
 		if info.ID == self {
@@ -330,6 +328,31 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 	go n.probeLoop(runCtx)
 	log.Info("node started", "peer", self, "addrs", n.Addrs())
 	return n, nil
+}
+
+// listen starts the host's listeners on requested, once every handler
+// is set: the first identify of each connection then announces every
+// protocol the site serves.
+func (n *Node) listen(requested []multiaddr.Multiaddr, dialer *siteDialer) error {
+	err := n.host.Network().Listen(requested...)
+	listening := n.host.Network().ListenAddresses
+	dialer.listening.Store(&listening)
+	if err != nil {
+		// No address at all could listen: say which one and why.
+		for _, a := range requested {
+			if lerr := listenError(a); lerr != nil {
+				return lerr
+			}
+		}
+		return fmt.Errorf("node: listen: %w", err)
+	}
+	if missing := missingListeners(requested, n.host.Network().ListenAddresses()); len(missing) > 0 {
+		if err := listenError(missing[0]); err != nil {
+			return err
+		}
+		return fmt.Errorf("%w on %s failed (is another agent running on this host? give this one another --listen)", ErrListen, missing[0])
+	}
+	return nil
 }
 
 // openBindings checks this site's own name against the trust
