@@ -64,11 +64,12 @@ type Config struct {
 	// New returns. They are reserved before the host listens, so that
 	// every connection's identify announces them: a protocol added later
 	// reaches connected peers only by identify's push, which a starved
-	// host loses (215 of 9,900 peer entries lacked crdt's link protocol
-	// after 100 in-process sites formed, and every stream to those peers
-	// then paid a negotiation round trip, 20 s when the peer was
-	// starved). A stream of one of them arriving before its handler is
-	// set is reset.
+	// host loses, and a stream of a protocol the peerstore does not list
+	// pays a negotiation round trip (after 100 in-process sites formed,
+	// 215 of 9,900 peer entries lacked crdt's link protocol before, and
+	// 119–185 after, the rest being identifies that never completed;
+	// docs/scaling.md, proto33). A stream of one of them arriving before
+	// its handler is set is reset.
 	Protocols []protocol.ID
 	// TopicAccess decides who may join a pubsub topic other than
 	// membership's, from the topic name and the peer id alone. It is also
