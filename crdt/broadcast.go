@@ -50,13 +50,14 @@ type broadcaster struct {
 	// queue holds the announcements for the replica, at most headsBuffer;
 	// it grows as they come (a channel of headsBuffer made every wake of
 	// a group allocate 6 KiB).
-	queue   [][]byte
+	queue [][]byte
+	// inlined is made at the first announcement: most wakes of a group
+	// (a member's announcement to merge) announce nothing.
 	inlined map[cid.Cid]struct{}
 }
 
 func newBroadcaster(g *Group) *broadcaster {
-	return &broadcaster{g: g, done: make(chan struct{}), ready: make(chan struct{}, 1), space: make(chan struct{}, 1),
-		inlined: map[cid.Cid]struct{}{}}
+	return &broadcaster{g: g, done: make(chan struct{}), ready: make(chan struct{}, 1), space: make(chan struct{}, 1)}
 }
 
 // signal puts a token in ch unless it holds one.
@@ -160,6 +161,9 @@ func (b *broadcaster) firstTime(c cid.Cid) bool {
 	defer b.mu.Unlock()
 	if _, ok := b.inlined[c]; ok {
 		return false
+	}
+	if b.inlined == nil {
+		b.inlined = map[cid.Cid]struct{}{}
 	}
 	if len(b.inlined) >= maxInlinedHeads {
 		clear(b.inlined)

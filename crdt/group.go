@@ -281,19 +281,26 @@ func (g *Group) awake() *replica {
 }
 
 // open starts the group's go-ds-crdt replica. Called with g.mu held.
+// replicaOptions are go-ds-crdt's options for the replicas of a
+// manager configured with cfg, less the logger and the hooks.
+func replicaOptions(cfg Config) *crdt.Options {
+	opts := crdt.DefaultOptions()
+	opts.RebroadcastInterval = cfg.RebroadcastInterval
+	opts.NumWorkers = cfg.Workers
+	opts.DAGSyncerTimeout = cfg.FetchTimeout
+	// The group's own repair loop replaces go-ds-crdt's: it also runs
+	// when a member connects, when a missing block can be fetched.
+	opts.RepairInterval = 0
+	return opts
+}
+
 func (g *Group) open() (*replica, error) {
 	m := g.m
 	r := &replica{g: g, kick: make(chan struct{}, 1)}
 	r.bcast = newBroadcaster(g)
 	dags := dag.NewDAGService(blockservice.New(g.blocks(), exchange{g}))
-	opts := crdt.DefaultOptions()
-	opts.Logger = crdtLogger{m.log.With("group", g.name)}
-	opts.RebroadcastInterval = m.cfg.RebroadcastInterval
-	opts.NumWorkers = m.cfg.Workers
-	opts.DAGSyncerTimeout = m.cfg.FetchTimeout
-	// The group's own repair loop replaces go-ds-crdt's: it also runs
-	// when a member connects, when a missing block can be fetched.
-	opts.RepairInterval = 0
+	opts := *m.replicaOptions // a copy: go-ds-crdt's defaults make a logger each time
+	opts.Logger = crdtLogger{l: m.log, group: g.name}
 	// The hooks run inside go-ds-crdt's merge batch: they only queue.
 	opts.PutHook = func(k ds.Key, v []byte) {
 		g.touch()
@@ -305,7 +312,7 @@ func (g *Group) open() (*replica, error) {
 	}
 	var err error
 	r.inHand = &handOff{broadcaster: r.bcast, seed: newSeedGate()}
-	r.store, err = crdt.New(newCountingStore(g), g.crdtPrefix(), dags, r.inHand, opts)
+	r.store, err = crdt.New(newCountingStore(g), g.crdtPrefix(), dags, r.inHand, &opts)
 	if err != nil {
 		r.bcast.close()
 		return nil, fmt.Errorf("crdt: group %s: %w", g.name, err)

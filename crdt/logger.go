@@ -10,17 +10,22 @@ import (
 // info messages are chatty (one per processed head): they go to debug.
 // Messages are formatted only when their level is enabled: go-ds-crdt
 // logs once per processed block.
-type crdtLogger struct{ l *slog.Logger }
+// The group is added to a message when it is logged (a logger made
+// with it at every wake of a group allocated on every wake).
+type crdtLogger struct {
+	l     *slog.Logger
+	group string
+}
 
 func (c crdtLogger) log(level slog.Level, args []any) {
 	if c.l.Enabled(context.Background(), level) {
-		c.l.Log(context.Background(), level, fmt.Sprint(args...))
+		c.l.Log(context.Background(), level, fmt.Sprint(args...), "group", c.group)
 	}
 }
 
 func (c crdtLogger) logf(level slog.Level, format string, args []any) {
 	if c.l.Enabled(context.Background(), level) {
-		c.l.Log(context.Background(), level, fmt.Sprintf(format, args...))
+		c.l.Log(context.Background(), level, fmt.Sprintf(format, args...), "group", c.group)
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 
 	ds "github.com/ipfs/go-datastore"
 	"github.com/ipfs/go-datastore/query"
+	godscrdt "github.com/ipfs/go-ds-crdt"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
@@ -49,6 +50,9 @@ type Manager struct {
 	unclean bool
 	// notifiee triggers catch-up when a peer connects.
 	notifiee *network.NotifyBundle
+	// replicaOptions are go-ds-crdt's options for every replica, less
+	// the logger and the hooks (Group.open).
+	replicaOptions *godscrdt.Options
 
 	// exchanges holds the last anti-entropy result per group and member.
 	exchanges exchanges
@@ -136,6 +140,7 @@ func NewManager(ctx context.Context, cfg Config) (*Manager, error) {
 	m.awake, m.wakeup = newAwakeSet(), make(chan struct{}, 1)
 	m.links = links{m: m, by: map[peer.ID]*link{}}
 	m.metrics = newMetrics(reg, m)
+	m.replicaOptions = replicaOptions(cfg)
 
 	clean, err := cfg.Datastore.Has(ctx, cleanKey)
 	if err != nil {
