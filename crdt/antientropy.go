@@ -461,6 +461,13 @@ type mergedCount struct {
 	n     int
 }
 
+// none reports whether the group is known to have merged no node here.
+func (c *mergedCount) none() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.known && c.n == 0
+}
+
 // set records a count known by other means (forgetProcessed: 0).
 func (c *mergedCount) set(n int) {
 	c.mu.Lock()

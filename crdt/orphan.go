@@ -61,6 +61,12 @@ const orphanRewalkEvery = time.Minute
 // not cached is a datastore scan (the heads first, at every
 // announcement, were 1.5 % of the CPU of 100 sites × 20,000 writes).
 func (g *Group) orphaned(ctx context.Context, heads []cid.Cid) (orphan, marked bool) {
+	if len(heads) > 0 && g.mergedNodes.none() {
+		// A group that merged no node here marks none: at 100 sites most
+		// announcements are a new group's first (the reads of the marks
+		// here were 2 % of the CPU of 100 × 100,000 writes).
+		return false, false
+	}
 	var ours []cid.Cid
 	read := false
 	marked = true

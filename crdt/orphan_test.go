@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/ipfs/boxo/blockstore"
+	blocks "github.com/ipfs/go-block-format"
+	"github.com/ipfs/go-cid"
 	"github.com/ipfs/go-datastore/namespace"
 )
 
@@ -138,4 +140,38 @@ func pairWithAFirstWrite(t *testing.T) *testNet {
 	}
 	eventually(t, 10*time.Second, "b has k0", func() error { return hasValue(n.sites["b"], ab, "/k0", "v0") })
 	return n
+}
+
+// A group that has merged no node here has no mark to read: the
+// announcement of a new group's first delta is checked without a read of
+// the store, and found neither orphaned nor merged; once the group has
+// merged a node, the marks are read again.
+func TestNoMarkReadInAGroupThatMergedNothing(t *testing.T) {
+	n := newNet(t, "a", "b")
+	n.startAll("a", "b")
+	b := n.sites["b"]
+	ctx := context.Background()
+	sites := []string{"a", "b"}
+	g, err := b.m.join(ctx, sites)
+	if err != nil {
+		t.Fatal(err)
+	}
+	head := blocks.NewBlock([]byte("a delta of a")).Cid()
+	before := b.disk.has.Load()
+	if orphan, marked := g.orphaned(ctx, []cid.Cid{head}); orphan || marked {
+		t.Fatalf("a head announced to a group that merged nothing: orphan %v, marked %v", orphan, marked)
+	}
+	if reads := b.disk.has.Load() - before; reads != 0 {
+		t.Fatalf("%d reads of the store for a group that merged nothing", reads)
+	}
+	if err := b.m.Put(ctx, sites, "k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	before = b.disk.has.Load()
+	if orphan, marked := g.orphaned(ctx, []cid.Cid{head}); orphan || marked {
+		t.Fatalf("after a write: orphan %v, marked %v", orphan, marked)
+	}
+	if b.disk.has.Load() == before {
+		t.Fatal("the mark of a head was not read once the group had merged a node")
+	}
 }
