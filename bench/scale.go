@@ -276,8 +276,8 @@ type IdleBatchFigures struct {
 	HeapPerGroupMemberMin float64 `json:"heap_per_group_member_min_bytes"`
 	HeapPerGroupMemberMax float64 `json:"heap_per_group_member_max_bytes"`
 	// GoroutinesPerGroup counts the goroutines running a group's code
-	// (groupGoroutines: go-ds-crdt's, the crdt package's Group and
-	// replica), the verdict; ProcessGoroutinesPerGroup all the process's,
+	// (groupGoroutines: go-ds-crdt's, the crdt package's Group, replica
+	// and block exchange), the verdict; ProcessGoroutinesPerGroup all the process's,
 	// the connections' included (one full profile of three at 100 sites
 	// read 0.07 there, 350 goroutines more in the second window than in
 	// the first, before the two were told apart).

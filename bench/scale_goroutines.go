@@ -14,8 +14,8 @@ import (
 // go-ds-crdt's (a replica's workers, its rebroadcast and repair timers,
 // a DAG walk) and the crdt package's per group (a commit, a repair run,
 // a rewalk, a frontier check: methods of Group and replica and the
-// closures they start).
-var groupFrames = []string{"github.com/ipfs/go-ds-crdt.", "cheops/crdt.(*Group).", "cheops/crdt.(*replica)."}
+// closures they start; a fetch of the group's blocks, its exchange).
+var groupFrames = []string{"github.com/ipfs/go-ds-crdt.", "cheops/crdt.(*Group).", "cheops/crdt.(*replica).", "cheops/crdt.exchange."}
 
 // groupGoroutines counts the goroutines running a group's code
 // (groupFrames anywhere on their stack), read from the runtime's

@@ -235,7 +235,7 @@ func (r *ScaleResult) Table(out io.Writer) {
 			"its groups are drawn among the pairs of sites the first batch already shares, so that what a site keeps per peer it shares groups with is not charged to them (2nd new: pairs it added all the same, when too few such site sets were left); "+
 			"1st: the first batch since before any group, which holds the process's one-time growth (goroutine descriptors kept after the writes' burst, pebble's WAL buffers, maps growing).\n"+
 			"heap: live heap after a collection (the smaller of two), the smallest reading less the first batch's smallest; readings: the smallest and largest growth of a reading over the first batch's at the same point (1st: over the heap before any group).")
-		fmt.Fprintln(out, "goroutines: the fewest of the readings, of those running a group's code (go-ds-crdt's, the crdt package's Group and replica, read from the goroutine profile; the verdict), and of the process (the connections' included: they come and go with the peers, not the groups).")
+		fmt.Fprintln(out, "goroutines: the fewest of the readings, of those running a group's code (go-ds-crdt's, the crdt package's Group, replica and block exchange, read from the goroutine profile; the verdict), and of the process (the connections' included: they come and go with the peers, not the groups).")
 		fmt.Fprintln(out, "group messages: stream bytes of the crdt protocols whose every message names a group (links, blocks): the groups' own periodic work.\n"+
 			"anti-entropy: stream bytes of its rounds, one summary of every group two sites share, per pair of sites sharing an idle group (no target: a cost per peer, not per group).\n"+
 			"Membership's probes are left out (their jitter on the same hosts exceeds the groups' share).")
