@@ -280,7 +280,6 @@ func (g *Group) awake() *replica {
 	return g.rep
 }
 
-// open starts the group's go-ds-crdt replica. Called with g.mu held.
 // replicaOptions are go-ds-crdt's options for the replicas of a
 // manager configured with cfg, less the logger and the hooks.
 func replicaOptions(cfg Config) *crdt.Options {
@@ -294,6 +293,7 @@ func replicaOptions(cfg Config) *crdt.Options {
 	return opts
 }
 
+// open starts the group's go-ds-crdt replica. Called with g.mu held.
 func (g *Group) open() (*replica, error) {
 	m := g.m
 	r := &replica{g: g, kick: make(chan struct{}, 1)}

@@ -10,8 +10,8 @@ import (
 // info messages are chatty (one per processed head): they go to debug.
 // Messages are formatted only when their level is enabled: go-ds-crdt
 // logs once per processed block.
-// The group is added to a message when it is logged (a logger made
-// with it at every wake of a group allocated on every wake).
+// The group is added to each message as it is logged: a logger made
+// with it allocated at every wake.
 type crdtLogger struct {
 	l     *slog.Logger
 	group string
