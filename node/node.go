@@ -307,6 +307,8 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		},
 	})
 	if err := n.listen(requested, dialer); err != nil {
+		stopLoops()
+		n.sub.Cancel()
 		return nil, err
 	}
 	for _, a := range cfg.Peers {
