@@ -107,6 +107,11 @@ type ScaleOptions struct {
 	// list the entries it lacks (BenchmarkScaleWrites logs them); a
 	// profile describes only the scoped workload's.
 	listMissing bool
+	// converged, when set, is called once, as soon as the watchers'
+	// counts say every site holds its entries: where the CPU per write
+	// stops counting, before the scan that confirms it (which wakes
+	// every group at every site, the benchmark's work).
+	converged func()
 }
 
 // ScaleProfile is the quick profile (`make bench`, under 2 minutes) or

@@ -131,6 +131,10 @@ func (ss *scaleSites) workload(ctx context.Context, log *slog.Logger, scopes [][
 			return example
 		}
 		at, cpuAt := time.Now(), SelfCPU()
+		if opt.converged != nil {
+			opt.converged()
+			opt.converged = nil
+		}
 		for i, s := range ss.sites {
 			if got := countPrefix(ctx, s, entryPrefixes[space]); int64(got) < want[i].Load() {
 				log.Info("scale: a scan found entries missing", "after_last_write", time.Since(end).Round(time.Millisecond), "scan_took", time.Since(at).Round(time.Millisecond),
