@@ -243,12 +243,12 @@ func BenchmarkScaleWrites(b *testing.B) {
 			ss.close(log)
 			b.Fatal(err)
 		}
+		counters0 := crdtCounters(ss)
 		memProfile := os.Getenv("CHEOPS_SCALE_MEMPROFILE")
 		writeHeapProfile(b, memProfile, ".before")
 		stopProfile := startCPUProfile(b, os.Getenv("CHEOPS_SCALE_CPUPROFILE"))
 		stopMidWrite := profileMidWrite(b, envDuration("CHEOPS_SCALE_PROFILE_AT", 5*time.Second),
 			os.Getenv("CHEOPS_SCALE_GOROUTINEPROFILE"), os.Getenv("CHEOPS_SCALE_TRACE"))
-		counters0 := crdtCounters(ss)
 		alloc0 := allocatedBytes()
 		// The profiles, the bytes allocated and the counters cover what
 		// the CPU per write counts: the writes until the watchers say
@@ -258,9 +258,9 @@ func BenchmarkScaleWrites(b *testing.B) {
 		var counters map[string]float64
 		opt.converged = func() {
 			allocated = allocatedBytes() - alloc0
-			counters = crdtCounters(ss)
 			stopProfile()
 			writeHeapProfile(b, memProfile, "")
+			counters = crdtCounters(ss) // a scrape of every site: not in the profiles
 		}
 		b.StartTimer()
 		stopWatch := ss.watchLoad(progress, "writes and convergence", 5*time.Second)

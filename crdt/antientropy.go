@@ -359,6 +359,7 @@ type groupDigest struct {
 	// sleep; cids are then its heads.
 	asleep bool
 	cids   []cid.Cid
+	height uint64 // the greatest height of cids
 }
 
 // sleepingHeads returns the heads of a sleeping group as its digest
@@ -387,10 +388,16 @@ func (g *Group) digest(ctx context.Context) groupDigest {
 		return *last
 	}
 	asleep := g.awake() == nil
-	heads := g.knownHeads(ctx)
+	var heads []cid.Cid
+	var height uint64
+	if asleep {
+		heads, height = g.storedHeads(ctx)
+	} else {
+		heads = g.knownHeads(ctx)
+	}
 	d := groupDigest{active: active, heads: headsDigestOf(heads), processed: g.processedCount(ctx), asleep: asleep}
 	if asleep {
-		d.cids = heads
+		d.cids, d.height = heads, height
 	}
 	if d.processed >= 0 && g.active.Load() == active && (!asleep || g.awake() == nil) {
 		g.lastDigest.Store(&d)

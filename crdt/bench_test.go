@@ -382,3 +382,46 @@ func BenchmarkIdleGroupCost(b *testing.B) {
 		n.stop("a", true)
 	}
 }
+
+// BenchmarkScrape measures one Prometheus scrape of a site in many
+// groups, each asleep with one write in it: site a of 16 joins every
+// group of 2 to 4 of them that names it (575 groups). It reports the
+// series the scrape returned and the datastore reads it made.
+func BenchmarkScrape(b *testing.B) {
+	names := make([]string, 16)
+	for i := range names {
+		names[i] = string(rune('a' + i))
+	}
+	n := newNet(b, names...)
+	n.tune = func(c *Config) { c.IdleAfter = time.Hour }
+	a := n.start("a")
+	ctx := context.Background()
+	groups := siteSets(names, func(sites []string) bool {
+		return len(sites) >= 2 && len(sites) <= 4 && sites[0] == "a"
+	})
+	for i, sites := range groups {
+		if err := a.m.Put(ctx, sites, fmt.Sprintf("/k/%d", i), []byte("v")); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for _, g := range a.m.Groups() {
+		if !g.sleep(ctx, time.Now()) {
+			b.Fatalf("group {%s} did not go to sleep", g.name)
+		}
+	}
+	var series int
+	queries0, has0 := a.disk.queries.Load(), a.disk.has.Load()
+	for b.Loop() {
+		families, err := a.reg.Gather()
+		if err != nil {
+			b.Fatal(err)
+		}
+		series = 0
+		for _, f := range families {
+			series += len(f.GetMetric())
+		}
+	}
+	b.ReportMetric(float64(series), "series")
+	b.ReportMetric(float64(a.disk.queries.Load()-queries0)/float64(b.N), "queries/scrape")
+	b.ReportMetric(float64(a.disk.has.Load()-has0)/float64(b.N), "has/scrape")
+}

@@ -447,7 +447,8 @@ func (g *Group) closeLocked() {
 	// The replica is idle: its heads in memory are those it stored. They
 	// are kept as the sleeping group's digest (digest).
 	ctx := g.m.ctx
-	heads := g.rep.store.InternalStats(ctx).Heads
+	st := g.rep.store.InternalStats(ctx)
+	heads := st.Heads
 	if err := g.rep.close(); err != nil {
 		g.m.log.Warn("close an idle group", "group", g.name, "err", err)
 	}
@@ -469,7 +470,7 @@ func (g *Group) closeLocked() {
 		return
 	}
 	if n := g.processedCount(ctx); n >= 0 {
-		g.lastDigest.Store(&groupDigest{active: g.active.Load(), heads: headsDigestOf(heads), processed: n, asleep: true, cids: heads})
+		g.lastDigest.Store(&groupDigest{active: g.active.Load(), heads: headsDigestOf(heads), processed: n, asleep: true, cids: heads, height: st.MaxHeight})
 	}
 }
 
@@ -739,11 +740,20 @@ type groupStats struct {
 	asleep bool
 }
 
-// stats reads the replica's figures, from the datastore while it sleeps.
+// stats reads the replica's figures; a sleeping group's are those its
+// digest keeps (read from the datastore once per sleep at most, as
+// anti-entropy reads them): a scrape of a site in thousands of groups
+// reads none of them from the datastore. heads is not to be modified.
 func (g *Group) stats(ctx context.Context) groupStats {
-	if r := g.awake(); r != nil {
-		st := r.store.InternalStats(ctx)
-		return groupStats{heads: st.Heads, height: st.MaxHeight, queued: st.QueuedJobs, dirty: r.store.IsDirty(ctx)}
+	for range 3 {
+		if r := g.awake(); r != nil {
+			st := r.store.InternalStats(ctx)
+			return groupStats{heads: st.Heads, height: st.MaxHeight, queued: st.QueuedJobs, dirty: r.store.IsDirty(ctx)}
+		}
+		if d := g.digest(ctx); d.asleep {
+			return groupStats{heads: d.cids, height: d.height, dirty: g.dirty(ctx), asleep: true}
+		}
+		// Woken while its digest was read: read it awake.
 	}
 	heads, height := g.storedHeads(ctx)
 	return groupStats{heads: heads, height: height, dirty: g.dirty(ctx), asleep: true}

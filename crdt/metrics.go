@@ -105,7 +105,7 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 		blockBytesSent:     bySite("block_bytes_sent_total", "Bytes of DAG blocks sent over the block protocol, by receiving site."),
 		blockBytesReceived: bySite("block_bytes_received_total", "Bytes of DAG blocks received over the block protocol, by sending site."),
 		lastSync: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "cheops_crdt_last_sync_timestamp_seconds",
-			Help: "When this site last received heads or blocks from a site (any group: a per-group series would grow with the groups; `cheops status` shows each group's exchanges)."}, []string{"site"}),
+			Help: "When this site last received heads or blocks from a site (any group: a per-group series would grow with the groups; `cheops catalog status` shows each group's exchanges)."}, []string{"site"}),
 		changeDelay: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "cheops_crdt_change_delivery_seconds",
 			Help:    "Time from a key's change in a group's store to its delivery to the watchers (the catalog's view): how far the view lags behind the store.",
 			Buckets: []float64{0.001, 0.005, 0.02, 0.1, 0.5, 1, 2, 5, 10}}),
@@ -113,57 +113,112 @@ func newMetrics(reg prometheus.Registerer, m *Manager) *metrics {
 	reg.MustRegister(x.digestMismatches, x.lagRepairs, x.refused, x.malformed, x.repairs, x.repairFailures, x.fetches, x.fetchRetries, x.fetching,
 		x.blocksFetched, x.duplicateBlocks, x.blocksSent, x.headsPushed, x.broadcasts, x.linkDrops, x.queueDrops, x.linkResends, x.pushesCoalesced, x.wakes, x.sleeps, x.evictions, x.deferred, x.rewalks, x.seedWaits, x.redundantHeads, x.unmergedHeads, x.commits, x.committedWrites, x.digestRounds, x.digestDeferred, x.digestRoundsDeferred, x.digestRoundsAnswered,
 		x.broadcastBytesSent, x.inlineBlocksSent, x.inlineBlocksReceived, x.broadcastBytesReceived,
-		x.blockBytesSent, x.blockBytesReceived, x.lastSync, x.changeDelay, groupCollector{m})
+		x.blockBytesSent, x.blockBytesReceived, x.lastSync, x.changeDelay, groupCollector{m: m, max: maxListedGroups})
 	return x
 }
 
-// groupCollector reads every group's DAG statistics at scrape time.
-type groupCollector struct{ m *Manager }
+// groupCollector reads the groups' state at scrape time. A site in
+// thousands of groups (~2,500 each at 100 sites × 100,000 resources)
+// pays for a scrape neither a datastore read per group nor a series per
+// group: it counts every group in a few gauges, and gives the
+// per-group series only of the groups in trouble (more than one head,
+// blocks queued, a repair due, or heads that differed from a member's at
+// the last exchange), the first max of them by name. `cheops catalog status`
+// shows any group whole.
+type groupCollector struct {
+	m   *Manager
+	max int
+}
+
+// maxListedGroups is how many groups in trouble a scrape lists one by
+// one: enough to name those to look at, bounded when a partition leaves
+// every group written during it different from its members'.
+const maxListedGroups = 100
 
 var (
-	descGroups = prometheus.NewDesc("cheops_crdt_groups", "Replication groups this site has joined.", nil, nil)
-	descAwake  = prometheus.NewDesc("cheops_crdt_groups_awake", "Joined groups whose replica is open (the others sleep: no goroutine, no timer).", nil, nil)
-	descHeads  = prometheus.NewDesc("cheops_crdt_group_heads", "Heads of the group's DAG (more than one: concurrent writes not merged yet).", []string{"group"}, nil)
-	descHeight = prometheus.NewDesc("cheops_crdt_group_height", "Highest DAG height of the group.", []string{"group"}, nil)
-	descQueued = prometheus.NewDesc("cheops_crdt_group_queued_jobs", "DAG blocks queued for processing in the group.", []string{"group"}, nil)
-	descDirty  = prometheus.NewDesc("cheops_crdt_group_dirty", "1 while the group's replica waits for a repair.", []string{"group"}, nil)
-	descMatch  = prometheus.NewDesc("cheops_crdt_group_digest_match", "1 when the group's heads equalled the member's at the last anti-entropy exchange, 0 when they differed.", []string{"group", "site"}, nil)
+	descGroups   = prometheus.NewDesc("cheops_crdt_groups", "Replication groups this site has joined.", nil, nil)
+	descAwake    = prometheus.NewDesc("cheops_crdt_groups_awake", "Joined groups whose replica is open (the others sleep: no goroutine, no timer).", nil, nil)
+	descUnmerged = prometheus.NewDesc("cheops_crdt_groups_unmerged", "Joined groups with more than one head (concurrent writes not merged yet).", nil, nil)
+	descDiverged = prometheus.NewDesc("cheops_crdt_groups_diverged", "Joined groups whose heads differed from a member's at the last anti-entropy exchange with it.", nil, nil)
+	descDirtyAll = prometheus.NewDesc("cheops_crdt_groups_dirty", "Joined groups whose replica waits for a repair.", nil, nil)
+	descQueueAll = prometheus.NewDesc("cheops_crdt_queued_jobs", "DAG blocks queued for processing, in every group.", nil, nil)
+	descHeads    = prometheus.NewDesc("cheops_crdt_group_heads", "Heads of a group in trouble's DAG (more than one: concurrent writes not merged yet).", []string{"group"}, nil)
+	descHeight   = prometheus.NewDesc("cheops_crdt_group_height", "Highest DAG height of a group in trouble.", []string{"group"}, nil)
+	descQueued   = prometheus.NewDesc("cheops_crdt_group_queued_jobs", "DAG blocks queued for processing in a group in trouble.", []string{"group"}, nil)
+	descDirty    = prometheus.NewDesc("cheops_crdt_group_dirty", "1 while a group in trouble's replica waits for a repair.", []string{"group"}, nil)
+	descMatch    = prometheus.NewDesc("cheops_crdt_group_digest_match", "1 when a group in trouble's heads equalled the member's at the last anti-entropy exchange, 0 when they differed.", []string{"group", "site"}, nil)
 )
 
 func (c groupCollector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- descGroups
-	ch <- descAwake
-	ch <- descHeads
-	ch <- descHeight
-	ch <- descQueued
-	ch <- descDirty
-	ch <- descMatch
+	for _, d := range []*prometheus.Desc{descGroups, descAwake, descUnmerged, descDiverged, descDirtyAll, descQueueAll, descHeads, descHeight, descQueued, descDirty, descMatch} {
+		ch <- d
+	}
 }
 
 func (c groupCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	groups := c.m.Groups()
-	ch <- prometheus.MustNewConstMetric(descGroups, prometheus.GaugeValue, float64(len(groups)))
-	ch <- prometheus.MustNewConstMetric(descAwake, prometheus.GaugeValue, float64(c.m.Awake()))
+	var unmerged, diverged, dirty, queued int
+	type listed struct {
+		g  *Group
+		st groupStats
+	}
+	var trouble []listed
 	for _, g := range groups {
 		st := g.stats(ctx)
-		ch <- prometheus.MustNewConstMetric(descHeads, prometheus.GaugeValue, float64(len(st.heads)), g.name)
-		ch <- prometheus.MustNewConstMetric(descHeight, prometheus.GaugeValue, float64(st.height), g.name)
-		ch <- prometheus.MustNewConstMetric(descQueued, prometheus.GaugeValue, float64(st.queued), g.name)
-		dirty := 0.0
-		if st.dirty {
-			dirty = 1
+		differs := c.differs(g)
+		if len(st.heads) > 1 {
+			unmerged++
 		}
-		ch <- prometheus.MustNewConstMetric(descDirty, prometheus.GaugeValue, dirty, g.name)
-		for _, p := range g.peers {
-			if e, ok := c.m.exchanges.get(g, p); ok {
-				match := 0.0
-				if e.Match {
-					match = 1
-				}
-				ch <- prometheus.MustNewConstMetric(descMatch, prometheus.GaugeValue, match, g.name, c.m.siteOf(p))
+		if differs {
+			diverged++
+		}
+		if st.dirty {
+			dirty++
+		}
+		queued += st.queued
+		if (len(st.heads) > 1 || differs || st.dirty || st.queued > 0) && len(trouble) < c.max {
+			trouble = append(trouble, listed{g, st})
+		}
+	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	gauge(descGroups, float64(len(groups)))
+	gauge(descAwake, float64(c.m.Awake()))
+	gauge(descUnmerged, float64(unmerged))
+	gauge(descDiverged, float64(diverged))
+	gauge(descDirtyAll, float64(dirty))
+	gauge(descQueueAll, float64(queued))
+	for _, t := range trouble {
+		name := t.g.name
+		gauge(descHeads, float64(len(t.st.heads)), name)
+		gauge(descHeight, float64(t.st.height), name)
+		gauge(descQueued, float64(t.st.queued), name)
+		gauge(descDirty, boolGauge(t.st.dirty), name)
+		for _, p := range t.g.peers {
+			if e, ok := c.m.exchanges.get(t.g, p); ok {
+				gauge(descMatch, boolGauge(e.Match), name, c.m.siteOf(p))
 			}
 		}
 	}
+}
+
+// differs reports whether g's heads differed from a member's at their
+// last exchange.
+func (c groupCollector) differs(g *Group) bool {
+	for _, p := range g.peers {
+		if e, ok := c.m.exchanges.get(g, p); ok && !e.Match {
+			return true
+		}
+	}
+	return false
+}
+
+func boolGauge(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
