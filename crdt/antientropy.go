@@ -390,8 +390,9 @@ func (g *Group) digest(ctx context.Context) groupDigest {
 	asleep := g.awake() == nil
 	var heads []cid.Cid
 	var height uint64
+	var err error
 	if asleep {
-		heads, height = g.storedHeads(ctx)
+		heads, height, err = g.storedHeads(ctx)
 	} else {
 		heads = g.knownHeads(ctx)
 	}
@@ -399,7 +400,9 @@ func (g *Group) digest(ctx context.Context) groupDigest {
 	if asleep {
 		d.cids, d.height = heads, height
 	}
-	if d.processed >= 0 && g.active.Load() == active && (!asleep || g.awake() == nil) {
+	// Kept only if read whole (not cut short by ctx, say a scrape's
+	// deadline) and still true.
+	if err == nil && d.processed >= 0 && g.active.Load() == active && (!asleep || g.awake() == nil) {
 		g.lastDigest.Store(&d)
 	}
 	return d

@@ -164,7 +164,7 @@ func (g *Group) checkFrontierLater() {
 			g.mu.Unlock()
 			return
 		}
-		heads, _ := g.storedHeads(ctx)
+		heads, _, _ := g.storedHeads(ctx)
 		_, repair := g.frontierCheck(ctx, heads)
 		g.lastDigest.Store(nil)
 		g.mu.Unlock()

@@ -699,25 +699,25 @@ func (g *Group) knownHeads(ctx context.Context) []cid.Cid {
 	if heads, ok := g.sleepingHeads(); ok {
 		return slices.Clone(heads)
 	}
-	heads, _ := g.storedHeads(ctx)
+	heads, _, _ := g.storedHeads(ctx)
 	return heads
 }
 
 // storedHeads reads the heads go-ds-crdt v0.6 keeps under its "h"
 // namespace (key: the head's CID, value: its height as a uvarint), and
-// the greatest height.
-func (g *Group) storedHeads(ctx context.Context) ([]cid.Cid, uint64) {
+// the greatest height. On an error, what was read before it.
+func (g *Group) storedHeads(ctx context.Context) ([]cid.Cid, uint64, error) {
 	prefix := g.crdtPrefix().ChildString(headsNamespace).String()
 	res, err := g.m.cfg.Datastore.Query(ctx, query.Query{Prefix: prefix})
 	if err != nil {
-		return nil, 0
+		return nil, 0, fmt.Errorf("read the heads of {%s}: %w", g.name, err)
 	}
 	defer res.Close()
 	var heads []cid.Cid
 	var height uint64
 	for r := range res.Next() {
 		if r.Error != nil {
-			return heads, height
+			return heads, height, fmt.Errorf("read the heads of {%s}: %w", g.name, r.Error)
 		}
 		c, err := dshelp.DsKeyToCidV1(ds.NewKey(strings.TrimPrefix(r.Key, prefix)), cid.DagProtobuf)
 		if err != nil {
@@ -728,7 +728,7 @@ func (g *Group) storedHeads(ctx context.Context) ([]cid.Cid, uint64) {
 			height = h
 		}
 	}
-	return heads, height
+	return heads, height, nil
 }
 
 // groupStats is what operators and metrics see of a group's replica.
@@ -755,7 +755,7 @@ func (g *Group) stats(ctx context.Context) groupStats {
 		}
 		// Woken while its digest was read: read it awake.
 	}
-	heads, height := g.storedHeads(ctx)
+	heads, height, _ := g.storedHeads(ctx)
 	return groupStats{heads: heads, height: height, dirty: g.dirty(ctx), asleep: true}
 }
 

@@ -119,3 +119,32 @@ func labelValues(m *dto.Metric) []string {
 	}
 	return v
 }
+
+// TestHeadsReadThatFailsAreNotKept: a sleeping group's digest read from
+// the datastore is kept for the next rounds and scrapes only if the read
+// succeeded; one cut short (a failing store, a scrape's deadline) would
+// otherwise stand for the group's heads until it next woke.
+func TestHeadsReadThatFailsAreNotKept(t *testing.T) {
+	n := newNet(t, "a", "b")
+	n.tune = func(c *Config) { c.IdleAfter = time.Hour }
+	a := n.start("a")
+	ctx := context.Background()
+	if err := a.m.Put(ctx, []string{"a", "b"}, "/k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	g, err := a.m.existing([]string{"a", "b"})
+	if err != nil || g == nil || !g.sleep(ctx, time.Now()) {
+		t.Fatalf("group {a,b} not asleep: %v", err)
+	}
+	if heads, ok := g.sleepingHeads(); !ok || len(heads) != 1 {
+		t.Fatalf("asleep with heads %v (kept: %v), want one kept", heads, ok)
+	}
+	g.lastDigest.Store(nil) // as after a restart: read from the store when needed
+	a.disk.crash()
+	if d := g.digest(ctx); len(d.cids) != 0 {
+		t.Fatalf("heads read from a failing store: %v", d.cids)
+	}
+	if heads, ok := g.sleepingHeads(); ok {
+		t.Errorf("a failed read was kept as the group's heads: %v", heads)
+	}
+}
