@@ -142,11 +142,11 @@ var (
 	descDiverged = prometheus.NewDesc("cheops_crdt_groups_diverged", "Joined groups whose heads differed from a member's at the last anti-entropy exchange with it.", nil, nil)
 	descDirtyAll = prometheus.NewDesc("cheops_crdt_groups_dirty", "Joined groups whose replica waits for a repair.", nil, nil)
 	descQueueAll = prometheus.NewDesc("cheops_crdt_queued_jobs", "DAG blocks queued for processing, in every group.", nil, nil)
-	descHeads    = prometheus.NewDesc("cheops_crdt_group_heads", "Heads of a group in trouble's DAG (more than one: concurrent writes not merged yet).", []string{"group"}, nil)
-	descHeight   = prometheus.NewDesc("cheops_crdt_group_height", "Highest DAG height of a group in trouble.", []string{"group"}, nil)
-	descQueued   = prometheus.NewDesc("cheops_crdt_group_queued_jobs", "DAG blocks queued for processing in a group in trouble.", []string{"group"}, nil)
-	descDirty    = prometheus.NewDesc("cheops_crdt_group_dirty", "1 while a group in trouble's replica waits for a repair.", []string{"group"}, nil)
-	descMatch    = prometheus.NewDesc("cheops_crdt_group_digest_match", "1 when a group in trouble's heads equalled the member's at the last anti-entropy exchange, 0 when they differed.", []string{"group", "site"}, nil)
+	descHeads    = prometheus.NewDesc("cheops_crdt_group_heads", "Heads of the group's DAG (more than one: concurrent writes not merged yet); for groups in trouble only.", []string{"group"}, nil)
+	descHeight   = prometheus.NewDesc("cheops_crdt_group_height", "Highest DAG height of the group; for groups in trouble only.", []string{"group"}, nil)
+	descQueued   = prometheus.NewDesc("cheops_crdt_group_queued_jobs", "DAG blocks queued for processing in the group; for groups in trouble only.", []string{"group"}, nil)
+	descDirty    = prometheus.NewDesc("cheops_crdt_group_dirty", "1 while the group's replica waits for a repair; for groups in trouble only.", []string{"group"}, nil)
+	descMatch    = prometheus.NewDesc("cheops_crdt_group_digest_match", "1 when the group's heads equalled the member's at the last anti-entropy exchange, 0 when they differed; for groups in trouble only.", []string{"group", "site"}, nil)
 )
 
 func (c groupCollector) Describe(ch chan<- *prometheus.Desc) {
