@@ -758,9 +758,9 @@ func (m *Manager) antiEntropyLoop() {
 	// lossRound starts a round with p now, or once its running round
 	// ends, if p is connected (a member cut off is caught up with when
 	// it connects), and no round with p started within the last
-	// DigestInterval / lossRoundsPerInterval: a loss that repeats (a store that fails every receive) must not
-	// chain rounds back to back; its mark has the group compared at the
-	// pair's next round.
+	// DigestInterval / lossRoundsPerInterval: a loss that repeats (a
+	// store that fails every receive) must not chain rounds back to
+	// back; its mark has the group compared at the pair's next round.
 	lossRound := func(p peer.ID) {
 		if m.cfg.Host.Network().Connectedness(p) != network.Connected {
 			return
