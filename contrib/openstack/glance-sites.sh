@@ -3,7 +3,7 @@
 #
 #   glance-sites.sh install             # Debian: glance-api, python3-openstackclient (root)
 #   glance-sites.sh start DIR N [PORT]  # sites a, b, c, … on PORT, PORT+1, … (default 9292)
-#   glance-sites.sh stop DIR [NAME…]    # stops what start started in DIR (only the named sites: a b …)
+#   glance-sites.sh stop DIR [NAME…]    # stops what start started in DIR (only the named sites: a b …), returns once they exited
 #
 # start prints one line per site, NAME=URL, and leaves them in DIR/sites.
 # Each site has its own directory DIR/NAME: glance-api.conf, an sqlite
@@ -87,7 +87,8 @@ start() {
 		else
 			cp "$root/a/glance.sqlite" "$dir/glance.sqlite"
 		fi
-		glance-api --config-file "$dir/glance-api.conf" >"$dir/stdout.log" 2>&1 &
+		# A process group of its own (its pid), which stop waits on.
+		setsid glance-api --config-file "$dir/glance-api.conf" >"$dir/stdout.log" 2>&1 &
 		echo $! >"$dir/pid"
 		echo "$name=http://127.0.0.1:$p" >>"$root/sites"
 	done
@@ -115,15 +116,43 @@ stop() {
 		local name
 		for name in "$@"; do pidfiles+=("$root/$name/pid"); done
 	fi
+	local groups=()
 	for pidfile in "${pidfiles[@]}"; do
 		[ -e "$pidfile" ] || continue
 		local pid
 		pid=$(cat "$pidfile")
-		# glance-api forks its worker: end the parent's children, then it.
-		pkill -TERM -P "$pid" 2>/dev/null || true
+		# The parent ends its worker. (Ending the worker first would
+		# have the parent fork another, left behind.)
 		kill "$pid" 2>/dev/null || true
+		groups+=("$pid")
 		rm -f "$pidfile"
 	done
+	# Return once every process of theirs has exited, so that the caller
+	# may remove DIR: a Glance still shutting down writes its log, sqlite
+	# journal or staging files into it. 20 s, then KILL.
+	local deadline=$((SECONDS + 20))
+	while running "${groups[@]}"; do
+		if ((SECONDS > deadline)); then
+			for pid in "${groups[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
+			deadline=$((SECONDS + 5))
+			while running "${groups[@]}" && ((SECONDS <= deadline)); do sleep 0.1; done
+			return 0
+		fi
+		sleep 0.1
+	done
+}
+
+# running PGID… succeeds while a process of one of the process groups
+# runs (a zombie, ended but not reaped by its new parent, does not count).
+running() {
+	(($# > 0)) || return 1
+	local pgid stat want=" $* "
+	while read -r pgid stat; do
+		if [[ $want == *" $pgid "* && $stat != Z* ]]; then
+			return 0
+		fi
+	done < <(ps -e -o pgid=,stat=)
+	return 1
 }
 
 case ${1:-} in
