@@ -72,8 +72,7 @@ func TestAgentCrashRestartStop(t *testing.T) {
 		t.Fatalf("id while running: %s, want %s", got, berlinID)
 	}
 
-	berlin.cmd.Process.Kill()
-	berlin.cmd.Wait()
+	berlin.end(os.Kill, 0)
 	// --probe-interval 200ms, --probe-timeout 1s, down after 4 misses.
 	cfg := node.DefaultConfig()
 	cfg.ProbeInterval, cfg.ProbeTimeout = 200*time.Millisecond, time.Second
@@ -89,15 +88,12 @@ func TestAgentCrashRestartStop(t *testing.T) {
 	if err := berlin.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- berlin.cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("SIGTERM: %v\n%s", err, berlin.stderr.String())
-		}
-	case <-time.After(20 * time.Second):
+	exited, err := berlin.waitExit(20 * time.Second)
+	if !exited {
 		t.Fatal("berlin did not stop on SIGTERM")
+	}
+	if err != nil {
+		t.Fatalf("SIGTERM: %v\n%s", err, berlin.stderr.String())
 	}
 	for _, f := range []string{agent.AddrsFile, agent.APIFile, "lock"} {
 		if _, err := os.Stat(filepath.Join(berlinData, f)); f != "lock" && !os.IsNotExist(err) {

@@ -160,12 +160,8 @@ func TestAttachKilledBetweenCopyAndStamp(t *testing.T) {
 		os.Unsetenv(replica.FailpointEnv)
 		agents["rome"] = rome
 		upEverywhere(name + ": rome up with the failpoint")
-		exited := make(chan struct{})
-		go func() { rome.cmd.Wait(); close(exited) }()
 		status, body, err := attachVia(paris.api, gid, "rome")
-		select {
-		case <-exited:
-		case <-time.After(30 * time.Second):
+		if exited, _ := rome.waitExit(30 * time.Second); !exited {
 			t.Fatalf("%s: rome did not reach the failpoint; the attach answered %d %s %v", name, status, body, err)
 		}
 		if code := rome.cmd.ProcessState.ExitCode(); code != -1 {

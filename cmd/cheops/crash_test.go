@@ -39,8 +39,7 @@ func TestKilledBetweenExecuteAndRecord(t *testing.T) {
 	romeArgs := []string{"--trust", parisID, "--peer", paris.addr(t), "--service", "posts=" + romeApp}
 	rome := startAgent(t, "rome", romeData, romeArgs...)
 	testkit.Eventually(t, 30*time.Second, "paris sees rome up", sitesIn(t, paris, map[string]string{"rome": "up"}))
-	rome.cmd.Process.Signal(os.Interrupt)
-	rome.cmd.Wait()
+	rome.stop(t)
 	testkit.Eventually(t, 30*time.Second, "paris sees rome down", sitesIn(t, paris, map[string]string{"rome": "down"}))
 
 	req, _ := http.NewRequest("POST", paris.api+"/svc/posts/posts", strings.NewReader(`{"title": "once"}`))
@@ -59,15 +58,12 @@ func TestKilledBetweenExecuteAndRecord(t *testing.T) {
 	// rome comes back with the failpoint: it executes the create and dies.
 	t.Setenv(replica.FailpointEnv, replica.FailCatchupAfterExecute)
 	crashing := startAgent(t, "rome", romeData, romeArgs...)
-	exited := make(chan error, 1)
-	go func() { exited <- crashing.cmd.Wait() }()
-	select {
-	case err := <-exited:
-		if crashing.cmd.ProcessState.ExitCode() != -1 {
-			t.Fatalf("rome exited with %v, want killed by SIGKILL", err)
-		}
-	case <-time.After(60 * time.Second):
+	exited, err := crashing.waitExit(60 * time.Second)
+	if !exited {
 		t.Fatal("rome did not reach the failpoint")
+	}
+	if crashing.cmd.ProcessState.ExitCode() != -1 {
+		t.Fatalf("rome exited with %v, want killed by SIGKILL", err)
 	}
 	if n := countPosts(t, romeApp); n != 1 {
 		t.Fatalf("rome's application holds %d posts after the crash, want 1", n)

@@ -52,14 +52,7 @@ func healthOf(api string) (agent.HealthJSON, error) {
 // stop interrupts an agent process and waits for it to exit.
 func (p *agentProc) stop(t *testing.T) {
 	t.Helper()
-	p.cmd.Process.Signal(os.Interrupt)
-	done := make(chan struct{})
-	go func() { p.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(15 * time.Second):
-		p.cmd.Process.Kill()
-		<-done
+	if !p.end(os.Interrupt, 15*time.Second) {
 		t.Fatalf("agent %s did not stop on SIGINT", p.data)
 	}
 }

@@ -24,6 +24,34 @@ type agentProc struct {
 	api    string
 	data   string
 	stderr *testkit.Buffer
+	// exited is closed once the process has exited and waitErr is set:
+	// one goroutine waits for it (two calls of cmd.Wait on a running
+	// process, a test's and the cleanup's, could block forever).
+	exited  chan struct{}
+	waitErr error
+}
+
+// waitExit waits up to timeout for the process to exit; it reports
+// whether it did, and cmd.Wait's error.
+func (p *agentProc) waitExit(timeout time.Duration) (exited bool, err error) {
+	select {
+	case <-p.exited:
+		return true, p.waitErr
+	case <-time.After(timeout):
+		return false, nil
+	}
+}
+
+// end signals the process and waits for it to exit, killing it after
+// timeout; it reports whether it exited before that.
+func (p *agentProc) end(sig os.Signal, timeout time.Duration) bool {
+	p.cmd.Process.Signal(sig)
+	if exited, _ := p.waitExit(timeout); exited {
+		return true
+	}
+	p.cmd.Process.Kill()
+	<-p.exited
+	return false
 }
 
 // startAgent starts an agent process with fast probes and waits until it
@@ -41,17 +69,10 @@ func startAgent(t *testing.T, site, data string, args ...string) *agentProc {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &agentProc{cmd: cmd, data: data, stderr: stderr}
+	p := &agentProc{cmd: cmd, data: data, stderr: stderr, exited: make(chan struct{})}
+	go func() { p.waitErr = cmd.Wait(); close(p.exited) }()
 	t.Cleanup(func() {
-		cmd.Process.Signal(os.Interrupt)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
+		p.end(os.Interrupt, 10*time.Second)
 		if t.Failed() {
 			t.Logf("%s stderr:\n%s", site, stderr.String())
 		}

@@ -70,12 +70,16 @@ func newNetwork(t *testing.T, names ...string) *network {
 	netSeq++
 	id := fmt.Sprintf("%d%d", os.Getpid()%1000, netSeq)
 	nw := &network{t: t, bridge: "chbr" + id, subnet: fmt.Sprintf("10.77.%d", (os.Getpid()+netSeq)%250), nodes: map[string]*node{}}
+	// The nodes' directory before the cleanup that ends their processes:
+	// cleanups run last first, so the processes have exited when the
+	// directory is removed.
+	base := t.TempDir()
 	t.Cleanup(nw.destroy)
 	sh(t, "ip", "link", "add", nw.bridge, "type", "bridge")
 	sh(t, "ip", "addr", "add", nw.subnet+".254/24", "dev", nw.bridge)
 	sh(t, "ip", "link", "set", nw.bridge, "up")
 	for i, name := range names {
-		n := &node{name: name, ns: "ch" + id + "-" + name, ip: fmt.Sprintf("%s.%d", nw.subnet, i+1), dir: filepath.Join(t.TempDir(), name)}
+		n := &node{name: name, ns: "ch" + id + "-" + name, ip: fmt.Sprintf("%s.%d", nw.subnet, i+1), dir: filepath.Join(base, name)}
 		nw.nodes[name] = n
 		nw.order = append(nw.order, name)
 		host, peer := fmt.Sprintf("vh%s%d", id, i), fmt.Sprintf("vp%s%d", id, i)

@@ -16,6 +16,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -115,7 +116,12 @@ func newWorld(t testing.TB) *world {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	w.sites = filepath.Join(w.dir, "glance")
-	out, err := exec.CommandContext(ctx, script(), "start", w.sites, "3", fmt.Sprint(freeBase(t, 3))).CombinedOutput()
+	start := exec.CommandContext(ctx, script(), "start", w.sites, "3", fmt.Sprint(freeBase(t, 3)))
+	// On the deadline, end the script's group, glance-manage db_sync with
+	// it (each Glance runs in a group of its own, which stop ends).
+	start.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	start.Cancel = func() error { return syscall.Kill(-start.Process.Pid, syscall.SIGKILL) }
+	out, err := start.CombinedOutput()
 	t.Cleanup(func() { exec.Command(script(), "stop", w.sites).Run() })
 	if err != nil {
 		t.Fatalf("start the Glance sites: %v\n%s", err, out)
