@@ -72,7 +72,7 @@ func TestAgentCrashRestartStop(t *testing.T) {
 		t.Fatalf("id while running: %s, want %s", got, berlinID)
 	}
 
-	berlin.end(os.Kill, 0)
+	berlin.end(os.Kill, time.Minute)
 	// --probe-interval 200ms, --probe-timeout 1s, down after 4 misses.
 	cfg := node.DefaultConfig()
 	cfg.ProbeInterval, cfg.ProbeTimeout = 200*time.Millisecond, time.Second
