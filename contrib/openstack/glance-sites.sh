@@ -144,14 +144,18 @@ stop() {
 
 # running PGID… succeeds while a process of one of the process groups
 # runs (a zombie, ended but not reaped by its new parent, does not count).
+# It reads /proc itself: procps is not on every machine.
 running() {
 	(($# > 0)) || return 1
-	local pgid stat want=" $* "
-	while read -r pgid stat; do
-		if [[ $want == *" $pgid "* && $stat != Z* ]]; then
+	local want=" $* " f line state ppid pgid
+	for f in /proc/[0-9]*/stat; do
+		read -r line <"$f" 2>/dev/null || continue # ended since the glob
+		# pid (comm) state ppid pgrp …: comm may hold spaces and parentheses.
+		read -r state ppid pgid _ <<<"${line##*) }"
+		if [[ $want == *" $pgid "* && $state != Z ]]; then
 			return 0
 		fi
-	done < <(ps -e -o pgid=,stat=)
+	done
 	return 1
 }
 
