@@ -1,14 +1,12 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -37,50 +35,16 @@ func headless(t *testing.T, bin string, args ...string) ([]byte, error) {
 	// Chromium's zygote, renderers and helpers share its process group and
 	// its stdout: on the deadline end them all, and stop waiting for the
 	// pipe 5 s later whatever holds it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	testkit.OwnGroup(cmd)
 	cmd.WaitDelay = 5 * time.Second
 	out, err := cmd.Output()
 	if cmd.Process != nil {
-		endGroup(cmd.Process.Pid)
+		testkit.EndGroup(cmd.Process.Pid)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("chromium %v: %w", args, err)
 	}
 	return out, nil
-}
-
-// endGroup kills what is left of a process group and waits up to 10 s
-// for it to be gone, so that none of it writes into a directory the
-// test's cleanup removes.
-func endGroup(pgid int) {
-	syscall.Kill(-pgid, syscall.SIGKILL)
-	for deadline := time.Now().Add(10 * time.Second); groupRuns(pgid) && time.Now().Before(deadline); {
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// groupRuns reports whether a process of the group runs: a zombie, ended
-// but not yet reaped by its new parent, does not count.
-func groupRuns(pgid int) bool {
-	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
-	for _, f := range stats {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			continue // it ended since the glob
-		}
-		// pid (comm) state ppid pgrp …: comm may hold spaces and parentheses.
-		var state byte
-		var ppid, group int
-		i := bytes.LastIndexByte(b, ')')
-		if i < 0 {
-			continue
-		}
-		if _, err := fmt.Sscanf(string(b[i+1:]), " %c %d %d", &state, &ppid, &group); err == nil && group == pgid && state != 'Z' {
-			return true
-		}
-	}
-	return false
 }
 
 // renders loads url in Chromium until the rendered page holds every

@@ -16,7 +16,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -119,8 +118,7 @@ func newWorld(t testing.TB) *world {
 	start := exec.CommandContext(ctx, script(), "start", w.sites, "3", fmt.Sprint(freeBase(t, 3)))
 	// On the deadline, end the script's group, glance-manage db_sync with
 	// it (each Glance runs in a group of its own, which stop ends).
-	start.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	start.Cancel = func() error { return syscall.Kill(-start.Process.Pid, syscall.SIGKILL) }
+	testkit.OwnGroup(start)
 	out, err := start.CombinedOutput()
 	t.Cleanup(func() { exec.Command(script(), "stop", w.sites).Run() })
 	if err != nil {
